@@ -1,0 +1,1 @@
+"""Pykka actors: thin shells over the pure functions in ``streamer.core``."""

@@ -1,0 +1,77 @@
+"""What every pipeline actor shares: failure reporting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+import pykka
+
+from streamer.messages import ActorFailed
+
+log = logging.getLogger(__name__)
+
+FailureHandler = Callable[[str, BaseException], None]
+
+
+class PipelineActor(pykka.ThreadingActor):
+    """A ThreadingActor that reports its own death.
+
+    Pykka has no supervision: an exception raised while handling a ``tell`` kills
+    the actor and calls :meth:`on_failure` (not ``on_stop``). We count it on the
+    metrics actor and tell the topology, which then shuts the pipeline down in
+    order without committing past the dead actor's work.
+    """
+
+    kind = "actor"
+
+    def __init__(self, metrics: pykka.ActorRef | None, on_failure: FailureHandler | None) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._failure_handler = on_failure
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Count the failure, release resources, and tell the topology."""
+        error = exception_value or RuntimeError("unknown failure")
+        log.error(
+            "%s died: %s: %s",
+            self.kind,
+            type(error).__name__,
+            error,
+            exc_info=(exception_type, exception_value, traceback)
+            if exception_type and exception_value
+            else None,
+        )
+        if self._metrics is not None:
+            try:
+                self._metrics.tell(
+                    ActorFailed(actor=self.kind, error=f"{type(error).__name__}: {error}")
+                )
+            except pykka.ActorDeadError:
+                pass
+        try:
+            self.release()
+        except Exception:  # cleanup must not mask the original failure
+            log.exception("%s: cleanup after failure failed", self.kind)
+        if self._failure_handler is not None:
+            self._failure_handler(self.kind, error)
+
+    def release(self) -> None:
+        """Close clients; called from both ``on_stop`` and ``on_failure``."""
+
+    def on_stop(self) -> None:
+        """Close clients on a normal stop."""
+        self.release()
+
+    def _emit(self, event: object) -> None:
+        if self._metrics is not None:
+            try:
+                self._metrics.tell(event)
+            except pykka.ActorDeadError:
+                pass

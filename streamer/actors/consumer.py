@@ -1,0 +1,366 @@
+"""ConsumerActor: poll, micro-batch, cap in-flight work, and commit the watermark."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.client import TP, GroupConsumer, Record
+from streamer.core.batching import MicroBatcher
+from streamer.core.offsets import WatermarkTracker
+from streamer.errors import DeliveryError
+from streamer.messages import (
+    BatchAcked,
+    CommitNow,
+    ConsumerProgress,
+    GetStatus,
+    Poll,
+    RecordsConsumed,
+    ScoreBatch,
+    SourceBatch,
+    StopFetching,
+)
+from streamer.settings import BatchSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# How often the ticker wakes an idle or paused consumer: it keeps the group
+# membership alive (poll) and flushes partial batches that reached max_wait_s.
+TICK_S = 0.1
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """Topology -> consumer: the preprocessors to feed; fetching starts now."""
+
+    preprocessors: list[pykka.ActorRef]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _CommitResult:
+    offsets: dict[TP, int]
+    error: str | None
+
+
+class ConsumerActor(PipelineActor):
+    """The source of the pipeline.
+
+    It polls in a loop driven by messages to itself, so that acknowledgements
+    are handled between polls. Above ``batch.max_in_flight`` it pauses every
+    assigned partition and keeps polling (with no records returned) so that it
+    stays in the group; acknowledgements bring it back under the cap.
+    """
+
+    kind = "consumer"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        batch: BatchSettings,
+        metrics: pykka.ActorRef | None = None,
+        on_failure: FailureHandler | None = None,
+        client_factory: Callable[[KafkaSettings, int], GroupConsumer] = GroupConsumer,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(metrics, on_failure)
+        self._settings = settings
+        self._batch = batch
+        self._client_factory = client_factory
+        self._client: GroupConsumer | None = None
+        self._on_ready = on_ready
+        self._preprocessors: itertools.cycle[pykka.ActorRef] | None = None
+        self._batcher = MicroBatcher(batch.max_records, batch.max_wait_s)
+        self._tracker = WatermarkTracker()
+        self._batch_ids = itertools.count()
+        self._seq: dict[TP, int] = {}
+        self._fetched_until: dict[TP, int] = {}
+        self._assigned: list[TP] = []
+        self._paused = False
+        self._fetching = False
+        self._poll_scheduled = False
+        self._last_commit = time.monotonic()
+        self._last_progress = 0.0
+        self._records_dispatched = 0
+        self._ticker_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        # kafka-python 3.x runs rebalance callbacks on its I/O thread (while this
+        # actor waits inside poll), so the state they touch is guarded. The lock
+        # is never held across a client call that waits on the I/O thread.
+        self._lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Open the client and subscribe; fetching waits for :class:`Attach`."""
+        self._client = self._client_factory(self._settings, self._settings.max_poll_records)
+        self._client.subscribe(self._settings.input_topic, self._on_assigned, self._on_revoked)
+        ref = self.actor_ref
+
+        def tick() -> None:
+            while not self._ticker_stop.wait(TICK_S):
+                try:
+                    ref.tell(_Tick())
+                except pykka.ActorDeadError:
+                    return
+
+        self._ticker = threading.Thread(target=tick, name="consumer-ticker", daemon=True)
+        self._ticker.start()
+
+    def release(self) -> None:
+        """Stop the ticker and leave the group. Never commits: the topology decides that."""
+        self._ticker_stop.set()
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    # --- messages ----------------------------------------------------------
+
+    def on_receive(self, message: object) -> Any:
+        """Handle polls, acknowledgements and control messages."""
+        match message:
+            case Poll():
+                self._poll_scheduled = False
+                self._poll_once()
+            case _Tick():
+                if not self._poll_scheduled:
+                    self._poll_once()
+            case BatchAcked() as ack:
+                with self._lock:
+                    self._on_ack(ack)
+            case _CommitResult(offsets=offsets, error=error):
+                if error is None:
+                    with self._lock:
+                        self._tracker.mark_committed(offsets)
+                else:
+                    log.warning("offset commit failed, will retry with the next commit: %s", error)
+            case Attach(preprocessors=preprocessors):
+                self._preprocessors = itertools.cycle(preprocessors)
+                self._fetching = True
+                self._schedule_poll()
+            case StopFetching():
+                with self._lock:
+                    return self._stop_fetching()
+            case CommitNow():
+                return self._commit_sync()
+            case GetStatus():
+                with self._lock:
+                    return self._status()
+        return None
+
+    # --- the poll loop -------------------------------------------------------
+
+    def _schedule_poll(self) -> None:
+        if not self._poll_scheduled:
+            self._poll_scheduled = True
+            self.actor_ref.tell(Poll())
+
+    def _poll_once(self) -> None:
+        client = self._client
+        assert client is not None
+        now = time.monotonic()
+        with self._lock:
+            free_batches = self._batch.max_in_flight - self._tracker.batches_in_flight
+            can_take = self._fetching and free_batches > 0
+            self._set_paused(not can_take)
+            deadline = self._batcher.time_to_next_deadline(now)
+        if can_take:
+            timeout = self._batch.max_wait_s if deadline is None else deadline
+            max_records = min(
+                self._settings.max_poll_records, free_batches * self._batch.max_records
+            )
+            polled = client.poll(min(timeout, 0.5), max_records)
+        else:
+            polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
+        now = time.monotonic()
+        with self._lock:
+            ready: list[tuple[TP, list[Any]]] = []
+            for tp, records in polled.items():
+                if tp not in self._assigned:
+                    continue
+                self._fetched_until[tp] = records[-1].offset + 1
+                ready.extend(self._batcher.add(tp, records, now))
+            ready.extend(self._batcher.expired(now))
+            for tp, records in ready:
+                self._dispatch(tp, records)
+            offsets = self._due_commit(now)
+            self._maybe_report(now)
+        if offsets:
+            self._commit_async(offsets)
+        if self._fetching and not self._paused:
+            self._schedule_poll()
+
+    def _dispatch(self, tp: TP, records: list[Record]) -> None:
+        assert self._preprocessors is not None
+        seq = self._seq.get(tp, 0)
+        self._seq[tp] = seq + 1
+        source = SourceBatch(
+            batch_id=next(self._batch_ids),
+            topic=tp[0],
+            partition=tp[1],
+            seq=seq,
+            offsets=[r.offset for r in records],
+            keys=[r.key for r in records],
+            values=[r.value for r in records],
+            timestamps_ms=[r.timestamp for r in records],
+            dispatched_at=time.monotonic(),
+        )
+        self._tracker.track(
+            tp, source.batch_id, source.first_offset, source.last_offset, len(records)
+        )
+        self._records_dispatched += len(records)
+        next(self._preprocessors).tell(ScoreBatch(source))
+        self._emit(RecordsConsumed(len(records)))
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self._paused or self._client is None:
+            return
+        self._paused = paused
+        if paused:
+            self._client.pause(self._assigned)
+        else:
+            self._client.resume(self._assigned)
+
+    def _on_ack(self, ack: BatchAcked) -> None:
+        tp = (ack.topic, ack.partition)
+        if ack.error is not None:
+            self._tracker.fail(tp, ack.batch_id, ack.error)
+            msg = (
+                f"outputs of batch {ack.batch_id} from {ack.topic}/{ack.partition} were not "
+                f"delivered ({ack.error}); offsets stay uncommitted from that batch on"
+            )
+            raise DeliveryError(msg)
+        self._tracker.ack(tp, ack.batch_id)
+        if (
+            self._fetching
+            and self._paused
+            and self._tracker.batches_in_flight < self._batch.max_in_flight
+        ):
+            self._schedule_poll()
+
+    # --- commits -------------------------------------------------------------
+
+    def _due_commit(self, now: float) -> dict[TP, int]:
+        if now - self._last_commit < self._settings.commit_interval_s:
+            return {}
+        self._last_commit = now
+        return self._tracker.committable()
+
+    def _commit_async(self, offsets: dict[TP, int]) -> None:
+        if self._client is None:
+            return
+        ref = self.actor_ref
+
+        def on_done(committed: dict[TP, int], error: Exception | None) -> None:
+            try:
+                ref.tell(_CommitResult(committed, None if error is None else str(error)))
+            except pykka.ActorDeadError:
+                pass
+
+        self._client.commit_async(offsets, on_done)
+
+    def _commit_sync(self) -> dict[TP, int]:
+        """Commit every watermark now; returns what the broker accepted."""
+        with self._lock:
+            offsets = self._tracker.watermarks()
+        if offsets and self._client is not None:
+            self._client.commit(offsets)
+        with self._lock:
+            self._tracker.mark_committed(offsets)
+            self._maybe_report(time.monotonic(), force=True)
+        return offsets
+
+    # --- rebalance (called inside client.poll, on this actor's thread) -------
+
+    def _on_assigned(self, tps: list[TP]) -> None:
+        with self._lock:
+            self._assigned_locked(tps)
+
+    def _assigned_locked(self, tps: list[TP]) -> None:
+        if tps:
+            log.info("partitions assigned: %s", ", ".join(f"{t}/{p}" for t, p in sorted(tps)))
+        self._assigned = sorted(set(self._assigned) | set(tps))
+        if self._paused and self._client is not None:
+            # A partition that moves in a rebalance comes back unpaused.
+            self._client.pause(tps)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _on_revoked(self, tps: list[TP]) -> None:
+        with self._lock:
+            self._revoked_locked(tps)
+
+    def _revoked_locked(self, tps: list[TP]) -> None:
+        if not tps:
+            return
+        log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(tps)))
+        revoked = set(tps)
+        offsets = {tp: o for tp, o in self._tracker.committable().items() if tp in revoked}
+        if offsets and self._client is not None:
+            # A blocking commit inside the rebalance callback is a kafka-python
+            # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.
+            self._client.commit_async(offsets, lambda _o, _e: None)
+        # In-flight work of these partitions is abandoned: its late acks are
+        # ignored, so nothing past the last acknowledged offset is ever committed.
+        self._tracker.forget(list(revoked))
+        self._batcher.discard(list(revoked))
+        for tp in revoked:
+            self._fetched_until.pop(tp, None)
+        self._assigned = [tp for tp in self._assigned if tp not in revoked]
+
+    # --- shutdown and status -------------------------------------------------
+
+    def _stop_fetching(self) -> dict[str, int]:
+        """Dispatch what is buffered, then take no new records. Acks still count."""
+        if self._fetching:
+            for tp, records in self._batcher.drain():
+                self._dispatch(tp, records)
+        self._fetching = False
+        self._set_paused(True)
+        return self._status()
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "fetching": self._fetching,
+            "paused": self._paused,
+            "assigned": list(self._assigned),
+            "batches_in_flight": self._tracker.batches_in_flight,
+            "records_in_flight": self._tracker.records_in_flight,
+            "records_dispatched": self._records_dispatched,
+            "watermarks": self._tracker.watermarks(),
+            "committed": self._tracker.committed(),
+        }
+
+    def _maybe_report(self, now: float, *, force: bool = False) -> None:
+        if not force and now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        lag: dict[TP, int] = {}
+        if self._client is not None:
+            for tp in self._assigned:
+                high = self._client.highwater(tp)
+                if high is not None:
+                    position = self._tracker.watermarks().get(tp, self._fetched_until.get(tp, high))
+                    lag[tp] = max(0, high - position)
+        self._emit(
+            ConsumerProgress(
+                in_flight_batches=self._tracker.batches_in_flight,
+                in_flight_records=self._tracker.records_in_flight,
+                committed=self._tracker.committed(),
+                lag=lag,
+                paused_partitions=len(self._assigned) if self._paused else 0,
+            )
+        )

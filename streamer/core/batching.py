@@ -1,0 +1,87 @@
+"""Micro-batching: turn polled records into per-partition batches of bounded size and age."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Buffer:
+    started_at: float
+    records: list[Any] = field(default_factory=list)
+
+
+class MicroBatcher:
+    """Accumulates records per partition; releases a batch when full or old enough.
+
+    A batch holds records of exactly one partition, in offset order, so that the
+    watermark and the output order stay per partition.
+    """
+
+    def __init__(self, max_records: int, max_wait_s: float) -> None:
+        if max_records < 1:
+            msg = f"max_records must be >= 1, got {max_records}"
+            raise ValueError(msg)
+        self.max_records = max_records
+        self.max_wait_s = max_wait_s
+        self._buffers: dict[TopicPartition, _Buffer] = {}
+
+    def add(
+        self, tp: TopicPartition, records: list[Any], now: float
+    ) -> list[tuple[TopicPartition, list[Any]]]:
+        """Buffer records of one partition; return the full batches this completes."""
+        ready: list[tuple[TopicPartition, list[Any]]] = []
+        if not records:
+            return ready
+        buffer = self._buffers.get(tp)
+        if buffer is None:
+            buffer = self._buffers[tp] = _Buffer(started_at=now)
+        buffer.records.extend(records)
+        while len(buffer.records) >= self.max_records:
+            ready.append((tp, buffer.records[: self.max_records]))
+            del buffer.records[: self.max_records]
+            buffer.started_at = now
+        if not buffer.records:
+            del self._buffers[tp]
+        return ready
+
+    def expired(self, now: float) -> list[tuple[TopicPartition, list[Any]]]:
+        """Release every partial batch older than ``max_wait_s``."""
+        ready = [
+            (tp, buf.records)
+            for tp, buf in self._buffers.items()
+            if now - buf.started_at >= self.max_wait_s
+        ]
+        for tp, _ in ready:
+            del self._buffers[tp]
+        return ready
+
+    def drain(self) -> list[tuple[TopicPartition, list[Any]]]:
+        """Release every buffered record."""
+        ready = [(tp, buf.records) for tp, buf in self._buffers.items()]
+        self._buffers.clear()
+        return ready
+
+    def discard(self, tps: list[TopicPartition]) -> int:
+        """Drop buffered records of revoked partitions; return how many were dropped."""
+        dropped = 0
+        for tp in tps:
+            buf = self._buffers.pop(tp, None)
+            if buf is not None:
+                dropped += len(buf.records)
+        return dropped
+
+    def time_to_next_deadline(self, now: float) -> float | None:
+        """Seconds until the oldest partial batch is due, or None when nothing is buffered."""
+        if not self._buffers:
+            return None
+        oldest = min(buf.started_at for buf in self._buffers.values())
+        return max(0.0, oldest + self.max_wait_s - now)
+
+    @property
+    def buffered(self) -> int:
+        """Records held in partial batches."""
+        return sum(len(buf.records) for buf in self._buffers.values())

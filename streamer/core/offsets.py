@@ -1,0 +1,130 @@
+"""The commit watermark: which offsets are safe to commit.
+
+A batch's offsets become committable only when the broker acknowledged every
+output of that batch *and* of every batch dispatched before it on the same
+partition. The tracker never looks at the offsets between batches: a gap in the
+log (compaction, transaction markers) is simply never dispatched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Pending:
+    next_offset: int
+    size: int
+    acked: bool = False
+
+
+class WatermarkTracker:
+    """Tracks dispatched batches and computes the contiguous acknowledged watermark.
+
+    Offsets returned by :meth:`committable` are Kafka commit offsets: the offset
+    of the next record to read, i.e. the last acknowledged offset + 1.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, OrderedDict[int, _Pending]] = {}
+        self._watermark: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._failed: dict[int, str] = {}
+        self._records_in_flight = 0
+
+    def track(
+        self, tp: TopicPartition, batch_id: int, first_offset: int, last_offset: int, size: int
+    ) -> None:
+        """Record that a batch covering ``first_offset..last_offset`` was dispatched.
+
+        Batches of one partition must be tracked in offset order.
+        """
+        if last_offset < first_offset:
+            msg = f"batch {batch_id} on {tp[0]}/{tp[1]} ends ({last_offset}) before it starts ({first_offset})"
+            raise ValueError(msg)
+        queue = self._pending.setdefault(tp, OrderedDict())
+        if queue:
+            last = next(reversed(queue.values()))
+            if first_offset < last.next_offset:
+                msg = (
+                    f"batch {batch_id} on {tp[0]}/{tp[1]} starts at {first_offset}, "
+                    f"before the previous batch ended ({last.next_offset - 1})"
+                )
+                raise ValueError(msg)
+        queue[batch_id] = _Pending(next_offset=last_offset + 1, size=size)
+        self._records_in_flight += size
+
+    def ack(self, tp: TopicPartition, batch_id: int) -> bool:
+        """Mark a batch delivered. Returns False for a batch that is not tracked."""
+        queue = self._pending.get(tp)
+        if queue is None or batch_id not in queue:
+            return False
+        queue[batch_id].acked = True
+        while queue:
+            first_id, first = next(iter(queue.items()))
+            if not first.acked:
+                break
+            del queue[first_id]
+            self._watermark[tp] = first.next_offset
+            self._records_in_flight -= first.size
+        return True
+
+    def fail(self, tp: TopicPartition, batch_id: int, reason: str) -> None:
+        """Mark a batch undeliverable: the watermark of its partition stops before it for good."""
+        if batch_id in self._pending.get(tp, {}):
+            self._failed[batch_id] = reason
+
+    @property
+    def failures(self) -> dict[int, str]:
+        """Batches that could not be delivered, by batch id."""
+        return dict(self._failed)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Commit offsets that advanced since the last :meth:`mark_committed`."""
+        return {
+            tp: offset
+            for tp, offset in self._watermark.items()
+            if self._committed.get(tp, -1) < offset
+        }
+
+    def watermarks(self) -> dict[TopicPartition, int]:
+        """The current commit offset of every partition that has one."""
+        return dict(self._watermark)
+
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Record that the broker accepted these commit offsets."""
+        for tp, offset in offsets.items():
+            if self._committed.get(tp, -1) < offset:
+                self._committed[tp] = offset
+
+    def committed(self) -> dict[TopicPartition, int]:
+        """Offsets the broker has accepted."""
+        return dict(self._committed)
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        """Drop all state of revoked partitions; late acks for them are then ignored."""
+        for tp in tps:
+            queue = self._pending.pop(tp, None)
+            if queue:
+                self._records_in_flight -= sum(p.size for p in queue.values())
+                for batch_id in queue:
+                    self._failed.pop(batch_id, None)
+            self._watermark.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches dispatched and not yet below the watermark."""
+        return sum(len(q) for q in self._pending.values())
+
+    @property
+    def records_in_flight(self) -> int:
+        """Records dispatched and not yet below the watermark."""
+        return self._records_in_flight
+
+    def in_flight_for(self, tp: TopicPartition) -> int:
+        """Batches in flight on one partition."""
+        return len(self._pending.get(tp, ()))

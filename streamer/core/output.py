@@ -1,0 +1,85 @@
+"""Encode the output records and the dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+
+
+def iso_now(now: float | None = None) -> str:
+    """UTC time as ISO-8601 with milliseconds, e.g. ``2026-11-25T21:40:00.123Z``."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def key_text(key: bytes | None) -> str | None:
+    """The input key as text for the output body (undecodable bytes are escaped)."""
+    if key is None:
+        return None
+    return key.decode("utf-8", "backslashreplace")
+
+
+def encode_predictions(
+    *,
+    topic: str,
+    partition: int,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    rows: np.ndarray,
+    predictions: np.ndarray,
+    output_names: tuple[str, ...],
+    model: dict[str, str],
+    scored_at: str,
+) -> list[bytes]:
+    """One JSON document per valid row, in row order.
+
+    ``rows`` indexes into ``offsets`` and ``keys``. A single-output model gives
+    a ``score`` field; a multi-output model gives one field per output name.
+    """
+    out: list[bytes] = []
+    dumps = orjson.dumps
+    single = predictions.ndim == 1
+    values = predictions.tolist()
+    for i, row in enumerate(rows.tolist()):
+        doc: dict[str, object] = {
+            "key": key_text(keys[row]),
+            "topic": topic,
+            "partition": partition,
+            "offset": offsets[row],
+        }
+        if single:
+            doc[output_names[0]] = values[i]
+        else:
+            doc.update(zip(output_names, values[i], strict=True))
+        doc["model"] = model
+        doc["scored_at"] = scored_at
+        out.append(dumps(doc))
+    return out
+
+
+def dead_letter_headers(
+    *,
+    reason: str,
+    detail: str,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    model_version: str,
+    failed_at: str,
+) -> list[tuple[str, bytes]]:
+    """Kafka headers that explain a dead letter; the value and key stay the original bytes."""
+    return [
+        ("streamer.reason", reason.encode()),
+        ("streamer.error", detail.encode("utf-8", "backslashreplace")),
+        ("streamer.stage", stage.encode()),
+        ("streamer.source.topic", topic.encode()),
+        ("streamer.source.partition", str(partition).encode()),
+        ("streamer.source.offset", str(offset).encode()),
+        ("streamer.model.version", model_version.encode()),
+        ("streamer.failed_at", failed_at.encode()),
+    ]

@@ -1,0 +1,56 @@
+"""Score a batch and isolate the rows a model fails on, by bisection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.core.model import Model
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    """Predictions for the rows that scored, and (position, error) for those that did not.
+
+    ``predictions`` has one entry per scored row, in row order, skipping failed positions.
+    """
+
+    predictions: np.ndarray
+    failed: list[tuple[int, str]]
+
+
+def _check(model: Model, features: np.ndarray, out: np.ndarray) -> np.ndarray:
+    width = len(model.output_names)
+    expected = (features.shape[0],) if width == 1 else (features.shape[0], width)
+    result = np.asarray(out, dtype=np.float64)
+    if width == 1 and result.ndim == 2 and result.shape[1] == 1:
+        result = result[:, 0]
+    if result.shape != expected:
+        msg = f"model returned shape {result.shape}, expected {expected}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(result)):
+        msg = "model returned a NaN or infinite prediction"
+        raise ValueError(msg)
+    return result
+
+
+def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome:
+    """Score all rows; when the batch fails, bisect to find the rows that fail on their own.
+
+    A bad row costs O(log n) extra model calls; the good rows are still scored.
+    """
+    width = len(model.output_names)
+    empty_shape: tuple[int, ...] = (0,) if width == 1 else (0, width)
+    if features.shape[0] == 0:
+        return ScoreOutcome(np.empty(empty_shape), [])
+    try:
+        return ScoreOutcome(_check(model, features, model.predict(features)), [])
+    except Exception as exc:  # noqa: BLE001 - any model error is isolated, never fatal
+        if features.shape[0] == 1:
+            return ScoreOutcome(np.empty(empty_shape), [(0, f"{type(exc).__name__}: {exc}")])
+    middle = features.shape[0] // 2
+    left = score_isolating_failures(model, features[:middle])
+    right = score_isolating_failures(model, features[middle:])
+    failed = left.failed + [(pos + middle, err) for pos, err in right.failed]
+    return ScoreOutcome(np.concatenate([left.predictions, right.predictions]), failed)

@@ -1,0 +1,35 @@
+"""The exception tree. Every error says what failed, where, and how to fix it."""
+
+
+class StreamerError(Exception):
+    """Base class of every error streamer raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(StreamerError):
+    """The configuration is invalid; the message names the key."""
+
+    exit_code = 2
+
+
+class ModelLoadError(StreamerError):
+    """The model file is missing, malformed, or does not match the features."""
+
+    exit_code = 2
+
+
+class BrokerError(StreamerError):
+    """The Kafka broker could not be reached or refused a request."""
+
+
+class DeliveryError(StreamerError):
+    """The broker did not acknowledge an output record."""
+
+
+class PipelineFailure(StreamerError):
+    """An actor died; the pipeline was shut down without committing past its work."""
+
+
+class ShutdownTimeout(StreamerError):
+    """In-flight work did not drain within the shutdown budget."""

@@ -1,0 +1,175 @@
+"""Frozen dataclasses passed between actors.
+
+Commands flow down the pipeline (``ScoreBatch`` -> ``FeatureBatch`` ->
+``ScoredBatch``); events flow back (``BatchAcked``). Each message carries a
+whole micro-batch so that one ``tell`` (about 4 us) is paid per batch, never
+per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """A micro-batch of raw records from one topic-partition, in offset order.
+
+    ``seq`` numbers the batches of one partition in dispatch order, so that the
+    producer can restore the order after parallel stages.
+    """
+
+    batch_id: int
+    topic: str
+    partition: int
+    seq: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps_ms: list[int]
+    dispatched_at: float
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def first_offset(self) -> int:
+        """The first offset of the batch."""
+        return self.offsets[0]
+
+    @property
+    def last_offset(self) -> int:
+        """The last offset of the batch."""
+        return self.offsets[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one record of a batch is not scored: it goes to the dead-letter topic."""
+
+    index: int
+    reason: str
+    detail: str
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreBatch:
+    """Consumer -> preprocessor: decode and prepare these records."""
+
+    source: SourceBatch
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """Preprocessor -> model: a standardized feature matrix for the valid rows."""
+
+    source: SourceBatch
+    features: np.ndarray
+    valid_rows: np.ndarray
+    rejections: tuple[Rejection, ...]
+    dropped_rows: tuple[int, ...] = ()
+    preprocess_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Model -> producer: one prediction row per valid record."""
+
+    source: SourceBatch
+    predictions: np.ndarray
+    output_names: tuple[str, ...]
+    valid_rows: np.ndarray
+    rejections: tuple[Rejection, ...]
+    dropped_rows: tuple[int, ...]
+    model_name: str
+    model_version: str
+    preprocess_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAcked:
+    """Producer -> consumer: the broker acknowledged every output of a batch.
+
+    When ``error`` is set, at least one output was not delivered and the batch's
+    offsets must never be committed.
+    """
+
+    batch_id: int
+    topic: str
+    partition: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """Consumer -> itself: fetch the next records (keeps the inbox responsive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopFetching:
+    """Topology -> consumer: stop taking new records; keep acking and committing."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitNow:
+    """Topology -> consumer: commit the watermark synchronously (reply: offsets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Ask any actor for its status (reply: a dict); for control and tests."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Topology -> producer: block until every sent record is acknowledged."""
+
+    timeout_s: float
+
+
+# --- metrics events -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConsumed:
+    """The consumer dispatched a batch."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDelivered:
+    """The producer got broker acknowledgements for a whole batch."""
+
+    produced: int
+    dead_letters: dict[str, int]
+    dropped: int
+    size: int
+    batch_seconds: float
+    preprocess_seconds: float
+    model_seconds: float
+    produce_seconds: float
+    end_to_end_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerProgress:
+    """The consumer's view of in-flight work, commits, lag and pauses."""
+
+    in_flight_batches: int
+    in_flight_records: int
+    committed: dict[tuple[str, int], int]
+    lag: dict[tuple[str, int], int]
+    paused_partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActorFailed:
+    """An actor raised out of ``on_receive`` and died."""
+
+    actor: str
+    error: str

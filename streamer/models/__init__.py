@@ -1,0 +1,1 @@
+"""Model files shipped with streamer (the demo model)."""

@@ -1,0 +1,326 @@
+"""Typed, frozen settings, read and validated once at start.
+
+Sources, lowest to highest precedence: defaults, the TOML file, environment
+variables ``STREAMER_<SECTION>__<KEY>``, and CLI flags. Every error is one line
+that names the key (``kafka.input_topic``) and leads to exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import ConfigError
+
+ENV_PREFIX = "STREAMER_"
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where to read, where to write, and how the Kafka clients behave."""
+
+    bootstrap_servers: str = _doc("Comma-separated host:port list.", default="127.0.0.1:9092")
+    input_topic: str = _doc("Topic of JSON events to score (required).", default="")
+    output_topic: str = _doc("Topic that receives one prediction per event (required).", default="")
+    dead_letter_topic: str = _doc(
+        "Topic for records that cannot be scored; empty means '<input_topic>.dlq'.", default=""
+    )
+    group_id: str = _doc("Consumer group id.", default="streamer")
+    client_id: str = _doc("Client id reported to the broker.", default="streamer")
+    auto_offset_reset: str = _doc(
+        "Where a group with no committed offset starts: 'earliest' or 'latest'.",
+        default="earliest",
+    )
+    session_timeout_s: float = _doc("Group session timeout.", default=10.0)
+    heartbeat_interval_s: float = _doc("Group heartbeat interval.", default=3.0)
+    max_poll_interval_s: float = _doc("Longest gap between polls before eviction.", default=300.0)
+    max_poll_records: int = _doc("Most records one poll returns.", default=5000)
+    fetch_max_wait_s: float = _doc("Longest the broker holds a fetch for more data.", default=0.05)
+    linger_s: float = _doc("Producer batching delay.", default=0.005)
+    producer_batch_bytes: int = _doc("Producer batch size per partition.", default=131072)
+    delivery_timeout_s: float = _doc("Give up on an output record after this long.", default=120.0)
+    bootstrap_timeout_s: float = _doc(
+        "How long a client waits for the broker at start.", default=30.0
+    )
+    commit_interval_s: float = _doc("Most time between two offset commits.", default=1.0)
+    security_protocol: str = _doc(
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", default="PLAINTEXT"
+    )
+    sasl_mechanism: str = _doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is on.", default="")
+    sasl_username: str = _doc("SASL user name.", default="")
+    sasl_password: str = _doc("SASL password; never logged.", default="", repr=False)
+
+    @property
+    def dead_letter_topic_name(self) -> str:
+        """The dead-letter topic, defaulted from the input topic."""
+        return self.dead_letter_topic or f"{self.input_topic}.dlq"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How records become micro-batches, and how many may be in flight."""
+
+    max_records: int = _doc("Most records in one micro-batch.", default=1000)
+    max_wait_s: float = _doc("Longest a partial micro-batch waits for more records.", default=0.05)
+    max_in_flight: int = _doc(
+        "Most batches between consume and commit; above it partitions are paused.", default=16
+    )
+    max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Decoding, validation and fixed-statistics standardization."""
+
+    workers: int = _doc("Number of preprocessor actors.", default=2)
+    missing: str = _doc(
+        "Missing or invalid feature: 'dlq' (dead-letter it), 'drop' (count and skip) "
+        "or 'impute' (use the fitted mean).",
+        default="dlq",
+    )
+    standardize: bool = _doc("Standardize with the model's fitted mean and std.", default=True)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model scores the batches."""
+
+    kind: str = _doc("Model kind: 'linear' (JSON weights).", default="linear")
+    path: str = _doc("Model file; empty means the packaged demo model.", default="")
+    workers: int = _doc("Number of model actors.", default=2)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint."""
+
+    enabled: bool = _doc("Serve /metrics over HTTP.", default=True)
+    host: str = _doc("Address the metrics server binds.", default="0.0.0.0")  # noqa: S104
+    port: int = _doc("Port of /metrics; 0 picks a free port.", default=9400)
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    """Graceful shutdown."""
+
+    timeout_s: float = _doc("Budget to drain, flush, commit and close on SIGTERM.", default=30.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration: one section per stage."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+
+
+SECTIONS: dict[str, type] = {
+    "kafka": KafkaSettings,
+    "batch": BatchSettings,
+    "preprocess": PreprocessSettings,
+    "model": ModelSettings,
+    "metrics": MetricsSettings,
+    "shutdown": ShutdownSettings,
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "kafka.auto_offset_reset": ("earliest", "latest"),
+    "kafka.security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "kafka.sasl_mechanism": ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    "preprocess.missing": ("dlq", "drop", "impute"),
+    "model.kind": ("linear",),
+}
+_POSITIVE = {
+    "batch.max_records",
+    "batch.max_in_flight",
+    "batch.max_record_bytes",
+    "preprocess.workers",
+    "model.workers",
+    "kafka.max_poll_records",
+    "kafka.producer_batch_bytes",
+    "kafka.session_timeout_s",
+    "kafka.heartbeat_interval_s",
+    "kafka.max_poll_interval_s",
+    "kafka.delivery_timeout_s",
+    "kafka.bootstrap_timeout_s",
+    "kafka.commit_interval_s",
+    "shutdown.timeout_s",
+}
+_NON_NEGATIVE = {"batch.max_wait_s", "kafka.fetch_max_wait_s", "kafka.linger_s", "metrics.port"}
+_REQUIRED = ("kafka.input_topic", "kafka.output_topic")
+
+
+def field_docs(section: type) -> list[tuple[str, str, Any, str]]:
+    """Return (name, type, default, doc) for each option of a section, for the reference."""
+    hints = typing.get_type_hints(section)
+    rows = []
+    for f in dataclasses.fields(section):
+        rows.append((f.name, hints[f.name].__name__, f.default, f.metadata.get("doc", "")))
+    return rows
+
+
+def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
+    """Return ``value`` as ``expected``, or raise ConfigError naming ``key``."""
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        try:
+            if expected is bool:
+                lowered = text.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if expected is int:
+                return int(text)
+            if expected is float:
+                return float(text)
+        except ValueError:
+            msg = f"config error: {key} must be {expected.__name__}, got {value!r}"
+            raise ConfigError(msg) from None
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        msg = f"config error: {key} must be int, got {value!r}"
+        raise ConfigError(msg)
+    if not isinstance(value, expected):
+        msg = (
+            f"config error: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+        raise ConfigError(msg)
+    return value
+
+
+def _check_value(key: str, value: Any) -> None:
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        msg = f"config error: {key} must be one of {shown}, got {value!r}"
+        raise ConfigError(msg)
+    if key in _POSITIVE and value <= 0:
+        msg = f"config error: {key} must be > 0, got {value!r}"
+        raise ConfigError(msg)
+    if key in _NON_NEGATIVE and value < 0:
+        msg = f"config error: {key} must be >= 0, got {value!r}"
+        raise ConfigError(msg)
+
+
+def build_settings(
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the sources into validated Settings.
+
+    Args:
+        file_values: The parsed TOML document.
+        environ: Environment variables; only ``STREAMER_<SECTION>__<KEY>`` are read.
+        overrides: Dotted keys from CLI flags, e.g. ``{"kafka.input_topic": "events"}``;
+            ``None`` values are ignored.
+
+    Raises:
+        ConfigError: On an unknown key, a wrong type, a bad value or a missing topic.
+    """
+    merged: dict[str, dict[str, tuple[Any, bool]]] = {name: {} for name in SECTIONS}
+    for section, table in (file_values or {}).items():
+        if section not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            msg = f"config error: unknown section [{section}] (known sections: {known})"
+            raise ConfigError(msg)
+        if not isinstance(table, Mapping):
+            msg = f"config error: {section} must be a table like [{section}], got {table!r}"
+            raise ConfigError(msg)
+        for key, value in table.items():
+            merged[section][key] = (value, False)
+    for name, value in (environ or {}).items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in SECTIONS:
+            msg = f"config error: unknown section {section!r} in environment variable {name}"
+            raise ConfigError(msg)
+        merged[section][key] = (value, True)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        merged[section][key] = (value, False)
+
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, (value, from_text) in merged[section].items():
+            dotted = f"{section}.{key}"
+            if key not in names:
+                known = ", ".join(sorted(names))
+                msg = f"config error: unknown key {dotted} (known keys in [{section}]: {known})"
+                raise ConfigError(msg)
+            expected = hints[key]
+            if isinstance(expected, types.GenericAlias):  # pragma: no cover - no such fields yet
+                expected = typing.get_origin(expected)
+            coerced = _coerce(dotted, expected, value, from_text=from_text)
+            _check_value(dotted, coerced)
+            kwargs[key] = coerced
+        sections[section] = cls(**kwargs)
+    settings = Settings(**sections)
+    for dotted in _REQUIRED:
+        section, _, key = dotted.partition(".")
+        if not getattr(sections[section], key).strip():
+            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            msg = f"config error: {dotted} is required (set it in the [{section}] table or {env})"
+            raise ConfigError(msg)
+    if settings.kafka.heartbeat_interval_s >= settings.kafka.session_timeout_s:
+        msg = (
+            "config error: kafka.heartbeat_interval_s must be below kafka.session_timeout_s "
+            f"({settings.kafka.heartbeat_interval_s} >= {settings.kafka.session_timeout_s})"
+        )
+        raise ConfigError(msg)
+    if settings.kafka.sasl_mechanism and not settings.kafka.security_protocol.startswith("SASL"):
+        msg = "config error: kafka.sasl_mechanism is set but kafka.security_protocol is not SASL_*"
+        raise ConfigError(msg)
+    if settings.kafka.output_topic == settings.kafka.input_topic:
+        msg = "config error: kafka.output_topic must differ from kafka.input_topic"
+        raise ConfigError(msg)
+    return settings
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML config file, turning every failure into a one-line ConfigError."""
+    config_path = Path(path)
+    try:
+        with config_path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        msg = f"config error: file {config_path} does not exist"
+        raise ConfigError(msg) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config error: {config_path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the file (if any), the environment and the CLI overrides into Settings."""
+    file_values = read_toml(path) if path else {}
+    return build_settings(file_values, os.environ if environ is None else environ, overrides)
