@@ -88,7 +88,10 @@ class EmbeddedBroker:
                     return self
             time.sleep(0.05)
         self.stop()
-        msg = f"the embedded broker did not listen on port {self.port} within {timeout_s}s; see {self.log_path}"
+        msg = (
+            f"the embedded broker did not listen on port {self.port} within {timeout_s}s; "
+            f"see {self.log_path}"
+        )
         raise BrokerError(msg)
 
     def is_alive(self) -> bool:

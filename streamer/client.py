@@ -6,6 +6,7 @@ added behind the same methods without touching them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -208,9 +209,7 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
         for name, partitions in topics.items():
             if name in existing:
                 continue
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(name, partitions, replication)])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

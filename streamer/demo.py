@@ -74,7 +74,8 @@ class _Progress:
         p99 = histogram_quantile(0.99, window)
         p99_text = "-" if p99 is None else f"{p99 * 1000:.0f}ms"
         return (
-            f"in {(consumed - consumed_before) / elapsed:8.0f}/s  out {(produced - produced_before) / elapsed:8.0f}/s"
+            f"in {(consumed - consumed_before) / elapsed:8.0f}/s"
+            f"  out {(produced - produced_before) / elapsed:8.0f}/s"
             f"  in-flight {self.value('streamer_in_flight_batches'):3.0f} batches"
             f"  committed {self.committed():9.0f}  dead-lettered {self.dead_letters():5.0f}"
             f"  p99 batch {p99_text:>6}"
@@ -82,7 +83,10 @@ class _Progress:
 
 
 def run_demo(*, duration_s: float, rate: float, partitions: int, metrics_port: int) -> int:
-    """Run until ``duration_s`` passes (0: until Ctrl-C); print a summary; exit 0 when nothing is lost."""
+    """Run until ``duration_s`` passes (0: until Ctrl-C) and print a summary.
+
+    Returns 0 when no input record is lost and the shutdown was clean.
+    """
     stop = threading.Event()
     interrupted = [0]
 
@@ -169,7 +173,8 @@ def run_demo(*, duration_s: float, rate: float, partitions: int, metrics_port: i
         print(
             f"summary: records in {result.inputs}, scored {result.scored}, "
             f"dead-lettered {result.dead_lettered}, duplicates {result.duplicates}, "
-            f"lost {len(result.lost)}; {result.inputs / elapsed:.0f} records/s over {elapsed:.1f}s; "
+            f"lost {len(result.lost)}; "
+            f"{result.inputs / elapsed:.0f} records/s over {elapsed:.1f}s; "
             f"shutdown {'clean' if report.exit_code == 0 else 'FAILED: ' + str(report.failure)}",
             flush=True,
         )

@@ -25,11 +25,3 @@ class BrokerError(StreamerError):
 
 class DeliveryError(StreamerError):
     """The broker did not acknowledge an output record."""
-
-
-class PipelineFailure(StreamerError):
-    """An actor died; the pipeline was shut down without committing past its work."""
-
-
-class ShutdownTimeout(StreamerError):
-    """In-flight work did not drain within the shutdown budget."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -174,35 +173,31 @@ def field_docs(section: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_PARSERS: dict[type, Any] = {bool: _parse_bool, int: int, float: float, str: str}
+
+
 def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
     """Return ``value`` as ``expected``, or raise ConfigError naming ``key``."""
     if from_text and isinstance(value, str):
-        text = value.strip()
         try:
-            if expected is bool:
-                lowered = text.lower()
-                if lowered in ("1", "true", "yes", "on"):
-                    return True
-                if lowered in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
-            if expected is int:
-                return int(text)
-            if expected is float:
-                return float(text)
+            return _PARSERS[expected](value.strip() if expected is not str else value)
         except ValueError:
             msg = f"config error: {key} must be {expected.__name__}, got {value!r}"
             raise ConfigError(msg) from None
-        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected is int and isinstance(value, bool):
-        msg = f"config error: {key} must be int, got {value!r}"
-        raise ConfigError(msg)
-    if not isinstance(value, expected):
-        msg = (
-            f"config error: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
-        )
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        got = f"{type(value).__name__} {value!r}"
+        msg = f"config error: {key} must be {expected.__name__}, got {got}"
         raise ConfigError(msg)
     return value
 
@@ -218,6 +213,83 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(msg)
     if key in _NON_NEGATIVE and value < 0:
         msg = f"config error: {key} must be >= 0, got {value!r}"
+        raise ConfigError(msg)
+
+
+_Merged = dict[str, dict[str, tuple[Any, bool]]]
+
+
+def _merge_sources(
+    file_values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> _Merged:
+    """Collect (value, came_from_text) per section and key, later sources winning."""
+    merged: _Merged = {name: {} for name in SECTIONS}
+    for section, table in file_values.items():
+        if section not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            msg = f"config error: unknown section [{section}] (known sections: {known})"
+            raise ConfigError(msg)
+        if not isinstance(table, Mapping):
+            msg = f"config error: {section} must be a table like [{section}], got {table!r}"
+            raise ConfigError(msg)
+        for key, value in table.items():
+            merged[section][key] = (value, False)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in SECTIONS:
+            msg = f"config error: unknown section {section!r} in environment variable {name}"
+            raise ConfigError(msg)
+        merged[section][key] = (value, True)
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            merged[section][key] = (value, False)
+    return merged
+
+
+def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, (value, from_text) in values.items():
+        dotted = f"{section}.{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            msg = f"config error: unknown key {dotted} (known keys in [{section}]: {known})"
+            raise ConfigError(msg)
+        coerced = _coerce(dotted, hints[key], value, from_text=from_text)
+        _check_value(dotted, coerced)
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _check_across_keys(settings: Settings) -> None:
+    for dotted in _REQUIRED:
+        section, _, key = dotted.partition(".")
+        if not getattr(getattr(settings, section), key).strip():
+            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            msg = f"config error: {dotted} is required (set it in the [{section}] table or {env})"
+            raise ConfigError(msg)
+    kafka = settings.kafka
+    if kafka.heartbeat_interval_s >= kafka.session_timeout_s:
+        msg = (
+            "config error: kafka.heartbeat_interval_s must be below kafka.session_timeout_s "
+            f"({kafka.heartbeat_interval_s} >= {kafka.session_timeout_s})"
+        )
+        raise ConfigError(msg)
+    if kafka.sasl_mechanism and not kafka.security_protocol.startswith("SASL"):
+        msg = "config error: kafka.sasl_mechanism is set but kafka.security_protocol is not SASL_*"
+        raise ConfigError(msg)
+    if kafka.output_topic in (kafka.input_topic, kafka.dead_letter_topic_name):
+        msg = "config error: kafka.output_topic must differ from the input and dead-letter topics"
+        raise ConfigError(msg)
+    if kafka.dead_letter_topic_name == kafka.input_topic:
+        msg = "config error: kafka.dead_letter_topic must differ from kafka.input_topic"
         raise ConfigError(msg)
 
 
@@ -237,68 +309,11 @@ def build_settings(
     Raises:
         ConfigError: On an unknown key, a wrong type, a bad value or a missing topic.
     """
-    merged: dict[str, dict[str, tuple[Any, bool]]] = {name: {} for name in SECTIONS}
-    for section, table in (file_values or {}).items():
-        if section not in SECTIONS:
-            known = ", ".join(SECTIONS)
-            msg = f"config error: unknown section [{section}] (known sections: {known})"
-            raise ConfigError(msg)
-        if not isinstance(table, Mapping):
-            msg = f"config error: {section} must be a table like [{section}], got {table!r}"
-            raise ConfigError(msg)
-        for key, value in table.items():
-            merged[section][key] = (value, False)
-    for name, value in (environ or {}).items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if section not in SECTIONS:
-            msg = f"config error: unknown section {section!r} in environment variable {name}"
-            raise ConfigError(msg)
-        merged[section][key] = (value, True)
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, key = dotted.partition(".")
-        merged[section][key] = (value, False)
-
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, (value, from_text) in merged[section].items():
-            dotted = f"{section}.{key}"
-            if key not in names:
-                known = ", ".join(sorted(names))
-                msg = f"config error: unknown key {dotted} (known keys in [{section}]: {known})"
-                raise ConfigError(msg)
-            expected = hints[key]
-            if isinstance(expected, types.GenericAlias):  # pragma: no cover - no such fields yet
-                expected = typing.get_origin(expected)
-            coerced = _coerce(dotted, expected, value, from_text=from_text)
-            _check_value(dotted, coerced)
-            kwargs[key] = coerced
-        sections[section] = cls(**kwargs)
-    settings = Settings(**sections)
-    for dotted in _REQUIRED:
-        section, _, key = dotted.partition(".")
-        if not getattr(sections[section], key).strip():
-            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-            msg = f"config error: {dotted} is required (set it in the [{section}] table or {env})"
-            raise ConfigError(msg)
-    if settings.kafka.heartbeat_interval_s >= settings.kafka.session_timeout_s:
-        msg = (
-            "config error: kafka.heartbeat_interval_s must be below kafka.session_timeout_s "
-            f"({settings.kafka.heartbeat_interval_s} >= {settings.kafka.session_timeout_s})"
-        )
-        raise ConfigError(msg)
-    if settings.kafka.sasl_mechanism and not settings.kafka.security_protocol.startswith("SASL"):
-        msg = "config error: kafka.sasl_mechanism is set but kafka.security_protocol is not SASL_*"
-        raise ConfigError(msg)
-    if settings.kafka.output_topic == settings.kafka.input_topic:
-        msg = "config error: kafka.output_topic must differ from kafka.input_topic"
-        raise ConfigError(msg)
+    merged = _merge_sources(file_values or {}, environ or {}, overrides or {})
+    settings = Settings(
+        **{section: _build_section(section, merged[section]) for section in SECTIONS}
+    )
+    _check_across_keys(settings)
     return settings
 
 

@@ -33,7 +33,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.client import GroupConsumer, Producer
 from streamer.core.model import Model, load_model
-from streamer.errors import ConfigError, PipelineFailure, StreamerError
+from streamer.errors import ConfigError, StreamerError
 from streamer.messages import CommitNow, Flush, GetStatus, StopFetching
 from streamer.settings import KafkaSettings, Settings
 
@@ -138,7 +138,8 @@ class Pipeline:
             raise
         self.consumer_ref.tell(Attach(self.preprocessor_refs))
         log.info(
-            "pipeline started: %s -> %s (dead letters: %s), %d preprocessors, %d models, model %s %s",
+            "pipeline started: %s -> %s (dead letters: %s), "
+            "%d preprocessors, %d models, model %s %s",
             s.kafka.input_topic,
             s.kafka.output_topic,
             s.kafka.dead_letter_topic_name,
@@ -169,7 +170,8 @@ class Pipeline:
             if topic not in existing:
                 msg = (
                     f"config error: {key}: topic {topic!r} does not exist on "
-                    f"{k.bootstrap_servers}; create it first (e.g. kafka-topics.sh --create --topic {topic})"
+                    f"{k.bootstrap_servers}; create it first "
+                    f"(e.g. kafka-topics.sh --create --topic {topic})"
                 )
                 raise ConfigError(msg)
 
@@ -203,7 +205,7 @@ class Pipeline:
     def consumer_status(self) -> dict[str, Any]:
         """The consumer's in-flight counts, watermarks and commits."""
         assert self.consumer_ref is not None
-        status: dict[str, Any] = self.consumer_ref.ask(GetStatus(), timeout=ASK_TIMEOUT_S)
+        status: dict[str, Any] = _ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
         return status
 
     @property
@@ -216,7 +218,7 @@ class Pipeline:
     def metrics_port(self) -> int | None:
         """The bound /metrics port (useful with metrics.port = 0)."""
         assert self.metrics_ref is not None
-        port: int | None = self.metrics_ref.ask(GetStatus(), timeout=ASK_TIMEOUT_S)["port"]
+        port: int | None = _ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)["port"]
         return port
 
     # --- stop ----------------------------------------------------------------
@@ -232,11 +234,11 @@ class Pipeline:
         consumer = self.consumer_ref
         if consumer is not None and consumer.is_alive():
             try:
-                consumer.ask(StopFetching(), timeout=_left(deadline))
+                _ask(consumer, StopFetching(), timeout=_left(deadline))
                 drained = self._wait_for_drain(deadline)
                 if drained and self.producer_ref is not None and self.producer_ref.is_alive():
-                    self.producer_ref.ask(Flush(_left(deadline)), timeout=_left(deadline) + 1)
-                committed = consumer.ask(CommitNow(), timeout=_left(deadline) + 5)
+                    _ask(self.producer_ref, Flush(_left(deadline)), timeout=_left(deadline) + 1)
+                committed = _ask(consumer, CommitNow(), timeout=_left(deadline) + 5)
             except (pykka.ActorDeadError, pykka.Timeout, StreamerError) as exc:
                 failure = failure or f"shutdown step failed: {type(exc).__name__}: {exc}"
             except Exception as exc:  # the commit itself can fail; report, never hang
@@ -270,7 +272,7 @@ class Pipeline:
         while time.monotonic() < deadline:
             if self._failure is not None:
                 return False
-            status = self.consumer_ref.ask(GetStatus(), timeout=max(0.1, _left(deadline)))
+            status = _ask(self.consumer_ref, GetStatus(), timeout=max(0.1, _left(deadline)))
             if status["batches_in_flight"] == 0:
                 return True
             time.sleep(0.02)
@@ -295,7 +297,12 @@ class Pipeline:
             except pykka.ActorDeadError:
                 pass
             except pykka.Timeout:
-                log.error("actor %s did not stop within %.0fs", ref, ASK_TIMEOUT_S)
+                log.error("actor %s did not stop within %.0fs", ref, ASK_TIMEOUT_S)  # noqa: TRY400 - no traceback wanted
+
+
+def _ask(ref: pykka.ActorRef, message: object, timeout: float) -> Any:
+    """A blocking ask from the topology's own thread (never from inside an actor)."""
+    return ref.ask(message, block=True, timeout=timeout)
 
 
 def _left(deadline: float) -> float:
@@ -308,4 +315,4 @@ def _fmt_offsets(offsets: dict[tuple[str, int], int]) -> str:
     return ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(offsets.items()))
 
 
-__all__ = ["Pipeline", "PipelineFailure", "ShutdownReport"]
+__all__ = ["Pipeline", "ShutdownReport"]

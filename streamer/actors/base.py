@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -49,12 +50,10 @@ class PipelineActor(pykka.ThreadingActor):
             else None,
         )
         if self._metrics is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self._metrics.tell(
                     ActorFailed(actor=self.kind, error=f"{type(error).__name__}: {error}")
                 )
-            except pykka.ActorDeadError:
-                pass
         try:
             self.release()
         except Exception:  # cleanup must not mask the original failure
@@ -71,7 +70,5 @@ class PipelineActor(pykka.ThreadingActor):
 
     def _emit(self, event: object) -> None:
         if self._metrics is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self._metrics.tell(event)
-            except pykka.ActorDeadError:
-                pass

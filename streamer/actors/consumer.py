@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -236,14 +237,21 @@ class ConsumerActor(PipelineActor):
 
     def _on_ack(self, ack: BatchAcked) -> None:
         tp = (ack.topic, ack.partition)
-        if ack.error is not None:
+        if ack.error is None:
+            self._tracker.ack(tp, ack.batch_id)
+        elif self._tracker.in_flight_for(tp):
+            # The watermark of this partition now stops before the batch for good.
+            # The consumer stays alive so that the shutdown can still commit the
+            # acknowledged work of every partition; the topology stops the pipeline.
             self._tracker.fail(tp, ack.batch_id, ack.error)
+            self._fetching = False
             msg = (
                 f"outputs of batch {ack.batch_id} from {ack.topic}/{ack.partition} were not "
                 f"delivered ({ack.error}); offsets stay uncommitted from that batch on"
             )
-            raise DeliveryError(msg)
-        self._tracker.ack(tp, ack.batch_id)
+            log.error("%s", msg)
+            if self._failure_handler is not None:
+                self._failure_handler("producer", DeliveryError(msg))
         if (
             self._fetching
             and self._paused
@@ -265,10 +273,8 @@ class ConsumerActor(PipelineActor):
         ref = self.actor_ref
 
         def on_done(committed: dict[TP, int], error: Exception | None) -> None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(_CommitResult(committed, None if error is None else str(error)))
-            except pykka.ActorDeadError:
-                pass
 
         self._client.commit_async(offsets, on_done)
 

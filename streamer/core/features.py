@@ -46,7 +46,10 @@ class FeatureSpec:
     def __post_init__(self) -> None:
         n = len(self.names)
         if self.mean.shape != (n,) or self.std.shape != (n,):
-            msg = f"feature statistics must have {n} values each, got mean {self.mean.shape} and std {self.std.shape}"
+            msg = (
+                f"feature statistics must have {n} values each, "
+                f"got mean {self.mean.shape} and std {self.std.shape}"
+            )
             raise ValueError(msg)
         if np.any(self.std <= 0) or not np.all(np.isfinite(self.std)):
             msg = "every fitted std must be a positive finite number"
@@ -75,7 +78,7 @@ class Prepared:
     dropped: tuple[RowProblem, ...]
 
 
-class _Invalid(Exception):
+class _InvalidValueError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -83,11 +86,11 @@ class _Invalid(Exception):
 
 
 def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
-    """Decode one record value into a JSON object, or raise _Invalid with a reason."""
+    """Decode one record value into a JSON object, or raise _InvalidValueError with a reason."""
     if value is None or len(value) == 0:
-        raise _Invalid(EMPTY_VALUE, "the record has no value (null or empty)")
+        raise _InvalidValueError(EMPTY_VALUE, "the record has no value (null or empty)")
     if len(value) > max_bytes:
-        raise _Invalid(
+        raise _InvalidValueError(
             OVERSIZED, f"value is {len(value)} bytes, above batch.max_record_bytes={max_bytes}"
         )
     try:
@@ -96,38 +99,81 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            raise _Invalid(
+            raise _InvalidValueError(
                 NOT_UTF8, f"value is not UTF-8: {uexc.reason} at byte {uexc.start}"
             ) from None
-        raise _Invalid(INVALID_JSON, f"value is not valid JSON: {exc}") from None
+        raise _InvalidValueError(INVALID_JSON, f"value is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise _Invalid(NOT_OBJECT, f"value is JSON {type(doc).__name__}, expected an object")
+        raise _InvalidValueError(
+            NOT_OBJECT, f"value is JSON {type(doc).__name__}, expected an object"
+        )
     return doc
 
 
 def to_number(name: str, raw: Any) -> float:
     """Coerce one feature value (number, bool or numeric string) to a finite float."""
     kind = type(raw)
-    if kind is float or kind is int:
-        number = float(raw)
+    if kind is float:
+        number = raw
+    elif kind is int:
+        try:
+            number = float(raw)
+        except OverflowError:
+            raise _InvalidValueError(
+                NON_FINITE, f"feature {name!r} is too large for a float"
+            ) from None
     elif kind is bool:
         number = 1.0 if raw else 0.0
     elif kind is str:
         try:
             number = float(raw.strip())
-        except ValueError:
-            raise _Invalid(
+        except (ValueError, OverflowError):
+            raise _InvalidValueError(
                 NON_NUMERIC_FEATURE, f"feature {name!r} is the string {raw[:64]!r}, not a number"
             ) from None
     elif raw is None:
-        raise _Invalid(MISSING_FEATURE, f"feature {name!r} is null")
+        raise _InvalidValueError(MISSING_FEATURE, f"feature {name!r} is null")
     else:
-        raise _Invalid(
+        raise _InvalidValueError(
             NON_NUMERIC_FEATURE, f"feature {name!r} is a JSON {kind.__name__}, not a number"
         )
     if not math.isfinite(number):
-        raise _Invalid(NON_FINITE, f"feature {name!r} is {number}, not finite")
+        raise _InvalidValueError(NON_FINITE, f"feature {name!r} is {number}, not finite")
     return number
+
+
+def _row_or_problem(
+    doc: dict[str, Any], names: tuple[str, ...], means: list[float], missing: str
+) -> list[float] | _InvalidValueError:
+    """Validate one decoded record: the exact reason for the first bad feature."""
+    row: list[float] = []
+    for col, name in enumerate(names):
+        raw = doc.get(name, _ABSENT)
+        try:
+            if raw is _ABSENT:
+                raise _InvalidValueError(MISSING_FEATURE, f"feature {name!r} is missing")  # noqa: TRY301
+            row.append(to_number(name, raw))
+        except _InvalidValueError as exc:
+            if missing != "impute":
+                return exc
+            row.append(means[col])
+    return row
+
+
+def _fast_matrix(docs: list[dict[str, Any]], names: tuple[str, ...]) -> np.ndarray | None:
+    """All rows at once when every feature is present and a JSON number or bool.
+
+    Returns None when any row needs the per-row path (a missing key, a string,
+    a null, a nested value): the caller then validates row by row, which gives
+    the same floats, so a row's features never depend on its batch-mates.
+    """
+    try:
+        raw = np.array([[doc[name] for name in names] for doc in docs])
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+    if raw.dtype.kind not in "fiub" or raw.shape != (len(docs), len(names)):
+        return None
+    return raw.astype(np.float64, copy=False)
 
 
 def prepare_batch(
@@ -154,41 +200,37 @@ def prepare_batch(
     """
     names = spec.names
     width = len(names)
-    means = spec.mean.tolist()
-    rows: list[list[float]] = []
-    valid: list[int] = []
+    docs: list[dict[str, Any]] = []
+    doc_rows: list[int] = []
     rejected: list[RowProblem] = []
     dropped: list[RowProblem] = []
     for index, value in enumerate(values):
         try:
-            doc = decode_value(value, max_record_bytes)
-        except _Invalid as exc:
+            docs.append(decode_value(value, max_record_bytes))
+            doc_rows.append(index)
+        except _InvalidValueError as exc:
             rejected.append(RowProblem(index, exc.reason, exc.detail))
-            continue
-        row: list[float] = []
-        problem: _Invalid | None = None
-        for col, name in enumerate(names):
-            raw = doc.get(name, _ABSENT)
-            try:
-                if raw is _ABSENT:
-                    raise _Invalid(MISSING_FEATURE, f"feature {name!r} is missing")  # noqa: TRY301
-                row.append(to_number(name, raw))
-            except _Invalid as exc:
-                if missing == "impute":
-                    row.append(means[col])
-                    continue
-                problem = exc
-                break
-        if problem is None:
-            rows.append(row)
-            valid.append(index)
-        elif missing == "drop":
-            dropped.append(RowProblem(index, problem.reason, problem.detail))
-        else:
-            rejected.append(RowProblem(index, problem.reason, problem.detail))
-    features = np.array(rows, dtype=np.float64).reshape(len(rows), width)
-    if standardize and len(rows):
+    matrix = _fast_matrix(docs, names) if docs else None
+    if matrix is not None and bool(np.isfinite(matrix).all()):
+        features = matrix
+        valid = doc_rows
+    else:
+        means = spec.mean.tolist()
+        rows: list[list[float]] = []
+        valid = []
+        for index, doc in zip(doc_rows, docs, strict=True):
+            outcome = _row_or_problem(doc, names, means, missing)
+            if isinstance(outcome, list):
+                rows.append(outcome)
+                valid.append(index)
+            elif missing == "drop":
+                dropped.append(RowProblem(index, outcome.reason, outcome.detail))
+            else:
+                rejected.append(RowProblem(index, outcome.reason, outcome.detail))
+        features = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    if standardize and len(valid) > 0:
         features = (features - spec.mean) / spec.std
+    rejected.sort(key=lambda problem: problem.index)
     return Prepared(
         features=features,
         valid_rows=np.array(valid, dtype=np.int64),

@@ -65,7 +65,10 @@ class LinearModel:
 
 def _require(doc: dict[str, Any], key: str, where: str) -> Any:
     if key not in doc:
-        msg = f"model error: {where} has no {key!r} field; a linear model needs features, mean, std, weights and bias"
+        msg = (
+            f"model error: {where} has no {key!r} field; "
+            "a linear model needs features, mean, std, weights and bias"
+        )
         raise ModelLoadError(msg)
     return doc[key]
 
@@ -99,7 +102,10 @@ def load_linear(path: str | Path | None) -> LinearModel:
     for key in ("mean", "std", "weights"):
         value = _require(doc, key, where)
         if not isinstance(value, list) or len(value) != len(names):
-            msg = f"model error: {where}: {key!r} must be a list of {len(names)} numbers, one per feature"
+            msg = (
+                f"model error: {where}: {key!r} must be a list of "
+                f"{len(names)} numbers, one per feature"
+            )
             raise ModelLoadError(msg)
         vectors[key] = np.array(value, dtype=np.float64)
     try:

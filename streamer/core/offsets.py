@@ -43,7 +43,10 @@ class WatermarkTracker:
         Batches of one partition must be tracked in offset order.
         """
         if last_offset < first_offset:
-            msg = f"batch {batch_id} on {tp[0]}/{tp[1]} ends ({last_offset}) before it starts ({first_offset})"
+            msg = (
+                f"batch {batch_id} on {tp[0]}/{tp[1]} ends ({last_offset}) "
+                f"before it starts ({first_offset})"
+            )
             raise ValueError(msg)
         queue = self._pending.setdefault(tp, OrderedDict())
         if queue:

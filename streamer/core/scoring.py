@@ -46,7 +46,7 @@ def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome
         return ScoreOutcome(np.empty(empty_shape), [])
     try:
         return ScoreOutcome(_check(model, features, model.predict(features)), [])
-    except Exception as exc:  # noqa: BLE001 - any model error is isolated, never fatal
+    except Exception as exc:  # any model error is isolated, never fatal
         if features.shape[0] == 1:
             return ScoreOutcome(np.empty(empty_shape), [(0, f"{type(exc).__name__}: {exc}")])
     middle = features.shape[0] // 2
