@@ -25,3 +25,7 @@ class BrokerError(StreamerError):
 
 class DeliveryError(StreamerError):
     """The broker did not acknowledge an output record."""
+
+
+class PipelineStartError(StreamerError):
+    """An actor failed while the pipeline was starting."""

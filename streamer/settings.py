@@ -8,6 +8,7 @@ that names the key (``kafka.input_topic``) and leads to exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -203,6 +204,9 @@ def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
 
 
 def _check_value(key: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = f"config error: {key} must be a finite number, got {value!r}"
+        raise ConfigError(msg)
     choices = _CHOICES.get(key)
     if choices is not None and value not in choices:
         shown = ", ".join(repr(c) for c in choices)

@@ -33,7 +33,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.client import GroupConsumer, Producer
 from streamer.core.model import Model, load_model
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError, PipelineStartError, StreamerError
 from streamer.messages import CommitNow, Flush, GetStatus, StopFetching
 from streamer.settings import KafkaSettings, Settings
 
@@ -74,6 +74,8 @@ class Pipeline:
         self._producer_factory = producer_factory
         self._stop_requested = threading.Event()
         self._failure: str | None = None
+        self._failure_error: BaseException | None = None
+        self._failure_is_knock_on = False
         self._assigned = threading.Event()
         self.metrics_ref: pykka.ActorRef | None = None
         self.consumer_ref: pykka.ActorRef | None = None
@@ -133,10 +135,22 @@ class Pipeline:
                 )
                 for _ in range(s.preprocess.workers)
             ]
+            # on_start runs on each actor's thread: wait until the clients are open.
+            for ref in (self.consumer_ref, self.producer_ref):
+                _ask(
+                    ref,
+                    GetStatus(),
+                    timeout=self.settings.kafka.bootstrap_timeout_s + ASK_TIMEOUT_S,
+                )
+            self.consumer_ref.tell(Attach(self.preprocessor_refs))
         except Exception:
             self._stop_all()
+            self._raise_start_failure()
             raise
-        self.consumer_ref.tell(Attach(self.preprocessor_refs))
+        if self._failure is not None:  # an actor died while opening its client
+            self._stop_all()
+            self._raise_start_failure()
+
         log.info(
             "pipeline started: %s -> %s (dead letters: %s), "
             "%d preprocessors, %d models, model %s %s",
@@ -178,9 +192,22 @@ class Pipeline:
     # --- run -----------------------------------------------------------------
 
     def _on_actor_failure(self, kind: str, error: BaseException) -> None:
-        if self._failure is None:
+        # A dead actor makes its upstream neighbours die on their next tell
+        # (ActorDeadError): keep the root cause, not the knock-on death.
+        knock_on = isinstance(error, pykka.ActorDeadError)
+        if self._failure is None or (self._failure_is_knock_on and not knock_on):
             self._failure = f"{kind} actor died: {type(error).__name__}: {error}"
+            self._failure_error = error
+            self._failure_is_knock_on = knock_on
         self._stop_requested.set()
+
+    def _raise_start_failure(self) -> None:
+        error = self._failure_error
+        if isinstance(error, StreamerError):
+            raise error
+        if self._failure is not None:
+            msg = f"the pipeline failed to start: {self._failure}"
+            raise PipelineStartError(msg) from error
 
     def request_stop(self) -> None:
         """Ask :meth:`run_until_stopped` to return (safe from a signal handler)."""

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import pykka
 
@@ -16,6 +17,10 @@ log = logging.getLogger(__name__)
 FailureHandler = Callable[[str, BaseException], None]
 
 
+class ActorCrashedError(Exception):
+    """A BaseException (not an Exception) escaped an actor; wrapped so it is reported."""
+
+
 class PipelineActor(pykka.ThreadingActor):
     """A ThreadingActor that reports its own death.
 
@@ -23,6 +28,12 @@ class PipelineActor(pykka.ThreadingActor):
     the actor and calls :meth:`on_failure` (not ``on_stop``). We count it on the
     metrics actor and tell the topology, which then shuts the pipeline down in
     order without committing past the dead actor's work.
+
+    Two gaps in pykka are closed here: a failing ``on_start`` never reaches
+    ``on_failure``, and a ``BaseException`` that is not an ``Exception`` stops
+    every actor in the process without any hook. Subclasses therefore
+    implement :meth:`open` and :meth:`receive` instead of ``on_start`` and
+    ``on_receive``.
     """
 
     kind = "actor"
@@ -31,6 +42,31 @@ class PipelineActor(pykka.ThreadingActor):
         super().__init__()
         self._metrics = metrics
         self._failure_handler = on_failure
+
+    def open(self) -> None:
+        """Open clients and load resources, on the actor's own thread."""
+
+    def receive(self, message: object) -> Any:
+        """Handle one message."""
+        return None
+
+    def on_start(self) -> None:
+        """Run :meth:`open`, reporting a failure the way a crash in ``receive`` is."""
+        try:
+            self.open()
+        except BaseException as exc:
+            self.on_failure(type(exc), exc, exc.__traceback__)
+            raise
+
+    def on_receive(self, message: object) -> Any:
+        """Run :meth:`receive`; a BaseException becomes an Exception so that it is reported."""
+        try:
+            return self.receive(message)
+        except Exception:
+            raise
+        except BaseException as exc:
+            msg = f"{self.kind} raised {type(exc).__name__}: {exc}"
+            raise ActorCrashedError(msg) from exc
 
     def on_failure(
         self,

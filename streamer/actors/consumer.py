@@ -105,7 +105,7 @@ class ConsumerActor(PipelineActor):
 
     # --- lifecycle ---------------------------------------------------------
 
-    def on_start(self) -> None:
+    def open(self) -> None:
         """Open the client and subscribe; fetching waits for :class:`Attach`."""
         self._client = self._client_factory(self._settings, self._settings.max_poll_records)
         self._client.subscribe(self._settings.input_topic, self._on_assigned, self._on_revoked)
@@ -130,7 +130,7 @@ class ConsumerActor(PipelineActor):
 
     # --- messages ----------------------------------------------------------
 
-    def on_receive(self, message: object) -> Any:
+    def receive(self, message: object) -> Any:
         """Handle polls, acknowledgements and control messages."""
         match message:
             case Poll():

@@ -188,7 +188,7 @@ class MetricsActor(PipelineActor):
         self._server: Any = None
         self.port: int | None = None
 
-    def on_start(self) -> None:
+    def open(self) -> None:
         """Start the HTTP exposition server, if enabled."""
         if self._settings.enabled:
             self._server, _thread = start_http_server(
@@ -204,7 +204,7 @@ class MetricsActor(PipelineActor):
             server.shutdown()
             server.server_close()
 
-    def on_receive(self, message: object) -> Any:
+    def receive(self, message: object) -> Any:
         """Apply events; answer GetStatus with the bound port."""
         if isinstance(message, GetStatus):
             return {"port": self.port}

@@ -29,7 +29,7 @@ class ModelActor(PipelineActor):
         self._model = model
         self._producer = producer
 
-    def on_receive(self, message: object) -> object:
+    def receive(self, message: object) -> object:
         """Handle FeatureBatch."""
         match message:
             case FeatureBatch() as batch:

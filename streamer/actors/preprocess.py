@@ -33,7 +33,7 @@ class PreprocessorActor(PipelineActor):
         self._spec = spec
         self._models = itertools.cycle(models)
 
-    def on_receive(self, message: object) -> object:
+    def receive(self, message: object) -> object:
         """Handle ScoreBatch."""
         match message:
             case ScoreBatch(source=source):

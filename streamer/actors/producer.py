@@ -89,7 +89,7 @@ class ProducerActor(PipelineActor):
         self._dead_letter_topic = settings.dead_letter_topic_name
         self._batches_produced = 0
 
-    def on_start(self) -> None:
+    def open(self) -> None:
         """Open the Kafka producer on the actor's own thread."""
         self._client = self._client_factory(self._settings)
 
@@ -99,7 +99,7 @@ class ProducerActor(PipelineActor):
             client, self._client = self._client, None
             client.close()
 
-    def on_receive(self, message: object) -> object:
+    def receive(self, message: object) -> object:
         """Handle ScoredBatch, Flush and GetStatus."""
         match message:
             case ScoredBatch(source=source) as batch:

@@ -73,6 +73,13 @@ def _require(doc: dict[str, Any], key: str, where: str) -> Any:
     return doc[key]
 
 
+def _number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        msg = f"model error: {where}: {key!r} must be a finite number, got {value!r}"
+        raise ModelLoadError(msg)
+    return float(value)
+
+
 def load_linear(path: str | Path | None) -> LinearModel:
     """Load a JSON-weights logistic regression; ``None`` or ``""`` loads the packaged demo model.
 
@@ -98,6 +105,9 @@ def load_linear(path: str | Path | None) -> LinearModel:
         msg = f"model error: {where} must hold a JSON object"
         raise ModelLoadError(msg)
     names = _require(doc, "features", where)
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        msg = f"model error: {where}: 'features' must be a list of non-empty feature names"
+        raise ModelLoadError(msg)
     vectors = {}
     for key in ("mean", "std", "weights"):
         value = _require(doc, key, where)
@@ -107,7 +117,14 @@ def load_linear(path: str | Path | None) -> LinearModel:
                 f"{len(names)} numbers, one per feature"
             )
             raise ModelLoadError(msg)
-        vectors[key] = np.array(value, dtype=np.float64)
+        try:
+            vectors[key] = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            msg = f"model error: {where}: {key!r} holds a value that is not a number"
+            raise ModelLoadError(msg) from None
+        if not np.all(np.isfinite(vectors[key])):
+            msg = f"model error: {where}: {key!r} holds a null, NaN or infinite value"
+            raise ModelLoadError(msg)
     try:
         spec = FeatureSpec(tuple(str(n) for n in names), vectors["mean"], vectors["std"])
     except ValueError as exc:
@@ -119,7 +136,7 @@ def load_linear(path: str | Path | None) -> LinearModel:
         version=version,
         spec=spec,
         weights=vectors["weights"],
-        bias=float(_require(doc, "bias", where)),
+        bias=_number(_require(doc, "bias", where), "bias", where),
     )
 
 

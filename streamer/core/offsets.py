@@ -49,21 +49,21 @@ class WatermarkTracker:
             )
             raise ValueError(msg)
         queue = self._pending.setdefault(tp, OrderedDict())
-        if queue:
-            last = next(reversed(queue.values()))
-            if first_offset < last.next_offset:
-                msg = (
-                    f"batch {batch_id} on {tp[0]}/{tp[1]} starts at {first_offset}, "
-                    f"before the previous batch ended ({last.next_offset - 1})"
-                )
-                raise ValueError(msg)
+        # The next batch must start above everything tracked or acknowledged so far.
+        floor = next(reversed(queue.values())).next_offset if queue else self._watermark.get(tp, 0)
+        if first_offset < floor:
+            msg = (
+                f"batch {batch_id} on {tp[0]}/{tp[1]} starts at {first_offset}, "
+                f"at or below an offset already tracked ({floor - 1})"
+            )
+            raise ValueError(msg)
         queue[batch_id] = _Pending(next_offset=last_offset + 1, size=size)
         self._records_in_flight += size
 
     def ack(self, tp: TopicPartition, batch_id: int) -> bool:
         """Mark a batch delivered. Returns False for a batch that is not tracked."""
         queue = self._pending.get(tp)
-        if queue is None or batch_id not in queue:
+        if queue is None or batch_id not in queue or batch_id in self._failed:
             return False
         queue[batch_id].acked = True
         while queue:

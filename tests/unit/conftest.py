@@ -1,0 +1,21 @@
+"""Shared fixtures of the unit suite: every actor is stopped after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python 3 reads its protocol schemas with deprecated importlib.resources calls.
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:(open|read)_text is deprecated:DeprecationWarning"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _stop_all_actors() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(block=True, timeout=10)

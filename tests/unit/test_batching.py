@@ -1,0 +1,162 @@
+"""Micro-batching by size and age, per partition."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.core.batching import MicroBatcher
+
+# Properties run without a deadline (CI machines vary) and leave no example database.
+PROPERTIES = settings(deadline=None, database=None)
+
+TP0 = ("events", 0)
+TP1 = ("events", 1)
+
+
+class TestSizeLimit:
+    def test_a_full_batch_is_released_at_once(self) -> None:
+        batcher = MicroBatcher(max_records=3, max_wait_s=10.0)
+        assert batcher.add(TP0, [1, 2], now=0.0) == []
+        assert batcher.add(TP0, [3], now=0.1) == [(TP0, [1, 2, 3])]
+        assert batcher.buffered == 0
+
+    def test_records_beyond_max_records_start_the_next_batch(self) -> None:
+        batcher = MicroBatcher(max_records=3, max_wait_s=10.0)
+        ready = batcher.add(TP0, list(range(8)), now=0.0)
+        assert ready == [(TP0, [0, 1, 2]), (TP0, [3, 4, 5])]
+        assert batcher.buffered == 2
+        assert batcher.drain() == [(TP0, [6, 7])]
+
+    def test_adding_no_records_releases_nothing_and_buffers_nothing(self) -> None:
+        batcher = MicroBatcher(max_records=3, max_wait_s=0.0)
+        assert batcher.add(TP0, [], now=0.0) == []
+        assert batcher.time_to_next_deadline(0.0) is None
+        assert batcher.expired(100.0) == []
+
+    def test_partitions_are_batched_separately(self) -> None:
+        batcher = MicroBatcher(max_records=2, max_wait_s=10.0)
+        assert batcher.add(TP0, ["a0"], now=0.0) == []
+        assert batcher.add(TP1, ["b0"], now=0.0) == []
+        assert batcher.add(TP1, ["b1"], now=0.0) == [(TP1, ["b0", "b1"])]
+        assert batcher.buffered == 1
+        assert batcher.drain() == [(TP0, ["a0"])]
+
+    @pytest.mark.parametrize("max_records", [0, -1])
+    def test_max_records_below_one_raises(self, max_records: int) -> None:
+        with pytest.raises(ValueError, match=f"max_records must be >= 1, got {max_records}"):
+            MicroBatcher(max_records=max_records, max_wait_s=1.0)
+
+
+class TestAgeLimit:
+    def test_a_partial_batch_is_released_when_it_is_max_wait_s_old(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=0.5)
+        batcher.add(TP0, [1, 2], now=100.0)
+        assert batcher.expired(100.49) == []
+        assert batcher.expired(100.5) == [(TP0, [1, 2])]
+        assert batcher.buffered == 0
+        assert batcher.expired(200.0) == []
+
+    def test_the_age_of_a_batch_counts_from_its_first_record(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=0.5)
+        batcher.add(TP0, [1], now=100.0)
+        batcher.add(TP0, [2], now=100.4)
+        assert batcher.expired(100.5) == [(TP0, [1, 2])]
+
+    def test_the_rest_after_a_full_batch_ages_from_when_it_was_added(self) -> None:
+        batcher = MicroBatcher(max_records=2, max_wait_s=0.5)
+        batcher.add(TP0, [1], now=100.0)
+        assert batcher.add(TP0, [2, 3], now=100.4) == [(TP0, [1, 2])]
+        assert batcher.expired(100.5) == []
+        assert batcher.expired(100.9) == [(TP0, [3])]
+
+    def test_only_old_enough_partitions_expire(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=1.0)
+        batcher.add(TP0, ["old"], now=0.0)
+        batcher.add(TP1, ["new"], now=0.8)
+        assert batcher.expired(1.0) == [(TP0, ["old"])]
+        assert batcher.expired(1.8) == [(TP1, ["new"])]
+
+    def test_time_to_next_deadline_follows_the_oldest_partial_batch(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=1.0)
+        assert batcher.time_to_next_deadline(0.0) is None
+        batcher.add(TP1, ["b"], now=5.5)
+        batcher.add(TP0, ["a"], now=5.25)
+        assert batcher.time_to_next_deadline(5.5) == 0.75
+        assert batcher.time_to_next_deadline(7.0) == 0.0
+        batcher.expired(6.25)
+        assert batcher.time_to_next_deadline(6.25) == 0.25
+
+
+class TestDrainAndDiscard:
+    def test_drain_releases_every_buffered_record(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=10.0)
+        batcher.add(TP0, [1, 2], now=0.0)
+        batcher.add(TP1, [3], now=0.0)
+        assert sorted(batcher.drain()) == [(TP0, [1, 2]), (TP1, [3])]
+        assert batcher.buffered == 0
+        assert batcher.drain() == []
+
+    def test_discard_drops_revoked_partitions_and_counts_their_records(self) -> None:
+        batcher = MicroBatcher(max_records=10, max_wait_s=10.0)
+        batcher.add(TP0, [1, 2], now=0.0)
+        batcher.add(TP1, [3], now=0.0)
+        assert batcher.discard([TP0, ("events", 9)]) == 2
+        assert batcher.buffered == 1
+        assert batcher.drain() == [(TP1, [3])]
+
+
+# Times in sixteenths of a second are exact in binary, so deadlines compare exactly.
+SIXTEENTHS = st.integers(0, 16).map(lambda n: n / 16)
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[str, int, int, float]]:
+    """(op, partition, count, time step) with op in add/expire."""
+    steps = []
+    for _ in range(draw(st.integers(0, 40))):
+        op = draw(st.sampled_from(["add", "add", "add", "expire"]))
+        steps.append((op, draw(st.integers(0, 3)), draw(st.integers(0, 25)), draw(SIXTEENTHS)))
+    return steps
+
+
+@PROPERTIES
+@given(
+    max_records=st.integers(1, 10),
+    max_wait_s=SIXTEENTHS,
+    steps=operations(),
+)
+def test_batches_keep_order_never_exceed_max_records_and_lose_no_record(
+    max_records: int, max_wait_s: float, steps: list[tuple[str, int, int, float]]
+) -> None:
+    batcher = MicroBatcher(max_records=max_records, max_wait_s=max_wait_s)
+    sent: dict[tuple[str, int], list[int]] = {}
+    released: list[tuple[tuple[str, int], list[int]]] = []
+    now = 0.0
+    counter = 0
+    for op, p, count, step in steps:
+        now += step
+        tp = ("t", p)
+        if op == "add":
+            records = list(range(counter, counter + count))
+            counter += count
+            sent.setdefault(tp, []).extend(records)
+            full = batcher.add(tp, records, now)
+            assert all(len(batch) == max_records for _, batch in full)
+            released.extend(full)
+        else:
+            expired = batcher.expired(now)
+            assert batcher.time_to_next_deadline(now) is None or (
+                batcher.time_to_next_deadline(now) > 0
+            )
+            released.extend(expired)
+        assert batcher.buffered == sum(map(len, sent.values())) - sum(len(b) for _, b in released)
+    released.extend(batcher.drain())
+    assert batcher.buffered == 0
+    got: dict[tuple[str, int], list[int]] = {}
+    for tp, batch in released:
+        assert 1 <= len(batch) <= max_records
+        assert all(r in sent[tp] for r in batch), "a batch mixes partitions"
+        got.setdefault(tp, []).extend(batch)
+    assert got == {tp: records for tp, records in sent.items() if records}

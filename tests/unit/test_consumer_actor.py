@@ -1,0 +1,330 @@
+"""ConsumerActor with a scripted fake consumer and a recording preprocessor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+from prometheus_client import CollectorRegistry
+
+from streamer.actors.consumer import Attach, ConsumerActor
+from streamer.actors.metrics import MetricsActor
+from streamer.errors import DeliveryError
+from streamer.messages import BatchAcked, CommitNow, GetStatus, ScoreBatch, StopFetching
+from streamer.settings import BatchSettings, KafkaSettings, MetricsSettings
+from tests.unit.fakes import (
+    FakeConsumer,
+    FakeRecord,
+    Mailbox,
+    make_records,
+    start_recorder,
+    sync,
+    wait_until,
+)
+
+ASK_S = 5.0
+TP0 = ("events", 0)
+TP1 = ("events", 1)
+TP2 = ("events", 2)
+# No periodic commit unless a test asks for one: CommitNow is then the only commit.
+KAFKA = KafkaSettings(input_topic="events", output_topic="scores", commit_interval_s=3600.0)
+
+
+def values(n: int) -> list[bytes | None]:
+    return [b'{"i": %d}' % i for i in range(n)]
+
+
+class Harness:
+    """A consumer actor over a FakeConsumer, feeding one recording preprocessor."""
+
+    def __init__(
+        self,
+        records: dict[tuple[str, int], list[FakeRecord]],
+        *,
+        batch: BatchSettings,
+        kafka: KafkaSettings = KAFKA,
+        metrics: pykka.ActorRef | None = None,
+    ) -> None:
+        self.fake = FakeConsumer(records)
+        self.failures = Mailbox()
+        self.preprocessor, self.batches = start_recorder()
+        self.ref = ConsumerActor.start(
+            kafka,
+            batch,
+            metrics=metrics,
+            on_failure=lambda kind, error: self.failures.put((kind, error)),
+            client_factory=lambda _settings, _max: self.fake,
+        )
+        self.ref.tell(Attach([self.preprocessor]))
+
+    def status(self) -> dict[str, Any]:
+        return self.ref.ask(GetStatus(), timeout=ASK_S)
+
+    def wait_for_batches(self, count: int) -> list[Any]:
+        messages = self.batches.wait_for(count)
+        assert all(isinstance(m, ScoreBatch) for m in messages)
+        return [m.source for m in messages]
+
+    def ack(self, source: Any, error: str | None = None) -> None:
+        self.ref.tell(BatchAcked(source.batch_id, source.topic, source.partition, error))
+
+    def commit_now(self) -> dict[tuple[str, int], int]:
+        return self.ref.ask(CommitNow(), timeout=ASK_S)
+
+
+class TestDispatch:
+    def test_records_are_dispatched_in_per_partition_batches_of_at_most_max_records(self) -> None:
+        records = {
+            TP0: make_records(values(25)),
+            TP1: make_records(values(25)),
+            TP2: make_records(values(7), offsets=[0, 1, 2, 10, 11, 30, 31]),  # compacted
+        }
+        h = Harness(records, batch=BatchSettings(max_records=10, max_wait_s=0.05))
+        sources = h.wait_for_batches(7)
+        by_tp: dict[tuple[str, int], list[Any]] = {}
+        for s in sources:
+            assert 1 <= len(s) <= 10
+            by_tp.setdefault((s.topic, s.partition), []).append(s)
+        assert [len(s) for s in by_tp[TP0]] == [10, 10, 5]
+        assert [len(s) for s in by_tp[TP1]] == [10, 10, 5]
+        assert [len(s) for s in by_tp[TP2]] == [7]
+        for tp, batches in by_tp.items():
+            assert [s.seq for s in batches] == list(range(len(batches)))
+            assert [o for s in batches for o in s.offsets] == [r.offset for r in records[tp]]
+            assert [v for s in batches for v in s.values] == [r.value for r in records[tp]]
+            assert [k for s in batches for k in s.keys] == [r.key for r in records[tp]]
+            assert [t for s in batches for t in s.timestamps_ms] == [
+                r.timestamp for r in records[tp]
+            ]
+        assert len({s.batch_id for s in sources}) == 7
+        status = h.status()
+        assert status["batches_in_flight"] == 7
+        assert status["records_in_flight"] == 57
+        assert status["records_dispatched"] == 57
+        assert status["assigned"] == [TP0, TP1, TP2]
+        for s in sources:
+            h.ack(s)
+        assert h.commit_now() == {TP0: 25, TP1: 25, TP2: 32}
+
+    def test_batches_go_to_the_preprocessors_in_turn(self) -> None:
+        fake = FakeConsumer({TP0: make_records(values(40))})
+        first_ref, first = start_recorder()
+        second_ref, second = start_recorder()
+        ref = ConsumerActor.start(
+            KAFKA, BatchSettings(max_records=10), client_factory=lambda _s, _m: fake
+        )
+        ref.tell(Attach([first_ref, second_ref]))
+        assert [m.source.first_offset for m in first.wait_for(2)] == [0, 20]
+        assert [m.source.first_offset for m in second.wait_for(2)] == [10, 30]
+
+    def test_nothing_is_fetched_before_attach(self) -> None:
+        fake = FakeConsumer({TP0: make_records(values(5))})
+        ref = ConsumerActor.start(KAFKA, BatchSettings(), client_factory=lambda _s, _m: fake)
+        fake.wait_for_polls(2)  # the ticker keeps the group membership alive
+        status = ref.ask(GetStatus(), timeout=ASK_S)
+        assert status["records_dispatched"] == 0
+        assert status["fetching"] is False
+        assert fake.positions[TP0] == 0
+
+
+class TestBackpressure:
+    def test_it_pauses_at_max_in_flight_and_resumes_after_an_ack(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(100))},
+            batch=BatchSettings(max_records=10, max_in_flight=2, max_wait_s=0.05),
+        )
+        first, second = h.wait_for_batches(2)
+        wait_until(lambda: h.status()["paused"])
+        assert h.fake.paused == {TP0}
+        polls = h.fake.polls
+        h.fake.wait_for_polls(polls + 3)  # paused polls keep the membership, fetch nothing
+        sync(h.preprocessor)
+        assert len(h.batches.items()) == 2
+        assert h.status()["batches_in_flight"] == 2
+        resumes = len(h.fake.resume_calls)
+
+        h.ack(first)
+        third = h.wait_for_batches(3)[2]
+        assert third.offsets == list(range(20, 30))
+        assert h.fake.resume_calls[resumes:][0] == [TP0]
+        wait_until(lambda: h.status()["paused"])
+        assert h.status()["batches_in_flight"] == 2
+        assert max(h.fake.max_records_seen) == 20
+
+        h.ack(second)
+        h.ack(third)
+        assert [s.first_offset for s in h.wait_for_batches(5)[3:]] == [30, 40]
+        assert h.commit_now() == {TP0: 30}
+
+    def test_partial_batches_exceed_the_cap_by_at_most_one_per_partition_then_it_pauses(
+        self,
+    ) -> None:
+        # One poll can end in a partial batch on every partition; released by age, they
+        # may exceed max_in_flight (documented), but no new records are taken until
+        # acknowledgements bring the count back under the cap.
+        records = {("events", p): make_records(values(5)) for p in range(4)}
+        h = Harness(records, batch=BatchSettings(max_records=10, max_in_flight=2, max_wait_s=0.05))
+        sources = h.wait_for_batches(4)
+        assert sorted(s.partition for s in sources) == [0, 1, 2, 3]
+        wait_until(lambda: h.status()["paused"])
+        assert h.status()["batches_in_flight"] == 4
+        for p in range(4):
+            h.fake.append(("events", p), make_records(values(5), offsets=range(5, 10)))
+        polls = h.fake.polls
+        h.fake.wait_for_polls(polls + 3)
+        sync(h.preprocessor)
+        assert len(h.batches.items()) == 4
+        for source in sources[:3]:
+            h.ack(source)
+        more = h.wait_for_batches(5)[4:]
+        assert all(s.first_offset == 5 for s in more)
+        assert h.status()["batches_in_flight"] <= 2 + 4
+
+
+class TestCommits:
+    def test_commit_now_returns_exactly_the_contiguous_acknowledged_watermark(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(30))},
+            batch=BatchSettings(max_records=10, max_in_flight=10),
+        )
+        b0, b1, b2 = h.wait_for_batches(3)
+        assert h.commit_now() == {}
+        assert h.fake.commits == []
+        h.ack(b0)
+        h.ack(b2)
+        assert h.commit_now() == {TP0: 10}
+        assert h.fake.last_commit() == {TP0: 10}
+        h.ack(b1)
+        assert h.commit_now() == {TP0: 30}
+        assert h.fake.commits == [{TP0: 10}, {TP0: 30}]
+        status = h.status()
+        assert status["committed"] == {TP0: 30}
+        assert status["batches_in_flight"] == 0
+
+    def test_periodic_commits_never_pass_an_unacknowledged_offset(self) -> None:
+        kafka = KafkaSettings(input_topic="events", output_topic="scores", commit_interval_s=0.05)
+        h = Harness(
+            {TP0: make_records(values(30))},
+            kafka=kafka,
+            batch=BatchSettings(max_records=10, max_in_flight=10),
+        )
+        b0, b1, b2 = h.wait_for_batches(3)
+        h.ack(b2)
+        h.ack(b0)
+        wait_until(lambda: {TP0: 10} in h.fake.async_commits)
+        polls = h.fake.polls
+        h.fake.wait_for_polls(polls + 3)
+        assert {c[TP0] for c in h.fake.async_commits} == {10}
+        wait_until(lambda: h.status()["committed"] == {TP0: 10})
+        h.ack(b1)
+        wait_until(lambda: {TP0: 30} in h.fake.async_commits)
+        assert [c[TP0] for c in h.fake.async_commits] == [10, 30]
+        wait_until(lambda: h.status()["committed"] == {TP0: 30})
+        assert h.fake.commits == []
+
+    def test_a_revoked_partition_is_forgotten_and_its_late_acks_ignored(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(20)), TP1: make_records(values(20))},
+            batch=BatchSettings(max_records=10, max_in_flight=10),
+        )
+        sources = h.wait_for_batches(4)
+        p0 = [s for s in sources if s.partition == 0]
+        p1 = [s for s in sources if s.partition == 1]
+        h.ack(p0[0])
+        h.status()
+        h.fake.revoke_on_next_poll([TP0])
+        wait_until(lambda: h.status()["assigned"] == [TP1])
+        # The acknowledged work of the revoked partition is committed on the way out.
+        assert h.fake.async_commits == [{TP0: 10}]
+        status = h.status()
+        assert status["batches_in_flight"] == 2
+        assert status["records_in_flight"] == 20
+        assert TP0 not in status["watermarks"]
+        h.ack(p0[1])  # late: the partition belongs to another member now
+        h.ack(p1[0])
+        assert h.commit_now() == {TP1: 10}
+        assert TP0 not in h.status()["watermarks"]
+
+    def test_a_failed_delivery_stops_fetching_and_the_watermark_for_good(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(30))},
+            batch=BatchSettings(max_records=10, max_in_flight=10),
+        )
+        b0, b1, b2 = h.wait_for_batches(3)
+        h.ack(b0)
+        h.ack(b1, error="KafkaTimeoutError: timed out")
+        h.ack(b2)
+        ((kind, error),) = h.failures.wait_for(1)
+        assert kind == "producer"
+        assert isinstance(error, DeliveryError)
+        assert f"batch {b1.batch_id} from events/0" in str(error)
+        assert "KafkaTimeoutError: timed out" in str(error)
+        assert h.status()["fetching"] is False
+        assert h.commit_now() == {TP0: 10}
+        assert h.ref.is_alive()
+
+    def test_a_late_failure_of_a_revoked_partition_is_ignored(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(10)), TP1: make_records(values(10))},
+            batch=BatchSettings(max_records=10),
+        )
+        sources = h.wait_for_batches(2)
+        h.fake.revoke_on_next_poll([TP0])
+        wait_until(lambda: h.status()["assigned"] == [TP1])
+        h.ack(next(s for s in sources if s.partition == 0), error="boom")
+        assert h.status()["fetching"] is True
+        assert h.failures.items() == []
+
+
+class TestShutdown:
+    def test_stop_fetching_dispatches_buffered_records_and_takes_no_more(self) -> None:
+        h = Harness(
+            {TP0: make_records(values(15))},
+            batch=BatchSettings(max_records=10, max_wait_s=30.0),
+        )
+        h.wait_for_batches(1)
+        wait_until(lambda: h.fake.positions[TP0] == 15)
+        status = h.ref.ask(StopFetching(), timeout=ASK_S)
+        assert status["fetching"] is False
+        assert status["batches_in_flight"] == 2
+        first, rest = h.wait_for_batches(2)
+        assert rest.offsets == list(range(10, 15))
+        assert h.fake.paused == {TP0}
+        h.fake.append(TP0, make_records(values(10), offsets=range(15, 25)))
+        polls = h.fake.polls
+        h.fake.wait_for_polls(polls + 3)
+        sync(h.preprocessor)
+        assert len(h.batches.items()) == 2
+        h.ack(first)
+        h.ack(rest)
+        assert h.commit_now() == {TP0: 15}
+
+    def test_a_normal_stop_closes_the_client_without_committing(self) -> None:
+        h = Harness({TP0: make_records(values(10))}, batch=BatchSettings(max_records=10))
+        (batch,) = h.wait_for_batches(1)
+        h.ack(batch)
+        h.status()
+        h.ref.stop(timeout=ASK_S)
+        assert h.fake.closed is True
+        assert h.fake.commits == []
+
+
+def test_the_consumer_reports_consumed_records_in_flight_commits_and_lag() -> None:
+    registry = CollectorRegistry()
+    metrics = MetricsActor.start(MetricsSettings(enabled=False), registry)
+    h = Harness(
+        {TP0: make_records(values(30))},
+        batch=BatchSettings(max_records=10, max_in_flight=10),
+        metrics=metrics,
+    )
+    b0, _b1, _b2 = h.wait_for_batches(3)
+    h.ack(b0)
+    h.commit_now()  # forces a progress report
+    metrics.ask(GetStatus(), timeout=ASK_S)
+    value = registry.get_sample_value
+    assert value("streamer_records_consumed_total") == 30.0
+    assert value("streamer_in_flight_batches") == 2.0
+    assert value("streamer_in_flight_records") == 20.0
+    assert value("streamer_committed_offset", {"topic": "events", "partition": "0"}) == 10.0
+    assert value("streamer_consumer_lag", {"topic": "events", "partition": "0"}) == 20.0
+    assert value("streamer_paused_partitions") == 0.0
