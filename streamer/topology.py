@@ -97,7 +97,12 @@ class Pipeline:
         self._check_features()
         self._check_topics()
         self.metrics_ref = MetricsActor.start(
-            s.metrics, self.registry, self.model.name, self.model.version
+            s.metrics,
+            self.registry,
+            self.model.name,
+            self.model.version,
+            health=self.health,
+            readiness=self.readiness,
         )
         try:
             self.consumer_ref = ConsumerActor.start(
@@ -226,6 +231,53 @@ class Pipeline:
     def failure(self) -> str | None:
         """Why the pipeline failed, if an actor died."""
         return self._failure
+
+    # --- health (called from the metrics HTTP threads) ------------------------
+
+    def _actor_refs(self) -> dict[str, pykka.ActorRef | None]:
+        refs: dict[str, pykka.ActorRef | None] = {
+            "consumer": self.consumer_ref,
+            "producer": self.producer_ref,
+            "metrics": self.metrics_ref,
+        }
+        refs.update({f"model-{i}": ref for i, ref in enumerate(self.model_refs)})
+        refs.update({f"preprocessor-{i}": ref for i, ref in enumerate(self.preprocessor_refs)})
+        return refs
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: is every actor alive? Details name the dead ones."""
+        dead = sorted(
+            name for name, ref in self._actor_refs().items() if ref is None or not ref.is_alive()
+        )
+        details: dict[str, Any] = {"status": "ok" if not dead else "failing", "dead_actors": dead}
+        if self._failure is not None:
+            details["failure"] = self._failure
+        return (not dead and self._failure is None, details)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: clients open, group joined, model loaded, not stopping."""
+        alive, _ = self.health()
+        checks = {
+            "actors_alive": alive,
+            "broker_connected": bool(
+                self.consumer_ref
+                and self.consumer_ref.is_alive()
+                and self.producer_ref
+                and self.producer_ref.is_alive()
+            ),
+            "group_joined": self._assigned.is_set(),
+            "model_loaded": self.model is not None,
+            "not_stopping": not self._stop_requested.is_set(),
+        }
+        failing = sorted(name for name, ok in checks.items() if not ok)
+        return (
+            not failing,
+            {
+                "status": "ready" if not failing else "not ready",
+                "failing": failing,
+                "checks": checks,
+            },
+        )
 
     # --- status --------------------------------------------------------------
 

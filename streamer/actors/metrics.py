@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -19,6 +20,9 @@ from streamer.messages import (
 from streamer.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
+
+# () -> (ok, details): details is a JSON-ready dict that says what is wrong.
+HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
 
 ACTOR_KINDS = ("consumer", "preprocessor", "model", "producer", "metrics")
 STAGES = ("preprocess", "model", "produce")
@@ -180,9 +184,14 @@ class MetricsActor(PipelineActor):
         registry: CollectorRegistry,
         model_name: str = "",
         model_version: str = "",
+        health: HealthProbe | None = None,
+        readiness: HealthProbe | None = None,
     ) -> None:
         super().__init__(None, None)
         self._settings = settings
+        # Called from the HTTP server's threads, never from this actor's thread.
+        self.health = health
+        self.readiness = readiness
         self.metrics = PipelineMetrics(registry)
         self.metrics.model_info.info({"name": model_name, "version": model_version})
         self._server: Any = None
