@@ -5,6 +5,8 @@ class StreamerError(Exception):
     """Base class of every error streamer raises on purpose."""
 
     exit_code = 1
+    # False: restarting the actor cannot help; the supervisor stops the pipeline.
+    restartable = True
 
 
 class ConfigError(StreamerError):
@@ -29,3 +31,9 @@ class DeliveryError(StreamerError):
 
 class PipelineStartError(StreamerError):
     """An actor failed while the pipeline was starting."""
+
+
+class DeadLetterRatioError(StreamerError):
+    """The dead-letter circuit breaker tripped: too many records cannot be scored."""
+
+    restartable = False

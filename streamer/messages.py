@@ -30,6 +30,7 @@ class SourceBatch:
     values: list[bytes | None]
     timestamps_ms: list[int]
     dispatched_at: float
+    epoch: int = 0
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -102,11 +103,25 @@ class BatchAcked:
     topic: str
     partition: int
     error: str | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Poll:
     """Consumer -> itself: fetch the next records (keeps the inbox responsive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """Topology -> consumer: a stage was restarted; re-dispatch all unacknowledged work.
+
+    Every batch still below the watermark is sent again, in partition order,
+    tagged with the new ``epoch``. The producer drops batches of older epochs,
+    so the outputs of each partition come out in order again (with duplicates
+    of what was already delivered: at least once).
+    """
+
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +188,10 @@ class ActorFailed:
 
     actor: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActorRestarted:
+    """The supervisor replaced a dead actor."""
+
+    actor: str

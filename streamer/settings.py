@@ -102,6 +102,31 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class SupervisionSettings:
+    """Restarts of failed actors and the dead-letter circuit breaker."""
+
+    max_restarts: int = _doc(
+        "Most actor restarts within restart_window_s; one more stops the pipeline (exit 1).",
+        default=5,
+    )
+    restart_window_s: float = _doc("The window of max_restarts.", default=60.0)
+    backoff_initial_s: float = _doc(
+        "Delay before the first restart; doubles each time.", default=0.2
+    )
+    backoff_max_s: float = _doc("Longest delay before a restart.", default=5.0)
+    dead_letter_max_ratio: float = _doc(
+        "Stop (exit 1) when dead letters exceed this share of the last window; 1 disables.",
+        default=0.5,
+    )
+    dead_letter_window_records: int = _doc(
+        "Records in the dead-letter ratio window (judged once it is full).", default=1000
+    )
+    broker_retry_s: float = _doc(
+        "Retry interval while the broker is unreachable at start (0: fail at once).", default=5.0
+    )
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """The Prometheus endpoint."""
 
@@ -125,6 +150,7 @@ class Settings:
     batch: BatchSettings = field(default_factory=BatchSettings)
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
 
@@ -134,6 +160,7 @@ SECTIONS: dict[str, type] = {
     "batch": BatchSettings,
     "preprocess": PreprocessSettings,
     "model": ModelSettings,
+    "supervision": SupervisionSettings,
     "metrics": MetricsSettings,
     "shutdown": ShutdownSettings,
 }
@@ -160,8 +187,20 @@ _POSITIVE = {
     "kafka.bootstrap_timeout_s",
     "kafka.commit_interval_s",
     "shutdown.timeout_s",
+    "supervision.restart_window_s",
+    "supervision.dead_letter_max_ratio",
+    "supervision.dead_letter_window_records",
 }
-_NON_NEGATIVE = {"batch.max_wait_s", "kafka.fetch_max_wait_s", "kafka.linger_s", "metrics.port"}
+_NON_NEGATIVE = {
+    "supervision.max_restarts",
+    "supervision.backoff_initial_s",
+    "supervision.backoff_max_s",
+    "supervision.broker_retry_s",
+    "batch.max_wait_s",
+    "kafka.fetch_max_wait_s",
+    "kafka.linger_s",
+    "metrics.port",
+}
 _REQUIRED = ("kafka.input_topic", "kafka.output_topic")
 
 
@@ -279,6 +318,11 @@ def _check_across_keys(settings: Settings) -> None:
             env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
             msg = f"config error: {dotted} is required (set it in the [{section}] table or {env})"
             raise ConfigError(msg)
+    if settings.supervision.dead_letter_max_ratio > 1:
+        msg = (
+            "config error: supervision.dead_letter_max_ratio must be <= 1 (1 disables the breaker)"
+        )
+        raise ConfigError(msg)
     kafka = settings.kafka
     if kafka.heartbeat_interval_s >= kafka.session_timeout_s:
         msg = (

@@ -16,12 +16,15 @@ Shutdown follows Broadway's terminator:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pykka
 from prometheus_client import CollectorRegistry
@@ -31,10 +34,12 @@ from streamer.actors.metrics import MetricsActor, PipelineMetrics
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
+from streamer.actors.routing import Route
 from streamer.client import GroupConsumer, Producer
 from streamer.core.model import Model, load_model
-from streamer.errors import ConfigError, PipelineStartError, StreamerError
-from streamer.messages import CommitNow, Flush, GetStatus, StopFetching
+from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
+from streamer.errors import BrokerError, ConfigError, PipelineStartError, StreamerError
+from streamer.messages import ActorRestarted, CommitNow, Flush, GetStatus, Rewind, StopFetching
 from streamer.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ class ShutdownReport:
 
 
 class Pipeline:
-    """Builds the actor topology from Settings and runs it until stopped or failed."""
+    """Builds the actor topology from Settings, supervises it, and stops it in order."""
 
     def __init__(
         self,
@@ -73,29 +78,62 @@ class Pipeline:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stop_requested = threading.Event()
+        self._closing = threading.Event()
         self._failure: str | None = None
         self._failure_error: BaseException | None = None
-        self._failure_is_knock_on = False
         self._assigned = threading.Event()
+        sup = settings.supervision
+        self._policy = RestartPolicy(
+            sup.max_restarts, sup.restart_window_s, sup.backoff_initial_s, sup.backoff_max_s
+        )
+        self._failures: queue.Queue[tuple[str, int, BaseException]] = queue.Queue()
+        self._supervisor: threading.Thread | None = None
+        self._epoch = 0
+        self.restarts: dict[str, int] = {}
+        # Senders hold these routes, so that a restarted actor needs no rewiring.
+        self._consumer_route = Route("consumer")
+        self._producer_route = Route("producer")
+        self._model_route = Route("models")
+        self._preprocessor_route = Route("preprocessors")
         self.metrics_ref: pykka.ActorRef | None = None
-        self.consumer_ref: pykka.ActorRef | None = None
-        self.producer_ref: pykka.ActorRef | None = None
-        self.model_refs: list[pykka.ActorRef] = []
-        self.preprocessor_refs: list[pykka.ActorRef] = []
+        self._starting = True
         self._stopped = False
+
+    # --- the current refs ----------------------------------------------------
+
+    @property
+    def consumer_ref(self) -> pykka.ActorRef | None:
+        """The consumer actor (changes when it is restarted)."""
+        refs = self._consumer_route.refs()
+        return refs[0] if refs else None
+
+    @property
+    def producer_ref(self) -> pykka.ActorRef | None:
+        """The producer actor (changes when it is restarted)."""
+        refs = self._producer_route.refs()
+        return refs[0] if refs else None
+
+    @property
+    def model_refs(self) -> list[pykka.ActorRef]:
+        """The model actors."""
+        return self._model_route.refs()
+
+    @property
+    def preprocessor_refs(self) -> list[pykka.ActorRef]:
+        """The preprocessor actors."""
+        return self._preprocessor_route.refs()
 
     # --- start ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the topics, start every actor, and begin fetching.
+        """Wait for the broker, check the topics, start every actor, and begin fetching.
 
         Raises:
             ConfigError: A configured topic does not exist on the broker.
-            BrokerError: The broker cannot be reached.
+            BrokerError: The broker cannot be reached (and retrying is off).
         """
         s = self.settings
         self._check_features()
-        self._check_topics()
         self.metrics_ref = MetricsActor.start(
             s.metrics,
             self.registry,
@@ -105,57 +143,30 @@ class Pipeline:
             readiness=self.readiness,
         )
         try:
-            self.consumer_ref = ConsumerActor.start(
-                s.kafka,
-                s.batch,
-                metrics=self.metrics_ref,
-                on_failure=self._on_actor_failure,
-                client_factory=self._consumer_factory,
-                on_ready=self._assigned.set,
+            self._wait_for_broker()
+            self._consumer_route.set([self._start_actor("consumer", 0)])
+            self._producer_route.set([self._start_actor("producer", 0)])
+            self._model_route.set([self._start_actor("model", i) for i in range(s.model.workers)])
+            self._preprocessor_route.set(
+                [self._start_actor("preprocessor", i) for i in range(s.preprocess.workers)]
             )
-            self.producer_ref = ProducerActor.start(
-                s.kafka,
-                self.consumer_ref,
-                metrics=self.metrics_ref,
-                on_failure=self._on_actor_failure,
-                client_factory=self._producer_factory,
-            )
-            self.model_refs = [
-                ModelActor.start(
-                    self.model,
-                    self.producer_ref,
-                    metrics=self.metrics_ref,
-                    on_failure=self._on_actor_failure,
-                )
-                for _ in range(s.model.workers)
-            ]
-            self.preprocessor_refs = [
-                PreprocessorActor.start(
-                    s.preprocess,
-                    s.batch,
-                    self.model.spec,
-                    self.model_refs,
-                    metrics=self.metrics_ref,
-                    on_failure=self._on_actor_failure,
-                )
-                for _ in range(s.preprocess.workers)
-            ]
             # on_start runs on each actor's thread: wait until the clients are open.
             for ref in (self.consumer_ref, self.producer_ref):
-                _ask(
-                    ref,
-                    GetStatus(),
-                    timeout=self.settings.kafka.bootstrap_timeout_s + ASK_TIMEOUT_S,
-                )
-            self.consumer_ref.tell(Attach(self.preprocessor_refs))
+                assert ref is not None
+                _ask(ref, GetStatus(), timeout=s.kafka.bootstrap_timeout_s + ASK_TIMEOUT_S)
+            self._attach_consumer()
         except Exception:
+            self._drain_start_failures()
             self._stop_all()
             self._raise_start_failure()
             raise
+        self._drain_start_failures()
         if self._failure is not None:  # an actor died while opening its client
             self._stop_all()
             self._raise_start_failure()
-
+        self._starting = False
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
         log.info(
             "pipeline started: %s -> %s (dead letters: %s), "
             "%d preprocessors, %d models, model %s %s",
@@ -168,13 +179,93 @@ class Pipeline:
             self.model.version,
         )
 
+    def _start_actor(self, kind: str, index: int) -> pykka.ActorRef:
+        """Start one actor of a kind; used at start and by the supervisor."""
+        s = self.settings
+        on_failure = self._failure_handler(kind, index)
+        # Routes stand in for refs: they have the same tell().
+        consumer = cast(pykka.ActorRef, self._consumer_route)
+        producer = cast(pykka.ActorRef, self._producer_route)
+        models = cast(pykka.ActorRef, self._model_route)
+        if kind == "consumer":
+            return ConsumerActor.start(
+                s.kafka,
+                s.batch,
+                metrics=self.metrics_ref,
+                on_failure=on_failure,
+                client_factory=self._consumer_factory,
+                on_ready=self._assigned.set,
+                epoch=self._epoch,
+            )
+        if kind == "producer":
+            sup = s.supervision
+            breaker = (
+                DeadLetterBreaker(sup.dead_letter_max_ratio, sup.dead_letter_window_records)
+                if sup.dead_letter_max_ratio < 1
+                else None
+            )
+            return ProducerActor.start(
+                s.kafka,
+                consumer,
+                metrics=self.metrics_ref,
+                on_failure=on_failure,
+                client_factory=self._producer_factory,
+                breaker=breaker,
+            )
+        if kind == "model":
+            return ModelActor.start(
+                self.model, producer, metrics=self.metrics_ref, on_failure=on_failure
+            )
+        if kind == "preprocessor":
+            return PreprocessorActor.start(
+                s.preprocess,
+                s.batch,
+                self.model.spec,
+                [models],
+                metrics=self.metrics_ref,
+                on_failure=on_failure,
+            )
+        msg = f"unknown actor kind {kind!r}"
+        raise ValueError(msg)
+
+    def _attach_consumer(self) -> None:
+        consumer = self.consumer_ref
+        assert consumer is not None
+        consumer.tell(Attach([cast(pykka.ActorRef, self._preprocessor_route)]))
+
     def _check_features(self) -> None:
         if not self.model.spec.names:
             msg = f"model error: model {self.model.name} declares no features"
             raise ConfigError(msg)
 
-    def _check_topics(self) -> None:
+    def _wait_for_broker(self) -> None:
+        """Check the topics; while the broker is unreachable, retry and log (not ready)."""
+        retry_s = self.settings.supervision.broker_retry_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._check_topics(retry_s)
+            except BrokerError as exc:
+                if retry_s <= 0 or self._stop_requested.is_set():
+                    raise
+                log.warning(
+                    "broker not reachable (attempt %d), retrying in %.0fs: %s",
+                    attempt,
+                    retry_s,
+                    exc,
+                )
+                if self._stop_requested.wait(retry_s):
+                    raise
+            else:
+                return
+
+    def _check_topics(self, timeout_s: float) -> None:
         k = self.settings.kafka
+        if timeout_s > 0:
+            k = dataclasses.replace(
+                k, bootstrap_timeout_s=min(k.bootstrap_timeout_s, max(1.0, timeout_s))
+            )
         probe = self._consumer_factory(k, 1)
         try:
             existing = probe.existing_topics()
@@ -194,17 +285,81 @@ class Pipeline:
                 )
                 raise ConfigError(msg)
 
-    # --- run -----------------------------------------------------------------
+    # --- supervision ---------------------------------------------------------
 
-    def _on_actor_failure(self, kind: str, error: BaseException) -> None:
-        # A dead actor makes its upstream neighbours die on their next tell
-        # (ActorDeadError): keep the root cause, not the knock-on death.
-        knock_on = isinstance(error, pykka.ActorDeadError)
-        if self._failure is None or (self._failure_is_knock_on and not knock_on):
-            self._failure = f"{kind} actor died: {type(error).__name__}: {error}"
+    def _failure_handler(self, kind: str, index: int) -> Callable[[str, BaseException], None]:
+        def handler(_kind: str, error: BaseException) -> None:
+            self._failures.put((kind, index, error))
+
+        return handler
+
+    def _drain_start_failures(self) -> None:
+        """At start nothing is restarted: the first failure fails the start."""
+        while True:
+            try:
+                kind, _index, error = self._failures.get_nowait()
+            except queue.Empty:
+                return
+            self._fail(f"{kind} actor died: {type(error).__name__}: {error}", error)
+
+    def _fail(self, reason: str, error: BaseException | None = None) -> None:
+        if self._failure is None:
+            self._failure = reason
             self._failure_error = error
-            self._failure_is_knock_on = knock_on
+            log.error("stopping the pipeline: %s", reason)
         self._stop_requested.set()
+
+    def _supervise(self) -> None:
+        """Restart failed actors with backoff; give up beyond the restart intensity."""
+        while not self._closing.is_set():
+            try:
+                kind, index, error = self._failures.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self._closing.is_set() or self._failure is not None:
+                continue
+            what = f"{kind} actor died: {type(error).__name__}: {error}"
+            if kind == "metrics":
+                log.error("%s; /healthz now fails so that the orchestrator restarts us", what)
+                continue
+            if not getattr(error, "restartable", True):
+                self._fail(what, error)
+                continue
+            decision = self._policy.on_failure(time.monotonic())
+            if not decision.restart:
+                self._fail(f"{what}; {decision.reason}", error)
+                continue
+            log.warning("%s; restarting it in %.1fs", what, decision.delay_s)
+            if self._closing.wait(decision.delay_s):
+                return
+            try:
+                self._restart(kind, index)
+            except Exception as exc:  # a restart that fails is fatal, never a hang
+                self._fail(f"could not restart the {kind} actor: {type(exc).__name__}: {exc}", exc)
+
+    def _restart(self, kind: str, index: int) -> None:
+        self._epoch += 1
+        ref = self._start_actor(kind, index)
+        route = {
+            "consumer": self._consumer_route,
+            "producer": self._producer_route,
+            "model": self._model_route,
+            "preprocessor": self._preprocessor_route,
+        }[kind]
+        route.replace(index, ref)
+        self.restarts[kind] = self.restarts.get(kind, 0) + 1
+        if self.metrics_ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.metrics_ref.tell(ActorRestarted(actor=kind))
+        if kind == "consumer":
+            # A new consumer resumes from the committed offsets in a new epoch.
+            self._attach_consumer()
+        else:
+            consumer = self.consumer_ref
+            if consumer is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    consumer.tell(Rewind(self._epoch))
+        log.info("%s actor restarted (epoch %d)", kind, self._epoch)
 
     def _raise_start_failure(self) -> None:
         error = self._failure_error
@@ -223,13 +378,13 @@ class Pipeline:
         return self._assigned.wait(timeout_s)
 
     def run_until_stopped(self, poll_s: float = 0.2) -> None:
-        """Block until :meth:`request_stop` or an actor failure."""
+        """Block until :meth:`request_stop` or a failure the supervisor gives up on."""
         while not self._stop_requested.wait(poll_s):
             pass
 
     @property
     def failure(self) -> str | None:
-        """Why the pipeline failed, if an actor died."""
+        """Why the pipeline failed, if the supervisor gave up."""
         return self._failure
 
     # --- health (called from the metrics HTTP threads) ------------------------
@@ -245,25 +400,31 @@ class Pipeline:
         return refs
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Liveness: is every actor alive? Details name the dead ones."""
+        """Liveness: is every actor alive? Details name the dead ones.
+
+        An actor that died and is being restarted counts as dead until its
+        replacement runs; a failure the supervisor gave up on fails for good.
+        """
         dead = sorted(
             name for name, ref in self._actor_refs().items() if ref is None or not ref.is_alive()
         )
-        details: dict[str, Any] = {"status": "ok" if not dead else "failing", "dead_actors": dead}
+        details: dict[str, Any] = {
+            "status": "ok" if not dead and self._failure is None else "failing",
+            "dead_actors": dead,
+            "restarts": dict(self.restarts),
+        }
         if self._failure is not None:
             details["failure"] = self._failure
         return (not dead and self._failure is None, details)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Readiness: clients open, group joined, model loaded, not stopping."""
+        """Readiness: broker reached, actors alive, group joined, model loaded, not stopping."""
         alive, _ = self.health()
+        consumer, producer = self.consumer_ref, self.producer_ref
         checks = {
             "actors_alive": alive,
             "broker_connected": bool(
-                self.consumer_ref
-                and self.consumer_ref.is_alive()
-                and self.producer_ref
-                and self.producer_ref.is_alive()
+                consumer and consumer.is_alive() and producer and producer.is_alive()
             ),
             "group_joined": self._assigned.is_set(),
             "model_loaded": self.model is not None,
@@ -306,6 +467,7 @@ class Pipeline:
         """Drain, flush, commit and stop every actor within the budget."""
         budget = self.settings.shutdown.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
+        self._stop_requested.set()
         deadline = started + budget
         drained = False
         committed: dict[tuple[str, int], int] = {}
@@ -361,6 +523,9 @@ class Pipeline:
         if self._stopped:
             return
         self._stopped = True
+        self._closing.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=ASK_TIMEOUT_S)
         # Flow order: nothing upstream can send to a stopped actor any more.
         for ref in [
             *self.preprocessor_refs,

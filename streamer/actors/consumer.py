@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from streamer.messages import (
     GetStatus,
     Poll,
     RecordsConsumed,
+    Rewind,
     ScoreBatch,
     SourceBatch,
     StopFetching,
@@ -76,6 +79,7 @@ class ConsumerActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         client_factory: Callable[[KafkaSettings, int], GroupConsumer] = GroupConsumer,
         on_ready: Callable[[], None] | None = None,
+        epoch: int = 0,
     ) -> None:
         super().__init__(metrics, on_failure)
         self._settings = settings
@@ -88,6 +92,9 @@ class ConsumerActor(PipelineActor):
         self._tracker = WatermarkTracker()
         self._batch_ids = itertools.count()
         self._seq: dict[TP, int] = {}
+        self._epoch = epoch
+        # Unacknowledged batches by partition, kept for a Rewind (bounded by max_in_flight).
+        self._unacked: dict[TP, deque[SourceBatch]] = {}
         self._fetched_until: dict[TP, int] = {}
         self._assigned: list[TP] = []
         self._paused = False
@@ -152,6 +159,9 @@ class ConsumerActor(PipelineActor):
                 self._preprocessors = itertools.cycle(preprocessors)
                 self._fetching = True
                 self._schedule_poll()
+            case Rewind(epoch=epoch):
+                with self._lock:
+                    return self._rewind(epoch)
             case StopFetching():
                 with self._lock:
                     return self._stop_fetching()
@@ -206,8 +216,7 @@ class ConsumerActor(PipelineActor):
 
     def _dispatch(self, tp: TP, records: list[Record]) -> None:
         assert self._preprocessors is not None
-        seq = self._seq.get(tp, 0)
-        self._seq[tp] = seq + 1
+        seq = self._next_seq(tp)
         source = SourceBatch(
             batch_id=next(self._batch_ids),
             topic=tp[0],
@@ -218,13 +227,46 @@ class ConsumerActor(PipelineActor):
             values=[r.value for r in records],
             timestamps_ms=[r.timestamp for r in records],
             dispatched_at=time.monotonic(),
+            epoch=self._epoch,
         )
         self._tracker.track(
             tp, source.batch_id, source.first_offset, source.last_offset, len(records)
         )
+        self._unacked.setdefault(tp, deque()).append(source)
         self._records_dispatched += len(records)
         next(self._preprocessors).tell(ScoreBatch(source))
         self._emit(RecordsConsumed(len(records)))
+
+    def _next_seq(self, tp: TP) -> int:
+        seq = self._seq.get(tp, 0)
+        self._seq[tp] = seq + 1
+        return seq
+
+    def _rewind(self, epoch: int) -> dict[str, int]:
+        """Send every unacknowledged batch again, in partition order, in a new epoch."""
+        self._epoch = epoch
+        self._seq.clear()
+        resent = 0
+        for tp, queue in self._unacked.items():
+            self._prune(tp)
+            renewed = deque(
+                dataclasses.replace(
+                    old, seq=self._next_seq(tp), epoch=epoch, dispatched_at=time.monotonic()
+                )
+                for old in queue
+            )
+            self._unacked[tp] = renewed
+            if self._preprocessors is not None:
+                for source in renewed:
+                    next(self._preprocessors).tell(ScoreBatch(source))
+            resent += len(renewed)
+        log.warning("rewind to epoch %d: %d unacknowledged batches sent again", epoch, resent)
+        return {"epoch": epoch, "batches_resent": resent}
+
+    def _prune(self, tp: TP) -> None:
+        queue = self._unacked.get(tp)
+        while queue and not self._tracker.is_pending(tp, queue[0].batch_id):
+            queue.popleft()
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused or self._client is None:
@@ -238,7 +280,11 @@ class ConsumerActor(PipelineActor):
     def _on_ack(self, ack: BatchAcked) -> None:
         tp = (ack.topic, ack.partition)
         if ack.error is None:
+            # An ack from an older epoch still counts: that copy was fully delivered.
             self._tracker.ack(tp, ack.batch_id)
+            self._prune(tp)
+        elif ack.epoch < self._epoch:
+            pass  # the rewind already sent this batch again
         elif self._tracker.in_flight_for(tp):
             # The watermark of this partition now stops before the batch for good.
             # The consumer stays alive so that the shutdown can still commit the
@@ -325,6 +371,7 @@ class ConsumerActor(PipelineActor):
         self._batcher.discard(list(revoked))
         for tp in revoked:
             self._fetched_until.pop(tp, None)
+            self._unacked.pop(tp, None)
         self._assigned = [tp for tp in self._assigned if tp not in revoked]
 
     # --- shutdown and status -------------------------------------------------
@@ -346,6 +393,7 @@ class ConsumerActor(PipelineActor):
             "batches_in_flight": self._tracker.batches_in_flight,
             "records_in_flight": self._tracker.records_in_flight,
             "records_dispatched": self._records_dispatched,
+            "epoch": self._epoch,
             "watermarks": self._tracker.watermarks(),
             "committed": self._tracker.committed(),
         }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pykka
 
@@ -14,6 +16,8 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.client import Producer
 from streamer.core.output import dead_letter_headers, encode_predictions, iso_now
 from streamer.core.reorder import Reorderer
+from streamer.core.supervision import DeadLetterBreaker
+from streamer.errors import DeadLetterRatioError, DeliveryError
 from streamer.messages import BatchAcked, BatchDelivered, Flush, GetStatus, Rejection, ScoredBatch
 from streamer.settings import KafkaSettings
 
@@ -59,6 +63,11 @@ class _Delivery:
             self._done(self._error)
 
 
+@dataclass(frozen=True, slots=True)
+class _DeliveryFailed:
+    error: str
+
+
 class ProducerActor(PipelineActor):
     """Produces one output record per input record, in per-partition input order.
 
@@ -78,8 +87,11 @@ class ProducerActor(PipelineActor):
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
         client_factory: Callable[[KafkaSettings], Producer] = Producer,
+        breaker: DeadLetterBreaker | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._breaker = breaker
+        self._epoch = 0
         self._settings = settings
         self._consumer = consumer
         self._client_factory = client_factory
@@ -103,10 +115,20 @@ class ProducerActor(PipelineActor):
         """Handle ScoredBatch, Flush and GetStatus."""
         match message:
             case ScoredBatch(source=source) as batch:
+                if source.epoch < self._epoch:
+                    return None  # sent again by a rewind; that copy is on its way
+                if source.epoch > self._epoch:
+                    # A rewind restarted the sequence of every partition.
+                    self._epoch = source.epoch
+                    self._reorderer = Reorderer()
                 for ready in self._reorderer.push(
                     (source.topic, source.partition), source.seq, batch
                 ):
                     self._produce(ready)
+            case _DeliveryFailed(error=error):
+                # Dying closes this client; the supervisor starts a fresh producer
+                # (a fenced or unknown producer id needs a new one) and rewinds.
+                raise DeliveryError(error)
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -121,6 +143,14 @@ class ProducerActor(PipelineActor):
         client = self._client
         assert client is not None
         source = batch.source
+        if self._breaker is not None and self._breaker.record(len(source), len(batch.rejections)):
+            msg = (
+                f"dead letters are {self._breaker.ratio:.0%} of the last {self._breaker.records} "
+                f"records, above supervision.dead_letter_max_ratio={self._breaker.max_ratio:g}; "
+                f"stopping before {source.topic}/{source.partition}@{source.first_offset} "
+                "so that a broken model or feature config does not dead-letter the whole topic"
+            )
+            raise DeadLetterRatioError(msg)
         started = time.perf_counter()
         scored_at = iso_now()
         n = len(source)
@@ -148,38 +178,36 @@ class ProducerActor(PipelineActor):
 
         def done(error: str | None) -> None:
             acked_at = time.time()
+            if error is not None:
+                detail = (
+                    f"delivery failed for batch {source.batch_id} of {source.topic}/"
+                    f"{source.partition} (offsets {source.first_offset}..{source.last_offset}): "
+                    f"{error}"
+                )
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.actor_ref.tell(_DeliveryFailed(detail))
+                return
             try:
                 self._consumer.tell(
-                    BatchAcked(source.batch_id, source.topic, source.partition, error)
+                    BatchAcked(source.batch_id, source.topic, source.partition, None, source.epoch)
                 )
             except pykka.ActorDeadError:
                 return
-            if error is None:
-                self._emit(
-                    BatchDelivered(
-                        produced=produced,
-                        dead_letters=dict(reasons),
-                        dropped=len(batch.dropped_rows),
-                        size=n,
-                        batch_seconds=time.monotonic() - source.dispatched_at,
-                        preprocess_seconds=batch.preprocess_seconds,
-                        model_seconds=batch.model_seconds,
-                        produce_seconds=produce_seconds[0],
-                        end_to_end_seconds=[max(0.0, acked_at - first_timestamp_ms / 1000)]
-                        if first_timestamp_ms > 0
-                        else [],
-                    )
+            self._emit(
+                BatchDelivered(
+                    produced=produced,
+                    dead_letters=dict(reasons),
+                    dropped=len(batch.dropped_rows),
+                    size=n,
+                    batch_seconds=time.monotonic() - source.dispatched_at,
+                    preprocess_seconds=batch.preprocess_seconds,
+                    model_seconds=batch.model_seconds,
+                    produce_seconds=produce_seconds[0],
+                    end_to_end_seconds=[max(0.0, acked_at - first_timestamp_ms / 1000)]
+                    if first_timestamp_ms > 0
+                    else [],
                 )
-            else:
-                log.error(
-                    "delivery failed for batch %d of %s/%d (offsets %d..%d): %s",
-                    source.batch_id,
-                    source.topic,
-                    source.partition,
-                    source.first_offset,
-                    source.last_offset,
-                    error,
-                )
+            )
 
         produce_seconds = [0.0]
         sends = produced + len(batch.rejections)

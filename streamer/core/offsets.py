@@ -75,6 +75,10 @@ class WatermarkTracker:
             self._records_in_flight -= first.size
         return True
 
+    def is_pending(self, tp: TopicPartition, batch_id: int) -> bool:
+        """True while a batch is tracked and not yet below the watermark."""
+        return batch_id in self._pending.get(tp, ())
+
     def fail(self, tp: TopicPartition, batch_id: int, reason: str) -> None:
         """Mark a batch undeliverable: the watermark of its partition stops before it for good."""
         if batch_id in self._pending.get(tp, {}):

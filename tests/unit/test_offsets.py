@@ -195,7 +195,9 @@ class TestTrackingOrder:
 
     def test_tracking_a_batch_that_overlaps_the_previous_one_raises(self) -> None:
         tracker = tracked((TP0, 0, 0, 9))
-        with pytest.raises(ValueError, match=r"starts at 9, at or below an offset already tracked \(9\)"):
+        with pytest.raises(
+            ValueError, match=r"starts at 9, at or below an offset already tracked \(9\)"
+        ):
             tracker.track(TP0, 1, 9, 12, 4)
         assert tracker.batches_in_flight == 1
         assert tracker.records_in_flight == 10

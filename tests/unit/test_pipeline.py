@@ -24,6 +24,7 @@ from streamer.settings import (
     PreprocessSettings,
     Settings,
     ShutdownSettings,
+    SupervisionSettings,
 )
 from streamer.topology import Pipeline
 from tests.unit.fakes import FakeKafka, FakeProducer, FakeRecord, Sent, make_records, wait_until
@@ -97,7 +98,12 @@ def dataset(spec: FeatureSpec, partitions: int, per_partition: int) -> Dataset:
 
 
 def settings(
-    *, max_in_flight: int = 4, preprocessors: int = 3, models: int = 2, max_records: int = 100
+    *,
+    max_in_flight: int = 4,
+    preprocessors: int = 3,
+    models: int = 2,
+    max_records: int = 100,
+    max_restarts: int = 5,
 ) -> Settings:
     return Settings(
         kafka=KafkaSettings(input_topic=INPUT, output_topic=OUTPUT, commit_interval_s=0.05),
@@ -109,6 +115,9 @@ def settings(
         ),
         preprocess=PreprocessSettings(workers=preprocessors),
         model=ModelSettings(workers=models),
+        supervision=SupervisionSettings(
+            max_restarts=max_restarts, backoff_initial_s=0.01, backoff_max_s=0.05
+        ),
         metrics=MetricsSettings(enabled=False),
         shutdown=ShutdownSettings(timeout_s=10.0),
     )
@@ -303,7 +312,7 @@ def test_a_model_raising_a_base_exception_fails_the_pipeline_and_is_counted(
 ) -> None:
     data = dataset(demo.spec, PARTITIONS, PER_PARTITION)
     model = CrashingModel(demo, crash_on_call=3)
-    pipeline, kafka, registry = start(data, settings(), model=model)
+    pipeline, kafka, registry = start(data, settings(max_restarts=0), model=model)
     assert model.crashed.wait(5.0)
     report = pipeline.stop(timeout_s=2.0)
     assert report.exit_code == 1
@@ -318,7 +327,7 @@ def test_a_producer_whose_send_raises_fails_the_pipeline_without_committing_unac
 ) -> None:
     data = dataset(demo.spec, PARTITIONS, PER_PARTITION)
     producer = FakeProducer(raise_on_send=650)
-    pipeline, kafka, registry = start(data, settings(), producer=producer)
+    pipeline, kafka, registry = start(data, settings(max_restarts=0), producer=producer)
     wait_until(lambda: pipeline.failure is not None)
     report = pipeline.stop(timeout_s=3.0)
     assert report.exit_code == 1
@@ -345,7 +354,9 @@ def test_a_failed_delivery_stops_the_watermark_before_its_batch(demo: LinearMode
             return TimeoutError("delivery timed out")
         return None
 
-    pipeline, kafka, _registry = start(data, settings(), producer=FakeProducer(fail_when=fail_when))
+    pipeline, kafka, _registry = start(
+        data, settings(max_restarts=0), producer=FakeProducer(fail_when=fail_when)
+    )
     wait_until(lambda: pipeline.failure is not None)
     report = pipeline.stop(timeout_s=3.0)
     assert report.exit_code == 1

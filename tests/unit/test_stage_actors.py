@@ -16,6 +16,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.core.features import FeatureSpec, prepare_batch
 from streamer.core.model import LinearModel, load_linear
+from streamer.errors import DeliveryError
 from streamer.messages import (
     BatchAcked,
     FeatureBatch,
@@ -27,7 +28,7 @@ from streamer.messages import (
     SourceBatch,
 )
 from streamer.settings import BatchSettings, KafkaSettings, MetricsSettings, PreprocessSettings
-from tests.unit.fakes import FakeProducer, Mailbox, Sent, start_recorder, sync
+from tests.unit.fakes import FakeProducer, Mailbox, Sent, start_recorder, sync, wait_until
 
 ASK_S = 5.0
 KAFKA = KafkaSettings(input_topic="events", output_topic="scores")
@@ -351,20 +352,33 @@ class TestProducerActor:
         sent[1].future.succeed()
         assert acks.wait_for(1)[0] == BatchAcked(3, "events", 0, None)
 
-    def test_a_failed_delivery_acks_the_batch_with_the_error_after_all_resolved(self) -> None:
+    def test_a_failed_delivery_kills_the_producer_without_acking_the_batch(self) -> None:
+        failures: list[tuple[str, BaseException]] = []
         fake = FakeProducer(auto_ack=False)
-        actor, consumer_ref, acks = start_producer(fake)
+        consumer, acks = start_recorder()
+        actor = ProducerActor.start(
+            KAFKA,
+            consumer,
+            on_failure=lambda kind, error: failures.append((kind, error)),
+            client_factory=lambda _settings: fake,
+        )
         actor.tell(scored([good(1, 1)] * 3, valid=[0, 1, 2], predictions=[0.1] * 3, batch_id=5))
         status(actor)
         sent = fake.records()
         sent[1].future.fail(TimeoutError("delivery timed out after 120s"))
         sent[0].future.succeed()
-        sync(consumer_ref)
-        assert acks.items() == []
         sent[2].future.succeed()
-        assert acks.wait_for(1)[0] == BatchAcked(
-            5, "events", 0, "TimeoutError: delivery timed out after 120s"
+        wait_until(lambda: not actor.is_alive())
+        assert [kind for kind, _ in failures] == ["producer"]
+        error = failures[0][1]
+        assert isinstance(error, DeliveryError)
+        assert str(error) == (
+            "delivery failed for batch 5 of events/0 (offsets 0..2): "
+            "TimeoutError: delivery timed out after 120s"
         )
+        assert fake.closed is True
+        sync(consumer)
+        assert acks.items() == []
 
     def test_a_batch_with_nothing_to_send_is_acked_at_once(self) -> None:
         fake = FakeProducer(auto_ack=False)
