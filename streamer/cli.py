@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(gen)
 
+    replay = sub.add_parser(
+        "replay-dlq", help="send dead letters back to the input topic (after a fix)"
+    )
+    _add_overrides(replay)
+    replay.add_argument(
+        "--reason", action="append", help="replay only this reason (repeatable); default all"
+    )
+    replay.add_argument("--limit", type=int, default=0, help="most records to replay; 0 = all")
+    replay.add_argument("--dry-run", action="store_true", help="count only; produce nothing")
+    _add_common(replay)
+
     demo = sub.add_parser(
         "demo", help="embedded broker + generator + pipeline with a live progress line"
     )
@@ -244,6 +255,26 @@ def cmd_produce_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_dlq(args: argparse.Namespace) -> int:
+    """Replay the dead-letter topic into the input topic."""
+    from streamer.replay import replay_dead_letters  # noqa: PLC0415
+
+    settings = load_settings(args.config, overrides=_overrides(args))
+    report = replay_dead_letters(
+        settings,
+        reasons=set(args.reason) if args.reason else None,
+        limit=args.limit,
+        dry_run=args.dry_run,
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(report.by_reason.items())) or "none"
+    print(
+        f"{verb} {report.replayed} dead letters from {settings.kafka.dead_letter_topic_name} "
+        f"to {settings.kafka.input_topic} ({reasons}); skipped {report.skipped}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamer`` console script."""
     parser = build_parser()
@@ -254,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "config-reference": cmd_config_reference,
         "produce-demo": cmd_produce_demo,
+        "replay-dlq": cmd_replay_dlq,
         "demo": _cmd_demo,
     }
     try:

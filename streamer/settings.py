@@ -53,7 +53,11 @@ class KafkaSettings:
     bootstrap_timeout_s: float = _doc(
         "How long a client waits for the broker at start.", default=30.0
     )
-    commit_interval_s: float = _doc("Most time between two offset commits.", default=1.0)
+    commit_interval_s: float = _doc(
+        "Least time between two offset commits; 0 commits after every poll that "
+        "advanced the watermark, which bounds the duplicates after a crash by the in-flight work.",
+        default=0.0,
+    )
     security_protocol: str = _doc(
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", default="PLAINTEXT"
     )
@@ -185,13 +189,13 @@ _POSITIVE = {
     "kafka.max_poll_interval_s",
     "kafka.delivery_timeout_s",
     "kafka.bootstrap_timeout_s",
-    "kafka.commit_interval_s",
     "shutdown.timeout_s",
     "supervision.restart_window_s",
     "supervision.dead_letter_max_ratio",
     "supervision.dead_letter_window_records",
 }
 _NON_NEGATIVE = {
+    "kafka.commit_interval_s",
     "supervision.max_restarts",
     "supervision.backoff_initial_s",
     "supervision.backoff_max_s",
