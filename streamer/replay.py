@@ -87,7 +87,10 @@ def replay_dead_letters(
         for tp in tps:
             committed = consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
             positions[tp] = committed or 0
-            consumer.seek(tp, positions[tp])
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
         remaining = {tp for tp in tps if positions[tp] < ends[tp]}
         while remaining and not (limit and report.replayed >= limit):
             commits: dict[TopicPartition, OffsetAndMetadata] = {}
