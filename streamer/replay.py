@@ -83,14 +83,7 @@ def replay_dead_letters(
         tps = [TopicPartition(source, p) for p in sorted(partitions)]
         consumer.assign(tps)
         ends = _ends(settings, tps, timeout_s)
-        positions: dict[TopicPartition, int] = {}
-        for tp in tps:
-            committed = consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
-            positions[tp] = committed or 0
-            if committed is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
+        positions = _resume_positions(consumer, tps, timeout_s)
         remaining = {tp for tp in tps if positions[tp] < ends[tp]}
         while remaining and not (limit and report.replayed >= limit):
             commits: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -114,6 +107,21 @@ def replay_dead_letters(
             producer.close(timeout=5)
         consumer.close(autocommit=False, timeout_ms=5000)
     return report
+
+
+def _resume_positions(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float
+) -> dict[TopicPartition, int]:
+    """Seek to the replay group's committed offsets (the beginning when none)."""
+    positions: dict[TopicPartition, int] = {}
+    for tp in tps:
+        committed = consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
+        positions[tp] = committed or 0
+        if committed is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+    return positions
 
 
 def _replay_one(
