@@ -123,6 +123,10 @@ class GroupConsumer:
         """Return records of these partitions again."""
         self._consumer.resume(*(TopicPartition(t, p) for t, p in tps))
 
+    def seek(self, tp: TP, offset: int) -> None:
+        """Fetch this assigned partition from ``offset`` next (local; safe in a callback)."""
+        self._consumer.seek(TopicPartition(*tp), offset)
+
     def highwater(self, tp: TP) -> int | None:
         """The partition's end offset as of the last fetch, or None before one."""
         return self._consumer.highwater(TopicPartition(*tp))

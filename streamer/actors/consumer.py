@@ -95,6 +95,8 @@ class ConsumerActor(PipelineActor):
         self._epoch = epoch
         # Unacknowledged batches by partition, kept for a Rewind (bounded by max_in_flight).
         self._unacked: dict[TP, deque[SourceBatch]] = {}
+        # Where a revoked partition must resume if the same rebalance gives it back.
+        self._resume_at: dict[TP, int] = {}
         self._fetched_until: dict[TP, int] = {}
         self._assigned: list[TP] = []
         self._paused = False
@@ -263,6 +265,20 @@ class ConsumerActor(PipelineActor):
         log.warning("rewind to epoch %d: %d unacknowledged batches sent again", epoch, resent)
         return {"epoch": epoch, "batches_resent": resent}
 
+    def _first_undelivered(self, tp: TP) -> int | None:
+        """The lowest offset of this partition that was fetched but not delivered."""
+        self._prune(tp)
+        candidates = []
+        queue = self._unacked.get(tp)
+        if queue:
+            candidates.append(queue[0].first_offset)
+        buffered = self._batcher.first(tp)
+        if buffered is not None:
+            candidates.append(buffered.offset)
+        if tp in self._fetched_until:
+            candidates.append(self._fetched_until[tp])
+        return min(candidates) if candidates else None
+
     def _prune(self, tp: TP) -> None:
         queue = self._unacked.get(tp)
         while queue and not self._tracker.is_pending(tp, queue[0].batch_id):
@@ -295,7 +311,7 @@ class ConsumerActor(PipelineActor):
                 f"outputs of batch {ack.batch_id} from {ack.topic}/{ack.partition} were not "
                 f"delivered ({ack.error}); offsets stay uncommitted from that batch on"
             )
-            log.error("%s", msg)
+            log.error("%s", msg, extra={"topic": ack.topic, "partition": ack.partition})
             if self._failure_handler is not None:
                 self._failure_handler("producer", DeliveryError(msg))
         if (
@@ -343,8 +359,18 @@ class ConsumerActor(PipelineActor):
 
     def _assigned_locked(self, tps: list[TP]) -> None:
         if tps:
-            log.info("partitions assigned: %s", ", ".join(f"{t}/{p}" for t, p in sorted(tps)))
+            named = [f"{t}/{p}" for t, p in sorted(tps)]
+            log.info("partitions assigned: %s", ", ".join(named), extra={"partitions": named})
         self._assigned = sorted(set(self._assigned) | set(tps))
+        # kafka-python keeps the fetch position of a partition that is revoked and
+        # assigned again in one rebalance. Records fetched before the revoke were
+        # discarded or abandoned, so the position must go back to the first of
+        # them; a partition that is new to us starts from the group's commit.
+        if self._client is not None:
+            for tp in tps:
+                if tp in self._resume_at:
+                    self._client.seek(tp, self._resume_at[tp])
+        self._resume_at.clear()
         if self._paused and self._client is not None:
             # A partition that moves in a rebalance comes back unpaused.
             self._client.pause(tps)
@@ -358,13 +384,18 @@ class ConsumerActor(PipelineActor):
     def _revoked_locked(self, tps: list[TP]) -> None:
         if not tps:
             return
-        log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(tps)))
+        named = [f"{t}/{p}" for t, p in sorted(tps)]
+        log.info("partitions revoked: %s", ", ".join(named), extra={"partitions": named})
         revoked = set(tps)
         offsets = {tp: o for tp, o in self._tracker.committable().items() if tp in revoked}
         if offsets and self._client is not None:
             # A blocking commit inside the rebalance callback is a kafka-python
             # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.
             self._client.commit_async(offsets, lambda _o, _e: None)
+        for tp in revoked:
+            resume = self._first_undelivered(tp)
+            if resume is not None:
+                self._resume_at[tp] = resume
         # In-flight work of these partitions is abandoned: its late acks are
         # ignored, so nothing past the last acknowledged offset is ever committed.
         self._tracker.forget(list(revoked))

@@ -65,6 +65,11 @@ class MicroBatcher:
         self._buffers.clear()
         return ready
 
+    def first(self, tp: TopicPartition) -> Any | None:
+        """The oldest buffered record of a partition, or None."""
+        buffer = self._buffers.get(tp)
+        return buffer.records[0] if buffer is not None and buffer.records else None
+
     def discard(self, tps: list[TopicPartition]) -> int:
         """Drop buffered records of revoked partitions; return how many were dropped."""
         dropped = 0

@@ -138,6 +138,7 @@ class FakeConsumer:
         self.resume_calls: list[list[TP]] = []
         self.commits: list[dict[TP, int]] = []
         self.async_commits: list[dict[TP, int]] = []
+        self.seeks: list[tuple[TP, int]] = []
         self.polls = 0
         self.max_records_seen: list[int] = []
         self.closed = False
@@ -149,9 +150,13 @@ class FakeConsumer:
 
     # --- test controls ---
 
-    def revoke_on_next_poll(self, tps: list[TP]) -> None:
+    def revoke_on_next_poll(self, tps: list[TP], *, reassign: bool = False) -> None:
+        """Revoke partitions in the next poll; with ``reassign`` give them back in it,
+        keeping their fetch position, as kafka-python does within one rebalance."""
         with self._cond:
             self._to_revoke.extend(tps)
+            if reassign:
+                self._to_assign.extend(tps)
             self._cond.notify_all()
 
     def append(self, tp: TP, records: list[FakeRecord]) -> None:
@@ -229,6 +234,12 @@ class FakeConsumer:
     def assignment(self) -> list[TP]:
         with self._cond:
             return list(self.assigned)
+
+    def seek(self, tp: TP, offset: int) -> None:
+        with self._cond:
+            assert tp in self.assigned, f"seek on unassigned {tp}"
+            self.seeks.append((tp, offset))
+            self.positions[tp] = offset
 
     def pause(self, tps: list[TP]) -> None:
         with self._cond:

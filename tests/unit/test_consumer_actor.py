@@ -245,6 +245,32 @@ class TestCommits:
         assert h.commit_now() == {TP1: 10}
         assert TP0 not in h.status()["watermarks"]
 
+    def test_a_partition_revoked_and_given_back_in_one_rebalance_resumes_at_its_first_undelivered_offset(
+        self,
+    ) -> None:
+        # kafka-python keeps the fetch position of a partition that comes back in
+        # the same rebalance: without a seek, abandoned records would be skipped.
+        h = Harness(
+            {TP0: make_records(values(25))},
+            batch=BatchSettings(max_records=10, max_wait_s=30.0, max_in_flight=10),
+        )
+        b0, b1 = h.wait_for_batches(2)
+        wait_until(lambda: h.fake.positions[TP0] == 25)  # 20..24 wait in the batcher
+        h.ack(b0)
+        h.status()
+        h.fake.revoke_on_next_poll([TP0], reassign=True)
+        wait_until(lambda: h.fake.seeks == [(TP0, 10)])
+        h.wait_for_batches(3)
+        h.ref.ask(StopFetching(), timeout=ASK_S)  # releases the re-read 20..24
+        again = h.wait_for_batches(4)[2:]
+        assert [s.offsets for s in again] == [list(range(10, 20)), list(range(20, 25))]
+        h.ack(b1)  # late, from before the rebalance: ignored
+        assert h.fake.async_commits == [{TP0: 10}]  # b0, committed on the way out
+        assert h.commit_now() == {}
+        for source in again:
+            h.ack(source)
+        assert h.commit_now() == {TP0: 25}
+
     def test_a_failed_delivery_stops_fetching_and_the_watermark_for_good(self) -> None:
         h = Harness(
             {TP0: make_records(values(30))},

@@ -236,7 +236,7 @@ class TestErrors:
             ("batch", "max_record_bytes", 0),
             ("preprocess", "workers", 0),
             ("model", "workers", 0),
-            ("kafka", "commit_interval_s", 0.0),
+            ("kafka", "session_timeout_s", 0.0),
             ("kafka", "max_poll_records", 0),
             ("shutdown", "timeout_s", -5.0),
         ],
@@ -247,15 +247,23 @@ class TestErrors:
 
     @pytest.mark.parametrize(
         ("section", "key", "value"),
-        [("batch", "max_wait_s", -0.5), ("kafka", "linger_s", -1.0), ("metrics", "port", -1)],
+        [
+            ("batch", "max_wait_s", -0.5),
+            ("kafka", "linger_s", -1.0),
+            ("kafka", "commit_interval_s", -1.0),
+            ("metrics", "port", -1),
+        ],
     )
     def test_a_negative_value_is_named(self, section: str, key: str, value: object) -> None:
         message = config_error(file_values=with_topics(**{section: {key: value}}))
         assert message == f"config error: {section}.{key} must be >= 0, got {value!r}"
 
     def test_zero_is_allowed_where_it_means_something(self) -> None:
-        settings = build_settings(with_topics(batch={"max_wait_s": 0}, metrics={"port": 0}))
+        settings = build_settings(
+            with_topics(batch={"max_wait_s": 0}, metrics={"port": 0}, kafka={"commit_interval_s": 0})
+        )
         assert (settings.batch.max_wait_s, settings.metrics.port) == (0.0, 0)
+        assert settings.kafka.commit_interval_s == 0.0
 
     @pytest.mark.parametrize(
         ("source", "key"),
