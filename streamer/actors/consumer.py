@@ -371,9 +371,13 @@ class ConsumerActor(PipelineActor):
                 if tp in self._resume_at:
                     self._client.seek(tp, self._resume_at[tp])
         self._resume_at.clear()
-        if self._paused and self._client is not None:
-            # A partition that moves in a rebalance comes back unpaused.
-            self._client.pause(tps)
+        if self._client is not None:
+            # A partition new to this member comes unpaused, but one given back in
+            # the same rebalance keeps its paused flag: set every one explicitly.
+            if self._paused:
+                self._client.pause(tps)
+            else:
+                self._client.resume(tps)
         if self._on_ready is not None:
             self._on_ready()
 

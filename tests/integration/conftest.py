@@ -1,0 +1,52 @@
+"""Fixtures for the integration tests: one embedded Tansu broker per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pykka
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer.broker import EmbeddedBroker
+from streamer.core.model import Model
+from streamer.settings import Settings
+from streamer.topology import Pipeline
+
+from .helpers import ASSIGN_TIMEOUT_S, Cluster, PipelineStarter
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The one embedded Tansu broker of the session."""
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker(log_path=log_path) as embedded:
+        yield embedded
+
+
+@pytest.fixture(scope="session")
+def cluster(broker: EmbeddedBroker) -> Cluster:
+    """Helpers bound to the session broker."""
+    assert broker.is_alive(), f"the embedded broker died; see {broker.log_path}"
+    return Cluster(broker)
+
+
+@pytest.fixture
+def start_pipeline() -> Iterator[PipelineStarter]:
+    """Start in-process pipelines; any still running at teardown is stopped."""
+    started: list[Pipeline] = []
+
+    def start(settings: Settings, *, model: Model | None = None) -> Pipeline:
+        pipeline = Pipeline(settings, registry=CollectorRegistry(), model=model)
+        started.append(pipeline)
+        pipeline.start()
+        assert pipeline.wait_until_assigned(ASSIGN_TIMEOUT_S), "no partitions were assigned"
+        return pipeline
+
+    yield start
+    for pipeline in started:
+        if pipeline.consumer_ref is not None and pipeline.consumer_ref.is_alive():
+            pipeline.stop(timeout_s=10)
+    leaked = pykka.ActorRegistry.get_all()
+    pykka.ActorRegistry.stop_all(block=True, timeout=10)
+    assert not leaked, f"actors still running after the pipelines stopped: {leaked}"

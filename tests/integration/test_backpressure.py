@@ -1,0 +1,78 @@
+"""A slow model: the consumer caps the batches in flight and still delivers everything."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from streamer.core.demo_data import make_record
+from streamer.core.model import load_linear
+from streamer.verify import reconcile
+
+from .helpers import PROCESS_TIMEOUT_S, Cluster, PipelineStarter, SlowModel, end_offsets
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+MAX_IN_FLIGHT = 2
+MAX_RECORDS = 25
+RECORDS = 4000
+
+# How far above max_in_flight the consumer can go, from ConsumerActor._poll_once:
+# a poll asks for at most free * max_records records (free = max_in_flight - in
+# flight), but the micro-batcher also holds a partial batch (< max_records) per
+# partition from earlier polls, so partition p can release up to
+# ceil((max_records - 1 + n_p) / max_records) batches for its n_p new records:
+# at most one more than n_p alone would fill, plus its leftover partial batch,
+# which expires and is dispatched by the ticker even while paused. A partition
+# that got no records releases at most its one old partial batch. Summed over
+# the partitions that is at most free + 2 * partitions - 1 batches.
+OVERSHOOT = 2 * PARTITIONS - 1
+
+
+def test_batches_in_flight_stay_within_the_cap_under_a_slow_model_and_all_are_delivered(
+    cluster: Cluster, start_pipeline: PipelineStarter
+) -> None:
+    topics = cluster.new_topics(partitions=PARTITIONS)
+    rng = random.Random(3)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(RECORDS)])
+    model = SlowModel(load_linear(None), delay_s=0.005)
+    settings = cluster.settings(
+        topics,
+        batch={"max_in_flight": MAX_IN_FLIGHT, "max_records": MAX_RECORDS},
+        model={"workers": 1},
+    )
+    pipeline = start_pipeline(settings, model=model)
+
+    wanted = {(topics.input, p): end for p, end in end_offsets(produced).items()}
+    in_flight: list[int] = []
+    paused_seen = False
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while True:
+        status = pipeline.consumer_status()
+        in_flight.append(status["batches_in_flight"])
+        paused_seen = paused_seen or status["paused"]
+        if status["watermarks"] == wanted:
+            break
+        assert time.monotonic() < deadline, f"not delivered in time: {status['watermarks']}"
+        time.sleep(0.001)
+    report = pipeline.stop()
+
+    assert report.exit_code == 0, report.failure
+    assert len(in_flight) > 50, "too few samples to say anything about the cap"
+    assert max(in_flight) <= MAX_IN_FLIGHT + OVERSHOOT, sorted(in_flight)[-20:]
+    assert max(in_flight) >= MAX_IN_FLIGHT, "the cap was never reached: the model was not slow"
+    assert paused_seen, "the consumer never paused its partitions"
+    assert model.calls >= RECORDS // MAX_RECORDS
+
+    result = reconcile(
+        cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
+    )
+    assert (result.scored, result.dead_lettered, result.duplicates, result.lost) == (
+        RECORDS,
+        0,
+        0,
+        [],
+    )

@@ -1,0 +1,121 @@
+"""Two pipelines in one group: partitions move between them mid-stream and no input is lost."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from streamer.core.demo_data import make_record
+from streamer.core.features import FeatureSpec
+from streamer.core.model import LinearModel, load_linear
+from streamer.verify import reconcile
+
+from .helpers import PROCESS_TIMEOUT_S, Cluster, PipelineStarter, end_offsets, wait_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+RECORDS = 4000
+MAX_RECORDS = 20
+DELIVERY_TIMEOUT_S = 30.0
+
+
+class GatedModel:
+    """The demo model, whose ``predict`` blocks until the test opens the gate.
+
+    It keeps the first member's batches in flight, so that the rebalance
+    deterministically happens mid-stream (and, with a small max_in_flight,
+    while the consumer is paused by backpressure).
+    """
+
+    def __init__(self, inner: LinearModel, gate: threading.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+        self.name = inner.name
+        self.version = inner.version
+        self.spec: FeatureSpec = inner.spec
+        self.output_names = inner.output_names
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        self._gate.wait(PROCESS_TIMEOUT_S)
+        return self._inner.predict(features)
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # never leave a model actor blocked
+
+
+@pytest.mark.parametrize(
+    "max_in_flight",
+    [
+        pytest.param(10_000, id="while-fetching"),
+        pytest.param(2, id="while-paused-by-backpressure"),
+    ],
+)
+def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing_is_lost(
+    cluster: Cluster, start_pipeline: PipelineStarter, gate: threading.Event, max_in_flight: int
+) -> None:
+    topics = cluster.new_topics(partitions=PARTITIONS)
+    rng = random.Random(5)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(RECORDS)])
+    ends = end_offsets(produced)
+    settings = cluster.settings(
+        topics,
+        batch={"max_records": MAX_RECORDS, "max_in_flight": max_in_flight},
+        model={"workers": 1},
+    )
+    first = start_pipeline(settings, model=GatedModel(load_linear(None), gate))
+    backpressured = max_in_flight < RECORDS // MAX_RECORDS
+    if backpressured:
+        wait_for(
+            lambda: first.consumer_status()["paused"],
+            PROCESS_TIMEOUT_S,
+            "the first member to pause at max_in_flight",
+        )
+    else:
+        wait_for(
+            lambda: first.consumer_status()["records_dispatched"] > 0,
+            PROCESS_TIMEOUT_S,
+            "the first member to dispatch records",
+        )
+        assert not first.consumer_status()["paused"]
+
+    second = start_pipeline(settings)  # the demo model, not gated
+    wait_for(
+        lambda: len(first.consumer_status()["assigned"]) < PARTITIONS,
+        PROCESS_TIMEOUT_S,
+        "the first member to hand partitions over",
+    )
+    gate.set()
+
+    with cluster.committed_reader(topics.group) as committed:
+
+        def describe() -> str:
+            offsets = {p: committed(topics.input, p) for p in range(PARTITIONS)}
+            return (
+                f"group commits {offsets}; first member {first.consumer_status()}; "
+                f"second member {second.consumer_status()}"
+            )
+
+        wait_for(
+            lambda: all(committed(topics.input, p) == end for p, end in ends.items()),
+            DELIVERY_TIMEOUT_S,
+            f"the group's commits to reach the input ends {ends}",
+            interval_s=0.2,
+            describe=describe,
+        )
+    assert second.stop().exit_code == 0
+    assert first.stop().exit_code == 0
+
+    result = reconcile(
+        cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
+    )
+    assert result.lost == []
+    assert result.scored == RECORDS
