@@ -139,6 +139,8 @@ class FakeConsumer:
         self.commits: list[dict[TP, int]] = []
         self.async_commits: list[dict[TP, int]] = []
         self.seeks: list[tuple[TP, int]] = []
+        # Set to make every commit fail (as after a rebalance: CommitFailedError).
+        self.commit_error: Exception | None = None
         self.polls = 0
         self.max_records_seen: list[int] = []
         self.closed = False
@@ -258,14 +260,18 @@ class FakeConsumer:
 
     def commit(self, offsets: dict[TP, int]) -> None:
         with self._cond:
+            if self.commit_error is not None:
+                raise self.commit_error
             self.commits.append(dict(offsets))
 
     def commit_async(
         self, offsets: dict[TP, int], on_done: Callable[[dict[TP, int], Exception | None], None]
     ) -> None:
         with self._cond:
-            self.async_commits.append(dict(offsets))
-        on_done(offsets, None)
+            error = self.commit_error
+            if error is None:
+                self.async_commits.append(dict(offsets))
+        on_done(offsets, error)
 
     def committed(self, tp: TP) -> int | None:
         with self._cond:
