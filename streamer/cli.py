@@ -20,7 +20,7 @@ from typing import Any
 
 from streamer import __version__
 from streamer.errors import ConfigError, StreamerError
-from streamer.logsetup import setup_logging
+from streamer.logsetup import hide_secrets, redact, setup_logging
 from streamer.settings import SECTIONS, Settings, field_docs, load_settings
 
 log = logging.getLogger("streamer")
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--partitions", type=int, default=4)
     demo.add_argument("--metrics-port", type=int, default=9400)
     _add_common(demo)
+    from streamer.filemode import add_commands  # noqa: PLC0415 - keeps the imports light
+
+    add_commands(sub, _add_common)
     return parser
 
 
@@ -136,9 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamer.topology import Pipeline  # noqa: PLC0415 - keep check-config fast
 
     settings = load_settings(args.config, overrides=_overrides(args))
+    hide_secrets(settings.kafka.sasl_password)
     pipeline = Pipeline(settings)
     signals = _Signals(pipeline.request_stop)
     signals.install()
+    # SIGHUP reloads the model (in the background; a failed reload keeps the old one).
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: pipeline.request_reload())
     pipeline.start()
     pipeline.run_until_stopped()
     report = pipeline.stop()
@@ -147,10 +153,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config and its model without starting anything."""
-    from streamer.core.model import load_model  # noqa: PLC0415
+    from streamer.core.model import load_configured  # noqa: PLC0415
 
     settings = load_settings(args.file)
-    model = load_model(settings.model.kind, settings.model.path)
+    hide_secrets(settings.kafka.sasl_password)
+    model = load_configured(settings)
     print(
         f"{args.file or '(defaults and environment)'}: ok; model {model.name} {model.version}, "
         f"features {', '.join(model.spec.names)}"
@@ -260,6 +267,7 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     from streamer.replay import replay_dead_letters  # noqa: PLC0415
 
     settings = load_settings(args.config, overrides=_overrides(args))
+    hide_secrets(settings.kafka.sasl_password)
     report = replay_dead_letters(
         settings,
         reasons=set(args.reason) if args.reason else None,
@@ -287,14 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "produce-demo": cmd_produce_demo,
         "replay-dlq": cmd_replay_dlq,
         "demo": _cmd_demo,
+        "score-file": _cmd_score_file,
+        "fit-stats": _cmd_fit_stats,
     }
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
-        print(f"streamer: {exc}", file=sys.stderr)
+        print(f"streamer: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except StreamerError as exc:
-        print(f"streamer: {exc}", file=sys.stderr)
+        print(f"streamer: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -307,3 +317,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         metrics_port=args.metrics_port,
     )
+
+
+def _cmd_score_file(args: argparse.Namespace) -> int:
+    from streamer.filemode import cmd_score_file  # noqa: PLC0415
+
+    return cmd_score_file(args)
+
+
+def _cmd_fit_stats(args: argparse.Namespace) -> int:
+    from streamer.filemode import cmd_fit_stats  # noqa: PLC0415
+
+    return cmd_fit_stats(args)

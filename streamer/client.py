@@ -1,219 +1,31 @@
-"""The only module that imports kafka-python.
+"""The default Kafka client (kafka-python), under its historical import path.
 
-Actors talk to these small adapters, so that a second client backend can be
-added behind the same methods without touching them.
+``from streamer.client import GroupConsumer, Producer, ensure_topics, TP, Record``
+keeps working; the backends themselves live in :mod:`streamer.clients`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from streamer.clients.base import (
+    TP,
+    ConsumerClient,
+    DeliveryFuture,
+    OutputGroup,
+    ProducerClient,
+    Record,
+    send_batch,
+)
+from streamer.clients.kafka_python import GroupConsumer, Producer, ensure_topics
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
-
-from streamer.errors import BrokerError
-from streamer.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-
-
-class Record(Protocol):
-    """The fields of a consumed record that the pipeline reads."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-
-
-def _common(settings: KafkaSettings) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers.split(","),
-        "client_id": settings.client_id,
-        "security_protocol": settings.security_protocol,
-        "bootstrap_timeout_ms": int(settings.bootstrap_timeout_s * 1000),
-    }
-    if settings.sasl_mechanism:
-        config.update(
-            sasl_mechanism=settings.sasl_mechanism,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password,
-        )
-    return config
-
-
-def _broker_error(action: str, settings: KafkaSettings, exc: Exception) -> BrokerError:
-    # Never include the config dict: it holds the SASL password.
-    msg = (
-        f"cannot {action} at kafka.bootstrap_servers={settings.bootstrap_servers}: "
-        f"{type(exc).__name__}: {exc}; check that the broker is up and reachable"
-    )
-    return BrokerError(msg)
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(
-        self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP]], None]
-    ) -> None:
-        self._on_assigned = on_assigned
-        self._on_revoked = on_revoked
-
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._on_revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._on_assigned([(tp.topic, tp.partition) for tp in assigned])
-
-
-class GroupConsumer:
-    """A kafka-python consumer in a group, with manual commits."""
-
-    def __init__(self, settings: KafkaSettings, max_poll_records: int) -> None:
-        self._settings = settings
-        try:
-            self._consumer = KafkaConsumer(
-                **_common(settings),
-                group_id=settings.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset=settings.auto_offset_reset,
-                session_timeout_ms=int(settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
-                max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
-                max_poll_records=max_poll_records,
-                fetch_max_wait_ms=int(settings.fetch_max_wait_s * 1000),
-            )
-        except KafkaError as exc:
-            raise _broker_error("start the consumer", settings, exc) from None
-
-    def existing_topics(self) -> set[str]:
-        """Topic names the broker knows (does not create any)."""
-        return set(self._consumer.topics())
-
-    def subscribe(
-        self,
-        topic: str,
-        on_assigned: Callable[[list[TP]], None],
-        on_revoked: Callable[[list[TP]], None],
-    ) -> None:
-        """Join the group on one topic; the callbacks run inside :meth:`poll`."""
-        self._consumer.subscribe([topic], listener=_Listener(on_assigned, on_revoked))
-
-    def poll(self, timeout_s: float, max_records: int) -> dict[TP, list[Record]]:
-        """Fetch records; returns an empty dict when there are none (or all are paused)."""
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return {(tp.topic, tp.partition): recs for tp, recs in polled.items()}
-
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
-        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-
-    def pause(self, tps: list[TP]) -> None:
-        """Stop returning records of these partitions; the group membership stays."""
-        self._consumer.pause(*(TopicPartition(t, p) for t, p in tps))
-
-    def resume(self, tps: list[TP]) -> None:
-        """Return records of these partitions again."""
-        self._consumer.resume(*(TopicPartition(t, p) for t, p in tps))
-
-    def seek(self, tp: TP, offset: int) -> None:
-        """Fetch this assigned partition from ``offset`` next (local; safe in a callback)."""
-        self._consumer.seek(TopicPartition(*tp), offset)
-
-    def highwater(self, tp: TP) -> int | None:
-        """The partition's end offset as of the last fetch, or None before one."""
-        return self._consumer.highwater(TopicPartition(*tp))
-
-    def commit(self, offsets: dict[TP, int]) -> None:
-        """Commit synchronously (never call from a rebalance callback)."""
-        self._consumer.commit(
-            {TopicPartition(t, p): OffsetAndMetadata(o, None, -1) for (t, p), o in offsets.items()},
-            timeout_ms=10_000,
-        )
-
-    def commit_async(
-        self, offsets: dict[TP, int], on_done: Callable[[dict[TP, int], Exception | None], None]
-    ) -> None:
-        """Commit without blocking; ``on_done`` runs on a client thread."""
-
-        def callback(_offsets: Any, response: Any) -> None:
-            on_done(offsets, response if isinstance(response, Exception) else None)
-
-        self._consumer.commit_async(
-            {TopicPartition(t, p): OffsetAndMetadata(o, None, -1) for (t, p), o in offsets.items()},
-            callback=callback,
-        )
-
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        return self._consumer.committed(TopicPartition(*tp), timeout_ms=10_000)
-
-    def close(self) -> None:
-        """Leave the group and close connections (never commits on its own)."""
-        self._consumer.close(autocommit=False, timeout_ms=5000)
-
-
-class DeliveryFuture(Protocol):
-    """What a send returns: callbacks run on the client's I/O thread."""
-
-    def add_callback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
-    def add_errback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
-
-
-class Producer:
-    """A kafka-python producer with acks=all and idempotence."""
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        self._settings = settings
-        try:
-            self._producer = KafkaProducer(
-                **_common(settings),
-                acks="all",
-                linger_ms=int(settings.linger_s * 1000),
-                batch_size=settings.producer_batch_bytes,
-                delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
-            )
-        except KafkaError as exc:
-            raise _broker_error("start the producer", settings, exc) from None
-
-    def send(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> DeliveryFuture:
-        """Queue one record; the future resolves when the broker acknowledges it."""
-        return self._producer.send(topic, value=value, key=key, headers=headers)
-
-    def flush(self, timeout_s: float) -> None:
-        """Block until every queued record is acknowledged or failed."""
-        self._producer.flush(timeout=timeout_s)
-
-    def close(self) -> None:
-        """Flush and close, bounded in time."""
-        self._producer.close(timeout=5)
-
-
-def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: int = 1) -> None:
-    """Create the topics that do not exist yet (name -> partitions)."""
-    try:
-        admin = KafkaAdminClient(**_common(settings))
-    except KafkaError as exc:
-        raise _broker_error("connect the admin client", settings, exc) from None
-    try:
-        existing = set(admin.list_topics())
-        for name, partitions in topics.items():
-            if name in existing:
-                continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, partitions, replication)])
-    finally:
-        admin.close()
+__all__ = [
+    "TP",
+    "ConsumerClient",
+    "DeliveryFuture",
+    "GroupConsumer",
+    "OutputGroup",
+    "Producer",
+    "ProducerClient",
+    "Record",
+    "ensure_topics",
+    "send_batch",
+]

@@ -1,44 +1,101 @@
-"""Logging: plain text by default, JSON lines with ``--log-format json``."""
+"""Logging: plain text by default, JSON lines with ``--log-format json``.
+
+Both formats mask every secret registered with :func:`hide_secrets` (the SASL
+password), in the message and in a traceback alike, as a last line of defence:
+the code never logs a secret on purpose.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
 
 import orjson
 
+MASK = "***"
+# Shorter values would mask ordinary words in every line; no real password is that short.
+MIN_SECRET_LENGTH = 4
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line with time, level, logger, thread (the actor) and message."""
+# Pykka names an actor's thread "<ActorClass>-<n>", e.g. "ConsumerActor-3".
+_ACTOR_THREAD = re.compile(r"^(?P<actor>[A-Za-z_]\w*Actor)-\d+$")
+# Keys a log call may pass with ``extra=`` that the JSON lines carry.
+EXTRA_KEYS = ("actor", "topic", "partition", "offset", "partitions", "batch_id")
+
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def hide_secrets(*values: str) -> None:
+    """Mask these values in every log line from now on (empty or tiny values are ignored)."""
+    global _secrets  # noqa: PLW0603 - one process-wide set, read by every handler
+    with _secrets_lock:
+        wanted = set(_secrets) | {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
+        # Longest first, so that a secret containing another is masked whole.
+        _secrets = tuple(sorted(wanted, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def actor_name(record: logging.LogRecord) -> str | None:
+    """The actor a record was logged from: ``extra={"actor": ...}`` or the actor thread's class."""
+    explicit = getattr(record, "actor", None)
+    if explicit:
+        return str(explicit)
+    match = _ACTOR_THREAD.match(record.threadName or "")
+    return match["actor"] if match else None
+
+
+class TextFormatter(logging.Formatter):
+    """``time level thread logger: message``, with secrets masked."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s %(threadName)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:  # noqa: D102
-        doc = {
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, thread, actor, message, and extras.
+
+    ``actor`` is the actor class (``ConsumerActor``) when the line comes from an
+    actor's thread; ``topic``, ``partition``, ``offset`` and the other
+    :data:`EXTRA_KEYS` appear when the log call passes them with ``extra=``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: D102
+        doc: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "thread": record.threadName,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
-        for key in ("topic", "partition", "offset", "actor"):
-            if hasattr(record, key):
+        actor = actor_name(record)
+        if actor is not None:
+            doc["actor"] = actor
+        for key in EXTRA_KEYS:
+            if key != "actor" and hasattr(record, key):
                 doc[key] = getattr(record, key)
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+            doc["exception"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(doc, default=str).decode()
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once, on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-5s %(threadName)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

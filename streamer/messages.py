@@ -8,9 +8,14 @@ per record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streamer.core.model import Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,16 @@ class FeatureBatch:
     rejections: tuple[Rejection, ...]
     dropped_rows: tuple[int, ...] = ()
     preprocess_seconds: float = 0.0
+    # The preparation_key of the spec the features were prepared with; a model
+    # actor whose model has another key prepares the batch again ("": unknown).
+    spec_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SwapModel:
+    """Topology -> preprocessors and models: use this (fully loaded) model from the next batch."""
+
+    model: Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +173,13 @@ class RecordsConsumed:
 
 @dataclass(frozen=True, slots=True)
 class BatchDelivered:
-    """The producer got broker acknowledgements for a whole batch."""
+    """The producer got broker acknowledgements for a whole batch.
+
+    ``timestamps_ms`` are the Kafka timestamps of the batch's records (the
+    source batch's own list, not a copy) and ``acked_at`` the wall-clock time of
+    the last acknowledgement: the metrics actor turns them into one end-to-end
+    latency per record, off the client's I/O thread.
+    """
 
     produced: int
     dead_letters: dict[str, int]
@@ -168,7 +189,8 @@ class BatchDelivered:
     preprocess_seconds: float
     model_seconds: float
     produce_seconds: float
-    end_to_end_seconds: list[float] = field(default_factory=list)
+    timestamps_ms: Sequence[int] = ()
+    acked_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +217,17 @@ class ActorRestarted:
     """The supervisor replaced a dead actor."""
 
     actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReloaded:
+    """A hot reload of the model ended: ``result`` is 'success', 'unchanged' or 'failure'.
+
+    On 'success', ``name`` and ``version`` are the new model's; otherwise the
+    model in use (kept). ``error`` says why a reload failed.
+    """
+
+    result: str
+    name: str
+    version: str
+    error: str = ""

@@ -31,6 +31,11 @@ class KafkaSettings:
     """Where to read, where to write, and how the Kafka clients behave."""
 
     bootstrap_servers: str = _doc("Comma-separated host:port list.", default="127.0.0.1:9092")
+    client: str = _doc(
+        "Kafka client library: 'kafka-python' (pure Python) or 'confluent' (librdkafka, "
+        "several times faster; pip install 'streamer[confluent]').",
+        default="kafka-python",
+    )
     input_topic: str = _doc("Topic of JSON events to score (required).", default="")
     output_topic: str = _doc("Topic that receives one prediction per event (required).", default="")
     dead_letter_topic: str = _doc(
@@ -93,16 +98,75 @@ class PreprocessSettings:
         "or 'impute' (use the fitted mean).",
         default="dlq",
     )
-    standardize: bool = _doc("Standardize with the model's fitted mean and std.", default=True)
+    standardize: bool = _doc(
+        "Standardize with fitted statistics: the linear model's own, or stats_path for the "
+        "other kinds (a model that scales inside, e.g. a Pipeline with a StandardScaler, gets "
+        "raw values).",
+        default=True,
+    )
+    features: str = _doc(
+        "Comma-separated feature names; empty means the model's own (linear file, sklearn "
+        "feature_names_in_, ONNX input names) or the stats file's. Checked against the model.",
+        default="",
+    )
+    stats_path: str = _doc(
+        "JSON file of fitted mean and std per feature (from `streamer fit-stats`); empty means "
+        "none (the linear model carries its own).",
+        default="",
+    )
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     """Which model scores the batches."""
 
-    kind: str = _doc("Model kind: 'linear' (JSON weights).", default="linear")
-    path: str = _doc("Model file; empty means the packaged demo model.", default="")
+    kind: str = _doc(
+        "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
+        "(onnxruntime) or 'python' (a callable taking a DataFrame).",
+        default="linear",
+    )
+    path: str = _doc(
+        "Model file; for kind 'python', 'package.module:callable' or 'file.py:callable'; "
+        "empty means the packaged demo model (linear).",
+        default="",
+    )
     workers: int = _doc("Number of model actors.", default=2)
+    name: str = _doc(
+        "Model name in every output and in streamer_model_info; empty means the linear file's "
+        "'name', else the file or callable name.",
+        default="",
+    )
+    version: str = _doc(
+        "Model version; empty means the linear file's 'version', else the first 12 hex digits "
+        "of the file's SHA-256.",
+        default="",
+    )
+    method: str = _doc(
+        "sklearn output: 'auto' (predict_proba when the model has it, else predict), "
+        "'predict', 'predict_proba', 'decision_function' or 'score_samples'.",
+        default="auto",
+    )
+    probabilities: str = _doc(
+        "Class probabilities (sklearn predict_proba, ONNX 'probabilities'): 'positive' (one "
+        "'score', the last class of a binary model) or 'all' (one 'proba_<class>' per class).",
+        default="positive",
+    )
+    outputs: str = _doc(
+        "ONNX: comma-separated outputs to write, one field each; empty means 'probabilities' "
+        "when the model has it, else its first output.",
+        default="",
+    )
+    chunk_rows: int = _doc(
+        "Rows per model call (sklearn, onnx, python): batches are cut and padded to exactly "
+        "this many, so that no prediction depends on the batch size; 0 passes batches as "
+        "they are.",
+        default=1000,
+    )
+    watch_interval_s: float = _doc(
+        "How often to check the model file for a change to hot-reload; 0 disables (SIGHUP "
+        "still reloads).",
+        default=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -170,11 +234,14 @@ SECTIONS: dict[str, type] = {
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
+    "kafka.client": ("kafka-python", "confluent"),
     "kafka.auto_offset_reset": ("earliest", "latest"),
     "kafka.security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     "kafka.sasl_mechanism": ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     "preprocess.missing": ("dlq", "drop", "impute"),
-    "model.kind": ("linear",),
+    "model.kind": ("linear", "sklearn", "onnx", "python"),
+    "model.method": ("auto", "predict", "predict_proba", "decision_function", "score_samples"),
+    "model.probabilities": ("positive", "all"),
 }
 _POSITIVE = {
     "batch.max_records",
@@ -204,6 +271,8 @@ _NON_NEGATIVE = {
     "kafka.fetch_max_wait_s",
     "kafka.linger_s",
     "metrics.port",
+    "model.chunk_rows",
+    "model.watch_interval_s",
 }
 _REQUIRED = ("kafka.input_topic", "kafka.output_topic")
 

@@ -35,12 +35,22 @@ from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
-from streamer.client import GroupConsumer, Producer
-from streamer.core.model import Model, load_model
+from streamer.clients import ConsumerFactory, ProducerFactory, backend
+from streamer.core.model import Model, load_configured
 from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
 from streamer.errors import BrokerError, ConfigError, PipelineStartError, StreamerError
-from streamer.messages import ActorRestarted, CommitNow, Flush, GetStatus, Rewind, StopFetching
-from streamer.settings import KafkaSettings, Settings
+from streamer.messages import (
+    ActorRestarted,
+    CommitNow,
+    Flush,
+    GetStatus,
+    ModelReloaded,
+    Rewind,
+    StopFetching,
+    SwapModel,
+)
+from streamer.reload import ModelReloader
+from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +77,18 @@ class Pipeline:
         *,
         registry: CollectorRegistry | None = None,
         model: Model | None = None,
-        consumer_factory: Callable[[KafkaSettings, int], GroupConsumer] = GroupConsumer,
-        producer_factory: Callable[[KafkaSettings], Producer] = Producer,
+        consumer_factory: ConsumerFactory | None = None,
+        producer_factory: ProducerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.model = (
-            model if model is not None else load_model(settings.model.kind, settings.model.path)
-        )
+        self.model = model if model is not None else load_configured(settings)
+        self._reloader: ModelReloader | None = None
+        # No factory given: the backend that kafka.client names (kafka-python by default).
+        if consumer_factory is None or producer_factory is None:
+            chosen = backend(settings.kafka.client)
+            consumer_factory = consumer_factory or chosen.consumer
+            producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stop_requested = threading.Event()
@@ -167,6 +181,7 @@ class Pipeline:
         self._starting = False
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
+        self._start_reloader()
         log.info(
             "pipeline started: %s -> %s (dead letters: %s), "
             "%d preprocessors, %d models, model %s %s",
@@ -214,7 +229,12 @@ class Pipeline:
             )
         if kind == "model":
             return ModelActor.start(
-                self.model, producer, metrics=self.metrics_ref, on_failure=on_failure
+                self.model,
+                producer,
+                metrics=self.metrics_ref,
+                on_failure=on_failure,
+                preprocess=s.preprocess,
+                batch=s.batch,
             )
         if kind == "preprocessor":
             return PreprocessorActor.start(
@@ -373,6 +393,45 @@ class Pipeline:
         """Ask :meth:`run_until_stopped` to return (safe from a signal handler)."""
         self._stop_requested.set()
 
+    # --- hot reload (streamer/reload.py) -------------------------------------
+
+    def _start_reloader(self) -> None:
+        self._reloader = ModelReloader(
+            load=lambda: load_configured(self.settings),
+            current=lambda: self.model,
+            install=self._install_model,
+            notify=self._notify_reload,
+            interval_s=self.settings.model.watch_interval_s,
+            paths=lambda: tuple(getattr(self.model, "watch_paths", ())),
+        )
+        self._reloader.start()
+
+    def request_reload(self) -> None:
+        """Reload the model in the background (safe from a signal handler: SIGHUP)."""
+        if self._reloader is not None:
+            self._reloader.request()
+
+    def reload_model(self, reason: str = "request") -> str:
+        """Load the configured model again and swap it in; 'success', 'unchanged' or 'failure'."""
+        if self._reloader is None:
+            msg = "the pipeline is not running"
+            raise RuntimeError(msg)
+        return self._reloader.reload_now(reason)
+
+    def _install_model(self, model: Model) -> None:
+        # Restarted actors get self.model; running ones switch between two batches.
+        # A batch prepared for the other model's spec is prepared again by the
+        # model actor, so the order of these tells does not matter.
+        self.model = model
+        for ref in [*self.model_refs, *self.preprocessor_refs]:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(SwapModel(model))
+
+    def _notify_reload(self, event: ModelReloaded) -> None:
+        if self.metrics_ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.metrics_ref.tell(event)
+
     def wait_until_assigned(self, timeout_s: float) -> bool:
         """Block until the consumer got its first partitions (for tests and the demo)."""
         return self._assigned.wait(timeout_s)
@@ -468,6 +527,8 @@ class Pipeline:
         budget = self.settings.shutdown.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         self._stop_requested.set()
+        if self._reloader is not None:
+            self._reloader.stop()
         deadline = started + budget
         drained = False
         committed: dict[tuple[str, int], int] = {}

@@ -1,17 +1,35 @@
-"""MetricsActor: owns the Prometheus registry and serves /metrics."""
+"""MetricsActor: owns the Prometheus registry and serves /metrics, /healthz and /readyz."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
 from streamer.core.features import REASONS
 from streamer.messages import (
     ActorFailed,
+    ActorRestarted,
     BatchDelivered,
     ConsumerProgress,
     GetStatus,
@@ -43,13 +61,76 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+# A replayed backlog is minutes or hours old when it is scored: keep those apart from +Inf.
+END_TO_END_BUCKETS = (*LATENCY_BUCKETS, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+class BulkHistogram:
+    """A histogram collector that takes a whole array of observations in one call.
+
+    ``prometheus_client.Histogram`` has no bulk observe, and one ``observe`` per
+    record costs about 2 us: 2 ms per 1000-record batch, on the metrics actor's
+    thread. Here a batch is binned with numpy in about 0.1 ms. The exposition is
+    the same as a ``Histogram`` without labels (``_bucket``, ``_count``, ``_sum``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        if np.any(np.diff(self._bounds) <= 0):
+            msg = f"{name}: buckets must be strictly increasing, got {list(buckets)}"
+            raise ValueError(msg)
+        self._labels = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        # One slot per finite bucket, plus +Inf; not cumulative until collect().
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Add every value of a 1-D array (seconds, records, ...) to the histogram."""
+        if values.size == 0:
+            return
+        # side="left": a value equal to a bound counts in that bucket (le is <=).
+        slots = np.searchsorted(self._bounds, values, side="left")
+        counts = np.bincount(slots, minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the histogram family (called by the registry at each scrape)."""
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        family = HistogramMetricFamily(
+            self.name,
+            self.documentation,
+            buckets=list(zip(self._labels, cumulative, strict=True)),
+            sum_value=total,
+        )
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples, so the registry can check names at registration."""
+        yield HistogramMetricFamily(self.name, self.documentation)
 
 
 class PipelineMetrics:
     """Every metric of the pipeline, registered on an injected registry.
 
-    Labelled series are created up front so that each one exists at 0.
+    Labelled series are created up front so that each one exists at 0. The
+    per-partition gauges follow the consumer's assignment: a partition that is
+    revoked loses its series, so that two replicas never report one partition.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -84,6 +165,12 @@ class PipelineMetrics:
             ["actor"],
             registry=registry,
         )
+        self.actor_restarts = Counter(
+            "streamer_actor_restarts",
+            "Dead actors replaced by the supervisor, by kind.",
+            ["actor"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "streamer_batch_size_records",
             "Records per delivered micro-batch.",
@@ -103,11 +190,11 @@ class PipelineMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = BulkHistogram(
             "streamer_end_to_end_latency_seconds",
-            "From the oldest record's Kafka timestamp in a batch to its output's broker ack.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            "From each record's Kafka timestamp to the broker ack of its batch's outputs.",
+            END_TO_END_BUCKETS,
+            registry,
         )
         self.in_flight_batches = Gauge(
             "streamer_in_flight_batches",
@@ -135,12 +222,16 @@ class PipelineMetrics:
             "streamer_paused_partitions", "Partitions paused by backpressure.", registry=registry
         )
         self.model_info = Info("streamer_model", "The model in use.", registry=registry)
+        self.process = ProcessCollector(registry=registry)
         for reason in REASONS:
             self.dead_letters.labels(reason=reason)
         for actor in ACTOR_KINDS:
             self.actor_failures.labels(actor=actor)
+            self.actor_restarts.labels(actor=actor)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
+        self._lag_series: set[tuple[str, str]] = set()
+        self._committed_series: set[tuple[str, str]] = set()
 
     def apply(self, event: object) -> None:
         """Update the metrics from one pipeline event."""
@@ -148,33 +239,134 @@ class PipelineMetrics:
             case RecordsConsumed(count=count):
                 self.records_consumed.inc(count)
             case BatchDelivered() as d:
-                self.records_produced.inc(d.produced)
-                for reason, count in d.dead_letters.items():
-                    self.dead_letters.labels(reason=reason).inc(count)
-                if d.dropped:
-                    self.records_dropped.inc(d.dropped)
-                self.batches.inc()
-                self.batch_size.observe(d.size)
-                self.batch_latency.observe(d.batch_seconds)
-                self.stage_duration.labels(stage="preprocess").observe(d.preprocess_seconds)
-                self.stage_duration.labels(stage="model").observe(d.model_seconds)
-                self.stage_duration.labels(stage="produce").observe(d.produce_seconds)
-                for seconds in d.end_to_end_seconds:
-                    self.end_to_end.observe(seconds)
+                self._delivered(d)
             case ConsumerProgress() as p:
                 self.in_flight_batches.set(p.in_flight_batches)
                 self.in_flight_records.set(p.in_flight_records)
                 self.paused_partitions.set(p.paused_partitions)
-                for (topic, partition), offset in p.committed.items():
-                    self.committed_offset.labels(topic=topic, partition=str(partition)).set(offset)
-                for (topic, partition), lag in p.lag.items():
-                    self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+                self._committed_series = _set_per_partition(
+                    self.committed_offset, self._committed_series, p.committed
+                )
+                self._lag_series = _set_per_partition(self.consumer_lag, self._lag_series, p.lag)
             case ActorFailed(actor=actor):
                 self.actor_failures.labels(actor=actor).inc()
+            case ActorRestarted(actor=actor):
+                self.actor_restarts.labels(actor=actor).inc()
+
+    def _delivered(self, d: BatchDelivered) -> None:
+        self.records_produced.inc(d.produced)
+        for reason, count in d.dead_letters.items():
+            self.dead_letters.labels(reason=reason).inc(count)
+        if d.dropped:
+            self.records_dropped.inc(d.dropped)
+        self.batches.inc()
+        self.batch_size.observe(d.size)
+        self.batch_latency.observe(d.batch_seconds)
+        self.stage_duration.labels(stage="preprocess").observe(d.preprocess_seconds)
+        self.stage_duration.labels(stage="model").observe(d.model_seconds)
+        self.stage_duration.labels(stage="produce").observe(d.produce_seconds)
+        if d.timestamps_ms:
+            stamps = np.asarray(d.timestamps_ms, dtype=np.float64)
+            stamps = stamps[stamps > 0]  # -1: the record carries no timestamp
+            self.end_to_end.observe_many(np.maximum(d.acked_at - stamps / 1000.0, 0.0))
+
+
+def _set_per_partition(
+    gauge: Gauge, before: set[tuple[str, str]], values: dict[tuple[str, int], int]
+) -> set[tuple[str, str]]:
+    """Set one series per partition and remove the series of partitions no longer listed."""
+    now = set()
+    for (topic, partition), value in values.items():
+        labels = (topic, str(partition))
+        gauge.labels(*labels).set(value)
+        now.add(labels)
+    for labels in before - now:
+        gauge.remove(*labels)
+    return now
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server of the metrics port; the handler reads its attributes."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        probes: dict[str, HealthProbe | None],
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.registry = registry
+        self.probes = probes
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics (Prometheus text format), /healthz and /readyz (JSON); 404 otherwise."""
+
+    server: _Server
+    server_version = "streamer"
+
+    def do_GET(self) -> None:
+        """Serve one request."""
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            try:
+                body = generate_latest(self.server.registry)
+            except Exception as exc:  # a broken collector must not kill the thread silently
+                log.exception("metrics exposition failed")
+                self._json(500, {"status": "error", "error": f"{type(exc).__name__}: {exc}"})
+                return
+            # generate_latest writes legacy (underscore-escaped) names: text format 0.0.4,
+            # which every Prometheus reads (CONTENT_TYPE_LATEST now says 1.0.0).
+            self._send(200, CONTENT_TYPE_PLAIN_0_0_4, body)
+        elif path in self.server.probes:
+            self._probe(path, self.server.probes[path])
+        else:
+            self._json(
+                404,
+                {"status": "not found", "endpoints": ["/metrics", *sorted(self.server.probes)]},
+            )
+
+    def _probe(self, path: str, probe: HealthProbe | None) -> None:
+        if probe is None:
+            self._json(200, {"status": "ok", "detail": f"no {path} probe configured"})
+            return
+        try:
+            ok, details = probe()
+        except Exception as exc:  # the probe itself failed: that is a failing probe
+            log.exception("%s probe raised", path)
+            self._json(503, {"status": "error", "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._json(200 if ok else 503, details)
+
+    def _json(self, status: int, document: dict[str, Any]) -> None:
+        body = json.dumps(document, default=str, sort_keys=True).encode() + b"\n"
+        self._send(status, "application/json", body)
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access lines go to the debug log: a 1 s scrape would flood INFO."""
+        log.debug("%s %s", self.address_string(), format % args)
 
 
 class MetricsActor(PipelineActor):
-    """Applies pipeline events to :class:`PipelineMetrics` and serves them over HTTP."""
+    """Applies pipeline events to :class:`PipelineMetrics` and serves them over HTTP.
+
+    The HTTP server runs on its own threads: ``/metrics`` reads the registry
+    (whose metrics are thread-safe), and ``/healthz`` and ``/readyz`` call the
+    ``health`` and ``readiness`` probes, which answer ``(ok, details)``: 200 when
+    ok, 503 otherwise, with ``details`` as the JSON body.
+    """
 
     kind = "metrics"
 
@@ -194,24 +386,43 @@ class MetricsActor(PipelineActor):
         self.readiness = readiness
         self.metrics = PipelineMetrics(registry)
         self.metrics.model_info.info({"name": model_name, "version": model_version})
-        self._server: Any = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
         self.port: int | None = None
 
     def open(self) -> None:
-        """Start the HTTP exposition server, if enabled."""
-        if self._settings.enabled:
-            self._server, _thread = start_http_server(
-                self._settings.port, addr=self._settings.host, registry=self.metrics.registry
-            )
-            self.port = self._server.server_address[1]
-            log.info("metrics at http://%s:%d/metrics", self._settings.host, self.port)
+        """Start the HTTP server, if enabled."""
+        if not self._settings.enabled:
+            return
+        server = _Server(
+            (self._settings.host, self._settings.port),
+            self.metrics.registry,
+            {"/healthz": self.health, "/readyz": self.readiness},
+        )
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="metrics-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info(
+            "metrics at http://%s:%d/metrics (also /healthz and /readyz)",
+            self._settings.host,
+            self.port,
+        )
 
     def release(self) -> None:
-        """Stop the HTTP server."""
+        """Stop the HTTP server and wait for its thread."""
         if self._server is not None:
             server, self._server = self._server, None
             server.shutdown()
             server.server_close()
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.join(timeout=5)
 
     def receive(self, message: object) -> Any:
         """Apply events; answer GetStatus with the bound port."""

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.core.model import Model
+from streamer.actors.preprocess import prepare_source
+from streamer.core.model import Model, preparation_key
 from streamer.core.scoring import score_isolating_failures
-from streamer.messages import FeatureBatch, Rejection, ScoredBatch
+from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
+from streamer.settings import BatchSettings, PreprocessSettings
+
+log = logging.getLogger(__name__)
 
 
 class ModelActor(PipelineActor):
-    """Applies the model to each batch and forwards one prediction per valid row."""
+    """Applies the model to each batch and forwards one prediction per valid row.
+
+    A :class:`SwapModel` (a hot reload) replaces the model between two batches,
+    so no batch is ever scored by a model that is half loaded or by two models.
+    A batch that a preprocessor prepared for another spec (other features or
+    statistics) is prepared again here, from its source bytes, for this model.
+    """
 
     kind = "model"
 
@@ -24,38 +35,58 @@ class ModelActor(PipelineActor):
         producer: pykka.ActorRef,
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
+        preprocess: PreprocessSettings | None = None,
+        batch: BatchSettings | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
         self._model = model
+        self._spec_key = preparation_key(model.spec)
         self._producer = producer
+        self._preprocess = preprocess or PreprocessSettings()
+        self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
+        self.reprepared_batches = 0
 
     def receive(self, message: object) -> object:
-        """Handle FeatureBatch."""
+        """Handle FeatureBatch and SwapModel."""
         match message:
             case FeatureBatch() as batch:
-                started = time.perf_counter()
-                outcome = score_isolating_failures(self._model, batch.features)
-                valid_rows = batch.valid_rows
-                rejections = batch.rejections
-                if outcome.failed:
-                    failed_positions = [pos for pos, _ in outcome.failed]
-                    rejections = rejections + tuple(
-                        Rejection(int(valid_rows[pos]), "model_error", error, "model")
-                        for pos, error in outcome.failed
-                    )
-                    valid_rows = np.delete(valid_rows, failed_positions)
-                self._producer.tell(
-                    ScoredBatch(
-                        source=batch.source,
-                        predictions=outcome.predictions,
-                        output_names=self._model.output_names,
-                        valid_rows=valid_rows,
-                        rejections=rejections,
-                        dropped_rows=batch.dropped_rows,
-                        model_name=self._model.name,
-                        model_version=self._model.version,
-                        preprocess_seconds=batch.preprocess_seconds,
-                        model_seconds=time.perf_counter() - started,
-                    )
-                )
+                self._score(batch)
+            case SwapModel(model=model):
+                log.info("model actor now scores with %s %s", model.name, model.version)
+                self._model = model
+                self._spec_key = preparation_key(model.spec)
         return None
+
+    def _score(self, batch: FeatureBatch) -> None:
+        model = self._model
+        if batch.spec_key and batch.spec_key != self._spec_key:
+            # Prepared with the statistics of the model before a hot reload.
+            batch = prepare_source(
+                batch.source, model.spec, self._preprocess, self._max_record_bytes, self._spec_key
+            )
+            self.reprepared_batches += 1
+        started = time.perf_counter()
+        outcome = score_isolating_failures(model, batch.features)
+        valid_rows = batch.valid_rows
+        rejections = batch.rejections
+        if outcome.failed:
+            failed_positions = [pos for pos, _ in outcome.failed]
+            rejections = rejections + tuple(
+                Rejection(int(valid_rows[pos]), "model_error", error, "model")
+                for pos, error in outcome.failed
+            )
+            valid_rows = np.delete(valid_rows, failed_positions)
+        self._producer.tell(
+            ScoredBatch(
+                source=batch.source,
+                predictions=outcome.predictions,
+                output_names=model.output_names,
+                valid_rows=valid_rows,
+                rejections=rejections,
+                dropped_rows=batch.dropped_rows,
+                model_name=model.name,
+                model_version=model.version,
+                preprocess_seconds=batch.preprocess_seconds,
+                model_seconds=time.perf_counter() - started,
+            )
+        )

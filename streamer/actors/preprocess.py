@@ -9,12 +9,51 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.core.features import FeatureSpec, prepare_batch
-from streamer.messages import FeatureBatch, Rejection, ScoreBatch
+from streamer.core.model import preparation_key
+from streamer.messages import FeatureBatch, Rejection, ScoreBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings
 
 
+def prepare_source(
+    source: SourceBatch,
+    spec: FeatureSpec,
+    settings: PreprocessSettings,
+    max_record_bytes: int,
+    spec_key: str = "",
+) -> FeatureBatch:
+    """Prepare one micro-batch for a model with ``spec``; the result carries ``spec_key``.
+
+    Standardization happens only when both ``preprocess.standardize`` and the
+    spec ask for it: a model that scales inside gets raw values.
+    """
+    started = time.perf_counter()
+    prepared = prepare_batch(
+        source.values,
+        spec,
+        missing=settings.missing,
+        standardize=settings.standardize and getattr(spec, "standardize", True),
+        max_record_bytes=max_record_bytes,
+    )
+    return FeatureBatch(
+        source=source,
+        features=prepared.features,
+        valid_rows=prepared.valid_rows,
+        rejections=tuple(
+            Rejection(p.index, p.reason, p.detail, "preprocess") for p in prepared.rejected
+        ),
+        dropped_rows=tuple(p.index for p in prepared.dropped),
+        preprocess_seconds=time.perf_counter() - started,
+        spec_key=spec_key or preparation_key(spec),
+    )
+
+
 class PreprocessorActor(PipelineActor):
-    """Turns raw record values into a standardized feature matrix for a model actor."""
+    """Turns raw record values into a standardized feature matrix for a model actor.
+
+    A :class:`SwapModel` (a hot reload) changes the spec from the next batch on.
+    Every :class:`FeatureBatch` names the spec it was prepared with, so that a
+    model actor that already has another model prepares it again.
+    """
 
     kind = "preprocessor"
 
@@ -31,31 +70,19 @@ class PreprocessorActor(PipelineActor):
         self._settings = settings
         self._max_record_bytes = batch.max_record_bytes
         self._spec = spec
+        self._spec_key = preparation_key(spec)
         self._models = itertools.cycle(models)
 
     def receive(self, message: object) -> object:
-        """Handle ScoreBatch."""
+        """Handle ScoreBatch and SwapModel."""
         match message:
             case ScoreBatch(source=source):
-                started = time.perf_counter()
-                prepared = prepare_batch(
-                    source.values,
-                    self._spec,
-                    missing=self._settings.missing,
-                    standardize=self._settings.standardize,
-                    max_record_bytes=self._max_record_bytes,
-                )
-                rejections = tuple(
-                    Rejection(p.index, p.reason, p.detail, "preprocess") for p in prepared.rejected
-                )
                 next(self._models).tell(
-                    FeatureBatch(
-                        source=source,
-                        features=prepared.features,
-                        valid_rows=prepared.valid_rows,
-                        rejections=rejections,
-                        dropped_rows=tuple(p.index for p in prepared.dropped),
-                        preprocess_seconds=time.perf_counter() - started,
+                    prepare_source(
+                        source, self._spec, self._settings, self._max_record_bytes, self._spec_key
                     )
                 )
+            case SwapModel(model=model):
+                self._spec = model.spec
+                self._spec_key = preparation_key(model.spec)
         return None

@@ -245,7 +245,7 @@ class TestCommits:
         assert h.commit_now() == {TP1: 10}
         assert TP0 not in h.status()["watermarks"]
 
-    def test_a_partition_revoked_and_given_back_in_one_rebalance_resumes_at_its_first_undelivered_offset(
+    def test_a_partition_given_back_in_one_rebalance_resumes_at_its_first_undelivered_offset(
         self,
     ) -> None:
         # kafka-python keeps the fetch position of a partition that comes back in

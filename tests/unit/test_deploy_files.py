@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,21 @@ from prometheus_client import CollectorRegistry
 from streamer.actors.metrics import PipelineMetrics
 from streamer.cli import cmd_config_reference
 from streamer.core.features import REASONS
-from streamer.settings import SECTIONS, Settings, load_settings
+from streamer.messages import ConsumerProgress
+from streamer.settings import SECTIONS, Settings, build_settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 EXAMPLE_CONFIG = ROOT / "deploy" / "streamer.toml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "alerts_test.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "streamer.json"
+GRAFANA_DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASHBOARDS = GRAFANA / "provisioning" / "dashboards" / "streamer.yml"
+K8S = ROOT / "deploy" / "k8s"
 README = ROOT / "README.md"
 
 
@@ -131,10 +140,12 @@ def _created_topics(topics_service: dict[str, Any]) -> dict[str, int]:
 
 
 class TestCompose:
-    def test_compose_file_defines_kafka_topics_generator_streamer_and_prometheus(
+    def test_compose_file_defines_kafka_topics_generator_streamer_prometheus_and_grafana(
         self, services: dict[str, Any]
     ) -> None:
-        assert {"kafka", "topics", "generator", "streamer", "prometheus"} <= set(services)
+        assert {"kafka", "topics", "generator", "streamer", "prometheus", "grafana"} <= set(
+            services
+        )
 
     def test_kafka_runs_in_kraft_mode_as_broker_and_controller(
         self, services: dict[str, Any]
@@ -268,6 +279,45 @@ class TestCompose:
         assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
         assert any(str(port).startswith("9090:") for port in prometheus["ports"])
 
+    def test_prometheus_mounts_every_rule_file_that_its_config_names(
+        self, services: dict[str, Any]
+    ) -> None:
+        targets = {target: source for source, target in _bind_mounts(services["prometheus"])}
+        rule_files = _load_yaml(PROMETHEUS)["rule_files"]
+        assert rule_files
+        for name in rule_files:
+            # Relative rule files are read from the directory of prometheus.yml.
+            path = name if name.startswith("/") else f"/etc/prometheus/{name}"
+            assert path in targets, f"prometheus.yml names {name}, which is not mounted"
+        assert targets["/etc/prometheus/alerts.yml"] == "./deploy/alerts.yml"
+
+    def test_grafana_mounts_its_provisioning_and_the_directory_its_provider_reads(
+        self, services: dict[str, Any]
+    ) -> None:
+        grafana = services["grafana"]
+        assert grafana["image"].startswith("grafana/grafana:")
+        mounts = dict(_bind_mounts(grafana))
+        assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+        (provider,) = _load_yaml(GRAFANA_DASHBOARDS)["providers"]
+        assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+        home = _environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+        assert any(str(port).startswith("3000:") for port in grafana["ports"])
+        assert "prometheus" in _depends_on(grafana)
+
+    def test_grafana_reads_the_compose_prometheus_at_its_scrape_interval(
+        self, services: dict[str, Any]
+    ) -> None:
+        (datasource,) = _load_yaml(GRAFANA_DATASOURCES)["datasources"]
+        assert datasource["type"] == "prometheus"
+        host_port = datasource["url"].removeprefix("http://")
+        host, _, port = host_port.partition(":")
+        assert host in services
+        assert port == "9090"
+        scrape_interval = _load_yaml(PROMETHEUS)["global"]["scrape_interval"]
+        # Grafana's $__rate_interval is at least four times this interval.
+        assert datasource["jsonData"]["timeInterval"] == scrape_interval
+
 
 def test_example_config_passes_validation(example_settings: Settings) -> None:
     assert example_settings.kafka.input_topic
@@ -318,10 +368,10 @@ class TestDockerfile:
         user = users[-1].split(":")[0]
         assert user not in ("root", "0")
 
-    def test_it_has_a_healthcheck_on_the_metrics_endpoint_without_curl(self) -> None:
+    def test_it_has_a_healthcheck_on_the_liveness_endpoint_without_curl(self) -> None:
         (check,) = _instruction("HEALTHCHECK")
         assert "urllib" in check
-        assert "/metrics" in check
+        assert "/healthz" in check
         assert "9400" in check
         assert "curl" not in check
 
@@ -382,3 +432,342 @@ class TestReadme:
     def test_every_file_it_links_to_exists(self, readme: str) -> None:
         for target in re.findall(r"\]\(([^)#:]+)\)", readme):
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+# --- monitoring: metric names, alert rules, the Grafana dashboard ---------------
+
+# Series that Prometheus itself adds to every scrape.
+SCRAPE_SERIES = {"up"}
+_METRIC_NAME = re.compile(r"\b(streamer_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(?!\s*\()")
+REQUIRED_ALERTS = {
+    "StreamerDown",  # the daemon down
+    "StreamerStalled",  # lag rising while throughput is zero
+    "StreamerLagHigh",  # lag above a threshold
+    "StreamerDeadLetterRateHigh",  # the dead-letter rate
+    "StreamerActorRestarting",  # the actor restart rate
+}
+REQUIRED_PANELS = {
+    "Throughput in and out",
+    "Consumer lag per partition",
+    "End-to-end latency p50 / p95 / p99",
+    "Dead letters by reason",
+    "Actor failures and restarts",
+    "In flight",
+    "Model version",
+}
+
+
+@pytest.fixture(scope="module")
+def exposed_series() -> set[str]:
+    """Every sample name the pipeline exposes, plus what Prometheus adds."""
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    # The per-partition series appear with the first assignment.
+    metrics.apply(ConsumerProgress(0, 0, {("t", 0): 1}, {("t", 0): 1}, 0))
+    names = {sample.name for metric in registry.collect() for sample in metric.samples}
+    return names | SCRAPE_SERIES
+
+
+@pytest.fixture(scope="module")
+def rules() -> list[dict[str, Any]]:
+    groups = _load_yaml(ALERTS)["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _panel_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def _monitoring_section(readme: str) -> str:
+    start = readme.index("\n## Monitoring\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end != -1 else len(readme)]
+
+
+class TestAlerts:
+    def test_the_rules_cover_down_stalled_lag_dead_letters_and_restarts(
+        self, rules: list[dict[str, Any]]
+    ) -> None:
+        assert {rule["alert"] for rule in rules} >= REQUIRED_ALERTS
+
+    def test_every_rule_has_a_severity_a_summary_and_a_description(
+        self, rules: list[dict[str, Any]]
+    ) -> None:
+        for rule in rules:
+            assert rule["expr"].strip(), rule["alert"]
+            assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+            assert rule["annotations"]["summary"].strip(), rule["alert"]
+            assert rule["annotations"]["description"].strip(), rule["alert"]
+
+    def test_alert_names_are_unique(self, rules: list[dict[str, Any]]) -> None:
+        names = [rule["alert"] for rule in rules]
+        assert len(names) == len(set(names))
+
+    def test_every_metric_a_rule_reads_is_exposed(
+        self, rules: list[dict[str, Any]], exposed_series: set[str]
+    ) -> None:
+        for rule in rules:
+            for name in _METRIC_NAME.findall(rule["expr"]):
+                assert name in exposed_series, f"{rule['alert']} reads {name}, which nobody exposes"
+
+    def test_rules_on_scrape_series_select_the_streamer_job_of_prometheus_yml(
+        self, rules: list[dict[str, Any]], scrape_configs: list[dict[str, Any]]
+    ) -> None:
+        jobs = {job["job_name"] for job in scrape_configs}
+        for rule in rules:
+            expr = rule["expr"]
+            if re.search(r"\b(up|process_\w+)\{", expr):
+                for job in re.findall(r'job="([^"]+)"', expr):
+                    assert job in jobs, f"{rule['alert']} selects job {job!r}"
+                assert 'job="streamer"' in expr, rule["alert"]
+
+    def test_every_alert_has_a_promtool_unit_test(self, rules: list[dict[str, Any]]) -> None:
+        tests = _load_yaml(ALERT_TESTS)
+        assert tests["rule_files"] == [ALERTS.name]
+        tested = {
+            case["alertname"]
+            for test in tests["tests"]
+            for case in test.get("alert_rule_test", [])
+            if case.get("exp_alerts")
+        }
+        assert {rule["alert"] for rule in rules} == tested
+
+    def test_the_kubernetes_prometheus_rule_holds_the_same_groups(self) -> None:
+        (rule,) = _k8s_documents("PrometheusRule")
+        assert rule["spec"] == _load_yaml(ALERTS)
+
+
+class TestDashboard:
+    def test_it_has_the_panels_the_operators_asked_for(self, dashboard: dict[str, Any]) -> None:
+        assert {panel["title"] for panel in dashboard["panels"]} >= REQUIRED_PANELS
+
+    def test_every_panel_has_a_query_on_the_provisioned_datasource(
+        self, dashboard: dict[str, Any]
+    ) -> None:
+        (datasource,) = _load_yaml(GRAFANA_DATASOURCES)["datasources"]
+        for panel in dashboard["panels"]:
+            assert panel["targets"], f"panel {panel['title']!r} has no query"
+            assert panel["description"].strip(), f"panel {panel['title']!r} has no description"
+            for target in [panel, *panel["targets"]]:
+                assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+            for target in panel["targets"]:
+                assert target["expr"].strip(), f"panel {panel['title']!r}: empty query"
+                assert target["refId"], panel["title"]
+            ref_ids = [target["refId"] for target in panel["targets"]]
+            assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+
+    def test_panel_ids_and_titles_are_unique(self, dashboard: dict[str, Any]) -> None:
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        titles = [panel["title"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids))
+        assert len(titles) == len(set(titles))
+
+    def test_panels_fit_the_grid_without_overlapping(self, dashboard: dict[str, Any]) -> None:
+        taken: dict[tuple[int, int], str] = {}
+        for panel in dashboard["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0
+            assert pos["x"] + pos["w"] <= 24, panel["title"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                    taken[(x, y)] = panel["title"]
+
+    def test_every_metric_a_panel_reads_is_exposed(
+        self, dashboard: dict[str, Any], exposed_series: set[str]
+    ) -> None:
+        for title, expr in _panel_exprs(dashboard):
+            names = _METRIC_NAME.findall(expr)
+            assert names, f"panel {title!r} reads no metric: {expr}"
+            for name in names:
+                assert name in exposed_series, f"panel {title!r} reads {name}"
+
+    def test_every_query_follows_the_job_and_replica_selectors(
+        self, dashboard: dict[str, Any]
+    ) -> None:
+        for title, expr in _panel_exprs(dashboard):
+            selectors = re.findall(r"\b\w+\{([^}]*)\}", expr)
+            assert selectors, f"panel {title!r}: {expr}"
+            for selector in selectors:
+                assert selector == 'job=~"$job", instance=~"$instance"', f"{title}: {expr}"
+
+    def test_every_variable_it_uses_is_defined(self, dashboard: dict[str, Any]) -> None:
+        defined = {variable["name"] for variable in dashboard["templating"]["list"]}
+        text = DASHBOARD.read_text(encoding="utf-8")
+        for name in re.findall(r"\$(\w+)", text):
+            assert name.startswith("__") or name in defined, f"${name} is not defined"
+
+    def test_the_provider_serves_the_dashboard_with_a_stable_uid(
+        self, dashboard: dict[str, Any]
+    ) -> None:
+        assert dashboard["uid"] == "streamer"
+        assert "id" not in dashboard or dashboard["id"] is None
+
+
+class TestKubernetes:
+    def test_every_resource_of_the_kustomization_exists_and_parses(self) -> None:
+        kustomization = _load_yaml(K8S / "kustomization.yaml")
+        assert kustomization["kind"] == "Kustomization"
+        on_disk = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+        assert set(kustomization["resources"]) == on_disk
+        for doc in _k8s_documents():
+            assert doc["apiVersion"]
+            assert doc["kind"]
+            assert doc["metadata"]["name"]
+
+    def test_the_config_map_holds_a_valid_configuration(self, k8s_settings: Settings) -> None:
+        assert k8s_settings.metrics.enabled
+        assert k8s_settings.metrics.host == "0.0.0.0"
+
+    def test_liveness_and_readiness_probe_the_health_endpoints_on_the_metrics_port(
+        self, k8s_container: dict[str, Any], k8s_settings: Settings
+    ) -> None:
+        ports = {port["name"]: port["containerPort"] for port in k8s_container["ports"]}
+        assert ports["metrics"] == k8s_settings.metrics.port
+        for probe, path in (
+            ("startupProbe", "/healthz"),
+            ("livenessProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+        ):
+            get = k8s_container[probe]["httpGet"]
+            assert (get["path"], get["port"]) == (path, "metrics"), probe
+
+    def test_the_container_has_requests_and_limits(self, k8s_container: dict[str, Any]) -> None:
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(k8s_container["resources"][kind]), kind
+
+    def test_it_runs_as_the_image_user_with_a_read_only_root(
+        self, k8s_pod: dict[str, Any], k8s_container: dict[str, Any]
+    ) -> None:
+        uid = int(_instruction("USER")[-1].split(":")[0])
+        assert k8s_pod["securityContext"]["runAsNonRoot"] is True
+        assert k8s_pod["securityContext"]["runAsUser"] == uid
+        assert k8s_container["securityContext"]["readOnlyRootFilesystem"] is True
+        # The image's WORKDIR must stay writable.
+        (workdir,) = _instruction("WORKDIR")
+        assert workdir in {mount["mountPath"] for mount in k8s_container["volumeMounts"]}
+
+    def test_the_grace_period_is_longer_than_the_shutdown_budget(
+        self, k8s_pod: dict[str, Any], k8s_settings: Settings
+    ) -> None:
+        assert k8s_pod["terminationGracePeriodSeconds"] > k8s_settings.shutdown.timeout_s
+
+    def test_it_runs_the_mounted_config_map(
+        self, k8s_pod: dict[str, Any], k8s_container: dict[str, Any]
+    ) -> None:
+        args = k8s_container["args"]
+        config_path = Path(args[args.index("--config") + 1])
+        (config_map,) = _k8s_documents("ConfigMap")
+        volumes = {v["name"]: v for v in k8s_pod["volumes"]}
+        (mount,) = [
+            m for m in k8s_container["volumeMounts"] if m["mountPath"] == str(config_path.parent)
+        ]
+        assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+        assert config_path.name in config_map["data"]
+
+    def test_the_password_comes_from_a_secret(self, k8s_container: dict[str, Any]) -> None:
+        env = {item["name"]: item for item in k8s_container["env"]}
+        assert "secretKeyRef" in env["STREAMER_KAFKA__SASL_PASSWORD"]["valueFrom"]
+
+    def test_pods_are_scraped_by_annotations_or_the_pod_monitor(
+        self, k8s_pod_template: dict[str, Any], k8s_container: dict[str, Any]
+    ) -> None:
+        annotations = k8s_pod_template["metadata"]["annotations"]
+        ports = {port["name"]: port["containerPort"] for port in k8s_container["ports"]}
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(ports["metrics"])
+        assert annotations["prometheus.io/path"] == "/metrics"
+        (monitor,) = _k8s_documents("PodMonitor")
+        labels = k8s_pod_template["metadata"]["labels"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] in ports
+        assert endpoint["path"] == "/metrics"
+        # The alert rules select job="streamer".
+        assert labels[monitor["spec"]["jobLabel"]] == "streamer"
+
+    def test_keda_scales_the_deployment_on_the_lag_of_its_group_and_topic(
+        self, k8s_settings: Settings, services: dict[str, Any]
+    ) -> None:
+        (deployment,) = _k8s_documents("Deployment")
+        (scaled,) = _k8s_documents("ScaledObject")
+        assert scaled["apiVersion"].startswith("keda.sh/")
+        assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta["topic"] == k8s_settings.kafka.input_topic
+        assert meta["consumerGroup"] == k8s_settings.kafka.group_id
+        assert int(meta["lagThreshold"]) > 0
+        # Replicas beyond the input partitions would stay idle.
+        partitions = _created_topics(services["topics"])[k8s_settings.kafka.input_topic]
+        assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+        assert scaled["spec"]["maxReplicaCount"] <= partitions
+
+
+def _k8s_documents(kind: str | None = None) -> list[dict[str, Any]]:
+    docs = []
+    for name in _load_yaml(K8S / "kustomization.yaml")["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text(encoding="utf-8")) if d]
+    return [d for d in docs if kind is None or d["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def k8s_pod_template() -> dict[str, Any]:
+    (deployment,) = _k8s_documents("Deployment")
+    template: dict[str, Any] = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        template["metadata"]["labels"].items()
+    )
+    return template
+
+
+@pytest.fixture(scope="module")
+def k8s_pod(k8s_pod_template: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = k8s_pod_template["spec"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def k8s_container(k8s_pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = k8s_pod["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+@pytest.fixture(scope="module")
+def k8s_settings() -> Settings:
+    (config_map,) = _k8s_documents("ConfigMap")
+    return build_settings(tomllib.loads(config_map["data"]["streamer.toml"]), environ={})
+
+
+class TestReadmeMonitoring:
+    def test_it_describes_every_panel_with_its_queries(
+        self, readme: str, dashboard: dict[str, Any]
+    ) -> None:
+        section = _monitoring_section(readme)
+        for panel in dashboard["panels"]:
+            assert f"**{panel['title']}**" in section, panel["title"]
+        for title, expr in _panel_exprs(dashboard):
+            assert f"`{expr}`" in section, f"README lacks the query of {title!r}: {expr}"
+
+    def test_it_names_every_alert(self, readme: str, rules: list[dict[str, Any]]) -> None:
+        section = _monitoring_section(readme)
+        for rule in rules:
+            assert f"`{rule['alert']}`" in section, rule["alert"]
+
+    def test_it_states_the_health_endpoint_contract(self, readme: str) -> None:
+        section = _monitoring_section(readme)
+        for word in ("/healthz", "/readyz", "200", "503"):
+            assert word in section

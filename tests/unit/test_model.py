@@ -174,7 +174,8 @@ class TestLoadingAFile:
         with pytest.raises(ModelLoadError) as info:
             load_model("tree", None)
         assert str(info.value) == (
-            "model error: model.kind='tree' is not supported (supported: 'linear')"
+            "model error: model.kind='tree' is not supported "
+            "(supported: 'linear', 'sklearn', 'onnx', 'python')"
         )
 
     @pytest.mark.parametrize(

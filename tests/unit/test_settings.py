@@ -213,7 +213,7 @@ class TestErrors:
         [
             ("kafka", "auto_offset_reset", "newest", "'earliest', 'latest'"),
             ("preprocess", "missing", "ignore", "'dlq', 'drop', 'impute'"),
-            ("model", "kind", "tree", "'linear'"),
+            ("model", "kind", "tree", "'linear', 'sklearn', 'onnx', 'python'"),
             (
                 "kafka",
                 "security_protocol",
@@ -260,7 +260,9 @@ class TestErrors:
 
     def test_zero_is_allowed_where_it_means_something(self) -> None:
         settings = build_settings(
-            with_topics(batch={"max_wait_s": 0}, metrics={"port": 0}, kafka={"commit_interval_s": 0})
+            with_topics(
+                batch={"max_wait_s": 0}, metrics={"port": 0}, kafka={"commit_interval_s": 0}
+            )
         )
         assert (settings.batch.max_wait_s, settings.metrics.port) == (0.0, 0)
         assert settings.kafka.commit_interval_s == 0.0

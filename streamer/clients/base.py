@@ -1,0 +1,217 @@
+"""The interface every Kafka client backend implements; no client library is imported here.
+
+A backend is three callables: a consumer factory, a producer factory and
+``ensure_topics``. The actors only see :class:`ConsumerClient` and
+:class:`ProducerClient`, so a backend can be swapped by a setting
+(``kafka.client``) without touching them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streamer.errors import BrokerError
+from streamer.settings import KafkaSettings
+
+TP = tuple[str, int]
+Headers = list[tuple[str, bytes]]
+DoneCallback = Callable[[str | None], None]
+
+
+class Record(Protocol):
+    """The fields of a consumed record that the pipeline reads."""
+
+    @property
+    def offset(self) -> int: ...  # noqa: D102
+    @property
+    def key(self) -> bytes | None: ...  # noqa: D102
+    @property
+    def value(self) -> bytes | None: ...  # noqa: D102
+    @property
+    def timestamp(self) -> int: ...  # noqa: D102
+
+
+class DeliveryFuture(Protocol):
+    """What a send returns: callbacks run on the client's I/O thread."""
+
+    def add_callback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
+    def add_errback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class OutputGroup:
+    """Records of one batch for one topic, as columns (``headers`` may be None for all)."""
+
+    topic: str
+    values: Sequence[bytes]
+    keys: Sequence[bytes | None]
+    headers: Sequence[Headers | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class ConsumerClient(Protocol):
+    """A group member with manual commits; rebalance callbacks run inside :meth:`poll`."""
+
+    def existing_topics(self) -> set[str]:
+        """Topic names the broker knows (does not create any)."""
+        ...
+
+    def subscribe(
+        self,
+        topic: str,
+        on_assigned: Callable[[list[TP]], None],
+        on_revoked: Callable[[list[TP]], None],
+    ) -> None:
+        """Join the group on one topic."""
+        ...
+
+    def poll(self, timeout_s: float, max_records: int) -> dict[TP, list[Any]]:
+        """Fetch records, grouped by partition in offset order."""
+        ...
+
+    def assignment(self) -> list[TP]:
+        """Partitions currently assigned to this member."""
+        ...
+
+    def pause(self, tps: list[TP]) -> None:
+        """Stop returning records of these partitions; the membership stays."""
+        ...
+
+    def resume(self, tps: list[TP]) -> None:
+        """Return records of these partitions again."""
+        ...
+
+    def seek(self, tp: TP, offset: int) -> None:
+        """Fetch this assigned partition from ``offset`` next."""
+        ...
+
+    def highwater(self, tp: TP) -> int | None:
+        """The partition's end offset as of the last fetch, or None before one."""
+        ...
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously."""
+        ...
+
+    def commit_async(
+        self, offsets: dict[TP, int], on_done: Callable[[dict[TP, int], Exception | None], None]
+    ) -> None:
+        """Commit without blocking; ``on_done`` reports the result."""
+        ...
+
+    def committed(self, tp: TP) -> int | None:
+        """The group's committed offset for a partition."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group and close connections (never commits on its own)."""
+        ...
+
+
+class ProducerClient(Protocol):
+    """Sends records with acks=all and idempotence."""
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
+    ) -> DeliveryFuture:
+        """Queue one record; the future resolves when the broker acknowledges it."""
+        ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Block until every queued record is acknowledged or failed."""
+        ...
+
+    def close(self) -> None:
+        """Flush and close, bounded in time."""
+        ...
+
+
+class BatchDelivery:
+    """Counts the acknowledgements of one batch and calls ``done(error)`` once.
+
+    It starts one above the number of sends, and :meth:`arm` takes that one
+    away after the last send, so it cannot fire before every send was
+    registered, nor never fire when nothing was sent. Callbacks may run on any
+    thread.
+    """
+
+    __slots__ = ("_done", "_error", "_lock", "_pending")
+
+    def __init__(self, sends: int, done: DoneCallback) -> None:
+        self._pending = sends + 1
+        self._error: str | None = None
+        self._lock = threading.Lock()
+        self._done = done
+
+    def arm(self) -> None:
+        """Call once after the last send."""
+        self._settle()
+
+    def ok(self, _metadata: object = None) -> None:
+        """A record was acknowledged."""
+        self._settle()
+
+    def failed(self, exc: BaseException | str) -> None:
+        """A record failed for good (after the client's own retries)."""
+        with self._lock:
+            if self._error is None:
+                self._error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        self._settle()
+
+    def _settle(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            finished = self._pending == 0
+        if finished:
+            self._done(self._error)
+
+
+def send_batch(client: ProducerClient, groups: Sequence[OutputGroup], done: DoneCallback) -> None:
+    """Send every record of ``groups``, in order, and call ``done(error)`` once all settled.
+
+    A backend with its own ``send_batch`` does it with less work per record;
+    any other client (a test fake, the file sink) is driven one ``send`` at a time.
+    """
+    native = getattr(client, "send_batch", None)
+    if native is not None:
+        native(groups, done)
+        return
+    delivery = BatchDelivery(sum(len(g) for g in groups), done)
+    for group in groups:
+        headers = group.headers
+        for index, value in enumerate(group.values):
+            future = client.send(
+                group.topic, value, group.keys[index], None if headers is None else headers[index]
+            )
+            future.add_callback(delivery.ok)
+            future.add_errback(delivery.failed)
+    delivery.arm()
+
+
+ConsumerFactory = Callable[[KafkaSettings, int], ConsumerClient]
+ProducerFactory = Callable[[KafkaSettings], ProducerClient]
+EnsureTopics = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One Kafka client library behind the pipeline's interface."""
+
+    name: str
+    consumer: ConsumerFactory
+    producer: ProducerFactory
+    ensure_topics: EnsureTopics
+
+
+def broker_error(action: str, settings: KafkaSettings, exc: BaseException) -> BrokerError:
+    """A one-line BrokerError; never includes the client config (it holds the SASL password)."""
+    msg = (
+        f"cannot {action} at kafka.bootstrap_servers={settings.bootstrap_servers}: "
+        f"{type(exc).__name__}: {exc}; check that the broker is up and reachable"
+    )
+    return BrokerError(msg)

@@ -1,0 +1,520 @@
+"""Monitoring end to end: a real Prometheus scrapes a pipeline on the embedded broker.
+
+Every PromQL expression of the Grafana dashboard and of the alert rules is run
+against that server and must return data; the counters must equal the records
+actually fed; ``/healthz`` and ``/readyz`` are checked healthy and failing.
+
+Prometheus is Debian's ``prometheus`` package (``.ci/run`` installs it), started
+here by hand on loopback with a 1 s scrape interval.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+import yaml
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from streamer.core.demo_data import make_record
+from streamer.core.features import REASONS
+from streamer.topology import Pipeline
+
+from .helpers import (
+    ASSIGN_TIMEOUT_S,
+    Cluster,
+    Produced,
+    Topics,
+    end_offsets,
+    wait_for,
+    wait_until_delivered,
+)
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+if PROMETHEUS is None:
+    pytest.skip(
+        "the prometheus binary is not installed (Debian: apt-get install prometheus; "
+        ".ci/run does it)",
+        allow_module_level=True,
+    )
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "streamer.json"
+ALERTS = ROOT / "deploy" / "alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "alerts_test.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+
+JOB = "streamer"
+# What Grafana puts in for the dashboard's variables.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$job": JOB}
+BAD_VALUE = b"{not json"
+BAD_EVERY = 20
+FEED_PER_TICK = 40  # every 0.1 s: 400 records/s
+# The first sample arrives about 6 s after Prometheus is ready; rate() needs two.
+DATA_TIMEOUT_S = 40.0
+HTTP_TIMEOUT_S = 5.0
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, whatever the status."""
+    try:
+        with DIRECT.open(url, timeout=HTTP_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    status, body = get(url)
+    return status, json.loads(body)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+_COMPARISON = re.compile(r"==|!=|>=|<=|>|<")
+
+
+def with_bool(expr: str) -> str:
+    """``expr`` with ``bool`` after every comparison outside label matchers and strings.
+
+    An alert expression returns nothing while its condition is false. With
+    ``bool`` each comparison returns 0 or 1 instead of filtering, so the
+    expression returns data exactly when every series it reads exists.
+    """
+    out: list[str] = []
+    depth = 0
+    quote: str | None = None
+    i = 0
+    while i < len(expr):
+        char = expr[i]
+        if quote is not None:
+            out.append(char)
+            if char == "\\":
+                out.append(expr[i + 1])
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'`":
+            quote = char
+            out.append(char)
+        elif char == "{":
+            depth += 1
+            out.append(char)
+        elif char == "}":
+            depth -= 1
+            out.append(char)
+        elif depth == 0 and (match := _COMPARISON.match(expr, i)):
+            out.append(match.group())
+            i = match.end()
+            if not re.match(r"\s*bool\b", expr[i:]):
+                out.append(" bool" if expr[i : i + 1].isspace() else " bool ")
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def dashboard_queries() -> dict[str, str]:
+    """'panel title / refId' -> the panel's PromQL with the variables filled in."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries[f"panel {panel['title']!r} / {target['refId']}"] = expr
+    for variable in dashboard["templating"]["list"]:
+        # label_values(M, L) lists the values of L on the series of M.
+        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"]["query"])
+        assert match, f"variable {variable['name']}: unexpected query {variable['query']}"
+        selector = match.group(1)
+        for name, value in GRAFANA_VARIABLES.items():
+            selector = selector.replace(name, value)
+        queries[f"variable ${variable['name']}"] = f"count by ({match.group(2)}) ({selector})"
+    return queries
+
+
+def alert_rules() -> dict[str, str]:
+    """alert name -> expression."""
+    document = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return {
+        rule["alert"]: rule["expr"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+
+class PrometheusServer:
+    """A Prometheus process on loopback that scrapes one target every second."""
+
+    def __init__(self, target_port: int, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {
+                    "job_name": JOB,
+                    "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                }
+            ],
+        }
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.log_path = workdir / "prometheus.log"
+        assert PROMETHEUS is not None
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        def ready() -> bool:
+            assert self.process.poll() is None, f"prometheus exited; see {self.log_path}"
+            try:
+                return get(f"{self.url}/-/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout_s, "prometheus to be ready", interval_s=0.2)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The result of an instant query; fails the test on a query error."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        status, doc = get_json(url)
+        assert status == 200, f"{expr}: HTTP {status}: {doc.get('error')}"
+        assert doc["status"] == "success", f"{expr}: {doc}"
+        result: list[dict[str, Any]] = doc["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The single value of a query, or None while it returns nothing."""
+        result = self.query(expr)
+        if not result:
+            return None
+        assert len(result) == 1, f"{expr}: expected one series, got {result}"
+        return float(result[0]["value"][1])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Feeder:
+    """Produces records at a steady rate on its own thread; every 20th is not JSON."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._topic = topic
+        self.produced: Produced = {}
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            producer = KafkaProducer(
+                bootstrap_servers=self._bootstrap_servers.split(","), acks="all", linger_ms=5
+            )
+        except BaseException as exc:
+            self._error = exc
+            return
+        rng = random.Random(5)
+        index = 0
+        try:
+            while not self._stop.wait(0.1):
+                sent = []
+                for _ in range(FEED_PER_TICK):
+                    if index % BAD_EVERY == 0:
+                        key, value = f"bad-{index}".encode(), BAD_VALUE
+                    else:
+                        key, value = make_record(rng)
+                    sent.append((key, value, producer.send(self._topic, key=key, value=value)))
+                    index += 1
+                producer.flush(timeout=10)
+                for key, value, future in sent:
+                    metadata = future.get(timeout=10)
+                    self.produced[(metadata.partition, metadata.offset)] = (key, value)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            producer.close(timeout=5)
+
+    def stop(self) -> Produced:
+        """Stop feeding; returns every acknowledged record."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the feeder did not stop"
+        if self._error is not None:
+            raise self._error
+        return self.produced
+
+
+@dataclass
+class Monitored:
+    """The running pipeline, its feeder, and the Prometheus that scrapes it."""
+
+    pipeline: Pipeline
+    registry: CollectorRegistry
+    topics: Topics
+    feeder: Feeder
+    prometheus: PrometheusServer
+    metrics_url: str
+
+
+@pytest.fixture(scope="module")
+def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+    topics = cluster.new_topics(partitions=2)
+    settings = cluster.settings(
+        topics,
+        metrics={"enabled": True, "host": "127.0.0.1", "port": 0},
+        batch={"max_records": 100},
+    )
+    registry = CollectorRegistry()
+    pipeline = Pipeline(settings, registry=registry)
+    prometheus: PrometheusServer | None = None
+    feeder: Feeder | None = None
+    try:
+        pipeline.start()
+        assert pipeline.wait_until_assigned(ASSIGN_TIMEOUT_S), "no partitions were assigned"
+        port = pipeline.metrics_port()
+        assert port
+        prometheus = PrometheusServer(port, tmp_path_factory.mktemp("prometheus"))
+        feeder = Feeder(cluster.bootstrap_servers, topics.input)
+        prometheus.wait_ready()
+        yield Monitored(pipeline, registry, topics, feeder, prometheus, f"http://127.0.0.1:{port}")
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        pipeline.stop(timeout_s=10)
+        leaked = pykka.ActorRegistry.get_all()
+        pykka.ActorRegistry.stop_all(block=True, timeout=10)
+        assert not leaked, f"actors still running after the pipeline stopped: {leaked}"
+
+
+def wait_for_data(prometheus: PrometheusServer, queries: dict[str, str]) -> None:
+    """Poll until every query returns at least one series; name the ones that never do."""
+    missing = dict(queries)
+    deadline = time.monotonic() + DATA_TIMEOUT_S
+    while missing and time.monotonic() < deadline:
+        for name, expr in list(missing.items()):
+            if prometheus.query(expr):
+                del missing[name]
+        if missing:
+            time.sleep(0.5)
+    assert not missing, "these queries returned no data from the real server:\n" + "\n".join(
+        f"  {name}: {expr}" for name, expr in missing.items()
+    )
+
+
+# --- tests -------------------------------------------------------------------
+
+
+def test_with_bool_turns_only_the_comparisons_into_bool_comparisons() -> None:
+    assert with_bool('up{job="a", x!="b"} == 0 or absent(up{job=~"a"})') == (
+        'up{job="a", x!="b"} == bool 0 or absent(up{job=~"a"})'
+    )
+    assert with_bool("a > bool 1 and on (x) b<=2") == "a > bool 1 and on (x) b<= bool 2"
+
+
+def test_every_dashboard_query_returns_data_from_the_real_server(monitored: Monitored) -> None:
+    queries = dashboard_queries()
+    assert len(queries) >= 10
+    wait_for_data(monitored.prometheus, queries)
+
+
+def test_every_alert_expression_runs_and_returns_data_with_its_comparisons_as_bool(
+    monitored: Monitored,
+) -> None:
+    rules = alert_rules()
+    assert len(rules) >= 5
+    for expr in rules.values():
+        monitored.prometheus.query(expr)  # valid as written (empty while not firing)
+    wait_for_data(
+        monitored.prometheus, {f"alert {name}": with_bool(expr) for name, expr in rules.items()}
+    )
+
+
+def test_the_server_evaluates_every_loaded_rule_without_error(monitored: Monitored) -> None:
+    url = f"{monitored.prometheus.url}/api/v1/rules"
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        rules = [r for g in get_json(url)[1]["data"]["groups"] for r in g["rules"]]
+        if rules and all(r["health"] != "unknown" for r in rules):
+            return rules
+        return None
+
+    rules = wait_for(evaluated, DATA_TIMEOUT_S, "one evaluation of every rule", interval_s=0.5)
+    assert {r["name"] for r in rules} == set(alert_rules())
+    for rule in rules:
+        assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+    firing = [r["name"] for r in rules if r["state"] == "firing"]
+    assert not firing, f"alerts fire on a healthy pipeline: {firing}"
+
+
+def test_the_counters_equal_the_records_actually_processed(monitored: Monitored) -> None:
+    produced = monitored.feeder.stop()
+    total = len(produced)
+    bad = sum(1 for _key, value in produced.values() if value == BAD_VALUE)
+    assert total > 0
+    assert bad > 0
+    wait_until_delivered(monitored.pipeline, monitored.topics.input, produced)
+    # (metric, labels, value) as counted in the process.
+    expected: list[tuple[str, dict[str, str], float]] = [
+        ("streamer_records_consumed_total", {}, total),
+        ("streamer_records_produced_total", {}, total - bad),
+        ("streamer_dead_letters_total", {"reason": "invalid_json"}, bad),
+        ("streamer_records_dropped_total", {}, 0),
+        ("streamer_end_to_end_latency_seconds_count", {}, total),  # one per record
+        ("streamer_batch_size_records_sum", {}, total),
+    ]
+    registry = monitored.registry
+    # BatchDelivered follows BatchAcked: give the metrics actor a moment to apply it.
+    wait_for(
+        lambda: all(registry.get_sample_value(m, labels) == v for m, labels, v in expected),
+        10,
+        "the registry to count every delivered record",
+    )
+    dead_letters = [
+        registry.get_sample_value("streamer_dead_letters_total", {"reason": r}) for r in REASONS
+    ]
+    assert sum(v or 0.0 for v in dead_letters) == bad
+    assert registry.get_sample_value("streamer_batches_total") == registry.get_sample_value(
+        "streamer_batch_size_records_count"
+    )
+
+    # The same numbers through the real scrape, once it has caught up; plus the
+    # committed offsets (the end of every partition), no lag and nothing in flight.
+    def promql(metric: str, labels: dict[str, str]) -> str:
+        matchers = ", ".join(f'{k}="{v}"' for k, v in {"job": JOB, **labels}.items())
+        return f"sum({metric}{{{matchers}}})"
+
+    wanted = {promql(m, labels): float(v) for m, labels, v in expected}
+    wanted[promql("streamer_committed_offset", {})] = float(sum(end_offsets(produced).values()))
+    wanted[promql("streamer_consumer_lag", {})] = 0.0
+    wanted[promql("streamer_in_flight_batches", {})] = 0.0
+    seen: dict[str, float | None] = {}
+
+    def scraped() -> bool:
+        seen.update({expr: monitored.prometheus.value(expr) for expr in wanted})
+        return seen == wanted
+
+    deadline = time.monotonic() + 15
+    while not scraped() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen == wanted
+
+
+def test_healthz_and_readyz_answer_200_while_the_pipeline_runs(monitored: Monitored) -> None:
+    status, health = get_json(f"{monitored.metrics_url}/healthz")
+    assert status == 200, health
+    assert health["status"] == "ok"
+    assert health["dead_actors"] == []
+    status, readiness = get_json(f"{monitored.metrics_url}/readyz")
+    assert status == 200, readiness
+    assert readiness["status"] == "ready"
+    assert readiness["failing"] == []
+    up = monitored.prometheus.value(f'up{{job="{JOB}"}}')
+    assert up == 1.0
+
+
+def test_healthz_and_readyz_answer_503_saying_what_is_wrong(cluster: Cluster) -> None:
+    """A separate pipeline: a dead actor, then a stop request, then a stopped pipeline."""
+    topics = cluster.new_topics(partitions=1)
+    settings = cluster.settings(topics, metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+    pipeline = Pipeline(settings, registry=CollectorRegistry())
+    try:
+        pipeline.start()
+        assert pipeline.wait_until_assigned(ASSIGN_TIMEOUT_S)
+        base = f"http://127.0.0.1:{pipeline.metrics_port()}"
+        assert get(f"{base}/healthz")[0] == 200
+        assert get(f"{base}/readyz")[0] == 200
+
+        # A stopped actor is not a crash: nothing restarts it, and liveness fails.
+        pipeline.model_refs[0].stop(block=True, timeout=10)
+        status, health = get_json(f"{base}/healthz")
+        assert status == 503
+        assert health["status"] == "failing"
+        assert health["dead_actors"] == ["model-0"]
+        status, readiness = get_json(f"{base}/readyz")
+        assert status == 503
+        assert readiness["status"] == "not ready"
+        assert "actors_alive" in readiness["failing"]
+
+        # After SIGTERM the pipeline drains: not ready, so traffic and rollouts wait.
+        pipeline.request_stop()
+        status, readiness = get_json(f"{base}/readyz")
+        assert status == 503
+        assert "not_stopping" in readiness["failing"]
+    finally:
+        pipeline.stop(timeout_s=10)
+    # The HTTP server stopped with the metrics actor; the probes still answer directly.
+    with pytest.raises(urllib.error.URLError):
+        DIRECT.open(f"{base}/healthz", timeout=HTTP_TIMEOUT_S)
+    ok, details = pipeline.health()
+    assert not ok
+    assert "consumer" in details["dead_actors"]
+    ok, details = pipeline.readiness()
+    assert not ok
+    assert {"actors_alive", "broker_connected", "not_stopping"} <= set(details["failing"])
+
+
+def test_promtool_accepts_the_rules_their_unit_tests_and_the_compose_config() -> None:
+    assert PROMTOOL is not None, "promtool ships in the same Debian package as prometheus"
+    for args in (
+        ["check", "rules", str(ALERTS)],
+        ["test", "rules", str(ALERT_TESTS)],
+        ["check", "config", str(PROMETHEUS_CONFIG)],
+    ):
+        result = subprocess.run(
+            [PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"

@@ -1,0 +1,136 @@
+"""Real models for the model-kind tests, trained on data that ships with scikit-learn.
+
+Everything is trained once per process (``lru_cache``) on ``load_breast_cancer``:
+no download. The feature names have spaces ("mean radius"), which JSON keys and
+CSV headers carry as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+RECORDS = 2000
+
+
+@functools.lru_cache(maxsize=1)
+def dataset() -> tuple[pd.DataFrame, np.ndarray]:
+    """The breast cancer features (a DataFrame with named columns) and the labels."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame, target = load_breast_cancer(return_X_y=True, as_frame=True)
+    return frame, target.to_numpy()
+
+
+def feature_names() -> list[str]:
+    return list(dataset()[0].columns)
+
+
+@functools.lru_cache(maxsize=1)
+def records() -> pd.DataFrame:
+    """2,000 records like the training data: resampled rows with a little noise."""
+    frame, _ = dataset()
+    rng = np.random.default_rng(7)
+    rows = frame.to_numpy()[rng.integers(0, len(frame), RECORDS)]
+    noisy = rows * rng.normal(1.0, 0.03, size=rows.shape)
+    return pd.DataFrame(noisy, columns=frame.columns)
+
+
+def record_values(frame: pd.DataFrame | None = None) -> list[bytes]:
+    """One JSON object per record, as a producer would send it."""
+    frame = records() if frame is None else frame
+    names = list(frame.columns)
+    return [orjson.dumps(dict(zip(names, row, strict=True))) for row in frame.to_numpy().tolist()]
+
+
+@functools.cache
+def estimator(kind: str) -> Any:
+    """``logreg`` (StandardScaler + LogisticRegression), ``forest`` (100 trees), or
+    ``logreg-raw`` (a LogisticRegression fitted on a bare array, so without feature names)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame, target = dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "logreg":
+            return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+                frame, target
+            )
+        if kind == "forest":
+            return RandomForestClassifier(n_estimators=100, random_state=0).fit(frame, target)
+        if kind == "logreg-raw":
+            standardized = (frame - frame.mean()) / frame.std(ddof=0)
+            return LogisticRegression(max_iter=1000).fit(standardized.to_numpy(), target)
+    msg = f"unknown estimator {kind!r}"
+    raise ValueError(msg)
+
+
+def save_joblib(obj: Any, path: Path) -> Path:
+    import joblib
+
+    joblib.dump(obj, path)
+    return path
+
+
+@functools.cache
+def onnx_bytes(kind: str) -> bytes:
+    """The estimator converted with skl2onnx (float input, no ZipMap)."""
+    from skl2onnx import to_onnx
+
+    frame, _ = dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = to_onnx(
+            estimator(kind),
+            frame.to_numpy()[:1].astype(np.float32),
+            options={"zipmap": False},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+    return converted.SerializeToString()
+
+
+def write_stats(path: Path) -> Path:
+    """A stats file of the training data, as ``streamer fit-stats`` writes it."""
+    from streamer.core.stats import fit_stats
+
+    frame, _ = dataset()
+    stats = fit_stats(list(frame.columns), [frame.to_numpy()])
+    path.write_bytes(stats.to_json())
+    return path
+
+
+PYTHON_MODEL = '''
+"""A plain-Python model: a logistic function of two standardized features."""
+import numpy as np
+
+features = ["mean radius", "mean texture"]
+
+
+def score(frame):
+    z = -0.9 * frame["mean radius"] - 0.4 * frame["mean texture"] + 0.3
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+score.features = features
+
+
+def both(frame):
+    import pandas as pd
+
+    return pd.DataFrame({"low": frame["mean radius"] * 0.5, "high": frame["mean texture"] * 2})
+'''
+
+
+def write_python_model(directory: Path, name: str = "pymodel.py") -> Path:
+    path = directory / name
+    path.write_text(PYTHON_MODEL)
+    return path
