@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the scoring daemon")
     _add_overrides(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pipeline processes in one consumer group under one parent (default 1: no parent)",
+    )
     _add_common(run)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
@@ -140,6 +146,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, overrides=_overrides(args))
     hide_secrets(settings.kafka.sasl_password)
+    if args.workers < 1:
+        msg = f"config error: --workers must be >= 1, got {args.workers}"
+        raise ConfigError(msg)
+    if args.workers > 1:
+        from streamer.workers import run_workers  # noqa: PLC0415
+
+        return run_workers(
+            settings, args.workers, log_level=args.log_level, log_format=args.log_format
+        )
     pipeline = Pipeline(settings)
     signals = _Signals(pipeline.request_stop)
     signals.install()

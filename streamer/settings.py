@@ -286,6 +286,9 @@ def field_docs(section: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+_SECRET_KEYS = {"kafka.sasl_password"}
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -299,17 +302,21 @@ _PARSERS: dict[type, Any] = {bool: _parse_bool, int: int, float: float, str: str
 
 
 def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
-    """Return ``value`` as ``expected``, or raise ConfigError naming ``key``."""
+    """Return ``value`` as ``expected``, or raise ConfigError naming ``key``.
+
+    The value of a secret key is never echoed in the message.
+    """
+    shown_value = "***" if key in _SECRET_KEYS else repr(value)
     if from_text and isinstance(value, str):
         try:
             return _PARSERS[expected](value.strip() if expected is not str else value)
         except ValueError:
-            msg = f"config error: {key} must be {expected.__name__}, got {value!r}"
+            msg = f"config error: {key} must be {expected.__name__}, got {shown_value}"
             raise ConfigError(msg) from None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        got = f"{type(value).__name__} {value!r}"
+        got = f"{type(value).__name__} {shown_value}"
         msg = f"config error: {key} must be {expected.__name__}, got {got}"
         raise ConfigError(msg)
     return value

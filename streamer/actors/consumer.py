@@ -311,7 +311,11 @@ class ConsumerActor(PipelineActor):
                 f"outputs of batch {ack.batch_id} from {ack.topic}/{ack.partition} were not "
                 f"delivered ({ack.error}); offsets stay uncommitted from that batch on"
             )
-            log.error("%s", msg, extra={"topic": ack.topic, "partition": ack.partition})
+            log.error(
+                "%s",
+                msg,
+                extra={"actor": self.kind, "topic": ack.topic, "partition": ack.partition},
+            )
             if self._failure_handler is not None:
                 self._failure_handler("producer", DeliveryError(msg))
         if (
@@ -360,7 +364,11 @@ class ConsumerActor(PipelineActor):
     def _assigned_locked(self, tps: list[TP]) -> None:
         if tps:
             named = [f"{t}/{p}" for t, p in sorted(tps)]
-            log.info("partitions assigned: %s", ", ".join(named), extra={"partitions": named})
+            log.info(
+                "partitions assigned: %s",
+                ", ".join(named),
+                extra={"actor": self.kind, "partitions": named},
+            )
         self._assigned = sorted(set(self._assigned) | set(tps))
         # kafka-python keeps the fetch position of a partition that is revoked and
         # assigned again in one rebalance. Records fetched before the revoke were
@@ -389,7 +397,11 @@ class ConsumerActor(PipelineActor):
         if not tps:
             return
         named = [f"{t}/{p}" for t, p in sorted(tps)]
-        log.info("partitions revoked: %s", ", ".join(named), extra={"partitions": named})
+        log.info(
+            "partitions revoked: %s",
+            ", ".join(named),
+            extra={"actor": self.kind, "partitions": named},
+        )
         revoked = set(tps)
         offsets = {tp: o for tp, o in self._tracker.committable().items() if tp in revoked}
         if offsets and self._client is not None:

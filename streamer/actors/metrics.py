@@ -33,6 +33,7 @@ from streamer.messages import (
     BatchDelivered,
     ConsumerProgress,
     GetStatus,
+    ModelReloaded,
     RecordsConsumed,
 )
 from streamer.settings import MetricsSettings
@@ -222,6 +223,14 @@ class PipelineMetrics:
             "streamer_paused_partitions", "Partitions paused by backpressure.", registry=registry
         )
         self.model_info = Info("streamer_model", "The model in use.", registry=registry)
+        self.model_reloads = Counter(
+            "streamer_model_reloads",
+            "Hot reloads of the model, by result (success, unchanged, failure).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("success", "unchanged", "failure"):
+            self.model_reloads.labels(result=result)
         self.process = ProcessCollector(registry=registry)
         for reason in REASONS:
             self.dead_letters.labels(reason=reason)
@@ -252,6 +261,10 @@ class PipelineMetrics:
                 self.actor_failures.labels(actor=actor).inc()
             case ActorRestarted(actor=actor):
                 self.actor_restarts.labels(actor=actor).inc()
+            case ModelReloaded(result=result, name=name, version=version):
+                self.model_reloads.labels(result=result).inc()
+                if result == "success":
+                    self.model_info.info({"name": name, "version": version})
 
     def _delivered(self, d: BatchDelivered) -> None:
         self.records_produced.inc(d.produced)

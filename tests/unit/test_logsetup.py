@@ -178,3 +178,15 @@ class TestSecrets:
         with pytest.raises(StopHereError):
             main(["run", "--config", str(path)])
         assert seen == ["password=***"]
+
+
+def test_a_config_error_on_the_password_never_echoes_its_value() -> None:
+    from streamer.errors import ConfigError
+    from streamer.settings import build_settings
+
+    with pytest.raises(ConfigError) as info:
+        build_settings(
+            {"kafka": {"input_topic": "a", "output_topic": "b", "sasl_password": 123456789}},
+            environ={},
+        )
+    assert str(info.value) == "config error: kafka.sasl_password must be str, got int ***"

@@ -370,3 +370,18 @@ class TestHttp:
             registry.get_sample_value("streamer_model_info", {"name": "m", "version": "v"}) == 1.0
         )
         ref.stop(timeout=ASK_S)
+
+
+def test_model_reloads_are_counted_by_result_and_a_success_updates_the_model_info() -> None:
+    from streamer.actors.metrics import PipelineMetrics
+    from streamer.messages import ModelReloaded
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    for result in ("success", "unchanged", "failure"):
+        assert registry.get_sample_value("streamer_model_reloads_total", {"result": result}) == 0
+    metrics.apply(ModelReloaded("failure", "demo", "v1", "bad pickle"))
+    metrics.apply(ModelReloaded("success", "demo", "v2"))
+    assert registry.get_sample_value("streamer_model_reloads_total", {"result": "failure"}) == 1
+    assert registry.get_sample_value("streamer_model_reloads_total", {"result": "success"}) == 1
+    assert registry.get_sample_value("streamer_model_info", {"name": "demo", "version": "v2"}) == 1

@@ -1,0 +1,419 @@
+"""``streamer run --workers N``: N pipeline processes in one consumer group, under one parent.
+
+Pykka actors share the GIL, so one process uses about one core whatever its
+actor counts. Worker processes use the others, the same way replicas on
+several machines would: each worker is a whole ``streamer run`` with the same
+``kafka.group_id``, and the group splits the input partitions between them.
+
+The parent:
+
+- passes every resolved setting to the workers in ``STREAMER_<SECTION>__<KEY>``
+  variables (never on the command line, where the SASL password would show);
+- forwards SIGTERM and SIGINT (a second one too, which makes the workers exit at
+  once) and SIGHUP (model reload). Workers run in their own session, so a
+  Ctrl-C in a terminal reaches them once, through the parent;
+- restarts a worker that exits on its own, with the backoff and the restart
+  intensity of ``[supervision]``; beyond it, it stops the others and exits 1.
+  A worker that exits 2 (bad configuration) is not restarted: everything stops
+  with exit code 2;
+- serves ``metrics.port``: ``/metrics`` is every worker's exposition with a
+  ``worker`` label added, plus ``streamer_workers_alive`` and
+  ``streamer_worker_restarts_total``; ``/healthz`` and ``/readyz`` answer 200
+  only when every worker does. Worker ``i`` serves its own endpoints on
+  ``metrics.port + 1 + i``. (prometheus_client's multiprocess mode was the
+  other choice; it needs the global registry and files shared between the
+  processes, while each pipeline owns its registry.)
+
+Each worker watches its parent and drains and stops if the parent disappears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Metric, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+from streamer.broker import free_port
+from streamer.core.supervision import RestartPolicy
+from streamer.settings import ENV_PREFIX, SECTIONS, Settings
+
+log = logging.getLogger(__name__)
+
+# Grace beyond shutdown.timeout_s before a worker that has not exited is killed.
+KILL_GRACE_S = 10.0
+SCRAPE_TIMEOUT_S = 2.0
+LOOP_S = 0.1
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Every setting as a ``STREAMER_<SECTION>__<KEY>`` variable, as the loader parses them."""
+    env: dict[str, str] = {}
+    for section in SECTIONS:
+        values = getattr(settings, section)
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, float):
+                text = repr(value)
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{section.upper()}__{item.name.upper()}"] = text
+    return env
+
+
+@dataclass
+class Worker:
+    """One worker process and what the parent knows about it."""
+
+    index: int
+    metrics_port: int
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+
+class WorkerPool:
+    """Starts, watches, restarts and stops the worker processes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        *,
+        log_level: str = "INFO",
+        log_format: str = "text",
+        metrics_ports: Sequence[int] | None = None,
+    ) -> None:
+        if workers < 1:
+            msg = f"--workers must be >= 1, got {workers}"
+            raise ValueError(msg)
+        self.settings = settings
+        self._log_args = ["--log-level", log_level, "--log-format", log_format]
+        base = settings.metrics.port
+        if metrics_ports is None:
+            metrics_ports = [free_port() if base == 0 else base + 1 + i for i in range(workers)]
+        self.workers = [Worker(i, port) for i, port in enumerate(metrics_ports)]
+        sup = settings.supervision
+        self._policy = RestartPolicy(
+            sup.max_restarts, sup.restart_window_s, sup.backoff_initial_s, sup.backoff_max_s
+        )
+        self._stopping = threading.Event()
+        self._signals = 0
+        self.failure: str | None = None
+        self.exit_code = 0
+
+    # --- processes -----------------------------------------------------------
+
+    def _environment(self, worker: Worker) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(settings_environment(self.settings))
+        prefix = ENV_PREFIX
+        env[f"{prefix}METRICS__PORT"] = str(worker.metrics_port)
+        env[f"{prefix}KAFKA__CLIENT_ID"] = f"{self.settings.kafka.client_id}-{worker.index}"
+        return env
+
+    def _spawn(self, worker: Worker) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "streamer.workers",
+            "--parent",
+            str(os.getpid()),
+            "--index",
+            str(worker.index),
+            *self._log_args,
+        ]
+        # Their own session: a terminal's Ctrl-C reaches them once, through us.
+        worker.process = subprocess.Popen(
+            command, env=self._environment(worker), start_new_session=True
+        )
+        worker.restart_at = None
+        log.info(
+            "worker %d started (pid %d, metrics port %d)",
+            worker.index,
+            worker.process.pid,
+            worker.metrics_port,
+        )
+
+    def start(self) -> None:
+        """Start every worker."""
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def check(self, now: float) -> None:
+        """Restart workers that exited on their own; give up beyond the restart intensity."""
+        for worker in self.workers:
+            if self._stopping.is_set():
+                return
+            if worker.restart_at is not None:
+                if now >= worker.restart_at:
+                    self._spawn(worker)
+                continue
+            if worker.process is None or worker.process.poll() is None:
+                continue
+            code = worker.process.returncode
+            worker.exit_codes.append(code)
+            if code == 2:
+                self._fail(f"worker {worker.index} exited 2 (configuration error)", 2)
+                return
+            decision = self._policy.on_failure(now)
+            if not decision.restart:
+                self._fail(f"worker {worker.index} exited {code}; {decision.reason}", 1)
+                return
+            worker.restarts += 1
+            worker.restart_at = now + decision.delay_s
+            log.warning(
+                "worker %d exited with code %d; restarting it in %.1fs",
+                worker.index,
+                code,
+                decision.delay_s,
+            )
+
+    def _fail(self, reason: str, exit_code: int) -> None:
+        log.error("stopping every worker: %s", reason)
+        self.failure = reason
+        self.exit_code = exit_code
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Ask every worker to drain and stop (safe from a signal handler)."""
+        self._stopping.set()
+        self.send(signal.SIGTERM)
+
+    def send(self, signum: int) -> None:
+        """Send a signal to every running worker."""
+        for worker in self.workers:
+            if worker.alive:
+                assert worker.process is not None
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """First SIGTERM/SIGINT: drain the workers; a second one: make them exit at once."""
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s received: draining every worker", signal.Signals(signum).name)
+            self._stopping.set()
+        else:
+            log.warning("second signal: the workers exit now without draining")
+        self.send(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stopping.is_set()
+
+    def wait(self) -> int:
+        """Run until stopped, then wait for the workers; the exit code of the whole group."""
+        while not self._stopping.wait(LOOP_S):
+            self.check(time.monotonic())
+        deadline = time.monotonic() + self.settings.shutdown.timeout_s + KILL_GRACE_S
+        codes: list[int] = []
+        for worker in self.workers:
+            process = worker.process
+            if process is None:
+                continue
+            try:
+                codes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop in time; killing it", worker.index)  # noqa: TRY400 - no traceback wanted
+                process.kill()
+                codes.append(process.wait())
+        if self.exit_code:
+            return self.exit_code
+        if any(code >= 128 for code in codes):
+            return max(codes)
+        return 0 if all(code == 0 for code in codes) else 1
+
+    # --- metrics and health ----------------------------------------------------
+
+    def scrape(self, path: str, worker: Worker) -> tuple[int, bytes]:
+        """GET one worker's endpoint: (status, body); status 0 when it does not answer."""
+        url = f"http://127.0.0.1:{worker.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def probe(self, path: str) -> tuple[bool, dict[str, Any]]:
+        """Every worker's /healthz or /readyz: ok only when all of them are."""
+        results: dict[str, Any] = {}
+        ok = True
+        for worker in self.workers:
+            status, body = self.scrape(path, worker) if worker.alive else (0, b"")
+            ok = ok and status == 200
+            try:
+                detail = json.loads(body) if body else {"status": "not running"}
+            except ValueError:
+                detail = {"status": f"HTTP {status}"}
+            results[str(worker.index)] = detail
+        return ok, {"status": "ok" if ok else "failing", "workers": results}
+
+
+class _Aggregate(Collector):
+    """Every worker's metrics with a ``worker`` label, and the parent's own."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[tuple[str, str], Metric] = {}
+        for worker in self._pool.workers:
+            if not worker.alive:
+                continue
+            status, body = self._pool.scrape("/metrics", worker)
+            if status != 200:
+                continue
+            label = str(worker.index)
+            for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
+                merged = families.get((family.name, family.type))
+                if merged is None:
+                    merged = Metric(family.name, family.documentation, family.type, family.unit)
+                    families[(family.name, family.type)] = merged
+                merged.samples.extend(
+                    Sample(s.name, {**s.labels, "worker": label}, s.value, s.timestamp, s.exemplar)
+                    for s in family.samples
+                )
+        alive = Metric("streamer_workers_alive", "Worker processes running.", "gauge")
+        alive.add_sample("streamer_workers_alive", {}, sum(w.alive for w in self._pool.workers))
+        restarts = Metric(
+            "streamer_worker_restarts", "Worker processes restarted by the parent.", "counter"
+        )
+        for worker in self._pool.workers:
+            restarts.add_sample(
+                "streamer_worker_restarts_total", {"worker": str(worker.index)}, worker.restarts
+            )
+        yield from families.values()
+        yield alive
+        yield restarts
+
+
+def _handler(pool: WorkerPool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+            elif path in ("/healthz", "/readyz"):
+                ok, details = pool.probe(path)
+                body = json.dumps(details, sort_keys=True).encode()
+                self._send(200 if ok else 503, body, "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def serve_metrics(pool: WorkerPool) -> ThreadingHTTPServer | None:
+    """Serve the aggregated /metrics, /healthz and /readyz on ``metrics.host:metrics.port``."""
+    metrics = pool.settings.metrics
+    if not metrics.enabled:
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Aggregate(pool))
+    server = ThreadingHTTPServer((metrics.host, metrics.port), _handler(pool, registry))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="workers-metrics", daemon=True)
+    thread.start()
+    log.info(
+        "workers' metrics at http://%s:%d/metrics (workers on ports %s)",
+        metrics.host,
+        server.server_address[1],
+        ", ".join(str(w.metrics_port) for w in pool.workers),
+    )
+    return server
+
+
+def run_workers(
+    settings: Settings, workers: int, *, log_level: str = "INFO", log_format: str = "text"
+) -> int:
+    """Run ``workers`` pipeline processes until a signal or a failure; the exit code."""
+    pool = WorkerPool(settings, workers, log_level=log_level, log_format=log_format)
+    server = serve_metrics(pool)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, pool.handle_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: pool.send(signal.SIGHUP))
+    try:
+        pool.start()
+        code = pool.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log.info("every worker stopped; exit code %d", code)
+    return code
+
+
+# --- the worker side -------------------------------------------------------
+
+
+def watch_parent(parent_pid: int, interval_s: float = 1.0) -> threading.Thread:
+    """SIGTERM this process (a graceful drain) when the parent is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        log.error("the parent process %d is gone: stopping this worker", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of one worker: ``streamer run`` with the settings from the environment."""
+    parser = argparse.ArgumentParser(prog="python -m streamer.workers")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text")
+    args = parser.parse_args(argv)
+    watch_parent(args.parent)
+    from streamer.cli import main  # noqa: PLC0415 - the CLI imports this module
+
+    return main(["run", "--log-level", args.log_level, "--log-format", args.log_format])
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
