@@ -26,6 +26,12 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+# streamer against the bare client loops on the embedded broker: throughput, latency,
+# memory and scaling, printed as one table (about 10 minutes; --smoke takes one).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check streamer tests benchmarks
 	$(BIN)/ruff format --check streamer tests benchmarks

@@ -73,7 +73,9 @@ def bare_loop(bootstrap: str, topic: str, out_topic: str, count: int) -> float:
             x = np.array([[d[n] for n in names] for d in docs], dtype=np.float64)
             scores = model.predict((x - model.spec.mean) / model.spec.std).tolist()
             for r, s in zip(records, scores, strict=True):
-                producer.send(out_topic, key=r.key, value=orjson.dumps({"offset": r.offset, "score": s}))
+                producer.send(
+                    out_topic, key=r.key, value=orjson.dumps({"offset": r.offset, "score": s})
+                )
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, None, -1)
             done += len(records)
         producer.flush()
@@ -84,7 +86,9 @@ def bare_loop(bootstrap: str, topic: str, out_topic: str, count: int) -> float:
     return count / elapsed
 
 
-def streamer_run(bootstrap: str, topic: str, out_topic: str, count: int, **overrides: object) -> float:
+def streamer_run(
+    bootstrap: str, topic: str, out_topic: str, count: int, **overrides: object
+) -> float:
     batch = {"max_records": overrides.pop("max_records", 1000)}
     settings = build_settings(
         {
@@ -135,14 +139,17 @@ def main() -> None:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
         ensure_topics(
             kafka,
-            {topic: args.partitions, f"{topic}.dlq": 1, **{o: args.partitions for o in outs}},
+            {topic: args.partitions, f"{topic}.dlq": 1, **dict.fromkeys(outs, args.partitions)},
         )
         preload(bootstrap, topic, args.records)
         rows = []
         floor = bare_loop(bootstrap, topic, outs[0], args.records)
         rows.append(("bare kafka-python loop (floor)", floor))
         rows.append(
-            ("streamer 2x2 actors, batch 1000", streamer_run(bootstrap, topic, outs[1], args.records))
+            (
+                "streamer 2x2 actors, batch 1000",
+                streamer_run(bootstrap, topic, outs[1], args.records),
+            )
         )
         rows.append(
             (

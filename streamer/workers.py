@@ -42,7 +42,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -110,6 +110,7 @@ class WorkerPool:
         log_level: str = "INFO",
         log_format: str = "text",
         metrics_ports: Sequence[int] | None = None,
+        command: Callable[[Worker], list[str]] | None = None,
     ) -> None:
         if workers < 1:
             msg = f"--workers must be >= 1, got {workers}"
@@ -120,6 +121,7 @@ class WorkerPool:
         if metrics_ports is None:
             metrics_ports = [free_port() if base == 0 else base + 1 + i for i in range(workers)]
         self.workers = [Worker(i, port) for i, port in enumerate(metrics_ports)]
+        self._command = command or self._worker_command
         sup = settings.supervision
         self._policy = RestartPolicy(
             sup.max_restarts, sup.restart_window_s, sup.backoff_initial_s, sup.backoff_max_s
@@ -139,8 +141,8 @@ class WorkerPool:
         env[f"{prefix}KAFKA__CLIENT_ID"] = f"{self.settings.kafka.client_id}-{worker.index}"
         return env
 
-    def _spawn(self, worker: Worker) -> None:
-        command = [
+    def _worker_command(self, worker: Worker) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "streamer.workers",
@@ -150,9 +152,11 @@ class WorkerPool:
             str(worker.index),
             *self._log_args,
         ]
+
+    def _spawn(self, worker: Worker) -> None:
         # Their own session: a terminal's Ctrl-C reaches them once, through us.
         worker.process = subprocess.Popen(
-            command, env=self._environment(worker), start_new_session=True
+            self._command(worker), env=self._environment(worker), start_new_session=True
         )
         worker.restart_at = None
         log.info(

@@ -75,7 +75,7 @@ _QUEUE_MAX_MESSAGES = 1_000_000
 _QUEUE_MAX_KBYTES = 1_048_576
 # The consumer's prefetch queue (for all partitions together): enough for a
 # few polls at full speed, small enough to keep the memory flat.
-_PREFETCH_KBYTES = 16_384
+_PREFETCH_KBYTES = 4_096
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -475,13 +475,16 @@ class Producer:
         report = _BatchReport(total, done).report
         produce = self._producer.produce
         for group in groups:
-            topic, keys, headers = group.topic, group.keys, group.headers
-            for index, value in enumerate(group.values):
-                header: Any = None if headers is None else headers[index]
-                try:
-                    produce(topic, value, keys[index], on_delivery=report, headers=header)
-                except BufferError:
-                    self._produce(topic, value, keys[index], on_delivery=report, headers=header)
+            topic, headers = group.topic, group.headers
+            if headers is None:  # the common case: no headers argument to parse
+                for value, key in zip(group.values, group.keys, strict=True):
+                    try:
+                        produce(topic, value, key, on_delivery=report)
+                    except BufferError:
+                        self._produce(topic, value, key, on_delivery=report)
+                continue
+            for value, key, header in zip(group.values, group.keys, headers, strict=True):
+                self._produce(topic, value, key, on_delivery=report, headers=header)
 
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged or failed (and reported)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -16,11 +17,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamer.clients.base import (
     TP,
-    BatchDelivery,
     DeliveryFuture,
     DoneCallback,
     Headers,
@@ -31,6 +32,9 @@ from streamer.clients.base import (
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+# Keys whose partition is remembered per topic (the cache starts over beyond it).
+_PARTITION_CACHE_KEYS = 100_000
 
 __all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics"]
 
@@ -154,6 +158,43 @@ class GroupConsumer:
         self._consumer.close(autocommit=False, timeout_ms=5000)
 
 
+class _BatchWatch:
+    """Calls ``done(error)`` once every future of a batch is done, watching one at a time.
+
+    It registers on the first future that is not done yet; when that one
+    settles it scans on, so a batch costs a callback per produce request it
+    waits for rather than one per record. A record whose batch the client
+    splits (MESSAGE_TOO_LARGE) keeps its future, so nothing is missed.
+    """
+
+    __slots__ = ("_done", "_finished", "_futures", "_lock", "_next")
+
+    def __init__(self, futures: list[Any], done: DoneCallback) -> None:
+        self._futures = futures
+        self._next = 0
+        self._done = done
+        self._finished = False
+        self._lock = threading.Lock()
+
+    def advance(self, _result: object = None) -> None:
+        futures = self._futures
+        with self._lock:
+            if self._finished:
+                return
+            index, count = self._next, len(futures)
+            while index < count and futures[index].is_done:
+                index += 1
+            self._next = index
+            pending = futures[index] if index < count else None
+            self._finished = pending is None
+        if pending is not None:
+            pending.add_callback(self.advance)
+            pending.add_errback(self.advance)
+            return
+        error = next((f.exception for f in futures if f.exception is not None), None)
+        self._done(None if error is None else f"{type(error).__name__}: {error}")
+
+
 class Producer:
     """A kafka-python producer with acks=all and idempotence."""
 
@@ -169,6 +210,7 @@ class Producer:
             )
         except KafkaError as exc:
             raise broker_error("start the producer", settings, exc) from None
+        self._partition_cache: dict[str, tuple[list[int], dict[bytes, int]]] = {}
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
@@ -178,22 +220,52 @@ class Producer:
         return future
 
     def send_batch(self, groups: Sequence[OutputGroup], done: DoneCallback) -> None:
-        """Send the groups in order; ``done(error)`` runs on the I/O thread once all settled."""
-        delivery = BatchDelivery(sum(len(g) for g in groups), done)
-        ok, failed = delivery.ok, delivery.failed
+        """Send the groups in order; ``done(error)`` runs on the I/O thread once all settled.
+
+        Two savings over ``send`` plus two callbacks per record, measured with
+        py-spy on the pipeline: a keyed record gets its partition from a cache
+        of the default partitioner's answer (its pure-Python murmur2 was about a
+        fifth of ``send``), and the batch is watched through one future at a
+        time (:class:`_BatchWatch`) instead of a callback per record on the
+        client's I/O thread.
+        """
+        futures: list[Any] = []
+        append = futures.append
         send = self._producer.send
         for group in groups:
             topic, keys, headers = group.topic, group.keys, group.headers
+            partition_of = self._partitioner(topic)
             for index, value in enumerate(group.values):
-                future = send(
-                    topic,
-                    value=value,
-                    key=keys[index],
-                    headers=None if headers is None else headers[index],
+                key = keys[index]
+                append(
+                    send(
+                        topic,
+                        value=value,
+                        key=key,
+                        headers=None if headers is None else headers[index],
+                        partition=None if key is None else partition_of(key),
+                    )
                 )
-                future.add_callback(ok)
-                future.add_errback(failed)
-        delivery.arm()
+        _BatchWatch(futures, done).advance()
+
+    def _partitioner(self, topic: str) -> Callable[[bytes], int]:
+        """The default partitioner's choice for a key (murmur2 over all partitions), cached."""
+        partitions = sorted(self._producer.partitions_for(topic))
+        cache = self._partition_cache.get(topic)
+        if cache is None or cache[0] != partitions:
+            cache = self._partition_cache[topic] = (partitions, {})
+        known = cache[1]
+        if len(known) > _PARTITION_CACHE_KEYS:
+            known.clear()
+        count = len(partitions)
+
+        def partition_of(key: bytes) -> int:
+            partition = known.get(key)
+            if partition is None:
+                partition = known[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+            return partition
+
+        return partition_of
 
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged or failed."""

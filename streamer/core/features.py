@@ -10,6 +10,7 @@ that row.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,13 +168,34 @@ def _fast_matrix(docs: list[dict[str, Any]], names: tuple[str, ...]) -> np.ndarr
     a null, a nested value): the caller then validates row by row, which gives
     the same floats, so a row's features never depend on its batch-mates.
     """
+    # itemgetter picks every feature of a row in C: about 2x the list comprehension.
+    getter = operator.itemgetter(*names)
     try:
-        raw = np.array([[doc[name] for name in names] for doc in docs])
+        raw = np.array(list(map(getter, docs)))
     except (KeyError, ValueError, TypeError, OverflowError):
         return None
+    if len(names) == 1 and raw.ndim == 1:
+        raw = raw.reshape(len(docs), 1)
     if raw.dtype.kind not in "fiub" or raw.shape != (len(docs), len(names)):
         return None
     return raw.astype(np.float64, copy=False)
+
+
+def _decode_all(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, Any]] | None:
+    """Every value at once, when each one is non-empty, small enough and a JSON object.
+
+    Returns None otherwise, and the caller decodes row by row to find the
+    reason of each bad row; a good row decodes to the same object either way.
+    """
+    try:
+        if min(map(len, values)) == 0 or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+            return None
+        docs = list(map(orjson.loads, values))  # type: ignore[arg-type]
+    except (TypeError, orjson.JSONDecodeError):  # a None value, or one that is not JSON
+        return None
+    if set(map(type, docs)) != {dict}:
+        return None
+    return docs
 
 
 def prepare_batch(
@@ -204,7 +226,10 @@ def prepare_batch(
     doc_rows: list[int] = []
     rejected: list[RowProblem] = []
     dropped: list[RowProblem] = []
-    for index, value in enumerate(values):
+    decoded = _decode_all(values, max_record_bytes) if values else None
+    if decoded is not None:
+        docs, doc_rows = decoded, list(range(len(decoded)))
+    for index, value in enumerate(values if decoded is None else ()):
         try:
             docs.append(decode_value(value, max_record_bytes))
             doc_rows.append(index)

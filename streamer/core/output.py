@@ -53,14 +53,23 @@ def encode_predictions(
 
     head = b'{"key":%s,"topic":' + literal(topic) + b',"partition":' + str(partition).encode()
     tail = b',"model":' + literal(model) + b',"scored_at":' + literal(scored_at) + b"}"
-    template = head + b',"offset":%d,' + b"%s" + tail
     values = predictions.tolist()
     if predictions.ndim == 1:
-        score_field = literal(output_names[0]) + b":%r"
-        scores = [score_field % (v,) for v in values]
-    else:
-        names = [literal(name) + b":%r" for name in output_names]
-        scores = [b",".join(n % (v,) for n, v in zip(names, row, strict=True)) for row in values]
+        # One %-format per record (key, offset, score): the common single-output case.
+        single = head + b',"offset":%d,' + literal(output_names[0]) + b":%r" + tail
+        return [
+            single
+            % (
+                b"null" if key is None else dumps(key.decode("utf-8", "backslashreplace")),
+                offsets[row],
+                value,
+            )
+            for row, value in zip(rows.tolist(), values, strict=True)
+            for key in (keys[row],)
+        ]
+    template = head + b',"offset":%d,' + b"%s" + tail
+    names = [literal(name) + b":%r" for name in output_names]
+    scores = [b",".join(n % (v,) for n, v in zip(names, row, strict=True)) for row in values]
     out: list[bytes] = []
     for row, score in zip(rows.tolist(), scores, strict=True):
         key = keys[row]

@@ -1,0 +1,774 @@
+"""``make bench``: streamer against the bare client loops, on the embedded broker, in one run.
+
+Every row reads the same preloaded input (JSON card transactions in 4
+partitions, no malformed records) and scores it with the demo model; every
+measured program runs in a fresh interpreter, one at a time:
+
+(a) floors      the bare single-thread loop of each client library (bare.py)
+(b) streamer    `streamer run` with each backend, 1 and 2 worker processes,
+                with its ratio to its own backend's floor
+(c) latency     end to end (input CreateTime -> output seen by a reader) at
+                half of (b)'s one-worker throughput, p50 / p95 / p99
+(d) memory      peak RSS and RSS growth while a model 5x slower than the
+                input holds the pipeline in backpressure (--memory-seconds)
+(e) scaling     throughput against preprocessor/model actors and batch size
+
+    .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
+    .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
+
+Throughput is the records committed by the group over the time from the first
+record consumed to the commit of the last one: start-up and the group join are
+not counted, the final commit is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamer.broker import EmbeddedBroker, free_port
+from streamer.core.demo_data import make_record
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("kafka-python", "confluent")
+PARTITIONS = 4
+# Settings of the latency rows (c): small waits everywhere, the batch size of the defaults.
+LATENCY_SETTINGS: dict[str, dict[str, Any]] = json.loads(
+    os.environ.get(
+        "BENCH_LATENCY_SETTINGS",
+        '{"batch": {"max_records": 1000, "max_wait_s": 0.005},'
+        ' "kafka": {"fetch_max_wait_s": 0.005, "linger_s": 0.002}}',
+    )
+)
+
+
+# --- small helpers -------------------------------------------------------------
+
+
+def to_toml(document: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, table in document.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if isinstance(value, bool):
+                shown = "true" if value else "false"
+            elif isinstance(value, str):
+                shown = json.dumps(value)
+            else:
+                shown = repr(value)
+            lines.append(f"{key} = {shown}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/PID/status field in bytes (VmRSS, VmHWM); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            msg = f"timed out after {timeout_s:.0f}s waiting for {what}"
+            raise TimeoutError(msg)
+        time.sleep(interval_s)
+
+
+def records(count: int, seed: int = 1) -> Iterator[tuple[bytes | None, bytes]]:
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield make_record(rng, bad_ratio=0.0)
+
+
+# --- the broker side -----------------------------------------------------------
+
+
+class Cluster:
+    """Topics, preloading, load generation and group commits on the embedded broker."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaAdminClient
+
+        self.bootstrap = bootstrap
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self._readers: dict[str, Any] = {}
+
+    def topic(self, prefix: str, partitions: int = PARTITIONS, *, dlq: bool = False) -> str:
+        """Create a uuid-named topic (and its '.dlq' topic, for an input)."""
+        from kafka.admin import NewTopic
+
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        wanted = [NewTopic(name, partitions, 1)]
+        if dlq:
+            wanted.append(NewTopic(f"{name}.dlq", 1, 1))
+        self.admin.create_topics(wanted)
+        return name
+
+    def delete(self, *names: str) -> None:
+        with contextlib.suppress(Exception):
+            self.admin.delete_topics(list(names))
+
+    def committed(self, group: str, topic: str) -> int:
+        """The group's committed offsets of ``topic``, summed (one client per group)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        reader = self._readers.get(group)
+        if reader is None:
+            reader = self._readers[group] = KafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+        total = 0
+        for partition in range(PARTITIONS):
+            offset = reader.committed(TopicPartition(topic, partition), timeout_ms=5000)
+            total += offset or 0
+        return total
+
+    def forget(self, group: str) -> None:
+        reader = self._readers.pop(group, None)
+        if reader is not None:
+            reader.close(autocommit=False, timeout_ms=2000)
+
+    def _producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 5,
+                "acks": "all",
+                "queue.buffering.max.messages": 1_000_000,
+                "partitioner": "murmur2_random",
+            }
+        )
+
+    def preload(self, topic: str, count: int) -> None:
+        producer = self._producer()
+        for index, (key, value) in enumerate(records(count)):
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            if index % 10_000 == 0:
+                producer.poll(0)
+        producer.flush(120)
+
+    def generate(
+        self,
+        topic: str,
+        rate: float,
+        seconds: float,
+        timestamps: dict[tuple[int, int], int] | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Produce ``rate`` records/s for ``seconds``; record each input's CreateTime."""
+        values = list(records(20_000, seed=2))
+        producer = self._producer()
+
+        def on_delivery(error: Any, message: Any) -> None:
+            if error is None and timestamps is not None:
+                timestamps[(message.partition(), message.offset())] = message.timestamp()[1]
+
+        sent = 0
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed >= seconds or (stop is not None and stop.is_set()):
+                break
+            due = int(elapsed * rate) - sent
+            for _ in range(max(0, due)):
+                key, value = values[sent % len(values)]
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.002)
+        producer.flush(60)
+        return sent
+
+
+# --- streamer as a process ---------------------------------------------------------
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    value: float
+    unit: str
+    ratio: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Streamer:
+    """``streamer run`` (``--workers N``) in a subprocess, with its config file and log."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        bootstrap: str,
+        backend: str,
+        input_topic: str,
+        output_topic: str,
+        *,
+        workers: int = 1,
+        session_timeout_s: float = 6.0,
+        sections: dict[str, dict[str, Any]] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.group = f"bench-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        document: dict[str, dict[str, Any]] = {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "client": backend,
+                "input_topic": input_topic,
+                "output_topic": output_topic,
+                "dead_letter_topic": f"{input_topic}.dlq",
+                "group_id": self.group,
+                "session_timeout_s": session_timeout_s,
+                "heartbeat_interval_s": 1.0,
+            },
+            "metrics": {"port": self.port, "host": "127.0.0.1"},
+            "model": {"watch_interval_s": 0.0},
+        }
+        for section, values in (sections or {}).items():
+            document.setdefault(section, {}).update(values)
+        tag = uuid.uuid4().hex[:6]
+        config = workdir / f"streamer-{tag}.toml"
+        config.write_text(to_toml(document))
+        self.log_path = workdir / f"streamer-{tag}.log"
+        command = [sys.executable, "-m", "streamer", "run", "--config", str(config)]
+        command += ["--log-level", "WARNING"]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        self._log = self.log_path.open("wb")
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**clean_env, **(env or {})},
+            start_new_session=True,
+        )
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.port}/metrics")[1]
+
+    def consumed(self) -> float:
+        return metric_sum(self.metrics(), "streamer_records_consumed_total")
+
+    def ready(self) -> bool:
+        self._check_alive()
+        return http_get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            msg = f"streamer exited with {self.process.returncode}; see {self.log_path}"
+            raise RuntimeError(msg)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+# --- the measurements --------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.cluster = Cluster(bootstrap)
+        self.rows: list[Row] = []
+        self.input = ""
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def streamer(self, backend: str, input_topic: str, output: str, **kwargs: Any) -> Streamer:
+        return Streamer(
+            self.workdir,
+            self.bootstrap,
+            backend,
+            input_topic,
+            output,
+            session_timeout_s=self.args.session_timeout,
+            **kwargs,
+        )
+
+    def throughput(self, backend: str, target: int, **kwargs: Any) -> tuple[float, int]:
+        """Run streamer over the preloaded topic until ``target`` records are committed."""
+        output = self.cluster.topic("bench-out")
+        process = self.streamer(backend, self.input, output, **kwargs)
+        try:
+            wait_until(lambda: process.consumed() > 0 or process._check_alive(), 120, "a record")
+            started = time.perf_counter()
+            wait_until(
+                lambda: (
+                    self.cluster.committed(process.group, self.input) >= target
+                    or process._check_alive()
+                ),
+                600,
+                f"{target} committed records",
+                interval_s=0.05,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            code = process.stop()
+            self.cluster.forget(process.group)
+            self.cluster.delete(output)
+        return target / elapsed, code
+
+    def floors(self) -> dict[str, float]:
+        floors = {}
+        for backend in self.args.backends:
+            output = self.cluster.topic("bench-out")
+            self.log(f"(a) bare {backend} loop over {self.args.records} records")
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "bare.py"),
+                    "--backend",
+                    backend,
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--topic",
+                    self.input,
+                    "--output",
+                    output,
+                    "--count",
+                    str(self.args.records),
+                    "--session-ms",
+                    str(int(self.args.session_timeout * 1000)),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            )
+            self.cluster.delete(output)
+            rate = json.loads(result.stdout.strip().splitlines()[-1])["records_per_s"]
+            floors[backend] = rate
+            self.rows.append(
+                Row("a", f"bare {backend} loop (floor)", rate, "records/s", 1.0, "poll 5000")
+            )
+        return floors
+
+    def pipelines(self, floors: dict[str, float]) -> dict[str, float]:
+        best = {}
+        tuned = {
+            "batch": {"max_records": 5000, "max_in_flight": 8},
+            "preprocess": {"workers": 1},
+            "model": {"workers": 1},
+        }
+        variants = [(name, sections) for name, sections in (("defaults", {}), ("tuned", tuned))]
+        variants = [(name, sections) for name, sections in variants if name in self.args.variants]
+        for backend in self.args.backends:
+            for label, sections in variants:
+                for workers in self.args.workers:
+                    self.log(f"(b) streamer {backend}, {label}, {workers} worker(s)")
+                    rate, code = self.throughput(
+                        backend, self.args.records, workers=workers, sections=sections
+                    )
+                    note = (
+                        "batch 1000, 2x2 actors"
+                        if label == "defaults"
+                        else ("batch 5000, in-flight 8, 1x1 actors")
+                    )
+                    self.rows.append(
+                        Row(
+                            "b",
+                            f"streamer {backend}, {workers} worker{'s' if workers > 1 else ''}",
+                            rate,
+                            "records/s",
+                            rate / floors[backend] if backend in floors else None,
+                            f"{note}; exit {code}",
+                            {"workers": workers, "backend": backend, "variant": label},
+                        )
+                    )
+                    if workers == 1:
+                        best[backend] = max(best.get(backend, 0.0), rate)
+        return best
+
+    def latency(self, best: dict[str, float]) -> None:
+        for backend in self.args.latency_backends:
+            rate = 0.5 * best.get(backend, 20_000.0)
+            self._broker_latency(backend, rate)
+            self._latency(backend, rate)
+
+    def _broker_latency(self, backend: str, rate: float) -> None:
+        """The same generator and reader on one topic, without streamer: the broker's share."""
+        seconds = self.args.latency_seconds
+        self.log(f"(c) broker alone, {rate:.0f} records/s for {seconds:g}s")
+        topic = self.cluster.topic("bench-lat-floor")
+        seen: list[tuple[int, int, float]] = []
+        stop = threading.Event()
+        tail = threading.Thread(target=self._tail, args=(topic, seen, stop, False), daemon=True)
+        timestamps: dict[tuple[int, int], int] = {}
+        try:
+            tail.start()
+            sent = self.cluster.generate(topic, rate, seconds, timestamps)
+            wait_until(lambda: len(seen) >= sent, 60, f"{sent} records", interval_s=0.1)
+        finally:
+            stop.set()
+            tail.join(10)
+            self.cluster.delete(topic)
+        p50, p95, p99 = _percentiles(seen, timestamps)
+        self.rows.append(
+            Row(
+                "c",
+                f"broker alone p99, at the {backend} rate",
+                p99,
+                "ms",
+                None,
+                f"p50 {p50:.1f}, p95 {p95:.1f}: produce (linger 5 ms) -> Tansu -> reader",
+            )
+        )
+
+    def _latency(self, backend: str, rate: float) -> None:
+        seconds = self.args.latency_seconds
+        self.log(f"(c) latency, {backend}, {rate:.0f} records/s for {seconds:g}s")
+        topic = self.cluster.topic("bench-lat", dlq=True)
+        output = self.cluster.topic("bench-lat-out")
+        process = self.streamer(backend, topic, output, sections=LATENCY_SETTINGS)
+        seen: list[tuple[int, int, float]] = []
+        stop = threading.Event()
+        tail = threading.Thread(target=self._tail, args=(output, seen, stop), daemon=True)
+        timestamps: dict[tuple[int, int], int] = {}
+        try:
+            wait_until(process.ready, 120, "streamer to be ready")
+            tail.start()
+            sent = self.cluster.generate(topic, rate, seconds, timestamps)
+            wait_until(lambda: len(seen) >= sent, 120, f"{sent} outputs", interval_s=0.1)
+        finally:
+            stop.set()
+            code = process.stop()
+            self.cluster.delete(topic, f"{topic}.dlq", output)
+        p50, p95, p99 = _percentiles(seen, timestamps)
+        note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}; exit {code}"
+        for name, value in (("p50", p50), ("p95", p95), ("p99", p99)):
+            self.rows.append(Row("c", f"latency {name}, {backend}", value, "ms", None, note))
+
+    def _tail(
+        self,
+        topic: str,
+        seen: list[tuple[int, int, float]],
+        stop: threading.Event,
+        outputs: bool = True,
+    ) -> None:
+        """Read ``topic`` as it grows; note (input partition, input offset, time seen)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"tail-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+                "fetch.queue.backoff.ms": 1,
+            }
+        )
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(1000, 0.05)
+                received = time.time() * 1000
+                for message in messages:
+                    if message.error() is not None:
+                        continue
+                    if outputs:
+                        doc = orjson.loads(message.value())
+                        seen.append((doc["partition"], doc["offset"], received))
+                    else:
+                        seen.append((message.partition(), message.offset(), received))
+        finally:
+            consumer.close()
+
+    def memory(self) -> None:
+        for backend in self.args.memory_backends:
+            self._memory(backend, rate=5000.0, seconds=self.args.memory_seconds)
+
+    def _memory(self, backend: str, rate: float, seconds: float) -> None:
+        self.log(f"(d) memory, {backend}, model 5x slower than {rate:.0f} records/s, {seconds:g}s")
+        topic = self.cluster.topic("bench-mem", dlq=True)
+        output = self.cluster.topic("bench-mem-out")
+        process = self.streamer(
+            backend,
+            topic,
+            output,
+            sections={
+                "model": {
+                    "kind": "python",
+                    "path": f"{HERE / 'slow_model.py'}:predict",
+                    "workers": 1,
+                    "chunk_rows": 0,
+                },
+                "preprocess": {"standardize": False},
+            },
+            env={"BENCH_SECONDS_PER_ROW": str(5.0 / rate)},
+        )
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        peak = 0
+        status = ""
+
+        def sample(pid: int) -> None:
+            started = time.monotonic()
+            while not stop.wait(1.0):
+                samples.append((time.monotonic() - started, proc_status(pid, "VmRSS")))
+
+        try:
+            wait_until(process.ready, 120, "streamer to be ready")
+            sampler = threading.Thread(target=sample, args=(process.process.pid,), daemon=True)
+            sampler.start()
+            self.cluster.generate(topic, rate, seconds)
+            stop.set()
+            sampler.join()
+            peak = proc_status(process.process.pid, "VmHWM")
+            status = process.metrics()
+        finally:
+            stop.set()
+            code = process.stop()
+            self.cluster.delete(topic, f"{topic}.dlq", output)
+        warm = max(5.0, 0.1 * seconds) if seconds > 10 else 1.0
+        after = [rss for t, rss in samples if t >= warm] or [rss for _, rss in samples]
+        growth = (after[-1] - after[0]) / 2**20 if after else float("nan")
+        lag = metric_sum(status, "streamer_consumer_lag")
+        paused = metric_sum(status, "streamer_paused_partitions")
+        note = f"{seconds:g}s; lag at end {lag:,.0f}, paused partitions {paused:.0f}; exit {code}"
+        self.rows.append(Row("d", f"peak RSS, {backend}", peak / 2**20, "MB", None, note))
+        self.rows.append(
+            Row(
+                "d",
+                f"RSS growth from {warm:g}s to the end, {backend}",
+                growth,
+                "MB",
+                None,
+                note,
+                {"rss_mb": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples]},
+            )
+        )
+
+    def scaling(self) -> None:
+        backend = self.args.scaling_backend
+        for actors in self.args.actors:
+            self.log(f"(e) {backend}, {actors} preprocessors and {actors} models, batch 1000")
+            rate, code = self.throughput(
+                backend,
+                self.args.records,
+                sections={"preprocess": {"workers": actors}, "model": {"workers": actors}},
+            )
+            self.rows.append(
+                Row(
+                    "e",
+                    f"{actors}x{actors} actors, batch 1000",
+                    rate,
+                    "records/s",
+                    None,
+                    f"{backend}; exit {code}",
+                )
+            )
+        for size in self.args.batch_sizes:
+            target = min(self.args.records, max(2_000, size * 200))
+            self.log(f"(e) {backend}, batch {size}, {target} records")
+            rate, code = self.throughput(backend, target, sections={"batch": {"max_records": size}})
+            self.rows.append(
+                Row(
+                    "e",
+                    f"batch {size}, 2x2 actors",
+                    rate,
+                    "records/s",
+                    None,
+                    f"{backend}, {target} records; exit {code}",
+                )
+            )
+
+    def run(self) -> None:
+        self.input = self.cluster.topic("bench-in", dlq=True)
+        self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
+        self.cluster.preload(self.input, self.args.records)
+        floors = self.floors() if "a" in self.args.sections else {}
+        best = self.pipelines(floors) if "b" in self.args.sections else {}
+        if "c" in self.args.sections:
+            self.latency(best)
+        if "d" in self.args.sections:
+            self.memory()
+        if "e" in self.args.sections:
+            self.scaling()
+
+
+def _percentiles(
+    seen: list[tuple[int, int, float]], timestamps: dict[tuple[int, int], int]
+) -> tuple[float, float, float]:
+    """p50, p95 and p99 of (time seen - input CreateTime), after the first second."""
+    warmup_ms = min(timestamps.values()) + 1000 if timestamps else 0
+    latencies = [
+        received - timestamps[(p, o)]
+        for p, o, received in seen
+        if (p, o) in timestamps and timestamps[(p, o)] >= warmup_ms
+    ]
+    if not latencies:
+        return (float("nan"),) * 3
+    p50, p95, p99 = np.percentile(np.array(latencies), [50, 95, 99]).tolist()
+    return p50, p95, p99
+
+
+def _settings_note(sections: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{s}.{k}={v}" for s, table in sections.items() for k, v in table.items())
+
+
+def table(rows: list[Row], args: argparse.Namespace) -> str:
+    titles = {
+        "a": "(a) floors: bare single-thread loops",
+        "b": "(b) streamer, ratio to its own backend's floor",
+        "c": "(c) end-to-end latency at 50% of (b)'s best one-worker throughput",
+        "d": "(d) memory with a model 5x slower than the input",
+        "e": "(e) scaling (one worker)",
+    }
+    lines = [
+        f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, embedded Tansu broker",
+        f"{args.records} JSON records of about 200 B in {PARTITIONS} partitions, demo model",
+        "",
+        f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
+    ]
+    for section in "abcde":
+        chosen = [r for r in rows if r.section == section]
+        if not chosen:
+            continue
+        lines.append(titles[section])
+        for r in chosen:
+            ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+            value = f"{r.value:,.0f}" if r.unit == "records/s" else f"{r.value:,.1f}"
+            lines.append(f"  {r.name:<42} {value:>12} {r.unit:<10} {ratio:>7}  {r.note}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--workers", default="1,2", help="worker counts for (b)")
+    parser.add_argument("--variants", default="defaults,tuned", help="settings for (b)")
+    parser.add_argument("--latency-backends", default="kafka-python,confluent")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--memory-seconds", type=float, default=120.0)
+    parser.add_argument("--memory-backends", default="kafka-python,confluent")
+    parser.add_argument("--scaling-backend", default="confluent")
+    parser.add_argument("--actors", default="1,2,4")
+    parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
+    parser.add_argument("--sections", default="abcde", help="which of a-e to run")
+    parser.add_argument("--session-timeout", type=float, default=6.0)
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny counts and few rows: checks that it runs"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.records = min(args.records, 3000)
+        args.latency_seconds = min(args.latency_seconds, 1.5)
+        args.memory_seconds = min(args.memory_seconds, 2.0)
+        args.workers = "1,2"
+        args.variants = "defaults"
+        args.latency_backends = "confluent"
+        args.memory_backends = "confluent"
+        args.session_timeout = 3.0
+        args.actors = ""
+        args.batch_sizes = "100"
+    args.backends = [b for b in args.backends.split(",") if b]
+    args.memory_backends = [b for b in args.memory_backends.split(",") if b]
+    args.latency_backends = [b for b in args.latency_backends.split(",") if b]
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.actors = [int(a) for a in args.actors.split(",") if a]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    return args
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # Unwind, so that every streamer process and the broker are stopped.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        bench = Bench(args, bootstrap, Path(tmp))
+        bench.run()
+    print(table(bench.rows, args))
+    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([r.__dict__ for r in bench.rows], indent=2, default=str)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
