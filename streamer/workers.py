@@ -55,6 +55,7 @@ from prometheus_client.samples import Sample
 
 from streamer.broker import free_port
 from streamer.core.supervision import RestartPolicy
+from streamer.errors import PipelineStartError
 from streamer.settings import ENV_PREFIX, SECTIONS, Settings
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,14 @@ def serve_metrics(pool: WorkerPool) -> ThreadingHTTPServer | None:
         return None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Aggregate(pool))
-    server = ThreadingHTTPServer((metrics.host, metrics.port), _handler(pool, registry))
+    try:
+        server = ThreadingHTTPServer((metrics.host, metrics.port), _handler(pool, registry))
+    except OSError as exc:
+        msg = (
+            f"cannot serve the workers' metrics on {metrics.host}:{metrics.port}: {exc}; "
+            "pick a free metrics.port (the workers use the next ones)"
+        )
+        raise PipelineStartError(msg) from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="workers-metrics", daemon=True)
     thread.start()
