@@ -166,7 +166,7 @@ class ProducerActor(PipelineActor):
 
         produce_seconds = [0.0]
         # One call per batch: the backend counts the acknowledgements with less
-        # work per record than a future and two callbacks each (PERF in README).
+        # work per record than a future and two callbacks each (README "Performance").
         send_batch(client, groups, done)
         produce_seconds[0] = time.perf_counter() - started
         self._batches_produced += 1
