@@ -8,6 +8,7 @@ wait is bounded by :func:`wait_for`.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import threading
 import time
@@ -68,6 +69,24 @@ def wait_for(
 def streamer_command() -> list[str]:
     """The ``streamer`` console script of the interpreter running the tests."""
     return [str(Path(sys.executable).parent / "streamer")]
+
+
+@contextlib.contextmanager
+def running_daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``streamer run`` in the background; killed (by its pid) if the test leaves it running."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [*streamer_command(), "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def to_toml(document: dict[str, dict[str, Any]]) -> str:

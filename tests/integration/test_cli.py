@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from .helpers import (
     Cluster,
     Topics,
     end_offsets,
+    running_daemon,
     streamer_command,
     to_toml,
     wait_for,
@@ -58,24 +57,6 @@ def _run_cli(*args: str, timeout_s: float = PROCESS_TIMEOUT_S) -> subprocess.Com
         timeout=timeout_s,
         check=False,
     )
-
-
-@contextlib.contextmanager
-def _daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``streamer run`` in the background; killed (by its pid) if the test leaves it running."""
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [*streamer_command(), "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _terminate(process: subprocess.Popen[bytes], log_path: Path) -> tuple[int, float]:
@@ -163,7 +144,7 @@ def test_sigterm_then_restart_loses_nothing_and_only_repeats_records_past_the_co
     # Run 1: stopped by SIGTERM as soon as outputs appear, in the middle of the input.
     outputs_seen = _Highwater(cluster.bootstrap_servers, topics.output)
     try:
-        with _daemon(config, log_path) as first:
+        with running_daemon(config, log_path) as first:
             wait_for(
                 lambda: first.poll() is not None or outputs_seen.total() > 0,
                 PROCESS_TIMEOUT_S,
@@ -182,7 +163,10 @@ def test_sigterm_then_restart_loses_nothing_and_only_repeats_records_past_the_co
     )
 
     # Run 2: resumes from the commit and covers the rest.
-    with _daemon(config, log_path) as second, cluster.committed_reader(topics.group) as committed:
+    with (
+        running_daemon(config, log_path) as second,
+        cluster.committed_reader(topics.group) as committed,
+    ):
         wait_for(
             lambda: (
                 second.poll() is not None

@@ -6,16 +6,13 @@ plus dead-lettered offsets, and counts the duplicates.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import signal
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from .helpers import (
     PipelineStarter,
     Topics,
     end_offsets,
-    streamer_command,
+    running_daemon,
     to_toml,
     wait_for,
     wait_until_delivered,
@@ -364,23 +361,6 @@ def _config(tmp_path: Path, cluster: Cluster, topics: Topics, name: str, **extra
     return path
 
 
-@contextlib.contextmanager
-def daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [*streamer_command(), "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def _committed_total(cluster: Cluster, topics: Topics) -> int:
     return sum(
         o or 0 for o in cluster.committed(topics.group, topics.input, topics.partitions).values()
@@ -397,7 +377,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within
         tmp_path, cluster, topics, "kill9", batch={"max_records": 50, "max_in_flight": 1}
     )
     log = tmp_path / "kill9.log"
-    with daemon(config, log) as first:
+    with running_daemon(config, log) as first:
         wait_for(
             lambda: _committed_total(cluster, topics) >= 2000,
             PROCESS_TIMEOUT_S,
@@ -406,7 +386,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     committed_at_kill = cluster.committed(topics.group, topics.input, 4)
-    with daemon(config, log) as second:
+    with running_daemon(config, log) as second:
         total = sum(end_offsets(produced).values())
         wait_for(
             lambda: _committed_total(cluster, topics) == total,
@@ -436,7 +416,7 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
         _config(tmp_path, cluster, topics, name, batch={"max_records": 20, "max_in_flight": 1})
         for name in ("a", "b")
     ]
-    with daemon(configs[0], logs[0]) as a, daemon(configs[1], logs[1]) as b:
+    with running_daemon(configs[0], logs[0]) as a, running_daemon(configs[1], logs[1]) as b:
         wait_for(
             lambda: all("partitions assigned" in log.read_text() for log in logs),
             PROCESS_TIMEOUT_S,
