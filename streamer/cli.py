@@ -155,10 +155,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(
             settings, args.workers, log_level=args.log_level, log_format=args.log_format
         )
-    # The actor threads are CPU-bound and share the GIL: forcing a switch every
-    # 20 ms rather than 5 ms cut the handoffs and gave +14% with kafka-python
-    # (3 alternating runs; neutral with confluent). README "Performance".
-    sys.setswitchinterval(0.02)
     pipeline = Pipeline(settings)
     signals = _Signals(pipeline.request_stop)
     signals.install()

@@ -103,4 +103,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("kafka").setLevel(
         max(logging.WARNING, root.level) if level.upper() != "DEBUG" else logging.DEBUG
     )
+    # kafka-python 3 warns whenever its I/O thread waited over 100 ms for the GIL
+    # ("Task ... ran for 0.15s"). With the actor threads busy that is routine and
+    # harmless (heartbeats are seconds apart); it would flood the log of a busy daemon.
+    if level.upper() != "DEBUG":
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     threading.current_thread().name = "main"

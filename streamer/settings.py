@@ -86,13 +86,23 @@ class BatchSettings:
         "Most batches between consume and commit; above it partitions are paused.", default=16
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
+    eager_when_idle: bool = _doc(
+        "Send partial micro-batches at once while fewer than max_in_flight/4 batches are in "
+        "flight, instead of waiting max_wait_s: a quiet stream is scored without the wait, a "
+        "busy one still fills its batches.",
+        default=True,
+    )
 
 
 @dataclass(frozen=True)
 class PreprocessSettings:
     """Decoding, validation and fixed-statistics standardization."""
 
-    workers: int = _doc("Number of preprocessor actors.", default=2)
+    workers: int = _doc(
+        "Number of preprocessor actors. They share the GIL: more than 1 only adds hops "
+        "(README 'Performance'); use run --workers N processes for more cores.",
+        default=1,
+    )
     missing: str = _doc(
         "Missing or invalid feature: 'dlq' (dead-letter it), 'drop' (count and skip) "
         "or 'impute' (use the fitted mean).",
@@ -130,7 +140,11 @@ class ModelSettings:
         "empty means the packaged demo model (linear).",
         default="",
     )
-    workers: int = _doc("Number of model actors.", default=2)
+    workers: int = _doc(
+        "Number of model actors. Raise it for a model that releases the GIL while it "
+        "predicts (onnxruntime, a large numpy or sklearn model); a light model is fastest with 1.",
+        default=1,
+    )
     name: str = _doc(
         "Model name in every output and in streamer_model_info; empty means the linear file's "
         "'name', else the file or callable name.",

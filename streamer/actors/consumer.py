@@ -89,6 +89,8 @@ class ConsumerActor(PipelineActor):
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[pykka.ActorRef] | None = None
         self._batcher = MicroBatcher(batch.max_records, batch.max_wait_s)
+        # Partial batches leave at once while fewer batches than this are in flight.
+        self._eager_below = max(1, batch.max_in_flight // 4) if batch.eager_when_idle else 0
         self._tracker = WatermarkTracker()
         self._batch_ids = itertools.count()
         self._seq: dict[TP, int] = {}
@@ -207,6 +209,13 @@ class ConsumerActor(PipelineActor):
                 self._fetched_until[tp] = records[-1].offset + 1
                 ready.extend(self._batcher.add(tp, records, now))
             ready.extend(self._batcher.expired(now))
+            if (
+                self._eager_below
+                and self._tracker.batches_in_flight + len(ready) < self._eager_below
+            ):
+                # Smart batching: a pipeline with little in flight would only wait
+                # for max_wait_s; under load the batches grow by themselves.
+                ready.extend(self._batcher.drain())
             for tp, records in ready:
                 self._dispatch(tp, records)
             offsets = self._due_commit(now)

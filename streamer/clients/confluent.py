@@ -228,7 +228,14 @@ class GroupConsumer:
         return released
 
     def _consume(self, max_records: int, timeout_s: float) -> dict[TP, list[ConfluentRecord]]:
-        messages = self._consumer.consume(max_records, max(0.0, timeout_s))
+        # consume(n, timeout) waits until it has n messages or the timeout: a
+        # partial batch would then wait twice (here and in the micro-batcher).
+        # Wait for the first message only, then take what librdkafka has already
+        # prefetched, like kafka-python's poll.
+        consume = self._consumer.consume
+        messages = consume(1, timeout_s) if timeout_s > 0 else []
+        if (messages or timeout_s <= 0) and max_records > len(messages):
+            messages += consume(max_records - len(messages), 0)
         if not messages:
             return {}
         if any(map(_error, messages)):

@@ -252,7 +252,9 @@ class TestCommits:
         # the same rebalance: without a seek, abandoned records would be skipped.
         h = Harness(
             {TP0: make_records(values(25))},
-            batch=BatchSettings(max_records=10, max_wait_s=30.0, max_in_flight=10),
+            batch=BatchSettings(
+                max_records=10, max_wait_s=30.0, max_in_flight=10, eager_when_idle=False
+            ),
         )
         b0, b1 = h.wait_for_batches(2)
         wait_until(lambda: h.fake.positions[TP0] == 25)  # 20..24 wait in the batcher
@@ -306,7 +308,7 @@ class TestShutdown:
     def test_stop_fetching_dispatches_buffered_records_and_takes_no_more(self) -> None:
         h = Harness(
             {TP0: make_records(values(15))},
-            batch=BatchSettings(max_records=10, max_wait_s=30.0),
+            batch=BatchSettings(max_records=10, max_wait_s=30.0, eager_when_idle=False),
         )
         h.wait_for_batches(1)
         wait_until(lambda: h.fake.positions[TP0] == 15)
