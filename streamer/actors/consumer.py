@@ -449,6 +449,7 @@ class ConsumerActor(PipelineActor):
             "batches_in_flight": self._tracker.batches_in_flight,
             "records_in_flight": self._tracker.records_in_flight,
             "records_dispatched": self._records_dispatched,
+            "records_buffered": self._batcher.buffered,
             "epoch": self._epoch,
             "watermarks": self._tracker.watermarks(),
             "committed": self._tracker.committed(),

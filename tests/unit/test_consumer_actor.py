@@ -106,6 +106,31 @@ class TestDispatch:
             h.ack(s)
         assert h.commit_now() == {TP0: 25, TP1: 25, TP2: 32}
 
+    def test_a_partial_batch_leaves_at_once_while_nothing_is_in_flight(self) -> None:
+        # max_wait_s is 30 s: only eager_when_idle can send these 3 records within the test.
+        h = Harness(
+            {TP0: make_records(values(3))},
+            batch=BatchSettings(max_records=10, max_wait_s=30.0, max_in_flight=16),
+        )
+        [source] = h.wait_for_batches(1)
+        assert source.offsets == [0, 1, 2]
+        assert h.status()["batches_in_flight"] == 1
+
+    def test_a_partial_batch_waits_while_the_pipeline_is_busy_then_leaves(self) -> None:
+        # max_in_flight 4: partial batches leave early only while fewer than 1 is in flight.
+        h = Harness(
+            {TP0: make_records(values(13))},
+            batch=BatchSettings(max_records=10, max_wait_s=30.0, max_in_flight=4),
+        )
+        [full] = h.wait_for_batches(1)
+        assert full.offsets == list(range(10))
+        h.fake.wait_for_polls(h.fake.polls + 2)
+        assert len(h.batches.items()) == 1  # offsets 10..12 wait: one batch is in flight
+        assert h.status()["records_buffered"] == 3
+        h.ack(full)
+        partial = h.wait_for_batches(2)[1]
+        assert partial.offsets == [10, 11, 12]
+
     def test_batches_go_to_the_preprocessors_in_turn(self) -> None:
         fake = FakeConsumer({TP0: make_records(values(40))})
         first_ref, first = start_recorder()
