@@ -216,14 +216,21 @@ class ConsumerActor(PipelineActor):
                 # Smart batching: a pipeline with little in flight would only wait
                 # for max_wait_s; under load the batches grow by themselves.
                 ready.extend(self._batcher.drain())
-            for tp, records in ready:
-                self._dispatch(tp, records)
+            self._dispatch_all(ready)
             offsets = self._due_commit(now)
             self._maybe_report(now)
         if offsets:
             self._commit_async(offsets)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _dispatch_all(self, ready: list[tuple[TP, list[Record]]]) -> None:
+        for tp, records in ready:
+            self._dispatch(tp, records)
+        if ready:
+            # One metrics message per poll, not per batch: each message costs the
+            # metrics actor a wakeup, which small batches would pay many times.
+            self._emit(RecordsConsumed(sum(len(records) for _, records in ready)))
 
     def _dispatch(self, tp: TP, records: list[Record]) -> None:
         assert self._preprocessors is not None
@@ -246,7 +253,6 @@ class ConsumerActor(PipelineActor):
         self._unacked.setdefault(tp, deque()).append(source)
         self._records_dispatched += len(records)
         next(self._preprocessors).tell(ScoreBatch(source))
-        self._emit(RecordsConsumed(len(records)))
 
     def _next_seq(self, tp: TP) -> int:
         seq = self._seq.get(tp, 0)
@@ -435,8 +441,7 @@ class ConsumerActor(PipelineActor):
     def _stop_fetching(self) -> dict[str, int]:
         """Dispatch what is buffered, then take no new records. Acks still count."""
         if self._fetching:
-            for tp, records in self._batcher.drain():
-                self._dispatch(tp, records)
+            self._dispatch_all(self._batcher.drain())
         self._fetching = False
         self._set_paused(True)
         return self._status()

@@ -232,13 +232,15 @@ class PipelineMetrics:
         for result in ("success", "unchanged", "failure"):
             self.model_reloads.labels(result=result)
         self.process = ProcessCollector(registry=registry)
-        for reason in REASONS:
-            self.dead_letters.labels(reason=reason)
         for actor in ACTOR_KINDS:
             self.actor_failures.labels(actor=actor)
             self.actor_restarts.labels(actor=actor)
-        for stage in STAGES:
-            self.stage_duration.labels(stage=stage)
+        # The labelled children, looked up once: labels() costs a lock and a dict
+        # lookup, several times per delivered batch.
+        self._stage_child = {stage: self.stage_duration.labels(stage=stage) for stage in STAGES}
+        self._dead_letter_child = {
+            reason: self.dead_letters.labels(reason=reason) for reason in REASONS
+        }
         self._lag_series: set[tuple[str, str]] = set()
         self._committed_series: set[tuple[str, str]] = set()
 
@@ -269,15 +271,17 @@ class PipelineMetrics:
     def _delivered(self, d: BatchDelivered) -> None:
         self.records_produced.inc(d.produced)
         for reason, count in d.dead_letters.items():
-            self.dead_letters.labels(reason=reason).inc(count)
+            child = self._dead_letter_child.get(reason)
+            (child or self.dead_letters.labels(reason=reason)).inc(count)
         if d.dropped:
             self.records_dropped.inc(d.dropped)
         self.batches.inc()
         self.batch_size.observe(d.size)
         self.batch_latency.observe(d.batch_seconds)
-        self.stage_duration.labels(stage="preprocess").observe(d.preprocess_seconds)
-        self.stage_duration.labels(stage="model").observe(d.model_seconds)
-        self.stage_duration.labels(stage="produce").observe(d.produce_seconds)
+        stages = self._stage_child
+        stages["preprocess"].observe(d.preprocess_seconds)
+        stages["model"].observe(d.model_seconds)
+        stages["produce"].observe(d.produce_seconds)
         if d.timestamps_ms:
             stamps = np.asarray(d.timestamps_ms, dtype=np.float64)
             stamps = stamps[stamps > 0]  # -1: the record carries no timestamp
