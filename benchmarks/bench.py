@@ -8,7 +8,7 @@ measured program runs in a fresh interpreter, one at a time:
 (b) streamer    `streamer run` with each backend, 1 and 2 worker processes,
                 with its ratio to its own backend's floor
 (c) latency     end to end (input CreateTime -> output seen by a reader) at
-                half of (b)'s one-worker throughput, p50 / p95 / p99
+                50% and 10% of (b)'s one-worker throughput, p50 / p95 / p99
 (d) memory      peak RSS and RSS growth while a model 5x slower than the
                 input holds the pipeline in backpressure (--memory-seconds)
 (e) scaling     throughput against preprocessor/model actors and batch size
@@ -222,17 +222,12 @@ class Cluster:
         topic: str,
         rate: float,
         seconds: float,
-        timestamps: dict[tuple[int, int], int] | None = None,
         stop: threading.Event | None = None,
     ) -> int:
-        """Produce ``rate`` records/s for ``seconds``; record each input's CreateTime."""
+        """Produce ``rate`` records/s for ``seconds`` (no callback per record: the
+        CreateTimes are read back afterwards, see :meth:`create_times`)."""
         values = list(records(20_000, seed=2))
         producer = self._producer()
-
-        def on_delivery(error: Any, message: Any) -> None:
-            if error is None and timestamps is not None:
-                timestamps[(message.partition(), message.offset())] = message.timestamp()[1]
-
         sent = 0
         started = time.monotonic()
         while True:
@@ -242,12 +237,36 @@ class Cluster:
             due = int(elapsed * rate) - sent
             for _ in range(max(0, due)):
                 key, value = values[sent % len(values)]
-                producer.produce(topic, value, key, on_delivery=on_delivery)
+                producer.produce(topic, value, key)
                 sent += 1
             producer.poll(0)
             time.sleep(0.002)
         producer.flush(60)
         return sent
+
+    def create_times(self, topic: str, count: int) -> dict[tuple[int, int], int]:
+        """(partition, offset) -> CreateTime (ms) of the first ``count`` records of a topic."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"times-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.queue.backoff.ms": 10,
+            }
+        )
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        times: dict[tuple[int, int], int] = {}
+        deadline = time.monotonic() + 120
+        try:
+            while len(times) < count and time.monotonic() < deadline:
+                for message in consumer.consume(5000, 0.5):
+                    if message.error() is None:
+                        times[(message.partition(), message.offset())] = message.timestamp()[1]
+        finally:
+            consumer.close()
+        return times
 
 
 # --- streamer as a process ---------------------------------------------------------
@@ -505,24 +524,30 @@ class Bench:
         )
 
     def latency(self, best: dict[str, float]) -> None:
+        """At each load (a fraction of (b)'s one-worker rate); --latency-rate fixes one rate."""
         for backend in self.args.latency_backends:
-            rate = 0.5 * best.get(backend, 20_000.0)
-            self._broker_latency(backend, rate)
-            self._latency(backend, rate)
+            for load in self.args.latency_loads:
+                rate = self.args.latency_rate or load * best.get(backend, 20_000.0)
+                label = f"{backend}, {load:.0%} load" if not self.args.latency_rate else backend
+                self._broker_latency(label, rate)
+                self._latency(backend, rate, label)
+                if self.args.latency_rate:
+                    break
 
-    def _broker_latency(self, backend: str, rate: float) -> None:
+    def _broker_latency(self, label: str, rate: float) -> None:
         """The same generator and reader on one topic, without streamer: the broker's share."""
         seconds = self.args.latency_seconds
         self.log(f"(c) broker alone, {rate:.0f} records/s for {seconds:g}s")
         topic = self.cluster.topic("bench-lat-floor")
-        seen: list[tuple[int, int, float]] = []
+        seen: list[tuple[Any, float]] = []
         stop = threading.Event()
         tail = threading.Thread(target=self._tail, args=(topic, seen, stop, False), daemon=True)
         timestamps: dict[tuple[int, int], int] = {}
         try:
             tail.start()
-            sent = self.cluster.generate(topic, rate, seconds, timestamps)
+            sent = self.cluster.generate(topic, rate, seconds)
             wait_until(lambda: len(seen) >= sent, 60, f"{sent} records", interval_s=0.1)
+            timestamps = self.cluster.create_times(topic, sent)
         finally:
             stop.set()
             tail.join(10)
@@ -531,7 +556,7 @@ class Bench:
         self.rows.append(
             Row(
                 "c",
-                f"broker alone p99, at the {backend} rate",
+                f"broker alone p99, {label}",
                 p99,
                 "ms",
                 None,
@@ -539,13 +564,13 @@ class Bench:
             )
         )
 
-    def _latency(self, backend: str, rate: float) -> None:
+    def _latency(self, backend: str, rate: float, label: str) -> None:
         seconds = self.args.latency_seconds
         self.log(f"(c) latency, {backend}, {rate:.0f} records/s for {seconds:g}s")
         topic = self.cluster.topic("bench-lat", dlq=True)
         output = self.cluster.topic("bench-lat-out")
         process = self.streamer(backend, topic, output, sections=LATENCY_SETTINGS)
-        seen: list[tuple[int, int, float]] = []
+        seen: list[tuple[Any, float]] = []
         stop = threading.Event()
         tail = threading.Thread(target=self._tail, args=(output, seen, stop), daemon=True)
         timestamps: dict[tuple[int, int], int] = {}
@@ -553,9 +578,10 @@ class Bench:
         try:
             wait_until(process.ready, 120, "streamer to be ready")
             tail.start()
-            sent = self.cluster.generate(topic, rate, seconds, timestamps)
+            sent = self.cluster.generate(topic, rate, seconds)
             wait_until(lambda: len(seen) >= sent, 120, f"{sent} outputs", interval_s=0.1)
             exposition = process.metrics()
+            timestamps = self.cluster.create_times(topic, sent)
         finally:
             stop.set()
             code = process.stop()
@@ -563,7 +589,7 @@ class Bench:
         p50, p95, p99 = _percentiles(seen, timestamps)
         note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}; exit {code}"
         for name, value in (("p50", p50), ("p95", p95), ("p99", p99)):
-            self.rows.append(Row("c", f"latency {name}, {backend}", value, "ms", None, note))
+            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, note))
         buckets = histogram(exposition, "streamer_end_to_end_latency_seconds")
         q50, q95, q99 = (
             1000 * (histogram_quantile(q, buckets) or float("nan")) for q in (0.5, 0.95, 0.99)
@@ -571,7 +597,7 @@ class Bench:
         self.rows.append(
             Row(
                 "c",
-                f"streamer's own histogram p99, {backend}",
+                f"streamer's histogram p99, {label}",
                 q99,
                 "ms",
                 None,
@@ -583,11 +609,17 @@ class Bench:
     def _tail(
         self,
         topic: str,
-        seen: list[tuple[int, int, float]],
+        seen: list[tuple[Any, float]],
         stop: threading.Event,
         outputs: bool = True,
     ) -> None:
-        """Read ``topic`` as it grows; note (input partition, input offset, time seen)."""
+        """Read ``topic`` as it grows; note (what names the input, time seen).
+
+        That is the output's bytes (parsed after the run, by :func:`_percentiles`)
+        or, with ``outputs=False``, the record's own (partition, offset): the
+        reader shares the 2 cores with streamer and the broker, so it does as
+        little as possible per record while the clock runs.
+        """
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer(
@@ -613,10 +645,9 @@ class Bench:
                     if message.error() is not None:
                         continue
                     if outputs:
-                        doc = orjson.loads(message.value())
-                        seen.append((doc["partition"], doc["offset"], received))
+                        seen.append((message.value(), received))
                     else:
-                        seen.append((message.partition(), message.offset(), received))
+                        seen.append(((message.partition(), message.offset()), received))
         finally:
             consumer.close()
 
@@ -745,15 +776,22 @@ def _spread(runs: list[float]) -> str:
 
 
 def _percentiles(
-    seen: list[tuple[int, int, float]], timestamps: dict[tuple[int, int], int]
+    seen: list[tuple[Any, float]], timestamps: dict[tuple[int, int], int]
 ) -> tuple[float, float, float]:
-    """p50, p95 and p99 of (time seen - input CreateTime), after the first second."""
+    """p50, p95 and p99 of (time seen - input CreateTime), after the first second.
+
+    ``seen`` names each input by an output's bytes or by (partition, offset).
+    """
     warmup_ms = min(timestamps.values()) + 1000 if timestamps else 0
-    latencies = [
-        received - timestamps[(p, o)]
-        for p, o, received in seen
-        if (p, o) in timestamps and timestamps[(p, o)] >= warmup_ms
-    ]
+    latencies = []
+    for what, received in seen:
+        source = what
+        if isinstance(what, bytes):
+            doc = orjson.loads(what)
+            source = (doc["partition"], doc["offset"])
+        created = timestamps.get(source)
+        if created is not None and created >= warmup_ms:
+            latencies.append(received - created)
     if not latencies:
         return (float("nan"),) * 3
     p50, p95, p99 = np.percentile(np.array(latencies), [50, 95, 99]).tolist()
@@ -768,7 +806,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     titles = {
         "a": "(a) floors: bare single-thread loops",
         "b": "(b) streamer, ratio to its own backend's floor",
-        "c": "(c) end-to-end latency at 50% of (b)'s one-worker default throughput",
+        "c": "(c) end-to-end latency at a share of (b)'s one-worker default throughput",
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
     }
@@ -802,6 +840,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-backends", default="kafka-python,confluent")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--latency-loads", default="0.5,0.1", help="input rates of (c), as fractions of (b)'s"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=0.0, help="one fixed input rate for (c) instead"
+    )
     parser.add_argument("--memory-seconds", type=float, default=120.0)
     parser.add_argument("--memory-backends", default="kafka-python,confluent")
     parser.add_argument("--scaling-backend", default="confluent")
@@ -825,6 +869,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.variants = "defaults"
         args.repeat = 1
         args.latency_backends = "confluent"
+        args.latency_loads = "0.5"
         args.memory_backends = "confluent"
         args.session_timeout = 3.0
         args.actors = ""
@@ -832,6 +877,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.backends = [b for b in args.backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]
     args.latency_backends = [b for b in args.latency_backends.split(",") if b]
+    args.latency_loads = [float(x) for x in args.latency_loads.split(",") if x]
     args.variants = [v for v in args.variants.split(",") if v]
     args.workers = [int(w) for w in args.workers.split(",")]
     args.actors = [int(a) for a in args.actors.split(",") if a]

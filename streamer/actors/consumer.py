@@ -370,7 +370,7 @@ class ConsumerActor(PipelineActor):
             self._maybe_report(time.monotonic(), force=True)
         return offsets
 
-    # --- rebalance (called inside client.poll, on this actor's thread) -------
+    # --- rebalance (inside client.poll: kafka-python's I/O thread, confluent's caller) ---
 
     def _on_assigned(self, tps: list[TP]) -> None:
         with self._lock:

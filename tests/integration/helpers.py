@@ -8,6 +8,7 @@ wait is bounded by :func:`wait_for`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import subprocess
 import sys
 import threading
@@ -40,6 +41,19 @@ PROCESS_TIMEOUT_S = 60.0
 
 # (partition, offset) -> (key, value) of every record a test produced.
 Produced = dict[tuple[int, int], tuple[bytes | None, bytes]]
+
+# kafka.client values: every delivery, commit and rebalance check runs on each backend.
+BACKENDS = [
+    pytest.param("kafka-python", id="kafka-python"),
+    pytest.param(
+        "confluent",
+        id="confluent",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("confluent_kafka") is None,
+            reason="needs the confluent extra: pip install 'streamer[confluent]'",
+        ),
+    ),
+]
 
 
 def wait_for(

@@ -18,6 +18,7 @@ from streamer.verify import TopicDump, reconcile
 
 from .helpers import (
     ASSIGN_TIMEOUT_S,
+    BACKENDS,
     Cluster,
     PipelineStarter,
     Produced,
@@ -37,6 +38,7 @@ ISO_MILLIS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 class Run:
     """What one clean pipeline run over 5,000 valid events left behind."""
 
+    client: str
     topics: Topics
     produced: Produced
     report: ShutdownReport
@@ -46,15 +48,19 @@ class Run:
     committed: dict[int, int | None]
 
 
-@pytest.fixture(scope="module")
-def clean_run(cluster: Cluster) -> Run:
-    """Produce 5,000 valid events into 4 partitions, score them all, stop, read everything back."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def clean_run(request: pytest.FixtureRequest, cluster: Cluster) -> Run:
+    """Produce 5,000 valid events into 4 partitions, score them all with one client
+    backend, stop, read everything back."""
+    client: str = request.param
     topics = cluster.new_topics(partitions=PARTITIONS)
     rng = random.Random(20261125)
     produced = cluster.produce(topics.input, [make_record(rng) for _ in range(EVENTS)])
     assert len(produced) == EVENTS
     assert len(end_offsets(produced)) == PARTITIONS, "every partition should get records"
-    pipeline = Pipeline(cluster.settings(topics), registry=CollectorRegistry())
+    pipeline = Pipeline(
+        cluster.settings(topics, kafka={"client": client}), registry=CollectorRegistry()
+    )
     try:
         pipeline.start()
         assert pipeline.wait_until_assigned(ASSIGN_TIMEOUT_S)
@@ -62,6 +68,7 @@ def clean_run(cluster: Cluster) -> Run:
     finally:
         report = pipeline.stop()
     return Run(
+        client=client,
         topics=topics,
         produced=produced,
         report=report,
@@ -156,12 +163,14 @@ def _keyed_events(rng: random.Random, count: int, keys: int) -> list[tuple[bytes
     return records
 
 
+@pytest.mark.parametrize("client", BACKENDS)
 def test_records_sharing_a_key_come_out_in_input_offset_order_across_parallel_workers(
-    cluster: Cluster, start_pipeline: PipelineStarter
+    client: str, cluster: Cluster, start_pipeline: PipelineStarter
 ) -> None:
     topics = cluster.new_topics(partitions=PARTITIONS)
     settings = cluster.settings(
         topics,
+        kafka={"client": client},
         preprocess={"workers": 3},
         model={"workers": 3},
         batch={"max_records": 7},

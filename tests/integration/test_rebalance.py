@@ -14,7 +14,15 @@ from streamer.core.features import FeatureSpec
 from streamer.core.model import LinearModel, load_linear
 from streamer.verify import reconcile
 
-from .helpers import PROCESS_TIMEOUT_S, Cluster, PipelineStarter, end_offsets, wait_for
+from .helpers import (
+    BACKENDS,
+    PROCESS_TIMEOUT_S,
+    Cluster,
+    PipelineStarter,
+    SlowModel,
+    end_offsets,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +60,7 @@ def gate() -> Iterator[threading.Event]:
     event.set()  # never leave a model actor blocked
 
 
+@pytest.mark.parametrize("client", BACKENDS)
 @pytest.mark.parametrize(
     "max_in_flight",
     [
@@ -60,7 +69,11 @@ def gate() -> Iterator[threading.Event]:
     ],
 )
 def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing_is_lost(
-    cluster: Cluster, start_pipeline: PipelineStarter, gate: threading.Event, max_in_flight: int
+    cluster: Cluster,
+    start_pipeline: PipelineStarter,
+    gate: threading.Event,
+    max_in_flight: int,
+    client: str,
 ) -> None:
     topics = cluster.new_topics(partitions=PARTITIONS)
     rng = random.Random(5)
@@ -68,6 +81,7 @@ def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing
     ends = end_offsets(produced)
     settings = cluster.settings(
         topics,
+        kafka={"client": client},
         batch={"max_records": MAX_RECORDS, "max_in_flight": max_in_flight},
         model={"workers": 1},
     )
@@ -119,3 +133,53 @@ def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing
     )
     assert result.lost == []
     assert result.scored == RECORDS
+
+
+@pytest.mark.parametrize("client", BACKENDS)
+def test_a_second_member_joining_mid_stream_loses_nothing(
+    client: str, cluster: Cluster, start_pipeline: PipelineStarter
+) -> None:
+    records = RECORDS
+    topics = cluster.new_topics(partitions=PARTITIONS)
+    rng = random.Random(11)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(records)])
+    ends = end_offsets(produced)
+    # Slow enough that the first member is still busy when the second one joins.
+    settings = cluster.settings(
+        topics,
+        kafka={"client": client},
+        batch={"max_records": 20, "max_in_flight": 4},
+        model={"workers": 1},
+    )
+    first = start_pipeline(settings, model=SlowModel(load_linear(None), delay_s=0.02))
+    wait_for(
+        lambda: sum(first.consumer_status()["watermarks"].values()) > 0,
+        PROCESS_TIMEOUT_S,
+        "the first member to make progress",
+    )
+
+    second = start_pipeline(settings, model=SlowModel(load_linear(None), delay_s=0.02))
+    wait_for(
+        lambda: len(first.consumer_status()["assigned"]) < PARTITIONS,
+        PROCESS_TIMEOUT_S,
+        "the first member to give up partitions",
+    )
+    assert sum(first.consumer_status()["watermarks"].values()) < records, (
+        "the first member finished before the rebalance: nothing moved mid-stream"
+    )
+    with cluster.committed_reader(topics.group) as committed:
+        wait_for(
+            lambda: all(committed(topics.input, p) == end for p, end in ends.items()),
+            PROCESS_TIMEOUT_S,
+            f"the group's commits to reach {ends}",
+            interval_s=0.2,
+        )
+    assert second.stop().exit_code == 0
+    assert first.stop().exit_code == 0
+
+    result = reconcile(
+        cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
+    )
+    assert result.lost == []
+    assert result.scored == records
+    assert cluster.committed(topics.group, topics.input, PARTITIONS) == ends
