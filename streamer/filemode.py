@@ -267,6 +267,10 @@ class FileConsumer:
         del tp
         return self._source.next_offset
 
+    def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
+        """Nothing to refresh: :meth:`highwater` reads the file's position."""
+        del tps, timeout_s
+
     def commit(self, offsets: dict[TP, int]) -> None:
         """Remember the committed rows."""
         self._committed.update(offsets)

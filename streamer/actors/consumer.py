@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # membership alive (poll) and flushes partial batches that reached max_wait_s.
 TICK_S = 0.1
 PROGRESS_EVERY_S = 0.5
+# A paused partition is not fetched, so the client's end offsets (and the lag gauge)
+# would freeze exactly while the pipeline is the bottleneck: ask the broker this often.
+END_OFFSETS_EVERY_S = 5.0
+END_OFFSETS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class ConsumerActor(PipelineActor):
         self._poll_scheduled = False
         self._last_commit = time.monotonic()
         self._last_progress = 0.0
+        self._end_offsets_at = 0.0
         self._records_dispatched = 0
         self._ticker_stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -221,8 +226,22 @@ class ConsumerActor(PipelineActor):
             self._maybe_report(now)
         if offsets:
             self._commit_async(offsets)
+        if self._paused and now - self._end_offsets_at >= END_OFFSETS_EVERY_S:
+            self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _refresh_end_offsets(self, now: float) -> None:
+        # Outside the lock: with kafka-python the request waits on the I/O thread,
+        # which may be running a rebalance callback that takes the lock.
+        self._end_offsets_at = now
+        assert self._client is not None
+        with self._lock:
+            assigned = list(self._assigned)
+        try:
+            self._client.refresh_end_offsets(assigned, END_OFFSETS_TIMEOUT_S)
+        except Exception as exc:  # a stale lag figure is not worth a crash
+            log.debug("could not refresh the end offsets for the lag gauge: %s", exc)
 
     def _dispatch_all(self, ready: list[tuple[TP, list[Record]]]) -> None:
         for tp, records in ready:

@@ -91,7 +91,15 @@ class ConsumerClient(Protocol):
         ...
 
     def highwater(self, tp: TP) -> int | None:
-        """The partition's end offset as of the last fetch, or None before one."""
+        """The partition's end offset as of the last fetch (or refresh), or None before one."""
+        ...
+
+    def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
+        """Ask the broker for these partitions' end offsets now (blocks up to ``timeout_s``).
+
+        A paused partition is not fetched, so its :meth:`highwater` would stay
+        where the last fetch left it; the consumer calls this while paused.
+        """
         ...
 
     def commit(self, offsets: dict[TP, int]) -> None:

@@ -153,6 +153,7 @@ class GroupConsumer:
         self._assigning = False
         self._pending_seeks: dict[TP, int] = {}
         self._closing = False
+        self._end_offsets: dict[TP, int] = {}
 
     def existing_topics(self) -> set[str]:
         """Topic names the broker knows (does not create any)."""
@@ -302,15 +303,28 @@ class GroupConsumer:
         self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
 
     def highwater(self, tp: TP) -> int | None:
-        """The partition's end offset as of the last fetch, or None before one."""
+        """The partition's end offset as of the last fetch or refresh, or None before one."""
         try:
             watermarks = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
         except KafkaException:
-            return None
-        if watermarks is None or watermarks[1] < 0:
-            return None
-        high: int = watermarks[1]
-        return high
+            watermarks = None
+        fetched = watermarks[1] if watermarks is not None and watermarks[1] >= 0 else None
+        refreshed = self._end_offsets.get(tp)
+        if fetched is None or refreshed is None:
+            return fetched if refreshed is None else refreshed
+        return max(fetched, refreshed)
+
+    def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
+        """Ask the broker for the end offsets; librdkafka stops fetching when its queue is full."""
+        deadline = time.monotonic() + timeout_s
+        for tp in tps:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(*tp), timeout=remaining, cached=False
+            )
+            self._end_offsets[tp] = high
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Commit synchronously."""

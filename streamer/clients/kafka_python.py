@@ -88,6 +88,7 @@ class GroupConsumer:
             )
         except KafkaError as exc:
             raise broker_error("start the consumer", settings, exc) from None
+        self._end_offsets: dict[TP, int] = {}
 
     def existing_topics(self) -> set[str]:
         """Topic names the broker knows (does not create any)."""
@@ -124,9 +125,22 @@ class GroupConsumer:
         self._consumer.seek(TopicPartition(*tp), offset)
 
     def highwater(self, tp: TP) -> int | None:
-        """The partition's end offset as of the last fetch, or None before one."""
-        high: int | None = self._consumer.highwater(TopicPartition(*tp))
-        return high
+        """The partition's end offset as of the last fetch or refresh, or None before one."""
+        fetched: int | None = self._consumer.highwater(TopicPartition(*tp))
+        refreshed = self._end_offsets.get(tp)
+        if fetched is None or refreshed is None:
+            return fetched if refreshed is None else refreshed
+        return max(fetched, refreshed)
+
+    def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
+        """Ask the broker for the end offsets (a ListOffsets request)."""
+        if not tps:
+            return
+        ends = self._consumer.end_offsets(
+            [TopicPartition(t, p) for t, p in tps], timeout_ms=int(timeout_s * 1000)
+        )
+        for tp, end in ends.items():
+            self._end_offsets[(tp.topic, tp.partition)] = end
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Commit synchronously (never call from a rebalance callback)."""

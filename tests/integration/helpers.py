@@ -285,4 +285,25 @@ class SlowModel:
         return self._inner.predict(features)
 
 
+class GatedModel:
+    """The demo model, whose ``predict`` blocks until the test opens the gate.
+
+    It keeps the first member's batches in flight, so that the rebalance
+    deterministically happens mid-stream (and, with a small max_in_flight,
+    while the consumer is paused by backpressure).
+    """
+
+    def __init__(self, inner: LinearModel, gate: threading.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+        self.name = inner.name
+        self.version = inner.version
+        self.spec: FeatureSpec = inner.spec
+        self.output_names = inner.output_names
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        self._gate.wait(PROCESS_TIMEOUT_S)
+        return self._inner.predict(features)
+
+
 PipelineStarter = Callable[..., Pipeline]

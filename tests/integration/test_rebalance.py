@@ -6,18 +6,17 @@ import random
 import threading
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
 from streamer.core.demo_data import make_record
-from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.model import load_linear
 from streamer.verify import reconcile
 
 from .helpers import (
     BACKENDS,
     PROCESS_TIMEOUT_S,
     Cluster,
+    GatedModel,
     PipelineStarter,
     SlowModel,
     end_offsets,
@@ -30,27 +29,6 @@ PARTITIONS = 4
 RECORDS = 4000
 MAX_RECORDS = 20
 DELIVERY_TIMEOUT_S = 30.0
-
-
-class GatedModel:
-    """The demo model, whose ``predict`` blocks until the test opens the gate.
-
-    It keeps the first member's batches in flight, so that the rebalance
-    deterministically happens mid-stream (and, with a small max_in_flight,
-    while the consumer is paused by backpressure).
-    """
-
-    def __init__(self, inner: LinearModel, gate: threading.Event) -> None:
-        self._inner = inner
-        self._gate = gate
-        self.name = inner.name
-        self.version = inner.version
-        self.spec: FeatureSpec = inner.spec
-        self.output_names = inner.output_names
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        self._gate.wait(PROCESS_TIMEOUT_S)
-        return self._inner.predict(features)
 
 
 @pytest.fixture

@@ -142,6 +142,11 @@ class FakeConsumer:
         # Set to make every commit fail (as after a rebalance: CommitFailedError).
         self.commit_error: Exception | None = None
         self.polls = 0
+        # With stale_highwater, highwater() only knows what refresh_end_offsets() asked
+        # the "broker", as for a paused partition that is not fetched.
+        self.stale_highwater = False
+        self.end_offsets: dict[TP, int] = {}
+        self.end_offset_refreshes = 0
         self.max_records_seen: list[int] = []
         self.closed = False
         self.subscribed: str | None = None
@@ -255,8 +260,19 @@ class FakeConsumer:
             self._cond.notify_all()
 
     def highwater(self, tp: TP) -> int | None:
+        if self.stale_highwater:
+            return self.end_offsets.get(tp)
         recs = self.records.get(tp)
         return recs[-1].offset + 1 if recs else None
+
+    def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
+        assert timeout_s > 0
+        with self._cond:
+            self.end_offset_refreshes += 1
+            for tp in tps:
+                recs = self.records.get(tp)
+                if recs:
+                    self.end_offsets[tp] = recs[-1].offset + 1
 
     def commit(self, offsets: dict[TP, int]) -> None:
         with self._cond:

@@ -7,10 +7,18 @@ from typing import Any
 import pykka
 from prometheus_client import CollectorRegistry
 
+from streamer.actors import consumer as consumer_module
 from streamer.actors.consumer import Attach, ConsumerActor
 from streamer.actors.metrics import MetricsActor
 from streamer.errors import DeliveryError
-from streamer.messages import BatchAcked, CommitNow, GetStatus, ScoreBatch, StopFetching
+from streamer.messages import (
+    BatchAcked,
+    CommitNow,
+    ConsumerProgress,
+    GetStatus,
+    ScoreBatch,
+    StopFetching,
+)
 from streamer.settings import BatchSettings, KafkaSettings, MetricsSettings
 from tests.unit.fakes import (
     FakeConsumer,
@@ -150,6 +158,32 @@ class TestDispatch:
         assert status["records_dispatched"] == 0
         assert status["fetching"] is False
         assert fake.positions[TP0] == 0
+
+
+class TestLagWhilePaused:
+    def test_the_lag_follows_the_brokers_end_offsets_while_the_partitions_are_paused(
+        self, monkeypatch: Any
+    ) -> None:
+        monkeypatch.setattr(consumer_module, "END_OFFSETS_EVERY_S", 0.05)
+        metrics, reports = start_recorder()
+        h = Harness(
+            {TP0: make_records(values(30))},
+            batch=BatchSettings(max_records=10, max_in_flight=1, max_wait_s=0.05),
+            metrics=metrics,
+        )
+        # A paused partition is not fetched: the client knows only what it asks for.
+        h.fake.stale_highwater = True
+        wait_until(lambda: h.status()["paused"])
+        h.fake.append(TP0, make_records(values(20), offsets=range(30, 50)))
+
+        def last_lag() -> int | None:
+            progress = [m for m in reports.items() if isinstance(m, ConsumerProgress)]
+            return progress[-1].lag.get(TP0) if progress else None
+
+        # 50 records in the partition; the first batch (offsets 0..9) is in flight.
+        wait_until(lambda: last_lag() == 40)
+        assert h.fake.end_offset_refreshes >= 1
+        assert h.status()["records_dispatched"] == 10
 
 
 class TestBackpressure:
