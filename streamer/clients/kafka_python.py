@@ -119,6 +119,8 @@ class GroupConsumer:
     def resume(self, tps: list[TP]) -> None:
         """Return records of these partitions again."""
         self._consumer.resume(*(TopicPartition(t, p) for t, p in tps))
+        for tp in tps:  # fetches report the end again; a refreshed one would go stale
+            self._end_offsets.pop(tp, None)
 
     def seek(self, tp: TP, offset: int) -> None:
         """Fetch this assigned partition from ``offset`` next (local; safe in a callback)."""
