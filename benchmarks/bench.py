@@ -50,6 +50,7 @@ import orjson
 from streamer.broker import EmbeddedBroker, free_port
 from streamer.core.demo_data import make_record
 from streamer.core.quantile import histogram_quantile
+from streamer.settings import to_toml
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("kafka-python", "confluent")
@@ -65,22 +66,6 @@ LATENCY_SETTINGS: dict[str, dict[str, Any]] = json.loads(
 
 
 # --- small helpers -------------------------------------------------------------
-
-
-def to_toml(document: dict[str, dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for section, table in document.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if isinstance(value, bool):
-                shown = "true" if value else "false"
-            elif isinstance(value, str):
-                shown = json.dumps(value)
-            else:
-                shown = repr(value)
-            lines.append(f"{key} = {shown}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

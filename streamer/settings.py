@@ -8,6 +8,7 @@ that names the key (``kafka.input_topic``) and leads to exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -471,6 +472,27 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         msg = f"config error: {config_path} is not valid TOML: {exc}"
         raise ConfigError(msg) from None
+
+
+def to_toml(document: Mapping[str, Mapping[str, Any]]) -> str:
+    """The TOML text of a config document ({section: {key: value}}), which read_toml reads back.
+
+    Values are strings, numbers and booleans, as in every settings section. A
+    JSON string is a valid TOML basic string, escapes included.
+    """
+    lines: list[str] = []
+    for section, table in document.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if isinstance(value, bool):
+                shown = "true" if value else "false"
+            elif isinstance(value, str):
+                shown = json.dumps(value)
+            else:
+                shown = repr(value)
+            lines.append(f"{key} = {shown}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def load_settings(

@@ -103,23 +103,6 @@ def running_daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[by
             process.wait(timeout=10)
 
 
-def to_toml(document: dict[str, dict[str, Any]]) -> str:
-    """A TOML text for a two-level document of strings, numbers and booleans."""
-    lines: list[str] = []
-    for section, table in document.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if isinstance(value, bool):
-                shown = "true" if value else "false"
-            elif isinstance(value, str):
-                shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            else:
-                shown = repr(value)
-            lines.append(f"{key} = {shown}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 @dataclass(frozen=True)
 class Topics:
     """The uuid-named topics and group of one test."""

@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streamer.core.demo_data import make_record
+from streamer.settings import to_toml
 from streamer.verify import reconcile
 
 from .helpers import (
@@ -24,7 +25,6 @@ from .helpers import (
     end_offsets,
     running_daemon,
     streamer_command,
-    to_toml,
     wait_for,
 )
 

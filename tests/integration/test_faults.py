@@ -25,7 +25,7 @@ from streamer.client import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.model import LinearModel, load_linear
 from streamer.replay import replay_dead_letters
-from streamer.settings import KafkaSettings, build_settings
+from streamer.settings import KafkaSettings, build_settings, to_toml
 from streamer.topology import Pipeline
 from streamer.verify import Reconciliation, reconcile
 
@@ -38,7 +38,6 @@ from .helpers import (
     Topics,
     end_offsets,
     running_daemon,
-    to_toml,
     wait_for,
     wait_until_delivered,
 )

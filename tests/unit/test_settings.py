@@ -20,6 +20,8 @@ from streamer.settings import (
     build_settings,
     field_docs,
     load_settings,
+    read_toml,
+    to_toml,
 )
 
 TOPICS = {"kafka": {"input_topic": "events", "output_topic": "scores"}}
@@ -342,3 +344,25 @@ class TestErrors:
 
     def test_config_errors_exit_with_code_2(self) -> None:
         assert ConfigError.exit_code == 2
+
+
+class TestToToml:
+    def test_a_written_document_reads_back_the_same_and_builds_the_same_settings(
+        self, tmp_path: Path
+    ) -> None:
+        document = {
+            "kafka": {
+                "input_topic": 'in "quoted" \\ back\tslash',
+                "output_topic": "out-é",
+                "session_timeout_s": 6.0,
+            },
+            "batch": {"max_records": 250, "eager_when_idle": False},
+        }
+        path = tmp_path / "streamer.toml"
+        path.write_text(to_toml(document), encoding="utf-8")
+
+        assert read_toml(path) == document
+        settings = build_settings(read_toml(path))
+        assert settings.kafka.input_topic == 'in "quoted" \\ back\tslash'
+        assert settings.batch.max_records == 250
+        assert settings.batch.eager_when_idle is False
