@@ -216,6 +216,12 @@ class Backend:
     ensure_topics: EnsureTopics
 
 
+def latest_end(fetched: int | None, refreshed: int | None) -> int | None:
+    """The newer of a partition's end offset from the last fetch and from the last refresh."""
+    known = [offset for offset in (fetched, refreshed) if offset is not None]
+    return max(known) if known else None
+
+
 def broker_error(action: str, settings: KafkaSettings, exc: BaseException) -> BrokerError:
     """A one-line BrokerError; never includes the client config (it holds the SASL password)."""
     msg = (

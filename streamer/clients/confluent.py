@@ -48,6 +48,7 @@ from streamer.clients.base import (
     Headers,
     OutputGroup,
     broker_error,
+    latest_end,
 )
 from streamer.settings import KafkaSettings
 
@@ -311,10 +312,7 @@ class GroupConsumer:
         except KafkaException:
             watermarks = None
         fetched = watermarks[1] if watermarks is not None and watermarks[1] >= 0 else None
-        refreshed = self._end_offsets.get(tp)
-        if fetched is None or refreshed is None:
-            return fetched if refreshed is None else refreshed
-        return max(fetched, refreshed)
+        return latest_end(fetched, self._end_offsets.get(tp))
 
     def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
         """Ask the broker for the end offsets; librdkafka stops fetching when its queue is full."""

@@ -28,6 +28,7 @@ from streamer.clients.base import (
     OutputGroup,
     Record,
     broker_error,
+    latest_end,
 )
 from streamer.settings import KafkaSettings
 
@@ -129,10 +130,7 @@ class GroupConsumer:
     def highwater(self, tp: TP) -> int | None:
         """The partition's end offset as of the last fetch or refresh, or None before one."""
         fetched: int | None = self._consumer.highwater(TopicPartition(*tp))
-        refreshed = self._end_offsets.get(tp)
-        if fetched is None or refreshed is None:
-            return fetched if refreshed is None else refreshed
-        return max(fetched, refreshed)
+        return latest_end(fetched, self._end_offsets.get(tp))
 
     def refresh_end_offsets(self, tps: list[TP], timeout_s: float) -> None:
         """Ask the broker for the end offsets (a ListOffsets request)."""

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from streamer.clients import OutputGroup, backend, send_batch
-from streamer.clients.base import BatchDelivery
+from streamer.clients.base import BatchDelivery, latest_end
 from streamer.clients.kafka_python import _BatchWatch
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
@@ -141,3 +141,14 @@ class TestBatchWatch:
         _BatchWatch(list(futures), fired.append).advance()
 
         assert fired == [None]
+
+
+class TestLatestEnd:
+    @pytest.mark.parametrize(
+        ("fetched", "refreshed", "end"),
+        [(None, None, None), (120, None, 120), (None, 80, 80), (120, 80, 120), (120, 500, 500)],
+    )
+    def test_the_newer_of_the_fetched_and_the_refreshed_end_offset(
+        self, fetched: int | None, refreshed: int | None, end: int | None
+    ) -> None:
+        assert latest_end(fetched, refreshed) == end
