@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import orjson
 
 from streamer.core.features import FeatureSpec
+from streamer.core.files import json_object, read_file
 from streamer.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -190,22 +190,11 @@ def load_linear(path: str | Path | None, options: ModelOptions | None = None) ->
     """
     if path:
         where = str(path)
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            msg = f"model error: cannot read model.path={where}: {exc.strerror}"
-            raise ModelLoadError(msg) from None
+        raw = read_file("model.path", path)
     else:
         where = f"packaged {DEMO_MODEL}"
         raw = resources.files("streamer.models").joinpath(DEMO_MODEL).read_bytes()
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        msg = f"model error: {where} is not valid JSON: {exc}"
-        raise ModelLoadError(msg) from None
-    if not isinstance(doc, dict):
-        msg = f"model error: {where} must hold a JSON object"
-        raise ModelLoadError(msg)
+    doc = json_object(raw, where)
     names = _require(doc, "features", where)
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         msg = f"model error: {where}: 'features' must be a list of non-empty feature names"

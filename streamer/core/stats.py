@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamer.core.files import json_object, read_file
 from streamer.errors import ModelLoadError
 
 
@@ -106,19 +107,9 @@ def load_stats(path: str | Path) -> FeatureStats:
         ModelLoadError: The file is missing or malformed.
     """
     where = f"preprocess.stats_path={path}"
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        msg = f"model error: cannot read {where}: {exc.strerror}"
-        raise ModelLoadError(msg) from None
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        msg = f"model error: {where} is not valid JSON: {exc}"
-        raise ModelLoadError(msg) from None
-    if not isinstance(doc, dict):
-        msg = f"model error: {where} must hold a JSON object with features, mean and std"
-        raise ModelLoadError(msg)
+    doc = json_object(
+        read_file("preprocess.stats_path", path), where, " with features, mean and std"
+    )
     names = doc.get("features")
     if (
         not isinstance(names, list)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.core.files import read_file
 from streamer.core.model import InputSpec, ModelOptions
 from streamer.core.stats import FeatureStats, load_stats
 from streamer.errors import ModelLoadError
@@ -120,11 +121,7 @@ def read_model_file(options: ModelOptions, what: str) -> bytes:
     if not options.path:
         msg = f"model error: model.kind={options.kind!r} needs model.path ({what})"
         raise ModelLoadError(msg)
-    try:
-        return Path(options.path).read_bytes()
-    except OSError as exc:
-        msg = f"model error: cannot read model.path={options.path}: {exc.strerror}"
-        raise ModelLoadError(msg) from None
+    return read_file("model.path", options.path)
 
 
 def file_identity(options: ModelOptions, raw: bytes, default_name: str) -> tuple[str, str, str]:
