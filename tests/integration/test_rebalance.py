@@ -10,6 +10,7 @@ import pytest
 
 from streamer.core.demo_data import make_record
 from streamer.core.model import load_linear
+from streamer.topology import Pipeline
 from streamer.verify import reconcile
 
 from .helpers import (
@@ -19,6 +20,7 @@ from .helpers import (
     GatedModel,
     PipelineStarter,
     SlowModel,
+    Topics,
     end_offsets,
     wait_for,
 )
@@ -87,40 +89,16 @@ def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing
     )
     gate.set()
 
-    with cluster.committed_reader(topics.group) as committed:
-
-        def describe() -> str:
-            offsets = {p: committed(topics.input, p) for p in range(PARTITIONS)}
-            return (
-                f"group commits {offsets}; first member {first.consumer_status()}; "
-                f"second member {second.consumer_status()}"
-            )
-
-        wait_for(
-            lambda: all(committed(topics.input, p) == end for p, end in ends.items()),
-            DELIVERY_TIMEOUT_S,
-            f"the group's commits to reach the input ends {ends}",
-            interval_s=0.2,
-            describe=describe,
-        )
-    assert second.stop().exit_code == 0
-    assert first.stop().exit_code == 0
-
-    result = reconcile(
-        cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
-    )
-    assert result.lost == []
-    assert result.scored == RECORDS
+    _all_committed_then_nothing_lost(cluster, topics, ends, first, second, DELIVERY_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("client", BACKENDS)
 def test_a_second_member_joining_mid_stream_loses_nothing(
     client: str, cluster: Cluster, start_pipeline: PipelineStarter
 ) -> None:
-    records = RECORDS
     topics = cluster.new_topics(partitions=PARTITIONS)
     rng = random.Random(11)
-    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(records)])
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(RECORDS)])
     ends = end_offsets(produced)
     # Slow enough that the first member is still busy when the second one joins.
     settings = cluster.settings(
@@ -142,15 +120,37 @@ def test_a_second_member_joining_mid_stream_loses_nothing(
         PROCESS_TIMEOUT_S,
         "the first member to give up partitions",
     )
-    assert sum(first.consumer_status()["watermarks"].values()) < records, (
+    assert sum(first.consumer_status()["watermarks"].values()) < RECORDS, (
         "the first member finished before the rebalance: nothing moved mid-stream"
     )
+    _all_committed_then_nothing_lost(cluster, topics, ends, first, second, PROCESS_TIMEOUT_S)
+    assert cluster.committed(topics.group, topics.input, PARTITIONS) == ends
+
+
+def _all_committed_then_nothing_lost(
+    cluster: Cluster,
+    topics: Topics,
+    ends: dict[int, int],
+    first: Pipeline,
+    second: Pipeline,
+    timeout_s: float,
+) -> None:
+    """Wait for the group's commits to reach the input ends, stop both members, reconcile."""
     with cluster.committed_reader(topics.group) as committed:
+
+        def describe() -> str:
+            offsets = {p: committed(topics.input, p) for p in range(PARTITIONS)}
+            return (
+                f"group commits {offsets}; first member {first.consumer_status()}; "
+                f"second member {second.consumer_status()}"
+            )
+
         wait_for(
             lambda: all(committed(topics.input, p) == end for p, end in ends.items()),
-            PROCESS_TIMEOUT_S,
-            f"the group's commits to reach {ends}",
+            timeout_s,
+            f"the group's commits to reach the input ends {ends}",
             interval_s=0.2,
+            describe=describe,
         )
     assert second.stop().exit_code == 0
     assert first.stop().exit_code == 0
@@ -159,5 +159,4 @@ def test_a_second_member_joining_mid_stream_loses_nothing(
         cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
     )
     assert result.lost == []
-    assert result.scored == records
-    assert cluster.committed(topics.group, topics.input, PARTITIONS) == ends
+    assert result.scored == RECORDS
