@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Keys whose partition is remembered per topic (the cache starts over beyond it).
 _PARTITION_CACHE_KEYS = 100_000
+# Larger values go through ``send``, which checks them against max_request_size
+# (1 MiB by default) and fails the record alone if it is too large.
+_DIRECT_MAX_BYTES = 256 * 1024
 
 __all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics"]
 
@@ -225,6 +229,8 @@ class Producer:
         except KafkaError as exc:
             raise broker_error("start the producer", settings, exc) from None
         self._partition_cache: dict[str, tuple[list[int], dict[bytes, int]]] = {}
+        self._tp_cache: dict[str, dict[int, TopicPartition]] = {}
+        self._direct_append = self._direct_append_fn()
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
@@ -236,22 +242,36 @@ class Producer:
     def send_batch(self, groups: Sequence[OutputGroup], done: DoneCallback) -> None:
         """Send the groups in order; ``done(error)`` runs on the I/O thread once all settled.
 
-        Two savings over ``send`` plus two callbacks per record, measured with
-        py-spy on the pipeline: a keyed record gets its partition from a cache
-        of the default partitioner's answer (its pure-Python murmur2 was about a
-        fifth of ``send``), and the batch is watched through one future at a
-        time (:class:`_BatchWatch`) instead of a callback per record on the
-        client's I/O thread.
+        Three savings over ``send`` plus two callbacks per record, measured with
+        py-spy on the pipeline:
+
+        - A keyed record gets its partition from a cache of the default
+          partitioner's answer (its pure-Python murmur2 was about a fifth of
+          ``send``).
+        - A keyed record without headers goes straight to the client's record
+          accumulator (:meth:`_direct_append`), skipping the checks that
+          ``send`` repeats for every record and that hold for the whole batch:
+          about a third of its cost.
+        - The batch is watched through one future at a time (:class:`_BatchWatch`)
+          instead of a callback per record on the client's I/O thread.
         """
         futures: list[Any] = []
-        append = futures.append
+        keep = futures.append
         send = self._producer.send
+        direct_append = self._direct_append
         for group in groups:
             topic, keys, headers = group.topic, group.keys, group.headers
             partition_of = self._partitioner(topic)
+            direct = direct_append if headers is None else None
+            if direct is not None:
+                tp_of = self._topic_partitions(topic)
+                now = time.monotonic()
             for index, value in enumerate(group.values):
                 key = keys[index]
-                append(
+                if direct is not None and key is not None and len(value) <= _DIRECT_MAX_BYTES:
+                    keep(direct(tp_of[partition_of(key)], key, value, now))
+                    continue
+                keep(
                     send(
                         topic,
                         value=value,
@@ -261,6 +281,46 @@ class Producer:
                     )
                 )
         _BatchWatch(futures, done).advance()
+
+    def _direct_append_fn(self) -> Callable[[TopicPartition, bytes, bytes, float], Any] | None:
+        """``send`` minus its per-record checks, or None if this kafka-python differs.
+
+        What ``send`` does per record and this does once per batch or not at
+        all: check the closed flag and the headers (the accumulator checks the
+        first; outputs have no headers), run the serializers (none are set),
+        wait for the topic metadata (:meth:`_partitioner` did), estimate the
+        size (values above ``_DIRECT_MAX_BYTES`` take ``send``), format a debug
+        log line, and check for a transaction (none). What stays the same: the
+        record lands in the same accumulator, in order, with a future per
+        record, and the sender is woken when a batch fills up.
+        """
+        accumulator = getattr(self._producer, "_accumulator", None)
+        sender = getattr(self._producer, "_sender", None)
+        append = getattr(accumulator, "append", None)
+        wakeup = getattr(sender, "wakeup", None)
+        if append is None or wakeup is None or self._producer.config.get("transactional_id"):
+            return None
+        if self._producer.config.get("key_serializer") or self._producer.config.get(
+            "value_serializer"
+        ):
+            return None
+        no_headers: list[tuple[str, bytes]] = []
+
+        def direct_append(tp: TopicPartition, key: bytes, value: bytes, now: float) -> Any:
+            result = append(tp, None, key, value, no_headers, now=now)
+            if result[1] or result[2]:  # the batch is full, or a new one was started
+                wakeup()
+            return result[0]
+
+        return direct_append
+
+    def _topic_partitions(self, topic: str) -> dict[int, TopicPartition]:
+        """The topic's partitions as of the last :meth:`_partitioner` call."""
+        partitions = self._partition_cache[topic][0]
+        tps = self._tp_cache.get(topic)
+        if tps is None or len(tps) != len(partitions):
+            tps = self._tp_cache[topic] = {p: TopicPartition(topic, p) for p in partitions}
+        return tps
 
     def _partitioner(self, topic: str) -> Callable[[bytes], int]:
         """The default partitioner's choice for a key (murmur2 over all partitions), cached."""
