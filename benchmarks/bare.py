@@ -3,7 +3,9 @@
 One per client library, each written the way a careful user would: polls of
 5000 records, orjson, numpy scoring with the demo model, one output per
 record, then wait for every acknowledgement and commit synchronously before
-the next poll (at-least-once, like streamer). Run by ``bench.py`` in a fresh
+the next poll (at-least-once, like streamer). The output is the document
+streamer writes (key, topic, partition, offset, score, model, scored_at;
+about 190 B), so that the floor does the same job. Run by ``bench.py`` in a fresh
 interpreter; prints one JSON line.
 
     python benchmarks/bare.py --backend confluent --bootstrap 127.0.0.1:9092 \\
@@ -22,8 +24,34 @@ import numpy as np
 import orjson
 
 from streamer.core.model import load_linear
+from streamer.core.output import iso_now
 
 GROUP = {"session_ms": 6000, "heartbeat_ms": 1000}  # --session-ms changes the first
+
+
+_DEMO = load_linear(None)
+_MODEL_ABOUT = {"name": _DEMO.name, "version": _DEMO.version}
+
+
+def _output(topic: str, partition: int) -> Callable[[bytes | None, int, float], bytes]:
+    """One output document per record, as streamer writes it, with ``orjson.dumps``."""
+    about = _MODEL_ABOUT
+    scored_at = iso_now()  # once per partition of a poll, as streamer does per batch
+
+    def output(key: bytes | None, offset: int, score: float) -> bytes:
+        return orjson.dumps(
+            {
+                "key": None if key is None else key.decode("utf-8", "backslashreplace"),
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "score": score,
+                "model": about,
+                "scored_at": scored_at,
+            }
+        )
+
+    return output
 
 
 def _scorer() -> Callable[[list[bytes]], list[float]]:
@@ -70,9 +98,9 @@ def kafka_python_loop(bootstrap: str, topic: str, output: str, count: int) -> fl
         offsets = {}
         for tp, records in polled.items():
             scores = score([r.value for r in records])
+            encode = _output(tp.topic, tp.partition)
             for r, s in zip(records, scores, strict=True):
-                value = orjson.dumps({"offset": r.offset, "score": s})
-                producer.send(output, key=r.key, value=value)
+                producer.send(output, key=r.key, value=encode(r.key, r.offset, s))
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, None, -1)
             done += len(records)
         producer.flush()
@@ -123,13 +151,16 @@ def confluent_loop(bootstrap: str, topic: str, output: str, count: int) -> float
             continue
         if started is None:
             started = time.perf_counter()
-        scores = score([m.value() for m in messages])
+        scores = score([m.value() or b"" for m in messages])
         ends: dict[tuple[str, int], int] = {}
+        encoders: dict[int, Callable[[bytes | None, int, float], bytes]] = {}
         for m, s in zip(messages, scores, strict=True):
-            offset = m.offset()
-            value = orjson.dumps({"offset": offset, "score": s})
-            producer.produce(output, value, m.key(), on_delivery=on_delivery)
-            ends[(m.topic(), m.partition())] = offset + 1
+            offset, key, partition = m.offset() or 0, m.key(), m.partition() or 0
+            encode = encoders.get(partition) or encoders.setdefault(
+                partition, _output(topic, partition)
+            )
+            producer.produce(output, encode(key, offset, s), key, on_delivery=on_delivery)
+            ends[(topic, partition)] = offset + 1
         producer.flush(30)
         if failed:
             raise KafkaException(failed[0])

@@ -1,6 +1,7 @@
 """The default Kafka client (kafka-python), under its historical import path.
 
 ``from streamer.client import GroupConsumer, Producer, ensure_topics, TP, Record``
+(and ``RecordColumns``, what a poll returns)
 keeps working; the backends themselves live in :mod:`streamer.clients`.
 """
 
@@ -13,6 +14,7 @@ from streamer.clients.base import (
     OutputGroup,
     ProducerClient,
     Record,
+    RecordColumns,
     send_batch,
 )
 from streamer.clients.kafka_python import GroupConsumer, Producer, ensure_topics
@@ -26,6 +28,7 @@ __all__ = [
     "Producer",
     "ProducerClient",
     "Record",
+    "RecordColumns",
     "ensure_topics",
     "send_batch",
 ]

@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import orjson
 
+from streamer.clients.base import RecordColumns
 from streamer.errors import ConfigError
 from streamer.settings import Settings
 
@@ -234,7 +235,7 @@ class FileConsumer:
         del on_revoked  # a file is never revoked
         self._on_assigned = on_assigned
 
-    def poll(self, timeout_s: float, max_records: int) -> dict[TP, list[FileRecord]]:
+    def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Read up to ``max_records`` rows; at the end of the file, wait ``timeout_s``."""
         tp = (self._topic, 0)
         if not self._assigned:
@@ -248,7 +249,7 @@ class FileConsumer:
             if timeout_s > 0:
                 self._closed.wait(timeout_s)
             return {}
-        return {tp: records}
+        return {tp: RecordColumns.of(records)}
 
     def assignment(self) -> list[TP]:
         """The one pseudo-partition once polled."""

@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.client import TP, GroupConsumer, Record
+from streamer.client import TP, GroupConsumer, RecordColumns
 from streamer.core.batching import MicroBatcher
 from streamer.core.offsets import WatermarkTracker
 from streamer.errors import DeliveryError
@@ -207,11 +207,11 @@ class ConsumerActor(PipelineActor):
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
         now = time.monotonic()
         with self._lock:
-            ready: list[tuple[TP, list[Any]]] = []
+            ready: list[tuple[TP, RecordColumns]] = []
             for tp, records in polled.items():
-                if tp not in self._assigned:
+                if tp not in self._assigned or not len(records):
                     continue
-                self._fetched_until[tp] = records[-1].offset + 1
+                self._fetched_until[tp] = records.offsets[-1] + 1
                 ready.extend(self._batcher.add(tp, records, now))
             ready.extend(self._batcher.expired(now))
             if (
@@ -243,7 +243,7 @@ class ConsumerActor(PipelineActor):
         except Exception as exc:  # a stale lag figure is not worth a crash
             log.debug("could not refresh the end offsets for the lag gauge: %s", exc)
 
-    def _dispatch_all(self, ready: list[tuple[TP, list[Record]]]) -> None:
+    def _dispatch_all(self, ready: list[tuple[TP, RecordColumns]]) -> None:
         for tp, records in ready:
             self._dispatch(tp, records)
         if ready:
@@ -251,7 +251,7 @@ class ConsumerActor(PipelineActor):
             # metrics actor a wakeup, which small batches would pay many times.
             self._emit(RecordsConsumed(sum(len(records) for _, records in ready)))
 
-    def _dispatch(self, tp: TP, records: list[Record]) -> None:
+    def _dispatch(self, tp: TP, records: RecordColumns) -> None:
         assert self._preprocessors is not None
         seq = self._next_seq(tp)
         source = SourceBatch(
@@ -259,10 +259,10 @@ class ConsumerActor(PipelineActor):
             topic=tp[0],
             partition=tp[1],
             seq=seq,
-            offsets=[r.offset for r in records],
-            keys=[r.key for r in records],
-            values=[r.value for r in records],
-            timestamps_ms=[r.timestamp for r in records],
+            offsets=records.offsets,
+            keys=records.keys,
+            values=records.values,
+            timestamps_ms=records.timestamps,
             dispatched_at=time.monotonic(),
             epoch=self._epoch,
         )
@@ -306,9 +306,9 @@ class ConsumerActor(PipelineActor):
         queue = self._unacked.get(tp)
         if queue:
             candidates.append(queue[0].first_offset)
-        buffered = self._batcher.first(tp)
+        buffered = self._batcher.first_offset(tp)
         if buffered is not None:
-            candidates.append(buffered.offset)
+            candidates.append(buffered)
         if tp in self._fetched_until:
             candidates.append(self._fetched_until[tp])
         return min(candidates) if candidates else None

@@ -20,6 +20,7 @@ from streamer.clients.base import (
     ProducerClient,
     ProducerFactory,
     Record,
+    RecordColumns,
     send_batch,
 )
 from streamer.errors import ConfigError
@@ -70,6 +71,7 @@ __all__ = [
     "ProducerClient",
     "ProducerFactory",
     "Record",
+    "RecordColumns",
     "backend",
     "send_batch",
 ]

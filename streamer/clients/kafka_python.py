@@ -28,6 +28,7 @@ from streamer.clients.base import (
     Headers,
     OutputGroup,
     Record,
+    RecordColumns,
     broker_error,
     latest_end,
 )
@@ -108,10 +109,14 @@ class GroupConsumer:
         """Join the group on one topic; the callbacks run inside :meth:`poll`."""
         self._consumer.subscribe([topic], listener=_Listener(on_assigned, on_revoked))
 
-    def poll(self, timeout_s: float, max_records: int) -> dict[TP, list[Record]]:
+    def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Fetch records; returns an empty dict when there are none (or all are paused)."""
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return {(tp.topic, tp.partition): recs for tp, recs in polled.items()}
+        return {
+            (tp.topic, tp.partition): RecordColumns.of(records)
+            for tp, records in polled.items()
+            if records
+        }
 
     def assignment(self) -> list[TP]:
         """Partitions currently assigned to this member."""

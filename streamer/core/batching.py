@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from streamer.clients.base import RecordColumns
 
 TopicPartition = tuple[str, int]
 
@@ -11,14 +12,15 @@ TopicPartition = tuple[str, int]
 @dataclass(slots=True)
 class _Buffer:
     started_at: float
-    records: list[Any] = field(default_factory=list)
+    records: RecordColumns = field(default_factory=RecordColumns.empty)
 
 
 class MicroBatcher:
     """Accumulates records per partition; releases a batch when full or old enough.
 
     A batch holds records of exactly one partition, in offset order, so that the
-    watermark and the output order stay per partition.
+    watermark and the output order stay per partition. Records stay in columns
+    (:class:`RecordColumns`) from the poll to the batch.
     """
 
     def __init__(self, max_records: int, max_wait_s: float) -> None:
@@ -30,25 +32,28 @@ class MicroBatcher:
         self._buffers: dict[TopicPartition, _Buffer] = {}
 
     def add(
-        self, tp: TopicPartition, records: list[Any], now: float
-    ) -> list[tuple[TopicPartition, list[Any]]]:
-        """Buffer records of one partition; return the full batches this completes."""
-        ready: list[tuple[TopicPartition, list[Any]]] = []
-        if not records:
+        self, tp: TopicPartition, records: RecordColumns, now: float
+    ) -> list[tuple[TopicPartition, RecordColumns]]:
+        """Buffer records of one partition; return the full batches this completes.
+
+        The batcher keeps ``records`` (no copy): the caller must not change them after.
+        """
+        ready: list[tuple[TopicPartition, RecordColumns]] = []
+        if not len(records):
             return ready
         buffer = self._buffers.get(tp)
-        if buffer is None:
-            buffer = self._buffers[tp] = _Buffer(started_at=now)
-        buffer.records.extend(records)
+        if buffer is None:  # the batcher owns the polled columns from here on
+            buffer = self._buffers[tp] = _Buffer(started_at=now, records=records)
+        else:
+            buffer.records.extend(records)
         while len(buffer.records) >= self.max_records:
-            ready.append((tp, buffer.records[: self.max_records]))
-            del buffer.records[: self.max_records]
+            ready.append((tp, buffer.records.take(self.max_records)))
             buffer.started_at = now
-        if not buffer.records:
+        if not len(buffer.records):
             del self._buffers[tp]
         return ready
 
-    def expired(self, now: float) -> list[tuple[TopicPartition, list[Any]]]:
+    def expired(self, now: float) -> list[tuple[TopicPartition, RecordColumns]]:
         """Release every partial batch older than ``max_wait_s``."""
         ready = [
             (tp, buf.records)
@@ -59,16 +64,16 @@ class MicroBatcher:
             del self._buffers[tp]
         return ready
 
-    def drain(self) -> list[tuple[TopicPartition, list[Any]]]:
+    def drain(self) -> list[tuple[TopicPartition, RecordColumns]]:
         """Release every buffered record."""
         ready = [(tp, buf.records) for tp, buf in self._buffers.items()]
         self._buffers.clear()
         return ready
 
-    def first(self, tp: TopicPartition) -> Any | None:
-        """The oldest buffered record of a partition, or None."""
+    def first_offset(self, tp: TopicPartition) -> int | None:
+        """The offset of the oldest buffered record of a partition, or None."""
         buffer = self._buffers.get(tp)
-        return buffer.records[0] if buffer is not None and buffer.records else None
+        return buffer.records.offsets[0] if buffer is not None and len(buffer.records) else None
 
     def discard(self, tps: list[TopicPartition]) -> int:
         """Drop buffered records of revoked partitions; return how many were dropped."""

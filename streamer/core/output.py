@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 import orjson
@@ -21,6 +22,18 @@ def key_text(key: bytes | None) -> str | None:
     if key is None:
         return None
     return key.decode("utf-8", "backslashreplace")
+
+
+# The bytes a JSON string holds as they are: printable ASCII except '"' and '\\'.
+_PLAIN_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
+
+
+def _plain_keys(keys: Sequence[bytes | None]) -> bool:
+    """True when every key is present and its JSON string is itself between quotes."""
+    if not keys or None in keys:
+        return False
+    # Deleting every plain byte leaves nothing (one pass in C; a regex was 10x slower).
+    return not b"".join(cast("Sequence[bytes]", keys)).translate(None, _PLAIN_BYTES)
 
 
 def encode_predictions(
@@ -57,6 +70,14 @@ def encode_predictions(
     if predictions.ndim == 1:
         # One %-format per record (key, offset, score): the common single-output case.
         single = head + b',"offset":%d,' + literal(output_names[0]) + b":%r" + tail
+        if _plain_keys(keys):
+            # Every key is printable ASCII without '"' or '\\': its JSON string is
+            # the bytes between quotes, with no decode and no dumps per record.
+            plain = single.replace(b'"key":%s', b'"key":"%s"', 1)
+            return [
+                plain % (keys[row], offsets[row], value)
+                for row, value in zip(rows.tolist(), values, strict=True)
+            ]
         return [
             single
             % (

@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from streamer.clients.base import RecordColumns
 from streamer.settings import KafkaSettings
 
 TP = tuple[str, int]
@@ -197,7 +198,7 @@ class FakeConsumer:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
 
-    def poll(self, timeout_s: float, max_records: int) -> dict[TP, list[FakeRecord]]:
+    def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         assert max_records >= 1
         with self._cond:
             self.polls += 1
@@ -220,7 +221,7 @@ class FakeConsumer:
             if not polled and timeout_s > 0:
                 self._cond.wait(timeout_s)
                 polled = self._take(max_records)
-            return polled
+            return {tp: RecordColumns.of(records) for tp, records in polled.items()}
 
     def _take(self, max_records: int) -> dict[TP, list[FakeRecord]]:
         polled: dict[TP, list[FakeRecord]] = {}

@@ -178,7 +178,7 @@ class TestReading:
         consumer.subscribe("in", assigned.append, lambda _tps: None)
         polled = consumer.poll(0, 10)
         assert assigned == [[("in", 0)]]
-        assert [r.offset for r in polled[("in", 0)]] == list(range(10))
+        assert polled[("in", 0)].offsets == list(range(10))
         assert source.rows_read == 10
         assert not source.eof
         assert consumer.highwater(("in", 0)) == 10

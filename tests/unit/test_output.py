@@ -134,6 +134,11 @@ class TestEncodePredictions:
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
+# Printable ASCII without escapes: the keys that take the encoder's plain path.
+PLAIN_KEYS = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+    max_size=12,
+).map(str.encode)
 FIXED_FIELDS = {"key", "topic", "partition", "offset", "model", "scored_at"}
 
 
@@ -141,7 +146,7 @@ FIXED_FIELDS = {"key", "topic", "partition", "offset", "model", "scored_at"}
 @given(
     topic=st.text(min_size=1, max_size=20),
     partition=st.integers(0, 10_000),
-    keys=st.lists(st.none() | st.binary(max_size=12), min_size=1, max_size=8),
+    keys=st.lists(st.none() | st.binary(max_size=12) | PLAIN_KEYS, min_size=1, max_size=8),
     names=st.lists(
         st.text(min_size=1, max_size=8).filter(lambda name: name not in FIXED_FIELDS),
         min_size=1,
@@ -271,3 +276,32 @@ class TestHistogramQuantile:
     def test_empty_buckets_below_the_rank_are_skipped(self) -> None:
         buckets = [(0.1, 0.0), (0.2, 0.0), (0.4, 4.0), (math.inf, 4.0)]
         assert histogram_quantile(0.5, buckets) == pytest.approx(0.3)
+
+
+@settings(deadline=None, database=None)
+@given(
+    keys=st.lists(st.none() | st.binary(max_size=6) | PLAIN_KEYS, min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_a_record_s_output_bytes_do_not_depend_on_its_batch_mates(
+    keys: list[bytes | None], data: st.DataObject
+) -> None:
+    """A batch of plain keys and a batch with one escaped key take different paths:
+    each record must still come out byte for byte as it does alone."""
+    scores = data.draw(st.lists(finite, min_size=len(keys), max_size=len(keys)))
+
+    def encode(rows: list[int]) -> list[bytes]:
+        return encode_predictions(
+            topic="in",
+            partition=3,
+            offsets=[1000 + row for row in rows],
+            keys=[keys[row] for row in rows],
+            rows=np.arange(len(rows), dtype=np.int64),
+            predictions=np.array([scores[row] for row in rows], dtype=np.float64),
+            output_names=("score",),
+            model=MODEL,
+            scored_at="2026-01-02T03:04:05.678Z",
+        )
+
+    together = encode(list(range(len(keys))))
+    assert together == [encode([row])[0] for row in range(len(keys))]
