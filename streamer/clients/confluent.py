@@ -65,6 +65,7 @@ _timestamp = Message.timestamp
 _partition = Message.partition
 _error = Message.error
 _second = operator.itemgetter(1)
+_ANY_PARTITION = -1  # RD_KAFKA_PARTITION_UA: let the configured partitioner choose
 
 # Producer ceilings: the pipeline's credits (batch.max_in_flight) bound what is
 # queued, so these only have to be high enough never to be the limit.
@@ -492,7 +493,9 @@ class Producer:
             if headers is None:  # the common case: no headers argument to parse
                 for value, key in zip(group.values, group.keys, strict=True):
                     try:
-                        produce(topic, value, key, on_delivery=report)
+                        # Positional (partition -1: the partitioner's choice): a keyword
+                        # argument cost 0.3 us more per record in the argument parsing.
+                        produce(topic, value, key, _ANY_PARTITION, report)
                     except BufferError:
                         self._produce(topic, value, key, on_delivery=report)
                 continue
