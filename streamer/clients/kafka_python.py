@@ -233,8 +233,10 @@ class Producer:
             )
         except KafkaError as exc:
             raise broker_error("start the producer", settings, exc) from None
-        self._partition_cache: dict[str, tuple[list[int], dict[bytes, int]]] = {}
-        self._tp_cache: dict[str, dict[int, TopicPartition]] = {}
+        # topic -> (its partitions, key -> partition, partition -> TopicPartition)
+        self._partition_cache: dict[
+            str, tuple[list[int], dict[bytes, int], dict[int, TopicPartition]]
+        ] = {}
         self._direct_append = self._direct_append_fn()
 
     def send(
@@ -321,18 +323,15 @@ class Producer:
 
     def _topic_partitions(self, topic: str) -> dict[int, TopicPartition]:
         """The topic's partitions as of the last :meth:`_partitioner` call."""
-        partitions = self._partition_cache[topic][0]
-        tps = self._tp_cache.get(topic)
-        if tps is None or len(tps) != len(partitions):
-            tps = self._tp_cache[topic] = {p: TopicPartition(topic, p) for p in partitions}
-        return tps
+        return self._partition_cache[topic][2]
 
     def _partitioner(self, topic: str) -> Callable[[bytes], int]:
         """The default partitioner's choice for a key (murmur2 over all partitions), cached."""
         partitions = sorted(self._producer.partitions_for(topic))
         cache = self._partition_cache.get(topic)
         if cache is None or cache[0] != partitions:
-            cache = self._partition_cache[topic] = (partitions, {})
+            tps = {p: TopicPartition(topic, p) for p in partitions}
+            cache = self._partition_cache[topic] = (partitions, {}, tps)
         known = cache[1]
         if len(known) > _PARTITION_CACHE_KEYS:
             known.clear()
