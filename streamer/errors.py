@@ -37,3 +37,9 @@ class DeadLetterRatioError(StreamerError):
     """The dead-letter circuit breaker tripped: too many records cannot be scored."""
 
     restartable = False
+
+
+class UnanswerableRecordError(StreamerError):
+    """The broker refused a record's dead letter even as headers only."""
+
+    restartable = False

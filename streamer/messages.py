@@ -122,6 +122,21 @@ class BatchAcked:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPartlyDelivered:
+    """Producer -> consumer, before the producer dies: the answers below an offset are in.
+
+    The broker acknowledged the answer of every record of the batch below
+    ``answered_below``, in input order, before a connection-level failure.
+    A :class:`Rewind` then sends only the rest of the batch again.
+    """
+
+    batch_id: int
+    topic: str
+    partition: int
+    answered_below: int
+
+
+@dataclass(frozen=True, slots=True)
 class Poll:
     """Consumer -> itself: fetch the next records (keeps the inbox responsive)."""
 
@@ -191,6 +206,8 @@ class BatchDelivered:
     produce_seconds: float
     timestamps_ms: Sequence[int] = ()
     acked_at: float = 0.0
+    truncated: int = 0
+    unanswerable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +219,7 @@ class ConsumerProgress:
     committed: dict[tuple[str, int], int]
     lag: dict[tuple[str, int], int]
     paused_partitions: int
+    in_flight_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

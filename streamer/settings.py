@@ -55,6 +55,18 @@ class KafkaSettings:
     fetch_max_wait_s: float = _doc("Longest the broker holds a fetch for more data.", default=0.05)
     linger_s: float = _doc("Producer batching delay.", default=0.005)
     producer_batch_bytes: int = _doc("Producer batch size per partition.", default=131072)
+    max_request_bytes: int = _doc(
+        "Largest record the producer sends (kafka-python max_request_size, librdkafka "
+        "message.max.bytes); keep it at or below the broker's message.max.bytes. A larger "
+        "output becomes a 'produce_rejected' dead letter; a larger dead letter is cut.",
+        default=1048576,
+    )
+    dead_letter_prefix_bytes: int = _doc(
+        "When a dead letter would be larger than max_request_bytes, its value (and, if still "
+        "too large, its key) is cut to at most this many leading bytes; 0 keeps none. "
+        "Headers then give the original size and SHA-256.",
+        default=4096,
+    )
     delivery_timeout_s: float = _doc("Give up on an output record after this long.", default=120.0)
     bootstrap_timeout_s: float = _doc(
         "How long a client waits for the broker at start.", default=30.0
@@ -85,6 +97,12 @@ class BatchSettings:
     max_wait_s: float = _doc("Longest a partial micro-batch waits for more records.", default=0.05)
     max_in_flight: int = _doc(
         "Most batches between consume and commit; above it partitions are paused.", default=16
+    )
+    max_in_flight_bytes: int = _doc(
+        "Most bytes of record keys and values between consume and commit; above it partitions "
+        "are paused, and a micro-batch is cut at max_in_flight_bytes / max_in_flight bytes. "
+        "A single larger record still passes, alone.",
+        default=67108864,
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
     eager_when_idle: bool = _doc(
@@ -207,6 +225,12 @@ class SupervisionSettings:
     broker_retry_s: float = _doc(
         "Retry interval while the broker is unreachable at start (0: fail at once).", default=5.0
     )
+    on_unanswerable: str = _doc(
+        "A record whose dead letter the broker refuses even in its minimal form (headers "
+        "only): 'stop' (exit 1 naming its offset; nothing is committed past it) or 'skip' "
+        "(commit past it, count it in streamer_records_unanswerable_total, log it at ERROR).",
+        default="stop",
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +278,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "kafka.security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     "kafka.sasl_mechanism": ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     "preprocess.missing": ("dlq", "drop", "impute"),
+    "supervision.on_unanswerable": ("stop", "skip"),
     "model.kind": ("linear", "sklearn", "onnx", "python"),
     "model.method": ("auto", "predict", "predict_proba", "decision_function", "score_samples"),
     "model.probabilities": ("positive", "all"),
@@ -262,6 +287,8 @@ _POSITIVE = {
     "batch.max_records",
     "batch.max_in_flight",
     "batch.max_record_bytes",
+    "batch.max_in_flight_bytes",
+    "kafka.max_request_bytes",
     "preprocess.workers",
     "model.workers",
     "kafka.max_poll_records",
@@ -278,6 +305,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "kafka.commit_interval_s",
+    "kafka.dead_letter_prefix_bytes",
     "supervision.max_restarts",
     "supervision.backoff_initial_s",
     "supervision.backoff_max_s",

@@ -226,6 +226,7 @@ class Pipeline:
                 on_failure=on_failure,
                 client_factory=self._producer_factory,
                 breaker=breaker,
+                on_unanswerable=sup.on_unanswerable,
             )
         if kind == "model":
             return ModelActor.start(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import itertools
@@ -17,11 +18,12 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.client import TP, GroupConsumer, RecordColumns
-from streamer.core.batching import MicroBatcher
+from streamer.core.batching import MicroBatcher, columns_bytes
 from streamer.core.offsets import WatermarkTracker
 from streamer.errors import DeliveryError
 from streamer.messages import (
     BatchAcked,
+    BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
     GetStatus,
@@ -92,7 +94,14 @@ class ConsumerActor(PipelineActor):
         self._client: GroupConsumer | None = None
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[pykka.ActorRef] | None = None
-        self._batcher = MicroBatcher(batch.max_records, batch.max_wait_s)
+        # Cut at an equal share of the byte cap, so that max_in_flight batches fit in it.
+        self._batcher = MicroBatcher(
+            batch.max_records,
+            batch.max_wait_s,
+            max(1, batch.max_in_flight_bytes // batch.max_in_flight),
+        )
+        # Bytes per record of the last poll: bounds the next poll by the free bytes.
+        self._record_bytes = 0.0
         # Partial batches leave at once while fewer batches than this are in flight.
         self._eager_below = max(1, batch.max_in_flight // 4) if batch.eager_when_idle else 0
         self._tracker = WatermarkTracker()
@@ -155,9 +164,9 @@ class ConsumerActor(PipelineActor):
             case _Tick():
                 if not self._poll_scheduled:
                     self._poll_once()
-            case BatchAcked() as ack:
+            case BatchAcked() | BatchPartlyDelivered() as delivery:
                 with self._lock:
-                    self._on_ack(ack)
+                    self._on_delivery(delivery)
             case _CommitResult(offsets=offsets, error=error):
                 if error is None:
                     with self._lock:
@@ -194,7 +203,8 @@ class ConsumerActor(PipelineActor):
         now = time.monotonic()
         with self._lock:
             free_batches = self._batch.max_in_flight - self._tracker.batches_in_flight
-            can_take = self._fetching and free_batches > 0
+            free_bytes = self._batch.max_in_flight_bytes - self._tracker.bytes_in_flight
+            can_take = self._fetching and free_batches > 0 and free_bytes > 0
             self._set_paused(not can_take)
             deadline = self._batcher.time_to_next_deadline(now)
         if can_take:
@@ -202,6 +212,9 @@ class ConsumerActor(PipelineActor):
             max_records = min(
                 self._settings.max_poll_records, free_batches * self._batch.max_records
             )
+            if self._record_bytes:
+                # Large records: take about what the free bytes hold (at least one).
+                max_records = max(1, min(max_records, int(free_bytes / self._record_bytes)))
             polled = client.poll(min(timeout, 0.5), max_records)
         else:
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
@@ -244,14 +257,19 @@ class ConsumerActor(PipelineActor):
             log.debug("could not refresh the end offsets for the lag gauge: %s", exc)
 
     def _dispatch_all(self, ready: list[tuple[TP, RecordColumns]]) -> None:
-        for tp, records in ready:
-            self._dispatch(tp, records)
+        nbytes = records = 0
+        for tp, batch in ready:
+            nbytes += self._dispatch(tp, batch)
+            records += len(batch)
+        if records:
+            self._record_bytes = nbytes / records
         if ready:
             # One metrics message per poll, not per batch: each message costs the
             # metrics actor a wakeup, which small batches would pay many times.
             self._emit(RecordsConsumed(sum(len(records) for _, records in ready)))
 
-    def _dispatch(self, tp: TP, records: RecordColumns) -> None:
+    def _dispatch(self, tp: TP, records: RecordColumns) -> int:
+        """Send one batch on; returns its bytes."""
         assert self._preprocessors is not None
         seq = self._next_seq(tp)
         source = SourceBatch(
@@ -266,12 +284,14 @@ class ConsumerActor(PipelineActor):
             dispatched_at=time.monotonic(),
             epoch=self._epoch,
         )
+        nbytes = columns_bytes(records)
         self._tracker.track(
-            tp, source.batch_id, source.first_offset, source.last_offset, len(records)
+            tp, source.batch_id, source.first_offset, source.last_offset, len(records), nbytes
         )
         self._unacked.setdefault(tp, deque()).append(source)
         self._records_dispatched += len(records)
         next(self._preprocessors).tell(ScoreBatch(source))
+        return nbytes
 
     def _next_seq(self, tp: TP) -> int:
         seq = self._seq.get(tp, 0)
@@ -298,6 +318,36 @@ class ConsumerActor(PipelineActor):
             resent += len(renewed)
         log.warning("rewind to epoch %d: %d unacknowledged batches sent again", epoch, resent)
         return {"epoch": epoch, "batches_resent": resent}
+
+    def _on_delivery(self, delivery: BatchAcked | BatchPartlyDelivered) -> None:
+        if isinstance(delivery, BatchAcked):
+            self._on_ack(delivery)
+        else:
+            self._answered_below(delivery)
+
+    def _answered_below(self, partly: BatchPartlyDelivered) -> None:
+        """Keep only the unanswered tail of a batch for the next Rewind.
+
+        The answers below ``answered_below`` were acknowledged, in order, so
+        sending them again would only write duplicates. The batch keeps its id,
+        so its acknowledgement still moves the watermark to its end.
+        """
+        queue = self._unacked.get((partly.topic, partly.partition))
+        if not queue:
+            return
+        for position, source in enumerate(queue):
+            if source.batch_id != partly.batch_id:
+                continue
+            cut = bisect.bisect_left(source.offsets, partly.answered_below)
+            if 0 < cut < len(source):
+                queue[position] = dataclasses.replace(
+                    source,
+                    offsets=source.offsets[cut:],
+                    keys=source.keys[cut:],
+                    values=source.values[cut:],
+                    timestamps_ms=source.timestamps_ms[cut:],
+                )
+            return
 
     def _first_undelivered(self, tp: TP) -> int | None:
         """The lowest offset of this partition that was fetched but not delivered."""
@@ -356,6 +406,7 @@ class ConsumerActor(PipelineActor):
             self._fetching
             and self._paused
             and self._tracker.batches_in_flight < self._batch.max_in_flight
+            and self._tracker.bytes_in_flight < self._batch.max_in_flight_bytes
         ):
             self._schedule_poll()
 
@@ -472,6 +523,7 @@ class ConsumerActor(PipelineActor):
             "assigned": list(self._assigned),
             "batches_in_flight": self._tracker.batches_in_flight,
             "records_in_flight": self._tracker.records_in_flight,
+            "bytes_in_flight": self._tracker.bytes_in_flight,
             "records_dispatched": self._records_dispatched,
             "records_buffered": self._batcher.buffered,
             "epoch": self._epoch,
@@ -497,5 +549,6 @@ class ConsumerActor(PipelineActor):
                 committed=self._tracker.committed(),
                 lag=lag,
                 paused_partitions=len(self._assigned) if self._paused else 0,
+                in_flight_bytes=self._tracker.bytes_in_flight,
             )
         )

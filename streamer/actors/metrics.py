@@ -157,6 +157,17 @@ class PipelineMetrics:
             "Records skipped by preprocess.missing='drop'.",
             registry=registry,
         )
+        self.dead_letters_truncated = Counter(
+            "streamer_dead_letters_truncated",
+            "Dead letters whose value (or key) was cut to fit kafka.max_request_bytes.",
+            registry=registry,
+        )
+        self.records_unanswerable = Counter(
+            "streamer_records_unanswerable",
+            "Records committed past with no answer: even their headers-only dead letter was "
+            "refused (supervision.on_unanswerable = 'skip').",
+            registry=registry,
+        )
         self.batches = Counter(
             "streamer_batches", "Micro-batches fully delivered.", registry=registry
         )
@@ -207,6 +218,11 @@ class PipelineMetrics:
             "Records between dispatch and commit watermark.",
             registry=registry,
         )
+        self.in_flight_bytes = Gauge(
+            "streamer_in_flight_bytes",
+            "Bytes of record keys and values between dispatch and commit watermark.",
+            registry=registry,
+        )
         self.committed_offset = Gauge(
             "streamer_committed_offset",
             "Last committed offset, per partition.",
@@ -254,6 +270,7 @@ class PipelineMetrics:
             case ConsumerProgress() as p:
                 self.in_flight_batches.set(p.in_flight_batches)
                 self.in_flight_records.set(p.in_flight_records)
+                self.in_flight_bytes.set(p.in_flight_bytes)
                 self.paused_partitions.set(p.paused_partitions)
                 self._committed_series = _set_per_partition(
                     self.committed_offset, self._committed_series, p.committed
@@ -275,6 +292,10 @@ class PipelineMetrics:
             (child or self.dead_letters.labels(reason=reason)).inc(count)
         if d.dropped:
             self.records_dropped.inc(d.dropped)
+        if d.truncated:
+            self.dead_letters_truncated.inc(d.truncated)
+        if d.unanswerable:
+            self.records_unanswerable.inc(d.unanswerable)
         self.batches.inc()
         self.batch_size.observe(d.size)
         self.batch_latency.observe(d.batch_seconds)

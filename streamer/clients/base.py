@@ -8,6 +8,7 @@ A backend is three callables: a consumer factory, a producer factory and
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,33 @@ from streamer.settings import KafkaSettings
 
 TP = tuple[str, int]
 Headers = list[tuple[str, bytes]]
-DoneCallback = Callable[[str | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailure:
+    """One record of a batch that the client or the broker did not accept.
+
+    ``index`` counts the records of the whole batch, group after group, in send
+    order. ``record_level`` is True when the refusal is about this record alone
+    (too large, an invalid timestamp or record, a key the client cannot take),
+    as told by the client's error code: sending it again cannot help, but the
+    rest of the pipeline is fine. Otherwise the failure is the connection's or
+    the broker's (timeouts, a fenced producer, authorization), and a fresh
+    client may succeed.
+    """
+
+    index: int
+    error: str
+    record_level: bool
+
+
+# Called once per batch, when every record is acknowledged or failed for good:
+# with no failures, every record of the batch was acknowledged.
+DoneCallback = Callable[[Sequence[SendFailure]], None]
+
+
+class RecordRejectedError(Exception):
+    """Raised by a client (the file sink, a test fake) that refuses one record alone."""
 
 
 class Record(Protocol):
@@ -190,8 +217,13 @@ class ProducerClient(Protocol):
         ...
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as one line for a log or a header: its type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 class BatchDelivery:
-    """Counts the acknowledgements of one batch and calls ``done(error)`` once.
+    """Counts the outcomes of one batch's records and calls ``done(failures)`` once.
 
     It starts one above the number of sends, and :meth:`arm` takes that one
     away after the last send, so it cannot fire before every send was
@@ -199,11 +231,11 @@ class BatchDelivery:
     thread.
     """
 
-    __slots__ = ("_done", "_error", "_lock", "_pending")
+    __slots__ = ("_done", "_failures", "_lock", "_pending")
 
     def __init__(self, sends: int, done: DoneCallback) -> None:
         self._pending = sends + 1
-        self._error: str | None = None
+        self._failures: list[SendFailure] = []
         self._lock = threading.Lock()
         self._done = done
 
@@ -215,11 +247,12 @@ class BatchDelivery:
         """A record was acknowledged."""
         self._settle()
 
-    def failed(self, exc: BaseException | str) -> None:
-        """A record failed for good (after the client's own retries)."""
+    def failed(self, index: int, exc: BaseException, *, record_level: bool | None = None) -> None:
+        """Record ``index`` failed for good (after the client's own retries)."""
+        if record_level is None:
+            record_level = isinstance(exc, RecordRejectedError)
         with self._lock:
-            if self._error is None:
-                self._error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+            self._failures.append(SendFailure(index, error_text(exc), record_level))
         self._settle()
 
     def _settle(self) -> None:
@@ -227,28 +260,37 @@ class BatchDelivery:
             self._pending -= 1
             finished = self._pending == 0
         if finished:
-            self._done(self._error)
+            self._done(sorted(self._failures, key=lambda f: f.index))
 
 
 def send_batch(client: ProducerClient, groups: Sequence[OutputGroup], done: DoneCallback) -> None:
-    """Send every record of ``groups``, in order, and call ``done(error)`` once all settled.
+    """Send every record of ``groups``, in order, and call ``done(failures)`` once all settled.
 
     A backend with its own ``send_batch`` does it with less work per record;
-    any other client (a test fake, the file sink) is driven one ``send`` at a time.
+    any other client (a test fake, the file sink) is driven one ``send`` at a
+    time. There, a :class:`RecordRejectedError`, raised by ``send`` or given to
+    the errback, is a record-level failure; any other exception from ``send``
+    propagates (the producer actor dies and is restarted).
     """
     native = getattr(client, "send_batch", None)
     if native is not None:
         native(groups, done)
         return
     delivery = BatchDelivery(sum(len(g) for g in groups), done)
+    index = 0
     for group in groups:
         headers = group.headers
-        for index, value in enumerate(group.values):
-            future = client.send(
-                group.topic, value, group.keys[index], None if headers is None else headers[index]
-            )
-            future.add_callback(delivery.ok)
-            future.add_errback(delivery.failed)
+        for row, value in enumerate(group.values):
+            try:
+                future = client.send(
+                    group.topic, value, group.keys[row], None if headers is None else headers[row]
+                )
+            except RecordRejectedError as exc:
+                delivery.failed(index, exc, record_level=True)
+            else:
+                future.add_callback(delivery.ok)
+                future.add_errback(functools.partial(delivery.failed, index))
+            index += 1
     delivery.arm()
 
 

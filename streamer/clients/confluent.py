@@ -21,6 +21,7 @@ with the Java client and kafka-python.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import threading
@@ -47,7 +48,9 @@ from streamer.clients.base import (
     Headers,
     OutputGroup,
     RecordColumns,
+    SendFailure,
     broker_error,
+    error_text,
     latest_end,
 )
 from streamer.settings import KafkaSettings
@@ -55,7 +58,39 @@ from streamer.settings import KafkaSettings
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("streamer.rdkafka")
 
-__all__ = ["GroupConsumer", "Producer", "ensure_topics"]
+__all__ = ["GroupConsumer", "Producer", "ensure_topics", "is_record_level"]
+
+# Error codes that refuse one record for what it is, so that sending it again
+# cannot help (the same as the kafka-python backend's): CORRUPT_MESSAGE,
+# MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_TIMESTAMP, INVALID_RECORD,
+# and librdkafka's local refusals of a message (_BAD_MSG, _INVALID_ARG,
+# _KEY_SERIALIZATION, _VALUE_SERIALIZATION).
+RECORD_LEVEL_CODES = frozenset(
+    {
+        KafkaError.INVALID_MSG,  # CORRUPT_MESSAGE
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.INVALID_RECORD,
+        KafkaError._BAD_MSG,
+        KafkaError._INVALID_ARG,
+        KafkaError._KEY_SERIALIZATION,
+        KafkaError._VALUE_SERIALIZATION,
+    }
+)
+
+
+def is_record_level(error: KafkaError | BaseException) -> bool:
+    """True when librdkafka or the broker refused a record for its own content.
+
+    A fatal error (a fenced idempotent producer) is never record-level, whatever
+    its code: the producer must be replaced.
+    """
+    if isinstance(error, KafkaException):
+        error = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else error
+    if isinstance(error, KafkaError):
+        return not error.fatal() and error.code() in RECORD_LEVEL_CODES
+    return isinstance(error, TypeError | ValueError)
 
 # Unbound methods, mapped over a list of messages in C: each column is one list().
 _offset = Message.offset
@@ -376,22 +411,64 @@ class GroupConsumer:
 
 
 class _BatchReport:
-    """One batch's delivery reports; only the producer's poll thread calls :meth:`report`."""
+    """One batch's delivery reports, and the records that ``produce`` refused at once.
 
-    __slots__ = ("_count", "_done", "_error", "_total")
+    The delivery thread calls :meth:`report`; the producer actor's thread calls
+    :meth:`refused` while it sends. ``next()`` of an ``itertools.count`` is
+    atomic under the GIL, so the count needs no lock, and the thread that
+    takes the last number calls ``done``. A failed report names its message,
+    not its index: the index is found from the batch's records, only when
+    something failed.
+    """
 
-    def __init__(self, total: int, done: DoneCallback) -> None:
+    __slots__ = ("_count", "_done", "_failed", "_groups", "_refused", "_total")
+
+    def __init__(self, groups: Sequence[OutputGroup], total: int, done: DoneCallback) -> None:
+        self._groups = groups
         self._total = total
-        self._count = 0
-        self._error: str | None = None
+        self._count = itertools.count(1)
+        self._failed: list[tuple[KafkaError, Message]] = []
+        self._refused: list[SendFailure] = []
         self._done = done
 
-    def report(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None and self._error is None:
-            self._error = f"KafkaError: {error.str()}"
-        self._count += 1
-        if self._count == self._total:
-            self._done(self._error)
+    def report(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failed.append((error, message))
+        if next(self._count) == self._total:
+            self._finish()
+
+    def refused(self, index: int, exc: BaseException) -> None:
+        self._refused.append(SendFailure(index, error_text(exc), True))
+        if next(self._count) == self._total:
+            self._finish()
+
+    def _finish(self) -> None:
+        failures = list(self._refused)
+        if self._failed:
+            failures.extend(self._locate())
+        failures.sort(key=lambda failure: failure.index)
+        self._done(failures)
+
+    def _locate(self) -> list[SendFailure]:
+        # Records are found by their content; two identical records (same topic,
+        # key, value and headers) are interchangeable, so either index is right.
+        where: dict[tuple[Any, ...], list[int]] = {}
+        index = 0
+        for group in self._groups:
+            headers = group.headers
+            for row, value in enumerate(group.values):
+                row_headers = None if headers is None else headers[row]
+                header = () if row_headers is None else tuple(row_headers)
+                where.setdefault((group.topic, group.keys[row], value, header), []).append(index)
+                index += 1
+        located = []
+        for error, message in self._failed:
+            header = tuple(cast("list[tuple[str, bytes]]", message.headers() or ()))
+            indexes = where.get((message.topic(), message.key(), message.value(), header))
+            position = indexes.pop(0) if indexes else -1
+            text = f"KafkaError: {error.str()}"
+            located.append(SendFailure(position, text, is_record_level(error)))
+        return located
 
 
 class _Future:
@@ -444,6 +521,7 @@ class Producer:
                 "linger.ms": settings.linger_s * 1000,
                 "batch.size": settings.producer_batch_bytes,
                 "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+                "message.max.bytes": settings.max_request_bytes,
                 "partitioner": "murmur2_random",
                 "queue.buffering.max.messages": _QUEUE_MAX_MESSAGES,
                 "queue.buffering.max.kbytes": _QUEUE_MAX_KBYTES,
@@ -481,26 +559,55 @@ class Producer:
         return future
 
     def send_batch(self, groups: Sequence[OutputGroup], done: DoneCallback) -> None:
-        """Send the groups in order; ``done(error)`` runs on the poll thread once all settled."""
+        """Send the groups in order; ``done(failures)`` runs once all settled.
+
+        It runs on the poll thread, or on the caller's when ``produce`` refused
+        the last records at once (e.g. above ``message.max.bytes``): such a
+        refusal is the record's failure, not the producer's.
+        """
         total = sum(len(g) for g in groups)
         if total == 0:
-            done(None)
+            done([])
             return
-        report = _BatchReport(total, done).report
+        batch = _BatchReport(groups, total, done)
+        report = batch.report
         produce = self._producer.produce
+        index = -1
         for group in groups:
             topic, headers = group.topic, group.headers
             if headers is None:  # the common case: no headers argument to parse
                 for value, key in zip(group.values, group.keys, strict=True):
+                    index += 1
                     try:
                         # Positional (partition -1: the partitioner's choice): a keyword
                         # argument cost 0.3 us more per record in the argument parsing.
                         produce(topic, value, key, _ANY_PARTITION, report)
                     except BufferError:
-                        self._produce(topic, value, key, on_delivery=report)
+                        self._produce_refusable(batch, index, topic, value, key, None)
+                    except (KafkaException, TypeError, ValueError) as exc:
+                        if not is_record_level(exc):
+                            raise
+                        batch.refused(index, exc)
                 continue
             for value, key, header in zip(group.values, group.keys, headers, strict=True):
-                self._produce(topic, value, key, on_delivery=report, headers=header)
+                index += 1
+                self._produce_refusable(batch, index, topic, value, key, header)
+
+    def _produce_refusable(
+        self,
+        batch: _BatchReport,
+        index: int,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers | None,
+    ) -> None:
+        try:
+            self._produce(topic, value, key, on_delivery=batch.report, headers=headers)
+        except (KafkaException, TypeError, ValueError) as exc:
+            if not is_record_level(exc):
+                raise
+            batch.refused(index, exc)
 
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged or failed (and reported)."""
@@ -534,3 +641,155 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 action = f"create topic {name!r}"
                 raise broker_error(action, settings, exc) from None
+
+
+def read_records(
+    settings: KafkaSettings,
+    topics: Sequence[str],
+    on_batch: Callable[[TP, RecordColumns, list[Headers]], None],
+    *,
+    idle_timeout_s: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    progress_interval_s: float = 1.0,
+) -> dict[TP, int]:
+    """Read whole topics from the beginning to their end, without committing anything.
+
+    A partition ends at librdkafka's end-of-partition event, which comes when a
+    fetch reaches the highwater that the broker reports (``query_watermark_offsets``
+    is wrong on Tansu: it answers the last batch's base offset + 1). Records are
+    handed to ``on_batch`` (partition, its records in offset order, their headers)
+    as they arrive, so nothing is kept here. Every ``progress_interval_s`` and at
+    the end, ``on_progress(read, total)`` gets the records read and the records
+    known to exist so far (from the watermarks of the last fetches).
+
+    Returns:
+        The end offset each partition was read to.
+
+    Raises:
+        BrokerError: Nothing was read and no partition reached its end for
+            ``idle_timeout_s`` (the deadline follows progress, not the topic's size).
+    """
+    import uuid  # noqa: PLC0415 - this function stands alone
+
+    from confluent_kafka import OFFSET_BEGINNING  # noqa: PLC0415
+
+    from streamer.core.reconcile import Pacer  # noqa: PLC0415
+    from streamer.errors import BrokerError  # noqa: PLC0415
+
+    consumer = Consumer(
+        {
+            **_common(settings),
+            # Required by librdkafka; nothing is committed and no group is joined.
+            "group.id": f"streamer-reader-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 50,
+            "fetch.queue.backoff.ms": 10,
+            "queued.max.messages.kbytes": 16_384,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    ends: dict[TP, int] = {}
+    try:
+        try:
+            metadata = consumer.list_topics(timeout=settings.bootstrap_timeout_s)
+        except KafkaException as exc:
+            raise broker_error("start a reader", settings, exc) from None
+        tps = [
+            (topic, partition)
+            for topic in topics
+            if topic in metadata.topics
+            for partition in sorted(metadata.topics[topic].partitions)
+        ]
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
+        remaining = set(tps)
+        pacer = Pacer(tps)
+        paused: set[TP] = set()
+        read = 0
+        last_progress = last_report = time.monotonic()
+
+        def total() -> int:
+            known = 0
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                if low >= 0 and high >= 0:
+                    known += high - low
+            return max(read, known)
+
+        while remaining:
+            progressed = False
+            messages = consumer.consume(5000, 0.2)
+            start = 0
+            while start < len(messages):
+                first = messages[start]
+                tp = (first.topic() or "", first.partition() or 0)
+                end = start + 1
+                error = first.error()
+                if error is None:
+                    while (
+                        end < len(messages)
+                        and messages[end].error() is None
+                        and messages[end].partition() == tp[1]
+                        and messages[end].topic() == tp[0]
+                    ):
+                        end += 1
+                    if tp in remaining:
+                        chunk = messages[start:end]
+                        columns = RecordColumns(
+                            [m.offset() or 0 for m in chunk],
+                            [m.key() for m in chunk],
+                            [m.value() for m in chunk],
+                            [m.timestamp()[1] for m in chunk],
+                        )
+                        on_batch(tp, columns, [m.headers() or [] for m in chunk])
+                        pacer.read(tp, columns.timestamps[-1])
+                        read += len(chunk)
+                        progressed = True
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if tp in remaining:
+                        remaining.discard(tp)
+                        ends[tp] = first.offset() or 0
+                        pacer.finished(tp)
+                        consumer.pause([TopicPartition(*tp)])
+                        paused.discard(tp)
+                        progressed = True
+                elif error.fatal():
+                    raise broker_error("read the topics", settings, KafkaException(error))
+                else:
+                    log.warning("reader: %s", error.str())
+                start = end
+            # Keep each topic's partitions at the same pace (see Pacer).
+            ahead = pacer.ahead()
+            if ahead != paused:
+                if ahead - paused:
+                    consumer.pause([TopicPartition(*tp) for tp in ahead - paused])
+                if paused - ahead:
+                    consumer.resume([TopicPartition(*tp) for tp in paused - ahead])
+                paused = ahead
+            now = time.monotonic()
+            if progressed:
+                last_progress = now
+            elif now - last_progress > idle_timeout_s:
+                unfinished = ", ".join(
+                    f"{t}/{p} at {position.offset} of "
+                    f"{consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)[1]}"
+                    for (t, p), position in zip(
+                        sorted(remaining)[:4],
+                        consumer.position([TopicPartition(*tp) for tp in sorted(remaining)[:4]]),
+                        strict=True,
+                    )
+                )
+                msg = (
+                    f"could not read {', '.join(topics)} to the end: no progress for "
+                    f"{idle_timeout_s:g}s after {read} records (unfinished: {unfinished})"
+                )
+                raise BrokerError(msg)
+            if on_progress is not None and now - last_report >= progress_interval_s:
+                last_report = now
+                on_progress(read, total())
+        if on_progress is not None:
+            on_progress(read, total())
+    finally:
+        consumer.close()
+    return ends

@@ -29,7 +29,9 @@ from streamer.clients.base import (
     OutputGroup,
     Record,
     RecordColumns,
+    SendFailure,
     broker_error,
+    error_text,
     latest_end,
 )
 from streamer.settings import KafkaSettings
@@ -42,7 +44,24 @@ _PARTITION_CACHE_KEYS = 100_000
 # (1 MiB by default) and fails the record alone if it is too large.
 _DIRECT_MAX_BYTES = 256 * 1024
 
-__all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics"]
+__all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics", "is_record_level"]
+
+# Kafka error codes that refuse one record for what it is, so that sending it
+# again cannot help: CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
+# INVALID_TIMESTAMP, INVALID_RECORD. The same codes as the confluent backend's.
+RECORD_LEVEL_ERRNOS = frozenset({2, 10, 18, 32, 87})
+
+
+def is_record_level(exc: BaseException) -> bool:
+    """True when kafka-python refused a record for its own content, not the connection's.
+
+    ``send`` raises TypeError or ValueError for a key, value or headers of a
+    type it cannot take; the broker's and the client's size checks carry a
+    Kafka error code (``errno``).
+    """
+    if isinstance(exc, TypeError | ValueError):
+        return True
+    return isinstance(exc, KafkaError) and getattr(exc, "errno", None) in RECORD_LEVEL_ERRNOS
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -182,18 +201,21 @@ class GroupConsumer:
 
 
 class _BatchWatch:
-    """Calls ``done(error)`` once every future of a batch is done, watching one at a time.
+    """Calls ``done(failures)`` once every future of a batch is done, watching one at a time.
 
     It registers on the first future that is not done yet; when that one
     settles it scans on, so a batch costs a callback per produce request it
     waits for rather than one per record. A record whose batch the client
-    splits (MESSAGE_TOO_LARGE) keeps its future, so nothing is missed.
+    splits (MESSAGE_TOO_LARGE) keeps its future, so nothing is missed. A
+    ``None`` future is a record that ``send`` refused at once: its failure is
+    in ``refused``.
     """
 
-    __slots__ = ("_done", "_finished", "_futures", "_lock", "_next")
+    __slots__ = ("_done", "_finished", "_futures", "_lock", "_next", "_refused")
 
-    def __init__(self, futures: list[Any], done: DoneCallback) -> None:
+    def __init__(self, futures: list[Any], refused: list[SendFailure], done: DoneCallback) -> None:
         self._futures = futures
+        self._refused = refused
         self._next = 0
         self._done = done
         self._finished = False
@@ -205,7 +227,7 @@ class _BatchWatch:
             if self._finished:
                 return
             index, count = self._next, len(futures)
-            while index < count and futures[index].is_done:
+            while index < count and (futures[index] is None or futures[index].is_done):
                 index += 1
             self._next = index
             pending = futures[index] if index < count else None
@@ -214,8 +236,13 @@ class _BatchWatch:
             pending.add_callback(self.advance)
             pending.add_errback(self.advance)
             return
-        error = next((f.exception for f in futures if f.exception is not None), None)
-        self._done(None if error is None else f"{type(error).__name__}: {error}")
+        failures = list(self._refused)
+        for index, future in enumerate(futures):
+            if future is not None and future.exception is not None:
+                error = future.exception
+                failures.append(SendFailure(index, error_text(error), is_record_level(error)))
+        failures.sort(key=lambda failure: failure.index)
+        self._done(failures)
 
 
 class Producer:
@@ -227,6 +254,7 @@ class Producer:
             self._producer = KafkaProducer(
                 **_common(settings),
                 acks="all",
+                max_request_size=settings.max_request_bytes,
                 linger_ms=int(settings.linger_s * 1000),
                 batch_size=settings.producer_batch_bytes,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
@@ -238,6 +266,8 @@ class Producer:
             str, tuple[list[int], dict[bytes, int], dict[int, TopicPartition]]
         ] = {}
         self._direct_append = self._direct_append_fn()
+        # Larger records take ``send``, whose size check refuses one above the limit.
+        self._direct_max_bytes = min(_DIRECT_MAX_BYTES, settings.max_request_bytes // 2)
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
@@ -263,9 +293,11 @@ class Producer:
           instead of a callback per record on the client's I/O thread.
         """
         futures: list[Any] = []
+        refused: list[SendFailure] = []
         keep = futures.append
         send = self._producer.send
         direct_append = self._direct_append
+        direct_max = self._direct_max_bytes
         for group in groups:
             topic, keys, headers = group.topic, group.keys, group.headers
             partition_of = self._partitioner(topic)
@@ -275,19 +307,27 @@ class Producer:
                 now = time.monotonic()
             for index, value in enumerate(group.values):
                 key = keys[index]
-                if direct is not None and key is not None and len(value) <= _DIRECT_MAX_BYTES:
+                if direct is not None and key is not None and len(value) + len(key) <= direct_max:
                     keep(direct(tp_of[partition_of(key)], key, value, now))
                     continue
-                keep(
-                    send(
-                        topic,
-                        value=value,
-                        key=key,
-                        headers=None if headers is None else headers[index],
-                        partition=None if key is None else partition_of(key),
+                try:
+                    keep(
+                        send(
+                            topic,
+                            value=value,
+                            key=key,
+                            headers=None if headers is None else headers[index],
+                            partition=None if key is None else partition_of(key),
+                        )
                     )
-                )
-        _BatchWatch(futures, done).advance()
+                except (KafkaError, TypeError, ValueError) as exc:
+                    if not is_record_level(exc):
+                        raise
+                    # Refused before it was queued (e.g. above max_request_size):
+                    # this record's failure alone, not the producer's.
+                    refused.append(SendFailure(len(futures), error_text(exc), True))
+                    keep(None)
+        _BatchWatch(futures, refused, done).advance()
 
     def _direct_append_fn(self) -> Callable[[TopicPartition, bytes, bytes, float], Any] | None:
         """``send`` minus its per-record checks, or None if this kafka-python differs.
@@ -369,3 +409,113 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
                 admin.create_topics([NewTopic(name, partitions, replication)])
     finally:
         admin.close()
+
+
+def read_records(
+    settings: KafkaSettings,
+    topics: Sequence[str],
+    on_batch: Callable[[TP, RecordColumns, list[Headers]], None],
+    *,
+    idle_timeout_s: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    progress_interval_s: float = 1.0,
+) -> dict[TP, int]:
+    """Read whole topics from the beginning to their end, without a group.
+
+    The end of a partition is its highwater as the fetches report it (on Tansu
+    ``end_offsets()`` answers the last batch's base offset + 1 instead).
+    Records are handed to ``on_batch`` (partition, its records in offset order,
+    their headers) as they arrive, so nothing is kept here. Every
+    ``progress_interval_s`` and at the end, ``on_progress(read, total)`` gets the
+    records read and the records known to exist so far.
+
+    Returns:
+        The end offset each partition was read to.
+
+    Raises:
+        BrokerError: Nothing was read and no partition reached its end for
+            ``idle_timeout_s`` (the deadline follows progress, not the topic's size).
+    """
+    from streamer.core.reconcile import Pacer  # noqa: PLC0415 - this function stands alone
+    from streamer.errors import BrokerError  # noqa: PLC0415
+
+    try:
+        consumer = KafkaConsumer(
+            **_common(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            max_poll_records=5000,
+        )
+    except KafkaError as exc:
+        raise broker_error("start a reader", settings, exc) from None
+    ends: dict[TP, int] = {}
+    try:
+        tps = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        timeout_ms = int(idle_timeout_s * 1000)
+        starts = {tp: consumer.position(tp, timeout_ms=timeout_ms) or 0 for tp in tps}
+        remaining = set(tps)
+        pacer = Pacer((tp.topic, tp.partition) for tp in tps)
+        paused: set[TP] = set()
+        read = 0
+        last_progress = last_report = time.monotonic()
+
+        def total() -> int:
+            highs = ((tp, consumer.highwater(tp)) for tp in tps)
+            return max(read, sum(high - starts[tp] for tp, high in highs if high is not None))
+
+        while remaining:
+            progressed = False
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                if records and tp in remaining:
+                    headers = [list(r.headers or ()) for r in records]
+                    columns = RecordColumns.of(records)
+                    on_batch((tp.topic, tp.partition), columns, headers)
+                    pacer.read((tp.topic, tp.partition), columns.timestamps[-1])
+                    read += len(records)
+                    progressed = True
+            for tp in list(remaining):
+                high = consumer.highwater(tp)
+                if high is not None and consumer.position(tp, timeout_ms=timeout_ms) >= high:
+                    remaining.discard(tp)
+                    pacer.finished((tp.topic, tp.partition))
+                    consumer.pause(tp)
+                    paused.discard((tp.topic, tp.partition))
+                    ends[(tp.topic, tp.partition)] = high
+                    progressed = True
+            # Keep each topic's partitions at the same pace (see Pacer).
+            ahead = pacer.ahead()
+            if ahead != paused:
+                if ahead - paused:
+                    consumer.pause(*(TopicPartition(t, p) for t, p in ahead - paused))
+                if paused - ahead:
+                    consumer.resume(*(TopicPartition(t, p) for t, p in paused - ahead))
+                paused = ahead
+            now = time.monotonic()
+            if progressed:
+                last_progress = now
+            elif now - last_progress > idle_timeout_s:
+                unfinished = ", ".join(
+                    f"{tp.topic}/{tp.partition} at {consumer.position(tp, timeout_ms=1000)}"
+                    f" of {consumer.highwater(tp)}"
+                    for tp in sorted(remaining)[:4]
+                )
+                msg = (
+                    f"could not read {', '.join(topics)} to the end: no progress for "
+                    f"{idle_timeout_s:g}s after {read} records (unfinished: {unfinished})"
+                )
+                raise BrokerError(msg)
+            if on_progress is not None and now - last_report >= progress_interval_s:
+                last_report = now
+                on_progress(read, total())
+        if on_progress is not None:
+            on_progress(read, total())
+    finally:
+        consumer.close(autocommit=False, timeout_ms=5000)
+    return ends

@@ -9,26 +9,46 @@ from streamer.clients.base import RecordColumns
 TopicPartition = tuple[str, int]
 
 
+def columns_bytes(records: RecordColumns) -> int:
+    """The bytes of the records' keys and values (a pass in C over each column)."""
+    return sum(map(len, filter(None, records.values))) + sum(map(len, filter(None, records.keys)))
+
+
+def _count_within(records: RecordColumns, max_bytes: int) -> int:
+    """How many leading records fit in ``max_bytes`` (at least one, so that nothing sticks)."""
+    total = 0
+    for count, (key, value) in enumerate(zip(records.keys, records.values, strict=True)):
+        total += len(key or b"") + len(value or b"")
+        if total > max_bytes:
+            return max(1, count)
+    return len(records)
+
+
 @dataclass(slots=True)
 class _Buffer:
     started_at: float
     records: RecordColumns = field(default_factory=RecordColumns.empty)
+    nbytes: int = 0
 
 
 class MicroBatcher:
     """Accumulates records per partition; releases a batch when full or old enough.
 
     A batch holds records of exactly one partition, in offset order, so that the
-    watermark and the output order stay per partition. Records stay in columns
+    watermark and the output order stay per partition. It is full at
+    ``max_records`` records or at ``max_bytes`` bytes of keys and values. Records stay in columns
     (:class:`RecordColumns`) from the poll to the batch.
     """
 
-    def __init__(self, max_records: int, max_wait_s: float) -> None:
+    def __init__(self, max_records: int, max_wait_s: float, max_bytes: int | None = None) -> None:
         if max_records < 1:
             msg = f"max_records must be >= 1, got {max_records}"
             raise ValueError(msg)
         self.max_records = max_records
         self.max_wait_s = max_wait_s
+        # A batch is also released, and cut, at this many bytes of keys and
+        # values (it always holds at least one record).
+        self.max_bytes = max_bytes
         self._buffers: dict[TopicPartition, _Buffer] = {}
 
     def add(
@@ -41,13 +61,24 @@ class MicroBatcher:
         ready: list[tuple[TopicPartition, RecordColumns]] = []
         if not len(records):
             return ready
+        max_bytes = self.max_bytes
         buffer = self._buffers.get(tp)
         if buffer is None:  # the batcher owns the polled columns from here on
             buffer = self._buffers[tp] = _Buffer(started_at=now, records=records)
         else:
             buffer.records.extend(records)
-        while len(buffer.records) >= self.max_records:
-            ready.append((tp, buffer.records.take(self.max_records)))
+        if max_bytes is not None:
+            buffer.nbytes += columns_bytes(records)
+        while len(buffer.records) >= self.max_records or (
+            max_bytes is not None and buffer.nbytes >= max_bytes
+        ):
+            count = self.max_records
+            if max_bytes is not None and buffer.nbytes >= max_bytes:
+                count = min(count, _count_within(buffer.records, max_bytes))
+            head = buffer.records.take(count)
+            if max_bytes is not None:
+                buffer.nbytes -= columns_bytes(head)
+            ready.append((tp, head))
             buffer.started_at = now
         if not len(buffer.records):
             del self._buffers[tp]

@@ -28,9 +28,11 @@ NON_FINITE = "non_finite"
 OVERSIZED = "oversized"
 EMPTY_VALUE = "empty_value"
 MODEL_ERROR = "model_error"
+# The client or the broker refused the record's prediction (e.g. too large).
+PRODUCE_REJECTED = "produce_rejected"
 REASONS = (
     NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
-    NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR,
+    NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
 )  # fmt: skip
 
 MISSING_POLICIES = ("dlq", "drop", "impute")

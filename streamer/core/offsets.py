@@ -18,6 +18,7 @@ TopicPartition = tuple[str, int]
 class _Pending:
     next_offset: int
     size: int
+    nbytes: int = 0
     acked: bool = False
 
 
@@ -34,13 +35,21 @@ class WatermarkTracker:
         self._committed: dict[TopicPartition, int] = {}
         self._failed: dict[int, str] = {}
         self._records_in_flight = 0
+        self._bytes_in_flight = 0
 
     def track(
-        self, tp: TopicPartition, batch_id: int, first_offset: int, last_offset: int, size: int
+        self,
+        tp: TopicPartition,
+        batch_id: int,
+        first_offset: int,
+        last_offset: int,
+        size: int,
+        nbytes: int = 0,
     ) -> None:
         """Record that a batch covering ``first_offset..last_offset`` was dispatched.
 
-        Batches of one partition must be tracked in offset order.
+        ``size`` is its number of records and ``nbytes`` the bytes of their keys
+        and values. Batches of one partition must be tracked in offset order.
         """
         if last_offset < first_offset:
             msg = (
@@ -57,8 +66,9 @@ class WatermarkTracker:
                 f"at or below an offset already tracked ({floor - 1})"
             )
             raise ValueError(msg)
-        queue[batch_id] = _Pending(next_offset=last_offset + 1, size=size)
+        queue[batch_id] = _Pending(next_offset=last_offset + 1, size=size, nbytes=nbytes)
         self._records_in_flight += size
+        self._bytes_in_flight += nbytes
 
     def ack(self, tp: TopicPartition, batch_id: int) -> bool:
         """Mark a batch delivered. Returns False for a batch that is not tracked."""
@@ -73,6 +83,7 @@ class WatermarkTracker:
             del queue[first_id]
             self._watermark[tp] = first.next_offset
             self._records_in_flight -= first.size
+            self._bytes_in_flight -= first.nbytes
         return True
 
     def is_pending(self, tp: TopicPartition, batch_id: int) -> bool:
@@ -117,6 +128,7 @@ class WatermarkTracker:
             queue = self._pending.pop(tp, None)
             if queue:
                 self._records_in_flight -= sum(p.size for p in queue.values())
+                self._bytes_in_flight -= sum(p.nbytes for p in queue.values())
                 for batch_id in queue:
                     self._failed.pop(batch_id, None)
             self._watermark.pop(tp, None)
@@ -131,6 +143,11 @@ class WatermarkTracker:
     def records_in_flight(self) -> int:
         """Records dispatched and not yet below the watermark."""
         return self._records_in_flight
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Bytes of the keys and values of records dispatched and not yet below the watermark."""
+        return self._bytes_in_flight
 
     def in_flight_for(self, tp: TopicPartition) -> int:
         """Batches in flight on one partition."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
@@ -99,6 +101,77 @@ def encode_predictions(
     return out
 
 
+# A readable error fits in a header; the rest of a very long one is cut.
+MAX_ERROR_CHARS = 1000
+# What a record costs beyond its key, value and header bytes: the record batch
+# header (61 bytes) and the record's own varints, with room to spare, so that a
+# record estimated to fit is never refused by the client's own size check.
+RECORD_OVERHEAD_BYTES = 256
+HEADER_OVERHEAD_BYTES = 8
+
+Headers = list[tuple[str, bytes]]
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
+    """An upper bound of the bytes a record takes in a produce request."""
+    size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+    for name, header in headers or ():
+        size += len(name) + len(header) + HEADER_OVERHEAD_BYTES
+    return size
+
+
+def _cut_headers(field: str, original: bytes) -> Headers:
+    return [
+        (f"streamer.{field}.size", str(len(original)).encode()),
+        (f"streamer.{field}.sha256", hashlib.sha256(original).hexdigest().encode()),
+        (f"streamer.{field}.truncated", b"true"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class FittedRecord:
+    """A dead letter as it is sent: cut to fit when it had to be."""
+
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    truncated: bool
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes, headers: Headers, *, max_bytes: int, prefix_bytes: int
+) -> FittedRecord:
+    """The dead letter unchanged when it fits in ``max_bytes``, else cut to fit.
+
+    The value is cut to at most ``prefix_bytes`` leading bytes (fewer when even
+    that does not fit), then, if the key alone is still too large, the key too.
+    Each cut field gets ``streamer.<field>.size``, ``.sha256`` (of the original
+    bytes) and ``.truncated`` headers, so that the original can be found and
+    checked in the input topic.
+    """
+    if record_size(key, value, headers) <= max_bytes:
+        return FittedRecord(key, value, headers, truncated=False)
+    cut = list(headers) + _cut_headers("value", value)
+    room = max_bytes - record_size(None, None, cut) - len(key or b"")
+    kept_value = value[: max(0, min(prefix_bytes, room))]
+    kept_key = key
+    if key is not None and room < 0:
+        cut += _cut_headers("key", key)
+        room = max_bytes - record_size(None, kept_value, cut)
+        kept_key = key[: max(0, min(prefix_bytes, room))]
+    return FittedRecord(kept_key, kept_value, cut, truncated=True)
+
+
+def minimal_dead_letter(key: bytes | None, value: bytes, headers: Headers) -> FittedRecord:
+    """The dead letter as headers only: no key, an empty value, their sizes and hashes."""
+    cut = list(headers)
+    if value:
+        cut += _cut_headers("value", value)
+    if key:
+        cut += _cut_headers("key", key)
+    return FittedRecord(None, b"", cut, truncated=bool(value or key))
+
+
 def dead_letter_headers(
     *,
     reason: str,
@@ -110,7 +183,12 @@ def dead_letter_headers(
     model_version: str,
     failed_at: str,
 ) -> list[tuple[str, bytes]]:
-    """Kafka headers that explain a dead letter; the value and key stay the original bytes."""
+    """Kafka headers that explain a dead letter; the value and key stay the original bytes.
+
+    The error text is cut to ``MAX_ERROR_CHARS``: it may quote the record.
+    """
+    if len(detail) > MAX_ERROR_CHARS:
+        detail = detail[: MAX_ERROR_CHARS - 3] + "..."
     return [
         ("streamer.reason", reason.encode()),
         ("streamer.error", detail.encode("utf-8", "backslashreplace")),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import pytest
 from kafka.partitioner.default import murmur2
 
 from streamer.clients import OutputGroup, backend
 from streamer.clients import kafka_python as kafka_python_backend
+from streamer.clients.base import SendFailure
 
 from .helpers import BACKENDS, Cluster
 
@@ -42,11 +44,11 @@ def test_send_batch_puts_every_record_in_its_key_partition_in_order_with_its_hea
         OutputGroup(topics.output, [b"no key"], [None]),
         OutputGroup(topics.output, [b"again"], [keys[3]]),
     ]
-    outcomes: list[str | None] = []
+    outcomes: list[Sequence[SendFailure]] = []
     settled = threading.Event()
 
-    def done(error: str | None) -> None:
-        outcomes.append(error)
+    def done(failures: Sequence[SendFailure]) -> None:
+        outcomes.append(failures)
         settled.set()
 
     producer = backend(client).producer(settings)
@@ -56,7 +58,7 @@ def test_send_batch_puts_every_record_in_its_key_partition_in_order_with_its_hea
     finally:
         producer.close()
 
-    assert outcomes == [None]
+    assert outcomes == [[]]
     outputs = cluster.read(topics.output)
     assert len(outputs.records) == len(KEYS) + 2
     by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
@@ -73,6 +75,48 @@ def test_send_batch_puts_every_record_in_its_key_partition_in_order_with_its_hea
         keyed = [record for record in seen if record[0] is not None]
         assert keyed == [r for r in sent if _murmur2_partition(r[0]) == partition]  # type: ignore[arg-type]
     assert sum(1 for seen in by_partition.values() for key, _ in seen if key is None) == 1
+
+
+@pytest.mark.parametrize("client", BACKENDS)
+def test_a_record_above_the_size_limit_fails_alone_as_a_record_failure_at_its_index(
+    client: str, cluster: Cluster
+) -> None:
+    topics = cluster.new_topics(partitions=1)
+    settings = cluster.settings(
+        topics, kafka={"client": client, "max_request_bytes": 100_000}
+    ).kafka
+    values = [b"small-0", b"x" * 200_000, b"small-2", b"y" * 150_000, b"small-4"]
+    headers: list[list[tuple[str, bytes]] | None] = [None, None, None, [("h", b"1")], None]
+    groups = [
+        OutputGroup(topics.output, values[:3], [b"k0", b"k1", b"k2"]),
+        OutputGroup(topics.output, values[3:], [b"k3", b"k4"], headers=headers[3:]),
+    ]
+    outcomes: list[Sequence[SendFailure]] = []
+    settled = threading.Event()
+
+    def done(failures: Sequence[SendFailure]) -> None:
+        outcomes.append(failures)
+        settled.set()
+
+    producer = backend(client).producer(settings)
+    try:
+        producer.send_batch(groups, done)
+        assert settled.wait(30), "the batch was never reported done"
+    finally:
+        producer.close()
+
+    (failures,) = outcomes
+    assert [(f.index, f.record_level) for f in failures] == [(1, True), (3, True)]
+    # kafka-python: MessageSizeTooLargeError [Error 10]; confluent: MSG_SIZE_TOO_LARGE (10).
+    assert all(
+        "MessageSizeTooLarge" in f.error or "MSG_SIZE_TOO_LARGE" in f.error for f in failures
+    )
+    outputs = cluster.read(topics.output)
+    assert [value for _key, value, _h in outputs.records.values()] == [
+        b"small-0",
+        b"small-2",
+        b"small-4",
+    ]
 
 
 def test_the_kafka_python_producer_appends_directly_with_the_installed_kafka_python(

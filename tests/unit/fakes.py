@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from streamer.clients.base import RecordColumns
+from streamer.clients.base import RecordColumns, RecordRejectedError
 from streamer.settings import KafkaSettings
 
 TP = tuple[str, int]
@@ -372,7 +372,9 @@ class FakeProducer:
 
     With ``auto_ack`` every send is acknowledged at once; otherwise the test
     resolves ``sent[i].future`` itself. ``fail_when(sent) -> exception`` makes
-    chosen deliveries fail; ``raise_on_send`` makes the n-th send (0-based) raise.
+    chosen deliveries fail; ``raise_on_send`` makes the n-th send (0-based) raise;
+    ``refuse_when(sent)`` makes ``send`` refuse chosen records at once, as a
+    client's own size check does (a record-level failure).
     """
 
     def __init__(
@@ -381,8 +383,11 @@ class FakeProducer:
         auto_ack: bool = True,
         fail_when: Callable[[Sent], BaseException | None] | None = None,
         raise_on_send: int | None = None,
+        refuse_when: Callable[[Sent], bool] | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self.refuse_when = refuse_when
+        self.refused: list[Sent] = []
         self.auto_ack = auto_ack
         self.fail_when = fail_when
         self.raise_on_send = raise_on_send
@@ -402,6 +407,10 @@ class FakeProducer:
             if self.raise_on_send is not None and len(self.sent) == self.raise_on_send:
                 msg = "fake producer: send exploded"
                 raise RuntimeError(msg)
+            if self.refuse_when is not None and self.refuse_when(record):
+                self.refused.append(record)
+                msg = f"fake producer: refused a record of {len(value)} bytes"
+                raise RecordRejectedError(msg)
             self.sent.append(record)
         if self.auto_ack:
             error = self.fail_when(record) if self.fail_when is not None else None

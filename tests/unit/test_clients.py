@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
+import kafka.errors as kafka_errors
 import pytest
 
 from streamer.clients import OutputGroup, backend, send_batch
-from streamer.clients.base import BatchDelivery, latest_end
+from streamer.clients import kafka_python as kafka_python_backend
+from streamer.clients.base import BatchDelivery, RecordRejectedError, SendFailure, latest_end
 from streamer.clients.kafka_python import _BatchWatch
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
@@ -42,7 +45,7 @@ class TestChoosingABackend:
 
 class TestBatchDelivery:
     def test_it_fires_once_after_every_send_and_the_arm(self) -> None:
-        fired: list[str | None] = []
+        fired: list[Sequence[SendFailure]] = []
         delivery = BatchDelivery(2, fired.append)
 
         delivery.ok()
@@ -50,23 +53,29 @@ class TestBatchDelivery:
         assert fired == [], "it must not fire before arm(): more sends may follow"
         delivery.arm()
 
-        assert fired == [None]
+        assert fired == [[]]
 
-    def test_the_first_failure_is_reported(self) -> None:
-        fired: list[str | None] = []
-        delivery = BatchDelivery(2, fired.append)
+    def test_every_failure_is_reported_with_its_index_in_order(self) -> None:
+        fired: list[Sequence[SendFailure]] = []
+        delivery = BatchDelivery(3, fired.append)
         delivery.arm()
 
-        delivery.failed(TimeoutError("expired"))
-        delivery.failed(RuntimeError("later"))
+        delivery.failed(2, RecordRejectedError("too large"))
+        delivery.ok()
+        delivery.failed(0, TimeoutError("expired"))
 
-        assert fired == ["TimeoutError: expired"]
+        assert fired == [
+            [
+                SendFailure(0, "TimeoutError: expired", record_level=False),
+                SendFailure(2, "RecordRejectedError: too large", record_level=True),
+            ]
+        ]
 
 
 class TestSendBatchThroughSend:
     def test_groups_are_sent_in_order_with_their_keys_and_headers(self) -> None:
         producer = FakeProducer()
-        fired: list[str | None] = []
+        fired: list[Sequence[SendFailure]] = []
         groups = [
             OutputGroup("scores", [b"a", b"b"], [b"k1", None]),
             OutputGroup("dlq", [b"c"], [b"k3"], [[("streamer.reason", b"x")]]),
@@ -79,25 +88,39 @@ class TestSendBatchThroughSend:
             ("scores", b"b", None, None),
             ("dlq", b"c", b"k3", [("streamer.reason", b"x")]),
         ]
-        assert fired == [None]
+        assert fired == [[]]
 
     def test_it_waits_for_every_acknowledgement(self) -> None:
         producer = FakeProducer(auto_ack=False)
-        fired: list[str | None] = []
+        fired: list[Sequence[SendFailure]] = []
         send_batch(producer, [OutputGroup("scores", [b"a", b"b"], [None, None])], fired.append)
 
         producer.records()[1].future.succeed()
         assert fired == []
         producer.records()[0].future.fail(OSError("broker gone"))
 
-        assert fired == ["OSError: broker gone"]
+        assert fired == [[SendFailure(0, "OSError: broker gone", record_level=False)]]
+
+    def test_a_record_refused_by_send_itself_is_a_record_failure_and_the_rest_is_sent(
+        self,
+    ) -> None:
+        producer = FakeProducer(refuse_when=lambda sent: sent.value == b"huge")
+        fired: list[Sequence[SendFailure]] = []
+
+        send_batch(
+            producer, [OutputGroup("scores", [b"a", b"huge", b"c"], [None] * 3)], fired.append
+        )
+
+        assert [s.value for s in producer.records()] == [b"a", b"c"]
+        assert len(fired) == 1
+        assert [(f.index, f.record_level) for f in fired[0]] == [(1, True)]
 
     def test_an_empty_batch_is_done_at_once(self) -> None:
-        fired: list[str | None] = []
+        fired: list[Sequence[SendFailure]] = []
 
         send_batch(FakeProducer(), [], fired.append)
 
-        assert fired == [None]
+        assert fired == [[]]
 
 
 class _Future(FakeFuture):
@@ -111,36 +134,102 @@ class _Future(FakeFuture):
 class TestBatchWatch:
     def test_it_fires_only_when_the_last_pending_future_settles_in_any_order(self) -> None:
         futures = [_Future() for _ in range(5)]
-        fired: list[str | None] = []
-        _BatchWatch(list(futures), fired.append).advance()
+        fired: list[Sequence[SendFailure]] = []
+        _BatchWatch(list(futures), [], fired.append).advance()
 
         for index in (3, 4, 1, 2):
             futures[index].succeed()
             assert fired == []
         futures[0].succeed()
 
-        assert fired == [None]
+        assert fired == [[]]
 
-    def test_a_failed_record_fails_the_batch(self) -> None:
+    def test_each_failed_record_is_reported_and_classified_by_its_error_code(self) -> None:
         futures = [_Future() for _ in range(3)]
-        fired: list[str | None] = []
-        _BatchWatch(list(futures), fired.append).advance()
+        fired: list[Sequence[SendFailure]] = []
+        _BatchWatch(list(futures), [], fired.append).advance()
 
-        futures[1].fail(TimeoutError("delivery timeout"))
+        futures[2].fail(kafka_errors.MessageSizeTooLargeError("1.5 MB"))
+        futures[1].fail(kafka_errors.KafkaTimeoutError("delivery timeout"))
         futures[0].succeed()
-        futures[2].succeed()
 
-        assert fired == ["TimeoutError: delivery timeout"]
+        assert len(fired) == 1
+        assert [(f.index, f.record_level) for f in fired[0]] == [(1, False), (2, True)]
+        assert "MessageSizeTooLargeError" in fired[0][1].error
+
+    def test_records_refused_by_send_count_as_done(self) -> None:
+        futures = [_Future(), None, _Future()]
+        refused = [SendFailure(1, "MessageSizeTooLargeError: big", record_level=True)]
+        fired: list[Sequence[SendFailure]] = []
+        _BatchWatch(futures, refused, fired.append).advance()
+
+        futures[0].succeed()  # type: ignore[union-attr]
+        futures[2].succeed()  # type: ignore[union-attr]
+
+        assert fired == [refused]
 
     def test_futures_done_before_the_watch_starts_count(self) -> None:
         futures = [_Future() for _ in range(2)]
         for future in futures:
             future.succeed()
-        fired: list[str | None] = []
+        fired: list[Sequence[SendFailure]] = []
 
-        _BatchWatch(list(futures), fired.append).advance()
+        _BatchWatch(list(futures), [], fired.append).advance()
 
-        assert fired == [None]
+        assert fired == [[]]
+
+
+class TestRecordLevelErrors:
+    """A record-level refusal is told apart from a connection failure by its error code."""
+
+    @pytest.mark.parametrize(
+        ("error", "record_level"),
+        [
+            (kafka_errors.MessageSizeTooLargeError("big"), True),
+            (kafka_errors.RecordListTooLargeError(), True),
+            (kafka_errors.InvalidTimestampError(), True),
+            (kafka_errors.InvalidRecordError(), True),
+            (TypeError("key must be bytes"), True),
+            (kafka_errors.KafkaTimeoutError("expired"), False),
+            (kafka_errors.NotLeaderForPartitionError(), False),
+            (kafka_errors.TopicAuthorizationFailedError(), False),
+            (kafka_errors.UnknownProducerIdError(), False),
+            (OSError("connection reset"), False),
+        ],
+    )
+    def test_kafka_python(self, error: BaseException, record_level: bool) -> None:
+        assert kafka_python_backend.is_record_level(error) is record_level
+
+    @pytest.mark.parametrize(
+        ("code", "record_level"),
+        [
+            ("MSG_SIZE_TOO_LARGE", True),
+            ("RECORD_LIST_TOO_LARGE", True),
+            ("INVALID_TIMESTAMP", True),
+            ("INVALID_RECORD", True),
+            ("_INVALID_ARG", True),
+            ("_MSG_TIMED_OUT", False),
+            ("_TRANSPORT", False),
+            ("NOT_LEADER_FOR_PARTITION", False),
+            ("TOPIC_AUTHORIZATION_FAILED", False),
+        ],
+    )
+    def test_confluent(self, code: str, record_level: bool) -> None:
+        confluent_kafka = pytest.importorskip("confluent_kafka")
+        from streamer.clients import confluent as confluent_backend
+
+        error = confluent_kafka.KafkaError(getattr(confluent_kafka.KafkaError, code))
+        assert confluent_backend.is_record_level(error) is record_level
+        assert confluent_backend.is_record_level(confluent_kafka.KafkaException(error)) is (
+            record_level
+        )
+
+    def test_confluent_fatal_errors_are_never_record_level(self) -> None:
+        confluent_kafka = pytest.importorskip("confluent_kafka")
+        from streamer.clients import confluent as confluent_backend
+
+        error = confluent_kafka.KafkaError(confluent_kafka.KafkaError.INVALID_RECORD, fatal=True)
+        assert not confluent_backend.is_record_level(error)
 
 
 class TestLatestEnd:

@@ -90,7 +90,7 @@ class TestDeadLetterReasons:
     def test_every_reason_is_a_known_label(self) -> None:
         assert set(f.REASONS) == {
             "not_utf8", "invalid_json", "not_object", "missing_feature", "non_numeric_feature",
-            "non_finite", "oversized", "empty_value", "model_error",
+            "non_finite", "oversized", "empty_value", "model_error", "produce_rejected",
         }  # fmt: skip
 
     def test_the_first_bad_feature_names_the_problem(self) -> None:

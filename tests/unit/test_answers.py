@@ -1,0 +1,179 @@
+"""Dead letters that always fit, and the ladder of answers after a refusal (pure code)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.core.answers import Answer, Form, SourceContext, Tally, dead_letter, next_answer
+from streamer.core.output import (
+    MAX_ERROR_CHARS,
+    dead_letter_headers,
+    fit_dead_letter,
+    minimal_dead_letter,
+    record_size,
+)
+
+MiB = 1024 * 1024
+
+
+def headers_for(detail: str = "value is 2000000 bytes") -> list[tuple[str, bytes]]:
+    return dead_letter_headers(
+        reason="oversized",
+        detail=detail,
+        stage="preprocess",
+        topic="events",
+        partition=0,
+        offset=7,
+        model_version="v1",
+        failed_at="2026-12-02T00:00:00.000Z",
+    )
+
+
+def context(keys: list[bytes | None], values: list[bytes | None], **kw: int) -> SourceContext:
+    return SourceContext(
+        topic="events",
+        partition=3,
+        offsets=list(range(100, 100 + len(values))),
+        keys=keys,
+        values=values,
+        model_version="v1",
+        failed_at="2026-12-02T00:00:00.000Z",
+        dead_letter_topic="events.dlq",
+        max_bytes=kw.get("max_bytes", MiB),
+        prefix_bytes=kw.get("prefix_bytes", 4096),
+    )
+
+
+class TestFitDeadLetter:
+    def test_a_dead_letter_that_fits_is_unchanged(self) -> None:
+        headers = headers_for()
+        fitted = fit_dead_letter(b"k", b"x" * 1000, headers, max_bytes=MiB, prefix_bytes=16)
+        assert (fitted.key, fitted.value, fitted.headers, fitted.truncated) == (
+            b"k",
+            b"x" * 1000,
+            headers,
+            False,
+        )
+
+    def test_a_2_mb_value_is_cut_to_the_prefix_with_its_size_and_hash(self) -> None:
+        value = b'{"pad":"' + b"y" * 2_000_000 + b'"}'
+        fitted = fit_dead_letter(b"key-7", value, headers_for(), max_bytes=MiB, prefix_bytes=4096)
+        header = dict(fitted.headers)
+        assert fitted.value == value[:4096]
+        assert fitted.key == b"key-7"
+        assert fitted.truncated
+        assert header["streamer.reason"] == b"oversized"
+        assert header["streamer.value.size"] == str(len(value)).encode()
+        assert header["streamer.value.sha256"] == hashlib.sha256(value).hexdigest().encode()
+        assert header["streamer.value.truncated"] == b"true"
+        assert "streamer.key.truncated" not in header
+        assert record_size(fitted.key, fitted.value, fitted.headers) <= MiB
+
+    def test_a_prefix_of_zero_keeps_no_value_bytes(self) -> None:
+        fitted = fit_dead_letter(
+            None, b"z" * (2 * MiB), headers_for(), max_bytes=MiB, prefix_bytes=0
+        )
+        assert fitted.value == b""
+        assert dict(fitted.headers)["streamer.value.size"] == str(2 * MiB).encode()
+
+    def test_a_key_too_large_on_its_own_is_cut_too(self) -> None:
+        key = b"k" * (2 * MiB)
+        fitted = fit_dead_letter(key, b"{}", headers_for(), max_bytes=MiB, prefix_bytes=100)
+        header = dict(fitted.headers)
+        assert fitted.key == key[:100]
+        assert header["streamer.key.size"] == str(len(key)).encode()
+        assert header["streamer.key.sha256"] == hashlib.sha256(key).hexdigest().encode()
+        assert record_size(fitted.key, fitted.value, fitted.headers) <= MiB
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        key_size=st.one_of(st.none(), st.integers(0, 3 * MiB)),
+        value_size=st.integers(0, 3 * MiB),
+        max_bytes=st.integers(4096, 2 * MiB),
+        prefix_bytes=st.integers(0, MiB),
+    )
+    def test_every_dead_letter_fits_and_keeps_at_most_the_prefix_when_cut(
+        self, key_size: int | None, value_size: int, max_bytes: int, prefix_bytes: int
+    ) -> None:
+        key = None if key_size is None else b"k" * key_size
+        value = b"v" * value_size
+        fitted = fit_dead_letter(
+            key, value, headers_for(), max_bytes=max_bytes, prefix_bytes=prefix_bytes
+        )
+        assert record_size(fitted.key, fitted.value, fitted.headers) <= max_bytes
+        if fitted.truncated:
+            assert len(fitted.value) <= prefix_bytes
+            assert value.startswith(fitted.value)
+            assert key is None or key.startswith(fitted.key or b"")
+        else:
+            assert (fitted.key, fitted.value) == (key, value)
+
+    def test_a_long_error_is_cut_in_its_header(self) -> None:
+        header = dict(headers_for("e" * 10_000_000))
+        assert len(header["streamer.error"]) == MAX_ERROR_CHARS
+        assert header["streamer.error"].endswith(b"...")
+
+    def test_the_minimal_form_has_no_key_and_no_value_but_their_sizes_and_hashes(self) -> None:
+        minimal = minimal_dead_letter(b"key", b"value", headers_for())
+        header = dict(minimal.headers)
+        assert (minimal.key, minimal.value) == (None, b"")
+        assert header["streamer.value.size"] == b"5"
+        assert header["streamer.key.sha256"] == hashlib.sha256(b"key").hexdigest().encode()
+
+
+class TestTheLadderOfAnswers:
+    def test_a_refused_prediction_becomes_a_produce_rejected_dead_letter_of_the_input(
+        self,
+    ) -> None:
+        ctx = context([b"k0", b"k1"], [b'{"a": 1}', b'{"a": 2}'])
+        prediction = Answer(1, Form.PREDICTION, "scores", b"k1", b'{"score": 0.5}', None)
+
+        answer = next_answer(ctx, prediction, "MessageSizeTooLargeError: 2000000 bytes")
+
+        assert answer is not None
+        header = dict(answer.headers or [])
+        assert (answer.form, answer.topic, answer.key, answer.value) == (
+            Form.DEAD_LETTER,
+            "events.dlq",
+            b"k1",
+            b'{"a": 2}',
+        )
+        assert header["streamer.reason"] == b"produce_rejected"
+        assert header["streamer.stage"] == b"produce"
+        assert header["streamer.source.offset"] == b"101"
+        assert b"MessageSizeTooLargeError: 2000000 bytes" in header["streamer.error"]
+
+    def test_a_refused_dead_letter_is_sent_once_more_as_headers_only_then_nothing(self) -> None:
+        ctx = context([b"k0"], [b"not json"])
+        first = dead_letter(ctx, 0, "invalid_json", "value is not valid JSON", "preprocess")
+
+        minimal = next_answer(ctx, first, "KafkaError: INVALID_RECORD")
+
+        assert minimal is not None
+        header = dict(minimal.headers or [])
+        assert (minimal.form, minimal.key, minimal.value) == (Form.HEADERS_ONLY, None, b"")
+        assert header["streamer.reason"] == b"invalid_json"
+        assert header["streamer.value.size"] == b"8"
+        assert b"sent as headers only" in header["streamer.error"]
+        assert next_answer(ctx, minimal, "KafkaError: INVALID_RECORD") is None
+
+    def test_the_tally_moves_each_record_to_its_final_answer(self) -> None:
+        ctx = context([b"k0", b"k1"], [b"{}", b"x"])
+        tally = Tally(produced=1, dead_letters=Counter({"invalid_json": 1}))
+        prediction = Answer(0, Form.PREDICTION, "scores", b"k0", b"{}", None)
+        rejected = next_answer(ctx, prediction, "too large")
+        assert rejected is not None
+        tally.replaced(prediction, rejected)
+        letter = dead_letter(ctx, 1, "invalid_json", "bad", "preprocess")
+        minimal = next_answer(ctx, letter, "refused")
+        tally.replaced(letter, minimal)
+        assert minimal is not None
+        tally.replaced(minimal, None)
+
+        assert tally.produced == 0
+        assert +tally.dead_letters == Counter({"produce_rejected": 1})
+        assert [a.row for a in tally.unanswerable] == [1]
