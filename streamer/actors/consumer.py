@@ -18,7 +18,7 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.client import TP, GroupConsumer, RecordColumns
-from streamer.core.batching import MicroBatcher, columns_bytes
+from streamer.core.batching import Budget, MicroBatcher, columns_bytes
 from streamer.core.offsets import WatermarkTracker
 from streamer.errors import DeliveryError
 from streamer.messages import (
@@ -202,34 +202,39 @@ class ConsumerActor(PipelineActor):
         assert client is not None
         now = time.monotonic()
         with self._lock:
-            free_batches = self._batch.max_in_flight - self._tracker.batches_in_flight
-            free_bytes = self._batch.max_in_flight_bytes - self._tracker.bytes_in_flight
-            can_take = self._fetching and free_batches > 0 and free_bytes > 0
+            budget = Budget(
+                self._batch.max_in_flight - self._tracker.batches_in_flight,
+                self._batch.max_in_flight_bytes - self._tracker.bytes_in_flight,
+            )
+            # Full batches that an earlier poll's credits held back go first.
+            ready = self._batcher.release(now, budget) if self._fetching else []
+            can_take = self._fetching and budget.allows() and not self._batcher.holds_full_batches
             self._set_paused(not can_take)
             deadline = self._batcher.time_to_next_deadline(now)
         if can_take:
             timeout = self._batch.max_wait_s if deadline is None else deadline
             max_records = min(
-                self._settings.max_poll_records, free_batches * self._batch.max_records
+                self._settings.max_poll_records, budget.batches * self._batch.max_records
             )
             if self._record_bytes:
                 # Large records: take about what the free bytes hold (at least one).
-                max_records = max(1, min(max_records, int(free_bytes / self._record_bytes)))
+                max_records = max(1, min(max_records, int(budget.nbytes / self._record_bytes)))
             polled = client.poll(min(timeout, 0.5), max_records)
         else:
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
         now = time.monotonic()
         with self._lock:
-            ready: list[tuple[TP, RecordColumns]] = []
             for tp, records in polled.items():
                 if tp not in self._assigned or not len(records):
                     continue
                 self._fetched_until[tp] = records.offsets[-1] + 1
-                ready.extend(self._batcher.add(tp, records, now))
+                ready.extend(self._batcher.add(tp, records, now, budget))
             ready.extend(self._batcher.expired(now))
             if (
                 self._eager_below
                 and self._tracker.batches_in_flight + len(ready) < self._eager_below
+                and budget.allows()
+                and not self._batcher.holds_full_batches
             ):
                 # Smart batching: a pipeline with little in flight would only wait
                 # for max_wait_s; under load the batches grow by themselves.

@@ -25,6 +25,23 @@ def _count_within(records: RecordColumns, max_bytes: int) -> int:
 
 
 @dataclass(slots=True)
+class Budget:
+    """What may still be dispatched now: batches and bytes (the consumer's free credits)."""
+
+    batches: int
+    nbytes: int
+
+    def allows(self) -> bool:
+        """True while both are left; a single batch may overdraw the bytes."""
+        return self.batches > 0 and self.nbytes > 0
+
+    def spend(self, nbytes: int) -> None:
+        """One batch of ``nbytes`` leaves."""
+        self.batches -= 1
+        self.nbytes -= nbytes
+
+
+@dataclass(slots=True)
 class _Buffer:
     started_at: float
     records: RecordColumns = field(default_factory=RecordColumns.empty)
@@ -36,8 +53,8 @@ class MicroBatcher:
 
     A batch holds records of exactly one partition, in offset order, so that the
     watermark and the output order stay per partition. It is full at
-    ``max_records`` records or at ``max_bytes`` bytes of keys and values. Records stay in columns
-    (:class:`RecordColumns`) from the poll to the batch.
+    ``max_records`` records or at ``max_bytes`` bytes of keys and values.
+    Records stay in columns (:class:`RecordColumns`) from the poll to the batch.
     """
 
     def __init__(self, max_records: int, max_wait_s: float, max_bytes: int | None = None) -> None:
@@ -52,32 +69,64 @@ class MicroBatcher:
         self._buffers: dict[TopicPartition, _Buffer] = {}
 
     def add(
-        self, tp: TopicPartition, records: RecordColumns, now: float
+        self,
+        tp: TopicPartition,
+        records: RecordColumns,
+        now: float,
+        budget: Budget | None = None,
     ) -> list[tuple[TopicPartition, RecordColumns]]:
         """Buffer records of one partition; return the full batches this completes.
 
-        The batcher keeps ``records`` (no copy): the caller must not change them after.
+        With a ``budget``, only as many full batches leave as it allows; the
+        rest stay buffered until :meth:`release`. The batcher keeps ``records``
+        (no copy): the caller must not change them after.
         """
-        ready: list[tuple[TopicPartition, RecordColumns]] = []
         if not len(records):
-            return ready
-        max_bytes = self.max_bytes
+            return []
         buffer = self._buffers.get(tp)
         if buffer is None:  # the batcher owns the polled columns from here on
             buffer = self._buffers[tp] = _Buffer(started_at=now, records=records)
         else:
             buffer.records.extend(records)
-        if max_bytes is not None:
+        if self.max_bytes is not None:
             buffer.nbytes += columns_bytes(records)
-        while len(buffer.records) >= self.max_records or (
-            max_bytes is not None and buffer.nbytes >= max_bytes
-        ):
+        return self._cut(tp, buffer, now, budget)
+
+    def release(self, now: float, budget: Budget) -> list[tuple[TopicPartition, RecordColumns]]:
+        """The full batches held back by an earlier budget, as far as this one allows."""
+        ready: list[tuple[TopicPartition, RecordColumns]] = []
+        for tp, buffer in list(self._buffers.items()):
+            if self._full(buffer):
+                ready.extend(self._cut(tp, buffer, now, budget))
+        return ready
+
+    @property
+    def holds_full_batches(self) -> bool:
+        """True when a full batch waits for credits: polling more would only buffer more."""
+        return any(self._full(buffer) for buffer in self._buffers.values())
+
+    def _full(self, buffer: _Buffer) -> bool:
+        return len(buffer.records) >= self.max_records or (
+            self.max_bytes is not None and buffer.nbytes >= self.max_bytes
+        )
+
+    def _cut(
+        self, tp: TopicPartition, buffer: _Buffer, now: float, budget: Budget | None
+    ) -> list[tuple[TopicPartition, RecordColumns]]:
+        ready: list[tuple[TopicPartition, RecordColumns]] = []
+        max_bytes = self.max_bytes
+        while self._full(buffer) and (budget is None or budget.allows()):
             count = self.max_records
             if max_bytes is not None and buffer.nbytes >= max_bytes:
                 count = min(count, _count_within(buffer.records, max_bytes))
             head = buffer.records.take(count)
             if max_bytes is not None:
-                buffer.nbytes -= columns_bytes(head)
+                nbytes = columns_bytes(head)
+                buffer.nbytes -= nbytes
+                if budget is not None:
+                    budget.spend(nbytes)
+            elif budget is not None:
+                budget.spend(0)
             ready.append((tp, head))
             buffer.started_at = now
         if not len(buffer.records):
@@ -85,11 +134,11 @@ class MicroBatcher:
         return ready
 
     def expired(self, now: float) -> list[tuple[TopicPartition, RecordColumns]]:
-        """Release every partial batch older than ``max_wait_s``."""
+        """Release every partial batch older than ``max_wait_s`` (a full one waits for credits)."""
         ready = [
             (tp, buf.records)
             for tp, buf in self._buffers.items()
-            if now - buf.started_at >= self.max_wait_s
+            if now - buf.started_at >= self.max_wait_s and not self._full(buf)
         ]
         for tp, _ in ready:
             del self._buffers[tp]

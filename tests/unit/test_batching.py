@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.clients.base import RecordColumns
-from streamer.core.batching import MicroBatcher
+from streamer.core.batching import Budget, MicroBatcher
 
 # Properties run without a deadline (CI machines vary) and leave no example database.
 PROPERTIES = settings(deadline=None, database=None)
@@ -210,3 +210,47 @@ def test_batches_keep_order_never_exceed_max_records_and_lose_no_record(
         assert all(r in sent[tp] for r in batch), "a batch mixes partitions"
         got.setdefault(tp, []).extend(batch)
     assert got == {tp: records for tp, records in sent.items() if records}
+
+
+def sized(offsets: list[int], value_bytes: int) -> RecordColumns:
+    """Records whose key is empty and whose value has ``value_bytes`` bytes."""
+    return RecordColumns(
+        list(offsets),
+        [b""] * len(offsets),
+        [b"v" * value_bytes] * len(offsets),
+        [0] * len(offsets),
+    )
+
+
+class TestByteLimitAndBudget:
+    def test_a_batch_is_cut_at_max_bytes_and_a_larger_record_leaves_alone(self) -> None:
+        batcher = MicroBatcher(max_records=100, max_wait_s=1.0, max_bytes=250)
+        ready = batcher.add(TP0, sized([0, 1, 2], 100), now=0.0)
+        # 300 bytes are full: 0 and 1 fit in 250 bytes; 2 waits as a partial batch.
+        assert [b.offsets for _, b in ready] == [[0, 1]]
+        assert not batcher.holds_full_batches
+        ready = batcher.add(TP0, sized([3], 1000), now=0.0)
+        # 2 leaves alone, and so does the 1000-byte record, over the limit by itself.
+        assert [b.offsets for _, b in ready] == [[2], [3]]
+        assert batcher.buffered == 0
+
+    def test_the_budget_holds_full_batches_back_until_it_is_renewed(self) -> None:
+        batcher = MicroBatcher(max_records=2, max_wait_s=1.0, max_bytes=None)
+        budget = Budget(batches=1, nbytes=10**9)
+        ready = batcher.add(TP0, cols(list(range(6))), now=0.0, budget=budget)
+        assert offsets_of(ready) == [(TP0, [0, 1])]
+        assert batcher.holds_full_batches
+        assert batcher.expired(now=5.0) == [], "a held full batch never leaves as a partial"
+        assert offsets_of(batcher.release(1.0, Budget(batches=5, nbytes=10**9))) == [
+            (TP0, [2, 3]),
+            (TP0, [4, 5]),
+        ]
+        assert not batcher.holds_full_batches
+
+    def test_a_byte_budget_lets_one_batch_overdraw_it(self) -> None:
+        batcher = MicroBatcher(max_records=1, max_wait_s=1.0, max_bytes=10**6)
+        budget = Budget(batches=10, nbytes=150)
+        ready = batcher.add(TP0, sized([0, 1, 2], 100), now=0.0, budget=budget)
+        assert [b.offsets for _, b in ready] == [[0], [1]]
+        assert budget.nbytes == -50
+        assert batcher.buffered == 1

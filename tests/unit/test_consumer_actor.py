@@ -13,9 +13,11 @@ from streamer.actors.metrics import MetricsActor
 from streamer.errors import DeliveryError
 from streamer.messages import (
     BatchAcked,
+    BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
     GetStatus,
+    Rewind,
     ScoreBatch,
     StopFetching,
 )
@@ -238,6 +240,68 @@ class TestBackpressure:
         more = h.wait_for_batches(5)[4:]
         assert all(s.first_offset == 5 for s in more)
         assert h.status()["batches_in_flight"] <= 2 + 4
+
+    def test_it_pauses_at_max_in_flight_bytes_and_cuts_batches_by_bytes(self) -> None:
+        # Records of exactly 1000 bytes (a 3-byte key "k10".. and 997 bytes of value).
+        h = Harness(
+            {TP0: make_records([b"x" * 997] * 20, offsets=range(10, 30))},
+            batch=BatchSettings(
+                max_records=10, max_in_flight=8, max_in_flight_bytes=4000, max_wait_s=0.05
+            ),
+        )
+        # 4000 / 8 = 500 bytes per batch: one record each; the bytes pause it at 4 batches.
+        sources = h.wait_for_batches(4)
+        assert [s.offsets for s in sources] == [[10], [11], [12], [13]]
+        wait_until(lambda: h.status()["paused"])
+        polls = h.fake.polls
+        h.fake.wait_for_polls(polls + 3)
+        sync(h.preprocessor)
+        assert len(h.batches.items()) == 4
+        assert (h.status()["batches_in_flight"], h.status()["bytes_in_flight"]) == (4, 4000)
+        h.ack(sources[0])
+        assert h.wait_for_batches(5)[4].offsets == [14]
+        wait_until(lambda: h.status()["paused"])
+        assert h.status()["bytes_in_flight"] == 4000
+
+    def test_a_record_larger_than_the_byte_cap_still_passes_alone(self) -> None:
+        h = Harness(
+            {TP0: make_records([b"y" * 5000, b"{}", b"{}"])},
+            batch=BatchSettings(
+                max_records=10, max_in_flight=2, max_in_flight_bytes=1000, max_wait_s=0.05
+            ),
+        )
+        (huge,) = h.wait_for_batches(1)
+        assert huge.offsets == [0]
+        wait_until(lambda: h.status()["paused"])
+        sync(h.preprocessor)
+        assert len(h.batches.items()) == 1, "nothing else may join a batch over the cap"
+        h.ack(huge)
+        assert h.wait_for_batches(2)[1].offsets == [1, 2]
+        assert h.commit_now() == {TP0: 1}
+
+
+class TestRewind:
+    def test_a_rewind_resends_only_the_unanswered_tail_of_a_partly_delivered_batch(
+        self,
+    ) -> None:
+        h = Harness(
+            {TP0: make_records(values(20))},
+            batch=BatchSettings(max_records=10, max_in_flight=4, max_wait_s=0.05),
+        )
+        first, second = h.wait_for_batches(2)
+        h.ref.tell(BatchPartlyDelivered(first.batch_id, "events", 0, answered_below=7))
+
+        assert h.ref.ask(Rewind(epoch=1), timeout=ASK_S)["batches_resent"] == 2
+        again = h.wait_for_batches(4)[2:]
+        assert [s.offsets for s in again] == [list(range(7, 10)), list(range(10, 20))]
+        assert [(s.batch_id, s.epoch, s.seq) for s in again] == [
+            (first.batch_id, 1, 0),
+            (second.batch_id, 1, 1),
+        ]
+        assert again[0].keys == [f"k{o}".encode() for o in range(7, 10)]
+        h.ack(again[0])
+        h.ack(again[1])
+        assert h.commit_now() == {TP0: 20}
 
 
 class TestCommits:
