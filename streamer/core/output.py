@@ -143,23 +143,51 @@ def fit_dead_letter(
 ) -> FittedRecord:
     """The dead letter unchanged when it fits in ``max_bytes``, else cut to fit.
 
-    The value is cut to at most ``prefix_bytes`` leading bytes (fewer when even
-    that does not fit), then, if the key alone is still too large, the key too.
-    Each cut field gets ``streamer.<field>.size``, ``.sha256`` (of the original
-    bytes) and ``.truncated`` headers, so that the original can be found and
-    checked in the input topic.
+    The value is cut to at most ``prefix_bytes`` leading bytes, then, if the
+    key alone is still too large, the key too; either is cut further (to none)
+    only when even that does not fit. A field no longer than ``prefix_bytes``
+    is kept whole unless it must be cut to fit: a 300-byte value stays whole
+    beside a 1.2 MB key. Each cut field, and only a cut one, gets
+    ``streamer.<field>.size``, ``.sha256`` (of the original bytes) and
+    ``.truncated`` headers, so that the original can be found and checked in
+    the input topic.
     """
     if record_size(key, value, headers) <= max_bytes:
         return FittedRecord(key, value, headers, truncated=False)
-    cut = list(headers) + _cut_headers("value", value)
-    room = max_bytes - record_size(None, None, cut) - len(key or b"")
-    kept_value = value[: max(0, min(prefix_bytes, room))]
-    kept_key = key
-    if key is not None and room < 0:
-        cut += _cut_headers("key", key)
-        room = max_bytes - record_size(None, kept_value, cut)
-        kept_key = key[: max(0, min(prefix_bytes, room))]
-    return FittedRecord(kept_key, kept_value, cut, truncated=True)
+    cut = list(headers)
+    kept_key, kept_value = key, value
+    value_cut = key_cut = False
+
+    def cut_value(limit: int) -> None:
+        nonlocal kept_value, value_cut
+        if not value_cut:
+            cut.extend(_cut_headers("value", value))
+            value_cut = True
+        kept_value = kept_value[: max(0, limit)]
+
+    def cut_key(limit: int) -> None:
+        nonlocal kept_key, key_cut
+        if not key_cut:
+            cut.extend(_cut_headers("key", key or b""))
+            key_cut = True
+        kept_key = (kept_key or b"")[: max(0, limit)]
+
+    def over() -> int:
+        return record_size(kept_key, kept_value, cut) - max_bytes
+
+    if len(value) > prefix_bytes:
+        cut_value(prefix_bytes)
+    if over() > 0 and key is not None and len(key) > prefix_bytes:
+        cut_key(prefix_bytes)
+    if over() > 0 and kept_value:  # the prefixes alone are too large: less of the value
+        if not value_cut:
+            cut_value(len(kept_value))  # its headers first: they take room too
+        cut_value(len(kept_value) - over())
+    if over() > 0 and kept_key:  # and then less of the key
+        if not key_cut:
+            cut_key(len(kept_key))
+        cut_key(len(kept_key) - over())
+    return FittedRecord(kept_key, kept_value, cut, truncated=value_cut or key_cut)
 
 
 def minimal_dead_letter(key: bytes | None, value: bytes, headers: Headers) -> FittedRecord:

@@ -89,6 +89,34 @@ class TestFitDeadLetter:
         assert header["streamer.key.sha256"] == hashlib.sha256(key).hexdigest().encode()
         assert record_size(fitted.key, fitted.value, fitted.headers) <= MiB
 
+    def test_a_small_value_stays_whole_beside_a_key_too_large_on_its_own(self) -> None:
+        # The produce_rejected dead letter of a valid event with a 1.2 MB key (issue 11):
+        # it once lost its 300-byte value, which was marked truncated though it fit.
+        key, value = b"k" * 1_200_000, b'{"amount": 12.5, "pad": "' + b"p" * 270 + b'"}'
+        fitted = fit_dead_letter(key, value, headers_for(), max_bytes=MiB, prefix_bytes=4096)
+        header = dict(fitted.headers)
+        assert fitted.value == value
+        assert "streamer.value.truncated" not in header
+        assert "streamer.value.size" not in header
+        assert fitted.key == key[:4096]
+        assert header["streamer.key.truncated"] == b"true"
+        assert fitted.truncated
+        assert record_size(fitted.key, fitted.value, fitted.headers) <= MiB
+
+    def test_a_value_within_the_prefix_is_cut_further_only_when_it_must_be(self) -> None:
+        fitted = fit_dead_letter(
+            b"k" * 3000, b"v" * 3000, headers_for(), max_bytes=5000, prefix_bytes=4096
+        )
+        header = dict(fitted.headers)
+        assert fitted.key == b"k" * 3000, (
+            "the key is within the prefix and fits once the value is cut"
+        )
+        assert fitted.value != b"v" * 3000
+        assert (b"v" * 3000).startswith(fitted.value)
+        assert header["streamer.value.size"] == b"3000"
+        assert "streamer.key.truncated" not in header
+        assert record_size(fitted.key, fitted.value, fitted.headers) <= 5000
+
     @settings(max_examples=200, deadline=None)
     @given(
         key_size=st.one_of(st.none(), st.integers(0, 3 * MiB)),
@@ -105,12 +133,17 @@ class TestFitDeadLetter:
             key, value, headers_for(), max_bytes=max_bytes, prefix_bytes=prefix_bytes
         )
         assert record_size(fitted.key, fitted.value, fitted.headers) <= max_bytes
+        header = dict(fitted.headers)
         if fitted.truncated:
             assert len(fitted.value) <= prefix_bytes
             assert value.startswith(fitted.value)
             assert key is None or key.startswith(fitted.key or b"")
         else:
             assert (fitted.key, fitted.value) == (key, value)
+        # Only a field that was cut says so, and a field that says so was cut.
+        assert ("streamer.value.truncated" in header) == (fitted.value != value)
+        assert ("streamer.key.truncated" in header) == (fitted.key != key)
+        assert fitted.truncated == (fitted.value != value or fitted.key != key)
 
     def test_a_long_error_is_cut_in_its_header(self) -> None:
         header = dict(headers_for("e" * 10_000_000))
