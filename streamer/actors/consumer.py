@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.routing import Teller
 from streamer.client import TP, GroupConsumer, RecordColumns
 from streamer.core.batching import Budget, MicroBatcher, columns_bytes
 from streamer.core.offsets import WatermarkTracker
@@ -52,7 +53,7 @@ END_OFFSETS_TIMEOUT_S = 2.0
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 
-    preprocessors: list[pykka.ActorRef]
+    preprocessors: list[Teller]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ class ConsumerActor(PipelineActor):
         self._client_factory = client_factory
         self._client: GroupConsumer | None = None
         self._on_ready = on_ready
-        self._preprocessors: itertools.cycle[pykka.ActorRef] | None = None
+        self._preprocessors: itertools.cycle[Teller] | None = None
         # Cut at an equal share of the byte cap, so that max_in_flight batches fit in it.
         self._batcher = MicroBatcher(
             batch.max_records,
