@@ -43,7 +43,9 @@ from streamer.messages import (
     ActorRestarted,
     CommitNow,
     Flush,
+    GetInFlight,
     GetStatus,
+    InFlight,
     ModelReloaded,
     Rewind,
     StopFetching,
@@ -575,8 +577,10 @@ class Pipeline:
         while time.monotonic() < deadline:
             if self._failure is not None:
                 return False
-            status = _ask(self.consumer_ref, GetStatus(), timeout=max(0.1, _left(deadline)))
-            if status["batches_in_flight"] == 0:
+            status: InFlight = _ask(
+                self.consumer_ref, GetInFlight(), timeout=max(0.1, _left(deadline))
+            )
+            if status.batches_in_flight == 0:
                 return True
             time.sleep(0.02)
         return False

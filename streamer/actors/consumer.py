@@ -27,7 +27,9 @@ from streamer.messages import (
     BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
+    GetInFlight,
     GetStatus,
+    InFlight,
     Poll,
     RecordsConsumed,
     Rewind,
@@ -186,9 +188,9 @@ class ConsumerActor(PipelineActor):
                     return self._stop_fetching()
             case CommitNow():
                 return self._commit_sync()
-            case GetStatus():
+            case GetStatus() | GetInFlight() as query:
                 with self._lock:
-                    return self._status()
+                    return self._in_flight() if isinstance(query, GetInFlight) else self._status()
         return None
 
     # --- the poll loop -------------------------------------------------------
@@ -521,6 +523,12 @@ class ConsumerActor(PipelineActor):
         self._fetching = False
         self._set_paused(True)
         return self._status()
+
+    def _in_flight(self) -> InFlight:
+        tracker = self._tracker
+        return InFlight(
+            tracker.batches_in_flight, tracker.records_in_flight, tracker.bytes_in_flight
+        )
 
     def _status(self) -> dict[str, Any]:
         return {
