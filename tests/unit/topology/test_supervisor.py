@@ -1,4 +1,4 @@
-"""Supervision: restarts with rewind, restart intensity, the dead-letter breaker."""
+"""Supervision in a topology: restarts with rewind, restart intensity, the dead-letter breaker."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import threading
 from collections import Counter
 
 import numpy as np
-import pytest
 
-from streamer.core.model import LinearModel, load_linear
-from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
+from streamer.core.model import LinearModel
 from streamer.settings import SupervisionSettings
 from tests.unit.fakes import FakeProducer, Sent, wait_until
-from tests.unit.test_pipeline import (
+from tests.unit.topology.helpers import (
     OUTPUT,
     PARTITIONS,
     PER_PARTITION,
@@ -26,53 +24,6 @@ from tests.unit.test_pipeline import (
     source_of,
     start,
 )
-
-
-@pytest.fixture
-def demo() -> LinearModel:
-    return load_linear(None)
-
-
-class TestRestartPolicy:
-    def test_restarts_are_allowed_up_to_the_intensity_with_doubling_backoff(self) -> None:
-        policy = RestartPolicy(max_restarts=3, window_s=60, initial_s=0.5, max_s=1.5)
-        delays = [policy.on_failure(now=float(t)).delay_s for t in range(3)]
-        assert delays == [0.5, 1.0, 1.5]
-        refused = policy.on_failure(now=3.0)
-        assert refused.restart is False
-        assert refused.reason == ("4 failures within 60s exceed supervision.max_restarts=3")
-
-    def test_failures_older_than_the_window_are_forgotten(self) -> None:
-        policy = RestartPolicy(max_restarts=2, window_s=10, initial_s=1, max_s=8)
-        assert policy.on_failure(0.0).restart
-        assert policy.on_failure(5.0).restart
-        later = policy.on_failure(14.0)
-        assert later.restart is True
-        assert later.delay_s == 2.0  # the failure at 5.0 is still inside the window
-        assert policy.recent_restarts == 2
-
-    def test_zero_restarts_refuses_the_first_failure(self) -> None:
-        assert RestartPolicy(0, 60, 0.1, 1).on_failure(0.0).restart is False
-
-
-class TestDeadLetterBreaker:
-    def test_it_judges_only_a_full_window(self) -> None:
-        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=100)
-        assert breaker.record(50, 50) is False  # 100% but only half a window
-        assert breaker.record(50, 10) is True  # 60 of 100
-        assert breaker.ratio == 0.6
-
-    def test_old_batches_slide_out_of_the_window(self) -> None:
-        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=100)
-        assert breaker.record(100, 100) is True
-        for _ in range(4):
-            breaker.record(100, 0)
-        assert breaker.records == 100
-        assert breaker.ratio == 0.0
-
-    def test_a_ratio_at_the_threshold_does_not_trip(self) -> None:
-        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=10)
-        assert breaker.record(10, 5) is False
 
 
 class FlakyModel(CrashingModel):
@@ -203,34 +154,3 @@ class TestDeadLetterCircuitBreaker:
         dead = [s for s in kafka.producer.records() if s.topic != OUTPUT]
         assert len(dead) < 300  # stopped before the batch that filled the window
         assert sum(report.committed.values()) <= len(dead)
-
-
-class TestCommitErrors:
-    def test_failing_commits_never_crash_the_pipeline_and_are_retried(
-        self, demo: LinearModel
-    ) -> None:
-        data = dataset(demo.spec, PARTITIONS, PER_PARTITION)
-        pipeline, kafka, _registry = start(data, settings())
-        consumer = kafka.consumer
-        consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
-        ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
-        assert pipeline.failure is None
-        assert all(ref.is_alive() for ref in [pipeline.consumer_ref, pipeline.producer_ref])
-        assert pipeline.consumer_status()["committed"] != ends
-        consumer.commit_error = None
-        report = pipeline.stop()
-        assert (report.exit_code, report.committed) == (0, ends)
-        assert consumer.last_commit() == ends
-
-    def test_a_final_commit_that_fails_is_reported_not_raised(self, demo: LinearModel) -> None:
-        data = dataset(demo.spec, 1, 100)
-        pipeline, kafka, _registry = start(data, settings())
-        ends = dict.fromkeys(data.records, 100)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
-        kafka.consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
-        report = pipeline.stop()
-        assert report.exit_code == 1
-        assert report.failure is not None
-        assert "CommitFailedError: the group rebalanced" in report.failure
-        assert report.committed == {}
