@@ -1,16 +1,26 @@
-"""Supervision in a topology: restarts with rewind, restart intensity, the dead-letter breaker."""
+"""The supervisor: restarts with rewind, restart intensity, giving up; alone and in a topology."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
+import pykka
+import pytest
 
-from streamer.core.model import LinearModel
+from streamer.actors.base import FailureHandler
+from streamer.core.model import LinearModel, load_linear
+from streamer.errors import DeadLetterRatioError
+from streamer.messages import ActorRestarted
 from streamer.settings import SupervisionSettings
-from tests.unit.fakes import FakeProducer, Sent, wait_until
+from streamer.topology.specs import Resume, Routes, Stage, StageSpec, StartStage, Wiring, new_routes
+from streamer.topology.supervisor import Supervisor
+from tests.unit.fakes import FakeKafka, FakeProducer, Mailbox, Sent, start_recorder, wait_until
 from tests.unit.topology.helpers import (
     OUTPUT,
     PARTITIONS,
@@ -24,6 +34,188 @@ from tests.unit.topology.helpers import (
     source_of,
     start,
 )
+
+COUNTS = {Stage.CONSUMER: 1, Stage.PRODUCER: 1, Stage.MODEL: 2, Stage.PREPROCESSOR: 3}
+
+
+class Children:
+    """Stage specs whose actors are recorders; they note every start and resume."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Stage, int, int]] = []
+        self.resumed: list[tuple[Stage, int]] = []
+        self.handlers: dict[tuple[Stage, int], FailureHandler] = {}
+        self.refuse_restarts = False
+
+    def specs(self) -> dict[Stage, StageSpec]:
+        return {
+            stage: StageSpec(
+                stage.value, lambda _s, n=count: n, self._starter(stage), self._resumer(stage)
+            )
+            for stage, count in COUNTS.items()
+        }
+
+    def _starter(self, stage: Stage) -> StartStage:
+        def start(_w: Wiring, index: int, epoch: int, on_failure: FailureHandler) -> pykka.ActorRef:
+            if self.refuse_restarts and epoch > 0:
+                msg = "the broker is gone"
+                raise RuntimeError(msg)
+            self.started.append((stage, index, epoch))
+            self.handlers[(stage, index)] = on_failure
+            return start_recorder()[0]
+
+        return start
+
+    def _resumer(self, stage: Stage) -> Resume:
+        def resume(_routes: Routes, epoch: int) -> None:
+            self.resumed.append((stage, epoch))
+
+        return resume
+
+    def fail(self, stage: Stage, index: int, error: BaseException) -> None:
+        """What a dying actor's on_failure does."""
+        self.handlers[(stage, index)](stage.value, error)
+
+
+@dataclasses.dataclass
+class Supervised:
+    supervisor: Supervisor
+    children: Children
+    routes: Routes
+    metrics: Mailbox
+    gave_up: threading.Event
+
+
+@contextlib.contextmanager
+def supervised(**supervision: float) -> Iterator[Supervised]:
+    """A running supervisor over :class:`Children`, with a recorder for the metrics actor."""
+    children = Children()
+    gave_up = threading.Event()
+    config = dataclasses.replace(
+        SupervisionSettings(backoff_initial_s=0.01, backoff_max_s=0.05), **supervision
+    )
+    supervisor = Supervisor(config, gave_up.set, specs=children.specs(), clock=lambda: 0.0)
+    metrics, mailbox = start_recorder()
+    routes = new_routes()
+    kafka = FakeKafka({}, ())
+    model = load_linear(None)
+    supervisor.start_children(
+        Wiring(
+            settings=settings(),
+            routes=routes,
+            metrics=metrics,
+            model=lambda: model,
+            consumer_factory=kafka.consumer_factory,
+            producer_factory=kafka.producer_factory,
+            on_assigned=lambda: None,
+        )
+    )
+    supervisor.run()
+    try:
+        yield Supervised(supervisor, children, routes, mailbox, gave_up)
+    finally:
+        supervisor.close()
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervised]:
+    with supervised() as running:
+        yield running
+
+
+class TestSupervisor:
+    def test_it_starts_every_stage_in_the_table_order_into_its_route(self, sup: Supervised) -> None:
+        assert [(stage, index) for stage, index, _ in sup.children.started] == [
+            (stage, i) for stage, count in COUNTS.items() for i in range(count)
+        ]
+        assert {stage: len(route.refs()) for stage, route in sup.routes.items()} == COUNTS
+        assert sup.supervisor.epoch == 0
+
+    def test_a_failed_stage_is_restarted_into_its_route_in_a_new_epoch_and_resumed(
+        self, sup: Supervised
+    ) -> None:
+        old = sup.routes[Stage.MODEL].refs()
+        sup.children.fail(Stage.MODEL, 1, RuntimeError("boom"))
+        wait_until(lambda: sup.children.resumed)
+        assert sup.children.started[-1] == (Stage.MODEL, 1, 1)
+        assert sup.children.resumed == [(Stage.MODEL, 1)]
+        new = sup.routes[Stage.MODEL].refs()
+        assert new[0] is old[0]
+        assert new[1] is not old[1]
+        assert sup.supervisor.restarts == {"model": 1}
+        assert sup.metrics.wait_for(1) == [ActorRestarted(actor="model")]
+        assert sup.supervisor.failure is None
+        assert not sup.gave_up.is_set()
+
+    def test_each_restart_is_a_new_epoch(self, sup: Supervised) -> None:
+        sup.children.fail(Stage.PRODUCER, 0, RuntimeError("boom"))
+        wait_until(lambda: len(sup.children.resumed) == 1)
+        sup.children.fail(Stage.CONSUMER, 0, RuntimeError("boom"))
+        wait_until(lambda: len(sup.children.resumed) == 2)
+        assert sup.children.resumed == [(Stage.PRODUCER, 1), (Stage.CONSUMER, 2)]
+        assert sup.supervisor.restarts == {"producer": 1, "consumer": 1}
+
+    def test_an_error_that_is_not_restartable_gives_up_at_once(self, sup: Supervised) -> None:
+        sup.children.fail(Stage.PRODUCER, 0, DeadLetterRatioError("too many dead letters"))
+        assert sup.gave_up.wait(5)
+        assert sup.supervisor.failure == (
+            "producer actor died: DeadLetterRatioError: too many dead letters"
+        )
+        assert isinstance(sup.supervisor.error, DeadLetterRatioError)
+        assert sup.supervisor.restarts == {}
+        assert sup.children.resumed == []
+
+    def test_failures_beyond_the_restart_intensity_give_up_with_the_policy_reason(self) -> None:
+        with supervised(max_restarts=1) as sup:
+            sup.children.fail(Stage.MODEL, 0, RuntimeError("boom"))
+            wait_until(lambda: sup.children.resumed)
+            sup.children.fail(Stage.MODEL, 0, RuntimeError("again"))
+            assert sup.gave_up.wait(5)
+            assert sup.supervisor.failure == (
+                "model actor died: RuntimeError: again; "
+                "2 failures within 60s exceed supervision.max_restarts=1"
+            )
+            assert sup.supervisor.restarts == {"model": 1}
+
+    def test_a_restart_that_fails_gives_up_instead_of_hanging(self, sup: Supervised) -> None:
+        sup.children.refuse_restarts = True
+        sup.children.fail(Stage.CONSUMER, 0, RuntimeError("boom"))
+        assert sup.gave_up.wait(5)
+        assert sup.supervisor.failure == (
+            "could not restart the consumer actor: RuntimeError: the broker is gone"
+        )
+
+    def test_closing_during_the_backoff_drops_the_restart(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="streamer.topology.supervisor")
+        with supervised(backoff_initial_s=30.0, backoff_max_s=30.0) as sup:
+            sup.children.fail(Stage.MODEL, 0, RuntimeError("boom"))
+            wait_until(lambda: "restarting it in 30.0s" in caplog.text)
+            sup.supervisor.close()
+            assert sup.supervisor.restarts == {}
+            assert len(sup.children.started) == sum(COUNTS.values())
+            assert sup.supervisor.failure is None
+
+
+class TestFailuresAtStart:
+    def test_the_first_queued_failure_fails_the_start_and_is_kept(self) -> None:
+        gave_up = threading.Event()
+        supervisor = Supervisor(SupervisionSettings(), gave_up.set)
+        supervisor.handler(Stage.CONSUMER, 0)("consumer", RuntimeError("cannot connect"))
+        supervisor.handler(Stage.PRODUCER, 0)("producer", RuntimeError("later"))
+        supervisor.fail_queued()
+        assert gave_up.is_set()
+        assert supervisor.failure == "consumer actor died: RuntimeError: cannot connect"
+        assert str(supervisor.error) == "cannot connect"
+        assert supervisor.restarts == {}
+
+    def test_nothing_queued_is_no_failure(self) -> None:
+        gave_up = threading.Event()
+        supervisor = Supervisor(SupervisionSettings(), gave_up.set)
+        supervisor.fail_queued()
+        assert supervisor.failure is None
+        assert not gave_up.is_set()
 
 
 class FlakyModel(CrashingModel):
