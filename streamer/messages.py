@@ -170,6 +170,20 @@ class GetStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class GetInFlight:
+    """Topology -> consumer: how much dispatched work is unacknowledged (reply: InFlight)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Consumer -> topology: the work not yet acknowledged; the drain waits for no batches."""
+
+    batches_in_flight: int
+    records_in_flight: int
+    bytes_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
 class Flush:
     """Topology -> producer: block until every sent record is acknowledged."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.routing import Teller
 from streamer.client import TP, GroupConsumer, RecordColumns
 from streamer.core.batching import Budget, MicroBatcher, columns_bytes
 from streamer.core.offsets import WatermarkTracker
@@ -26,7 +27,9 @@ from streamer.messages import (
     BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
+    GetInFlight,
     GetStatus,
+    InFlight,
     Poll,
     RecordsConsumed,
     Rewind,
@@ -52,7 +55,7 @@ END_OFFSETS_TIMEOUT_S = 2.0
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 
-    preprocessors: list[pykka.ActorRef]
+    preprocessors: list[Teller]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class ConsumerActor(PipelineActor):
         self._client_factory = client_factory
         self._client: GroupConsumer | None = None
         self._on_ready = on_ready
-        self._preprocessors: itertools.cycle[pykka.ActorRef] | None = None
+        self._preprocessors: itertools.cycle[Teller] | None = None
         # Cut at an equal share of the byte cap, so that max_in_flight batches fit in it.
         self._batcher = MicroBatcher(
             batch.max_records,
@@ -185,9 +188,9 @@ class ConsumerActor(PipelineActor):
                     return self._stop_fetching()
             case CommitNow():
                 return self._commit_sync()
-            case GetStatus():
+            case GetStatus() | GetInFlight() as query:
                 with self._lock:
-                    return self._status()
+                    return self._in_flight() if isinstance(query, GetInFlight) else self._status()
         return None
 
     # --- the poll loop -------------------------------------------------------
@@ -520,6 +523,12 @@ class ConsumerActor(PipelineActor):
         self._fetching = False
         self._set_paused(True)
         return self._status()
+
+    def _in_flight(self) -> InFlight:
+        tracker = self._tracker
+        return InFlight(
+            tracker.batches_in_flight, tracker.records_in_flight, tracker.bytes_in_flight
+        )
 
     def _status(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.preprocess import prepare_source
+from streamer.actors.routing import Teller
 from streamer.core.model import Model, preparation_key
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
@@ -32,7 +33,7 @@ class ModelActor(PipelineActor):
     def __init__(
         self,
         model: Model,
-        producer: pykka.ActorRef,
+        producer: Teller,
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
         preprocess: PreprocessSettings | None = None,

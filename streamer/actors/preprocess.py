@@ -8,6 +8,7 @@ import time
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.routing import Teller
 from streamer.core.features import FeatureSpec, prepare_batch
 from streamer.core.model import preparation_key
 from streamer.messages import FeatureBatch, Rejection, ScoreBatch, SourceBatch, SwapModel
@@ -62,7 +63,7 @@ class PreprocessorActor(PipelineActor):
         settings: PreprocessSettings,
         batch: BatchSettings,
         spec: FeatureSpec,
-        models: list[pykka.ActorRef],
+        models: list[Teller],
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
     ) -> None:

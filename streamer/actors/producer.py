@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.routing import Teller
 from streamer.client import OutputGroup, Producer, send_batch
 from streamer.clients.base import SendFailure
 from streamer.core.answers import Answer, Form, SourceContext, Tally, dead_letter, next_answer
@@ -86,7 +87,7 @@ class ProducerActor(PipelineActor):
     def __init__(
         self,
         settings: KafkaSettings,
-        consumer: pykka.ActorRef,
+        consumer: Teller,
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
         client_factory: Callable[[KafkaSettings], Producer] = Producer,

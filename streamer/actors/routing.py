@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any, Protocol
 
 import pykka
 
 log = logging.getLogger(__name__)
+
+
+class Teller(Protocol):
+    """Where a stage sends its output: a ``pykka.ActorRef`` or a :class:`Route` of them.
+
+    Only ``tell`` is used on the data plane, and what it returns is ignored, so
+    a ref (``-> None``) and a Route (``-> bool``) both fit.
+    """
+
+    def tell(self, message: Any) -> object:
+        """Send ``message`` without waiting for an answer."""
+        ...
 
 
 class Route:

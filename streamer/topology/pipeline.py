@@ -1,0 +1,243 @@
+"""Pipeline: the one object the commands use to start, run and stop a topology."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pykka
+from prometheus_client import CollectorRegistry
+
+from streamer.actors.metrics import MetricsActor, PipelineMetrics
+from streamer.clients import ConsumerFactory, ProducerFactory, backend
+from streamer.core.model import Model, load_configured
+from streamer.errors import PipelineStartError, StreamerError
+from streamer.messages import GetStatus
+from streamer.settings import Settings
+from streamer.topology import health as probes
+from streamer.topology.control import ASK_TIMEOUT_S, ask
+from streamer.topology.hot_reload import HotReload
+from streamer.topology.preflight import check_features, wait_for_broker
+from streamer.topology.specs import Stage, Wiring, attach, new_routes
+from streamer.topology.supervisor import Supervisor
+from streamer.topology.terminator import ShutdownReport, Terminator
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Builds the actor topology from Settings, supervises it, and stops it in order.
+
+    The work is done by the package's modules: what each stage is
+    (:mod:`~streamer.topology.specs`), the restarts (:mod:`~streamer.topology.supervisor`),
+    the shutdown (:mod:`~streamer.topology.terminator`), the probes
+    (:mod:`~streamer.topology.health`) and the model's hot reload
+    (:mod:`~streamer.topology.hot_reload`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        model: Model | None = None,
+        consumer_factory: ConsumerFactory | None = None,
+        producer_factory: ProducerFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        model = model if model is not None else load_configured(settings)
+        # No factory given: the backend that kafka.client names (kafka-python by default).
+        if consumer_factory is None or producer_factory is None:
+            chosen = backend(settings.kafka.client)
+            consumer_factory = consumer_factory or chosen.consumer
+            producer_factory = producer_factory or chosen.producer
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._stop_requested = threading.Event()
+        self._assigned = threading.Event()
+        # Senders hold these routes, so that a restarted actor needs no rewiring.
+        self._routes = new_routes()
+        self.metrics_ref: pykka.ActorRef | None = None
+        self._supervisor = Supervisor(settings.supervision, on_give_up=self._stop_requested.set)
+        self._terminator = Terminator(
+            self._routes, lambda: self._supervisor.failure, before_stop=self._supervisor.close
+        )
+        self._reload = HotReload(settings, model, self._routes)
+
+    @property
+    def model(self) -> Model:
+        """The model in use (a hot reload replaces it)."""
+        return self._reload.model
+
+    @property
+    def consumer_ref(self) -> pykka.ActorRef | None:
+        """The consumer actor (changes when it is restarted)."""
+        return next(iter(self._routes[Stage.CONSUMER].refs()), None)
+
+    @property
+    def producer_ref(self) -> pykka.ActorRef | None:
+        """The producer actor (changes when it is restarted)."""
+        return next(iter(self._routes[Stage.PRODUCER].refs()), None)
+
+    @property
+    def model_refs(self) -> list[pykka.ActorRef]:
+        """The model actors."""
+        return self._routes[Stage.MODEL].refs()
+
+    @property
+    def preprocessor_refs(self) -> list[pykka.ActorRef]:
+        """The preprocessor actors."""
+        return self._routes[Stage.PREPROCESSOR].refs()
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts so far, by stage."""
+        return self._supervisor.restarts
+
+    @property
+    def failure(self) -> str | None:
+        """Why the pipeline failed, if the supervisor gave up."""
+        return self._supervisor.failure
+
+    def start(self) -> None:
+        """Wait for the broker, check the topics, start every stage, and begin fetching.
+
+        Raises:
+            ConfigError: A configured topic does not exist on the broker.
+            BrokerError: The broker cannot be reached (and retrying is off).
+        """
+        s = self.settings
+        check_features(self.model)
+        self.metrics_ref = MetricsActor.start(
+            s.metrics,
+            self.registry,
+            self.model.name,
+            self.model.version,
+            health=self.health,
+            readiness=self.readiness,
+        )
+        try:
+            wait_for_broker(s, self._consumer_factory, self._stop_requested)
+            self._supervisor.start_children(self._wiring())
+            # on_start runs on each actor's thread: wait until the clients are open.
+            for ref in (self.consumer_ref, self.producer_ref):
+                assert ref is not None
+                ask(ref, GetStatus(), timeout=s.kafka.bootstrap_timeout_s + ASK_TIMEOUT_S)
+            attach(self._routes)
+        except Exception:
+            self._supervisor.fail_queued()
+            self._abort_start()
+            raise
+        self._supervisor.fail_queued()
+        if self.failure is not None:  # an actor died while opening its client
+            self._abort_start()
+        self._supervisor.run()
+        self._reload.start(self.metrics_ref)
+        log.info(
+            "pipeline started: %s -> %s (dead letters: %s), "
+            "%d preprocessors, %d models, model %s %s",
+            s.kafka.input_topic,
+            s.kafka.output_topic,
+            s.kafka.dead_letter_topic_name,
+            s.preprocess.workers,
+            s.model.workers,
+            self.model.name,
+            self.model.version,
+        )
+
+    def _wiring(self) -> Wiring:
+        return Wiring(
+            settings=self.settings,
+            routes=self._routes,
+            metrics=self.metrics_ref,
+            model=lambda: self.model,
+            consumer_factory=self._consumer_factory,
+            producer_factory=self._producer_factory,
+            on_assigned=self._assigned.set,
+        )
+
+    def _abort_start(self) -> None:
+        """Stop what started; raise the failure of the stage that died, if one did."""
+        self._terminator.stop_stages(self.metrics_ref)
+        error = self._supervisor.error
+        if isinstance(error, StreamerError):
+            raise error
+        if self.failure is not None:
+            msg = f"the pipeline failed to start: {self.failure}"
+            raise PipelineStartError(msg) from error
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run_until_stopped` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def run_until_stopped(self, poll_s: float = 0.2) -> None:
+        """Block until :meth:`request_stop` or a failure the supervisor gives up on."""
+        while not self._stop_requested.wait(poll_s):
+            pass
+
+    def request_reload(self) -> None:
+        """Reload the model in the background (safe from a signal handler: SIGHUP)."""
+        self._reload.request()
+
+    def reload_model(self, reason: str = "request") -> str:
+        """Load the configured model again and swap it in; 'success', 'unchanged' or 'failure'."""
+        return self._reload.reload_now(reason)
+
+    def wait_until_assigned(self, timeout_s: float) -> bool:
+        """Block until the consumer got its first partitions (for tests and the demo)."""
+        return self._assigned.wait(timeout_s)
+
+    def health(self) -> probes.Probe:
+        """Liveness (``/healthz``); see :func:`streamer.topology.health.liveness`."""
+        return probes.liveness(self._snapshot())
+
+    def readiness(self) -> probes.Probe:
+        """Readiness (``/readyz``); see :func:`streamer.topology.health.readiness`."""
+        return probes.readiness(self._snapshot())
+
+    def _snapshot(self) -> probes.TopologySnapshot:
+        refs: dict[str, pykka.ActorRef | None] = {
+            "consumer": self.consumer_ref,
+            "producer": self.producer_ref,
+            "metrics": self.metrics_ref,
+        }
+        refs.update({f"model-{i}": ref for i, ref in enumerate(self.model_refs)})
+        refs.update({f"preprocessor-{i}": ref for i, ref in enumerate(self.preprocessor_refs)})
+        return probes.TopologySnapshot(
+            alive={name: ref is not None and ref.is_alive() for name, ref in refs.items()},
+            restarts=dict(self.restarts),
+            failure=self.failure,
+            assigned=self._assigned.is_set(),
+            model_loaded=self.model is not None,
+            stopping=self._stop_requested.is_set(),
+        )
+
+    def consumer_status(self) -> dict[str, Any]:
+        """The consumer's in-flight counts, watermarks and commits."""
+        assert self.consumer_ref is not None
+        status: dict[str, Any] = ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
+        return status
+
+    @property
+    def metrics(self) -> PipelineMetrics:
+        """The pipeline's metrics (read them with ``registry.get_sample_value``)."""
+        assert self.metrics_ref is not None
+        metrics: PipelineMetrics = self.metrics_ref.proxy().metrics.get(timeout=ASK_TIMEOUT_S)
+        return metrics
+
+    def metrics_port(self) -> int | None:
+        """The bound /metrics port (useful with metrics.port = 0)."""
+        assert self.metrics_ref is not None
+        port: int | None = ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)["port"]
+        return port
+
+    def stop(self, timeout_s: float | None = None) -> ShutdownReport:
+        """Drain, flush, commit and stop every actor within the budget (see the terminator)."""
+        budget = self.settings.shutdown.timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        self._stop_requested.set()
+        self._reload.stop()
+        return self._terminator.shutdown(budget, self.metrics_ref, started)

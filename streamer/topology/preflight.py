@@ -1,0 +1,83 @@
+"""Before any stage starts: the model has features, the broker answers, the topics exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+from streamer.clients import ConsumerFactory
+from streamer.core.model import Model
+from streamer.errors import BrokerError, ConfigError
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def check_features(model: Model) -> None:
+    """Raise ConfigError (exit 2) for a model that declares no features."""
+    if not model.spec.names:
+        msg = f"model error: model {model.name} declares no features"
+        raise ConfigError(msg)
+
+
+def wait_for_broker(
+    settings: Settings, consumer_factory: ConsumerFactory, stop_requested: threading.Event
+) -> None:
+    """Check the topics; while the broker is unreachable, retry and log (not ready).
+
+    Raises:
+        ConfigError: A configured topic does not exist on the broker.
+        BrokerError: The broker cannot be reached, and retrying is off or a stop
+            was requested.
+    """
+    retry_s = settings.supervision.broker_retry_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            check_topics(settings, consumer_factory, retry_s)
+        except BrokerError as exc:
+            if retry_s <= 0 or stop_requested.is_set():
+                raise
+            log.warning(
+                "broker not reachable (attempt %d), retrying in %.0fs: %s",
+                attempt,
+                retry_s,
+                exc,
+            )
+            if stop_requested.wait(retry_s):
+                raise
+        else:
+            return
+
+
+def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_s: float) -> None:
+    """Raise ConfigError unless the input, output and dead-letter topics exist.
+
+    A probe consumer asks the broker, waiting at most ``timeout_s`` (when above
+    0) instead of the whole ``kafka.bootstrap_timeout_s``.
+    """
+    k = settings.kafka
+    if timeout_s > 0:
+        k = dataclasses.replace(
+            k, bootstrap_timeout_s=min(k.bootstrap_timeout_s, max(1.0, timeout_s))
+        )
+    probe = consumer_factory(k, 1)
+    try:
+        existing = probe.existing_topics()
+    finally:
+        probe.close()
+    wanted = {
+        "kafka.input_topic": k.input_topic,
+        "kafka.output_topic": k.output_topic,
+        "kafka.dead_letter_topic": k.dead_letter_topic_name,
+    }
+    for key, topic in wanted.items():
+        if topic not in existing:
+            msg = (
+                f"config error: {key}: topic {topic!r} does not exist on "
+                f"{k.bootstrap_servers}; create it first "
+                f"(e.g. kafka-topics.sh --create --topic {topic})"
+            )
+            raise ConfigError(msg)

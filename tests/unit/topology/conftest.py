@@ -1,0 +1,12 @@
+"""Fixtures of the topology tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.core.model import LinearModel, load_linear
+
+
+@pytest.fixture(scope="module")
+def demo() -> LinearModel:
+    return load_linear(None)
