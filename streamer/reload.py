@@ -51,10 +51,9 @@ def file_signature(paths: Sequence[Path]) -> Signature:
 
 
 def _same_content(old: Model, new: Model) -> bool:
-    old_digest = getattr(old, "digest", "")
     return (
-        bool(old_digest)
-        and old_digest == getattr(new, "digest", "")
+        bool(old.digest)
+        and old.digest == new.digest
         and (
             old.name,
             old.version,

@@ -403,7 +403,7 @@ class Pipeline:
             install=self._install_model,
             notify=self._notify_reload,
             interval_s=self.settings.model.watch_interval_s,
-            paths=lambda: tuple(getattr(self.model, "watch_paths", ())),
+            paths=lambda: self.model.watch_paths,
         )
         self._reloader.start()
 

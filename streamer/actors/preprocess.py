@@ -31,7 +31,7 @@ def prepare_source(
         source.values,
         spec,
         missing=settings.missing,
-        standardize=settings.standardize and getattr(spec, "standardize", True),
+        standardize=settings.standardize and spec.standardize,
         max_record_bytes=max_record_bytes,
     )
     return FeatureBatch(

@@ -60,23 +60,22 @@ class Model(Protocol):
         """One name per output column; a single output is ``score``."""
         ...
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of what the model was loaded from; empty when unknown.
+
+        A reload that loads the same digest, name, version and outputs is ``unchanged``.
+        """
+        ...
+
+    @property
+    def watch_paths(self) -> tuple[Path, ...]:
+        """The files whose change hot-reloads the model; none for the packaged demo model."""
+        ...
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Score an (n, d) standardized matrix; return shape (n,) or (n, len(output_names))."""
         ...
-
-
-@dataclass(frozen=True)
-class InputSpec(FeatureSpec):
-    """A :class:`FeatureSpec` that also says how the preprocessor treats the features.
-
-    ``standardize`` is False for a model that scales inside (or was fitted on raw
-    values): the preprocessor then passes raw values. ``fitted`` is False when
-    ``mean`` and ``std`` are placeholders (no statistics known): imputing is
-    then refused at load time.
-    """
-
-    standardize: bool = True
-    fitted: bool = True
 
 
 def preparation_key(spec: FeatureSpec) -> str:
@@ -89,7 +88,7 @@ def preparation_key(spec: FeatureSpec) -> str:
     digest.update("\x1f".join(spec.names).encode())
     digest.update(np.ascontiguousarray(spec.mean, dtype=np.float64).tobytes())
     digest.update(np.ascontiguousarray(spec.std, dtype=np.float64).tobytes())
-    digest.update(b"1" if getattr(spec, "standardize", True) else b"0")
+    digest.update(b"1" if spec.standardize else b"0")
     return digest.hexdigest()[:16]
 
 
@@ -219,7 +218,7 @@ def load_linear(path: str | Path | None, options: ModelOptions | None = None) ->
     options = options or ModelOptions()
     _check_linear_options(names, options, where)
     try:
-        spec = InputSpec(
+        spec = FeatureSpec(
             tuple(str(n) for n in names),
             vectors["mean"],
             vectors["std"],

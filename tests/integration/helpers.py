@@ -251,6 +251,10 @@ def wait_until_delivered(
 class SlowModel:
     """A model that takes ``delay_s`` longer per ``predict`` call than the one it wraps."""
 
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
     def __init__(self, inner: LinearModel, delay_s: float) -> None:
         self._inner = inner
         self._delay_s = delay_s
@@ -275,6 +279,10 @@ class GatedModel:
     deterministically happens mid-stream (and, with a small max_in_flight,
     while the consumer is paused by backpressure).
     """
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
 
     def __init__(self, inner: LinearModel, gate: threading.Event) -> None:
         self._inner = inner

@@ -253,12 +253,10 @@ class TestPipelineReload:
         assert info.value.exit_code == 2
 
 
-def test_feature_spec_subclass_keys_differ_with_standardization() -> None:
+def test_specs_that_differ_only_in_standardization_have_different_keys() -> None:
     spec = FeatureSpec(("a",), np.array([0.0]), np.array([1.0]))
     assert preparation_key(spec) == preparation_key(
         FeatureSpec(("a",), np.array([0.0]), np.array([1.0]))
     )
-    from streamer.core.model import InputSpec
-
-    raw = InputSpec(("a",), np.array([0.0]), np.array([1.0]), standardize=False)
+    raw = FeatureSpec(("a",), np.array([0.0]), np.array([1.0]), standardize=False)
     assert preparation_key(raw) != preparation_key(spec)

@@ -238,6 +238,10 @@ def test_every_record_is_produced_exactly_once_in_order_and_committed(
 class PartlyBroken:
     """The demo model, except that it raises for rows with a standardized amount above 3."""
 
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
     def __init__(self, model: LinearModel) -> None:
         self._model = model
         self.name, self.version = model.name, model.version
@@ -286,6 +290,10 @@ class ModelCrash(BaseException):
 
 class CrashingModel:
     """The demo model until its n-th call, which raises a BaseException."""
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
 
     def __init__(self, model: LinearModel, crash_on_call: int) -> None:
         self._model = model

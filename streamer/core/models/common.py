@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from streamer.core.features import FeatureSpec
 from streamer.core.files import read_file
-from streamer.core.model import InputSpec, ModelOptions
+from streamer.core.model import ModelOptions
 from streamer.core.stats import FeatureStats, load_stats
 from streamer.errors import ModelLoadError
 
@@ -43,7 +44,7 @@ class ChunkedModel:
 
     name: str
     version: str
-    spec: InputSpec
+    spec: FeatureSpec
     output_names: tuple[str, ...]
     call: ChunkCall
     chunk_rows: int
@@ -191,7 +192,7 @@ def resolve_spec(
     scales_inside: bool = False,
     inner_mean: np.ndarray | None = None,
     inner_std: np.ndarray | None = None,
-) -> InputSpec:
+) -> FeatureSpec:
     """The features a model reads and the statistics to standardize or impute them with.
 
     The names come from the model itself (``model_names``), else from
@@ -217,14 +218,14 @@ def resolve_spec(
                 "preprocess.stats_path, or set preprocess.standardize = false"
             )
             raise ModelLoadError(msg)
-        spec = InputSpec(
+        spec = FeatureSpec(
             names, ordered.mean, ordered.std, standardize=options.standardize, fitted=True
         )
     elif inner_mean is not None and inner_mean.shape == (width,):
         std = inner_std if inner_std is not None else np.ones(width)
-        spec = InputSpec(names, inner_mean, std, standardize=False, fitted=True)
+        spec = FeatureSpec(names, inner_mean, std, standardize=False, fitted=True)
     else:
-        spec = InputSpec(names, np.zeros(width), np.ones(width), standardize=False, fitted=False)
+        spec = FeatureSpec(names, np.zeros(width), np.ones(width), standardize=False, fitted=False)
     if options.missing == "impute" and not spec.fitted:
         msg = (
             f"model error: preprocess.missing='impute' needs the features' fitted means, and "
@@ -234,7 +235,7 @@ def resolve_spec(
     return spec
 
 
-def probe(call: ChunkCall, spec: InputSpec, chunk_rows: int, where: str) -> int:
+def probe(call: ChunkCall, spec: FeatureSpec, chunk_rows: int, where: str) -> int:
     """Score one typical row to check the model works; returns its number of outputs.
 
     The row is what the preprocessor would make of the fitted means (zeros after
