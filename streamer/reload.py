@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from streamer.core.model import Model
+from streamer.core.models import Model
 from streamer.messages import ModelReloaded
 
 log = logging.getLogger(__name__)

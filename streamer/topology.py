@@ -36,7 +36,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory, backend
-from streamer.core.model import Model, load_configured
+from streamer.core.models import Model, load_configured
 from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
 from streamer.errors import BrokerError, ConfigError, PipelineStartError, StreamerError
 from streamer.messages import (

@@ -9,7 +9,7 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.core.features import FeatureSpec, prepare_batch
-from streamer.core.model import preparation_key
+from streamer.core.models import preparation_key
 from streamer.messages import FeatureBatch, Rejection, ScoreBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings
 

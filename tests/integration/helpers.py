@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamer.broker import EmbeddedBroker
 from streamer.client import ensure_topics
 from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel
+from streamer.core.models.linear import LinearModel
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.topology import Pipeline
 from streamer.verify import TopicDump, read_topic

@@ -23,7 +23,7 @@ import pytest
 from streamer.broker import EmbeddedBroker, free_port
 from streamer.client import ensure_topics
 from streamer.core.demo_data import make_record
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.replay import replay_dead_letters
 from streamer.settings import KafkaSettings, build_settings, to_toml
 from streamer.topology import Pipeline

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import BrokerError, ConfigError
 from streamer.settings import (
     BatchSettings,

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
 from streamer.settings import SupervisionSettings
 from tests.unit.fakes import FakeProducer, Sent, wait_until

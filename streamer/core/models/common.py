@@ -25,7 +25,7 @@ import numpy as np
 
 from streamer.core.features import FeatureSpec
 from streamer.core.files import read_file
-from streamer.core.model import ModelOptions
+from streamer.core.models.base import ModelOptions
 from streamer.core.stats import FeatureStats, load_stats
 from streamer.errors import ModelLoadError
 
@@ -36,7 +36,7 @@ _ALIGN = 64
 
 @dataclass(frozen=True, eq=False)
 class ChunkedModel:
-    """A user's model behind the :class:`~streamer.core.model.Model` protocol.
+    """A user's model behind the :class:`~streamer.core.models.base.Model` protocol.
 
     ``call`` takes a ``(chunk_rows, d)`` float64 matrix and returns float64 of
     shape ``(chunk_rows,)`` or ``(chunk_rows, len(output_names))``.

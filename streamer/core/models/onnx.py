@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.models.base import ModelOptions
 from streamer.core.models.common import (
     ChunkedModel,
     as_matrix,
@@ -32,7 +32,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 PROBABILITIES = "probabilities"
 
 
-def load_onnx(options: ModelOptions) -> ChunkedModel:
+def load(options: ModelOptions) -> ChunkedModel:
     """Load an ONNX model with onnxruntime and wrap it for the pipeline.
 
     Raises:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.models.base import ESTIMATOR_METHODS, ModelOptions
 from streamer.core.models.common import (
     ChunkedModel,
     as_matrix,
@@ -24,10 +24,8 @@ from streamer.core.models.common import (
 )
 from streamer.errors import ModelLoadError
 
-METHODS = ("predict", "predict_proba", "decision_function", "score_samples")
 
-
-def load_sklearn(options: ModelOptions) -> ChunkedModel:
+def load(options: ModelOptions) -> ChunkedModel:
     """Load a scikit-learn model and wrap it for the pipeline.
 
     Raises:
@@ -54,7 +52,7 @@ def load_sklearn(options: ModelOptions) -> ChunkedModel:
         raise ModelLoadError(msg) from None
     kind_name = type(estimator).__name__
     if not hasattr(estimator, "get_params") or not any(
-        callable(getattr(estimator, m, None)) for m in METHODS
+        callable(getattr(estimator, m, None)) for m in ESTIMATOR_METHODS
     ):
         msg = f"model error: {where} holds a {kind_name}, not a scikit-learn estimator"
         raise ModelLoadError(msg)
@@ -113,7 +111,7 @@ def _resolve_method(estimator: Any, method: str, where: str) -> str:
     if method == "auto":
         return "predict_proba" if callable(getattr(estimator, "predict_proba", None)) else "predict"
     if not callable(getattr(estimator, method, None)):
-        available = [m for m in METHODS if callable(getattr(estimator, m, None))]
+        available = [m for m in ESTIMATOR_METHODS if callable(getattr(estimator, m, None))]
         msg = (
             f"model error: {where}: the {type(estimator).__name__} has no method {method!r} "
             f"(model.method); it has {', '.join(available)}"

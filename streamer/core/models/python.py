@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.models.base import ModelOptions
 from streamer.core.models.common import (
     ChunkedModel,
     as_matrix,
@@ -37,7 +37,7 @@ from streamer.errors import ModelLoadError
 _loads = itertools.count()
 
 
-def load_python(options: ModelOptions) -> ChunkedModel:
+def load(options: ModelOptions) -> ChunkedModel:
     """Import the callable and wrap it for the pipeline.
 
     Raises:
