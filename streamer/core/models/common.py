@@ -52,6 +52,39 @@ class ChunkedModel:
     digest: str = ""
     watch_paths: tuple[Path, ...] = field(default=())
 
+    @classmethod
+    def from_source(
+        cls,
+        options: ModelOptions,
+        source: bytes,
+        *,
+        kind: str,
+        default_name: str,
+        spec: FeatureSpec,
+        output_names: tuple[str, ...],
+        call: ChunkCall,
+        watched: Path | None,
+    ) -> ChunkedModel:
+        """A loaded model, named by ``options`` or else by ``default_name`` and ``source``.
+
+        ``source`` is what the model was loaded from (the file's bytes, or a
+        callable's module source): its SHA-256 is the digest, and its first 12 hex
+        digits the version unless ``model.version`` is set. A change to
+        ``watched``, when given, hot-reloads the model.
+        """
+        digest = hashlib.sha256(source).hexdigest()
+        return cls(
+            name=options.name or default_name,
+            version=options.version or digest[:12],
+            spec=spec,
+            output_names=output_names,
+            call=call,
+            chunk_rows=options.chunk_rows,
+            kind=kind,
+            digest=digest,
+            watch_paths=(watched,) if watched is not None else (),
+        )
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Score an (n, d) matrix in fixed-size chunks; see the module docstring."""
         if features.shape[0] == 0:
@@ -123,12 +156,6 @@ def read_model_file(options: ModelOptions, what: str) -> bytes:
         msg = f"model error: model.kind={options.kind!r} needs model.path ({what})"
         raise ModelLoadError(msg)
     return read_file("model.path", options.path)
-
-
-def file_identity(options: ModelOptions, raw: bytes, default_name: str) -> tuple[str, str, str]:
-    """(name, version, digest): the configured ones, else the default name and a content hash."""
-    digest = hashlib.sha256(raw).hexdigest()
-    return options.name or default_name, options.version or digest[:12], digest
 
 
 def _compare(
