@@ -13,8 +13,9 @@ one module each:
 
 Imports go one way: this table -> the kinds -> ``common`` -> ``base``. The
 table names each loader by module, and imports the module only when that kind
-is loaded, so that importing this package (as ``streamer.settings`` does, for
-the ``model.kind`` choices) loads neither numpy nor a kind's libraries.
+is loaded, so that importing this package loads neither numpy nor a kind's
+libraries. ``streamer.settings`` imports it, for the ``model.*`` choices and
+:class:`ModelOptions`; nothing here imports the settings.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from streamer.core.models.base import (
     METHODS,
@@ -33,14 +34,12 @@ from streamer.core.models.base import (
 )
 from streamer.errors import ModelLoadError
 
-if TYPE_CHECKING:
-    from streamer.settings import Settings
-
 __all__ = [
     "KINDS",
     "LOADERS",
     "METHODS",
     "PROBABILITY_MODES",
+    "Configured",
     "Model",
     "ModelOptions",
     "load_configured",
@@ -69,13 +68,21 @@ def load_model(kind: str, path: str | None, options: ModelOptions | None = None)
     return _loader(kind)(opts)
 
 
-def load_configured(settings: Settings) -> Model:
+class Configured(Protocol):
+    """Settings that say which model to load; :class:`streamer.settings.Settings` does."""
+
+    def model_options(self) -> ModelOptions:
+        """The options of ``[model]`` and ``[preprocess]``."""
+        ...
+
+
+def load_configured(settings: Configured) -> Model:
     """Load the model that validated settings describe (``[model]`` and ``[preprocess]``).
 
     Raises:
         ModelLoadError: The model cannot be loaded, or does not fit the settings.
     """
-    options = ModelOptions.from_settings(settings)
+    options = settings.model_options()
     return load_model(options.kind, options.path, options)
 
 

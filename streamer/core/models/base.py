@@ -1,7 +1,7 @@
 """The bottom of the models package: what every kind and every caller share.
 
 :class:`Model` is all that the actors, the reloader and the topology read from a
-model; :class:`ModelOptions` is all that a loader reads from the settings. The
+model; :class:`ModelOptions` is all that a loader reads of the settings. The
 vocabularies of ``model.method`` and ``model.probabilities`` live here, next to
 the options that take them, so that ``streamer.settings`` validates with the
 same tuples the kinds use.
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from streamer.core.features import FeatureSpec
-    from streamer.settings import Settings
 
 ESTIMATOR_METHODS = ("predict", "predict_proba", "decision_function", "score_samples")
 """The scikit-learn methods that ``model.method`` may name."""
@@ -89,7 +88,11 @@ def preparation_key(spec: FeatureSpec) -> str:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Everything a loader needs, taken from ``[model]`` and ``[preprocess]``."""
+    """Everything a loader needs; ``Settings.model_options()`` gives the configured ones.
+
+    The settings map their ``[model]`` and ``[preprocess]`` keys onto these
+    fields, so that this package never depends on how the configuration is laid out.
+    """
 
     kind: str = "linear"
     path: str = ""
@@ -103,26 +106,3 @@ class ModelOptions:
     stats_path: str = ""
     standardize: bool = True
     missing: str = "dlq"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ModelOptions:
-        """The options of validated settings."""
-        m, p = settings.model, settings.preprocess
-        return cls(
-            kind=m.kind,
-            path=m.path,
-            name=m.name,
-            version=m.version,
-            method=m.method,
-            probabilities=m.probabilities,
-            outputs=_split_names(m.outputs),
-            chunk_rows=m.chunk_rows,
-            features=_split_names(p.features),
-            stats_path=p.stats_path,
-            standardize=p.standardize,
-            missing=p.missing,
-        )
-
-
-def _split_names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
