@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from streamer.core.model import load_linear
+from streamer.core.models.linear import load_linear
 from streamer.core.output import iso_now
 
 GROUP = {"session_ms": 6000, "heartbeat_ms": 1000}  # --session-ms changes the first

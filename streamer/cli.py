@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config and its model without starting anything."""
-    from streamer.core.model import load_configured  # noqa: PLC0415
+    from streamer.core.models import load_configured  # noqa: PLC0415
 
     settings = load_settings(args.file)
     hide_secrets(settings.kafka.sasl_password)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from streamer.core.model import Model
+    from streamer.core.models import Model
 
 
 @dataclass(frozen=True, slots=True)

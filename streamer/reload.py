@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from streamer.core.model import Model
+from streamer.core.models import Model
 from streamer.messages import ModelReloaded
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,9 @@ def file_signature(paths: Sequence[Path]) -> Signature:
 
 
 def _same_content(old: Model, new: Model) -> bool:
-    old_digest = getattr(old, "digest", "")
     return (
-        bool(old_digest)
-        and old_digest == getattr(new, "digest", "")
+        bool(old.digest)
+        and old.digest == new.digest
         and (
             old.name,
             old.version,

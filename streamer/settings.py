@@ -18,13 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions
 from streamer.errors import ConfigError
 
 ENV_PREFIX = "STREAMER_"
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"doc": text}, **kwargs)
+def _doc(
+    text: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    positive: bool = False,
+    non_negative: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A field with its one-line doc and the constraints that :func:`_check_value` applies."""
+    metadata = {"doc": text, "choices": choices, "positive": positive, "non_negative": non_negative}
+    return field(metadata=metadata, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ class ModelSettings:
         "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
         "(onnxruntime) or 'python' (a callable taking a DataFrame).",
         default="linear",
+        choices=KINDS,
     )
     path: str = _doc(
         "Model file; for kind 'python', 'package.module:callable' or 'file.py:callable'; "
@@ -163,6 +174,7 @@ class ModelSettings:
         "Number of model actors. Raise it for a model that releases the GIL while it "
         "predicts (onnxruntime, a large numpy or sklearn model); a light model is fastest with 1.",
         default=1,
+        positive=True,
     )
     name: str = _doc(
         "Model name in every output and in streamer_model_info; empty means the linear file's "
@@ -178,11 +190,13 @@ class ModelSettings:
         "sklearn output: 'auto' (predict_proba when the model has it, else predict), "
         "'predict', 'predict_proba', 'decision_function' or 'score_samples'.",
         default="auto",
+        choices=METHODS,
     )
     probabilities: str = _doc(
         "Class probabilities (sklearn predict_proba, ONNX 'probabilities'): 'positive' (one "
         "'score', the last class of a binary model) or 'all' (one 'proba_<class>' per class).",
         default="positive",
+        choices=PROBABILITY_MODES,
     )
     outputs: str = _doc(
         "ONNX: comma-separated outputs to write, one field each; empty means 'probabilities' "
@@ -194,11 +208,13 @@ class ModelSettings:
         "this many, so that no prediction depends on the batch size; 0 passes batches as "
         "they are.",
         default=1000,
+        non_negative=True,
     )
     watch_interval_s: float = _doc(
         "How often to check the model file for a change to hot-reload; 0 disables (SIGHUP "
         "still reloads).",
         default=1.0,
+        non_negative=True,
     )
 
 
@@ -261,6 +277,28 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
 
+    def model_options(self) -> ModelOptions:
+        """What the model loader reads of ``[model]`` and ``[preprocess]``."""
+        m, p = self.model, self.preprocess
+        return ModelOptions(
+            kind=m.kind,
+            path=m.path,
+            name=m.name,
+            version=m.version,
+            method=m.method,
+            probabilities=m.probabilities,
+            outputs=_split_names(m.outputs),
+            chunk_rows=m.chunk_rows,
+            features=_split_names(p.features),
+            stats_path=p.stats_path,
+            standardize=p.standardize,
+            missing=p.missing,
+        )
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
 
 SECTIONS: dict[str, type] = {
     "kafka": KafkaSettings,
@@ -272,6 +310,7 @@ SECTIONS: dict[str, type] = {
     "shutdown": ShutdownSettings,
 }
 
+# The constraints of the options that do not carry them on their field yet (see _doc).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "kafka.client": ("kafka-python", "confluent"),
     "kafka.auto_offset_reset": ("earliest", "latest"),
@@ -279,9 +318,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "kafka.sasl_mechanism": ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     "preprocess.missing": ("dlq", "drop", "impute"),
     "supervision.on_unanswerable": ("stop", "skip"),
-    "model.kind": ("linear", "sklearn", "onnx", "python"),
-    "model.method": ("auto", "predict", "predict_proba", "decision_function", "score_samples"),
-    "model.probabilities": ("positive", "all"),
 }
 _POSITIVE = {
     "batch.max_records",
@@ -290,7 +326,6 @@ _POSITIVE = {
     "batch.max_in_flight_bytes",
     "kafka.max_request_bytes",
     "preprocess.workers",
-    "model.workers",
     "kafka.max_poll_records",
     "kafka.producer_batch_bytes",
     "kafka.session_timeout_s",
@@ -314,8 +349,6 @@ _NON_NEGATIVE = {
     "kafka.fetch_max_wait_s",
     "kafka.linger_s",
     "metrics.port",
-    "model.chunk_rows",
-    "model.watch_interval_s",
 }
 _REQUIRED = ("kafka.input_topic", "kafka.output_topic")
 
@@ -365,19 +398,22 @@ def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
     return value
 
 
-def _check_value(key: str, value: Any) -> None:
+def _check_value(key: str, value: Any, constraints: Mapping[str, Any]) -> None:
+    """Apply the field's constraints (its ``_doc`` metadata), or else the tables' above."""
     if isinstance(value, float) and not math.isfinite(value):
         msg = f"config error: {key} must be a finite number, got {value!r}"
         raise ConfigError(msg)
-    choices = _CHOICES.get(key)
+    choices = constraints.get("choices")
+    if choices is None:
+        choices = _CHOICES.get(key)
     if choices is not None and value not in choices:
         shown = ", ".join(repr(c) for c in choices)
         msg = f"config error: {key} must be one of {shown}, got {value!r}"
         raise ConfigError(msg)
-    if key in _POSITIVE and value <= 0:
+    if (constraints.get("positive") or key in _POSITIVE) and value <= 0:
         msg = f"config error: {key} must be > 0, got {value!r}"
         raise ConfigError(msg)
-    if key in _NON_NEGATIVE and value < 0:
+    if (constraints.get("non_negative") or key in _NON_NEGATIVE) and value < 0:
         msg = f"config error: {key} must be >= 0, got {value!r}"
         raise ConfigError(msg)
 
@@ -420,16 +456,16 @@ def _merge_sources(
 def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, (value, from_text) in values.items():
         dotted = f"{section}.{key}"
-        if key not in names:
-            known = ", ".join(sorted(names))
+        if key not in fields:
+            known = ", ".join(sorted(fields))
             msg = f"config error: unknown key {dotted} (known keys in [{section}]: {known})"
             raise ConfigError(msg)
         coerced = _coerce(dotted, hints[key], value, from_text=from_text)
-        _check_value(dotted, coerced)
+        _check_value(dotted, coerced, fields[key].metadata)
         kwargs[key] = coerced
     return cls(**kwargs)
 

@@ -11,7 +11,7 @@ import pykka
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.preprocess import prepare_source
 from streamer.actors.routing import Teller
-from streamer.core.model import Model, preparation_key
+from streamer.core.models import Model, preparation_key
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings

@@ -10,7 +10,7 @@ import pykka
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
 from streamer.core.features import FeatureSpec, prepare_batch
-from streamer.core.model import preparation_key
+from streamer.core.models import preparation_key
 from streamer.messages import FeatureBatch, Rejection, ScoreBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings
 
@@ -32,7 +32,7 @@ def prepare_source(
         source.values,
         spec,
         missing=settings.missing,
-        standardize=settings.standardize and getattr(spec, "standardize", True),
+        standardize=settings.standardize and spec.standardize,
         max_record_bytes=max_record_bytes,
     )
     return FeatureBatch(

@@ -40,11 +40,19 @@ MISSING_POLICIES = ("dlq", "drop", "impute")
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The model's input: feature names in column order and their fitted statistics."""
+    """The model's input: feature names in column order and their fitted statistics.
+
+    ``standardize`` is False for a model that scales inside (or was fitted on raw
+    values): the preprocessor then passes raw values. ``fitted`` is False when
+    ``mean`` and ``std`` are placeholders (no statistics known): imputing is
+    then refused at load time.
+    """
 
     names: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
+    standardize: bool = True
+    fitted: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.names)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.core.model import Model
+from streamer.core.models import Model
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import contextlib
 
 import pykka
 
-from streamer.core.model import Model, load_configured
+from streamer.core.models import Model, load_configured
 from streamer.messages import ModelReloaded, SwapModel
 from streamer.reload import ModelReloader
 from streamer.settings import Settings
@@ -38,7 +38,7 @@ class HotReload:
             install=self._install,
             notify=self._notify,
             interval_s=self._settings.model.watch_interval_s,
-            paths=lambda: tuple(getattr(self.model, "watch_paths", ())),
+            paths=lambda: self.model.watch_paths,
         )
         self._reloader.start()
 

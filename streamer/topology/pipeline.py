@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import MetricsActor, PipelineMetrics
 from streamer.clients import ConsumerFactory, ProducerFactory, backend
-from streamer.core.model import Model, load_configured
+from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
 from streamer.messages import GetStatus
 from streamer.settings import Settings

@@ -7,7 +7,7 @@ import logging
 import threading
 
 from streamer.clients import ConsumerFactory
-from streamer.core.model import Model
+from streamer.core.models import Model
 from streamer.errors import BrokerError, ConfigError
 from streamer.settings import Settings
 

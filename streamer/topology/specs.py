@@ -29,7 +29,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
-from streamer.core.model import Model
+from streamer.core.models import Model
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Rewind
 from streamer.settings import Settings

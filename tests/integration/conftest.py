@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.broker import EmbeddedBroker
-from streamer.core.model import Model
+from streamer.core.models import Model
 from streamer.settings import Settings
 from streamer.topology import Pipeline
 

@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamer.broker import EmbeddedBroker
 from streamer.client import ensure_topics
 from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel
+from streamer.core.models.linear import LinearModel
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.topology import Pipeline
 from streamer.verify import TopicDump, read_topic
@@ -251,6 +251,10 @@ def wait_until_delivered(
 class SlowModel:
     """A model that takes ``delay_s`` longer per ``predict`` call than the one it wraps."""
 
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
     def __init__(self, inner: LinearModel, delay_s: float) -> None:
         self._inner = inner
         self._delay_s = delay_s
@@ -275,6 +279,10 @@ class GatedModel:
     deterministically happens mid-stream (and, with a small max_in_flight,
     while the consumer is paused by backpressure).
     """
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
 
     def __init__(self, inner: LinearModel, gate: threading.Event) -> None:
         self._inner = inner

@@ -10,7 +10,7 @@ import pytest
 
 from streamer.actors import consumer as consumer_module
 from streamer.core.demo_data import make_record
-from streamer.core.model import load_linear
+from streamer.core.models.linear import load_linear
 from streamer.verify import reconcile
 
 from .helpers import (

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.core.demo_data import make_event, make_record
-from streamer.core.model import load_linear
+from streamer.core.models.linear import load_linear
 from streamer.topology import Pipeline, ShutdownReport
 from streamer.verify import TopicDump, reconcile
 

@@ -23,7 +23,7 @@ import pytest
 from streamer.broker import EmbeddedBroker, free_port
 from streamer.client import ensure_topics
 from streamer.core.demo_data import make_record
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.replay import replay_dead_letters
 from streamer.settings import KafkaSettings, build_settings, to_toml
 from streamer.topology import Pipeline
@@ -76,6 +76,10 @@ def check_no_loss(cluster: Cluster, topics: Topics, name: str) -> Reconciliation
 class FlakyModel:
     """The demo model; ``crash_calls`` predict calls die with a BaseException (a kill)."""
 
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
     def __init__(self, inner: LinearModel, crash_calls: set[int]) -> None:
         self._inner = inner
         self.name, self.version = inner.name, inner.version
@@ -95,6 +99,10 @@ class FlakyModel:
 
 class PoisonModel:
     """Raises for any batch holding a row whose raw amount is 666: a poison record."""
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
 
     def __init__(self, inner: LinearModel, always: bool = False) -> None:
         self._inner = inner

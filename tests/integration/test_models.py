@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.core.model import ModelOptions, load_model
+from streamer.core.models import ModelOptions, load_model
 from tests import model_zoo as zoo
 
 from .helpers import Cluster, PipelineStarter, wait_for, wait_until_delivered

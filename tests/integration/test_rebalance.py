@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from streamer.core.demo_data import make_record
-from streamer.core.model import load_linear
+from streamer.core.models.linear import load_linear
 from streamer.topology import Pipeline
 from streamer.verify import reconcile
 

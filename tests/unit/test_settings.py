@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions
 from streamer.errors import ConfigError
 from streamer.settings import (
     BatchSettings,
@@ -217,6 +218,13 @@ class TestErrors:
             ("preprocess", "missing", "ignore", "'dlq', 'drop', 'impute'"),
             ("model", "kind", "tree", "'linear', 'sklearn', 'onnx', 'python'"),
             (
+                "model",
+                "method",
+                "proba",
+                "'auto', 'predict', 'predict_proba', 'decision_function', 'score_samples'",
+            ),
+            ("model", "probabilities", "some", "'positive', 'all'"),
+            (
                 "kafka",
                 "security_protocol",
                 "TLS",
@@ -254,11 +262,39 @@ class TestErrors:
             ("kafka", "linger_s", -1.0),
             ("kafka", "commit_interval_s", -1.0),
             ("metrics", "port", -1),
+            ("model", "chunk_rows", -1),
+            ("model", "watch_interval_s", -1.0),
         ],
     )
     def test_a_negative_value_is_named(self, section: str, key: str, value: object) -> None:
         message = config_error(file_values=with_topics(**{section: {key: value}}))
         assert message == f"config error: {section}.{key} must be >= 0, got {value!r}"
+
+    @pytest.mark.parametrize(
+        ("key", "owned"),
+        [("kind", KINDS), ("method", METHODS), ("probabilities", PROBABILITY_MODES)],
+    )
+    def test_the_model_choices_are_those_of_the_models_package(
+        self, key: str, owned: tuple[str, ...]
+    ) -> None:
+        for value in owned:
+            assert getattr(build_settings(with_topics(model={key: value})).model, key) == value
+
+    def test_the_model_options_are_the_model_and_preprocess_keys_with_lists_split(self) -> None:
+        settings = build_settings(
+            with_topics(
+                model={"kind": "onnx", "path": "m.onnx", "outputs": " label , probabilities,"},
+                preprocess={"features": "a, b", "missing": "impute", "standardize": False},
+            )
+        )
+        assert settings.model_options() == ModelOptions(
+            kind="onnx",
+            path="m.onnx",
+            outputs=("label", "probabilities"),
+            features=("a", "b"),
+            standardize=False,
+            missing="impute",
+        )
 
     def test_zero_is_allowed_where_it_means_something(self) -> None:
         settings = build_settings(

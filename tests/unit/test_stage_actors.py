@@ -15,7 +15,7 @@ from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.core.features import FeatureSpec, prepare_batch
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import DeliveryError
 from streamer.messages import (
     BatchAcked,

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from streamer.core.features import FeatureSpec
 from streamer.core.files import read_file
-from streamer.core.model import InputSpec, ModelOptions
+from streamer.core.models.base import ModelOptions
 from streamer.core.stats import FeatureStats, load_stats
 from streamer.errors import ModelLoadError
 
@@ -35,7 +36,7 @@ _ALIGN = 64
 
 @dataclass(frozen=True, eq=False)
 class ChunkedModel:
-    """A user's model behind the :class:`~streamer.core.model.Model` protocol.
+    """A user's model behind the :class:`~streamer.core.models.base.Model` protocol.
 
     ``call`` takes a ``(chunk_rows, d)`` float64 matrix and returns float64 of
     shape ``(chunk_rows,)`` or ``(chunk_rows, len(output_names))``.
@@ -43,13 +44,46 @@ class ChunkedModel:
 
     name: str
     version: str
-    spec: InputSpec
+    spec: FeatureSpec
     output_names: tuple[str, ...]
     call: ChunkCall
     chunk_rows: int
     kind: str
     digest: str = ""
     watch_paths: tuple[Path, ...] = field(default=())
+
+    @classmethod
+    def from_source(
+        cls,
+        options: ModelOptions,
+        source: bytes,
+        *,
+        kind: str,
+        default_name: str,
+        spec: FeatureSpec,
+        output_names: tuple[str, ...],
+        call: ChunkCall,
+        watched: Path | None,
+    ) -> ChunkedModel:
+        """A loaded model, named by ``options`` or else by ``default_name`` and ``source``.
+
+        ``source`` is what the model was loaded from (the file's bytes, or a
+        callable's module source): its SHA-256 is the digest, and its first 12 hex
+        digits the version unless ``model.version`` is set. A change to
+        ``watched``, when given, hot-reloads the model.
+        """
+        digest = hashlib.sha256(source).hexdigest()
+        return cls(
+            name=options.name or default_name,
+            version=options.version or digest[:12],
+            spec=spec,
+            output_names=output_names,
+            call=call,
+            chunk_rows=options.chunk_rows,
+            kind=kind,
+            digest=digest,
+            watch_paths=(watched,) if watched is not None else (),
+        )
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Score an (n, d) matrix in fixed-size chunks; see the module docstring."""
@@ -124,12 +158,6 @@ def read_model_file(options: ModelOptions, what: str) -> bytes:
     return read_file("model.path", options.path)
 
 
-def file_identity(options: ModelOptions, raw: bytes, default_name: str) -> tuple[str, str, str]:
-    """(name, version, digest): the configured ones, else the default name and a content hash."""
-    digest = hashlib.sha256(raw).hexdigest()
-    return options.name or default_name, options.version or digest[:12], digest
-
-
 def _compare(
     names: Sequence[str], other: Sequence[str], other_what: str, names_what: str, where: str
 ) -> None:
@@ -191,7 +219,7 @@ def resolve_spec(
     scales_inside: bool = False,
     inner_mean: np.ndarray | None = None,
     inner_std: np.ndarray | None = None,
-) -> InputSpec:
+) -> FeatureSpec:
     """The features a model reads and the statistics to standardize or impute them with.
 
     The names come from the model itself (``model_names``), else from
@@ -217,14 +245,14 @@ def resolve_spec(
                 "preprocess.stats_path, or set preprocess.standardize = false"
             )
             raise ModelLoadError(msg)
-        spec = InputSpec(
+        spec = FeatureSpec(
             names, ordered.mean, ordered.std, standardize=options.standardize, fitted=True
         )
     elif inner_mean is not None and inner_mean.shape == (width,):
         std = inner_std if inner_std is not None else np.ones(width)
-        spec = InputSpec(names, inner_mean, std, standardize=False, fitted=True)
+        spec = FeatureSpec(names, inner_mean, std, standardize=False, fitted=True)
     else:
-        spec = InputSpec(names, np.zeros(width), np.ones(width), standardize=False, fitted=False)
+        spec = FeatureSpec(names, np.zeros(width), np.ones(width), standardize=False, fitted=False)
     if options.missing == "impute" and not spec.fitted:
         msg = (
             f"model error: preprocess.missing='impute' needs the features' fitted means, and "
@@ -234,7 +262,7 @@ def resolve_spec(
     return spec
 
 
-def probe(call: ChunkCall, spec: InputSpec, chunk_rows: int, where: str) -> int:
+def probe(call: ChunkCall, spec: FeatureSpec, chunk_rows: int, where: str) -> int:
     """Score one typical row to check the model works; returns its number of outputs.
 
     The row is what the preprocessor would make of the fitted means (zeros after

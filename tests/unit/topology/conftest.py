@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel
+from streamer.core.models.linear import LinearModel
 from streamer.settings import (
     BatchSettings,
     KafkaSettings,
@@ -175,6 +175,11 @@ class ModelCrash(BaseException):
 
 class CrashingModel:
     """The demo model until its n-th call, which raises a BaseException."""
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
 
     def __init__(self, model: LinearModel, crash_on_call: int) -> None:
         self._model = model

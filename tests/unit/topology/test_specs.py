@@ -14,7 +14,7 @@ from streamer.actors.consumer import Attach, ConsumerActor
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
-from streamer.core.model import LinearModel
+from streamer.core.models.linear import LinearModel
 from streamer.messages import (
     BatchAcked,
     FeatureBatch,

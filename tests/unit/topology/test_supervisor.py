@@ -14,7 +14,7 @@ import pykka
 import pytest
 
 from streamer.actors.base import FailureHandler
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import DeadLetterRatioError
 from streamer.messages import ActorRestarted
 from streamer.settings import SupervisionSettings

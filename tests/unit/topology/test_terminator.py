@@ -7,7 +7,7 @@ from typing import Any
 
 import pykka
 
-from streamer.core.model import LinearModel, load_linear
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import BrokerError
 from streamer.messages import (
     BatchAcked,

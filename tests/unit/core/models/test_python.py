@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamer.core.model import ModelOptions, load_model
+from streamer.core.models import ModelOptions, load_model
 from streamer.errors import ModelLoadError
 from tests import model_zoo as zoo
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from streamer.actors.preprocess import prepare_source
-from streamer.core.model import Model, ModelOptions, load_model
+from streamer.core.models import Model, ModelOptions, load_model
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import SourceBatch
 from streamer.settings import PreprocessSettings

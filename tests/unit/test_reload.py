@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
-from streamer.core.features import FeatureSpec
-from streamer.core.model import LinearModel, load_linear, preparation_key
+from streamer.core.models import preparation_key
+from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import ModelLoadError
 from streamer.messages import (
     FeatureBatch,
@@ -251,14 +251,3 @@ class TestPipelineReload:
         with pytest.raises(ModelLoadError) as info:
             Pipeline(settings)
         assert info.value.exit_code == 2
-
-
-def test_feature_spec_subclass_keys_differ_with_standardization() -> None:
-    spec = FeatureSpec(("a",), np.array([0.0]), np.array([1.0]))
-    assert preparation_key(spec) == preparation_key(
-        FeatureSpec(("a",), np.array([0.0]), np.array([1.0]))
-    )
-    from streamer.core.model import InputSpec
-
-    raw = InputSpec(("a",), np.array([0.0]), np.array([1.0]), standardize=False)
-    assert preparation_key(raw) != preparation_key(spec)

@@ -13,7 +13,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streamer.core.model import ModelOptions, load_model
+from streamer.core.models import ModelOptions, load_model
 from streamer.core.stats import fit_stats
 from streamer.errors import ModelLoadError
 from tests import model_zoo as zoo
@@ -120,7 +120,7 @@ class TestLoading:
     def test_parallel_estimators_are_made_sequential_for_stable_sums(self) -> None:
         from sklearn.ensemble import RandomForestClassifier
 
-        from streamer.core.models.sklearn_kind import _single_job
+        from streamer.core.models.sklearn import _single_job
 
         pipeline = make_pipeline(StandardScaler(), RandomForestClassifier(n_jobs=-1))
         _single_job(pipeline)

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.features import FeatureSpec
+from streamer.core.models.base import ModelOptions
 from streamer.core.models.common import (
+    ChunkCall,
     ChunkedModel,
     as_matrix,
-    file_identity,
     one_line,
     output_names,
     probe,
@@ -31,8 +32,11 @@ from streamer.errors import ModelLoadError
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 PROBABILITIES = "probabilities"
 
+Feed = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""A chunk as the session's inputs, by name."""
 
-def load_onnx(options: ModelOptions) -> ChunkedModel:
+
+def load(options: ModelOptions) -> ChunkedModel:
     """Load an ONNX model with onnxruntime and wrap it for the pipeline.
 
     Raises:
@@ -41,6 +45,26 @@ def load_onnx(options: ModelOptions) -> ChunkedModel:
     """
     raw = read_model_file(options, "an .onnx file")
     where = f"model.path={options.path}"
+    session = _session(raw, where)
+    spec, feed = _inputs(session, raw, options, where)
+    wanted, proba_mode = _choose_outputs(session, options, where)
+    positive = proba_mode and options.probabilities == "positive"
+    call = _chunk_call(session, wanted, feed, positive=positive)
+    width = probe(call, spec, options.chunk_rows, where)
+    return ChunkedModel.from_source(
+        options,
+        raw,
+        kind="onnx",
+        default_name=Path(options.path).stem,
+        spec=spec,
+        output_names=_output_names(width, wanted, proba_mode, where),
+        call=call,
+        watched=Path(options.path),
+    )
+
+
+def _session(raw: bytes, where: str) -> Any:
+    """An onnxruntime session of the model, on one thread."""
     try:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError as exc:
@@ -55,11 +79,16 @@ def load_onnx(options: ModelOptions) -> ChunkedModel:
     session_options.intra_op_num_threads = 1
     session_options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(raw, session_options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(raw, session_options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         msg = f"model error: {where} is not a valid ONNX model: {one_line(exc)}"
         raise ModelLoadError(msg) from None
 
+
+def _inputs(
+    session: Any, raw: bytes, options: ModelOptions, where: str
+) -> tuple[FeatureSpec, Feed]:
+    """The features the graph reads, and how a chunk is fed to its inputs."""
     inputs = session.get_inputs()
     scales_inside = _has_scaler(raw)
     for node in inputs:
@@ -80,21 +109,21 @@ def load_onnx(options: ModelOptions) -> ChunkedModel:
             n_inputs=width,
             scales_inside=scales_inside,
         )
-        feed = _matrix_feed(inputs[0].name, _DTYPES[inputs[0].type])
-    else:
-        spec = resolve_spec(
-            options,
-            where,
-            model_names=[node.name for node in inputs],
-            model_names_what="the model's input names",
-            n_inputs=None,
-            scales_inside=scales_inside,
-        )
-        dtypes = {node.name: _DTYPES[node.type] for node in inputs}
-        feed = _column_feed(spec.names, dtypes)
+        return spec, _matrix_feed(inputs[0].name, _DTYPES[inputs[0].type])
+    spec = resolve_spec(
+        options,
+        where,
+        model_names=[node.name for node in inputs],
+        model_names_what="the model's input names",
+        n_inputs=None,
+        scales_inside=scales_inside,
+    )
+    dtypes = {node.name: _DTYPES[node.type] for node in inputs}
+    return spec, _column_feed(spec.names, dtypes)
 
-    wanted, proba_mode = _choose_outputs(session, options, where)
-    positive = proba_mode and options.probabilities == "positive"
+
+def _chunk_call(session: Any, wanted: list[str], feed: Feed, *, positive: bool) -> ChunkCall:
+    """Run the session on one chunk; the positive class's column only when ``positive``."""
 
     def call(chunk: np.ndarray) -> np.ndarray:
         results = session.run(wanted, feed(chunk))
@@ -103,31 +132,21 @@ def load_onnx(options: ModelOptions) -> ChunkedModel:
             return columns[0][:, 1]
         return columns[0] if len(columns) == 1 else np.column_stack(columns)
 
-    width = probe(call, spec, options.chunk_rows, where)
+    return call
+
+
+def _output_names(width: int, wanted: list[str], proba_mode: bool, where: str) -> tuple[str, ...]:
     if proba_mode:
-        names = output_names(width, "proba")
-    elif len(wanted) == 1:
-        names = ("score",) if width == 1 else output_names(width, wanted[0])
-    elif width == len(wanted):
-        names = tuple(wanted)
-    else:
-        msg = (
-            f"model error: {where}: with several model.outputs, each must give one value "
-            f"per row; {', '.join(wanted)} give {width} together"
-        )
-        raise ModelLoadError(msg)
-    name, version, digest = file_identity(options, raw, Path(options.path).stem)
-    return ChunkedModel(
-        name=name,
-        version=version,
-        spec=spec,
-        output_names=names,
-        call=call,
-        chunk_rows=options.chunk_rows,
-        kind="onnx",
-        digest=digest,
-        watch_paths=(Path(options.path),),
+        return output_names(width, "proba")
+    if len(wanted) == 1:
+        return ("score",) if width == 1 else output_names(width, wanted[0])
+    if width == len(wanted):
+        return tuple(wanted)
+    msg = (
+        f"model error: {where}: with several model.outputs, each must give one value "
+        f"per row; {', '.join(wanted)} give {width} together"
     )
+    raise ModelLoadError(msg)
 
 
 def _choose_outputs(session: Any, options: ModelOptions, where: str) -> tuple[list[str], bool]:
@@ -168,16 +187,14 @@ def _has_scaler(raw: bytes) -> bool:
     return any(node.op_type in ("Scaler", "Normalizer") for node in graph.node)
 
 
-def _matrix_feed(name: str, dtype: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def _matrix_feed(name: str, dtype: Any) -> Feed:
     def feed(chunk: np.ndarray) -> dict[str, np.ndarray]:
         return {name: chunk.astype(dtype, copy=False)}
 
     return feed
 
 
-def _column_feed(
-    names: tuple[str, ...], dtypes: dict[str, Any]
-) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def _column_feed(names: tuple[str, ...], dtypes: dict[str, Any]) -> Feed:
     def feed(chunk: np.ndarray) -> dict[str, np.ndarray]:
         return {
             name: np.ascontiguousarray(chunk[:, [col]], dtype=dtypes[name])

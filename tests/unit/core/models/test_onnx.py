@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.core.model import ModelOptions, load_model
+from streamer.core.models import ModelOptions, load_model
 from streamer.errors import ModelLoadError
 from tests import model_zoo as zoo
 

@@ -13,18 +13,19 @@ model actors are still calling.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.models.base import ModelOptions
 from streamer.core.models.common import (
+    ChunkCall,
     ChunkedModel,
     as_matrix,
     one_line,
@@ -37,7 +38,7 @@ from streamer.errors import ModelLoadError
 _loads = itertools.count()
 
 
-def load_python(options: ModelOptions) -> ChunkedModel:
+def load(options: ModelOptions) -> ChunkedModel:
     """Import the callable and wrap it for the pipeline.
 
     Raises:
@@ -45,6 +46,35 @@ def load_python(options: ModelOptions) -> ChunkedModel:
             the callable does not exist, or it does not fit the features.
     """
     reference = options.path
+    source, attribute, function = _resolve(reference)
+    where = f"model.path={reference}"
+    declared = getattr(function, "features", None)
+    spec = resolve_spec(
+        options,
+        where,
+        model_names=[str(n) for n in declared] if declared is not None else None,
+        model_names_what=f"{attribute}.features",
+        n_inputs=None,
+    )
+    labels: list[str] = []
+    call = _chunk_call(function, list(spec.names), labels)
+    width = probe(call, spec, options.chunk_rows, where)
+    return ChunkedModel.from_source(
+        options,
+        source.read_bytes() if source is not None else reference.encode(),
+        kind="python",
+        default_name=attribute,
+        spec=spec,
+        output_names=(
+            tuple(labels) if width > 1 and len(labels) == width else output_names(width, "score")
+        ),
+        call=call,
+        watched=source,
+    )
+
+
+def _resolve(reference: str) -> tuple[Path | None, str, Callable[..., Any]]:
+    """(the module's source file if any, the attribute path, the callable) of a reference."""
     module_ref, sep, attribute = reference.rpartition(":")
     if not sep or not module_ref or not attribute:
         msg = (
@@ -67,20 +97,12 @@ def load_python(options: ModelOptions) -> ChunkedModel:
             f"{type(target).__name__}, not a callable"
         )
         raise ModelLoadError(msg)
-    function = target
-    where = f"model.path={reference}"
-    declared = getattr(function, "features", None)
-    spec = resolve_spec(
-        options,
-        where,
-        model_names=[str(n) for n in declared] if declared is not None else None,
-        model_names_what=f"{attribute}.features",
-        n_inputs=None,
-    )
-    import pandas as pd  # noqa: PLC0415
+    return source, attribute, target
 
-    columns = list(spec.names)
-    labels: list[str] = []
+
+def _chunk_call(function: Callable[..., Any], columns: list[str], labels: list[str]) -> ChunkCall:
+    """Call ``function`` on a chunk as a DataFrame; ``labels`` gets the first result's columns."""
+    import pandas as pd  # noqa: PLC0415
 
     def call(chunk: np.ndarray) -> np.ndarray:
         result = function(pd.DataFrame(chunk, columns=columns, copy=False))
@@ -88,21 +110,7 @@ def load_python(options: ModelOptions) -> ChunkedModel:
             labels.extend(str(c) for c in result.columns)
         return as_matrix(result, chunk.shape[0])
 
-    width = probe(call, spec, options.chunk_rows, where)
-    raw = source.read_bytes() if source is not None else reference.encode()
-    digest = hashlib.sha256(raw).hexdigest()
-    names = tuple(labels) if width > 1 and len(labels) == width else output_names(width, "score")
-    return ChunkedModel(
-        name=options.name or attribute,
-        version=options.version or digest[:12],
-        spec=spec,
-        output_names=names,
-        call=call,
-        chunk_rows=options.chunk_rows,
-        kind="python",
-        digest=digest,
-        watch_paths=(source,) if source is not None else (),
-    )
+    return call
 
 
 def _import_fresh(module_ref: str, reference: str) -> tuple[Path | None, ModuleType]:

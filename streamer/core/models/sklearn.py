@@ -6,16 +6,19 @@ Only unpickle files you trust: unpickling runs code.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamer.core.model import ModelOptions
+from streamer.core.features import FeatureSpec
+from streamer.core.models.base import ESTIMATOR_METHODS, ModelOptions
 from streamer.core.models.common import (
+    ChunkCall,
     ChunkedModel,
     as_matrix,
-    file_identity,
     one_line,
     output_names,
     probe,
@@ -24,10 +27,8 @@ from streamer.core.models.common import (
 )
 from streamer.errors import ModelLoadError
 
-METHODS = ("predict", "predict_proba", "decision_function", "score_samples")
 
-
-def load_sklearn(options: ModelOptions) -> ChunkedModel:
+def load(options: ModelOptions) -> ChunkedModel:
     """Load a scikit-learn model and wrap it for the pipeline.
 
     Raises:
@@ -36,39 +37,80 @@ def load_sklearn(options: ModelOptions) -> ChunkedModel:
     """
     raw = read_model_file(options, "a joblib or pickle file")
     where = f"model.path={options.path}"
+    libraries = _Libraries.imported()
+    estimator = _fitted_estimator(libraries, raw, where)
+    method = _resolve_method(estimator, options.method, where)
+    _single_job(estimator)
+    spec, columns = _spec(estimator, options, where)
+    select, labels, base = _selection(estimator, method, options.probabilities, where)
+    call = _chunk_call(libraries, getattr(estimator, method), select, columns)
+    width = probe(call, spec, options.chunk_rows, where)
+    return ChunkedModel.from_source(
+        options,
+        raw,
+        kind="sklearn",
+        default_name=Path(options.path).stem,
+        spec=spec,
+        output_names=output_names(width, base, labels),
+        call=call,
+        watched=Path(options.path),
+    )
+
+
+@dataclass(frozen=True)
+class _Libraries:
+    """What the loader calls of joblib, pandas and scikit-learn (``streamer[sklearn]``)."""
+
+    unpickle: Callable[[Any], Any]
+    data_frame: Callable[..., Any]
+    not_fitted_error: type[Exception]
+    check_is_fitted: Callable[[Any], object]
+
+    @classmethod
+    def imported(cls) -> _Libraries:
+        """Import them, or fail with how to install them."""
+        try:
+            import joblib  # noqa: PLC0415
+            import pandas as pd  # noqa: PLC0415
+            from sklearn.exceptions import NotFittedError  # noqa: PLC0415
+            from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
+        except ImportError as exc:
+            msg = (
+                f"model error: model.kind='sklearn' needs scikit-learn and joblib ({exc}); "
+                "install them with: pip install 'streamer[sklearn]'"
+            )
+            raise ModelLoadError(msg) from None
+        return cls(joblib.load, pd.DataFrame, NotFittedError, check_is_fitted)
+
+
+def _fitted_estimator(libraries: _Libraries, raw: bytes, where: str) -> Any:
+    """The unpickled object, checked to be a fitted scikit-learn estimator."""
     try:
-        import joblib  # noqa: PLC0415
-        import pandas as pd  # noqa: PLC0415
-        from sklearn.exceptions import NotFittedError  # noqa: PLC0415
-        from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
-    except ImportError as exc:
-        msg = (
-            f"model error: model.kind='sklearn' needs scikit-learn and joblib ({exc}); "
-            "install them with: pip install 'streamer[sklearn]'"
-        )
-        raise ModelLoadError(msg) from None
-    try:
-        estimator = joblib.load(io.BytesIO(raw))
+        estimator = libraries.unpickle(io.BytesIO(raw))
     except Exception as exc:  # a pickle can fail in any way
         msg = f"model error: cannot unpickle {where}: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     kind_name = type(estimator).__name__
     if not hasattr(estimator, "get_params") or not any(
-        callable(getattr(estimator, m, None)) for m in METHODS
+        callable(getattr(estimator, m, None)) for m in ESTIMATOR_METHODS
     ):
         msg = f"model error: {where} holds a {kind_name}, not a scikit-learn estimator"
         raise ModelLoadError(msg)
     try:
-        check_is_fitted(estimator)
-    except NotFittedError:
+        libraries.check_is_fitted(estimator)
+    except libraries.not_fitted_error:
         msg = f"model error: {where}: the {kind_name} is not fitted; fit it before saving"
         raise ModelLoadError(msg) from None
     except TypeError as exc:
         msg = f"model error: {where}: cannot check the {kind_name}: {one_line(exc)}"
         raise ModelLoadError(msg) from None
-    method = _resolve_method(estimator, options.method, where)
-    _single_job(estimator)
+    return estimator
 
+
+def _spec(
+    estimator: Any, options: ModelOptions, where: str
+) -> tuple[FeatureSpec, list[str] | None]:
+    """(the features, the DataFrame columns to pass when the estimator was fitted on names)."""
     names_in = getattr(estimator, "feature_names_in_", None)
     model_names = [str(n) for n in names_in] if names_in is not None else None
     n_in = getattr(estimator, "n_features_in_", None)
@@ -83,37 +125,31 @@ def load_sklearn(options: ModelOptions) -> ChunkedModel:
         inner_mean=inner_mean,
         inner_std=inner_std,
     )
+    return spec, list(spec.names) if model_names is not None else None
 
-    function = getattr(estimator, method)
-    columns = list(spec.names) if model_names is not None else None
-    select, labels, base = _selection(estimator, method, options.probabilities, where)
 
+def _chunk_call(
+    libraries: _Libraries,
+    function: Callable[[Any], Any],
+    select: Callable[[Any], Any],
+    columns: list[str] | None,
+) -> ChunkCall:
     def call(chunk: np.ndarray) -> np.ndarray:
         # An estimator fitted on a DataFrame gets one, so that a ColumnTransformer
         # finds its columns by name (and no feature-name warning is raised).
-        data: Any = chunk if columns is None else pd.DataFrame(chunk, columns=columns, copy=False)
+        data: Any = (
+            chunk if columns is None else libraries.data_frame(chunk, columns=columns, copy=False)
+        )
         return as_matrix(select(function(data)), chunk.shape[0])
 
-    width = probe(call, spec, options.chunk_rows, where)
-    name, version, digest = file_identity(options, raw, Path(options.path).stem)
-    return ChunkedModel(
-        name=name,
-        version=version,
-        spec=spec,
-        output_names=output_names(width, base, labels),
-        call=call,
-        chunk_rows=options.chunk_rows,
-        kind="sklearn",
-        digest=digest,
-        watch_paths=(Path(options.path),),
-    )
+    return call
 
 
 def _resolve_method(estimator: Any, method: str, where: str) -> str:
     if method == "auto":
         return "predict_proba" if callable(getattr(estimator, "predict_proba", None)) else "predict"
     if not callable(getattr(estimator, method, None)):
-        available = [m for m in METHODS if callable(getattr(estimator, m, None))]
+        available = [m for m in ESTIMATOR_METHODS if callable(getattr(estimator, m, None))]
         msg = (
             f"model error: {where}: the {type(estimator).__name__} has no method {method!r} "
             f"(model.method); it has {', '.join(available)}"

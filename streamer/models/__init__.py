@@ -1,1 +1,0 @@
-"""Model files shipped with streamer (the demo model)."""
