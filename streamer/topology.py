@@ -29,7 +29,7 @@ from typing import Any, cast
 import pykka
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.consumer import Attach, ConsumerActor
+from streamer.actors.consumer import ConsumerActor
 from streamer.actors.metrics import MetricsActor, PipelineMetrics
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
@@ -41,9 +41,12 @@ from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
 from streamer.errors import BrokerError, ConfigError, PipelineStartError, StreamerError
 from streamer.messages import (
     ActorRestarted,
+    Attach,
     CommitNow,
+    ConsumerStatus,
     Flush,
     GetStatus,
+    MetricsStatus,
     ModelReloaded,
     Rewind,
     StopFetching,
@@ -502,10 +505,10 @@ class Pipeline:
 
     # --- status --------------------------------------------------------------
 
-    def consumer_status(self) -> dict[str, Any]:
+    def consumer_status(self) -> ConsumerStatus:
         """The consumer's in-flight counts, watermarks and commits."""
         assert self.consumer_ref is not None
-        status: dict[str, Any] = _ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
+        status: ConsumerStatus = _ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
         return status
 
     @property
@@ -518,8 +521,8 @@ class Pipeline:
     def metrics_port(self) -> int | None:
         """The bound /metrics port (useful with metrics.port = 0)."""
         assert self.metrics_ref is not None
-        port: int | None = _ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)["port"]
-        return port
+        status: MetricsStatus = _ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
+        return status.port
 
     # --- stop ----------------------------------------------------------------
 
@@ -576,7 +579,7 @@ class Pipeline:
             if self._failure is not None:
                 return False
             status = _ask(self.consumer_ref, GetStatus(), timeout=max(0.1, _left(deadline)))
-            if status["batches_in_flight"] == 0:
+            if status.batches_in_flight == 0:
                 return True
             time.sleep(0.02)
         return False

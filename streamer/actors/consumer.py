@@ -22,14 +22,16 @@ from streamer.core.batching import Budget, MicroBatcher, columns_bytes
 from streamer.core.offsets import WatermarkTracker
 from streamer.errors import DeliveryError
 from streamer.messages import (
+    Attach,
     BatchAcked,
     BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
+    ConsumerStatus,
     GetStatus,
-    Poll,
     RecordsConsumed,
     Rewind,
+    Rewound,
     ScoreBatch,
     SourceBatch,
     StopFetching,
@@ -49,10 +51,8 @@ END_OFFSETS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class Attach:
-    """Topology -> consumer: the preprocessors to feed; fetching starts now."""
-
-    preprocessors: list[pykka.ActorRef]
+class _Poll:
+    """Fetch the next records (a message to itself keeps the inbox responsive)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,7 @@ class ConsumerActor(PipelineActor):
     def receive(self, message: object) -> Any:
         """Handle polls, acknowledgements and control messages."""
         match message:
-            case Poll():
+            case _Poll():
                 self._poll_scheduled = False
                 self._poll_once()
             case _Tick():
@@ -195,7 +195,7 @@ class ConsumerActor(PipelineActor):
     def _schedule_poll(self) -> None:
         if not self._poll_scheduled:
             self._poll_scheduled = True
-            self.actor_ref.tell(Poll())
+            self.actor_ref.tell(_Poll())
 
     def _poll_once(self) -> None:
         client = self._client
@@ -303,7 +303,7 @@ class ConsumerActor(PipelineActor):
         self._seq[tp] = seq + 1
         return seq
 
-    def _rewind(self, epoch: int) -> dict[str, int]:
+    def _rewind(self, epoch: int) -> Rewound:
         """Send every unacknowledged batch again, in partition order, in a new epoch."""
         self._epoch = epoch
         self._seq.clear()
@@ -322,7 +322,7 @@ class ConsumerActor(PipelineActor):
                     next(self._preprocessors).tell(ScoreBatch(source))
             resent += len(renewed)
         log.warning("rewind to epoch %d: %d unacknowledged batches sent again", epoch, resent)
-        return {"epoch": epoch, "batches_resent": resent}
+        return Rewound(epoch, resent)
 
     def _on_delivery(self, delivery: BatchAcked | BatchPartlyDelivered) -> None:
         if isinstance(delivery, BatchAcked):
@@ -513,7 +513,7 @@ class ConsumerActor(PipelineActor):
 
     # --- shutdown and status -------------------------------------------------
 
-    def _stop_fetching(self) -> dict[str, int]:
+    def _stop_fetching(self) -> ConsumerStatus:
         """Dispatch what is buffered, then take no new records. Acks still count."""
         if self._fetching:
             self._dispatch_all(self._batcher.drain())
@@ -521,20 +521,20 @@ class ConsumerActor(PipelineActor):
         self._set_paused(True)
         return self._status()
 
-    def _status(self) -> dict[str, Any]:
-        return {
-            "fetching": self._fetching,
-            "paused": self._paused,
-            "assigned": list(self._assigned),
-            "batches_in_flight": self._tracker.batches_in_flight,
-            "records_in_flight": self._tracker.records_in_flight,
-            "bytes_in_flight": self._tracker.bytes_in_flight,
-            "records_dispatched": self._records_dispatched,
-            "records_buffered": self._batcher.buffered,
-            "epoch": self._epoch,
-            "watermarks": self._tracker.watermarks(),
-            "committed": self._tracker.committed(),
-        }
+    def _status(self) -> ConsumerStatus:
+        return ConsumerStatus(
+            fetching=self._fetching,
+            paused=self._paused,
+            assigned=list(self._assigned),
+            batches_in_flight=self._tracker.batches_in_flight,
+            records_in_flight=self._tracker.records_in_flight,
+            bytes_in_flight=self._tracker.bytes_in_flight,
+            records_dispatched=self._records_dispatched,
+            records_buffered=self._batcher.buffered,
+            epoch=self._epoch,
+            watermarks=self._tracker.watermarks(),
+            committed=self._tracker.committed(),
+        )
 
     def _maybe_report(self, now: float, *, force: bool = False) -> None:
         if not force and now - self._last_progress < PROGRESS_EVERY_S:

@@ -26,6 +26,7 @@ from streamer.messages import (
     BatchPartlyDelivered,
     Flush,
     GetStatus,
+    ProducerStatus,
     ScoredBatch,
 )
 from streamer.settings import KafkaSettings
@@ -141,11 +142,9 @@ class ProducerActor(PipelineActor):
                 assert self._client is not None
                 self._client.flush(timeout_s)
             case GetStatus():
-                return {
-                    "waiting_for_order": self._reorderer.waiting,
-                    "batches_produced": self._batches_produced,
-                    "unanswerable": self._unanswerable,
-                }
+                return ProducerStatus(
+                    self._reorderer.waiting, self._batches_produced, self._unanswerable
+                )
         return None
 
     def _produce(self, batch: ScoredBatch) -> None:

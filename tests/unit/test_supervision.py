@@ -121,7 +121,7 @@ class TestRestarts:
         model = FlakyModel(demo, crash_on_calls={3})
         pipeline, kafka, registry = start(data, settings(), model=model)
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.failure) == (0, None)
         assert pipeline.restarts == {"model": 1}
@@ -138,7 +138,7 @@ class TestRestarts:
         ends = dict.fromkeys(data.records, PER_PARTITION)
         wait_until(lambda: pipeline.restarts.get("producer") == 1, timeout=10)
         producer.raise_on_send = None
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
         assert_every_input_delivered_in_order(kafka.producer.records(), data.records)
@@ -158,7 +158,7 @@ class TestRestarts:
         producer = FakeProducer(fail_when=fail_once)
         pipeline, kafka, _registry = start(data, settings(), producer=producer)
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
         assert pipeline.restarts == {"producer": 1}
@@ -214,10 +214,10 @@ class TestCommitErrors:
         consumer = kafka.consumer
         consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         assert pipeline.failure is None
         assert all(ref.is_alive() for ref in [pipeline.consumer_ref, pipeline.producer_ref])
-        assert pipeline.consumer_status()["committed"] != ends
+        assert pipeline.consumer_status().committed != ends
         consumer.commit_error = None
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
@@ -227,7 +227,7 @@ class TestCommitErrors:
         data = dataset(demo.spec, 1, 100)
         pipeline, kafka, _registry = start(data, settings())
         ends = dict.fromkeys(data.records, 100)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         kafka.consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
         report = pipeline.stop()
         assert report.exit_code == 1
