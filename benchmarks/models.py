@@ -131,7 +131,7 @@ def streamer_run(
             consumed = registry.get_sample_value("streamer_records_consumed_total") or 0
             if consumed and started is None:
                 started = time.perf_counter()
-            if sum(pipeline.consumer_status()["watermarks"].values()) >= count:
+            if sum(pipeline.consumer_status().watermarks.values()) >= count:
                 break
             time.sleep(0.02)
         elapsed = time.perf_counter() - (started or time.perf_counter())

@@ -558,7 +558,7 @@ def _follow(
     shown = 0.0
     tick = threading.Event()
     while pipeline.failure is None:
-        done = pipeline.consumer_status()["watermarks"].get(tp, 0)
+        done = pipeline.consumer_status().watermarks.get(tp, 0)
         finished = source.eof and done >= source.next_offset
         now = time.monotonic()
         if progress is not None and (finished or now - shown >= every):

@@ -3,7 +3,9 @@
 Commands flow down the pipeline (``ScoreBatch`` -> ``FeatureBatch`` ->
 ``ScoredBatch``); events flow back (``BatchAcked``). Each message carries a
 whole micro-batch so that one ``tell`` (about 4 us) is paid per batch, never
-per record.
+per record. Every message that crosses from one actor (or the topology) to
+another is defined here; a message an actor sends only to itself stays private
+in its module. The replies to the control messages are frozen dataclasses too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from streamer.actors.routing import Teller
     from streamer.core.models import Model
 
 
@@ -137,8 +140,10 @@ class BatchPartlyDelivered:
 
 
 @dataclass(frozen=True, slots=True)
-class Poll:
-    """Consumer -> itself: fetch the next records (keeps the inbox responsive)."""
+class Attach:
+    """Topology -> consumer: the preprocessors to feed; fetching starts now."""
+
+    preprocessors: list[Teller]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,7 @@ class Rewind:
     Every batch still below the watermark is sent again, in partition order,
     tagged with the new ``epoch``. The producer drops batches of older epochs,
     so the outputs of each partition come out in order again (with duplicates
-    of what was already delivered: at least once).
+    of what was already delivered: at least once). Reply: :class:`Rewound`.
     """
 
     epoch: int
@@ -156,7 +161,10 @@ class Rewind:
 
 @dataclass(frozen=True, slots=True)
 class StopFetching:
-    """Topology -> consumer: stop taking new records; keep acking and committing."""
+    """Topology -> consumer: stop taking new records; keep acking and committing.
+
+    The consumer first dispatches what it buffered. Reply: :class:`ConsumerStatus`.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +174,7 @@ class CommitNow:
 
 @dataclass(frozen=True, slots=True)
 class GetStatus:
-    """Ask any actor for its status (reply: a dict); for control and tests."""
+    """Ask an actor for its status (reply: its ``*Status`` below); for control and tests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +196,55 @@ class Flush:
     """Topology -> producer: block until every sent record is acknowledged."""
 
     timeout_s: float
+
+
+# --- replies ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatus:
+    """The consumer's reply to :class:`GetStatus` and :class:`StopFetching`.
+
+    A batch is in flight from its dispatch until it is below the watermark.
+    ``watermarks`` are the commit offsets that are safe now, ``committed`` those
+    the broker accepted.
+    """
+
+    fetching: bool
+    paused: bool
+    assigned: list[tuple[str, int]]
+    batches_in_flight: int
+    records_in_flight: int
+    bytes_in_flight: int
+    records_dispatched: int
+    records_buffered: int
+    epoch: int
+    watermarks: dict[tuple[str, int], int]
+    committed: dict[tuple[str, int], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewound:
+    """The consumer's reply to :class:`Rewind`: how many batches it sent again."""
+
+    epoch: int
+    batches_resent: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatus:
+    """The producer's reply to :class:`GetStatus`."""
+
+    waiting_for_order: int
+    batches_produced: int
+    unanswerable: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsStatus:
+    """The metrics actor's reply to :class:`GetStatus`: the bound HTTP port, if serving."""
+
+    port: int | None
 
 
 # --- metrics events -------------------------------------------------------

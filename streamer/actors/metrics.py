@@ -33,6 +33,7 @@ from streamer.messages import (
     BatchDelivered,
     ConsumerProgress,
     GetStatus,
+    MetricsStatus,
     ModelReloaded,
     RecordsConsumed,
 )
@@ -465,6 +466,6 @@ class MetricsActor(PipelineActor):
     def receive(self, message: object) -> Any:
         """Apply events; answer GetStatus with the bound port."""
         if isinstance(message, GetStatus):
-            return {"port": self.port}
+            return MetricsStatus(self.port)
         self.metrics.apply(message)
         return None

@@ -9,9 +9,9 @@ import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.actors.preprocess import prepare_source
 from streamer.actors.routing import Teller
 from streamer.core.models import Model, preparation_key
+from streamer.core.preparation import prepare_source
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings

@@ -3,49 +3,16 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
-from streamer.core.features import FeatureSpec, prepare_batch
+from streamer.core.features import FeatureSpec
 from streamer.core.models import preparation_key
-from streamer.messages import FeatureBatch, Rejection, ScoreBatch, SourceBatch, SwapModel
+from streamer.core.preparation import prepare_source
+from streamer.messages import ScoreBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings
-
-
-def prepare_source(
-    source: SourceBatch,
-    spec: FeatureSpec,
-    settings: PreprocessSettings,
-    max_record_bytes: int,
-    spec_key: str = "",
-) -> FeatureBatch:
-    """Prepare one micro-batch for a model with ``spec``; the result carries ``spec_key``.
-
-    Standardization happens only when both ``preprocess.standardize`` and the
-    spec ask for it: a model that scales inside gets raw values.
-    """
-    started = time.perf_counter()
-    prepared = prepare_batch(
-        source.values,
-        spec,
-        missing=settings.missing,
-        standardize=settings.standardize and spec.standardize,
-        max_record_bytes=max_record_bytes,
-    )
-    return FeatureBatch(
-        source=source,
-        features=prepared.features,
-        valid_rows=prepared.valid_rows,
-        rejections=tuple(
-            Rejection(p.index, p.reason, p.detail, "preprocess") for p in prepared.rejected
-        ),
-        dropped_rows=tuple(p.index for p in prepared.dropped),
-        preprocess_seconds=time.perf_counter() - started,
-        spec_key=spec_key or preparation_key(spec),
-    )
 
 
 class PreprocessorActor(PipelineActor):

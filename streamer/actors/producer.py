@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import time
 from collections import Counter
@@ -14,9 +13,9 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
-from streamer.client import OutputGroup, Producer, send_batch
+from streamer.client import Producer, send_batch
 from streamer.clients.base import SendFailure
-from streamer.core.answers import Answer, Form, SourceContext, Tally, dead_letter, next_answer
+from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
 from streamer.core.output import encode_predictions, iso_now
 from streamer.core.reorder import Reorderer
 from streamer.core.supervision import DeadLetterBreaker
@@ -27,6 +26,7 @@ from streamer.messages import (
     BatchPartlyDelivered,
     Flush,
     GetStatus,
+    ProducerStatus,
     ScoredBatch,
 )
 from streamer.settings import KafkaSettings
@@ -37,20 +37,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _DeliveryFailed:
     error: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Round:
-    """One ``send_batch`` of a batch: its first answers, or those that replace refused ones.
-
-    ``rows[i]`` is the input row that send ``i`` answers. ``answers`` is None
-    for a first round without dead letters (every send is a prediction), so
-    that the common case builds no object per record.
-    """
-
-    groups: list[OutputGroup]
-    rows: list[int]
-    answers: list[Answer] | None
 
 
 @dataclass(slots=True)
@@ -68,7 +54,7 @@ class _Refused:
     """Some answers of a round were refused for their own content: send the next ones."""
 
     flight: _InFlight
-    round: _Round
+    round: Round
     failures: Sequence[SendFailure]
 
 
@@ -142,11 +128,9 @@ class ProducerActor(PipelineActor):
                 assert self._client is not None
                 self._client.flush(timeout_s)
             case GetStatus():
-                return {
-                    "waiting_for_order": self._reorderer.waiting,
-                    "batches_produced": self._batches_produced,
-                    "unanswerable": self._unanswerable,
-                }
+                return ProducerStatus(
+                    self._reorderer.waiting, self._batches_produced, self._unanswerable
+                )
         return None
 
     def _produce(self, batch: ScoredBatch) -> None:
@@ -187,7 +171,9 @@ class ProducerActor(PipelineActor):
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
         )
-        first = self._first_round(batch, context, encoded)
+        first = first_round(
+            context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections
+        )
         tally = Tally(
             produced=len(encoded),
             dead_letters=Counter(r.reason for r in batch.rejections),
@@ -198,7 +184,7 @@ class ProducerActor(PipelineActor):
         flight.produce_seconds = time.perf_counter() - started
         self._batches_produced += 1
 
-    def _send(self, flight: _InFlight, sent: _Round) -> None:
+    def _send(self, flight: _InFlight, sent: Round) -> None:
         """Hand a round to the client; its ``done`` runs on a client thread, so it only tells."""
         assert self._client is not None
 
@@ -241,12 +227,10 @@ class ProducerActor(PipelineActor):
             )
         )
 
-    def _failed(self, flight: _InFlight, sent: _Round, failures: Sequence[SendFailure]) -> None:
+    def _failed(self, flight: _InFlight, sent: Round, failures: Sequence[SendFailure]) -> None:
         """A connection-level failure: tell what was answered, then die for a fresh client."""
         source = flight.batch.source
-        known = [f.index for f in failures if f.index >= 0]
-        first_row = min(sent.rows[i] for i in known) if len(known) == len(failures) else 0
-        answered_below = source.offsets[first_row]
+        answered_below = source.offsets[sent.first_row([f.index for f in failures])]
         with contextlib.suppress(pykka.ActorDeadError):
             if answered_below > source.first_offset:
                 self._consumer.tell(
@@ -264,26 +248,21 @@ class ProducerActor(PipelineActor):
             self.actor_ref.tell(_DeliveryFailed(detail))
 
     def _answer_refused(
-        self, flight: _InFlight, refused_round: _Round, failures: Sequence[SendFailure]
+        self, flight: _InFlight, refused_round: Round, failures: Sequence[SendFailure]
     ) -> None:
         """Send the next answer of every refused record; an unanswerable one meets the policy."""
         context = flight.context
-        following: list[Answer] = []
-        for failure in failures:
-            refused = self._answer_at(flight, refused_round, failure.index)
-            answer = next_answer(context, refused, failure.error)
-            flight.tally.replaced(refused, answer)
-            if answer is not None:
-                following.append(answer)
-                continue
+        refused = [(f.index, f.error) for f in failures]
+        following, unanswerable = next_round(context, refused_round, refused, flight.tally)
+        for answer, error in unanswerable:
             self._unanswerable += 1
-            offset = context.offsets[refused.row]
+            offset = context.offsets[answer.row]
             where = f"{context.topic}/{context.partition}@{offset}"
             log.error(
                 "record %s is unanswerable: its dead letter was refused even as headers only "
                 "(%s); supervision.on_unanswerable=%s",
                 where,
-                failure.error,
+                error,
                 self._on_unanswerable,
                 extra={"topic": context.topic, "partition": context.partition, "offset": offset},
             )
@@ -291,56 +270,12 @@ class ProducerActor(PipelineActor):
                 msg = (
                     f"record {where} is unanswerable: the dead-letter topic "
                     f"{context.dead_letter_topic!r} refused even its headers-only dead letter "
-                    f"({failure.error}); nothing is committed from it on. Fix the dead-letter "
+                    f"({error}); nothing is committed from it on. Fix the dead-letter "
                     "topic (its existence, its ACLs, its max.message.bytes) and restart, or set "
                     "supervision.on_unanswerable = 'skip' to commit past such records"
                 )
                 raise UnanswerableRecordError(msg)
-        if not following:
+        if following is None:
             self._acknowledge(flight)
-            return
-        groups = [
-            OutputGroup(
-                context.dead_letter_topic,
-                [a.value for a in following],
-                [a.key for a in following],
-                [a.headers for a in following],
-            )
-        ]
-        self._send(flight, _Round(groups, [a.row for a in following], following))
-
-    def _answer_at(self, flight: _InFlight, sent: _Round, index: int) -> Answer:
-        if sent.answers is not None:
-            return sent.answers[index]
-        source = flight.batch.source
-        row = sent.rows[index]
-        group = sent.groups[0]  # a first round without answers is one group of predictions
-        key, value = source.keys[row], group.values[index]
-        return Answer(row, Form.PREDICTION, group.topic, key, value, None)
-
-    def _first_round(
-        self, batch: ScoredBatch, context: SourceContext, encoded: list[bytes]
-    ) -> _Round:
-        """The batch's predictions and dead letters as runs of one topic each, in input order."""
-        source = batch.source
-        keys = source.keys
-        valid = batch.valid_rows.tolist()
-        if not batch.rejections:
-            out_keys = keys if len(valid) == len(keys) else [keys[row] for row in valid]
-            return _Round([OutputGroup(self._output_topic, encoded, out_keys)], valid, None)
-        answers = [
-            Answer(row, Form.PREDICTION, self._output_topic, keys[row], value, None)
-            for row, value in zip(valid, encoded, strict=True)
-        ]
-        answers += [
-            dead_letter(context, r.index, r.reason, r.detail, r.stage) for r in batch.rejections
-        ]
-        answers.sort(key=lambda answer: answer.row)
-        groups: list[OutputGroup] = []
-        for topic, run in itertools.groupby(answers, key=lambda answer: answer.topic):
-            items = list(run)
-            headers = None if topic == self._output_topic else [a.headers for a in items]
-            groups.append(
-                OutputGroup(topic, [a.value for a in items], [a.key for a in items], headers)
-            )
-        return _Round(groups, [a.row for a in answers], answers)
+        else:
+            self._send(flight, following)

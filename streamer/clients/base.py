@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamer.core.output import OutputGroup
 from streamer.errors import BrokerError
 from streamer.settings import KafkaSettings
 
@@ -117,19 +118,6 @@ class DeliveryFuture(Protocol):
 
     def add_callback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
     def add_errback(self, fn: Callable[..., Any]) -> Any: ...  # noqa: D102
-
-
-@dataclass(frozen=True, slots=True)
-class OutputGroup:
-    """Records of one batch for one topic, as columns (``headers`` may be None for all)."""
-
-    topic: str
-    values: Sequence[bytes]
-    keys: Sequence[bytes | None]
-    headers: Sequence[Headers | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 class ConsumerClient(Protocol):

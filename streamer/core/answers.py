@@ -8,18 +8,33 @@ the next answer in this ladder is sent instead, until one is accepted:
     dead letter --refused-->  the same dead letter as headers only (no key, empty value)
     headers only --refused--> unanswerable: supervision.on_unanswerable decides
 
-Pure code: the producer actor sends what these functions return.
+A batch's answers leave in rounds, one ``send_batch`` each: the first round
+holds every prediction and dead letter, in input order (:func:`first_round`);
+each later round holds the next answers of the records refused in the one
+before (:func:`next_round`). Pure code: the producer actor sends what these
+functions return.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from streamer.core.features import PRODUCE_REJECTED
-from streamer.core.output import Headers, dead_letter_headers, fit_dead_letter, minimal_dead_letter
+from streamer.core.output import (
+    Headers,
+    OutputGroup,
+    dead_letter_headers,
+    fit_dead_letter,
+    minimal_dead_letter,
+)
+
+if TYPE_CHECKING:
+    from streamer.messages import Rejection
 
 
 class Form(enum.Enum):
@@ -151,3 +166,91 @@ class Tally:
             return
         self.dead_letters[following.reason] += 1
         self.truncated += following.truncated
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One ``send_batch`` of a batch: its first answers, or those that replace refused ones.
+
+    ``rows[i]`` is the input row that send ``i`` answers. ``answers`` is None
+    for a first round without dead letters (every send is a prediction), so
+    that the common case builds no object per record.
+    """
+
+    groups: list[OutputGroup]
+    rows: list[int]
+    answers: list[Answer] | None
+
+    def answer_at(self, index: int, keys: Sequence[bytes | None]) -> Answer:
+        """The answer of send ``index``; ``keys`` are the batch's input keys."""
+        if self.answers is not None:
+            return self.answers[index]
+        row = self.rows[index]
+        group = self.groups[0]  # a first round without answers is one group of predictions
+        return Answer(row, Form.PREDICTION, group.topic, keys[row], group.values[index], None)
+
+    def first_row(self, indexes: Sequence[int]) -> int:
+        """The first input row among the sends ``indexes``; 0 when one is unknown (-1)."""
+        known = [self.rows[i] for i in indexes if i >= 0]
+        return min(known) if known and len(known) == len(indexes) else 0
+
+
+def first_round(
+    context: SourceContext,
+    output_topic: str,
+    valid_rows: list[int],
+    encoded: list[bytes],
+    rejections: Sequence[Rejection],
+) -> Round:
+    """A batch's predictions and dead letters as runs of one topic each, in input order.
+
+    ``encoded[i]`` is the prediction of input row ``valid_rows[i]``; each
+    rejection becomes the dead letter of its row. Rows in neither (dropped)
+    get nothing.
+    """
+    keys = context.keys
+    if not rejections:
+        out_keys = keys if len(valid_rows) == len(keys) else [keys[row] for row in valid_rows]
+        return Round([OutputGroup(output_topic, encoded, out_keys)], valid_rows, None)
+    answers = [
+        Answer(row, Form.PREDICTION, output_topic, keys[row], value, None)
+        for row, value in zip(valid_rows, encoded, strict=True)
+    ]
+    answers += [dead_letter(context, r.index, r.reason, r.detail, r.stage) for r in rejections]
+    answers.sort(key=lambda answer: answer.row)
+    groups: list[OutputGroup] = []
+    for topic, run in itertools.groupby(answers, key=lambda answer: answer.topic):
+        items = list(run)
+        headers = None if topic == output_topic else [a.headers for a in items]
+        groups.append(OutputGroup(topic, [a.value for a in items], [a.key for a in items], headers))
+    return Round(groups, [a.row for a in answers], answers)
+
+
+def next_round(
+    context: SourceContext, sent: Round, refused: Iterable[tuple[int, str]], tally: Tally
+) -> tuple[Round | None, list[tuple[Answer, str]]]:
+    """What replaces the sends of ``sent`` that were refused, as ``(index, error)`` pairs.
+
+    Returns the round of their next answers (None when none is left to send)
+    and the records that are unanswerable now, each with its last refusal;
+    ``tally`` follows every record to its new answer.
+    """
+    following: list[Answer] = []
+    unanswerable: list[tuple[Answer, str]] = []
+    for index, error in refused:
+        before = sent.answer_at(index, context.keys)
+        answer = next_answer(context, before, error)
+        tally.replaced(before, answer)
+        if answer is None:
+            unanswerable.append((before, error))
+        else:
+            following.append(answer)
+    if not following:
+        return None, unanswerable
+    group = OutputGroup(
+        context.dead_letter_topic,
+        [a.value for a in following],
+        [a.key for a in following],
+        [a.headers for a in following],
+    )
+    return Round([group], [a.row for a in following], following), unanswerable

@@ -1,4 +1,4 @@
-"""Encode the output records and the dead letters."""
+"""Encode the output records and the dead letters, and group them for the client."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import numpy as np
 import orjson
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def iso_now(now: float | None = None) -> str:
@@ -110,6 +112,23 @@ RECORD_OVERHEAD_BYTES = 256
 HEADER_OVERHEAD_BYTES = 8
 
 Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputGroup:
+    """Records of one batch for one topic, as columns (``headers`` may be None for all).
+
+    What the producer hands to a client's ``send_batch``: a run of consecutive
+    answers of a batch that go to the same topic.
+    """
+
+    topic: str
+    values: Sequence[bytes]
+    keys: Sequence[bytes | None]
+    headers: Sequence[Headers | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:

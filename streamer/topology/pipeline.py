@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import pykka
 from prometheus_client import CollectorRegistry
@@ -14,7 +13,7 @@ from streamer.actors.metrics import MetricsActor, PipelineMetrics
 from streamer.clients import ConsumerFactory, ProducerFactory, backend
 from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
-from streamer.messages import GetStatus
+from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
@@ -215,10 +214,10 @@ class Pipeline:
             stopping=self._stop_requested.is_set(),
         )
 
-    def consumer_status(self) -> dict[str, Any]:
+    def consumer_status(self) -> ConsumerStatus:
         """The consumer's in-flight counts, watermarks and commits."""
         assert self.consumer_ref is not None
-        status: dict[str, Any] = ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
+        status: ConsumerStatus = ask(self.consumer_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
         return status
 
     @property
@@ -231,8 +230,8 @@ class Pipeline:
     def metrics_port(self) -> int | None:
         """The bound /metrics port (useful with metrics.port = 0)."""
         assert self.metrics_ref is not None
-        port: int | None = ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)["port"]
-        return port
+        status: MetricsStatus = ask(self.metrics_ref, GetStatus(), timeout=ASK_TIMEOUT_S)
+        return status.port
 
     def stop(self, timeout_s: float | None = None) -> ShutdownReport:
         """Drain, flush, commit and stop every actor within the budget (see the terminator)."""

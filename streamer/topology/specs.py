@@ -23,7 +23,7 @@ from typing import Final
 import pykka
 
 from streamer.actors.base import FailureHandler
-from streamer.actors.consumer import Attach, ConsumerActor
+from streamer.actors.consumer import ConsumerActor
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
@@ -31,7 +31,7 @@ from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
 from streamer.core.models import Model
 from streamer.core.supervision import DeadLetterBreaker
-from streamer.messages import Rewind
+from streamer.messages import Attach, Rewind
 from streamer.settings import Settings
 
 

@@ -242,7 +242,7 @@ def wait_until_delivered(
     """Wait until the pipeline's commit watermark reached the end of every input partition."""
     wanted = {(topic, p): end for p, end in end_offsets(produced).items()}
     wait_for(
-        lambda: pipeline.consumer_status()["watermarks"] == wanted,
+        lambda: pipeline.consumer_status().watermarks == wanted,
         timeout_s,
         f"the watermarks to reach {wanted}",
     )

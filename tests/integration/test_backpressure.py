@@ -63,11 +63,11 @@ def test_batches_in_flight_stay_within_the_cap_under_a_slow_model_and_all_are_de
     deadline = time.monotonic() + PROCESS_TIMEOUT_S
     while True:
         status = pipeline.consumer_status()
-        in_flight.append(status["batches_in_flight"])
-        paused_seen = paused_seen or status["paused"]
-        if status["watermarks"] == wanted:
+        in_flight.append(status.batches_in_flight)
+        paused_seen = paused_seen or status.paused
+        if status.watermarks == wanted:
             break
-        assert time.monotonic() < deadline, f"not delivered in time: {status['watermarks']}"
+        assert time.monotonic() < deadline, f"not delivered in time: {status.watermarks}"
         time.sleep(0.001)
     report = pipeline.stop()
 
@@ -119,7 +119,7 @@ def test_the_lag_gauge_counts_records_that_arrive_while_the_consumer_is_paused(
     )
     try:
         pipeline = start_pipeline(settings, model=GatedModel(load_linear(None), gate))
-        wait_for(lambda: pipeline.consumer_status()["paused"], PROCESS_TIMEOUT_S, "a pause")
+        wait_for(lambda: pipeline.consumer_status().paused, PROCESS_TIMEOUT_S, "a pause")
         # These arrive while the partition is paused, so no fetch reports them.
         cluster.produce(topics.input, [make_record(rng) for _ in range(300)])
 
@@ -129,7 +129,7 @@ def test_the_lag_gauge_counts_records_that_arrive_while_the_consumer_is_paused(
 
         def lag_and_expected() -> tuple[float | None, int]:
             status = pipeline.consumer_status()
-            fetched = status["records_dispatched"] + status["records_buffered"]
+            fetched = status.records_dispatched + status.records_buffered
             lag = pipeline.registry.get_sample_value(
                 "streamer_consumer_lag", {"topic": topics.input, "partition": "0"}
             )
@@ -141,7 +141,7 @@ def test_the_lag_gauge_counts_records_that_arrive_while_the_consumer_is_paused(
             "the lag to count the 500 records not yet fetched",
             describe=lambda: f"(lag, expected) = {lag_and_expected()}",
         )
-        assert pipeline.consumer_status()["paused"]
+        assert pipeline.consumer_status().paused
     finally:
         gate.set()
     assert pipeline.stop().exit_code == 0

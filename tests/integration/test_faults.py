@@ -327,7 +327,7 @@ def test_a_broker_lost_mid_run_causes_no_crash_and_no_busy_loop_and_work_resumes
         try:
             assert pipeline.wait_until_assigned(30)
             wait_for(
-                lambda: sum(pipeline.consumer_status()["watermarks"].values()) > 0,
+                lambda: sum(pipeline.consumer_status().watermarks.values()) > 0,
                 30,
                 "the first commits",
             )

@@ -69,21 +69,21 @@ def test_a_member_consumes_the_partitions_it_keeps_after_a_rebalance_and_nothing
     backpressured = max_in_flight < RECORDS // MAX_RECORDS
     if backpressured:
         wait_for(
-            lambda: first.consumer_status()["paused"],
+            lambda: first.consumer_status().paused,
             PROCESS_TIMEOUT_S,
             "the first member to pause at max_in_flight",
         )
     else:
         wait_for(
-            lambda: first.consumer_status()["records_dispatched"] > 0,
+            lambda: first.consumer_status().records_dispatched > 0,
             PROCESS_TIMEOUT_S,
             "the first member to dispatch records",
         )
-        assert not first.consumer_status()["paused"]
+        assert not first.consumer_status().paused
 
     second = start_pipeline(settings)  # the demo model, not gated
     wait_for(
-        lambda: len(first.consumer_status()["assigned"]) < PARTITIONS,
+        lambda: len(first.consumer_status().assigned) < PARTITIONS,
         PROCESS_TIMEOUT_S,
         "the first member to hand partitions over",
     )
@@ -109,18 +109,18 @@ def test_a_second_member_joining_mid_stream_loses_nothing(
     )
     first = start_pipeline(settings, model=SlowModel(load_linear(None), delay_s=0.02))
     wait_for(
-        lambda: sum(first.consumer_status()["watermarks"].values()) > 0,
+        lambda: sum(first.consumer_status().watermarks.values()) > 0,
         PROCESS_TIMEOUT_S,
         "the first member to make progress",
     )
 
     second = start_pipeline(settings, model=SlowModel(load_linear(None), delay_s=0.02))
     wait_for(
-        lambda: len(first.consumer_status()["assigned"]) < PARTITIONS,
+        lambda: len(first.consumer_status().assigned) < PARTITIONS,
         PROCESS_TIMEOUT_S,
         "the first member to give up partitions",
     )
-    assert sum(first.consumer_status()["watermarks"].values()) < RECORDS, (
+    assert sum(first.consumer_status().watermarks.values()) < RECORDS, (
         "the first member finished before the rebalance: nothing moved mid-stream"
     )
     _all_committed_then_nothing_lost(cluster, topics, ends, first, second, PROCESS_TIMEOUT_S)

@@ -8,14 +8,16 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer.actors import consumer as consumer_module
-from streamer.actors.consumer import Attach, ConsumerActor
+from streamer.actors.consumer import ConsumerActor
 from streamer.actors.metrics import MetricsActor
 from streamer.errors import DeliveryError
 from streamer.messages import (
+    Attach,
     BatchAcked,
     BatchPartlyDelivered,
     CommitNow,
     ConsumerProgress,
+    ConsumerStatus,
     GetStatus,
     Rewind,
     ScoreBatch,
@@ -67,7 +69,7 @@ class Harness:
         )
         self.ref.tell(Attach([self.preprocessor]))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ConsumerStatus:
         return self.ref.ask(GetStatus(), timeout=ASK_S)
 
     def wait_for_batches(self, count: int) -> list[Any]:
@@ -108,10 +110,10 @@ class TestDispatch:
             ]
         assert len({s.batch_id for s in sources}) == 7
         status = h.status()
-        assert status["batches_in_flight"] == 7
-        assert status["records_in_flight"] == 57
-        assert status["records_dispatched"] == 57
-        assert status["assigned"] == [TP0, TP1, TP2]
+        assert status.batches_in_flight == 7
+        assert status.records_in_flight == 57
+        assert status.records_dispatched == 57
+        assert status.assigned == [TP0, TP1, TP2]
         for s in sources:
             h.ack(s)
         assert h.commit_now() == {TP0: 25, TP1: 25, TP2: 32}
@@ -124,7 +126,7 @@ class TestDispatch:
         )
         [source] = h.wait_for_batches(1)
         assert source.offsets == [0, 1, 2]
-        assert h.status()["batches_in_flight"] == 1
+        assert h.status().batches_in_flight == 1
 
     def test_a_partial_batch_waits_while_the_pipeline_is_busy_then_leaves(self) -> None:
         # max_in_flight 4: partial batches leave early only while fewer than 1 is in flight.
@@ -136,7 +138,7 @@ class TestDispatch:
         assert full.offsets == list(range(10))
         h.fake.wait_for_polls(h.fake.polls + 2)
         assert len(h.batches.items()) == 1  # offsets 10..12 wait: one batch is in flight
-        assert h.status()["records_buffered"] == 3
+        assert h.status().records_buffered == 3
         h.ack(full)
         partial = h.wait_for_batches(2)[1]
         assert partial.offsets == [10, 11, 12]
@@ -157,8 +159,8 @@ class TestDispatch:
         ref = ConsumerActor.start(KAFKA, BatchSettings(), client_factory=lambda _s, _m: fake)
         fake.wait_for_polls(2)  # the ticker keeps the group membership alive
         status = ref.ask(GetStatus(), timeout=ASK_S)
-        assert status["records_dispatched"] == 0
-        assert status["fetching"] is False
+        assert status.records_dispatched == 0
+        assert status.fetching is False
         assert fake.positions[TP0] == 0
 
 
@@ -175,7 +177,7 @@ class TestLagWhilePaused:
         )
         # A paused partition is not fetched: the client knows only what it asks for.
         h.fake.stale_highwater = True
-        wait_until(lambda: h.status()["paused"])
+        wait_until(lambda: h.status().paused)
         h.fake.append(TP0, make_records(values(20), offsets=range(30, 50)))
 
         def last_lag() -> int | None:
@@ -185,7 +187,7 @@ class TestLagWhilePaused:
         # 50 records in the partition; the first batch (offsets 0..9) is in flight.
         wait_until(lambda: last_lag() == 40)
         assert h.fake.end_offset_refreshes >= 1
-        assert h.status()["records_dispatched"] == 10
+        assert h.status().records_dispatched == 10
 
 
 class TestBackpressure:
@@ -195,21 +197,21 @@ class TestBackpressure:
             batch=BatchSettings(max_records=10, max_in_flight=2, max_wait_s=0.05),
         )
         first, second = h.wait_for_batches(2)
-        wait_until(lambda: h.status()["paused"])
+        wait_until(lambda: h.status().paused)
         assert h.fake.paused == {TP0}
         polls = h.fake.polls
         h.fake.wait_for_polls(polls + 3)  # paused polls keep the membership, fetch nothing
         sync(h.preprocessor)
         assert len(h.batches.items()) == 2
-        assert h.status()["batches_in_flight"] == 2
+        assert h.status().batches_in_flight == 2
         resumes = len(h.fake.resume_calls)
 
         h.ack(first)
         third = h.wait_for_batches(3)[2]
         assert third.offsets == list(range(20, 30))
         assert h.fake.resume_calls[resumes:][0] == [TP0]
-        wait_until(lambda: h.status()["paused"])
-        assert h.status()["batches_in_flight"] == 2
+        wait_until(lambda: h.status().paused)
+        assert h.status().batches_in_flight == 2
         assert max(h.fake.max_records_seen) == 20
 
         h.ack(second)
@@ -227,8 +229,8 @@ class TestBackpressure:
         h = Harness(records, batch=BatchSettings(max_records=10, max_in_flight=2, max_wait_s=0.05))
         sources = h.wait_for_batches(4)
         assert sorted(s.partition for s in sources) == [0, 1, 2, 3]
-        wait_until(lambda: h.status()["paused"])
-        assert h.status()["batches_in_flight"] == 4
+        wait_until(lambda: h.status().paused)
+        assert h.status().batches_in_flight == 4
         for p in range(4):
             h.fake.append(("events", p), make_records(values(5), offsets=range(5, 10)))
         polls = h.fake.polls
@@ -239,7 +241,7 @@ class TestBackpressure:
             h.ack(source)
         more = h.wait_for_batches(5)[4:]
         assert all(s.first_offset == 5 for s in more)
-        assert h.status()["batches_in_flight"] <= 2 + 4
+        assert h.status().batches_in_flight <= 2 + 4
 
     def test_it_pauses_at_max_in_flight_bytes_and_cuts_batches_by_bytes(self) -> None:
         # Records of exactly 1000 bytes (a 3-byte key "k10".. and 997 bytes of value).
@@ -252,16 +254,16 @@ class TestBackpressure:
         # 4000 / 8 = 500 bytes per batch: one record each; the bytes pause it at 4 batches.
         sources = h.wait_for_batches(4)
         assert [s.offsets for s in sources] == [[10], [11], [12], [13]]
-        wait_until(lambda: h.status()["paused"])
+        wait_until(lambda: h.status().paused)
         polls = h.fake.polls
         h.fake.wait_for_polls(polls + 3)
         sync(h.preprocessor)
         assert len(h.batches.items()) == 4
-        assert (h.status()["batches_in_flight"], h.status()["bytes_in_flight"]) == (4, 4000)
+        assert (h.status().batches_in_flight, h.status().bytes_in_flight) == (4, 4000)
         h.ack(sources[0])
         assert h.wait_for_batches(5)[4].offsets == [14]
-        wait_until(lambda: h.status()["paused"])
-        assert h.status()["bytes_in_flight"] == 4000
+        wait_until(lambda: h.status().paused)
+        assert h.status().bytes_in_flight == 4000
 
     def test_a_record_larger_than_the_byte_cap_still_passes_alone(self) -> None:
         h = Harness(
@@ -272,7 +274,7 @@ class TestBackpressure:
         )
         (huge,) = h.wait_for_batches(1)
         assert huge.offsets == [0]
-        wait_until(lambda: h.status()["paused"])
+        wait_until(lambda: h.status().paused)
         sync(h.preprocessor)
         assert len(h.batches.items()) == 1, "nothing else may join a batch over the cap"
         h.ack(huge)
@@ -291,7 +293,7 @@ class TestRewind:
         first, second = h.wait_for_batches(2)
         h.ref.tell(BatchPartlyDelivered(first.batch_id, "events", 0, answered_below=7))
 
-        assert h.ref.ask(Rewind(epoch=1), timeout=ASK_S)["batches_resent"] == 2
+        assert h.ref.ask(Rewind(epoch=1), timeout=ASK_S).batches_resent == 2
         again = h.wait_for_batches(4)[2:]
         assert [s.offsets for s in again] == [list(range(7, 10)), list(range(10, 20))]
         assert [(s.batch_id, s.epoch, s.seq) for s in again] == [
@@ -321,8 +323,8 @@ class TestCommits:
         assert h.commit_now() == {TP0: 30}
         assert h.fake.commits == [{TP0: 10}, {TP0: 30}]
         status = h.status()
-        assert status["committed"] == {TP0: 30}
-        assert status["batches_in_flight"] == 0
+        assert status.committed == {TP0: 30}
+        assert status.batches_in_flight == 0
 
     def test_periodic_commits_never_pass_an_unacknowledged_offset(self) -> None:
         kafka = KafkaSettings(input_topic="events", output_topic="scores", commit_interval_s=0.05)
@@ -338,11 +340,11 @@ class TestCommits:
         polls = h.fake.polls
         h.fake.wait_for_polls(polls + 3)
         assert {c[TP0] for c in h.fake.async_commits} == {10}
-        wait_until(lambda: h.status()["committed"] == {TP0: 10})
+        wait_until(lambda: h.status().committed == {TP0: 10})
         h.ack(b1)
         wait_until(lambda: {TP0: 30} in h.fake.async_commits)
         assert [c[TP0] for c in h.fake.async_commits] == [10, 30]
-        wait_until(lambda: h.status()["committed"] == {TP0: 30})
+        wait_until(lambda: h.status().committed == {TP0: 30})
         assert h.fake.commits == []
 
     def test_a_revoked_partition_is_forgotten_and_its_late_acks_ignored(self) -> None:
@@ -356,17 +358,17 @@ class TestCommits:
         h.ack(p0[0])
         h.status()
         h.fake.revoke_on_next_poll([TP0])
-        wait_until(lambda: h.status()["assigned"] == [TP1])
+        wait_until(lambda: h.status().assigned == [TP1])
         # The acknowledged work of the revoked partition is committed on the way out.
         assert h.fake.async_commits == [{TP0: 10}]
         status = h.status()
-        assert status["batches_in_flight"] == 2
-        assert status["records_in_flight"] == 20
-        assert TP0 not in status["watermarks"]
+        assert status.batches_in_flight == 2
+        assert status.records_in_flight == 20
+        assert TP0 not in status.watermarks
         h.ack(p0[1])  # late: the partition belongs to another member now
         h.ack(p1[0])
         assert h.commit_now() == {TP1: 10}
-        assert TP0 not in h.status()["watermarks"]
+        assert TP0 not in h.status().watermarks
 
     def test_a_partition_given_back_in_one_rebalance_resumes_at_its_first_undelivered_offset(
         self,
@@ -410,7 +412,7 @@ class TestCommits:
         assert isinstance(error, DeliveryError)
         assert f"batch {b1.batch_id} from events/0" in str(error)
         assert "KafkaTimeoutError: timed out" in str(error)
-        assert h.status()["fetching"] is False
+        assert h.status().fetching is False
         assert h.commit_now() == {TP0: 10}
         assert h.ref.is_alive()
 
@@ -421,9 +423,9 @@ class TestCommits:
         )
         sources = h.wait_for_batches(2)
         h.fake.revoke_on_next_poll([TP0])
-        wait_until(lambda: h.status()["assigned"] == [TP1])
+        wait_until(lambda: h.status().assigned == [TP1])
         h.ack(next(s for s in sources if s.partition == 0), error="boom")
-        assert h.status()["fetching"] is True
+        assert h.status().fetching is True
         assert h.failures.items() == []
 
 
@@ -436,8 +438,8 @@ class TestShutdown:
         h.wait_for_batches(1)
         wait_until(lambda: h.fake.positions[TP0] == 15)
         status = h.ref.ask(StopFetching(), timeout=ASK_S)
-        assert status["fetching"] is False
-        assert status["batches_in_flight"] == 2
+        assert status.fetching is False
+        assert status.batches_in_flight == 2
         first, rest = h.wait_for_batches(2)
         assert rest.offsets == list(range(10, 15))
         assert h.fake.paused == {TP0}

@@ -30,6 +30,7 @@ from streamer.messages import (
     BatchDelivered,
     ConsumerProgress,
     GetStatus,
+    MetricsStatus,
     RecordsConsumed,
 )
 from streamer.settings import MetricsSettings
@@ -255,7 +256,7 @@ def start(
         health=health,
         readiness=readiness,
     )
-    port = ref.ask(GetStatus(), timeout=ASK_S)["port"]
+    port = ref.ask(GetStatus(), timeout=ASK_S).port
     assert isinstance(port, int)
     assert port > 0
     return ref, port
@@ -365,7 +366,7 @@ class TestHttp:
     def test_a_disabled_endpoint_binds_nothing(self) -> None:
         registry = CollectorRegistry()
         ref = MetricsActor.start(MetricsSettings(enabled=False), registry, "m", "v")
-        assert ref.ask(GetStatus(), timeout=ASK_S) == {"port": None}
+        assert ref.ask(GetStatus(), timeout=ASK_S) == MetricsStatus(port=None)
         assert (
             registry.get_sample_value("streamer_model_info", {"name": "m", "version": "v"}) == 1.0
         )

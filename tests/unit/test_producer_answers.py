@@ -144,7 +144,7 @@ class TestRefusedAnswers:
 
         assert acks.wait_for(1) == [BatchAcked(0, "events", 0, None)]
         unanswerable = 2 if refused_prediction else 1
-        assert actor.ask(GetStatus(), timeout=ASK_S)["unanswerable"] == unanswerable
+        assert actor.ask(GetStatus(), timeout=ASK_S).unanswerable == unanswerable
         metrics.ask(GetStatus(), timeout=ASK_S)
         value = registry.get_sample_value
         assert value("streamer_records_unanswerable_total") == unanswerable

@@ -23,6 +23,7 @@ from streamer.messages import (
     FeatureBatch,
     Flush,
     GetStatus,
+    ProducerStatus,
     Rejection,
     ScoreBatch,
     ScoredBatch,
@@ -233,7 +234,7 @@ def start_producer(
     return actor, consumer_ref, acks
 
 
-def status(actor: pykka.ActorRef) -> dict[str, int]:
+def status(actor: pykka.ActorRef) -> ProducerStatus:
     return actor.ask(GetStatus(), timeout=ASK_S)
 
 
@@ -264,7 +265,9 @@ class TestProducerActor:
                 batch_id=9,
             )
         )
-        assert status(actor) == {"waiting_for_order": 0, "batches_produced": 1, "unanswerable": 0}
+        assert status(actor) == ProducerStatus(
+            waiting_for_order=0, batches_produced=1, unanswerable=0
+        )
         sent = fake.records()
         assert [source_offset(s) for s in sent] == [
             ("scores", 40),
@@ -318,10 +321,14 @@ class TestProducerActor:
         actor.tell(batch(2))
         actor.tell(batch(1))
         actor.tell(other)
-        assert status(actor) == {"waiting_for_order": 2, "batches_produced": 1, "unanswerable": 0}
+        assert status(actor) == ProducerStatus(
+            waiting_for_order=2, batches_produced=1, unanswerable=0
+        )
         assert [source_offset(s) for s in fake.records()] == [("scores", 0)]  # partition 1
         actor.tell(batch(0))
-        assert status(actor) == {"waiting_for_order": 0, "batches_produced": 4, "unanswerable": 0}
+        assert status(actor) == ProducerStatus(
+            waiting_for_order=0, batches_produced=4, unanswerable=0
+        )
         partition0 = [
             orjson.loads(s.value)["offset"]
             for s in fake.records()
@@ -388,7 +395,9 @@ class TestProducerActor:
         actor.tell(scored([b"{}", b"{}"], valid=[], predictions=[], dropped=(0, 1), batch_id=8))
         assert acks.wait_for(1) == [BatchAcked(8, "events", 0, None)]
         assert fake.records() == []
-        assert status(actor) == {"waiting_for_order": 0, "batches_produced": 1, "unanswerable": 0}
+        assert status(actor) == ProducerStatus(
+            waiting_for_order=0, batches_produced=1, unanswerable=0
+        )
 
     def test_delivered_batches_are_counted_in_the_metrics(self) -> None:
         registry = CollectorRegistry()

@@ -180,7 +180,6 @@ class CrashingModel:
     digest = ""
     watch_paths = ()
 
-
     def __init__(self, model: LinearModel, crash_on_call: int) -> None:
         self._model = model
         self.name, self.version = model.name, model.version

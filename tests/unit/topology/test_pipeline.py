@@ -39,7 +39,7 @@ def test_every_record_is_produced_exactly_once_in_order_and_committed(
     data = dataset(demo.spec, PARTITIONS, PER_PARTITION)
     pipeline, kafka, registry = start(data, settings())
     ends = dict.fromkeys(data.records, PER_PARTITION)
-    wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+    wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
     report = pipeline.stop()
 
     assert (report.exit_code, report.drained, report.failure) == (0, True, None)
@@ -97,7 +97,6 @@ class PartlyBroken:
     digest = ""
     watch_paths = ()
 
-
     def __init__(self, model: LinearModel) -> None:
         self._model = model
         self.name, self.version = model.name, model.version
@@ -122,7 +121,7 @@ def test_rows_the_model_cannot_score_are_dead_lettered_and_the_pipeline_stays_up
     assert broken, "the data set needs a few large amounts"
     pipeline, kafka, registry = start(data, settings(), model=PartlyBroken(demo))
     ends = dict.fromkeys(data.records, 200)
-    wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends)
+    wait_until(lambda: pipeline.consumer_status().watermarks == ends)
     report = pipeline.stop()
     assert report.exit_code == 0
     model_errors = {

@@ -136,7 +136,7 @@ class TestStart:
 
     def test_a_consumer_starts_in_the_epoch_it_is_given(self, wired: Wired) -> None:
         consumer = wired.start(Stage.CONSUMER, epoch=3)
-        assert consumer.ask(GetStatus(), timeout=ASK_S)["epoch"] == 3
+        assert consumer.ask(GetStatus(), timeout=ASK_S).epoch == 3
         assert wired.kafka.consumer.subscribed is not None
 
     def test_each_stage_sends_to_the_route_of_the_next(self, wired: Wired) -> None:

@@ -264,7 +264,7 @@ class TestRestarts:
         model = FlakyModel(demo, crash_on_calls={3})
         pipeline, kafka, registry = start(data, settings(), model=model)
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.failure) == (0, None)
         assert pipeline.restarts == {"model": 1}
@@ -281,7 +281,7 @@ class TestRestarts:
         ends = dict.fromkeys(data.records, PER_PARTITION)
         wait_until(lambda: pipeline.restarts.get("producer") == 1, timeout=10)
         producer.raise_on_send = None
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
         assert_every_input_delivered_in_order(kafka.producer.records(), data.records)
@@ -301,7 +301,7 @@ class TestRestarts:
         producer = FakeProducer(fail_when=fail_once)
         pipeline, kafka, _registry = start(data, settings(), producer=producer)
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
         assert pipeline.restarts == {"producer": 1}

@@ -218,7 +218,7 @@ class TestInFlight:
         in_flight = consumer.ask(GetInFlight(), timeout=5)
         assert isinstance(in_flight, InFlight)
         assert (in_flight.batches_in_flight, in_flight.records_in_flight) == (3, 250)
-        assert in_flight.bytes_in_flight == consumer.ask(GetStatus(), timeout=5)["bytes_in_flight"]
+        assert in_flight.bytes_in_flight == consumer.ask(GetStatus(), timeout=5).bytes_in_flight
         for source in sources:
             consumer.tell(BatchAcked(source.batch_id, source.topic, source.partition))
         assert consumer.ask(GetInFlight(), timeout=5) == InFlight(0, 0, 0)
@@ -233,10 +233,10 @@ class TestCommitErrors:
         consumer = kafka.consumer
         consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
         ends = dict.fromkeys(data.records, PER_PARTITION)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         assert pipeline.failure is None
         assert all(ref.is_alive() for ref in [pipeline.consumer_ref, pipeline.producer_ref])
-        assert pipeline.consumer_status()["committed"] != ends
+        assert pipeline.consumer_status().committed != ends
         consumer.commit_error = None
         report = pipeline.stop()
         assert (report.exit_code, report.committed) == (0, ends)
@@ -246,7 +246,7 @@ class TestCommitErrors:
         data = dataset(demo.spec, 1, 100)
         pipeline, kafka, _registry = start(data, settings())
         ends = dict.fromkeys(data.records, 100)
-        wait_until(lambda: pipeline.consumer_status()["watermarks"] == ends, timeout=15)
+        wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=15)
         kafka.consumer.commit_error = RuntimeError("CommitFailedError: the group rebalanced")
         report = pipeline.stop()
         assert report.exit_code == 1

@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.actors.preprocess import prepare_source
 from streamer.core.models import Model, ModelOptions, load_model
+from streamer.core.preparation import prepare_source
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import SourceBatch
 from streamer.settings import PreprocessSettings

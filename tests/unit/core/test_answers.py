@@ -1,4 +1,4 @@
-"""Dead letters that always fit, and the ladder of answers after a refusal (pure code)."""
+"""Dead letters that always fit, the ladder of answers after a refusal, and the rounds (pure)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,26 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.answers import Answer, Form, SourceContext, Tally, dead_letter, next_answer
+from streamer.core.answers import (
+    Answer,
+    Form,
+    Round,
+    SourceContext,
+    Tally,
+    dead_letter,
+    first_round,
+    next_answer,
+    next_round,
+)
 from streamer.core.output import (
     MAX_ERROR_CHARS,
+    OutputGroup,
     dead_letter_headers,
     fit_dead_letter,
     minimal_dead_letter,
     record_size,
 )
+from streamer.messages import Rejection
 
 MiB = 1024 * 1024
 
@@ -210,3 +222,108 @@ class TestTheLadderOfAnswers:
         assert tally.produced == 0
         assert +tally.dead_letters == Counter({"produce_rejected": 1})
         assert [a.row for a in tally.unanswerable] == [1]
+
+
+def predictions(rows: list[int]) -> list[bytes]:
+    return [b'{"offset":%d}' % (100 + row) for row in rows]
+
+
+class TestRounds:
+    def test_a_batch_without_dead_letters_is_one_group_of_predictions_and_no_answers(
+        self,
+    ) -> None:
+        keys: list[bytes | None] = [b"k0", b"k1", b"k2"]
+        ctx = context(keys, [b"{}"] * 3)
+        sent = first_round(ctx, "scores", [0, 1, 2], predictions([0, 1, 2]), ())
+        assert sent == Round([OutputGroup("scores", predictions([0, 1, 2]), keys)], [0, 1, 2], None)
+        assert sent.groups[0].keys is keys, "the common case copies no key"
+        assert sent.answer_at(1, keys) == Answer(
+            1, Form.PREDICTION, "scores", b"k1", b'{"offset":101}', None
+        )
+
+    def test_dropped_rows_get_nothing_and_the_keys_follow_the_predictions(self) -> None:
+        ctx = context([b"k0", b"k1", b"k2"], [b"{}"] * 3)
+        sent = first_round(ctx, "scores", [0, 2], predictions([0, 2]), ())
+        assert sent.groups == [OutputGroup("scores", predictions([0, 2]), [b"k0", b"k2"])]
+        assert sent.rows == [0, 2]
+
+    def test_predictions_and_dead_letters_go_in_runs_of_one_topic_in_input_order(self) -> None:
+        values: list[bytes | None] = [b"{}", b"nope", b"x", b"{}", b"{}", b"[]"]
+        ctx = context([f"k{i}".encode() for i in range(6)], values)
+        rejections = (
+            Rejection(5, "not_object", "a list", "preprocess"),
+            Rejection(1, "invalid_json", "bad", "preprocess"),
+            Rejection(2, "invalid_json", "bad", "preprocess"),
+        )
+        sent = first_round(ctx, "scores", [0, 3, 4], predictions([0, 3, 4]), rejections)
+        assert [(g.topic, len(g)) for g in sent.groups] == [
+            ("scores", 1),
+            ("events.dlq", 2),
+            ("scores", 2),
+            ("events.dlq", 1),
+        ]
+        assert sent.rows == [0, 1, 2, 3, 4, 5]
+        assert sent.answers is not None
+        assert [a.form for a in sent.answers] == [
+            Form.PREDICTION,
+            Form.DEAD_LETTER,
+            Form.DEAD_LETTER,
+            Form.PREDICTION,
+            Form.PREDICTION,
+            Form.DEAD_LETTER,
+        ]
+        assert sent.groups[0].headers is None
+        letters = sent.groups[1]
+        assert list(letters.values) == [b"nope", b"x"]
+        assert letters.headers is not None
+        assert dict(letters.headers[0])["streamer.source.offset"] == b"101"
+        assert sent.answer_at(5, ctx.keys).reason == "not_object"
+
+    def test_the_next_round_holds_the_next_answer_of_each_refused_record(self) -> None:
+        ctx = context([b"k0", b"k1", b"k2"], [b"{}", b"nope", b"{}"])
+        rejections = (Rejection(1, "invalid_json", "bad", "preprocess"),)
+        sent = first_round(ctx, "scores", [0, 2], predictions([0, 2]), rejections)
+        tally = Tally(produced=2, dead_letters=Counter({"invalid_json": 1}))
+
+        following, unanswerable = next_round(ctx, sent, [(1, "too large"), (2, "refused")], tally)
+
+        assert unanswerable == []
+        assert following is not None
+        assert following.rows == [1, 2]
+        assert following.answers is not None
+        assert [a.form for a in following.answers] == [Form.HEADERS_ONLY, Form.DEAD_LETTER]
+        (group,) = following.groups
+        assert (group.topic, list(group.keys)) == ("events.dlq", [None, b"k2"])
+        assert group.headers is not None
+        assert dict(group.headers[1])["streamer.reason"] == b"produce_rejected"
+        assert (tally.produced, +tally.dead_letters) == (
+            1,
+            Counter({"invalid_json": 1, "produce_rejected": 1}),
+        )
+
+    def test_a_record_refused_even_as_headers_only_is_unanswerable_with_its_last_error(
+        self,
+    ) -> None:
+        ctx = context([b"k0", b"k1"], [b"nope", b"{}"])
+        sent = first_round(
+            ctx, "scores", [1], predictions([1]), (Rejection(0, "invalid_json", "bad", "x"),)
+        )
+        tally = Tally(produced=1, dead_letters=Counter({"invalid_json": 1}))
+        minimal, _ = next_round(ctx, sent, [(0, "refused")], tally)
+        assert minimal is not None
+
+        following, unanswerable = next_round(ctx, minimal, [(0, "refused again")], tally)
+
+        assert following is None
+        assert [(a.row, a.form, error) for a, error in unanswerable] == [
+            (0, Form.HEADERS_ONLY, "refused again")
+        ]
+        assert [a.row for a in tally.unanswerable] == [0]
+
+    def test_the_first_unanswered_row_is_the_lowest_of_the_failed_sends_or_0_when_unknown(
+        self,
+    ) -> None:
+        sent = Round([], [4, 2, 7], None)
+        assert sent.first_row([0, 2]) == 4
+        assert sent.first_row([2, 1]) == 2
+        assert sent.first_row([2, -1]) == 0
