@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory, backend
+from streamer.core.batching import fetch_max_bytes
 from streamer.core.model import Model, load_configured
 from streamer.core.supervision import DeadLetterBreaker, RestartPolicy
 from streamer.errors import BrokerError, ConfigError, PipelineStartError, StreamerError
@@ -87,7 +89,12 @@ class Pipeline:
         # No factory given: the backend that kafka.client names (kafka-python by default).
         if consumer_factory is None or producer_factory is None:
             chosen = backend(settings.kafka.client)
-            consumer_factory = consumer_factory or chosen.consumer
+            # The client's fetches are a share of the byte cap, so that what it
+            # buffers stays small next to the cap (see fetch_max_bytes).
+            consumer_factory = consumer_factory or functools.partial(
+                chosen.consumer,
+                fetch_max_bytes=fetch_max_bytes(settings.batch.max_in_flight_bytes),
+            )
             producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
