@@ -12,6 +12,8 @@ measured program runs in a fresh interpreter, one at a time:
 (d) memory      peak RSS and RSS growth while a model 5x slower than the
                 input holds the pipeline in backpressure (--memory-seconds)
 (e) scaling     throughput against preprocessor/model actors and batch size
+(f) large       peak RSS with records of 500 KB behind a model 5x slower than the
+                input, against the idle daemon and batch.max_in_flight_bytes
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -39,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from streamer.broker import EmbeddedBroker, free_port
 from streamer.core.demo_data import make_record
 from streamer.core.quantile import histogram_quantile
 from streamer.settings import to_toml
+from streamer.verify import reconcile_topics
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("kafka-python", "confluent")
@@ -128,6 +131,21 @@ def records(count: int, seed: int = 1) -> Iterator[tuple[bytes | None, bytes]]:
         yield make_record(rng, bad_ratio=0.0)
 
 
+def large_records(size: int, count: int = 64, seed: int = 3) -> list[tuple[bytes, bytes]]:
+    """``count`` distinct valid events of exactly ``size`` bytes: the demo features and
+    a ``padding`` string (which no model reads) that brings each to its size."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        key, value = make_record(rng, bad_ratio=0.0)
+        pad = size - len(value) - len(b',"padding":""')
+        if pad < 0:
+            msg = f"a record of {size} bytes cannot hold an event of {len(value)} bytes"
+            raise ValueError(msg)
+        out.append((key, value[:-1] + b',"padding":"' + b"x" * pad + b'"}'))
+    return out
+
+
 # --- the broker side -----------------------------------------------------------
 
 
@@ -171,6 +189,17 @@ class Cluster:
             total += offset or 0
         return total
 
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offset of each partition of ``topic`` (0: none)."""
+        from kafka import TopicPartition
+
+        self.committed(group, topic)  # opens the group's reader
+        reader = self._readers[group]
+        return {
+            partition: reader.committed(TopicPartition(topic, partition), timeout_ms=5000) or 0
+            for partition in range(PARTITIONS)
+        }
+
     def forget(self, group: str) -> None:
         reader = self._readers.pop(group, None)
         if reader is not None:
@@ -189,9 +218,15 @@ class Cluster:
             }
         )
 
-    def preload(self, topic: str, count: int) -> None:
+    def preload(
+        self, topic: str, count: int, values: Sequence[tuple[bytes | None, bytes]] | None = None
+    ) -> None:
+        """Produce ``count`` demo records, or ``count`` records cycling through ``values``."""
         producer = self._producer()
-        for index, (key, value) in enumerate(records(count)):
+        chosen = (
+            records(count) if values is None else (values[i % len(values)] for i in range(count))
+        )
+        for index, (key, value) in enumerate(chosen):
             while True:
                 try:
                     producer.produce(topic, value, key)
@@ -208,10 +243,12 @@ class Cluster:
         rate: float,
         seconds: float,
         stop: threading.Event | None = None,
+        values: Sequence[tuple[bytes | None, bytes]] | None = None,
     ) -> int:
         """Produce ``rate`` records/s for ``seconds`` (no callback per record: the
-        CreateTimes are read back afterwards, see :meth:`create_times`)."""
-        values = list(records(20_000, seed=2))
+        CreateTimes are read back afterwards, see :meth:`create_times`), demo
+        records or ``values`` in turn."""
+        values = values or list(records(20_000, seed=2))
         producer = self._producer()
         sent = 0
         started = time.monotonic()
@@ -222,7 +259,10 @@ class Cluster:
             due = int(elapsed * rate) - sent
             for _ in range(max(0, due)):
                 key, value = values[sent % len(values)]
-                producer.produce(topic, value, key)
+                try:
+                    producer.produce(topic, value, key)
+                except BufferError:  # the local queue is full: let it drain
+                    break
                 sent += 1
             producer.poll(0)
             time.sleep(0.002)
@@ -392,9 +432,26 @@ class Bench:
             elapsed = time.perf_counter() - started
         finally:
             code = process.stop()
-            self.cluster.forget(process.group)
-            self.cluster.delete(output)
+            try:
+                self.check_delivery(process.group, output)
+            finally:
+                self.cluster.forget(process.group)
+                self.cluster.delete(output)
         return target / elapsed, code
+
+    def check_delivery(self, group: str, output: str) -> None:
+        """After a run: every input below the group's commits was answered (as the demo checks).
+
+        Read after the process stopped, so the measured time does not include it.
+        """
+        committed = self.cluster.committed_offsets(group, self.input)
+        result = reconcile_topics(
+            self.bootstrap, self.input, output, f"{self.input}.dlq", committed=committed
+        )
+        self.log(f"    reconciled below the commits: {result.line()}")
+        if result.lost:
+            msg = f"streamer lost {result.lost} committed records: {result.lost_ranges[:5]}"
+            raise RuntimeError(msg)
 
     def bare(self, backend: str) -> float:
         """One run of the bare loop over the preloaded topic, in a fresh interpreter."""
@@ -707,6 +764,127 @@ class Bench:
             )
         )
 
+    def large(self) -> None:
+        args = self.args
+        for backend in args.large_backends:
+            self._large(
+                backend,
+                count=args.large_records,
+                size=args.large_bytes,
+                cap=args.large_cap,
+                rate=args.large_rate,
+                model_env={"BENCH_SECONDS_PER_ROW": str(5.0 / args.large_rate)},
+                seconds=args.large_records / args.large_rate,
+                label=f"{args.large_bytes // 1000} KB at {args.large_rate:g}/s, model 5x slower",
+            )
+        # Issue 11's scenario: 3,000 preloaded records of 400 KB, a model that
+        # sleeps 0.2 s a call, 60 s, the default cap.
+        for backend in args.issue_backends:
+            self._large(
+                backend,
+                count=3000,
+                size=400_000,
+                cap=0,
+                rate=0.0,
+                model_env={"BENCH_SECONDS_PER_ROW": "0", "BENCH_SECONDS_PER_CALL": "0.2"},
+                seconds=60.0,
+                label="400 KB x 3000 preloaded, 0.2 s a batch",
+            )
+
+    def _large(
+        self,
+        backend: str,
+        *,
+        count: int,
+        size: int,
+        cap: int,
+        rate: float,
+        model_env: dict[str, str],
+        seconds: float,
+        label: str,
+    ) -> None:
+        """Peak RSS of the daemon while records of ``size`` bytes wait for a slow model.
+
+        The daemon starts on an empty topic; its RSS once idle (the model loaded,
+        the group joined) is the baseline. Then ``count`` records are produced,
+        at ``rate`` records/s or (rate 0) as fast as the broker takes them, and
+        the run lasts ``seconds`` from the first one. ``cap`` is
+        batch.max_in_flight_bytes (0: the default).
+        """
+        from streamer.settings import BatchSettings
+
+        limit = cap or BatchSettings().max_in_flight_bytes
+        self.log(
+            f"(f) large records, {backend}, {count} x {size:,} B, "
+            f"cap {limit / 2**20:g} MiB, {label}"
+        )
+        topic = self.cluster.topic("bench-large", dlq=True)
+        output = self.cluster.topic("bench-large-out")
+        sections: dict[str, dict[str, Any]] = {
+            "model": {
+                "kind": "python",
+                "path": f"{HERE / 'slow_model.py'}:predict",
+                "workers": 1,
+                "chunk_rows": 0,
+            },
+            "preprocess": {"standardize": False},
+        }
+        if cap:
+            sections["batch"] = {"max_in_flight_bytes": cap}
+        process = self.streamer(backend, topic, output, sections=sections, env=model_env)
+        watch = _Watch(process)
+        try:
+            wait_until(process.ready, 120, "streamer to be ready")
+            watch.idle()
+            watch.start()
+            if rate > 0:
+                self.cluster.generate(topic, rate, seconds, values=large_records(size))
+            else:
+                self.cluster.preload(topic, count, large_records(size))
+            time.sleep(max(0.0, watch.started + seconds - time.monotonic()))
+            watch.finish()
+        finally:
+            watch.stop.set()
+            code = process.stop()
+            self.cluster.delete(topic, f"{topic}.dlq", output)
+        mib = 2**20
+        overhead = (watch.peak - watch.baseline - limit) / mib
+        gauge_max = max(watch.gauge, default=0.0)
+        scored = metric_sum(watch.status, "streamer_records_produced_total")
+        note = (
+            f"{count} x {size // 1000} KB, {label}, {seconds:g}s; cap {limit / mib:g} MiB, "
+            f"idle {watch.baseline / mib:.0f} MiB; scored {scored:,.0f}; exit {code}"
+        )
+        extra = {
+            "backend": backend,
+            "records": count,
+            "record_bytes": size,
+            "cap_bytes": limit,
+            "baseline_mib": round(watch.baseline / mib, 1),
+            "peak_hwm_mib": round(watch.peak / mib, 1),
+            "peak_sampled_mib": round(max(watch.rss, default=0) / mib, 1),
+            "overhead_mib": round(overhead, 1),
+            "in_flight_bytes_max_mib": round(gauge_max / mib, 1),
+            "consumed": metric_sum(watch.status, "streamer_records_consumed_total"),
+            "scored": scored,
+            "rss_mib": [round(r / mib, 1) for r in watch.rss[::10]],
+        }
+        self.rows.append(
+            Row("f", f"peak RSS, {backend}", watch.peak / mib, "MiB", None, note, extra)
+        )
+        self.rows.append(
+            Row(
+                "f",
+                f"peak - idle - cap, {backend}",
+                overhead,
+                "MiB",
+                None,
+                f"in-flight gauge max {gauge_max / mib:.1f} MiB; sampled RSS max "
+                f"{extra['peak_sampled_mib']:.0f} MiB; exit {code}",
+                extra,
+            )
+        )
+
     def scaling(self) -> None:
         backend = self.args.scaling_backend
         for actors in self.args.actors:
@@ -742,9 +920,10 @@ class Bench:
             )
 
     def run(self) -> None:
-        self.input = self.cluster.topic("bench-in", dlq=True)
-        self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
-        self.cluster.preload(self.input, self.args.records)
+        if "a" in self.args.sections or "e" in self.args.sections:
+            self.input = self.cluster.topic("bench-in", dlq=True)
+            self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
+            self.cluster.preload(self.input, self.args.records)
         best = self.throughputs() if "a" in self.args.sections else {}
         if "c" in self.args.sections:
             self.latency(best)
@@ -752,6 +931,49 @@ class Bench:
             self.memory()
         if "e" in self.args.sections:
             self.scaling()
+        if "f" in self.args.sections:
+            self.large()
+
+
+class _Watch:
+    """The RSS (every 0.1 s) and the in-flight bytes gauge (every 0.5 s) of a daemon."""
+
+    def __init__(self, process: Streamer) -> None:
+        self.process = process
+        self.pid = process.process.pid
+        self.rss: list[int] = []
+        self.gauge: list[float] = []
+        self.baseline = self.peak = 0
+        self.status = ""
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def idle(self) -> None:
+        """The baseline: the RSS of the idle daemon (model loaded, group joined)."""
+        time.sleep(1.0)
+        for _ in range(5):
+            self.baseline = max(self.baseline, proc_status(self.pid, "VmRSS"))
+            time.sleep(0.1)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self._thread.join()
+        self.peak = proc_status(self.pid, "VmHWM")
+        self.status = self.process.metrics()
+
+    def _sample(self) -> None:
+        scraped = 0.0
+        while not self.stop.wait(0.1):
+            self.rss.append(proc_status(self.pid, "VmRSS"))
+            now = time.monotonic()
+            if now - scraped >= 0.5:
+                scraped = now
+                self.gauge.append(metric_sum(self.process.metrics(), "streamer_in_flight_bytes"))
 
 
 def _spread(runs: list[float]) -> str:
@@ -794,6 +1016,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "c": "(c) end-to-end latency at a share of (b)'s one-worker default throughput",
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
+        "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -802,7 +1025,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abcde":
+    for section in "abcdef":
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue
@@ -812,6 +1035,23 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
             value = f"{r.value:,.0f}" if r.unit == "records/s" else f"{r.value:,.1f}"
             lines.append(f"  {r.name:<42} {value:>12} {r.unit:<10} {ratio:>7}  {r.note}")
     return "\n".join(lines)
+
+
+def _large_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--large-records", type=int, default=3000)
+    parser.add_argument("--large-bytes", type=int, default=500_000)
+    parser.add_argument(
+        "--large-cap", type=int, default=0, help="batch.max_in_flight_bytes of (f); 0: the default"
+    )
+    parser.add_argument(
+        "--large-rate", type=float, default=100.0, help="input records/s of (f); the model does 1/5"
+    )
+    parser.add_argument("--large-backends", default="kafka-python,confluent")
+    parser.add_argument(
+        "--issue-backends",
+        default="kafka-python,confluent",
+        help="(f) also runs issue 11's 400 KB scenario on these",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -837,8 +1077,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
-        "--sections", default="abcde", help="which of a-e to run ('a' runs (a) and (b))"
+        "--sections", default="abcdef", help="which of a-f to run ('a' runs (a) and (b))"
     )
+    _large_arguments(parser)
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -859,8 +1100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.session_timeout = 3.0
         args.actors = ""
         args.batch_sizes = "100"
+        args.large_records = min(args.large_records, 100)
+        args.large_rate = min(args.large_rate, 50.0)
+        args.large_cap = args.large_cap or 8 * 2**20
+        args.large_backends = "confluent"
+        args.issue_backends = ""
     args.backends = [b for b in args.backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]
+    args.large_backends = [b for b in args.large_backends.split(",") if b]
+    args.issue_backends = [b for b in args.issue_backends.split(",") if b]
     args.latency_backends = [b for b in args.latency_backends.split(",") if b]
     args.latency_loads = [float(x) for x in args.latency_loads.split(",") if x]
     args.variants = [v for v in args.variants.split(",") if v]

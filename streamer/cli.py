@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=5000.0)
     demo.add_argument("--partitions", type=int, default=4)
     demo.add_argument("--metrics-port", type=int, default=9400)
+    demo.add_argument(
+        "--summary-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without progress after which the closing summary gives up (default 30)",
+    )
     _add_common(demo)
     from streamer.filemode import add_commands  # noqa: PLC0415 - keeps the imports light
 
@@ -321,6 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamerError as exc:
         print(f"streamer: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("streamer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every command ends in one line, never in a traceback
+        log.debug("unexpected error", exc_info=True)
+        hint = "; --log-level DEBUG shows the traceback" if hasattr(args, "log_level") else ""
+        text = " ".join(redact(str(exc)).split())
+        print(f"streamer: unexpected error: {type(exc).__name__}: {text}{hint}", file=sys.stderr)
+        return 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -331,6 +346,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         rate=args.rate,
         partitions=args.partitions,
         metrics_port=args.metrics_port,
+        summary_timeout_s=args.summary_timeout,
     )
 
 

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -16,8 +17,8 @@ from streamer.cli import produce_demo
 from streamer.client import ensure_topics
 from streamer.core.quantile import histogram_quantile
 from streamer.settings import build_settings
-from streamer.topology import Pipeline
-from streamer.verify import read_topic, reconcile
+from streamer.topology import Pipeline, ShutdownReport
+from streamer.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,29 @@ class _Progress:
         )
 
 
-def run_demo(*, duration_s: float, rate: float, partitions: int, metrics_port: int) -> int:
+def run_demo(
+    *,
+    duration_s: float,
+    rate: float,
+    partitions: int,
+    metrics_port: int,
+    summary_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+) -> int:
     """Run until ``duration_s`` passes (0: until Ctrl-C) and print a summary.
+
+    The summary gives up when reading the topics back makes no progress for
+    ``summary_timeout_s``, or on Ctrl-C; it then says so in one line.
 
     Returns 0 when no input record is lost and the shutdown was clean.
     """
     stop = threading.Event()
     interrupted = [0]
+    summarising = [False]
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if summarising[0]:
+            summarising[0] = False  # once: the summary's own cleanup must not be cut short
+            raise KeyboardInterrupt
         interrupted[0] += 1
         if interrupted[0] > 1:
             raise SystemExit(128 + signum)
@@ -131,7 +146,7 @@ def run_demo(*, duration_s: float, rate: float, partitions: int, metrics_port: i
         produced = [0]
         generator_stop = threading.Event()
         generator = threading.Thread(
-            target=produce_demo,
+            target=_generate,
             name="generator",
             daemon=True,
             kwargs={
@@ -165,20 +180,105 @@ def run_demo(*, duration_s: float, rate: float, partitions: int, metrics_port: i
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced[0], timeout_s=30)
         report = pipeline.stop()
-        inputs = read_topic(broker.bootstrap_servers, INPUT)
-        outputs = read_topic(broker.bootstrap_servers, OUTPUT)
-        dead = read_topic(broker.bootstrap_servers, settings.kafka.dead_letter_topic_name)
-        result = reconcile(inputs, outputs, dead)
+        summarising[0] = True
+        try:
+            return _summary(
+                broker.bootstrap_servers,
+                settings.kafka.dead_letter_topic_name,
+                report,
+                started=started,
+                idle_timeout_s=summary_timeout_s,
+            )
+        finally:
+            summarising[0] = False
+
+
+def _generate(**kwargs: Any) -> None:
+    """The generator thread: a failure ends it with one line, not a thread traceback."""
+    try:
+        produce_demo(**kwargs)
+    except Exception as exc:
+        log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise
+            "generator stopped: %s: %s", type(exc).__name__, exc
+        )
+
+
+def _count(n: float) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    return f"{n:.0f}"
+
+
+class _ReconcileProgress:
+    """The ``reconciling: 1.2M of 6.0M records`` line on stderr, rewritten in place on a tty."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+        self.read = 0
+
+    def __call__(self, read: int, total: int) -> None:
+        self.read = read
+        line = f"reconciling: {_count(read)} of {_count(total)} records"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr)
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self, what: str) -> None:
+        if self.tty and self.shown:
+            print(file=sys.stderr)
+        print(f"reconciling: {what} in {time.monotonic() - self.started:.1f}s", file=sys.stderr)
+        sys.stderr.flush()
+
+
+def _summary(
+    bootstrap_servers: str,
+    dead_letter_topic: str,
+    report: ShutdownReport,
+    *,
+    started: float,
+    idle_timeout_s: float,
+) -> int:
+    """Read the three topics back, reconcile them by offsets and print the summary line."""
+    shutdown = "clean" if report.exit_code == 0 else f"FAILED: {report.failure}"
+    print(f"reconciling: reading back {INPUT}, {OUTPUT} and {dead_letter_topic}", file=sys.stderr)
+    progress = _ReconcileProgress()
+    try:
+        result = reconcile_topics(
+            bootstrap_servers,
+            INPUT,
+            OUTPUT,
+            dead_letter_topic,
+            idle_timeout_s=idle_timeout_s,
+            on_progress=progress,
+        )
+    except KeyboardInterrupt:
+        progress.end("interrupted")
+        reason = "interrupted"
+    except Exception as exc:  # whatever it was, the summary ends in one line
+        progress.end("failed")
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    else:
+        progress.end(f"done, {_count(progress.read)} records")
         elapsed = time.monotonic() - started
         print(
-            f"summary: records in {result.inputs}, scored {result.scored}, "
-            f"dead-lettered {result.dead_lettered}, duplicates {result.duplicates}, "
-            f"lost {len(result.lost)}; "
-            f"{result.inputs / elapsed:.0f} records/s over {elapsed:.1f}s; "
-            f"shutdown {'clean' if report.exit_code == 0 else 'FAILED: ' + str(report.failure)}",
+            f"summary: {result.line()}; "
+            f"{result.inputs / elapsed:.0f} records/s over {elapsed:.1f}s; shutdown {shutdown}",
             flush=True,
         )
         return 0 if not result.lost and report.exit_code == 0 else 1
+    committed = {p: o for (t, p), o in sorted(report.committed.items()) if t == INPUT}
+    offsets = ", ".join(f"{p}: {o}" for p, o in committed.items()) or "none"
+    print(
+        f"summary: not finished ({reason}); the pipeline committed {sum(committed.values())} "
+        f"offsets of {INPUT} (partition: offset {offsets}), and every record below them was "
+        f"answered; shutdown {shutdown}",
+        flush=True,
+    )
+    return 1
 
 
 def _wait_caught_up(

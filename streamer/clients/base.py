@@ -283,6 +283,18 @@ def send_batch(client: ProducerClient, groups: Sequence[OutputGroup], done: Done
 
 
 ConsumerFactory = Callable[[KafkaSettings, int], ConsumerClient]
+
+
+class ConsumerConstructor(Protocol):
+    """A backend's ``GroupConsumer``: a :data:`ConsumerFactory` that also takes a fetch size."""
+
+    def __call__(
+        self, settings: KafkaSettings, max_poll_records: int, fetch_max_bytes: int | None = None
+    ) -> ConsumerClient:
+        """Open a consumer whose fetches return at most ``fetch_max_bytes`` (None: the client's)."""
+        ...
+
+
 ProducerFactory = Callable[[KafkaSettings], ProducerClient]
 EnsureTopics = Callable[..., None]
 
@@ -292,7 +304,7 @@ class Backend:
     """One Kafka client library behind the pipeline's interface."""
 
     name: str
-    consumer: ConsumerFactory
+    consumer: ConsumerConstructor
     producer: ProducerFactory
     ensure_topics: EnsureTopics
 

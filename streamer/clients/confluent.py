@@ -92,6 +92,7 @@ def is_record_level(error: KafkaError | BaseException) -> bool:
         return not error.fatal() and error.code() in RECORD_LEVEL_CODES
     return isinstance(error, TypeError | ValueError)
 
+
 # Unbound methods, mapped over a list of messages in C: each column is one list().
 _offset = Message.offset
 _key = Message.key
@@ -109,6 +110,14 @@ _QUEUE_MAX_KBYTES = 1_048_576
 # The consumer's prefetch queue (for all partitions together): enough for a
 # few polls at full speed, small enough to keep the memory flat.
 _PREFETCH_KBYTES = 4_096
+# Most bytes a paused partition holds back before it is paused in librdkafka
+# too, when no fetch size is given (see GroupConsumer).
+_HELD_MAX_BYTES = 1 << 20
+
+
+def _nbytes(records: RecordColumns) -> int:
+    """The bytes of the records' keys and values."""
+    return sum(map(len, filter(None, records.values))) + sum(map(len, filter(None, records.keys)))
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -149,17 +158,32 @@ class GroupConsumer:
     pause drops the prefetched records, and the first fetch after a resume came
     about 0.9 s later on this machine, a stall at every backpressure cycle.
     Records of a paused partition that a poll returns anyway are held back, in
-    order, until it resumes (at most one poll's worth, since the pipeline polls
-    a single record while it is paused). librdkafka stops prefetching once its
-    queue holds ``queued.max.messages.kbytes``, so memory stays bounded.
+    order, until it resumes. The pipeline polls one record at a time while it is
+    paused (to serve the callbacks and stay in the group), so each such poll
+    holds one more: once a partition holds ``fetch_max_bytes`` (1 MiB by
+    default) it is paused in librdkafka too, until it resumes. With records of
+    500 KB the held records grew by 5 MB/s before. librdkafka stops prefetching
+    once its queue holds ``queued.max.messages.kbytes``, so memory stays bounded.
     """
 
-    def __init__(self, settings: KafkaSettings, max_poll_records: int) -> None:
+    def __init__(
+        self, settings: KafkaSettings, max_poll_records: int, fetch_max_bytes: int | None = None
+    ) -> None:
+        """Open the consumer (it subscribes later, in :meth:`subscribe`).
+
+        ``fetch_max_bytes`` bounds one fetch (None: librdkafka's 50 MiB); the
+        pipeline derives it from batch.max_in_flight_bytes.
+        """
         self._settings = settings
         self._max_poll_records = max_poll_records
+        fetch: dict[str, Any] = {}
+        if fetch_max_bytes is not None:
+            # librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
+            fetch["fetch.max.bytes"] = max(fetch_max_bytes, 1_000_000)
         self._consumer = Consumer(
             {
                 **_common(settings),
+                **fetch,
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -178,6 +202,10 @@ class GroupConsumer:
         self._assigned: set[TP] = set()
         self._paused: set[TP] = set()
         self._held: dict[TP, RecordColumns] = {}
+        self._held_bytes: dict[TP, int] = {}
+        self._held_max_bytes = _HELD_MAX_BYTES if fetch_max_bytes is None else fetch_max_bytes
+        # Paused in librdkafka too: their held records reached _held_max_bytes.
+        self._stopped: set[TP] = set()
         self._pending_commits: list[
             tuple[dict[TP, int], Callable[[dict[TP, int], Exception | None], None]]
         ] = []
@@ -227,7 +255,7 @@ class GroupConsumer:
                 # A partition that moves comes back unpaused, as with kafka-python.
                 self._paused.difference_update(tps)
                 for tp in tps:
-                    self._held.pop(tp, None)
+                    self._drop_held(tp)
                 consumer.unassign()
 
         self._consumer.subscribe([topic], on_assign=assign, on_revoke=revoke, on_lost=revoke)
@@ -249,6 +277,10 @@ class GroupConsumer:
                     self._held[tp].extend(records)
                 else:
                     self._held[tp] = records
+                held = self._held_bytes[tp] = self._held_bytes.get(tp, 0) + _nbytes(records)
+                if held >= self._held_max_bytes and tp not in self._stopped:
+                    self._consumer.pause([TopicPartition(*tp)])
+                    self._stopped.add(tp)
         return polled
 
     def _release_held(self, max_records: int) -> dict[TP, RecordColumns]:
@@ -259,8 +291,12 @@ class GroupConsumer:
             held = self._held[tp]
             if len(held) <= max_records:
                 released[tp] = self._held.pop(tp)
+                self._held_bytes.pop(tp, None)
             else:
                 released[tp] = held.take(max_records)
+                self._held_bytes[tp] -= _nbytes(released[tp])
+            if tp in self._stopped and self._held_bytes.get(tp, 0) < self._held_max_bytes:
+                self._restart([tp])
             max_records -= len(released[tp])
         return released
 
@@ -322,12 +358,33 @@ class GroupConsumer:
     def resume(self, tps: list[TP]) -> None:
         """Return records of these partitions again (first those held back)."""
         self._paused.difference_update(tps)
+        # A partition stopped in librdkafka fetches again once its held records
+        # are below the limit (see _release_held): until then a pause would add more.
+        self._restart(
+            [
+                tp
+                for tp in tps
+                if tp in self._stopped and self._held_bytes.get(tp, 0) < self._held_max_bytes
+            ]
+        )
         for tp in tps:  # fetches report the end again; a refreshed one would go stale
             self._end_offsets.pop(tp, None)
 
+    def _restart(self, tps: list[TP]) -> None:
+        """Resume in librdkafka: it fetches from after the last record it returned."""
+        if tps:
+            self._consumer.resume([TopicPartition(*tp) for tp in tps])
+            self._stopped.difference_update(tps)
+
+    def _drop_held(self, tp: TP) -> None:
+        self._held.pop(tp, None)
+        self._held_bytes.pop(tp, None)
+        if tp in self._stopped:  # a pause in librdkafka would outlive a new assignment
+            self._restart([tp])
+
     def seek(self, tp: TP, offset: int) -> None:
         """Fetch this assigned partition from ``offset`` next."""
-        self._held.pop(tp, None)
+        self._drop_held(tp)
         if self._assigning:
             self._pending_seeks[tp] = offset
             return
@@ -652,13 +709,13 @@ def read_records(
     on_progress: Callable[[int, int], None] | None = None,
     progress_interval_s: float = 1.0,
 ) -> dict[TP, int]:
-    """Read whole topics from the beginning to their end, without committing anything.
+    """Read whole topics from the beginning to their end, committing nothing (for verify).
 
     A partition ends at librdkafka's end-of-partition event, which comes when a
     fetch reaches the highwater that the broker reports (``query_watermark_offsets``
-    is wrong on Tansu: it answers the last batch's base offset + 1). Records are
-    handed to ``on_batch`` (partition, its records in offset order, their headers)
-    as they arrive, so nothing is kept here. Every ``progress_interval_s`` and at
+    is wrong on Tansu: it answers the last batch's base offset + 1). Records go
+    to ``on_batch`` (partition, its records in offset order, their headers) as
+    they arrive, and nothing is kept here. Every ``progress_interval_s`` and at
     the end, ``on_progress(read, total)`` gets the records read and the records
     known to exist so far (from the watermarks of the last fetches).
 
@@ -666,15 +723,15 @@ def read_records(
         The end offset each partition was read to.
 
     Raises:
-        BrokerError: Nothing was read and no partition reached its end for
-            ``idle_timeout_s`` (the deadline follows progress, not the topic's size).
+        BrokerError: Nothing arrived and no partition reached its end for
+            ``idle_timeout_s``, or the broker cannot be reached.
     """
     import uuid  # noqa: PLC0415 - this function stands alone
+    from itertools import groupby  # noqa: PLC0415
 
     from confluent_kafka import OFFSET_BEGINNING  # noqa: PLC0415
 
-    from streamer.core.reconcile import Pacer  # noqa: PLC0415
-    from streamer.errors import BrokerError  # noqa: PLC0415
+    from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415
 
     consumer = Consumer(
         {
@@ -686,110 +743,83 @@ def read_records(
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 50,
             "fetch.queue.backoff.ms": 10,
-            "queued.max.messages.kbytes": 16_384,
+            "queued.max.messages.kbytes": 4096,
             "isolation.level": "read_uncommitted",
         }
     )
-    ends: dict[TP, int] = {}
     try:
         try:
-            metadata = consumer.list_topics(timeout=settings.bootstrap_timeout_s)
+            metadata = consumer.list_topics(timeout=settings.bootstrap_timeout_s).topics
         except KafkaException as exc:
             raise broker_error("start a reader", settings, exc) from None
         tps = [
             (topic, partition)
             for topic in topics
-            if topic in metadata.topics
-            for partition in sorted(metadata.topics[topic].partitions)
+            if topic in metadata
+            for partition in sorted(metadata[topic].partitions)
         ]
         consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
-        remaining = set(tps)
-        pacer = Pacer(tps)
-        paused: set[TP] = set()
-        read = 0
-        last_progress = last_report = time.monotonic()
+        state = WholeTopicRead(
+            topics,
+            tps,
+            idle_timeout_s=idle_timeout_s,
+            on_progress=on_progress,
+            progress_interval_s=progress_interval_s,
+        )
 
         def total() -> int:
             known = 0
             for tp in tps:
                 low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-                if low >= 0 and high >= 0:
-                    known += high - low
-            return max(read, known)
+                known += high - low if low >= 0 and high >= 0 else 0
+            return max(state.read, known)
 
-        while remaining:
-            progressed = False
+        def unfinished() -> str:
+            waiting = sorted(state.remaining)[:4]
+            positions = consumer.position([TopicPartition(*tp) for tp in waiting])
+            return ", ".join(
+                f"{p.topic}/{p.partition} at {p.offset} of "
+                f"{consumer.get_watermark_offsets(p, cached=True)[1]}"
+                for p in positions
+            )
+
+        def grouping(message: Message) -> tuple[TP, bool]:
+            tp = (message.topic() or "", message.partition() or 0)
+            return tp, message.error() is not None
+
+        def handle_event(tp: TP, event: Message) -> None:
+            error = cast("KafkaError", event.error())  # grouping put events only here
+            if error.code() == KafkaError._PARTITION_EOF:
+                if tp in state.remaining:
+                    state.finished(tp, event.offset() or 0)
+                    consumer.pause([TopicPartition(*tp)])
+            elif error.fatal():
+                raise broker_error("read the topics", settings, KafkaException(error))
+            else:
+                log.warning("reader: %s", error.str())
+
+        while state.remaining:
             messages = consumer.consume(5000, 0.2)
-            start = 0
-            while start < len(messages):
-                first = messages[start]
-                tp = (first.topic() or "", first.partition() or 0)
-                end = start + 1
-                error = first.error()
-                if error is None:
-                    while (
-                        end < len(messages)
-                        and messages[end].error() is None
-                        and messages[end].partition() == tp[1]
-                        and messages[end].topic() == tp[0]
-                    ):
-                        end += 1
-                    if tp in remaining:
-                        chunk = messages[start:end]
-                        columns = RecordColumns(
-                            [m.offset() or 0 for m in chunk],
-                            [m.key() for m in chunk],
-                            [m.value() for m in chunk],
-                            [m.timestamp()[1] for m in chunk],
-                        )
-                        on_batch(tp, columns, [m.headers() or [] for m in chunk])
-                        pacer.read(tp, columns.timestamps[-1])
-                        read += len(chunk)
-                        progressed = True
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    if tp in remaining:
-                        remaining.discard(tp)
-                        ends[tp] = first.offset() or 0
-                        pacer.finished(tp)
-                        consumer.pause([TopicPartition(*tp)])
-                        paused.discard(tp)
-                        progressed = True
-                elif error.fatal():
-                    raise broker_error("read the topics", settings, KafkaException(error))
-                else:
-                    log.warning("reader: %s", error.str())
-                start = end
-            # Keep each topic's partitions at the same pace (see Pacer).
-            ahead = pacer.ahead()
-            if ahead != paused:
-                if ahead - paused:
-                    consumer.pause([TopicPartition(*tp) for tp in ahead - paused])
-                if paused - ahead:
-                    consumer.resume([TopicPartition(*tp) for tp in paused - ahead])
-                paused = ahead
-            now = time.monotonic()
-            if progressed:
-                last_progress = now
-            elif now - last_progress > idle_timeout_s:
-                unfinished = ", ".join(
-                    f"{t}/{p} at {position.offset} of "
-                    f"{consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)[1]}"
-                    for (t, p), position in zip(
-                        sorted(remaining)[:4],
-                        consumer.position([TopicPartition(*tp) for tp in sorted(remaining)[:4]]),
-                        strict=True,
+            for (tp, is_event), group in groupby(messages, key=grouping):
+                chunk = list(group)
+                if is_event:
+                    for event in chunk:
+                        handle_event(tp, event)
+                elif tp in state.remaining:
+                    columns = RecordColumns(
+                        [m.offset() or 0 for m in chunk],
+                        [m.key() for m in chunk],
+                        [m.value() for m in chunk],
+                        [m.timestamp()[1] for m in chunk],
                     )
-                )
-                msg = (
-                    f"could not read {', '.join(topics)} to the end: no progress for "
-                    f"{idle_timeout_s:g}s after {read} records (unfinished: {unfinished})"
-                )
-                raise BrokerError(msg)
-            if on_progress is not None and now - last_report >= progress_interval_s:
-                last_report = now
-                on_progress(read, total())
-        if on_progress is not None:
-            on_progress(read, total())
+                    headers = [cast("Headers", m.headers() or []) for m in chunk]
+                    on_batch(tp, columns, headers)
+                    state.delivered(tp, columns.timestamps)
+            pause, resume = state.step(total, unfinished)
+            for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
+                if changed:
+                    change([TopicPartition(*tp) for tp in changed])
+        state.done(total)
     finally:
         consumer.close()
-    return ends
+    return state.ends

@@ -97,8 +97,16 @@ class _Listener(ConsumerRebalanceListener):
 class GroupConsumer:
     """A kafka-python consumer in a group, with manual commits."""
 
-    def __init__(self, settings: KafkaSettings, max_poll_records: int) -> None:
+    def __init__(
+        self, settings: KafkaSettings, max_poll_records: int, fetch_max_bytes: int | None = None
+    ) -> None:
+        """Open the consumer (it subscribes later, in :meth:`subscribe`).
+
+        ``fetch_max_bytes`` bounds one fetch (None: the client's 50 MiB); the
+        pipeline derives it from batch.max_in_flight_bytes.
+        """
         self._settings = settings
+        fetch = {} if fetch_max_bytes is None else {"fetch_max_bytes": fetch_max_bytes}
         try:
             self._consumer = KafkaConsumer(
                 **_common(settings),
@@ -110,6 +118,7 @@ class GroupConsumer:
                 max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
                 max_poll_records=max_poll_records,
                 fetch_max_wait_ms=int(settings.fetch_max_wait_s * 1000),
+                **fetch,
             )
         except KafkaError as exc:
             raise broker_error("start the consumer", settings, exc) from None
@@ -420,24 +429,23 @@ def read_records(
     on_progress: Callable[[int, int], None] | None = None,
     progress_interval_s: float = 1.0,
 ) -> dict[TP, int]:
-    """Read whole topics from the beginning to their end, without a group.
+    """Read whole topics from the beginning to their end, without a group (for verify).
 
-    The end of a partition is its highwater as the fetches report it (on Tansu
+    A partition ends at its highwater as the fetches report it (on Tansu
     ``end_offsets()`` answers the last batch's base offset + 1 instead).
-    Records are handed to ``on_batch`` (partition, its records in offset order,
-    their headers) as they arrive, so nothing is kept here. Every
-    ``progress_interval_s`` and at the end, ``on_progress(read, total)`` gets the
-    records read and the records known to exist so far.
+    Records go to ``on_batch`` (partition, its records in offset order, their
+    headers) as they arrive, and nothing is kept here. Every
+    ``progress_interval_s`` and at the end, ``on_progress(read, total)`` gets
+    the records read and the records known to exist so far.
 
     Returns:
         The end offset each partition was read to.
 
     Raises:
-        BrokerError: Nothing was read and no partition reached its end for
-            ``idle_timeout_s`` (the deadline follows progress, not the topic's size).
+        BrokerError: Nothing arrived and no partition reached its end for
+            ``idle_timeout_s``, or the broker cannot be reached.
     """
-    from streamer.core.reconcile import Pacer  # noqa: PLC0415 - this function stands alone
-    from streamer.errors import BrokerError  # noqa: PLC0415
+    from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415 - stands alone
 
     try:
         consumer = KafkaConsumer(
@@ -445,11 +453,13 @@ def read_records(
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
-            max_poll_records=5000,
+            # Each poll takes every record fetched so far: kafka-python 3.0.12
+            # never fetches a partition again that was paused while records of
+            # a poll were still pending, and pacing pauses partitions.
+            max_poll_records=1_000_000,
         )
     except KafkaError as exc:
         raise broker_error("start a reader", settings, exc) from None
-    ends: dict[TP, int] = {}
     try:
         tps = [
             TopicPartition(topic, partition)
@@ -460,62 +470,47 @@ def read_records(
         consumer.seek_to_beginning(*tps)
         timeout_ms = int(idle_timeout_s * 1000)
         starts = {tp: consumer.position(tp, timeout_ms=timeout_ms) or 0 for tp in tps}
-        remaining = set(tps)
-        pacer = Pacer((tp.topic, tp.partition) for tp in tps)
-        paused: set[TP] = set()
-        read = 0
-        last_progress = last_report = time.monotonic()
+        state = WholeTopicRead(
+            topics,
+            [(tp.topic, tp.partition) for tp in tps],
+            idle_timeout_s=idle_timeout_s,
+            on_progress=on_progress,
+            progress_interval_s=progress_interval_s,
+        )
 
         def total() -> int:
             highs = ((tp, consumer.highwater(tp)) for tp in tps)
-            return max(read, sum(high - starts[tp] for tp, high in highs if high is not None))
+            return max(state.read, sum(high - starts[tp] for tp, high in highs if high is not None))
 
-        while remaining:
-            progressed = False
+        def unfinished() -> str:
+            return ", ".join(
+                f"{t}/{p} at {consumer.position(TopicPartition(t, p), timeout_ms=1000)}"
+                f" of {consumer.highwater(TopicPartition(t, p))}"
+                for t, p in sorted(state.remaining)[:4]
+            )
+
+        while state.remaining:
             for tp, records in consumer.poll(timeout_ms=200).items():
-                if records and tp in remaining:
-                    headers = [list(r.headers or ()) for r in records]
+                key = (tp.topic, tp.partition)
+                if records and key in state.remaining:
                     columns = RecordColumns.of(records)
-                    on_batch((tp.topic, tp.partition), columns, headers)
-                    pacer.read((tp.topic, tp.partition), columns.timestamps[-1])
-                    read += len(records)
-                    progressed = True
-            for tp in list(remaining):
+                    on_batch(key, columns, [list(r.headers or ()) for r in records])
+                    state.delivered(key, columns.timestamps)
+            for tp in tps:
+                key = (tp.topic, tp.partition)
                 high = consumer.highwater(tp)
-                if high is not None and consumer.position(tp, timeout_ms=timeout_ms) >= high:
-                    remaining.discard(tp)
-                    pacer.finished((tp.topic, tp.partition))
+                if (
+                    key in state.remaining
+                    and high is not None
+                    and consumer.position(tp, timeout_ms=timeout_ms) >= high
+                ):
+                    state.finished(key, high)
                     consumer.pause(tp)
-                    paused.discard((tp.topic, tp.partition))
-                    ends[(tp.topic, tp.partition)] = high
-                    progressed = True
-            # Keep each topic's partitions at the same pace (see Pacer).
-            ahead = pacer.ahead()
-            if ahead != paused:
-                if ahead - paused:
-                    consumer.pause(*(TopicPartition(t, p) for t, p in ahead - paused))
-                if paused - ahead:
-                    consumer.resume(*(TopicPartition(t, p) for t, p in paused - ahead))
-                paused = ahead
-            now = time.monotonic()
-            if progressed:
-                last_progress = now
-            elif now - last_progress > idle_timeout_s:
-                unfinished = ", ".join(
-                    f"{tp.topic}/{tp.partition} at {consumer.position(tp, timeout_ms=1000)}"
-                    f" of {consumer.highwater(tp)}"
-                    for tp in sorted(remaining)[:4]
-                )
-                msg = (
-                    f"could not read {', '.join(topics)} to the end: no progress for "
-                    f"{idle_timeout_s:g}s after {read} records (unfinished: {unfinished})"
-                )
-                raise BrokerError(msg)
-            if on_progress is not None and now - last_report >= progress_interval_s:
-                last_report = now
-                on_progress(read, total())
-        if on_progress is not None:
-            on_progress(read, total())
+            pause, resume = state.step(total, unfinished)
+            for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
+                if changed:
+                    change(*(TopicPartition(t, p) for t, p in changed))
+        state.done(total)
     finally:
         consumer.close(autocommit=False, timeout_ms=5000)
-    return ends
+    return state.ends

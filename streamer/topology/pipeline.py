@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import MetricsActor, PipelineMetrics
 from streamer.clients import ConsumerFactory, ProducerFactory, backend
+from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
@@ -51,7 +53,12 @@ class Pipeline:
         # No factory given: the backend that kafka.client names (kafka-python by default).
         if consumer_factory is None or producer_factory is None:
             chosen = backend(settings.kafka.client)
-            consumer_factory = consumer_factory or chosen.consumer
+            # The client's fetches are a share of the byte cap, so that what it
+            # buffers stays small next to the cap (see fetch_max_bytes).
+            consumer_factory = consumer_factory or functools.partial(
+                chosen.consumer,
+                fetch_max_bytes=fetch_max_bytes(settings.batch.max_in_flight_bytes),
+            )
             producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory

@@ -29,7 +29,7 @@ from streamer.core.features import FeatureSpec
 from streamer.core.models.linear import LinearModel
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.topology import Pipeline
-from streamer.verify import TopicDump, read_topic
+from streamer.verify import Reconciliation, TopicDump, read_topic, reconcile_topics
 
 T = TypeVar("T")
 
@@ -204,8 +204,19 @@ class Cluster:
         return produced
 
     def read(self, topic: str) -> TopicDump:
-        """Every record of a topic, from the beginning to its current end."""
+        """Every record of a topic, from the beginning to its current end (to look at them)."""
         return read_topic(self.bootstrap_servers, topic, timeout_s=PROCESS_TIMEOUT_S)
+
+    def reconcile(self, topics: Topics, client: str | None = None) -> Reconciliation:
+        """Stream the test's three topics through the range-based reconciler (the demo's)."""
+        return reconcile_topics(
+            self.bootstrap_servers,
+            topics.input,
+            topics.output,
+            topics.dead_letter,
+            idle_timeout_s=PROCESS_TIMEOUT_S,
+            client=client,
+        )
 
     @contextlib.contextmanager
     def committed_reader(self, group: str) -> Iterator[Callable[[str, int], int | None]]:

@@ -11,7 +11,6 @@ import pytest
 from streamer.actors import consumer as consumer_module
 from streamer.core.demo_data import make_record
 from streamer.core.models.linear import load_linear
-from streamer.verify import reconcile
 
 from .helpers import (
     BACKENDS,
@@ -78,14 +77,12 @@ def test_batches_in_flight_stay_within_the_cap_under_a_slow_model_and_all_are_de
     assert paused_seen, "the consumer never paused its partitions"
     assert model.calls >= RECORDS // MAX_RECORDS
 
-    result = reconcile(
-        cluster.read(topics.input), cluster.read(topics.output), cluster.read(topics.dead_letter)
-    )
+    result = cluster.reconcile(topics)
     assert (result.scored, result.dead_lettered, result.duplicates, result.lost) == (
         RECORDS,
         0,
         0,
-        [],
+        0,
     )
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from streamer.core.demo_data import make_event, make_record
 from streamer.core.models.linear import load_linear
 from streamer.topology import Pipeline, ShutdownReport
-from streamer.verify import TopicDump, reconcile
+from streamer.verify import Reconciliation, TopicDump, reconcile
 
 from .helpers import (
     ASSIGN_TIMEOUT_S,
@@ -46,6 +46,7 @@ class Run:
     outputs: TopicDump
     dead_letters: TopicDump
     committed: dict[int, int | None]
+    streamed: Reconciliation
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -76,6 +77,7 @@ def clean_run(request: pytest.FixtureRequest, cluster: Cluster) -> Run:
         outputs=cluster.read(topics.output),
         dead_letters=cluster.read(topics.dead_letter),
         committed=cluster.committed(topics.group, topics.input, PARTITIONS),
+        streamed=cluster.reconcile(topics, client=client),
     )
 
 
@@ -107,8 +109,15 @@ class TestACleanRunOfFiveThousandEvents:
             EVENTS,
             0,
             0,
-            [],
+            0,
         )
+
+    def test_streaming_the_topics_with_the_same_backend_reconciles_to_the_same_counts(
+        self, clean_run: Run
+    ) -> None:
+        dumped = reconcile(clean_run.inputs, clean_run.outputs, clean_run.dead_letters)
+        assert clean_run.streamed == dumped
+        assert clean_run.streamed.inputs == EVENTS
 
     def test_each_score_equals_the_demo_model_applied_offline(self, clean_run: Run) -> None:
         model = load_linear(None)

@@ -175,8 +175,7 @@ class TestSecrets:
         path = tmp_path / "streamer.toml"
         path.write_text(SASL_CONFIG)
         monkeypatch.setenv("STREAMER_KAFKA__SASL_PASSWORD", PASSWORD)
-        with pytest.raises(StopHereError):
-            main(["run", "--config", str(path)])
+        assert main(["run", "--config", str(path)]) == 1  # the error ends in one line
         assert seen == ["password=***"]
 
 
