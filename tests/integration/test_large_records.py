@@ -8,7 +8,7 @@ plus OVERHEAD_BYTES, every record is scored exactly once, and the scraped
 ``streamer_in_flight_bytes`` gauge never exceeds the cap plus one record.
 
 ``make bench`` row (f) is the long version (thousands of records, the default
-cap); the figures are in the README's "Performance" section.
+cap); its figures go in docs/performance.md.
 
 To see the bound fail without the byte cap, run this file with
 ``LARGE_RECORDS_CAP_BYTES=2147483648`` (2 GiB: every record of the test is then

@@ -133,7 +133,7 @@ def _with_literal(rng: random.Random, feature: str, literal: bytes) -> bytes:
 
 
 def _poison(rng: random.Random) -> list[Case]:
-    """Every reason of the README's table, and each input issue 11 lists."""
+    """Every reason of the table in docs/records.md, and each input issue 11 lists."""
     without_age = _event(rng)
     del without_age["account_age_days"]
     deep = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
@@ -141,7 +141,7 @@ def _poison(rng: random.Random) -> list[Case]:
     duplicate_ok = _json(rng, amount=12.5)[:-1] + b',"amount":"lots","amount":48.25}'
     duplicate_bad = _json(rng, amount=12.5)[:-1] + b',"amount":"lots"}'
     return [
-        # Every reason of the README's table.
+        # Every reason of the table in docs/records.md.
         Case("empty value", b"", key=b"empty", reason=features.EMPTY_VALUE),
         Case("null value (tombstone)", None, key=b"tombstone", reason=features.EMPTY_VALUE),
         Case(

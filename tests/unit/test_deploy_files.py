@@ -1,8 +1,7 @@
-"""Static checks of the deployment files and the README: no network, no Docker."""
+"""Static checks of the deployment files: no network, no Docker (the docs: test_docs.py)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -16,8 +15,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import PipelineMetrics
-from streamer.cli import cmd_config_reference
-from streamer.core.features import REASONS
 from streamer.messages import ConsumerProgress
 from streamer.settings import SECTIONS, Settings, build_settings, load_settings
 
@@ -33,7 +30,6 @@ DASHBOARD = GRAFANA / "dashboards" / "streamer.json"
 GRAFANA_DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARDS = GRAFANA / "provisioning" / "dashboards" / "streamer.yml"
 K8S = ROOT / "deploy" / "k8s"
-README = ROOT / "README.md"
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -64,11 +60,6 @@ def scrape_configs() -> list[dict[str, Any]]:
     configs = _load_yaml(PROMETHEUS)["scrape_configs"]
     assert configs
     return configs
-
-
-@pytest.fixture(scope="module")
-def readme() -> str:
-    return README.read_text(encoding="utf-8")
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -395,45 +386,6 @@ class TestDockerfile:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
 
 
-class TestReadme:
-    @pytest.mark.parametrize(
-        ("section", "key"),
-        [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)],
-    )
-    def test_config_reference_mentions_every_option(
-        self, readme: str, section: str, key: str
-    ) -> None:
-        start = readme.index(f"**[{section}]**")
-        end = readme.find("**[", start + 1)
-        table = readme[start : end if end != -1 else len(readme)]
-        assert f"| `{key}` |" in table, f"README's [{section}] table lacks {key}"
-
-    def test_config_reference_is_the_current_output_of_config_reference(
-        self, readme: str, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        assert cmd_config_reference(argparse.Namespace(markdown=True)) == 0
-        reference = capsys.readouterr().out.strip()
-        assert reference in readme, (
-            "README's reference table is stale: paste the output of "
-            "`streamer config-reference --markdown` under 'Reference'"
-        )
-
-    def test_it_lists_every_dead_letter_reason(self, readme: str) -> None:
-        for reason in REASONS:
-            assert f"`{reason}`" in readme, reason
-
-    def test_it_lists_every_metric(self, readme: str) -> None:
-        registry = CollectorRegistry()
-        PipelineMetrics(registry)
-        for metric in registry.collect():
-            suffix = {"counter": "_total", "info": "_info"}.get(metric.type, "")
-            assert f"`{metric.name}{suffix}`" in readme, metric.name
-
-    def test_every_file_it_links_to_exists(self, readme: str) -> None:
-        for target in re.findall(r"\]\(([^)#:]+)\)", readme):
-            assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
-
-
 # --- monitoring: metric names, alert rules, the Grafana dashboard ---------------
 
 # Series that Prometheus itself adds to every scrape.
@@ -487,12 +439,6 @@ def _panel_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
         for panel in dashboard["panels"]
         for target in panel["targets"]
     ]
-
-
-def _monitoring_section(readme: str) -> str:
-    start = readme.index("\n## Monitoring\n")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end != -1 else len(readme)]
 
 
 class TestAlerts:
@@ -750,24 +696,3 @@ def k8s_container(k8s_pod: dict[str, Any]) -> dict[str, Any]:
 def k8s_settings() -> Settings:
     (config_map,) = _k8s_documents("ConfigMap")
     return build_settings(tomllib.loads(config_map["data"]["streamer.toml"]), environ={})
-
-
-class TestReadmeMonitoring:
-    def test_it_describes_every_panel_with_its_queries(
-        self, readme: str, dashboard: dict[str, Any]
-    ) -> None:
-        section = _monitoring_section(readme)
-        for panel in dashboard["panels"]:
-            assert f"**{panel['title']}**" in section, panel["title"]
-        for title, expr in _panel_exprs(dashboard):
-            assert f"`{expr}`" in section, f"README lacks the query of {title!r}: {expr}"
-
-    def test_it_names_every_alert(self, readme: str, rules: list[dict[str, Any]]) -> None:
-        section = _monitoring_section(readme)
-        for rule in rules:
-            assert f"`{rule['alert']}`" in section, rule["alert"]
-
-    def test_it_states_the_health_endpoint_contract(self, readme: str) -> None:
-        section = _monitoring_section(readme)
-        for word in ("/healthz", "/readyz", "200", "503"):
-            assert word in section
