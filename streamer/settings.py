@@ -129,7 +129,7 @@ class PreprocessSettings:
 
     workers: int = _doc(
         "Number of preprocessor actors. They share the GIL: more than 1 only adds hops "
-        "(README 'Performance'); use run --workers N processes for more cores.",
+        "(docs/performance.md); use run --workers N processes for more cores.",
         default=1,
     )
     missing: str = _doc(

@@ -198,7 +198,7 @@ class ProducerActor(PipelineActor):
                 self._failed(flight, sent, failures)
 
         # One call per batch: the backend counts the acknowledgements with less
-        # work per record than a future and two callbacks each (README "Performance").
+        # work per record than a future and two callbacks each (docs/performance.md).
         send_batch(self._client, sent.groups, done)
 
     def _acknowledge(self, flight: _InFlight) -> None:
