@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import PipelineMetrics
-from streamer.cli import cmd_config_reference
+from streamer.commands.config import cmd_config_reference
 from streamer.core.features import REASONS
 from streamer.messages import ConsumerProgress
 from streamer.settings import SECTIONS, Settings, build_settings, load_settings
