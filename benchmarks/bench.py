@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamer.broker import EmbeddedBroker, free_port
 from streamer.core.demo_data import make_record
 from streamer.core.quantile import histogram_quantile
+from streamer.devtools.broker import EmbeddedBroker, free_port
+from streamer.devtools.verify import reconcile_topics
 from streamer.settings import to_toml
-from streamer.verify import reconcile_topics
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("kafka-python", "confluent")

@@ -1,5 +1,5 @@
-"""``python -m streamer`` is the ``streamer`` command."""
+"""``python -m streamer`` is the ``streamer`` command; each ``run --workers N`` worker is one."""
 
-from streamer.cli import main
+from streamer.commands import main
 
 raise SystemExit(main())

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
-from types import FrameType
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streamer.broker import EmbeddedBroker
-from streamer.cli import produce_demo
-from streamer.client import ensure_topics
+from streamer.clients import backend
 from streamer.core.quantile import histogram_quantile
-from streamer.settings import build_settings
+from streamer.devtools.broker import EmbeddedBroker
+from streamer.devtools.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
+from streamer.generator import produce_demo
+from streamer.settings import KafkaSettings, Settings, build_settings
+from streamer.signals import GracefulSignals
 from streamer.topology import Pipeline, ShutdownReport
-from streamer.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
 
 log = logging.getLogger(__name__)
 
@@ -99,89 +97,31 @@ def run_demo(
     Returns 0 when no input record is lost and the shutdown was clean.
     """
     stop = threading.Event()
-    interrupted = [0]
-    summarising = [False]
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if summarising[0]:
-            summarising[0] = False  # once: the summary's own cleanup must not be cut short
-            raise KeyboardInterrupt
-        interrupted[0] += 1
-        if interrupted[0] > 1:
-            raise SystemExit(128 + signum)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = GracefulSignals(lambda _signum: stop.set(), on_second=_exit, announce=None)
+    signals.install()
     with EmbeddedBroker() as broker:
         print(f"embedded Kafka-compatible broker (Tansu) at {broker.bootstrap_servers}", flush=True)
-        settings = build_settings(
-            {
-                "kafka": {
-                    "bootstrap_servers": broker.bootstrap_servers,
-                    "input_topic": INPUT,
-                    "output_topic": OUTPUT,
-                    "group_id": "streamer-demo",
-                    "session_timeout_s": 6.0,
-                    "heartbeat_interval_s": 1.0,
-                },
-                "metrics": {"port": metrics_port, "host": "127.0.0.1"},
-            },
-            environ={},
-        )
-        ensure_topics(
+        settings = _settings(broker.bootstrap_servers, metrics_port)
+        backend(settings.kafka.client).ensure_topics(
             settings.kafka,
             {INPUT: partitions, OUTPUT: partitions, settings.kafka.dead_letter_topic_name: 1},
         )
         registry = CollectorRegistry()
         pipeline = Pipeline(settings, registry=registry)
         pipeline.start()
-        port = pipeline.metrics_port()
-        print(f"metrics at http://127.0.0.1:{port}/metrics", flush=True)
-        print(
-            f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}'."
-            f" {'Ctrl-C stops.' if not duration_s else f'Running {duration_s:.0f}s.'}",
-            flush=True,
-        )
-        produced = [0]
-        generator_stop = threading.Event()
-        generator = threading.Thread(
-            target=_generate,
-            name="generator",
-            daemon=True,
-            kwargs={
-                "bootstrap_servers": broker.bootstrap_servers,
-                "topic": INPUT,
-                "rate": rate,
-                "count": 0,
-                "bad_ratio": 0.001,
-                "seed": 7,
-                "stop": generator_stop,
-                "produced": produced,
-            },
-        )
-        generator.start()
-        progress = _Progress(registry)
+        _announce(pipeline, rate, duration_s)
+        generator = _Generator(settings.kafka, rate)
         started = time.monotonic()
-        tty = sys.stdout.isatty()
-        while not stop.wait(1.0) and pipeline.failure is None:
-            line = progress.line()
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-            if duration_s and time.monotonic() - started >= duration_s:
-                break
-        if tty:
-            print()
+        _show_progress(pipeline, registry, stop, duration_s, started)
         print(
             "stopping: generator first, then the pipeline drains, flushes and commits ...",
             flush=True,
         )
-        generator_stop.set()
-        generator.join(timeout=30)
+        produced = generator.stop()
         # Let the pipeline catch up with what the generator wrote, then drain.
-        _wait_caught_up(pipeline, registry, produced_total=produced[0], timeout_s=30)
+        _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
         report = pipeline.stop()
-        summarising[0] = True
-        try:
+        with signals.interrupting():
             return _summary(
                 broker.bootstrap_servers,
                 settings.kafka.dead_letter_topic_name,
@@ -189,18 +129,91 @@ def run_demo(
                 started=started,
                 idle_timeout_s=summary_timeout_s,
             )
-        finally:
-            summarising[0] = False
 
 
-def _generate(**kwargs: Any) -> None:
+def _exit(signum: int) -> None:
+    """A second Ctrl-C: leave through the broker's cleanup, with 128+N."""
+    raise SystemExit(128 + signum)
+
+
+def _settings(bootstrap_servers: str, metrics_port: int) -> Settings:
+    return build_settings(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap_servers,
+                "input_topic": INPUT,
+                "output_topic": OUTPUT,
+                "group_id": "streamer-demo",
+                "session_timeout_s": 6.0,
+                "heartbeat_interval_s": 1.0,
+            },
+            "metrics": {"port": metrics_port, "host": "127.0.0.1"},
+        },
+        environ={},
+    )
+
+
+def _announce(pipeline: Pipeline, rate: float, duration_s: float) -> None:
+    print(f"metrics at http://127.0.0.1:{pipeline.metrics_port()}/metrics", flush=True)
+    print(
+        f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}'."
+        f" {'Ctrl-C stops.' if not duration_s else f'Running {duration_s:.0f}s.'}",
+        flush=True,
+    )
+
+
+def _show_progress(
+    pipeline: Pipeline,
+    registry: CollectorRegistry,
+    stop: threading.Event,
+    duration_s: float,
+    started: float,
+) -> None:
+    """The live line, every second, until ``stop``, a failure or the end of ``duration_s``."""
+    progress = _Progress(registry)
+    tty = sys.stdout.isatty()
+    while not stop.wait(1.0) and pipeline.failure is None:
+        line = progress.line()
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        if duration_s and time.monotonic() - started >= duration_s:
+            break
+    if tty:
+        print()
+
+
+class _Generator:
     """The generator thread: a failure ends it with one line, not a thread traceback."""
-    try:
-        produce_demo(**kwargs)
-    except Exception as exc:
-        log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise
-            "generator stopped: %s: %s", type(exc).__name__, exc
+
+    def __init__(self, kafka: KafkaSettings, rate: float) -> None:
+        self._produced = [0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(kafka, rate), name="generator", daemon=True
         )
+        self._thread.start()
+
+    def _run(self, kafka: KafkaSettings, rate: float) -> None:
+        try:
+            produce_demo(
+                kafka,
+                INPUT,
+                rate=rate,
+                count=0,
+                bad_ratio=0.001,
+                seed=7,
+                stop=self._stop,
+                produced=self._produced,
+            )
+        except Exception as exc:
+            log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise
+                "generator stopped: %s: %s", type(exc).__name__, exc
+            )
+
+    def stop(self) -> int:
+        """Stop the generator; how many records it sent."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self._produced[0]
 
 
 def _count(n: float) -> str:

@@ -24,14 +24,16 @@ The parent:
   other choice; it needs the global registry and files shared between the
   processes, while each pipeline owns its registry.)
 
-Each worker watches its parent and drains and stops if the parent disappears.
+Each worker is ``python -m streamer run --parent-pid P --worker-index I`` (hidden
+flags): it watches its parent (:func:`watch_parent`) and drains and stops if the
+parent disappears.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -44,19 +46,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Metric, generate_latest
+from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from streamer.broker import free_port
 from streamer.core.supervision import RestartPolicy
 from streamer.errors import PipelineStartError
+from streamer.httpserver import EndpointServer, free_port
 from streamer.settings import ENV_PREFIX, SECTIONS, Settings
+from streamer.signals import GracefulSignals
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,12 @@ class WorkerPool:
             sup.max_restarts, sup.restart_window_s, sup.backoff_initial_s, sup.backoff_max_s
         )
         self._stopping = threading.Event()
-        self._signals = 0
+        self.signals = GracefulSignals(
+            self._drain,
+            on_second=self._exit_now,
+            on_reload=lambda: self.send(signal.SIGHUP),
+            announce=None,
+        )
         self.failure: str | None = None
         self.exit_code = 0
 
@@ -146,10 +152,11 @@ class WorkerPool:
         return [
             sys.executable,
             "-m",
-            "streamer.workers",
-            "--parent",
+            "streamer",
+            "run",
+            "--parent-pid",
             str(os.getpid()),
-            "--index",
+            "--worker-index",
             str(worker.index),
             *self._log_args,
         ]
@@ -220,14 +227,18 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
 
-    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """First SIGTERM/SIGINT: drain the workers; a second one: make them exit at once."""
-        self._signals += 1
-        if self._signals == 1:
-            log.info("%s received: draining every worker", signal.Signals(signum).name)
-            self._stopping.set()
-        else:
-            log.warning("second signal: the workers exit now without draining")
+    def _drain(self, signum: int) -> None:
+        """The first SIGTERM/SIGINT: the workers drain."""
+        log.info("%s received: draining every worker", signal.Signals(signum).name)
+        self._stopping.set()
+        self._forward(signum)
+
+    def _exit_now(self, signum: int) -> None:
+        """A second SIGTERM/SIGINT, forwarded too: the workers exit at once."""
+        log.warning("second signal: the workers exit now without draining")
+        self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
         self.send(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
 
     @property
@@ -323,54 +334,27 @@ class _Aggregate(Collector):
         yield restarts
 
 
-def _handler(pool: WorkerPool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
-            elif path in ("/healthz", "/readyz"):
-                ok, details = pool.probe(path)
-                body = json.dumps(details, sort_keys=True).encode()
-                self._send(200 if ok else 503, body, "application/json")
-            else:
-                self._send(404, b"not found\n", "text/plain")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
-def serve_metrics(pool: WorkerPool) -> ThreadingHTTPServer | None:
+def serve_metrics(pool: WorkerPool) -> EndpointServer | None:
     """Serve the aggregated /metrics, /healthz and /readyz on ``metrics.host:metrics.port``."""
     metrics = pool.settings.metrics
     if not metrics.enabled:
         return None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Aggregate(pool))
+    probes = {path: functools.partial(pool.probe, path) for path in ("/healthz", "/readyz")}
     try:
-        server = ThreadingHTTPServer((metrics.host, metrics.port), _handler(pool, registry))
+        server = EndpointServer((metrics.host, metrics.port), registry, probes)
     except OSError as exc:
         msg = (
             f"cannot serve the workers' metrics on {metrics.host}:{metrics.port}: {exc}; "
             "pick a free metrics.port (the workers use the next ones)"
         )
         raise PipelineStartError(msg) from None
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="workers-metrics", daemon=True)
-    thread.start()
+    server.start("workers-metrics")
     log.info(
         "workers' metrics at http://%s:%d/metrics (workers on ports %s)",
         metrics.host,
-        server.server_address[1],
+        server.port,
         ", ".join(str(w.metrics_port) for w in pool.workers),
     )
     return server
@@ -382,16 +366,13 @@ def run_workers(
     """Run ``workers`` pipeline processes until a signal or a failure; the exit code."""
     pool = WorkerPool(settings, workers, log_level=log_level, log_format=log_format)
     server = serve_metrics(pool)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, pool.handle_signal)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: pool.send(signal.SIGHUP))
+    pool.signals.install()
     try:
         pool.start()
         code = pool.wait()
     finally:
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.stop()
     log.info("every worker stopped; exit code %d", code)
     return code
 
@@ -411,21 +392,3 @@ def watch_parent(parent_pid: int, interval_s: float = 1.0) -> threading.Thread:
     thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
     thread.start()
     return thread
-
-
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of one worker: ``streamer run`` with the settings from the environment."""
-    parser = argparse.ArgumentParser(prog="python -m streamer.workers")
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-format", default="text")
-    args = parser.parse_args(argv)
-    watch_parent(args.parent)
-    from streamer.cli import main  # noqa: PLC0415 - the CLI imports this module
-
-    return main(["run", "--log-level", args.log_level, "--log-format", args.log_format])
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from prometheus_client import (
-    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
 from streamer.core.features import REASONS
+from streamer.httpserver import EndpointServer, HealthProbe
 from streamer.messages import (
     ActorFailed,
     ActorRestarted,
@@ -40,9 +35,6 @@ from streamer.messages import (
 from streamer.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
-
-# () -> (ok, details): details is a JSON-ready dict that says what is wrong.
-HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
 
 ACTOR_KINDS = ("consumer", "preprocessor", "model", "producer", "metrics")
 STAGES = ("preprocess", "model", "produce")
@@ -324,80 +316,6 @@ def _set_per_partition(
     return now
 
 
-class _Server(ThreadingHTTPServer):
-    """The HTTP server of the metrics port; the handler reads its attributes."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        registry: CollectorRegistry,
-        probes: dict[str, HealthProbe | None],
-    ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.registry = registry
-        self.probes = probes
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """GET /metrics (Prometheus text format), /healthz and /readyz (JSON); 404 otherwise."""
-
-    server: _Server
-    server_version = "streamer"
-
-    def do_GET(self) -> None:
-        """Serve one request."""
-        path = urlsplit(self.path).path
-        if path == "/metrics":
-            try:
-                body = generate_latest(self.server.registry)
-            except Exception as exc:  # a broken collector must not kill the thread silently
-                log.exception("metrics exposition failed")
-                self._json(500, {"status": "error", "error": f"{type(exc).__name__}: {exc}"})
-                return
-            # generate_latest writes legacy (underscore-escaped) names: text format 0.0.4,
-            # which every Prometheus reads (CONTENT_TYPE_LATEST now says 1.0.0).
-            self._send(200, CONTENT_TYPE_PLAIN_0_0_4, body)
-        elif path in self.server.probes:
-            self._probe(path, self.server.probes[path])
-        else:
-            self._json(
-                404,
-                {"status": "not found", "endpoints": ["/metrics", *sorted(self.server.probes)]},
-            )
-
-    def _probe(self, path: str, probe: HealthProbe | None) -> None:
-        if probe is None:
-            self._json(200, {"status": "ok", "detail": f"no {path} probe configured"})
-            return
-        try:
-            ok, details = probe()
-        except Exception as exc:  # the probe itself failed: that is a failing probe
-            log.exception("%s probe raised", path)
-            self._json(503, {"status": "error", "error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._json(200 if ok else 503, details)
-
-    def _json(self, status: int, document: dict[str, Any]) -> None:
-        body = json.dumps(document, default=str, sort_keys=True).encode() + b"\n"
-        self._send(status, "application/json", body)
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Access lines go to the debug log: a 1 s scrape would flood INFO."""
-        log.debug("%s %s", self.address_string(), format % args)
-
-
 class MetricsActor(PipelineActor):
     """Applies pipeline events to :class:`PipelineMetrics` and serves them over HTTP.
 
@@ -425,28 +343,20 @@ class MetricsActor(PipelineActor):
         self.readiness = readiness
         self.metrics = PipelineMetrics(registry)
         self.metrics.model_info.info({"name": model_name, "version": model_version})
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: EndpointServer | None = None
         self.port: int | None = None
 
     def open(self) -> None:
         """Start the HTTP server, if enabled."""
         if not self._settings.enabled:
             return
-        server = _Server(
+        server = EndpointServer(
             (self._settings.host, self._settings.port),
             self.metrics.registry,
             {"/healthz": self.health, "/readyz": self.readiness},
         )
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="metrics-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = server.start("metrics-http")
+        self.port = server.port
         log.info(
             "metrics at http://%s:%d/metrics (also /healthz and /readyz)",
             self._settings.host,
@@ -457,11 +367,7 @@ class MetricsActor(PipelineActor):
         """Stop the HTTP server and wait for its thread."""
         if self._server is not None:
             server, self._server = self._server, None
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            thread, self._thread = self._thread, None
-            thread.join(timeout=5)
+            server.stop()
 
     def receive(self, message: object) -> Any:
         """Apply events; answer GetStatus with the bound port."""

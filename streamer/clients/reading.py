@@ -1,7 +1,7 @@
 """What every backend's ``read_records`` shares: ends, pacing, progress and the deadline.
 
 ``read_records`` (at the end of each backend module) reads whole topics from
-the beginning to their end without a group, for :mod:`streamer.verify`. The
+the beginning to their end without a group, for :mod:`streamer.devtools.verify`. The
 backend polls and hands the records on; a :class:`WholeTopicRead` decides the
 rest, the same way for both clients.
 """

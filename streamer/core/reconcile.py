@@ -6,7 +6,7 @@ offsets of each input partition as ranges, so memory grows with the number of
 partitions and gaps, not with the number of records: a clean run of any length
 is one range per partition. Duplicates are counted as they are found.
 
-Pure code: the readers in :mod:`streamer.verify` feed it from the topics.
+Pure code: the readers in :mod:`streamer.devtools.verify` feed it from the topics.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import pykka
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.broker import EmbeddedBroker
 from streamer.core.models import Model
+from streamer.devtools.broker import EmbeddedBroker
 from streamer.settings import Settings
 from streamer.topology import Pipeline
 

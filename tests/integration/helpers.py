@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamer.broker import EmbeddedBroker
 from streamer.client import ensure_topics
 from streamer.core.features import FeatureSpec
 from streamer.core.models.linear import LinearModel
+from streamer.devtools.broker import EmbeddedBroker
+from streamer.devtools.verify import Reconciliation, TopicDump, read_topic, reconcile_topics
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.topology import Pipeline
-from streamer.verify import Reconciliation, TopicDump, read_topic, reconcile_topics
 
 T = TypeVar("T")
 

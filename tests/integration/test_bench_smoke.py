@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.broker import EmbeddedBroker
+from streamer.devtools.broker import EmbeddedBroker
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,8 +16,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streamer.core.demo_data import make_record
+from streamer.devtools.verify import reconcile
 from streamer.settings import to_toml
-from streamer.verify import reconcile
 
 from .helpers import (
     PROCESS_TIMEOUT_S,

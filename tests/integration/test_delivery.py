@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from streamer.core.demo_data import make_event, make_record
 from streamer.core.models.linear import load_linear
+from streamer.devtools.verify import Reconciliation, TopicDump, reconcile
 from streamer.topology import Pipeline, ShutdownReport
-from streamer.verify import Reconciliation, TopicDump, reconcile
 
 from .helpers import (
     ASSIGN_TIMEOUT_S,

@@ -21,14 +21,14 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.broker import EmbeddedBroker, free_port
 from streamer.client import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.models.linear import LinearModel, load_linear
+from streamer.devtools.broker import EmbeddedBroker, free_port
+from streamer.devtools.verify import Reconciliation, source_of_output
 from streamer.replay import replay_dead_letters
 from streamer.settings import KafkaSettings, build_settings, to_toml
 from streamer.topology import Pipeline
-from streamer.verify import Reconciliation, source_of_output
 
 from .helpers import (
     HEARTBEAT_INTERVAL_S,

@@ -33,8 +33,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from streamer.broker import free_port
 from streamer.core.demo_data import make_record
+from streamer.devtools.broker import free_port
 from streamer.settings import to_toml
 
 from .helpers import BACKENDS, PROCESS_TIMEOUT_S, Cluster, Topics, running_daemon, wait_for

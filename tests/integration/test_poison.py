@@ -35,11 +35,11 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.broker import free_port
 from streamer.core import features
 from streamer.core.demo_data import make_event
+from streamer.devtools.broker import free_port
+from streamer.devtools.verify import TopicDump
 from streamer.settings import to_toml
-from streamer.verify import TopicDump
 
 from .helpers import (
     BACKENDS,

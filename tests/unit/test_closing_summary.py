@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from streamer import cli, demo
+from streamer.commands import config as config_command
+from streamer.commands import demo as demo_command
 from streamer.core.reconcile import Reconciliation
 from streamer.errors import BrokerError
 from streamer.topology import ShutdownReport
@@ -101,7 +103,7 @@ class TestEveryCommandEndsInOneLine:
         def broken(_args: Any) -> int:
             raise RuntimeError("something\nunexpected")
 
-        monkeypatch.setattr(cli, "cmd_config_reference", broken)
+        monkeypatch.setattr(config_command, "cmd_config_reference", broken)
         assert cli.main(["config-reference"]) == 1
         out, err = capsys.readouterr()
         assert (out, err) == (
@@ -115,7 +117,7 @@ class TestEveryCommandEndsInOneLine:
         def broken(_args: Any) -> int:
             raise OSError("disk full")
 
-        monkeypatch.setattr(cli, "cmd_produce_demo", broken)
+        monkeypatch.setattr(demo_command, "cmd_produce_demo", broken)
         assert cli.main(["produce-demo"]) == 1
         assert capsys.readouterr().err == (
             "streamer: unexpected error: OSError: disk full; "
@@ -128,7 +130,7 @@ class TestEveryCommandEndsInOneLine:
         def interrupted(_args: Any) -> int:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(cli, "cmd_config_reference", interrupted)
+        monkeypatch.setattr(config_command, "cmd_config_reference", interrupted)
         assert cli.main(["config-reference"]) == 130
         assert capsys.readouterr().err == "streamer: interrupted\n"
 

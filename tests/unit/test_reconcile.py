@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from streamer.clients.base import RecordColumns
 from streamer.clients.reading import WholeTopicRead
 from streamer.core.reconcile import OffsetRanges, Pacer, Reconciler, runs
+from streamer.devtools.verify import TopicDump, TopicFeeder, reconcile
 from streamer.errors import BrokerError
-from streamer.verify import TopicDump, TopicFeeder, reconcile
 
-# --- the oracle: the record-based reconciliation that streamer.verify had before ---------
+# --- the oracle: the record-based reconciliation that streamer.devtools.verify had before
 
 
 @dataclass

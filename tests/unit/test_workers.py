@@ -201,7 +201,7 @@ class TestSignals:
         wait_until(lambda: all(o.exists() for o in outs), timeout=10)
         thread, code = run_in_thread(pool)
 
-        pool.handle_signal(signal.SIGINT, None)
+        pool.signals.handle(signal.SIGINT, None)
         thread.join(10)
 
         assert code == [0]
@@ -217,9 +217,9 @@ class TestSignals:
         wait_until(out.exists, timeout=10)
         thread, code = run_in_thread(pool)
 
-        pool.handle_signal(signal.SIGTERM, None)
+        pool.signals.handle(signal.SIGTERM, None)
         wait_until(lambda: "SIGTERM" in out.read_text(), timeout=10)
-        pool.handle_signal(signal.SIGTERM, None)
+        pool.signals.handle(signal.SIGTERM, None)
         thread.join(10)
 
         assert out.read_text().splitlines() == ["ready", "SIGTERM", "SIGTERM"]

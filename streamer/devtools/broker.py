@@ -17,14 +17,9 @@ from pathlib import Path
 from types import TracebackType
 
 from streamer.errors import BrokerError
+from streamer.httpserver import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["EmbeddedBroker", "free_port"]
 
 
 class EmbeddedBroker:

@@ -117,7 +117,8 @@ def test_config_reference_lists_every_section(capsys: pytest.CaptureFixture[str]
 
 
 def test_run_flags_override_the_file_and_the_environment(tmp_path: Path) -> None:
-    from streamer.cli import _overrides, build_parser
+    from streamer.commands import build_parser
+    from streamer.commands.common import overrides
     from streamer.settings import load_settings
 
     path = write(tmp_path, GOOD + "[batch]\nmax_records = 10\n")
@@ -127,7 +128,7 @@ def test_run_flags_override_the_file_and_the_environment(tmp_path: Path) -> None
     settings = load_settings(
         args.config,
         environ={"STREAMER_KAFKA__INPUT_TOPIC": "env-events", "STREAMER_BATCH__MAX_IN_FLIGHT": "3"},
-        overrides=_overrides(args),
+        overrides=overrides(args),
     )
     assert settings.kafka.input_topic == "flag-events"
     assert settings.batch.max_records == 5

@@ -1,0 +1,125 @@
+"""``streamer score-file`` and ``streamer fit-stats``: file mode (:mod:`streamer.filemode`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from streamer.commands.common import add_common, overrides
+from streamer.errors import ConfigError
+from streamer.filemode import (
+    FORMATS,
+    default_rejects_path,
+    detect_format,
+    file_settings,
+    read_numeric_chunks,
+    score_file,
+)
+from streamer.signals import GracefulSignals
+
+
+def add_score_file(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``score-file``."""
+    score = sub.add_parser(
+        "score-file",
+        help="score a CSV or JSON Lines file with the actor pipeline (no Kafka)",
+        description="Score every row of a CSV or JSON Lines file with the configured model.",
+    )
+    score.add_argument("input", help="CSV (with a header) or JSON Lines file")
+    score.add_argument("--output", "-o", required=True, help="predictions file (.csv or .jsonl)")
+    score.add_argument(
+        "--rejects", help="rejected rows with the reason (default: OUTPUT with .rejects)"
+    )
+    score.add_argument("--config", "-c", help="TOML config file ([model] and [preprocess])")
+    score.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
+    score.add_argument("--key-column", help="column (or JSON field) to use as the record key")
+    score.add_argument("--model-path", dest="model.path")
+    score.add_argument("--max-records", dest="batch.max_records", type=int)
+    score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_common(score)
+    score.set_defaults(handler=cmd_score_file)
+
+
+def add_fit_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``fit-stats``."""
+    fit = sub.add_parser(
+        "fit-stats",
+        help="fit the mean and std per feature of a CSV or JSON Lines file",
+        description="Write the stats file that preprocess.stats_path reads.",
+    )
+    fit.add_argument("input", help="CSV (with a header) or JSON Lines file")
+    fit.add_argument("--output", "-o", required=True, help="stats file to write (JSON)")
+    fit.add_argument("--features", help="comma-separated columns (default: every numeric column)")
+    fit.add_argument("--exclude", default="", help="comma-separated columns to leave out")
+    fit.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
+    fit.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time")
+    add_common(fit)
+    fit.set_defaults(handler=cmd_fit_stats)
+
+
+def cmd_score_file(args: argparse.Namespace) -> int:
+    """``streamer score-file``: exit 0 when every row was answered."""
+    rejects = Path(args.rejects) if args.rejects else default_rejects_path(args.output)
+    fmt = detect_format(args.input, args.format)
+    out_fmt = detect_format(args.output)
+    if args.rejects and detect_format(rejects) != out_fmt:
+        msg = f"config error: --rejects {rejects} must have the output's format ({out_fmt})"
+        raise ConfigError(msg)
+    if not Path(args.input).is_file():
+        msg = f"config error: input file {args.input} does not exist"
+        raise ConfigError(msg)
+    settings = file_settings(args.config, args.input, args.output, rejects, overrides(args))
+    stop = threading.Event()
+    GracefulSignals(lambda _signum: stop.set()).install()
+    report = score_file(
+        settings,
+        args.input,
+        args.output,
+        rejects,
+        fmt=fmt,
+        output_format=out_fmt,
+        key_column=args.key_column,
+        progress=None if args.no_progress else sys.stderr,
+        stop=stop,
+    )
+    reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(report.reasons.items()))
+    rate = report.rows / report.seconds if report.seconds > 0 else 0.0
+    print(
+        f"scored {report.rows:,} rows of {args.input} in {report.seconds:.1f}s "
+        f"({rate:,.0f} rows/s): {report.predictions:,} predictions in {args.output}, "
+        f"{report.rejects:,} rejects in {rejects}"
+        + (f" ({reasons})" if reasons else "")
+        + (f", {report.dropped:,} dropped" if report.dropped else "")
+    )
+    if report.failure:
+        print(f"streamer: score-file failed: {report.failure}", file=sys.stderr)
+    return report.exit_code
+
+
+def cmd_fit_stats(args: argparse.Namespace) -> int:
+    """``streamer fit-stats``: write mean and std per feature as JSON."""
+    from streamer.core.stats import fit_stats  # noqa: PLC0415
+
+    if not Path(args.input).is_file():
+        msg = f"config error: input file {args.input} does not exist"
+        raise ConfigError(msg)
+    if args.chunk_rows <= 0:
+        msg = f"config error: --chunk-rows must be > 0, got {args.chunk_rows}"
+        raise ConfigError(msg)
+    fmt = detect_format(args.input, args.format)
+    features = [n.strip() for n in args.features.split(",") if n.strip()] if args.features else None
+    exclude = {n.strip() for n in args.exclude.split(",") if n.strip()}
+    names, chunks = read_numeric_chunks(args.input, fmt, args.chunk_rows, features, exclude)
+    try:
+        stats = fit_stats(names, chunks)
+    except ValueError as exc:
+        msg = f"config error: {args.input}: {exc}"
+        raise ConfigError(msg) from None
+    Path(args.output).write_bytes(stats.to_json(source=Path(args.input).name))
+    print(
+        f"fitted {len(names)} features over {int(stats.count.max()):,} rows of {args.input}; "
+        f"wrote {args.output}"
+    )
+    return 0

@@ -1,0 +1,58 @@
+"""``streamer run``: the scoring daemon, alone or as the parent of ``--workers N``."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamer.commands.common import add_common, add_overrides, overrides
+from streamer.errors import ConfigError
+from streamer.logsetup import hide_secrets
+from streamer.settings import load_settings
+from streamer.signals import GracefulSignals
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run``, with the hidden flags a worker process is started with."""
+    run = sub.add_parser("run", help="run the scoring daemon")
+    add_overrides(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pipeline processes in one consumer group under one parent (default 1: no parent)",
+    )
+    # Set by the parent of --workers N on each worker (streamer.workers).
+    run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    add_common(run)
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until a signal or a failure."""
+    from streamer.topology import Pipeline  # noqa: PLC0415 - keep check-config fast
+
+    if args.parent_pid is not None:
+        from streamer.workers import watch_parent  # noqa: PLC0415
+
+        watch_parent(args.parent_pid)
+    settings = load_settings(args.config, overrides=overrides(args))
+    hide_secrets(settings.kafka.sasl_password)
+    if args.workers < 1:
+        msg = f"config error: --workers must be >= 1, got {args.workers}"
+        raise ConfigError(msg)
+    if args.workers > 1:
+        from streamer.workers import run_workers  # noqa: PLC0415
+
+        return run_workers(
+            settings, args.workers, log_level=args.log_level, log_format=args.log_format
+        )
+    pipeline = Pipeline(settings)
+    # SIGHUP reloads the model (in the background; a failed reload keeps the old one).
+    GracefulSignals(
+        lambda _signum: pipeline.request_stop(), on_reload=pipeline.request_reload
+    ).install()
+    pipeline.start()
+    pipeline.run_until_stopped()
+    report = pipeline.stop()
+    return report.exit_code
