@@ -1,24 +1,45 @@
 """The exception tree. Every error says what failed, where, and how to fix it."""
 
+from __future__ import annotations
+
+import re
+
+# A message that already says what kind of error it is keeps its own words.
+_PREFIXED = re.compile(r"[a-z]+ error: ")
+
 
 class StreamerError(Exception):
-    """Base class of every error streamer raises on purpose."""
+    """Base class of every error streamer raises on purpose.
+
+    A subclass with a ``prefix`` formats its own: ``ConfigError("kafka.input_topic
+    is required")`` reads ``config error: kafka.input_topic is required``, so no
+    caller types the prefix.
+    """
 
     exit_code = 1
     # False: restarting the actor cannot help; the supervisor stops the pipeline.
     restartable = True
+    prefix = ""
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if not self.prefix or _PREFIXED.match(message):
+            return message
+        return f"{self.prefix}: {message}"
 
 
 class ConfigError(StreamerError):
     """The configuration is invalid; the message names the key."""
 
     exit_code = 2
+    prefix = "config error"
 
 
 class ModelLoadError(StreamerError):
     """The model file is missing, malformed, or does not match the features."""
 
     exit_code = 2
+    prefix = "model error"
 
 
 class BrokerError(StreamerError):
@@ -27,6 +48,10 @@ class BrokerError(StreamerError):
 
 class DeliveryError(StreamerError):
     """The broker did not acknowledge an output record."""
+
+
+class ActorCrashedError(StreamerError):
+    """A BaseException (not an Exception) escaped an actor; wrapped so that it is reported."""
 
 
 class PipelineStartError(StreamerError):

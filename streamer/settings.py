@@ -387,13 +387,13 @@ def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
         try:
             return _PARSERS[expected](value.strip() if expected is not str else value)
         except ValueError:
-            msg = f"config error: {key} must be {expected.__name__}, got {shown_value}"
+            msg = f"{key} must be {expected.__name__}, got {shown_value}"
             raise ConfigError(msg) from None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         got = f"{type(value).__name__} {shown_value}"
-        msg = f"config error: {key} must be {expected.__name__}, got {got}"
+        msg = f"{key} must be {expected.__name__}, got {got}"
         raise ConfigError(msg)
     return value
 
@@ -401,20 +401,20 @@ def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
 def _check_value(key: str, value: Any, constraints: Mapping[str, Any]) -> None:
     """Apply the field's constraints (its ``_doc`` metadata), or else the tables' above."""
     if isinstance(value, float) and not math.isfinite(value):
-        msg = f"config error: {key} must be a finite number, got {value!r}"
+        msg = f"{key} must be a finite number, got {value!r}"
         raise ConfigError(msg)
     choices = constraints.get("choices")
     if choices is None:
         choices = _CHOICES.get(key)
     if choices is not None and value not in choices:
         shown = ", ".join(repr(c) for c in choices)
-        msg = f"config error: {key} must be one of {shown}, got {value!r}"
+        msg = f"{key} must be one of {shown}, got {value!r}"
         raise ConfigError(msg)
     if (constraints.get("positive") or key in _POSITIVE) and value <= 0:
-        msg = f"config error: {key} must be > 0, got {value!r}"
+        msg = f"{key} must be > 0, got {value!r}"
         raise ConfigError(msg)
     if (constraints.get("non_negative") or key in _NON_NEGATIVE) and value < 0:
-        msg = f"config error: {key} must be >= 0, got {value!r}"
+        msg = f"{key} must be >= 0, got {value!r}"
         raise ConfigError(msg)
 
 
@@ -431,10 +431,10 @@ def _merge_sources(
     for section, table in file_values.items():
         if section not in SECTIONS:
             known = ", ".join(SECTIONS)
-            msg = f"config error: unknown section [{section}] (known sections: {known})"
+            msg = f"unknown section [{section}] (known sections: {known})"
             raise ConfigError(msg)
         if not isinstance(table, Mapping):
-            msg = f"config error: {section} must be a table like [{section}], got {table!r}"
+            msg = f"{section} must be a table like [{section}], got {table!r}"
             raise ConfigError(msg)
         for key, value in table.items():
             merged[section][key] = (value, False)
@@ -443,7 +443,7 @@ def _merge_sources(
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in SECTIONS:
-            msg = f"config error: unknown section {section!r} in environment variable {name}"
+            msg = f"unknown section {section!r} in environment variable {name}"
             raise ConfigError(msg)
         merged[section][key] = (value, True)
     for dotted, value in overrides.items():
@@ -462,7 +462,7 @@ def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
         dotted = f"{section}.{key}"
         if key not in fields:
             known = ", ".join(sorted(fields))
-            msg = f"config error: unknown key {dotted} (known keys in [{section}]: {known})"
+            msg = f"unknown key {dotted} (known keys in [{section}]: {known})"
             raise ConfigError(msg)
         coerced = _coerce(dotted, hints[key], value, from_text=from_text)
         _check_value(dotted, coerced, fields[key].metadata)
@@ -475,28 +475,26 @@ def _check_across_keys(settings: Settings) -> None:
         section, _, key = dotted.partition(".")
         if not getattr(getattr(settings, section), key).strip():
             env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-            msg = f"config error: {dotted} is required (set it in the [{section}] table or {env})"
+            msg = f"{dotted} is required (set it in the [{section}] table or {env})"
             raise ConfigError(msg)
     if settings.supervision.dead_letter_max_ratio > 1:
-        msg = (
-            "config error: supervision.dead_letter_max_ratio must be <= 1 (1 disables the breaker)"
-        )
+        msg = "supervision.dead_letter_max_ratio must be <= 1 (1 disables the breaker)"
         raise ConfigError(msg)
     kafka = settings.kafka
     if kafka.heartbeat_interval_s >= kafka.session_timeout_s:
         msg = (
-            "config error: kafka.heartbeat_interval_s must be below kafka.session_timeout_s "
+            "kafka.heartbeat_interval_s must be below kafka.session_timeout_s "
             f"({kafka.heartbeat_interval_s} >= {kafka.session_timeout_s})"
         )
         raise ConfigError(msg)
     if kafka.sasl_mechanism and not kafka.security_protocol.startswith("SASL"):
-        msg = "config error: kafka.sasl_mechanism is set but kafka.security_protocol is not SASL_*"
+        msg = "kafka.sasl_mechanism is set but kafka.security_protocol is not SASL_*"
         raise ConfigError(msg)
     if kafka.output_topic in (kafka.input_topic, kafka.dead_letter_topic_name):
-        msg = "config error: kafka.output_topic must differ from the input and dead-letter topics"
+        msg = "kafka.output_topic must differ from the input and dead-letter topics"
         raise ConfigError(msg)
     if kafka.dead_letter_topic_name == kafka.input_topic:
-        msg = "config error: kafka.dead_letter_topic must differ from kafka.input_topic"
+        msg = "kafka.dead_letter_topic must differ from kafka.input_topic"
         raise ConfigError(msg)
 
 
@@ -531,10 +529,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         with config_path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        msg = f"config error: file {config_path} does not exist"
+        msg = f"file {config_path} does not exist"
         raise ConfigError(msg) from None
     except tomllib.TOMLDecodeError as exc:
-        msg = f"config error: {config_path} is not valid TOML: {exc}"
+        msg = f"{config_path} is not valid TOML: {exc}"
         raise ConfigError(msg) from None
 
 

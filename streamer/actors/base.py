@@ -10,15 +10,12 @@ from typing import Any
 
 import pykka
 
+from streamer.errors import ActorCrashedError
 from streamer.messages import ActorFailed
 
 log = logging.getLogger(__name__)
 
 FailureHandler = Callable[[str, BaseException], None]
-
-
-class ActorCrashedError(Exception):
-    """A BaseException (not an Exception) escaped an actor; wrapped so it is reported."""
 
 
 class PipelineActor(pykka.ThreadingActor):

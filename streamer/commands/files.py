@@ -65,10 +65,10 @@ def cmd_score_file(args: argparse.Namespace) -> int:
     fmt = detect_format(args.input, args.format)
     out_fmt = detect_format(args.output)
     if args.rejects and detect_format(rejects) != out_fmt:
-        msg = f"config error: --rejects {rejects} must have the output's format ({out_fmt})"
+        msg = f"--rejects {rejects} must have the output's format ({out_fmt})"
         raise ConfigError(msg)
     if not Path(args.input).is_file():
-        msg = f"config error: input file {args.input} does not exist"
+        msg = f"input file {args.input} does not exist"
         raise ConfigError(msg)
     settings = file_settings(args.config, args.input, args.output, rejects, overrides(args))
     stop = threading.Event()
@@ -103,10 +103,10 @@ def cmd_fit_stats(args: argparse.Namespace) -> int:
     from streamer.core.stats import fit_stats  # noqa: PLC0415
 
     if not Path(args.input).is_file():
-        msg = f"config error: input file {args.input} does not exist"
+        msg = f"input file {args.input} does not exist"
         raise ConfigError(msg)
     if args.chunk_rows <= 0:
-        msg = f"config error: --chunk-rows must be > 0, got {args.chunk_rows}"
+        msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
         raise ConfigError(msg)
     fmt = detect_format(args.input, args.format)
     features = [n.strip() for n in args.features.split(",") if n.strip()] if args.features else None
@@ -115,7 +115,7 @@ def cmd_fit_stats(args: argparse.Namespace) -> int:
     try:
         stats = fit_stats(names, chunks)
     except ValueError as exc:
-        msg = f"config error: {args.input}: {exc}"
+        msg = f"{args.input}: {exc}"
         raise ConfigError(msg) from None
     Path(args.output).write_bytes(stats.to_json(source=Path(args.input).name))
     print(

@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides=overrides(args))
     hide_secrets(settings.kafka.sasl_password)
     if args.workers < 1:
-        msg = f"config error: --workers must be >= 1, got {args.workers}"
+        msg = f"--workers must be >= 1, got {args.workers}"
         raise ConfigError(msg)
     if args.workers > 1:
         from streamer.workers import run_workers  # noqa: PLC0415

@@ -19,7 +19,7 @@ def read_file(key: str, path: str | Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        msg = f"model error: cannot read {key}={path}: {exc.strerror}"
+        msg = f"cannot read {key}={path}: {exc.strerror}"
         raise ModelLoadError(msg) from None
 
 
@@ -32,9 +32,9 @@ def json_object(raw: bytes, where: str, holding: str = "") -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        msg = f"model error: {where} is not valid JSON: {exc}"
+        msg = f"{where} is not valid JSON: {exc}"
         raise ModelLoadError(msg) from None
     if not isinstance(doc, dict):
-        msg = f"model error: {where} must hold a JSON object{holding}"
+        msg = f"{where} must hold a JSON object{holding}"
         raise ModelLoadError(msg)
     return doc

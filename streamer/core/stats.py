@@ -117,23 +117,23 @@ def load_stats(path: str | Path) -> FeatureStats:
         or not all(isinstance(n, str) and n for n in names)
         or len(set(names)) != len(names)
     ):
-        msg = f"model error: {where}: 'features' must be a list of distinct feature names"
+        msg = f"{where}: 'features' must be a list of distinct feature names"
         raise ModelLoadError(msg)
     vectors = {}
     for key in ("mean", "std"):
         value = doc.get(key)
         if not isinstance(value, list) or len(value) != len(names):
-            msg = f"model error: {where}: {key!r} must be a list of {len(names)} numbers"
+            msg = f"{where}: {key!r} must be a list of {len(names)} numbers"
             raise ModelLoadError(msg)
         if not all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             for v in value
         ):
-            msg = f"model error: {where}: {key!r} holds a value that is not a finite number"
+            msg = f"{where}: {key!r} holds a value that is not a finite number"
             raise ModelLoadError(msg)
         vectors[key] = np.array(value, dtype=np.float64)
     if np.any(vectors["std"] <= 0):
-        msg = f"model error: {where}: every std must be positive"
+        msg = f"{where}: every std must be positive"
         raise ModelLoadError(msg)
     count = doc.get("count")
     counts = (

@@ -89,7 +89,7 @@ def load_configured(settings: Configured) -> Model:
 def _loader(kind: str) -> Callable[[ModelOptions], Model]:
     if kind not in LOADERS:
         supported = ", ".join(repr(k) for k in KINDS)
-        msg = f"model error: model.kind={kind!r} is not supported (supported: {supported})"
+        msg = f"model.kind={kind!r} is not supported (supported: {supported})"
         raise ModelLoadError(msg)
     module, _, function = LOADERS[kind].partition(":")
     loader: Callable[[ModelOptions], Model] = getattr(importlib.import_module(module), function)

@@ -153,7 +153,7 @@ def read_model_file(options: ModelOptions, what: str) -> bytes:
         ModelLoadError: No path is set, or the file cannot be read.
     """
     if not options.path:
-        msg = f"model error: model.kind={options.kind!r} needs model.path ({what})"
+        msg = f"model.kind={options.kind!r} needs model.path ({what})"
         raise ModelLoadError(msg)
     return read_file("model.path", options.path)
 
@@ -169,7 +169,7 @@ def _compare(
             parts.append(f"missing: {', '.join(missing)}")
         if extra:
             parts.append(f"unexpected: {', '.join(extra)}")
-        msg = f"model error: {where}: {other_what} does not match {names_what} ({'; '.join(parts)})"
+        msg = f"{where}: {other_what} does not match {names_what} ({'; '.join(parts)})"
         raise ModelLoadError(msg)
 
 
@@ -183,7 +183,7 @@ def _feature_names(
 ) -> tuple[str, ...]:
     configured = tuple(options.features)
     if len(set(configured)) != len(configured):
-        msg = f"model error: preprocess.features names a feature twice: {', '.join(configured)}"
+        msg = f"preprocess.features names a feature twice: {', '.join(configured)}"
         raise ModelLoadError(msg)
     stats_what = f"the stats file {options.stats_path}"
     names: tuple[str, ...]
@@ -197,14 +197,14 @@ def _feature_names(
         names, source = stats.names, stats_what
     else:
         msg = (
-            f"model error: {where} has no feature names; set preprocess.features "
+            f"{where} has no feature names; set preprocess.features "
             "(comma-separated, in column order) or preprocess.stats_path"
         )
         raise ModelLoadError(msg)
     if stats is not None and source != stats_what:
         _compare(names, stats.names, stats_what, source, where)
     if n_inputs is not None and len(names) != n_inputs:
-        msg = f"model error: {where} expects {n_inputs} features, but {source} names {len(names)}"
+        msg = f"{where} expects {n_inputs} features, but {source} names {len(names)}"
         raise ModelLoadError(msg)
     return names
 
@@ -240,7 +240,7 @@ def resolve_spec(
         ordered = stats.reordered(names)
         if scales_inside and options.standardize:
             msg = (
-                f"model error: {where} already scales its input (it contains a scaler); "
+                f"{where} already scales its input (it contains a scaler); "
                 f"standardizing with {stats_what} too would do it twice: remove "
                 "preprocess.stats_path, or set preprocess.standardize = false"
             )
@@ -255,7 +255,7 @@ def resolve_spec(
         spec = FeatureSpec(names, np.zeros(width), np.ones(width), standardize=False, fitted=False)
     if options.missing == "impute" and not spec.fitted:
         msg = (
-            f"model error: preprocess.missing='impute' needs the features' fitted means, and "
+            f"preprocess.missing='impute' needs the features' fitted means, and "
             f"{where} has none: set preprocess.stats_path (write one with `streamer fit-stats`)"
         )
         raise ModelLoadError(msg)
@@ -277,7 +277,7 @@ def probe(call: ChunkCall, spec: FeatureSpec, chunk_rows: int, where: str) -> in
     try:
         out = predict_in_chunks(call, row, chunk_rows)
     except Exception as exc:  # any failure of the user's model is a load error here
-        msg = f"model error: {where}: a test prediction on one row failed: {one_line(exc)}"
+        msg = f"{where}: a test prediction on one row failed: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     return 1 if out.ndim == 1 else int(out.shape[1])
 

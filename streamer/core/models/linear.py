@@ -58,7 +58,7 @@ class LinearModel:
 def _require(doc: dict[str, Any], key: str, where: str) -> Any:
     if key not in doc:
         msg = (
-            f"model error: {where} has no {key!r} field; "
+            f"{where} has no {key!r} field; "
             "a linear model needs features, mean, std, weights and bias"
         )
         raise ModelLoadError(msg)
@@ -67,7 +67,7 @@ def _require(doc: dict[str, Any], key: str, where: str) -> Any:
 
 def _number(value: Any, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        msg = f"model error: {where}: {key!r} must be a finite number, got {value!r}"
+        msg = f"{where}: {key!r} must be a finite number, got {value!r}"
         raise ModelLoadError(msg)
     return float(value)
 
@@ -95,7 +95,7 @@ def load_linear(path: str | Path | None, options: ModelOptions | None = None) ->
             standardize=options.standardize,
         )
     except ValueError as exc:
-        msg = f"model error: {where}: {exc}"
+        msg = f"{where}: {exc}"
         raise ModelLoadError(msg) from None
     digest = hashlib.sha256(raw).hexdigest()
     return LinearModel(
@@ -120,7 +120,7 @@ def _read(path: str | Path | None) -> tuple[bytes, str]:
 def _feature_names(doc: dict[str, Any], where: str) -> list[str]:
     names = _require(doc, "features", where)
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        msg = f"model error: {where}: 'features' must be a list of non-empty feature names"
+        msg = f"{where}: 'features' must be a list of non-empty feature names"
         raise ModelLoadError(msg)
     return names
 
@@ -129,15 +129,15 @@ def _vector(doc: dict[str, Any], key: str, width: int, where: str) -> np.ndarray
     """``doc[key]`` as ``width`` finite float64 numbers, one per feature."""
     value = _require(doc, key, where)
     if not isinstance(value, list) or len(value) != width:
-        msg = f"model error: {where}: {key!r} must be a list of {width} numbers, one per feature"
+        msg = f"{where}: {key!r} must be a list of {width} numbers, one per feature"
         raise ModelLoadError(msg)
     try:
         vector = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
-        msg = f"model error: {where}: {key!r} holds a value that is not a number"
+        msg = f"{where}: {key!r} holds a value that is not a number"
         raise ModelLoadError(msg) from None
     if not np.all(np.isfinite(vector)):
-        msg = f"model error: {where}: {key!r} holds a null, NaN or infinite value"
+        msg = f"{where}: {key!r} holds a null, NaN or infinite value"
         raise ModelLoadError(msg)
     return vector
 
@@ -145,13 +145,13 @@ def _vector(doc: dict[str, Any], key: str, width: int, where: str) -> np.ndarray
 def _check_linear_options(names: list[str], options: ModelOptions, where: str) -> None:
     if options.stats_path:
         msg = (
-            f"model error: {where} carries its own mean and std; remove "
+            f"{where} carries its own mean and std; remove "
             f"preprocess.stats_path={options.stats_path} (model.kind='linear')"
         )
         raise ModelLoadError(msg)
     if options.features and list(options.features) != names:
         msg = (
-            f"model error: preprocess.features ({', '.join(options.features)}) does not match "
+            f"preprocess.features ({', '.join(options.features)}) does not match "
             f"the features of {where} ({', '.join(names)}), in order"
         )
         raise ModelLoadError(msg)

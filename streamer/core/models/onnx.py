@@ -69,7 +69,7 @@ def _session(raw: bytes, where: str) -> Any:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError as exc:
         msg = (
-            f"model error: model.kind='onnx' needs onnxruntime ({exc}); "
+            f"model.kind='onnx' needs onnxruntime ({exc}); "
             "install it with: pip install 'streamer[onnx]'"
         )
         raise ModelLoadError(msg) from None
@@ -81,7 +81,7 @@ def _session(raw: bytes, where: str) -> Any:
     try:
         return ort.InferenceSession(raw, session_options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        msg = f"model error: {where} is not a valid ONNX model: {one_line(exc)}"
+        msg = f"{where} is not a valid ONNX model: {one_line(exc)}"
         raise ModelLoadError(msg) from None
 
 
@@ -94,7 +94,7 @@ def _inputs(
     for node in inputs:
         if node.type not in _DTYPES:
             msg = (
-                f"model error: {where}: input {node.name!r} is {node.type}; streamer feeds "
+                f"{where}: input {node.name!r} is {node.type}; streamer feeds "
                 "numbers (tensor(float) or tensor(double))"
             )
             raise ModelLoadError(msg)
@@ -143,7 +143,7 @@ def _output_names(width: int, wanted: list[str], proba_mode: bool, where: str) -
     if width == len(wanted):
         return tuple(wanted)
     msg = (
-        f"model error: {where}: with several model.outputs, each must give one value "
+        f"{where}: with several model.outputs, each must give one value "
         f"per row; {', '.join(wanted)} give {width} together"
     )
     raise ModelLoadError(msg)
@@ -154,10 +154,7 @@ def _choose_outputs(session: Any, options: ModelOptions, where: str) -> tuple[li
     available = [node.name for node in session.get_outputs()]
     for out in options.outputs:
         if out not in available:
-            msg = (
-                f"model error: {where} has no output {out!r} (model.outputs); "
-                f"it has {', '.join(available)}"
-            )
+            msg = f"{where} has no output {out!r} (model.outputs); it has {', '.join(available)}"
             raise ModelLoadError(msg)
     if options.outputs:
         return list(options.outputs), False

@@ -78,7 +78,7 @@ def _resolve(reference: str) -> tuple[Path | None, str, Callable[..., Any]]:
     module_ref, sep, attribute = reference.rpartition(":")
     if not sep or not module_ref or not attribute:
         msg = (
-            f"model error: model.path={reference!r} must be 'package.module:callable' or "
+            f"model.path={reference!r} must be 'package.module:callable' or "
             "'path/to/file.py:callable' for model.kind='python'"
         )
         raise ModelLoadError(msg)
@@ -86,16 +86,11 @@ def _resolve(reference: str) -> tuple[Path | None, str, Callable[..., Any]]:
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            msg = (
-                f"model error: model.path={reference}: {module_ref} has no attribute {attribute!r}"
-            )
+            msg = f"model.path={reference}: {module_ref} has no attribute {attribute!r}"
             raise ModelLoadError(msg)
         target = getattr(target, part)
     if not callable(target):
-        msg = (
-            f"model error: model.path={reference}: {attribute} is a "
-            f"{type(target).__name__}, not a callable"
-        )
+        msg = f"model.path={reference}: {attribute} is a {type(target).__name__}, not a callable"
         raise ModelLoadError(msg)
     return source, attribute, target
 
@@ -119,20 +114,16 @@ def _import_fresh(module_ref: str, reference: str) -> tuple[Path | None, ModuleT
         origin: str | None = module_ref
         package = ""
         if not Path(module_ref).is_file():
-            msg = f"model error: model.path={reference}: {module_ref} does not exist"
+            msg = f"model.path={reference}: {module_ref} does not exist"
             raise ModelLoadError(msg)
     else:
         try:
             found = importlib.util.find_spec(module_ref)
         except (ImportError, ValueError) as exc:
-            msg = (
-                f"model error: cannot import {module_ref} (model.path={reference}): {one_line(exc)}"
-            )
+            msg = f"cannot import {module_ref} (model.path={reference}): {one_line(exc)}"
             raise ModelLoadError(msg) from None
         if found is None:
-            msg = (
-                f"model error: cannot import {module_ref} (model.path={reference}): no such module"
-            )
+            msg = f"cannot import {module_ref} (model.path={reference}): no such module"
             raise ModelLoadError(msg)
         origin = found.origin if found.has_location else None
         package = module_ref.rpartition(".")[0]
@@ -140,12 +131,12 @@ def _import_fresh(module_ref: str, reference: str) -> tuple[Path | None, ModuleT
             try:
                 return None, importlib.import_module(module_ref)
             except Exception as exc:  # importing runs arbitrary code
-                msg = f"model error: cannot import {module_ref}: {one_line(exc)}"
+                msg = f"cannot import {module_ref}: {one_line(exc)}"
                 raise ModelLoadError(msg) from None
     private = f"_streamer_model_{next(_loads)}"
     spec = importlib.util.spec_from_file_location(private, origin)
     if spec is None or spec.loader is None:
-        msg = f"model error: cannot import {module_ref} (model.path={reference})"
+        msg = f"cannot import {module_ref} (model.path={reference})"
         raise ModelLoadError(msg)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = package  # relative imports resolve in the real package
@@ -154,7 +145,7 @@ def _import_fresh(module_ref: str, reference: str) -> tuple[Path | None, ModuleT
         spec.loader.exec_module(module)
     except Exception as exc:  # importing runs arbitrary code
         sys.modules.pop(private, None)
-        msg = f"model error: cannot import {module_ref} (model.path={reference}): {one_line(exc)}"
+        msg = f"cannot import {module_ref} (model.path={reference}): {one_line(exc)}"
         raise ModelLoadError(msg) from None
     assert origin is not None
     return Path(origin), module

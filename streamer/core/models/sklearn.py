@@ -76,7 +76,7 @@ class _Libraries:
             from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
         except ImportError as exc:
             msg = (
-                f"model error: model.kind='sklearn' needs scikit-learn and joblib ({exc}); "
+                f"model.kind='sklearn' needs scikit-learn and joblib ({exc}); "
                 "install them with: pip install 'streamer[sklearn]'"
             )
             raise ModelLoadError(msg) from None
@@ -88,21 +88,21 @@ def _fitted_estimator(libraries: _Libraries, raw: bytes, where: str) -> Any:
     try:
         estimator = libraries.unpickle(io.BytesIO(raw))
     except Exception as exc:  # a pickle can fail in any way
-        msg = f"model error: cannot unpickle {where}: {one_line(exc)}"
+        msg = f"cannot unpickle {where}: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     kind_name = type(estimator).__name__
     if not hasattr(estimator, "get_params") or not any(
         callable(getattr(estimator, m, None)) for m in ESTIMATOR_METHODS
     ):
-        msg = f"model error: {where} holds a {kind_name}, not a scikit-learn estimator"
+        msg = f"{where} holds a {kind_name}, not a scikit-learn estimator"
         raise ModelLoadError(msg)
     try:
         libraries.check_is_fitted(estimator)
     except libraries.not_fitted_error:
-        msg = f"model error: {where}: the {kind_name} is not fitted; fit it before saving"
+        msg = f"{where}: the {kind_name} is not fitted; fit it before saving"
         raise ModelLoadError(msg) from None
     except TypeError as exc:
-        msg = f"model error: {where}: cannot check the {kind_name}: {one_line(exc)}"
+        msg = f"{where}: cannot check the {kind_name}: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     return estimator
 
@@ -151,7 +151,7 @@ def _resolve_method(estimator: Any, method: str, where: str) -> str:
     if not callable(getattr(estimator, method, None)):
         available = [m for m in ESTIMATOR_METHODS if callable(getattr(estimator, m, None))]
         msg = (
-            f"model error: {where}: the {type(estimator).__name__} has no method {method!r} "
+            f"{where}: the {type(estimator).__name__} has no method {method!r} "
             f"(model.method); it has {', '.join(available)}"
         )
         raise ModelLoadError(msg)
@@ -169,7 +169,7 @@ def _selection(
             if labels is None or len(labels) != 2:
                 count = "an unknown number of" if labels is None else str(len(labels))
                 msg = (
-                    f"model error: {where}: the model has {count} classes, so there is no one "
+                    f"{where}: the model has {count} classes, so there is no one "
                     "positive class; set model.probabilities = 'all'"
                 )
                 raise ModelLoadError(msg)
