@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streamer.broker import EmbeddedBroker
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
 

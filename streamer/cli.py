@@ -261,7 +261,7 @@ def produce_demo(
 
 def cmd_produce_demo(args: argparse.Namespace) -> int:
     """The demo generator as a command."""
-    from streamer.client import ensure_topics  # noqa: PLC0415
+    from streamer.clients.kafka_python import ensure_topics  # noqa: PLC0415
     from streamer.settings import KafkaSettings  # noqa: PLC0415
 
     ensure_topics(

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.broker import EmbeddedBroker
 from streamer.cli import produce_demo
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.quantile import histogram_quantile
 from streamer.settings import build_settings
 from streamer.topology import Pipeline, ShutdownReport

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 
 from streamer.clients.base import (
-    TP,
     Backend,
     BatchDelivery,
     ConsumerClient,
@@ -19,10 +18,9 @@ from streamer.clients.base import (
     OutputGroup,
     ProducerClient,
     ProducerFactory,
-    Record,
-    RecordColumns,
     send_batch,
 )
+from streamer.core.records import TP, Record, RecordColumns
 from streamer.errors import ConfigError
 
 BACKENDS: dict[str, tuple[str, str]] = {

@@ -43,22 +43,21 @@ from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer.clients.base import (
-    TP,
     DoneCallback,
     Headers,
     OutputGroup,
-    RecordColumns,
     SendFailure,
     broker_error,
     error_text,
     latest_end,
 )
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("streamer.rdkafka")
 
-__all__ = ["GroupConsumer", "Producer", "ensure_topics", "is_record_level"]
+__all__ = ["GroupConsumer", "Producer", "ensure_topics", "is_record_level", "read_records"]
 
 # Error codes that refuse one record for what it is, so that sending it again
 # cannot help (the same as the kafka-python backend's): CORRUPT_MESSAGE,
@@ -347,10 +346,6 @@ class GroupConsumer:
                 log.warning("consumer: %s", error.str())
         return kept
 
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
-        return sorted(self._assigned)
-
     def pause(self, tps: list[TP]) -> None:
         """Stop returning records of these partitions; the group membership stays."""
         self._paused.update(tps)
@@ -454,12 +449,6 @@ class GroupConsumer:
                 else:
                     on_done(offsets, None)
                 return
-
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        result = self._consumer.committed([TopicPartition(*tp)], timeout=10.0)
-        offset: int = result[0].offset
-        return offset if offset >= 0 else None
 
     def close(self) -> None:
         """Leave the group and close connections (never commits on its own)."""

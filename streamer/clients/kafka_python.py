@@ -22,18 +22,16 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamer.clients.base import (
-    TP,
     DeliveryFuture,
     DoneCallback,
     Headers,
     OutputGroup,
-    Record,
-    RecordColumns,
     SendFailure,
     broker_error,
     error_text,
     latest_end,
 )
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ _PARTITION_CACHE_KEYS = 100_000
 # (1 MiB by default) and fails the record alone if it is too large.
 _DIRECT_MAX_BYTES = 256 * 1024
 
-__all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics", "is_record_level"]
+__all__ = ["GroupConsumer", "Producer", "ensure_topics", "is_record_level", "read_records"]
 
 # Kafka error codes that refuse one record for what it is, so that sending it
 # again cannot help: CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
@@ -146,10 +144,6 @@ class GroupConsumer:
             if records
         }
 
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
-        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-
     def pause(self, tps: list[TP]) -> None:
         """Stop returning records of these partitions; the group membership stays."""
         self._consumer.pause(*(TopicPartition(t, p) for t, p in tps))
@@ -198,11 +192,6 @@ class GroupConsumer:
             {TopicPartition(t, p): OffsetAndMetadata(o, None, -1) for (t, p), o in offsets.items()},
             callback=callback,
         )
-
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        offset: int | None = self._consumer.committed(TopicPartition(*tp), timeout_ms=10_000)
-        return offset
 
     def close(self) -> None:
         """Leave the group and close connections (never commits on its own)."""

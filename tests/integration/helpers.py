@@ -24,7 +24,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamer.broker import EmbeddedBroker
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.features import FeatureSpec
 from streamer.core.models.linear import LinearModel
 from streamer.settings import KafkaSettings, Settings, build_settings

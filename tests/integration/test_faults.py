@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from streamer.broker import EmbeddedBroker, free_port
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.replay import replay_dead_letters
