@@ -133,6 +133,41 @@ class ProducerClient(Protocol):
         ...
 
 
+class GroupReader(Protocol):
+    """A topic read for a group without joining it (``replay-dlq``): partitions by hand.
+
+    It starts at the group's committed offsets and commits synchronously, so an
+    interrupted run resumes where it stopped. Each poll returns the records of
+    a partition with their headers.
+    """
+
+    partitions: list[TP]
+    """The topic's partitions (none when it does not exist), all assigned."""
+
+    def end_offsets(self, timeout_s: float) -> dict[TP, int]:
+        """The end of each partition now, as a fetch reports it; within ``timeout_s``.
+
+        A partition whose end did not arrive in time is left out.
+        """
+        ...
+
+    def start_at_committed(self, timeout_s: float) -> dict[TP, int]:
+        """Fetch from the group's committed offsets (the beginning when none), and return them."""
+        ...
+
+    def poll(self, timeout_s: float) -> dict[TP, tuple[RecordColumns, list[Headers]]]:
+        """Fetch records: per partition, in offset order, with their headers."""
+        ...
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously for the group."""
+        ...
+
+    def close(self) -> None:
+        """Close connections (never commits on its own)."""
+        ...
+
+
 def error_text(exc: BaseException) -> str:
     """An exception as one line for a log or a header: its type and message."""
     return f"{type(exc).__name__}: {exc}"
@@ -225,16 +260,20 @@ class ConsumerConstructor(Protocol):
 
 ProducerFactory = Callable[[KafkaSettings], ProducerClient]
 EnsureTopics = Callable[..., None]
+# (settings naming the group, topic) -> its reader
+GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One Kafka client library behind the pipeline's interface."""
+    """One client library (or the file backend) behind the pipeline's interface."""
 
     name: str
     consumer: ConsumerConstructor
     producer: ProducerFactory
     ensure_topics: EnsureTopics
+    group_reader: GroupReaderFactory | None = None
+    """None: the backend has no groups (the file backend)."""
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:
