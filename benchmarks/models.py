@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.devtools.broker import EmbeddedBroker
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamer.core.records import TP
+
 if TYPE_CHECKING:
     from streamer.actors.routing import Teller
     from streamer.core.models import Model
@@ -212,15 +214,15 @@ class ConsumerStatus:
 
     fetching: bool
     paused: bool
-    assigned: list[tuple[str, int]]
+    assigned: list[TP]
     batches_in_flight: int
     records_in_flight: int
     bytes_in_flight: int
     records_dispatched: int
     records_buffered: int
     epoch: int
-    watermarks: dict[tuple[str, int], int]
-    committed: dict[tuple[str, int], int]
+    watermarks: dict[TP, int]
+    committed: dict[TP, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +289,8 @@ class ConsumerProgress:
 
     in_flight_batches: int
     in_flight_records: int
-    committed: dict[tuple[str, int], int]
-    lag: dict[tuple[str, int], int]
+    committed: dict[TP, int]
+    lag: dict[TP, int]
     paused_partitions: int
     in_flight_bytes: int = 0
 

@@ -8,14 +8,15 @@ replay that is interrupted resumes where it stopped and never skips a record.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
-
-from streamer.errors import BrokerError
+from streamer.clients import backend
+from streamer.clients.base import GroupReader, Headers, ProducerClient
+from streamer.core.records import TP, RecordColumns
+from streamer.errors import BrokerError, ConfigError
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def replay_dead_letters(
     dry_run: bool = False,
     timeout_s: float = 60.0,
 ) -> ReplayReport:
-    """Replay the dead-letter topic into the input topic.
+    """Replay the dead-letter topic into the input topic, with the ``kafka.client`` backend.
 
     Args:
         settings: The pipeline's settings (topics, group, broker).
@@ -51,124 +52,103 @@ def replay_dead_letters(
         timeout_s: Give up waiting for the broker after this long.
     """
     k = settings.kafka
-    source, target = k.dead_letter_topic_name, k.input_topic
-    consumer = KafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers.split(","),
-        group_id=f"{k.group_id}.replay",
-        client_id=f"{k.client_id}-replay",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=1000,
-        fetch_max_wait_ms=50,
-        bootstrap_timeout_ms=int(k.bootstrap_timeout_s * 1000),
+    chosen = backend(k.client)
+    if chosen.group_reader is None:  # pragma: no cover - every Kafka backend has one
+        msg = f"config error: kafka.client={k.client!r} cannot replay"
+        raise ConfigError(msg)
+    replaying = dataclasses.replace(
+        k, group_id=f"{k.group_id}.replay", client_id=f"{k.client_id}-replay"
     )
-    producer = (
-        None
-        if dry_run
-        else KafkaProducer(
-            bootstrap_servers=k.bootstrap_servers.split(","),
-            client_id=f"{k.client_id}-replay",
-            acks="all",
-            linger_ms=5,
-        )
-    )
-    report = ReplayReport()
+    reader = chosen.group_reader(replaying, k.dead_letter_topic_name)
+    producer = None if dry_run else chosen.producer(replaying)
+    replay = _Replay(k.input_topic, reasons, limit, producer)
     try:
-        partitions = consumer.partitions_for_topic(source)
-        if not partitions:
+        if not reader.partitions:
             msg = (
-                f"kafka.dead_letter_topic: topic {source!r} does not exist on {k.bootstrap_servers}"
+                f"kafka.dead_letter_topic: topic {k.dead_letter_topic_name!r} "
+                f"does not exist on {k.bootstrap_servers}"
             )
             raise BrokerError(msg)
-        tps = [TopicPartition(source, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = _ends(settings, tps, timeout_s)
-        positions = _resume_positions(consumer, tps, timeout_s)
-        remaining = {tp for tp in tps if positions[tp] < ends[tp]}
-        while remaining and not (limit and report.replayed >= limit):
-            commits: dict[TopicPartition, OffsetAndMetadata] = {}
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        positions[tp] = ends[tp]  # written after the replay started
-                        break
-                    if limit and report.replayed >= limit:
-                        break
-                    _replay_one(record, tp, target, reasons, producer, report)
-                    commits[tp] = OffsetAndMetadata(record.offset + 1, None, -1)
+        ends = _ends(reader, timeout_s)
+        positions = reader.start_at_committed(timeout_s)
+        remaining = {tp for tp in reader.partitions if positions[tp] < ends[tp]}
+        while remaining and not replay.at_limit():
+            commits = replay.polled(reader.poll(0.5), ends, positions)
             if producer is not None and commits:
-                producer.flush(timeout=timeout_s)  # acknowledged before committed
-                consumer.commit(commits)
-            for tp, meta in commits.items():
-                positions[tp] = max(positions[tp], meta.offset)
+                producer.flush(timeout_s)  # acknowledged before committed
+                reader.commit(commits)
+            for tp, offset in commits.items():
+                positions[tp] = max(positions[tp], offset)
             remaining = {tp for tp in remaining if positions[tp] < ends[tp]}
     finally:
         if producer is not None:
-            producer.close(timeout=5)
-        consumer.close(autocommit=False, timeout_ms=5000)
-    return report
+            producer.close()
+        reader.close()
+    return replay.report
 
 
-def _resume_positions(
-    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float
-) -> dict[TopicPartition, int]:
-    """Seek to the replay group's committed offsets (the beginning when none)."""
-    positions: dict[TopicPartition, int] = {}
-    for tp in tps:
-        committed = consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
-        positions[tp] = committed or 0
-        if committed is None:
-            consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
-    return positions
+class _Replay:
+    """Sends each dead letter of a poll back to the input topic, or skips it."""
+
+    def __init__(
+        self,
+        target: str,
+        reasons: set[str] | None,
+        limit: int,
+        producer: ProducerClient | None,
+    ) -> None:
+        self.target = target
+        self.reasons = reasons
+        self.limit = limit
+        self.producer = producer
+        self.report = ReplayReport()
+
+    def at_limit(self) -> bool:
+        """True once ``limit`` records were replayed."""
+        return bool(self.limit) and self.report.replayed >= self.limit
+
+    def polled(
+        self,
+        polled: dict[TP, tuple[RecordColumns, list[Headers]]],
+        ends: dict[TP, int],
+        positions: dict[TP, int],
+    ) -> dict[TP, int]:
+        """Replay a poll's records below the ends; returns the offsets to commit."""
+        commits: dict[TP, int] = {}
+        for tp, (records, headers) in polled.items():
+            for index, offset in enumerate(records.offsets):
+                if offset >= ends[tp]:
+                    positions[tp] = ends[tp]  # written after the replay started
+                    break
+                if self.at_limit():
+                    break
+                self._one(tp, offset, records.keys[index], records.values[index], headers[index])
+                commits[tp] = offset + 1
+        return commits
+
+    def _one(
+        self, tp: TP, offset: int, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        named = dict(headers)
+        reason = named.get("streamer.reason", b"unknown").decode(errors="replace")
+        report = self.report
+        if self.reasons is not None and reason not in self.reasons:
+            report.skipped += 1
+            return
+        report.replayed += 1
+        report.by_reason[reason] = report.by_reason.get(reason, 0) + 1
+        if self.producer is not None:
+            origin = f"{tp[0]}/{tp[1]}/{offset}".encode()
+            # The bytes as they came, a tombstone (None) included.
+            self.producer.send(self.target, cast("bytes", value), key, [(REPLAYED_HEADER, origin)])
 
 
-def _replay_one(
-    record: Any,
-    tp: TopicPartition,
-    target: str,
-    reasons: set[str] | None,
-    producer: KafkaProducer | None,
-    report: ReplayReport,
-) -> None:
-    headers = dict(record.headers or [])
-    reason = headers.get("streamer.reason", b"unknown").decode(errors="replace")
-    if reasons is not None and reason not in reasons:
-        report.skipped += 1
-        return
-    report.replayed += 1
-    report.by_reason[reason] = report.by_reason.get(reason, 0) + 1
-    if producer is not None:
-        origin = f"{tp.topic}/{tp.partition}/{record.offset}".encode()
-        producer.send(
-            target, key=record.key, value=record.value, headers=[(REPLAYED_HEADER, origin)]
-        )
-
-
-def _ends(
-    settings: Settings, tps: list[TopicPartition], timeout_s: float
-) -> dict[TopicPartition, int]:
-    """The end of each partition now, from the highwater of a fetch (no group)."""
-    k = settings.kafka
-    probe = KafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers.split(","),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
-        bootstrap_timeout_ms=int(k.bootstrap_timeout_s * 1000),
-    )
-    ends: dict[TopicPartition, int] = {}
-    try:
-        probe.assign(tps)
-        probe.seek_to_beginning(*tps)
-        for _ in range(max(1, int(timeout_s / 0.2))):
-            probe.poll(timeout_ms=200, max_records=1)
-            ends = {tp: high for tp in tps if (high := probe.highwater(tp)) is not None}
-            if len(ends) == len(tps):
-                return ends
-    finally:
-        probe.close(autocommit=False, timeout_ms=5000)
-    missing = [tp.partition for tp in tps if tp not in ends]
-    msg = f"could not read the end of {tps[0].topic} partitions {missing} within {timeout_s}s"
-    raise BrokerError(msg)
+def _ends(reader: GroupReader, timeout_s: float) -> dict[TP, int]:
+    """The end of each partition now, or a BrokerError naming those it could not read."""
+    ends = reader.end_offsets(timeout_s)
+    missing = [p for topic, p in reader.partitions if (topic, p) not in ends]
+    if missing:
+        topic = reader.partitions[0][0]
+        msg = f"could not read the end of {topic} partitions {missing} within {timeout_s}s"
+        raise BrokerError(msg)
+    return ends

@@ -15,8 +15,9 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
-from streamer.client import TP, GroupConsumer
+from streamer.clients.base import ConsumerClient, ConsumerFactory
 from streamer.core.ledger import Ledger
+from streamer.core.records import TP
 from streamer.errors import DeliveryError
 from streamer.messages import (
     Attach,
@@ -108,16 +109,16 @@ class ConsumerActor(PipelineActor):
         self,
         settings: KafkaSettings,
         batch: BatchSettings,
+        client_factory: ConsumerFactory,
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
-        client_factory: Callable[[KafkaSettings, int], GroupConsumer] = GroupConsumer,
         on_ready: Callable[[], None] | None = None,
         epoch: int = 0,
     ) -> None:
         super().__init__(metrics, on_failure)
         self._settings = settings
         self._client_factory = client_factory
-        self._client: GroupConsumer | None = None
+        self._client: ConsumerClient | None = None
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
         self._ledger = Ledger(batch, settings.max_poll_records, epoch)

@@ -21,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
 from streamer.core.features import REASONS
+from streamer.core.records import TP
 from streamer.httpserver import EndpointServer, HealthProbe
 from streamer.messages import (
     ActorFailed,
@@ -303,7 +304,7 @@ class PipelineMetrics:
 
 
 def _set_per_partition(
-    gauge: Gauge, before: set[tuple[str, str]], values: dict[tuple[str, int], int]
+    gauge: Gauge, before: set[tuple[str, str]], values: dict[TP, int]
 ) -> set[tuple[str, str]]:
     """Set one series per partition and remove the series of partitions no longer listed."""
     now = set()

@@ -6,15 +6,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
-from streamer.client import Producer, send_batch
-from streamer.clients.base import SendFailure
+from streamer.clients.base import ProducerClient, ProducerFactory, SendFailure, send_batch
 from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
 from streamer.core.output import encode_predictions, iso_now
 from streamer.core.reorder import Reorderer
@@ -74,9 +73,9 @@ class ProducerActor(PipelineActor):
         self,
         settings: KafkaSettings,
         consumer: Teller,
+        client_factory: ProducerFactory,
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
-        client_factory: Callable[[KafkaSettings], Producer] = Producer,
         breaker: DeadLetterBreaker | None = None,
         on_unanswerable: str = "stop",
     ) -> None:
@@ -86,7 +85,7 @@ class ProducerActor(PipelineActor):
         self._settings = settings
         self._consumer = consumer
         self._client_factory = client_factory
-        self._client: Producer | None = None
+        self._client: ProducerClient | None = None
         self._reorderer: Reorderer[ScoredBatch] = Reorderer()
         self._output_topic = settings.output_topic
         self._dead_letter_topic = settings.dead_letter_topic_name

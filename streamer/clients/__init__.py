@@ -2,7 +2,9 @@
 
 ``kafka.client`` picks one: ``kafka-python`` (the default, pure Python) or
 ``confluent`` (librdkafka through confluent-kafka, the ``confluent`` extra).
-Each backend module is imported only when it is chosen.
+Each backend module is imported only when it is chosen, and only it imports
+its client library. ``score-file`` runs on a third backend, over files
+(:func:`streamer.clients.file.file_backend`), built for the files of one run.
 """
 
 from __future__ import annotations
@@ -10,19 +12,18 @@ from __future__ import annotations
 import importlib
 
 from streamer.clients.base import (
-    TP,
     Backend,
     BatchDelivery,
     ConsumerClient,
     ConsumerFactory,
     DeliveryFuture,
+    GroupReader,
     OutputGroup,
     ProducerClient,
     ProducerFactory,
-    Record,
-    RecordColumns,
     send_batch,
 )
+from streamer.core.records import TP, Record, RecordColumns
 from streamer.errors import ConfigError
 
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,7 @@ def backend(name: str) -> Backend:
         consumer=module.GroupConsumer,
         producer=module.Producer,
         ensure_topics=module.ensure_topics,
+        group_reader=module.GroupReader,
     )
 
 
@@ -67,6 +69,7 @@ __all__ = [
     "ConsumerClient",
     "ConsumerFactory",
     "DeliveryFuture",
+    "GroupReader",
     "OutputGroup",
     "ProducerClient",
     "ProducerFactory",

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streamer.core.output import OutputGroup
+from streamer.core.records import TP, RecordColumns
 from streamer.errors import BrokerError
 from streamer.settings import KafkaSettings
 
-TP = tuple[str, int]
 Headers = list[tuple[str, bytes]]
 
 
@@ -49,70 +49,6 @@ class RecordRejectedError(Exception):
     """Raised by a client (the file sink, a test fake) that refuses one record alone."""
 
 
-class Record(Protocol):
-    """The fields of a consumed record that the pipeline reads."""
-
-    @property
-    def offset(self) -> int: ...  # noqa: D102
-    @property
-    def key(self) -> bytes | None: ...  # noqa: D102
-    @property
-    def value(self) -> bytes | None: ...  # noqa: D102
-    @property
-    def timestamp(self) -> int: ...  # noqa: D102
-
-
-@dataclass(slots=True)
-class RecordColumns:
-    """Polled records of one partition, in offset order, one list per field.
-
-    A backend fills the lists straight from its client's messages, and the
-    micro-batches keep them as they are: an object per record that the
-    consumer then split into these lists cost 0.3-0.8 µs per record more with
-    the confluent client (measured on fresh messages of a 400,000-record topic).
-    ``timestamps`` are the Kafka timestamps in ms (-1 when a record has none).
-    """
-
-    offsets: list[int]
-    keys: list[bytes | None]
-    values: list[bytes | None]
-    timestamps: list[int]
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    @classmethod
-    def empty(cls) -> RecordColumns:
-        """No records."""
-        return cls([], [], [], [])
-
-    @classmethod
-    def of(cls, records: Iterable[Record]) -> RecordColumns:
-        """The columns of record objects (kafka-python's ConsumerRecord, a file row, a fake)."""
-        rows = list(records)
-        return cls(
-            [r.offset for r in rows],
-            [r.key for r in rows],
-            [r.value for r in rows],
-            [r.timestamp for r in rows],
-        )
-
-    def extend(self, other: RecordColumns) -> None:
-        """Append ``other``'s records (which must follow these in the partition)."""
-        self.offsets.extend(other.offsets)
-        self.keys.extend(other.keys)
-        self.values.extend(other.values)
-        self.timestamps.extend(other.timestamps)
-
-    def take(self, count: int) -> RecordColumns:
-        """Remove the first ``count`` records and return them as new columns."""
-        head = RecordColumns(
-            self.offsets[:count], self.keys[:count], self.values[:count], self.timestamps[:count]
-        )
-        del self.offsets[:count], self.keys[:count], self.values[:count], self.timestamps[:count]
-        return head
-
-
 class DeliveryFuture(Protocol):
     """What a send returns: callbacks run on the client's I/O thread."""
 
@@ -138,10 +74,6 @@ class ConsumerClient(Protocol):
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Fetch records, grouped by partition in offset order (no empty entries)."""
-        ...
-
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
         ...
 
     def pause(self, tps: list[TP]) -> None:
@@ -178,10 +110,6 @@ class ConsumerClient(Protocol):
         """Commit without blocking; ``on_done`` reports the result."""
         ...
 
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        ...
-
     def close(self) -> None:
         """Leave the group and close connections (never commits on its own)."""
         ...
@@ -202,6 +130,41 @@ class ProducerClient(Protocol):
 
     def close(self) -> None:
         """Flush and close, bounded in time."""
+        ...
+
+
+class GroupReader(Protocol):
+    """A topic read for a group without joining it (``replay-dlq``): partitions by hand.
+
+    It starts at the group's committed offsets and commits synchronously, so an
+    interrupted run resumes where it stopped. Each poll returns the records of
+    a partition with their headers.
+    """
+
+    partitions: list[TP]
+    """The topic's partitions (none when it does not exist), all assigned."""
+
+    def end_offsets(self, timeout_s: float) -> dict[TP, int]:
+        """The end of each partition now, as a fetch reports it; within ``timeout_s``.
+
+        A partition whose end did not arrive in time is left out.
+        """
+        ...
+
+    def start_at_committed(self, timeout_s: float) -> dict[TP, int]:
+        """Fetch from the group's committed offsets (the beginning when none), and return them."""
+        ...
+
+    def poll(self, timeout_s: float) -> dict[TP, tuple[RecordColumns, list[Headers]]]:
+        """Fetch records: per partition, in offset order, with their headers."""
+        ...
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously for the group."""
+        ...
+
+    def close(self) -> None:
+        """Close connections (never commits on its own)."""
         ...
 
 
@@ -297,16 +260,20 @@ class ConsumerConstructor(Protocol):
 
 ProducerFactory = Callable[[KafkaSettings], ProducerClient]
 EnsureTopics = Callable[..., None]
+# (settings naming the group, topic) -> its reader
+GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One Kafka client library behind the pipeline's interface."""
+    """One client library (or the file backend) behind the pipeline's interface."""
 
     name: str
     consumer: ConsumerConstructor
     producer: ProducerFactory
     ensure_topics: EnsureTopics
+    group_reader: GroupReaderFactory | None = None
+    """None: the backend has no groups (the file backend)."""
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:

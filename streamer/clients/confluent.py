@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -43,22 +44,28 @@ from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer.clients.base import (
-    TP,
     DoneCallback,
     Headers,
     OutputGroup,
-    RecordColumns,
     SendFailure,
     broker_error,
     error_text,
     latest_end,
 )
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("streamer.rdkafka")
 
-__all__ = ["GroupConsumer", "Producer", "ensure_topics", "is_record_level"]
+__all__ = [
+    "GroupConsumer",
+    "GroupReader",
+    "Producer",
+    "ensure_topics",
+    "is_record_level",
+    "read_records",
+]
 
 # Error codes that refuse one record for what it is, so that sending it again
 # cannot help (the same as the kafka-python backend's): CORRUPT_MESSAGE,
@@ -149,6 +156,18 @@ def _check_connected(client: Any, settings: KafkaSettings, action: str) -> set[s
 
 def _tps(tps: Sequence[TP]) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t, p in tps]
+
+
+def _commit(consumer: Consumer, offsets: dict[TP, int]) -> None:
+    """Commit synchronously; a partition's refusal raises."""
+    if not offsets:
+        return
+    result = consumer.commit(
+        offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+    )
+    failed = [p for p in result or [] if p.error is not None]
+    if failed:
+        raise KafkaException(failed[0].error)
 
 
 class GroupConsumer:
@@ -347,10 +366,6 @@ class GroupConsumer:
                 log.warning("consumer: %s", error.str())
         return kept
 
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
-        return sorted(self._assigned)
-
     def pause(self, tps: list[TP]) -> None:
         """Stop returning records of these partitions; the group membership stays."""
         self._paused.update(tps)
@@ -413,15 +428,7 @@ class GroupConsumer:
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Commit synchronously."""
-        if not offsets:
-            return
-        result = self._consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            asynchronous=False,
-        )
-        failed = [p for p in result or [] if p.error is not None]
-        if failed:
-            raise KafkaException(failed[0].error)
+        _commit(self._consumer, offsets)
 
     def commit_async(
         self, offsets: dict[TP, int], on_done: Callable[[dict[TP, int], Exception | None], None]
@@ -454,12 +461,6 @@ class GroupConsumer:
                 else:
                     on_done(offsets, None)
                 return
-
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        result = self._consumer.committed([TopicPartition(*tp)], timeout=10.0)
-        offset: int = result[0].offset
-        return offset if offset >= 0 else None
 
     def close(self) -> None:
         """Leave the group and close connections (never commits on its own)."""
@@ -700,6 +701,95 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
                 raise broker_error(action, settings, exc) from None
 
 
+def _reader_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
+    return {
+        **_common(settings),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+        "fetch.queue.backoff.ms": 10,
+        "isolation.level": "read_uncommitted",
+    }
+
+
+class GroupReader:
+    """``replay-dlq``'s reader: a topic's partitions assigned by hand, for the settings' group."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._settings = settings
+        self._consumer = Consumer(_reader_config(settings, settings.group_id))
+        try:
+            metadata = self._consumer.list_topics(timeout=settings.bootstrap_timeout_s).topics
+        except KafkaException as exc:
+            self._consumer.close()
+            raise broker_error("start the reader", settings, exc) from None
+        partitions = metadata[topic].partitions if topic in metadata else {}
+        self.partitions: list[TP] = [(topic, p) for p in sorted(partitions)]
+
+    def end_offsets(self, timeout_s: float) -> dict[TP, int]:
+        """The highwater of a fetch from the beginning, by a probe that commits nothing.
+
+        Not ``query_watermark_offsets``: on Tansu it answers the last batch's
+        base offset + 1.
+        """
+        import uuid  # noqa: PLC0415 - only a replay needs it
+
+        probe = Consumer(_reader_config(self._settings, f"streamer-probe-{uuid.uuid4().hex[:12]}"))
+        ends: dict[TP, int] = {}
+        try:
+            probe.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.partitions])
+            for _ in range(max(1, int(timeout_s / 0.2))):
+                probe.consume(1, 0.2)
+                for tp in self.partitions:
+                    high = probe.get_watermark_offsets(TopicPartition(*tp), cached=True)[1]
+                    if high >= 0:
+                        ends[tp] = high
+                if len(ends) == len(self.partitions):
+                    break
+        finally:
+            probe.close()
+        return ends
+
+    def start_at_committed(self, timeout_s: float) -> dict[TP, int]:
+        """Assign the partitions at the group's committed offsets (the beginning when none)."""
+        committed = self._consumer.committed(_tps(self.partitions), timeout=timeout_s)
+        positions = {(p.topic, p.partition): max(p.offset, 0) for p in committed}
+        start = [(p, p.offset if p.offset >= 0 else OFFSET_BEGINNING) for p in committed]
+        self._consumer.assign([TopicPartition(p.topic, p.partition, o) for p, o in start])
+        return positions
+
+    def poll(self, timeout_s: float) -> dict[TP, tuple[RecordColumns, list[Headers]]]:
+        """Fetch records, with their headers."""
+        messages = self._consumer.consume(1000, timeout_s)
+        polled: dict[TP, tuple[RecordColumns, list[Headers]]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise broker_error("read the topic", self._settings, KafkaException(error))
+                continue
+            tp = (message.topic() or "", message.partition() or 0)
+            if tp not in polled:
+                polled[tp] = (RecordColumns.empty(), [])
+            records, headers = polled[tp]
+            records.offsets.append(message.offset() or 0)
+            records.keys.append(message.key())
+            records.values.append(message.value())
+            records.timestamps.append(message.timestamp()[1])
+            headers.append(cast("Headers", message.headers() or []))
+        return polled
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously."""
+        _commit(self._consumer, offsets)
+
+    def close(self) -> None:
+        """Close connections (never commits on its own)."""
+        self._consumer.close()
+
+
 def read_records(
     settings: KafkaSettings,
     topics: Sequence[str],
@@ -728,8 +818,6 @@ def read_records(
     """
     import uuid  # noqa: PLC0415 - this function stands alone
     from itertools import groupby  # noqa: PLC0415
-
-    from confluent_kafka import OFFSET_BEGINNING  # noqa: PLC0415
 
     from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415
 

@@ -22,18 +22,16 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamer.clients.base import (
-    TP,
     DeliveryFuture,
     DoneCallback,
     Headers,
     OutputGroup,
-    Record,
-    RecordColumns,
     SendFailure,
     broker_error,
     error_text,
     latest_end,
 )
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +42,14 @@ _PARTITION_CACHE_KEYS = 100_000
 # (1 MiB by default) and fails the record alone if it is too large.
 _DIRECT_MAX_BYTES = 256 * 1024
 
-__all__ = ["TP", "GroupConsumer", "Producer", "Record", "ensure_topics", "is_record_level"]
+__all__ = [
+    "GroupConsumer",
+    "GroupReader",
+    "Producer",
+    "ensure_topics",
+    "is_record_level",
+    "read_records",
+]
 
 # Kafka error codes that refuse one record for what it is, so that sending it
 # again cannot help: CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
@@ -146,10 +151,6 @@ class GroupConsumer:
             if records
         }
 
-    def assignment(self) -> list[TP]:
-        """Partitions currently assigned to this member."""
-        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-
     def pause(self, tps: list[TP]) -> None:
         """Stop returning records of these partitions; the group membership stays."""
         self._consumer.pause(*(TopicPartition(t, p) for t, p in tps))
@@ -198,11 +199,6 @@ class GroupConsumer:
             {TopicPartition(t, p): OffsetAndMetadata(o, None, -1) for (t, p), o in offsets.items()},
             callback=callback,
         )
-
-    def committed(self, tp: TP) -> int | None:
-        """The group's committed offset for a partition."""
-        offset: int | None = self._consumer.committed(TopicPartition(*tp), timeout_ms=10_000)
-        return offset
 
     def close(self) -> None:
         """Leave the group and close connections (never commits on its own)."""
@@ -418,6 +414,88 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
                 admin.create_topics([NewTopic(name, partitions, replication)])
     finally:
         admin.close()
+
+
+class GroupReader:
+    """``replay-dlq``'s reader: a topic's partitions assigned by hand, for the settings' group."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._settings = settings
+        try:
+            self._consumer = KafkaConsumer(
+                **_common(settings),
+                group_id=settings.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=1000,
+                fetch_max_wait_ms=50,
+            )
+        except KafkaError as exc:
+            raise broker_error("start the reader", settings, exc) from None
+        partitions = self._consumer.partitions_for_topic(topic) or ()
+        self.partitions: list[TP] = [(topic, p) for p in sorted(partitions)]
+        self._tps = [TopicPartition(*tp) for tp in self.partitions]
+        if self._tps:
+            self._consumer.assign(self._tps)
+
+    def end_offsets(self, timeout_s: float) -> dict[TP, int]:
+        """The highwater of a fetch from the beginning, by a probe without a group.
+
+        Not ``end_offsets()``: on Tansu it answers the last batch's base offset + 1.
+        """
+        probe = KafkaConsumer(
+            **_common(self._settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        ends: dict[TP, int] = {}
+        try:
+            probe.assign(self._tps)
+            probe.seek_to_beginning(*self._tps)
+            for _ in range(max(1, int(timeout_s / 0.2))):
+                probe.poll(timeout_ms=200, max_records=1)
+                highs = ((tp, probe.highwater(tp)) for tp in self._tps)
+                ends = {(tp.topic, tp.partition): h for tp, h in highs if h is not None}
+                if len(ends) == len(self._tps):
+                    break
+        finally:
+            probe.close(autocommit=False, timeout_ms=5000)
+        return ends
+
+    def start_at_committed(self, timeout_s: float) -> dict[TP, int]:
+        """Seek to the group's committed offsets (the beginning when none)."""
+        positions: dict[TP, int] = {}
+        for tp in self._tps:
+            committed = self._consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
+            positions[(tp.topic, tp.partition)] = committed or 0
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        return positions
+
+    def poll(self, timeout_s: float) -> dict[TP, tuple[RecordColumns, list[Headers]]]:
+        """Fetch records, with their headers."""
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        return {
+            (tp.topic, tp.partition): (
+                RecordColumns.of(records),
+                [list(r.headers or ()) for r in records],
+            )
+            for tp, records in polled.items()
+            if records
+        }
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit synchronously."""
+        self._consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, None, -1) for (t, p), o in offsets.items()}
+        )
+
+    def close(self) -> None:
+        """Close connections (never commits on its own)."""
+        self._consumer.close(autocommit=False, timeout_ms=5000)
 
 
 def read_records(

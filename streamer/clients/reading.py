@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from streamer.clients.base import TP
 from streamer.core.reconcile import Pacer
+from streamer.core.records import TP
 from streamer.errors import BrokerError
 
 ProgressCallback = Callable[[int, int], None]

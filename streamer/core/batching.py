@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streamer.clients.base import RecordColumns
-
-TopicPartition = tuple[str, int]
+from streamer.core.records import TP, RecordColumns
 
 # The consumer client's fetch size, derived from batch.max_in_flight_bytes. The
 # clients' defaults (50 MiB a fetch, 1 MiB a partition; Tansu applies the 50 MiB
@@ -81,15 +79,15 @@ class MicroBatcher:
         # A batch is also released, and cut, at this many bytes of keys and
         # values (it always holds at least one record).
         self.max_bytes = max_bytes
-        self._buffers: dict[TopicPartition, _Buffer] = {}
+        self._buffers: dict[TP, _Buffer] = {}
 
     def add(
         self,
-        tp: TopicPartition,
+        tp: TP,
         records: RecordColumns,
         now: float,
         budget: Budget | None = None,
-    ) -> list[tuple[TopicPartition, RecordColumns]]:
+    ) -> list[tuple[TP, RecordColumns]]:
         """Buffer records of one partition; return the full batches this completes.
 
         With a ``budget``, only as many full batches leave as it allows; the
@@ -107,9 +105,9 @@ class MicroBatcher:
             buffer.nbytes += columns_bytes(records)
         return self._cut(tp, buffer, now, budget)
 
-    def release(self, now: float, budget: Budget) -> list[tuple[TopicPartition, RecordColumns]]:
+    def release(self, now: float, budget: Budget) -> list[tuple[TP, RecordColumns]]:
         """The full batches held back by an earlier budget, as far as this one allows."""
-        ready: list[tuple[TopicPartition, RecordColumns]] = []
+        ready: list[tuple[TP, RecordColumns]] = []
         for tp, buffer in list(self._buffers.items()):
             if self._full(buffer):
                 ready.extend(self._cut(tp, buffer, now, budget))
@@ -126,9 +124,9 @@ class MicroBatcher:
         )
 
     def _cut(
-        self, tp: TopicPartition, buffer: _Buffer, now: float, budget: Budget | None
-    ) -> list[tuple[TopicPartition, RecordColumns]]:
-        ready: list[tuple[TopicPartition, RecordColumns]] = []
+        self, tp: TP, buffer: _Buffer, now: float, budget: Budget | None
+    ) -> list[tuple[TP, RecordColumns]]:
+        ready: list[tuple[TP, RecordColumns]] = []
         max_bytes = self.max_bytes
         while self._full(buffer) and (budget is None or budget.allows()):
             count = self.max_records
@@ -148,7 +146,7 @@ class MicroBatcher:
             del self._buffers[tp]
         return ready
 
-    def expired(self, now: float) -> list[tuple[TopicPartition, RecordColumns]]:
+    def expired(self, now: float) -> list[tuple[TP, RecordColumns]]:
         """Release every partial batch older than ``max_wait_s`` (a full one waits for credits)."""
         ready = [
             (tp, buf.records)
@@ -159,18 +157,18 @@ class MicroBatcher:
             del self._buffers[tp]
         return ready
 
-    def drain(self) -> list[tuple[TopicPartition, RecordColumns]]:
+    def drain(self) -> list[tuple[TP, RecordColumns]]:
         """Release every buffered record."""
         ready = [(tp, buf.records) for tp, buf in self._buffers.items()]
         self._buffers.clear()
         return ready
 
-    def first_offset(self, tp: TopicPartition) -> int | None:
+    def first_offset(self, tp: TP) -> int | None:
         """The offset of the oldest buffered record of a partition, or None."""
         buffer = self._buffers.get(tp)
         return buffer.records.offsets[0] if buffer is not None and len(buffer.records) else None
 
-    def discard(self, tps: list[TopicPartition]) -> int:
+    def discard(self, tps: list[TP]) -> int:
         """Drop buffered records of revoked partitions; return how many were dropped."""
         dropped = 0
         for tp in tps:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from streamer.core.batching import Budget, MicroBatcher, columns_bytes
-from streamer.core.offsets import TopicPartition, WatermarkTracker
+from streamer.core.offsets import WatermarkTracker
+from streamer.core.records import TP
 from streamer.messages import (
     BatchAcked,
     BatchPartlyDelivered,
@@ -39,7 +40,7 @@ from streamer.messages import (
 )
 
 if TYPE_CHECKING:
-    from streamer.clients.base import RecordColumns
+    from streamer.core.records import RecordColumns
     from streamer.settings import BatchSettings
 
 # The longest a poll waits, so that acknowledgements are handled between polls.
@@ -56,7 +57,7 @@ class PollPlan:
     and polls only to stay in the group.
     """
 
-    ready: list[tuple[TopicPartition, RecordColumns]]
+    ready: list[tuple[TP, RecordColumns]]
     budget: Budget
     max_records: int
     timeout_s: float
@@ -71,22 +72,22 @@ class Unacknowledged:
 
     def __init__(self, tracker: WatermarkTracker) -> None:
         self._tracker = tracker
-        self._queues: dict[TopicPartition, deque[SourceBatch]] = {}
+        self._queues: dict[TP, deque[SourceBatch]] = {}
 
-    def add(self, tp: TopicPartition, source: SourceBatch) -> None:
+    def add(self, tp: TP, source: SourceBatch) -> None:
         """Keep a dispatched batch (batches of one partition come in offset order)."""
         queue = self._queues.get(tp)
         if queue is None:
             queue = self._queues[tp] = deque()
         queue.append(source)
 
-    def first_offset(self, tp: TopicPartition) -> int | None:
+    def first_offset(self, tp: TP) -> int | None:
         """The first offset of the partition's oldest unacknowledged batch, or None."""
         self.prune(tp)
         queue = self._queues.get(tp)
         return queue[0].first_offset if queue else None
 
-    def answered_below(self, tp: TopicPartition, batch_id: int, offset: int) -> None:
+    def answered_below(self, tp: TP, batch_id: int, offset: int) -> None:
         """Keep only the unanswered tail of a batch, from ``offset`` on, for the next rewind.
 
         The answers below ``offset`` were acknowledged, in order, so sending
@@ -110,9 +111,9 @@ class Unacknowledged:
                 )
             return
 
-    def renew(self, epoch: int, now: float) -> dict[TopicPartition, list[SourceBatch]]:
+    def renew(self, epoch: int, now: float) -> dict[TP, list[SourceBatch]]:
         """Every batch again in ``epoch``, each partition's numbered from ``seq`` 0."""
-        renewed: dict[TopicPartition, list[SourceBatch]] = {}
+        renewed: dict[TP, list[SourceBatch]] = {}
         for tp, queue in self._queues.items():
             self.prune(tp)
             batches = [
@@ -123,13 +124,13 @@ class Unacknowledged:
             renewed[tp] = batches
         return renewed
 
-    def prune(self, tp: TopicPartition) -> None:
+    def prune(self, tp: TP) -> None:
         """Drop the partition's batches that are below the watermark now."""
         queue = self._queues.get(tp)
         while queue and not self._tracker.is_pending(tp, queue[0].batch_id):
             queue.popleft()
 
-    def forget(self, tp: TopicPartition) -> None:
+    def forget(self, tp: TP) -> None:
         """Drop a revoked partition's batches: their work is abandoned."""
         self._queues.pop(tp, None)
 
@@ -158,14 +159,14 @@ class Ledger:
         self._eager_below = max(1, batch.max_in_flight // 4) if batch.eager_when_idle else 0
         self.tracker = WatermarkTracker()
         self.epoch = epoch
-        self.assigned: list[TopicPartition] = []
+        self.assigned: list[TP] = []
         self.records_dispatched = 0
         self._batch_ids = itertools.count()
-        self._seq: dict[TopicPartition, int] = {}
+        self._seq: dict[TP, int] = {}
         self._unacked = Unacknowledged(self.tracker)
         # Where a revoked partition must resume if the same rebalance gives it back.
-        self._resume_at: dict[TopicPartition, int] = {}
-        self._fetched_until: dict[TopicPartition, int] = {}
+        self._resume_at: dict[TP, int] = {}
+        self._fetched_until: dict[TP, int] = {}
         # Bytes per record of the last dispatch: bounds the next poll by the free bytes.
         self._record_bytes = 0.0
 
@@ -193,7 +194,7 @@ class Ledger:
         return PollPlan(ready, budget, max_records, min(timeout, MAX_POLL_WAIT_S))
 
     def take(
-        self, polled: Mapping[TopicPartition, RecordColumns], now: float, plan: PollPlan
+        self, polled: Mapping[TP, RecordColumns], now: float, plan: PollPlan
     ) -> list[SourceBatch]:
         """Buffer what the poll of ``plan`` returned; dispatch every batch that is ready."""
         ready = plan.ready
@@ -226,9 +227,7 @@ class Ledger:
             and self.tracker.bytes_in_flight < self._max_in_flight_bytes
         )
 
-    def _dispatch(
-        self, ready: list[tuple[TopicPartition, RecordColumns]], now: float
-    ) -> list[SourceBatch]:
+    def _dispatch(self, ready: list[tuple[TP, RecordColumns]], now: float) -> list[SourceBatch]:
         batches = []
         nbytes = records = 0
         for tp, columns in ready:
@@ -257,7 +256,7 @@ class Ledger:
             self.records_dispatched += records
         return batches
 
-    def _next_seq(self, tp: TopicPartition) -> int:
+    def _next_seq(self, tp: TP) -> int:
         seq = self._seq.get(tp, 0)
         self._seq[tp] = seq + 1
         return seq
@@ -295,7 +294,7 @@ class Ledger:
 
     # --- rebalances ----------------------------------------------------------
 
-    def assign(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def assign(self, tps: list[TP]) -> dict[TP, int]:
         """Partitions join; returns the seeks for those that this rebalance gave back.
 
         kafka-python keeps the fetch position of a partition that is revoked and
@@ -308,7 +307,7 @@ class Ledger:
         self._resume_at.clear()
         return seeks
 
-    def revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def revoke(self, tps: list[TP]) -> dict[TP, int]:
         """Partitions leave; returns their acknowledged watermarks, to commit on the way out.
 
         Their in-flight work is abandoned: its late acks are ignored, so
@@ -329,7 +328,7 @@ class Ledger:
         self.assigned = [tp for tp in self.assigned if tp not in revoked]
         return offsets
 
-    def first_undelivered(self, tp: TopicPartition) -> int | None:
+    def first_undelivered(self, tp: TP) -> int | None:
         """The lowest offset of this partition that was fetched but not delivered."""
         candidates = (
             self._unacked.first_offset(tp),
@@ -364,9 +363,7 @@ class Ledger:
             committed=tracker.committed(),
         )
 
-    def progress(
-        self, ends: Mapping[TopicPartition, int | None], *, paused: bool
-    ) -> ConsumerProgress:
+    def progress(self, ends: Mapping[TP, int | None], *, paused: bool) -> ConsumerProgress:
         """In-flight work, commits and the lag behind each partition's end offset in ``ends``.
 
         The lag counts from the watermark, or before a partition's first
@@ -374,7 +371,7 @@ class Ledger:
         """
         tracker = self.tracker
         watermarks = tracker.watermarks()
-        lag: dict[TopicPartition, int] = {}
+        lag: dict[TP, int] = {}
         for tp, end in ends.items():
             if end is not None:
                 lag[tp] = max(0, end - watermarks.get(tp, self._fetched_until.get(tp, end)))

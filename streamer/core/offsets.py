@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-TopicPartition = tuple[str, int]
+from streamer.core.records import TP
 
 
 @dataclass(slots=True)
@@ -30,16 +30,16 @@ class WatermarkTracker:
     """
 
     def __init__(self) -> None:
-        self._pending: dict[TopicPartition, OrderedDict[int, _Pending]] = {}
-        self._watermark: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._pending: dict[TP, OrderedDict[int, _Pending]] = {}
+        self._watermark: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
         self._failed: dict[int, str] = {}
         self._records_in_flight = 0
         self._bytes_in_flight = 0
 
     def track(
         self,
-        tp: TopicPartition,
+        tp: TP,
         batch_id: int,
         first_offset: int,
         last_offset: int,
@@ -70,7 +70,7 @@ class WatermarkTracker:
         self._records_in_flight += size
         self._bytes_in_flight += nbytes
 
-    def ack(self, tp: TopicPartition, batch_id: int) -> bool:
+    def ack(self, tp: TP, batch_id: int) -> bool:
         """Mark a batch delivered. Returns False for a batch that is not tracked."""
         queue = self._pending.get(tp)
         if queue is None or batch_id not in queue or batch_id in self._failed:
@@ -86,11 +86,11 @@ class WatermarkTracker:
             self._bytes_in_flight -= first.nbytes
         return True
 
-    def is_pending(self, tp: TopicPartition, batch_id: int) -> bool:
+    def is_pending(self, tp: TP, batch_id: int) -> bool:
         """True while a batch is tracked and not yet below the watermark."""
         return batch_id in self._pending.get(tp, ())
 
-    def fail(self, tp: TopicPartition, batch_id: int, reason: str) -> None:
+    def fail(self, tp: TP, batch_id: int, reason: str) -> None:
         """Mark a batch undeliverable: the watermark of its partition stops before it for good."""
         if batch_id in self._pending.get(tp, {}):
             self._failed[batch_id] = reason
@@ -100,7 +100,7 @@ class WatermarkTracker:
         """Batches that could not be delivered, by batch id."""
         return dict(self._failed)
 
-    def committable(self) -> dict[TopicPartition, int]:
+    def committable(self) -> dict[TP, int]:
         """Commit offsets that advanced since the last :meth:`mark_committed`."""
         return {
             tp: offset
@@ -108,21 +108,21 @@ class WatermarkTracker:
             if self._committed.get(tp, -1) < offset
         }
 
-    def watermarks(self) -> dict[TopicPartition, int]:
+    def watermarks(self) -> dict[TP, int]:
         """The current commit offset of every partition that has one."""
         return dict(self._watermark)
 
-    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+    def mark_committed(self, offsets: dict[TP, int]) -> None:
         """Record that the broker accepted these commit offsets."""
         for tp, offset in offsets.items():
             if self._committed.get(tp, -1) < offset:
                 self._committed[tp] = offset
 
-    def committed(self) -> dict[TopicPartition, int]:
+    def committed(self) -> dict[TP, int]:
         """Offsets the broker has accepted."""
         return dict(self._committed)
 
-    def forget(self, tps: list[TopicPartition]) -> None:
+    def forget(self, tps: list[TP]) -> None:
         """Drop all state of revoked partitions; late acks for them are then ignored."""
         for tp in tps:
             queue = self._pending.pop(tp, None)
@@ -149,6 +149,6 @@ class WatermarkTracker:
         """Bytes of the keys and values of records dispatched and not yet below the watermark."""
         return self._bytes_in_flight
 
-    def in_flight_for(self, tp: TopicPartition) -> int:
+    def in_flight_for(self, tp: TP) -> int:
         """Batches in flight on one partition."""
         return len(self._pending.get(tp, ()))

@@ -15,6 +15,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from streamer.core.records import TP
+
 
 class OffsetRanges:
     """A set of offsets of one partition, as sorted, disjoint half-open ranges.
@@ -244,15 +246,13 @@ class Pacer:
     at the oldest position is never paused, so reading always progresses.
     """
 
-    def __init__(self, tps: Iterable[tuple[str, int]], slack_ms: int = 100) -> None:
+    def __init__(self, tps: Iterable[TP], slack_ms: int = 100) -> None:
         self.slack_ms = slack_ms
-        self._last: dict[tuple[str, int], int | None] = dict.fromkeys(tps)
-        self._span: dict[tuple[str, int], int] = {}
-        self._done: set[tuple[str, int]] = set()  # finished, or without timestamps
+        self._last: dict[TP, int | None] = dict.fromkeys(tps)
+        self._span: dict[TP, int] = {}
+        self._done: set[TP] = set()  # finished, or without timestamps
 
-    def read(
-        self, tp: tuple[str, int], last_timestamp_ms: int, first_timestamp_ms: int | None = None
-    ) -> None:
+    def read(self, tp: TP, last_timestamp_ms: int, first_timestamp_ms: int | None = None) -> None:
         """``tp`` delivered a batch of records with timestamps from first to last (ms)."""
         if last_timestamp_ms < 0:
             self._done.add(tp)
@@ -262,11 +262,11 @@ class Pacer:
         if first_timestamp_ms is not None and first_timestamp_ms >= 0:
             self._span[tp] = max(0, last_timestamp_ms - first_timestamp_ms)
 
-    def finished(self, tp: tuple[str, int]) -> None:
+    def finished(self, tp: TP) -> None:
         """``tp`` reached its end: it no longer holds the others back."""
         self._done.add(tp)
 
-    def ahead(self) -> set[tuple[str, int]]:
+    def ahead(self) -> set[TP]:
         """The unfinished partitions that should be paused now."""
         pacing = [(tp, last) for tp, last in self._last.items() if tp not in self._done]
         oldest: dict[str, int | None] = {}

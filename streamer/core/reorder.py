@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from streamer.core.records import TP
+
 T = TypeVar("T")
-TopicPartition = tuple[str, int]
 
 
 class Reorderer(Generic[T]):
@@ -16,10 +17,10 @@ class Reorderer(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._next: dict[TopicPartition, int] = {}
-        self._waiting: dict[TopicPartition, dict[int, T]] = {}
+        self._next: dict[TP, int] = {}
+        self._waiting: dict[TP, dict[int, T]] = {}
 
-    def push(self, tp: TopicPartition, seq: int, item: T) -> list[T]:
+    def push(self, tp: TP, seq: int, item: T) -> list[T]:
         """Add an item; return the items now releasable, in order."""
         expected = self._next.setdefault(tp, 0)
         if seq < expected:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streamer.clients.base import TP, Headers, RecordColumns
+from streamer.clients.base import Headers
 from streamer.core.reconcile import Reconciler, Reconciliation
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
 
 __all__ = [

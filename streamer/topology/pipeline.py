@@ -10,8 +10,9 @@ import time
 import pykka
 from prometheus_client import CollectorRegistry
 
+from streamer import clients
 from streamer.actors.metrics import MetricsActor, PipelineMetrics
-from streamer.clients import ConsumerFactory, ProducerFactory, backend
+from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
@@ -44,15 +45,21 @@ class Pipeline:
         *,
         registry: CollectorRegistry | None = None,
         model: Model | None = None,
+        backend: Backend | None = None,
         consumer_factory: ConsumerFactory | None = None,
         producer_factory: ProducerFactory | None = None,
     ) -> None:
+        """Load the model (unless given) and choose the clients; nothing starts yet.
+
+        The clients come from ``backend`` (by default the one ``kafka.client``
+        names); ``consumer_factory`` and ``producer_factory`` replace its two
+        halves (the tests' fakes).
+        """
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
-        # No factory given: the backend that kafka.client names (kafka-python by default).
         if consumer_factory is None or producer_factory is None:
-            chosen = backend(settings.kafka.client)
+            chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
             # buffers stays small next to the cap (see fetch_max_bytes).
             consumer_factory = consumer_factory or functools.partial(

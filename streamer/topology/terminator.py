@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import pykka
 
+from streamer.core.records import TP
 from streamer.errors import StreamerError
 from streamer.messages import CommitNow, Flush, GetInFlight, InFlight, StopFetching
 from streamer.topology.control import ASK_TIMEOUT_S, ask, left
@@ -40,7 +41,7 @@ class ShutdownReport:
 
     exit_code: int
     drained: bool
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
     failure: str | None = None
     seconds: float = 0.0
 
@@ -50,7 +51,7 @@ class Drain:
     """What steps 1-4 did; ``error`` says which step failed, if one did."""
 
     drained: bool = False
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -103,7 +104,7 @@ class Terminator:
         if consumer is None or not consumer.is_alive():
             return Drain()
         drained = False
-        committed: dict[tuple[str, int], int] = {}
+        committed: dict[TP, int] = {}
         try:
             ask(consumer, StopFetching(), timeout=left(deadline))
             drained = self._wait_drained(deadline)
@@ -165,7 +166,7 @@ def _log(report: ShutdownReport) -> None:
         )
 
 
-def _fmt_offsets(offsets: dict[tuple[str, int], int]) -> str:
+def _fmt_offsets(offsets: dict[TP, int]) -> str:
     if not offsets:
         return "nothing"
     return ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(offsets.items()))

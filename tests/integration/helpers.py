@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.features import FeatureSpec
 from streamer.core.models.linear import LinearModel
 from streamer.devtools.broker import EmbeddedBroker

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.client import ensure_topics
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.devtools.broker import EmbeddedBroker, free_port
@@ -31,6 +31,7 @@ from streamer.settings import KafkaSettings, build_settings, to_toml
 from streamer.topology import Pipeline
 
 from .helpers import (
+    BACKENDS,
     HEARTBEAT_INTERVAL_S,
     PROCESS_TIMEOUT_S,
     SESSION_TIMEOUT_S,
@@ -197,8 +198,9 @@ def test_a_model_that_fails_everything_trips_the_breaker_before_the_topic_is_dea
     assert sum(end_offsets(produced).values()) == 3000
 
 
+@pytest.mark.parametrize("client", BACKENDS)
 def test_dead_letters_replayed_after_a_fix_are_scored(
-    cluster: Cluster, start_pipeline: PipelineStarter
+    cluster: Cluster, start_pipeline: PipelineStarter, client: str
 ) -> None:
     topics = cluster.new_topics(partitions=2)
     good = records(300, seed=4)
@@ -206,13 +208,13 @@ def test_dead_letters_replayed_after_a_fix_are_scored(
         (b"card-x", orjson.dumps({"amount": 10.0 + i, "merchant_risk": 0.2})) for i in range(40)
     ]
     produced = cluster.produce(topics.input, good + missing)
-    first = start_pipeline(cluster.settings(topics))
+    first = start_pipeline(cluster.settings(topics, kafka={"client": client}))
     wait_until_delivered(first, topics.input, produced)
     assert first.stop().exit_code == 0
     assert len(cluster.read(topics.dead_letter)) == 40
 
-    # The fix: impute missing features with the fitted means; then replay.
-    fixed = cluster.settings(topics, preprocess={"missing": "impute"})
+    # The fix: impute missing features with the fitted means; then replay (on the same client).
+    fixed = cluster.settings(topics, kafka={"client": client}, preprocess={"missing": "impute"})
     replayed = replay_dead_letters(fixed)
     assert (replayed.replayed, replayed.by_reason) == (40, {"missing_feature": 40})
     assert replay_dead_letters(fixed).replayed == 0  # the replay group committed

@@ -1,8 +1,8 @@
 """Fake neighbours for the actor tests: no Kafka, no network.
 
-``FakeConsumer`` and ``FakeProducer`` have the methods of ``streamer.client.GroupConsumer``
-and ``streamer.client.Producer``. ``Recorder`` is a pykka actor that stands in for a
-downstream stage and hands every message it gets to a ``Mailbox`` the test waits on.
+``FakeConsumer`` and ``FakeProducer`` implement ``streamer.clients.base.ConsumerClient`` and
+``ProducerClient``. ``Recorder`` is a pykka actor that stands in for a downstream stage and
+hands every message it gets to a ``Mailbox`` the test waits on.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import pykka
 
-from streamer.clients.base import RecordColumns, RecordRejectedError
+from streamer.clients.base import RecordRejectedError
+from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
-
-TP = tuple[str, int]
 
 WAIT_S = 5.0
 
@@ -117,7 +116,7 @@ def make_records(
 
 
 class FakeConsumer:
-    """Scripted stand-in for ``streamer.client.GroupConsumer``.
+    """Scripted stand-in for ``streamer.clients.base.ConsumerClient``.
 
     The partitions of ``records`` are assigned on the first poll, inside ``poll``
     as kafka-python does. ``poll`` honours ``max_records`` and paused partitions
@@ -239,10 +238,6 @@ class FakeConsumer:
                 budget -= len(chunk)
         return polled
 
-    def assignment(self) -> list[TP]:
-        with self._cond:
-            return list(self.assigned)
-
     def seek(self, tp: TP, offset: int) -> None:
         with self._cond:
             assert tp in self.assigned, f"seek on unassigned {tp}"
@@ -289,13 +284,6 @@ class FakeConsumer:
             if error is None:
                 self.async_commits.append(dict(offsets))
         on_done(offsets, error)
-
-    def committed(self, tp: TP) -> int | None:
-        with self._cond:
-            for commit in reversed(self.commits + self.async_commits):
-                if tp in commit:
-                    return commit[tp]
-        return None
 
     def close(self) -> None:
         with self._cond:
@@ -368,7 +356,7 @@ class Sent:
 
 
 class FakeProducer:
-    """Stand-in for ``streamer.client.Producer``.
+    """Stand-in for ``streamer.clients.base.ProducerClient``.
 
     With ``auto_ack`` every send is acknowledged at once; otherwise the test
     resolves ``sent[i].future`` itself. ``fail_when(sent) -> exception`` makes

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.clients.base import RecordColumns
 from streamer.core.batching import Budget, MicroBatcher
+from streamer.core.records import RecordColumns
 
 # Properties run without a deadline (CI machines vary) and leave no example database.
 PROPERTIES = settings(deadline=None, database=None)

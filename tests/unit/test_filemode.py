@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,6 @@ import pytest
 from streamer.cli import main
 from streamer.core.stats import load_stats
 from streamer.filemode import (
-    FileConsumer,
-    FileSource,
-    csv_values,
     default_rejects_path,
     detect_format,
     file_settings,
@@ -171,28 +167,6 @@ class TestScoreFile:
 
 
 class TestReading:
-    def test_the_consumer_reads_no_more_rows_than_a_poll_asks_for(self, workdir: Path) -> None:
-        source = FileSource(workdir / "input.csv", "csv")
-        consumer = FileConsumer(source, ("in", "out", "rej"))
-        assigned: list[list[tuple[str, int]]] = []
-        consumer.subscribe("in", assigned.append, lambda _tps: None)
-        polled = consumer.poll(0, 10)
-        assert assigned == [[("in", 0)]]
-        assert polled[("in", 0)].offsets == list(range(10))
-        assert source.rows_read == 10
-        assert not source.eof
-        assert consumer.highwater(("in", 0)) == 10
-        consumer.pause([("in", 0)])
-        assert consumer.poll(0, 10) == {}
-        source.close()
-
-    def test_csv_cells_become_numbers_strings_or_absent_and_long_rows_stay_raw(self) -> None:
-        text = io.StringIO("a,b,c\n1.5,x,\n1,2,3,4\n inf ,2\n")
-        rows = list(csv_values(text, None))
-        assert rows[0] == (None, orjson.dumps({"a": 1.5, "b": "x"}))
-        assert rows[1] == (None, b"1,2,3,4")
-        assert rows[2] == (None, orjson.dumps({"a": " inf ", "b": 2.0}))
-
     def test_formats_come_from_the_names(self, tmp_path: Path) -> None:
         assert detect_format("a.CSV") == "csv"
         assert detect_format("a.ndjson") == "jsonl"

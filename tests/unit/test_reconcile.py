@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.clients.base import RecordColumns
 from streamer.clients.reading import WholeTopicRead
 from streamer.core.reconcile import OffsetRanges, Pacer, Reconciler, runs
+from streamer.core.records import RecordColumns
 from streamer.devtools.verify import TopicDump, TopicFeeder, reconcile
 from streamer.errors import BrokerError
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.clients.base import RecordColumns
 from streamer.core.ledger import Ledger
+from streamer.core.records import RecordColumns
 from streamer.messages import BatchAcked, BatchPartlyDelivered, SourceBatch
 from streamer.settings import BatchSettings
 

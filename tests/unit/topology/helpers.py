@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.core.features import FeatureSpec
 from streamer.core.models.linear import LinearModel
+from streamer.core.records import TP
 from streamer.settings import (
     BatchSettings,
     KafkaSettings,
@@ -25,7 +26,6 @@ from streamer.settings import (
 from streamer.topology import Pipeline
 from tests.unit.fakes import FakeKafka, FakeProducer, FakeRecord, Sent, make_records
 
-TP = tuple[str, int]
 INPUT, OUTPUT, DLQ = "events", "scores", "events.dlq"
 TOPICS = (INPUT, OUTPUT, DLQ)
 PARTITIONS = 4

@@ -14,8 +14,7 @@ from streamer.clients.base import BatchDelivery, RecordRejectedError, SendFailur
 from streamer.clients.kafka_python import _BatchWatch
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
-
-from .fakes import FakeFuture, FakeProducer
+from tests.unit.fakes import FakeFuture, FakeProducer
 
 
 class TestChoosingABackend:
