@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from confluent_kafka import (
@@ -54,6 +54,9 @@ from streamer.clients.base import (
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from streamer.clients.reading import WholeTopicRead
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("streamer.rdkafka")
@@ -170,6 +173,147 @@ def _commit(consumer: Consumer, offsets: dict[TP, int]) -> None:
         raise KafkaException(failed[0].error)
 
 
+def _group_config(settings: KafkaSettings, fetch_max_bytes: int | None) -> dict[str, Any]:
+    """The librdkafka settings of a :class:`GroupConsumer` (without its callbacks)."""
+    fetch: dict[str, Any] = {}
+    if fetch_max_bytes is not None:
+        # librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
+        fetch["fetch.max.bytes"] = max(fetch_max_bytes, 1_000_000)
+    return {
+        **_common(settings),
+        **fetch,
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+        "max.poll.interval.ms": int(settings.max_poll_interval_s * 1000),
+        "fetch.wait.max.ms": int(settings.fetch_max_wait_s * 1000),
+        "fetch.queue.backoff.ms": 10,
+        "queued.max.messages.kbytes": _PREFETCH_KBYTES,
+        # The same as kafka-python's (and the Java client's) default.
+        "isolation.level": "read_uncommitted",
+    }
+
+
+def _consume(consumer: Consumer, max_records: int, timeout_s: float) -> dict[TP, RecordColumns]:
+    """Up to ``max_records`` records, grouped by partition in offset order."""
+    # consume(n, timeout) waits until it has n messages or the timeout: a
+    # partial batch would then wait twice (here and in the micro-batcher).
+    # Wait for the first message only, then take what librdkafka has already
+    # prefetched, like kafka-python's poll.
+    consume = consumer.consume
+    messages = consume(1, timeout_s) if timeout_s > 0 else []
+    if (messages or timeout_s <= 0) and max_records > len(messages):
+        messages += consume(max_records - len(messages), 0)
+    if not messages:
+        return {}
+    if any(map(_error, messages)):
+        messages = _without_errors(messages)
+        if not messages:
+            return {}
+    topic: str = messages[0].topic() or ""
+    partitions = np.fromiter(map(_partition, messages), dtype=np.int64, count=len(messages))
+    cuts = [0, *(np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()]
+    cuts.append(len(messages))
+    polled: dict[TP, RecordColumns] = {}
+    for start, end in pairwise(cuts):
+        chunk = messages[start:end]
+        records = RecordColumns(
+            cast("list[int]", list(map(_offset, chunk))),  # None only for error events
+            list(map(_key, chunk)),
+            list(map(_value, chunk)),
+            list(map(_second, map(_timestamp, chunk))),
+        )
+        tp = (topic, int(partitions[start]))
+        if tp in polled:
+            polled[tp].extend(records)
+        else:
+            polled[tp] = records
+    return polled
+
+
+def _without_errors(messages: list[Message]) -> list[Message]:
+    """The records among ``messages``: a fatal error raises, others are logged."""
+    kept = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            kept.append(message)
+        elif error.fatal():
+            raise KafkaException(error)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer: %s", error.str())
+    return kept
+
+
+class _HeldBack:
+    """Records of paused partitions that a poll returned anyway, in order (see GroupConsumer).
+
+    A partition whose held records reach ``max_bytes`` is paused in librdkafka
+    too ("stopped"), until they are below that again.
+    """
+
+    def __init__(self, consumer: Consumer, max_bytes: int) -> None:
+        self._consumer = consumer
+        self._records: dict[TP, RecordColumns] = {}
+        self._bytes: dict[TP, int] = {}
+        self._max_bytes = max_bytes
+        self._stopped: set[TP] = set()
+
+    def hold(self, polled: dict[TP, RecordColumns], paused: set[TP]) -> None:
+        """Take the records of the ``paused`` partitions out of ``polled``."""
+        for tp in [tp for tp in polled if tp in paused]:
+            records = polled.pop(tp)
+            if tp in self._records:
+                self._records[tp].extend(records)
+            else:
+                self._records[tp] = records
+            held = self._bytes[tp] = self._bytes.get(tp, 0) + _nbytes(records)
+            if held >= self._max_bytes and tp not in self._stopped:
+                self._consumer.pause([TopicPartition(*tp)])
+                self._stopped.add(tp)
+
+    def release(self, max_records: int, paused: set[TP]) -> dict[TP, RecordColumns]:
+        """Up to ``max_records`` held records of partitions no longer paused."""
+        released: dict[TP, RecordColumns] = {}
+        for tp in [tp for tp in self._records if tp not in paused]:
+            if max_records <= 0:
+                break
+            held = self._records[tp]
+            if len(held) <= max_records:
+                released[tp] = self._records.pop(tp)
+                self._bytes.pop(tp, None)
+            else:
+                released[tp] = held.take(max_records)
+                self._bytes[tp] -= _nbytes(released[tp])
+            if tp in self._stopped and self._bytes.get(tp, 0) < self._max_bytes:
+                self._restart([tp])
+            max_records -= len(released[tp])
+        return released
+
+    def restart_below_limit(self, tps: list[TP]) -> None:
+        """Let the stopped ones of these resumed partitions fetch again, if below the limit."""
+        # Until then a pause would add more (they restart in release() once below).
+        self._restart(
+            [tp for tp in tps if tp in self._stopped and self._bytes.get(tp, 0) < self._max_bytes]
+        )
+
+    def drop(self, tp: TP) -> None:
+        """Forget the partition's held records (a seek, or a revocation)."""
+        self._records.pop(tp, None)
+        self._bytes.pop(tp, None)
+        if tp in self._stopped:  # a pause in librdkafka would outlive a new assignment
+            self._restart([tp])
+
+    def _restart(self, tps: list[TP]) -> None:
+        """Resume in librdkafka: it fetches from after the last record it returned."""
+        if tps:
+            self._consumer.resume([TopicPartition(*tp) for tp in tps])
+            self._stopped.difference_update(tps)
+
+
 class GroupConsumer:
     """A librdkafka consumer in a group, with manual commits and explicit offsets.
 
@@ -195,36 +339,14 @@ class GroupConsumer:
         """
         self._settings = settings
         self._max_poll_records = max_poll_records
-        fetch: dict[str, Any] = {}
-        if fetch_max_bytes is not None:
-            # librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
-            fetch["fetch.max.bytes"] = max(fetch_max_bytes, 1_000_000)
         self._consumer = Consumer(
-            {
-                **_common(settings),
-                **fetch,
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": settings.auto_offset_reset,
-                "session.timeout.ms": int(settings.session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
-                "max.poll.interval.ms": int(settings.max_poll_interval_s * 1000),
-                "fetch.wait.max.ms": int(settings.fetch_max_wait_s * 1000),
-                "fetch.queue.backoff.ms": 10,
-                "queued.max.messages.kbytes": _PREFETCH_KBYTES,
-                # The same as kafka-python's (and the Java client's) default.
-                "isolation.level": "read_uncommitted",
-                "on_commit": self._on_commit,
-            }
+            {**_group_config(settings, fetch_max_bytes), "on_commit": self._on_commit}
         )
         self._assigned: set[TP] = set()
         self._paused: set[TP] = set()
-        self._held: dict[TP, RecordColumns] = {}
-        self._held_bytes: dict[TP, int] = {}
-        self._held_max_bytes = _HELD_MAX_BYTES if fetch_max_bytes is None else fetch_max_bytes
-        # Paused in librdkafka too: their held records reached _held_max_bytes.
-        self._stopped: set[TP] = set()
+        self._held = _HeldBack(
+            self._consumer, _HELD_MAX_BYTES if fetch_max_bytes is None else fetch_max_bytes
+        )
         self._pending_commits: list[
             tuple[dict[TP, int], Callable[[dict[TP, int], Exception | None], None]]
         ] = []
@@ -274,7 +396,7 @@ class GroupConsumer:
                 # A partition that moves comes back unpaused, as with kafka-python.
                 self._paused.difference_update(tps)
                 for tp in tps:
-                    self._drop_held(tp)
+                    self._held.drop(tp)
                 consumer.unassign()
 
         self._consumer.subscribe([topic], on_assign=assign, on_revoke=revoke, on_lost=revoke)
@@ -282,89 +404,16 @@ class GroupConsumer:
     def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Fetch up to ``max_records`` records, grouped by partition in offset order."""
         max_records = max(1, max_records)
-        released = self._release_held(max_records)
+        released = self._held.release(max_records, self._paused)
         if released:
             return released
         if self._assigned and self._assigned <= self._paused:
             # Everything is paused: serve the callbacks, take as little as possible.
             max_records, timeout_s = 1, 0.0
-        polled = self._consume(max_records, timeout_s)
+        polled = _consume(self._consumer, max_records, timeout_s)
         if self._paused:
-            for tp in [tp for tp in polled if tp in self._paused]:
-                records = polled.pop(tp)
-                if tp in self._held:
-                    self._held[tp].extend(records)
-                else:
-                    self._held[tp] = records
-                held = self._held_bytes[tp] = self._held_bytes.get(tp, 0) + _nbytes(records)
-                if held >= self._held_max_bytes and tp not in self._stopped:
-                    self._consumer.pause([TopicPartition(*tp)])
-                    self._stopped.add(tp)
+            self._held.hold(polled, self._paused)
         return polled
-
-    def _release_held(self, max_records: int) -> dict[TP, RecordColumns]:
-        released: dict[TP, RecordColumns] = {}
-        for tp in [tp for tp in self._held if tp not in self._paused]:
-            if max_records <= 0:
-                break
-            held = self._held[tp]
-            if len(held) <= max_records:
-                released[tp] = self._held.pop(tp)
-                self._held_bytes.pop(tp, None)
-            else:
-                released[tp] = held.take(max_records)
-                self._held_bytes[tp] -= _nbytes(released[tp])
-            if tp in self._stopped and self._held_bytes.get(tp, 0) < self._held_max_bytes:
-                self._restart([tp])
-            max_records -= len(released[tp])
-        return released
-
-    def _consume(self, max_records: int, timeout_s: float) -> dict[TP, RecordColumns]:
-        # consume(n, timeout) waits until it has n messages or the timeout: a
-        # partial batch would then wait twice (here and in the micro-batcher).
-        # Wait for the first message only, then take what librdkafka has already
-        # prefetched, like kafka-python's poll.
-        consume = self._consumer.consume
-        messages = consume(1, timeout_s) if timeout_s > 0 else []
-        if (messages or timeout_s <= 0) and max_records > len(messages):
-            messages += consume(max_records - len(messages), 0)
-        if not messages:
-            return {}
-        if any(map(_error, messages)):
-            messages = self._without_errors(messages)
-            if not messages:
-                return {}
-        topic: str = messages[0].topic() or ""
-        partitions = np.fromiter(map(_partition, messages), dtype=np.int64, count=len(messages))
-        cuts = [0, *(np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()]
-        cuts.append(len(messages))
-        polled: dict[TP, RecordColumns] = {}
-        for start, end in pairwise(cuts):
-            chunk = messages[start:end]
-            records = RecordColumns(
-                cast("list[int]", list(map(_offset, chunk))),  # None only for error events
-                list(map(_key, chunk)),
-                list(map(_value, chunk)),
-                list(map(_second, map(_timestamp, chunk))),
-            )
-            tp = (topic, int(partitions[start]))
-            if tp in polled:
-                polled[tp].extend(records)
-            else:
-                polled[tp] = records
-        return polled
-
-    def _without_errors(self, messages: list[Message]) -> list[Message]:
-        kept = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                kept.append(message)
-            elif error.fatal():
-                raise KafkaException(error)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", error.str())
-        return kept
 
     def pause(self, tps: list[TP]) -> None:
         """Stop returning records of these partitions; the group membership stays."""
@@ -373,33 +422,13 @@ class GroupConsumer:
     def resume(self, tps: list[TP]) -> None:
         """Return records of these partitions again (first those held back)."""
         self._paused.difference_update(tps)
-        # A partition stopped in librdkafka fetches again once its held records
-        # are below the limit (see _release_held): until then a pause would add more.
-        self._restart(
-            [
-                tp
-                for tp in tps
-                if tp in self._stopped and self._held_bytes.get(tp, 0) < self._held_max_bytes
-            ]
-        )
+        self._held.restart_below_limit(tps)
         for tp in tps:  # fetches report the end again; a refreshed one would go stale
             self._end_offsets.pop(tp, None)
 
-    def _restart(self, tps: list[TP]) -> None:
-        """Resume in librdkafka: it fetches from after the last record it returned."""
-        if tps:
-            self._consumer.resume([TopicPartition(*tp) for tp in tps])
-            self._stopped.difference_update(tps)
-
-    def _drop_held(self, tp: TP) -> None:
-        self._held.pop(tp, None)
-        self._held_bytes.pop(tp, None)
-        if tp in self._stopped:  # a pause in librdkafka would outlive a new assignment
-            self._restart([tp])
-
     def seek(self, tp: TP, offset: int) -> None:
         """Fetch this assigned partition from ``offset`` next."""
-        self._drop_held(tp)
+        self._held.drop(tp)
         if self._assigning:
             self._pending_seeks[tp] = offset
             return
@@ -816,12 +845,33 @@ def read_records(
         BrokerError: Nothing arrived and no partition reached its end for
             ``idle_timeout_s``, or the broker cannot be reached.
     """
-    import uuid  # noqa: PLC0415 - this function stands alone
-    from itertools import groupby  # noqa: PLC0415
+    from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415 - stands alone
 
-    from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415
+    consumer = _open_reader(settings)
+    try:
+        tps = _assign_from_beginning(consumer, settings, topics)
+        state = WholeTopicRead(
+            topics,
+            tps,
+            idle_timeout_s=idle_timeout_s,
+            on_progress=on_progress,
+            progress_interval_s=progress_interval_s,
+        )
+        reader = _TopicReader(consumer, settings, tps, state)
+        while state.remaining:
+            reader.poll(on_batch)
+            reader.keep_pace()
+        state.done(reader.total)
+    finally:
+        consumer.close()
+    return state.ends
 
-    consumer = Consumer(
+
+def _open_reader(settings: KafkaSettings) -> Consumer:
+    """A consumer that joins no group and commits nothing, for :func:`read_records`."""
+    import uuid  # noqa: PLC0415 - only the reader needs it
+
+    return Consumer(
         {
             **_common(settings),
             # Required by librdkafka; nothing is committed and no group is joined.
@@ -835,79 +885,95 @@ def read_records(
             "isolation.level": "read_uncommitted",
         }
     )
+
+
+def _assign_from_beginning(
+    consumer: Consumer, settings: KafkaSettings, topics: Sequence[str]
+) -> list[TP]:
+    """Assign every partition of the existing ``topics``, each at its first offset."""
     try:
-        try:
-            metadata = consumer.list_topics(timeout=settings.bootstrap_timeout_s).topics
-        except KafkaException as exc:
-            raise broker_error("start a reader", settings, exc) from None
-        tps = [
-            (topic, partition)
-            for topic in topics
-            if topic in metadata
-            for partition in sorted(metadata[topic].partitions)
-        ]
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
-        state = WholeTopicRead(
-            topics,
-            tps,
-            idle_timeout_s=idle_timeout_s,
-            on_progress=on_progress,
-            progress_interval_s=progress_interval_s,
+        metadata = consumer.list_topics(timeout=settings.bootstrap_timeout_s).topics
+    except KafkaException as exc:
+        raise broker_error("start a reader", settings, exc) from None
+    tps = [
+        (topic, partition)
+        for topic in topics
+        if topic in metadata
+        for partition in sorted(metadata[topic].partitions)
+    ]
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
+    return tps
+
+
+def _reader_grouping(message: Message) -> tuple[TP, bool]:
+    """A message's partition, and whether it is an event (an error or an end)."""
+    tp = (message.topic() or "", message.partition() or 0)
+    return tp, message.error() is not None
+
+
+class _TopicReader:
+    """The polling side of one :func:`read_records`; ``state`` decides the rest."""
+
+    def __init__(
+        self, consumer: Consumer, settings: KafkaSettings, tps: list[TP], state: WholeTopicRead
+    ) -> None:
+        self._consumer = consumer
+        self._settings = settings
+        self._tps = tps
+        self._state = state
+
+    def poll(self, on_batch: Callable[[TP, RecordColumns, list[Headers]], None]) -> None:
+        """Hand on the records of one consume, and handle its events, in order."""
+        messages = self._consumer.consume(5000, 0.2)
+        for (tp, is_event), group in itertools.groupby(messages, key=_reader_grouping):
+            chunk = list(group)
+            if is_event:
+                for event in chunk:
+                    self._handle_event(tp, event)
+            elif tp in self._state.remaining:
+                columns = RecordColumns(
+                    [m.offset() or 0 for m in chunk],
+                    [m.key() for m in chunk],
+                    [m.value() for m in chunk],
+                    [m.timestamp()[1] for m in chunk],
+                )
+                headers = [cast("Headers", m.headers() or []) for m in chunk]
+                on_batch(tp, columns, headers)
+                self._state.delivered(tp, columns.timestamps)
+
+    def _handle_event(self, tp: TP, event: Message) -> None:
+        error = cast("KafkaError", event.error())  # the grouping put events only here
+        if error.code() == KafkaError._PARTITION_EOF:
+            if tp in self._state.remaining:
+                self._state.finished(tp, event.offset() or 0)
+                self._consumer.pause([TopicPartition(*tp)])
+        elif error.fatal():
+            raise broker_error("read the topics", self._settings, KafkaException(error))
+        else:
+            log.warning("reader: %s", error.str())
+
+    def keep_pace(self) -> None:
+        """Report progress, check the deadline, and pause or resume to keep pace."""
+        consumer = self._consumer
+        pause, resume = self._state.step(self.total, self._unfinished)
+        for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
+            if changed:
+                change([TopicPartition(*tp) for tp in changed])
+
+    def total(self) -> int:
+        """The records known to exist so far (from the last fetches' watermarks)."""
+        known = 0
+        for tp in self._tps:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            known += high - low if low >= 0 and high >= 0 else 0
+        return max(self._state.read, known)
+
+    def _unfinished(self) -> str:
+        consumer = self._consumer
+        waiting = sorted(self._state.remaining)[:4]
+        positions = consumer.position([TopicPartition(*tp) for tp in waiting])
+        return ", ".join(
+            f"{p.topic}/{p.partition} at {p.offset} of "
+            f"{consumer.get_watermark_offsets(p, cached=True)[1]}"
+            for p in positions
         )
-
-        def total() -> int:
-            known = 0
-            for tp in tps:
-                low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-                known += high - low if low >= 0 and high >= 0 else 0
-            return max(state.read, known)
-
-        def unfinished() -> str:
-            waiting = sorted(state.remaining)[:4]
-            positions = consumer.position([TopicPartition(*tp) for tp in waiting])
-            return ", ".join(
-                f"{p.topic}/{p.partition} at {p.offset} of "
-                f"{consumer.get_watermark_offsets(p, cached=True)[1]}"
-                for p in positions
-            )
-
-        def grouping(message: Message) -> tuple[TP, bool]:
-            tp = (message.topic() or "", message.partition() or 0)
-            return tp, message.error() is not None
-
-        def handle_event(tp: TP, event: Message) -> None:
-            error = cast("KafkaError", event.error())  # grouping put events only here
-            if error.code() == KafkaError._PARTITION_EOF:
-                if tp in state.remaining:
-                    state.finished(tp, event.offset() or 0)
-                    consumer.pause([TopicPartition(*tp)])
-            elif error.fatal():
-                raise broker_error("read the topics", settings, KafkaException(error))
-            else:
-                log.warning("reader: %s", error.str())
-
-        while state.remaining:
-            messages = consumer.consume(5000, 0.2)
-            for (tp, is_event), group in groupby(messages, key=grouping):
-                chunk = list(group)
-                if is_event:
-                    for event in chunk:
-                        handle_event(tp, event)
-                elif tp in state.remaining:
-                    columns = RecordColumns(
-                        [m.offset() or 0 for m in chunk],
-                        [m.key() for m in chunk],
-                        [m.value() for m in chunk],
-                        [m.timestamp()[1] for m in chunk],
-                    )
-                    headers = [cast("Headers", m.headers() or []) for m in chunk]
-                    on_batch(tp, columns, headers)
-                    state.delivered(tp, columns.timestamps)
-            pause, resume = state.step(total, unfinished)
-            for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
-                if changed:
-                    change([TopicPartition(*tp) for tp in changed])
-        state.done(total)
-    finally:
-        consumer.close()
-    return state.ends

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -33,6 +33,9 @@ from streamer.clients.base import (
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from streamer.clients.reading import WholeTopicRead
 
 log = logging.getLogger(__name__)
 
@@ -525,8 +528,32 @@ def read_records(
     """
     from streamer.clients.reading import WholeTopicRead  # noqa: PLC0415 - stands alone
 
+    consumer = _open_reader(settings)
     try:
-        consumer = KafkaConsumer(
+        timeout_ms = int(idle_timeout_s * 1000)
+        starts = _assign_from_beginning(consumer, topics, timeout_ms)
+        state = WholeTopicRead(
+            topics,
+            [(tp.topic, tp.partition) for tp in starts],
+            idle_timeout_s=idle_timeout_s,
+            on_progress=on_progress,
+            progress_interval_s=progress_interval_s,
+        )
+        reader = _TopicReader(consumer, starts, state, timeout_ms)
+        while state.remaining:
+            reader.poll(on_batch)
+            reader.finish_the_ended()
+            reader.keep_pace()
+        state.done(reader.total)
+    finally:
+        consumer.close(autocommit=False, timeout_ms=5000)
+    return state.ends
+
+
+def _open_reader(settings: KafkaSettings) -> KafkaConsumer:
+    """A consumer outside any group, for :func:`read_records`."""
+    try:
+        return KafkaConsumer(
             **_common(settings),
             group_id=None,
             enable_auto_commit=False,
@@ -538,57 +565,80 @@ def read_records(
         )
     except KafkaError as exc:
         raise broker_error("start a reader", settings, exc) from None
-    try:
-        tps = [
-            TopicPartition(topic, partition)
-            for topic in topics
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        timeout_ms = int(idle_timeout_s * 1000)
-        starts = {tp: consumer.position(tp, timeout_ms=timeout_ms) or 0 for tp in tps}
-        state = WholeTopicRead(
-            topics,
-            [(tp.topic, tp.partition) for tp in tps],
-            idle_timeout_s=idle_timeout_s,
-            on_progress=on_progress,
-            progress_interval_s=progress_interval_s,
+
+
+def _assign_from_beginning(
+    consumer: KafkaConsumer, topics: Sequence[str], timeout_ms: int
+) -> dict[TopicPartition, int]:
+    """Assign every partition of ``topics`` from its first offset; those offsets, in order."""
+    tps = [
+        TopicPartition(topic, partition)
+        for topic in topics
+        for partition in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return {tp: consumer.position(tp, timeout_ms=timeout_ms) or 0 for tp in tps}
+
+
+class _TopicReader:
+    """The polling side of one :func:`read_records`; ``state`` decides the rest."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        starts: dict[TopicPartition, int],
+        state: WholeTopicRead,
+        timeout_ms: int,
+    ) -> None:
+        self._consumer = consumer
+        self._tps = list(starts)
+        self._starts = starts
+        self._state = state
+        self._timeout_ms = timeout_ms
+
+    def poll(self, on_batch: Callable[[TP, RecordColumns, list[Headers]], None]) -> None:
+        """Hand on what one poll returned for the unfinished partitions."""
+        state = self._state
+        for tp, records in self._consumer.poll(timeout_ms=200).items():
+            key = (tp.topic, tp.partition)
+            if records and key in state.remaining:
+                columns = RecordColumns.of(records)
+                on_batch(key, columns, [list(r.headers or ()) for r in records])
+                state.delivered(key, columns.timestamps)
+
+    def finish_the_ended(self) -> None:
+        """Finish and pause for good each partition read to its highwater."""
+        consumer, state = self._consumer, self._state
+        for tp in self._tps:
+            key = (tp.topic, tp.partition)
+            high = consumer.highwater(tp)
+            if (
+                key in state.remaining
+                and high is not None
+                and consumer.position(tp, timeout_ms=self._timeout_ms) >= high
+            ):
+                state.finished(key, high)
+                consumer.pause(tp)
+
+    def keep_pace(self) -> None:
+        """Report progress, check the deadline, and pause or resume to keep pace."""
+        consumer = self._consumer
+        pause, resume = self._state.step(self.total, self._unfinished)
+        for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
+            if changed:
+                change(*(TopicPartition(t, p) for t, p in changed))
+
+    def total(self) -> int:
+        """The records known to exist so far (at least those read)."""
+        highs = ((tp, self._consumer.highwater(tp)) for tp in self._tps)
+        known = sum(high - self._starts[tp] for tp, high in highs if high is not None)
+        return max(self._state.read, known)
+
+    def _unfinished(self) -> str:
+        consumer = self._consumer
+        return ", ".join(
+            f"{t}/{p} at {consumer.position(TopicPartition(t, p), timeout_ms=1000)}"
+            f" of {consumer.highwater(TopicPartition(t, p))}"
+            for t, p in sorted(self._state.remaining)[:4]
         )
-
-        def total() -> int:
-            highs = ((tp, consumer.highwater(tp)) for tp in tps)
-            return max(state.read, sum(high - starts[tp] for tp, high in highs if high is not None))
-
-        def unfinished() -> str:
-            return ", ".join(
-                f"{t}/{p} at {consumer.position(TopicPartition(t, p), timeout_ms=1000)}"
-                f" of {consumer.highwater(TopicPartition(t, p))}"
-                for t, p in sorted(state.remaining)[:4]
-            )
-
-        while state.remaining:
-            for tp, records in consumer.poll(timeout_ms=200).items():
-                key = (tp.topic, tp.partition)
-                if records and key in state.remaining:
-                    columns = RecordColumns.of(records)
-                    on_batch(key, columns, [list(r.headers or ()) for r in records])
-                    state.delivered(key, columns.timestamps)
-            for tp in tps:
-                key = (tp.topic, tp.partition)
-                high = consumer.highwater(tp)
-                if (
-                    key in state.remaining
-                    and high is not None
-                    and consumer.position(tp, timeout_ms=timeout_ms) >= high
-                ):
-                    state.finished(key, high)
-                    consumer.pause(tp)
-            pause, resume = state.step(total, unfinished)
-            for change, changed in ((consumer.pause, pause), (consumer.resume, resume)):
-                if changed:
-                    change(*(TopicPartition(t, p) for t, p in changed))
-        state.done(total)
-    finally:
-        consumer.close(autocommit=False, timeout_ms=5000)
-    return state.ends
