@@ -25,7 +25,7 @@ from streamer.settings import Settings
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from streamer.topology import Pipeline
+    from streamer.topology import Pipeline, ShutdownReport
 
 FORMATS = ("csv", "jsonl")
 PROGRESS_EVERY_S = 0.2
@@ -107,32 +107,38 @@ def score_file(
 
     source = FileSource(input_path, fmt, key_column)
     kafka = settings.kafka
-    topics = (kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic_name)
     try:
         sink = FileSink(
             output_path,
             rejects_path,
             output_format or detect_format(output_path),
-            (topics[1], topics[2]),
+            (kafka.output_topic, kafka.dead_letter_topic_name),
             with_key=key_column is not None,
         )
     except OSError as exc:
         source.close()
         msg = f"config error: cannot write {exc.filename}: {exc.strerror}"
         raise ConfigError(msg) from None
-    tp = (topics[0], 0)
     started = time.monotonic()
     interrupted = False
     try:
         pipeline = Pipeline(settings, registry=registry, backend=file_backend(source, sink))
         pipeline.start()
         try:
+            tp = (kafka.input_topic, 0)
             interrupted = _follow(pipeline, source, sink, tp, started, progress, stop)
         finally:
             report = pipeline.stop()
     finally:
         sink.finish()
         source.close()
+    return _file_report(source, sink, report, interrupted=interrupted, started=started)
+
+
+def _file_report(
+    source: FileSource, sink: FileSink, report: ShutdownReport, *, interrupted: bool, started: float
+) -> FileReport:
+    """What :func:`score_file` returns, from the counts and the pipeline's report."""
     rows = source.rows_read
     failure = report.failure or ("interrupted before the end of the file" if interrupted else None)
     return FileReport(
@@ -222,7 +228,6 @@ def read_numeric_chunks(
     Raises:
         ConfigError: A requested column is missing, or no numeric column is found.
     """
-    import numpy as np  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
 
     reader: Any = (
@@ -235,18 +240,28 @@ def read_numeric_chunks(
     if first is None:
         msg = f"config error: {path} has no rows"
         raise ConfigError(msg)
+    names = _feature_columns(path, first, features, exclude)
 
-    def mostly_numeric(column: Any) -> bool:
-        present = column.dropna()
-        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
-            return True
-        coerced = pd.to_numeric(present, errors="coerce")
-        return len(present) > 0 and coerced.notna().sum() * 2 >= len(present)
+    def all_chunks() -> Iterator[Any]:
+        yield _numeric(first, names)
+        for frame in chunks:
+            yield _numeric(frame, names)
 
+    return names, all_chunks()
+
+
+def _feature_columns(
+    path: str | Path, first: Any, features: list[str] | None, exclude: set[str]
+) -> list[str]:
+    """The feature columns: ``features``, or the mostly numeric ones of the first chunk.
+
+    Raises:
+        ConfigError: A requested column is missing, or no numeric column is found.
+    """
     if features is None:
         # A column counts when at least half of its values in the first chunk are numbers.
         names = [
-            str(c) for c in first.columns if str(c) not in exclude and mostly_numeric(first[c])
+            str(c) for c in first.columns if str(c) not in exclude and _mostly_numeric(first[c])
         ]
     else:
         names = [n for n in features if n not in exclude]
@@ -260,19 +275,29 @@ def read_numeric_chunks(
     if not names:
         msg = f"config error: {path} has no numeric column; name them with --features"
         raise ConfigError(msg)
+    return names
 
-    def numeric(frame: Any) -> Any:
-        columns = []
-        for name in names:
-            column = frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
-            if pd.api.types.is_bool_dtype(column):
-                column = column.astype(np.float64)
-            columns.append(pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64))
-        return np.column_stack(columns)
 
-    def all_chunks() -> Iterator[Any]:
-        yield numeric(first)
-        for frame in chunks:
-            yield numeric(frame)
+def _mostly_numeric(column: Any) -> bool:
+    """True when the column is numeric, or at least half of its present values are numbers."""
+    import pandas as pd  # noqa: PLC0415
 
-    return names, all_chunks()
+    present = column.dropna()
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return True
+    coerced = pd.to_numeric(present, errors="coerce")
+    return len(present) > 0 and coerced.notna().sum() * 2 >= len(present)
+
+
+def _numeric(frame: Any, names: list[str]) -> Any:
+    """The ``names`` columns of a chunk as floats (NaN for what is not a number)."""
+    import numpy as np  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    columns = []
+    for name in names:
+        column = frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
+        if pd.api.types.is_bool_dtype(column):
+            column = column.astype(np.float64)
+        columns.append(pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64))
+    return np.column_stack(columns)
