@@ -230,39 +230,14 @@ def prepare_batch(
         standardize: Apply ``(x - mean) / std`` with the fitted statistics.
         max_record_bytes: Larger values are rejected as oversized.
     """
-    names = spec.names
-    width = len(names)
-    docs: list[dict[str, Any]] = []
-    doc_rows: list[int] = []
-    rejected: list[RowProblem] = []
+    docs, doc_rows, rejected = _decode_batch(values, max_record_bytes)
     dropped: list[RowProblem] = []
-    decoded = _decode_all(values, max_record_bytes) if values else None
-    if decoded is not None:
-        docs, doc_rows = decoded, list(range(len(decoded)))
-    for index, value in enumerate(values if decoded is None else ()):
-        try:
-            docs.append(decode_value(value, max_record_bytes))
-            doc_rows.append(index)
-        except _InvalidValueError as exc:
-            rejected.append(RowProblem(index, exc.reason, exc.detail))
-    matrix = _fast_matrix(docs, names) if docs else None
+    matrix = _fast_matrix(docs, spec.names) if docs else None
     if matrix is not None and bool(np.isfinite(matrix).all()):
         features = matrix
         valid = doc_rows
     else:
-        means = spec.mean.tolist()
-        rows: list[list[float]] = []
-        valid = []
-        for index, doc in zip(doc_rows, docs, strict=True):
-            outcome = _row_or_problem(doc, names, means, missing)
-            if isinstance(outcome, list):
-                rows.append(outcome)
-                valid.append(index)
-            elif missing == "drop":
-                dropped.append(RowProblem(index, outcome.reason, outcome.detail))
-            else:
-                rejected.append(RowProblem(index, outcome.reason, outcome.detail))
-        features = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        features, valid = _rows_one_by_one(docs, doc_rows, spec, missing, rejected, dropped)
     if standardize and len(valid) > 0:
         features = (features - spec.mean) / spec.std
     rejected.sort(key=lambda problem: problem.index)
@@ -272,6 +247,50 @@ def prepare_batch(
         rejected=tuple(rejected),
         dropped=tuple(dropped),
     )
+
+
+def _decode_batch(
+    values: Sequence[bytes | None], max_record_bytes: int
+) -> tuple[list[dict[str, Any]], list[int], list[RowProblem]]:
+    """(decoded objects, their row indexes, the rows that do not decode); at once if it can."""
+    rejected: list[RowProblem] = []
+    decoded = _decode_all(values, max_record_bytes) if values else None
+    if decoded is not None:
+        return decoded, list(range(len(decoded))), rejected
+    docs: list[dict[str, Any]] = []
+    doc_rows: list[int] = []
+    for index, value in enumerate(values):
+        try:
+            docs.append(decode_value(value, max_record_bytes))
+            doc_rows.append(index)
+        except _InvalidValueError as exc:
+            rejected.append(RowProblem(index, exc.reason, exc.detail))
+    return docs, doc_rows, rejected
+
+
+def _rows_one_by_one(
+    docs: list[dict[str, Any]],
+    doc_rows: list[int],
+    spec: FeatureSpec,
+    missing: str,
+    rejected: list[RowProblem],
+    dropped: list[RowProblem],
+) -> tuple[np.ndarray, list[int]]:
+    """(features, their row indexes) row by row; bad rows go to ``rejected`` or ``dropped``."""
+    names = spec.names
+    means = spec.mean.tolist()
+    rows: list[list[float]] = []
+    valid: list[int] = []
+    for index, doc in zip(doc_rows, docs, strict=True):
+        outcome = _row_or_problem(doc, names, means, missing)
+        if isinstance(outcome, list):
+            rows.append(outcome)
+            valid.append(index)
+        elif missing == "drop":
+            dropped.append(RowProblem(index, outcome.reason, outcome.detail))
+        else:
+            rejected.append(RowProblem(index, outcome.reason, outcome.detail))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(names)), valid
 
 
 _ABSENT = object()

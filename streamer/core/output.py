@@ -62,41 +62,65 @@ def encode_predictions(
     allocating a fresh buffer) cost about 3x more here. ``repr`` of a finite
     float is its shortest round-trip form, which is valid JSON.
     """
-    dumps = orjson.dumps
-
-    def literal(value: object) -> bytes:
-        # Constant parts go into a %-template: a '%' in a name must not format.
-        return dumps(value).replace(b"%", b"%%")
-
-    head = b'{"key":%s,"topic":' + literal(topic) + b',"partition":' + str(partition).encode()
-    tail = b',"model":' + literal(model) + b',"scored_at":' + literal(scored_at) + b"}"
+    head = b'{"key":%s,"topic":' + _literal(topic) + b',"partition":' + str(partition).encode()
+    tail = b',"model":' + _literal(model) + b',"scored_at":' + _literal(scored_at) + b"}"
     values = predictions.tolist()
     if predictions.ndim == 1:
         # One %-format per record (key, offset, score): the common single-output case.
-        single = head + b',"offset":%d,' + literal(output_names[0]) + b":%r" + tail
-        if _plain_keys(keys):
-            # Every key is printable ASCII without '"' or '\\': its JSON string is
-            # the bytes between quotes, with no decode and no dumps per record.
-            plain = single.replace(b'"key":%s', b'"key":"%s"', 1)
-            return [
-                plain % (keys[row], offsets[row], value)
-                for row, value in zip(rows.tolist(), values, strict=True)
-            ]
-        return [
-            single
-            % (
-                b"null" if key is None else dumps(key.decode("utf-8", "backslashreplace")),
-                offsets[row],
-                value,
-            )
-            for row, value in zip(rows.tolist(), values, strict=True)
-            for key in (keys[row],)
-        ]
+        single = head + b',"offset":%d,' + _literal(output_names[0]) + b":%r" + tail
+        return _encode_single(single, offsets, keys, rows.tolist(), values)
     template = head + b',"offset":%d,' + b"%s" + tail
-    names = [literal(name) + b":%r" for name in output_names]
+    return _encode_multi(template, offsets, keys, rows.tolist(), values, output_names)
+
+
+def _literal(value: object) -> bytes:
+    """``value`` as JSON, for a %-template: a '%' in a name must not format."""
+    return orjson.dumps(value).replace(b"%", b"%%")
+
+
+def _encode_single(
+    single: bytes,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    rows: list[int],
+    values: list[float],
+) -> list[bytes]:
+    """The records of a single-output model: one %-format each with ``single``."""
+    dumps = orjson.dumps
+    if _plain_keys(keys):
+        # Every key is printable ASCII without '"' or '\\': its JSON string is
+        # the bytes between quotes, with no decode and no dumps per record.
+        plain = single.replace(b'"key":%s', b'"key":"%s"', 1)
+        return [
+            plain % (keys[row], offsets[row], value)
+            for row, value in zip(rows, values, strict=True)
+        ]
+    return [
+        single
+        % (
+            b"null" if key is None else dumps(key.decode("utf-8", "backslashreplace")),
+            offsets[row],
+            value,
+        )
+        for row, value in zip(rows, values, strict=True)
+        for key in (keys[row],)
+    ]
+
+
+def _encode_multi(
+    template: bytes,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    rows: list[int],
+    values: list[list[float]],
+    output_names: tuple[str, ...],
+) -> list[bytes]:
+    """The records of a multi-output model: one field per output name."""
+    dumps = orjson.dumps
+    names = [_literal(name) + b":%r" for name in output_names]
     scores = [b",".join(n % (v,) for n, v in zip(names, row, strict=True)) for row in values]
     out: list[bytes] = []
-    for row, score in zip(rows.tolist(), scores, strict=True):
+    for row, score in zip(rows, scores, strict=True):
         key = keys[row]
         key_json = b"null" if key is None else dumps(key_text(key))
         out.append(template % (key_json, offsets[row], score))
