@@ -9,17 +9,18 @@ from streamer.core.records import TP, RecordColumns
 # The consumer client's fetch size, derived from batch.max_in_flight_bytes. The
 # clients' defaults (50 MiB a fetch, 1 MiB a partition; Tansu applies the 50 MiB
 # to each partition, up to about 5 MB) let a client buffer a fetch or more per
-# partition beyond the cap, and hold it two or three times over while it parses
-# it. 1/64 of the cap keeps that small next to the cap; 1 MiB still takes
-# thousands of small records a fetch (no loss of throughput measured), and a
-# record larger than a fetch still comes, alone.
+# partition beyond the cap. 1/16 of the cap (4 MiB at the default) is the bytes
+# of one micro-batch at the default batch.max_in_flight; each backend takes its
+# share of it (kafka-python a quarter, see its GroupConsumer). 1 MiB still takes
+# thousands of small records a fetch, and a record larger than a fetch still
+# comes, alone.
 FETCH_BYTES_MIN = 1 << 20
 FETCH_BYTES_MAX = 50 << 20
 
 
 def fetch_max_bytes(max_in_flight_bytes: int) -> int:
-    """Most bytes the consumer asks one fetch for: 1/64 of the in-flight cap, 1 to 50 MiB."""
-    return max(FETCH_BYTES_MIN, min(FETCH_BYTES_MAX, max_in_flight_bytes // 64))
+    """The consumer's fetch budget: 1/16 of the in-flight cap, 1 to 50 MiB."""
+    return max(FETCH_BYTES_MIN, min(FETCH_BYTES_MAX, max_in_flight_bytes // 16))
 
 
 def columns_bytes(records: RecordColumns) -> int:
