@@ -111,7 +111,8 @@ class BatchSettings:
     max_in_flight_bytes: int = _doc(
         "Most bytes of record keys and values between consume and commit; above it partitions "
         "are paused, and a micro-batch is cut at max_in_flight_bytes / max_in_flight bytes. "
-        "A single larger record still passes, alone.",
+        "A single larger record still passes, alone. The consumer's fetch budget is 1/16 of it "
+        "(1 to 50 MiB).",
         default=67108864,
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
