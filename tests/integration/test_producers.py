@@ -11,6 +11,7 @@ from kafka.partitioner.default import murmur2
 from streamer.clients import OutputGroup, backend
 from streamer.clients import kafka_python as kafka_python_backend
 from streamer.clients.base import SendFailure
+from streamer.settings import KafkaSettings
 
 from .helpers import BACKENDS, Cluster
 
@@ -25,6 +26,26 @@ LARGE = b"x" * (kafka_python_backend._DIRECT_MAX_BYTES + 1)
 def _murmur2_partition(key: bytes) -> int:
     """The Java client's (and kafka-python's) default partitioner."""
     return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+
+
+def _send_and_wait(
+    client: str, settings: KafkaSettings, groups: list[OutputGroup]
+) -> list[Sequence[SendFailure]]:
+    """One ``send_batch`` on a fresh producer of ``client``; every ``done`` call it got."""
+    outcomes: list[Sequence[SendFailure]] = []
+    settled = threading.Event()
+
+    def done(failures: Sequence[SendFailure]) -> None:
+        outcomes.append(failures)
+        settled.set()
+
+    producer = backend(client).producer(settings)
+    try:
+        producer.send_batch(groups, done)
+        assert settled.wait(30), "the batch was never reported done"
+    finally:
+        producer.close()
+    return outcomes
 
 
 @pytest.mark.parametrize("client", BACKENDS)
@@ -44,21 +65,7 @@ def test_send_batch_puts_every_record_in_its_key_partition_in_order_with_its_hea
         OutputGroup(topics.output, [b"no key"], [None]),
         OutputGroup(topics.output, [b"again"], [keys[3]]),
     ]
-    outcomes: list[Sequence[SendFailure]] = []
-    settled = threading.Event()
-
-    def done(failures: Sequence[SendFailure]) -> None:
-        outcomes.append(failures)
-        settled.set()
-
-    producer = backend(client).producer(settings)
-    try:
-        producer.send_batch(groups, done)
-        assert settled.wait(30), "the batch was never reported done"
-    finally:
-        producer.close()
-
-    assert outcomes == [[]]
+    assert _send_and_wait(client, settings, groups) == [[]]
     outputs = cluster.read(topics.output)
     assert len(outputs.records) == len(KEYS) + 2
     by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
@@ -91,21 +98,7 @@ def test_a_record_above_the_size_limit_fails_alone_as_a_record_failure_at_its_in
         OutputGroup(topics.output, values[:3], [b"k0", b"k1", b"k2"]),
         OutputGroup(topics.output, values[3:], [b"k3", b"k4"], headers=headers[3:]),
     ]
-    outcomes: list[Sequence[SendFailure]] = []
-    settled = threading.Event()
-
-    def done(failures: Sequence[SendFailure]) -> None:
-        outcomes.append(failures)
-        settled.set()
-
-    producer = backend(client).producer(settings)
-    try:
-        producer.send_batch(groups, done)
-        assert settled.wait(30), "the batch was never reported done"
-    finally:
-        producer.close()
-
-    (failures,) = outcomes
+    (failures,) = _send_and_wait(client, settings, groups)
     assert [(f.index, f.record_level) for f in failures] == [(1, True), (3, True)]
     # kafka-python: MessageSizeTooLargeError [Error 10]; confluent: MSG_SIZE_TOO_LARGE (10).
     assert all(
