@@ -79,6 +79,26 @@ class SourceContext:
 
 def dead_letter(context: SourceContext, row: int, reason: str, detail: str, stage: str) -> Answer:
     """The dead letter of input row ``row``: its original key and value, cut to fit."""
+    return _letter(context, row, reason, detail, stage, headers_only=False)
+
+
+def next_answer(context: SourceContext, refused: Answer, error: str) -> Answer | None:
+    """The answer to send after ``refused`` was refused with ``error``; None when none is left."""
+    if refused.form is Form.PREDICTION:
+        detail = f"the client or the broker refused the prediction: {error}"
+        return dead_letter(context, refused.row, PRODUCE_REJECTED, detail, "produce")
+    if refused.form is Form.DEAD_LETTER:
+        detail = f"{refused.detail}; the dead letter was refused ({error}), sent as headers only"
+        return _letter(
+            context, refused.row, refused.reason, detail, refused.stage, headers_only=True
+        )
+    return None
+
+
+def _letter(
+    context: SourceContext, row: int, reason: str, detail: str, stage: str, *, headers_only: bool
+) -> Answer:
+    """Row ``row``'s dead letter: cut to fit, or (``headers_only``) with no key and no value."""
     headers = dead_letter_headers(
         reason=reason,
         detail=detail,
@@ -89,16 +109,16 @@ def dead_letter(context: SourceContext, row: int, reason: str, detail: str, stag
         model_version=context.model_version,
         failed_at=context.failed_at,
     )
-    fitted = fit_dead_letter(
-        context.keys[row],
-        context.values[row] or b"",
-        headers,
-        max_bytes=context.max_bytes,
-        prefix_bytes=context.prefix_bytes,
-    )
+    key, value = context.keys[row], context.values[row] or b""
+    if headers_only:
+        fitted = minimal_dead_letter(key, value, headers)
+    else:
+        fitted = fit_dead_letter(
+            key, value, headers, max_bytes=context.max_bytes, prefix_bytes=context.prefix_bytes
+        )
     return Answer(
         row=row,
-        form=Form.DEAD_LETTER,
+        form=Form.HEADERS_ONLY if headers_only else Form.DEAD_LETTER,
         topic=context.dead_letter_topic,
         key=fitted.key,
         value=fitted.value,
@@ -108,41 +128,6 @@ def dead_letter(context: SourceContext, row: int, reason: str, detail: str, stag
         stage=stage,
         truncated=fitted.truncated,
     )
-
-
-def next_answer(context: SourceContext, refused: Answer, error: str) -> Answer | None:
-    """The answer to send after ``refused`` was refused with ``error``; None when none is left."""
-    if refused.form is Form.PREDICTION:
-        detail = f"the client or the broker refused the prediction: {error}"
-        return dead_letter(context, refused.row, PRODUCE_REJECTED, detail, "produce")
-    if refused.form is Form.DEAD_LETTER:
-        detail = f"{refused.detail}; the dead letter was refused ({error}), sent as headers only"
-        headers = dead_letter_headers(
-            reason=refused.reason,
-            detail=detail,
-            stage=refused.stage,
-            topic=context.topic,
-            partition=context.partition,
-            offset=context.offsets[refused.row],
-            model_version=context.model_version,
-            failed_at=context.failed_at,
-        )
-        minimal = minimal_dead_letter(
-            context.keys[refused.row], context.values[refused.row] or b"", headers
-        )
-        return Answer(
-            row=refused.row,
-            form=Form.HEADERS_ONLY,
-            topic=context.dead_letter_topic,
-            key=minimal.key,
-            value=minimal.value,
-            headers=minimal.headers,
-            reason=refused.reason,
-            detail=detail,
-            stage=refused.stage,
-            truncated=minimal.truncated,
-        )
-    return None
 
 
 @dataclass(slots=True)
