@@ -30,7 +30,7 @@ test-integration: $(STAMP)
 # memory and scaling, printed as one table (about 10 minutes; --smoke takes one).
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamer tests benchmarks

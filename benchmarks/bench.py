@@ -14,9 +14,13 @@ measured program runs in a fresh interpreter, one at a time:
 (e) scaling     throughput against preprocessor/model actors and batch size
 (f) large       peak RSS with records of 500 KB behind a model 5x slower than the
                 input, against the idle daemon and batch.max_in_flight_bytes
+(p) peers       with --peers: the same job run by Bytewax 0.21 and Quix Streams 3.28
+                (peers.py, in their own virtual environment), and every row's ratio
+                to the fastest peer
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
+    .venv/bin/python benchmarks/bench.py --peers        # also (p); creates .peers-venv once
 
 Throughput is the records committed by the group over the time from the first
 record consumed to the commit of the last one: start-up and the group join are
@@ -56,6 +60,7 @@ from streamer.devtools.verify import reconcile_topics
 from streamer.settings import to_toml
 
 HERE = Path(__file__).resolve().parent
+DEMO_MODEL_FILE = HERE.parent / "streamer" / "core" / "models" / "demo_fraud.json"
 BACKENDS = ("kafka-python", "confluent")
 PARTITIONS = 4
 # Settings of the latency rows (c): the defaults with a shorter fetch wait. Tansu answers
@@ -89,12 +94,13 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def histogram(text: str, name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of a histogram, summed over its label sets."""
+def histogram(text: str, name: str, having: str = "") -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram, summed over its label sets
+    (those whose labels contain ``having``)."""
     counts: dict[float, float] = {}
     prefix = name + "_bucket{"
     for line in text.splitlines():
-        if line.startswith(prefix):
+        if line.startswith(prefix) and having in line:
             labels, value = line[len(prefix) :].rsplit("} ", 1)
             bound = labels.split('le="', 1)[1].split('"', 1)[0]
             key = float("inf") if bound == "+Inf" else float(bound)
@@ -572,7 +578,8 @@ class Bench:
                 rate = self.args.latency_rate or load * best.get(backend, 20_000.0)
                 label = f"{backend}, {load:.0%} load" if not self.args.latency_rate else backend
                 self._broker_latency(label, rate)
-                self._latency(backend, rate, label)
+                floor = self._passthrough_latency(label, rate)
+                self._latency(backend, rate, label, floor)
                 if self.args.latency_rate:
                     break
 
@@ -606,7 +613,58 @@ class Bench:
             )
         )
 
-    def _latency(self, backend: str, rate: float, label: str) -> None:
+    def _passthrough_latency(self, label: str, rate: float) -> float:
+        """The floor: a bare confluent consume -> produce loop (passthrough.py), same rate.
+
+        Two broker hops and nothing else; returns its p99 (ms).
+        """
+        seconds = self.args.latency_seconds
+        self.log(f"(c) pass-through floor, {rate:.0f} records/s for {seconds:g}s")
+        topic = self.cluster.topic("bench-lat-pass")
+        output = self.cluster.topic("bench-lat-pass-out")
+        command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", self.bootstrap]
+        command += ["--topic", topic, "--output", output]
+        command += ["--session-ms", str(int(self.args.session_timeout * 1000))]
+        wait_ms = float(LATENCY_SETTINGS.get("kafka", {}).get("fetch_max_wait_s", 0.05)) * 1000
+        command += ["--fetch-wait-ms", str(int(wait_ms))]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        seen: list[tuple[Any, float]] = []
+        stop = threading.Event()
+        tail = threading.Thread(target=self._tail, args=(output, seen, stop), daemon=True)
+        timestamps: dict[tuple[int, int], int] = {}
+        try:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                msg = f"passthrough.py exited with {process.wait()} before it was ready"
+                raise RuntimeError(msg)
+            tail.start()
+            sent = self.cluster.generate(topic, rate, seconds)
+            wait_until(lambda: len(seen) >= sent, 120, f"{sent} outputs", interval_s=0.1)
+            timestamps = self.cluster.create_times(topic, sent)
+        finally:
+            stop.set()
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            tail.join(10)
+            self.cluster.delete(topic, output)
+        p50, p95, p99 = _percentiles(seen, timestamps)
+        self.rows.append(
+            Row(
+                "c",
+                f"pass-through floor p99, {label}",
+                p99,
+                "ms",
+                None,
+                f"p50 {p50:.1f}, p95 {p95:.1f}: bare confluent consume -> produce, two hops",
+            )
+        )
+        return p99
+
+    def _latency(self, backend: str, rate: float, label: str, floor: float) -> None:
         seconds = self.args.latency_seconds
         self.log(f"(c) latency, {backend}, {rate:.0f} records/s for {seconds:g}s")
         topic = self.cluster.topic("bench-lat", dlq=True)
@@ -631,7 +689,8 @@ class Bench:
         p50, p95, p99 = _percentiles(seen, timestamps)
         note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}; exit {code}"
         for name, value in (("p50", p50), ("p95", p95), ("p99", p99)):
-            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, note))
+            extra = f"; floor + {p99 - floor:.1f} ms" if name == "p99" else ""
+            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, note + extra))
         buckets = histogram(exposition, "streamer_end_to_end_latency_seconds")
         q50, q95, q99 = (
             1000 * (histogram_quantile(q, buckets) or float("nan")) for q in (0.5, 0.95, 0.99)
@@ -645,6 +704,51 @@ class Bench:
                 None,
                 f"p50 {q50:.1f}, p95 {q95:.1f}: "
                 "CreateTime -> output acknowledged (bucket estimate)",
+            )
+        )
+        self._stage_rows(exposition, label)
+
+    def _stage_rows(self, exposition: str, label: str) -> None:
+        """Where a record's time goes, from streamer's own histograms (ms: mean / p95).
+
+        CreateTime -> acknowledged is ``end_to_end``; dispatch -> acknowledged is
+        ``batch_latency``, so their difference is the fetch and the micro-batch
+        wait; inside a batch, the preprocess, model and produce stages (the time
+        the produce call takes), and the rest of ``batch_latency`` is inbox
+        queueing plus the wait for the broker's acknowledgement.
+        """
+        parts = []
+        means = {}
+        for what, name, having in (
+            ("end to end", "streamer_end_to_end_latency_seconds", ""),
+            ("dispatch->ack", "streamer_batch_latency_seconds", ""),
+            ("preprocess", "streamer_stage_duration_seconds", 'stage="preprocess"'),
+            ("model", "streamer_stage_duration_seconds", 'stage="model"'),
+            ("produce", "streamer_stage_duration_seconds", 'stage="produce"'),
+        ):
+            buckets = histogram(exposition, name, having)
+            count = buckets[-1][1] if buckets else 0.0
+            total = 0.0
+            for line in exposition.splitlines():
+                if line.startswith(name + "_sum") and having in line:
+                    total += float(line.rsplit(" ", 1)[1])
+            mean = 1000 * total / count if count else float("nan")
+            means[what] = mean
+            p95 = 1000 * (histogram_quantile(0.95, buckets) or float("nan"))
+            parts.append(f"{what} {mean:.1f}/{p95:.1f}")
+        stages = means["preprocess"] + means["model"] + means["produce"]
+        queued = means["dispatch->ack"] - stages
+        self.rows.append(
+            Row(
+                "c",
+                f"streamer's stages, {label}",
+                means["end to end"] - means["dispatch->ack"],
+                "ms",
+                None,
+                "fetch+batching (mean e2e - dispatch->ack); ms mean/p95: "
+                + ", ".join(parts)
+                + f"; inboxes+ack wait (mean) {queued:.1f}",
+                {"means_ms": means},
             )
         )
 
@@ -919,12 +1023,93 @@ class Bench:
                 )
             )
 
+    def peers(self) -> None:
+        """(p): each peer's job over the preloaded input, ``--repeat`` rounds, medians.
+
+        Then every throughput row of (a) and (b) again, with its ratio to the
+        fastest peer.
+        """
+        python = peers_python(self.args.peers_python)
+        rates: dict[str, float] = {}
+        notes = {
+            "bytewax-map": "Bytewax 0.21.1, op.map per record; no consumer group, no commits",
+            "bytewax-batch": "Bytewax 0.21.1, flat_map_batch + numpy; no group, no commits",
+            "quix": "Quix Streams 3.28.1, StreamingDataFrame.apply + to_topic; group, commits",
+            "quix-batch": "Quix Streams 3.28.1, BatchingSink + numpy; group, commits",
+        }
+        for system in self.args.peer_systems:
+            runs = []
+            for run in range(self.args.repeat):
+                self.log(f"(p) peer {system}, run {run + 1} of {self.args.repeat}")
+                runs.append(self._peer(python, system))
+            rates[system] = float(np.median(runs))
+            self.rows.append(Row("p", f"peer {system}", rates[system], "records/s", None, ""))
+            self.rows[-1].note = f"{notes[system]}; {_spread(runs)}"
+        fastest = max(rates.values(), default=0.0)
+        for row in self.rows:
+            if row.section == "p":
+                row.ratio = row.value / fastest if fastest else None
+        for row in [r for r in self.rows if r.section in "ab" and r.unit == "records/s"]:
+            self.rows.append(
+                Row(
+                    "p",
+                    row.name.replace(" (floor)", ""),
+                    row.value,
+                    "records/s",
+                    row.value / fastest if fastest else None,
+                    f"x the fastest peer; {row.note}",
+                )
+            )
+
+    def _peer(self, python: str, system: str) -> float:
+        output = self.cluster.topic("bench-peer-out")
+        try:
+            result = subprocess.run(
+                [
+                    python,
+                    str(HERE / "peers.py"),
+                    "--system",
+                    system,
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--topic",
+                    self.input,
+                    "--output",
+                    output,
+                    "--count",
+                    str(self.args.records),
+                    "--model",
+                    str(DEMO_MODEL_FILE),
+                    "--session-ms",
+                    str(int(self.args.session_timeout * 1000)),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+                cwd=self.workdir,
+            )
+            if result.returncode != 0:
+                msg = f"peer {system} exited with {result.returncode}: {result.stderr[-2000:]}"
+                raise RuntimeError(msg)
+        finally:
+            self.cluster.delete(output)
+        rate: float = json.loads(result.stdout.strip().splitlines()[-1])["records_per_s"]
+        return rate
+
     def run(self) -> None:
-        if "a" in self.args.sections or "e" in self.args.sections:
+        if self.args.peers and "p" not in self.args.sections:
+            self.args.sections += "p"
+        if "p" in self.args.sections:
+            # First, so that a broken peers environment fails before the long rows.
+            peers_python(self.args.peers_python)
+        if any(s in self.args.sections for s in "aep"):
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
         best = self.throughputs() if "a" in self.args.sections else {}
+        if "p" in self.args.sections:
+            self.peers()
         if "c" in self.args.sections:
             self.latency(best)
         if "d" in self.args.sections:
@@ -933,6 +1118,27 @@ class Bench:
             self.scaling()
         if "f" in self.args.sections:
             self.large()
+
+
+def peers_python(chosen: str) -> str:
+    """The interpreter of the peers' virtual environment; creates .peers-venv once.
+
+    The peers pin other client versions than streamer (Quix Streams 3.28 needs
+    confluent-kafka 2.12), so they get their own environment, installed from
+    ``benchmarks/peers-requirements.txt``.
+    """
+    if chosen:
+        return chosen
+    venv = HERE.parent / ".peers-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"creating {venv} for the peers (once)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        requirements = HERE / "peers-requirements.txt"
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True
+        )
+    return str(python)
 
 
 class _Watch:
@@ -1017,6 +1223,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
+        "p": "(p) peers on the same job; x floor = ratio to the fastest peer",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1025,7 +1232,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abcdef":
+    for section in "abpcdef":
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue
@@ -1054,6 +1261,22 @@ def _large_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _peer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--peers", action="store_true", help="also run (p): Bytewax and Quix Streams, same job"
+    )
+    parser.add_argument(
+        "--peer-systems",
+        default="bytewax-map,bytewax-batch,quix,quix-batch",
+        type=lambda text: [name for name in text.split(",") if name],
+    )
+    parser.add_argument(
+        "--peers-python",
+        default=os.environ.get("BENCH_PEERS_PYTHON", ""),
+        help="the peers' interpreter (default: .peers-venv, created once)",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -1079,7 +1302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sections", default="abcdef", help="which of a-f to run ('a' runs (a) and (b))"
     )
-    _large_arguments(parser)
+    for more in (_large_arguments, _peer_arguments):
+        more(parser)
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
