@@ -24,8 +24,15 @@ def fetch_max_bytes(max_in_flight_bytes: int) -> int:
 
 
 def columns_bytes(records: RecordColumns) -> int:
-    """The bytes of the records' keys and values (a pass in C over each column)."""
-    return sum(map(len, filter(None, records.values))) + sum(map(len, filter(None, records.keys)))
+    """The bytes of the records' keys and values (a pass in C over each column).
+
+    Counted once: the micro-batcher notes the count on each batch it releases.
+    """
+    if records.nbytes is None:
+        records.nbytes = sum(map(len, filter(None, records.values))) + sum(
+            map(len, filter(None, records.keys))
+        )
+    return records.nbytes
 
 
 def _count_within(records: RecordColumns, max_bytes: int) -> int:
@@ -133,8 +140,12 @@ class MicroBatcher:
             count = self.max_records
             if max_bytes is not None and buffer.nbytes >= max_bytes:
                 count = min(count, _count_within(buffer.records, max_bytes))
+            whole = count >= len(buffer.records)
             head = buffer.records.take(count)
             if max_bytes is not None:
+                # All of the buffer: its count is known; else count the batch.
+                if whole:
+                    head.nbytes = buffer.nbytes
                 nbytes = columns_bytes(head)
                 buffer.nbytes -= nbytes
                 if budget is not None:
@@ -150,7 +161,7 @@ class MicroBatcher:
     def expired(self, now: float) -> list[tuple[TP, RecordColumns]]:
         """Release every partial batch older than ``max_wait_s`` (a full one waits for credits)."""
         ready = [
-            (tp, buf.records)
+            (tp, self._counted(buf))
             for tp, buf in self._buffers.items()
             if now - buf.started_at >= self.max_wait_s and not self._full(buf)
         ]
@@ -160,9 +171,15 @@ class MicroBatcher:
 
     def drain(self) -> list[tuple[TP, RecordColumns]]:
         """Release every buffered record."""
-        ready = [(tp, buf.records) for tp, buf in self._buffers.items()]
+        ready = [(tp, self._counted(buf)) for tp, buf in self._buffers.items()]
         self._buffers.clear()
         return ready
+
+    def _counted(self, buffer: _Buffer) -> RecordColumns:
+        """A whole buffer's records, with their bytes noted when the batcher counts them."""
+        if self.max_bytes is not None:
+            buffer.records.nbytes = buffer.nbytes
+        return buffer.records
 
     def first_offset(self, tp: TP) -> int | None:
         """The offset of the oldest buffered record of a partition, or None."""

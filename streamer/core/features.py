@@ -9,12 +9,14 @@ that row.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -208,6 +210,54 @@ def _decode_all(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str
     return docs
 
 
+@functools.lru_cache(maxsize=16)
+def _features_decoder(
+    names: tuple[str, ...],
+) -> tuple[msgspec.json.Decoder[Any], Callable[..., Any]]:
+    """A msgspec decoder of just the features (as floats), and a getter of their tuple."""
+    fields = [f"f{i}" for i in range(len(names))]
+    struct = msgspec.defstruct(
+        "Features", [(f, float) for f in fields], rename=dict(zip(fields, names, strict=True))
+    )
+    return msgspec.json.Decoder(struct), operator.attrgetter(*fields)
+
+
+def typed_matrix(
+    values: Sequence[bytes | None], names: tuple[str, ...], max_bytes: int
+) -> np.ndarray | None:
+    """The raw feature matrix of a whole batch decoded by msgspec, or None.
+
+    A msgspec Struct of the features alone skips the other fields instead of
+    building a dict per record (about 0.5 against 0.9 us per record for
+    orjson, the dict and itemgetter). It answers only when every value is
+    non-empty, within ``max_bytes``, ASCII, a JSON object, and has every
+    feature as a finite JSON number: then the per-record path would score
+    every row with the same floats. Otherwise None, and that path finds and
+    classifies the bad rows, so a row's fate never depends on this one.
+    ASCII only, because msgspec does not check the UTF-8 of fields it skips
+    and orjson rejects the whole value; a JSON bool, which msgspec refuses as
+    a float, also goes the per-record way (tests/unit/test_features_typed.py
+    compares both paths).
+    """
+    if not values:
+        return None
+    try:
+        if min(map(len, values)) == 0 or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+            return None
+        if not b"".join(values).isascii():  # type: ignore[arg-type]
+            return None
+        decoder, getter = _features_decoder(names)
+        rows = list(map(getter, map(decoder.decode, values)))  # type: ignore[arg-type]
+    except (TypeError, msgspec.DecodeError, RecursionError):
+        return None
+    matrix = np.array(rows, dtype=np.float64)
+    if len(names) == 1:
+        matrix = matrix.reshape(len(rows), 1)
+    if not bool(np.isfinite(matrix).all()):
+        return None
+    return matrix
+
+
 def prepare_batch(
     values: Sequence[bytes | None],
     spec: FeatureSpec,
@@ -217,6 +267,38 @@ def prepare_batch(
     max_record_bytes: int = 1 << 20,
 ) -> Prepared:
     """Decode, validate and standardize one micro-batch.
+
+    Each row is processed on its own: the result for a row never depends on
+    the other rows of the batch. A batch of clean records is decoded at once
+    by :func:`typed_matrix`; any other goes through :func:`prepare_rows`.
+    """
+    matrix = typed_matrix(values, spec.names, max_record_bytes)
+    if matrix is None:
+        return prepare_rows(
+            values,
+            spec,
+            missing=missing,
+            standardize=standardize,
+            max_record_bytes=max_record_bytes,
+        )
+    features = (matrix - spec.mean) / spec.std if standardize and len(matrix) else matrix
+    return Prepared(
+        features=features,
+        valid_rows=np.arange(len(matrix), dtype=np.int64),
+        rejected=(),
+        dropped=(),
+    )
+
+
+def prepare_rows(
+    values: Sequence[bytes | None],
+    spec: FeatureSpec,
+    *,
+    missing: str = "dlq",
+    standardize: bool = True,
+    max_record_bytes: int = 1 << 20,
+) -> Prepared:
+    """:func:`prepare_batch` by decoding each record with orjson: the reference path.
 
     Each row is processed on its own: the result for a row never depends on
     the other rows of the batch.

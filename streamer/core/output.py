@@ -91,6 +91,9 @@ def _encode_single(
         # Every key is printable ASCII without '"' or '\\': its JSON string is
         # the bytes between quotes, with no decode and no dumps per record.
         plain = single.replace(b'"key":%s', b'"key":"%s"', 1)
+        if len(rows) == len(offsets):
+            # Every row is valid (rows are distinct indexes in order): no lookups.
+            return list(map(plain.__mod__, zip(keys, offsets, values, strict=True)))
         return [
             plain % (keys[row], offsets[row], value)
             for row, value in zip(rows, values, strict=True)
