@@ -626,7 +626,7 @@ class Bench:
         command += ["--topic", topic, "--output", output]
         command += ["--session-ms", str(int(self.args.session_timeout * 1000))]
         wait_ms = float(LATENCY_SETTINGS.get("kafka", {}).get("fetch_max_wait_s", 0.05)) * 1000
-        command += ["--fetch-wait-ms", str(int(wait_ms))]
+        command += ["--fetch-wait-ms", str(int(wait_ms)), "--hops"]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         seen: list[tuple[Any, float]] = []
         stop = threading.Event()
