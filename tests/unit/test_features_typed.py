@@ -1,4 +1,4 @@
-"""The batch fast path (msgspec, ``typed_matrix``) against the per-record path (``prepare_rows``)."""
+"""The batch fast path (msgspec, ``typed_matrix``) against the per-record ``prepare_rows``."""
 
 from __future__ import annotations
 
