@@ -687,10 +687,11 @@ class Bench:
             code = process.stop()
             self.cluster.delete(topic, f"{topic}.dlq", output)
         p50, p95, p99 = _percentiles(seen, timestamps)
-        note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}; exit {code}"
+        note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}"
         for name, value in (("p50", p50), ("p95", p95), ("p99", p99)):
-            extra = f"; floor + {p99 - floor:.1f} ms" if name == "p99" else ""
-            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, note + extra))
+            above = f"; floor + {p99 - floor:.1f} ms" if name == "p99" else ""
+            row_note = f"{note}{above}; exit {code}"
+            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, row_note))
         buckets = histogram(exposition, "streamer_end_to_end_latency_seconds")
         q50, q95, q99 = (
             1000 * (histogram_quantile(q, buckets) or float("nan")) for q in (0.5, 0.95, 0.99)
