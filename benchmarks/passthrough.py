@@ -46,6 +46,9 @@ def main() -> int:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": args.fetch_wait_ms,
             "fetch.queue.backoff.ms": 10,
+            # streamer's prefetch queue and fetch size (clients/confluent.py, batching.py)
+            "queued.max.messages.kbytes": 4096,
+            "fetch.max.bytes": 4 << 20,
             "session.timeout.ms": args.session_ms,
             "heartbeat.interval.ms": 1000,
         }
@@ -64,12 +67,12 @@ def main() -> int:
     produce, poll = producer.produce, producer.poll
     while not stopping:
         # Wait for the first record only, then take what is already fetched (as streamer does).
-        first = consumer.poll(0.05)
+        batch = consumer.consume(1, 0.05)
         if not announced and assigned:
             print("ready", flush=True)
             announced = True
-        if first is not None:
-            batch = [first, *consumer.consume(5000, 0)]
+        if batch:
+            batch += consumer.consume(5000, 0)
             if args.hops:
                 now_ms = time.time() * 1000
                 hops.extend(now_ms - m.timestamp()[1] for m in batch if m.error() is None)
