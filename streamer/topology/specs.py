@@ -144,6 +144,7 @@ def _start_model(w: Wiring, _index: int, _epoch: int, on_failure: FailureHandler
         on_failure=on_failure,
         preprocess=w.settings.preprocess,
         batch=w.settings.batch,
+        formats=w.settings.format,
     )
 
 
@@ -157,6 +158,7 @@ def _start_preprocessor(
         [w.routes[Stage.MODEL]],
         metrics=w.metrics,
         on_failure=on_failure,
+        formats=w.settings.format,
     )
 
 
