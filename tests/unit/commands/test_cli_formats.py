@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,10 @@ GOOD = '[kafka]\ninput_topic = "events"\noutput_topic = "scores"\n'
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("STREAMER_"):
             monkeypatch.delenv(name)
-    yield
 
 
 def _check(tmp_path: Path, text: str, *args: str) -> int:
