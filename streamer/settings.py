@@ -92,6 +92,11 @@ class KafkaSettings:
     sasl_mechanism: str = _doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is on.", default="")
     sasl_username: str = _doc("SASL user name.", default="")
     sasl_password: str = _doc("SASL password; never logged.", default="", repr=False)
+    propagate_headers: str = _doc(
+        "Input headers copied, bytes unchanged, to each record's output and dead letter: "
+        "comma-separated names (or a TOML list), '*' for all, '' for none.",
+        default="traceparent",
+    )
 
     @property
     def dead_letter_topic_name(self) -> str:
@@ -536,6 +541,8 @@ def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
             known = ", ".join(sorted(fields))
             msg = f"unknown key {dotted} (known keys in [{section}]: {known})"
             raise ConfigError(msg)
+        if dotted == "kafka.propagate_headers" and isinstance(value, list):
+            value = ",".join(str(name) for name in value)  # noqa: PLW2901 - a list of names
         coerced = _coerce(dotted, hints[key], value, from_text=from_text)
         _check_value(dotted, coerced, fields[key].metadata)
         kwargs[key] = coerced

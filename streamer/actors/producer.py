@@ -15,6 +15,7 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
 from streamer.clients.base import ProducerClient, ProducerFactory, SendFailure, send_batch
 from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
+from streamer.core.headers import carried_headers
 from streamer.core.output import encode_predictions, iso_now
 from streamer.core.reorder import Reorderer
 from streamer.core.supervision import DeadLetterBreaker
@@ -169,6 +170,7 @@ class ProducerActor(PipelineActor):
             dead_letter_topic=self._dead_letter_topic,
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
+            carried=carried_headers(source.headers, self._settings.propagate_headers),
         )
         first = first_round(
             context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections
