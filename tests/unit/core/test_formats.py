@@ -251,3 +251,29 @@ def test_json_field_paths_and_the_explicit_mapping() -> None:
 def test_top_level_names_need_no_projection() -> None:
     assert compile_paths(("a", "b")) is None
     assert compile_paths(("a", "b"), {"a": "a"}) is None
+
+
+def test_carried_headers_pick_the_named_ones_and_never_streamers_own() -> None:
+    from streamer.core.headers import carried_headers  # noqa: PLC0415
+
+    rows = [[("traceparent", b"00-ab"), ("tenant", b"\xff\x00"), ("streamer.reason", b"x")], []]
+    assert carried_headers(rows, "traceparent") == [[("traceparent", b"00-ab")], []]
+    assert carried_headers(rows, " tenant , traceparent ") == [
+        [("traceparent", b"00-ab"), ("tenant", b"\xff\x00")],
+        [],
+    ]
+    assert carried_headers(rows, "*") == [[("traceparent", b"00-ab"), ("tenant", b"\xff\x00")], []]
+    assert carried_headers(rows, "") is None
+    assert carried_headers(None, "*") is None
+
+
+def test_record_columns_keep_headers_through_extend_and_take() -> None:
+    from streamer.core.records import RecordColumns  # noqa: PLC0415
+
+    columns = RecordColumns.empty()
+    columns.extend(RecordColumns([1, 2], [None, None], [b"a", b"b"], [0, 0], [[("h", b"1")], []]))
+    columns.extend(RecordColumns([3], [None], [b"c"], [0]))
+    assert columns.headers == [[("h", b"1")], [], []]
+    head = columns.take(1)
+    assert (head.offsets, head.headers) == ([1], [[("h", b"1")]])
+    assert (columns.offsets, columns.headers) == ([2, 3], [[], []])
