@@ -254,7 +254,7 @@ def test_top_level_names_need_no_projection() -> None:
 
 
 def test_carried_headers_pick_the_named_ones_and_never_streamers_own() -> None:
-    from streamer.core.headers import carried_headers  # noqa: PLC0415
+    from streamer.core.headers import carried_headers
 
     rows = [[("traceparent", b"00-ab"), ("tenant", b"\xff\x00"), ("streamer.reason", b"x")], []]
     assert carried_headers(rows, "traceparent") == [[("traceparent", b"00-ab")], []]
@@ -268,7 +268,7 @@ def test_carried_headers_pick_the_named_ones_and_never_streamers_own() -> None:
 
 
 def test_record_columns_keep_headers_through_extend_and_take() -> None:
-    from streamer.core.records import RecordColumns  # noqa: PLC0415
+    from streamer.core.records import RecordColumns
 
     columns = RecordColumns.empty()
     columns.extend(RecordColumns([1, 2], [None, None], [b"a", b"b"], [0, 0], [[("h", b"1")], []]))
