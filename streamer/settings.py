@@ -177,6 +177,17 @@ class FormatSettings:
         default="json",
         choices=("json", "avro", "protobuf", "json_schema"),
     )
+    output: str = _doc(
+        "Output record format: 'json', or 'avro' (Confluent wire format; the schema is "
+        "registered, or looked up, under output_subject).",
+        default="json",
+        choices=("json", "avro"),
+    )
+    output_subject: str = _doc(
+        "Subject of the Avro output schema; empty means TopicNameStrategy: "
+        "'<kafka.output_topic>-value'.",
+        default="",
+    )
     registry_url: str = _doc(
         "Schema Registry URL(s), comma-separated; required for the registry formats.",
         default="",
@@ -580,6 +591,13 @@ def _check_across_keys(settings: Settings) -> None:
 
 
 def _check_format(fmt: FormatSettings) -> None:
+    if "avro" in (fmt.input, fmt.output) and not fmt.registry_url.strip():
+        key = "format.input" if fmt.input == "avro" else "format.output"
+        msg = (
+            f"format.registry_url is required for {key} = 'avro' "
+            "(set it in the [format] table or STREAMER_FORMAT__REGISTRY_URL)"
+        )
+        raise ConfigError(msg)
     if fmt.input != "json" and not fmt.registry_url.strip():
         msg = (
             f"format.registry_url is required for format.input = {fmt.input!r} "

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pykka
@@ -29,7 +29,7 @@ from streamer.messages import (
     ProducerStatus,
     ScoredBatch,
 )
-from streamer.settings import KafkaSettings
+from streamer.settings import FormatSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,11 @@ class ProducerActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         breaker: DeadLetterBreaker | None = None,
         on_unanswerable: str = "stop",
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._formats = formats or FormatSettings()
+        self._encode: Callable[..., list[bytes]] = encode_predictions
         self._breaker = breaker
         self._epoch = 0
         self._settings = settings
@@ -97,6 +100,10 @@ class ProducerActor(PipelineActor):
     def open(self) -> None:
         """Open the Kafka producer on the actor's own thread."""
         self._client = self._client_factory(self._settings)
+        if self._formats.output == "avro":
+            from streamer.clients.registry import AvroOutputWriter  # noqa: PLC0415
+
+            self._encode = AvroOutputWriter(self._formats, self._output_topic).encode
 
     def release(self) -> None:
         """Flush what was sent and close the client."""
@@ -148,7 +155,7 @@ class ProducerActor(PipelineActor):
         started = time.perf_counter()
         scored_at = iso_now()
         model = {"name": batch.model_name, "version": batch.model_version}
-        encoded = encode_predictions(
+        encoded = self._encode(
             topic=source.topic,
             partition=source.partition,
             offsets=source.offsets,

@@ -14,7 +14,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from streamer.core.formats import RecordReader, RegistryUnavailableError, SchemaNotFoundError
+from streamer.core.formats import (
+    AvroOutputEncoder,
+    RecordReader,
+    RegistryUnavailableError,
+    SchemaNotFoundError,
+    avro_output_schema,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +70,13 @@ class RegistrySource:
         schema = self._call(lambda: self._client.get_schema(schema_id, fmt=fmt), schema_id)
         return schema.schema_type or "AVRO", schema.schema_str or ""
 
+    def register(self, subject: str, schema_str: str) -> int:
+        """The id of ``schema_str`` under ``subject``, registering it if it is new."""
+        from confluent_kafka.schema_registry import Schema  # noqa: PLC0415
+
+        schema = Schema(schema_str, "AVRO")
+        return int(self._call(lambda: self._client.register_schema(subject, schema), None))
+
     def check(self) -> None:
         """Raise RegistryUnavailableError unless the registry answers (readiness, start)."""
         self._call(self._client.get_subjects, None)
@@ -112,3 +125,36 @@ def registry_wait_logger(every_s: float = 10.0) -> Callable[[Exception], None]:
             log.warning("%s; records whose schema is not cached wait (none is lost)", error)
 
     return on_wait
+
+
+class AvroOutputWriter:
+    """Encodes predictions as Avro, with a schema registered once per set of output names.
+
+    While the registry is unreachable, registering waits and asks again every
+    ``format.registry_retry_s`` (the batch waits; nothing is lost).
+    """
+
+    def __init__(
+        self, fmt: FormatSettings, output_topic: str, source: RegistrySource | None = None
+    ) -> None:
+        self._source = source or RegistrySource(fmt)
+        self.subject = fmt.output_subject or f"{output_topic}-value"
+        self._retry_s = fmt.registry_retry_s
+        self._on_wait = registry_wait_logger()
+        self._encoders: dict[tuple[str, ...], AvroOutputEncoder] = {}
+
+    def encode(self, **fields: Any) -> list[bytes]:
+        """What ``encode_predictions`` returns, as Avro records."""
+        names: tuple[str, ...] = fields["output_names"]
+        encoder = self._encoders.get(names)
+        if encoder is None:
+            schema_str = avro_output_schema(names)
+            while True:
+                try:
+                    schema_id = self._source.register(self.subject, schema_str)
+                    break
+                except RegistryUnavailableError as exc:
+                    self._on_wait(exc)
+                    time.sleep(self._retry_s)
+            encoder = self._encoders[names] = AvroOutputEncoder(schema_id, schema_str)
+        return encoder.encode(**fields)

@@ -333,3 +333,77 @@ def project(
                 row[name] = value
         out.append(row)
     return out
+
+
+def avro_output_schema(output_names: Sequence[str]) -> str:
+    """The Avro schema of the output document (docs/records.md#output) for these outputs."""
+    fields: list[dict[str, Any]] = [
+        {"name": "key", "type": ["null", "string"]},
+        {"name": "topic", "type": "string"},
+        {"name": "partition", "type": "int"},
+        {"name": "offset", "type": "long"},
+        *({"name": name, "type": "double"} for name in output_names),
+        {
+            "name": "model",
+            "type": {
+                "type": "record",
+                "name": "Model",
+                "fields": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                ],
+            },
+        },
+        {"name": "scored_at", "type": "string"},
+    ]
+    return json.dumps(
+        {"type": "record", "name": "Prediction", "namespace": "streamer", "fields": fields}
+    )
+
+
+class AvroOutputEncoder:
+    """Encodes output documents as Avro with the wire-format prefix of ``schema_id`` (fastavro)."""
+
+    def __init__(self, schema_id: int, schema_str: str) -> None:
+        import fastavro  # noqa: PLC0415
+
+        self._parsed = fastavro.parse_schema(json.loads(schema_str))
+        self._write = fastavro.schemaless_writer
+        self._prefix = bytes([_MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+
+    def encode(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offsets: Sequence[int],
+        keys: Sequence[bytes | None],
+        rows: Any,
+        predictions: Any,
+        output_names: tuple[str, ...],
+        model: dict[str, str],
+        scored_at: str,
+    ) -> list[bytes]:
+        """One Avro record per valid row, in row order (the fields of encode_predictions)."""
+        values = predictions.tolist()
+        out = []
+        for position, row in enumerate(rows.tolist()):
+            key = keys[row]
+            doc: dict[str, Any] = {
+                "key": None if key is None else key.decode("utf-8", "backslashreplace"),
+                "topic": topic,
+                "partition": partition,
+                "offset": offsets[row],
+                "model": model,
+                "scored_at": scored_at,
+            }
+            scores = values[position]
+            if predictions.ndim == 1:
+                doc[output_names[0]] = scores
+            else:
+                doc.update(zip(output_names, scores, strict=True))
+            buffer = io.BytesIO()
+            buffer.write(self._prefix)
+            self._write(buffer, self._parsed, doc)
+            out.append(buffer.getvalue())
+        return out

@@ -133,6 +133,7 @@ def _start_producer(
         client_factory=w.producer_factory,
         breaker=breaker,
         on_unanswerable=sup.on_unanswerable,
+        formats=w.settings.format,
     )
 
 

@@ -9,6 +9,7 @@ a DataFrame built from the same events.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import struct
@@ -21,7 +22,7 @@ import orjson
 import pandas as pd
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -285,3 +286,46 @@ def test_protobuf_and_json_schema_events_score_like_offline(
     assert np.array_equal(np.array([by_key[f"k{i}"] for i in range(30)]), _offline(events))
     dead = list(_dead_letters(cluster, topics.dead_letter).values())
     assert dead == [("undecodable", poison)]
+
+
+@pytest.mark.parametrize("client", BACKENDS)
+def test_avro_output_is_read_back_with_confluents_avro_deserializer(
+    client: str,
+    cluster: Cluster,
+    start_pipeline: PipelineStarter,
+    registry: SchemaRegistryStandIn,
+) -> None:
+    topics = cluster.new_topics(partitions=2)
+    writer = SchemaRegistryClient({"url": registry.url})
+    ctx = SerializationContext(topics.input, MessageField.VALUE)
+    events = _events(25, seed=4)
+    serialize = AvroSerializer(writer, AVRO_V1)
+    keyed = [(f"k{i}".encode(), serialize(e, ctx)) for i, e in enumerate(events)]
+    keyed.append((b"poison", b"\x07not avro"))
+    produced = cluster.produce(topics.input, keyed)
+    settings = _settings(cluster, topics, client, "avro", registry.url)
+    settings = dataclasses.replace(
+        settings, format=dataclasses.replace(settings.format, output="avro")
+    )
+    pipeline = start_pipeline(settings)
+    wait_until_delivered(pipeline, topics.input, produced)
+
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    out_ctx = SerializationContext(topics.output, MessageField.VALUE)
+    docs = [
+        deserialize(value, out_ctx)
+        for _k, value, _h in cluster.read(topics.output).records.values()
+    ]
+    by_key = {doc["key"]: doc for doc in docs}
+    assert sorted(by_key) == sorted(f"k{i}" for i in range(25))
+    first = by_key["k0"]
+    assert set(first) == {"key", "topic", "partition", "offset", "score", "model", "scored_at"}
+    assert first["topic"] == topics.input
+    assert (first["partition"], first["offset"]) in produced
+    scores = np.array([by_key[f"k{i}"]["score"] for i in range(25)])
+    assert np.array_equal(scores, _offline(events))
+    assert f"{topics.output}-value" in SchemaRegistryClient({"url": registry.url}).get_subjects()
+    # The dead letter keeps the original bytes, whatever the output format.
+    assert [(r, v) for r, v in _dead_letters(cluster, topics.dead_letter).values()] == [
+        ("wrong_format", b"\x07not avro")
+    ]

@@ -60,6 +60,8 @@ def test_the_secrets_are_given_to_the_log_mask() -> None:
     [
         ('[format]\ninput = "avro"\n', "format.registry_url is required for format.input = 'avro'"),
         ('[format]\ninput = "xml"\n', "format.input must be one of 'json', 'avro'"),
+        ('[format]\noutput = "avro"\n', "format.registry_url is required for format.output"),
+        ('[format]\noutput = "protobuf"\n', "format.output must be one of 'json', 'avro'"),
         (
             '[format]\ninput = "avro"\nregistry_url = "registry:8081"\n',
             "format.registry_url must be http:// or https:// URLs, got 'registry:8081'",
