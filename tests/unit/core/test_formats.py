@@ -277,3 +277,40 @@ def test_record_columns_keep_headers_through_extend_and_take() -> None:
     head = columns.take(1)
     assert (head.offsets, head.headers) == ([1], [[("h", b"1")]])
     assert (columns.offsets, columns.headers) == ([2, 3], [[], []])
+
+
+def test_avro_outputs_read_back_with_avro_deserializer() -> None:
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    from streamer.clients.registry import AvroOutputWriter
+
+    client = _registry()
+    settings = FormatSettings(output="avro", registry_url="mock://unit")
+    writer = AvroOutputWriter(settings, "scores", RegistrySource(settings, client))
+    fields: dict[str, Any] = {
+        "topic": "payments",
+        "partition": 3,
+        "offsets": [10, 11, 12],
+        "keys": [b"a", None, b"\xff"],
+        "rows": np.array([0, 2]),
+        "model": {"name": "m", "version": "v1"},
+        "scored_at": "2026-12-02T12:00:00.000Z",
+    }
+    single = writer.encode(**fields, predictions=np.array([0.25, 1 / 3]), output_names=("score",))
+    multi = writer.encode(
+        **fields,
+        predictions=np.array([[0.5, 0.5], [0.1, 0.9]]),
+        output_names=("proba_0", "proba_1"),
+    )
+    read = AvroDeserializer(client)
+    ctx = SerializationContext("scores", MessageField.VALUE)
+    docs = [read(value, ctx) for value in single]
+    assert docs == [
+        {"key": "a", "topic": "payments", "partition": 3, "offset": 10, "score": 0.25,
+         "model": {"name": "m", "version": "v1"}, "scored_at": "2026-12-02T12:00:00.000Z"},
+        {"key": "\\xff", "topic": "payments", "partition": 3, "offset": 12, "score": 1 / 3,
+         "model": {"name": "m", "version": "v1"}, "scored_at": "2026-12-02T12:00:00.000Z"},
+    ]  # fmt: skip
+    assert [read(value, ctx)["proba_1"] for value in multi] == [0.5, 0.9]
+    assert client.get_subjects() == ["scores-value"]
+    assert len(client.get_versions("scores-value")) == 2  # one schema per set of output names
