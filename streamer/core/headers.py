@@ -15,11 +15,16 @@ _OWN_PREFIX = "streamer."
 
 
 def carried_headers(headers: Sequence[Headers] | None, names: str) -> list[Headers] | None:
-    """Each row's headers named by ``names`` (comma-separated, or ``*``); None when none are."""
+    """Each row's headers named by ``names`` (comma-separated, or ``*``); None when no row has one."""
     spec = names.strip()
     if headers is None or not spec:
         return None
+    if not any(headers):
+        # No record has a header: the outputs go without (the clients' faster path).
+        return None
     if spec == "*":
-        return [[(k, v) for k, v in row if not k.startswith(_OWN_PREFIX)] for row in headers]
-    wanted = frozenset(name.strip() for name in spec.split(",") if name.strip())
-    return [[(k, v) for k, v in row if k in wanted] for row in headers]
+        carried = [[(k, v) for k, v in row if not k.startswith(_OWN_PREFIX)] for row in headers]
+    else:
+        wanted = frozenset(name.strip() for name in spec.split(",") if name.strip())
+        carried = [[(k, v) for k, v in row if k in wanted] for row in headers]
+    return carried if any(carried) else None

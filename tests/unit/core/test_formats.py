@@ -265,6 +265,8 @@ def test_carried_headers_pick_the_named_ones_and_never_streamers_own() -> None:
     assert carried_headers(rows, "*") == [[("traceparent", b"00-ab"), ("tenant", b"\xff\x00")], []]
     assert carried_headers(rows, "") is None
     assert carried_headers(None, "*") is None
+    assert carried_headers([[], []], "traceparent") is None
+    assert carried_headers([[("other", b"1")], []], "traceparent") is None
 
 
 def test_record_columns_keep_headers_through_extend_and_take() -> None:
