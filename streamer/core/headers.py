@@ -15,7 +15,7 @@ _OWN_PREFIX = "streamer."
 
 
 def carried_headers(headers: Sequence[Headers] | None, names: str) -> list[Headers] | None:
-    """Each row's headers named by ``names`` (comma-separated, or ``*``); None when no row has one."""
+    """Each row's headers named by ``names`` (comma list, or ``*``); None when no row has one."""
     spec = names.strip()
     if headers is None or not spec:
         return None
