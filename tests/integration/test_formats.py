@@ -13,6 +13,7 @@ import dataclasses
 import json
 import random
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,8 +29,10 @@ from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message_factory import GetMessageClass
+from prometheus_client import CollectorRegistry
 
 from streamer.core.models.linear import load_linear
+from streamer.topology import Pipeline
 from tests.schema_registry_standin import SchemaRegistryStandIn
 
 from .helpers import BACKENDS, Cluster, PipelineStarter, wait_until_delivered
@@ -329,3 +332,37 @@ def test_avro_output_is_read_back_with_confluents_avro_deserializer(
     assert [(r, v) for r, v in _dead_letters(cluster, topics.dead_letter).values()] == [
         ("wrong_format", b"\x07not avro")
     ]
+
+
+def test_a_registry_down_at_start_keeps_the_pipeline_not_ready_until_it_answers(
+    cluster: Cluster, registry: SchemaRegistryStandIn
+) -> None:
+    topics = cluster.new_topics(partitions=1)
+    writer = SchemaRegistryClient({"url": registry.url})
+    ctx = SerializationContext(topics.input, MessageField.VALUE)
+    events = _events(10, seed=6)
+    serialize = AvroSerializer(writer, AVRO_V1)
+    produced = cluster.produce(
+        topics.input, [(f"k{i}".encode(), serialize(e, ctx)) for i, e in enumerate(events)]
+    )
+    registry.stop()
+    pipeline = Pipeline(
+        _settings(cluster, topics, "kafka-python", "avro", registry.url),
+        registry=CollectorRegistry(),
+    )
+    starting = threading.Thread(target=pipeline.start, daemon=True)
+    try:
+        starting.start()
+        time.sleep(1.5)
+        assert starting.is_alive(), "start waits for the registry"
+        ready, _details = pipeline.readiness()
+        assert not ready
+        registry.start()
+        starting.join(30)
+        assert not starting.is_alive()
+        assert pipeline.wait_until_assigned(30)
+        wait_until_delivered(pipeline, topics.input, produced)
+    finally:
+        report = pipeline.stop(timeout_s=10)
+    assert report.exit_code == 0
+    assert len(cluster.read(topics.output)) == 10
