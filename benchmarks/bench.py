@@ -1119,6 +1119,55 @@ class Bench:
             self.scaling()
         if "f" in self.args.sections:
             self.large()
+        if "r" in self.args.sections:
+            self.formats()
+
+    def formats(self) -> None:
+        """(r) Avro input at batch 1000 next to JSON, on the same backend, in the same run.
+
+        The Avro records are the same demo events, written by confluent-kafka's
+        AvroSerializer against the test Schema Registry stand-in (tests/), which
+        the daemon asks once per schema id.
+        """
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        from tests.schema_registry_standin import SchemaRegistryStandIn
+
+        count = self.args.records
+        json_values = list(records(20_000, seed=5))
+        with SchemaRegistryStandIn() as registry:
+            serialize = AvroSerializer(SchemaRegistryClient({"url": registry.url}), _DEMO_AVRO)
+            ctx = SerializationContext("bench", MessageField.VALUE)
+            avro_values = [(k, serialize(orjson.loads(v), ctx)) for k, v in json_values]
+            registry_format = {"input": "avro", "registry_url": registry.url}
+            for backend in self.args.format_backends:
+                rates: dict[str, float] = {}
+                for name, values, fmt in (
+                    ("json", json_values, {"input": "json"}),
+                    ("avro", avro_values, registry_format),
+                ):
+                    self.input = self.cluster.topic(f"bench-{name}", dlq=True)
+                    self.cluster.preload(self.input, count, values)
+                    self.log(f"(r) {name} input, {backend}, batch 1000")
+                    sections = {"batch": {"max_records": 1000}, "format": fmt}
+                    rate, code = self.throughput(backend, count, sections=sections)
+                    rates[name] = rate
+                    ratio = rate / rates["json"]
+                    note = f"{len(values[0][1])} B/record, exit {code}"
+                    self.rows.append(
+                        Row(
+                            "r",
+                            f"{name} input, {backend}, batch 1000",
+                            rate,
+                            "records/s",
+                            ratio,
+                            note,
+                        )
+                    )
+                    self.cluster.delete(self.input, f"{self.input}.dlq")
 
 
 def peers_python(chosen: str) -> str:
@@ -1216,6 +1265,28 @@ def _settings_note(sections: dict[str, dict[str, Any]]) -> str:
     return ", ".join(f"{s}.{k}={v}" for s, table in sections.items() for k, v in table.items())
 
 
+# The demo event as an Avro record, for (r).
+_DEMO_AVRO = json.dumps(
+    {
+        "type": "record",
+        "name": "Transaction",
+        "namespace": "streamer.bench",
+        "fields": [
+            {"name": "transaction_id", "type": "string"},
+            {"name": "card_id", "type": "string"},
+            {"name": "amount", "type": "double"},
+            {"name": "currency", "type": "string"},
+            {"name": "merchant_category", "type": "string"},
+            {"name": "merchant_risk", "type": "double"},
+            {"name": "distance_from_home_km", "type": "double"},
+            {"name": "transactions_last_hour", "type": "int"},
+            {"name": "account_age_days", "type": "int"},
+            {"name": "event_time", "type": "double"},
+        ],
+    }
+)
+
+
 def table(rows: list[Row], args: argparse.Namespace) -> str:
     titles = {
         "a": "(a) floors: bare single-thread loops",
@@ -1225,6 +1296,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
         "p": "(p) peers on the same job; x floor = ratio to the fastest peer",
+        "r": "(r) record formats: Avro input next to JSON, batch 1000 (x floor: x JSON)",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1233,7 +1305,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abpcdef":
+    for section in "abpcdefr":
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue
@@ -1278,7 +1350,7 @@ def _peer_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PLR0915
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--backends", default=",".join(BACKENDS))
@@ -1301,8 +1373,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
-        "--sections", default="abcdef", help="which of a-f to run ('a' runs (a) and (b))"
+        "--sections", default="abcdefr", help="which of a-f, r to run ('a' runs (a) and (b))"
     )
+    parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):
         more(parser)
     parser.add_argument("--session-timeout", type=float, default=6.0)
@@ -1330,7 +1403,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.large_cap = args.large_cap or 8 * 2**20
         args.large_backends = "confluent"
         args.issue_backends = ""
+        args.sections = args.sections.replace("r", "")  # (r) starts two more daemons per backend
     args.backends = [b for b in args.backends.split(",") if b]
+    args.format_backends = [b for b in args.format_backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]
     args.large_backends = [b for b in args.large_backends.split(",") if b]
     args.issue_backends = [b for b in args.issue_backends.split(",") if b]

@@ -41,6 +41,8 @@ class SourceBatch:
     timestamps_ms: list[int]
     dispatched_at: float
     epoch: int = 0
+    # Each record's input headers, when kafka.propagate_headers names some (else None).
+    headers: list[list[tuple[str, bytes]]] | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)

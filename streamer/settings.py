@@ -92,6 +92,11 @@ class KafkaSettings:
     sasl_mechanism: str = _doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is on.", default="")
     sasl_username: str = _doc("SASL user name.", default="")
     sasl_password: str = _doc("SASL password; never logged.", default="", repr=False)
+    propagate_headers: str = _doc(
+        "Input headers copied, bytes unchanged, to each record's output and dead letter: "
+        "comma-separated names (or a TOML list), '*' for all, '' for none.",
+        default="traceparent",
+    )
 
     @property
     def dead_letter_topic_name(self) -> str:
@@ -153,6 +158,65 @@ class PreprocessSettings:
         "JSON file of fitted mean and std per feature (from `streamer fit-stats`); empty means "
         "none (the linear model carries its own).",
         default="",
+    )
+    paths: dict[str, Any] = _doc(  # noqa: RUF009 - a default_factory, not a shared dict
+        "Table [preprocess.paths] of feature name = path into the record ('payment.amount', "
+        "or a list of keys for keys that contain dots); a dotted feature name is a path "
+        "without it.",
+        default_factory=dict,
+    )
+
+
+@dataclass(frozen=True)
+class FormatSettings:
+    """The record formats read and written, and the Schema Registry (docs/formats.md)."""
+
+    input: str = _doc(
+        "Input record format: 'json' (a JSON object per record), or 'avro', 'protobuf' or "
+        "'json_schema' in the Confluent wire format (schema id in each record).",
+        default="json",
+        choices=("json", "avro", "protobuf", "json_schema"),
+    )
+    output: str = _doc(
+        "Output record format: 'json', or 'avro' (Confluent wire format; the schema is "
+        "registered, or looked up, under output_subject).",
+        default="json",
+        choices=("json", "avro"),
+    )
+    output_subject: str = _doc(
+        "Subject of the Avro output schema; empty means TopicNameStrategy: "
+        "'<kafka.output_topic>-value'.",
+        default="",
+    )
+    registry_url: str = _doc(
+        "Schema Registry URL(s), comma-separated; required for the registry formats.",
+        default="",
+    )
+    registry_basic_auth: str = _doc(
+        "Schema Registry basic auth as 'user:password'; never logged.", default="", repr=False
+    )
+    registry_bearer_token: str = _doc(
+        "Schema Registry bearer token (instead of basic auth); never logged.",
+        default="",
+        repr=False,
+    )
+    registry_ca_location: str = _doc(
+        "CA certificate file (PEM) to verify an https Schema Registry; empty: the system's.",
+        default="",
+    )
+    registry_cache_size: int = _doc(
+        "Most schema ids whose parsed schema is kept; each is fetched once.",
+        default=1000,
+        positive=True,
+    )
+    registry_timeout_s: float = _doc(
+        "Timeout of one Schema Registry request.", default=10.0, positive=True
+    )
+    registry_retry_s: float = _doc(
+        "While the Schema Registry is unreachable, ask again after this long (records whose "
+        "schema is not cached wait; none is dead-lettered for it).",
+        default=1.0,
+        positive=True,
     )
 
 
@@ -277,6 +341,7 @@ class Settings:
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    format: FormatSettings = field(default_factory=FormatSettings)
 
     def model_options(self) -> ModelOptions:
         """What the model loader reads of ``[model]`` and ``[preprocess]``."""
@@ -309,6 +374,7 @@ SECTIONS: dict[str, type] = {
     "supervision": SupervisionSettings,
     "metrics": MetricsSettings,
     "shutdown": ShutdownSettings,
+    "format": FormatSettings,
 }
 
 # The constraints of the options that do not carry them on their field yet (see _doc).
@@ -359,11 +425,29 @@ def field_docs(section: type) -> list[tuple[str, str, Any, str]]:
     hints = typing.get_type_hints(section)
     rows = []
     for f in dataclasses.fields(section):
-        rows.append((f.name, hints[f.name].__name__, f.default, f.metadata.get("doc", "")))
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        rows.append((f.name, hints[f.name].__name__, default, f.metadata.get("doc", "")))
     return rows
 
 
-_SECRET_KEYS = {"kafka.sasl_password"}
+_SECRET_KEYS = {"kafka.sasl_password", "format.registry_basic_auth", "format.registry_bearer_token"}
+
+
+def is_secret(dotted: str) -> bool:
+    """True for a key whose value is never shown nor logged (``kafka.sasl_password``, ...)."""
+    return dotted in _SECRET_KEYS
+
+
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """The values of the secret keys, for the log filter to mask (a basic auth's password too)."""
+    values = [
+        getattr(getattr(settings, section), key)
+        for section, _, key in (dotted.partition(".") for dotted in sorted(_SECRET_KEYS))
+    ]
+    values.append(settings.format.registry_basic_auth.partition(":")[2])
+    return tuple(values)
 
 
 def _parse_bool(text: str) -> bool:
@@ -375,7 +459,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
-_PARSERS: dict[type, Any] = {bool: _parse_bool, int: int, float: float, str: str}
+_PARSERS: dict[type, Any] = {
+    bool: _parse_bool, int: int, float: float, str: str, dict: json.loads
+}  # fmt: skip
 
 
 def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
@@ -384,10 +470,11 @@ def _coerce(key: str, expected: type, value: Any, *, from_text: bool) -> Any:
     The value of a secret key is never echoed in the message.
     """
     shown_value = "***" if key in _SECRET_KEYS else repr(value)
+    expected = typing.get_origin(expected) or expected  # dict[str, Any] -> dict
     if from_text and isinstance(value, str):
         try:
             return _PARSERS[expected](value.strip() if expected is not str else value)
-        except ValueError:
+        except ValueError:  # json.JSONDecodeError is one
             msg = f"{key} must be {expected.__name__}, got {shown_value}"
             raise ConfigError(msg) from None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -465,6 +552,8 @@ def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
             known = ", ".join(sorted(fields))
             msg = f"unknown key {dotted} (known keys in [{section}]: {known})"
             raise ConfigError(msg)
+        if dotted == "kafka.propagate_headers" and isinstance(value, list):
+            value = ",".join(str(name) for name in value)  # noqa: PLW2901 - a list of names
         coerced = _coerce(dotted, hints[key], value, from_text=from_text)
         _check_value(dotted, coerced, fields[key].metadata)
         kwargs[key] = coerced
@@ -497,6 +586,54 @@ def _check_across_keys(settings: Settings) -> None:
     if kafka.dead_letter_topic_name == kafka.input_topic:
         msg = "kafka.dead_letter_topic must differ from kafka.input_topic"
         raise ConfigError(msg)
+    _check_format(settings.format)
+    _check_paths(settings.preprocess.paths)
+
+
+def _check_format(fmt: FormatSettings) -> None:
+    if "avro" in (fmt.input, fmt.output) and not fmt.registry_url.strip():
+        key = "format.input" if fmt.input == "avro" else "format.output"
+        msg = (
+            f"format.registry_url is required for {key} = 'avro' "
+            "(set it in the [format] table or STREAMER_FORMAT__REGISTRY_URL)"
+        )
+        raise ConfigError(msg)
+    if fmt.input != "json" and not fmt.registry_url.strip():
+        msg = (
+            f"format.registry_url is required for format.input = {fmt.input!r} "
+            "(set it in the [format] table or STREAMER_FORMAT__REGISTRY_URL)"
+        )
+        raise ConfigError(msg)
+    for url in filter(None, (part.strip() for part in fmt.registry_url.split(","))):
+        if not url.startswith(("http://", "https://")):
+            msg = f"format.registry_url must be http:// or https:// URLs, got {url!r}"
+            raise ConfigError(msg)
+    if fmt.registry_basic_auth and fmt.registry_bearer_token:
+        msg = (
+            "format.registry_basic_auth and format.registry_bearer_token: set one of them, not both"
+        )
+        raise ConfigError(msg)
+    if fmt.registry_basic_auth and ":" not in fmt.registry_basic_auth:
+        msg = "format.registry_basic_auth must be 'user:password' (the value is not shown)"
+        raise ConfigError(msg)
+    if fmt.registry_ca_location and not Path(fmt.registry_ca_location).is_file():
+        msg = f"format.registry_ca_location: file {fmt.registry_ca_location} does not exist"
+        raise ConfigError(msg)
+
+
+def _check_paths(paths: Mapping[str, Any]) -> None:
+    for name, path in paths.items():
+        keys = path.split(".") if isinstance(path, str) else path
+        if (
+            not isinstance(keys, list | tuple)
+            or not keys
+            or not all(isinstance(key, str) and key for key in keys)
+        ):
+            msg = (
+                f"preprocess.paths.{name} must be a dotted path like 'payment.amount' or a "
+                f"list of keys, got {path!r}"
+            )
+            raise ConfigError(msg)
 
 
 def build_settings(

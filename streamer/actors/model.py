@@ -10,11 +10,13 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
+from streamer.clients.registry import make_reader, registry_wait_logger
+from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source
 from streamer.core.scoring import score_isolating_failures
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
-from streamer.settings import BatchSettings, PreprocessSettings
+from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,21 @@ class ModelActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         preprocess: PreprocessSettings | None = None,
         batch: BatchSettings | None = None,
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._formats = formats or FormatSettings()
+        self._reader: BatchReader | None = None
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._producer = producer
         self._preprocess = preprocess or PreprocessSettings()
         self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
         self.reprepared_batches = 0
+
+    def open(self) -> None:
+        """Make the reader of a schema-registry input format, to prepare a batch again."""
+        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
 
     def receive(self, message: object) -> object:
         """Handle FeatureBatch and SwapModel."""
@@ -63,7 +72,12 @@ class ModelActor(PipelineActor):
         if batch.spec_key and batch.spec_key != self._spec_key:
             # Prepared with the statistics of the model before a hot reload.
             batch = prepare_source(
-                batch.source, model.spec, self._preprocess, self._max_record_bytes, self._spec_key
+                batch.source,
+                model.spec,
+                self._preprocess,
+                self._max_record_bytes,
+                self._spec_key,
+                self._reader,
             )
             self.reprepared_batches += 1
         started = time.perf_counter()

@@ -8,11 +8,12 @@ import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
-from streamer.core.features import FeatureSpec
+from streamer.clients.registry import make_reader, registry_wait_logger
+from streamer.core.features import BatchReader, FeatureSpec
 from streamer.core.models import preparation_key
 from streamer.core.preparation import prepare_source
 from streamer.messages import ScoreBatch, SwapModel
-from streamer.settings import BatchSettings, PreprocessSettings
+from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
 
 class PreprocessorActor(PipelineActor):
@@ -33,13 +34,20 @@ class PreprocessorActor(PipelineActor):
         models: list[Teller],
         metrics: pykka.ActorRef | None = None,
         on_failure: FailureHandler | None = None,
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._formats = formats or FormatSettings()
+        self._reader: BatchReader | None = None
         self._settings = settings
         self._max_record_bytes = batch.max_record_bytes
         self._spec = spec
         self._spec_key = preparation_key(spec)
         self._models = itertools.cycle(models)
+
+    def open(self) -> None:
+        """Make the reader of a schema-registry input format (no request yet)."""
+        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
 
     def receive(self, message: object) -> object:
         """Handle ScoreBatch and SwapModel."""
@@ -47,7 +55,12 @@ class PreprocessorActor(PipelineActor):
             case ScoreBatch(source=source):
                 next(self._models).tell(
                     prepare_source(
-                        source, self._spec, self._settings, self._max_record_bytes, self._spec_key
+                        source,
+                        self._spec,
+                        self._settings,
+                        self._max_record_bytes,
+                        self._spec_key,
+                        self._reader,
                     )
                 )
             case SwapModel(model=model):

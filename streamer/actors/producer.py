@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pykka
@@ -15,6 +15,7 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
 from streamer.clients.base import ProducerClient, ProducerFactory, SendFailure, send_batch
 from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
+from streamer.core.headers import carried_headers
 from streamer.core.output import encode_predictions, iso_now
 from streamer.core.reorder import Reorderer
 from streamer.core.supervision import DeadLetterBreaker
@@ -28,7 +29,7 @@ from streamer.messages import (
     ProducerStatus,
     ScoredBatch,
 )
-from streamer.settings import KafkaSettings
+from streamer.settings import FormatSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ class ProducerActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         breaker: DeadLetterBreaker | None = None,
         on_unanswerable: str = "stop",
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._formats = formats or FormatSettings()
+        self._encode: Callable[..., list[bytes]] = encode_predictions
         self._breaker = breaker
         self._epoch = 0
         self._settings = settings
@@ -96,6 +100,10 @@ class ProducerActor(PipelineActor):
     def open(self) -> None:
         """Open the Kafka producer on the actor's own thread."""
         self._client = self._client_factory(self._settings)
+        if self._formats.output == "avro":
+            from streamer.clients.registry import AvroOutputWriter  # noqa: PLC0415
+
+            self._encode = AvroOutputWriter(self._formats, self._output_topic).encode
 
     def release(self) -> None:
         """Flush what was sent and close the client."""
@@ -147,7 +155,7 @@ class ProducerActor(PipelineActor):
         started = time.perf_counter()
         scored_at = iso_now()
         model = {"name": batch.model_name, "version": batch.model_version}
-        encoded = encode_predictions(
+        encoded = self._encode(
             topic=source.topic,
             partition=source.partition,
             offsets=source.offsets,
@@ -169,6 +177,7 @@ class ProducerActor(PipelineActor):
             dead_letter_topic=self._dead_letter_topic,
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
+            carried=carried_headers(source.headers, self._settings.propagate_headers),
         )
         first = first_round(
             context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections

@@ -197,7 +197,9 @@ def _group_config(settings: KafkaSettings, fetch_max_bytes: int | None) -> dict[
     }
 
 
-def _consume(consumer: Consumer, max_records: int, timeout_s: float) -> dict[TP, RecordColumns]:
+def _consume(
+    consumer: Consumer, max_records: int, timeout_s: float, *, with_headers: bool = False
+) -> dict[TP, RecordColumns]:
     """Up to ``max_records`` records, grouped by partition in offset order."""
     # consume(n, timeout) waits until it has n messages or the timeout: a
     # partial batch would then wait twice (here and in the micro-batcher).
@@ -225,6 +227,7 @@ def _consume(consumer: Consumer, max_records: int, timeout_s: float) -> dict[TP,
             list(map(_key, chunk)),
             list(map(_value, chunk)),
             list(map(_second, map(_timestamp, chunk))),
+            headers=[cast("Headers", m.headers() or []) for m in chunk] if with_headers else None,
         )
         tp = (topic, int(partitions[start]))
         if tp in polled:
@@ -338,6 +341,7 @@ class GroupConsumer:
         pipeline derives it from batch.max_in_flight_bytes.
         """
         self._settings = settings
+        self._with_headers = bool(settings.propagate_headers.strip())
         self._max_poll_records = max_poll_records
         self._consumer = Consumer(
             {**_group_config(settings, fetch_max_bytes), "on_commit": self._on_commit}
@@ -410,7 +414,7 @@ class GroupConsumer:
         if self._assigned and self._assigned <= self._paused:
             # Everything is paused: serve the callbacks, take as little as possible.
             max_records, timeout_s = 1, 0.0
-        polled = _consume(self._consumer, max_records, timeout_s)
+        polled = _consume(self._consumer, max_records, timeout_s, with_headers=self._with_headers)
         if self._paused:
             self._held.hold(polled, self._paused)
         return polled

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from streamer.logsetup import hide_secrets
-from streamer.settings import SECTIONS, Settings, field_docs, load_settings
+from streamer.settings import (
+    SECTIONS,
+    Settings,
+    field_docs,
+    is_secret,
+    load_settings,
+    secret_values,
+)
 
 
 def add_check_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +37,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from streamer.core.models import load_configured  # noqa: PLC0415
 
     settings = load_settings(args.file)
-    hide_secrets(settings.kafka.sasl_password)
+    hide_secrets(*secret_values(settings))
     model = load_configured(settings)
     print(
         f"{args.file or '(defaults and environment)'}: ok; model {model.name} {model.version}, "
@@ -48,7 +55,7 @@ def _describe(settings: Settings) -> str:
         values = getattr(settings, section)
         for name, _type, _default, _doc in field_docs(SECTIONS[section]):
             value = getattr(values, name)
-            shown = "***" if "password" in name and value else repr(value)
+            shown = "***" if is_secret(f"{section}.{name}") and value else repr(value)
             lines.append(f"{name} = {shown}")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ import argparse
 
 from streamer.commands.common import add_common, add_overrides, overrides
 from streamer.logsetup import hide_secrets
-from streamer.settings import load_settings
+from streamer.settings import load_settings, secret_values
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +29,7 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     from streamer.replay import replay_dead_letters  # noqa: PLC0415
 
     settings = load_settings(args.config, overrides=overrides(args))
-    hide_secrets(settings.kafka.sasl_password)
+    hide_secrets(*secret_values(settings))
     report = replay_dead_letters(
         settings,
         reasons=set(args.reason) if args.reason else None,

@@ -7,7 +7,7 @@ import argparse
 from streamer.commands.common import add_common, add_overrides, overrides
 from streamer.errors import ConfigError
 from streamer.logsetup import hide_secrets
-from streamer.settings import load_settings
+from streamer.settings import load_settings, secret_values
 from streamer.signals import GracefulSignals
 
 
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         watch_parent(args.parent_pid)
     settings = load_settings(args.config, overrides=overrides(args))
-    hide_secrets(settings.kafka.sasl_password)
+    hide_secrets(*secret_values(settings))
     if args.workers < 1:
         msg = f"--workers must be >= 1, got {args.workers}"
         raise ConfigError(msg)

@@ -75,6 +75,8 @@ class SourceContext:
     dead_letter_topic: str
     max_bytes: int
     prefix_bytes: int
+    # The input headers each row carries to its answer (kafka.propagate_headers), or None.
+    carried: Sequence[Headers] | None = None
 
 
 def dead_letter(context: SourceContext, row: int, reason: str, detail: str, stage: str) -> Answer:
@@ -109,6 +111,8 @@ def _letter(
         model_version=context.model_version,
         failed_at=context.failed_at,
     )
+    if context.carried is not None:
+        headers = [*headers, *context.carried[row]]
     key, value = context.keys[row], context.values[row] or b""
     if headers_only:
         fitted = minimal_dead_letter(key, value, headers)
@@ -194,11 +198,13 @@ def first_round(
     get nothing.
     """
     keys = context.keys
+    carried = context.carried
     if not rejections:
         out_keys = keys if len(valid_rows) == len(keys) else [keys[row] for row in valid_rows]
-        return Round([OutputGroup(output_topic, encoded, out_keys)], valid_rows, None)
+        out_headers = None if carried is None else [carried[row] for row in valid_rows]
+        return Round([OutputGroup(output_topic, encoded, out_keys, out_headers)], valid_rows, None)
     answers = [
-        Answer(row, Form.PREDICTION, output_topic, keys[row], value, None)
+        Answer(row, Form.PREDICTION, output_topic, keys[row], value, _row_headers(carried, row))
         for row, value in zip(valid_rows, encoded, strict=True)
     ]
     answers += [dead_letter(context, r.index, r.reason, r.detail, r.stage) for r in rejections]
@@ -206,9 +212,15 @@ def first_round(
     groups: list[OutputGroup] = []
     for topic, run in itertools.groupby(answers, key=lambda answer: answer.topic):
         items = list(run)
-        headers = None if topic == output_topic else [a.headers for a in items]
+        headers = (
+            None if topic == output_topic and carried is None else [a.headers or [] for a in items]
+        )
         groups.append(OutputGroup(topic, [a.value for a in items], [a.key for a in items], headers))
     return Round(groups, [a.row for a in answers], answers)
+
+
+def _row_headers(carried: Sequence[Headers] | None, row: int) -> Headers | None:
+    return None if carried is None else carried[row]
 
 
 def next_round(

@@ -14,7 +14,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -32,9 +32,15 @@ EMPTY_VALUE = "empty_value"
 MODEL_ERROR = "model_error"
 # The client or the broker refused the record's prediction (e.g. too large).
 PRODUCE_REJECTED = "produce_rejected"
+# Schema-registry formats (core/formats.py): the id is not in the registry, the
+# bytes do not match their schema, no magic byte where the format needs one.
+UNKNOWN_SCHEMA = "unknown_schema"
+UNDECODABLE = "undecodable"
+WRONG_FORMAT = "wrong_format"
 REASONS = (
     NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
     NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
+    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT,
 )  # fmt: skip
 
 MISSING_POLICIES = ("dlq", "drop", "impute")
@@ -258,6 +264,18 @@ def typed_matrix(
     return matrix
 
 
+class BatchReader(Protocol):
+    """Decodes the values of another input format (core/formats.py's RecordReader)."""
+
+    def decode_batch(  # noqa: D102
+        self, values: Sequence[bytes | None], max_record_bytes: int
+    ) -> tuple[list[dict[str, Any]], list[int], list[RowProblem]]: ...
+
+
+Projector = Any
+"""``(docs) -> docs`` with each feature at its top level (core/formats.py's ``project``)."""
+
+
 def prepare_batch(
     values: Sequence[bytes | None],
     spec: FeatureSpec,
@@ -265,6 +283,8 @@ def prepare_batch(
     missing: str = "dlq",
     standardize: bool = True,
     max_record_bytes: int = 1 << 20,
+    reader: BatchReader | None = None,
+    projector: Projector | None = None,
 ) -> Prepared:
     """Decode, validate and standardize one micro-batch.
 
@@ -272,7 +292,10 @@ def prepare_batch(
     the other rows of the batch. A batch of clean records is decoded at once
     by :func:`typed_matrix`; any other goes through :func:`prepare_rows`.
     """
-    matrix = typed_matrix(values, spec.names, max_record_bytes)
+    # The msgspec fast path reads flat JSON only; other formats and field paths
+    # take the per-record path, which decodes with the format's reader.
+    plain_json = reader is None and projector is None
+    matrix = typed_matrix(values, spec.names, max_record_bytes) if plain_json else None
     if matrix is None:
         return prepare_rows(
             values,
@@ -280,6 +303,8 @@ def prepare_batch(
             missing=missing,
             standardize=standardize,
             max_record_bytes=max_record_bytes,
+            reader=reader,
+            projector=projector,
         )
     features = (matrix - spec.mean) / spec.std if standardize and len(matrix) else matrix
     return Prepared(
@@ -297,6 +322,8 @@ def prepare_rows(
     missing: str = "dlq",
     standardize: bool = True,
     max_record_bytes: int = 1 << 20,
+    reader: BatchReader | None = None,
+    projector: Projector | None = None,
 ) -> Prepared:
     """:func:`prepare_batch` by decoding each record with orjson: the reference path.
 
@@ -311,8 +338,16 @@ def prepare_rows(
             fitted mean for that feature. Undecodable records are always rejected.
         standardize: Apply ``(x - mean) / std`` with the fitted statistics.
         max_record_bytes: Larger values are rejected as oversized.
+        reader: Decodes another input format than JSON objects (None: JSON).
+        projector: Brings nested features (field paths) to the top level of
+            each document; None when every feature is a top-level field.
     """
-    docs, doc_rows, rejected = _decode_batch(values, max_record_bytes)
+    if reader is None:
+        docs, doc_rows, rejected = _decode_batch(values, max_record_bytes)
+    else:
+        docs, doc_rows, rejected = reader.decode_batch(values, max_record_bytes)
+    if projector is not None:
+        docs = projector(docs)
     dropped: list[RowProblem] = []
     matrix = _fast_matrix(docs, spec.names) if docs else None
     if matrix is not None and bool(np.isfinite(matrix).all()):

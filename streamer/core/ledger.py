@@ -242,6 +242,7 @@ class Ledger:
                 timestamps_ms=columns.timestamps,
                 dispatched_at=now,
                 epoch=self.epoch,
+                headers=columns.headers,
             )
             size = columns_bytes(columns)
             self.tracker.track(

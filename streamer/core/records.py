@@ -46,6 +46,8 @@ class RecordColumns:
     keys: list[bytes | None]
     values: list[bytes | None]
     timestamps: list[int]
+    # Each record's headers, kept only when kafka.propagate_headers names some (else None).
+    headers: list[list[tuple[str, bytes]]] | None = None
     nbytes: int | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
@@ -57,7 +59,7 @@ class RecordColumns:
         return cls([], [], [], [])
 
     @classmethod
-    def of(cls, records: Iterable[Record]) -> RecordColumns:
+    def of(cls, records: Iterable[Record], *, with_headers: bool = False) -> RecordColumns:
         """The columns of record objects (kafka-python's ConsumerRecord, a file row, a fake)."""
         rows = list(records)
         return cls(
@@ -65,6 +67,7 @@ class RecordColumns:
             [r.key for r in rows],
             [r.value for r in rows],
             [r.timestamp for r in rows],
+            [list(getattr(r, "headers", None) or ()) for r in rows] if with_headers else None,
         )
 
     def extend(self, other: RecordColumns) -> None:
@@ -74,6 +77,12 @@ class RecordColumns:
         self.keys.extend(other.keys)
         self.values.extend(other.values)
         self.timestamps.extend(other.timestamps)
+        if other.headers is not None or self.headers is not None:
+            before = len(self.offsets) - len(other.offsets)
+            mine = self.headers if self.headers is not None else [[] for _ in range(before)]
+            theirs = other.headers
+            mine.extend(theirs if theirs is not None else [[] for _ in other.offsets])
+            self.headers = mine
 
     def take(self, count: int) -> RecordColumns:
         """Remove the first ``count`` records and return them as new columns."""
@@ -82,4 +91,7 @@ class RecordColumns:
         )
         del self.offsets[:count], self.keys[:count], self.values[:count], self.timestamps[:count]
         self.nbytes = None
+        if self.headers is not None:
+            head.headers = self.headers[:count]
+            del self.headers[:count]
         return head

@@ -21,7 +21,7 @@ from streamer.settings import Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload
-from streamer.topology.preflight import check_features, wait_for_broker
+from streamer.topology.preflight import check_features, wait_for_broker, wait_for_registry
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -134,6 +134,7 @@ class Pipeline:
         )
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
+            wait_for_registry(s, self._stop_requested)
             self._supervisor.start_children(self._wiring())
             # on_start runs on each actor's thread: wait until the clients are open.
             for ref in (self.consumer_ref, self.producer_ref):

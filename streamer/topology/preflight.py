@@ -52,6 +52,33 @@ def wait_for_broker(
             return
 
 
+def wait_for_registry(settings: Settings, stop_requested: threading.Event) -> None:
+    """For a schema-registry format: retry and log (not ready) until the registry answers.
+
+    Raises:
+        BrokerError: A stop was requested while the registry was unreachable.
+    """
+    if settings.format.input == "json":
+        return
+    from streamer.clients.registry import RegistrySource  # noqa: PLC0415
+    from streamer.core.formats import RegistryUnavailableError  # noqa: PLC0415
+
+    source = RegistrySource(settings.format)
+    retry_s = settings.format.registry_retry_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            source.check()
+        except RegistryUnavailableError as exc:
+            log.warning("%s (attempt %d), retrying in %.1fs", exc, attempt, retry_s)
+            if stop_requested.wait(retry_s):
+                msg = f"stopped while waiting for the schema registry: {exc}"
+                raise BrokerError(msg) from None
+        else:
+            return
+
+
 def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_s: float) -> None:
     """Raise ConfigError unless the input, output and dead-letter topics exist.
 

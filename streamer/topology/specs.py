@@ -133,6 +133,7 @@ def _start_producer(
         client_factory=w.producer_factory,
         breaker=breaker,
         on_unanswerable=sup.on_unanswerable,
+        formats=w.settings.format,
     )
 
 
@@ -144,6 +145,7 @@ def _start_model(w: Wiring, _index: int, _epoch: int, on_failure: FailureHandler
         on_failure=on_failure,
         preprocess=w.settings.preprocess,
         batch=w.settings.batch,
+        formats=w.settings.format,
     )
 
 
@@ -157,6 +159,7 @@ def _start_preprocessor(
         [w.routes[Stage.MODEL]],
         metrics=w.metrics,
         on_failure=on_failure,
+        formats=w.settings.format,
     )
 
 

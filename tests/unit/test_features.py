@@ -91,6 +91,7 @@ class TestDeadLetterReasons:
         assert set(f.REASONS) == {
             "not_utf8", "invalid_json", "not_object", "missing_feature", "non_numeric_feature",
             "non_finite", "oversized", "empty_value", "model_error", "produce_rejected",
+            "unknown_schema", "undecodable", "wrong_format",
         }  # fmt: skip
 
     def test_the_first_bad_feature_names_the_problem(self) -> None:
