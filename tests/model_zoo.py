@@ -32,12 +32,12 @@ def feature_names() -> list[str]:
     return list(dataset()[0].columns)
 
 
-@functools.lru_cache(maxsize=1)
-def records() -> pd.DataFrame:
-    """2,000 records like the training data: resampled rows with a little noise."""
+@functools.lru_cache(maxsize=2)
+def records(count: int = RECORDS) -> pd.DataFrame:
+    """``count`` records like the training data: resampled rows with a little noise."""
     frame, _ = dataset()
     rng = np.random.default_rng(7)
-    rows = frame.to_numpy()[rng.integers(0, len(frame), RECORDS)]
+    rows = frame.to_numpy()[rng.integers(0, len(frame), count)]
     noisy = rows * rng.normal(1.0, 0.03, size=rows.shape)
     return pd.DataFrame(noisy, columns=frame.columns)
 
@@ -72,6 +72,24 @@ def estimator(kind: str) -> Any:
             return LogisticRegression(max_iter=1000).fit(standardized.to_numpy(), target)
     msg = f"unknown estimator {kind!r}"
     raise ValueError(msg)
+
+
+def linear_model(directory: Path) -> Any:
+    """A ``kind = "linear"`` JSON model of six features, loaded."""
+    from streamer.core.models import load_model
+
+    frame, _ = dataset()
+    names = feature_names()[:6]
+    doc = {
+        "features": names,
+        "mean": frame[names].mean().tolist(),
+        "std": frame[names].std(ddof=0).tolist(),
+        "weights": [0.8, -0.3, 0.25, 1.1, -0.7, 0.05],
+        "bias": -0.4,
+    }
+    path = directory / "linear.json"
+    path.write_bytes(orjson.dumps(doc))
+    return load_model("linear", str(path))
 
 
 def save_joblib(obj: Any, path: Path) -> Path:
