@@ -162,7 +162,8 @@ class ModelSettings:
 
     kind: str = _doc(
         "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
-        "(onnxruntime) or 'python' (a callable taking a DataFrame).",
+        "(onnxruntime), 'python' (a callable taking a DataFrame), 'xgboost' (.json/.ubj "
+        "booster) or 'lightgbm' (model.txt).",
         default="linear",
         choices=KINDS,
     )
@@ -215,6 +216,13 @@ class ModelSettings:
         "How often to check the model file for a change to hot-reload; 0 disables (SIGHUP "
         "still reloads).",
         default=1.0,
+        non_negative=True,
+    )
+    explain_top_k: int = _doc(
+        "Reason codes: each output's 'reasons' lists the k features with the largest "
+        "contributions (TreeSHAP for xgboost/lightgbm, coefficient x standardized value for "
+        "linear and linear sklearn pipelines); 0 is off.",
+        default=0,
         non_negative=True,
     )
 
@@ -294,6 +302,7 @@ class Settings:
             stats_path=p.stats_path,
             standardize=p.standardize,
             missing=p.missing,
+            explain_top_k=m.explain_top_k,
         )
 
 

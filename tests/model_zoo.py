@@ -152,3 +152,58 @@ def write_python_model(directory: Path, name: str = "pymodel.py") -> Path:
     path = directory / name
     path.write_text(PYTHON_MODEL)
     return path
+
+
+OBJECTIVES = ("binary", "multiclass", "regression")
+
+
+def _booster_labels(objective: str) -> np.ndarray:
+    frame, target = dataset()
+    if objective == "binary":
+        return target
+    if objective == "multiclass":
+        big = (frame["mean area"] > frame["mean area"].median()).to_numpy()
+        return target + big.astype(int)  # three classes: 0, 1, 2
+    return frame["worst area"].to_numpy() / 100.0
+
+
+@functools.cache
+def xgboost_file(objective: str, directory: Path, suffix: str = ".json") -> Path:
+    """A small XGBoost booster trained on the named features, saved natively."""
+    import xgboost as xgb
+
+    frame, _ = dataset()
+    params: dict[str, Any] = {"max_depth": 3, "eta": 0.3, "nthread": 1, "seed": 0}
+    params["objective"] = {
+        "binary": "binary:logistic",
+        "multiclass": "multi:softprob",
+        "regression": "reg:squarederror",
+    }[objective]
+    if objective == "multiclass":
+        params["num_class"] = 3
+    booster = xgb.train(params, xgb.DMatrix(frame, label=_booster_labels(objective)), 20)
+    path = directory / f"xgb-{objective}{suffix}"
+    booster.save_model(path)
+    return path
+
+
+@functools.cache
+def lightgbm_file(objective: str, directory: Path) -> Path:
+    """A small LightGBM booster trained on the named features, saved as model.txt."""
+    import lightgbm as lgb
+
+    frame, _ = dataset()
+    params: dict[str, Any] = {
+        "objective": objective,
+        "num_leaves": 7,
+        "learning_rate": 0.3,
+        "num_threads": 1,
+        "verbose": -1,
+        "seed": 0,
+    }
+    if objective == "multiclass":
+        params["num_class"] = 3
+    booster = lgb.train(params, lgb.Dataset(frame, label=_booster_labels(objective)), 20)
+    path = directory / f"lgb-{objective}.txt"
+    booster.save_model(path)
+    return path

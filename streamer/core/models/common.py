@@ -62,6 +62,9 @@ class ChunkedModel:
     kind: str
     digest: str = ""
     watch_paths: tuple[Path, ...] = field(default=())
+    contributions: ChunkCall | None = None
+    """(n, d) -> (n, d): each feature's contribution to the explained output, if known."""
+    explain_top_k: int = 0
 
     @classmethod
     def from_source(
@@ -75,15 +78,27 @@ class ChunkedModel:
         output_names: tuple[str, ...],
         call: ChunkCall,
         watched: Path | None,
+        contributions: ChunkCall | None = None,
     ) -> ChunkedModel:
         """A loaded model, named by ``options`` or else by ``default_name`` and ``source``.
 
         ``source`` is what the model was loaded from (the file's bytes, or a
         callable's module source): its SHA-256 is the digest, and its first 12 hex
         digits the version unless ``model.version`` is set. A change to
-        ``watched``, when given, hot-reloads the model.
+        ``watched``, when given, hot-reloads the model. ``contributions``, when
+        given, explains each row (``model.explain_top_k``).
+
+        Raises:
+            ModelLoadError: ``model.explain_top_k`` is set but the model cannot explain.
         """
         digest = hashlib.sha256(source).hexdigest()
+        if options.explain_top_k and contributions is None:
+            msg = (
+                f"model.explain_top_k={options.explain_top_k}: model.kind={kind!r} at "
+                f"model.path={options.path} gives no reason codes (xgboost, lightgbm, linear "
+                "and linear sklearn pipelines do); set model.explain_top_k = 0"
+            )
+            raise ModelLoadError(msg)
         return cls(
             name=options.name or default_name,
             version=options.version or digest[:12],
@@ -94,6 +109,8 @@ class ChunkedModel:
             kind=kind,
             digest=digest,
             watch_paths=(watched,) if watched is not None else (),
+            contributions=contributions,
+            explain_top_k=options.explain_top_k,
         )
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -102,6 +119,15 @@ class ChunkedModel:
             width = len(self.output_names)
             return np.empty((0,) if width == 1 else (0, width))
         return predict_in_chunks(self.call, features, self.chunk_rows)
+
+    def reasons(self, features: np.ndarray) -> list[bytes]:
+        """Each row's ``explain_top_k`` reason codes as JSON (see :mod:`.reasons`)."""
+        from streamer.core.models.reasons import top_reasons  # noqa: PLC0415
+
+        if self.contributions is None or features.shape[0] == 0:
+            return [b"[]"] * features.shape[0]
+        parts = predict_in_chunks(self.contributions, features, self.chunk_rows)
+        return top_reasons(parts, self.spec.names, self.explain_top_k)
 
 
 def fresh_matrix(rows: int, width: int) -> np.ndarray:

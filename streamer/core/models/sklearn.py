@@ -54,7 +54,41 @@ def load(options: ModelOptions) -> ChunkedModel:
         output_names=output_names(width, base, labels),
         call=call,
         watched=Path(options.path),
+        contributions=_linear_contributions(estimator, method, columns, libraries)
+        if options.explain_top_k
+        else None,
     )
+
+
+def _linear_contributions(
+    estimator: Any, method: str, columns: list[str] | None, libraries: _Libraries
+) -> ChunkCall | None:
+    """Coefficient x standardized value, for a linear model alone or after StandardScalers only.
+
+    None for anything else (trees, other transforms, several classes' coefficients).
+    """
+    steps = [step for _, step in getattr(estimator, "steps", [("model", estimator)])]
+    *scalers, last = steps
+    coef = getattr(last, "coef_", None)
+    if coef is None or method not in ("predict_proba", "decision_function", "predict"):
+        return None
+    weights = np.asarray(coef, dtype=np.float64)
+    if weights.ndim == 2:
+        if weights.shape[0] != 1:
+            return None
+        weights = weights[0]
+    if not all(type(s).__name__ == "StandardScaler" for s in scalers):
+        return None
+
+    def contributions(chunk: np.ndarray) -> np.ndarray:
+        data: Any = (
+            chunk if columns is None else libraries.data_frame(chunk, columns=columns, copy=False)
+        )
+        for scaler in scalers:
+            data = scaler.transform(data)
+        return np.asarray(data, dtype=np.float64) * weights
+
+    return contributions
 
 
 @dataclass(frozen=True)
