@@ -163,7 +163,8 @@ class ModelSettings:
     kind: str = _doc(
         "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
         "(onnxruntime), 'python' (a callable taking a DataFrame), 'xgboost' (.json/.ubj "
-        "booster) or 'lightgbm' (model.txt).",
+        "booster), 'lightgbm' (model.txt) or 'mlflow' (a model directory or models:/, runs:/ "
+        "URI).",
         default="linear",
         choices=KINDS,
     )
@@ -224,6 +225,12 @@ class ModelSettings:
         "linear and linear sklearn pipelines); 0 is off.",
         default=0,
         non_negative=True,
+    )
+    tracking_uri: str = _doc(
+        "MLflow tracking/registry URI for kind 'mlflow' with a models:/ or runs:/ path; empty "
+        "means MLFLOW_TRACKING_URI. With models:/name@alias the alias is polled every "
+        "watch_interval_s and a moved alias hot-reloads.",
+        default="",
     )
 
 
@@ -303,6 +310,7 @@ class Settings:
             standardize=p.standardize,
             missing=p.missing,
             explain_top_k=m.explain_top_k,
+            tracking_uri=m.tracking_uri,
         )
 
 

@@ -220,7 +220,7 @@ class TestErrors:
                 "model",
                 "kind",
                 "tree",
-                "'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm'",
+                "'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow'",
             ),
             (
                 "model",

@@ -56,6 +56,7 @@ LOADERS: dict[str, str] = {
     "python": "streamer.core.models.python:load",
     "xgboost": "streamer.core.models.xgboost:load",
     "lightgbm": "streamer.core.models.lightgbm:load",
+    "mlflow": "streamer.core.models.mlflow:load",
 }
 """``model.kind`` -> ``module:function``, a function that takes :class:`ModelOptions`."""
 KINDS = tuple(LOADERS)

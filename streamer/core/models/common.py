@@ -65,6 +65,8 @@ class ChunkedModel:
     contributions: ChunkCall | None = None
     """(n, d) -> (n, d): each feature's contribution to the explained output, if known."""
     explain_top_k: int = 0
+    poll_source: Callable[[], object] | None = None
+    """What would load now (a registry alias's version); a change hot-reloads the model."""
 
     @classmethod
     def from_source(

@@ -38,7 +38,23 @@ def load(options: ModelOptions) -> ChunkedModel:
     raw = read_model_file(options, "a joblib or pickle file")
     where = f"model.path={options.path}"
     libraries = _Libraries.imported()
-    estimator = _fitted_estimator(libraries, raw, where)
+    estimator = _fitted_estimator(libraries, lambda: libraries.unpickle(io.BytesIO(raw)), where)
+    return wrap_estimator(options, estimator, raw, where, libraries)
+
+
+def wrap_estimator(
+    options: ModelOptions,
+    estimator: Any,
+    raw: bytes,
+    where: str,
+    libraries: _Libraries | None = None,
+) -> ChunkedModel:
+    """Wrap a fitted estimator loaded from ``raw`` (the MLflow kind loads its own).
+
+    Raises:
+        ModelLoadError: It lacks the configured method, or does not fit the features.
+    """
+    libraries = libraries or _Libraries.imported()
     method = _resolve_method(estimator, options.method, where)
     _single_job(estimator)
     spec, columns = _spec(estimator, options, where)
@@ -58,6 +74,15 @@ def load(options: ModelOptions) -> ChunkedModel:
         if options.explain_top_k
         else None,
     )
+
+
+def fitted_estimator(load: Callable[[], Any], where: str) -> Any:
+    """What ``load`` returns, checked to be a fitted scikit-learn estimator.
+
+    Raises:
+        ModelLoadError: ``load`` fails, or returns no fitted estimator.
+    """
+    return _fitted_estimator(_Libraries.imported(), load, where)
 
 
 def _linear_contributions(
@@ -117,10 +142,10 @@ class _Libraries:
         return cls(joblib.load, pd.DataFrame, NotFittedError, check_is_fitted)
 
 
-def _fitted_estimator(libraries: _Libraries, raw: bytes, where: str) -> Any:
-    """The unpickled object, checked to be a fitted scikit-learn estimator."""
+def _fitted_estimator(libraries: _Libraries, load: Callable[[], Any], where: str) -> Any:
+    """The loaded object, checked to be a fitted scikit-learn estimator."""
     try:
-        estimator = libraries.unpickle(io.BytesIO(raw))
+        estimator = load()
     except Exception as exc:  # a pickle can fail in any way
         msg = f"cannot unpickle {where}: {one_line(exc)}"
         raise ModelLoadError(msg) from None
