@@ -14,6 +14,8 @@ measured program runs in a fresh interpreter, one at a time:
 (e) scaling     throughput against preprocessor/model actors and batch size
 (f) large       peak RSS with records of 500 KB behind a model 5x slower than the
                 input, against the idle daemon and batch.max_in_flight_bytes
+(m) model kinds in process (no broker): prepare + score (+ reason codes, k=3) of
+                each kind on the same 30-feature records, against sklearn's row
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -933,6 +935,21 @@ class Bench:
             self.scaling()
         if "f" in self.args.sections:
             self.large()
+        if "m" in self.args.sections:
+            self.model_kinds()
+
+    def model_kinds(self) -> None:
+        """(m) Each model kind's cost per record, in process, on the same records.
+
+        A logistic-regression pipeline, a 100-round XGBoost and LightGBM booster
+        (depth 3 / 7 leaves) and the same sklearn pipeline through an MLflow
+        directory score the breast-cancer features in batches of 1,000 with the
+        code the model actor runs; reason codes (k=3) are timed on top.
+        """
+        rows = _model_kind_rates(self.workdir, 20_000 if self.args.smoke else 200_000)
+        base = rows.get("sklearn", 0.0)
+        for name, rate in rows.items():
+            self.rows.append(Row("m", name, rate, "records/s", rate / base if base else None))
 
 
 class _Watch:
@@ -1009,6 +1026,82 @@ def _settings_note(sections: dict[str, dict[str, Any]]) -> str:
     return ", ".join(f"{s}.{k}={v}" for s, table in sections.items() for k, v in table.items())
 
 
+def _model_kind_rates(workdir: Path, count: int) -> dict[str, float]:
+    """Records/s of prepare + score (+ reasons) per kind; see ``Bench.model_kinds``."""
+    import warnings
+
+    import lightgbm as lgb
+    import mlflow.sklearn
+    import xgboost as xgb
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from streamer.core.features import prepare_batch
+    from streamer.core.models import ModelOptions, load_model
+    from streamer.core.scoring import explain, score_isolating_failures
+
+    frame, target = load_breast_cancer(return_X_y=True, as_frame=True)
+    names = list(frame.columns)
+    directory = workdir / "model-kinds"
+    directory.mkdir(exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        pipeline.fit(frame, target)
+        import joblib
+
+        joblib.dump(pipeline, directory / "logreg.joblib")
+        mlflow.sklearn.save_model(pipeline, str(directory / "mlflow-logreg"))
+        xgb.train(
+            {"max_depth": 3, "objective": "binary:logistic", "nthread": 1},
+            xgb.DMatrix(frame, label=target),
+            100,
+        ).save_model(directory / "xgb.json")
+        lgb.train(
+            {"objective": "binary", "num_leaves": 7, "verbose": -1, "num_threads": 1},
+            lgb.Dataset(frame, label=target),
+            100,
+        ).save_model(directory / "lgb.txt")
+        linear = {
+            "features": names,
+            "mean": frame.mean().tolist(),
+            "std": frame.std(ddof=0).tolist(),
+            "weights": pipeline[-1].coef_[0].tolist(),
+            "bias": float(pipeline[-1].intercept_[0]),
+        }
+        (directory / "linear.json").write_bytes(orjson.dumps(linear))
+    rng = np.random.default_rng(5)
+    sample = frame.to_numpy()[rng.integers(0, len(frame), 1000)]
+    batch = [orjson.dumps(dict(zip(names, row, strict=True))) for row in sample.tolist()]
+    kinds = [
+        ("linear", "linear", "linear.json", 0),
+        ("linear, reasons k=3", "linear", "linear.json", 3),
+        ("sklearn", "sklearn", "logreg.joblib", 0),
+        ("sklearn, reasons k=3", "sklearn", "logreg.joblib", 3),
+        ("mlflow (sklearn flavour)", "mlflow", "mlflow-logreg", 0),
+        ("xgboost", "xgboost", "xgb.json", 0),
+        ("xgboost, reasons k=3", "xgboost", "xgb.json", 3),
+        ("lightgbm", "lightgbm", "lgb.txt", 0),
+        ("lightgbm, reasons k=3", "lightgbm", "lgb.txt", 3),
+    ]
+    rates: dict[str, float] = {}
+    for label, kind, file, k in kinds:
+        options = ModelOptions(features=tuple(names), explain_top_k=k)
+        model = load_model(kind, str(directory / file), options)
+        started = time.perf_counter()
+        for _ in range(count // len(batch)):
+            prepared = prepare_batch(
+                batch, model.spec, missing="dlq", standardize=model.spec.standardize,
+                max_record_bytes=1 << 20,
+            )  # fmt: skip
+            score_isolating_failures(model, prepared.features)
+            explain(model, prepared.features)
+        rates[label] = count / (time.perf_counter() - started)
+    return rates
+
+
 def table(rows: list[Row], args: argparse.Namespace) -> str:
     titles = {
         "a": "(a) floors: bare single-thread loops",
@@ -1017,6 +1110,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
+        "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1025,11 +1119,11 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abcdef":
+    for section, title in titles.items():
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue
-        lines.append(titles[section])
+        lines.append(title)
         for r in chosen:
             ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
             value = f"{r.value:,.0f}" if r.unit == "records/s" else f"{r.value:,.1f}"
@@ -1077,7 +1171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
-        "--sections", default="abcdef", help="which of a-f to run ('a' runs (a) and (b))"
+        "--sections", default="abcdefm", help="which of a-f, m to run ('a' runs (a) and (b))"
     )
     _large_arguments(parser)
     parser.add_argument("--session-timeout", type=float, default=6.0)
