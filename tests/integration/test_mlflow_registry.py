@@ -203,6 +203,8 @@ def test_a_moved_alias_switches_versions_in_process_without_losing_a_record(
     assert any(versions[0] == f"{first}@champion" for versions in switches.values())
     reloads = pipeline.registry.get_sample_value
     assert reloads("streamer_model_reloads_total", {"result": "success"}) == 1
+    info = {"name": "fraud", "version": f"{second}@champion"}
+    wait_for(lambda: reloads("streamer_model_info", info) == 1, 10, "streamer_model_info")
 
     # The registry goes away: scoring goes on with v2, and the poll keeps retrying.
     registry_server.stop()
