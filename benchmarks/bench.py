@@ -17,6 +17,9 @@ measured program runs in a fresh interpreter, one at a time:
 (p) peers       with --peers: the same job run by Bytewax 0.21 and Quix Streams 3.28
                 (peers.py, in their own virtual environment), and every row's ratio
                 to the fastest peer
+(r) formats     Avro input (through a Schema Registry stand-in) next to JSON, batch 1000
+(m) model kinds in process (no broker): prepare + score (+ reason codes, k=3) of
+                each kind on the same 30-feature records, against sklearn's row
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -1121,6 +1124,8 @@ class Bench:
             self.large()
         if "r" in self.args.sections:
             self.formats()
+        if "m" in self.args.sections:
+            self.model_kinds()
 
     def formats(self) -> None:
         """(r) Avro input at batch 1000 next to JSON, on the same backend, in the same run.
@@ -1168,6 +1173,19 @@ class Bench:
                         )
                     )
                     self.cluster.delete(self.input, f"{self.input}.dlq")
+
+    def model_kinds(self) -> None:
+        """(m) Each model kind's cost per record, in process, on the same records.
+
+        A logistic-regression pipeline, a 100-round XGBoost and LightGBM booster
+        (depth 3 / 7 leaves) and the same sklearn pipeline through an MLflow
+        directory score the breast-cancer features in batches of 1,000 with the
+        code the model actor runs; reason codes (k=3) are timed on top.
+        """
+        rows = _model_kind_rates(self.workdir, 20_000 if self.args.smoke else 200_000)
+        base = rows.get("sklearn", 0.0)
+        for name, rate in rows.items():
+            self.rows.append(Row("m", name, rate, "records/s", rate / base if base else None))
 
 
 def peers_python(chosen: str) -> str:
@@ -1287,16 +1305,93 @@ _DEMO_AVRO = json.dumps(
 )
 
 
+def _model_kind_rates(workdir: Path, count: int) -> dict[str, float]:
+    """Records/s of prepare + score (+ reasons) per kind; see ``Bench.model_kinds``."""
+    import warnings
+
+    import lightgbm as lgb
+    import mlflow.sklearn
+    import xgboost as xgb
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from streamer.core.features import prepare_batch
+    from streamer.core.models import ModelOptions, load_model
+    from streamer.core.scoring import explain, score_isolating_failures
+
+    frame, target = load_breast_cancer(return_X_y=True, as_frame=True)
+    names = list(frame.columns)
+    directory = workdir / "model-kinds"
+    directory.mkdir(exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        pipeline.fit(frame, target)
+        import joblib
+
+        joblib.dump(pipeline, directory / "logreg.joblib")
+        mlflow.sklearn.save_model(pipeline, str(directory / "mlflow-logreg"))
+        xgb.train(
+            {"max_depth": 3, "objective": "binary:logistic", "nthread": 1},
+            xgb.DMatrix(frame, label=target),
+            100,
+        ).save_model(directory / "xgb.json")
+        lgb.train(
+            {"objective": "binary", "num_leaves": 7, "verbose": -1, "num_threads": 1},
+            lgb.Dataset(frame, label=target),
+            100,
+        ).save_model(directory / "lgb.txt")
+        linear = {
+            "features": names,
+            "mean": frame.mean().tolist(),
+            "std": frame.std(ddof=0).tolist(),
+            "weights": pipeline[-1].coef_[0].tolist(),
+            "bias": float(pipeline[-1].intercept_[0]),
+        }
+        (directory / "linear.json").write_bytes(orjson.dumps(linear))
+    rng = np.random.default_rng(5)
+    sample = frame.to_numpy()[rng.integers(0, len(frame), 1000)]
+    batch = [orjson.dumps(dict(zip(names, row, strict=True))) for row in sample.tolist()]
+    kinds = [
+        ("linear", "linear", "linear.json", 0),
+        ("linear, reasons k=3", "linear", "linear.json", 3),
+        ("sklearn", "sklearn", "logreg.joblib", 0),
+        ("sklearn, reasons k=3", "sklearn", "logreg.joblib", 3),
+        ("mlflow (sklearn flavour)", "mlflow", "mlflow-logreg", 0),
+        ("xgboost", "xgboost", "xgb.json", 0),
+        ("xgboost, reasons k=3", "xgboost", "xgb.json", 3),
+        ("lightgbm", "lightgbm", "lgb.txt", 0),
+        ("lightgbm, reasons k=3", "lightgbm", "lgb.txt", 3),
+    ]
+    rates: dict[str, float] = {}
+    for label, kind, file, k in kinds:
+        options = ModelOptions(features=tuple(names), explain_top_k=k)
+        model = load_model(kind, str(directory / file), options)
+        started = time.perf_counter()
+        for _ in range(count // len(batch)):
+            prepared = prepare_batch(
+                batch, model.spec, missing="dlq", standardize=model.spec.standardize,
+                max_record_bytes=1 << 20,
+            )  # fmt: skip
+            score_isolating_failures(model, prepared.features)
+            explain(model, prepared.features)
+        rates[label] = count / (time.perf_counter() - started)
+    return rates
+
+
 def table(rows: list[Row], args: argparse.Namespace) -> str:
     titles = {
         "a": "(a) floors: bare single-thread loops",
         "b": "(b) streamer, ratio to its own backend's floor",
+        "p": "(p) peers on the same job; x floor = ratio to the fastest peer",
         "c": "(c) end-to-end latency at a share of (b)'s one-worker default throughput",
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
-        "p": "(p) peers on the same job; x floor = ratio to the fastest peer",
         "r": "(r) record formats: Avro input next to JSON, batch 1000 (x floor: x JSON)",
+        "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1305,11 +1400,11 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abpcdefr":
+    for section, title in titles.items():
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue
-        lines.append(titles[section])
+        lines.append(title)
         for r in chosen:
             ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
             value = f"{r.value:,.0f}" if r.unit == "records/s" else f"{r.value:,.1f}"
@@ -1373,7 +1468,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
-        "--sections", default="abcdefr", help="which of a-f, r to run ('a' runs (a) and (b))"
+        "--sections",
+        default="abcdefrm",
+        help="which of a-f, r and m to run ('a' runs (a) and (b); --peers adds p)",
     )
     parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):

@@ -111,6 +111,8 @@ class ScoredBatch:
     model_version: str
     preprocess_seconds: float = 0.0
     model_seconds: float = 0.0
+    reasons: tuple[bytes, ...] = ()
+    """One JSON array of reason codes per prediction row (``model.explain_top_k``), or none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,8 @@ class ModelReloader:
         notify: Receives the outcome of every reload (for the metrics actor).
         interval_s: How often to look at the files; 0 only reloads on request.
         paths: Returns the files to watch (they may change with the model).
+        poll: Returns what would load now (a registry alias's version); a change
+            reloads like a changed file. It must not raise.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class ModelReloader:
         notify: Callable[[ModelReloaded], None],
         interval_s: float,
         paths: Callable[[], Sequence[Path]],
+        poll: Callable[[], object] = lambda: None,
     ) -> None:
         self._load = load
         self._current = current
@@ -90,6 +93,7 @@ class ModelReloader:
         self._notify = notify
         self._interval_s = interval_s
         self._paths = paths
+        self._poll = poll
         self._requested = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -97,7 +101,7 @@ class ModelReloader:
 
     def start(self) -> None:
         """Start the watcher thread, comparing with the files as they are now."""
-        initial = file_signature(self._paths())
+        initial = self._signature()
         self._thread = threading.Thread(
             target=self._run, args=(initial,), name="model-reloader", daemon=True
         )
@@ -147,9 +151,9 @@ class ModelReloader:
             self._notify(ModelReloaded(SUCCESS, new.name, new.version))
             return SUCCESS
 
-    def _run(self, last: Signature) -> None:
+    def _run(self, last: tuple[Signature, object]) -> None:
         timeout = self._interval_s if self._interval_s > 0 else None
-        pending: Signature | None = None
+        pending: tuple[Signature, object] | None = None
         while True:
             requested = self._requested.wait(timeout)
             if self._stopping.is_set():
@@ -157,16 +161,19 @@ class ModelReloader:
             if requested:
                 self._requested.clear()
                 self._guarded("SIGHUP or request")
-                last, pending = file_signature(self._paths()), None
+                last, pending = self._signature(), None
                 continue
-            seen = file_signature(self._paths())
+            seen = self._signature()
             if seen == last:
                 pending = None
             elif seen == pending:
-                self._guarded("model file changed")
-                last, pending = file_signature(self._paths()), None
+                self._guarded("model source changed")
+                last, pending = self._signature(), None
             else:
                 pending = seen
+
+    def _signature(self) -> tuple[Signature, object]:
+        return file_signature(self._paths()), self._poll()
 
     def _guarded(self, reason: str) -> None:
         try:

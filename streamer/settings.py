@@ -226,7 +226,9 @@ class ModelSettings:
 
     kind: str = _doc(
         "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
-        "(onnxruntime) or 'python' (a callable taking a DataFrame).",
+        "(onnxruntime), 'python' (a callable taking a DataFrame), 'xgboost' (.json/.ubj "
+        "booster), 'lightgbm' (model.txt) or 'mlflow' (a model directory or models:/, runs:/ "
+        "URI).",
         default="linear",
         choices=KINDS,
     )
@@ -280,6 +282,19 @@ class ModelSettings:
         "still reloads).",
         default=1.0,
         non_negative=True,
+    )
+    explain_top_k: int = _doc(
+        "Reason codes: each output's 'reasons' lists the k features with the largest "
+        "contributions (TreeSHAP for xgboost/lightgbm, coefficient x standardized value for "
+        "linear and linear sklearn pipelines); 0 is off.",
+        default=0,
+        non_negative=True,
+    )
+    tracking_uri: str = _doc(
+        "MLflow tracking/registry URI for kind 'mlflow' with a models:/ or runs:/ path; empty "
+        "means MLFLOW_TRACKING_URI. With models:/name@alias the alias is polled every "
+        "watch_interval_s and a moved alias hot-reloads.",
+        default="",
     )
 
 
@@ -359,6 +374,8 @@ class Settings:
             stats_path=p.stats_path,
             standardize=p.standardize,
             missing=p.missing,
+            explain_top_k=m.explain_top_k,
+            tracking_uri=m.tracking_uri,
         )
 
 

@@ -32,12 +32,12 @@ def feature_names() -> list[str]:
     return list(dataset()[0].columns)
 
 
-@functools.lru_cache(maxsize=1)
-def records() -> pd.DataFrame:
-    """2,000 records like the training data: resampled rows with a little noise."""
+@functools.lru_cache(maxsize=2)
+def records(count: int = RECORDS) -> pd.DataFrame:
+    """``count`` records like the training data: resampled rows with a little noise."""
     frame, _ = dataset()
     rng = np.random.default_rng(7)
-    rows = frame.to_numpy()[rng.integers(0, len(frame), RECORDS)]
+    rows = frame.to_numpy()[rng.integers(0, len(frame), count)]
     noisy = rows * rng.normal(1.0, 0.03, size=rows.shape)
     return pd.DataFrame(noisy, columns=frame.columns)
 
@@ -72,6 +72,24 @@ def estimator(kind: str) -> Any:
             return LogisticRegression(max_iter=1000).fit(standardized.to_numpy(), target)
     msg = f"unknown estimator {kind!r}"
     raise ValueError(msg)
+
+
+def linear_model(directory: Path) -> Any:
+    """A ``kind = "linear"`` JSON model of six features, loaded."""
+    from streamer.core.models import load_model
+
+    frame, _ = dataset()
+    names = feature_names()[:6]
+    doc = {
+        "features": names,
+        "mean": frame[names].mean().tolist(),
+        "std": frame[names].std(ddof=0).tolist(),
+        "weights": [0.8, -0.3, 0.25, 1.1, -0.7, 0.05],
+        "bias": -0.4,
+    }
+    path = directory / "linear.json"
+    path.write_bytes(orjson.dumps(doc))
+    return load_model("linear", str(path))
 
 
 def save_joblib(obj: Any, path: Path) -> Path:
@@ -133,4 +151,59 @@ def both(frame):
 def write_python_model(directory: Path, name: str = "pymodel.py") -> Path:
     path = directory / name
     path.write_text(PYTHON_MODEL)
+    return path
+
+
+OBJECTIVES = ("binary", "multiclass", "regression")
+
+
+def _booster_labels(objective: str) -> np.ndarray:
+    frame, target = dataset()
+    if objective == "binary":
+        return target
+    if objective == "multiclass":
+        big = (frame["mean area"] > frame["mean area"].median()).to_numpy()
+        return target + big.astype(int)  # three classes: 0, 1, 2
+    return frame["worst area"].to_numpy() / 100.0
+
+
+@functools.cache
+def xgboost_file(objective: str, directory: Path, suffix: str = ".json") -> Path:
+    """A small XGBoost booster trained on the named features, saved natively."""
+    import xgboost as xgb
+
+    frame, _ = dataset()
+    params: dict[str, Any] = {"max_depth": 3, "eta": 0.3, "nthread": 1, "seed": 0}
+    params["objective"] = {
+        "binary": "binary:logistic",
+        "multiclass": "multi:softprob",
+        "regression": "reg:squarederror",
+    }[objective]
+    if objective == "multiclass":
+        params["num_class"] = 3
+    booster = xgb.train(params, xgb.DMatrix(frame, label=_booster_labels(objective)), 20)
+    path = directory / f"xgb-{objective}{suffix}"
+    booster.save_model(path)
+    return path
+
+
+@functools.cache
+def lightgbm_file(objective: str, directory: Path) -> Path:
+    """A small LightGBM booster trained on the named features, saved as model.txt."""
+    import lightgbm as lgb
+
+    frame, _ = dataset()
+    params: dict[str, Any] = {
+        "objective": objective,
+        "num_leaves": 7,
+        "learning_rate": 0.3,
+        "num_threads": 1,
+        "verbose": -1,
+        "seed": 0,
+    }
+    if objective == "multiclass":
+        params["num_class"] = 3
+    booster = lgb.train(params, lgb.Dataset(frame, label=_booster_labels(objective)), 20)
+    path = directory / f"lgb-{objective}.txt"
+    booster.save_model(path)
     return path

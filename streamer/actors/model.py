@@ -14,7 +14,7 @@ from streamer.clients.registry import make_reader, registry_wait_logger
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source
-from streamer.core.scoring import score_isolating_failures
+from streamer.core.scoring import explain, score_isolating_failures
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
@@ -91,6 +91,9 @@ class ModelActor(PipelineActor):
                 for pos, error in outcome.failed
             )
             valid_rows = np.delete(valid_rows, failed_positions)
+        scored = batch.features
+        if outcome.failed:
+            scored = np.delete(scored, failed_positions, axis=0)
         self._producer.tell(
             ScoredBatch(
                 source=batch.source,
@@ -103,5 +106,6 @@ class ModelActor(PipelineActor):
                 model_version=model.version,
                 preprocess_seconds=batch.preprocess_seconds,
                 model_seconds=time.perf_counter() - started,
+                reasons=explain(model, scored),
             )
         )

@@ -165,6 +165,7 @@ class ProducerActor(PipelineActor):
             output_names=batch.output_names,
             model=model,
             scored_at=scored_at,
+            reasons=batch.reasons,
         )
         context = SourceContext(
             topic=source.topic,

@@ -51,6 +51,7 @@ def encode_predictions(
     output_names: tuple[str, ...],
     model: dict[str, str],
     scored_at: str,
+    reasons: Sequence[bytes] = (),
 ) -> list[bytes]:
     """One JSON document per valid row, in row order.
 
@@ -63,6 +64,10 @@ def encode_predictions(
     float is its shortest round-trip form, which is valid JSON.
     """
     head = b'{"key":%s,"topic":' + _literal(topic) + b',"partition":' + str(partition).encode()
+    if reasons:
+        return _with_reasons(
+            head, offsets, keys, rows, predictions, output_names, model, scored_at, reasons
+        )
     tail = b',"model":' + _literal(model) + b',"scored_at":' + _literal(scored_at) + b"}"
     values = predictions.tolist()
     if predictions.ndim == 1:
@@ -71,6 +76,41 @@ def encode_predictions(
         return _encode_single(single, offsets, keys, rows.tolist(), values)
     template = head + b',"offset":%d,' + b"%s" + tail
     return _encode_multi(template, offsets, keys, rows.tolist(), values, output_names)
+
+
+def _with_reasons(
+    head: bytes,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    rows: np.ndarray,
+    predictions: np.ndarray,
+    output_names: tuple[str, ...],
+    model: dict[str, str],
+    scored_at: str,
+    reasons: Sequence[bytes],
+) -> list[bytes]:
+    """The records with a ``reasons`` field (``model.explain_top_k``), one per prediction row."""
+    template = (
+        head
+        + b',"offset":%d,%s,"reasons":%s,"model":'
+        + _literal(model)
+        + b',"scored_at":'
+        + _literal(scored_at)
+        + b"}"
+    )
+    values = predictions.tolist()
+    names = [_literal(name) + b":%r" for name in output_names]
+    out: list[bytes] = []
+    for index, row in enumerate(rows.tolist()):
+        value = values[index]
+        score = b",".join(
+            n % (v,)
+            for n, v in zip(names, value if predictions.ndim == 2 else [value], strict=True)
+        )
+        key = keys[row]
+        key_json = b"null" if key is None else orjson.dumps(key_text(key))
+        out.append(template % (key_json, offsets[row], score, reasons[index]))
+    return out
 
 
 def _literal(value: object) -> bytes:

@@ -54,3 +54,18 @@ def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome
     right = score_isolating_failures(model, features[middle:])
     failed = left.failed + [(pos + middle, err) for pos, err in right.failed]
     return ScoreOutcome(np.concatenate([left.predictions, right.predictions]), failed)
+
+
+def explain(model: Model, features: np.ndarray) -> tuple[bytes, ...]:
+    """Each row's reason codes as JSON when the model gives them (``model.explain_top_k``).
+
+    Empty when it does not; a model that fails to explain a batch it just scored
+    gives ``[]`` per row rather than losing the scores.
+    """
+    reasons = getattr(model, "reasons", None)
+    if not getattr(model, "explain_top_k", 0) or reasons is None:
+        return ()
+    try:
+        return tuple(reasons(features))
+    except Exception:  # a prediction is never lost to its explanation
+        return (b"[]",) * features.shape[0]

@@ -39,8 +39,14 @@ class HotReload:
             notify=self._notify,
             interval_s=self._settings.model.watch_interval_s,
             paths=lambda: self.model.watch_paths,
+            poll=self._poll_source,
         )
         self._reloader.start()
+
+    def _poll_source(self) -> object:
+        # An MLflow model loaded through a registry alias asks which version it names.
+        poll = getattr(self.model, "poll_source", None)
+        return poll() if poll is not None else None
 
     def stop(self) -> None:
         """Stop watching; a reload in progress finishes first."""

@@ -251,3 +251,44 @@ class TestPipelineReload:
         with pytest.raises(ModelLoadError) as info:
             Pipeline(settings)
         assert info.value.exit_code == 2
+
+
+class TestPolledSource:
+    """A registry alias: ``poll`` says which version would load; a move reloads."""
+
+    def test_a_moved_alias_reloads_once_and_a_failed_load_keeps_the_old_model(
+        self, tmp_path: Path
+    ) -> None:
+        path = write(tmp_path / "m.json", version="1")
+        alias = ["1"]
+        installed = [load_linear(path)]
+        events = Events()
+
+        def load() -> LinearModel:
+            if alias[0] == "broken":
+                msg = "model error: version 3 cannot be loaded"
+                raise ModelLoadError(msg)
+            return load_linear(write(path, version=alias[0]))
+
+        subject = ModelReloader(
+            load=load,
+            current=lambda: installed[-1],
+            install=installed.append,
+            notify=events,
+            interval_s=0.02,
+            paths=lambda: (),
+            poll=lambda: alias[0],
+        )
+        subject.start()
+        try:
+            alias[0] = "2"
+            (event,) = events.mailbox.wait_for(1)
+            assert event == ModelReloaded("success", "tiny", "2")
+            alias[0] = "broken"
+            _, failed = events.mailbox.wait_for(2)
+            assert (failed.result, failed.version) == ("failure", "2")
+            time.sleep(0.2)  # the same alias is not retried on every poll
+            assert len(events.mailbox.items()) == 2
+            assert [m.version for m in installed] == ["1", "2"]
+        finally:
+            subject.stop()

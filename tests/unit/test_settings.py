@@ -217,7 +217,12 @@ class TestErrors:
         [
             ("kafka", "auto_offset_reset", "newest", "'earliest', 'latest'"),
             ("preprocess", "missing", "ignore", "'dlq', 'drop', 'impute'"),
-            ("model", "kind", "tree", "'linear', 'sklearn', 'onnx', 'python'"),
+            (
+                "model",
+                "kind",
+                "tree",
+                "'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow'",
+            ),
             (
                 "model",
                 "method",

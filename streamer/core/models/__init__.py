@@ -1,6 +1,6 @@
 """Models: load once, score a standardized feature matrix.
 
-Four kinds sit behind one :class:`~streamer.core.models.base.Model` protocol,
+Six kinds sit behind one :class:`~streamer.core.models.base.Model` protocol,
 one module each:
 
 - ``linear`` (:mod:`.linear`): a logistic regression in one JSON file; with no
@@ -10,6 +10,8 @@ one module each:
   :class:`~streamer.core.models.common.ChunkedModel` that calls it on
   fixed-size, freshly allocated chunks so that a row's prediction never depends
   on its batch-mates (see ``common.py``).
+- ``xgboost`` and ``lightgbm`` (:mod:`.xgboost`, :mod:`.lightgbm`, sharing
+  :mod:`.boosters`): native booster files, no pickle.
 
 Imports go one way: this table -> the kinds -> ``common`` -> ``base``. The
 table names each loader by module, and imports the module only when that kind
@@ -52,6 +54,9 @@ LOADERS: dict[str, str] = {
     "sklearn": "streamer.core.models.sklearn:load",
     "onnx": "streamer.core.models.onnx:load",
     "python": "streamer.core.models.python:load",
+    "xgboost": "streamer.core.models.xgboost:load",
+    "lightgbm": "streamer.core.models.lightgbm:load",
+    "mlflow": "streamer.core.models.mlflow:load",
 }
 """``model.kind`` -> ``module:function``, a function that takes :class:`ModelOptions`."""
 KINDS = tuple(LOADERS)

@@ -106,3 +106,5 @@ class ModelOptions:
     stats_path: str = ""
     standardize: bool = True
     missing: str = "dlq"
+    explain_top_k: int = 0
+    tracking_uri: str = ""

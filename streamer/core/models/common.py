@@ -11,6 +11,17 @@ padded with copies of its first row, and the padding's outputs are dropped.
 Every row of every batch then goes through the same computation. Tree
 ensembles do not need it, but gain nothing from skipping it either:
 ``model.chunk_rows = 0`` turns it off.
+
+**The user's own layout.** The chunk is column-major (Fortran order), because
+that is what scikit-learn gets from the data scientist's
+``model.predict_proba(pd.DataFrame(events)[features])``: pandas keeps a
+one-dtype frame as one ``(columns, rows)`` block, and ``np.asarray(frame)`` is
+its transpose. OpenBLAS computes ``X @ w`` for a column-major ``X`` with
+another kernel (and another summation order) than for a row-major one: with
+row-major chunks only ~80% of streamed scores were bit-identical to that
+offline call, with column-major ones all of them are, except the last
+``rows % 4`` rows of the offline frame, which OpenBLAS's kernel computes in
+its scalar tail (measured in docs/models.md, "Fidelity").
 """
 
 from __future__ import annotations
@@ -51,6 +62,11 @@ class ChunkedModel:
     kind: str
     digest: str = ""
     watch_paths: tuple[Path, ...] = field(default=())
+    contributions: ChunkCall | None = None
+    """(n, d) -> (n, d): each feature's contribution to the explained output, if known."""
+    explain_top_k: int = 0
+    poll_source: Callable[[], object] | None = None
+    """What would load now (a registry alias's version); a change hot-reloads the model."""
 
     @classmethod
     def from_source(
@@ -64,15 +80,27 @@ class ChunkedModel:
         output_names: tuple[str, ...],
         call: ChunkCall,
         watched: Path | None,
+        contributions: ChunkCall | None = None,
     ) -> ChunkedModel:
         """A loaded model, named by ``options`` or else by ``default_name`` and ``source``.
 
         ``source`` is what the model was loaded from (the file's bytes, or a
         callable's module source): its SHA-256 is the digest, and its first 12 hex
         digits the version unless ``model.version`` is set. A change to
-        ``watched``, when given, hot-reloads the model.
+        ``watched``, when given, hot-reloads the model. ``contributions``, when
+        given, explains each row (``model.explain_top_k``).
+
+        Raises:
+            ModelLoadError: ``model.explain_top_k`` is set but the model cannot explain.
         """
         digest = hashlib.sha256(source).hexdigest()
+        if options.explain_top_k and contributions is None:
+            msg = (
+                f"model.explain_top_k={options.explain_top_k}: model.kind={kind!r} at "
+                f"model.path={options.path} gives no reason codes (xgboost, lightgbm, linear "
+                "and linear sklearn pipelines do); set model.explain_top_k = 0"
+            )
+            raise ModelLoadError(msg)
         return cls(
             name=options.name or default_name,
             version=options.version or digest[:12],
@@ -83,6 +111,8 @@ class ChunkedModel:
             kind=kind,
             digest=digest,
             watch_paths=(watched,) if watched is not None else (),
+            contributions=contributions,
+            explain_top_k=options.explain_top_k,
         )
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -92,13 +122,25 @@ class ChunkedModel:
             return np.empty((0,) if width == 1 else (0, width))
         return predict_in_chunks(self.call, features, self.chunk_rows)
 
+    def reasons(self, features: np.ndarray) -> list[bytes]:
+        """Each row's ``explain_top_k`` reason codes as JSON (see :mod:`.reasons`)."""
+        from streamer.core.models.reasons import top_reasons  # noqa: PLC0415
+
+        if self.contributions is None or features.shape[0] == 0:
+            return [b"[]"] * features.shape[0]
+        parts = predict_in_chunks(self.contributions, features, self.chunk_rows)
+        return top_reasons(parts, self.spec.names, self.explain_top_k)
+
 
 def fresh_matrix(rows: int, width: int) -> np.ndarray:
-    """A new C-contiguous float64 matrix whose data starts on a 64-byte boundary."""
+    """A new column-major float64 matrix whose data starts on a 64-byte boundary.
+
+    Column-major, as ``np.asarray(pd.DataFrame(...))`` is: see the module docstring.
+    """
     nbytes = rows * width * 8
     raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
-    return raw[start : start + nbytes].view(np.float64).reshape(rows, width)
+    return raw[start : start + nbytes].view(np.float64).reshape(width, rows).T
 
 
 def predict_in_chunks(call: ChunkCall, features: np.ndarray, chunk_rows: int) -> np.ndarray:

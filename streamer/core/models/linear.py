@@ -39,6 +39,7 @@ class LinearModel:
     output_names: tuple[str, ...] = ("score",)
     digest: str = ""
     watch_paths: tuple[Path, ...] = ()
+    explain_top_k: int = 0
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Return the probability of the positive class for each row."""
@@ -46,6 +47,16 @@ class LinearModel:
         for col, weight in enumerate(self.weights.tolist()):
             logits += features[:, col] * weight
         return 1.0 / (1.0 + np.exp(-logits))
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Each feature's push on the logit: its weight times its standardized value."""
+        return features * self.weights
+
+    def reasons(self, features: np.ndarray) -> list[bytes]:
+        """Each row's ``explain_top_k`` reason codes as JSON (see :mod:`.reasons`)."""
+        from streamer.core.models.reasons import top_reasons  # noqa: PLC0415
+
+        return top_reasons(self.contributions(features), self.spec.names, self.explain_top_k)
 
     def predict_one(self, standardized_row: list[float]) -> float:
         """Score one row with plain floats: the offline reference the tests compare with."""
@@ -106,6 +117,7 @@ def load_linear(path: str | Path | None, options: ModelOptions | None = None) ->
         bias=_number(_require(doc, "bias", where), "bias", where),
         digest=digest,
         watch_paths=(Path(path),) if path else (),
+        explain_top_k=options.explain_top_k,
     )
 
 

@@ -186,7 +186,7 @@ def _has_scaler(raw: bytes) -> bool:
 
 def _matrix_feed(name: str, dtype: Any) -> Feed:
     def feed(chunk: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: chunk.astype(dtype, copy=False)}
+        return {name: np.ascontiguousarray(chunk, dtype=dtype)}
 
     return feed
 

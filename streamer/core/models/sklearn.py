@@ -38,7 +38,23 @@ def load(options: ModelOptions) -> ChunkedModel:
     raw = read_model_file(options, "a joblib or pickle file")
     where = f"model.path={options.path}"
     libraries = _Libraries.imported()
-    estimator = _fitted_estimator(libraries, raw, where)
+    estimator = _fitted_estimator(libraries, lambda: libraries.unpickle(io.BytesIO(raw)), where)
+    return wrap_estimator(options, estimator, raw, where, libraries)
+
+
+def wrap_estimator(
+    options: ModelOptions,
+    estimator: Any,
+    raw: bytes,
+    where: str,
+    libraries: _Libraries | None = None,
+) -> ChunkedModel:
+    """Wrap a fitted estimator loaded from ``raw`` (the MLflow kind loads its own).
+
+    Raises:
+        ModelLoadError: It lacks the configured method, or does not fit the features.
+    """
+    libraries = libraries or _Libraries.imported()
     method = _resolve_method(estimator, options.method, where)
     _single_job(estimator)
     spec, columns = _spec(estimator, options, where)
@@ -54,7 +70,50 @@ def load(options: ModelOptions) -> ChunkedModel:
         output_names=output_names(width, base, labels),
         call=call,
         watched=Path(options.path),
+        contributions=_linear_contributions(estimator, method, columns, libraries)
+        if options.explain_top_k
+        else None,
     )
+
+
+def fitted_estimator(load: Callable[[], Any], where: str) -> Any:
+    """What ``load`` returns, checked to be a fitted scikit-learn estimator.
+
+    Raises:
+        ModelLoadError: ``load`` fails, or returns no fitted estimator.
+    """
+    return _fitted_estimator(_Libraries.imported(), load, where)
+
+
+def _linear_contributions(
+    estimator: Any, method: str, columns: list[str] | None, libraries: _Libraries
+) -> ChunkCall | None:
+    """Coefficient x standardized value, for a linear model alone or after StandardScalers only.
+
+    None for anything else (trees, other transforms, several classes' coefficients).
+    """
+    steps = [step for _, step in getattr(estimator, "steps", [("model", estimator)])]
+    *scalers, last = steps
+    coef = getattr(last, "coef_", None)
+    if coef is None or method not in ("predict_proba", "decision_function", "predict"):
+        return None
+    weights = np.asarray(coef, dtype=np.float64)
+    if weights.ndim == 2:
+        if weights.shape[0] != 1:
+            return None
+        weights = weights[0]
+    if not all(type(s).__name__ == "StandardScaler" for s in scalers):
+        return None
+
+    def contributions(chunk: np.ndarray) -> np.ndarray:
+        data: Any = (
+            chunk if columns is None else libraries.data_frame(chunk, columns=columns, copy=False)
+        )
+        for scaler in scalers:
+            data = scaler.transform(data)
+        return np.asarray(data, dtype=np.float64) * weights
+
+    return contributions
 
 
 @dataclass(frozen=True)
@@ -83,10 +142,10 @@ class _Libraries:
         return cls(joblib.load, pd.DataFrame, NotFittedError, check_is_fitted)
 
 
-def _fitted_estimator(libraries: _Libraries, raw: bytes, where: str) -> Any:
-    """The unpickled object, checked to be a fitted scikit-learn estimator."""
+def _fitted_estimator(libraries: _Libraries, load: Callable[[], Any], where: str) -> Any:
+    """The loaded object, checked to be a fitted scikit-learn estimator."""
     try:
-        estimator = libraries.unpickle(io.BytesIO(raw))
+        estimator = load()
     except Exception as exc:  # a pickle can fail in any way
         msg = f"cannot unpickle {where}: {one_line(exc)}"
         raise ModelLoadError(msg) from None

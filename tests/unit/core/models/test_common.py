@@ -5,9 +5,8 @@ The same 2,000 records are prepared and scored in batches of 1, 7, 64 and
 ``score_isolating_failures``), and the outputs must be bit-identical to each
 other and to the offline prediction: the loaded model's ``predict`` on the
 whole matrix at once. For scikit-learn, the offline prediction is also checked
-against the estimator's own ``predict_proba`` (exactly for the forest; within
-1e-12 for the logistic regression, whose BLAS sums depend on the batch shape,
-which is why the model is called on fixed-size chunks).
+against the estimator's own ``predict_proba``, exactly (test_fidelity.py
+compares every kind with the user's own offline call).
 """
 
 from __future__ import annotations
@@ -123,10 +122,8 @@ def test_the_offline_prediction_is_sklearns_predict_proba(name: str, directory: 
     model = build(f"sklearn-{name}", directory)
     values: list[bytes | None] = list(zoo.record_values())
     expected = zoo.estimator(name).predict_proba(zoo.records())[:, 1]
-    if name == "forest":
-        assert np.array_equal(offline(model, values), expected)
-    else:
-        np.testing.assert_allclose(offline(model, values), expected, rtol=0, atol=1e-12)
+    # Exact for both: the chunks are column-major, as np.asarray(DataFrame) is.
+    assert np.array_equal(offline(model, values), expected)
 
 
 def test_without_fixed_chunks_a_blas_model_may_depend_on_the_batch_size(directory: Path) -> None:

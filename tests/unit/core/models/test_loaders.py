@@ -18,7 +18,7 @@ def test_an_unsupported_kind_is_named() -> None:
         load_model("tree", None)
     assert str(info.value) == (
         "model error: model.kind='tree' is not supported "
-        "(supported: 'linear', 'sklearn', 'onnx', 'python')"
+        "(supported: 'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow')"
     )
 
 
