@@ -260,6 +260,28 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Model health: live drift against a reference profile (docs/model-health.md)."""
+
+    profile_path: str = _doc(
+        "Reference profile from `streamer profile`; empty disables the drift gauges. Its "
+        "features must be the model's (exit 2 otherwise).",
+        default="",
+    )
+    window_records: int = _doc(
+        "The drift gauges cover the last this many records.", default=10000, positive=True
+    )
+    window_s: float = _doc(
+        "When > 0, the drift gauges also forget records older than this.",
+        default=0.0,
+        non_negative=True,
+    )
+    threshold: float = _doc(
+        "The decision threshold on the score (challenger flip rate).", default=0.5
+    )
+
+
+@dataclass(frozen=True)
 class ShutdownSettings:
     """Graceful shutdown."""
 
@@ -277,6 +299,7 @@ class Settings:
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     def model_options(self) -> ModelOptions:
         """What the model loader reads of ``[model]`` and ``[preprocess]``."""
@@ -309,6 +332,7 @@ SECTIONS: dict[str, type] = {
     "supervision": SupervisionSettings,
     "metrics": MetricsSettings,
     "shutdown": ShutdownSettings,
+    "monitoring": MonitoringSettings,
 }
 
 # The constraints of the options that do not carry them on their field yet (see _doc).

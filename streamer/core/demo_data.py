@@ -26,8 +26,10 @@ MERCHANT_RISK = {
 }
 
 
-def make_event(rng: random.Random, *, anomaly_ratio: float = 0.03) -> dict[str, Any]:
-    """One transaction as a JSON-ready dict."""
+def make_event(
+    rng: random.Random, *, anomaly_ratio: float = 0.03, amount_scale: float = 1.0
+) -> dict[str, Any]:
+    """One transaction as a JSON-ready dict; ``amount_scale`` > 1 drifts the amounts up."""
     merchant = rng.choice(MERCHANTS)
     anomalous = rng.random() < anomaly_ratio
     if anomalous:
@@ -43,7 +45,7 @@ def make_event(rng: random.Random, *, anomaly_ratio: float = 0.03) -> dict[str, 
     return {
         "transaction_id": str(uuid.UUID(int=rng.getrandbits(128))),
         "card_id": f"card-{rng.randint(1, 5000):05d}",
-        "amount": amount,
+        "amount": amount if amount_scale == 1.0 else round(amount * amount_scale, 2),
         "currency": "EUR",
         "merchant_category": merchant,
         "merchant_risk": MERCHANT_RISK[merchant],
@@ -65,10 +67,14 @@ MALFORMED: tuple[bytes, ...] = (
 
 
 def make_record(
-    rng: random.Random, *, bad_ratio: float = 0.0, anomaly_ratio: float = 0.03
+    rng: random.Random,
+    *,
+    bad_ratio: float = 0.0,
+    anomaly_ratio: float = 0.03,
+    amount_scale: float = 1.0,
 ) -> tuple[bytes, bytes]:
     """(key, value) for one record; the key is the card id, so a card's events stay in order."""
     if bad_ratio and rng.random() < bad_ratio:
         return f"card-{rng.randint(1, 5000):05d}".encode(), rng.choice(MALFORMED)
-    event = make_event(rng, anomaly_ratio=anomaly_ratio)
+    event = make_event(rng, anomaly_ratio=anomaly_ratio, amount_scale=amount_scale)
     return event["card_id"].encode(), orjson.dumps(event)

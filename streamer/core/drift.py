@@ -196,8 +196,11 @@ class DriftMonitor:
         now: float,
         model_version: str = "",
     ) -> None:
-        """Add one batch: scored rows' features (at batch positions ``feature_rows``), rows
-        rejected for a feature as (position, detail), and the scores of the scored rows.
+        """Add one batch to the window.
+
+        ``features`` are the prepared rows (at batch positions ``feature_rows``),
+        ``rejected`` the rows dead-lettered for a feature as (position, detail),
+        and ``scores`` the scores of the rows the model scored.
         """
         codes = self.feature_codes(features)
         if rejected:

@@ -54,3 +54,11 @@ def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome
     right = score_isolating_failures(model, features[middle:])
     failed = left.failed + [(pos + middle, err) for pos, err in right.failed]
     return ScoreOutcome(np.concatenate([left.predictions, right.predictions]), failed)
+
+
+def score_column(model: Model, features: np.ndarray, output: str) -> np.ndarray:
+    """One output of the model for rows it scores (rows it fails on are left out)."""
+    predictions = score_isolating_failures(model, features).predictions
+    if predictions.ndim == 2:
+        return predictions[:, model.output_names.index(output)]
+    return predictions

@@ -11,7 +11,7 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer import clients
-from streamer.actors.metrics import MetricsActor, PipelineMetrics
+from streamer.actors.metrics import DriftCollector, MetricsActor, PipelineMetrics
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
@@ -21,7 +21,7 @@ from streamer.settings import Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload
-from streamer.topology.preflight import check_features, wait_for_broker
+from streamer.topology.preflight import build_monitor, check_features, wait_for_broker
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -58,6 +58,10 @@ class Pipeline:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
+        # A profile that does not match the model is refused here, before anything starts.
+        self.monitor = build_monitor(settings, model)
+        if self.monitor is not None:
+            self.registry.register(DriftCollector(self.monitor))
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -170,6 +174,7 @@ class Pipeline:
             consumer_factory=self._consumer_factory,
             producer_factory=self._producer_factory,
             on_assigned=self._assigned.set,
+            monitor=self.monitor,
         )
 
     def _abort_start(self) -> None:

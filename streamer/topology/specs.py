@@ -29,6 +29,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
+from streamer.core.drift import DriftMonitor
 from streamer.core.models import Model
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
@@ -59,6 +60,8 @@ class Wiring:
     consumer_factory: ConsumerFactory
     producer_factory: ProducerFactory
     on_assigned: Callable[[], None]
+    monitor: DriftMonitor | None = None
+    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
 
 
 StartStage = Callable[[Wiring, int, int, FailureHandler], pykka.ActorRef]
@@ -144,6 +147,7 @@ def _start_model(w: Wiring, _index: int, _epoch: int, on_failure: FailureHandler
         on_failure=on_failure,
         preprocess=w.settings.preprocess,
         batch=w.settings.batch,
+        monitor=w.monitor,
     )
 
 

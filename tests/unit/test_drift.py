@@ -63,7 +63,8 @@ def test_profile_round_trips_through_its_json() -> None:
     profile = _profile()
     again = parse_profile(orjson.loads(profile.to_json(source="x.csv")))
     assert again.features == profile.features
-    assert again.model_name == "m" and again.model_version == "1"
+    assert again.model_name == "m"
+    assert again.model_version == "1"
     assert again.feature("b").edges.tolist() == [0.0, 1.0, 2.0]
     assert again.score.fractions.tolist() == [0.5, 0.5]
 
