@@ -137,8 +137,8 @@ class DriftMonitor:
 
     ``observe`` is called by each model actor after scoring a batch, on its own
     thread; ``snapshot`` by the metrics exposition. A lock orders them.
-    ``standardized`` says the features arrive as ``(x - mean) / std``: the
-    profile's edges (raw units) are mapped into that space once.
+    :meth:`set_scaling` says the features arrive as ``(x - mean) / std``: the
+    profile's edges (raw units) are then mapped into that space once.
     """
 
     def __init__(
@@ -155,26 +155,31 @@ class DriftMonitor:
         self._score = CodeWindow(1, profile.score.bins, window_records, window_s)
         self._reference = np.stack([_padded(d, self._bins) for d in profile.distributions])
         self._column = {name: j for j, name in enumerate(profile.features)}
-        self._inner = [d.edges[1:-1] for d in profile.distributions]
-        self._low = np.array([d.minimum for d in profile.distributions])
-        self._high = np.array([d.maximum for d in profile.distributions])
         self._lock = threading.Lock()
-        self._mean: np.ndarray | None = None
-        self._std: np.ndarray | None = None
+        self.set_scaling(None, None)
         self.model_version = profile.model_version
 
     def set_scaling(self, mean: np.ndarray | None, std: np.ndarray | None) -> None:
-        """Features arrive standardized with this mean and std (None: raw values)."""
+        """Features arrive standardized with this mean and std (None: raw values).
+
+        The profile's edges are standardized with the very operations the
+        preprocessor applies to the values, so a value equal to an edge stays
+        equal to it, bit for bit (a discrete feature has values on its edges).
+        """
+        edges = [d.edges for d in self.profile.distributions]
+        if mean is not None and std is not None:
+            edges = [(e - mean[j]) / std[j] for j, e in enumerate(edges)]
         with self._lock:
-            self._mean, self._std = mean, std
+            self._inner = [e[1:-1] for e in edges]
+            self._low = np.array([e[0] for e in edges])
+            self._high = np.array([e[-1] for e in edges])
 
     def feature_codes(self, features: np.ndarray) -> np.ndarray:
         """The codes of scored rows (shape (n, width)), from the model's input matrix."""
-        raw = features if self._mean is None else features * self._std + self._mean
-        codes = np.empty(raw.shape, dtype=np.int64)
+        codes = np.empty(features.shape, dtype=np.int64)
         for j, inner in enumerate(self._inner):
-            codes[:, j] = np.searchsorted(inner, raw[:, j], side="right")
-        outside = (raw < self._low) | (raw > self._high)
+            codes[:, j] = np.searchsorted(inner, features[:, j], side="right")
+        outside = (features < self._low) | (features > self._high)
         return codes + outside * self._bins
 
     def rejected_codes(self, details: Sequence[str]) -> np.ndarray:
