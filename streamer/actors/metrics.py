@@ -18,11 +18,19 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
+from streamer.actors.challenger import ChallengerLink
+from streamer.core.agreement import DELTA_BUCKETS
+from streamer.core.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
 from streamer.core.drift import DriftMonitor
 from streamer.core.features import REASONS
 from streamer.core.records import TP
@@ -458,3 +466,80 @@ class DriftCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """No up-front description: the families are built at each scrape."""
         return iter(())
+
+
+class ChallengerCollector(Collector):
+    """Each challenger's batches, agreement with the champion and latency, read at each scrape.
+
+    Labels: ``challenger`` (the configured names, a fixed set) and ``version``.
+    """
+
+    def __init__(self, links: Sequence[ChallengerLink]) -> None:
+        self._links = tuple(links)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the challenger families."""
+        labels = ["challenger", "version"]
+        batches = CounterMetricFamily(
+            "streamer_challenger_batches",
+            "Batches offered to each challenger, by result: scored, skipped (too many were "
+            "waiting for it) or failed (it raised).",
+            labels=[*labels, "result"],
+        )
+        compared = CounterMetricFamily(
+            "streamer_challenger_compared_records",
+            "Records both the champion and the challenger scored.",
+            labels=labels,
+        )
+        flipped = CounterMetricFamily(
+            "streamer_challenger_flips",
+            "Records whose decision (score >= monitoring.threshold) differs between the champion "
+            "and the challenger.",
+            labels=labels,
+        )
+        delta = HistogramMetricFamily(
+            "streamer_challenger_score_delta",
+            "Challenger score minus champion score, per record.",
+            labels=labels,
+        )
+        latency = HistogramMetricFamily(
+            "streamer_challenger_latency_seconds",
+            "Time the challenger took to score one batch.",
+            labels=labels,
+        )
+        score_psi = GaugeMetricFamily(
+            "streamer_challenger_score_psi",
+            "PSI of the challenger's scores against the champion's, over the window.",
+            labels=labels,
+        )
+        for link in self._links:
+            snap = link.agreement.snapshot()
+            values = [link.name, link.version]
+            for result, count in (
+                ("scored", snap.scored),
+                ("skipped", snap.skipped),
+                ("failed", snap.failed),
+            ):
+                batches.add_metric([*values, result], count)
+            compared.add_metric(values, snap.compared)
+            flipped.add_metric(values, snap.flips)
+            delta.add_metric(
+                values, _buckets(DELTA_BUCKETS, snap.delta_counts), sum_value=snap.delta_sum
+            )
+            latency.add_metric(
+                values,
+                _buckets(CHALLENGER_LATENCY_BUCKETS, snap.latency_counts),
+                sum_value=snap.latency_sum,
+            )
+            if not math.isnan(snap.score_psi):
+                score_psi.add_metric(values, snap.score_psi)
+        yield from (batches, compared, flipped, delta, latency, score_psi)
+
+    def describe(self) -> Iterator[Metric]:
+        """No up-front description: the families are built at each scrape."""
+        return iter(())
+
+
+def _buckets(bounds: Sequence[float], counts: np.ndarray) -> list[tuple[str, float]]:
+    labels = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    return list(zip(labels, np.cumsum(counts).tolist(), strict=True))

@@ -9,12 +9,13 @@ import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.challenger import ChallengerLink, score_output
 from streamer.actors.routing import Teller
 from streamer.core.drift import FEATURE_REASONS, DriftMonitor
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source
 from streamer.core.scoring import score_isolating_failures
-from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
+from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ModelActor(PipelineActor):
         preprocess: PreprocessSettings | None = None,
         batch: BatchSettings | None = None,
         monitor: DriftMonitor | None = None,
+        challengers: tuple[ChallengerLink, ...] = (),
     ) -> None:
         super().__init__(metrics, on_failure)
         self._model = model
@@ -49,6 +51,7 @@ class ModelActor(PipelineActor):
         self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
         self.reprepared_batches = 0
         self._monitor = monitor
+        self._challengers = challengers
         self._monitoring = monitor is not None and monitor.profile.features == model.spec.names
 
     def receive(self, message: object) -> object:
@@ -140,3 +143,18 @@ class ModelActor(PipelineActor):
                 model_seconds=time.perf_counter() - started,
             )
         )
+        if self._challengers:
+            self._challenge(batch, valid_rows, score_output(model, outcome.predictions))
+
+    def _challenge(self, batch: FeatureBatch, rows: np.ndarray, scores: np.ndarray) -> None:
+        """After the champion: hand the batch to each challenger that has a free slot."""
+        message = ChallengeBatch(batch, rows, scores)
+        for link in self._challengers:
+            if not link.slots.take():
+                link.agreement.skipped()
+                continue
+            try:
+                link.ref.tell(message)
+            except pykka.ActorDeadError:
+                link.slots.give_back()
+                link.agreement.failed(0.0)

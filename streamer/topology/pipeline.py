@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -11,10 +12,17 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer import clients
-from streamer.actors.metrics import DriftCollector, MetricsActor, PipelineMetrics
+from streamer.actors.challenger import ChallengerActor, ChallengerLink
+from streamer.actors.metrics import (
+    ChallengerCollector,
+    DriftCollector,
+    MetricsActor,
+    PipelineMetrics,
+)
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
+from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
-from streamer.core.models import Model, load_configured
+from streamer.core.models import Model, load_configured, load_model
 from streamer.errors import PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
@@ -62,6 +70,12 @@ class Pipeline:
         self.monitor = build_monitor(settings, model)
         if self.monitor is not None:
             self.registry.register(DriftCollector(self.monitor))
+        # Challengers load like the champion, so a bad one stops the start (exit 2).
+        self._challenger_models = [
+            (c, load_model(c.kind, c.path, settings.challenger_options(c)))
+            for c in settings.challengers
+        ]
+        self.challengers: tuple[ChallengerLink, ...] = ()
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -138,6 +152,7 @@ class Pipeline:
         )
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
+            self.challengers = self._start_challengers()
             self._supervisor.start_children(self._wiring())
             # on_start runs on each actor's thread: wait until the clients are open.
             for ref in (self.consumer_ref, self.producer_ref):
@@ -165,6 +180,42 @@ class Pipeline:
             self.model.version,
         )
 
+    def _start_challengers(self) -> tuple[ChallengerLink, ...]:
+        """One actor per ``[[challenger]]``, outside the supervision: it can never stop the rest."""
+        s = self.settings
+        edges = self.monitor.profile.score.edges if self.monitor is not None else None
+        links = []
+        for challenger, model in self._challenger_models:
+            slots = PendingSlots(challenger.max_pending_batches)
+            agreement = Agreement(s.monitoring.threshold, edges, s.monitoring.window_records)
+            ref = ChallengerActor.start(
+                model,
+                challenger.output_topic,
+                slots,
+                agreement,
+                s.kafka,
+                self._producer_factory,
+                s.preprocess,
+                s.batch,
+            )
+            links.append(ChallengerLink(challenger.name, model.version, ref, slots, agreement))
+            log.info(
+                "challenger %s (%s %s) scores in the shadow into %s",
+                challenger.name,
+                model.name,
+                model.version,
+                challenger.output_topic,
+            )
+        if links:
+            self.registry.register(ChallengerCollector(links))
+        return tuple(links)
+
+    def _stop_challengers(self) -> None:
+        """Stop the challengers once the model actors no longer send to them."""
+        for link in self.challengers:
+            with contextlib.suppress(pykka.ActorDeadError):
+                link.ref.stop(block=True, timeout=self.settings.shutdown.timeout_s)
+
     def _wiring(self) -> Wiring:
         return Wiring(
             settings=self.settings,
@@ -175,11 +226,13 @@ class Pipeline:
             producer_factory=self._producer_factory,
             on_assigned=self._assigned.set,
             monitor=self.monitor,
+            challengers=self.challengers,
         )
 
     def _abort_start(self) -> None:
         """Stop what started; raise the failure of the stage that died, if one did."""
         self._terminator.stop_stages(self.metrics_ref)
+        self._stop_challengers()
         error = self._supervisor.error
         if isinstance(error, StreamerError):
             raise error
@@ -258,4 +311,6 @@ class Pipeline:
         started = time.monotonic()
         self._stop_requested.set()
         self._reload.stop()
-        return self._terminator.shutdown(budget, self.metrics_ref, started)
+        report = self._terminator.shutdown(budget, self.metrics_ref, started)
+        self._stop_challengers()
+        return report

@@ -23,6 +23,7 @@ from typing import Final
 import pykka
 
 from streamer.actors.base import FailureHandler
+from streamer.actors.challenger import ChallengerLink
 from streamer.actors.consumer import ConsumerActor
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
@@ -61,6 +62,8 @@ class Wiring:
     producer_factory: ProducerFactory
     on_assigned: Callable[[], None]
     monitor: DriftMonitor | None = None
+    challengers: tuple[ChallengerLink, ...] = ()
+    """The running ``[[challenger]]`` actors, scored after the champion."""
     """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
 
 
@@ -148,6 +151,7 @@ def _start_model(w: Wiring, _index: int, _epoch: int, on_failure: FailureHandler
         preprocess=w.settings.preprocess,
         batch=w.settings.batch,
         monitor=w.monitor,
+        challengers=w.challengers,
     )
 
 

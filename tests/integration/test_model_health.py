@@ -34,7 +34,9 @@ def profile_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("profile")
     train = folder / "train.jsonl"
     rng = random.Random(11)
-    train.write_bytes(b"".join(orjson.dumps(make_event(rng)) + b"\n" for _ in range(REFERENCE_ROWS)))
+    train.write_bytes(
+        b"".join(orjson.dumps(make_event(rng)) + b"\n" for _ in range(REFERENCE_ROWS))
+    )
     out = folder / "profile.json"
     done = subprocess.run(
         [sys.executable, "-m", "streamer", "profile", str(train), "-o", str(out)],
