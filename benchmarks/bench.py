@@ -14,6 +14,8 @@ measured program runs in a fresh interpreter, one at a time:
 (e) scaling     throughput against preprocessor/model actors and batch size
 (f) large       peak RSS with records of 500 KB behind a model 5x slower than the
                 input, against the idle daemon and batch.max_in_flight_bytes
+(h) health      throughput with a drift profile and one challenger (the demo model
+                twice) against the same run without, alternating (target: <= 10%)
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -323,6 +325,7 @@ class Streamer:
         session_timeout_s: float = 6.0,
         sections: dict[str, dict[str, Any]] | None = None,
         env: dict[str, str] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.group = f"bench-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
@@ -344,7 +347,7 @@ class Streamer:
             document.setdefault(section, {}).update(values)
         tag = uuid.uuid4().hex[:6]
         config = workdir / f"streamer-{tag}.toml"
-        config.write_text(to_toml(document))
+        config.write_text(to_toml(document) + extra_toml)
         self.log_path = workdir / f"streamer-{tag}.log"
         command = [sys.executable, "-m", "streamer", "run", "--config", str(config)]
         command += ["--log-level", "WARNING"]
@@ -919,8 +922,62 @@ class Bench:
                 )
             )
 
+    def health(self) -> None:
+        """(h) Model health's cost: drift monitoring plus one challenger (the demo model again).
+
+        Runs with and without alternate ``--repeat`` times over the same preloaded
+        topic, on the same broker, and their medians are compared.
+        """
+        backend = self.args.scaling_backend
+        train = self.workdir / "profile-train.jsonl"
+        with train.open("wb") as handle:
+            for _, value in records(20_000, seed=7):
+                handle.write(value + b"\n")
+        profile = self.workdir / "profile.json"
+        subprocess.run(
+            [sys.executable, "-m", "streamer", "profile", str(train), "-o", str(profile)],
+            check=True,
+            capture_output=True,
+        )
+        challenger_topic = self.cluster.topic("bench-challenger")
+        monitored = {"monitoring": {"profile_path": str(profile)}}
+        challenger = f'[[challenger]]\nname = "demo-again"\noutput_topic = "{challenger_topic}"\n'
+        plain: list[float] = []
+        watched: list[float] = []
+        codes: list[int] = []
+        for run in range(self.args.repeat):
+            self.log(f"(h) {backend} without model health, run {run + 1} of {self.args.repeat}")
+            rate, code = self.throughput(backend, self.args.records)
+            plain.append(rate)
+            codes.append(code)
+            self.log(f"(h) {backend} with a profile and one challenger, run {run + 1}")
+            rate, code = self.throughput(
+                backend, self.args.records, sections=monitored, extra_toml=challenger
+            )
+            watched.append(rate)
+            codes.append(code)
+        self.cluster.delete(challenger_topic)
+        base = float(np.median(plain))
+        rate = float(np.median(watched))
+        exits = ",".join(str(c) for c in sorted(set(codes)))
+        self.rows.append(
+            Row(
+                "h", f"{backend}, no profile, no challenger", base, "records/s", 1.0, _spread(plain)
+            )
+        )
+        self.rows.append(
+            Row(
+                "h",
+                f"{backend}, profile + 1 challenger",
+                rate,
+                "records/s",
+                rate / base if base else None,
+                f"{_spread(watched)}; cost {1 - rate / base:.1%}; exit {exits}",
+            )
+        )
+
     def run(self) -> None:
-        if "a" in self.args.sections or "e" in self.args.sections:
+        if any(section in self.args.sections for section in "aeh"):
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
@@ -933,6 +990,8 @@ class Bench:
             self.scaling()
         if "f" in self.args.sections:
             self.large()
+        if "h" in self.args.sections:
+            self.health()
 
 
 class _Watch:
@@ -1077,7 +1136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
-        "--sections", default="abcdef", help="which of a-f to run ('a' runs (a) and (b))"
+        "--sections", default="abcdefh", help="which of a-h to run ('a' runs (a) and (b))"
     )
     _large_arguments(parser)
     parser.add_argument("--session-timeout", type=float, default=6.0)

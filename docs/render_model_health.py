@@ -169,7 +169,9 @@ def main() -> None:
     print(f"wrote {OUT}")
 
 
-def plot(results: dict[str, list[tuple[str, list[dict[str, Any]]]]], start: float, drift: int) -> None:
+def plot(
+    results: dict[str, list[tuple[str, list[dict[str, Any]]]]], start: float, drift: int
+) -> None:
     titles = [
         "Feature PSI over time",
         "Missing and out-of-range ratio",
