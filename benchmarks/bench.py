@@ -942,39 +942,39 @@ class Bench:
         challenger_topic = self.cluster.topic("bench-challenger")
         monitored = {"monitoring": {"profile_path": str(profile)}}
         challenger = f'[[challenger]]\nname = "demo-again"\noutput_topic = "{challenger_topic}"\n'
-        plain: list[float] = []
-        watched: list[float] = []
+        variants = {
+            "no profile, no challenger": ({}, ""),
+            "profile only": (monitored, ""),
+            "profile + 1 challenger": (monitored, challenger),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in variants}
         codes: list[int] = []
         for run in range(self.args.repeat):
-            self.log(f"(h) {backend} without model health, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records)
-            plain.append(rate)
-            codes.append(code)
-            self.log(f"(h) {backend} with a profile and one challenger, run {run + 1}")
-            rate, code = self.throughput(
-                backend, self.args.records, sections=monitored, extra_toml=challenger
-            )
-            watched.append(rate)
-            codes.append(code)
+            for name, (sections, extra) in variants.items():
+                self.log(f"(h) {backend}, {name}, run {run + 1} of {self.args.repeat}")
+                rate, code = self.throughput(
+                    backend, self.args.records, sections=sections, extra_toml=extra
+                )
+                rates[name].append(rate)
+                codes.append(code)
         self.cluster.delete(challenger_topic)
-        base = float(np.median(plain))
-        rate = float(np.median(watched))
+        base = float(np.median(rates["no profile, no challenger"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
-        self.rows.append(
-            Row(
-                "h", f"{backend}, no profile, no challenger", base, "records/s", 1.0, _spread(plain)
+        for name, runs in rates.items():
+            rate = float(np.median(runs))
+            note = _spread(runs)
+            if rate != base and base:
+                note += f"; cost {1 - rate / base:.1%}"
+            self.rows.append(
+                Row(
+                    "h",
+                    f"{backend}, {name}",
+                    rate,
+                    "records/s",
+                    rate / base if base else None,
+                    f"{note}; exit {exits}",
+                )
             )
-        )
-        self.rows.append(
-            Row(
-                "h",
-                f"{backend}, profile + 1 challenger",
-                rate,
-                "records/s",
-                rate / base if base else None,
-                f"{_spread(watched)}; cost {1 - rate / base:.1%}; exit {exits}",
-            )
-        )
 
     def run(self) -> None:
         if any(section in self.args.sections for section in "aeh"):
@@ -1076,6 +1076,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
+        "h": "(h) model health: a drift profile and one challenger, against neither",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1084,7 +1085,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"{'row':<44} {'value':>12} {'unit':<10} {'x floor':>7}  note",
     ]
-    for section in "abcdef":
+    for section in "abcdefh":
         chosen = [r for r in rows if r.section == section]
         if not chosen:
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,10 @@ import pykka
 
 from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
+from streamer.clients.base import SendFailure, send_batch
 from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.models import Model, preparation_key
-from streamer.core.output import encode_predictions, iso_now
+from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import prepare_source
 from streamer.messages import ChallengeBatch, SourceBatch
 from streamer.settings import BatchSettings, KafkaSettings, PreprocessSettings
@@ -153,10 +155,20 @@ class ChallengerActor(PipelineActor):
             model={"name": self._model.name, "version": self._model.version},
             scored_at=iso_now(),
         )
-        keys = source.keys
+        keys = [source.keys[row] for row in rows.tolist()]
         try:
-            for row, value in zip(rows.tolist(), values, strict=True):
-                client.send(self._output_topic, value, keys[row])
+            # The batch path of the client (librdkafka's in C with confluent), as the producer's.
+            send_batch(client, [OutputGroup(self._output_topic, values, keys)], self._delivered)
         except Exception as exc:  # best effort: counted as a failure, never raised
             self._agreement.failed(0.0)
             log.warning("challenger %s: producing its outputs failed: %s", self._model.name, exc)
+
+    def _delivered(self, failures: Sequence[SendFailure]) -> None:
+        """Deliveries of one batch settled (on a client thread): log the failures, once."""
+        if failures:
+            log.warning(
+                "challenger %s: %d outputs were not delivered: %s",
+                self._model.name,
+                len(failures),
+                failures[0].error,
+            )
