@@ -126,6 +126,21 @@ class DriftSnapshot:
         return self.features[index], float(self.feature_psi[index])
 
 
+FLUSH_ROWS = 4096
+"""Observed rows are binned in groups of about this many (and at each snapshot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """One observed batch, not binned yet."""
+
+    features: np.ndarray
+    rows: np.ndarray
+    rejected: tuple[tuple[int, str], ...]
+    scores: np.ndarray
+    now: float
+
+
 def _padded(binned: Binned, slots: int) -> np.ndarray:
     out = np.zeros(slots)
     out[: binned.bins] = binned.fractions
@@ -156,6 +171,9 @@ class DriftMonitor:
         self._reference = np.stack([_padded(d, self._bins) for d in profile.distributions])
         self._column = {name: j for j, name in enumerate(profile.features)}
         self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._pending_rows = 0
+        self._inner: list[np.ndarray] = []
         self.set_scaling(None, None)
         self.model_version = profile.model_version
 
@@ -170,6 +188,7 @@ class DriftMonitor:
         if mean is not None and std is not None:
             edges = [(e - mean[j]) / std[j] for j, e in enumerate(edges)]
         with self._lock:
+            self._flush()  # what was observed before is binned with the scaling it came with
             self._inner = [e[1:-1] for e in edges]
             self._low = np.array([e[0] for e in edges])
             self._high = np.array([e[-1] for e in edges])
@@ -207,22 +226,47 @@ class DriftMonitor:
         ``rejected`` the rows dead-lettered for a feature as (position, detail),
         and ``scores`` the scores of the rows the model scored.
         """
-        codes = self.feature_codes(features)
-        if rejected:
-            positions = np.concatenate([feature_rows, [pos for pos, _ in rejected]])
-            codes = np.concatenate([codes, self.rejected_codes([d for _, d in rejected])])
-            codes = codes[np.argsort(positions, kind="stable")]
-        score_edges = self.profile.score.edges
-        score_codes = np.searchsorted(score_edges[1:-1], scores, side="right").reshape(-1, 1)
         with self._lock:
-            self._features.add(codes, now)
-            self._score.add(score_codes, now)
+            self._pending.append(_Pending(features, feature_rows, tuple(rejected), scores, now))
+            self._pending_rows += len(features) + len(rejected)
             if model_version:
                 self.model_version = model_version
+            if self._pending_rows >= FLUSH_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Bin the batches observed since the last flush, all at once (the lock is held).
+
+        A numpy call costs microseconds whatever its size: binning a few
+        thousand rows at once instead of each small batch apart keeps the
+        cost per record low. The order of the records is kept, so the window
+        holds the same records either way.
+        """
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
+            return
+        codes = self.feature_codes(np.concatenate([p.features for p in pending]))
+        parts = []
+        start = 0
+        for p in pending:
+            part = codes[start : start + len(p.features)]
+            start += len(p.features)
+            if p.rejected:
+                positions = np.concatenate([p.rows, [pos for pos, _ in p.rejected]])
+                part = np.concatenate([part, self.rejected_codes([d for _, d in p.rejected])])
+                part = part[np.argsort(positions, kind="stable")]
+            parts.append(part)
+        scores = np.concatenate([p.scores for p in pending])
+        score_edges = self.profile.score.edges
+        score_codes = np.searchsorted(score_edges[1:-1], scores, side="right").reshape(-1, 1)
+        now = pending[-1].now
+        self._features.add(np.concatenate(parts), now)
+        self._score.add(score_codes, now)
 
     def snapshot(self, now: float | None = None) -> DriftSnapshot:
         """The gauges now (expiring records older than ``window_s`` first, if ``now`` is given)."""
         with self._lock:
+            self._flush()
             if now is not None:
                 self._features.expire(now)
                 self._score.expire(now)

@@ -118,3 +118,33 @@ def test_records_dead_lettered_for_a_missing_feature_raise_its_missing_ratio(
     assert gauge(pipeline, "streamer_feature_missing_ratio", feature="merchant_risk") == 0.25
     assert gauge(pipeline, "streamer_feature_missing_ratio", feature="amount") == 0.0
     assert gauge(pipeline, "streamer_drift_window_records") == 400
+
+
+def test_the_demo_with_drift_names_the_drifted_feature_in_its_summary() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "demo",
+            "--duration",
+            "9",
+            "--rate",
+            "2000",
+            "--metrics-port",
+            "0",
+            "--drift",
+            "amount",
+            "--drift-after",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any("worst PSI" in line for line in lines), lines[-5:]
+    (drift,) = [line for line in lines if line.startswith("drift: ")]
+    assert drift.startswith("drift: amount drifted (PSI "), drift
