@@ -25,7 +25,7 @@ from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.models import Model, preparation_key
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import prepare_source
-from streamer.messages import ChallengeBatch, SourceBatch
+from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, KafkaSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,24 @@ log = logging.getLogger(__name__)
 LOG_EVERY_FAILURES = 100
 
 
-@dataclass(frozen=True)
+@dataclass
 class ChallengerLink:
-    """What the model actors hold of one running challenger."""
+    """What the model actors and the metrics hold of one running challenger.
+
+    ``model`` is the challenger's model in use: a hot reload replaces it (and the
+    ``version`` label of its metrics), and the actor switches between two batches.
+    """
 
     name: str
-    version: str
+    model: Model
     ref: pykka.ActorRef
     slots: PendingSlots
     agreement: Agreement
+
+    @property
+    def version(self) -> str:
+        """The version label of the challenger's metrics."""
+        return self.model.version
 
 
 def score_output(model: Model, predictions: np.ndarray) -> np.ndarray:
@@ -95,12 +104,17 @@ class ChallengerActor(PipelineActor):
                 log.exception("challenger %s: closing its producer failed", self._model.name)
 
     def receive(self, message: object) -> object:
-        """Score a ChallengeBatch; give its slot back whatever happens."""
-        if isinstance(message, ChallengeBatch):
-            try:
-                self._challenge(message)
-            finally:
-                self._slots.give_back()
+        """Score a ChallengeBatch (giving its slot back whatever happens); take a SwapModel."""
+        match message:
+            case ChallengeBatch():
+                try:
+                    self._challenge(message)
+                finally:
+                    self._slots.give_back()
+            case SwapModel(model=model):
+                log.info("challenger now scores with %s %s", model.name, model.version)
+                self._model = model
+                self._spec_key = preparation_key(model.spec)
         return None
 
     def _challenge(self, message: ChallengeBatch) -> None:

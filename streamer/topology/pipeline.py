@@ -24,8 +24,9 @@ from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured, load_model
 from streamer.errors import PipelineStartError, StreamerError
-from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
-from streamer.settings import Settings
+from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
+from streamer.reload import ModelReloader
+from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload
@@ -76,6 +77,7 @@ class Pipeline:
             for c in settings.challengers
         ]
         self.challengers: tuple[ChallengerLink, ...] = ()
+        self._challenger_reloaders: list[ModelReloader] = []
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -198,7 +200,9 @@ class Pipeline:
                 s.preprocess,
                 s.batch,
             )
-            links.append(ChallengerLink(challenger.name, model.version, ref, slots, agreement))
+            link = ChallengerLink(challenger.name, model, ref, slots, agreement)
+            links.append(link)
+            self._challenger_reloaders.append(self._challenger_reloader(challenger, link))
             log.info(
                 "challenger %s (%s %s) scores in the shadow into %s",
                 challenger.name,
@@ -210,8 +214,36 @@ class Pipeline:
             self.registry.register(ChallengerCollector(links))
         return tuple(links)
 
+    def _challenger_reloader(
+        self, challenger: ChallengerSettings, link: ChallengerLink
+    ) -> ModelReloader:
+        """Hot reload for one challenger: its files are watched like the champion's."""
+
+        def install(model: Model) -> None:
+            link.model = model
+            with contextlib.suppress(pykka.ActorDeadError):
+                link.ref.tell(SwapModel(model))
+
+        def notify(event: ModelReloaded) -> None:
+            log.info("challenger %s reload: %s", challenger.name, event.result)
+
+        reloader = ModelReloader(
+            load=lambda: load_model(
+                challenger.kind, challenger.path, self.settings.challenger_options(challenger)
+            ),
+            current=lambda: link.model,
+            install=install,
+            notify=notify,
+            interval_s=self.settings.model.watch_interval_s,
+            paths=lambda: link.model.watch_paths,
+        )
+        reloader.start()
+        return reloader
+
     def _stop_challengers(self) -> None:
         """Stop the challengers once the model actors no longer send to them."""
+        for reloader in self._challenger_reloaders:
+            reloader.stop()
         for link in self.challengers:
             with contextlib.suppress(pykka.ActorDeadError):
                 link.ref.stop(block=True, timeout=self.settings.shutdown.timeout_s)
@@ -250,8 +282,10 @@ class Pipeline:
             pass
 
     def request_reload(self) -> None:
-        """Reload the model in the background (safe from a signal handler: SIGHUP)."""
+        """Reload the model and the challengers in the background (safe from a signal handler)."""
         self._reload.request()
+        for reloader in self._challenger_reloaders:
+            reloader.request()
 
     def reload_model(self, reason: str = "request") -> str:
         """Load the configured model again and swap it in; 'success', 'unchanged' or 'failure'."""

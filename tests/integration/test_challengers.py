@@ -201,3 +201,30 @@ def test_a_slow_challenger_skips_batches_instead_of_slowing_the_champion(
     assert scored >= 1
     # The champion answered everything; the consumer was never held by the challenger.
     assert sample(pipeline, "streamer_records_produced_total") == RECORDS * 2
+
+
+def test_a_challenger_file_replaced_on_disk_is_reloaded_and_labelled_with_its_version(
+    cluster: Cluster, start_pipeline: PipelineStarter, tmp_path: Path
+) -> None:
+    doc = json.loads(DEMO.read_text())
+    path = tmp_path / "challenger.json"
+    path.write_text(json.dumps({**doc, "name": "c", "version": "1"}))
+    topics = new_topics(cluster)
+    settings = challenger_settings(
+        cluster, topics, name="c", path=str(path), max_pending_batches=1000
+    )
+    pipeline = start_pipeline(settings)
+    rng = random.Random(44)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(300)])
+    wait_until_delivered(pipeline, topics.input, produced)
+    link = pipeline.challengers[0]
+    # The same weights: no flips. Version 2 raises the bias: flips from then on.
+    path.write_text(json.dumps({**doc, "name": "c", "version": "2", "bias": doc["bias"] + 3}))
+    wait_for(lambda: link.version == "2", 30, "the challenger to be reloaded")
+    produced.update(cluster.produce(topics.input, [make_record(rng) for _ in range(300)]))
+    wait_until_delivered(pipeline, topics.input, produced)
+    wait_for(lambda: link.slots.taken == 0, 30, "the challenger to finish")
+    labels = {"challenger": "c", "version": "2"}
+    assert sample(pipeline, "streamer_challenger_compared_records_total", **labels) == 600
+    assert sample(pipeline, "streamer_challenger_flips_total", **labels) > 0
+    assert pipeline.restarts == {}

@@ -19,6 +19,7 @@ from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector, PipelineMetrics
 from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.drift import DriftMonitor
+from streamer.core.models import ModelOptions, load_model
 from streamer.core.profile import Binned, Profile
 from streamer.messages import ConsumerProgress
 from streamer.settings import SECTIONS, Settings, build_settings, load_settings
@@ -429,7 +430,8 @@ def exposed_series() -> set[str]:
     registry.register(DriftCollector(monitor))
     agreement = Agreement(0.5)
     agreement.scored(np.array([0.2]), np.array([0.7]), 0.01)
-    link = ChallengerLink("c", "2", None, PendingSlots(1), agreement)  # type: ignore[arg-type]
+    model = load_model("linear", "", ModelOptions(version="2"))
+    link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
     registry.register(ChallengerCollector([link]))
     names = {sample.name for metric in registry.collect() for sample in metric.samples}
     return names | SCRAPE_SERIES

@@ -14,7 +14,7 @@ from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector
 from streamer.core.agreement import Agreement, PendingSlots, flips
 from streamer.core.drift import DriftMonitor
-from streamer.core.models import load_model
+from streamer.core.models import ModelOptions, load_model
 from streamer.core.profile import Binned, Profile
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
@@ -66,7 +66,8 @@ def test_label_sets_stay_bounded_by_the_profile_and_the_challengers() -> None:
     registry.register(DriftCollector(monitor))
     agreement = Agreement(0.5)
     agreement.scored(np.array([0.2]), np.array([0.8]), 0.01)
-    link = ChallengerLink("c", "2", None, PendingSlots(1), agreement)  # type: ignore[arg-type]
+    model = load_model("linear", "", ModelOptions(version="2"))
+    link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
     registry.register(ChallengerCollector([link]))
     series = {
         (sample.name, tuple(sorted(sample.labels.items())))
