@@ -946,6 +946,10 @@ class Bench:
             "no profile, no challenger": ({}, ""),
             "profile only": (monitored, ""),
             "profile + 1 challenger": (monitored, challenger),
+            "profile + challenger, no outputs": (
+                monitored,
+                '[[challenger]]\nname = "demo-again"\n',
+            ),
         }
         rates: dict[str, list[float]] = {name: [] for name in variants}
         codes: list[int] = []

@@ -292,7 +292,11 @@ class ChallengerSettings:
     name: str = _doc(
         "Challenger name in its outputs and metric labels (required, unique).", default=""
     )
-    output_topic: str = _doc("Topic of the challenger's predictions (required).", default="")
+    output_topic: str = _doc(
+        "Topic of the challenger's predictions; empty writes none (agreement metrics only, "
+        "which costs the champion less: docs/model-health.md).",
+        default="",
+    )
     kind: str = _doc("Model kind, as model.kind.", default="linear", choices=KINDS)
     path: str = _doc("Model file, as model.path (empty: the packaged demo model).", default="")
     version: str = _doc("Model version, as model.version.", default="")
@@ -623,10 +627,9 @@ def _build_challengers(tables: Any) -> tuple[ChallengerSettings, ...]:
     ]
     names = [c.name for c in built]
     for challenger in built:
-        for key in ("name", "output_topic"):
-            if not getattr(challenger, key).strip():
-                msg = f"challenger.{key} is required in every [[challenger]] table"
-                raise ConfigError(msg)
+        if not challenger.name.strip():
+            msg = "challenger.name is required in every [[challenger]] table"
+            raise ConfigError(msg)
     if len(set(names)) != len(names):
         msg = f"challenger.name must be unique, got {names}"
         raise ConfigError(msg)

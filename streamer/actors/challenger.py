@@ -156,7 +156,7 @@ class ChallengerActor(PipelineActor):
 
     def _produce(self, source: SourceBatch, rows: np.ndarray, predictions: np.ndarray) -> None:
         client = self._client
-        if client is None or rows.size == 0:
+        if client is None or rows.size == 0 or not self._output_topic:
             return
         values = encode_predictions(
             topic=source.topic,

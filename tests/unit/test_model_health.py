@@ -96,8 +96,10 @@ def test_challenger_tables_are_validated_like_sections() -> None:
     (challenger,) = settings.challengers
     assert challenger.max_pending_batches == 2
     assert settings.challenger_options(challenger).chunk_rows == 5
-    with pytest.raises(ConfigError, match=r"challenger\.output_topic is required"):
-        build_settings({"kafka": KAFKA, "challenger": [{"name": "x"}]})
+    with pytest.raises(ConfigError, match=r"challenger\.name is required"):
+        build_settings({"kafka": KAFKA, "challenger": [{"output_topic": "x"}]})
+    # No output topic: agreement metrics only.
+    assert build_settings({"kafka": KAFKA, "challenger": [{"name": "x"}]}).challengers
     with pytest.raises(ConfigError, match="unique"):
         build_settings(
             {
