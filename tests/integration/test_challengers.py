@@ -228,3 +228,25 @@ def test_a_challenger_file_replaced_on_disk_is_reloaded_and_labelled_with_its_ve
     assert sample(pipeline, "streamer_challenger_compared_records_total", **labels) == 600
     assert sample(pipeline, "streamer_challenger_flips_total", **labels) > 0
     assert pipeline.restarts == {}
+
+
+def test_a_challenger_without_an_output_topic_only_measures_agreement(
+    cluster: Cluster, start_pipeline: PipelineStarter, tmp_path: Path
+) -> None:
+    doc = json.loads(DEMO.read_text())
+    path = tmp_path / "challenger.json"
+    path.write_text(json.dumps({**doc, "version": "q", "bias": doc["bias"] + 1.5}))
+    topics = cluster.new_topics(partitions=2)
+    settings = challenger_settings(
+        cluster, topics, name="quiet", path=str(path), max_pending_batches=1000, output_topic=""
+    )
+    pipeline = start_pipeline(settings)
+    rng = random.Random(45)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(500)])
+    wait_until_delivered(pipeline, topics.input, produced)
+    link = pipeline.challengers[0]
+    wait_for(lambda: link.slots.taken == 0, 30, "the challenger to finish")
+    labels = {"challenger": "quiet", "version": "q"}
+    assert sample(pipeline, "streamer_challenger_compared_records_total", **labels) == 500
+    assert sample(pipeline, "streamer_challenger_batches_total", **labels, result="failed") == 0
+    assert sample(pipeline, "streamer_records_produced_total") == 500
