@@ -20,6 +20,8 @@ measured program runs in a fresh interpreter, one at a time:
 (r) formats     Avro input (through a Schema Registry stand-in) next to JSON, batch 1000
 (m) model kinds in process (no broker): prepare + score (+ reason codes, k=3) of
                 each kind on the same 30-feature records, against sklearn's row
+(h) health      throughput with a drift profile and one challenger (the demo model
+                twice) against the same run without, alternating (target: <= 10%)
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -332,6 +334,7 @@ class Streamer:
         session_timeout_s: float = 6.0,
         sections: dict[str, dict[str, Any]] | None = None,
         env: dict[str, str] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.group = f"bench-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
@@ -353,7 +356,7 @@ class Streamer:
             document.setdefault(section, {}).update(values)
         tag = uuid.uuid4().hex[:6]
         config = workdir / f"streamer-{tag}.toml"
-        config.write_text(to_toml(document))
+        config.write_text(to_toml(document) + extra_toml)
         self.log_path = workdir / f"streamer-{tag}.log"
         command = [sys.executable, "-m", "streamer", "run", "--config", str(config)]
         command += ["--log-level", "WARNING"]
@@ -1101,13 +1104,71 @@ class Bench:
         rate: float = json.loads(result.stdout.strip().splitlines()[-1])["records_per_s"]
         return rate
 
+    def health(self) -> None:
+        """(h) Model health's cost: drift monitoring plus one challenger (the demo model again).
+
+        Runs with and without alternate ``--repeat`` times over the same preloaded
+        topic, on the same broker, and their medians are compared.
+        """
+        backend = self.args.scaling_backend
+        train = self.workdir / "profile-train.jsonl"
+        with train.open("wb") as handle:
+            for _, value in records(20_000, seed=7):
+                handle.write(value + b"\n")
+        profile = self.workdir / "profile.json"
+        subprocess.run(
+            [sys.executable, "-m", "streamer", "profile", str(train), "-o", str(profile)],
+            check=True,
+            capture_output=True,
+        )
+        challenger_topic = self.cluster.topic("bench-challenger")
+        monitored = {"monitoring": {"profile_path": str(profile)}}
+        challenger = f'[[challenger]]\nname = "demo-again"\noutput_topic = "{challenger_topic}"\n'
+        variants = {
+            "no profile, no challenger": ({}, ""),
+            "profile only": (monitored, ""),
+            "profile + 1 challenger": (monitored, challenger),
+            "profile + challenger, no outputs": (
+                monitored,
+                '[[challenger]]\nname = "demo-again"\n',
+            ),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        codes: list[int] = []
+        for run in range(self.args.repeat):
+            for name, (sections, extra) in variants.items():
+                self.log(f"(h) {backend}, {name}, run {run + 1} of {self.args.repeat}")
+                rate, code = self.throughput(
+                    backend, self.args.records, sections=sections, extra_toml=extra
+                )
+                rates[name].append(rate)
+                codes.append(code)
+        self.cluster.delete(challenger_topic)
+        base = float(np.median(rates["no profile, no challenger"]))
+        exits = ",".join(str(c) for c in sorted(set(codes)))
+        for name, runs in rates.items():
+            rate = float(np.median(runs))
+            note = _spread(runs)
+            if rate != base and base:
+                note += f"; cost {1 - rate / base:.1%}"
+            self.rows.append(
+                Row(
+                    "h",
+                    f"{backend}, {name}",
+                    rate,
+                    "records/s",
+                    rate / base if base else None,
+                    f"{note}; exit {exits}",
+                )
+            )
+
     def run(self) -> None:
         if self.args.peers and "p" not in self.args.sections:
             self.args.sections += "p"
         if "p" in self.args.sections:
             # First, so that a broken peers environment fails before the long rows.
             peers_python(self.args.peers_python)
-        if any(s in self.args.sections for s in "aep"):
+        if any(s in self.args.sections for s in "aeph"):
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
@@ -1122,6 +1183,9 @@ class Bench:
             self.scaling()
         if "f" in self.args.sections:
             self.large()
+        if "h" in self.args.sections:
+            self.health()
+        # Last of the broker rows: (r) reads topics of its own.
         if "r" in self.args.sections:
             self.formats()
         if "m" in self.args.sections:
@@ -1392,6 +1456,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
         "r": "(r) record formats: Avro input next to JSON, batch 1000 (x floor: x JSON)",
         "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
+        "h": "(h) model health: a drift profile and one challenger, against neither",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1469,8 +1534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
         "--sections",
-        default="abcdefrm",
-        help="which of a-f, r and m to run ('a' runs (a) and (b); --peers adds p)",
+        default="abcdefrmh",
+        help="which of a-f, r, m and h to run ('a' runs (a) and (b); --peers adds p)",
     )
     parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):

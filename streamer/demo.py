@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,10 @@ from streamer.topology import Pipeline, ShutdownReport
 log = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "transactions", "scores"
+# `streamer profile` of the demo model over 50000 generated transactions (its "source").
+DEMO_PROFILE = Path(__file__).parent / "core" / "models" / "demo_fraud.profile.json"
+DRIFT_PSI = 0.2
+MISSING_ALARM = 0.05
 
 
 def _bucket_counts(registry: CollectorRegistry, name: str) -> list[tuple[float, float]]:
@@ -77,8 +82,23 @@ class _Progress:
             f"  out {(produced - produced_before) / elapsed:8.0f}/s"
             f"  in-flight {self.value('streamer_in_flight_batches'):3.0f} batches"
             f"  committed {self.committed():9.0f}  dead-lettered {self.dead_letters():5.0f}"
-            f"  p99 batch {p99_text:>6}"
+            f"  p99 batch {p99_text:>6}" + self.worst_psi()
         )
+
+    def worst_psi(self) -> str:
+        """``  worst PSI amount 0.012``: the feature that drifted most, over the window."""
+        feature, value = worst_feature_psi(self.registry)
+        return f"  worst PSI {feature} {value:.3f}" if feature else ""
+
+
+def worst_feature_psi(registry: CollectorRegistry) -> tuple[str, float]:
+    """(feature, PSI) of the highest ``streamer_feature_psi``; ('', 0.0) without any."""
+    worst = ("", 0.0)
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "streamer_feature_psi" and sample.value >= worst[1]:
+                worst = (sample.labels["feature"], sample.value)
+    return worst
 
 
 def run_demo(
@@ -88,8 +108,14 @@ def run_demo(
     partitions: int,
     metrics_port: int,
     summary_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    drift: str = "",
+    drift_after_s: float = 30.0,
 ) -> int:
     """Run until ``duration_s`` passes (0: until Ctrl-C) and print a summary.
+
+    The pipeline measures drift against the demo model's packaged profile;
+    ``drift`` ('amount' or 'missing') makes the generator drift after
+    ``drift_after_s`` seconds, and the summary says which feature drifted.
 
     The summary gives up when reading the topics back makes no progress for
     ``summary_timeout_s``, or on Ctrl-C; it then says so in one line.
@@ -110,7 +136,7 @@ def run_demo(
         pipeline = Pipeline(settings, registry=registry)
         pipeline.start()
         _announce(pipeline, rate, duration_s)
-        generator = _Generator(settings.kafka, rate)
+        generator = _Generator(settings.kafka, rate, drift, drift_after_s)
         started = time.monotonic()
         _show_progress(pipeline, registry, stop, duration_s, started)
         print(
@@ -120,7 +146,9 @@ def run_demo(
         produced = generator.stop()
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
+        drifted = _drift_line(registry)
         report = pipeline.stop()
+        print(drifted, flush=True)
         with signals.interrupting():
             return _summary(
                 broker.bootstrap_servers,
@@ -148,9 +176,29 @@ def _settings(bootstrap_servers: str, metrics_port: int) -> Settings:
                 "heartbeat_interval_s": 1.0,
             },
             "metrics": {"port": metrics_port, "host": "127.0.0.1"},
+            "monitoring": {"profile_path": str(DEMO_PROFILE), "window_records": 5000},
         },
         environ={},
     )
+
+
+def _drift_line(registry: CollectorRegistry) -> str:
+    """``drift: amount drifted (PSI 1.52 > 0.2)``, or that none did, over the last window."""
+    feature, value = worst_feature_psi(registry)
+    missing = [
+        (sample.labels["feature"], sample.value)
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "streamer_feature_missing_ratio" and sample.value > MISSING_ALARM
+    ]
+    parts = []
+    if feature and value > DRIFT_PSI:
+        parts.append(f"{feature} drifted (PSI {value:.2f} > {DRIFT_PSI})")
+    parts += [f"{name} missing in {ratio:.0%} of the records" for name, ratio in missing]
+    if not parts:
+        shown = f"worst PSI {feature} {value:.3f}" if feature else "no data yet"
+        return f"drift: none over the last window ({shown})"
+    return "drift: " + "; ".join(parts) + " over the last window"
 
 
 def _announce(pipeline: Pipeline, rate: float, duration_s: float) -> None:
@@ -184,9 +232,10 @@ def _show_progress(
 class _Generator:
     """The generator thread: a failure ends it with one line, not a thread traceback."""
 
-    def __init__(self, kafka: KafkaSettings, rate: float) -> None:
+    def __init__(self, kafka: KafkaSettings, rate: float, drift: str, drift_after_s: float) -> None:
         self._produced = [0]
         self._stop = threading.Event()
+        self._drift = (drift, drift_after_s)
         self._thread = threading.Thread(
             target=self._run, args=(kafka, rate), name="generator", daemon=True
         )
@@ -203,6 +252,8 @@ class _Generator:
                 seed=7,
                 stop=self._stop,
                 produced=self._produced,
+                drift=self._drift[0],
+                drift_after_s=self._drift[1],
             )
         except Exception as exc:
             log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise

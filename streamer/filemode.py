@@ -233,7 +233,9 @@ def read_numeric_chunks(
     reader: Any = (
         pd.read_csv(path, chunksize=chunk_rows)
         if fmt == "csv"
-        else pd.read_json(path, lines=True, chunksize=chunk_rows)
+        # precise_float: pandas' default JSON parser reads 0.3 as 0.30000000000000004,
+        # not the float the scoring path (orjson) reads.
+        else pd.read_json(path, lines=True, chunksize=chunk_rows, precise_float=True)
     )
     chunks = iter(reader)
     first = next(chunks, None)

@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 import time
+from typing import Any
 
 from streamer.clients import OutputGroup, backend, send_batch
 from streamer.clients.base import SendFailure
@@ -19,6 +20,14 @@ from streamer.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 GROUP_RECORDS = 5000
+# (changes to make_record, share of the records changed). 'missing' changes a share
+# only: records without the feature are dead-lettered, and all of them would trip
+# the dead-letter breaker (supervision.dead_letter_max_ratio).
+DRIFTS: dict[str, tuple[dict[str, Any], float]] = {
+    "": ({}, 0.0),
+    "amount": ({"amount_scale": 3.0}, 1.0),  # amounts three times the training ones
+    "missing": ({"drop_feature": "merchant_risk"}, 0.2),  # the field stops arriving
+}
 TICK_S = 0.01
 FLUSH_TIMEOUT_S = 60.0
 
@@ -33,11 +42,14 @@ def produce_demo(
     seed: int | None = None,
     stop: threading.Event | None = None,
     produced: list[int] | None = None,
+    drift: str = "",
+    drift_after_s: float = 0.0,
 ) -> int:
     """Produce synthetic transactions at ``rate``/s (0: at once); returns how many were sent.
 
     ``count`` 0 goes on until ``stop`` is set. ``produced[0]``, when given,
-    follows the number sent so far.
+    follows the number sent so far. ``drift`` ('amount' or 'missing') changes
+    the records after ``drift_after_s`` seconds (see :data:`DRIFTS`).
     """
     rng = random.Random(seed)
     producer = backend(kafka.client).producer(kafka)
@@ -50,7 +62,9 @@ def produce_demo(
             if due == 0:
                 time.sleep(TICK_S)
                 continue
-            group = _group(rng, topic, min(due, GROUP_RECORDS), bad_ratio)
+            drifting = drift and time.monotonic() - started >= drift_after_s
+            changes, share = DRIFTS[drift] if drifting else DRIFTS[""]
+            group = _group(rng, topic, min(due, GROUP_RECORDS), bad_ratio, changes, share)
             send_batch(producer, [group], failures.extend)
             sent += len(group)
             if produced is not None:
@@ -72,6 +86,18 @@ def _due(sent: int, count: int, rate: float, started: float) -> int:
     return due
 
 
-def _group(rng: random.Random, topic: str, size: int, bad_ratio: float) -> OutputGroup:
-    records = [make_record(rng, bad_ratio=bad_ratio) for _ in range(size)]
+def _group(
+    rng: random.Random,
+    topic: str,
+    size: int,
+    bad_ratio: float,
+    changes: dict[str, Any] | None = None,
+    share: float = 0.0,
+) -> OutputGroup:
+    records = [
+        make_record(
+            rng, bad_ratio=bad_ratio, **(changes if changes and rng.random() < share else {})
+        )
+        for _ in range(size)
+    ]
     return OutputGroup(topic, [value for _key, value in records], [key for key, _value in records])

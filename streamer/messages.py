@@ -326,3 +326,16 @@ class ModelReloaded:
     name: str
     version: str
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeBatch:
+    """Model -> challenger: a batch the champion scored, to score again in the shadow.
+
+    ``rows`` are the batch positions the champion scored, ``champion_scores``
+    its score for each of them.
+    """
+
+    batch: FeatureBatch
+    rows: np.ndarray
+    champion_scores: np.ndarray

@@ -339,6 +339,66 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Model health: live drift against a reference profile (docs/model-health.md)."""
+
+    profile_path: str = _doc(
+        "Reference profile from `streamer profile`; empty disables the drift gauges. Its "
+        "features must be the model's (exit 2 otherwise).",
+        default="",
+    )
+    window_records: int = _doc(
+        "The drift gauges cover the last this many records.", default=10000, positive=True
+    )
+    window_s: float = _doc(
+        "When > 0, the drift gauges also forget records older than this.",
+        default=0.0,
+        non_negative=True,
+    )
+    threshold: float = _doc(
+        "The decision threshold on the score (challenger flip rate).", default=0.5
+    )
+
+
+@dataclass(frozen=True)
+class ChallengerSettings:
+    """One ``[[challenger]]`` table: a shadow model scored after the champion.
+
+    The model keys mean what they mean in ``[model]``; the features and
+    standardization are the champion's ``[preprocess]`` ones.
+    """
+
+    name: str = _doc(
+        "Challenger name in its outputs and metric labels (required, unique).", default=""
+    )
+    output_topic: str = _doc(
+        "Topic of the challenger's predictions; empty writes none (agreement metrics only, "
+        "which costs the champion less: docs/model-health.md).",
+        default="",
+    )
+    kind: str = _doc("Model kind, as model.kind.", default="linear", choices=KINDS)
+    path: str = _doc("Model file, as model.path (empty: the packaged demo model).", default="")
+    version: str = _doc("Model version, as model.version.", default="")
+    method: str = _doc("sklearn output, as model.method.", default="auto", choices=METHODS)
+    probabilities: str = _doc(
+        "Class probabilities, as model.probabilities.",
+        default="positive",
+        choices=PROBABILITY_MODES,
+    )
+    outputs: str = _doc("ONNX outputs, as model.outputs.", default="")
+    chunk_rows: int = _doc(
+        "Rows per model call, as model.chunk_rows.", default=1000, non_negative=True
+    )
+    max_pending_batches: int = _doc(
+        "Batches waiting for this challenger at most; a batch beyond is skipped (counted in "
+        "streamer_challenger_batches_total{result='skipped'}), so a slow challenger never "
+        "slows the champion.",
+        default=2,
+        positive=True,
+    )
+
+
+@dataclass(frozen=True)
 class ShutdownSettings:
     """Graceful shutdown."""
 
@@ -357,6 +417,26 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     format: FormatSettings = field(default_factory=FormatSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    challengers: tuple[ChallengerSettings, ...] = ()
+
+    def challenger_options(self, challenger: ChallengerSettings) -> ModelOptions:
+        """The loader's options for one challenger: its model keys, the champion's preprocessing."""
+        c, p = challenger, self.preprocess
+        return ModelOptions(
+            kind=c.kind,
+            path=c.path,
+            name=c.name,
+            version=c.version,
+            method=c.method,
+            probabilities=c.probabilities,
+            outputs=_split_names(c.outputs),
+            chunk_rows=c.chunk_rows,
+            features=_split_names(p.features),
+            stats_path=p.stats_path,
+            standardize=p.standardize,
+            missing=p.missing,
+        )
 
     def model_options(self) -> ModelOptions:
         """What the model loader reads of ``[model]`` and ``[preprocess]``."""
@@ -392,6 +472,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSettings,
     "shutdown": ShutdownSettings,
     "format": FormatSettings,
+    "monitoring": MonitoringSettings,
 }
 
 # The constraints of the options that do not carry them on their field yet (see _doc).
@@ -558,8 +639,10 @@ def _merge_sources(
     return merged
 
 
-def _build_section(section: str, values: dict[str, tuple[Any, bool]]) -> Any:
-    cls = SECTIONS[section]
+def _build_section(
+    section: str, values: dict[str, tuple[Any, bool]], cls: type | None = None
+) -> Any:
+    cls = cls or SECTIONS[section]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -669,12 +752,42 @@ def build_settings(
     Raises:
         ConfigError: On an unknown key, a wrong type, a bad value or a missing topic.
     """
-    merged = _merge_sources(file_values or {}, environ or {}, overrides or {})
+    document = dict(file_values or {})
+    challengers = _build_challengers(document.pop("challenger", []))
+    merged = _merge_sources(document, environ or {}, overrides or {})
     settings = Settings(
-        **{section: _build_section(section, merged[section]) for section in SECTIONS}
+        **{section: _build_section(section, merged[section]) for section in SECTIONS},
+        challengers=challengers,
     )
     _check_across_keys(settings)
+    for challenger in challengers:
+        if challenger.output_topic in (settings.kafka.input_topic, settings.kafka.output_topic):
+            msg = (
+                f"challenger.output_topic of {challenger.name!r} must differ from the input "
+                "and output topics"
+            )
+            raise ConfigError(msg)
     return settings
+
+
+def _build_challengers(tables: Any) -> tuple[ChallengerSettings, ...]:
+    """The ``[[challenger]]`` tables, each validated like a section."""
+    if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+        msg = "challenger must be an array of tables like [[challenger]]"
+        raise ConfigError(msg)
+    built = [
+        _build_section("challenger", {k: (v, False) for k, v in t.items()}, ChallengerSettings)
+        for t in tables
+    ]
+    names = [c.name for c in built]
+    for challenger in built:
+        if not challenger.name.strip():
+            msg = "challenger.name is required in every [[challenger]] table"
+            raise ConfigError(msg)
+    if len(set(names)) != len(names):
+        msg = f"challenger.name must be unique, got {names}"
+        raise ConfigError(msg)
+    return tuple(built)
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,10 +18,20 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
+from streamer.actors.challenger import ChallengerLink
+from streamer.core.agreement import DELTA_BUCKETS
+from streamer.core.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
+from streamer.core.drift import DriftMonitor
 from streamer.core.features import REASONS
 from streamer.core.records import TP
 from streamer.httpserver import EndpointServer, HealthProbe
@@ -376,3 +388,158 @@ class MetricsActor(PipelineActor):
             return MetricsStatus(self.port)
         self.metrics.apply(message)
         return None
+
+
+class DriftCollector(Collector):
+    """The drift gauges of a :class:`~streamer.core.drift.DriftMonitor`, computed at each scrape.
+
+    The label sets are bounded by construction: one series per feature of the
+    profile (the model's features) and per reference score bin, each with the
+    ``model_version`` of the model that scored the window's last batch. A value
+    that cannot be judged yet (an empty window) is left out, not exposed as NaN.
+    """
+
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self._monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the model-health families."""
+        snap = self._monitor.snapshot(time.monotonic())
+        version = snap.model_version
+        per_feature = (
+            (
+                "streamer_feature_psi",
+                "PSI of each feature over the window, against the profile.",
+                snap.feature_psi,
+            ),
+            (
+                "streamer_feature_missing_ratio",
+                "Share of the window's records dead-lettered for a missing or invalid feature.",
+                snap.missing_ratio,
+            ),
+            (
+                "streamer_feature_out_of_range_ratio",
+                "Share of each feature's window values outside the profile's min and max.",
+                snap.out_of_range_ratio,
+            ),
+        )
+        for name, doc, values in per_feature:
+            family = GaugeMetricFamily(name, doc, labels=["feature", "model_version"])
+            for feature, value in zip(snap.features, values.tolist(), strict=True):
+                if not math.isnan(value):
+                    family.add_metric([feature, version], value)
+            yield family
+        score_psi = GaugeMetricFamily(
+            "streamer_score_psi",
+            "PSI of the score over the window, against the profile.",
+            labels=["model_version"],
+        )
+        if not math.isnan(snap.score_psi):
+            score_psi.add_metric([version], snap.score_psi)
+        yield score_psi
+        bounds = [floatToGoString(b) for b in snap.score_edges[1:-1]] + ["+Inf"]
+        live = GaugeMetricFamily(
+            "streamer_score_bucket",
+            "Scores in the window at or below each reference bin edge (cumulative, like le).",
+            labels=["le", "model_version"],
+        )
+        reference = GaugeMetricFamily(
+            "streamer_score_reference_ratio",
+            "Share of the profile's scores at or below each reference bin edge (cumulative).",
+            labels=["le"],
+        )
+        cumulative = np.cumsum(snap.score_counts).tolist()
+        expected = np.cumsum(snap.score_reference).tolist()
+        for bound, count, share in zip(bounds, cumulative, expected, strict=True):
+            live.add_metric([bound, version], count)
+            reference.add_metric([bound], share)
+        yield live
+        yield reference
+        window = GaugeMetricFamily(
+            "streamer_drift_window_records",
+            "Records in the drift window.",
+            labels=["model_version"],
+        )
+        window.add_metric([version], snap.records)
+        yield window
+
+    def describe(self) -> Iterator[Metric]:
+        """No up-front description: the families are built at each scrape."""
+        return iter(())
+
+
+class ChallengerCollector(Collector):
+    """Each challenger's batches, agreement with the champion and latency, read at each scrape.
+
+    Labels: ``challenger`` (the configured names, a fixed set) and ``version``.
+    """
+
+    def __init__(self, links: Sequence[ChallengerLink]) -> None:
+        self._links = tuple(links)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the challenger families."""
+        labels = ["challenger", "version"]
+        batches = CounterMetricFamily(
+            "streamer_challenger_batches",
+            "Batches offered to each challenger, by result: scored, skipped (too many were "
+            "waiting for it) or failed (it raised).",
+            labels=[*labels, "result"],
+        )
+        compared = CounterMetricFamily(
+            "streamer_challenger_compared_records",
+            "Records both the champion and the challenger scored.",
+            labels=labels,
+        )
+        flipped = CounterMetricFamily(
+            "streamer_challenger_flips",
+            "Records whose decision (score >= monitoring.threshold) differs between the champion "
+            "and the challenger.",
+            labels=labels,
+        )
+        delta = HistogramMetricFamily(
+            "streamer_challenger_score_delta",
+            "Challenger score minus champion score, per record.",
+            labels=labels,
+        )
+        latency = HistogramMetricFamily(
+            "streamer_challenger_latency_seconds",
+            "Time the challenger took to score one batch.",
+            labels=labels,
+        )
+        score_psi = GaugeMetricFamily(
+            "streamer_challenger_score_psi",
+            "PSI of the challenger's scores against the champion's, over the window.",
+            labels=labels,
+        )
+        for link in self._links:
+            snap = link.agreement.snapshot()
+            values = [link.name, link.version]
+            for result, count in (
+                ("scored", snap.scored),
+                ("skipped", snap.skipped),
+                ("failed", snap.failed),
+            ):
+                batches.add_metric([*values, result], count)
+            compared.add_metric(values, snap.compared)
+            flipped.add_metric(values, snap.flips)
+            delta.add_metric(
+                values, _buckets(DELTA_BUCKETS, snap.delta_counts), sum_value=snap.delta_sum
+            )
+            latency.add_metric(
+                values,
+                _buckets(CHALLENGER_LATENCY_BUCKETS, snap.latency_counts),
+                sum_value=snap.latency_sum,
+            )
+            if not math.isnan(snap.score_psi):
+                score_psi.add_metric(values, snap.score_psi)
+        yield from (batches, compared, flipped, delta, latency, score_psi)
+
+    def describe(self) -> Iterator[Metric]:
+        """No up-front description: the families are built at each scrape."""
+        return iter(())
+
+
+def _buckets(bounds: Sequence[float], counts: np.ndarray) -> list[tuple[str, float]]:
+    labels = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    return list(zip(labels, np.cumsum(counts).tolist(), strict=True))

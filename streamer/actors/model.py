@@ -9,13 +9,15 @@ import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
+from streamer.actors.challenger import ChallengerLink, score_output
 from streamer.actors.routing import Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
+from streamer.core.drift import FEATURE_REASONS, DriftMonitor
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source
 from streamer.core.scoring import explain, score_isolating_failures
-from streamer.messages import FeatureBatch, Rejection, ScoredBatch, SwapModel
+from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class ModelActor(PipelineActor):
         preprocess: PreprocessSettings | None = None,
         batch: BatchSettings | None = None,
         formats: FormatSettings | None = None,
+        monitor: DriftMonitor | None = None,
+        challengers: tuple[ChallengerLink, ...] = (),
     ) -> None:
         super().__init__(metrics, on_failure)
         self._formats = formats or FormatSettings()
@@ -51,6 +55,9 @@ class ModelActor(PipelineActor):
         self._preprocess = preprocess or PreprocessSettings()
         self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
         self.reprepared_batches = 0
+        self._monitor = monitor
+        self._challengers = challengers
+        self._monitoring = monitor is not None and monitor.profile.features == model.spec.names
 
     def open(self) -> None:
         """Make the reader of a schema-registry input format, to prepare a batch again."""
@@ -65,7 +72,50 @@ class ModelActor(PipelineActor):
                 log.info("model actor now scores with %s %s", model.name, model.version)
                 self._model = model
                 self._spec_key = preparation_key(model.spec)
+                self._watch_drift_of(model)
         return None
+
+    def _watch_drift_of(self, model: Model) -> None:
+        """After a hot reload: keep the drift gauges only while the profile fits the model."""
+        monitor = self._monitor
+        if monitor is None:
+            return
+        self._monitoring = monitor.profile.features == model.spec.names
+        if not self._monitoring:
+            log.warning(
+                "model %s %s reads other features than the drift profile: drift gauges paused",
+                model.name,
+                model.version,
+            )
+            return
+        spec = model.spec
+        standardized = self._preprocess.standardize and spec.standardize
+        monitor.set_scaling(spec.mean if standardized else None, spec.std if standardized else None)
+
+    def _observe_drift(
+        self, batch: FeatureBatch, predictions: np.ndarray, output_names: tuple[str, ...]
+    ) -> None:
+        """Feed the drift window: every prepared row's features, the scored rows' scores."""
+        assert self._monitor is not None
+        monitor = self._monitor
+        scores = predictions
+        if predictions.ndim == 2:
+            names = output_names
+            column = (
+                names.index(monitor.profile.score_output)
+                if monitor.profile.score_output in names
+                else 0
+            )
+            scores = predictions[:, column]
+        rejected = [(r.index, r.detail) for r in batch.rejections if r.reason in FEATURE_REASONS]
+        monitor.observe(
+            batch.features,
+            batch.valid_rows,
+            rejected,
+            scores,
+            time.monotonic(),
+            self._model.version,
+        )
 
     def _score(self, batch: FeatureBatch) -> None:
         model = self._model
@@ -82,6 +132,8 @@ class ModelActor(PipelineActor):
             self.reprepared_batches += 1
         started = time.perf_counter()
         outcome = score_isolating_failures(model, batch.features)
+        if self._monitoring:
+            self._observe_drift(batch, outcome.predictions, model.output_names)
         valid_rows = batch.valid_rows
         rejections = batch.rejections
         if outcome.failed:
@@ -109,3 +161,18 @@ class ModelActor(PipelineActor):
                 reasons=explain(model, scored),
             )
         )
+        if self._challengers:
+            self._challenge(batch, valid_rows, score_output(model, outcome.predictions))
+
+    def _challenge(self, batch: FeatureBatch, rows: np.ndarray, scores: np.ndarray) -> None:
+        """After the champion: hand the batch to each challenger that has a free slot."""
+        message = ChallengeBatch(batch, rows, scores)
+        for link in self._challengers:
+            if not link.slots.take():
+                link.agreement.skipped()
+                continue
+            try:
+                link.ref.tell(message)
+            except pykka.ActorDeadError:
+                link.slots.give_back()
+                link.agreement.failed(0.0)

@@ -46,6 +46,15 @@ def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=30.0,
         help="seconds without progress after which the closing summary gives up (default 30)",
     )
+    demo.add_argument(
+        "--drift",
+        choices=("amount", "missing"),
+        help="make the generator drift: 'amount' triples the amounts, 'missing' stops "
+        "sending merchant_risk",
+    )
+    demo.add_argument(
+        "--drift-after", type=float, default=30.0, help="seconds before --drift starts"
+    )
     add_common(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -83,4 +92,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         metrics_port=args.metrics_port,
         summary_timeout_s=args.summary_timeout,
+        drift=args.drift or "",
+        drift_after_s=args.drift_after,
     )

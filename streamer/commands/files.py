@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from streamer.commands.common import add_common, overrides
 from streamer.errors import ConfigError
@@ -121,5 +124,73 @@ def cmd_fit_stats(args: argparse.Namespace) -> int:
     print(
         f"fitted {len(names)} features over {int(stats.count.max()):,} rows of {args.input}; "
         f"wrote {args.output}"
+    )
+    return 0
+
+
+def add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``profile``."""
+    profile = sub.add_parser(
+        "profile",
+        help="write the reference profile (feature and score bins) that drift is measured against",
+        description="Write the profile file that monitoring.profile_path reads.",
+    )
+    profile.add_argument("input", help="training data: CSV (with a header) or JSON Lines file")
+    profile.add_argument("--output", "-o", required=True, help="profile file to write (JSON)")
+    profile.add_argument("--config", "-c", help="TOML config file ([model] and [preprocess])")
+    profile.add_argument("--model-path", dest="model.path")
+    profile.add_argument("--bins", type=int, default=10, help="quantile bins per feature")
+    profile.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
+    profile.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time")
+    add_common(profile)
+    profile.set_defaults(handler=cmd_profile)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``streamer profile``: bins of the model's features and score over a file, as JSON."""
+    from streamer.core.models import load_configured  # noqa: PLC0415
+    from streamer.core.profile import build_profile  # noqa: PLC0415
+    from streamer.core.scoring import score_column  # noqa: PLC0415
+
+    if not Path(args.input).is_file():
+        msg = f"input file {args.input} does not exist"
+        raise ConfigError(msg)
+    if args.chunk_rows <= 0 or args.bins <= 0:
+        msg = f"--chunk-rows and --bins must be > 0, got {args.chunk_rows} and {args.bins}"
+        raise ConfigError(msg)
+    settings = file_settings(args.config, args.input, "-.out", "-.rejects", overrides(args))
+    model = load_configured(settings)
+    spec = model.spec
+    fmt = detect_format(args.input, args.format)
+    names = list(spec.names)
+    standardize = settings.preprocess.standardize and spec.standardize
+    output = "score" if "score" in model.output_names else model.output_names[0]
+
+    def chunks() -> Iterator[np.ndarray]:
+        _, frames = read_numeric_chunks(args.input, fmt, args.chunk_rows, names, set())
+        for frame in frames:
+            yield np.asarray(frame, dtype=np.float64)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        features = (rows - spec.mean) / spec.std if standardize else rows
+        return score_column(model, features, output)
+
+    try:
+        profile = build_profile(
+            names,
+            chunks,
+            score,
+            model_name=model.name,
+            model_version=model.version,
+            score_output=output,
+            bins=args.bins,
+        )
+    except ValueError as exc:
+        msg = f"{args.input}: {exc}"
+        raise ConfigError(msg) from None
+    Path(args.output).write_bytes(profile.to_json(source=Path(args.input).name))
+    print(
+        f"profiled {len(names)} features and '{output}' of model {model.name} {model.version} "
+        f"over {profile.rows:,} rows of {args.input}; wrote {args.output}"
     )
     return 0

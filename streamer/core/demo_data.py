@@ -26,8 +26,17 @@ MERCHANT_RISK = {
 }
 
 
-def make_event(rng: random.Random, *, anomaly_ratio: float = 0.03) -> dict[str, Any]:
-    """One transaction as a JSON-ready dict."""
+def make_event(
+    rng: random.Random,
+    *,
+    anomaly_ratio: float = 0.03,
+    amount_scale: float = 1.0,
+    drop_feature: str = "",
+) -> dict[str, Any]:
+    """One transaction as a JSON-ready dict.
+
+    ``amount_scale`` > 1 drifts the amounts up; ``drop_feature`` leaves that field out.
+    """
     merchant = rng.choice(MERCHANTS)
     anomalous = rng.random() < anomaly_ratio
     if anomalous:
@@ -40,10 +49,10 @@ def make_event(rng: random.Random, *, anomaly_ratio: float = 0.03) -> dict[str, 
         distance = round(abs(rng.gauss(12, 15)), 1)
         per_hour = max(0, int(rng.gauss(1.4, 1.1)))
         age = rng.randint(30, 3000)
-    return {
+    event = {
         "transaction_id": str(uuid.UUID(int=rng.getrandbits(128))),
         "card_id": f"card-{rng.randint(1, 5000):05d}",
-        "amount": amount,
+        "amount": amount if amount_scale == 1.0 else round(amount * amount_scale, 2),
         "currency": "EUR",
         "merchant_category": merchant,
         "merchant_risk": MERCHANT_RISK[merchant],
@@ -52,6 +61,9 @@ def make_event(rng: random.Random, *, anomaly_ratio: float = 0.03) -> dict[str, 
         "account_age_days": age,
         "event_time": time.time(),
     }
+    if drop_feature:
+        event.pop(drop_feature, None)
+    return event
 
 
 MALFORMED: tuple[bytes, ...] = (
@@ -65,10 +77,17 @@ MALFORMED: tuple[bytes, ...] = (
 
 
 def make_record(
-    rng: random.Random, *, bad_ratio: float = 0.0, anomaly_ratio: float = 0.03
+    rng: random.Random,
+    *,
+    bad_ratio: float = 0.0,
+    anomaly_ratio: float = 0.03,
+    amount_scale: float = 1.0,
+    drop_feature: str = "",
 ) -> tuple[bytes, bytes]:
     """(key, value) for one record; the key is the card id, so a card's events stay in order."""
     if bad_ratio and rng.random() < bad_ratio:
         return f"card-{rng.randint(1, 5000):05d}".encode(), rng.choice(MALFORMED)
-    event = make_event(rng, anomaly_ratio=anomaly_ratio)
+    event = make_event(
+        rng, anomaly_ratio=anomaly_ratio, amount_scale=amount_scale, drop_feature=drop_feature
+    )
     return event["card_id"].encode(), orjson.dumps(event)

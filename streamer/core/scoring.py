@@ -69,3 +69,11 @@ def explain(model: Model, features: np.ndarray) -> tuple[bytes, ...]:
         return tuple(reasons(features))
     except Exception:  # a prediction is never lost to its explanation
         return (b"[]",) * features.shape[0]
+
+
+def score_column(model: Model, features: np.ndarray, output: str) -> np.ndarray:
+    """One output of the model for rows it scores (rows it fails on are left out)."""
+    predictions = score_isolating_failures(model, features).predictions
+    if predictions.ndim == 2:
+        return predictions[:, model.output_names.index(output)]
+    return predictions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -11,17 +12,30 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer import clients
-from streamer.actors.metrics import MetricsActor, PipelineMetrics
+from streamer.actors.challenger import ChallengerActor, ChallengerLink
+from streamer.actors.metrics import (
+    ChallengerCollector,
+    DriftCollector,
+    MetricsActor,
+    PipelineMetrics,
+)
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
+from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
-from streamer.core.models import Model, load_configured
+from streamer.core.models import Model, load_configured, load_model
 from streamer.errors import PipelineStartError, StreamerError
-from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
-from streamer.settings import Settings
+from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
+from streamer.reload import ModelReloader
+from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload
-from streamer.topology.preflight import check_features, wait_for_broker, wait_for_registry
+from streamer.topology.preflight import (
+    build_monitor,
+    check_features,
+    wait_for_broker,
+    wait_for_registry,
+)
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -58,6 +72,17 @@ class Pipeline:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
+        # A profile that does not match the model is refused here, before anything starts.
+        self.monitor = build_monitor(settings, model)
+        if self.monitor is not None:
+            self.registry.register(DriftCollector(self.monitor))
+        # Challengers load like the champion, so a bad one stops the start (exit 2).
+        self._challenger_models = [
+            (c, load_model(c.kind, c.path, settings.challenger_options(c)))
+            for c in settings.challengers
+        ]
+        self.challengers: tuple[ChallengerLink, ...] = ()
+        self._challenger_reloaders: list[ModelReloader] = []
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -135,6 +160,7 @@ class Pipeline:
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
+            self.challengers = self._start_challengers()
             self._supervisor.start_children(self._wiring())
             # on_start runs on each actor's thread: wait until the clients are open.
             for ref in (self.consumer_ref, self.producer_ref):
@@ -162,6 +188,72 @@ class Pipeline:
             self.model.version,
         )
 
+    def _start_challengers(self) -> tuple[ChallengerLink, ...]:
+        """One actor per ``[[challenger]]``, outside the supervision: it can never stop the rest."""
+        s = self.settings
+        edges = self.monitor.profile.score.edges if self.monitor is not None else None
+        links = []
+        for challenger, model in self._challenger_models:
+            slots = PendingSlots(challenger.max_pending_batches)
+            agreement = Agreement(s.monitoring.threshold, edges, s.monitoring.window_records)
+            ref = ChallengerActor.start(
+                model,
+                challenger.output_topic,
+                slots,
+                agreement,
+                s.kafka,
+                self._producer_factory,
+                s.preprocess,
+                s.batch,
+            )
+            link = ChallengerLink(challenger.name, model, ref, slots, agreement)
+            links.append(link)
+            self._challenger_reloaders.append(self._challenger_reloader(challenger, link))
+            log.info(
+                "challenger %s (%s %s) scores in the shadow into %s",
+                challenger.name,
+                model.name,
+                model.version,
+                challenger.output_topic,
+            )
+        if links:
+            self.registry.register(ChallengerCollector(links))
+        return tuple(links)
+
+    def _challenger_reloader(
+        self, challenger: ChallengerSettings, link: ChallengerLink
+    ) -> ModelReloader:
+        """Hot reload for one challenger: its files are watched like the champion's."""
+
+        def install(model: Model) -> None:
+            link.model = model
+            with contextlib.suppress(pykka.ActorDeadError):
+                link.ref.tell(SwapModel(model))
+
+        def notify(event: ModelReloaded) -> None:
+            log.info("challenger %s reload: %s", challenger.name, event.result)
+
+        reloader = ModelReloader(
+            load=lambda: load_model(
+                challenger.kind, challenger.path, self.settings.challenger_options(challenger)
+            ),
+            current=lambda: link.model,
+            install=install,
+            notify=notify,
+            interval_s=self.settings.model.watch_interval_s,
+            paths=lambda: link.model.watch_paths,
+        )
+        reloader.start()
+        return reloader
+
+    def _stop_challengers(self) -> None:
+        """Stop the challengers once the model actors no longer send to them."""
+        for reloader in self._challenger_reloaders:
+            reloader.stop()
+        for link in self.challengers:
+            with contextlib.suppress(pykka.ActorDeadError):
+                link.ref.stop(block=True, timeout=self.settings.shutdown.timeout_s)
+
     def _wiring(self) -> Wiring:
         return Wiring(
             settings=self.settings,
@@ -171,11 +263,14 @@ class Pipeline:
             consumer_factory=self._consumer_factory,
             producer_factory=self._producer_factory,
             on_assigned=self._assigned.set,
+            monitor=self.monitor,
+            challengers=self.challengers,
         )
 
     def _abort_start(self) -> None:
         """Stop what started; raise the failure of the stage that died, if one did."""
         self._terminator.stop_stages(self.metrics_ref)
+        self._stop_challengers()
         error = self._supervisor.error
         if isinstance(error, StreamerError):
             raise error
@@ -193,8 +288,10 @@ class Pipeline:
             pass
 
     def request_reload(self) -> None:
-        """Reload the model in the background (safe from a signal handler: SIGHUP)."""
+        """Reload the model and the challengers in the background (safe from a signal handler)."""
         self._reload.request()
+        for reloader in self._challenger_reloaders:
+            reloader.request()
 
     def reload_model(self, reason: str = "request") -> str:
         """Load the configured model again and swap it in; 'success', 'unchanged' or 'failure'."""
@@ -254,4 +351,6 @@ class Pipeline:
         started = time.monotonic()
         self._stop_requested.set()
         self._reload.stop()
-        return self._terminator.shutdown(budget, self.metrics_ref, started)
+        report = self._terminator.shutdown(budget, self.metrics_ref, started)
+        self._stop_challengers()
+        return report

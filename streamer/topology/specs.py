@@ -23,12 +23,14 @@ from typing import Final
 import pykka
 
 from streamer.actors.base import FailureHandler
+from streamer.actors.challenger import ChallengerLink
 from streamer.actors.consumer import ConsumerActor
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
+from streamer.core.drift import DriftMonitor
 from streamer.core.models import Model
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
@@ -59,6 +61,10 @@ class Wiring:
     consumer_factory: ConsumerFactory
     producer_factory: ProducerFactory
     on_assigned: Callable[[], None]
+    monitor: DriftMonitor | None = None
+    challengers: tuple[ChallengerLink, ...] = ()
+    """The running ``[[challenger]]`` actors, scored after the champion."""
+    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
 
 
 StartStage = Callable[[Wiring, int, int, FailureHandler], pykka.ActorRef]
@@ -146,6 +152,8 @@ def _start_model(w: Wiring, _index: int, _epoch: int, on_failure: FailureHandler
         preprocess=w.settings.preprocess,
         batch=w.settings.batch,
         formats=w.settings.format,
+        monitor=w.monitor,
+        challengers=w.challengers,
     )
 
 

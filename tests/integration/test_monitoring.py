@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,14 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pykka
 import pytest
 import yaml
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from streamer.core.demo_data import make_record
+from streamer.clients.kafka_python import ensure_topics
+from streamer.core.demo_data import make_event, make_record
 from streamer.core.features import REASONS
+from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
 
 from .helpers import (
@@ -62,6 +66,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "streamer.json"
 ALERTS = ROOT / "deploy" / "alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "alerts_test.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+DEMO_MODEL = ROOT / "streamer" / "core" / "models" / "demo_fraud.json"
 
 JOB = "streamer"
 # What Grafana puts in for the dashboard's variables.
@@ -149,7 +154,7 @@ def dashboard_queries() -> dict[str, str]:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     queries = {}
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):  # a row has none
             expr = target["expr"]
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
@@ -311,10 +316,26 @@ class Monitored:
 @pytest.fixture(scope="module")
 def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     topics = cluster.new_topics(partitions=2)
-    settings = cluster.settings(
-        topics,
-        metrics={"enabled": True, "host": "127.0.0.1", "port": 0},
-        batch={"max_records": 100},
+    challenger_topic = f"{topics.output}.challenger"
+    ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers), {challenger_topic: 1})
+    # The model-health panels need a profile and a challenger (the demo model, biased).
+    folder = tmp_path_factory.mktemp("model-health")
+    profile = _demo_profile(folder)
+    challenger = folder / "challenger.json"
+    demo = json.loads(DEMO_MODEL.read_text(encoding="utf-8"))
+    challenger.write_text(json.dumps({**demo, "bias": demo["bias"] + 1.5}), encoding="utf-8")
+    settings = build_settings(
+        {
+            "kafka": cluster.kafka_section(topics),
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "shutdown": {"timeout_s": 20.0},
+            "batch": {"max_records": 100},
+            "monitoring": {"profile_path": str(profile), "window_records": 2000},
+            "challenger": [
+                {"name": "biased", "output_topic": challenger_topic, "path": str(challenger)}
+            ],
+        },
+        environ={},
     )
     registry = CollectorRegistry()
     pipeline = Pipeline(settings, registry=registry)
@@ -338,6 +359,23 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         leaked = pykka.ActorRegistry.get_all()
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
         assert not leaked, f"actors still running after the pipeline stopped: {leaked}"
+
+
+def _demo_profile(folder: Path) -> Path:
+    """`streamer profile` of the demo model over 5000 demo transactions."""
+    rng = random.Random(9)
+    train = folder / "train.jsonl"
+    train.write_bytes(b"".join(orjson.dumps(make_event(rng)) + b"\n" for _ in range(5000)))
+    out = folder / "profile.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer", "profile", str(train), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return out
 
 
 def wait_for_data(prometheus: PrometheusServer, queries: dict[str, str]) -> None:
