@@ -436,6 +436,8 @@ class Settings:
             stats_path=p.stats_path,
             standardize=p.standardize,
             missing=p.missing,
+            # The champion's registry: a challenger may be models:/name@challenger.
+            tracking_uri=self.model.tracking_uri,
         )
 
     def model_options(self) -> ModelOptions:
@@ -753,7 +755,10 @@ def build_settings(
         ConfigError: On an unknown key, a wrong type, a bad value or a missing topic.
     """
     document = dict(file_values or {})
-    challengers = _build_challengers(document.pop("challenger", []))
+    tables = document.pop("challenger", [])
+    if environ and CHALLENGERS_ENV in environ:
+        tables = _challenger_tables_from_env(environ[CHALLENGERS_ENV])
+    challengers = _build_challengers(tables)
     merged = _merge_sources(document, environ or {}, overrides or {})
     settings = Settings(
         **{section: _build_section(section, merged[section]) for section in SECTIONS},
@@ -768,6 +773,21 @@ def build_settings(
             )
             raise ConfigError(msg)
     return settings
+
+
+CHALLENGERS_ENV = f"{ENV_PREFIX}CHALLENGERS"
+"""The ``[[challenger]]`` tables as one JSON array (how worker processes receive them)."""
+
+
+def _challenger_tables_from_env(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        msg = (
+            f"{CHALLENGERS_ENV} must be a JSON array of [[challenger]] tables, "
+            'like [{"name": "candidate", "path": "/models/candidate.json"}]'
+        )
+        raise ConfigError(msg) from None
 
 
 def _build_challengers(tables: Any) -> tuple[ChallengerSettings, ...]:

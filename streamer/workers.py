@@ -56,7 +56,7 @@ from prometheus_client.samples import Sample
 from streamer.core.supervision import RestartPolicy
 from streamer.errors import PipelineStartError
 from streamer.httpserver import EndpointServer, free_port
-from streamer.settings import ENV_PREFIX, SECTIONS, Settings
+from streamer.settings import CHALLENGERS_ENV, ENV_PREFIX, SECTIONS, Settings
 from streamer.signals import GracefulSignals
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,14 @@ def settings_environment(settings: Settings) -> dict[str, str]:
                 text = "true" if value else "false"
             elif isinstance(value, float):
                 text = repr(value)
+            elif isinstance(value, dict):  # [preprocess.paths]: the loader reads JSON
+                text = json.dumps(value)
             else:
                 text = str(value)
             env[f"{ENV_PREFIX}{section.upper()}__{item.name.upper()}"] = text
+    if settings.challengers:
+        tables = [dataclasses.asdict(challenger) for challenger in settings.challengers]
+        env[CHALLENGERS_ENV] = json.dumps(tables)
     return env
 
 

@@ -141,14 +141,16 @@ class AvroOutputWriter:
         self.subject = fmt.output_subject or f"{output_topic}-value"
         self._retry_s = fmt.registry_retry_s
         self._on_wait = registry_wait_logger()
-        self._encoders: dict[tuple[str, ...], AvroOutputEncoder] = {}
+        # By output names and whether the outputs carry reason codes: one schema each.
+        self._encoders: dict[tuple[tuple[str, ...], bool], AvroOutputEncoder] = {}
 
     def encode(self, **fields: Any) -> list[bytes]:
         """What ``encode_predictions`` returns, as Avro records."""
         names: tuple[str, ...] = fields["output_names"]
-        encoder = self._encoders.get(names)
+        with_reasons = bool(fields.get("reasons"))
+        encoder = self._encoders.get((names, with_reasons))
         if encoder is None:
-            schema_str = avro_output_schema(names)
+            schema_str = avro_output_schema(names, with_reasons=with_reasons)
             while True:
                 try:
                     schema_id = self._source.register(self.subject, schema_str)
@@ -156,5 +158,6 @@ class AvroOutputWriter:
                 except RegistryUnavailableError as exc:
                     self._on_wait(exc)
                     time.sleep(self._retry_s)
-            encoder = self._encoders[names] = AvroOutputEncoder(schema_id, schema_str)
+            encoder = AvroOutputEncoder(schema_id, schema_str)
+            self._encoders[names, with_reasons] = encoder
         return encoder.encode(**fields)

@@ -335,7 +335,24 @@ def project(
     return out
 
 
-def avro_output_schema(output_names: Sequence[str]) -> str:
+_REASONS_FIELD: dict[str, Any] = {
+    "name": "reasons",
+    "type": {
+        "type": "array",
+        "items": {
+            "type": "record",
+            "name": "Reason",
+            "fields": [
+                {"name": "feature", "type": "string"},
+                {"name": "contribution", "type": "double"},
+            ],
+        },
+    },
+}
+"""The ``reasons`` field of an output with reason codes (``model.explain_top_k``)."""
+
+
+def avro_output_schema(output_names: Sequence[str], *, with_reasons: bool = False) -> str:
     """The Avro schema of the output document (docs/records.md#output) for these outputs."""
     fields: list[dict[str, Any]] = [
         {"name": "key", "type": ["null", "string"]},
@@ -356,6 +373,8 @@ def avro_output_schema(output_names: Sequence[str]) -> str:
         },
         {"name": "scored_at", "type": "string"},
     ]
+    if with_reasons:
+        fields.insert(4 + len(output_names), _REASONS_FIELD)
     return json.dumps(
         {"type": "record", "name": "Prediction", "namespace": "streamer", "fields": fields}
     )
@@ -383,8 +402,13 @@ class AvroOutputEncoder:
         output_names: tuple[str, ...],
         model: dict[str, str],
         scored_at: str,
+        reasons: Sequence[bytes] = (),
     ) -> list[bytes]:
-        """One Avro record per valid row, in row order (the fields of encode_predictions)."""
+        """One Avro record per valid row, in row order (the fields of encode_predictions).
+
+        ``reasons`` holds each valid row's reason codes as the JSON array the
+        JSON output writes; the schema must then have been made ``with_reasons``.
+        """
         values = predictions.tolist()
         out = []
         for position, row in enumerate(rows.tolist()):
@@ -402,6 +426,8 @@ class AvroOutputEncoder:
                 doc[output_names[0]] = scores
             else:
                 doc.update(zip(output_names, scores, strict=True))
+            if reasons:
+                doc["reasons"] = orjson.loads(reasons[position])
             buffer = io.BytesIO()
             buffer.write(self._prefix)
             self._write(buffer, self._parsed, doc)

@@ -44,9 +44,7 @@ class HotReload:
         self._reloader.start()
 
     def _poll_source(self) -> object:
-        # An MLflow model loaded through a registry alias asks which version it names.
-        poll = getattr(self.model, "poll_source", None)
-        return poll() if poll is not None else None
+        return poll_source(self.model)
 
     def stop(self) -> None:
         """Stop watching; a reload in progress finishes first."""
@@ -79,3 +77,13 @@ class HotReload:
         if self._metrics is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._metrics.tell(event)
+
+
+def poll_source(model: object) -> object:
+    """What the model's source would load now, or None (files are watched by signature).
+
+    An MLflow model loaded through a registry alias answers which version the
+    alias names; the reloader loads again when that changes.
+    """
+    poll = getattr(model, "poll_source", None)
+    return poll() if poll is not None else None

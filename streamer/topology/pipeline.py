@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 
@@ -23,13 +24,13 @@ from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured, load_model
-from streamer.errors import PipelineStartError, StreamerError
+from streamer.errors import ModelLoadError, PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
 from streamer.reload import ModelReloader
 from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
-from streamer.topology.hot_reload import HotReload
+from streamer.topology.hot_reload import HotReload, poll_source
 from streamer.topology.preflight import (
     build_monitor,
     check_features,
@@ -77,10 +78,7 @@ class Pipeline:
         if self.monitor is not None:
             self.registry.register(DriftCollector(self.monitor))
         # Challengers load like the champion, so a bad one stops the start (exit 2).
-        self._challenger_models = [
-            (c, load_model(c.kind, c.path, settings.challenger_options(c)))
-            for c in settings.challengers
-        ]
+        self._challenger_models = [(c, load_challenger(settings, c)) for c in settings.challengers]
         self.challengers: tuple[ChallengerLink, ...] = ()
         self._challenger_reloaders: list[ModelReloader] = []
         if consumer_factory is None or producer_factory is None:
@@ -234,14 +232,14 @@ class Pipeline:
             log.info("challenger %s reload: %s", challenger.name, event.result)
 
         reloader = ModelReloader(
-            load=lambda: load_model(
-                challenger.kind, challenger.path, self.settings.challenger_options(challenger)
-            ),
+            load=lambda: load_challenger(self.settings, challenger),
             current=lambda: link.model,
             install=install,
             notify=notify,
             interval_s=self.settings.model.watch_interval_s,
             paths=lambda: link.model.watch_paths,
+            # A registry alias (models:/name@challenger) moves like the champion's.
+            poll=lambda: poll_source(link.model),
         )
         reloader.start()
         return reloader
@@ -354,3 +352,24 @@ class Pipeline:
         report = self._terminator.shutdown(budget, self.metrics_ref, started)
         self._stop_challengers()
         return report
+
+
+# The [model] keys a [[challenger]] table has too, as the loader's messages name them.
+_CHAMPION_KEY = re.compile(
+    r"(?<![\w/.])model\.(kind|path|version|method|probabilities|outputs|chunk_rows)\b"
+)
+
+
+def load_challenger(settings: Settings, challenger: ChallengerSettings) -> Model:
+    """Load one ``[[challenger]]`` model; its errors name the challenger's keys, not [model]'s.
+
+    Raises:
+        ModelLoadError: As the champion's loader, with ``challenger <name>:`` in front.
+    """
+    try:
+        return load_model(challenger.kind, challenger.path, settings.challenger_options(challenger))
+    except ModelLoadError as exc:
+        detail = str(exc).removeprefix(f"{ModelLoadError.prefix}: ")
+        detail = _CHAMPION_KEY.sub(r"challenger.\1", detail)
+        msg = f"challenger {challenger.name!r}: {detail}"
+        raise ModelLoadError(msg) from exc

@@ -147,3 +147,22 @@ def test_streamer_run_exits_2_with_one_line_for_a_mismatched_profile(tmp_path: P
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert "monitoring.profile_path" in lines[0]
+
+
+def test_a_challenger_that_cannot_load_is_named_with_its_own_keys() -> None:
+    from streamer.errors import ModelLoadError
+    from streamer.topology.pipeline import load_challenger
+
+    settings = build_settings(
+        {
+            "kafka": {"input_topic": "in", "output_topic": "out"},
+            "challenger": [{"name": "cand", "kind": "linear", "path": "/nonexistent/model.json"}],
+        },
+        environ={},
+    )
+    with pytest.raises(ModelLoadError) as caught:
+        load_challenger(settings, settings.challengers[0])
+    assert str(caught.value) == (
+        "model error: challenger 'cand': cannot read challenger.path=/nonexistent/model.json: "
+        "No such file or directory"
+    )

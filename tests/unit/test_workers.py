@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.errors import ConfigError
 from streamer.settings import Settings, build_settings
 from streamer.workers import Worker, WorkerPool, _Aggregate, serve_metrics, settings_environment
 
@@ -113,11 +114,23 @@ class TestSettingsHandOver:
                 },
                 "batch": {"max_records": 777},
                 "metrics": {"enabled": False},
+                "preprocess": {"paths": {"amount": "payment.amount", "a.b": ["a.b"]}},
+                "challenger": [
+                    {"name": "candidate", "output_topic": "shadow", "max_pending_batches": 3},
+                    {"name": "agreement-only", "kind": "linear"},
+                ],
             },
             environ={},
         )
 
         assert build_settings({}, environ=settings_environment(original)) == original
+        assert [c.name for c in original.challengers] == ["candidate", "agreement-only"]
+
+    def test_a_broken_challengers_variable_is_one_line_naming_it(self) -> None:
+        with pytest.raises(
+            ConfigError, match=r"^config error: STREAMER_CHALLENGERS must be a JSON array"
+        ):
+            build_settings({}, environ={"STREAMER_CHALLENGERS": "[{"})
 
     def test_each_worker_gets_its_own_metrics_port_and_client_id(self) -> None:
         pool = WorkerPool(

@@ -316,3 +316,19 @@ def test_avro_outputs_read_back_with_avro_deserializer() -> None:
     assert [read(value, ctx)["proba_1"] for value in multi] == [0.5, 0.9]
     assert client.get_subjects() == ["scores-value"]
     assert len(client.get_versions("scores-value")) == 2  # one schema per set of output names
+
+    # Reason codes (model.explain_top_k) are an array of records in the Avro output.
+    explained = writer.encode(
+        **fields,
+        predictions=np.array([0.25, 1 / 3]),
+        output_names=("score",),
+        reasons=(
+            b'[{"feature":"amount","contribution":1.92},{"feature":"age","contribution":-0.5}]',
+            b"[]",
+        ),
+    )
+    assert [read(value, ctx)["reasons"] for value in explained] == [
+        [{"feature": "amount", "contribution": 1.92}, {"feature": "age", "contribution": -0.5}],
+        [],
+    ]
+    assert len(client.get_versions("scores-value")) == 3
