@@ -62,12 +62,17 @@ class RecordColumns:
     def of(cls, records: Iterable[Record], *, with_headers: bool = False) -> RecordColumns:
         """The columns of record objects (kafka-python's ConsumerRecord, a file row, a fake)."""
         rows = list(records)
+        headers = None
+        if with_headers:
+            found = [getattr(r, "headers", None) for r in rows]
+            # None when no record has a header: the common case costs one pass.
+            headers = [list(h or ()) for h in found] if any(found) else None
         return cls(
             [r.offset for r in rows],
             [r.key for r in rows],
             [r.value for r in rows],
             [r.timestamp for r in rows],
-            [list(getattr(r, "headers", None) or ()) for r in rows] if with_headers else None,
+            headers,
         )
 
     def extend(self, other: RecordColumns) -> None:
