@@ -421,9 +421,14 @@ class Settings:
     challengers: tuple[ChallengerSettings, ...] = ()
 
     def challenger_options(self, challenger: ChallengerSettings) -> ModelOptions:
-        """The loader's options for one challenger: its model keys, the champion's preprocessing."""
-        c, p = challenger, self.preprocess
-        return ModelOptions(
+        """The loader's options for one challenger: its model keys, the champion's preprocessing.
+
+        The champion's ``model.tracking_uri`` stays, so that a challenger may be
+        ``models:/name@challenger`` in the same registry; it gives no reason codes.
+        """
+        c = challenger
+        return dataclasses.replace(
+            self.model_options(),
             kind=c.kind,
             path=c.path,
             name=c.name,
@@ -432,12 +437,7 @@ class Settings:
             probabilities=c.probabilities,
             outputs=_split_names(c.outputs),
             chunk_rows=c.chunk_rows,
-            features=_split_names(p.features),
-            stats_path=p.stats_path,
-            standardize=p.standardize,
-            missing=p.missing,
-            # The champion's registry: a challenger may be models:/name@challenger.
-            tracking_uri=self.model.tracking_uri,
+            explain_top_k=0,
         )
 
     def model_options(self) -> ModelOptions:
