@@ -49,6 +49,45 @@ def record_values(frame: pd.DataFrame | None = None) -> list[bytes]:
     return [orjson.dumps(dict(zip(names, row, strict=True))) for row in frame.to_numpy().tolist()]
 
 
+def source_batch(values: list[bytes | None], first: int) -> Any:
+    """A SourceBatch of one partition holding ``values`` from offset ``first``."""
+    import time
+
+    from streamer.messages import SourceBatch
+
+    offsets = list(range(first, first + len(values)))
+    return SourceBatch(
+        batch_id=first,
+        topic="t",
+        partition=0,
+        seq=first,
+        offsets=offsets,
+        keys=[None] * len(values),
+        values=values,
+        timestamps_ms=[0] * len(values),
+        dispatched_at=time.monotonic(),
+    )
+
+
+def stream_scores(model: Any, values: list[bytes | None], size: int) -> np.ndarray:
+    """The scores of ``values``, prepared and scored as the actors do, ``size`` at a time."""
+    from streamer.core.preparation import prepare_source
+    from streamer.core.scoring import score_isolating_failures
+    from streamer.settings import PreprocessSettings
+
+    settings = PreprocessSettings()
+    parts = []
+    for start in range(0, len(values), size):
+        prepared = prepare_source(
+            source_batch(values[start : start + size], start), model.spec, settings, 1 << 20
+        )
+        assert not prepared.rejections
+        outcome = score_isolating_failures(model, prepared.features)
+        assert not outcome.failed
+        parts.append(outcome.predictions)
+    return np.concatenate(parts)
+
+
 @functools.cache
 def estimator(kind: str) -> Any:
     """``logreg`` (StandardScaler + LogisticRegression), ``forest`` (100 trees), or

@@ -19,7 +19,7 @@ from streamer.core.models import ModelOptions, load_model
 from streamer.core.scoring import explain
 from streamer.errors import ModelLoadError
 from tests import model_zoo as zoo
-from tests.unit.core.models.test_fidelity import SIZES, streamed
+from tests.unit.core.models.test_fidelity import SIZES
 
 NAMES = tuple(zoo.feature_names())
 EXPECTED_OUTPUTS = {
@@ -80,7 +80,7 @@ def test_every_batch_size_gives_booster_predict_bit_for_bit(
     values: list[bytes | None] = list(events)
     for size in SIZES:
         subset = values[:700] if size < 64 else values
-        got = streamed(model, subset, size)
+        got = zoo.stream_scores(model, subset, size)
         assert np.array_equal(got, expected[: len(subset)]), f"batch size {size}"
 
 

@@ -11,7 +11,6 @@ compares every kind with the user's own offline call).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,6 @@ import pytest
 
 from streamer.core.models import Model, ModelOptions, load_model
 from streamer.core.preparation import prepare_source
-from streamer.core.scoring import score_isolating_failures
-from streamer.messages import SourceBatch
 from streamer.settings import PreprocessSettings
 from tests import model_zoo as zoo
 
@@ -29,36 +26,8 @@ SIZES = (1, 7, 64, 2000)
 SETTINGS = PreprocessSettings()
 
 
-def batch_of(values: list[bytes | None], first: int) -> SourceBatch:
-    offsets = list(range(first, first + len(values)))
-    return SourceBatch(
-        batch_id=first,
-        topic="t",
-        partition=0,
-        seq=first,
-        offsets=offsets,
-        keys=[None] * len(values),
-        values=values,
-        timestamps_ms=[0] * len(values),
-        dispatched_at=time.monotonic(),
-    )
-
-
-def score_in_batches(model: Model, values: list[bytes | None], size: int) -> np.ndarray:
-    parts = []
-    for start in range(0, len(values), size):
-        prepared = prepare_source(
-            batch_of(values[start : start + size], start), model.spec, SETTINGS, 1 << 20
-        )
-        assert not prepared.rejections
-        outcome = score_isolating_failures(model, prepared.features)
-        assert not outcome.failed
-        parts.append(outcome.predictions)
-    return np.concatenate(parts)
-
-
 def offline(model: Model, values: list[bytes | None]) -> np.ndarray:
-    prepared = prepare_source(batch_of(values, 0), model.spec, SETTINGS, 1 << 20)
+    prepared = prepare_source(zoo.source_batch(values, 0), model.spec, SETTINGS, 1 << 20)
     return model.predict(prepared.features)
 
 
@@ -113,7 +82,7 @@ def test_batches_of_1_7_64_and_2000_give_bit_identical_offline_predictions(
     for size in SIZES:
         # A 100-tree forest costs ~6 ms per call whatever the rows: size 1 on a slice.
         subset = values[:250] if kind == "sklearn-forest" and size == 1 else values
-        got = score_in_batches(model, subset, size)
+        got = zoo.stream_scores(model, subset, size)
         assert np.array_equal(got, expected[: len(subset)]), f"batch size {size} changed a score"
 
 

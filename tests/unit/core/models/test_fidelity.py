@@ -12,7 +12,6 @@ must be bit-identical to it. The feature names contain spaces ("mean radius").
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,6 @@ import pandas as pd
 import pytest
 
 from streamer.core.models import Model, ModelOptions, load_model
-from streamer.core.preparation import prepare_source
-from streamer.core.scoring import score_isolating_failures
-from streamer.messages import SourceBatch
-from streamer.settings import PreprocessSettings
 from tests import model_zoo as zoo
 
 SIZES = (1, 7, 64, 1000, 5000)
@@ -35,37 +30,8 @@ SMALL_BATCH_EVENTS = 700
 """Batches of 1 and 7 score the first 700 events only: a call per record costs ~1 ms."""
 FOREST_SMALL_BATCH_EVENTS = 250
 """A 100-tree forest costs ~6 ms per call whatever the rows."""
-SETTINGS = PreprocessSettings()
 
 Offline = Callable[[pd.DataFrame], np.ndarray]
-
-
-def batch_of(values: list[bytes | None], first: int) -> SourceBatch:
-    offsets = list(range(first, first + len(values)))
-    return SourceBatch(
-        batch_id=first,
-        topic="t",
-        partition=0,
-        seq=first,
-        offsets=offsets,
-        keys=[None] * len(values),
-        values=values,
-        timestamps_ms=[0] * len(values),
-        dispatched_at=time.monotonic(),
-    )
-
-
-def streamed(model: Model, values: list[bytes | None], size: int) -> np.ndarray:
-    parts = []
-    for start in range(0, len(values), size):
-        prepared = prepare_source(
-            batch_of(values[start : start + size], start), model.spec, SETTINGS, 1 << 20
-        )
-        assert not prepared.rejections
-        outcome = score_isolating_failures(model, prepared.features)
-        assert not outcome.failed
-        parts.append(outcome.predictions)
-    return np.concatenate(parts)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +150,7 @@ def test_every_batch_size_gives_the_users_offline_scores_bit_for_bit(
     for size in SIZES:
         small = FOREST_SMALL_BATCH_EVENTS if kind == "sklearn-forest" else SMALL_BATCH_EVENTS
         subset = values[:small] if size < 64 else values
-        got = streamed(model, subset, size)
+        got = zoo.stream_scores(model, subset, size)
         equal = int(np.sum(got == expected[: len(subset)]))
         assert equal == len(subset), f"batch size {size}: {equal}/{len(subset)} bit-identical"
 
@@ -197,7 +163,7 @@ def test_only_the_last_rows_mod_4_of_an_offline_frame_may_differ_and_by_a_few_ul
     # N rows and on N + 1 rows disagree there. No streamed chunking can know N.
     model, offline = build("sklearn-logreg", directory)
     values: list[bytes | None] = list(events)
-    got = streamed(model, values, 1000)
+    got = zoo.stream_scores(model, values, 1000)
     frame = pd.DataFrame([orjson.loads(v) for v in events])
     for rows in (1, 2, 3, 5, 31, 127, 1001, 4999):
         expected = offline(frame.iloc[:rows])
@@ -223,7 +189,7 @@ def test_a_multithreaded_onnx_session_sums_a_forest_differently_within_a_bound(
     matrix = frame[zoo.feature_names()].to_numpy(dtype=np.float32)
     session = _session(zoo.onnx_bytes("forest"), threads=0)
     default = session.run(["probabilities"], {session.get_inputs()[0].name: matrix})[0][:, 1]
-    got = streamed(model, list(events), 1000)
+    got = zoo.stream_scores(model, list(events), 1000)
     assert np.abs(got - default).max() <= MAX_ONNX_THREADS_GAP
 
 

@@ -20,7 +20,7 @@ from streamer.core.models import ModelOptions, load_model
 from streamer.core.models.common import ChunkedModel
 from streamer.errors import ModelLoadError
 from tests import model_zoo as zoo
-from tests.unit.core.models.test_fidelity import SIZES, streamed
+from tests.unit.core.models.test_fidelity import SIZES
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -81,7 +81,7 @@ def test_a_local_sklearn_model_scores_like_its_own_predict_proba(
     values: list[bytes | None] = list(zoo.record_values(zoo.records(5000)))
     for size in SIZES:
         subset = values[:700] if size < 64 else values
-        assert np.array_equal(streamed(model, subset, size), expected[: len(subset)]), size
+        assert np.array_equal(zoo.stream_scores(model, subset, size), expected[: len(subset)]), size
 
 
 def test_a_pyfunc_model_writes_one_field_per_column_equal_to_its_predict(
