@@ -27,6 +27,7 @@ its scalar tail (measured in docs/models.md, "Fidelity").
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,23 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: message`` on one line, cut to ``limit`` characters."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def import_for_kind(kind: str, module: str, extra: str) -> Any:
+    """Import a kind's library, or say in one line which extra installs it.
+
+    Raises:
+        ModelLoadError: The module cannot be imported.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.partition(".")[0]
+        msg = (
+            f"model.kind={kind!r} needs {package} ({exc}); "
+            f"install it with: pip install 'streamer[{extra}]'"
+        )
+        raise ModelLoadError(msg) from None
 
 
 def read_model_file(options: ModelOptions, what: str) -> bytes:

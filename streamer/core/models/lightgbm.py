@@ -12,6 +12,7 @@ from streamer.core.models.boosters import booster_model, raw_values
 from streamer.core.models.common import (
     ChunkedModel,
     as_matrix,
+    import_for_kind,
     one_line,
     read_model_file,
     resolve_spec,
@@ -28,14 +29,7 @@ def load(options: ModelOptions) -> ChunkedModel:
     """
     raw = read_model_file(options, "a LightGBM model.txt")
     where = f"model.path={options.path}"
-    try:
-        import lightgbm as lgb  # noqa: PLC0415
-    except ImportError as exc:
-        msg = (
-            f"model.kind='lightgbm' needs lightgbm ({exc}); "
-            "install it with: pip install 'streamer[lightgbm]'"
-        )
-        raise ModelLoadError(msg) from None
+    lgb = import_for_kind("lightgbm", "lightgbm", "lightgbm")
     try:
         booster = lgb.Booster(model_str=raw.decode("utf-8"))
     except Exception as exc:  # LightGBMError, UnicodeDecodeError, ...

@@ -21,6 +21,7 @@ from streamer.core.models.common import (
     ChunkCall,
     ChunkedModel,
     as_matrix,
+    import_for_kind,
     one_line,
     output_names,
     probe,
@@ -65,14 +66,7 @@ def load(options: ModelOptions) -> ChunkedModel:
 
 def _session(raw: bytes, where: str) -> Any:
     """An onnxruntime session of the model, on one thread."""
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
-    except ImportError as exc:
-        msg = (
-            f"model.kind='onnx' needs onnxruntime ({exc}); "
-            "install it with: pip install 'streamer[onnx]'"
-        )
-        raise ModelLoadError(msg) from None
+    ort = import_for_kind("onnx", "onnxruntime", "onnx")
     session_options = ort.SessionOptions()
     # One thread per session: the pipeline parallelizes across model actors, and
     # one session then never races its own thread pool.

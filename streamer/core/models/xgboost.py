@@ -15,6 +15,7 @@ from streamer.core.models.boosters import booster_model, raw_values
 from streamer.core.models.common import (
     ChunkedModel,
     as_matrix,
+    import_for_kind,
     one_line,
     read_model_file,
     resolve_spec,
@@ -31,14 +32,7 @@ def load(options: ModelOptions) -> ChunkedModel:
     """
     raw = read_model_file(options, "an XGBoost .json or .ubj booster file")
     where = f"model.path={options.path}"
-    try:
-        import xgboost as xgb  # noqa: PLC0415
-    except ImportError as exc:
-        msg = (
-            f"model.kind='xgboost' needs xgboost ({exc}); "
-            "install it with: pip install 'streamer[xgboost]'"
-        )
-        raise ModelLoadError(msg) from None
+    xgb = import_for_kind("xgboost", "xgboost", "xgboost")
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(raw))
