@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions
+from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions, RemoteOptions
 from streamer.errors import ConfigError
 
 ENV_PREFIX = "STREAMER_"
@@ -227,13 +227,14 @@ class ModelSettings:
     kind: str = _doc(
         "Model kind: 'linear' (JSON weights), 'sklearn' (joblib or pickle file), 'onnx' "
         "(onnxruntime), 'python' (a callable taking a DataFrame), 'xgboost' (.json/.ubj "
-        "booster), 'lightgbm' (model.txt) or 'mlflow' (a model directory or models:/, runs:/ "
-        "URI).",
+        "booster), 'lightgbm' (model.txt), 'mlflow' (a model directory or models:/, runs:/ "
+        "URI) or 'remote' (an Open Inference Protocol server: model.remote_url).",
         default="linear",
         choices=KINDS,
     )
     path: str = _doc(
-        "Model file; for kind 'python', 'package.module:callable' or 'file.py:callable'; "
+        "Model file; for kind 'python', 'package.module:callable' or 'file.py:callable'; for "
+        "kind 'remote', the model's name on the server, or 'name/versions/<v>'; "
         "empty means the packaged demo model (linear).",
         default="",
     )
@@ -267,7 +268,8 @@ class ModelSettings:
     )
     outputs: str = _doc(
         "ONNX: comma-separated outputs to write, one field each; empty means 'probabilities' "
-        "when the model has it, else its first output.",
+        "when the model has it, else its first output. Remote: the output tensors to ask for "
+        "(e.g. 'predict_proba' for MLServer's scikit-learn runtime); empty: the server's default.",
         default="",
     )
     chunk_rows: int = _doc(
@@ -295,6 +297,66 @@ class ModelSettings:
         "means MLFLOW_TRACKING_URI. With models:/name@alias the alias is polled every "
         "watch_interval_s and a moved alias hot-reloads.",
         default="",
+    )
+    remote_url: str = _doc(
+        "Kind 'remote': the Open Inference Protocol (V2) server, 'http(s)://host:port' "
+        "(KServe, MLServer, Triton); a remote challenger uses the same server.",
+        default="",
+    )
+    remote_headers: str = _doc(
+        "Kind 'remote': extra HTTP headers, 'Name: value' pairs separated by ';' (not "
+        "Authorization: use remote_bearer_token).",
+        default="",
+    )
+    remote_bearer_token: str = _doc(
+        "Kind 'remote': sent as 'Authorization: Bearer <token>'; best set from the environment "
+        "(STREAMER_MODEL__REMOTE_BEARER_TOKEN); never shown nor logged.",
+        default="",
+        repr=False,
+    )
+    remote_tls_verify: bool = _doc(
+        "Kind 'remote': verify an https server's certificate (turn off only for tests).",
+        default=True,
+    )
+    remote_ca_file: str = _doc(
+        "Kind 'remote': CA certificate file (PEM) to verify an https server; empty: the system's.",
+        default="",
+    )
+    remote_timeout_s: float = _doc(
+        "Kind 'remote': one request's timeout; a timed-out request is retried.",
+        default=10.0,
+        positive=True,
+    )
+    max_concurrent_requests: int = _doc(
+        "Kind 'remote': batches in flight to the server at once (per model, shared by the "
+        "model actors); keep batch.max_in_flight above it.",
+        default=4,
+        positive=True,
+    )
+    remote_datatype: str = _doc(
+        "Kind 'remote': the input tensor's type, 'FP64' (exact) or 'FP32'.",
+        default="FP64",
+        choices=("FP64", "FP32"),
+    )
+    remote_backoff_initial_s: float = _doc(
+        "Kind 'remote': first retry's backoff ceiling (doubling, full jitter) after a "
+        "connection error, a timeout, 429 or 5xx.",
+        default=0.1,
+        positive=True,
+    )
+    remote_backoff_max_s: float = _doc(
+        "Kind 'remote': the largest retry backoff.", default=5.0, positive=True
+    )
+    remote_breaker_failures: int = _doc(
+        "Kind 'remote': consecutive failed requests that open the circuit breaker: the pipeline "
+        "pauses (readiness false) until the model's ready endpoint answers.",
+        default=3,
+        positive=True,
+    )
+    remote_probe_interval_s: float = _doc(
+        "Kind 'remote': how often an open breaker asks the model's ready endpoint.",
+        default=1.0,
+        positive=True,
     )
 
 
@@ -458,7 +520,49 @@ class Settings:
             missing=p.missing,
             explain_top_k=m.explain_top_k,
             tracking_uri=m.tracking_uri,
+            remote=RemoteOptions(
+                url=m.remote_url,
+                headers=remote_headers(m.remote_headers),
+                bearer_token=m.remote_bearer_token,
+                tls_verify=m.remote_tls_verify,
+                ca_file=m.remote_ca_file,
+                timeout_s=m.remote_timeout_s,
+                max_concurrent_requests=m.max_concurrent_requests,
+                datatype=m.remote_datatype,
+                backoff_initial_s=m.remote_backoff_initial_s,
+                backoff_max_s=m.remote_backoff_max_s,
+                breaker_failures=m.remote_breaker_failures,
+                probe_interval_s=m.remote_probe_interval_s,
+            ),
         )
+
+
+def remote_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """``model.remote_headers`` ('Name: value; Name: value') as pairs.
+
+    Raises:
+        ConfigError: A pair has no name, or sets Authorization.
+    """
+    pairs = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, colon, value = part.partition(":")
+        name = name.strip()
+        if not colon or not name or any(c.isspace() for c in name):
+            msg = (
+                "model.remote_headers must be 'Name: value' pairs separated by ';', "
+                f"got {part.strip()!r}"
+            )
+            raise ConfigError(msg)
+        if name.lower() == "authorization":
+            msg = (
+                "model.remote_headers must not set Authorization (it would be shown and "
+                "logged): put the token in model.remote_bearer_token"
+            )
+            raise ConfigError(msg)
+        pairs.append((name, value.strip()))
+    return tuple(pairs)
 
 
 def _split_names(text: str) -> tuple[str, ...]:
@@ -532,7 +636,12 @@ def field_docs(section: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-_SECRET_KEYS = {"kafka.sasl_password", "format.registry_basic_auth", "format.registry_bearer_token"}
+_SECRET_KEYS = {
+    "kafka.sasl_password",
+    "format.registry_basic_auth",
+    "format.registry_bearer_token",
+    "model.remote_bearer_token",
+}
 
 
 def is_secret(dotted: str) -> bool:
@@ -690,6 +799,28 @@ def _check_across_keys(settings: Settings) -> None:
         raise ConfigError(msg)
     _check_format(settings.format)
     _check_paths(settings.preprocess.paths)
+    _check_remote(settings)
+
+
+def _check_remote(settings: Settings) -> None:
+    """The remote keys, when the champion or a challenger is remote."""
+    model = settings.model
+    remote_headers(model.remote_headers)  # raises on a malformed pair
+    kinds = [model.kind, *(c.kind for c in settings.challengers)]
+    if "remote" not in kinds:
+        return
+    if not model.remote_url.startswith(("http://", "https://")):
+        msg = (
+            "model.remote_url must be the model server's 'http(s)://host:port' for kind "
+            f"'remote', got {model.remote_url!r} (set it in [model] or STREAMER_MODEL__REMOTE_URL)"
+        )
+        raise ConfigError(msg)
+    if model.remote_ca_file and not Path(model.remote_ca_file).is_file():
+        msg = f"model.remote_ca_file={model.remote_ca_file} is not a file; give a PEM CA file"
+        raise ConfigError(msg)
+    if model.remote_bearer_token and any(c in model.remote_bearer_token for c in "\r\n"):
+        msg = "model.remote_bearer_token must be one line (the value is not shown)"
+        raise ConfigError(msg)
 
 
 def _check_format(fmt: FormatSettings) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pykka
@@ -16,11 +19,21 @@ from streamer.core.drift import FEATURE_REASONS, DriftMonitor
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source
-from streamer.core.scoring import explain, score_isolating_failures
+from streamer.core.scoring import ScoreOutcome, explain, score_isolating_failures
 from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """A batch that an asynchronous (remote) model has answered, back on the actor's thread."""
+
+    batch: FeatureBatch
+    model: Model
+    future: concurrent.futures.Future[ScoreOutcome]
+    started: float
 
 
 class ModelActor(PipelineActor):
@@ -30,6 +43,12 @@ class ModelActor(PipelineActor):
     so no batch is ever scored by a model that is half loaded or by two models.
     A batch that a preprocessor prepared for another spec (other features or
     statistics) is prepared again here, from its source bytes, for this model.
+
+    A model with ``submit`` (``kind = "remote"``) scores in the background: the
+    actor hands it the batch and takes the next one, and finishes the batch when
+    the answer comes back as a :class:`_Scored`; the producer's reorderer puts
+    batches back in order. Stopping the actor abandons the requests in flight
+    (their batches are not acknowledged, so not committed).
     """
 
     kind = "model"
@@ -58,16 +77,27 @@ class ModelActor(PipelineActor):
         self._monitor = monitor
         self._challengers = challengers
         self._monitoring = monitor is not None and monitor.profile.features == model.spec.names
+        self._pending: set[concurrent.futures.Future[ScoreOutcome]] = set()
 
     def open(self) -> None:
         """Make the reader of a schema-registry input format, to prepare a batch again."""
         self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
+
+    def release(self) -> None:
+        """Abandon the remote requests in flight: their batches were not acknowledged."""
+        pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
 
     def receive(self, message: object) -> object:
         """Handle FeatureBatch and SwapModel."""
         match message:
             case FeatureBatch() as batch:
                 self._score(batch)
+            case _Scored(batch=batch, model=model, future=future, started=started):
+                self._pending.discard(future)
+                # A failure here is a bug (outages and bad rows are answers): let it kill the actor.
+                self._finish(batch, model, future.result(), started)
             case SwapModel(model=model):
                 log.info("model actor now scores with %s %s", model.name, model.version)
                 self._model = model
@@ -131,7 +161,27 @@ class ModelActor(PipelineActor):
             )
             self.reprepared_batches += 1
         started = time.perf_counter()
-        outcome = score_isolating_failures(model, batch.features)
+        submit = getattr(model, "submit", None)
+        if submit is not None:
+            future: concurrent.futures.Future[ScoreOutcome] = submit(batch.features)
+            self._pending.add(future)
+            future.add_done_callback(
+                lambda done: self._answered(_Scored(batch, model, done, started))
+            )
+            return
+        self._finish(batch, model, score_isolating_failures(model, batch.features), started)
+
+    def _answered(self, scored: _Scored) -> None:
+        """On the remote loop's thread: hand the answer to the actor (unless it was abandoned)."""
+        if scored.future.cancelled():
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(scored)
+
+    def _finish(
+        self, batch: FeatureBatch, model: Model, outcome: ScoreOutcome, started: float
+    ) -> None:
+        """Forward the predictions and the rows the model failed on; feed drift and challengers."""
         if self._monitoring:
             self._observe_drift(batch, outcome.predictions, model.output_names)
         valid_rows = batch.valid_rows

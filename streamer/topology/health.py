@@ -28,6 +28,8 @@ class TopologySnapshot:
     """The consumer got its first partitions."""
     model_loaded: bool
     stopping: bool
+    model_reachable: bool = True
+    """False while a remote model's server is down (its circuit breaker is open)."""
 
 
 def liveness(snapshot: TopologySnapshot) -> Probe:
@@ -49,13 +51,14 @@ def liveness(snapshot: TopologySnapshot) -> Probe:
 
 
 def readiness(snapshot: TopologySnapshot) -> Probe:
-    """Broker reached, actors alive, group joined, model loaded, not stopping."""
+    """Broker reached, actors alive, group joined, model loaded and reachable, not stopping."""
     alive = snapshot.alive
     checks = {
         "actors_alive": liveness(snapshot)[0],
         "broker_connected": alive.get("consumer", False) and alive.get("producer", False),
         "group_joined": snapshot.assigned,
         "model_loaded": snapshot.model_loaded,
+        "model_reachable": snapshot.model_reachable,
         "not_stopping": not snapshot.stopping,
     }
     failing = sorted(name for name, ok in checks.items() if not ok)

@@ -102,6 +102,10 @@ class Pipeline:
             self._routes, lambda: self._supervisor.failure, before_stop=self._supervisor.close
         )
         self._reload = HotReload(settings, model, self._routes)
+        if "remote" in (settings.model.kind, *(c.kind for c in settings.challengers)):
+            from streamer.clients.oip_metrics import RemoteCollector  # noqa: PLC0415
+
+            self.registry.register(RemoteCollector())
 
     @property
     def model(self) -> Model:
@@ -322,6 +326,8 @@ class Pipeline:
             assigned=self._assigned.is_set(),
             model_loaded=self.model is not None,
             stopping=self._stop_requested.is_set(),
+            # A remote model's server is down: the pipeline waits for it (nothing is lost).
+            model_reachable=getattr(self.model, "reachable", True),
         )
 
     def consumer_status(self) -> ConsumerStatus:

@@ -1,6 +1,6 @@
 """Models: load once, score a standardized feature matrix.
 
-Six kinds sit behind one :class:`~streamer.core.models.base.Model` protocol,
+The kinds sit behind one :class:`~streamer.core.models.base.Model` protocol,
 one module each:
 
 - ``linear`` (:mod:`.linear`): a logistic regression in one JSON file; with no
@@ -12,6 +12,8 @@ one module each:
   on its batch-mates (see ``common.py``).
 - ``xgboost`` and ``lightgbm`` (:mod:`.xgboost`, :mod:`.lightgbm`, sharing
   :mod:`.boosters`): native booster files, no pickle.
+- ``remote`` (:mod:`.remote`, the protocol in :mod:`.oip`): a model behind an
+  Open Inference Protocol server (KServe, MLServer, Triton), scored asynchronously.
 
 Imports go one way: this table -> the kinds -> ``common`` -> ``base``. The
 table names each loader by module, and imports the module only when that kind
@@ -32,6 +34,7 @@ from streamer.core.models.base import (
     PROBABILITY_MODES,
     Model,
     ModelOptions,
+    RemoteOptions,
     preparation_key,
 )
 from streamer.errors import ModelLoadError
@@ -44,6 +47,7 @@ __all__ = [
     "Configured",
     "Model",
     "ModelOptions",
+    "RemoteOptions",
     "load_configured",
     "load_model",
     "preparation_key",
@@ -57,6 +61,7 @@ LOADERS: dict[str, str] = {
     "xgboost": "streamer.core.models.xgboost:load",
     "lightgbm": "streamer.core.models.lightgbm:load",
     "mlflow": "streamer.core.models.mlflow:load",
+    "remote": "streamer.core.models.remote:load",
 }
 """``model.kind`` -> ``module:function``, a function that takes :class:`ModelOptions`."""
 KINDS = tuple(LOADERS)

@@ -13,7 +13,7 @@ settings, which import the loader table, stay quick to import.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -87,6 +87,24 @@ def preparation_key(spec: FeatureSpec) -> str:
 
 
 @dataclass(frozen=True)
+class RemoteOptions:
+    """How ``model.kind = "remote"`` reaches its model server (the ``model.remote_*`` keys)."""
+
+    url: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    bearer_token: str = field(default="", repr=False)
+    tls_verify: bool = True
+    ca_file: str = ""
+    timeout_s: float = 10.0
+    max_concurrent_requests: int = 4
+    datatype: str = "FP64"
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    breaker_failures: int = 3
+    probe_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelOptions:
     """Everything a loader needs; ``Settings.model_options()`` gives the configured ones.
 
@@ -108,3 +126,4 @@ class ModelOptions:
     missing: str = "dlq"
     explain_top_k: int = 0
     tracking_uri: str = ""
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
