@@ -27,6 +27,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class OipClient:
         self.options = options
         self.model_path = model_path
         self.label = model_path
+        self.server = urllib.parse.urlsplit(options.url).netloc
         base = options.url.rstrip("/")
         self.model_url = f"{base}/v2/models/{model_path}"
         self.infer_url = f"{self.model_url}/infer"

@@ -1,7 +1,7 @@
 """``streamer_remote_*``: what the remote-model clients did, read at each scrape.
 
-Label ``model``: the model's path on its server (``name`` or
-``name/versions/v``), a fixed set per configuration.
+Labels ``server`` (``host:port`` of ``model.remote_url``) and ``model`` (the
+model's path on it, ``name`` or ``name/versions/v``): a fixed set per configuration.
 """
 
 from __future__ import annotations
@@ -29,40 +29,40 @@ class RemoteCollector(Collector):
             "streamer_remote_requests",
             "Inference requests to the model server by outcome: ok, bad_input (400/413/422: "
             "the batch is bisected), timeout, connection, http_429, http_4xx, http_5xx.",
-            labels=["model", "outcome"],
+            labels=["server", "model", "outcome"],
         )
         retries = CounterMetricFamily(
             "streamer_remote_retries",
             "Requests sent again after a transient failure (backoff with jitter).",
-            labels=["model"],
+            labels=["server", "model"],
         )
         latency = HistogramMetricFamily(
             "streamer_remote_request_seconds",
             "Time of one inference request, from sending to the whole answer.",
-            labels=["model"],
+            labels=["server", "model"],
         )
         in_flight = GaugeMetricFamily(
             "streamer_remote_in_flight_requests",
             "Requests sent and not answered yet (at most model.max_concurrent_requests).",
-            labels=["model"],
+            labels=["server", "model"],
         )
         waiting = GaugeMetricFamily(
             "streamer_remote_waiting_requests",
             "Requests waiting for a free slot of model.max_concurrent_requests.",
-            labels=["model"],
+            labels=["server", "model"],
         )
         breaker = GaugeMetricFamily(
             "streamer_remote_breaker_open",
             "1 while the model server is down and the pipeline waits for it (readiness false).",
-            labels=["model"],
+            labels=["server", "model"],
         )
         opened = CounterMetricFamily(
             "streamer_remote_breaker_opened",
             "Times the circuit breaker opened (outages of the model server).",
-            labels=["model"],
+            labels=["server", "model"],
         )
         for client in all_clients():
-            label = [client.label]
+            label = [client.server, client.label]
             stats = client.stats
             for outcome in OUTCOMES:
                 requests.add_metric([*label, outcome], stats.outcomes[outcome])

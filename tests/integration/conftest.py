@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pykka
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.core.models import Model
 from streamer.devtools.broker import EmbeddedBroker
+from streamer.devtools.oip_server import OipServer, ensure_venv
 from streamer.settings import Settings
 from streamer.topology import Pipeline
 
@@ -29,6 +31,38 @@ def cluster(broker: EmbeddedBroker) -> Cluster:
     """Helpers bound to the session broker."""
     assert broker.is_alive(), f"the embedded broker died; see {broker.log_path}"
     return Cluster(broker)
+
+
+@pytest.fixture(scope="session")
+def oip_venv() -> Path:
+    """MLServer's own virtualenv, .venv-oip (``make test`` makes it; else made here once)."""
+    return ensure_venv(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture(scope="session")
+def oip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The model zoo's logreg and forest as joblib files, for a model server."""
+    from tests import model_zoo as zoo
+
+    directory = tmp_path_factory.mktemp("oip-models")
+    return {
+        name: zoo.save_joblib(zoo.estimator(name), directory / f"{name}.joblib")
+        for name in ("logreg", "forest")
+    }
+
+
+@pytest.fixture(scope="session")
+def oip_server(
+    oip_venv: Path, oip_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OipServer]:
+    """One real MLServer of the session: logreg, forest, and ``magic`` (logreg refusing 4242)."""
+    models = {
+        "logreg": (oip_models["logreg"], {}),
+        "forest": (oip_models["forest"], {}),
+        "magic": (oip_models["logreg"], {"magic": 4242}),
+    }
+    with OipServer(oip_venv, tmp_path_factory.mktemp("mlserver"), models) as server:
+        yield server
 
 
 @pytest.fixture
