@@ -22,6 +22,10 @@ measured program runs in a fresh interpreter, one at a time:
                 each kind on the same 30-feature records, against sklearn's row
 (h) health      throughput with a drift profile and one challenger (the demo model
                 twice) against the same run without, alternating (target: <= 10%)
+(o) remote      model.kind = "remote" against a real MLServer (.venv-oip): streamer's
+                records/s against a bare aiohttp loop sending the same batches with the
+                same concurrency (oip_floor.py), with and without a 20 ms server delay,
+                at max_concurrent_requests 1 and 4
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -1190,6 +1194,8 @@ class Bench:
             self.formats()
         if "m" in self.args.sections:
             self.model_kinds()
+        if "o" in self.args.sections:
+            self.remote()
 
     def formats(self) -> None:
         """(r) Avro input at batch 1000 next to JSON, on the same backend, in the same run.
@@ -1250,6 +1256,79 @@ class Bench:
         base = rows.get("sklearn", 0.0)
         for name, rate in rows.items():
             self.rows.append(Row("m", name, rate, "records/s", rate / base if base else None))
+
+    def remote(self) -> None:
+        """(o) The remote kind against the floor of a bare client loop, on one MLServer.
+
+        MLServer serves the tests' scikit-learn pipeline twice: as it is, and
+        behind a fixed 20 ms (asynchronous) delay, where the server's latency
+        dominates and concurrency should multiply the throughput. Batches of 100
+        records, one FP64 tensor each, predict_proba; the server shares the cores.
+        """
+        sys.path.insert(0, str(HERE.parent))
+        from streamer.devtools.oip_server import OipServer, ensure_venv
+        from tests import model_zoo as zoo
+
+        count = self.args.remote_records
+        venv = ensure_venv(HERE.parent)
+        model_file = zoo.save_joblib(zoo.estimator("logreg"), self.workdir / "logreg.joblib")
+        models = {"logreg": (model_file, {}), "logreg-slow": (model_file, {"delay_s": 0.02})}
+        values = zoo.record_values(zoo.records(count))
+        self.input = self.cluster.topic("bench-remote", dlq=True)
+        self.cluster.preload(
+            self.input, count, [(f"r{i}".encode(), v) for i, v in enumerate(values)]
+        )
+        backend = self.args.remote_backend
+        features = {"features": ",".join(zoo.feature_names())}
+        batch = {"max_records": 100}
+        self.log("(o) streamer with the same model in process (kind sklearn), for reference")
+        local = {"kind": "sklearn", "path": str(model_file)}
+        rate, code = self.throughput(
+            backend, count, sections={"model": local, "preprocess": features, "batch": batch}
+        )
+        note = f"{backend}, batch 100, exit {code}: the pipeline's own ceiling on these records"
+        self.rows.append(Row("o", "streamer, same model in process", rate, "records/s", None, note))
+        own: dict[str, float] = {}
+        with OipServer(venv, self.workdir / "mlserver", models) as server:
+            for model, concurrency in (("logreg", 4), ("logreg-slow", 1), ("logreg-slow", 4)):
+                label = f"{model}, {concurrency} in flight"
+                remote = {
+                    "kind": "remote",
+                    "path": model,
+                    "remote_url": server.url,
+                    "outputs": "predict_proba",
+                    "max_concurrent_requests": concurrency,
+                }
+                sections = {"model": remote, "preprocess": features, "batch": batch}
+                floors, rates = [], []
+                # Alternating runs, best of each: other load on the cores only slows a run down.
+                for run in range(self.args.repeat):
+                    self.log(f"(o) bare client loop, {label} ({run + 1}/{self.args.repeat})")
+                    floors.append(self._oip_floor(server.url, model, count, concurrency))
+                    self.log(f"(o) streamer remote, {label} ({run + 1}/{self.args.repeat})")
+                    rate, code = self.throughput(backend, count, sections=sections)
+                    rates.append(rate)
+                floor, rate = max(floors), max(rates)
+                own[label] = rate
+                self.rows.append(
+                    Row("o", f"floor: bare aiohttp loop, {label}", floor, "records/s", None,
+                        _best(floors))
+                )  # fmt: skip
+                note = f"{_best(rates)}; exit {code}"
+                if model == "logreg-slow" and concurrency == 4:
+                    base = own["logreg-slow, 1 in flight"]
+                    note += f"; {rate / base:.2f}x itself at 1 in flight"
+                self.rows.append(
+                    Row("o", f"streamer remote, {label}", rate, "records/s", rate / floor, note)
+                )
+        self.cluster.delete(self.input, f"{self.input}.dlq")
+
+    def _oip_floor(self, url: str, model: str, count: int, concurrency: int) -> float:
+        command = [sys.executable, str(HERE / "oip_floor.py"), "--url", url, "--model", model]
+        command += ["--records", str(count), "--batch", "100", "--concurrency", str(concurrency)]
+        done = subprocess.run(command, capture_output=True, check=True, timeout=600)
+        rate: float = json.loads(done.stdout)["records_per_s"]
+        return rate
 
 
 def peers_python(chosen: str) -> str:
@@ -1312,6 +1391,10 @@ class _Watch:
             if now - scraped >= 0.5:
                 scraped = now
                 self.gauge.append(metric_sum(self.process.metrics(), "streamer_in_flight_bytes"))
+
+
+def _best(runs: list[float]) -> str:
+    return f"best of {len(runs)} runs ({min(runs):,.0f}-{max(runs):,.0f})"
 
 
 def _spread(runs: list[float]) -> str:
@@ -1457,6 +1540,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "r": "(r) record formats: Avro input next to JSON, batch 1000 (x floor: x JSON)",
         "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
         "h": "(h) model health: a drift profile and one challenger, against neither",
+        "o": "(o) remote model (MLServer on loopback), x floor: the bare aiohttp loop's",
     }
     lines = [
         f"streamer benchmark, {datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -1534,9 +1618,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
         "--sections",
-        default="abcdefrmh",
-        help="which of a-f, r, m and h to run ('a' runs (a) and (b); --peers adds p)",
+        default="abcdefrmho",
+        help="which of a-f, r, m, h and o to run ('a' runs (a) and (b); --peers adds p)",
     )
+    parser.add_argument("--remote-records", type=int, default=20_000, help="for (o)")
+    parser.add_argument("--remote-backend", default="confluent", help="for (o)")
     parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):
         more(parser)
@@ -1566,6 +1652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         args.large_backends = "confluent"
         args.issue_backends = ""
         args.sections = args.sections.replace("r", "")  # (r) starts two more daemons per backend
+        args.sections = args.sections.replace("o", "")  # (o) starts MLServer (and may build it)
     args.backends = [b for b in args.backends.split(",") if b]
     args.format_backends = [b for b in args.format_backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]

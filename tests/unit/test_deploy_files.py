@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector, PipelineMetrics
+from streamer.clients.oip import client_for
+from streamer.clients.oip_metrics import RemoteCollector
 from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.drift import DriftMonitor
-from streamer.core.models import ModelOptions, load_model
+from streamer.core.models import ModelOptions, RemoteOptions, load_model
 from streamer.core.profile import Binned, Profile
 from streamer.messages import ConsumerProgress
 from streamer.settings import SECTIONS, Settings, build_settings, load_settings
@@ -433,6 +435,9 @@ def exposed_series() -> set[str]:
     model = load_model("linear", "", ModelOptions(version="2"))
     link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
     registry.register(ChallengerCollector([link]))
+    # The remote-model series, with one client (no request is sent).
+    client_for(RemoteOptions(url="http://127.0.0.1:9"), "m")
+    registry.register(RemoteCollector())
     names = {sample.name for metric in registry.collect() for sample in metric.samples}
     return names | SCRAPE_SERIES
 

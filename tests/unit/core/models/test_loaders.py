@@ -18,7 +18,8 @@ def test_an_unsupported_kind_is_named() -> None:
         load_model("tree", None)
     assert str(info.value) == (
         "model error: model.kind='tree' is not supported "
-        "(supported: 'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow')"
+        "(supported: 'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow', "
+        "'remote')"
     )
 
 
