@@ -20,11 +20,13 @@ import pytest
 from streamer.clients.kafka_python import ensure_topics
 from streamer.devtools.oip_server import OipServer
 from streamer.settings import KafkaSettings, build_settings
+from streamer.topology import Pipeline
 from tests import model_zoo as zoo
 
 from .helpers import (
     Cluster,
     PipelineStarter,
+    Produced,
     Topics,
     end_offsets,
     wait_for,
@@ -73,21 +75,35 @@ def scores_in_key_order(docs: dict[str, dict[str, Any]], count: int) -> np.ndarr
     return np.array([docs[f"r{i}"]["score"] for i in range(count)])
 
 
+def stream(
+    cluster: Cluster,
+    start_pipeline: PipelineStarter,
+    model: dict[str, Any],
+    values: list[bytes],
+    *,
+    partitions: int,
+    max_records: int,
+) -> tuple[Pipeline, Topics, Produced]:
+    """Produce ``values`` keyed r0, r1, ...; score them with ``model`` until all are committed."""
+    topics = cluster.new_topics(partitions=partitions)
+    produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
+    settings = cluster.settings(
+        topics, model=model, preprocess={"features": FEATURES}, batch={"max_records": max_records}
+    )
+    pipeline = start_pipeline(settings)
+    wait_until_delivered(pipeline, topics.input, produced)
+    return pipeline, topics, produced
+
+
 def test_remote_scores_equal_the_local_predict_proba_of_the_same_model(
     cluster: Cluster, start_pipeline: PipelineStarter, oip_server: OipServer
 ) -> None:
     count = 1200
-    topics = cluster.new_topics(partitions=2)
+    model = remote(oip_server, "forest")
     values = zoo.record_values()[:count]
-    produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
-    settings = cluster.settings(
-        topics,
-        model=remote(oip_server, "forest"),
-        preprocess={"features": FEATURES},
-        batch={"max_records": 64},
+    pipeline, topics, produced = stream(
+        cluster, start_pipeline, model, values, partitions=2, max_records=64
     )
-    pipeline = start_pipeline(settings)
-    wait_until_delivered(pipeline, topics.input, produced)
     docs = outputs_by_key(cluster, topics.output)
     assert len(docs) == count
     assert len(cluster.read(topics.dead_letter)) == 0
@@ -111,17 +127,9 @@ def test_a_linear_model_through_the_server_is_within_two_ulp_of_the_local_one(
     cluster: Cluster, start_pipeline: PipelineStarter, oip_server: OipServer
 ) -> None:
     count = 400
-    topics = cluster.new_topics(partitions=1)
+    model = remote(oip_server, "logreg", remote_datatype="FP64")
     values = zoo.record_values()[:count]
-    produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
-    settings = cluster.settings(
-        topics,
-        model=remote(oip_server, "logreg", remote_datatype="FP64"),
-        preprocess={"features": FEATURES},
-        batch={"max_records": 100},
-    )
-    pipeline = start_pipeline(settings)
-    wait_until_delivered(pipeline, topics.input, produced)
+    _, topics, _ = stream(cluster, start_pipeline, model, values, partitions=1, max_records=100)
     got = scores_in_key_order(outputs_by_key(cluster, topics.output), count)
     expected = zoo.estimator("logreg").predict_proba(zoo.records()[:count])[:, 1]
     # The server's numpy codec gives scikit-learn a row-major array where the local
@@ -138,16 +146,9 @@ def test_rows_the_server_refuses_with_400_are_dead_lettered_and_the_others_score
     bad = [5, 6, 130, 299]
     frame.loc[bad, "mean radius"] = MAGIC
     values = zoo.record_values(frame)
-    topics = cluster.new_topics(partitions=1)
-    produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
-    settings = cluster.settings(
-        topics,
-        model=remote(oip_server, "magic"),
-        preprocess={"features": FEATURES},
-        batch={"max_records": 50},
+    pipeline, topics, _ = stream(
+        cluster, start_pipeline, remote(oip_server, "magic"), values, partitions=1, max_records=50
     )
-    pipeline = start_pipeline(settings)
-    wait_until_delivered(pipeline, topics.input, produced)
     dead = cluster.read(topics.dead_letter).records.values()
     assert sorted(key for key, _, _ in dead) == sorted(f"r{i}".encode() for i in bad)
     for _key, _value, headers in dead:

@@ -221,7 +221,7 @@ class TestErrors:
                 "model",
                 "kind",
                 "tree",
-                "'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow'",
+                "'linear', 'sklearn', 'onnx', 'python', 'xgboost', 'lightgbm', 'mlflow', 'remote'",
             ),
             (
                 "model",
@@ -284,7 +284,10 @@ class TestErrors:
         self, key: str, owned: tuple[str, ...]
     ) -> None:
         for value in owned:
-            assert getattr(build_settings(with_topics(model={key: value})).model, key) == value
+            # A remote model needs its server (checked in test_oip.py).
+            server = {"remote_url": "http://models:8080"} if value == "remote" else {}
+            model = build_settings(with_topics(model={key: value, **server})).model
+            assert getattr(model, key) == value
 
     def test_the_model_options_are_the_model_and_preprocess_keys_with_lists_split(self) -> None:
         settings = build_settings(

@@ -66,6 +66,7 @@ class TestReadiness:
                     "broker_connected": True,
                     "group_joined": True,
                     "model_loaded": True,
+                    "model_reachable": True,
                     "not_stopping": True,
                 },
             },
