@@ -80,12 +80,12 @@ def event_loop() -> asyncio.AbstractEventLoop:
 def _close_sessions() -> None:
     """At exit: close the connection pools, so that aiohttp does not warn about them."""
     loop = _loop
-    sessions = [c._session for c in all_clients() if c._session is not None]  # noqa: SLF001
-    if loop is None or not sessions or not loop.is_running():
+    clients = all_clients()
+    if loop is None or not clients or not loop.is_running():
         return
 
     async def close() -> None:
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     with contextlib.suppress(Exception):
         asyncio.run_coroutine_threadsafe(close(), loop).result(2.0)
@@ -200,6 +200,12 @@ class OipClient:
             self._closed = asyncio.Event()
             self._closed.set()
         return self._session
+
+    async def aclose(self) -> None:
+        """Close the connection pool (at exit)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def _request(self, method: str, url: str, body: bytes | None) -> tuple[str, int, bytes]:
         """(outcome, status, body) of one attempt; never raises for the server's failures."""
