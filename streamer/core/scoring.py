@@ -47,6 +47,8 @@ def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome
     try:
         return ScoreOutcome(_check(model, features, model.predict(features)), [])
     except Exception as exc:  # any model error is isolated, never fatal
+        if getattr(exc, "row_level", True) is False:
+            raise  # a remote model's server is down: no row is at fault
         if features.shape[0] == 1:
             return ScoreOutcome(np.empty(empty_shape), [(0, f"{type(exc).__name__}: {exc}")])
     middle = features.shape[0] // 2

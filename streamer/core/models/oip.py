@@ -60,6 +60,9 @@ class BadInputError(Exception):
 class ServerUnavailableError(Exception):
     """The server did not answer in time to be useful (only raised to impatient callers)."""
 
+    row_level = False
+    """Not the rows' fault: :func:`~streamer.core.scoring.score_isolating_failures` re-raises it."""
+
 
 def classify_status(status: int) -> str:
     """The outcome of an HTTP status: ok, bad_input, or a transient ``http_*`` one."""

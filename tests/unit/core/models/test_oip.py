@@ -14,6 +14,7 @@ from streamer.core.models.oip import (
     BadInputError,
     Breaker,
     RetryPolicy,
+    ServerUnavailableError,
     build_request,
     classify_status,
     error_detail,
@@ -22,6 +23,7 @@ from streamer.core.models.oip import (
     parse_response,
     score_bisecting,
 )
+from streamer.core.scoring import score_isolating_failures
 from streamer.errors import ConfigError
 from streamer.settings import build_settings, is_secret, remote_headers, secret_values
 from streamer.topology.health import TopologySnapshot, readiness
@@ -187,6 +189,17 @@ def test_bisection_never_blames_rows_for_an_outage() -> None:
         asyncio.run(score_bisecting(down, np.zeros((4, 1)), 1))
 
 
+def test_a_blocking_score_raises_for_an_outage_instead_of_dead_lettering_every_row() -> None:
+    class Down:
+        output_names = ("score",)
+
+        def predict(self, features: np.ndarray) -> np.ndarray:
+            raise ServerUnavailableError("http://m:8080/v2/models/m: connection after 3 attempts")
+
+    with pytest.raises(ServerUnavailableError):
+        score_isolating_failures(Down(), np.zeros((4, 1)))  # type: ignore[arg-type]
+
+
 def test_remote_settings_are_checked_once_with_one_line_naming_the_key() -> None:
     def settings(**model: object) -> object:
         return build_settings({"kafka": KAFKA, "model": {"kind": "remote", **model}}, environ={})
@@ -236,3 +249,32 @@ def test_readiness_is_false_while_the_remote_model_is_unreachable() -> None:
     ok, details = readiness(snapshot)
     assert not ok
     assert details["failing"] == ["model_reachable"]
+
+
+def test_the_reload_poll_follows_the_metadata_and_ignores_an_outage() -> None:
+    from streamer.core.models.base import ModelOptions
+    from streamer.core.models.remote import _digest, _poller
+
+    answers: list[object] = [{"name": "m", "versions": ["1"]}]
+
+    class Client:
+        model_url = "http://m:8080/v2/models/m"
+
+        def run(self, coroutine: object, timeout_s: float) -> object:
+            coroutine.close()  # type: ignore[attr-defined]
+            answer = answers[0]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        async def get_json(self, url: str) -> object:
+            return None
+
+    options = ModelOptions(path="m")
+    first = _digest(options, {"name": "m", "versions": ["1"]})
+    poll = _poller(Client(), options, first)  # type: ignore[arg-type]
+    assert poll() == first
+    answers[0] = ConnectionError("down")
+    assert poll() == first  # an outage is no redeploy: no reload
+    answers[0] = {"name": "m", "versions": ["2"]}
+    assert poll() != first  # a redeploy: the reloader loads it
