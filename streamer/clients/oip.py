@@ -151,6 +151,11 @@ class OipClient:
         self._probing = False
 
     @property
+    def impatient_budget_s(self) -> float:
+        """How long an impatient call may take: its attempts and the backoffs between them."""
+        return IMPATIENT_ATTEMPTS * (self.options.timeout_s + self.options.backoff_max_s)
+
+    @property
     def reachable(self) -> bool:
         """False while the breaker is open (the server is down): readiness reports it."""
         return not self.breaker.is_open
@@ -261,15 +266,18 @@ class OipClient:
                     raise ServerUnavailableError(msg)
                 await self._wait_until_closed()
             stats.waiting += 1
-            async with self._slots:
+            try:
+                await self._slots.acquire()
+            finally:  # a cancelled wait (the actor stopped) counts out too
                 stats.waiting -= 1
-                stats.in_flight += 1
-                started = time.perf_counter()
-                try:
-                    outcome, status, payload = await self._request("POST", self.infer_url, body)
-                finally:
-                    stats.in_flight -= 1
-                    stats.observe(time.perf_counter() - started)
+            stats.in_flight += 1
+            started = time.perf_counter()
+            try:
+                outcome, status, payload = await self._request("POST", self.infer_url, body)
+            finally:
+                stats.in_flight -= 1
+                stats.observe(time.perf_counter() - started)
+                self._slots.release()
             stats.outcomes[outcome] += 1
             if outcome == OK:
                 if self.breaker.success():

@@ -55,11 +55,13 @@ def oip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def oip_server(
     oip_venv: Path, oip_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OipServer]:
-    """One real MLServer of the session: logreg, forest, and ``magic`` (logreg refusing 4242)."""
+    """One real MLServer of the session: logreg, forest, ``magic`` (logreg refusing 4242) and
+    ``slow`` (forest answering after 100 ms)."""
     models = {
         "logreg": (oip_models["logreg"], {}),
         "forest": (oip_models["forest"], {}),
         "magic": (oip_models["logreg"], {"magic": 4242}),
+        "slow": (oip_models["forest"], {"delay_s": 0.1}),
     }
     with OipServer(oip_venv, tmp_path_factory.mktemp("mlserver"), models) as server:
         yield server

@@ -168,6 +168,41 @@ def test_rows_the_server_refuses_with_400_are_dead_lettered_and_the_others_score
     assert pipeline.registry.get_sample_value("streamer_remote_requests_total", label)
 
 
+def test_a_server_slower_than_the_input_holds_the_stream_within_the_credits(
+    cluster: Cluster, start_pipeline: PipelineStarter, oip_server: OipServer
+) -> None:
+    count, max_records, max_in_flight = 1500, 50, 4
+    topics = cluster.new_topics(partitions=2)
+    values = zoo.record_values()[:count]
+    produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
+    settings = cluster.settings(
+        topics,
+        model=remote(oip_server, "slow", max_concurrent_requests=2),
+        preprocess={"features": FEATURES},
+        batch={"max_records": max_records, "max_in_flight": max_in_flight},
+    )
+    pipeline = start_pipeline(settings)
+    label = {"server": oip_server.url.removeprefix("http://"), "model": "slow"}
+    wanted = {(topics.input, p): end for p, end in end_offsets(produced).items()}
+    statuses, in_flight_requests = [], []
+    while (status := pipeline.consumer_status()).watermarks != wanted:
+        statuses.append(status)
+        in_flight_requests.append(
+            pipeline.registry.get_sample_value("streamer_remote_in_flight_requests", label)
+        )
+        time.sleep(0.05)
+    # 30 batches of 100 ms, 2 at a time: the input waits in Kafka, not in memory.
+    assert len(statuses) > 10
+    assert max(s.batches_in_flight for s in statuses) <= max_in_flight
+    assert max(s.records_in_flight for s in statuses) <= max_in_flight * max_records
+    assert any(s.paused for s in statuses)
+    assert max(r or 0 for r in in_flight_requests) <= 2
+    docs = outputs_by_key(cluster, topics.output)
+    assert len(docs) == count
+    assert len(cluster.read(topics.dead_letter)) == 0
+    assert_in_input_order(cluster, topics)
+
+
 @pytest.mark.parametrize("champion_kind", ["remote", "sklearn"])
 def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
     cluster: Cluster,

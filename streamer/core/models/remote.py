@@ -41,7 +41,6 @@ from streamer.core.models.common import import_for_kind, one_line, resolve_spec
 from streamer.core.models.oip import (
     DEFAULT_INPUT,
     OutputMapping,
-    ServerUnavailableError,
     map_outputs,
     score_bisecting,
 )
@@ -100,8 +99,7 @@ class RemoteModel:
             BadInputError: The server blamed the input.
             ServerUnavailableError: The server did not answer.
         """
-        budget = self.client.options.timeout_s * 3 + self.client.options.backoff_max_s * 2
-        return self.client.run(self._call(features, patient=False), budget)
+        return self.client.run(self._call(features, patient=False), self.client.impatient_budget_s)
 
 
 def load(options: ModelOptions) -> RemoteModel:
@@ -196,10 +194,9 @@ def _probe(
         row[0] = spec.mean
     try:
         answer = client.run(
-            client.infer(row, input_names, requested, patient=False),
-            client.options.timeout_s * 3 + client.options.backoff_max_s * 2,
+            client.infer(row, input_names, requested, patient=False), client.impatient_budget_s
         )
-    except (ServerUnavailableError, Exception) as exc:  # any failure is a load error
+    except Exception as exc:  # BadInputError, ServerUnavailableError: any failure is a load error
         msg = f"{where}: a test prediction on one row failed: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     try:
