@@ -12,7 +12,7 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.challenger import ChallengerLink, score_output
 from streamer.actors.routing import Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
-from streamer.core.drift import FEATURE_REASONS, DriftMonitor
+from streamer.core.monitoring.drift import FEATURE_REASONS, DriftMonitor
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.preparation import prepare_source

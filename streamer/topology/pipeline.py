@@ -21,12 +21,12 @@ from streamer.actors.metrics import (
     PipelineMetrics,
 )
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
-from streamer.core.agreement import Agreement, PendingSlots
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured, load_model
 from streamer.errors import ModelLoadError, PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
-from streamer.reload import ModelReloader
+from streamer.topology.reloader import ModelReloader
 from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask

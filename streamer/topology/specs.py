@@ -30,7 +30,7 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
-from streamer.core.drift import DriftMonitor
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.models import Model
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from streamer.core.drift import CodeWindow, DriftMonitor, psi
-from streamer.core.profile import (
+from streamer.core.monitoring.drift import CodeWindow, DriftMonitor, psi
+from streamer.core.monitoring.profile import (
     Binned,
     Profile,
     assign_bins,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.core.profile import Binned, Profile
+from streamer.core.monitoring.profile import Binned, Profile
 
 PSI_FLOOR = 1e-4
 """A bin's fraction is floored at this before the log, so an empty bin gives a large, finite PSI."""

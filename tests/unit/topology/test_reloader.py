@@ -24,7 +24,7 @@ from streamer.messages import (
     SourceBatch,
     SwapModel,
 )
-from streamer.reload import ModelReloader, file_signature
+from streamer.topology.reloader import ModelReloader, file_signature
 from streamer.settings import BatchSettings, PreprocessSettings, build_settings
 from streamer.topology import Pipeline
 from tests.unit.fakes import FakeKafka, Mailbox, make_records, start_recorder, wait_until
