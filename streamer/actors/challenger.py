@@ -21,8 +21,8 @@ import pykka
 from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
 from streamer.clients.base import SendFailure, send_batch
-from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.models import Model, preparation_key
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import prepare_source
 from streamer.messages import ChallengeBatch, SourceBatch, SwapModel

@@ -29,10 +29,10 @@ from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
 from streamer.actors.challenger import ChallengerLink
+from streamer.core.dead_letters import REASONS
 from streamer.core.monitoring.agreement import DELTA_BUCKETS
 from streamer.core.monitoring.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
 from streamer.core.monitoring.drift import DriftMonitor
-from streamer.core.features import REASONS
 from streamer.core.records import TP
 from streamer.httpserver import EndpointServer, HealthProbe
 from streamer.messages import (
@@ -391,7 +391,7 @@ class MetricsActor(PipelineActor):
 
 
 class DriftCollector(Collector):
-    """The drift gauges of a :class:`~streamer.core.monitoring.drift.DriftMonitor`, computed at each scrape.
+    """The drift gauges of a :class:`~streamer.core.monitoring.DriftMonitor`, read at a scrape.
 
     The label sets are bounded by construction: one series per feature of the
     profile (the model's features) and per reference score bin, each with the

@@ -12,9 +12,10 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.challenger import ChallengerLink, score_output
 from streamer.actors.routing import Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
-from streamer.core.monitoring.drift import FEATURE_REASONS, DriftMonitor
+from streamer.core.dead_letters import FEATURE_REASONS, MODEL_ERROR
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.preparation import prepare_source
 from streamer.core.scoring import explain, score_isolating_failures
 from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
@@ -139,7 +140,7 @@ class ModelActor(PipelineActor):
         if outcome.failed:
             failed_positions = [pos for pos, _ in outcome.failed]
             rejections = rejections + tuple(
-                Rejection(int(valid_rows[pos]), "model_error", error, "model")
+                Rejection(int(valid_rows[pos]), MODEL_ERROR, error, "model")
                 for pos, error in outcome.failed
             )
             valid_rows = np.delete(valid_rows, failed_positions)

@@ -1,4 +1,4 @@
-"""The model in use, and the glue between :mod:`streamer.topology.reloader` and the running stages."""
+"""The model in use, and the glue between the reloader (:mod:`.reloader`) and the stages."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pykka
 
 from streamer.core.models import Model, load_configured
 from streamer.messages import ModelReloaded, SwapModel
-from streamer.topology.reloader import ModelReloader
 from streamer.settings import Settings
+from streamer.topology.reloader import ModelReloader
 from streamer.topology.specs import Routes, Stage
 
 

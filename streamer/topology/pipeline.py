@@ -21,12 +21,11 @@ from streamer.actors.metrics import (
     PipelineMetrics,
 )
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
-from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured, load_model
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.errors import ModelLoadError, PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
-from streamer.topology.reloader import ModelReloader
 from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
@@ -37,6 +36,7 @@ from streamer.topology.preflight import (
     wait_for_broker,
     wait_for_registry,
 )
+from streamer.topology.reloader import ModelReloader
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator

@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 from streamer.clients import ConsumerFactory
-from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.models import Model
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.monitoring.profile import check_profile, load_profile
 from streamer.errors import BrokerError, ConfigError, ModelLoadError
 from streamer.settings import Settings

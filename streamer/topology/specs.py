@@ -30,8 +30,8 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import Route
 from streamer.clients import ConsumerFactory, ProducerFactory
-from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.models import Model
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
 from streamer.settings import Settings

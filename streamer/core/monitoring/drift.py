@@ -30,7 +30,6 @@ from streamer.core.monitoring.profile import Binned, Profile
 PSI_FLOOR = 1e-4
 """A bin's fraction is floored at this before the log, so an empty bin gives a large, finite PSI."""
 
-FEATURE_REASONS = frozenset({"missing_feature", "non_numeric_feature", "non_finite"})
 _FEATURE_IN_DETAIL = re.compile(r"^feature '((?:[^'\\]|\\.)*)'")
 
 

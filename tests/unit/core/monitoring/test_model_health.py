@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector
+from streamer.core.models import ModelOptions, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots, flips
 from streamer.core.monitoring.drift import DriftMonitor
-from streamer.core.models import ModelOptions, load_model
 from streamer.core.monitoring.profile import Binned, Profile
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
