@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import pykka
 
 from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
@@ -25,40 +23,13 @@ from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import prepare_source
+from streamer.core.scoring import score_output
 from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, KafkaSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_FAILURES = 100
-
-
-@dataclass
-class ChallengerLink:
-    """What the model actors and the metrics hold of one running challenger.
-
-    ``model`` is the challenger's model in use: a hot reload replaces it (and the
-    ``version`` label of its metrics), and the actor switches between two batches.
-    """
-
-    name: str
-    model: Model
-    ref: pykka.ActorRef
-    slots: PendingSlots
-    agreement: Agreement
-
-    @property
-    def version(self) -> str:
-        """The version label of the challenger's metrics."""
-        return self.model.version
-
-
-def score_output(model: Model, predictions: np.ndarray) -> np.ndarray:
-    """The one score the agreement compares: output 'score' if the model has it, else the first."""
-    if predictions.ndim == 1:
-        return predictions
-    names = model.output_names
-    return predictions[:, names.index("score") if "score" in names else 0]
 
 
 class ChallengerActor(PipelineActor):

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
-from streamer.actors.challenger import ChallengerLink
+from streamer.actors.routing import ChallengerLink
 from streamer.core.dead_letters import REASONS
 from streamer.core.monitoring.agreement import DELTA_BUCKETS
 from streamer.core.monitoring.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS

@@ -9,15 +9,14 @@ import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.actors.challenger import ChallengerLink, score_output
-from streamer.actors.routing import Teller
+from streamer.actors.routing import ChallengerLink, Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
 from streamer.core.dead_letters import FEATURE_REASONS, MODEL_ERROR
 from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.preparation import prepare_source
-from streamer.core.scoring import explain, score_isolating_failures
+from streamer.core.scoring import explain, score_isolating_failures, score_output
 from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 

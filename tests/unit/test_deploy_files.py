@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector, PipelineMetrics
+from streamer.actors.routing import ChallengerLink
 from streamer.core.models import ModelOptions, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.monitoring.drift import DriftMonitor

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector
+from streamer.actors.routing import ChallengerLink
 from streamer.core.models import ModelOptions, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots, flips
 from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.monitoring.profile import Binned, Profile
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
-from streamer.topology.preflight import build_monitor
+from streamer.topology.monitoring import build_monitor
 
 KAFKA = {"input_topic": "in", "output_topic": "out"}
 
@@ -151,7 +151,7 @@ def test_streamer_run_exits_2_with_one_line_for_a_mismatched_profile(tmp_path: P
 
 def test_a_challenger_that_cannot_load_is_named_with_its_own_keys() -> None:
     from streamer.errors import ModelLoadError
-    from streamer.topology.pipeline import load_challenger
+    from streamer.topology.monitoring import load_challenger
 
     settings = build_settings(
         {
