@@ -1,4 +1,4 @@
-"""The import rules of ``streamer/``: no circle (lazy imports included), and the layers kept apart."""
+"""The import rules of ``streamer/``: no circle (lazy imports included), and layers kept apart."""
 
 from __future__ import annotations
 
