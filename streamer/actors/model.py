@@ -93,9 +93,13 @@ class ModelActor(PipelineActor):
         monitor.set_scaling(spec.mean if standardized else None, spec.std if standardized else None)
 
     def _observe_drift(
-        self, batch: FeatureBatch, predictions: np.ndarray, output_names: tuple[str, ...]
+        self,
+        batch: FeatureBatch,
+        predictions: np.ndarray,
+        failed_positions: list[int],
+        output_names: tuple[str, ...],
     ) -> None:
-        """Feed the drift window: every prepared row's features, the scored rows' scores."""
+        """Feed the drift window: every prepared row's features and score (NaN: not scored)."""
         assert self._monitor is not None
         monitor = self._monitor
         scores = predictions
@@ -107,6 +111,10 @@ class ModelActor(PipelineActor):
                 else 0
             )
             scores = predictions[:, column]
+        if failed_positions:
+            aligned = np.full(batch.features.shape[0], np.nan)
+            aligned[np.delete(np.arange(batch.features.shape[0]), failed_positions)] = scores
+            scores = aligned
         rejected = [(r.index, r.detail) for r in batch.rejections if r.reason in FEATURE_REASONS]
         monitor.observe(
             batch.features,
@@ -132,12 +140,12 @@ class ModelActor(PipelineActor):
             self.reprepared_batches += 1
         started = time.perf_counter()
         outcome = score_isolating_failures(model, batch.features)
+        failed_positions = [pos for pos, _ in outcome.failed]
         if self._monitoring:
-            self._observe_drift(batch, outcome.predictions, model.output_names)
+            self._observe_drift(batch, outcome.predictions, failed_positions, model.output_names)
         valid_rows = batch.valid_rows
         rejections = batch.rejections
         if outcome.failed:
-            failed_positions = [pos for pos, _ in outcome.failed]
             rejections = rejections + tuple(
                 Rejection(int(valid_rows[pos]), MODEL_ERROR, error, "model")
                 for pos, error in outcome.failed
