@@ -19,13 +19,15 @@ import numpy as np
 from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
 from streamer.clients.base import SendFailure, send_batch
+from streamer.clients.registry import make_reader, registry_wait_logger
+from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import prepare_source
 from streamer.core.scoring import score_output
 from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
-from streamer.settings import BatchSettings, KafkaSettings, PreprocessSettings
+from streamer.settings import BatchSettings, FormatSettings, KafkaSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,11 @@ class ChallengerActor(PipelineActor):
         producer_factory: ProducerFactory,
         preprocess: PreprocessSettings,
         batch: BatchSettings,
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(None, None)
+        self._formats = formats or FormatSettings()
+        self._reader: BatchReader | None = None
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._output_topic = output_topic
@@ -62,7 +67,10 @@ class ChallengerActor(PipelineActor):
         self.failures = 0
 
     def open(self) -> None:
-        """Open the challenger's own producer client."""
+        """Open the challenger's own producer client, and the reader of a registry format."""
+        # A batch prepared for the champion's spec is prepared again, from the source
+        # bytes, in the input format: the same reader as the model actor's.
+        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
         self._client = self._producer_factory(self._kafka)
 
     def release(self) -> None:
@@ -95,7 +103,12 @@ class ChallengerActor(PipelineActor):
         try:
             if batch.spec_key and batch.spec_key != self._spec_key:
                 batch = prepare_source(
-                    batch.source, model.spec, self._preprocess, self._max_record_bytes
+                    batch.source,
+                    model.spec,
+                    self._preprocess,
+                    self._max_record_bytes,
+                    self._spec_key,
+                    self._reader,
                 )
             predictions = np.asarray(model.predict(batch.features), dtype=np.float64)
             if predictions.ndim == 2 and predictions.shape[1] == 1:

@@ -118,6 +118,7 @@ class Challengers:
                 self._producer_factory,
                 s.preprocess,
                 s.batch,
+                s.format,
             )
             link = ChallengerLink(challenger.name, model, ref, slots, agreement)
             links.append(link)
