@@ -89,6 +89,26 @@ def test_label_sets_stay_bounded_by_the_profile_and_the_challengers() -> None:
     )
 
 
+def test_the_score_delta_histogram_exposes_its_sum_and_count() -> None:
+    agreement = Agreement(0.5)
+    agreement.scored(np.array([0.2, 0.9, 0.4]), np.array([0.8, 0.6, 0.4]), 0.01)
+    model = load_model("linear", "", ModelOptions(version="2"))
+    link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
+    registry = CollectorRegistry()
+    registry.register(ChallengerCollector([link]))
+    labels = {"challenger": "c", "version": "2"}
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(f"streamer_challenger_score_delta{name}", labels)
+
+    # rate(_sum) / rate(_count) is the mean delta: here (0.6 - 0.3 + 0.0) / 3.
+    assert value("_count") == 3
+    assert value("_sum") == pytest.approx(0.3)
+    assert value("_count") == registry.get_sample_value(
+        "streamer_challenger_score_delta_bucket", {**labels, "le": "+Inf"}
+    )
+
+
 def test_challenger_tables_are_validated_like_sections() -> None:
     settings = build_settings(
         {"kafka": KAFKA, "challenger": [{"name": "x", "output_topic": "out.x", "chunk_rows": 5}]}
