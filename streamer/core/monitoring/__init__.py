@@ -7,3 +7,9 @@
 The topology builds them (:mod:`streamer.topology.monitoring`); the model and
 challenger actors feed them; the metrics exposition reads them.
 """
+
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
+from streamer.core.monitoring.drift import DriftMonitor
+from streamer.core.monitoring.profile import Profile
+
+__all__ = ["Agreement", "DriftMonitor", "PendingSlots", "Profile"]
