@@ -20,11 +20,10 @@ from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
 from streamer.clients.base import SendFailure, send_batch
 from streamer.clients.registry import make_reader, registry_wait_logger
-from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
-from streamer.core.preparation import prepare_source
+from streamer.core.preparation import Preparer
 from streamer.core.scoring import score_output
 from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, KafkaSettings, PreprocessSettings
@@ -52,17 +51,15 @@ class ChallengerActor(PipelineActor):
         formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(None, None)
-        self._formats = formats or FormatSettings()
-        self._reader: BatchReader | None = None
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._output_topic = output_topic
         self._slots = slots
         self._agreement = agreement
+        self._formats = formats or FormatSettings()
+        self._preparer = Preparer(preprocess, batch.max_record_bytes)
         self._kafka = kafka
         self._producer_factory = producer_factory
-        self._preprocess = preprocess
-        self._max_record_bytes = batch.max_record_bytes
         self._client: ProducerClient | None = None
         self.failures = 0
 
@@ -70,7 +67,7 @@ class ChallengerActor(PipelineActor):
         """Open the challenger's own producer client, and the reader of a registry format."""
         # A batch prepared for the champion's spec is prepared again, from the source
         # bytes, in the input format: the same reader as the model actor's.
-        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
+        self._preparer.reader = make_reader(self._formats, on_wait=registry_wait_logger())
         self._client = self._producer_factory(self._kafka)
 
     def release(self) -> None:
@@ -101,15 +98,7 @@ class ChallengerActor(PipelineActor):
         batch = message.batch
         started = time.perf_counter()
         try:
-            if batch.spec_key and batch.spec_key != self._spec_key:
-                batch = prepare_source(
-                    batch.source,
-                    model.spec,
-                    self._preprocess,
-                    self._max_record_bytes,
-                    self._spec_key,
-                    self._reader,
-                )
+            batch = self._preparer.again_for(batch, model.spec, self._spec_key)
             predictions = np.asarray(model.predict(batch.features), dtype=np.float64)
             if predictions.ndim == 2 and predictions.shape[1] == 1:
                 predictions = predictions[:, 0]

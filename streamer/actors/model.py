@@ -12,10 +12,9 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import ChallengerLink, Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
 from streamer.core.dead_letters import FEATURE_REASONS, MODEL_ERROR
-from streamer.core.features import BatchReader
 from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.drift import DriftMonitor
-from streamer.core.preparation import prepare_source
+from streamer.core.preparation import Preparer
 from streamer.core.scoring import explain, score_isolating_failures, score_output
 from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
@@ -48,12 +47,11 @@ class ModelActor(PipelineActor):
     ) -> None:
         super().__init__(metrics, on_failure)
         self._formats = formats or FormatSettings()
-        self._reader: BatchReader | None = None
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._producer = producer
         self._preprocess = preprocess or PreprocessSettings()
-        self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
+        self._preparer = Preparer(self._preprocess, (batch or BatchSettings()).max_record_bytes)
         self.reprepared_batches = 0
         self._monitor = monitor
         self._challengers = challengers
@@ -61,7 +59,7 @@ class ModelActor(PipelineActor):
 
     def open(self) -> None:
         """Make the reader of a schema-registry input format, to prepare a batch again."""
-        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
+        self._preparer.reader = make_reader(self._formats, on_wait=registry_wait_logger())
 
     def receive(self, message: object) -> object:
         """Handle FeatureBatch and SwapModel."""
@@ -127,16 +125,9 @@ class ModelActor(PipelineActor):
 
     def _score(self, batch: FeatureBatch) -> None:
         model = self._model
-        if batch.spec_key and batch.spec_key != self._spec_key:
-            # Prepared with the statistics of the model before a hot reload.
-            batch = prepare_source(
-                batch.source,
-                model.spec,
-                self._preprocess,
-                self._max_record_bytes,
-                self._spec_key,
-                self._reader,
-            )
+        prepared = self._preparer.again_for(batch, model.spec, self._spec_key)
+        if prepared is not batch:  # prepared for the model before a hot reload
+            batch = prepared
             self.reprepared_batches += 1
         started = time.perf_counter()
         outcome = score_isolating_failures(model, batch.features)
