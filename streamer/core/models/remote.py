@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 from streamer.core.features import FeatureSpec
-from streamer.core.models.base import ModelOptions
+from streamer.core.models.base import ModelDefaults, ModelOptions
 from streamer.core.models.common import import_for_kind, one_line, resolve_spec
 from streamer.core.models.oip import (
     DEFAULT_INPUT,
@@ -56,8 +56,12 @@ _POLL_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, eq=False)
-class RemoteModel:
-    """A model on an Open Inference Protocol server behind the Model protocol."""
+class RemoteModel(ModelDefaults):
+    """A model on an Open Inference Protocol server behind the Model protocol.
+
+    Beyond the protocol it has ``submit`` (the model actor scores through it, in
+    the background) and ``reachable`` (readiness), which callers probe for.
+    """
 
     name: str
     version: str
@@ -70,8 +74,12 @@ class RemoteModel:
     mapping: OutputMapping
     kind: str = "remote"
     watch_paths: tuple[Path, ...] = field(default=())
-    poll_source: Callable[[], object] | None = None
+    source_poll: Callable[[], object] | None = None
     """The server's metadata digest: a model redeployed under the same name hot-reloads."""
+
+    def poll_source(self) -> object:
+        """What would load now (the metadata's digest); a change hot-reloads the model."""
+        return self.source_poll() if self.source_poll is not None else None
 
     @property
     def reachable(self) -> bool:
@@ -152,7 +160,7 @@ def load(options: ModelOptions) -> RemoteModel:
         input_names=input_names,
         requested=requested,
         mapping=mapping,
-        poll_source=_poller(client, options, digest),
+        source_poll=_poller(client, options, digest),
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streamer.actors.model import ModelActor
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.core.scoring import ScoreOutcome
 from streamer.messages import FeatureBatch, Rejection, ScoredBatch
@@ -17,7 +18,7 @@ from tests.unit.test_stage_actors import source
 
 
 @dataclass
-class AsyncModel:
+class AsyncModel(ModelDefaults):
     """The demo model behind ``submit``: the test decides when each batch is answered."""
 
     inner: LinearModel
@@ -37,7 +38,7 @@ class AsyncModel:
         return self.inner.output_names
 
     digest = ""
-    watch_paths = ()
+    watch_paths = ()  # type: ignore[var-annotated]
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.inner.predict(features)
