@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 
 $(OIP_STAMP): $(STAMP) streamer/devtools/oip_server.py
 	$(BIN)/python -c "from pathlib import Path; from streamer.devtools.oip_server import ensure_venv; ensure_venv(Path('.').resolve())"
+	touch $(OIP_STAMP)
 
 # The service on the embedded broker with the demo model and a live progress line; Ctrl-C stops.
 demo: $(STAMP)
 	$(BIN)/streamer demo
 
-# The whole suite: unit tests (no network) and integration tests on the embedded broker.
+# The whole suite: unit tests (no network) and integration tests on the embedded broker
+# (and MLServer for the remote-model tests).
 test: $(STAMP) $(OIP_STAMP)
 	$(BIN)/pytest -q
 
