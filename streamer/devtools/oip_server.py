@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,10 +101,16 @@ class OipServer:
         venv: The virtualenv from :func:`ensure_venv`.
         directory: Where the model repository and the log go (made if missing).
         models: Model name -> (joblib file, ``parameters.extra``).
+        inputs: Model name -> its feature names, declared in its metadata as one FP64
+            input each (the model then gets a DataFrame); others declare none.
     """
 
     def __init__(
-        self, venv: Path, directory: Path, models: Mapping[str, tuple[Path, Mapping[str, Any]]]
+        self,
+        venv: Path,
+        directory: Path,
+        models: Mapping[str, tuple[Path, Mapping[str, Any]]],
+        inputs: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.venv = venv
         self.directory = directory
@@ -112,6 +118,7 @@ class OipServer:
         self.log_path = directory / "mlserver.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._models = dict(models)
+        self._inputs = dict(inputs or {})
         self._write_repository()
 
     @property
@@ -132,6 +139,11 @@ class OipServer:
                 "implementation": "streamer_test_runtime.StreamerTestModel",
                 "parameters": {"uri": "./model.joblib", "version": "1", "extra": dict(extra)},
             }
+            if name in self._inputs:
+                settings["inputs"] = [
+                    {"name": feature, "datatype": "FP64", "shape": [-1]}
+                    for feature in self._inputs[name]
+                ]
             (folder / "model-settings.json").write_text(json.dumps(settings))
 
     def start(self, timeout_s: float = 60.0) -> OipServer:

@@ -45,10 +45,32 @@ def oip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests import model_zoo as zoo
 
     directory = tmp_path_factory.mktemp("oip-models")
-    return {
+    models = {
         name: zoo.save_joblib(zoo.estimator(name), directory / f"{name}.joblib")
         for name in ("logreg", "forest")
     }
+    models["demo"] = zoo.save_joblib(_demo_estimator(), directory / "demo.joblib")
+    return models
+
+
+DEMO_FEATURES = ("amount", "distance_from_home_km", "transactions_last_hour",
+                 "account_age_days", "merchant_risk")  # fmt: skip
+"""The packaged demo model's features, which the ``demo`` model of the server reads by name."""
+
+
+def _demo_estimator() -> object:
+    """A logistic regression on demo transactions' features (for a remote challenger)."""
+    import random
+
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from streamer.core.demo_data import make_event
+
+    rng = random.Random(11)
+    frame = pd.DataFrame([make_event(rng) for _ in range(2000)])[list(DEMO_FEATURES)]
+    labels = (frame["amount"] > frame["amount"].median()).astype(int)
+    return LogisticRegression(max_iter=1000).fit(frame, labels)
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +78,17 @@ def oip_server(
     oip_venv: Path, oip_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OipServer]:
     """One real MLServer of the session: logreg, forest, ``magic`` (logreg refusing 4242) and
-    ``slow`` (forest answering after 100 ms)."""
+    ``slow`` (forest answering after 100 ms), and ``demo`` (the demo features, named in
+    its metadata)."""
     models = {
         "logreg": (oip_models["logreg"], {}),
         "forest": (oip_models["forest"], {}),
         "magic": (oip_models["logreg"], {"magic": 4242}),
         "slow": (oip_models["forest"], {"delay_s": 0.1}),
+        "demo": (oip_models["demo"], {}),
     }
-    with OipServer(oip_venv, tmp_path_factory.mktemp("mlserver"), models) as server:
+    inputs = {"demo": DEMO_FEATURES}
+    with OipServer(oip_venv, tmp_path_factory.mktemp("mlserver"), models, inputs) as server:
         yield server
 
 

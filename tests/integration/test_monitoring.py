@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from streamer.clients.kafka_python import ensure_topics
 from streamer.core.dead_letters import REASONS
 from streamer.core.demo_data import make_event, make_record
+from streamer.devtools.oip_server import OipServer
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
 
@@ -314,7 +315,9 @@ class Monitored:
 
 
 @pytest.fixture(scope="module")
-def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+def monitored(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, oip_server: OipServer
+) -> Iterator[Monitored]:
     topics = cluster.new_topics(partitions=2)
     challenger_topic = f"{topics.output}.challenger"
     ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers), {challenger_topic: 1})
@@ -331,8 +334,12 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "shutdown": {"timeout_s": 20.0},
             "batch": {"max_records": 100},
             "monitoring": {"profile_path": str(profile), "window_records": 2000},
+            # The remote-model panels need a remote model: a second challenger on a real
+            # MLServer, whose metadata names the demo features.
+            "model": {"remote_url": oip_server.url},
             "challenger": [
-                {"name": "biased", "output_topic": challenger_topic, "path": str(challenger)}
+                {"name": "biased", "output_topic": challenger_topic, "path": str(challenger)},
+                {"name": "served", "kind": "remote", "path": "demo", "outputs": "predict_proba"},
             ],
         },
         environ={},
