@@ -134,7 +134,7 @@ class OipServer:
             folder.mkdir(exist_ok=True)
             shutil.copyfile(path, folder / "model.joblib")
             (folder / "streamer_test_runtime.py").write_text(RUNTIME)
-            settings = {
+            settings: dict[str, Any] = {
                 "name": name,
                 "implementation": "streamer_test_runtime.StreamerTestModel",
                 "parameters": {"uri": "./model.joblib", "version": "1", "extra": dict(extra)},
