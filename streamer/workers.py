@@ -54,8 +54,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from streamer.core.supervision import RestartPolicy
-from streamer.errors import PipelineStartError
-from streamer.httpserver import EndpointServer, free_port
+from streamer.httpserver import EndpointServer, bind_endpoints, free_port
 from streamer.settings import CHALLENGERS_ENV, ENV_PREFIX, SECTIONS, Settings
 from streamer.signals import GracefulSignals
 
@@ -347,14 +346,13 @@ def serve_metrics(pool: WorkerPool) -> EndpointServer | None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Aggregate(pool))
     probes = {path: functools.partial(pool.probe, path) for path in ("/healthz", "/readyz")}
-    try:
-        server = EndpointServer((metrics.host, metrics.port), registry, probes)
-    except OSError as exc:
-        msg = (
-            f"cannot serve the workers' metrics on {metrics.host}:{metrics.port}: {exc}; "
-            "pick a free metrics.port (the workers use the next ones)"
-        )
-        raise PipelineStartError(msg) from None
+    server = bind_endpoints(
+        metrics.host,
+        metrics.port,
+        registry,
+        probes,
+        hint="pick a free metrics.port (the workers use the next ones)",
+    )
     server.start("workers-metrics")
     log.info(
         "workers' metrics at http://%s:%d/metrics (workers on ports %s)",

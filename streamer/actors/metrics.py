@@ -34,7 +34,7 @@ from streamer.core.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKET
 from streamer.core.drift import DriftMonitor
 from streamer.core.features import REASONS
 from streamer.core.records import TP
-from streamer.httpserver import EndpointServer, HealthProbe
+from streamer.httpserver import EndpointServer, HealthProbe, bind_endpoints
 from streamer.messages import (
     ActorFailed,
     ActorRestarted,
@@ -348,9 +348,16 @@ class MetricsActor(PipelineActor):
         model_version: str = "",
         health: HealthProbe | None = None,
         readiness: HealthProbe | None = None,
+        server: EndpointServer | None = None,
     ) -> None:
+        """Keep the settings; ``server`` is the endpoints' socket, if already bound.
+
+        The pipeline binds it in its preflight, so that a port in use stops the
+        start with exit 2; without it, ``open`` binds.
+        """
         super().__init__(None, None)
         self._settings = settings
+        self._bound = server
         # Called from the HTTP server's threads, never from this actor's thread.
         self.health = health
         self.readiness = readiness
@@ -363,8 +370,9 @@ class MetricsActor(PipelineActor):
         """Start the HTTP server, if enabled."""
         if not self._settings.enabled:
             return
-        server = EndpointServer(
-            (self._settings.host, self._settings.port),
+        server = self._bound or bind_endpoints(
+            self._settings.host,
+            self._settings.port,
             self.metrics.registry,
             {"/healthz": self.health, "/readyz": self.readiness},
         )

@@ -25,11 +25,12 @@ from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured, load_model
 from streamer.errors import ModelLoadError, PipelineStartError, StreamerError
+from streamer.httpserver import bind_endpoints
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
 from streamer.reload import ModelReloader
 from streamer.settings import ChallengerSettings, Settings
 from streamer.topology import health as probes
-from streamer.topology.control import ASK_TIMEOUT_S, ask
+from streamer.topology.control import ASK_TIMEOUT_S, ask, left
 from streamer.topology.hot_reload import HotReload, poll_source
 from streamer.topology.preflight import (
     build_monitor,
@@ -39,7 +40,7 @@ from streamer.topology.preflight import (
 )
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
-from streamer.topology.terminator import ShutdownReport, Terminator
+from streamer.topology.terminator import ShutdownReport, Terminator, discard_queued
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,18 @@ class Pipeline:
         """
         s = self.settings
         check_features(self.model)
+        # Bound before any actor starts: a port in use or out of range exits 2, and the
+        # probes serve from the first second (a daemon without them cannot be watched).
+        server = (
+            bind_endpoints(
+                s.metrics.host,
+                s.metrics.port,
+                self.registry,
+                {"/healthz": self.health, "/readyz": self.readiness},
+            )
+            if s.metrics.enabled
+            else None
+        )
         self.metrics_ref = MetricsActor.start(
             s.metrics,
             self.registry,
@@ -154,6 +167,7 @@ class Pipeline:
             self.model.version,
             health=self.health,
             readiness=self.readiness,
+            server=server,
         )
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
@@ -244,13 +258,18 @@ class Pipeline:
         reloader.start()
         return reloader
 
-    def _stop_challengers(self) -> None:
-        """Stop the challengers once the model actors no longer send to them."""
+    def _stop_challengers(self, deadline: float | None = None) -> None:
+        """Stop the challengers once the model actors no longer send to them, by ``deadline``.
+
+        Their queued batches are shadow work: dropped, like the stages' (see the terminator).
+        """
+        deadline = time.monotonic() + ASK_TIMEOUT_S if deadline is None else deadline
         for reloader in self._challenger_reloaders:
             reloader.stop()
         for link in self.challengers:
-            with contextlib.suppress(pykka.ActorDeadError):
-                link.ref.stop(block=True, timeout=self.settings.shutdown.timeout_s)
+            discard_queued(link.ref)
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                link.ref.stop(block=True, timeout=left(deadline))
 
     def _wiring(self) -> Wiring:
         return Wiring(
@@ -350,7 +369,7 @@ class Pipeline:
         self._stop_requested.set()
         self._reload.stop()
         report = self._terminator.shutdown(budget, self.metrics_ref, started)
-        self._stop_challengers()
+        self._stop_challengers(started + budget)
         return report
 
 
