@@ -145,11 +145,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    if fmt == "json":
-        sys.excepthook = _log_uncaught
-        threading.excepthook = _log_uncaught_in_thread
-        sys.unraisablehook = _log_unraisable
-        logging.captureWarnings(True)
+    json_mode = fmt == "json"
+    sys.excepthook = _log_uncaught if json_mode else sys.__excepthook__
+    threading.excepthook = _log_uncaught_in_thread if json_mode else threading.__excepthook__
+    sys.unraisablehook = _log_unraisable if json_mode else sys.__unraisablehook__
+    logging.captureWarnings(json_mode)
     root.setLevel(level.upper())
     # kafka-python logs every reconnect attempt at WARNING/ERROR; ours say it once, clearly.
     logging.getLogger("kafka").setLevel(

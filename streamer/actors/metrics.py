@@ -39,6 +39,7 @@ from streamer.messages import (
     ActorFailed,
     ActorRestarted,
     BatchDelivered,
+    BreakerTripped,
     ConsumerProgress,
     GetStatus,
     MetricsStatus,
@@ -183,6 +184,12 @@ class PipelineMetrics:
             ["actor"],
             registry=registry,
         )
+        self.breaker_trips = Counter(
+            "streamer_dead_letter_breaker_trips",
+            "Stops by the dead-letter breaker, by the dominant reason and field of the window.",
+            ["reason", "feature"],
+            registry=registry,
+        )
         self.actor_restarts = Counter(
             "streamer_actor_restarts",
             "Dead actors replaced by the supervisor, by kind.",
@@ -284,6 +291,8 @@ class PipelineMetrics:
                 self._lag_series = _set_per_partition(self.consumer_lag, self._lag_series, p.lag)
             case ActorFailed(actor=actor):
                 self.actor_failures.labels(actor=actor).inc()
+            case BreakerTripped(reason=reason, feature=feature):
+                self.breaker_trips.labels(reason=reason, feature=feature).inc()
             case ActorRestarted(actor=actor):
                 self.actor_restarts.labels(actor=actor).inc()
             case ModelReloaded(result=result, name=name, version=version):

@@ -24,7 +24,14 @@ import pytest
 from streamer.httpserver import free_port
 from streamer.settings import to_toml
 
-from .helpers import PROCESS_TIMEOUT_S, Cluster, running_daemon, streamer_command, wait_for
+from .helpers import (
+    PROCESS_TIMEOUT_S,
+    Cluster,
+    PipelineStarter,
+    running_daemon,
+    streamer_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +181,40 @@ def test_json_logs_stay_json_when_clients_hang_up_and_other_methods_get_405(
             not_json.append(line)
     assert not_json == [], not_json[:20]
     assert not [line for line in lines if '"level":"ERROR"' in line], lines
+
+
+def test_the_dead_letter_breaker_names_the_reason_and_the_field_of_its_stop(
+    cluster: Cluster, start_pipeline: PipelineStarter, tmp_path: Path
+) -> None:
+    model = tmp_path / "spaced.py"
+    model.write_text(
+        "import numpy as np\n\n"
+        "def predict(frame):\n"
+        "    return np.zeros(len(frame))\n\n"
+        "predict.features = ['mean_radius', 'mean_texture']\n"
+    )
+    topics = cluster.new_topics(partitions=1)
+    cluster.produce(
+        topics.input,
+        [(None, orjson.dumps({"mean radius": 1.0 + i, "mean_texture": 2.0})) for i in range(300)],
+    )
+    settings = cluster.settings(
+        topics,
+        model={"kind": "python", "path": f"{model}:predict"},
+        preprocess={"standardize": False},
+        batch={"max_records": 50},
+        supervision={"dead_letter_window_records": 100, "dead_letter_max_ratio": 0.5},
+    )
+    pipeline = start_pipeline(settings)
+    wait_for(lambda: pipeline.failure, PROCESS_TIMEOUT_S, "the breaker to trip")
+
+    cause = "missing_feature 'mean_radius' in 100 of 100 records; the records carry 'mean radius'"
+    assert cause in str(pipeline.failure), pipeline.failure
+    trips = pipeline.registry.get_sample_value(
+        "streamer_dead_letter_breaker_trips_total",
+        {"reason": "missing_feature", "feature": "mean_radius"},
+    )
+    assert trips == 1.0
+    report = pipeline.stop(timeout_s=5)
+    assert report.exit_code == 1
+    assert cause in str(report.failure)
