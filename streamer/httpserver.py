@@ -10,11 +10,13 @@ than GET a 405.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +27,8 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+BIND_RETRY_S = 0.5
 
 # () -> (ok, details): details is a JSON-ready dict that says what is wrong.
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
@@ -44,17 +48,36 @@ def bind_endpoints(
     registry: CollectorRegistry,
     probes: Mapping[str, HealthProbe | None],
     hint: str = "pick a free metrics.port (0 picks any), or stop what listens on it",
+    wait_in_use_s: float = 0.0,
 ) -> EndpointServer:
     """Bind the endpoints' socket now, before anything starts; serve later with ``start``.
+
+    A port in use is tried again for ``wait_in_use_s``: a worker of ``--workers``
+    whose parent was killed waits so for its predecessor, which still serves
+    that port while it drains.
 
     Raises:
         ConfigError: The address cannot be bound (in use, not an address of this
             host, out of range): one line naming metrics.host and metrics.port.
     """
-    try:
-        return EndpointServer((host, port), registry, probes)
-    except (OSError, OverflowError) as exc:
-        msg = f"metrics.host:metrics.port {host}:{port} cannot be bound: {exc}; {hint}"
+    deadline = time.monotonic() + wait_in_use_s
+    waited = False
+    while True:
+        try:
+            return EndpointServer((host, port), registry, probes)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                if not waited:
+                    log.warning(
+                        "metrics port %d in use; trying again for up to %.0fs", port, wait_in_use_s
+                    )
+                waited = True
+                time.sleep(BIND_RETRY_S)
+                continue
+            error: Exception = exc
+        except OverflowError as exc:
+            error = exc
+        msg = f"metrics.host:metrics.port {host}:{port} cannot be bound: {error}; {hint}"
         raise ConfigError(msg) from None
 
 

@@ -64,14 +64,20 @@ class Pipeline:
         backend: Backend | None = None,
         consumer_factory: ConsumerFactory | None = None,
         producer_factory: ProducerFactory | None = None,
+        metrics_port_wait_s: float = 0.0,
     ) -> None:
         """Load the model (unless given) and choose the clients; nothing starts yet.
+
+        ``metrics_port_wait_s``: how long a metrics port in use is tried again
+        before the start fails (a worker of ``--workers`` waits for its
+        predecessor; see :func:`~streamer.httpserver.bind_endpoints`).
 
         The clients come from ``backend`` (by default the one ``kafka.client``
         names); ``consumer_factory`` and ``producer_factory`` replace its two
         halves (the tests' fakes).
         """
         self.settings = settings
+        self._metrics_port_wait_s = metrics_port_wait_s
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
         # A profile that does not match the model is refused here, before anything starts.
@@ -156,6 +162,7 @@ class Pipeline:
                 s.metrics.port,
                 self.registry,
                 {"/healthz": self.health, "/readyz": self.readiness},
+                wait_in_use_s=self._metrics_port_wait_s,
             )
             if s.metrics.enabled
             else None
