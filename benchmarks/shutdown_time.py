@@ -1,6 +1,6 @@
 """How long SIGTERM takes to end ``streamer run`` when the model is slow and the queue deep.
 
-The scenario of issue 26: a python model at 5 ms a record (slow_model.py), the
+The scenario: a python model at 5 ms a record (slow_model.py), the
 default batch settings (1000 records a batch, 16 in flight: about 80 s of work
 queued) and the default 30 s budget. It starts the embedded broker, preloads
 the input, starts the daemon, sends SIGTERM once the pipeline is saturated and

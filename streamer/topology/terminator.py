@@ -16,8 +16,8 @@
     6. stop metrics               its HTTP server answers the probes to the end
 
 Pykka's ``stop()`` is a message behind everything already queued, so a model
-actor with 16 slow batches in its inbox would work them all off first (issue 26:
-77 s after a 30 s budget). Step 5 empties the inboxes instead; an actor still
+actor with 16 slow batches in its inbox would work them all off first (81 s
+after a 30 s budget, docs/delivery.md). Step 5 empties the inboxes instead; an actor still
 busy with the one message it is handling at the deadline is left behind: its
 thread is a daemon thread, so it does not keep the process alive.
 

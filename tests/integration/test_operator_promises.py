@@ -1,4 +1,4 @@
-"""What the operator is promised at start and on stderr (issue 26), on the real command.
+"""What the operator is promised at start and on stderr, on the real command.
 
 Every bad setting exits 2 with one line before anything starts; a stop while
 still waiting for the broker is a documented exit; ``--log-format json`` keeps

@@ -1,4 +1,4 @@
-"""SIGTERM keeps ``shutdown.timeout_s`` whatever is queued in the actors' inboxes (issue 26)."""
+"""SIGTERM keeps ``shutdown.timeout_s`` whatever is queued in the actors' inboxes."""
 
 from __future__ import annotations
 
