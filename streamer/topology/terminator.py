@@ -13,13 +13,15 @@
                                   halfway through the close reserve is left
                                   behind, so that the producer and the consumer
                                   close by the deadline
-    6. stop metrics               its HTTP server answers the probes to the end
+    6. stop the challengers       the model actors, which send to them, are stopped;
+                                  their queued shadow batches are discarded too
+    7. stop metrics               its HTTP server answers the probes to the end
 
 Pykka's ``stop()`` is a message behind everything already queued, so a model
 actor with 16 slow batches in its inbox would work them all off first (81 s
-after a 30 s budget, docs/delivery.md). Step 5 empties the inboxes instead; an actor still
-busy with the one message it is handling at the deadline is left behind: its
-thread is a daemon thread, so it does not keep the process alive.
+after a 30 s budget, docs/delivery.md). Steps 5 and 6 empty the inboxes instead;
+an actor still busy with the one message it is handling at the deadline is left
+behind: its thread is a daemon thread, so it does not keep the process alive.
 
 The report's exit code is 0 only when the drain finished and nothing failed.
 """
@@ -91,6 +93,7 @@ class Terminator:
         failure: Why the pipeline fails, if it does; a failure ends the drain wait.
         before_stop: Called once before step 5 (the pipeline closes its
             supervisor there, so that nothing is restarted any more).
+        challengers: The challenger actors (read at step 6: they start after the terminator).
     """
 
     def __init__(
@@ -98,8 +101,10 @@ class Terminator:
         routes: Routes,
         failure: Callable[[], str | None],
         before_stop: Callable[[], None],
+        challengers: Callable[[], list[pykka.ActorRef]] = list,
     ) -> None:
         self._routes = routes
+        self._challengers = challengers
         self._failure = failure
         self._before_stop = before_stop
         self._stopped = False
@@ -107,7 +112,7 @@ class Terminator:
     def shutdown(
         self, budget_s: float, metrics: pykka.ActorRef | None, started: float | None = None
     ) -> ShutdownReport:
-        """Steps 1 to 6; ``started`` is when the budget began (``time.monotonic()``)."""
+        """Steps 1 to 7; ``started`` is when the budget began (``time.monotonic()``)."""
         started = time.monotonic() if started is None else started
         deadline = started + budget_s
         failure = self._failure()
@@ -159,13 +164,14 @@ class Terminator:
         deadline: float | None = None,
         compute_deadline: float | None = None,
     ) -> None:
-        """Steps 5 and 6, once: empty the stages' inboxes, stop them in flow order, then metrics.
+        """Steps 5 to 7, once: empty the inboxes; stop stages, challengers, metrics.
 
-        Each stage is waited for until ``deadline`` (by default ``ASK_TIMEOUT_S``
-        from now), the preprocessors and models only until ``compute_deadline``
-        (by default ``deadline``), so that a model busy with a long batch leaves
-        the producer and the consumer their time to close. Metrics gets at least
-        one more second to close its server.
+        The stages stop in flow order. Each stage is waited for until ``deadline``
+        (by default ``ASK_TIMEOUT_S`` from now), the preprocessors, models and
+        challengers only until
+        ``compute_deadline`` (by default ``deadline``), so that a model busy with
+        a long batch leaves the producer and the consumer their time to close.
+        Metrics gets at least one more second to close its server.
         """
         if self._stopped:
             return
@@ -183,6 +189,9 @@ class Terminator:
             for ref in self._routes[stage].refs():
                 discard_queued(ref)  # what arrived since: the stage upstream was still busy
                 _wait_stopped(ref, ref.stop(block=False), max(IDLE_STOP_S, left(until)))
+        for ref in self._challengers():
+            discard_queued(ref)
+            _wait_stopped(ref, ref.stop(block=False), max(IDLE_STOP_S, left(compute_deadline)))
         if metrics is not None:
             _wait_stopped(metrics, metrics.stop(block=False), max(1.0, left(deadline)))
 
