@@ -70,7 +70,10 @@ def test_a_client_that_hangs_up_is_one_debug_line_and_nothing_on_stderr(
     server: EndpointServer,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Only the capture: another test's handler may hold a stream closed since.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [caplog.handler])
     caplog.set_level(logging.DEBUG, logger="streamer.httpserver")
 
     def hang_up() -> None:

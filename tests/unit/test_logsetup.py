@@ -194,7 +194,7 @@ class TestSecrets:
         class StopHereError(Exception):
             pass
 
-        def fake_pipeline(_settings: object) -> None:
+        def fake_pipeline(_settings: object, **_options: object) -> None:
             seen.append(redact(f"password={PASSWORD}"))
             raise StopHereError
 
