@@ -20,9 +20,11 @@ from pathlib import Path
 
 import orjson
 
-from streamer.core.state import PartitionState, StateInput, build_layout, parse_features
+from streamer.core.state.declared import parse_features
+from streamer.core.state.layout import build_layout
 from streamer.core.state.restore import restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore
+from streamer.core.state.windows import PartitionState, StateInput
 
 TABLES = [
     {"name": "n_1h", "key": "card", "agg": "count", "window": "1h", "time": "ts"},

@@ -25,9 +25,10 @@ import orjson
 
 from streamer.clients.file import FileRecord, FileSource
 from streamer.core.features import decoded_object
-from streamer.core.state import Layout, MemoryStore, PartitionState, Served, StateInput, Store
-from streamer.core.state import build_layout as _build_layout
-from streamer.core.state import enrich as _enrich
+from streamer.core.state.codec import Served
+from streamer.core.state.layout import Layout, build_layout
+from streamer.core.state.store import MemoryStore, Store
+from streamer.core.state.windows import PartitionState, StateInput, enrich
 from streamer.errors import ConfigError
 from streamer.settings import Settings
 
@@ -35,9 +36,13 @@ STATE_STAGE = "state"
 """The ``stage`` of a dead letter the state gives (``missing_key``, ``late``, ...)."""
 
 
+SWEEP_EVERY_ROWS = 100_000
+"""How often a file's state deletes the keys past their TTL: memory follows the live keys."""
+
+
 def layout_of(settings: Settings) -> Layout:
     """The declared features of ``settings`` with its lateness and TTL policy."""
-    return _build_layout(
+    return build_layout(
         settings.state_features,
         round(settings.state.allowed_lateness_s * 1_000_000),
         round(settings.state.key_ttl_s * 1_000_000),
@@ -82,6 +87,7 @@ class StateApplier:
         )
         self._max_bytes = settings.batch.max_record_bytes
         self._timestamp_column = timestamp_column
+        self._since_sweep = 0
 
     def apply(
         self,
@@ -103,6 +109,10 @@ class StateApplier:
             for offset, key, doc, ts in zip(offsets, keys, docs, timestamps_ms, strict=True)
         ]
         applied = self.state.apply(inputs)
+        self._since_sweep += len(inputs)
+        if self._since_sweep >= SWEEP_EVERY_ROWS:
+            self.state.sweep()  # keys past their TTL read as empty: deleting them changes nothing
+            self._since_sweep = 0
         results = []
         for record, value, doc, served in zip(inputs, values, docs, applied.outcomes, strict=True):
             results.append(_result(record, value, doc, served, self.names))
@@ -132,7 +142,7 @@ def _result(
         record.offset,
         record.key,
         value,
-        _enrich(doc, names, served.values),
+        enrich(doc, names, served.values),
         features=served.values,
     )
 

@@ -131,7 +131,10 @@ def transactions(tmp_path: Path) -> Path:
 
 class TestCommands:
     def test_features_writes_the_training_set_and_score_file_scores_the_same_values(
-        self, transactions: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        transactions: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         config = transactions.parent / "state.toml"
         training = transactions.parent / "training.csv"
@@ -169,6 +172,16 @@ class TestCommands:
         assert score_rejects[["row", "reason", "stage"]].values.tolist() == [
             [10, "missing_key", "state"]
         ]
+        # whatever the batch size and the actor counts
+        monkeypatch.setenv("STREAMER_PREPROCESS__WORKERS", "3")
+        monkeypatch.setenv("STREAMER_MODEL__WORKERS", "2")
+        again = transactions.parent / "again.csv"
+        code = main(
+            ["score-file", str(transactions), "-c", str(config), "-o", str(again),
+             "--max-records", "7", "--no-progress"]
+        )  # fmt: skip
+        assert code == 0
+        assert pd.read_csv(again)["score"].tolist() == offline.tolist()
 
     @pytest.mark.parametrize(
         ("table", "message"),

@@ -10,26 +10,7 @@ property tests drive it directly. docs/state.md describes the semantics.
 - :mod:`~streamer.core.state.codec`: the bytes of the store and of its changelog.
 - :mod:`~streamer.core.state.store`: the store, in memory or RocksDB (rocksdict).
 - :mod:`~streamer.core.state.restore`: local store or changelog, on assignment.
+
+The package imports nothing itself: the settings read the declarations
+without numpy (the import-cost test in tests/unit/core/models checks it).
 """
-
-from streamer.core.state.codec import Served
-from streamer.core.state.declared import AGGREGATIONS, StateFeature, parse_features
-from streamer.core.state.layout import STATE_REASONS, Layout, build_layout
-from streamer.core.state.store import MemoryStore, Store
-from streamer.core.state.windows import Applied, PartitionState, StateInput, enrich
-
-__all__ = [
-    "AGGREGATIONS",
-    "STATE_REASONS",
-    "Applied",
-    "Layout",
-    "MemoryStore",
-    "PartitionState",
-    "Served",
-    "StateFeature",
-    "StateInput",
-    "Store",
-    "build_layout",
-    "enrich",
-    "parse_features",
-]

@@ -149,7 +149,20 @@ def read_key(doc: dict[str, Any], record_key: bytes | None, path: str) -> bytes:
     raise BadRecordError(MISSING_KEY, f"key field {path!r} is a JSON {type(value).__name__}")
 
 
+_MAX_TIME_US = 1 << 62
+"""Beyond it (about 146,000 years from 1970) a time is not a time, and would not fit the codec."""
+
+
 def read_time_us(doc: dict[str, Any], timestamp_ms: int | None, path: str) -> int:
+    """Event time in whole microseconds since the epoch (see :func:`_time_us`)."""
+    time_us = _time_us(doc, timestamp_ms, path)
+    if not -_MAX_TIME_US < time_us < _MAX_TIME_US:
+        where = "the record timestamp" if path == RECORD_TIMESTAMP else f"time field {path!r}"
+        raise BadRecordError(BAD_TIMESTAMP, f"{where} is out of range")
+    return time_us
+
+
+def _time_us(doc: dict[str, Any], timestamp_ms: int | None, path: str) -> int:
     """Event time in whole microseconds since the epoch.
 
     The record timestamp is in milliseconds (none, or -1: ``bad_timestamp``). A

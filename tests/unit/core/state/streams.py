@@ -15,8 +15,17 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from streamer.core.state import Layout, StateFeature, StateInput, build_layout, parse_features
-from streamer.core.state.layout import LATE, BadRecordError, read_field, read_key, read_time_us
+from streamer.core.state.declared import StateFeature, parse_features
+from streamer.core.state.layout import (
+    LATE,
+    BadRecordError,
+    Layout,
+    build_layout,
+    read_field,
+    read_key,
+    read_time_us,
+)
+from streamer.core.state.windows import StateInput
 
 CARD = {"key": "card", "time": "ts"}
 TABLES: list[dict[str, Any]] = [

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.state import MemoryStore, PartitionState, StateInput, build_layout
 from streamer.core.state.codec import META_KEY, KeyState, decode_key_state, key_state_key
 from streamer.core.state.declared import parse_features
+from streamer.core.state.layout import build_layout
 from streamer.core.state.restore import newest_meta, restore
-from streamer.core.state.store import Change, RocksStore
-from streamer.core.state.windows import ForeignStoreError, aggregate
+from streamer.core.state.store import Change, MemoryStore, RocksStore
+from streamer.core.state.windows import ForeignStoreError, PartitionState, StateInput, aggregate
 from tests.unit.core.state.streams import (
     LATENESS_US,
     Rec,
@@ -41,15 +41,26 @@ def cut(inputs: list[StateInput], sizes: list[int]) -> list[list[StateInput]]:
 
 
 def run_batched(
-    inputs: list[StateInput], sizes: list[int], store: object, partition: int, ttl_us: int = 0
+    inputs: list[StateInput],
+    sizes: list[int],
+    store: object,
+    partition: int,
+    ttl_us: int = 0,
+    *,
+    sweep: bool = False,
 ) -> tuple[list[tuple[tuple[bytes, ...] | None, str]], list[Change]]:
-    """Apply in batches, with a fresh engine over the same store for each batch (a restart)."""
+    """Apply in batches, with a fresh engine over the same store for each batch (a restart).
+
+    ``sweep`` deletes the keys past their TTL after every batch.
+    """
     outcomes = []
     changelog: list[Change] = []
     for batch in cut(inputs, sizes):
         state = PartitionState(layout(ttl_us), store, "events", partition)  # type: ignore[arg-type]
         applied = state.apply(batch)
         changelog.extend(applied.changes)
+        if sweep:
+            changelog.extend(state.sweep())
         outcomes.extend(
             (bits(o.values), o.reason) if o is not None else (None, "") for o in applied.outcomes
         )
@@ -61,12 +72,18 @@ BATCH_SIZES = st.lists(st.integers(1, 7), min_size=1, max_size=4)
 
 class TestSemantics:
     @PROPERTIES
-    @given(stream=streams(), sizes=BATCH_SIZES, ttl=st.sampled_from([0, 4_000_000, 60_000_000]))
+    @given(
+        stream=streams(),
+        sizes=BATCH_SIZES,
+        ttl=st.sampled_from([0, 4_000_000, 60_000_000]),
+        sweep=st.booleans(),
+    )
     def test_batched_application_equals_the_definition_bit_for_bit(
-        self, stream: list[Rec], sizes: list[int], ttl: int
+        self, stream: list[Rec], sizes: list[int], ttl: int, sweep: bool
     ) -> None:
+        # the sweep deletes keys past their TTL: when it runs changes no value
         for partition, inputs in by_partition(stream).items():
-            batched, _ = run_batched(inputs, sizes, MemoryStore(), partition, ttl)
+            batched, _ = run_batched(inputs, sizes, MemoryStore(), partition, ttl, sweep=sweep)
             assert batched == reference(layout(ttl), inputs)
 
     @PROPERTIES
@@ -127,6 +144,9 @@ class TestBadInput:
             ({"card": "a", "shop": "s", "ts": 5}, b"k", 1, "missing_feature"),
             ({"card": "a", "amount": 1, "shop": "s", "ts": "noon"}, b"k", 1, "bad_timestamp"),
             ({"card": "a", "amount": 1, "shop": "s", "ts": 5}, b"k", -1, "bad_timestamp"),
+            ({"card": "a", "amount": 1, "shop": "s", "ts": 10**30}, b"k", 1, "bad_timestamp"),
+            ({"card": "a", "amount": 1, "shop": "s", "ts": 1e300}, b"k", 1, "bad_timestamp"),
+            ({"card": "a", "amount": "inf", "shop": "s", "ts": 5}, b"k", 1, "non_finite"),
         ],
     )
     def test_a_bad_record_gets_its_reason_and_leaves_the_state_as_it_was(
@@ -197,7 +217,9 @@ class TestRestore:
         for partition, inputs in by_partition(stream).items():
             whole, _ = run_batched(inputs, sizes, MemoryStore(), partition)
             split = data.draw(st.integers(0, len(inputs)))
-            head, changelog = run_batched(inputs[:split], sizes, MemoryStore(), partition)
+            head, changelog = run_batched(
+                inputs[:split], sizes, MemoryStore(), partition, sweep=data.draw(st.booleans())
+            )
             rebuilt = MemoryStore()
             compacted = compact(changelog)
             assert list(restore(rebuilt, compacted, chunk=3))[-1] == len(compacted)
