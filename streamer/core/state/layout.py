@@ -145,8 +145,19 @@ def read_key(doc: dict[str, Any], record_key: bytes | None, path: str) -> bytes:
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, int | float):  # a bool is an int: true and 1 are different keys
-        return orjson.dumps(value)
+        return json_text(value).encode()
     raise BadRecordError(MISSING_KEY, f"key field {path!r} is a JSON {type(value).__name__}")
+
+
+def json_text(value: Any) -> str:
+    """A JSON value's text, with a whole float written as an integer: 7.0 and 7 are one number.
+
+    A CSV cell is read as a float (``7`` becomes 7.0) where a JSON record has
+    the integer 7: both are the key (or the distinct value) ``7``.
+    """
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return orjson.dumps(value).decode()
 
 
 _MAX_TIME_US = 1 << 62
@@ -205,7 +216,7 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
     if value is _ABSENT or value is None:
         raise BadRecordError(MISSING_FEATURE, f"field {path!r} is missing or null")
     if not numeric:
-        return value if isinstance(value, str) else orjson.dumps(value).decode()
+        return value if isinstance(value, str) else json_text(value)
     try:
         return to_number(path, value)  # the preprocessor's coercion, and its reasons
     except InvalidValueError as exc:

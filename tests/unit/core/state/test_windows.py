@@ -164,6 +164,19 @@ class TestBadInput:
         assert after == before
         assert state.last_offset == 1  # applied (as a dead letter): a replay will not count it
 
+    def test_a_whole_float_and_an_integer_are_one_key_and_one_distinct_value(self) -> None:
+        features = parse_features(
+            [
+                {"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"},
+                {"name": "d", "key": "card", "agg": "distinct_count", "field": "shop",
+                 "window": "1h", "time": "ts"},
+            ]
+        )  # fmt: skip
+        state = PartitionState(build_layout(features, 0), MemoryStore(), "t", 0)
+        docs = [{"card": 7, "shop": 3, "ts": 1}, {"card": 7.0, "shop": 3.0, "ts": 2}]
+        applied = state.apply([StateInput(i, None, None, d) for i, d in enumerate(docs)])
+        assert [o.values for o in applied.outcomes if o is not None] == [(1.0, 1.0), (2.0, 1.0)]
+
     def test_a_value_that_is_not_a_json_object_is_left_to_the_preprocessor(self) -> None:
         state = PartitionState(layout(), MemoryStore(), "events", 0)
         assert state.apply([StateInput(0, b"k", 1, None)]).outcomes == (None,)
