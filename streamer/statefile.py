@@ -171,6 +171,7 @@ def compute_features(
     output_format: str,
     key_column: str | None = None,
     timestamp_column: str | None = None,
+    partition_column: str | None = None,
     chunk_rows: int = 1000,
 ) -> FeaturesReport:
     """Write each row of a file with its declared features, in file order; rejects apart.
@@ -179,13 +180,15 @@ def compute_features(
     its top level; CSV output has ``row``, the columns of the first row, then
     the features (floats written as their shortest exact text). Rejects have
     ``row``, ``reason``, ``stage``, ``error`` and ``record``, as score-file's.
+    ``partition_column`` names the column of a topic export that holds each
+    row's partition: each partition then has a state of its own, as live.
     """
     if not settings.state_features:
         msg = "config error: no [[state.features]] in the configuration: nothing to compute"
         raise ConfigError(msg)
     started = time.monotonic()
     source = FileSource(input_path, fmt, key_column)
-    applier = StateApplier(settings, str(input_path), timestamp_column=timestamp_column)
+    applier = PartitionedApplier(settings, str(input_path), timestamp_column, partition_column)
     report = FeaturesReport()
     try:
         with (
@@ -201,6 +204,79 @@ def compute_features(
     report.rows = source.rows_read
     report.seconds = time.monotonic() - started
     return report
+
+
+class PartitionedApplier:
+    """One :class:`StateApplier` per partition of a file, told apart by a column (or one in all)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        timestamp_column: str | None,
+        partition_column: str | None,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._timestamp_column = timestamp_column
+        self._partition_column = partition_column
+        self._appliers: dict[int, StateApplier] = {}
+        self.names = layout_of(settings).names
+        self._max_bytes = settings.batch.max_record_bytes
+
+    def _applier(self, partition: int) -> StateApplier:
+        if partition not in self._appliers:
+            self._appliers[partition] = StateApplier(
+                self._settings,
+                self._topic,
+                partition=partition,
+                timestamp_column=self._timestamp_column,
+            )
+        return self._appliers[partition]
+
+    def apply(
+        self,
+        offsets: list[int],
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        timestamps_ms: list[int | None],
+    ) -> list[RowResult]:
+        """Each partition's rows applied in file order by its own state; results in file order."""
+        column = self._partition_column
+        if column is None:
+            return self._applier(0).apply(offsets, keys, values, timestamps_ms)
+        groups: dict[int, list[int]] = {}
+        results: dict[int, RowResult] = {}
+        for index, value in enumerate(values):
+            doc = decoded_object(value, self._max_bytes)
+            raw = doc.get(column) if isinstance(doc, dict) else None
+            if _is_partition(raw):
+                groups.setdefault(int(raw), []).append(index)  # type: ignore[arg-type]
+            elif isinstance(doc, dict):
+                detail = f"partition column {column!r} is missing or not a partition number"
+                results[index] = RowResult(
+                    offsets[index], keys[index], value, None, "missing_key", detail
+                )
+            else:
+                groups.setdefault(0, []).append(index)  # the preprocessor's reason, from any state
+        for partition, indexes in groups.items():
+            applied = self._applier(partition).apply(
+                [offsets[i] for i in indexes],
+                [keys[i] for i in indexes],
+                [values[i] for i in indexes],
+                [timestamps_ms[i] for i in indexes],
+            )
+            results.update(zip(indexes, applied, strict=True))
+        return [results[index] for index in range(len(values))]
+
+
+def _is_partition(raw: Any) -> bool:
+    return (
+        isinstance(raw, int | float)
+        and not isinstance(raw, bool)
+        and math.isfinite(raw)
+        and raw == int(raw) >= 0
+    )
 
 
 def _columns(

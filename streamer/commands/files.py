@@ -92,6 +92,10 @@ def add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     _add_row_files(features, "rows with their features (.csv or .jsonl)", "with [[state.features]]")
     features.add_argument(
+        "--partition-column",
+        help="column of a topic export that holds each row's partition (a state per partition)",
+    )
+    features.add_argument(
         "--chunk-rows", type=int, default=1000, help="rows applied at a time (values do not change)"
     )
     add_common(features)
@@ -119,6 +123,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         output_format=out_fmt,
         key_column=args.key_column,
         timestamp_column=args.timestamp_column,
+        partition_column=args.partition_column,
         chunk_rows=args.chunk_rows,
     )
     reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(report.reasons.items()))

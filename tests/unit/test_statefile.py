@@ -37,49 +37,61 @@ def state_settings(tables: list[dict[str, object]], **state: object) -> object:
 
 
 def record_value(rec: Rec) -> bytes:
-    """The record as a file row: its key and timestamp in columns of their own."""
+    """The record as a row of a topic export: its key, timestamp and partition in columns."""
     doc = dict(rec.doc)
     if rec.key is not None:
         doc["rk"] = rec.key.decode()
     doc["kts"] = rec.timestamp_ms
+    doc["p"] = rec.partition
     return orjson.dumps(doc)
+
+
+def live_batches(
+    directory: Path, config: object, stream: list[Rec], sizes: list[int]
+) -> dict[int, tuple[bytes | None, str]]:
+    """What the scoring path serves each row: per partition, random batches, a RocksDB store.
+
+    The keys of the result are the rows' places in the file (their offsets as the file's rows).
+    """
+    served: dict[int, tuple[bytes | None, str]] = {}
+    for partition in (0, 1):
+        rows = [i for i, rec in enumerate(stream) if rec.partition == partition]
+        live = StateApplier(
+            config,  # type: ignore[arg-type]
+            "topic",
+            partition=partition,
+            store=RocksStore(directory / f"store-{partition}"),
+            remember_served=True,
+        )
+        at = 0
+        index = 0
+        while at < len(rows):
+            batch = rows[at : at + sizes[index % len(sizes)]]
+            results = live.apply(
+                batch,
+                [stream[i].key for i in batch],
+                [record_value(stream[i]) for i in batch],
+                [stream[i].timestamp_ms for i in batch],
+            )
+            served.update((r.offset, (r.enriched, r.reason)) for r in results)
+            at += len(batch)
+            index += 1
+        live.state.store.close()
+    return served
 
 
 class TestOfflineEqualsLive:
     @settings(deadline=None, database=None, max_examples=25)
     @given(stream=streams(), sizes=st.lists(st.integers(1, 9), min_size=1, max_size=3))
-    def test_features_of_a_file_equal_the_live_batches_bit_for_bit(
+    def test_features_of_a_topic_export_equal_the_live_batches_bit_for_bit(
         self, tmp_path_factory: pytest.TempPathFactory, stream: list[Rec], sizes: list[int]
     ) -> None:
         directory = tmp_path_factory.mktemp("parity")
         config = state_settings(TABLES, allowed_lateness_s=3.0)
-        values = [record_value(rec) for rec in stream]  # one partition: the whole stream
+        # the export interleaves the two partitions; each keeps its offset order
         path = directory / "topic.jsonl"
-        path.write_bytes(b"".join(v + b"\n" for v in values))
-        # live: micro-batches of random sizes, a RocksDB store, offsets as in the topic
-        live = StateApplier(
-            config,  # type: ignore[arg-type]
-            str(path),
-            store=RocksStore(directory / "store"),
-            remember_served=True,
-        )
-        served: list[tuple[int, bytes | None, str]] = []
-        at = 0
-        index = 0
-        while at < len(stream):
-            size = sizes[index % len(sizes)]
-            batch = stream[at : at + size]
-            results = live.apply(
-                list(range(at, at + len(batch))),
-                [rec.key for rec in batch],
-                values[at : at + size],
-                [rec.timestamp_ms for rec in batch],
-            )
-            served.extend((r.offset, r.enriched, r.reason) for r in results)
-            at += size
-            index += 1
-        live.state.store.close()
-        # offline: the command's code over the file
+        path.write_bytes(b"".join(record_value(rec) + b"\n" for rec in stream))
+        served = live_batches(directory, config, stream, sizes)
         out, rejects = directory / "features.jsonl", directory / "features.rejects.jsonl"
         report = compute_features(
             config,  # type: ignore[arg-type]
@@ -90,13 +102,15 @@ class TestOfflineEqualsLive:
             output_format="jsonl",
             key_column="rk",
             timestamp_column="kts",
+            partition_column="p",
             chunk_rows=7,
         )
         lines = out.read_bytes().splitlines()
         rejected = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
-        assert lines == [enriched for _, enriched, _ in served if enriched is not None]
+        in_order = [served[row] for row in range(len(stream))]
+        assert lines == [enriched for enriched, _ in in_order if enriched is not None]
         assert [(r["row"], r["reason"]) for r in rejected] == [
-            (offset, reason) for offset, enriched, reason in served if enriched is None
+            (row, reason) for row, (enriched, reason) in enumerate(in_order) if enriched is None
         ]
         assert report.rows == len(stream)
 
