@@ -164,6 +164,9 @@ def cmd_score_file(args: argparse.Namespace) -> int:
     settings = file_settings(args.config, args.input, args.output, rejects, overrides(args))
     if settings.state_features:
         _check_declared_inputs(settings, args.input, fmt, args.key_column)
+    elif args.timestamp_column:
+        msg = "--timestamp-column is read by [[state.features]] only, and the config has none"
+        raise ConfigError(msg)
     stop = threading.Event()
     GracefulSignals(lambda _signum: stop.set()).install()
     report = score_file(
