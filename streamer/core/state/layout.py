@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from streamer.core.dead_letters import BAD_TIMESTAMP, MISSING_FEATURE, MISSING_KEY
 from streamer.core.features import InvalidValueError, to_number
 from streamer.core.state.declared import (
     NUMERIC_AGGREGATIONS,
@@ -23,15 +24,6 @@ from streamer.core.state.declared import (
     RECORD_TIMESTAMP,
     StateFeature,
 )
-
-# Dead-letter reasons of the state stage: the `reason` label and header (docs/records.md).
-MISSING_KEY = "missing_key"
-BAD_TIMESTAMP = "bad_timestamp"
-LATE = "late"
-MISSING_FEATURE = "missing_feature"
-STATE_REPLAYED = "state_replayed"
-STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED)
-"""The reasons only the state stage gives (the field reasons are the preprocessor's)."""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICRO = dt.timedelta(microseconds=1)

@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from streamer.core.dead_letters import LATE, STATE_REPLAYED
 from streamer.core.state.codec import (
     CODEC_VERSION,
     KEY_PREFIX,
@@ -52,8 +53,6 @@ from streamer.core.state.codec import (
     served_key,
 )
 from streamer.core.state.layout import (
-    LATE,
-    STATE_REPLAYED,
     BadRecordError,
     Layout,
     read_field,

@@ -15,9 +15,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from streamer.core.dead_letters import LATE
 from streamer.core.state.declared import StateFeature, parse_features
 from streamer.core.state.layout import (
-    LATE,
     BadRecordError,
     Layout,
     build_layout,
