@@ -115,6 +115,8 @@ _ABSENT = object()
 
 def read_path(doc: dict[str, Any], path: str) -> Any:
     """The value at a dotted path of a JSON object, or ``_ABSENT``."""
+    if "." not in path:
+        return doc.get(path, _ABSENT)
     value: Any = doc
     for part in path.split("."):
         if not isinstance(value, dict):

@@ -206,7 +206,10 @@ class PartitionState:
                     f"state.allowed_lateness_s={layout.allowed_lateness_us / 1e6:g}",
                 )
             states.append(state)
-        values = tuple(self._value(index, inputs, states) for index in range(len(layout.features)))
+        windows: dict[tuple[int, int], list[Entry]] = {}  # one pass per group and window length
+        values = tuple(
+            self._value(index, inputs, states, windows) for index in range(len(layout.features))
+        )
         for group, (key, time_us, fields) in enumerate(inputs):
             state = states[group]
             newest = time_us if state is None else max(state.newest_us, time_us)
@@ -251,7 +254,11 @@ class PartitionState:
         return clock is not None and state.newest_us < clock - ttl
 
     def _value(  # noqa: PLR0911 - one return per aggregation
-        self, index: int, inputs: list[_GroupInput], states: list[KeyState | None]
+        self,
+        index: int,
+        inputs: list[_GroupInput],
+        states: list[KeyState | None],
+        windows: dict[tuple[int, int], list[Entry]],
     ) -> float:
         layout = self.layout
         feature = layout.features[index]
@@ -259,9 +266,14 @@ class PartitionState:
         field = layout.feature_field[index]
         key, time_us, fields = inputs[group]
         del key
-        low = time_us - feature.window_us
-        state = states[group]
-        window = [] if state is None else [e for e in state.entries if low < e.time_us <= time_us]
+        window = windows.get((group, feature.window_us))
+        if window is None:
+            low = time_us - feature.window_us
+            state = states[group]
+            window = (
+                [] if state is None else [e for e in state.entries if low < e.time_us <= time_us]
+            )
+            windows[(group, feature.window_us)] = window
         if feature.agg == "time_since_last":
             if not window:
                 return feature.default
