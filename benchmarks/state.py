@@ -66,6 +66,7 @@ def main() -> None:
     before = rss_mb()
     changelog: dict[bytes, bytes | None] = {}
     started = time.perf_counter()
+    cpu_started = time.process_time()
     decode_s = 0.0
     for at in range(0, args.records, args.batch):
         t0 = time.perf_counter()
@@ -78,11 +79,13 @@ def main() -> None:
             changelog.pop(key, None)
             changelog[key] = value
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     live = [(k, v) for k, v in changelog.items() if v is not None]
     size = sum(len(k) + len(v) for k, v in live)
     print(
         f"apply: {args.records:,} records, {args.keys:,} keys, batches of {args.batch}: "
         f"{elapsed:.1f}s, {args.records / elapsed:,.0f} records/s "
+        f"({args.records / cpu:,.0f} per CPU second) "
         f"(making and decoding the JSON {decode_s:.1f}s of it); "
         f"peak RSS {before:.0f} -> {rss_mb():.0f} MB; "
         f"compacted changelog {len(live):,} records, {size / 1e6:.1f} MB"
