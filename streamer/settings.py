@@ -410,6 +410,12 @@ class StateSettings:
         default=60.0,
         non_negative=True,
     )
+    dir: str = _doc(
+        "Directory of the RocksDB state stores (pip install 'streamer[state]'); empty keeps "
+        "state in memory. `streamer features` puts a file's state in a fresh subdirectory, "
+        "deleted at the end.",
+        default="",
+    )
     key_ttl_s: float = _doc(
         "A key with no record for this long in partition time (the newest event time applied "
         "to the partition) reads as empty and is deleted; 0 means its largest window plus "

@@ -13,8 +13,10 @@ timestamp.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from streamer.clients.file import FileRecord, FileSource
 from streamer.core.features import decoded_object
 from streamer.core.state.codec import Served
 from streamer.core.state.layout import Layout, build_layout
-from streamer.core.state.store import MemoryStore, Store
+from streamer.core.state.store import MemoryStore, RocksStore, Store
 from streamer.core.state.windows import PartitionState, StateInput, enrich
 from streamer.errors import ConfigError
 from streamer.settings import Settings
@@ -187,22 +189,43 @@ def compute_features(
         msg = "config error: no [[state.features]] in the configuration: nothing to compute"
         raise ConfigError(msg)
     started = time.monotonic()
-    source = FileSource(input_path, fmt, key_column)
-    applier = PartitionedApplier(settings, str(input_path), timestamp_column, partition_column)
-    report = FeaturesReport()
-    try:
-        with (
-            Path(output_path).open("w", encoding="utf-8", newline="") as out,
-            Path(rejects_path).open("w", encoding="utf-8", newline="") as rej,
-        ):
-            writer = _RowWriter(out, rej, output_format, applier.names)
-            while rows := source.take(chunk_rows):
-                for result in applier.apply(*_columns(rows)):
-                    writer.write(result, report)
-    finally:
-        source.close()
+    with contextlib.ExitStack() as stack:
+        store_dir = None
+        if settings.state.dir:
+            Path(settings.state.dir).mkdir(parents=True, exist_ok=True)
+            temporary = tempfile.TemporaryDirectory(dir=settings.state.dir, prefix="features-")
+            store_dir = Path(stack.enter_context(temporary))
+        source = FileSource(input_path, fmt, key_column)
+        stack.callback(source.close)
+        applier = PartitionedApplier(
+            settings, str(input_path), timestamp_column, partition_column, store_dir
+        )
+        stack.callback(applier.close)
+        report = _write_features(
+            source, applier, output_path, rejects_path, output_format, chunk_rows
+        )
     report.rows = source.rows_read
     report.seconds = time.monotonic() - started
+    return report
+
+
+def _write_features(
+    source: FileSource,
+    applier: PartitionedApplier,
+    output_path: str | Path,
+    rejects_path: str | Path,
+    output_format: str,
+    chunk_rows: int,
+) -> FeaturesReport:
+    report = FeaturesReport()
+    with (
+        Path(output_path).open("w", encoding="utf-8", newline="") as out,
+        Path(rejects_path).open("w", encoding="utf-8", newline="") as rej,
+    ):
+        writer = _RowWriter(out, rej, output_format, applier.names)
+        while rows := source.take(chunk_rows):
+            for result in applier.apply(*_columns(rows)):
+                writer.write(result, report)
     return report
 
 
@@ -215,8 +238,10 @@ class PartitionedApplier:
         topic: str,
         timestamp_column: str | None,
         partition_column: str | None,
+        store_dir: Path | None = None,
     ) -> None:
         self._settings = settings
+        self._store_dir = store_dir
         self._topic = topic
         self._timestamp_column = timestamp_column
         self._partition_column = partition_column
@@ -226,13 +251,24 @@ class PartitionedApplier:
 
     def _applier(self, partition: int) -> StateApplier:
         if partition not in self._appliers:
+            store = (
+                None
+                if self._store_dir is None
+                else RocksStore(self._store_dir / f"partition-{partition}")
+            )
             self._appliers[partition] = StateApplier(
                 self._settings,
                 self._topic,
                 partition=partition,
+                store=store,
                 timestamp_column=self._timestamp_column,
             )
         return self._appliers[partition]
+
+    def close(self) -> None:
+        """Close the stores."""
+        for applier in self._appliers.values():
+            applier.state.store.close()
 
     def apply(
         self,

@@ -168,6 +168,14 @@ class TestCommands:
             t = row["ts"]
             expected.append(float(((card["ts"] > t - 3_600_000) & (card["ts"] <= t)).sum()))
         assert frame["transactions_last_hour"].tolist() == expected
+        # with [state] dir, the state is in RocksDB, in a subdirectory removed at the end
+        on_disk = transactions.parent / "on_disk.toml"
+        state_dir = transactions.parent / "state"
+        on_disk.write_text(config.read_text().replace("[state]", f'[state]\ndir = "{state_dir}"'))
+        again = transactions.parent / "training-on-disk.csv"
+        assert main(["features", str(transactions), "-c", str(on_disk), "-o", str(again)]) == 0
+        assert again.read_bytes() == training.read_bytes()
+        assert list(state_dir.iterdir()) == []
         # score-file computes the same feature on the way, and the model scores it
         predictions = transactions.parent / "scores.csv"
         code = main(
