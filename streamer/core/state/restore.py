@@ -85,8 +85,13 @@ def plan_restore(  # noqa: PLR0911 - one return per row of the table in docs/sta
     if local_problem is not None:
         return RestorePlan(rebuild.action, True, f"the local store is foreign: {local_problem}")
     if changelog is None:
+        # No batch of the partition was acknowledged (it needs its changelog records), so
+        # none was committed: the local store is ahead, and the input comes again from the
+        # start. (A changelog deleted by hand loses the state the same way.)
         return RestorePlan(
-            Action.USE_LOCAL, False, "the changelog is empty; the local store is kept"
+            Action.START_EMPTY,
+            True,
+            f"the changelog is empty: the local store at offset {local.last_offset} is ahead",
         )
     if changelog_problem is not None:
         return RestorePlan(Action.START_EMPTY, True, changelog_problem)
