@@ -127,9 +127,10 @@ class BatchSettings:
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
     eager_when_idle: bool = _doc(
-        "Send partial micro-batches at once while fewer than max_in_flight/4 batches are in "
-        "flight, instead of waiting max_wait_s: a quiet stream is scored without the wait, a "
-        "busy one still fills its batches.",
+        "Send partial micro-batches at once while fewer than max_in_flight/4 batches wait in "
+        "the stages (not yet produced) and fewer than max_in_flight/2 are in flight, instead "
+        "of waiting max_wait_s: a quiet stream is scored without the wait, a busy one still "
+        "fills its batches.",
         default=True,
     )
 
