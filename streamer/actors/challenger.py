@@ -13,52 +13,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import pykka
 
 from streamer.actors.base import PipelineActor
 from streamer.clients import ProducerClient, ProducerFactory
 from streamer.clients.base import SendFailure, send_batch
-from streamer.core.agreement import Agreement, PendingSlots
+from streamer.clients.registry import make_reader, registry_wait_logger
 from streamer.core.models import Model, preparation_key
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
-from streamer.core.preparation import prepare_source
+from streamer.core.preparation import Preparer
+from streamer.core.scoring import score_output
 from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
-from streamer.settings import BatchSettings, KafkaSettings, PreprocessSettings
+from streamer.settings import BatchSettings, FormatSettings, KafkaSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_FAILURES = 100
-
-
-@dataclass
-class ChallengerLink:
-    """What the model actors and the metrics hold of one running challenger.
-
-    ``model`` is the challenger's model in use: a hot reload replaces it (and the
-    ``version`` label of its metrics), and the actor switches between two batches.
-    """
-
-    name: str
-    model: Model
-    ref: pykka.ActorRef
-    slots: PendingSlots
-    agreement: Agreement
-
-    @property
-    def version(self) -> str:
-        """The version label of the challenger's metrics."""
-        return self.model.version
-
-
-def score_output(model: Model, predictions: np.ndarray) -> np.ndarray:
-    """The one score the agreement compares: output 'score' if the model has it, else the first."""
-    if predictions.ndim == 1:
-        return predictions
-    names = model.output_names
-    return predictions[:, names.index("score") if "score" in names else 0]
 
 
 class ChallengerActor(PipelineActor):
@@ -76,6 +48,7 @@ class ChallengerActor(PipelineActor):
         producer_factory: ProducerFactory,
         preprocess: PreprocessSettings,
         batch: BatchSettings,
+        formats: FormatSettings | None = None,
     ) -> None:
         super().__init__(None, None)
         self._model = model
@@ -83,15 +56,18 @@ class ChallengerActor(PipelineActor):
         self._output_topic = output_topic
         self._slots = slots
         self._agreement = agreement
+        self._formats = formats or FormatSettings()
+        self._preparer = Preparer(preprocess, batch.max_record_bytes)
         self._kafka = kafka
         self._producer_factory = producer_factory
-        self._preprocess = preprocess
-        self._max_record_bytes = batch.max_record_bytes
         self._client: ProducerClient | None = None
         self.failures = 0
 
     def open(self) -> None:
-        """Open the challenger's own producer client."""
+        """Open the challenger's own producer client, and the reader of a registry format."""
+        # A batch prepared for the champion's spec is prepared again, from the source
+        # bytes, in the input format: the same reader as the model actor's.
+        self._preparer.reader = make_reader(self._formats, on_wait=registry_wait_logger())
         self._client = self._producer_factory(self._kafka)
 
     def release(self) -> None:
@@ -122,10 +98,7 @@ class ChallengerActor(PipelineActor):
         batch = message.batch
         started = time.perf_counter()
         try:
-            if batch.spec_key and batch.spec_key != self._spec_key:
-                batch = prepare_source(
-                    batch.source, model.spec, self._preprocess, self._max_record_bytes
-                )
+            batch = self._preparer.again_for(batch, model.spec, self._spec_key)
             predictions = np.asarray(model.predict(batch.features), dtype=np.float64)
             if predictions.ndim == 2 and predictions.shape[1] == 1:
                 predictions = predictions[:, 0]

@@ -25,14 +25,15 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from streamer.actors.base import PipelineActor
-from streamer.actors.challenger import ChallengerLink
-from streamer.core.agreement import DELTA_BUCKETS
-from streamer.core.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
-from streamer.core.drift import DriftMonitor
-from streamer.core.features import REASONS
+from streamer.actors.routing import ChallengerLink
+from streamer.core.dead_letters import REASONS
+from streamer.core.monitoring.agreement import DELTA_BUCKETS
+from streamer.core.monitoring.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.records import TP
 from streamer.httpserver import EndpointServer, HealthProbe
 from streamer.messages import (
@@ -391,7 +392,7 @@ class MetricsActor(PipelineActor):
 
 
 class DriftCollector(Collector):
-    """The drift gauges of a :class:`~streamer.core.drift.DriftMonitor`, computed at each scrape.
+    """The drift gauges of a :class:`~streamer.core.monitoring.DriftMonitor`, read at a scrape.
 
     The label sets are bounded by construction: one series per feature of the
     profile (the model's features) and per reference score bin, each with the
@@ -523,8 +524,8 @@ class ChallengerCollector(Collector):
                 batches.add_metric([*values, result], count)
             compared.add_metric(values, snap.compared)
             flipped.add_metric(values, snap.flips)
-            delta.add_metric(
-                values, _buckets(DELTA_BUCKETS, snap.delta_counts), sum_value=snap.delta_sum
+            _add_signed_histogram(
+                delta, labels, values, _buckets(DELTA_BUCKETS, snap.delta_counts), snap.delta_sum
             )
             latency.add_metric(
                 values,
@@ -538,6 +539,27 @@ class ChallengerCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """No up-front description: the families are built at each scrape."""
         return iter(())
+
+
+def _add_signed_histogram(
+    family: HistogramMetricFamily,
+    names: Sequence[str],
+    values: Sequence[str],
+    buckets: list[tuple[str, float]],
+    sum_value: float,
+) -> None:
+    """Add a histogram whose buckets go below 0, with its ``_count`` and ``_sum``.
+
+    ``HistogramMetricFamily.add_metric`` leaves both out when a bucket bound is
+    negative (OpenMetrics reads ``_sum`` as a counter, and a sum of negative
+    deltas can fall). The mean delta, ``rate(_sum) / rate(_count)``, needs them.
+    /metrics is served in text format 0.0.4 (:mod:`streamer.httpserver`), whose
+    parsers take a negative ``_sum`` as it is.
+    """
+    family.add_metric(values, buckets, sum_value=None)
+    labels = dict(zip(names, values, strict=True))
+    family.samples.append(Sample(f"{family.name}_count", labels, buckets[-1][1]))
+    family.samples.append(Sample(f"{family.name}_sum", labels, sum_value))
 
 
 def _buckets(bounds: Sequence[float], counts: np.ndarray) -> list[tuple[str, float]]:

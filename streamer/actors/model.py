@@ -9,14 +9,13 @@ import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.actors.challenger import ChallengerLink, score_output
-from streamer.actors.routing import Teller
+from streamer.actors.routing import ChallengerLink, Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
-from streamer.core.drift import FEATURE_REASONS, DriftMonitor
-from streamer.core.features import BatchReader
+from streamer.core.dead_letters import FEATURE_REASONS, MODEL_ERROR
 from streamer.core.models import Model, preparation_key
-from streamer.core.preparation import prepare_source
-from streamer.core.scoring import explain, score_isolating_failures
+from streamer.core.monitoring.drift import DriftMonitor
+from streamer.core.preparation import Preparer
+from streamer.core.scoring import explain, score_isolating_failures, score_output
 from streamer.messages import ChallengeBatch, FeatureBatch, Rejection, ScoredBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
@@ -48,12 +47,11 @@ class ModelActor(PipelineActor):
     ) -> None:
         super().__init__(metrics, on_failure)
         self._formats = formats or FormatSettings()
-        self._reader: BatchReader | None = None
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._producer = producer
         self._preprocess = preprocess or PreprocessSettings()
-        self._max_record_bytes = (batch or BatchSettings()).max_record_bytes
+        self._preparer = Preparer(self._preprocess, (batch or BatchSettings()).max_record_bytes)
         self.reprepared_batches = 0
         self._monitor = monitor
         self._challengers = challengers
@@ -61,7 +59,7 @@ class ModelActor(PipelineActor):
 
     def open(self) -> None:
         """Make the reader of a schema-registry input format, to prepare a batch again."""
-        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
+        self._preparer.reader = make_reader(self._formats, on_wait=registry_wait_logger())
 
     def receive(self, message: object) -> object:
         """Handle FeatureBatch and SwapModel."""
@@ -93,9 +91,13 @@ class ModelActor(PipelineActor):
         monitor.set_scaling(spec.mean if standardized else None, spec.std if standardized else None)
 
     def _observe_drift(
-        self, batch: FeatureBatch, predictions: np.ndarray, output_names: tuple[str, ...]
+        self,
+        batch: FeatureBatch,
+        predictions: np.ndarray,
+        failed_positions: list[int],
+        output_names: tuple[str, ...],
     ) -> None:
-        """Feed the drift window: every prepared row's features, the scored rows' scores."""
+        """Feed the drift window: every prepared row's features and score (NaN: not scored)."""
         assert self._monitor is not None
         monitor = self._monitor
         scores = predictions
@@ -107,6 +109,10 @@ class ModelActor(PipelineActor):
                 else 0
             )
             scores = predictions[:, column]
+        if failed_positions:
+            aligned = np.full(batch.features.shape[0], np.nan)
+            aligned[np.delete(np.arange(batch.features.shape[0]), failed_positions)] = scores
+            scores = aligned
         rejected = [(r.index, r.detail) for r in batch.rejections if r.reason in FEATURE_REASONS]
         monitor.observe(
             batch.features,
@@ -119,27 +125,20 @@ class ModelActor(PipelineActor):
 
     def _score(self, batch: FeatureBatch) -> None:
         model = self._model
-        if batch.spec_key and batch.spec_key != self._spec_key:
-            # Prepared with the statistics of the model before a hot reload.
-            batch = prepare_source(
-                batch.source,
-                model.spec,
-                self._preprocess,
-                self._max_record_bytes,
-                self._spec_key,
-                self._reader,
-            )
+        prepared = self._preparer.again_for(batch, model.spec, self._spec_key)
+        if prepared is not batch:  # prepared for the model before a hot reload
+            batch = prepared
             self.reprepared_batches += 1
         started = time.perf_counter()
         outcome = score_isolating_failures(model, batch.features)
+        failed_positions = [pos for pos, _ in outcome.failed]
         if self._monitoring:
-            self._observe_drift(batch, outcome.predictions, model.output_names)
+            self._observe_drift(batch, outcome.predictions, failed_positions, model.output_names)
         valid_rows = batch.valid_rows
         rejections = batch.rejections
         if outcome.failed:
-            failed_positions = [pos for pos, _ in outcome.failed]
             rejections = rejections + tuple(
-                Rejection(int(valid_rows[pos]), "model_error", error, "model")
+                Rejection(int(valid_rows[pos]), MODEL_ERROR, error, "model")
                 for pos, error in outcome.failed
             )
             valid_rows = np.delete(valid_rows, failed_positions)

@@ -9,9 +9,9 @@ import pykka
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
 from streamer.clients.registry import make_reader, registry_wait_logger
-from streamer.core.features import BatchReader, FeatureSpec
+from streamer.core.features import FeatureSpec
 from streamer.core.models import preparation_key
-from streamer.core.preparation import prepare_source
+from streamer.core.preparation import Preparer
 from streamer.messages import ScoreBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, PreprocessSettings
 
@@ -38,31 +38,20 @@ class PreprocessorActor(PipelineActor):
     ) -> None:
         super().__init__(metrics, on_failure)
         self._formats = formats or FormatSettings()
-        self._reader: BatchReader | None = None
-        self._settings = settings
-        self._max_record_bytes = batch.max_record_bytes
+        self._preparer = Preparer(settings, batch.max_record_bytes)
         self._spec = spec
         self._spec_key = preparation_key(spec)
         self._models = itertools.cycle(models)
 
     def open(self) -> None:
         """Make the reader of a schema-registry input format (no request yet)."""
-        self._reader = make_reader(self._formats, on_wait=registry_wait_logger())
+        self._preparer.reader = make_reader(self._formats, on_wait=registry_wait_logger())
 
     def receive(self, message: object) -> object:
         """Handle ScoreBatch and SwapModel."""
         match message:
             case ScoreBatch(source=source):
-                next(self._models).tell(
-                    prepare_source(
-                        source,
-                        self._spec,
-                        self._settings,
-                        self._max_record_bytes,
-                        self._spec_key,
-                        self._reader,
-                    )
-                )
+                next(self._models).tell(self._preparer.prepare(source, self._spec, self._spec_key))
             case SwapModel(model=model):
                 self._spec = model.spec
                 self._spec_key = preparation_key(model.spec)

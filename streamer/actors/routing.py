@@ -1,12 +1,17 @@
-"""Stable addresses for restartable actors."""
+"""Stable addresses for restartable actors, and the link to a shadow (challenger) actor."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
+
+if TYPE_CHECKING:
+    from streamer.core.models import Model
+    from streamer.core.monitoring.agreement import Agreement, PendingSlots
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +71,23 @@ class Route:
             log.debug("%s: dropped a message to a dead actor; a rewind resends it", self.name)
             return False
         return True
+
+
+@dataclass
+class ChallengerLink:
+    """What the model actors and the metrics hold of one running challenger.
+
+    ``model`` is the challenger's model in use: a hot reload replaces it (and the
+    ``version`` label of its metrics), and the actor switches between two batches.
+    """
+
+    name: str
+    model: Model
+    ref: pykka.ActorRef
+    slots: PendingSlots
+    agreement: Agreement
+
+    @property
+    def version(self) -> str:
+        """The version label of the challenger's metrics."""
+        return self.model.version

@@ -149,7 +149,7 @@ def add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def cmd_profile(args: argparse.Namespace) -> int:
     """``streamer profile``: bins of the model's features and score over a file, as JSON."""
     from streamer.core.models import load_configured  # noqa: PLC0415
-    from streamer.core.profile import build_profile  # noqa: PLC0415
+    from streamer.core.monitoring.profile import build_profile  # noqa: PLC0415
     from streamer.core.scoring import score_column  # noqa: PLC0415
 
     if not Path(args.input).is_file():

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from streamer.core.features import PRODUCE_REJECTED
+from streamer.core.dead_letters import PRODUCE_REJECTED
 from streamer.core.output import (
     Headers,
     OutputGroup,

@@ -20,28 +20,16 @@ import msgspec
 import numpy as np
 import orjson
 
-# Dead-letter reasons: one per fault, used as the `reason` label and header.
-NOT_UTF8 = "not_utf8"
-INVALID_JSON = "invalid_json"
-NOT_OBJECT = "not_object"
-MISSING_FEATURE = "missing_feature"
-NON_NUMERIC_FEATURE = "non_numeric_feature"
-NON_FINITE = "non_finite"
-OVERSIZED = "oversized"
-EMPTY_VALUE = "empty_value"
-MODEL_ERROR = "model_error"
-# The client or the broker refused the record's prediction (e.g. too large).
-PRODUCE_REJECTED = "produce_rejected"
-# Schema-registry formats (core/formats.py): the id is not in the registry, the
-# bytes do not match their schema, no magic byte where the format needs one.
-UNKNOWN_SCHEMA = "unknown_schema"
-UNDECODABLE = "undecodable"
-WRONG_FORMAT = "wrong_format"
-REASONS = (
-    NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
-    NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
-    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT,
-)  # fmt: skip
+from streamer.core.dead_letters import (
+    EMPTY_VALUE,
+    INVALID_JSON,
+    MISSING_FEATURE,
+    NON_FINITE,
+    NON_NUMERIC_FEATURE,
+    NOT_OBJECT,
+    NOT_UTF8,
+    OVERSIZED,
+)
 
 MISSING_POLICIES = ("dlq", "drop", "impute")
 

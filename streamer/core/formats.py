@@ -25,15 +25,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamer.core.features import (
-    NOT_OBJECT,
-    UNDECODABLE,
-    UNKNOWN_SCHEMA,
-    WRONG_FORMAT,
-    RowProblem,
-    _InvalidValueError,
-    decode_value,
-)
+from streamer.core.dead_letters import NOT_OBJECT, UNDECODABLE, UNKNOWN_SCHEMA, WRONG_FORMAT
+from streamer.core.features import RowProblem, _InvalidValueError, decode_value
 
 JSON = "json"
 AVRO = "avro"

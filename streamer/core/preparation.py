@@ -1,12 +1,15 @@
 """One micro-batch prepared for a model: what a preprocessor does, and a model actor redoes.
 
 A model actor prepares a batch again, from its source bytes, when a hot reload
-gave it a model with another spec than the one the preprocessor used.
+gave it a model with another spec than the one the preprocessor used; so does a
+challenger whose features or statistics are not the champion's. All three use a
+:class:`Preparer`, so that each reads the input format with its reader.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -57,3 +60,28 @@ def prepare_source(
         preprocess_seconds=time.perf_counter() - started,
         spec_key=spec_key or preparation_key(spec),
     )
+
+
+@dataclass
+class Preparer:
+    """How an actor prepares batches: the ``[preprocess]`` settings, the record cap, the reader.
+
+    ``reader`` decodes a schema-registry input format (None: JSON objects); the
+    actor sets it when it opens, on its own thread.
+    """
+
+    settings: PreprocessSettings
+    max_record_bytes: int
+    reader: BatchReader | None = None
+
+    def prepare(self, source: SourceBatch, spec: FeatureSpec, spec_key: str) -> FeatureBatch:
+        """Prepare ``source`` for a model with ``spec`` (whose :func:`preparation_key` is given)."""
+        return prepare_source(
+            source, spec, self.settings, self.max_record_bytes, spec_key, self.reader
+        )
+
+    def again_for(self, batch: FeatureBatch, spec: FeatureSpec, spec_key: str) -> FeatureBatch:
+        """``batch`` itself when prepared for ``spec_key`` (or for no key), else prepared again."""
+        if not batch.spec_key or batch.spec_key == spec_key:
+            return batch
+        return self.prepare(batch.source, spec, spec_key)

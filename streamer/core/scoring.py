@@ -62,11 +62,10 @@ def explain(model: Model, features: np.ndarray) -> tuple[bytes, ...]:
     Empty when it does not; a model that fails to explain a batch it just scored
     gives ``[]`` per row rather than losing the scores.
     """
-    reasons = getattr(model, "reasons", None)
-    if not getattr(model, "explain_top_k", 0) or reasons is None:
+    if not model.explain_top_k:
         return ()
     try:
-        return tuple(reasons(features))
+        return tuple(model.reasons(features))
     except Exception:  # a prediction is never lost to its explanation
         return (b"[]",) * features.shape[0]
 
@@ -77,3 +76,11 @@ def score_column(model: Model, features: np.ndarray, output: str) -> np.ndarray:
     if predictions.ndim == 2:
         return predictions[:, model.output_names.index(output)]
     return predictions
+
+
+def score_output(model: Model, predictions: np.ndarray) -> np.ndarray:
+    """The one score the agreement compares: output 'score' if the model has it, else the first."""
+    if predictions.ndim == 1:
+        return predictions
+    names = model.output_names
+    return predictions[:, names.index("score") if "score" in names else 0]

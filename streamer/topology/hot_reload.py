@@ -1,50 +1,68 @@
-"""The model in use, and the glue between :mod:`streamer.reload` and the running stages."""
+"""One model in use (the champion or a challenger), and the glue from its reloader to its actors.
+
+The watching and loading are :class:`~streamer.topology.reloader.ModelReloader`'s;
+a :class:`HotReload` says what to load and where a loaded model goes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from pathlib import Path
 
 import pykka
 
-from streamer.core.models import Model, load_configured
+from streamer.core.models import Model
 from streamer.messages import ModelReloaded, SwapModel
-from streamer.reload import ModelReloader
-from streamer.settings import Settings
+from streamer.topology.reloader import ModelReloader
 from streamer.topology.specs import Routes, Stage
 
 
 class HotReload:
-    """Holds the model in use and swaps a reloaded one into the model and preprocessor stages.
+    """Holds one model in use and swaps a reloaded one into the actors that score with it.
 
     Args:
-        settings: The model to load again, and how often to look at its files.
         model: The model to start with.
-        routes: The stages' Routes.
+        load: Loads the configured model again (raises on failure).
+        swap: Hands a loaded model to the actors (after :attr:`model` is set).
+        interval_s: How often to look at the model's files (``model.watch_interval_s``).
     """
 
-    def __init__(self, settings: Settings, model: Model, routes: Routes) -> None:
+    def __init__(
+        self,
+        model: Model,
+        load: Callable[[], Model],
+        swap: Callable[[Model], None],
+        interval_s: float,
+    ) -> None:
         self.model = model
-        self._settings = settings
-        self._routes = routes
-        self._metrics: pykka.ActorRef | None = None
+        self._load = load
+        self._swap = swap
+        self._interval_s = interval_s
         self._reloader: ModelReloader | None = None
 
-    def start(self, metrics: pykka.ActorRef | None) -> None:
-        """Start watching the model's files and taking requests; ``metrics`` counts reloads."""
-        self._metrics = metrics
+    def start(self, notify: Callable[[ModelReloaded], None]) -> None:
+        """Start watching the model's source and taking requests; ``notify`` hears each outcome."""
         self._reloader = ModelReloader(
-            load=lambda: load_configured(self._settings),
-            current=lambda: self.model,
+            load=self._load,
+            current=self._current,
             install=self._install,
-            notify=self._notify,
-            interval_s=self._settings.model.watch_interval_s,
-            paths=lambda: self.model.watch_paths,
+            notify=notify,
+            interval_s=self._interval_s,
+            paths=self._watch_paths,
             poll=self._poll_source,
         )
         self._reloader.start()
 
+    def _current(self) -> Model:
+        return self.model
+
+    def _watch_paths(self) -> tuple[Path, ...]:
+        return self.model.watch_paths
+
     def _poll_source(self) -> object:
-        return poll_source(self.model)
+        # The model in use answers: a registry alias moves with it.
+        return self.model.poll_source()
 
     def stop(self) -> None:
         """Stop watching; a reload in progress finishes first."""
@@ -64,26 +82,24 @@ class HotReload:
         return self._reloader.reload_now(reason)
 
     def _install(self, model: Model) -> None:
-        # Restarted actors get self.model; running ones switch between two batches.
-        # A batch prepared for the other model's spec is prepared again by the
-        # model actor, so the order of these tells does not matter.
         self.model = model
-        for stage in (Stage.MODEL, Stage.PREPROCESSOR):
-            for ref in self._routes[stage].refs():
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.tell(SwapModel(model))
-
-    def _notify(self, event: ModelReloaded) -> None:
-        if self._metrics is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._metrics.tell(event)
+        self._swap(model)
 
 
-def poll_source(model: object) -> object:
-    """What the model's source would load now, or None (files are watched by signature).
+def swap_into_stages(routes: Routes, model: Model) -> None:
+    """The champion's swap: every model and preprocessor actor switches between two batches.
 
-    An MLflow model loaded through a registry alias answers which version the
-    alias names; the reloader loads again when that changes.
+    Restarted actors get the pipeline's model in use. A batch prepared for the
+    other model's spec is prepared again by the model actor, so the order of
+    these tells does not matter.
     """
-    poll = getattr(model, "poll_source", None)
-    return poll() if poll is not None else None
+    for stage in (Stage.MODEL, Stage.PREPROCESSOR):
+        for ref in routes[stage].refs():
+            tell_quietly(ref, SwapModel(model))
+
+
+def tell_quietly(ref: pykka.ActorRef | None, message: object) -> None:
+    """Tell ``ref`` (if any) ``message``; a dead actor has nothing to hear."""
+    if ref is not None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.tell(message)

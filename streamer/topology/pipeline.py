@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import re
 import threading
 import time
 
@@ -13,30 +11,19 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer import clients
-from streamer.actors.challenger import ChallengerActor, ChallengerLink
-from streamer.actors.metrics import (
-    ChallengerCollector,
-    DriftCollector,
-    MetricsActor,
-    PipelineMetrics,
-)
+from streamer.actors.metrics import MetricsActor, PipelineMetrics
+from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
-from streamer.core.agreement import Agreement, PendingSlots
 from streamer.core.batching import fetch_max_bytes
-from streamer.core.models import Model, load_configured, load_model
-from streamer.errors import ModelLoadError, PipelineStartError, StreamerError
-from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus, ModelReloaded, SwapModel
-from streamer.reload import ModelReloader
-from streamer.settings import ChallengerSettings, Settings
+from streamer.core.models import Model, load_configured
+from streamer.errors import PipelineStartError, StreamerError
+from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
+from streamer.settings import Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
-from streamer.topology.hot_reload import HotReload, poll_source
-from streamer.topology.preflight import (
-    build_monitor,
-    check_features,
-    wait_for_broker,
-    wait_for_registry,
-)
+from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quietly
+from streamer.topology.monitoring import Challengers, drift_monitor
+from streamer.topology.preflight import check_features, wait_for_broker, wait_for_registry
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -50,8 +37,9 @@ class Pipeline:
     The work is done by the package's modules: what each stage is
     (:mod:`~streamer.topology.specs`), the restarts (:mod:`~streamer.topology.supervisor`),
     the shutdown (:mod:`~streamer.topology.terminator`), the probes
-    (:mod:`~streamer.topology.health`) and the model's hot reload
-    (:mod:`~streamer.topology.hot_reload`).
+    (:mod:`~streamer.topology.health`), the model's hot reload
+    (:mod:`~streamer.topology.hot_reload`) and model health: the drift monitor
+    and the challengers (:mod:`~streamer.topology.monitoring`).
     """
 
     def __init__(
@@ -74,13 +62,7 @@ class Pipeline:
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
         # A profile that does not match the model is refused here, before anything starts.
-        self.monitor = build_monitor(settings, model)
-        if self.monitor is not None:
-            self.registry.register(DriftCollector(self.monitor))
-        # Challengers load like the champion, so a bad one stops the start (exit 2).
-        self._challenger_models = [(c, load_challenger(settings, c)) for c in settings.challengers]
-        self.challengers: tuple[ChallengerLink, ...] = ()
-        self._challenger_reloaders: list[ModelReloader] = []
+        self.monitor = drift_monitor(settings, model, self.registry)
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -92,6 +74,7 @@ class Pipeline:
             producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
+        self._challengers = Challengers(settings, producer_factory, self.registry)
         self._stop_requested = threading.Event()
         self._assigned = threading.Event()
         # Senders hold these routes, so that a restarted actor needs no rewiring.
@@ -99,9 +82,22 @@ class Pipeline:
         self.metrics_ref: pykka.ActorRef | None = None
         self._supervisor = Supervisor(settings.supervision, on_give_up=self._stop_requested.set)
         self._terminator = Terminator(
-            self._routes, lambda: self._supervisor.failure, before_stop=self._supervisor.close
+            self._routes,
+            lambda: self._supervisor.failure,
+            before_stop=self._supervisor.close,
+            challengers=self._challengers.refs,
         )
-        self._reload = HotReload(settings, model, self._routes)
+        self._reload = HotReload(
+            model,
+            load=functools.partial(load_configured, settings),
+            swap=functools.partial(swap_into_stages, self._routes),
+            interval_s=settings.model.watch_interval_s,
+        )
+
+    @property
+    def challengers(self) -> tuple[ChallengerLink, ...]:
+        """The running challengers (none before :meth:`start`)."""
+        return self._challengers.links
 
     @property
     def model(self) -> Model:
@@ -158,7 +154,7 @@ class Pipeline:
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
-            self.challengers = self._start_challengers()
+            self._challengers.start(self.monitor)
             self._supervisor.start_children(self._wiring())
             # on_start runs on each actor's thread: wait until the clients are open.
             for ref in (self.consumer_ref, self.producer_ref):
@@ -173,7 +169,7 @@ class Pipeline:
         if self.failure is not None:  # an actor died while opening its client
             self._abort_start()
         self._supervisor.run()
-        self._reload.start(self.metrics_ref)
+        self._reload.start(functools.partial(tell_quietly, self.metrics_ref))
         log.info(
             "pipeline started: %s -> %s (dead letters: %s), "
             "%d preprocessors, %d models, model %s %s",
@@ -186,72 +182,6 @@ class Pipeline:
             self.model.version,
         )
 
-    def _start_challengers(self) -> tuple[ChallengerLink, ...]:
-        """One actor per ``[[challenger]]``, outside the supervision: it can never stop the rest."""
-        s = self.settings
-        edges = self.monitor.profile.score.edges if self.monitor is not None else None
-        links = []
-        for challenger, model in self._challenger_models:
-            slots = PendingSlots(challenger.max_pending_batches)
-            agreement = Agreement(s.monitoring.threshold, edges, s.monitoring.window_records)
-            ref = ChallengerActor.start(
-                model,
-                challenger.output_topic,
-                slots,
-                agreement,
-                s.kafka,
-                self._producer_factory,
-                s.preprocess,
-                s.batch,
-            )
-            link = ChallengerLink(challenger.name, model, ref, slots, agreement)
-            links.append(link)
-            self._challenger_reloaders.append(self._challenger_reloader(challenger, link))
-            log.info(
-                "challenger %s (%s %s) scores in the shadow into %s",
-                challenger.name,
-                model.name,
-                model.version,
-                challenger.output_topic,
-            )
-        if links:
-            self.registry.register(ChallengerCollector(links))
-        return tuple(links)
-
-    def _challenger_reloader(
-        self, challenger: ChallengerSettings, link: ChallengerLink
-    ) -> ModelReloader:
-        """Hot reload for one challenger: its files are watched like the champion's."""
-
-        def install(model: Model) -> None:
-            link.model = model
-            with contextlib.suppress(pykka.ActorDeadError):
-                link.ref.tell(SwapModel(model))
-
-        def notify(event: ModelReloaded) -> None:
-            log.info("challenger %s reload: %s", challenger.name, event.result)
-
-        reloader = ModelReloader(
-            load=lambda: load_challenger(self.settings, challenger),
-            current=lambda: link.model,
-            install=install,
-            notify=notify,
-            interval_s=self.settings.model.watch_interval_s,
-            paths=lambda: link.model.watch_paths,
-            # A registry alias (models:/name@challenger) moves like the champion's.
-            poll=lambda: poll_source(link.model),
-        )
-        reloader.start()
-        return reloader
-
-    def _stop_challengers(self) -> None:
-        """Stop the challengers once the model actors no longer send to them."""
-        for reloader in self._challenger_reloaders:
-            reloader.stop()
-        for link in self.challengers:
-            with contextlib.suppress(pykka.ActorDeadError):
-                link.ref.stop(block=True, timeout=self.settings.shutdown.timeout_s)
-
     def _wiring(self) -> Wiring:
         return Wiring(
             settings=self.settings,
@@ -262,13 +192,13 @@ class Pipeline:
             producer_factory=self._producer_factory,
             on_assigned=self._assigned.set,
             monitor=self.monitor,
-            challengers=self.challengers,
+            challengers=self._challengers.links,
         )
 
     def _abort_start(self) -> None:
         """Stop what started; raise the failure of the stage that died, if one did."""
+        self._challengers.stop_reloading()
         self._terminator.stop_stages(self.metrics_ref)
-        self._stop_challengers()
         error = self._supervisor.error
         if isinstance(error, StreamerError):
             raise error
@@ -288,8 +218,7 @@ class Pipeline:
     def request_reload(self) -> None:
         """Reload the model and the challengers in the background (safe from a signal handler)."""
         self._reload.request()
-        for reloader in self._challenger_reloaders:
-            reloader.request()
+        self._challengers.request_reload()
 
     def reload_model(self, reason: str = "request") -> str:
         """Load the configured model again and swap it in; 'success', 'unchanged' or 'failure'."""
@@ -349,27 +278,5 @@ class Pipeline:
         started = time.monotonic()
         self._stop_requested.set()
         self._reload.stop()
-        report = self._terminator.shutdown(budget, self.metrics_ref, started)
-        self._stop_challengers()
-        return report
-
-
-# The [model] keys a [[challenger]] table has too, as the loader's messages name them.
-_CHAMPION_KEY = re.compile(
-    r"(?<![\w/.])model\.(kind|path|version|method|probabilities|outputs|chunk_rows)\b"
-)
-
-
-def load_challenger(settings: Settings, challenger: ChallengerSettings) -> Model:
-    """Load one ``[[challenger]]`` model; its errors name the challenger's keys, not [model]'s.
-
-    Raises:
-        ModelLoadError: As the champion's loader, with ``challenger <name>:`` in front.
-    """
-    try:
-        return load_model(challenger.kind, challenger.path, settings.challenger_options(challenger))
-    except ModelLoadError as exc:
-        detail = str(exc).removeprefix(f"{ModelLoadError.prefix}: ")
-        detail = _CHAMPION_KEY.sub(r"challenger.\1", detail)
-        msg = f"challenger {challenger.name!r}: {detail}"
-        raise ModelLoadError(msg) from exc
+        self._challengers.stop_reloading()
+        return self._terminator.shutdown(budget, self.metrics_ref, started)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any
 
 from streamer.clients import ConsumerFactory
-from streamer.core.drift import DriftMonitor
 from streamer.core.models import Model
-from streamer.core.profile import check_profile, load_profile
-from streamer.errors import BrokerError, ConfigError, ModelLoadError
+from streamer.errors import BrokerError, ConfigError
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,36 +108,3 @@ def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_
                 f"(e.g. kafka-topics.sh --create --topic {topic})"
             )
             raise ConfigError(msg)
-
-
-def build_monitor(settings: Settings, model: Model) -> DriftMonitor | None:
-    """The drift monitor of ``[monitoring]``, or None without a profile.
-
-    Raises:
-        ConfigError: The profile cannot be read, or its features are not the model's.
-    """
-    monitoring = settings.monitoring
-    if not monitoring.profile_path:
-        return None
-    try:
-        profile = load_profile(monitoring.profile_path)
-        check_profile(
-            profile, model.spec.names, f"monitoring.profile_path={monitoring.profile_path}"
-        )
-    except (ModelLoadError, ValueError) as exc:
-        msg = f"config error: {exc}"
-        raise ConfigError(msg) from None
-    monitor = DriftMonitor(
-        profile, window_records=monitoring.window_records, window_s=monitoring.window_s
-    )
-    monitor.set_scaling(*input_scaling(settings, model))
-    monitor.model_version = model.version
-    return monitor
-
-
-def input_scaling(settings: Settings, model: Model) -> tuple[Any, Any]:
-    """(mean, std) when the model's input is standardized by the preprocessor, else (None, None)."""
-    spec = model.spec
-    if settings.preprocess.standardize and spec.standardize:
-        return spec.mean, spec.std
-    return None, None

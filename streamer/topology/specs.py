@@ -23,15 +23,14 @@ from typing import Final
 import pykka
 
 from streamer.actors.base import FailureHandler
-from streamer.actors.challenger import ChallengerLink
 from streamer.actors.consumer import ConsumerActor
 from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
-from streamer.actors.routing import Route
+from streamer.actors.routing import ChallengerLink, Route
 from streamer.clients import ConsumerFactory, ProducerFactory
-from streamer.core.drift import DriftMonitor
 from streamer.core.models import Model
+from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
 from streamer.settings import Settings

@@ -7,7 +7,8 @@
     3. drained: Producer <- Flush block until every send settled
     4. Consumer <- CommitNow      the final watermark (also when not drained)
     5. stop the stages in STOP_ORDER: preprocessors, models, producer, consumer
-    6. stop metrics               its HTTP server answers the probes to the end
+    6. stop the challengers       the model actors, which send to them, are stopped
+    7. stop metrics               its HTTP server answers the probes to the end
 
 The report's exit code is 0 only when the drain finished and nothing failed.
 """
@@ -64,6 +65,7 @@ class Terminator:
         failure: Why the pipeline fails, if it does; a failure ends the drain wait.
         before_stop: Called once before step 5 (the pipeline closes its
             supervisor there, so that nothing is restarted any more).
+        challengers: The challenger actors (read at step 6: they start after the terminator).
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class Terminator:
         routes: Routes,
         failure: Callable[[], str | None],
         before_stop: Callable[[], None],
+        challengers: Callable[[], list[pykka.ActorRef]] = list,
     ) -> None:
         self._routes = routes
+        self._challengers = challengers
         self._failure = failure
         self._before_stop = before_stop
         self._stopped = False
@@ -80,7 +84,7 @@ class Terminator:
     def shutdown(
         self, budget_s: float, metrics: pykka.ActorRef | None, started: float | None = None
     ) -> ShutdownReport:
-        """Steps 1 to 6; ``started`` is when the budget began (``time.monotonic()``)."""
+        """Steps 1 to 7; ``started`` is when the budget began (``time.monotonic()``)."""
         started = time.monotonic() if started is None else started
         failure = self._failure()
         drain = self.drain(started + budget_s)
@@ -120,13 +124,13 @@ class Terminator:
         return Drain(drained, committed)
 
     def stop_stages(self, metrics: pykka.ActorRef | None) -> None:
-        """Steps 5 and 6, once: stop every stage in flow order, then metrics."""
+        """Steps 5 to 7, once: stop every stage in flow order, the challengers, then metrics."""
         if self._stopped:
             return
         self._stopped = True
         self._before_stop()
         stages = [ref for stage in STOP_ORDER for ref in self._routes[stage].refs()]
-        for ref in [*stages, metrics]:
+        for ref in [*stages, *self._challengers(), metrics]:
             if ref is None:
                 continue
             try:

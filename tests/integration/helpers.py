@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamer.clients.kafka_python import ensure_topics
 from streamer.core.features import FeatureSpec
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel
 from streamer.devtools.broker import EmbeddedBroker
 from streamer.devtools.verify import Reconciliation, TopicDump, read_topic, reconcile_topics
@@ -259,7 +260,7 @@ def wait_until_delivered(
     )
 
 
-class SlowModel:
+class SlowModel(ModelDefaults):
     """A model that takes ``delay_s`` longer per ``predict`` call than the one it wraps."""
 
     # No file behind it: nothing to watch, and a reload never counts as unchanged.
@@ -283,7 +284,7 @@ class SlowModel:
         return self._inner.predict(features)
 
 
-class GatedModel:
+class GatedModel(ModelDefaults):
     """The demo model, whose ``predict`` blocks until the test opens the gate.
 
     It keeps the first member's batches in flight, so that the rebalance

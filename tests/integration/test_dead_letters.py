@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from streamer.core import features
+from streamer.core import dead_letters as reasons
 from streamer.core.demo_data import make_event
 
 from .helpers import Cluster, PipelineStarter, wait_for, wait_until_delivered
@@ -29,17 +29,17 @@ def _malformed(rng: random.Random) -> list[tuple[str, bytes]]:
     without_age = _event(rng)
     del without_age["account_age_days"]
     return [
-        (features.INVALID_JSON, b'{"amount": 12.5, "distance_from_home_km": '),
-        (features.NOT_UTF8, b"\xff\xfe not utf-8 \xc3\x28"),
-        (features.NOT_OBJECT, b"[1, 2, 3]"),
-        (features.MISSING_FEATURE, orjson.dumps(without_age)),
-        (features.NON_NUMERIC_FEATURE, orjson.dumps(_event(rng, amount="lots"))),
-        (features.NON_NUMERIC_FEATURE, orjson.dumps(_event(rng, merchant_risk=[0.1]))),
-        (features.MISSING_FEATURE, orjson.dumps(_event(rng, account_age_days=None))),
-        (features.NON_FINITE, orjson.dumps(_event(rng, amount="NaN"))),
-        (features.NON_FINITE, orjson.dumps(_event(rng, distance_from_home_km="-Infinity"))),
-        (features.OVERSIZED, orjson.dumps(_event(rng, note="x" * (2 * MAX_RECORD_BYTES)))),
-        (features.EMPTY_VALUE, b""),
+        (reasons.INVALID_JSON, b'{"amount": 12.5, "distance_from_home_km": '),
+        (reasons.NOT_UTF8, b"\xff\xfe not utf-8 \xc3\x28"),
+        (reasons.NOT_OBJECT, b"[1, 2, 3]"),
+        (reasons.MISSING_FEATURE, orjson.dumps(without_age)),
+        (reasons.NON_NUMERIC_FEATURE, orjson.dumps(_event(rng, amount="lots"))),
+        (reasons.NON_NUMERIC_FEATURE, orjson.dumps(_event(rng, merchant_risk=[0.1]))),
+        (reasons.MISSING_FEATURE, orjson.dumps(_event(rng, account_age_days=None))),
+        (reasons.NON_FINITE, orjson.dumps(_event(rng, amount="NaN"))),
+        (reasons.NON_FINITE, orjson.dumps(_event(rng, distance_from_home_km="-Infinity"))),
+        (reasons.OVERSIZED, orjson.dumps(_event(rng, note="x" * (2 * MAX_RECORD_BYTES)))),
+        (reasons.EMPTY_VALUE, b""),
     ]
 
 
@@ -75,7 +75,7 @@ def test_every_malformed_record_is_dead_lettered_with_its_reason_and_the_rest_is
         return {
             reason: registry.get_sample_value("streamer_dead_letters_total", {"reason": reason})
             or 0.0
-            for reason in features.REASONS
+            for reason in reasons.REASONS
         }
 
     wait_for(
@@ -113,6 +113,6 @@ def test_every_malformed_record_is_dead_lettered_with_its_reason_and_the_rest_is
     assert set(inputs.records) == set(scored_sources) | dead_sources
 
     assert dead_letter_counts() == {
-        reason: float(expected_counts.get(reason, 0)) for reason in features.REASONS
+        reason: float(expected_counts.get(reason, 0)) for reason in reasons.REASONS
     }
     assert registry.get_sample_value("streamer_records_produced_total") == len(scored_sources)

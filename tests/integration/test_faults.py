@@ -23,6 +23,7 @@ import pytest
 
 from streamer.clients.kafka_python import ensure_topics
 from streamer.core.demo_data import make_record
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.devtools.broker import EmbeddedBroker, free_port
 from streamer.devtools.verify import Reconciliation, source_of_output
@@ -73,7 +74,7 @@ def check_no_loss(cluster: Cluster, topics: Topics, name: str) -> Reconciliation
 # --- actors that fail --------------------------------------------------------
 
 
-class FlakyModel:
+class FlakyModel(ModelDefaults):
     """The demo model; ``crash_calls`` predict calls die with a BaseException (a kill)."""
 
     # No file behind it: nothing to watch, and a reload never counts as unchanged.
@@ -97,7 +98,7 @@ class FlakyModel:
         return self._inner.predict(features)
 
 
-class PoisonModel:
+class PoisonModel(ModelDefaults):
     """Raises for any batch holding a row whose raw amount is 666: a poison record."""
 
     # No file behind it: nothing to watch, and a reload never counts as unchanged.

@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,15 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import CollectorRegistry
 
+from streamer.clients.kafka_python import ensure_topics
 from streamer.core.models.linear import load_linear
+from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
 from tests.schema_registry_standin import SchemaRegistryStandIn
 
-from .helpers import BACKENDS, Cluster, PipelineStarter, wait_until_delivered
+from .helpers import BACKENDS, Cluster, PipelineStarter, wait_for, wait_until_delivered
 
+DEMO = Path(__file__).resolve().parents[2] / "streamer" / "core" / "models" / "demo_fraud.json"
 # The demo model's features, nested: feature name -> path in the event.
 PATHS = {
     "amount": "payment.amount",
@@ -124,9 +128,9 @@ def _events(count: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def _offline(events: list[dict[str, Any]]) -> np.ndarray:
+def _offline(events: list[dict[str, Any]], model_path: Path | None = None) -> np.ndarray:
     """The data scientist's own call: a DataFrame of the flattened events, then the model."""
-    model = load_linear(None)
+    model = load_linear(model_path)
     frame = pd.json_normalize(events)
     raw = frame[[PATHS[name] for name in model.spec.names]].to_numpy(dtype=np.float64)
     return model.predict((raw - model.spec.mean) / model.spec.std)
@@ -218,6 +222,66 @@ def test_avro_nested_evolving_poison_and_a_registry_outage(
     }
     # Dead letters keep the original bytes.
     assert [dead[(0, 20 + i)][1] for i in range(3)] == poison
+
+
+def test_a_challenger_with_its_own_statistics_reads_avro_through_the_registry(
+    cluster: Cluster,
+    start_pipeline: PipelineStarter,
+    registry: SchemaRegistryStandIn,
+    tmp_path: Path,
+) -> None:
+    # Other statistics and weights than the champion's: the challenger prepares each batch again.
+    doc = json.loads(DEMO.read_text())
+    doc.update(
+        name="restandardized",
+        version="2",
+        mean=[value * 1.1 for value in doc["mean"]],
+        std=[value * 0.9 for value in doc["std"]],
+        bias=doc["bias"] + 0.5,
+    )
+    path = tmp_path / "challenger.json"
+    path.write_text(json.dumps(doc))
+    topics = cluster.new_topics(partitions=1)
+    shadow = f"{topics.output}.challenger"
+    ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers), {shadow: 1})
+    writer = SchemaRegistryClient({"url": registry.url})
+    ctx = SerializationContext(topics.input, MessageField.VALUE)
+    serialize = AvroSerializer(writer, AVRO_V1)
+    events = _events(60, seed=5)
+    produced = cluster.produce(
+        topics.input, [(f"k{i}".encode(), serialize(e, ctx)) for i, e in enumerate(events)]
+    )
+    document = {
+        "kafka": cluster.kafka_section(topics),
+        "metrics": {"enabled": False},
+        "shutdown": {"timeout_s": 20.0},
+        "batch": {"max_records": 16, "max_wait_s": 0.02},
+        "preprocess": {"paths": PATHS},
+        "format": {"input": "avro", "registry_url": registry.url, "registry_retry_s": 0.2},
+        "challenger": [
+            {
+                "name": "restandardized",
+                "kind": "linear",
+                "path": str(path),
+                "output_topic": shadow,
+                "max_pending_batches": 1000,
+            }
+        ],
+    }
+    pipeline = start_pipeline(build_settings(document, environ={}))
+    wait_until_delivered(pipeline, topics.input, produced)
+    agreement = pipeline.challengers[0].agreement
+    wait_for(
+        lambda: agreement.snapshot().compared == len(events),
+        30,
+        "the challenger to score every record",
+        describe=lambda: str(agreement.snapshot()),
+    )
+    wait_for(lambda: len(cluster.read(shadow)) == len(events), 30, "the challenger's outputs")
+    scores = _scores_by_source(cluster, shadow)
+    expected = _offline(events, path)
+    assert np.array_equal(np.array([scores[source] for source in sorted(scores)]), expected)
+    assert not np.array_equal(expected, _offline(events))  # the champion's scores differ
 
 
 def _protobuf_class() -> Any:

@@ -7,10 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
+from prometheus_client.utils import floatToGoString
 
 from streamer.core.demo_data import make_event, make_record
+from streamer.core.features import prepare_batch
+from streamer.core.models import load_model
+from streamer.core.monitoring.drift import psi
+from streamer.core.monitoring.profile import load_profile
 from streamer.topology import Pipeline
 
 from .helpers import Cluster, PipelineStarter, wait_until_delivered
@@ -118,6 +124,43 @@ def test_records_dead_lettered_for_a_missing_feature_raise_its_missing_ratio(
     assert gauge(pipeline, "streamer_feature_missing_ratio", feature="merchant_risk") == 0.25
     assert gauge(pipeline, "streamer_feature_missing_ratio", feature="amount") == 0.0
     assert gauge(pipeline, "streamer_drift_window_records") == 400
+
+
+def test_the_score_gauges_cover_the_feature_window_when_a_third_of_it_is_dead_lettered(
+    cluster: Cluster, start_pipeline: PipelineStarter, profile_path: Path
+) -> None:
+    window = 600
+    topics = cluster.new_topics(partitions=1)
+    settings = cluster.settings(
+        topics,
+        monitoring={"profile_path": str(profile_path), "window_records": window},
+        batch={"max_records": 100},
+    )
+    pipeline = start_pipeline(settings)
+    rng = random.Random(29)
+    produced = cluster.produce(topics.input, [make_record(rng) for _ in range(window)])
+    wait_until_delivered(pipeline, topics.input, produced)
+    # The window: a drift of the amount, every third record without a feature (dead-lettered).
+    events = [make_event(rng, amount_scale=3.0) for _ in range(window)]
+    for event in events[::3]:
+        del event["merchant_risk"]
+    values = [orjson.dumps(event) for event in events]
+    keys = [event["card_id"].encode() for event in events]
+    produced.update(cluster.produce(topics.input, list(zip(keys, values, strict=True))))
+    wait_until_delivered(pipeline, topics.input, produced)
+    assert gauge(pipeline, "streamer_drift_window_records") == window
+    # Offline: the demo model's scores of the window's records it could score, binned.
+    model = load_model("linear", "")
+    prepared = prepare_batch(values, model.spec)
+    assert len(prepared.valid_rows) == window - window // 3
+    profile = load_profile(profile_path)
+    edges = profile.score.edges
+    codes = np.searchsorted(edges[1:-1], model.predict(prepared.features), side="right")
+    counts = np.bincount(codes, minlength=profile.score.bins)
+    bounds = [floatToGoString(edge) for edge in edges[1:-1]] + ["+Inf"]
+    live = {le: gauge(pipeline, "streamer_score_bucket", le=le) for le in bounds}
+    assert live == dict(zip(bounds, np.cumsum(counts).astype(float).tolist(), strict=True))
+    assert gauge(pipeline, "streamer_score_psi") == psi(counts, profile.score.fractions)
 
 
 def test_the_demo_with_drift_names_the_drifted_feature_in_its_summary() -> None:

@@ -35,8 +35,8 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from streamer.clients.kafka_python import ensure_topics
+from streamer.core.dead_letters import REASONS
 from streamer.core.demo_data import make_event, make_record
-from streamer.core.features import REASONS
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
 

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.core import features
+from streamer.core import dead_letters as reasons
 from streamer.core.demo_data import make_event
 from streamer.devtools.broker import free_port
 from streamer.devtools.verify import TopicDump
@@ -142,50 +142,50 @@ def _poison(rng: random.Random) -> list[Case]:
     duplicate_bad = _json(rng, amount=12.5)[:-1] + b',"amount":"lots"}'
     return [
         # Every reason of the table in docs/records.md.
-        Case("empty value", b"", key=b"empty", reason=features.EMPTY_VALUE),
-        Case("null value (tombstone)", None, key=b"tombstone", reason=features.EMPTY_VALUE),
+        Case("empty value", b"", key=b"empty", reason=reasons.EMPTY_VALUE),
+        Case("null value (tombstone)", None, key=b"tombstone", reason=reasons.EMPTY_VALUE),
         Case(
             "2 MB value",
             _json(rng, note="x" * 2_000_000),
             key=b"two-mb",
-            reason=features.OVERSIZED,
+            reason=reasons.OVERSIZED,
             value_cut=True,
         ),
-        Case("not utf-8", b"\xff\xfe not utf-8 \xc3\x28", reason=features.NOT_UTF8),
-        Case("truncated json", _json(rng)[:40], reason=features.INVALID_JSON),
-        Case("json array", b"[1, 2, 3]", reason=features.NOT_OBJECT),
-        Case("json string", b'"just a string"', reason=features.NOT_OBJECT),
-        Case("missing feature", orjson.dumps(without_age), reason=features.MISSING_FEATURE),
-        Case("null feature", _json(rng, amount=None), reason=features.MISSING_FEATURE),
-        Case("string feature", _json(rng, amount="lots"), reason=features.NON_NUMERIC_FEATURE),
-        Case("array feature", _json(rng, amount=[1.0]), reason=features.NON_NUMERIC_FEATURE),
-        Case("'NaN' string", _json(rng, amount="NaN"), reason=features.NON_FINITE),
-        Case("'-inf' string", _json(rng, amount="-inf"), reason=features.NON_FINITE),
-        Case("model raises", _json(rng, amount=RAISE_AMOUNT), reason=features.MODEL_ERROR),
-        Case("model returns NaN", _json(rng, amount=NAN_AMOUNT), reason=features.MODEL_ERROR),
+        Case("not utf-8", b"\xff\xfe not utf-8 \xc3\x28", reason=reasons.NOT_UTF8),
+        Case("truncated json", _json(rng)[:40], reason=reasons.INVALID_JSON),
+        Case("json array", b"[1, 2, 3]", reason=reasons.NOT_OBJECT),
+        Case("json string", b'"just a string"', reason=reasons.NOT_OBJECT),
+        Case("missing feature", orjson.dumps(without_age), reason=reasons.MISSING_FEATURE),
+        Case("null feature", _json(rng, amount=None), reason=reasons.MISSING_FEATURE),
+        Case("string feature", _json(rng, amount="lots"), reason=reasons.NON_NUMERIC_FEATURE),
+        Case("array feature", _json(rng, amount=[1.0]), reason=reasons.NON_NUMERIC_FEATURE),
+        Case("'NaN' string", _json(rng, amount="NaN"), reason=reasons.NON_FINITE),
+        Case("'-inf' string", _json(rng, amount="-inf"), reason=reasons.NON_FINITE),
+        Case("model raises", _json(rng, amount=RAISE_AMOUNT), reason=reasons.MODEL_ERROR),
+        Case("model returns NaN", _json(rng, amount=NAN_AMOUNT), reason=reasons.MODEL_ERROR),
         # A valid event whose 1.2 MB key is copied into its prediction: over 1 MiB.
         Case(
             "1.2 MB key on a valid event",
             _json(rng),
             key=b"k" * 1_200_000,
-            reason=features.PRODUCE_REJECTED,
+            reason=reasons.PRODUCE_REJECTED,
             key_cut=True,
         ),
         # The inputs issue 11 lists.
         Case("200 KB key", _json(rng), key=b"K" * 200_000),
-        Case("200 KB key on a bad value", b"[]", key=b"Q" * 200_000, reason=features.NOT_OBJECT),
+        Case("200 KB key on a bad value", b"[]", key=b"Q" * 200_000, reason=reasons.NOT_OBJECT),
         Case(
             "2 MB value with a 200 KB key",
             _json(rng, note="y" * 2_000_000),
             key=b"W" * 200_000,
-            reason=features.OVERSIZED,
+            reason=reasons.OVERSIZED,
             value_cut=True,
         ),
         Case(
             "2 MB value with a 1.2 MB key",
             _json(rng, note="z" * 2_000_000),
             key=b"E" * 1_200_000,
-            reason=features.OVERSIZED,
+            reason=reasons.OVERSIZED,
             value_cut=True,
             key_cut=True,
         ),
@@ -195,36 +195,38 @@ def _poison(rng: random.Random) -> list[Case]:
             headers=[(f"h{i:03d}", b"v" * 100) for i in range(100)],
         ),
         Case("50,000 fields", orjson.dumps(many_fields)),
-        Case("json nested 10,000 deep", deep, reason=features.INVALID_JSON),
+        Case("json nested 10,000 deep", deep, reason=reasons.INVALID_JSON),
         Case(
             "10 MB string feature",
             _json(rng, amount="9" * 10_000_000),
-            reason=features.OVERSIZED,
+            reason=reasons.OVERSIZED,
             value_cut=True,
         ),
         # orjson keeps the last of duplicate keys, as Python's json does.
         Case("duplicate keys, the last valid", duplicate_ok),
         Case(
-            "duplicate keys, the last a string", duplicate_bad, reason=features.NON_NUMERIC_FEATURE
+            "duplicate keys, the last a string",
+            duplicate_bad,
+            reason=reasons.NON_NUMERIC_FEATURE,
         ),
-        Case("NaN literal", _with_literal(rng, "amount", b"NaN"), reason=features.INVALID_JSON),
+        Case("NaN literal", _with_literal(rng, "amount", b"NaN"), reason=reasons.INVALID_JSON),
         Case(
             "Infinity literal",
             _with_literal(rng, "amount", b"Infinity"),
-            reason=features.INVALID_JSON,
+            reason=reasons.INVALID_JSON,
         ),
         Case(
             "-Infinity literal",
             _with_literal(rng, "distance_from_home_km", b"-Infinity"),
-            reason=features.INVALID_JSON,
+            reason=reasons.INVALID_JSON,
         ),
-        Case("400-digit numeric string", _json(rng, amount="7" * 400), reason=features.NON_FINITE),
+        Case("400-digit numeric string", _json(rng, amount="7" * 400), reason=reasons.NON_FINITE),
         Case(
             "400-digit number literal",
             _with_literal(rng, "amount", b"7" * 400),
-            reason=features.INVALID_JSON,
+            reason=reasons.INVALID_JSON,
         ),
-        Case("UTF-8 BOM", b"\xef\xbb\xbf" + _json(rng), reason=features.INVALID_JSON),
+        Case("UTF-8 BOM", b"\xef\xbb\xbf" + _json(rng), reason=reasons.INVALID_JSON),
         # Keys and timestamps of any kind.
         Case("binary key", _json(rng), key=b"\xff\x00\xfe\x22\x5c"),
         Case("timestamp 0", _json(rng), timestamp_ms=0),
@@ -336,9 +338,9 @@ def _check_dead_letter(
     assert named["streamer.reason"].decode() == case.reason, (case.name, named["streamer.error"])
     assert named["streamer.source.topic"].decode() == topic
     assert named["streamer.error"], case.name
-    if case.reason == features.PRODUCE_REJECTED:  # the client's own words, either backend's
+    if case.reason == reasons.PRODUCE_REJECTED:  # the client's own words, either backend's
         assert re.search(rb"too.?large", named["streamer.error"], re.IGNORECASE), named
-    stage = {features.MODEL_ERROR: "model", features.PRODUCE_REJECTED: "produce"}
+    stage = {reasons.MODEL_ERROR: "model", reasons.PRODUCE_REJECTED: "produce"}
     assert named["streamer.stage"].decode() == stage.get(case.reason or "", "preprocess")
     if case.value_cut:
         _check_cut("value", case.value or b"", value, named, case)
@@ -516,7 +518,7 @@ def _values(draw: st.DrawFn, position: int) -> tuple[str, bytes | None, str | No
     elif kind == "brace":  # the opening or the closing brace dropped, or both
         whole = orjson.dumps(event)
         value = draw(st.sampled_from([whole[1:], whole[:-1], whole[1:-1]]))
-        expect = features.INVALID_JSON
+        expect = reasons.INVALID_JSON
     elif kind == "type":  # a feature of another JSON type
         event[draw(st.sampled_from(FEATURES))] = draw(
             st.one_of(
@@ -534,12 +536,12 @@ def _values(draw: st.DrawFn, position: int) -> tuple[str, bytes | None, str | No
     elif kind == "huge":
         size = draw(st.sampled_from(HUGE_SIZES))
         value = orjson.dumps(event | {"note": "n" * size})
-        expect = "scored" if size < MiB else features.OVERSIZED
+        expect = "scored" if size < MiB else reasons.OVERSIZED
     elif kind == "bytes":
         value = draw(st.binary(max_size=48))
     else:
         value = draw(st.sampled_from([None, b""]))
-        expect = features.EMPTY_VALUE
+        expect = reasons.EMPTY_VALUE
     return kind, value, expect
 
 
@@ -557,7 +559,7 @@ def _record(draw: st.DrawFn, position: int) -> Drawn:
     else:  # copied into the prediction: over 1 MiB
         key = b"k" * 1_200_000
         if expect == "scored":
-            expect = features.PRODUCE_REJECTED
+            expect = reasons.PRODUCE_REJECTED
     if key is None and value is None:
         key = b""  # a client refuses a record with neither (a tombstone has a key)
     headers: Headers = []

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector, PipelineMetrics
-from streamer.core.agreement import Agreement, PendingSlots
-from streamer.core.drift import DriftMonitor
+from streamer.actors.routing import ChallengerLink
 from streamer.core.models import ModelOptions, load_model
-from streamer.core.profile import Binned, Profile
+from streamer.core.monitoring.agreement import Agreement, PendingSlots
+from streamer.core.monitoring.drift import DriftMonitor
+from streamer.core.monitoring.profile import Binned, Profile
 from streamer.messages import ConsumerProgress
 from streamer.settings import SECTIONS, Settings, build_settings, load_settings
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import PipelineMetrics
-from streamer.core.features import REASONS
+from streamer.core.dead_letters import REASONS
 from streamer.settings import SECTIONS, build_settings
 from tests.unit.test_deploy_files import ALERTS, DASHBOARD, ROOT, _load_yaml, _panel_exprs
 

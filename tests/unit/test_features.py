@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core import features as f
+from streamer.core import dead_letters as f
 from streamer.core.features import FeatureSpec, RowProblem, prepare_batch
 
 # Properties run without a deadline (CI machines vary) and leave no example database.

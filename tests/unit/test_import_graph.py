@@ -1,4 +1,4 @@
-"""No import circle among the modules of ``streamer/``, lazy imports included."""
+"""The import rules of ``streamer/``: no circle (lazy imports included), and layers kept apart."""
 
 from __future__ import annotations
 
@@ -78,8 +78,48 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_module_of_streamer_imports_itself_back() -> None:
+    assert cycles(_graph()) == []
+
+
+def _graph() -> dict[str, set[str]]:
     root = Path(streamer.__file__).parent
     files = sorted(root.rglob("*.py"))
     known = {module_name(root, f) for f in files}
-    graph = {module_name(root, f): imports(root, f, known) for f in files}
-    assert cycles(graph) == []
+    return {module_name(root, f): imports(root, f, known) for f in files}
+
+
+def _third_party(path: Path) -> set[str]:
+    """The top-level names of what ``path`` imports from outside streamer, lazy imports included."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+# What every actor may import: the actor base class and the addresses between actors.
+SHARED_ACTOR_MODULES = {"streamer.actors", "streamer.actors.base", "streamer.actors.routing"}
+
+
+def test_no_actor_module_imports_another_actor_module() -> None:
+    graph = _graph()
+    actors = {name for name in graph if name.startswith("streamer.actors.")}
+    crossing = {
+        (name, target)
+        for name in actors - SHARED_ACTOR_MODULES
+        for target in graph[name]
+        if target in actors - SHARED_ACTOR_MODULES
+    }
+    assert crossing == set()
+
+
+def test_core_imports_no_pykka_and_no_prometheus_client() -> None:
+    core = Path(streamer.__file__).parent / "core"
+    offending = {
+        (str(path.relative_to(core)), name)
+        for path in sorted(core.rglob("*.py"))
+        for name in _third_party(path) & {"pykka", "prometheus_client"}
+    }
+    assert offending == set()

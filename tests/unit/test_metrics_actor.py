@@ -23,7 +23,7 @@ from streamer.actors.metrics import (
     MetricsActor,
     PipelineMetrics,
 )
-from streamer.core.features import REASONS
+from streamer.core.dead_letters import REASONS
 from streamer.messages import (
     ActorFailed,
     ActorRestarted,

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from streamer.core.features import FeatureSpec
+from streamer.core.models import ModelDefaults
 from streamer.core.scoring import score_isolating_failures
 
 SPEC = FeatureSpec(("x", "y"), np.zeros(2), np.ones(2))
 
 
 @dataclass
-class PickyModel:
+class PickyModel(ModelDefaults):
     """Scores 2*x + y, but fails on whole calls that contain a row whose x is in ``bad``.
 
     ``nan`` rows make it return NaN instead of raising.
@@ -99,7 +100,7 @@ def test_a_nan_prediction_fails_only_its_row() -> None:
 
 
 @dataclass
-class ShapedModel:
+class ShapedModel(ModelDefaults):
     """Returns whatever ``shape_of(n)`` says, filled with 0.25."""
 
     width: int = 1
@@ -151,7 +152,7 @@ class Fatal(BaseException):
 
 
 @dataclass
-class FatalModel:
+class FatalModel(ModelDefaults):
     name: str = "fatal"
     version: str = "1"
     spec: FeatureSpec = SPEC

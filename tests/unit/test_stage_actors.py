@@ -15,6 +15,7 @@ from streamer.actors.model import ModelActor
 from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.core.features import FeatureSpec, prepare_batch
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import DeliveryError
 from streamer.messages import (
@@ -120,7 +121,7 @@ def demo_model() -> LinearModel:
     return load_linear(None)
 
 
-class Exploding:
+class Exploding(ModelDefaults):
     """Wraps a model; raises for rows whose first standardized feature is above ``limit``."""
 
     def __init__(self, model: LinearModel, limit: float) -> None:

@@ -31,6 +31,7 @@ from streamer.core.models.base import (
     METHODS,
     PROBABILITY_MODES,
     Model,
+    ModelDefaults,
     ModelOptions,
     preparation_key,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "PROBABILITY_MODES",
     "Configured",
     "Model",
+    "ModelDefaults",
     "ModelOptions",
     "load_configured",
     "load_model",

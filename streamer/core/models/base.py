@@ -70,6 +70,44 @@ class Model(Protocol):
         """Score an (n, d) standardized matrix; return shape (n,) or (n, len(output_names))."""
         ...
 
+    # Optional capabilities: a model class that lacks one inherits ModelDefaults' answer.
+
+    @property
+    def explain_top_k(self) -> int:
+        """How many reason codes each prediction carries (``model.explain_top_k``); 0: none."""
+        ...
+
+    def reasons(self, features: np.ndarray) -> list[bytes]:
+        """Each row's ``explain_top_k`` reason codes as one JSON array; read only when above 0."""
+        ...
+
+    def poll_source(self) -> object:
+        """What the model's source would load now (a registry alias's version), or None.
+
+        Files are watched by their signature; a change of this answer hot-reloads
+        the model like a changed file. It must not raise.
+        """
+        ...
+
+
+class ModelDefaults:
+    """The optional capabilities of :class:`Model`, for a class that has none of its own.
+
+    A model class inherits from it (the protocol stays structural), so that
+    callers read ``model.explain_top_k`` and call ``model.poll_source()`` without
+    probing whether they exist.
+    """
+
+    explain_top_k: int = 0
+
+    def reasons(self, features: np.ndarray) -> list[bytes]:
+        """No reason codes: an empty array per row."""
+        return [b"[]"] * features.shape[0]
+
+    def poll_source(self) -> object:
+        """Nothing to poll: only the watched files reload the model."""
+        return None
+
 
 def preparation_key(spec: FeatureSpec) -> str:
     """A fingerprint of how a batch is prepared for this spec.

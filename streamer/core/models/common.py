@@ -66,7 +66,7 @@ class ChunkedModel:
     contributions: ChunkCall | None = None
     """(n, d) -> (n, d): each feature's contribution to the explained output, if known."""
     explain_top_k: int = 0
-    poll_source: Callable[[], object] | None = None
+    source_poll: Callable[[], object] | None = None
     """What would load now (a registry alias's version); a change hot-reloads the model."""
 
     @classmethod
@@ -122,6 +122,10 @@ class ChunkedModel:
             width = len(self.output_names)
             return np.empty((0,) if width == 1 else (0, width))
         return predict_in_chunks(self.call, features, self.chunk_rows)
+
+    def poll_source(self) -> object:
+        """What the model's source would load now (see ``source_poll``), or None."""
+        return self.source_poll() if self.source_poll is not None else None
 
     def reasons(self, features: np.ndarray) -> list[bytes]:
         """Each row's ``explain_top_k`` reason codes as JSON (see :mod:`.reasons`)."""

@@ -52,6 +52,10 @@ class LinearModel:
         """Each feature's push on the logit: its weight times its standardized value."""
         return features * self.weights
 
+    def poll_source(self) -> object:
+        """A file's model: only the watched file reloads it."""
+        return None
+
     def reasons(self, features: np.ndarray) -> list[bytes]:
         """Each row's ``explain_top_k`` reason codes as JSON (see :mod:`.reasons`)."""
         from streamer.core.models.reasons import top_reasons  # noqa: PLC0415

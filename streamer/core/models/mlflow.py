@@ -14,7 +14,7 @@ and called with a DataFrame of the features, one output field per column.
 The signature's input names are the features, checked against
 ``preprocess.features`` when both are given. The name is the registry name and
 the version the registry version, followed by ``@alias`` when an alias was
-used. With an alias, :attr:`ChunkedModel.poll_source` asks the registry which
+used. With an alias, :meth:`ChunkedModel.poll_source` asks the registry which
 version the alias names, so that the reloader loads the new one when it moves.
 """
 
@@ -112,7 +112,7 @@ def load(options: ModelOptions) -> ChunkedModel:
         shutil.rmtree(target, ignore_errors=True)  # the native loaders read it all
     if source.alias:
         return dataclasses.replace(
-            model, poll_source=_alias_poll(mlflow, tracking, source.name, source.alias)
+            model, source_poll=_alias_poll(mlflow, tracking, source.name, source.alias)
         )
     return model
 

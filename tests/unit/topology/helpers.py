@@ -11,6 +11,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from streamer.core.features import FeatureSpec
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel
 from streamer.core.records import TP
 from streamer.settings import (
@@ -173,7 +174,7 @@ class ModelCrash(BaseException):
     """Escapes ``except Exception``: pykka does not call on_failure for it."""
 
 
-class CrashingModel:
+class CrashingModel(ModelDefaults):
     """The demo model until its n-th call, which raises a BaseException."""
 
     # No file behind it: nothing to watch, and a reload never counts as unchanged.

@@ -10,6 +10,7 @@ import pykka
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamer.core.models import ModelDefaults
 from streamer.core.models.linear import LinearModel
 from streamer.errors import BrokerError, ConfigError
 from streamer.topology import Pipeline
@@ -90,7 +91,7 @@ def test_every_record_is_produced_exactly_once_in_order_and_committed(
         assert value("streamer_actor_failures_total", {"actor": actor}) == 0.0
 
 
-class PartlyBroken:
+class PartlyBroken(ModelDefaults):
     """The demo model, except that it raises for rows with a standardized amount above 3."""
 
     # No file behind it: nothing to watch, and a reload never counts as unchanged.

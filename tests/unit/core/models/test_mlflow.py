@@ -149,7 +149,7 @@ def test_a_registry_alias_loads_its_version_and_polls_it(registry: str) -> None:
     model = load_model("mlflow", "models:/fraud@champion", options)
     assert isinstance(model, ChunkedModel)
     assert (model.name, model.version, model.watch_paths) == ("fraud", "1@champion", ())
-    assert model.poll_source is not None
+    assert model.source_poll is not None
     assert model.poll_source() == "1"
     client = mlflow.MlflowClient(registry)
     client.set_registered_model_alias("fraud", "champion", "2")
@@ -161,7 +161,9 @@ def test_a_registry_alias_loads_its_version_and_polls_it(registry: str) -> None:
         client.set_registered_model_alias("fraud", "champion", "1")
     numbered = load_model("mlflow", "models:/fraud/2", options)
     assert (numbered.name, numbered.version) == ("fraud", "2")
-    assert getattr(numbered, "poll_source", None) is None
+    assert isinstance(numbered, ChunkedModel)
+    assert numbered.source_poll is None
+    assert numbered.poll_source() is None
 
 
 def test_the_tracking_uri_falls_back_to_the_environment(

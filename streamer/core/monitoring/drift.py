@@ -25,12 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.core.profile import Binned, Profile
+from streamer.core.monitoring.profile import Binned, Profile
 
 PSI_FLOOR = 1e-4
 """A bin's fraction is floored at this before the log, so an empty bin gives a large, finite PSI."""
 
-FEATURE_REASONS = frozenset({"missing_feature", "non_numeric_feature", "non_finite"})
 _FEATURE_IN_DETAIL = re.compile(r"^feature '((?:[^'\\]|\\.)*)'")
 
 
@@ -138,6 +137,7 @@ class _Pending:
     rows: np.ndarray
     rejected: tuple[tuple[int, str], ...]
     scores: np.ndarray
+    """One per row of ``features``; NaN where the model failed on the row."""
     now: float
 
 
@@ -167,7 +167,10 @@ class DriftMonitor:
         self._bins = max(d.bins for d in profile.distributions)
         width = len(profile.features)
         self._features = CodeWindow(width, 2 * self._bins + 2, window_records, window_s)
-        self._score = CodeWindow(1, profile.score.bins, window_records, window_s)
+        # The score's window holds the same records as the features' (one code a record), so
+        # that the score gauges cover the same window: a record that was not scored (dead-
+        # lettered before or by the model) takes the code ``score.bins``, which no gauge counts.
+        self._score = CodeWindow(1, profile.score.bins + 1, window_records, window_s)
         self._reference = np.stack([_padded(d, self._bins) for d in profile.distributions])
         self._column = {name: j for j, name in enumerate(profile.features)}
         self._lock = threading.Lock()
@@ -224,7 +227,7 @@ class DriftMonitor:
 
         ``features`` are the prepared rows (at batch positions ``feature_rows``),
         ``rejected`` the rows dead-lettered for a feature as (position, detail),
-        and ``scores`` the scores of the rows the model scored.
+        and ``scores`` the score of each prepared row (NaN where the model failed on it).
         """
         with self._lock:
             self._pending.append(_Pending(features, feature_rows, tuple(rejected), scores, now))
@@ -246,22 +249,29 @@ class DriftMonitor:
         if not pending:
             return
         codes = self.feature_codes(np.concatenate([p.features for p in pending]))
+        unscored = self.profile.score.bins
+        scores = np.concatenate([p.scores for p in pending])
+        score_codes = np.searchsorted(self.profile.score.edges[1:-1], scores, side="right")
+        score_codes[np.isnan(scores)] = unscored
         parts = []
+        score_parts = []
         start = 0
         for p in pending:
             part = codes[start : start + len(p.features)]
+            score_part = score_codes[start : start + len(p.features)]
             start += len(p.features)
             if p.rejected:
                 positions = np.concatenate([p.rows, [pos for pos, _ in p.rejected]])
+                order = np.argsort(positions, kind="stable")
                 part = np.concatenate([part, self.rejected_codes([d for _, d in p.rejected])])
-                part = part[np.argsort(positions, kind="stable")]
+                part = part[order]
+                score_part = np.concatenate([score_part, np.full(len(p.rejected), unscored)])
+                score_part = score_part[order]
             parts.append(part)
-        scores = np.concatenate([p.scores for p in pending])
-        score_edges = self.profile.score.edges
-        score_codes = np.searchsorted(score_edges[1:-1], scores, side="right").reshape(-1, 1)
+            score_parts.append(score_part)
         now = pending[-1].now
         self._features.add(np.concatenate(parts), now)
-        self._score.add(score_codes, now)
+        self._score.add(np.concatenate(score_parts).reshape(-1, 1), now)
 
     def snapshot(self, now: float | None = None) -> DriftSnapshot:
         """The gauges now (expiring records older than ``window_s`` first, if ``now`` is given)."""
@@ -272,7 +282,7 @@ class DriftMonitor:
                 self._score.expire(now)
             counts = self._features.counts.copy()
             records = self._features.size
-            score_counts = self._score.counts[0].copy()
+            score_counts = self._score.counts[0, : self.profile.score.bins].copy()
             version = self.model_version
         b = self._bins
         values = counts[:, :b] + counts[:, b : 2 * b]

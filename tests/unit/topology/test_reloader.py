@@ -24,9 +24,9 @@ from streamer.messages import (
     SourceBatch,
     SwapModel,
 )
-from streamer.reload import ModelReloader, file_signature
 from streamer.settings import BatchSettings, PreprocessSettings, build_settings
 from streamer.topology import Pipeline
+from streamer.topology.reloader import ModelReloader, file_signature
 from tests.unit.fakes import FakeKafka, Mailbox, make_records, start_recorder, wait_until
 
 DOC: dict[str, Any] = {

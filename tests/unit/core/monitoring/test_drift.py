@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from streamer.core.drift import CodeWindow, DriftMonitor, psi
-from streamer.core.profile import (
+from streamer.core.monitoring.drift import CodeWindow, DriftMonitor, psi
+from streamer.core.monitoring.profile import (
     Binned,
     Profile,
     assign_bins,
@@ -163,3 +163,15 @@ def test_standardized_features_are_binned_in_raw_units() -> None:
     assert snap.out_of_range_ratio.tolist() == [0.0, 0.0]
     # one value in bin 0 of a, bin 1 of b
     assert snap.feature_psi[0] == pytest.approx(snap.feature_psi[1])
+
+
+def test_the_score_window_holds_the_records_of_the_feature_window() -> None:
+    monitor = DriftMonitor(_profile(), window_records=4)
+    monitor.observe(np.full((4, 2), 0.5), np.arange(4), [], np.full(4, 0.1), now=0.0)
+    # The window's 4 records: 2 dead-lettered, 1 the model failed on (NaN), 1 scored.
+    rejected = [(0, "feature 'a' is missing"), (2, "feature 'b' is missing")]
+    scores = np.array([np.nan, 0.9])
+    monitor.observe(np.full((2, 2), 0.5), np.array([1, 3]), rejected, scores, now=0.0)
+    snap = monitor.snapshot()
+    assert (snap.records, snap.scores) == (4, 1)
+    assert snap.score_counts.tolist() == [0, 1]  # only the 0.9: no score from the first batch

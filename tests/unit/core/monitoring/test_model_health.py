@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.challenger import ChallengerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector
-from streamer.core.agreement import Agreement, PendingSlots, flips
-from streamer.core.drift import DriftMonitor
+from streamer.actors.routing import ChallengerLink
 from streamer.core.models import ModelOptions, load_model
-from streamer.core.profile import Binned, Profile
+from streamer.core.monitoring.agreement import Agreement, PendingSlots, flips
+from streamer.core.monitoring.drift import DriftMonitor
+from streamer.core.monitoring.profile import Binned, Profile
 from streamer.errors import ConfigError
 from streamer.settings import build_settings
-from streamer.topology.preflight import build_monitor
+from streamer.topology.monitoring import build_monitor
 
 KAFKA = {"input_topic": "in", "output_topic": "out"}
 
@@ -89,6 +89,26 @@ def test_label_sets_stay_bounded_by_the_profile_and_the_challengers() -> None:
     )
 
 
+def test_the_score_delta_histogram_exposes_its_sum_and_count() -> None:
+    agreement = Agreement(0.5)
+    agreement.scored(np.array([0.2, 0.9, 0.4]), np.array([0.8, 0.6, 0.4]), 0.01)
+    model = load_model("linear", "", ModelOptions(version="2"))
+    link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
+    registry = CollectorRegistry()
+    registry.register(ChallengerCollector([link]))
+    labels = {"challenger": "c", "version": "2"}
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(f"streamer_challenger_score_delta{name}", labels)
+
+    # rate(_sum) / rate(_count) is the mean delta: here (0.6 - 0.3 + 0.0) / 3.
+    assert value("_count") == 3
+    assert value("_sum") == pytest.approx(0.3)
+    assert value("_count") == registry.get_sample_value(
+        "streamer_challenger_score_delta_bucket", {**labels, "le": "+Inf"}
+    )
+
+
 def test_challenger_tables_are_validated_like_sections() -> None:
     settings = build_settings(
         {"kafka": KAFKA, "challenger": [{"name": "x", "output_topic": "out.x", "chunk_rows": 5}]}
@@ -151,7 +171,7 @@ def test_streamer_run_exits_2_with_one_line_for_a_mismatched_profile(tmp_path: P
 
 def test_a_challenger_that_cannot_load_is_named_with_its_own_keys() -> None:
     from streamer.errors import ModelLoadError
-    from streamer.topology.pipeline import load_challenger
+    from streamer.topology.monitoring import load_challenger
 
     settings = build_settings(
         {

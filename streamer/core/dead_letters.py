@@ -1,0 +1,38 @@
+"""Dead-letter reasons: one per fault, used as the ``reason`` label, header and field.
+
+Every module that dead-letters a record, counts one or reads one names its
+reason from here, so that the metric's label set, the docs and the code cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+# The record's bytes (core/features.py).
+NOT_UTF8 = "not_utf8"
+INVALID_JSON = "invalid_json"
+NOT_OBJECT = "not_object"
+OVERSIZED = "oversized"
+EMPTY_VALUE = "empty_value"
+# Its features (core/features.py).
+MISSING_FEATURE = "missing_feature"
+NON_NUMERIC_FEATURE = "non_numeric_feature"
+NON_FINITE = "non_finite"
+# The model raised or returned a NaN for the row (actors/model.py).
+MODEL_ERROR = "model_error"
+# The client or the broker refused the record's prediction (e.g. too large).
+PRODUCE_REJECTED = "produce_rejected"
+# Schema-registry formats (core/formats.py): the id is not in the registry, the
+# bytes do not match their schema, no magic byte where the format needs one.
+UNKNOWN_SCHEMA = "unknown_schema"
+UNDECODABLE = "undecodable"
+WRONG_FORMAT = "wrong_format"
+
+REASONS = (
+    NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
+    NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
+    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT,
+)  # fmt: skip
+"""Every reason, in the order of the ``streamer_dead_letters_total`` series."""
+
+FEATURE_REASONS = frozenset({MISSING_FEATURE, NON_NUMERIC_FEATURE, NON_FINITE})
+"""The reasons that name one feature (``feature 'name' ...``): the drift window counts them."""
