@@ -259,8 +259,7 @@ class Cluster:
         stop: threading.Event | None = None,
         values: Sequence[tuple[bytes | None, bytes]] | None = None,
     ) -> int:
-        """Produce ``rate`` records/s for ``seconds`` (no callback per record: the
-        CreateTimes are read back afterwards, see :meth:`create_times`), demo
+        """Produce ``rate`` records/s for ``seconds`` (no callback per record), demo
         records or ``values`` in turn."""
         values = values or list(records(20_000, seed=2))
         producer = self._producer()
@@ -282,30 +281,6 @@ class Cluster:
             time.sleep(0.002)
         producer.flush(60)
         return sent
-
-    def create_times(self, topic: str, count: int) -> dict[tuple[int, int], int]:
-        """(partition, offset) -> CreateTime (ms) of the first ``count`` records of a topic."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"times-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "fetch.queue.backoff.ms": 10,
-            }
-        )
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        times: dict[tuple[int, int], int] = {}
-        deadline = time.monotonic() + 120
-        try:
-            while len(times) < count and time.monotonic() < deadline:
-                for message in consumer.consume(5000, 0.5):
-                    if message.error() is None:
-                        times[(message.partition(), message.offset())] = message.timestamp()[1]
-        finally:
-            consumer.close()
-        return times
 
 
 # --- streamer as a process ---------------------------------------------------------
