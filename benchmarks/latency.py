@@ -442,7 +442,9 @@ def _quantiles(rows: list[list[str]], times: dict[tuple[int, int], int]) -> dict
     ]
     result: dict[str, Any] = {"answered": sum(1 for source in times if source in first_seen)}
     if latencies:
-        q = np.percentile(np.array(latencies), [50, 95, 99, 100]).tolist()
+        # "higher": a quantile is a latency that was measured (inf too), never
+        # interpolated between two (inf - inf is NaN).
+        q = np.percentile(np.array(latencies), [50, 95, 99, 100], method="higher").tolist()
         result.update(dict(zip(("p50", "p95", "p99", "max"), q, strict=True)))
     return result
 
