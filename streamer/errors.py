@@ -46,6 +46,15 @@ class BrokerError(StreamerError):
     """The Kafka broker could not be reached or refused a request."""
 
 
+class StoppedBeforeStartError(StreamerError):
+    """A stop (SIGTERM, SIGINT) came while still waiting for the broker or registry at start.
+
+    Nothing was read, so nothing is left to commit: the stop asked for is clean (exit 0).
+    """
+
+    exit_code = 0
+
+
 class DeliveryError(StreamerError):
     """The broker did not acknowledge an output record."""
 

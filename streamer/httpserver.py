@@ -4,15 +4,19 @@ One server for the metrics actor of a pipeline and for the parent of
 ``streamer run --workers N``. ``/metrics`` is the Prometheus text exposition
 of a registry. ``/healthz`` and ``/readyz`` call a probe that answers
 ``(ok, details)``: 200 when ok, 503 otherwise, with ``details`` as the JSON
-body. Any other path is a JSON 404 that lists the endpoints.
+body. Any other path is a JSON 404 that lists the endpoints; any other method
+than GET a 405.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,7 +24,11 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
+from streamer.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+BIND_RETRY_S = 0.5
 
 # () -> (ok, details): details is a JSON-ready dict that says what is wrong.
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
@@ -32,6 +40,45 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def bind_endpoints(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    probes: Mapping[str, HealthProbe | None],
+    hint: str = "pick a free metrics.port (0 picks any), or stop what listens on it",
+    wait_in_use_s: float = 0.0,
+) -> EndpointServer:
+    """Bind the endpoints' socket now, before anything starts; serve later with ``start``.
+
+    A port in use is tried again for ``wait_in_use_s``: a worker of ``--workers``
+    whose parent was killed waits so for its predecessor, which still serves
+    that port while it drains.
+
+    Raises:
+        ConfigError: The address cannot be bound (in use, not an address of this
+            host, out of range): one line naming metrics.host and metrics.port.
+    """
+    deadline = time.monotonic() + wait_in_use_s
+    waited = False
+    while True:
+        try:
+            return EndpointServer((host, port), registry, probes)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                if not waited:
+                    log.warning(
+                        "metrics port %d in use; trying again for up to %.0fs", port, wait_in_use_s
+                    )
+                waited = True
+                time.sleep(BIND_RETRY_S)
+                continue
+            error: Exception = exc
+        except OverflowError as exc:
+            error = exc
+        msg = f"metrics.host:metrics.port {host}:{port} cannot be bound: {error}; {hint}"
+        raise ConfigError(msg) from None
 
 
 class EndpointServer(ThreadingHTTPServer):
@@ -75,6 +122,19 @@ class EndpointServer(ThreadingHTTPServer):
         self._thread.start()
         return self
 
+    def handle_error(self, request: object, client_address: Any) -> None:
+        """One log line per failed request, never socketserver's traceback print on stderr.
+
+        A client that hangs up mid-request (a scraper's timeout, a probe that
+        gives up) is routine: one DEBUG line. Anything else is logged with its
+        traceback through logging, so that ``--log-format json`` stays JSON.
+        """
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("client %s hung up mid-request: %s", client_address, error)
+            return
+        log.error("request from %s failed", client_address, exc_info=True)
+
     def stop(self) -> None:
         """Stop serving, close the socket and wait for the serving thread."""
         self.shutdown()
@@ -85,10 +145,19 @@ class EndpointServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """GET /metrics (Prometheus text format), the probes (JSON); 404 otherwise."""
+    """GET /metrics (Prometheus text format), the probes (JSON); 404 otherwise.
+
+    Any other method is a 405 with ``Allow: GET`` (http.server's default is a 501).
+    """
 
     server: EndpointServer
     server_version = "streamer"
+
+    def _not_allowed(self) -> None:
+        self._json(405, {"status": "method not allowed", "allow": ["GET"]}, {"Allow": "GET"})
+
+    # http.server's names for the method handlers.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
     def do_GET(self) -> None:
         """Serve one request."""
@@ -123,12 +192,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200 if ok else 503, details)
 
-    def _json(self, status: int, document: dict[str, Any]) -> None:
+    def _json(
+        self, status: int, document: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
         body = json.dumps(document, default=str, sort_keys=True).encode() + b"\n"
-        self._send(status, "application/json", body)
+        self._send(status, "application/json", body, headers)
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

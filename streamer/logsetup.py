@@ -92,12 +92,64 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+_format = "text"
+
+
+def final_line(text: str) -> str:
+    """The command's last line on stderr (``streamer: config error: ...``), in the log's format.
+
+    Text mode: ``text`` itself. JSON mode: one JSON object like the log lines,
+    so that a log pipeline parses every line of stderr.
+    """
+    if _format != "json":
+        return redact(text)
+    record = logging.LogRecord("streamer", logging.ERROR, __file__, 0, text, None, None)
+    record.threadName = "main"
+    return JsonFormatter().format(record)
+
+
+def _log_uncaught(*exc_info: object) -> None:
+    logging.getLogger("streamer").critical("uncaught exception", exc_info=exc_info)  # type: ignore[arg-type]
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("streamer").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    logging.getLogger("streamer").warning(
+        "%s: %r",
+        unraisable.err_msg or "exception ignored",
+        unraisable.object,
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger once, on stderr."""
+    """Configure the root logger once, on stderr.
+
+    In JSON mode, what Python would print on stderr itself goes through the
+    log too: an uncaught exception (main thread or any other), an unraisable
+    one, and warnings, so that every line of stderr is one JSON object.
+    """
+    global _format  # noqa: PLW0603 - one process-wide format, read by final_line
+    _format = fmt
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    json_mode = fmt == "json"
+    sys.excepthook = _log_uncaught if json_mode else sys.__excepthook__
+    threading.excepthook = _log_uncaught_in_thread if json_mode else threading.__excepthook__
+    sys.unraisablehook = _log_unraisable if json_mode else sys.__unraisablehook__
+    logging.captureWarnings(json_mode)
     root.setLevel(level.upper())
     # kafka-python logs every reconnect attempt at WARNING/ERROR; ours say it once, clearly.
     logging.getLogger("kafka").setLevel(

@@ -311,6 +311,14 @@ class ConsumerProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerTripped:
+    """The dead-letter breaker stopped the pipeline; the dominant reason and field."""
+
+    reason: str
+    feature: str
+
+
+@dataclass(frozen=True, slots=True)
 class ActorFailed:
     """An actor raised out of ``on_receive`` and died."""
 

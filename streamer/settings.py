@@ -612,7 +612,8 @@ def _check_value(key: str, value: Any, constraints: Mapping[str, Any]) -> None:
         raise ConfigError(msg)
 
 
-_Merged = dict[str, dict[str, tuple[Any, bool]]]
+# section -> key -> (value, the environment variable that set it, or None).
+_Merged = dict[str, dict[str, tuple[Any, str | None]]]
 
 
 def _merge_sources(
@@ -620,7 +621,7 @@ def _merge_sources(
     environ: Mapping[str, str],
     overrides: Mapping[str, Any],
 ) -> _Merged:
-    """Collect (value, came_from_text) per section and key, later sources winning."""
+    """Collect (value, environment variable or None) per section and key, later sources winning."""
     merged: _Merged = {name: {} for name in SECTIONS}
     for section, table in file_values.items():
         if section not in SECTIONS:
@@ -631,7 +632,7 @@ def _merge_sources(
             msg = f"{section} must be a table like [{section}], got {table!r}"
             raise ConfigError(msg)
         for key, value in table.items():
-            merged[section][key] = (value, False)
+            merged[section][key] = (value, None)
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -639,33 +640,52 @@ def _merge_sources(
         if section not in SECTIONS:
             msg = f"unknown section {section!r} in environment variable {name}"
             raise ConfigError(msg)
-        merged[section][key] = (value, True)
+        merged[section][key] = (value, name)
     for dotted, value in overrides.items():
         if value is not None:
             section, _, key = dotted.partition(".")
-            merged[section][key] = (value, False)
+            merged[section][key] = (value, None)
     return merged
 
 
 def _build_section(
-    section: str, values: dict[str, tuple[Any, bool]], cls: type | None = None
+    section: str, values: dict[str, tuple[Any, str | None]], cls: type | None = None
 ) -> Any:
     cls = cls or SECTIONS[section]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    for key, (value, from_text) in values.items():
+    for key, (value, env_name) in values.items():
         dotted = f"{section}.{key}"
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            msg = f"unknown key {dotted} (known keys in [{section}]: {known})"
-            raise ConfigError(msg)
-        if dotted == "kafka.propagate_headers" and isinstance(value, list):
-            value = ",".join(str(name) for name in value)  # noqa: PLW2901 - a list of names
-        coerced = _coerce(dotted, hints[key], value, from_text=from_text)
-        _check_value(dotted, coerced, fields[key].metadata)
-        kwargs[key] = coerced
+        try:
+            kwargs[key] = _build_value(dotted, fields, hints, value, from_text=env_name is not None)
+        except ConfigError as exc:
+            if env_name is None:
+                raise
+            # The operator looks for the variable, not the key: name it.
+            msg = f"{exc} (set by the environment variable {env_name})"
+            raise ConfigError(msg) from None
     return cls(**kwargs)
+
+
+def _build_value(
+    dotted: str,
+    fields: Mapping[str, dataclasses.Field[Any]],
+    hints: Mapping[str, Any],
+    value: Any,
+    *,
+    from_text: bool,
+) -> Any:
+    section, _, key = dotted.partition(".")
+    if key not in fields:
+        known = ", ".join(sorted(fields))
+        msg = f"unknown key {dotted} (known keys in [{section}]: {known})"
+        raise ConfigError(msg)
+    if dotted == "kafka.propagate_headers" and isinstance(value, list):
+        value = ",".join(str(name) for name in value)
+    coerced = _coerce(dotted, hints[key], value, from_text=from_text)
+    _check_value(dotted, coerced, fields[key].metadata)
+    return coerced
 
 
 def _check_across_keys(settings: Settings) -> None:
@@ -675,6 +695,10 @@ def _check_across_keys(settings: Settings) -> None:
             env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
             msg = f"{dotted} is required (set it in the [{section}] table or {env})"
             raise ConfigError(msg)
+    _check_bootstrap_servers(settings.kafka.bootstrap_servers)
+    if settings.metrics.port > MAX_PORT:
+        msg = f"metrics.port must be at most {MAX_PORT}, got {settings.metrics.port}"
+        raise ConfigError(msg)
     if settings.supervision.dead_letter_max_ratio > 1:
         msg = "supervision.dead_letter_max_ratio must be <= 1 (1 disables the breaker)"
         raise ConfigError(msg)
@@ -696,6 +720,25 @@ def _check_across_keys(settings: Settings) -> None:
         raise ConfigError(msg)
     _check_format(settings.format)
     _check_paths(settings.preprocess.paths)
+
+
+MAX_PORT = 65535
+
+
+def _check_bootstrap_servers(servers: str) -> None:
+    """Each comma-separated entry is host:port with a port in range ([v6]:port for IPv6)."""
+    example = "e.g. 'kafka-1:9092,kafka-2:9092'"
+    if not servers.strip():
+        msg = f"kafka.bootstrap_servers is empty: list the brokers as host:port, {example}"
+        raise ConfigError(msg)
+    for entry in servers.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+            msg = (
+                f"kafka.bootstrap_servers entry {entry.strip()!r} is not host:port "
+                f"(a port 1-{MAX_PORT}), in {servers!r}; {example}"
+            )
+            raise ConfigError(msg)
 
 
 def _check_format(fmt: FormatSettings) -> None:
@@ -802,7 +845,7 @@ def _build_challengers(tables: Any) -> tuple[ChallengerSettings, ...]:
         msg = "challenger must be an array of tables like [[challenger]]"
         raise ConfigError(msg)
     built = [
-        _build_section("challenger", {k: (v, False) for k, v in t.items()}, ChallengerSettings)
+        _build_section("challenger", {k: (v, None) for k, v in t.items()}, ChallengerSettings)
         for t in tables
     ]
     names = [c.name for c in built]

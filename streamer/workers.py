@@ -32,6 +32,7 @@ parent disappears.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import json
@@ -54,8 +55,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from streamer.core.supervision import RestartPolicy
-from streamer.errors import PipelineStartError
-from streamer.httpserver import EndpointServer, free_port
+from streamer.httpserver import EndpointServer, bind_endpoints, free_port
 from streamer.settings import CHALLENGERS_ENV, ENV_PREFIX, SECTIONS, Settings
 from streamer.signals import GracefulSignals
 
@@ -347,14 +347,13 @@ def serve_metrics(pool: WorkerPool) -> EndpointServer | None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Aggregate(pool))
     probes = {path: functools.partial(pool.probe, path) for path in ("/healthz", "/readyz")}
-    try:
-        server = EndpointServer((metrics.host, metrics.port), registry, probes)
-    except OSError as exc:
-        msg = (
-            f"cannot serve the workers' metrics on {metrics.host}:{metrics.port}: {exc}; "
-            "pick a free metrics.port (the workers use the next ones)"
-        )
-        raise PipelineStartError(msg) from None
+    server = bind_endpoints(
+        metrics.host,
+        metrics.port,
+        registry,
+        probes,
+        hint="pick a free metrics.port (the workers use the next ones)",
+    )
     server.start("workers-metrics")
     log.info(
         "workers' metrics at http://%s:%d/metrics (workers on ports %s)",
@@ -384,15 +383,46 @@ def run_workers(
 
 # --- the worker side -------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+"""What the kernel sends a worker when its parent dies; it becomes one SIGTERM (a drain)."""
+
+
+def _ask_kernel_for_parent_death_signal() -> bool:
+    """PR_SET_PDEATHSIG (Linux); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
 
 def watch_parent(parent_pid: int, interval_s: float = 1.0) -> threading.Thread:
-    """SIGTERM this process (a graceful drain) when the parent is gone."""
+    """SIGTERM this process (a graceful drain) once, when the parent is gone.
+
+    On Linux the kernel signals the worker the moment its parent dies
+    (PR_SET_PDEATHSIG), so both workers of a killed parent start their drain at
+    once and leave the group within ``shutdown.timeout_s``; a thread also
+    looks every ``interval_s`` (other systems, or a death before the request).
+    Whichever sees it first sends the one SIGTERM: a second one would make the
+    worker exit without draining.
+    """
+    once = threading.Lock()
+
+    def parent_gone() -> None:
+        if once.acquire(blocking=False):
+            log.error("the parent process %d is gone: stopping this worker", parent_pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(PARENT_DEATH_SIGNAL, lambda _signum, _frame: parent_gone())
+    _ask_kernel_for_parent_death_signal()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval_s)
-        log.error("the parent process %d is gone: stopping this worker", parent_pid)
-        os.kill(os.getpid(), signal.SIGTERM)
+        parent_gone()
 
     thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
     thread.start()

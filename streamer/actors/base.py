@@ -34,6 +34,9 @@ class PipelineActor(pykka.ThreadingActor):
     """
 
     kind = "actor"
+    # A shutdown that reaches its deadline leaves an actor busy with one long message
+    # behind (see the terminator); a daemon thread does not keep the process alive for it.
+    use_daemon_thread = True
 
     def __init__(self, metrics: pykka.ActorRef | None, on_failure: FailureHandler | None) -> None:
         super().__init__()

@@ -35,11 +35,12 @@ from streamer.core.monitoring.agreement import DELTA_BUCKETS
 from streamer.core.monitoring.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
 from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.records import TP
-from streamer.httpserver import EndpointServer, HealthProbe
+from streamer.httpserver import EndpointServer, HealthProbe, bind_endpoints
 from streamer.messages import (
     ActorFailed,
     ActorRestarted,
     BatchDelivered,
+    BreakerTripped,
     ConsumerProgress,
     GetStatus,
     MetricsStatus,
@@ -184,6 +185,12 @@ class PipelineMetrics:
             ["actor"],
             registry=registry,
         )
+        self.breaker_trips = Counter(
+            "streamer_dead_letter_breaker_trips",
+            "Stops by the dead-letter breaker, by the dominant reason and field of the window.",
+            ["reason", "feature"],
+            registry=registry,
+        )
         self.actor_restarts = Counter(
             "streamer_actor_restarts",
             "Dead actors replaced by the supervisor, by kind.",
@@ -285,6 +292,8 @@ class PipelineMetrics:
                 self._lag_series = _set_per_partition(self.consumer_lag, self._lag_series, p.lag)
             case ActorFailed(actor=actor):
                 self.actor_failures.labels(actor=actor).inc()
+            case BreakerTripped(reason=reason, feature=feature):
+                self.breaker_trips.labels(reason=reason, feature=feature).inc()
             case ActorRestarted(actor=actor):
                 self.actor_restarts.labels(actor=actor).inc()
             case ModelReloaded(result=result, name=name, version=version):
@@ -349,9 +358,16 @@ class MetricsActor(PipelineActor):
         model_version: str = "",
         health: HealthProbe | None = None,
         readiness: HealthProbe | None = None,
+        server: EndpointServer | None = None,
     ) -> None:
+        """Keep the settings; ``server`` is the endpoints' socket, if already bound.
+
+        The pipeline binds it in its preflight, so that a port in use stops the
+        start with exit 2; without it, ``open`` binds.
+        """
         super().__init__(None, None)
         self._settings = settings
+        self._bound = server
         # Called from the HTTP server's threads, never from this actor's thread.
         self.health = health
         self.readiness = readiness
@@ -364,8 +380,9 @@ class MetricsActor(PipelineActor):
         """Start the HTTP server, if enabled."""
         if not self._settings.enabled:
             return
-        server = EndpointServer(
-            (self._settings.host, self._settings.port),
+        server = self._bound or bind_endpoints(
+            self._settings.host,
+            self._settings.port,
             self.metrics.registry,
             {"/healthz": self.health, "/readyz": self.readiness},
         )

@@ -25,6 +25,7 @@ from streamer.messages import (
     BatchDelivered,
     BatchPartlyDelivered,
     BatchProduced,
+    BreakerTripped,
     Flush,
     GetStatus,
     ProducerStatus,
@@ -145,11 +146,17 @@ class ProducerActor(PipelineActor):
         client = self._client
         assert client is not None
         source = batch.source
-        if self._breaker is not None and self._breaker.record(len(source), len(batch.rejections)):
+        breaker = self._breaker
+        if breaker is not None and breaker.record(
+            len(source), len(batch.rejections), ((r.reason, r.detail) for r in batch.rejections)
+        ):
+            cause = breaker.cause
+            if cause is not None:
+                self._emit(BreakerTripped(cause.reason, cause.feature.strip("'\"")))
             msg = (
-                f"dead letters are {self._breaker.ratio:.0%} of the last {self._breaker.records} "
-                f"records, above supervision.dead_letter_max_ratio={self._breaker.max_ratio:g}; "
-                f"stopping before {source.topic}/{source.partition}@{source.first_offset} "
+                f"dead letters are {breaker.ratio:.0%} of the last {breaker.records} "
+                f"records, above supervision.dead_letter_max_ratio={breaker.max_ratio:g}: "
+                f"{cause}; stopping before {source.topic}/{source.partition}@{source.first_offset} "
                 "so that a broken model or feature config does not dead-letter the whole topic"
             )
             raise DeadLetterRatioError(msg)

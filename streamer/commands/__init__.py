@@ -4,8 +4,9 @@ Every subcommand's flags live in this package, one module per command or
 pair of commands; each module imports library code only, the heavy parts
 lazily so that ``check-config`` and ``--help`` stay fast.
 
-Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or model,
-and 128+N when a second signal N forces an immediate exit.
+Exit codes: 0 clean stop (also a stop requested while still waiting for the
+broker at start), 1 runtime failure, 2 bad configuration or model, and 128+N
+when a second signal N forces an immediate exit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from streamer import __version__
 from streamer.commands import config, demo, files, replay, run
 from streamer.errors import StreamerError
-from streamer.logsetup import redact, setup_logging
+from streamer.logsetup import final_line, redact, setup_logging
 
 log = logging.getLogger("streamer")
 
@@ -49,16 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except StreamerError as exc:  # ConfigError among them: its exit code is 2
-        print(f"streamer: {redact(str(exc))}", file=sys.stderr)
+        print(final_line(f"streamer: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("streamer: interrupted", file=sys.stderr)
+        print(final_line("streamer: interrupted"), file=sys.stderr)
         return 130
     except Exception as exc:  # every command ends in one line, never in a traceback
         log.debug("unexpected error", exc_info=True)
         hint = "; --log-level DEBUG shows the traceback" if hasattr(args, "log_level") else ""
         text = " ".join(redact(str(exc)).split())
-        print(f"streamer: unexpected error: {type(exc).__name__}: {text}{hint}", file=sys.stderr)
+        print(
+            final_line(f"streamer: unexpected error: {type(exc).__name__}: {text}{hint}"),
+            file=sys.stderr,
+        )
         return 1
     return code
 

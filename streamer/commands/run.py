@@ -47,7 +47,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(
             settings, args.workers, log_level=args.log_level, log_format=args.log_format
         )
-    pipeline = Pipeline(settings)
+    # A worker whose parent was killed and restarted may start while its predecessor,
+    # orphaned, still drains and serves the same metrics port: wait for it to go.
+    port_wait_s = settings.shutdown.timeout_s + 5.0 if args.parent_pid is not None else 0.0
+    pipeline = Pipeline(settings, metrics_port_wait_s=port_wait_s)
     # SIGHUP reloads the model (in the background; a failed reload keeps the old one).
     GracefulSignals(
         lambda _signum: pipeline.request_stop(), on_reload=pipeline.request_reload

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +50,10 @@ class FeatureSpec:
     std: np.ndarray
     standardize: bool = True
     fitted: bool = True
+    underscored_names: bool = False
+    """The model stores names with their spaces turned into underscores (LightGBM: a column
+    "mean radius" is the feature "mean_radius"): a record key with spaces then stands for
+    the name it becomes, unless the record also carries that name itself."""
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -149,6 +154,20 @@ def to_number(name: str, raw: Any) -> float:
     return number
 
 
+def _missing(name: str, doc: dict[str, Any]) -> str:
+    """The detail of a missing feature, with the record's key it was probably meant to be."""
+    wanted = _loose(name)
+    near = [key for key in doc if isinstance(key, str) and _loose(key) == wanted]
+    if not near:
+        return f"feature {name!r} is missing"
+    return f"feature {name!r} is missing; the records carry {near[0]!r}"
+
+
+def _loose(name: str) -> str:
+    """A name compared loosely: case, spaces, underscores, dashes and dots aside."""
+    return re.sub(r"[\s_\-.]+", "", name).lower()
+
+
 def _row_or_problem(
     doc: dict[str, Any], names: tuple[str, ...], means: list[float], missing: str
 ) -> list[float] | _InvalidValueError:
@@ -158,7 +177,7 @@ def _row_or_problem(
         raw = doc.get(name, _ABSENT)
         try:
             if raw is _ABSENT:
-                raise _InvalidValueError(MISSING_FEATURE, f"feature {name!r} is missing")  # noqa: TRY301
+                raise _InvalidValueError(MISSING_FEATURE, _missing(name, doc))  # noqa: TRY301
             row.append(to_number(name, raw))
         except _InvalidValueError as exc:
             if missing != "impute":
@@ -336,6 +355,8 @@ def prepare_rows(
         docs, doc_rows, rejected = reader.decode_batch(values, max_record_bytes)
     if projector is not None:
         docs = projector(docs)
+    if spec.underscored_names:
+        docs = list(map(_with_underscored_keys, docs))
     dropped: list[RowProblem] = []
     matrix = _fast_matrix(docs, spec.names) if docs else None
     if matrix is not None and bool(np.isfinite(matrix).all()):
@@ -352,6 +373,12 @@ def prepare_rows(
         rejected=tuple(rejected),
         dropped=tuple(dropped),
     )
+
+
+def _with_underscored_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` plus each key with spaces under its underscored name; the record's own keys win."""
+    spaced = {k.replace(" ", "_"): v for k, v in doc.items() if isinstance(k, str) and " " in k}
+    return {**spaced, **doc} if spaced else doc
 
 
 def _decode_batch(

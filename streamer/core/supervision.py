@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections import deque
+import re
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+# The field a dead letter's detail names: "feature 'mean_radius' is missing; ...".
+_FEATURE = re.compile(r"""feature ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 @dataclass(frozen=True)
@@ -49,30 +54,68 @@ class RestartPolicy:
         return len(self._restarts)
 
 
+@dataclass(frozen=True)
+class BreakerCause:
+    """The dominant (reason, field) among the dead letters of the breaker's window."""
+
+    reason: str
+    feature: str
+    """The field's name as the detail quotes it (``'mean_radius'``), or '' when none is named."""
+    count: int
+    records: int
+    example: str
+    """One such dead letter's detail, which may say what the record carries instead."""
+
+    def __str__(self) -> str:
+        subject = f"{self.reason} {self.feature}" if self.feature else self.reason
+        hint = self.example.partition("; ")[2]
+        text = f"{subject} in {self.count} of {self.records} records"
+        return f"{text}; {hint}" if hint else f"{text} (e.g. {self.example})"
+
+
+def feature_of(detail: str) -> str:
+    """The quoted field a dead letter's detail names, or ''."""
+    match = _FEATURE.search(detail)
+    return match[1] if match else ""
+
+
 class DeadLetterBreaker:
     """Trips when dead letters exceed ``max_ratio`` of the last ``window_records`` records.
 
     It judges only once ``window_records`` records were seen, so that a few bad
     records at start do not trip it; a broken model or a wrong feature config
-    dead-letters nearly everything and trips it within one window.
+    dead-letters nearly everything and trips it within one window. It counts
+    the dead letters of the window by (reason, field) too, so that its stop
+    can name the cause (:attr:`cause`).
     """
 
     def __init__(self, max_ratio: float, window_records: int) -> None:
         self.max_ratio = max_ratio
         self.window_records = window_records
-        self._batches: deque[tuple[int, int]] = deque()
+        self._batches: deque[tuple[int, int, Counter[tuple[str, str]]]] = deque()
         self._records = 0
         self._dead = 0
+        self._causes: Counter[tuple[str, str]] = Counter()
+        self._examples: dict[tuple[str, str], str] = {}
 
-    def record(self, records: int, dead_letters: int) -> bool:
-        """Add one batch's counts; returns True when the breaker trips."""
-        self._batches.append((records, dead_letters))
+    def record(
+        self, records: int, dead_letters: int, causes: Iterable[tuple[str, str]] = ()
+    ) -> bool:
+        """Add one batch's counts and its dead letters' (reason, detail); True when it trips."""
+        batch_causes: Counter[tuple[str, str]] = Counter()
+        for reason, detail in causes:
+            key = (reason, feature_of(detail))
+            batch_causes[key] += 1
+            self._examples.setdefault(key, detail)
+        self._batches.append((records, dead_letters, batch_causes))
         self._records += records
         self._dead += dead_letters
+        self._causes.update(batch_causes)
         while self._batches and self._records - self._batches[0][0] >= self.window_records:
-            old_records, old_dead = self._batches.popleft()
+            old_records, old_dead, old_causes = self._batches.popleft()
             self._records -= old_records
             self._dead -= old_dead
+            self._causes.subtract(old_causes)
         return self._records >= self.window_records and self.ratio > self.max_ratio
 
     @property
@@ -84,3 +127,13 @@ class DeadLetterBreaker:
     def records(self) -> int:
         """Records in the window."""
         return self._records
+
+    @property
+    def cause(self) -> BreakerCause | None:
+        """The most frequent (reason, field) of the window's dead letters, if any."""
+        ranked = [(count, key) for key, count in self._causes.items() if count > 0]
+        if not ranked:
+            return None
+        count, (reason, feature) = max(ranked)
+        example = self._examples.get((reason, feature), "")
+        return BreakerCause(reason, feature, count, self._records, example)

@@ -17,6 +17,7 @@ from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
+from streamer.httpserver import bind_endpoints
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
 from streamer.topology import health as probes
@@ -51,14 +52,20 @@ class Pipeline:
         backend: Backend | None = None,
         consumer_factory: ConsumerFactory | None = None,
         producer_factory: ProducerFactory | None = None,
+        metrics_port_wait_s: float = 0.0,
     ) -> None:
         """Load the model (unless given) and choose the clients; nothing starts yet.
+
+        ``metrics_port_wait_s``: how long a metrics port in use is tried again
+        before the start fails (a worker of ``--workers`` waits for its
+        predecessor; see :func:`~streamer.httpserver.bind_endpoints`).
 
         The clients come from ``backend`` (by default the one ``kafka.client``
         names); ``consumer_factory`` and ``producer_factory`` replace its two
         halves (the tests' fakes).
         """
         self.settings = settings
+        self._metrics_port_wait_s = metrics_port_wait_s
         self.registry = registry if registry is not None else CollectorRegistry()
         model = model if model is not None else load_configured(settings)
         # A profile that does not match the model is refused here, before anything starts.
@@ -143,6 +150,19 @@ class Pipeline:
         """
         s = self.settings
         check_features(self.model)
+        # Bound before any actor starts: a port in use or out of range exits 2, and the
+        # probes serve from the first second (a daemon without them cannot be watched).
+        server = (
+            bind_endpoints(
+                s.metrics.host,
+                s.metrics.port,
+                self.registry,
+                {"/healthz": self.health, "/readyz": self.readiness},
+                wait_in_use_s=self._metrics_port_wait_s,
+            )
+            if s.metrics.enabled
+            else None
+        )
         self.metrics_ref = MetricsActor.start(
             s.metrics,
             self.registry,
@@ -150,6 +170,7 @@ class Pipeline:
             self.model.version,
             health=self.health,
             readiness=self.readiness,
+            server=server,
         )
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)

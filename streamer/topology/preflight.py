@@ -8,7 +8,7 @@ import threading
 
 from streamer.clients import ConsumerFactory
 from streamer.core.models import Model
-from streamer.errors import BrokerError, ConfigError
+from streamer.errors import BrokerError, ConfigError, StoppedBeforeStartError
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ def wait_for_broker(
 
     Raises:
         ConfigError: A configured topic does not exist on the broker.
-        BrokerError: The broker cannot be reached, and retrying is off or a stop
-            was requested.
+        BrokerError: The broker cannot be reached, and retrying is off.
+        StoppedBeforeStartError: A stop was requested while the broker was unreachable.
     """
     retry_s = settings.supervision.broker_retry_s
     attempt = 0
@@ -38,16 +38,18 @@ def wait_for_broker(
         try:
             check_topics(settings, consumer_factory, retry_s)
         except BrokerError as exc:
-            if retry_s <= 0 or stop_requested.is_set():
+            if retry_s <= 0:
                 raise
-            log.warning(
-                "broker not reachable (attempt %d), retrying in %.0fs: %s",
-                attempt,
-                retry_s,
-                exc,
-            )
-            if stop_requested.wait(retry_s):
-                raise
+            if not stop_requested.is_set():
+                log.warning(
+                    "broker not reachable (attempt %d), retrying in %.0fs: %s",
+                    attempt,
+                    retry_s,
+                    exc,
+                )
+            if stop_requested.is_set() or stop_requested.wait(retry_s):
+                msg = f"stopped while waiting for the broker, before anything was read: {exc}"
+                raise StoppedBeforeStartError(msg) from None
         else:
             return
 
@@ -56,7 +58,7 @@ def wait_for_registry(settings: Settings, stop_requested: threading.Event) -> No
     """For a schema-registry format: retry and log (not ready) until the registry answers.
 
     Raises:
-        BrokerError: A stop was requested while the registry was unreachable.
+        StoppedBeforeStartError: A stop was requested while the registry was unreachable.
     """
     if settings.format.input == "json":
         return
@@ -73,8 +75,11 @@ def wait_for_registry(settings: Settings, stop_requested: threading.Event) -> No
         except RegistryUnavailableError as exc:
             log.warning("%s (attempt %d), retrying in %.1fs", exc, attempt, retry_s)
             if stop_requested.wait(retry_s):
-                msg = f"stopped while waiting for the schema registry: {exc}"
-                raise BrokerError(msg) from None
+                msg = (
+                    "stopped while waiting for the schema registry, before anything was "
+                    f"read: {exc}"
+                )
+                raise StoppedBeforeStartError(msg) from None
         else:
             return
 

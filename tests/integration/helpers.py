@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import subprocess
 import sys
 import threading
@@ -87,14 +88,23 @@ def streamer_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def running_daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``streamer run`` in the background; killed (by its pid) if the test leaves it running."""
+def running_daemon(
+    config: Path,
+    log_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``streamer run`` in the background; killed (by its pid) if the test leaves it running.
+
+    ``args`` are added to the command line, ``env`` to the environment.
+    """
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [*streamer_command(), "run", "--config", str(config)],
+            [*streamer_command(), "run", "--config", str(config), *args],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     try:
         yield process

@@ -67,3 +67,19 @@ def test_a_lightgbm_multiclass_booster_streams_one_probability_per_class(
     for i, doc in enumerate(outputs):
         assert [doc["proba_0"], doc["proba_1"], doc["proba_2"]] == expected[i].tolist()
         assert "reasons" not in doc
+
+
+def test_a_lightgbm_booster_reads_its_underscored_names_from_the_original_keys_unconfigured(
+    cluster: Cluster, start_pipeline: PipelineStarter, tmp_path: Path
+) -> None:
+    import lightgbm as lgb
+
+    assert "mean radius" in NAMES  # LightGBM stored it as "mean_radius"
+    path = zoo.lightgbm_file("binary", tmp_path)
+    booster = lgb.Booster(model_file=str(path))
+    assert "mean_radius" in booster.feature_name()
+
+    outputs = stream(cluster, start_pipeline, {"kind": "lightgbm", "path": str(path)})
+
+    expected = booster.predict(zoo.records()[NAMES])
+    assert [doc["score"] for doc in outputs] == expected.tolist()

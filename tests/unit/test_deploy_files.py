@@ -37,6 +37,10 @@ GRAFANA_DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml
 GRAFANA_DASHBOARDS = GRAFANA / "provisioning" / "dashboards" / "streamer.yml"
 K8S = ROOT / "deploy" / "k8s"
 
+# SIGTERM to exit is at most shutdown.timeout_s + 2 s (docs/delivery.md, "The bound");
+# the shipped grace periods add a margin: timeout_s + 5 s.
+SHUTDOWN_EXIT_SLACK_S = 5.0
+
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -221,12 +225,12 @@ class TestCompose:
         mounts = {target: source for source, target in _bind_mounts(streamer)}
         assert mounts[config_path] == "./deploy/streamer.toml"
 
-    def test_streamer_grace_period_is_longer_than_the_shutdown_budget(
+    def test_streamer_grace_period_covers_the_measured_shutdown_bound(
         self, services: dict[str, Any], example_settings: Settings
     ) -> None:
         grace = services["streamer"]["stop_grace_period"]
         assert grace.endswith("s")
-        assert float(grace[:-1]) > example_settings.shutdown.timeout_s
+        assert float(grace[:-1]) >= example_settings.shutdown.timeout_s + SHUTDOWN_EXIT_SLACK_S
 
     def test_generator_produces_forever_into_the_input_topic(
         self, services: dict[str, Any], example_settings: Settings
@@ -623,10 +627,11 @@ class TestKubernetes:
         (workdir,) = _instruction("WORKDIR")
         assert workdir in {mount["mountPath"] for mount in k8s_container["volumeMounts"]}
 
-    def test_the_grace_period_is_longer_than_the_shutdown_budget(
+    def test_the_grace_period_covers_the_measured_shutdown_bound(
         self, k8s_pod: dict[str, Any], k8s_settings: Settings
     ) -> None:
-        assert k8s_pod["terminationGracePeriodSeconds"] > k8s_settings.shutdown.timeout_s
+        grace = k8s_pod["terminationGracePeriodSeconds"]
+        assert grace >= k8s_settings.shutdown.timeout_s + SHUTDOWN_EXIT_SLACK_S
 
     def test_it_runs_the_mounted_config_map(
         self, k8s_pod: dict[str, Any], k8s_container: dict[str, Any]

@@ -270,3 +270,30 @@ def test_a_row_prepared_alone_equals_the_same_row_prepared_in_a_batch(
     singles = [prepare_batch([v], SPEC, missing="impute").features for v in values]
     stacked = np.concatenate(singles) if singles else np.empty((0, 3))
     assert stacked.tobytes() == whole.features.tobytes()
+
+
+class TestUnderscoredNames:
+    SPEC = FeatureSpec(
+        ("mean_radius", "worst_area"), np.zeros(2), np.ones(2), underscored_names=True
+    )
+
+    def test_a_key_with_spaces_stands_for_its_underscored_name(self) -> None:
+        values = [orjson.dumps({"mean radius": 1.5, "worst area": 2.25})]
+        prepared = prepare_batch(values, self.SPEC, standardize=False)
+        assert prepared.features.tolist() == [[1.5, 2.25]]
+
+    def test_the_records_own_underscored_key_wins(self) -> None:
+        values = [orjson.dumps({"mean radius": 1.5, "mean_radius": 9.0, "worst area": 2.0})]
+        prepared = prepare_batch(values, self.SPEC, standardize=False)
+        assert prepared.features.tolist() == [[9.0, 2.0]]
+
+    def test_without_the_flag_the_missing_detail_names_the_key_the_records_carry(self) -> None:
+        spec = FeatureSpec(("mean_radius",), np.zeros(1), np.ones(1))
+        prepared = prepare_batch([orjson.dumps({"Mean Radius": 1.0})], spec)
+        assert prepared.rejected == (
+            RowProblem(
+                0,
+                "missing_feature",
+                "feature 'mean_radius' is missing; the records carry 'Mean Radius'",
+            ),
+        )

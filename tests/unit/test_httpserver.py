@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streamer.httpserver import EndpointServer
+from streamer.errors import ConfigError
+from streamer.httpserver import EndpointServer, bind_endpoints
 
 
 @pytest.fixture
@@ -55,3 +57,40 @@ def test_another_path_is_a_json_404_that_lists_the_endpoints(server: EndpointSer
     status, _type, body = get(server, "/nope")
     assert status == 404
     assert json.loads(body)["endpoints"] == ["/metrics", "/healthz", "/readyz"]
+
+
+def test_another_method_is_a_405_that_allows_get(server: EndpointServer) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)  # noqa: S310 - a loopback URL
+    assert (refused.value.code, refused.value.headers["Allow"]) == (405, "GET")
+
+
+def test_a_client_that_hangs_up_is_one_debug_line_and_nothing_on_stderr(
+    server: EndpointServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the capture: another test's handler may hold a stream closed since.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [caplog.handler])
+    caplog.set_level(logging.DEBUG, logger="streamer.httpserver")
+
+    def hang_up() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    try:
+        hang_up()
+    except BrokenPipeError:
+        server.handle_error(None, ("127.0.0.1", 5555))
+    assert capsys.readouterr().err == ""
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "client ('127.0.0.1', 5555) hung up mid-request: [Errno 32] Broken pipe")
+    ]
+
+
+def test_a_port_in_use_is_a_config_error_naming_the_keys(server: EndpointServer) -> None:
+    with pytest.raises(
+        ConfigError, match=r"metrics.host:metrics.port 127.0.0.1:\d+ cannot be bound"
+    ):
+        bind_endpoints("127.0.0.1", server.port, CollectorRegistry(), {})

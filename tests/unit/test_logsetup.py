@@ -39,6 +39,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     thread_name = threading.current_thread().name
     yield
     logsetup._secrets = secrets
+    setup_logging("INFO")  # the text mode's hooks back
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(kafka_level)
@@ -111,6 +112,32 @@ class TestJsonLines:
         assert isinstance(logging.getLogger().handlers[0].formatter, TextFormatter)
 
 
+class TestJsonEverywhere:
+    def test_the_final_line_and_an_uncaught_thread_exception_are_json(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        setup_logging("INFO", "json")
+
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        thread = threading.Thread(target=fail, name="some-library")
+        thread.start()
+        thread.join()
+        final = json.loads(logsetup.final_line("streamer: config error: metrics.port ..."))
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert lines[0]["message"] == "uncaught exception in thread some-library"
+        assert "RuntimeError: boom" in lines[0]["exception"]
+        assert (final["level"], final["message"]) == (
+            "ERROR",
+            "streamer: config error: metrics.port ...",
+        )
+
+    def test_the_text_mode_final_line_is_the_text(self) -> None:
+        setup_logging("INFO")
+        assert logsetup.final_line("streamer: interrupted") == "streamer: interrupted"
+
+
 class TestSecrets:
     def test_the_settings_repr_hides_the_sasl_password(self) -> None:
         settings = build_settings(
@@ -167,7 +194,7 @@ class TestSecrets:
         class StopHereError(Exception):
             pass
 
-        def fake_pipeline(_settings: object) -> None:
+        def fake_pipeline(_settings: object, **_options: object) -> None:
             seen.append(redact(f"password={PASSWORD}"))
             raise StopHereError
 

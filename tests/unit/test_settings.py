@@ -158,13 +158,46 @@ class TestSources:
 
 
 class TestErrors:
+    @pytest.mark.parametrize(
+        ("servers", "named"),
+        [
+            ("", "kafka.bootstrap_servers is empty"),
+            ("kafka", "entry 'kafka' is not host:port"),
+            ("kafka:port", "entry 'kafka:port' is not host:port"),
+            ("kafka:9092,", "entry '' is not host:port"),
+            ("kafka:70000", "entry 'kafka:70000' is not host:port"),
+        ],
+    )
+    def test_empty_or_malformed_bootstrap_servers_are_refused(
+        self, servers: str, named: str
+    ) -> None:
+        message = config_error(
+            file_values=with_topics(kafka={"bootstrap_servers": servers}), environ={}
+        )
+        assert message.startswith("config error: kafka.bootstrap_servers"), message
+        assert named in message
+
+    def test_bootstrap_servers_accept_hosts_and_bracketed_ipv6(self) -> None:
+        document = with_topics(kafka={"bootstrap_servers": "a:9092, 10.0.0.1:9093,[::1]:9094"})
+        assert build_settings(document, environ={}).kafka.bootstrap_servers
+
+    def test_a_metrics_port_beyond_65535_is_refused(self) -> None:
+        message = config_error(file_values=with_topics(metrics={"port": 70000}), environ={})
+        assert message == "config error: metrics.port must be at most 65535, got 70000"
+
     def test_a_non_integer_environment_value_names_the_key(self) -> None:
         message = config_error(file_values=TOPICS, environ={"STREAMER_BATCH__MAX_RECORDS": "abc"})
-        assert message == "config error: batch.max_records must be int, got 'abc'"
+        assert message == (
+            "config error: batch.max_records must be int, got 'abc' "
+            "(set by the environment variable STREAMER_BATCH__MAX_RECORDS)"
+        )
 
     def test_a_non_boolean_environment_value_names_the_key(self) -> None:
         message = config_error(file_values=TOPICS, environ={"STREAMER_METRICS__ENABLED": "maybe"})
-        assert message == "config error: metrics.enabled must be bool, got 'maybe'"
+        assert message == (
+            "config error: metrics.enabled must be bool, got 'maybe' "
+            "(set by the environment variable STREAMER_METRICS__ENABLED)"
+        )
 
     def test_an_unknown_section_in_the_file_is_named(self) -> None:
         message = config_error(file_values=with_topics(bogus={"x": 1}))

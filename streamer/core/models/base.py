@@ -121,6 +121,7 @@ def preparation_key(spec: FeatureSpec) -> str:
     digest.update(spec.mean.astype("float64", copy=False).tobytes())
     digest.update(spec.std.astype("float64", copy=False).tobytes())
     digest.update(b"1" if spec.standardize else b"0")
+    digest.update(b"_" if spec.underscored_names else b"")
     return digest.hexdigest()[:16]
 
 

@@ -5,6 +5,8 @@ See :mod:`.boosters` for what the booster kinds share.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from streamer.core.models.base import ModelOptions
@@ -39,9 +41,11 @@ def load(options: ModelOptions) -> ChunkedModel:
     names = [str(n) for n in booster.feature_name()]
     generated = names == [f"Column_{i}" for i in range(len(names))]
     configured = list(options.features)
+    # LightGBM saves "mean radius" as "mean_radius"; the events carry the original.
+    underscored = not generated and any("_" in n for n in names)
     if [_lightgbm_name(n) for n in configured] == names:
-        # LightGBM saves "mean radius" as "mean_radius": the events carry the original.
         names = configured
+        underscored = False
     spec = resolve_spec(
         raw_values(options),
         where,
@@ -49,6 +53,9 @@ def load(options: ModelOptions) -> ChunkedModel:
         model_names_what="the booster's feature names",
         n_inputs=booster.num_feature(),
     )
+    if underscored:
+        # Without preprocess.features, a record's "mean radius" is read as "mean_radius".
+        spec = dataclasses.replace(spec, underscored_names=True)
 
     # One thread: tree predictions are per row, and the pipeline parallelizes across actors.
     def call(chunk: np.ndarray) -> np.ndarray:

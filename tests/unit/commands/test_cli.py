@@ -79,7 +79,8 @@ def test_check_config_reads_the_environment(
     monkeypatch.setenv("STREAMER_BATCH__MAX_RECORDS", "abc")
     assert main(["check-config", str(path)]) == 2
     assert capsys.readouterr().err == (
-        "streamer: config error: batch.max_records must be int, got 'abc'\n"
+        "streamer: config error: batch.max_records must be int, got 'abc' "
+        "(set by the environment variable STREAMER_BATCH__MAX_RECORDS)\n"
     )
 
 

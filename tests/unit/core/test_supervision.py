@@ -45,3 +45,34 @@ class TestDeadLetterBreaker:
     def test_a_ratio_at_the_threshold_does_not_trip(self) -> None:
         breaker = DeadLetterBreaker(max_ratio=0.5, window_records=10)
         assert breaker.record(10, 5) is False
+
+
+class TestBreakerCause:
+    def test_the_cause_is_the_dominant_reason_and_field_of_the_window(self) -> None:
+        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=100)
+        missing = "feature 'mean_radius' is missing; the records carry 'mean radius'"
+        assert not breaker.record(50, 10, [("invalid_json", "not JSON: line 1")] * 10)
+        assert breaker.record(50, 50, [("missing_feature", missing)] * 50)
+        cause = breaker.cause
+        assert cause is not None
+        assert (cause.reason, cause.feature, cause.count) == (
+            "missing_feature",
+            "'mean_radius'",
+            50,
+        )
+        assert str(cause) == (
+            "missing_feature 'mean_radius' in 50 of 100 records; the records carry 'mean radius'"
+        )
+
+    def test_causes_leave_the_window_with_their_batch(self) -> None:
+        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=100)
+        breaker.record(100, 100, [("invalid_json", "not JSON")] * 100)
+        breaker.record(100, 100, [("non_finite", "feature 'x' is nan, not finite")] * 100)
+        assert str(breaker.cause) == (
+            "non_finite 'x' in 100 of 100 records (e.g. feature 'x' is nan, not finite)"
+        )
+
+    def test_no_dead_letters_no_cause(self) -> None:
+        breaker = DeadLetterBreaker(max_ratio=0.5, window_records=10)
+        breaker.record(10, 0)
+        assert breaker.cause is None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pykka
+import pytest
 
 from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import BrokerError
@@ -18,7 +21,7 @@ from streamer.messages import (
     StopFetching,
 )
 from streamer.topology.specs import SPECS, Stage, Wiring, attach, new_routes
-from streamer.topology.terminator import STOP_ORDER, Terminator
+from streamer.topology.terminator import CLOSE_RESERVE_S, STOP_ORDER, Terminator, close_reserve
 from tests.unit.fakes import FakeKafka, Mailbox, make_records, start_recorder, wait_until
 from tests.unit.topology.helpers import (
     INPUT,
@@ -194,6 +197,35 @@ class TestTerminator:
         report = s.terminator.shutdown(5.0, s.metrics)
         assert s.steps() == STOPS
         assert report.exit_code == 1
+
+
+class TestBudget:
+    def test_a_model_busy_with_a_deep_inbox_is_left_behind_and_the_budget_is_kept(self) -> None:
+        s = Shutdown({GetInFlight: in_flight([1])})
+        release = threading.Event()
+        slow = Scripted.start("model-0", s.journal, {str: lambda: release.wait(10)})
+        s.routes[Stage.MODEL].set([slow])
+        for _ in range(20):  # one being scored, 19 queued: 200 s of work
+            slow.tell("batch")
+        queued_ask = slow.ask("batch", block=False)
+
+        started = time.monotonic()
+        report = s.terminator.shutdown(1.0, s.metrics)
+        seconds = time.monotonic() - started
+
+        assert seconds < 1.5
+        assert (report.exit_code, report.committed) == (1, COMMITTED)
+        assert ("producer", "stopped") in s.steps()
+        assert ("consumer", "stopped") in s.steps()
+        with pytest.raises(pykka.ActorDeadError):
+            queued_ask.get(timeout=1)
+        release.set()
+        wait_until(lambda: not slow.is_alive(), timeout=5)
+        assert s.journal.items().count(("model-0", "str")) == 1, "a queued batch was handled"
+
+    def test_the_drain_leaves_the_close_reserve_of_the_budget(self) -> None:
+        assert close_reserve(30.0) == CLOSE_RESERVE_S
+        assert close_reserve(1.5) == 0.5
 
 
 class TestInFlight:
