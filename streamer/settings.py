@@ -63,7 +63,12 @@ class KafkaSettings:
     heartbeat_interval_s: float = _doc("Group heartbeat interval.", default=3.0)
     max_poll_interval_s: float = _doc("Longest gap between polls before eviction.", default=300.0)
     max_poll_records: int = _doc("Most records one poll returns.", default=5000)
-    fetch_max_wait_s: float = _doc("Longest the broker holds a fetch for more data.", default=0.05)
+    fetch_max_wait_s: float = _doc(
+        "Longest the broker holds a fetch for more data. Apache Kafka answers as soon as data "
+        "is there, so this only paces the fetches of idle partitions; Tansu holds every fetch "
+        "this long, data or not, so it is latency on every hop there (docs/performance.md).",
+        default=0.005,
+    )
     linger_s: float = _doc("Producer batching delay.", default=0.005)
     producer_batch_bytes: int = _doc("Producer batch size per partition.", default=131072)
     max_request_bytes: int = _doc(
@@ -123,9 +128,10 @@ class BatchSettings:
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
     eager_when_idle: bool = _doc(
-        "Send partial micro-batches at once while fewer than max_in_flight/4 batches are in "
-        "flight, instead of waiting max_wait_s: a quiet stream is scored without the wait, a "
-        "busy one still fills its batches.",
+        "Send partial micro-batches at once while fewer than max_in_flight/4 batches wait in "
+        "the stages (not yet produced) and fewer than max_in_flight/2 are in flight, instead "
+        "of waiting max_wait_s: a quiet stream is scored without the wait, a busy one still "
+        "fills its batches.",
         default=True,
     )
 
