@@ -42,6 +42,11 @@ test-integration: $(STAMP) $(OIP_STAMP)
 bench: $(STAMP) $(OIP_STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
+# The window-state engine alone, no broker: records/s, RSS, restore (docs/state.md).
+.PHONY: bench-state
+bench-state: $(STAMP)
+	$(BIN)/python benchmarks/state.py $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check streamer tests benchmarks
 	$(BIN)/ruff format --check streamer tests benchmarks

@@ -8,7 +8,10 @@ measured program runs in a fresh interpreter, one at a time:
 (b) streamer    `streamer run` with each backend, 1 and 2 worker processes,
                 with its ratio to its own backend's floor
 (c) latency     end to end (input CreateTime -> output seen by a reader) at
-                50% and 10% of (b)'s one-worker throughput, p50 / p95 / p99
+                2,000 / 10,000 / 30,000 records/s, p50 / p95 / p99 / max, for the
+                pass-through floor, the bare scoring loop and streamer (defaults),
+                each row on a fresh broker, every program in its own process
+                (latency.py)
 (d) memory      peak RSS and RSS growth while a model 5x slower than the
                 input holds the pipeline in backpressure (--memory-seconds)
 (e) scaling     throughput against preprocessor/model actors and batch size
@@ -78,7 +81,7 @@ PARTITIONS = 4
 # slower, not faster (linger 0: p99 x8). A partial batch does not wait for
 # batch.max_wait_s while little is in flight (batch.eager_when_idle).
 LATENCY_SETTINGS: dict[str, dict[str, Any]] = json.loads(
-    os.environ.get("BENCH_LATENCY_SETTINGS", '{"kafka": {"fetch_max_wait_s": 0.005}}')
+    os.environ.get("BENCH_LATENCY_SETTINGS", "{}")
 )
 
 
@@ -260,8 +263,7 @@ class Cluster:
         stop: threading.Event | None = None,
         values: Sequence[tuple[bytes | None, bytes]] | None = None,
     ) -> int:
-        """Produce ``rate`` records/s for ``seconds`` (no callback per record: the
-        CreateTimes are read back afterwards, see :meth:`create_times`), demo
+        """Produce ``rate`` records/s for ``seconds`` (no callback per record), demo
         records or ``values`` in turn."""
         values = values or list(records(20_000, seed=2))
         producer = self._producer()
@@ -283,30 +285,6 @@ class Cluster:
             time.sleep(0.002)
         producer.flush(60)
         return sent
-
-    def create_times(self, topic: str, count: int) -> dict[tuple[int, int], int]:
-        """(partition, offset) -> CreateTime (ms) of the first ``count`` records of a topic."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"times-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "fetch.queue.backoff.ms": 10,
-            }
-        )
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        times: dict[tuple[int, int], int] = {}
-        deadline = time.monotonic() + 120
-        try:
-            while len(times) < count and time.monotonic() < deadline:
-                for message in consumer.consume(5000, 0.5):
-                    if message.error() is None:
-                        times[(message.partition(), message.offset())] = message.timestamp()[1]
-        finally:
-            consumer.close()
-        return times
 
 
 # --- streamer as a process ---------------------------------------------------------
@@ -581,143 +559,39 @@ class Bench:
             )
         )
 
-    def latency(self, best: dict[str, float]) -> None:
-        """At each load (a fraction of (b)'s one-worker rate); --latency-rate fixes one rate."""
-        for backend in self.args.latency_backends:
-            for load in self.args.latency_loads:
-                rate = self.args.latency_rate or load * best.get(backend, 20_000.0)
-                label = f"{backend}, {load:.0%} load" if not self.args.latency_rate else backend
-                self._broker_latency(label, rate)
-                floor = self._passthrough_latency(label, rate)
-                self._latency(backend, rate, label, floor)
-                if self.args.latency_rate:
-                    break
+    def latency(self) -> None:
+        """(c) At fixed rates: the pass-through floor, the bare scoring loop, streamer.
 
-    def _broker_latency(self, label: str, rate: float) -> None:
-        """The same generator and reader on one topic, without streamer: the broker's share."""
-        seconds = self.args.latency_seconds
-        self.log(f"(c) broker alone, {rate:.0f} records/s for {seconds:g}s")
-        topic = self.cluster.topic("bench-lat-floor")
-        seen: list[tuple[Any, float]] = []
-        stop = threading.Event()
-        tail = threading.Thread(target=self._tail, args=(topic, seen, stop, False), daemon=True)
-        timestamps: dict[tuple[int, int], int] = {}
-        try:
-            tail.start()
-            sent = self.cluster.generate(topic, rate, seconds)
-            wait_until(lambda: len(seen) >= sent, 60, f"{sent} records", interval_s=0.1)
-            timestamps = self.cluster.create_times(topic, sent)
-        finally:
-            stop.set()
-            tail.join(10)
-            self.cluster.delete(topic)
-        p50, p95, p99 = _percentiles(seen, timestamps)
-        self.rows.append(
-            Row(
-                "c",
-                f"broker alone p99, {label}",
-                p99,
-                "ms",
-                None,
-                f"p50 {p50:.1f}, p95 {p95:.1f}: produce (linger 5 ms) -> Tansu -> reader",
-            )
-        )
-
-    def _passthrough_latency(self, label: str, rate: float) -> float:
-        """The floor: a bare confluent consume -> produce loop (passthrough.py), same rate.
-
-        Two broker hops and nothing else; returns its p99 (ms).
+        Each row on a fresh broker (unless --bootstrap), the system under test, the
+        generator and the reader each in its own process (benchmarks/latency.py).
         """
-        seconds = self.args.latency_seconds
-        self.log(f"(c) pass-through floor, {rate:.0f} records/s for {seconds:g}s")
-        topic = self.cluster.topic("bench-lat-pass")
-        output = self.cluster.topic("bench-lat-pass-out")
-        command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", self.bootstrap]
-        command += ["--topic", topic, "--output", output]
-        command += ["--session-ms", str(int(self.args.session_timeout * 1000))]
-        wait_ms = float(LATENCY_SETTINGS.get("kafka", {}).get("fetch_max_wait_s", 0.05)) * 1000
-        command += ["--fetch-wait-ms", str(int(wait_ms)), "--hops"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        seen: list[tuple[Any, float]] = []
-        stop = threading.Event()
-        tail = threading.Thread(target=self._tail, args=(output, seen, stop), daemon=True)
-        timestamps: dict[tuple[int, int], int] = {}
-        try:
-            assert process.stdout is not None
-            if process.stdout.readline().strip() != "ready":
-                msg = f"passthrough.py exited with {process.wait()} before it was ready"
-                raise RuntimeError(msg)
-            tail.start()
-            sent = self.cluster.generate(topic, rate, seconds)
-            wait_until(lambda: len(seen) >= sent, 120, f"{sent} outputs", interval_s=0.1)
-            timestamps = self.cluster.create_times(topic, sent)
-        finally:
-            stop.set()
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            tail.join(10)
-            self.cluster.delete(topic, output)
-        p50, p95, p99 = _percentiles(seen, timestamps)
-        self.rows.append(
-            Row(
-                "c",
-                f"pass-through floor p99, {label}",
-                p99,
-                "ms",
-                None,
-                f"p50 {p50:.1f}, p95 {p95:.1f}: bare confluent consume -> produce, two hops",
-            )
-        )
-        return p99
+        import latency  # benchmarks/ is on the path when bench.py runs as a script
 
-    def _latency(self, backend: str, rate: float, label: str, floor: float) -> None:
+        systems = ["passthrough", "scoring"] + [f"streamer-{b}" for b in self.args.latency_backends]
+        names = {
+            "passthrough": "pass-through floor",
+            "scoring": "bare scoring loop",
+            "streamer-kafka-python": "streamer kafka-python",
+            "streamer-confluent": "streamer confluent",
+        }
         seconds = self.args.latency_seconds
-        self.log(f"(c) latency, {backend}, {rate:.0f} records/s for {seconds:g}s")
-        topic = self.cluster.topic("bench-lat", dlq=True)
-        output = self.cluster.topic("bench-lat-out")
-        process = self.streamer(backend, topic, output, sections=LATENCY_SETTINGS)
-        seen: list[tuple[Any, float]] = []
-        stop = threading.Event()
-        tail = threading.Thread(target=self._tail, args=(output, seen, stop), daemon=True)
-        timestamps: dict[tuple[int, int], int] = {}
-        exposition = ""
-        try:
-            wait_until(process.ready, 120, "streamer to be ready")
-            tail.start()
-            sent = self.cluster.generate(topic, rate, seconds)
-            wait_until(lambda: len(seen) >= sent, 120, f"{sent} outputs", interval_s=0.1)
-            exposition = process.metrics()
-            timestamps = self.cluster.create_times(topic, sent)
-        finally:
-            stop.set()
-            code = process.stop()
-            self.cluster.delete(topic, f"{topic}.dlq", output)
-        p50, p95, p99 = _percentiles(seen, timestamps)
-        note = f"{rate:,.0f} records/s, {_settings_note(LATENCY_SETTINGS)}"
-        for name, value in (("p50", p50), ("p95", p95), ("p99", p99)):
-            above = f"; floor + {p99 - floor:.1f} ms" if name == "p99" else ""
-            row_note = f"{note}{above}; exit {code}"
-            self.rows.append(Row("c", f"latency {name}, {label}", value, "ms", None, row_note))
-        buckets = histogram(exposition, "streamer_end_to_end_latency_seconds")
-        q50, q95, q99 = (
-            1000 * (histogram_quantile(q, buckets) or float("nan")) for q in (0.5, 0.95, 0.99)
-        )
-        self.rows.append(
-            Row(
-                "c",
-                f"streamer's histogram p99, {label}",
-                q99,
-                "ms",
-                None,
-                f"p50 {q50:.1f}, p95 {q95:.1f}: "
-                "CreateTime -> output acknowledged (bucket estimate)",
-            )
-        )
-        self._stage_rows(exposition, label)
+        for rate in self.args.latency_rates:
+            floor: dict[str, Any] = {}
+            for system in systems:
+                self.log(f"(c) {names[system]}, {rate:,.0f} records/s for {seconds:g}s")
+                result = latency.measure(
+                    system,
+                    rate,
+                    seconds,
+                    bootstrap=self.args.bootstrap,
+                    settings=LATENCY_SETTINGS if system.startswith("streamer") else None,
+                    session_ms=int(self.args.session_timeout * 1000),
+                )
+                if system == "passthrough":
+                    floor = result
+                self.rows.append(_latency_row(names[system], rate, result, floor))
+                if system.startswith("streamer") and result["exposition"]:
+                    self._stage_rows(result["exposition"], f"{names[system]}, {rate:,.0f}/s")
 
     def _stage_rows(self, exposition: str, label: str) -> None:
         """Where a record's time goes, from streamer's own histograms (ms: mean / p95).
@@ -762,51 +636,6 @@ class Bench:
                 {"means_ms": means},
             )
         )
-
-    def _tail(
-        self,
-        topic: str,
-        seen: list[tuple[Any, float]],
-        stop: threading.Event,
-        outputs: bool = True,
-    ) -> None:
-        """Read ``topic`` as it grows; note (what names the input, time seen).
-
-        That is the output's bytes (parsed after the run, by :func:`_percentiles`)
-        or, with ``outputs=False``, the record's own (partition, offset): the
-        reader shares the 2 cores with streamer and the broker, so it does as
-        little as possible per record while the clock runs.
-        """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"tail-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
-                "fetch.queue.backoff.ms": 1,
-            }
-        )
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        try:
-            while not stop.is_set():
-                # consume(n, timeout) waits for n messages or the timeout, which
-                # would add up to the timeout to each latency: wait for the first
-                # message only, then take what has already arrived.
-                first = consumer.poll(0.05)
-                if first is None:
-                    continue
-                received = time.time() * 1000
-                for message in [first, *consumer.consume(1000, 0)]:
-                    if message.error() is not None:
-                        continue
-                    if outputs:
-                        seen.append((message.value(), received))
-                    else:
-                        seen.append(((message.partition(), message.offset()), received))
-        finally:
-            consumer.close()
 
     def memory(self) -> None:
         for backend in self.args.memory_backends:
@@ -1176,26 +1005,22 @@ class Bench:
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
-        best = self.throughputs() if "a" in self.args.sections else {}
-        if "p" in self.args.sections:
-            self.peers()
-        if "c" in self.args.sections:
-            self.latency(best)
-        if "d" in self.args.sections:
-            self.memory()
-        if "e" in self.args.sections:
-            self.scaling()
-        if "f" in self.args.sections:
-            self.large()
-        if "h" in self.args.sections:
-            self.health()
-        # Last of the broker rows: (r) reads topics of its own.
-        if "r" in self.args.sections:
-            self.formats()
-        if "m" in self.args.sections:
-            self.model_kinds()
-        if "o" in self.args.sections:
-            self.remote()
+        # In this order; (r) is the last of the broker rows: it reads topics of its own.
+        sections = {
+            "a": self.throughputs,
+            "p": self.peers,
+            "c": self.latency,
+            "d": self.memory,
+            "e": self.scaling,
+            "f": self.large,
+            "h": self.health,
+            "r": self.formats,
+            "m": self.model_kinds,
+            "o": self.remote,
+        }
+        for section, measure in sections.items():
+            if section in self.args.sections:
+                measure()
 
     def formats(self) -> None:
         """(r) Avro input at batch 1000 next to JSON, on the same backend, in the same run.
@@ -1403,27 +1228,29 @@ def _spread(runs: list[float]) -> str:
     return f"median of {len(runs)} runs, {min(runs):,.0f}-{max(runs):,.0f}"
 
 
-def _percentiles(
-    seen: list[tuple[Any, float]], timestamps: dict[tuple[int, int], int]
-) -> tuple[float, float, float]:
-    """p50, p95 and p99 of (time seen - input CreateTime), after the first second.
-
-    ``seen`` names each input by an output's bytes or by (partition, offset).
-    """
-    warmup_ms = min(timestamps.values()) + 1000 if timestamps else 0
-    latencies = []
-    for what, received in seen:
-        source = what
-        if isinstance(what, bytes):
-            doc = orjson.loads(what)
-            source = (doc["partition"], doc["offset"])
-        created = timestamps.get(source)
-        if created is not None and created >= warmup_ms:
-            latencies.append(received - created)
-    if not latencies:
-        return (float("nan"),) * 3
-    p50, p95, p99 = np.percentile(np.array(latencies), [50, 95, 99]).tolist()
-    return p50, p95, p99
+def _latency_row(name: str, rate: float, result: dict[str, Any], floor: dict[str, Any]) -> Row:
+    """A row of (c): the p99, with p50, p95, max, the distance to the floor and the CPU."""
+    nan = float("nan")
+    p50, p95, p99, top = (result.get(q, nan) for q in ("p50", "p95", "p99", "max"))
+    note = f"p50 {p50:.1f}, p95 {p95:.1f}, max {top:.1f}"
+    if floor and floor is not result:
+        note += (
+            f"; floor + {p99 - floor.get('p99', nan):.1f} ms at p99, "
+            f"+ {p50 - floor.get('p50', nan):.1f} at p50"
+        )
+    note += (
+        f"; {result['answered']:,}/{result['sent']:,} answered; CPU {result['cpu_system']:.2f} "
+        f"core, broker {result['cpu_broker']:.2f}; exit {result['exit']}"
+    )
+    return Row(
+        "c",
+        f"{name}, {rate:,.0f}/s, p99",
+        p99,
+        "ms",
+        None,
+        note,
+        {k: result.get(k) for k in ("p50", "p95", "p99", "max", "rate", "system", "sent")},
+    )
 
 
 def _settings_note(sections: dict[str, dict[str, Any]]) -> str:
@@ -1533,7 +1360,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "a": "(a) floors: bare single-thread loops",
         "b": "(b) streamer, ratio to its own backend's floor",
         "p": "(p) peers on the same job; x floor = ratio to the fastest peer",
-        "c": "(c) end-to-end latency at a share of (b)'s one-worker default throughput",
+        "c": "(c) end-to-end latency (ms) at fixed rates, a fresh broker per row",
         "d": "(d) memory with a model 5x slower than the input",
         "e": "(e) scaling (one worker)",
         "f": "(f) large records: peak RSS against the idle daemon and the byte cap",
@@ -1606,10 +1433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--latency-backends", default="kafka-python,confluent")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument(
-        "--latency-loads", default="0.5,0.1", help="input rates of (c), as fractions of (b)'s"
-    )
-    parser.add_argument(
-        "--latency-rate", type=float, default=0.0, help="one fixed input rate for (c) instead"
+        "--latency-rates", default="2000,10000,30000", help="the input rates of (c), records/s"
     )
     parser.add_argument("--memory-seconds", type=float, default=120.0)
     parser.add_argument("--memory-backends", default="kafka-python,confluent")
@@ -1641,7 +1465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         args.variants = "defaults"
         args.repeat = 1
         args.latency_backends = "confluent"
-        args.latency_loads = "0.5"
+        args.latency_rates = "2000"
         args.memory_backends = "confluent"
         args.session_timeout = 3.0
         args.actors = ""
@@ -1659,7 +1483,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     args.large_backends = [b for b in args.large_backends.split(",") if b]
     args.issue_backends = [b for b in args.issue_backends.split(",") if b]
     args.latency_backends = [b for b in args.latency_backends.split(",") if b]
-    args.latency_loads = [float(x) for x in args.latency_loads.split(",") if x]
+    args.latency_rates = [float(x) for x in args.latency_rates.split(",") if x]
     args.variants = [v for v in args.variants.split(",") if v]
     args.workers = [int(w) for w in args.workers.split(",")]
     args.actors = [int(a) for a in args.actors.split(",") if a]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from streamer.clients.file import FileSink, FileSource, file_backend
+from streamer.clients.file import FileRecord, FileSink, FileSource, file_backend
 from streamer.core.records import TP
 from streamer.errors import ConfigError
 from streamer.settings import Settings
@@ -88,6 +88,7 @@ def score_file(
     fmt: str,
     output_format: str | None = None,
     key_column: str | None = None,
+    timestamp_column: str | None = None,
     progress: TextIO | None = None,
     registry: CollectorRegistry | None = None,
     stop: threading.Event | None = None,
@@ -98,15 +99,24 @@ def score_file(
     topics (:func:`file_settings` does). ``fmt`` is the input's format;
     ``output_format`` (by default from the output's name) is also the rejects'.
     ``stop`` ends the run early (Ctrl-C): what was read is still drained and
-    written, and the exit code is 1.
+    written, and the exit code is 1. Declared ``[[state.features]]`` are
+    computed as the rows are read, in file order, by the code of ``streamer
+    features`` (:mod:`streamer.statefile`); a row the state rejects is written
+    to the rejects then, with stage ``state``.
 
     Raises:
         ModelLoadError: The model cannot be loaded.
     """
     from streamer.topology import Pipeline  # noqa: PLC0415 - the pipeline imports pykka
 
-    source = FileSource(input_path, fmt, key_column)
     kafka = settings.kafka
+    sinks: list[FileSink] = []
+    transform = (
+        _state_transform(settings, input_path, timestamp_column, sinks)
+        if settings.state_features
+        else None
+    )
+    source = FileSource(input_path, fmt, key_column, transform)
     try:
         sink = FileSink(
             output_path,
@@ -119,6 +129,7 @@ def score_file(
         source.close()
         msg = f"config error: cannot write {exc.filename}: {exc.strerror}"
         raise ConfigError(msg) from None
+    sinks.append(sink)
     started = time.monotonic()
     interrupted = False
     try:
@@ -169,7 +180,7 @@ def _follow(
     tick = threading.Event()
     while pipeline.failure is None:
         done = pipeline.consumer_status().watermarks.get(tp, 0)
-        finished = source.eof and done >= source.next_offset
+        finished = source.eof and done >= source.emitted_end
         now = time.monotonic()
         if progress is not None and (finished or now - shown >= every):
             shown = now
@@ -186,6 +197,40 @@ def _follow(
             return True
         tick.wait(0.05)
     return False
+
+
+def _state_transform(
+    settings: Settings,
+    input_path: str | Path,
+    timestamp_column: str | None,
+    sinks: list[FileSink],
+) -> Callable[[list[FileRecord]], list[FileRecord]]:
+    """Each chunk read, its declared features added; a row the state rejects goes to the rejects.
+
+    ``sinks`` holds the sink once it is open (it is opened after the source).
+    """
+    from streamer.statefile import STATE_STAGE, StateApplier  # noqa: PLC0415
+
+    applier = StateApplier(settings, str(input_path), timestamp_column=timestamp_column)
+
+    def transform(rows: list[FileRecord]) -> list[FileRecord]:
+        kept: list[FileRecord] = []
+        results = applier.apply(
+            [r.offset for r in rows], [r.key for r in rows], [r.value for r in rows],
+            [None] * len(rows),
+        )  # fmt: skip
+        for result in results:
+            if result.enriched is not None:
+                kept.append(FileRecord(result.offset, result.key, result.enriched))
+            elif result.stage == STATE_STAGE:
+                sinks[0].reject_row(
+                    result.offset, result.reason, STATE_STAGE, result.detail, result.value
+                )
+            else:  # not a JSON object: the preprocessor dead-letters it with its own reason
+                kept.append(FileRecord(result.offset, result.key, result.value))
+        return kept
+
+    return transform
 
 
 def default_rejects_path(output: str | Path) -> Path:

@@ -131,6 +131,17 @@ class BatchAcked:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchProduced:
+    """Producer -> consumer: a batch's answers are with the client, waiting for the broker.
+
+    No stage holds the batch any more, so the consumer's micro-batcher no longer
+    counts it as work queued in the pipeline (see ``Ledger.take``).
+    """
+
+    batch_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchPartlyDelivered:
     """Producer -> consumer, before the producer dies: the answers below an offset are in.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions, RemoteOptions
+from streamer.core.state.declared import StateFeature, parse_features
 from streamer.errors import ConfigError
 
 ENV_PREFIX = "STREAMER_"
@@ -62,7 +63,12 @@ class KafkaSettings:
     heartbeat_interval_s: float = _doc("Group heartbeat interval.", default=3.0)
     max_poll_interval_s: float = _doc("Longest gap between polls before eviction.", default=300.0)
     max_poll_records: int = _doc("Most records one poll returns.", default=5000)
-    fetch_max_wait_s: float = _doc("Longest the broker holds a fetch for more data.", default=0.05)
+    fetch_max_wait_s: float = _doc(
+        "Longest the broker holds a fetch for more data. Apache Kafka answers as soon as data "
+        "is there, so this only paces the fetches of idle partitions; Tansu holds every fetch "
+        "this long, data or not, so it is latency on every hop there (docs/performance.md).",
+        default=0.005,
+    )
     linger_s: float = _doc("Producer batching delay.", default=0.005)
     producer_batch_bytes: int = _doc("Producer batch size per partition.", default=131072)
     max_request_bytes: int = _doc(
@@ -122,9 +128,10 @@ class BatchSettings:
     )
     max_record_bytes: int = _doc("Larger values are dead-lettered as 'oversized'.", default=1048576)
     eager_when_idle: bool = _doc(
-        "Send partial micro-batches at once while fewer than max_in_flight/4 batches are in "
-        "flight, instead of waiting max_wait_s: a quiet stream is scored without the wait, a "
-        "busy one still fills its batches.",
+        "Send partial micro-batches at once while fewer than max_in_flight/4 batches wait in "
+        "the stages (not yet produced) and fewer than max_in_flight/2 are in flight, instead "
+        "of waiting max_wait_s: a quiet stream is scored without the wait, a busy one still "
+        "fills its batches.",
         default=True,
     )
 
@@ -461,6 +468,32 @@ class ChallengerSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Per-key window features: the policy of every ``[[state.features]]`` table (docs/state.md)."""
+
+    allowed_lateness_s: float = _doc(
+        "A record whose event time is more than this before the newest time of its key is "
+        "dead-lettered as 'late' (the state is unchanged); an earlier out-of-order record is "
+        "applied.",
+        default=60.0,
+        non_negative=True,
+    )
+    dir: str = _doc(
+        "Directory of the RocksDB state stores (pip install 'streamer[state]'); empty keeps "
+        "state in memory. `streamer features` puts a file's state in a fresh subdirectory, "
+        "deleted at the end.",
+        default="",
+    )
+    key_ttl_s: float = _doc(
+        "A key with no record for this long in partition time (the newest event time applied "
+        "to the partition) reads as empty and is deleted; 0 means its largest window plus "
+        "allowed_lateness_s.",
+        default=0.0,
+        non_negative=True,
+    )
+
+
+@dataclass(frozen=True)
 class ShutdownSettings:
     """Graceful shutdown."""
 
@@ -480,7 +513,10 @@ class Settings:
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     format: FormatSettings = field(default_factory=FormatSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     challengers: tuple[ChallengerSettings, ...] = ()
+    state_features: tuple[StateFeature, ...] = ()
+    """The ``[[state.features]]`` tables, parsed (core/state/declared.py)."""
 
     def challenger_options(self, challenger: ChallengerSettings) -> ModelOptions:
         """The loader's options for one challenger: its model keys, the champion's preprocessing.
@@ -579,6 +615,7 @@ SECTIONS: dict[str, type] = {
     "shutdown": ShutdownSettings,
     "format": FormatSettings,
     "monitoring": MonitoringSettings,
+    "state": StateSettings,
 }
 
 # The constraints of the options that do not carry them on their field yet (see _doc).
@@ -823,6 +860,7 @@ def _check_across_keys(settings: Settings) -> None:
         raise ConfigError(msg)
     _check_format(settings.format)
     _check_paths(settings.preprocess.paths)
+    _check_state_features(settings)
     _check_remote(settings)
 
 
@@ -933,10 +971,12 @@ def build_settings(
     if environ and CHALLENGERS_ENV in environ:
         tables = _challenger_tables_from_env(environ[CHALLENGERS_ENV])
     challengers = _build_challengers(tables)
+    state_features = _state_features(document)
     merged = _merge_sources(document, environ or {}, overrides or {})
     settings = Settings(
         **{section: _build_section(section, merged[section]) for section in SECTIONS},
         challengers=challengers,
+        state_features=state_features,
     )
     _check_across_keys(settings)
     for challenger in challengers:
@@ -947,6 +987,30 @@ def build_settings(
             )
             raise ConfigError(msg)
     return settings
+
+
+def _state_features(document: dict[str, Any]) -> tuple[StateFeature, ...]:
+    """Take the ``[[state.features]]`` tables out of the document's [state] table, parsed."""
+    table = document.get("state")
+    if not isinstance(table, Mapping) or "features" not in table:
+        return ()
+    rest = dict(table)
+    tables = rest.pop("features")
+    document["state"] = rest
+    try:
+        return parse_features(tables)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_state_features(settings: Settings) -> None:
+    for feature in settings.state_features:
+        if feature.name in settings.preprocess.paths:
+            msg = (
+                f"state.features {feature.name!r} is also in [preprocess.paths]: a declared "
+                "feature is computed, not read from the record; remove one of them"
+            )
+            raise ConfigError(msg)
 
 
 CHALLENGERS_ENV = f"{ENV_PREFIX}CHALLENGERS"

@@ -23,6 +23,7 @@ from streamer.messages import (
     Attach,
     BatchAcked,
     BatchPartlyDelivered,
+    BatchProduced,
     CommitNow,
     ConsumerStatus,
     GetInFlight,
@@ -157,12 +158,9 @@ class ConsumerActor(PipelineActor):
             case _Tick():
                 if not self._poll_scheduled:
                     self._poll_once()
-            case BatchAcked() as ack:
+            case BatchAcked() | BatchProduced() | BatchPartlyDelivered() as news:
                 with self._lock:
-                    self._on_ack(ack)
-            case BatchPartlyDelivered() as partly:
-                with self._lock:
-                    self._ledger.settle(partly)
+                    self._on_producer_news(news)
             case _CommitResult(offsets=offsets, error=error):
                 self._commit_done(offsets, error)
             case Attach(preprocessors=preprocessors):
@@ -261,6 +259,14 @@ class ConsumerActor(PipelineActor):
         client, assigned = self._client, self._ledger.assigned
         ends = {tp: client.highwater(tp) for tp in assigned} if client is not None else {}
         self._emit(self._ledger.progress(ends, paused=self._paused))
+
+    def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
+        if isinstance(news, BatchAcked):
+            self._on_ack(news)
+        elif isinstance(news, BatchProduced):
+            self._ledger.produced(news.batch_id)
+        else:
+            self._ledger.settle(news)
 
     def _on_ack(self, ack: BatchAcked) -> None:
         if self._ledger.settle(ack):

@@ -24,6 +24,7 @@ from streamer.messages import (
     BatchAcked,
     BatchDelivered,
     BatchPartlyDelivered,
+    BatchProduced,
     BreakerTripped,
     Flush,
     GetStatus,
@@ -199,6 +200,8 @@ class ProducerActor(PipelineActor):
         self._send(flight, first)
         flight.produce_seconds = time.perf_counter() - started
         self._batches_produced += 1
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._consumer.tell(BatchProduced(source.batch_id))
 
     def _send(self, flight: _InFlight, sent: Round) -> None:
         """Hand a round to the client; its ``done`` runs on a client thread, so it only tells."""

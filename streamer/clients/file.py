@@ -140,8 +140,17 @@ def jsonl_values(
 class FileSource:
     """The input file, read lazily and shared by the probe and the consumer actor."""
 
-    def __init__(self, path: str | Path, fmt: str, key_column: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fmt: str,
+        key_column: str | None = None,
+        transform: Callable[[list[FileRecord]], list[FileRecord]] | None = None,
+    ) -> None:
         self.path = Path(path)
+        # Applied to each chunk read, in file order (score-file's declared state features):
+        # it may drop rows, which it answers itself.
+        self._transform = transform
         self.format = fmt
         self.size = self.path.stat().st_size
         self._lock = threading.Lock()
@@ -154,6 +163,8 @@ class FileSource:
         else:
             self._rows = jsonl_values(buffered, key_column)
         self.next_offset = 0
+        # One past the last row handed to the pipeline: what its watermark reaches at the end.
+        self.emitted_end = 0
         self.rows_read = 0
         self.eof = False
 
@@ -177,6 +188,10 @@ class FileSource:
             if out:
                 self.next_offset = out[-1].offset + 1
                 self.rows_read += len(out)
+            if self._transform is not None and out:
+                out = self._transform(out)
+            if out:
+                self.emitted_end = out[-1].offset + 1
             return out
 
     def close(self) -> None:
@@ -386,14 +401,29 @@ class FileSink:
         self._out_csv.writerow(row)
 
     def _reject(self, value: bytes, headers: dict[str, bytes]) -> None:
-        reason = headers.get("streamer.reason", b"").decode()
+        self._write_reject(
+            int(headers.get("streamer.source.offset", b"-1")),
+            headers.get("streamer.reason", b"").decode(),
+            headers.get("streamer.stage", b"").decode(),
+            headers.get("streamer.error", b"").decode("utf-8", "replace"),
+            value,
+        )
+
+    def reject_row(
+        self, row: int, reason: str, stage: str, error: str, value: bytes | None
+    ) -> None:
+        """Write a reject that never reached the pipeline (a row the state rejected when read)."""
+        with self._lock:
+            self._write_reject(row, reason, stage, error, value or b"")
+
+    def _write_reject(self, row: int, reason: str, stage: str, error: str, value: bytes) -> None:
         self.counts.rejects += 1
         self.counts.reasons[reason] += 1
         fields = {
-            "row": int(headers.get("streamer.source.offset", b"-1")),
+            "row": row,
             "reason": reason,
-            "stage": headers.get("streamer.stage", b"").decode(),
-            "error": headers.get("streamer.error", b"").decode("utf-8", "replace"),
+            "stage": stage,
+            "error": error,
             "record": value.decode("utf-8", "backslashreplace"),
         }
         if self._format == "jsonl":

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(sub)
     demo.add_demo(sub)
     files.add_score_file(sub)
+    files.add_features(sub)
     files.add_fit_stats(sub)
     files.add_profile(sub)
     return parser

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 
+from streamer.clients.file import FileSource
 from streamer.commands.common import add_common, overrides
 from streamer.errors import ConfigError
 from streamer.filemode import (
@@ -20,7 +22,31 @@ from streamer.filemode import (
     read_numeric_chunks,
     score_file,
 )
+from streamer.settings import Settings
 from streamer.signals import GracefulSignals
+
+
+def require_input(path: str) -> None:
+    """Exit 2 naming an input file that does not exist."""
+    if not Path(path).is_file():
+        msg = f"input file {path} does not exist"
+        raise ConfigError(msg)
+
+
+def _add_row_files(parser: argparse.ArgumentParser, output: str, config: str) -> None:
+    """The input, output, rejects and config of a command that answers each row of a file."""
+    parser.add_argument("input", help="CSV (with a header) or JSON Lines file, in offset order")
+    parser.add_argument("--output", "-o", required=True, help=output)
+    parser.add_argument(
+        "--rejects", help="rejected rows with the reason (default: OUTPUT with .rejects)"
+    )
+    parser.add_argument("--config", "-c", help=f"TOML config file {config}")
+    parser.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
+    parser.add_argument("--key-column", help="column (or JSON field) to use as the record key")
+    parser.add_argument(
+        "--timestamp-column",
+        help="column (epoch ms) that stands for the record timestamp of [[state.features]]",
+    )
 
 
 def add_score_file(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,19 +56,83 @@ def add_score_file(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="score a CSV or JSON Lines file with the actor pipeline (no Kafka)",
         description="Score every row of a CSV or JSON Lines file with the configured model.",
     )
-    score.add_argument("input", help="CSV (with a header) or JSON Lines file")
-    score.add_argument("--output", "-o", required=True, help="predictions file (.csv or .jsonl)")
-    score.add_argument(
-        "--rejects", help="rejected rows with the reason (default: OUTPUT with .rejects)"
-    )
-    score.add_argument("--config", "-c", help="TOML config file ([model] and [preprocess])")
-    score.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
-    score.add_argument("--key-column", help="column (or JSON field) to use as the record key")
+    _add_row_files(score, "predictions file (.csv or .jsonl)", "([model] and [preprocess])")
     score.add_argument("--model-path", dest="model.path")
     score.add_argument("--max-records", dest="batch.max_records", type=int)
     score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_common(score)
     score.set_defaults(handler=cmd_score_file)
+
+
+def _check_declared_inputs(settings: Settings, path: str, fmt: str, key_column: str | None) -> None:
+    """Exit 2 when a model feature is neither in the file's first record nor declared."""
+    from streamer.core.models import load_configured  # noqa: PLC0415
+    from streamer.statefile import check_model_features  # noqa: PLC0415
+
+    source = FileSource(path, fmt, key_column)
+    try:
+        first = source.take(1)
+    finally:
+        source.close()
+    doc = orjson.loads(first[0].value) if first and first[0].value else None
+    check_model_features(
+        settings, load_configured(settings).spec.names, doc if isinstance(doc, dict) else None
+    )
+
+
+def add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``features``."""
+    features = sub.add_parser(
+        "features",
+        help="compute the declared [[state.features]] of a CSV or JSON Lines file, in file order",
+        description=(
+            "Write each row with its declared window features, computed in file order by the "
+            "scoring path's code: the training set whose values the stream gets, bit for bit."
+        ),
+    )
+    _add_row_files(features, "rows with their features (.csv or .jsonl)", "with [[state.features]]")
+    features.add_argument(
+        "--partition-column",
+        help="column of a topic export that holds each row's partition (a state per partition)",
+    )
+    features.add_argument(
+        "--chunk-rows", type=int, default=1000, help="rows applied at a time (values do not change)"
+    )
+    add_common(features)
+    features.set_defaults(handler=cmd_features)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """``streamer features``: exit 0 when every row was written or rejected."""
+    from streamer.statefile import compute_features  # noqa: PLC0415
+
+    require_input(args.input)
+    if args.chunk_rows <= 0:
+        msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
+        raise ConfigError(msg)
+    fmt = detect_format(args.input, args.format)
+    out_fmt = detect_format(args.output)
+    rejects = Path(args.rejects) if args.rejects else default_rejects_path(args.output)
+    settings = file_settings(args.config, args.input, args.output, rejects, overrides(args))
+    report = compute_features(
+        settings,
+        args.input,
+        args.output,
+        rejects,
+        fmt=fmt,
+        output_format=out_fmt,
+        key_column=args.key_column,
+        timestamp_column=args.timestamp_column,
+        partition_column=args.partition_column,
+        chunk_rows=args.chunk_rows,
+    )
+    reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(report.reasons.items()))
+    print(
+        f"computed {len(settings.state_features)} features for {report.rows:,} rows of "
+        f"{args.input} in {report.seconds:.1f}s: {report.written:,} rows in {args.output}, "
+        f"{report.rejects:,} rejects in {rejects}" + (f" ({reasons})" if reasons else "")
+    )
+    return 0
 
 
 def add_fit_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,10 +160,13 @@ def cmd_score_file(args: argparse.Namespace) -> int:
     if args.rejects and detect_format(rejects) != out_fmt:
         msg = f"--rejects {rejects} must have the output's format ({out_fmt})"
         raise ConfigError(msg)
-    if not Path(args.input).is_file():
-        msg = f"input file {args.input} does not exist"
-        raise ConfigError(msg)
+    require_input(args.input)
     settings = file_settings(args.config, args.input, args.output, rejects, overrides(args))
+    if settings.state_features:
+        _check_declared_inputs(settings, args.input, fmt, args.key_column)
+    elif args.timestamp_column:
+        msg = "--timestamp-column is read by [[state.features]] only, and the config has none"
+        raise ConfigError(msg)
     stop = threading.Event()
     GracefulSignals(lambda _signum: stop.set()).install()
     report = score_file(
@@ -84,6 +177,7 @@ def cmd_score_file(args: argparse.Namespace) -> int:
         fmt=fmt,
         output_format=out_fmt,
         key_column=args.key_column,
+        timestamp_column=args.timestamp_column,
         progress=None if args.no_progress else sys.stderr,
         stop=stop,
     )
@@ -105,9 +199,7 @@ def cmd_fit_stats(args: argparse.Namespace) -> int:
     """``streamer fit-stats``: write mean and std per feature as JSON."""
     from streamer.core.stats import fit_stats  # noqa: PLC0415
 
-    if not Path(args.input).is_file():
-        msg = f"input file {args.input} does not exist"
-        raise ConfigError(msg)
+    require_input(args.input)
     if args.chunk_rows <= 0:
         msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
         raise ConfigError(msg)
@@ -152,9 +244,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from streamer.core.monitoring.profile import build_profile  # noqa: PLC0415
     from streamer.core.scoring import score_column  # noqa: PLC0415
 
-    if not Path(args.input).is_file():
-        msg = f"input file {args.input} does not exist"
-        raise ConfigError(msg)
+    require_input(args.input)
     if args.chunk_rows <= 0 or args.bins <= 0:
         msg = f"--chunk-rows and --bins must be > 0, got {args.chunk_rows} and {args.bins}"
         raise ConfigError(msg)

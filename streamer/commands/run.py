@@ -38,6 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_parent(args.parent_pid)
     settings = load_settings(args.config, overrides=overrides(args))
     hide_secrets(*secret_values(settings))
+    if settings.state_features:
+        msg = (
+            "[[state.features]] are computed by `streamer features` and `streamer score-file` "
+            "only; the daemon does not compute them yet (docs/state.md): remove them from the "
+            "run's configuration"
+        )
+        raise ConfigError(msg)
     if args.workers < 1:
         msg = f"--workers must be >= 1, got {args.workers}"
         raise ConfigError(msg)

@@ -27,12 +27,23 @@ UNKNOWN_SCHEMA = "unknown_schema"
 UNDECODABLE = "undecodable"
 WRONG_FORMAT = "wrong_format"
 
+# Declared window features (core/state/): the record lacks the key, its event
+# time is unreadable or out of range, it is later than state.allowed_lateness_s,
+# or it was applied before and what it was served is no longer kept.
+MISSING_KEY = "missing_key"
+BAD_TIMESTAMP = "bad_timestamp"
+LATE = "late"
+STATE_REPLAYED = "state_replayed"
+
 REASONS = (
     NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
     NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
     UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT,
 )  # fmt: skip
 """Every reason, in the order of the ``streamer_dead_letters_total`` series."""
+
+STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED)
+"""The reasons only the state gives; file mode writes them (the daemon does not compute state)."""
 
 FEATURE_REASONS = frozenset({MISSING_FEATURE, NON_NUMERIC_FEATURE, NON_FINITE})
 """The reasons that name one feature (``feature 'name' ...``): the drift window counts them."""

@@ -122,6 +122,18 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     return doc
 
 
+InvalidValueError = _InvalidValueError
+"""What :func:`to_number` raises: ``reason`` (a dead-letter reason) and ``detail``."""
+
+
+def decoded_object(value: bytes | None, max_bytes: int) -> dict[str, Any] | str:
+    """The record value as a JSON object, or the dead-letter reason it gets from decode_value."""
+    try:
+        return decode_value(value, max_bytes)
+    except _InvalidValueError as exc:
+        return exc.reason
+
+
 def to_number(name: str, raw: Any) -> float:
     """Coerce one feature value (number, bool or numeric string) to a finite float."""
     kind = type(raw)

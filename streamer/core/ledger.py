@@ -155,8 +155,13 @@ class Ledger:
             batch.max_wait_s,
             max(1, batch.max_in_flight_bytes // batch.max_in_flight),
         )
-        # Partial batches leave at once while fewer batches than this are in flight.
+        # Partial batches leave at once while fewer batches than this wait in the
+        # stages (dispatched, not yet handed to the producer's client), and the
+        # credits in use stay under half of max_in_flight (see take()).
         self._eager_below = max(1, batch.max_in_flight // 4) if batch.eager_when_idle else 0
+        self._eager_in_flight_below = max(1, batch.max_in_flight // 2)
+        # Dispatched batches not yet produced: batch_id -> partition.
+        self._unproduced: dict[int, TP] = {}
         self.tracker = WatermarkTracker()
         self.epoch = epoch
         self.assigned: list[TP] = []
@@ -207,14 +212,28 @@ class Ledger:
         ready.extend(batcher.expired(now))
         if (
             self._eager_below
-            and self.tracker.batches_in_flight + len(ready) < self._eager_below
+            and len(self._unproduced) + len(ready) < self._eager_below
+            and self.tracker.batches_in_flight + len(ready) < self._eager_in_flight_below
             and plan.budget.allows()
             and not batcher.holds_full_batches
         ):
-            # Smart batching: a pipeline with little in flight would only wait
-            # for max_wait_s; under load the batches grow by themselves.
+            # Smart batching: waiting for max_wait_s only pays while the stages
+            # have work queued (fewer, larger batches cost less CPU); a batch
+            # whose answers wait for the broker's acknowledgement costs nothing
+            # here, so it does not count (docs/performance.md: it held records
+            # for max_wait_s at 10,000 records/s). Under load the batches grow
+            # by themselves.
             ready.extend(batcher.drain())
         return self._dispatch(ready, now)
+
+    def produced(self, batch_id: int) -> None:
+        """The producer handed the batch's answers to its client: no stage holds it now."""
+        self._unproduced.pop(batch_id, None)
+
+    @property
+    def batches_in_stages(self) -> int:
+        """Batches dispatched and not yet produced (in the actors' inboxes or at work)."""
+        return len(self._unproduced)
 
     def drain(self, now: float) -> list[SourceBatch]:
         """Dispatch every buffered record, whatever the credits (the shutdown's first step)."""
@@ -249,6 +268,7 @@ class Ledger:
                 tp, source.batch_id, source.first_offset, source.last_offset, len(columns), size
             )
             self._unacked.add(tp, source)
+            self._unproduced[source.batch_id] = tp
             batches.append(source)
             nbytes += size
             records += len(columns)
@@ -276,6 +296,7 @@ class Ledger:
           in order; a rewind sends only the rest.
         """
         tp = (delivery.topic, delivery.partition)
+        self._unproduced.pop(delivery.batch_id, None)  # settled, so produced
         if isinstance(delivery, BatchPartlyDelivered):
             self._unacked.answered_below(tp, delivery.batch_id, delivery.answered_below)
         elif delivery.error is None:
@@ -291,6 +312,7 @@ class Ledger:
         self.epoch = epoch
         renewed = self._unacked.renew(epoch, now)
         self._seq = {tp: len(batches) for tp, batches in renewed.items()}
+        self._unproduced = {b.batch_id: tp for tp, batches in renewed.items() for b in batches}
         return [source for batches in renewed.values() for source in batches]
 
     # --- rebalances ----------------------------------------------------------
@@ -326,6 +348,7 @@ class Ledger:
         for tp in revoked:
             self._fetched_until.pop(tp, None)
             self._unacked.forget(tp)
+        self._unproduced = {b: tp for b, tp in self._unproduced.items() if tp not in revoked}
         self.assigned = [tp for tp in self.assigned if tp not in revoked]
         return offsets
 

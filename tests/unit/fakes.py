@@ -71,12 +71,13 @@ class Sync:
 class Recorder(pykka.ThreadingActor):
     """A downstream actor that records every message it is told."""
 
-    def __init__(self, mailbox: Mailbox) -> None:
+    def __init__(self, mailbox: Mailbox, ignore: tuple[type, ...] = ()) -> None:
         super().__init__()
         self.mailbox = mailbox
+        self._ignore = (Sync, *ignore)
 
     def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, Sync):
+        if not isinstance(message, self._ignore):
             self.mailbox.put(message)
         return None
 
@@ -86,9 +87,10 @@ def sync(ref: pykka.ActorRef, timeout: float = WAIT_S) -> None:
     ref.ask(Sync(), timeout=timeout)
 
 
-def start_recorder() -> tuple[pykka.ActorRef, Mailbox]:
+def start_recorder(ignore: tuple[type, ...] = ()) -> tuple[pykka.ActorRef, Mailbox]:
+    """A Recorder and its mailbox; messages of the ``ignore`` types are not recorded."""
     mailbox = Mailbox()
-    return Recorder.start(mailbox), mailbox
+    return Recorder.start(mailbox, ignore), mailbox
 
 
 # --- the consumer side -------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import PipelineMetrics
-from streamer.core.dead_letters import REASONS
+from streamer.core.dead_letters import REASONS, STATE_REASONS
 from streamer.settings import SECTIONS, build_settings
 from tests.unit.test_deploy_files import ALERTS, DASHBOARD, ROOT, _load_yaml, _panel_exprs
 
@@ -195,7 +195,7 @@ class TestConfigurationDoc:
 
 class TestRecordsDoc:
     def test_it_lists_every_dead_letter_reason(self, records_doc: str) -> None:
-        for reason in REASONS:
+        for reason in (*REASONS, *STATE_REASONS):
             assert f"`{reason}`" in records_doc, reason
 
 

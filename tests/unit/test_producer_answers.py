@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from streamer.actors.metrics import MetricsActor
 from streamer.actors.producer import ProducerActor
 from streamer.errors import UnanswerableRecordError
-from streamer.messages import BatchAcked, GetStatus, Rejection
+from streamer.messages import BatchAcked, BatchProduced, GetStatus, Rejection
 from streamer.settings import MetricsSettings
 from tests.unit.fakes import FakeProducer, Mailbox, Sent, start_recorder, sync, wait_until
 from tests.unit.test_stage_actors import ASK_S, KAFKA, good, scored
@@ -27,7 +27,7 @@ def start(
     metrics: pykka.ActorRef | None = None,
 ) -> tuple[pykka.ActorRef, pykka.ActorRef, list[tuple[str, BaseException]], Mailbox]:
     failures: list[tuple[str, BaseException]] = []
-    consumer, acks = start_recorder()
+    consumer, acks = start_recorder(ignore=(BatchProduced,))
     actor = ProducerActor.start(
         LIMITED,
         consumer,

@@ -21,6 +21,7 @@ from streamer.errors import DeliveryError
 from streamer.messages import (
     BatchAcked,
     BatchPartlyDelivered,
+    BatchProduced,
     FeatureBatch,
     Flush,
     GetStatus,
@@ -228,7 +229,7 @@ def scored(
 def start_producer(
     fake: FakeProducer, metrics: pykka.ActorRef | None = None
 ) -> tuple[pykka.ActorRef, pykka.ActorRef, Mailbox]:
-    consumer_ref, acks = start_recorder()
+    consumer_ref, acks = start_recorder(ignore=(BatchProduced,))
     actor = ProducerActor.start(
         KAFKA, consumer_ref, metrics=metrics, client_factory=lambda _settings: fake
     )
@@ -361,10 +362,24 @@ class TestProducerActor:
         sent[1].future.succeed()
         assert acks.wait_for(1)[0] == BatchAcked(3, "events", 0, None)
 
+    def test_batch_produced_is_told_once_the_client_holds_the_answers_before_any_ack(
+        self,
+    ) -> None:
+        fake = FakeProducer(auto_ack=False)
+        consumer_ref, told = start_recorder()
+        actor = ProducerActor.start(KAFKA, consumer_ref, client_factory=lambda _settings: fake)
+        actor.tell(
+            scored([good(1, 1), good(2, 2)], valid=[0, 1], predictions=[0.1, 0.2], batch_id=5)
+        )
+        assert told.wait_for(1) == [BatchProduced(5)]
+        for sent in fake.records():
+            sent.future.succeed()
+        assert told.wait_for(2)[1] == BatchAcked(5, "events", 0, None)
+
     def test_a_failed_delivery_kills_the_producer_and_tells_only_what_was_answered(self) -> None:
         failures: list[tuple[str, BaseException]] = []
         fake = FakeProducer(auto_ack=False)
-        consumer, acks = start_recorder()
+        consumer, acks = start_recorder(ignore=(BatchProduced,))
         actor = ProducerActor.start(
             KAFKA,
             consumer,

@@ -138,6 +138,57 @@ class TestDispatch:
         assert poll(quiet, {TP0: columns(range(3))}) == []
         assert offsets_of(quiet.drain(0.0)) == [[0, 1, 2]]
 
+    def test_batches_waiting_only_for_the_broker_do_not_hold_partial_batches_back(self) -> None:
+        # max_in_flight 8: eager while fewer than 2 batches wait in the stages and
+        # fewer than 4 are in flight in all.
+        eager = BatchSettings(max_records=10, max_wait_s=3600.0, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0, TP1])
+        first = poll(ledger, {TP0: columns(range(3)), TP1: columns(range(2))})
+        assert offsets_of(first) == [[0, 1, 2], [0, 1]]
+        assert ledger.batches_in_stages == 2
+        # Both still in the stages: a partial batch waits to fill.
+        assert poll(ledger, {TP0: columns(range(3, 5))}) == []
+        # Produced, waiting for the broker's acknowledgement: it leaves at once.
+        for source in first:
+            ledger.produced(source.batch_id)
+        assert ledger.batches_in_stages == 0
+        assert offsets_of(poll(ledger, {TP0: columns(range(5, 6))})) == [[3, 4, 5]]
+
+    def test_partial_batches_wait_once_half_the_credits_are_in_use(self) -> None:
+        eager = BatchSettings(max_records=10, max_wait_s=3600.0, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0])
+        for offset in range(4):
+            (sent,) = poll(ledger, {TP0: columns([offset])})
+            ledger.produced(sent.batch_id)
+        # Four in flight (half of 8), none in the stages: the next partial batch waits.
+        assert poll(ledger, {TP0: columns([4])}) == []
+        assert ledger.batcher.buffered == 1
+
+    def test_an_acknowledged_batch_or_a_revoked_partition_leaves_the_stages_count(self) -> None:
+        eager = BatchSettings(max_records=10, max_wait_s=3600.0, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0, TP1])
+        zero, one = poll(ledger, {TP0: columns(range(2)), TP1: columns(range(2))})
+        ack(ledger, zero)  # an ack can overtake its BatchProduced (two threads)
+        assert ledger.batches_in_stages == 1
+        ledger.revoke([TP1])
+        assert ledger.batches_in_stages == 0
+        ledger.produced(zero.batch_id)  # late, harmless
+        assert ledger.batches_in_stages == 0
+        assert one.partition == 1
+
+    def test_a_rewind_counts_every_batch_sent_again_as_in_the_stages(self) -> None:
+        eager = BatchSettings(max_records=10, max_wait_s=3600.0, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0])
+        (sent,) = poll(ledger, {TP0: columns(range(2))})
+        ledger.produced(sent.batch_id)
+        resent = ledger.rewind(1, 0.0)
+        assert [b.batch_id for b in resent] == [sent.batch_id]
+        assert ledger.batches_in_stages == 1
+
     def test_a_partial_batch_leaves_when_it_is_old_enough(self) -> None:
         batch = BatchSettings(max_records=10, max_wait_s=1.0, eager_when_idle=False)
         ledger = Ledger(batch, max_poll_records=500)

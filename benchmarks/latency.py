@@ -1,0 +1,511 @@
+"""(c) end-to-end latency: one system at one fixed rate, each program in its own process.
+
+A row of (c) starts a fresh embedded broker (Tansu's memory store slows down as
+earlier rows' topics pile up), then, each in its own interpreter so that none
+shares a GIL with another: the system under test, a reader of its output topic,
+and a generator producing at a fixed rate. Latency = the time the reader sees an
+output - the CreateTime of its input, per input (partition, offset), after the
+first 10% of the inputs (warm-up).
+
+The systems:
+
+- ``passthrough``: the floor, a bare confluent consume -> produce loop
+  (passthrough.py): two broker hops and nothing else;
+- ``scoring``: the bare scoring loop, the same loop decoding with orjson,
+  scoring with numpy and producing streamer's output document (:func:`scoring`);
+- ``streamer-confluent`` and ``streamer-kafka-python``: ``streamer run`` with
+  its defaults (``--set section.key=value`` changes one).
+
+Every client takes its first record with ``poll(timeout)`` and then what is
+prefetched with ``consume(n, 0)``. Used by ``bench.py`` (c); alone:
+
+    python benchmarks/latency.py measure --system passthrough --rate 10000 --seconds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PARTITIONS = 4
+SYSTEMS = ("passthrough", "scoring", "streamer-kafka-python", "streamer-confluent")
+# The clients of the floor and the generator: the settings of a latency test on Tansu.
+FETCH_WAIT_MS = 5
+LINGER_MS = 5
+
+
+# --- the programs (each runs in its own interpreter) -------------------------------
+
+
+def generate(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
+    """Produce ``rate`` demo records/s for ``seconds``; the CreateTimes are read back later."""
+    import random
+
+    from confluent_kafka import Producer
+
+    from streamer.core.demo_data import make_record
+
+    rng = random.Random(2)
+    values = [make_record(rng, bad_ratio=0.0) for _ in range(20_000)]
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": LINGER_MS,
+            "acks": "all",
+            "queue.buffering.max.messages": 1_000_000,
+            "partitioner": "murmur2_random",
+        }
+    )
+    sent = 0
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds:
+            break
+        for _ in range(max(0, int(elapsed * rate) - sent)):
+            key, value = values[sent % len(values)]
+            try:
+                producer.produce(topic, value, key)
+            except BufferError:
+                break
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.001)
+    producer.flush(60)
+    return sent
+
+
+def read(bootstrap: str, topic: str, out: Path) -> None:
+    """Note (output bytes, ms seen) until SIGTERM; then write "partition offset ms scored_at" lines.
+
+    It does as little as possible while the clock runs: the outputs are parsed at the end.
+    """
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"tail-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            "fetch.queue.backoff.ms": 1,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    print("ready", flush=True)
+    seen: list[tuple[bytes, float]] = []
+    while not stopping:
+        first = consumer.poll(0.05)
+        if first is None:
+            continue
+        received = time.time() * 1000
+        for message in [first, *consumer.consume(10_000, 0)]:
+            if message.error() is None:
+                seen.append((message.value(), received))
+    consumer.close()
+    with out.open("wb") as file:
+        for value, received in seen:
+            doc = orjson.loads(value)
+            file.write(
+                b"%d %d %.3f %s\n"
+                % (doc["partition"], doc["offset"], received, doc.get("scored_at", "").encode())
+            )
+
+
+def scoring(bootstrap: str, topic: str, output: str, session_ms: int) -> None:
+    """The bare scoring loop: poll, decode, score with numpy, produce streamer's document."""
+    from confluent_kafka import Consumer, Producer
+
+    sys.path.insert(0, str(HERE))
+    from bare import _output, _scorer  # the (a) floor's decoding, model and output
+
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    assigned: list[Any] = []
+    score = _scorer()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"scoring-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            "fetch.queue.backoff.ms": 10,
+            "queued.max.messages.kbytes": 4096,
+            "fetch.max.bytes": 4 << 20,
+            "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
+    consumer.subscribe([topic], on_assign=lambda _c, parts: assigned.extend(parts))
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": LINGER_MS,
+            "partitioner": "murmur2_random",
+        }
+    )
+    announced = False
+    while not stopping:
+        first = consumer.poll(0.05)
+        if not announced and assigned:
+            print("ready", flush=True)
+            announced = True
+        if first is None:
+            producer.poll(0)
+            continue
+        messages = [m for m in [first, *consumer.consume(10_000, 0)] if m.error() is None]
+        by_partition: dict[int, list[Any]] = {}
+        for m in messages:
+            by_partition.setdefault(m.partition() or 0, []).append(m)
+        for partition, chunk in by_partition.items():
+            scores = score([m.value() or b"" for m in chunk])
+            encode = _output(topic, partition)
+            for m, s in zip(chunk, scores, strict=True):
+                producer.produce(output, encode(m.key(), m.offset() or 0, s), m.key())
+        producer.poll(0)
+    producer.flush(10)
+    consumer.close()
+
+
+# --- the orchestration ---------------------------------------------------------------
+
+
+def _python(*arguments: str, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__)), *arguments], stdout=stdout, text=True
+    )
+
+
+def _wait_ready(process: subprocess.Popen[str], what: str) -> None:
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        msg = f"{what} exited with {process.wait()} before it was ready"
+        raise RuntimeError(msg)
+
+
+def _stop(process: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_times(bootstrap: str, topic: str, count: int) -> dict[tuple[int, int], int]:
+    """(partition, offset) -> CreateTime (ms) of the first ``count`` records of a topic."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"times-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    times: dict[tuple[int, int], int] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(times) < count and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                if message.error() is None:
+                    times[(message.partition(), message.offset())] = message.timestamp()[1]
+    finally:
+        consumer.close()
+    return times
+
+
+def _create_topics(bootstrap: str, *names: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    dlq = [NewTopic(f"{names[0]}.dlq", 1, 1)]
+    futures.update(admin.create_topics(dlq))
+    for future in futures.values():
+        future.result(30)
+
+
+def _start_system(
+    system: str,
+    bootstrap: str,
+    topic: str,
+    output: str,
+    workdir: Path,
+    settings: dict[str, dict[str, Any]],
+    session_ms: int,
+) -> tuple[subprocess.Popen[Any], Any]:
+    """Start the system under test; returns it and what tells it is ready."""
+    if system == "passthrough":
+        command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", bootstrap]
+        command += ["--topic", topic, "--output", output, "--session-ms", str(session_ms)]
+        command += ["--fetch-wait-ms", str(FETCH_WAIT_MS), "--linger-ms", str(LINGER_MS)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        return process, None
+    if system == "scoring":
+        process = _python(
+            "scoring",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--output",
+            output,
+            "--session-ms",
+            str(session_ms),
+        )
+        return process, None
+    sys.path.insert(0, str(HERE))
+    from bench import Streamer
+
+    backend = system.removeprefix("streamer-")
+    streamer = Streamer(
+        workdir,
+        bootstrap,
+        backend,
+        topic,
+        output,
+        session_timeout_s=session_ms / 1000,
+        sections=settings,
+    )
+    return streamer.process, streamer
+
+
+def measure(
+    system: str,
+    rate: float,
+    seconds: float,
+    *,
+    bootstrap: str | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    session_ms: int = 6000,
+    keep: Path | None = None,
+) -> dict[str, Any]:
+    """One row: a fresh broker (unless ``bootstrap``), the system, a reader, a generator.
+
+    Returns the quantiles (ms), the records sent and answered, the CPU of the system
+    and of the broker (share of one core while the generator ran), the exit code,
+    and streamer's metrics at the end (``exposition``).
+    """
+    from streamer.devtools.broker import EmbeddedBroker
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-")))
+        broker_pid = 0
+        if bootstrap is None:
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap_servers
+            broker_pid = broker._process.pid if broker._process is not None else 0
+        tag = uuid.uuid4().hex[:8]
+        topic, output = f"lat-in-{tag}", f"lat-out-{tag}"
+        _create_topics(bootstrap, topic, output)
+        seen_file = workdir / "seen.txt"
+        run = _Run(system, bootstrap, workdir, settings or {}, session_ms)
+        try:
+            run.start(topic, output)
+            run.reader = _python(
+                "read", "--bootstrap", bootstrap, "--topic", output, "--out", str(seen_file)
+            )
+            _wait_ready(run.reader, "the reader")
+            generator = _python(
+                "generate", "--bootstrap", bootstrap, "--topic", topic,
+                "--rate", str(rate), "--seconds", str(seconds),
+            )  # fmt: skip
+            pids = [run.pid, broker_pid]
+            before = [cpu_seconds(pid) for pid in pids]
+            sent = int(generator.communicate(timeout=seconds + 120)[0].strip())
+            cpu = [(cpu_seconds(pid) - b) / seconds for pid, b in zip(pids, before, strict=True)]
+            times = create_times(bootstrap, topic, sent)
+            time.sleep(min(5.0, 1.0 + seconds / 10))  # the last outputs
+            exposition = run.metrics()
+        finally:
+            code = run.stop()
+        rows = [line.split() for line in seen_file.read_text().splitlines()]
+        if keep is not None:
+            keep.write_text(seen_file.read_text())
+            keep.with_suffix(".times").write_text(
+                "\n".join(f"{p} {o} {t}" for (p, o), t in times.items())
+            )
+    result = _quantiles(rows, times)
+    result.update(
+        system=system,
+        rate=rate,
+        sent=sent,
+        exit=code,
+        settings=settings or {},
+        cpu_system=round(cpu[0], 3),
+        cpu_broker=round(cpu[1], 3) if broker_pid else 0.0,
+        exposition=exposition,
+    )
+    return result
+
+
+class _Run:
+    """The system under test and its reader, started and stopped together."""
+
+    def __init__(
+        self,
+        system: str,
+        bootstrap: str,
+        workdir: Path,
+        settings: dict[str, dict[str, Any]],
+        session_ms: int,
+    ) -> None:
+        self.system = system
+        self._bootstrap = bootstrap
+        self._workdir = workdir
+        self._settings = settings
+        self._session_ms = session_ms
+        self._process: subprocess.Popen[Any] | None = None
+        self._streamer: Any = None
+        self.reader: subprocess.Popen[str] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process is not None else 0
+
+    def start(self, topic: str, output: str) -> None:
+        """Start the system and wait until it holds its partitions."""
+        self._process, self._streamer = _start_system(
+            self.system, self._bootstrap, topic, output, self._workdir, self._settings,
+            self._session_ms,
+        )  # fmt: skip
+        if self._streamer is None:
+            _wait_ready(self._process, self.system)
+            return
+        deadline = time.monotonic() + 120
+        while not self._streamer.ready():
+            if time.monotonic() > deadline:
+                msg = f"{self.system} was not ready in 120 s"
+                raise RuntimeError(msg)
+            time.sleep(0.05)
+
+    def metrics(self) -> str:
+        return self._streamer.metrics() if self._streamer is not None else ""
+
+    def stop(self) -> int:
+        """Stop the reader (it then writes what it saw), then the system; its exit code."""
+        if self.reader is not None:
+            _stop(self.reader)
+        if self._streamer is not None:
+            return int(self._streamer.stop())
+        return _stop(self._process) if self._process is not None else -1
+
+
+def _quantiles(rows: list[list[str]], times: dict[tuple[int, int], int]) -> dict[str, Any]:
+    """p50, p95, p99 and max of (seen - CreateTime) of the inputs after the first 10%.
+
+    An input whose output was not seen counts as infinitely late, so that a system
+    that fell behind shows it instead of looking fast on what it did answer.
+    """
+    import numpy as np
+
+    warmup = sorted(times.values())[len(times) // 10] if times else 0
+    first_seen: dict[tuple[int, int], float] = {}
+    for row in rows:
+        source, seen = (int(row[0]), int(row[1])), float(row[2])
+        first_seen[source] = min(seen, first_seen.get(source, seen))
+    latencies = [
+        first_seen.get(source, float("inf")) - created
+        for source, created in times.items()
+        if created >= warmup
+    ]
+    result: dict[str, Any] = {"answered": sum(1 for source in times if source in first_seen)}
+    if latencies:
+        # "higher": a quantile is a latency that was measured (inf too), never
+        # interpolated between two (inf - inf is NaN).
+        q = np.percentile(np.array(latencies), [50, 95, 99, 100], method="higher").tolist()
+        result.update(dict(zip(("p50", "p95", "p99", "max"), q, strict=True)))
+    return result
+
+
+def _parse_settings(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` (value as JSON, else text) into config sections."""
+    settings: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        section, _, key = name.partition(".")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings.setdefault(section, {})[key] = value
+    return settings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate")
+    rd = sub.add_parser("read")
+    sc = sub.add_parser("scoring")
+    me = sub.add_parser("measure")
+    for p in (gen, rd, sc):
+        p.add_argument("--bootstrap", required=True)
+        p.add_argument("--topic", required=True)
+    gen.add_argument("--rate", type=float, required=True)
+    gen.add_argument("--seconds", type=float, required=True)
+    rd.add_argument("--out", type=Path, required=True)
+    sc.add_argument("--output", required=True)
+    sc.add_argument("--session-ms", type=int, default=6000)
+    me.add_argument("--system", required=True, help=f"[LABEL=]SYSTEM, SYSTEM one of {SYSTEMS}")
+    me.add_argument("--rate", type=float, required=True)
+    me.add_argument("--seconds", type=float, default=15.0)
+    me.add_argument("--bootstrap", help="an existing broker instead of a fresh one")
+    me.add_argument("--set", action="append", default=[], help="streamer: section.key=value")
+    me.add_argument("--keep", type=Path, help="write what the reader saw here")
+    me.add_argument("--metrics", action="store_true", help="print streamer's exposition too")
+    args = parser.parse_args()
+    if args.command == "generate":
+        print(generate(args.bootstrap, args.topic, args.rate, args.seconds), flush=True)
+    elif args.command == "read":
+        read(args.bootstrap, args.topic, args.out)
+    elif args.command == "scoring":
+        scoring(args.bootstrap, args.topic, args.output, args.session_ms)
+    else:
+        label, _, system = args.system.rpartition("=")
+        if system not in SYSTEMS:
+            parser.error(f"--system {args.system!r}: the system is one of {', '.join(SYSTEMS)}")
+        result = measure(
+            system, args.rate, args.seconds, bootstrap=args.bootstrap,
+            settings=_parse_settings(args.set), keep=args.keep,
+        )  # fmt: skip
+        exposition = result.pop("exposition")
+        print(json.dumps({"label": label or system, **result}), flush=True)
+        if args.metrics:
+            print(exposition)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
