@@ -11,20 +11,25 @@ import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer import clients
-from streamer.actors.metrics import MetricsActor, PipelineMetrics
+from streamer.actors.metrics import PipelineMetrics
 from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import PipelineStartError, StreamerError
-from streamer.httpserver import bind_endpoints
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
 from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quietly
 from streamer.topology.monitoring import Challengers, drift_monitor
-from streamer.topology.preflight import check_features, wait_for_broker, wait_for_registry
+from streamer.topology.preflight import (
+    check_features,
+    register_remote_metrics,
+    start_metrics,
+    wait_for_broker,
+    wait_for_registry,
+)
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -56,13 +61,9 @@ class Pipeline:
     ) -> None:
         """Load the model (unless given) and choose the clients; nothing starts yet.
 
-        ``metrics_port_wait_s``: how long a metrics port in use is tried again
-        before the start fails (a worker of ``--workers`` waits for its
-        predecessor; see :func:`~streamer.httpserver.bind_endpoints`).
-
         The clients come from ``backend`` (by default the one ``kafka.client``
         names); ``consumer_factory`` and ``producer_factory`` replace its two
-        halves (the tests' fakes).
+        halves (the tests' fakes). ``metrics_port_wait_s``: see :func:`start_metrics`.
         """
         self.settings = settings
         self._metrics_port_wait_s = metrics_port_wait_s
@@ -100,10 +101,7 @@ class Pipeline:
             swap=functools.partial(swap_into_stages, self._routes),
             interval_s=settings.model.watch_interval_s,
         )
-        if "remote" in (settings.model.kind, *(c.kind for c in settings.challengers)):
-            from streamer.clients.oip_metrics import RemoteCollector  # noqa: PLC0415
-
-            self.registry.register(RemoteCollector())
+        register_remote_metrics(settings, self.registry)
 
     @property
     def challengers(self) -> tuple[ChallengerLink, ...]:
@@ -118,22 +116,16 @@ class Pipeline:
     @property
     def consumer_ref(self) -> pykka.ActorRef | None:
         """The consumer actor (changes when it is restarted)."""
-        return next(iter(self._routes[Stage.CONSUMER].refs()), None)
+        return next(iter(self.stage_refs(Stage.CONSUMER)), None)
 
     @property
     def producer_ref(self) -> pykka.ActorRef | None:
         """The producer actor (changes when it is restarted)."""
-        return next(iter(self._routes[Stage.PRODUCER].refs()), None)
+        return next(iter(self.stage_refs(Stage.PRODUCER)), None)
 
-    @property
-    def model_refs(self) -> list[pykka.ActorRef]:
-        """The model actors."""
-        return self._routes[Stage.MODEL].refs()
-
-    @property
-    def preprocessor_refs(self) -> list[pykka.ActorRef]:
-        """The preprocessor actors."""
-        return self._routes[Stage.PREPROCESSOR].refs()
+    def stage_refs(self, stage: Stage) -> list[pykka.ActorRef]:
+        """The running actors of one stage (a restart swaps them in their Route)."""
+        return self._routes[stage].refs()
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -154,27 +146,12 @@ class Pipeline:
         """
         s = self.settings
         check_features(self.model)
-        # Bound before any actor starts: a port in use or out of range exits 2, and the
-        # probes serve from the first second (a daemon without them cannot be watched).
-        server = (
-            bind_endpoints(
-                s.metrics.host,
-                s.metrics.port,
-                self.registry,
-                {"/healthz": self.health, "/readyz": self.readiness},
-                wait_in_use_s=self._metrics_port_wait_s,
-            )
-            if s.metrics.enabled
-            else None
-        )
-        self.metrics_ref = MetricsActor.start(
-            s.metrics,
+        self.metrics_ref = start_metrics(
+            s,
             self.registry,
-            self.model.name,
-            self.model.version,
-            health=self.health,
-            readiness=self.readiness,
-            server=server,
+            self.model,
+            probes={"/healthz": self.health, "/readyz": self.readiness},
+            port_wait_s=self._metrics_port_wait_s,
         )
         try:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
@@ -267,8 +244,8 @@ class Pipeline:
             "producer": self.producer_ref,
             "metrics": self.metrics_ref,
         }
-        refs.update({f"model-{i}": ref for i, ref in enumerate(self.model_refs)})
-        refs.update({f"preprocessor-{i}": ref for i, ref in enumerate(self.preprocessor_refs)})
+        for stage in (Stage.MODEL, Stage.PREPROCESSOR):  # named model-0, preprocessor-0...
+            refs |= {f"{stage}-{i}": ref for i, ref in enumerate(self.stage_refs(stage))}
         return probes.TopologySnapshot(
             alive={name: ref is not None and ref.is_alive() for name, ref in refs.items()},
             restarts=dict(self.restarts),

@@ -1,14 +1,20 @@
-"""Before any stage starts: the model has features, the broker answers, the topics exist."""
+"""Before any stage starts: features, the metrics port, the broker, the topics."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import threading
+from collections.abc import Mapping
 
+import pykka
+from prometheus_client import CollectorRegistry
+
+from streamer.actors.metrics import MetricsActor
 from streamer.clients import ConsumerFactory
 from streamer.core.models import Model
 from streamer.errors import BrokerError, ConfigError, StoppedBeforeStartError
+from streamer.httpserver import HealthProbe, bind_endpoints
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,6 +25,47 @@ def check_features(model: Model) -> None:
     if not model.spec.names:
         msg = f"model error: model {model.name} declares no features"
         raise ConfigError(msg)
+
+
+def start_metrics(
+    settings: Settings,
+    registry: CollectorRegistry,
+    model: Model,
+    *,
+    probes: Mapping[str, HealthProbe],
+    port_wait_s: float = 0.0,
+) -> pykka.ActorRef:
+    """Bind the metrics port, then start the metrics actor that serves it.
+
+    The port is bound before any other actor starts: a port in use or out of range
+    exits 2, and the probes serve from the first second (a daemon without them
+    cannot be watched). A port in use is tried again for ``port_wait_s`` (a worker
+    of ``--workers`` waits for its predecessor; see
+    :func:`~streamer.httpserver.bind_endpoints`).
+    """
+    m = settings.metrics
+    server = (
+        bind_endpoints(m.host, m.port, registry, probes, wait_in_use_s=port_wait_s)
+        if m.enabled
+        else None
+    )
+    return MetricsActor.start(
+        m,
+        registry,
+        model.name,
+        model.version,
+        health=probes["/healthz"],
+        readiness=probes["/readyz"],
+        server=server,
+    )
+
+
+def register_remote_metrics(settings: Settings, registry: CollectorRegistry) -> None:
+    """Register the ``streamer_remote_*`` collector when a model or challenger is remote."""
+    if "remote" in (settings.model.kind, *(c.kind for c in settings.challengers)):
+        from streamer.clients.oip_metrics import RemoteCollector  # noqa: PLC0415
+
+        registry.register(RemoteCollector())
 
 
 def wait_for_broker(

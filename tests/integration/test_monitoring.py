@@ -40,6 +40,7 @@ from streamer.core.demo_data import make_event, make_record
 from streamer.devtools.oip_server import OipServer
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
+from streamer.topology.specs import Stage
 
 from .helpers import (
     ASSIGN_TIMEOUT_S,
@@ -524,7 +525,7 @@ def test_healthz_and_readyz_answer_503_saying_what_is_wrong(cluster: Cluster) ->
         assert get(f"{base}/readyz")[0] == 200
 
         # A stopped actor is not a crash: nothing restarts it, and liveness fails.
-        pipeline.model_refs[0].stop(block=True, timeout=10)
+        pipeline.stage_refs(Stage.MODEL)[0].stop(block=True, timeout=10)
         status, health = get_json(f"{base}/healthz")
         assert status == 503
         assert health["status"] == "failing"
