@@ -1155,19 +1155,25 @@ def peers_python(chosen: str) -> str:
 
     The peers pin other client versions than streamer (Quix Streams 3.28 needs
     confluent-kafka 2.12), so they get their own environment, installed from
-    ``benchmarks/peers-requirements.txt``.
+    ``benchmarks/peers-requirements.txt`` (again when that file changed).
     """
     if chosen:
         return chosen
     venv = HERE.parent / ".peers-venv"
     python = venv / "bin" / "python"
+    requirements = HERE / "peers-requirements.txt"
+    # What the environment was installed from: a peer added later is installed too.
+    installed = venv / "installed-requirements.txt"
     if not python.exists():
         print(f"creating {venv} for the peers (once)", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        requirements = HERE / "peers-requirements.txt"
+    wanted = requirements.read_text()
+    if not installed.exists() or installed.read_text() != wanted:
+        print(f"installing {requirements.name} into {venv}", file=sys.stderr, flush=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True
         )
+        installed.write_text(wanted)
     return str(python)
 
 
