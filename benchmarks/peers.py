@@ -26,9 +26,9 @@ is written the way its docs show:
   commits. Its ``mode="static"`` would end the job at the end of the topic, but
   it takes the end from the broker's ListOffsets, which Tansu answers with the
   base offset of the last batch + 1 (about 0.5% of the records were never
-  read). So the job streams, a ``pw.io.subscribe`` counts the scored rows, and
-  once ``--count`` are done a signal stops ``pw.run``, whose Kafka writer
-  flushes its producer as it closes.
+  read). So the job streams, a ``pw.io.subscribe`` follows the count of scored
+  rows (a ``reduce``), and once ``--count`` are done a signal stops ``pw.run``,
+  whose Kafka writer flushes its producer as it closes.
 - ``pathway-batch``: the same with ``pw.udf(max_batch_size=1000)``, numpy
   over each batch of arguments Pathway passes.
 
@@ -285,16 +285,20 @@ def pathway_job(args: argparse.Namespace, model: Model, *, batch: bool) -> dict[
         format="json",
         key=scored.key,
     )
+    # The engine counts the scored rows: Python sees one update per minibatch,
+    # not a callback per row.
     done = {"rows": 0}
 
     def count_rows(key: Any, row: dict[str, Any], time: int, is_addition: bool) -> None:
-        done["rows"] += 1 if is_addition else -1
+        if is_addition:
+            done["rows"] = row["rows"]
 
     def stop_when_done(time: int) -> None:
         if done["rows"] >= args.count:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    pw.io.subscribe(scored, on_change=count_rows, on_time_end=stop_when_done)
+    totals = scored.reduce(rows=pw.reducers.count())
+    pw.io.subscribe(totals, on_change=count_rows, on_time_end=stop_when_done)
     signal.signal(signal.SIGUSR1, _raise_done)
     with contextlib.suppress(AllScored):
         pw.run(monitoring_level=pw.MonitoringLevel.NONE)
