@@ -17,9 +17,9 @@ measured program runs in a fresh interpreter, one at a time:
 (e) scaling     throughput against preprocessor/model actors and batch size
 (f) large       peak RSS with records of 500 KB behind a model 5x slower than the
                 input, against the idle daemon and batch.max_in_flight_bytes
-(p) peers       with --peers: the same job run by Bytewax 0.21 and Quix Streams 3.28
-                (peers.py, in their own virtual environment), and every row's ratio
-                to the fastest peer
+(p) peers       with --peers: the same job run by Bytewax 0.21, Quix Streams 3.28 and
+                Pathway 0.33 (peers.py, in their own virtual environment), every run's
+                output verified, and every row's ratio to the fastest peer
 (r) formats     Avro input (through a Schema Registry stand-in) next to JSON, batch 1000
 (m) model kinds in process (no broker): prepare + score (+ reason codes, k=3) of
                 each kind on the same 30-feature records, against sklearn's row
@@ -66,9 +66,11 @@ import numpy as np
 import orjson
 
 from streamer.core.demo_data import make_record
+from streamer.core.models import load_model
+from streamer.core.models.linear import LinearModel
 from streamer.core.quantile import histogram_quantile
 from streamer.devtools.broker import EmbeddedBroker, free_port
-from streamer.devtools.verify import reconcile_topics
+from streamer.devtools.verify import read_topic, reconcile_topics
 from streamer.settings import to_toml
 
 HERE = Path(__file__).resolve().parent
@@ -217,6 +219,11 @@ class Cluster:
             partition: reader.committed(TopicPartition(topic, partition), timeout_ms=5000) or 0
             for partition in range(PARTITIONS)
         }
+
+    def read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes]]:
+        """(key, value) of every record of ``topic``, from its beginning to its end."""
+        for key, value, _headers in read_topic(self.bootstrap, topic).records.values():
+            yield key, value or b""
 
     def forget(self, group: str) -> None:
         reader = self._readers.pop(group, None)
@@ -866,25 +873,33 @@ class Bench:
     def peers(self) -> None:
         """(p): each peer's job over the preloaded input, ``--repeat`` rounds, medians.
 
-        Then every throughput row of (a) and (b) again, with its ratio to the
-        fastest peer.
+        The peers alternate within each round (the machine's load moves between
+        rounds). Every run is verified: each input record answered once, with
+        the demo model's score. Then every throughput row of (a) and (b) again,
+        with its ratio to the fastest peer.
         """
         python = peers_python(self.args.peers_python)
-        rates: dict[str, float] = {}
+        expected = self._expected_scores()
         notes = {
             "bytewax-map": "Bytewax 0.21.1, op.map per record; no consumer group, no commits",
             "bytewax-batch": "Bytewax 0.21.1, flat_map_batch + numpy; no group, no commits",
             "quix": "Quix Streams 3.28.1, StreamingDataFrame.apply + to_topic; group, commits",
             "quix-batch": "Quix Streams 3.28.1, BatchingSink + numpy; group, commits",
+            "pathway": "Pathway 0.33.0, pw.udf per record; no commits",
+            "pathway-batch": "Pathway 0.33.0, pw.udf(max_batch_size=1000) + numpy; no commits",
         }
-        for system in self.args.peer_systems:
-            runs = []
-            for run in range(self.args.repeat):
+        results: dict[str, list[dict[str, float]]] = {s: [] for s in self.args.peer_systems}
+        for run in range(self.args.repeat):
+            for system in self.args.peer_systems:
                 self.log(f"(p) peer {system}, run {run + 1} of {self.args.repeat}")
-                runs.append(self._peer(python, system))
-            rates[system] = float(np.median(runs))
-            self.rows.append(Row("p", f"peer {system}", rates[system], "records/s", None, ""))
-            self.rows[-1].note = f"{notes[system]}; {_spread(runs)}"
+                results[system].append(self._peer(python, system, expected))
+        rates: dict[str, float] = {}
+        for system, runs in results.items():
+            per_run = [r["records_per_s"] for r in runs]
+            rates[system] = float(np.median(per_run))
+            cpu = float(np.median([r["cpu_percent"] for r in runs]))
+            note = f"{notes[system]}; CPU {cpu:.0f}% of one core; verified; {_spread(per_run)}"
+            self.rows.append(Row("p", f"peer {system}", rates[system], "records/s", None, note))
         fastest = max(rates.values(), default=0.0)
         for row in self.rows:
             if row.section == "p":
@@ -901,7 +916,25 @@ class Bench:
                 )
             )
 
-    def _peer(self, python: str, system: str) -> float:
+    def _expected_scores(self) -> dict[str, list[float]]:
+        """Each key's demo-model scores over the preloaded input, sorted: what a peer must write."""
+        model = load_model("linear", str(DEMO_MODEL_FILE))
+        assert isinstance(model, LinearModel)
+        keys: list[str] = []
+        rows: list[list[float]] = []
+        for key, value in self.cluster.read_all(self.input):
+            doc = orjson.loads(value)
+            keys.append((key or b"").decode())
+            rows.append([float(doc[name]) for name in model.spec.names])
+        standardized = (np.array(rows) - model.spec.mean) / model.spec.std
+        expected: dict[str, list[float]] = {}
+        for key, score in zip(keys, model.predict(standardized).tolist(), strict=True):
+            expected.setdefault(key, []).append(score)
+        for scores in expected.values():
+            scores.sort()
+        return expected
+
+    def _peer(self, python: str, system: str, expected: dict[str, list[float]]) -> dict[str, float]:
         output = self.cluster.topic("bench-peer-out")
         try:
             result = subprocess.run(
@@ -932,10 +965,14 @@ class Bench:
             if result.returncode != 0:
                 msg = f"peer {system} exited with {result.returncode}: {result.stderr[-2000:]}"
                 raise RuntimeError(msg)
+            problems = peer_answer_problems(expected, self.cluster.read_all(output))
+            if problems:
+                msg = f"peer {system} answered wrongly: {'; '.join(problems)}"
+                raise RuntimeError(msg)
         finally:
             self.cluster.delete(output)
-        rate: float = json.loads(result.stdout.strip().splitlines()[-1])["records_per_s"]
-        return rate
+        measured: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+        return measured
 
     def health(self) -> None:
         """(h) Model health's cost: drift monitoring plus one challenger (the demo model again).
@@ -1156,24 +1193,61 @@ class Bench:
         return rate
 
 
+def peer_answer_problems(
+    expected: dict[str, list[float]], answers: Iterator[tuple[bytes | None, bytes]]
+) -> list[str]:
+    """What is wrong with a peer's output topic, given each key's sorted expected scores.
+
+    An answer is a JSON document with a ``score`` and the input's key, in the
+    document (``key``) or as the message key (quix per record writes only the
+    score). Each key must get as many answers as it has inputs, with the same
+    scores (to 1e-9: numpy and plain floats may sum in another order).
+    """
+    got: dict[str, list[float]] = {}
+    for message_key, value in answers:
+        doc = orjson.loads(value)
+        key = doc.get("key") or (message_key or b"").decode()
+        got.setdefault(key, []).append(float(doc["score"]))
+    problems: list[str] = []
+    total_expected = sum(len(scores) for scores in expected.values())
+    total_got = sum(len(scores) for scores in got.values())
+    if total_got != total_expected:
+        problems.append(f"{total_got} answers to {total_expected} records")
+    wrong = [
+        key
+        for key in expected.keys() | got.keys()
+        if len(expected.get(key, [])) != len(got.get(key, []))
+        or not np.allclose(sorted(got.get(key, [])), expected.get(key, []), rtol=1e-9, atol=0)
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} keys with missing, extra or wrong scores, e.g. {wrong[:3]}")
+    return problems
+
+
 def peers_python(chosen: str) -> str:
     """The interpreter of the peers' virtual environment; creates .peers-venv once.
 
     The peers pin other client versions than streamer (Quix Streams 3.28 needs
     confluent-kafka 2.12), so they get their own environment, installed from
-    ``benchmarks/peers-requirements.txt``.
+    ``benchmarks/peers-requirements.txt`` (again when that file changed).
     """
     if chosen:
         return chosen
     venv = HERE.parent / ".peers-venv"
     python = venv / "bin" / "python"
+    requirements = HERE / "peers-requirements.txt"
+    # What the environment was installed from: a peer added later is installed too.
+    installed = venv / "installed-requirements.txt"
     if not python.exists():
         print(f"creating {venv} for the peers (once)", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        requirements = HERE / "peers-requirements.txt"
+    wanted = requirements.read_text()
+    if not installed.exists() or installed.read_text() != wanted:
+        print(f"installing {requirements.name} into {venv}", file=sys.stderr, flush=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True
         )
+        installed.write_text(wanted)
     return str(python)
 
 
@@ -1407,11 +1481,13 @@ def _large_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _peer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--peers", action="store_true", help="also run (p): Bytewax and Quix Streams, same job"
+        "--peers",
+        action="store_true",
+        help="also run (p): Bytewax, Quix Streams and Pathway, same job",
     )
     parser.add_argument(
         "--peer-systems",
-        default="bytewax-map,bytewax-batch,quix,quix-batch",
+        default="bytewax-map,bytewax-batch,quix,quix-batch,pathway,pathway-batch",
         type=lambda text: [name for name in text.split(",") if name],
     )
     parser.add_argument(
