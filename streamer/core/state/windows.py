@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -42,7 +42,6 @@ from streamer.core.state.codec import (
     META_KEY,
     Entry,
     FieldValue,
-    KeyState,
     Meta,
     Served,
     decode_key_state,
@@ -52,6 +51,7 @@ from streamer.core.state.codec import (
     key_state_key,
     served_key,
 )
+from streamer.core.state.entries import KeyEntries, Window
 from streamer.core.state.layout import (
     BadRecordError,
     Layout,
@@ -112,6 +112,20 @@ class PartitionState:
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
+        self._plans = tuple(
+            (f.agg, group, field, f.window_us, f.include_current, f.default)
+            for f, group, field in zip(
+                layout.features, layout.feature_group, layout.feature_field, strict=True
+            )
+        )
+        """Per feature, what computing its value reads (attribute lookups once, not per record)."""
+        self._reads = tuple(
+            (group.key, group.time, tuple(zip(group.fields, group.numeric, strict=True)))
+            for group in layout.groups
+        )
+        self._horizons = tuple(group.horizon_us for group in layout.groups)
+        self._ttls = tuple(layout.key_ttl_us or horizon for horizon in self._horizons)
+        self._widths = tuple(len(group.fields) for group in layout.groups)
         raw = store.get(META_KEY)
         if raw is None:
             self.meta = Meta(
@@ -150,8 +164,14 @@ class PartitionState:
         return self.meta.last_offset
 
     def apply(self, records: Iterable[StateInput]) -> Applied:
-        """Apply records of this partition in offset order; write the batch's changes at once."""
+        """Apply records of this partition in offset order; write the batch's changes at once.
+
+        Each key touched is decoded once (its :class:`KeyEntries` kept for the
+        batch) and encoded once at the end, into its place in the changes
+        (where its first write was): the same changes as one encode per record.
+        """
         pending: dict[bytes, bytes | None] = {}
+        keys: dict[bytes, KeyEntries | None] = {}
         outcomes: list[Served | None] = []
         clocks = list(self.meta.clocks_us)
         last = self.meta.last_offset
@@ -163,11 +183,16 @@ class PartitionState:
             if record.offset <= self.meta.last_offset:
                 outcomes.append(self._replayed(record.offset, pending))
                 continue
-            outcome = self._apply_one(record, pending, clocks)
+            outcome = self._apply_one(record, pending, keys, clocks)
             if self._remember:
                 pending[served_key(record.offset)] = encode(outcome)
             outcomes.append(outcome)
             last = max(last, record.offset)
+        for store_key, value in pending.items():
+            if value is None:  # a key written by this batch: its state at the end
+                entries = keys[store_key]
+                assert entries is not None
+                pending[store_key] = encode(entries.to_state())
         self.meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
         pending[META_KEY] = encode(self.meta)
         changes = tuple(pending.items())
@@ -187,16 +212,20 @@ class PartitionState:
         return decode_served(raw)
 
     def _apply_one(
-        self, record: StateInput, pending: dict[bytes, bytes | None], clocks: list[int | None]
+        self,
+        record: StateInput,
+        pending: dict[bytes, bytes | None],
+        keys: dict[bytes, KeyEntries | None],
+        clocks: list[int | None],
     ) -> Served:
         layout = self.layout
         try:
             inputs = self._read(record)
         except BadRecordError as problem:
             return Served(None, problem.reason, problem.detail)
-        states: list[KeyState | None] = []
-        for group, (key, time_us, _values) in enumerate(inputs):
-            state = self._key_state(group, key, pending, clocks[group])
+        states: list[KeyEntries | None] = []
+        for group, (store_key, time_us, _values) in enumerate(inputs):
+            state = self._key_state(group, store_key, keys, clocks[group])
             if state is not None and time_us < state.newest_us - layout.allowed_lateness_us:
                 late_by = (state.newest_us - time_us) / 1e6
                 return Served(
@@ -206,91 +235,86 @@ class PartitionState:
                     f"state.allowed_lateness_s={layout.allowed_lateness_us / 1e6:g}",
                 )
             states.append(state)
-        windows: dict[tuple[int, int], list[Entry]] = {}  # one pass per group and window length
-        values = tuple(
-            self._value(index, inputs, states, windows) for index in range(len(layout.features))
-        )
-        for group, (key, time_us, fields) in enumerate(inputs):
+        values = self._values(inputs, states)
+        for group, (store_key, time_us, fields) in enumerate(inputs):
             state = states[group]
-            newest = time_us if state is None else max(state.newest_us, time_us)
-            keep_above = newest - layout.groups[group].horizon_us
-            kept = (
-                () if state is None else tuple(e for e in state.entries if e.time_us > keep_above)
-            )
             entry = Entry(record.offset, time_us, fields)
-            pending[key_state_key(group, key)] = encode(KeyState(newest, (*kept, entry)))
+            if state is None:  # new, or past its TTL: only this entry
+                keys[store_key] = KeyEntries(time_us, [entry], len(fields))
+            else:
+                newest = max(state.newest_us, time_us)
+                state.add(entry, newest - self._horizons[group])
+            if store_key not in pending:
+                pending[store_key] = None  # encoded at the end of the batch
             clock = clocks[group]
             clocks[group] = time_us if clock is None else max(clock, time_us)
         return Served(values)
 
+    def _values(
+        self, inputs: list[_GroupInput], states: list[KeyEntries | None]
+    ) -> tuple[float, ...]:
+        """Each feature's value for a record: its window's entries, and the record itself."""
+        windows: dict[tuple[int, int], Window | None] = {}  # one per group and window length
+        values: list[float] = []
+        for agg, group, field, window_us, include_current, default in self._plans:
+            _store_key, time_us, fields = inputs[group]
+            window_key = (group, window_us)
+            if window_key in windows:
+                window = windows[window_key]
+            else:
+                state = states[group]
+                window = None if state is None else state.select(time_us - window_us, time_us)
+                windows[window_key] = window
+            if agg == "count":
+                values.append(float((0 if window is None else len(window)) + include_current))
+            elif agg == "time_since_last":
+                if window is None or not window:
+                    values.append(default)
+                else:
+                    values.append((time_us - window.newest_time()) / 1_000_000)
+            elif agg == "last" and include_current:
+                values.append(float(fields[field]))
+            elif agg == "last":
+                values.append(
+                    default if window is None or not window else float(window.last(field))
+                )
+            else:
+                seen = [] if window is None else window.values(field)
+                if include_current:
+                    seen.append(fields[field])
+                values.append(aggregate(agg, seen, default))
+        return tuple(values)
+
     def _read(self, record: StateInput) -> list[_GroupInput]:
+        """Per group: the record's store key, time and fields."""
         doc = record.doc
         assert doc is not None
         inputs = []
-        for group in self.layout.groups:
-            key = read_key(doc, record.key, group.key)
-            time_us = read_time_us(doc, record.timestamp_ms, group.time)
-            fields = tuple(
-                read_field(doc, name, numeric=numeric)
-                for name, numeric in zip(group.fields, group.numeric, strict=True)
-            )
-            inputs.append((key, time_us, fields))
+        for index, (key_path, time_path, reads) in enumerate(self._reads):
+            key = read_key(doc, record.key, key_path)
+            time_us = read_time_us(doc, record.timestamp_ms, time_path)
+            fields = tuple([read_field(doc, name, numeric=numeric) for name, numeric in reads])
+            inputs.append((key_state_key(index, key), time_us, fields))
         return inputs
 
     def _key_state(
-        self, group: int, key: bytes, pending: dict[bytes, bytes | None], clock: int | None
-    ) -> KeyState | None:
-        store_key = key_state_key(group, key)
-        raw = pending[store_key] if store_key in pending else self.store.get(store_key)
-        if raw is None:
-            return None
-        state = decode_key_state(raw)
-        if self._expired(group, state, clock):
+        self, group: int, store_key: bytes, keys: dict[bytes, KeyEntries | None], clock: int | None
+    ) -> KeyEntries | None:
+        if store_key in keys:
+            state = keys[store_key]
+        else:
+            raw = self.store.get(store_key)
+            if raw is None:
+                state = None
+            else:
+                state = KeyEntries.from_state(decode_key_state(raw), self._widths[group])
+            keys[store_key] = state
+        if state is None or self._expired(group, state.newest_us, clock):
             return None
         return state
 
-    def _expired(self, group: int, state: KeyState, clock: int | None) -> bool:
-        ttl = self.layout.key_ttl_us or self.layout.groups[group].horizon_us
-        return clock is not None and state.newest_us < clock - ttl
-
-    def _value(  # noqa: PLR0911 - one return per aggregation
-        self,
-        index: int,
-        inputs: list[_GroupInput],
-        states: list[KeyState | None],
-        windows: dict[tuple[int, int], list[Entry]],
-    ) -> float:
-        layout = self.layout
-        feature = layout.features[index]
-        group = layout.feature_group[index]
-        field = layout.feature_field[index]
-        key, time_us, fields = inputs[group]
-        del key
-        window = windows.get((group, feature.window_us))
-        if window is None:
-            low = time_us - feature.window_us
-            state = states[group]
-            window = (
-                [] if state is None else [e for e in state.entries if low < e.time_us <= time_us]
-            )
-            windows[(group, feature.window_us)] = window
-        if feature.agg == "time_since_last":
-            if not window:
-                return feature.default
-            return (time_us - max(e.time_us for e in window)) / 1_000_000
-        if feature.agg == "count":
-            return float(len(window) + feature.include_current)
-        if feature.agg == "last":
-            if feature.include_current:
-                return float(fields[field])
-            if not window:
-                return feature.default
-            newest = max(window, key=lambda e: (e.time_us, e.offset))
-            return float(newest.values[field])
-        seen = [e.values[field] for e in window]
-        if feature.include_current:
-            seen.append(fields[field])
-        return aggregate(feature.agg, seen, feature.default)
+    def _expired(self, group: int, newest_us: int, clock: int | None) -> bool:
+        return clock is not None and newest_us < clock - self._ttls[group]
 
     def forget_served(self, below_offset: int) -> tuple[Change, ...]:
         """Delete what was served below an offset (the committed one: never replayed again)."""
@@ -308,7 +332,8 @@ class PartitionState:
         changes: list[Change] = []
         for store_key, raw in self.store.items_from(KEY_PREFIX):
             group = store_key[1]
-            if self._expired(group, decode_key_state(raw), self.meta.clocks_us[group]):
+            newest_us = decode_key_state(raw).newest_us
+            if self._expired(group, newest_us, self.meta.clocks_us[group]):
                 changes.append((store_key, None))
         if changes:
             self.store.write(changes)
@@ -325,9 +350,9 @@ def aggregate(  # noqa: PLR0911 - one return per aggregation
     """sum, mean, min, max, std, distinct_count over a window's values; order never matters."""
     if agg == "distinct_count":
         return float(len(set(values)))
-    numbers = [float(v) for v in values]
-    if agg == "sum":
-        return math.fsum(numbers)
+    if agg == "sum":  # fsum reads each number as float() does
+        return math.fsum(cast("Sequence[float]", values))  # a numeric field holds floats
+    numbers = list(map(float, values))
     if not numbers:
         return default
     if agg == "min":
