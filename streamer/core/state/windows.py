@@ -28,6 +28,7 @@ key k that were applied before r in its partition (and r itself, with
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -90,6 +91,11 @@ class ForeignStoreError(Exception):
 
 _GroupInput = tuple[bytes, int, tuple[FieldValue, ...]]
 
+CACHED_ENTRIES = 250_000
+"""Window entries kept decoded between batches (their keys' :class:`KeyEntries`), about
+60 MB: a key of the last batches is read from memory, not from the store. The cache
+holds what the store holds (it is dropped when a batch fails), so it changes no value."""
+
 
 class PartitionState:
     """The state of one input partition over a :class:`Store`.
@@ -106,12 +112,17 @@ class PartitionState:
         partition: int,
         *,
         remember_served: bool = True,
+        cached_entries: int = CACHED_ENTRIES,
     ) -> None:
         self.layout = layout
         self.store = store
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
+        self._cache: OrderedDict[bytes, tuple[KeyEntries, int]] = OrderedDict()
+        """The keys of the last batches as the store holds them, least recently used first."""
+        self._cache_limit = cached_entries
+        self._cached = 0
         self._plans = tuple(
             (f.agg, group, field, f.window_us, f.include_current, f.default)
             for f, group, field in zip(
@@ -167,11 +178,23 @@ class PartitionState:
         """Apply records of this partition in offset order; write the batch's changes at once.
 
         Each key touched is decoded once (its :class:`KeyEntries` kept for the
-        batch) and encoded once at the end, into its place in the changes
-        (where its first write was): the same changes as one encode per record.
+        batch, and for the next batches within ``cached_entries``) and encoded
+        once at the end, into its place in the changes (where its first write
+        was): the same changes as one encode per record.
         """
-        pending: dict[bytes, bytes | None] = {}
         keys: dict[bytes, KeyEntries | None] = {}
+        try:
+            applied = self._apply(records, keys)
+        except BaseException:
+            self._forget_cache()  # its keys may hold what the store never got
+            raise
+        self._cache_keys(keys)
+        return applied
+
+    def _apply(
+        self, records: Iterable[StateInput], keys: dict[bytes, KeyEntries | None]
+    ) -> Applied:
+        pending: dict[bytes, bytes | None] = {}
         outcomes: list[Served | None] = []
         clocks = list(self.meta.clocks_us)
         last = self.meta.last_offset
@@ -193,10 +216,11 @@ class PartitionState:
                 entries = keys[store_key]
                 assert entries is not None
                 pending[store_key] = encode(entries.to_state())
-        self.meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
-        pending[META_KEY] = encode(self.meta)
+        meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
+        pending[META_KEY] = encode(meta)
         changes = tuple(pending.items())
         self.store.write(changes)
+        self.meta = meta  # only once written: a failed write leaves the engine as the store is
         return Applied(tuple(outcomes), changes)
 
     def _replayed(self, offset: int, pending: dict[bytes, bytes | None]) -> Served:
@@ -302,6 +326,8 @@ class PartitionState:
     ) -> KeyEntries | None:
         if store_key in keys:
             state = keys[store_key]
+        elif store_key in self._cache:
+            state = keys[store_key] = self._cache[store_key][0]
         else:
             raw = self.store.get(store_key)
             if raw is None:
@@ -315,6 +341,28 @@ class PartitionState:
 
     def _expired(self, group: int, newest_us: int, clock: int | None) -> bool:
         return clock is not None and newest_us < clock - self._ttls[group]
+
+    def _cache_keys(self, keys: dict[bytes, KeyEntries | None]) -> None:
+        """Keep a batch's keys for the next batches, within ``cached_entries`` entries."""
+        cache = self._cache
+        for store_key, state in keys.items():
+            self._uncache(store_key)
+            if state is not None:
+                size = len(state.entries) + 1
+                cache[store_key] = (state, size)
+                self._cached += size
+        while self._cached > self._cache_limit:
+            _key, (_state, size) = cache.popitem(last=False)
+            self._cached -= size
+
+    def _uncache(self, store_key: bytes) -> None:
+        cached = self._cache.pop(store_key, None)
+        if cached is not None:
+            self._cached -= cached[1]
+
+    def _forget_cache(self) -> None:
+        self._cache.clear()
+        self._cached = 0
 
     def forget_served(self, below_offset: int) -> tuple[Change, ...]:
         """Delete what was served below an offset (the committed one: never replayed again)."""
@@ -335,6 +383,7 @@ class PartitionState:
             newest_us = decode_key_state(raw).newest_us
             if self._expired(group, newest_us, self.meta.clocks_us[group]):
                 changes.append((store_key, None))
+                self._uncache(store_key)
         if changes:
             self.store.write(changes)
         return tuple(changes)
