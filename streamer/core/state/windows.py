@@ -123,6 +123,8 @@ class PartitionState:
         """The keys of the last batches as the store holds them, least recently used first."""
         self._cache_limit = cached_entries
         self._cached = 0
+        self._new_keys: set[bytes] = set()
+        """The keys of the batch being applied that the store did not hold."""
         self._plans = tuple(
             (f.agg, group, field, f.window_us, f.include_current, f.default)
             for f, group, field in zip(
@@ -183,6 +185,7 @@ class PartitionState:
         was): the same changes as one encode per record.
         """
         keys: dict[bytes, KeyEntries | None] = {}
+        self._new_keys.clear()
         try:
             applied = self._apply(records, keys)
         except BaseException:
@@ -332,6 +335,7 @@ class PartitionState:
             raw = self.store.get(store_key)
             if raw is None:
                 state = None
+                self._new_keys.add(store_key)
             else:
                 state = KeyEntries.from_state(decode_key_state(raw), self._widths[group])
             keys[store_key] = state
@@ -343,9 +347,17 @@ class PartitionState:
         return clock is not None and newest_us < clock - self._ttls[group]
 
     def _cache_keys(self, keys: dict[bytes, KeyEntries | None]) -> None:
-        """Keep a batch's keys for the next batches, within ``cached_entries`` entries."""
+        """Keep a batch's keys for the next batches, within ``cached_entries`` entries.
+
+        A key new in this batch is not kept: most keys of a stream with many
+        keys are seen once in a long while, and would only push out the keys
+        that come back.
+        """
         cache = self._cache
+        new_keys = self._new_keys
         for store_key, state in keys.items():
+            if store_key in new_keys:
+                continue
             self._uncache(store_key)
             if state is not None:
                 size = len(state.entries) + 1
