@@ -52,8 +52,10 @@ from streamer.core.state.codec import (
     key_state_key,
     served_key,
 )
+from streamer.core.state.declared import RECORD_KEY, RECORD_TIMESTAMP
 from streamer.core.state.entries import KeyEntries, Window
 from streamer.core.state.layout import (
+    MAX_TIME_US,
     BadRecordError,
     Layout,
     read_field,
@@ -90,6 +92,15 @@ class ForeignStoreError(Exception):
 
 
 _GroupInput = tuple[bytes, int, tuple[FieldValue, ...]]
+
+_RECORD_TIME, _TOP_FIELD_TIME, _OTHER_TIME = range(3)
+
+
+def _time_source(path: str) -> int:
+    if path == RECORD_TIMESTAMP:
+        return _RECORD_TIME
+    return _OTHER_TIME if "." in path else _TOP_FIELD_TIME
+
 
 CACHED_ENTRIES = 250_000
 """Window entries kept decoded between batches (their keys' :class:`KeyEntries`), about
@@ -133,9 +144,19 @@ class PartitionState:
         )
         """Per feature, what computing its value reads (attribute lookups once, not per record)."""
         self._reads = tuple(
-            (group.key, group.time, tuple(zip(group.fields, group.numeric, strict=True)))
+            (
+                group.key,
+                group.key != RECORD_KEY and "." not in group.key,
+                group.time,
+                _time_source(group.time),
+                tuple(
+                    (name, numeric, "." not in name)
+                    for name, numeric in zip(group.fields, group.numeric, strict=True)
+                ),
+            )
             for group in layout.groups
         )
+        """Per group, its paths and whether each is a field at the top level (read inline)."""
         self._horizons = tuple(group.horizon_us for group in layout.groups)
         self._ttls = tuple(layout.key_ttl_us or horizon for horizon in self._horizons)
         self._widths = tuple(len(group.fields) for group in layout.groups)
@@ -316,12 +337,35 @@ class PartitionState:
         """Per group: the record's store key, time and fields."""
         doc = record.doc
         assert doc is not None
+        # The usual case inline (a string key, an integer time, finite float and string
+        # fields, at the top level); anything else through the read_* functions, which
+        # read it the same way or raise with the reason, in the same order.
         inputs = []
-        for index, (key_path, time_path, reads) in enumerate(self._reads):
-            key = read_key(doc, record.key, key_path)
-            time_us = read_time_us(doc, record.timestamp_ms, time_path)
-            fields = tuple([read_field(doc, name, numeric=numeric) for name, numeric in reads])
-            inputs.append((key_state_key(index, key), time_us, fields))
+        for index, (key_path, key_top, time_path, time_source, reads) in enumerate(self._reads):
+            raw = doc.get(key_path) if key_top else None
+            key = raw.encode() if type(raw) is str else read_key(doc, record.key, key_path)
+            if time_source == _RECORD_TIME:
+                raw = record.timestamp_ms
+            else:
+                raw = doc.get(time_path) if time_source == _TOP_FIELD_TIME else None
+            if (
+                type(raw) is int
+                and (raw >= 0 or time_source != _RECORD_TIME)
+                and -MAX_TIME_US < raw * 1000 < MAX_TIME_US
+            ):
+                time_us = raw * 1000
+            else:
+                time_us = read_time_us(doc, record.timestamp_ms, time_path)
+            fields: list[FieldValue] = []
+            for name, numeric, top in reads:
+                raw = doc.get(name) if top else None
+                if (numeric and type(raw) is float and math.isfinite(raw)) or (
+                    not numeric and type(raw) is str
+                ):
+                    fields.append(raw)
+                else:
+                    fields.append(read_field(doc, name, numeric=numeric))
+            inputs.append((key_state_key(index, key), time_us, tuple(fields)))
         return inputs
 
     def _key_state(
