@@ -156,6 +156,7 @@ def json_text(value: Any) -> str:
 
 _MAX_TIME_US = 1 << 62
 """Beyond it (about 146,000 years from 1970) a time is not a time, and would not fit the codec."""
+MAX_TIME_US = _MAX_TIME_US
 
 
 def read_time_us(doc: dict[str, Any], timestamp_ms: int | None, path: str) -> int:

@@ -28,9 +28,10 @@ key k that were applied before r in its partition (and r itself, with
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -42,7 +43,6 @@ from streamer.core.state.codec import (
     META_KEY,
     Entry,
     FieldValue,
-    KeyState,
     Meta,
     Served,
     decode_key_state,
@@ -52,7 +52,10 @@ from streamer.core.state.codec import (
     key_state_key,
     served_key,
 )
+from streamer.core.state.declared import RECORD_KEY, RECORD_TIMESTAMP
+from streamer.core.state.entries import KeyEntries, Window
 from streamer.core.state.layout import (
+    MAX_TIME_US,
     BadRecordError,
     Layout,
     read_field,
@@ -90,6 +93,20 @@ class ForeignStoreError(Exception):
 
 _GroupInput = tuple[bytes, int, tuple[FieldValue, ...]]
 
+_RECORD_TIME, _TOP_FIELD_TIME, _OTHER_TIME = range(3)
+
+
+def _time_source(path: str) -> int:
+    if path == RECORD_TIMESTAMP:
+        return _RECORD_TIME
+    return _OTHER_TIME if "." in path else _TOP_FIELD_TIME
+
+
+CACHED_ENTRIES = 250_000
+"""Window entries kept decoded between batches (their keys' :class:`KeyEntries`), about
+60 MB: a key of the last batches is read from memory, not from the store. The cache
+holds what the store holds (it is dropped when a batch fails), so it changes no value."""
+
 
 class PartitionState:
     """The state of one input partition over a :class:`Store`.
@@ -106,12 +123,43 @@ class PartitionState:
         partition: int,
         *,
         remember_served: bool = True,
+        cached_entries: int = CACHED_ENTRIES,
     ) -> None:
         self.layout = layout
         self.store = store
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
+        self._cache: OrderedDict[bytes, tuple[KeyEntries, int]] = OrderedDict()
+        """The keys of the last batches as the store holds them, least recently used first."""
+        self._cache_limit = cached_entries
+        self._cached = 0
+        self._new_keys: set[bytes] = set()
+        """The keys of the batch being applied that the store did not hold."""
+        self._plans = tuple(
+            (f.agg, group, field, f.window_us, f.include_current, f.default)
+            for f, group, field in zip(
+                layout.features, layout.feature_group, layout.feature_field, strict=True
+            )
+        )
+        """Per feature, what computing its value reads (attribute lookups once, not per record)."""
+        self._reads = tuple(
+            (
+                group.key,
+                group.key != RECORD_KEY and "." not in group.key,
+                group.time,
+                _time_source(group.time),
+                tuple(
+                    (name, numeric, "." not in name)
+                    for name, numeric in zip(group.fields, group.numeric, strict=True)
+                ),
+            )
+            for group in layout.groups
+        )
+        """Per group, its paths and whether each is a field at the top level (read inline)."""
+        self._horizons = tuple(group.horizon_us for group in layout.groups)
+        self._ttls = tuple(layout.key_ttl_us or horizon for horizon in self._horizons)
+        self._widths = tuple(len(group.fields) for group in layout.groups)
         raw = store.get(META_KEY)
         if raw is None:
             self.meta = Meta(
@@ -150,7 +198,26 @@ class PartitionState:
         return self.meta.last_offset
 
     def apply(self, records: Iterable[StateInput]) -> Applied:
-        """Apply records of this partition in offset order; write the batch's changes at once."""
+        """Apply records of this partition in offset order; write the batch's changes at once.
+
+        Each key touched is decoded once (its :class:`KeyEntries` kept for the
+        batch, and for the next batches within ``cached_entries``) and encoded
+        once at the end, into its place in the changes (where its first write
+        was): the same changes as one encode per record.
+        """
+        keys: dict[bytes, KeyEntries | None] = {}
+        self._new_keys.clear()
+        try:
+            applied = self._apply(records, keys)
+        except BaseException:
+            self._forget_cache()  # its keys may hold what the store never got
+            raise
+        self._cache_keys(keys)
+        return applied
+
+    def _apply(
+        self, records: Iterable[StateInput], keys: dict[bytes, KeyEntries | None]
+    ) -> Applied:
         pending: dict[bytes, bytes | None] = {}
         outcomes: list[Served | None] = []
         clocks = list(self.meta.clocks_us)
@@ -163,15 +230,21 @@ class PartitionState:
             if record.offset <= self.meta.last_offset:
                 outcomes.append(self._replayed(record.offset, pending))
                 continue
-            outcome = self._apply_one(record, pending, clocks)
+            outcome = self._apply_one(record, pending, keys, clocks)
             if self._remember:
                 pending[served_key(record.offset)] = encode(outcome)
             outcomes.append(outcome)
             last = max(last, record.offset)
-        self.meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
-        pending[META_KEY] = encode(self.meta)
+        for store_key, value in pending.items():
+            if value is None:  # a key written by this batch: its state at the end
+                entries = keys[store_key]
+                assert entries is not None
+                pending[store_key] = encode(entries.to_state())
+        meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
+        pending[META_KEY] = encode(meta)
         changes = tuple(pending.items())
         self.store.write(changes)
+        self.meta = meta  # only once written: a failed write leaves the engine as the store is
         return Applied(tuple(outcomes), changes)
 
     def _replayed(self, offset: int, pending: dict[bytes, bytes | None]) -> Served:
@@ -187,16 +260,20 @@ class PartitionState:
         return decode_served(raw)
 
     def _apply_one(
-        self, record: StateInput, pending: dict[bytes, bytes | None], clocks: list[int | None]
+        self,
+        record: StateInput,
+        pending: dict[bytes, bytes | None],
+        keys: dict[bytes, KeyEntries | None],
+        clocks: list[int | None],
     ) -> Served:
         layout = self.layout
         try:
             inputs = self._read(record)
         except BadRecordError as problem:
             return Served(None, problem.reason, problem.detail)
-        states: list[KeyState | None] = []
-        for group, (key, time_us, _values) in enumerate(inputs):
-            state = self._key_state(group, key, pending, clocks[group])
+        states: list[KeyEntries | None] = []
+        for group, (store_key, time_us, _values) in enumerate(inputs):
+            state = self._key_state(group, store_key, keys, clocks[group])
             if state is not None and time_us < state.newest_us - layout.allowed_lateness_us:
                 late_by = (state.newest_us - time_us) / 1e6
                 return Served(
@@ -206,91 +283,142 @@ class PartitionState:
                     f"state.allowed_lateness_s={layout.allowed_lateness_us / 1e6:g}",
                 )
             states.append(state)
-        windows: dict[tuple[int, int], list[Entry]] = {}  # one pass per group and window length
-        values = tuple(
-            self._value(index, inputs, states, windows) for index in range(len(layout.features))
-        )
-        for group, (key, time_us, fields) in enumerate(inputs):
+        values = self._values(inputs, states)
+        for group, (store_key, time_us, fields) in enumerate(inputs):
             state = states[group]
-            newest = time_us if state is None else max(state.newest_us, time_us)
-            keep_above = newest - layout.groups[group].horizon_us
-            kept = (
-                () if state is None else tuple(e for e in state.entries if e.time_us > keep_above)
-            )
             entry = Entry(record.offset, time_us, fields)
-            pending[key_state_key(group, key)] = encode(KeyState(newest, (*kept, entry)))
+            if state is None:  # new, or past its TTL: only this entry
+                keys[store_key] = KeyEntries(time_us, [entry], len(fields))
+            else:
+                newest = max(state.newest_us, time_us)
+                state.add(entry, newest - self._horizons[group])
+            if store_key not in pending:
+                pending[store_key] = None  # encoded at the end of the batch
             clock = clocks[group]
             clocks[group] = time_us if clock is None else max(clock, time_us)
         return Served(values)
 
+    def _values(
+        self, inputs: list[_GroupInput], states: list[KeyEntries | None]
+    ) -> tuple[float, ...]:
+        """Each feature's value for a record: its window's entries, and the record itself."""
+        windows: dict[tuple[int, int], Window | None] = {}  # one per group and window length
+        values: list[float] = []
+        for agg, group, field, window_us, include_current, default in self._plans:
+            _store_key, time_us, fields = inputs[group]
+            window_key = (group, window_us)
+            if window_key in windows:
+                window = windows[window_key]
+            else:
+                state = states[group]
+                window = None if state is None else state.select(time_us - window_us, time_us)
+                windows[window_key] = window
+            if agg == "count":
+                values.append(float((0 if window is None else len(window)) + include_current))
+            elif agg == "time_since_last":
+                if window is None or not window:
+                    values.append(default)
+                else:
+                    values.append((time_us - window.newest_time()) / 1_000_000)
+            elif agg == "last" and include_current:
+                values.append(float(fields[field]))
+            elif agg == "last":
+                values.append(
+                    default if window is None or not window else float(window.last(field))
+                )
+            else:
+                seen = [] if window is None else window.values(field)
+                if include_current:
+                    seen.append(fields[field])
+                values.append(aggregate(agg, seen, default))
+        return tuple(values)
+
     def _read(self, record: StateInput) -> list[_GroupInput]:
+        """Per group: the record's store key, time and fields."""
         doc = record.doc
         assert doc is not None
+        # The usual case inline (a string key, an integer time, finite float and string
+        # fields, at the top level); anything else through the read_* functions, which
+        # read it the same way or raise with the reason, in the same order.
         inputs = []
-        for group in self.layout.groups:
-            key = read_key(doc, record.key, group.key)
-            time_us = read_time_us(doc, record.timestamp_ms, group.time)
-            fields = tuple(
-                read_field(doc, name, numeric=numeric)
-                for name, numeric in zip(group.fields, group.numeric, strict=True)
-            )
-            inputs.append((key, time_us, fields))
+        for index, (key_path, key_top, time_path, time_source, reads) in enumerate(self._reads):
+            raw = doc.get(key_path) if key_top else None
+            key = raw.encode() if type(raw) is str else read_key(doc, record.key, key_path)
+            if time_source == _RECORD_TIME:
+                raw = record.timestamp_ms
+            else:
+                raw = doc.get(time_path) if time_source == _TOP_FIELD_TIME else None
+            if (
+                type(raw) is int
+                and (raw >= 0 or time_source != _RECORD_TIME)
+                and -MAX_TIME_US < raw * 1000 < MAX_TIME_US
+            ):
+                time_us = raw * 1000
+            else:
+                time_us = read_time_us(doc, record.timestamp_ms, time_path)
+            fields: list[FieldValue] = []
+            for name, numeric, top in reads:
+                raw = doc.get(name) if top else None
+                if (numeric and type(raw) is float and math.isfinite(raw)) or (
+                    not numeric and type(raw) is str
+                ):
+                    fields.append(raw)
+                else:
+                    fields.append(read_field(doc, name, numeric=numeric))
+            inputs.append((key_state_key(index, key), time_us, tuple(fields)))
         return inputs
 
     def _key_state(
-        self, group: int, key: bytes, pending: dict[bytes, bytes | None], clock: int | None
-    ) -> KeyState | None:
-        store_key = key_state_key(group, key)
-        raw = pending[store_key] if store_key in pending else self.store.get(store_key)
-        if raw is None:
-            return None
-        state = decode_key_state(raw)
-        if self._expired(group, state, clock):
+        self, group: int, store_key: bytes, keys: dict[bytes, KeyEntries | None], clock: int | None
+    ) -> KeyEntries | None:
+        if store_key in keys:
+            state = keys[store_key]
+        elif store_key in self._cache:
+            state = keys[store_key] = self._cache[store_key][0]
+        else:
+            raw = self.store.get(store_key)
+            if raw is None:
+                state = None
+                self._new_keys.add(store_key)
+            else:
+                state = KeyEntries.from_state(decode_key_state(raw), self._widths[group])
+            keys[store_key] = state
+        if state is None or self._expired(group, state.newest_us, clock):
             return None
         return state
 
-    def _expired(self, group: int, state: KeyState, clock: int | None) -> bool:
-        ttl = self.layout.key_ttl_us or self.layout.groups[group].horizon_us
-        return clock is not None and state.newest_us < clock - ttl
+    def _expired(self, group: int, newest_us: int, clock: int | None) -> bool:
+        return clock is not None and newest_us < clock - self._ttls[group]
 
-    def _value(  # noqa: PLR0911 - one return per aggregation
-        self,
-        index: int,
-        inputs: list[_GroupInput],
-        states: list[KeyState | None],
-        windows: dict[tuple[int, int], list[Entry]],
-    ) -> float:
-        layout = self.layout
-        feature = layout.features[index]
-        group = layout.feature_group[index]
-        field = layout.feature_field[index]
-        key, time_us, fields = inputs[group]
-        del key
-        window = windows.get((group, feature.window_us))
-        if window is None:
-            low = time_us - feature.window_us
-            state = states[group]
-            window = (
-                [] if state is None else [e for e in state.entries if low < e.time_us <= time_us]
-            )
-            windows[(group, feature.window_us)] = window
-        if feature.agg == "time_since_last":
-            if not window:
-                return feature.default
-            return (time_us - max(e.time_us for e in window)) / 1_000_000
-        if feature.agg == "count":
-            return float(len(window) + feature.include_current)
-        if feature.agg == "last":
-            if feature.include_current:
-                return float(fields[field])
-            if not window:
-                return feature.default
-            newest = max(window, key=lambda e: (e.time_us, e.offset))
-            return float(newest.values[field])
-        seen = [e.values[field] for e in window]
-        if feature.include_current:
-            seen.append(fields[field])
-        return aggregate(feature.agg, seen, feature.default)
+    def _cache_keys(self, keys: dict[bytes, KeyEntries | None]) -> None:
+        """Keep a batch's keys for the next batches, within ``cached_entries`` entries.
+
+        A key new in this batch is not kept: most keys of a stream with many
+        keys are seen once in a long while, and would only push out the keys
+        that come back.
+        """
+        cache = self._cache
+        new_keys = self._new_keys
+        for store_key, state in keys.items():
+            if store_key in new_keys:
+                continue
+            self._uncache(store_key)
+            if state is not None:
+                size = len(state.entries) + 1
+                cache[store_key] = (state, size)
+                self._cached += size
+        while self._cached > self._cache_limit:
+            _key, (_state, size) = cache.popitem(last=False)
+            self._cached -= size
+
+    def _uncache(self, store_key: bytes) -> None:
+        cached = self._cache.pop(store_key, None)
+        if cached is not None:
+            self._cached -= cached[1]
+
+    def _forget_cache(self) -> None:
+        self._cache.clear()
+        self._cached = 0
 
     def forget_served(self, below_offset: int) -> tuple[Change, ...]:
         """Delete what was served below an offset (the committed one: never replayed again)."""
@@ -308,8 +436,10 @@ class PartitionState:
         changes: list[Change] = []
         for store_key, raw in self.store.items_from(KEY_PREFIX):
             group = store_key[1]
-            if self._expired(group, decode_key_state(raw), self.meta.clocks_us[group]):
+            newest_us = decode_key_state(raw).newest_us
+            if self._expired(group, newest_us, self.meta.clocks_us[group]):
                 changes.append((store_key, None))
+                self._uncache(store_key)
         if changes:
             self.store.write(changes)
         return tuple(changes)
@@ -325,9 +455,9 @@ def aggregate(  # noqa: PLR0911 - one return per aggregation
     """sum, mean, min, max, std, distinct_count over a window's values; order never matters."""
     if agg == "distinct_count":
         return float(len(set(values)))
-    numbers = [float(v) for v in values]
-    if agg == "sum":
-        return math.fsum(numbers)
+    if agg == "sum":  # fsum reads each number as float() does
+        return math.fsum(cast("Sequence[float]", values))  # a numeric field holds floats
+    numbers = list(map(float, values))
     if not numbers:
         return default
     if agg == "min":
