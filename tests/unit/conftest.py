@@ -6,6 +6,13 @@ from collections.abc import Iterator
 
 import pykka
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The property tests share two cores with brokers and servers in a full run: a slow
+# example is the machine's, not a finding, so the too_slow health check is off. Each
+# test's own @settings (max_examples, deadline) still applies.
+settings.register_profile("shared-cores", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-cores")
 
 
 def pytest_configure(config: pytest.Config) -> None:
