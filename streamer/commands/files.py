@@ -33,6 +33,14 @@ def require_input(path: str) -> None:
         raise ConfigError(msg)
 
 
+def require_chunked_input(args: argparse.Namespace) -> None:
+    """Exit 2 for a missing input file or a ``--chunk-rows`` that is not positive."""
+    require_input(args.input)
+    if args.chunk_rows <= 0:
+        msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
+        raise ConfigError(msg)
+
+
 def _add_row_files(parser: argparse.ArgumentParser, output: str, config: str) -> None:
     """The input, output, rejects and config of a command that answers each row of a file."""
     parser.add_argument("input", help="CSV (with a header) or JSON Lines file, in offset order")
@@ -106,10 +114,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     """``streamer features``: exit 0 when every row was written or rejected."""
     from streamer.statefile import compute_features  # noqa: PLC0415
 
-    require_input(args.input)
-    if args.chunk_rows <= 0:
-        msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
-        raise ConfigError(msg)
+    require_chunked_input(args)
     fmt = detect_format(args.input, args.format)
     out_fmt = detect_format(args.output)
     rejects = Path(args.rejects) if args.rejects else default_rejects_path(args.output)
@@ -199,10 +204,7 @@ def cmd_fit_stats(args: argparse.Namespace) -> int:
     """``streamer fit-stats``: write mean and std per feature as JSON."""
     from streamer.core.stats import fit_stats  # noqa: PLC0415
 
-    require_input(args.input)
-    if args.chunk_rows <= 0:
-        msg = f"--chunk-rows must be > 0, got {args.chunk_rows}"
-        raise ConfigError(msg)
+    require_chunked_input(args)
     fmt = detect_format(args.input, args.format)
     features = [n.strip() for n in args.features.split(",") if n.strip()] if args.features else None
     exclude = {n.strip() for n in args.exclude.split(",") if n.strip()}
