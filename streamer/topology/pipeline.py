@@ -6,6 +6,7 @@ import functools
 import logging
 import threading
 import time
+from typing import cast
 
 import pykka
 from prometheus_client import CollectorRegistry
@@ -16,7 +17,7 @@ from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
-from streamer.errors import PipelineStartError, StreamerError
+from streamer.errors import ModelServerDownError, PipelineStartError, StreamerError
 from streamer.httpserver import bind_endpoints
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
@@ -24,7 +25,12 @@ from streamer.topology import health as probes
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quietly
 from streamer.topology.monitoring import Challengers, drift_monitor
-from streamer.topology.preflight import check_features, wait_for_broker, wait_for_registry
+from streamer.topology.preflight import (
+    check_features,
+    wait_for_broker,
+    wait_for_model_server,
+    wait_for_registry,
+)
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
@@ -67,9 +73,19 @@ class Pipeline:
         self.settings = settings
         self._metrics_port_wait_s = metrics_port_wait_s
         self.registry = registry if registry is not None else CollectorRegistry()
-        model = model if model is not None else load_configured(settings)
+        # A remote model's server down at start is an outage, not bad configuration:
+        # start() waits for it behind the probes (not ready) instead of exiting 2.
+        self._server_down: ModelServerDownError | None = None
+        if model is None:
+            try:
+                model = load_configured(settings)
+            except ModelServerDownError as exc:
+                self._server_down = exc
+                model = cast("Model", exc.waiting)
         # A profile that does not match the model is refused here, before anything starts.
-        self.monitor = drift_monitor(settings, model, self.registry)
+        self.monitor = (
+            drift_monitor(settings, model, self.registry) if self._server_down is None else None
+        )
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -153,7 +169,8 @@ class Pipeline:
             BrokerError: The broker cannot be reached (and retrying is off).
         """
         s = self.settings
-        check_features(self.model)
+        if self._server_down is None:
+            check_features(self.model)
         # Bound before any actor starts: a port in use or out of range exits 2, and the
         # probes serve from the first second (a daemon without them cannot be watched).
         server = (
@@ -177,6 +194,7 @@ class Pipeline:
             server=server,
         )
         try:
+            self._wait_for_model_server()
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
             self._challengers.start(self.monitor)
@@ -206,6 +224,22 @@ class Pipeline:
             self.model.name,
             self.model.version,
         )
+
+    def _wait_for_model_server(self) -> None:
+        """Load the remote model whose server was down in ``__init__``, once it answers."""
+        if self._server_down is None:
+            return
+        model = wait_for_model_server(
+            functools.partial(load_configured, self.settings),
+            self._server_down,
+            self.settings,
+            self._stop_requested,
+        )
+        check_features(model)
+        self.monitor = drift_monitor(self.settings, model, self.registry)
+        self._reload.model = model
+        self._server_down = None
+        self.metrics.model_info.info({"name": model.name, "version": model.version})
 
     def _wiring(self) -> Wiring:
         return Wiring(
@@ -274,7 +308,7 @@ class Pipeline:
             restarts=dict(self.restarts),
             failure=self.failure,
             assigned=self._assigned.is_set(),
-            model_loaded=self.model is not None,
+            model_loaded=getattr(self.model, "loaded", True),
             stopping=self._stop_requested.is_set(),
             # A remote model's server is down: the pipeline waits for it (nothing is lost).
             model_reachable=getattr(self.model, "reachable", True),

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
+from collections.abc import Callable
 
 from streamer.clients import ConsumerFactory
 from streamer.core.models import Model
-from streamer.errors import BrokerError, ConfigError, StoppedBeforeStartError
+from streamer.core.models.oip import RetryPolicy
+from streamer.errors import (
+    BrokerError,
+    ConfigError,
+    ModelServerDownError,
+    StoppedBeforeStartError,
+)
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,41 @@ def wait_for_registry(settings: Settings, stop_requested: threading.Event) -> No
                 raise StoppedBeforeStartError(msg) from None
         else:
             return
+
+
+def wait_for_model_server(
+    load: Callable[[], Model],
+    down: ModelServerDownError,
+    settings: Settings,
+    stop_requested: threading.Event,
+) -> Model:
+    """A remote model's server did not answer at load: load again, with backoff, until it does.
+
+    Readiness is false meanwhile (the stand-in model is neither loaded nor
+    reachable) and the breaker gauge is 1. Nothing is read before it loads.
+
+    Raises:
+        ModelLoadError: The server answered and the model does not fit (exit 2).
+        StoppedBeforeStartError: A stop was requested while the server was down.
+    """
+    m = settings.model
+    policy = RetryPolicy(m.remote_backoff_initial_s, m.remote_backoff_max_s)
+    attempt = 0
+    while True:
+        # Full jitter around a growing ceiling, never busier than the first backoff.
+        delay_s = max(policy.initial_s, policy.delay(attempt, random.random))
+        attempt += 1
+        log.warning("%s (attempt %d): not ready; trying again in %.1fs", down, attempt, delay_s)
+        if stop_requested.wait(delay_s):
+            msg = f"stopped while waiting for the model server, before anything was read: {down}"
+            raise StoppedBeforeStartError(msg) from None
+        try:
+            model = load()
+        except ModelServerDownError as exc:
+            down = exc
+        else:
+            log.info("model server answers: loaded %s %s", model.name, model.version)
+            return model
 
 
 def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_s: float) -> None:

@@ -14,6 +14,7 @@ from streamer.core.models.oip import (
     BadInputError,
     Breaker,
     RetryPolicy,
+    ServerRefusedError,
     ServerUnavailableError,
     build_request,
     classify_status,
@@ -24,7 +25,7 @@ from streamer.core.models.oip import (
     score_bisecting,
 )
 from streamer.core.scoring import score_isolating_failures
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, ModelLoadError, ModelServerDownError
 from streamer.settings import build_settings, is_secret, remote_headers, secret_values
 from streamer.topology.health import TopologySnapshot, readiness
 
@@ -278,3 +279,78 @@ def test_the_reload_poll_follows_the_metadata_and_ignores_an_outage() -> None:
     assert poll() == first  # an outage is no redeploy: no reload
     answers[0] = {"name": "m", "versions": ["2"]}
     assert poll() != first  # a redeploy: the reloader loads it
+
+
+def test_a_breaker_tripped_at_start_is_open_at_once_and_probes_after_an_interval() -> None:
+    breaker = Breaker(threshold=3, probe_interval_s=1.0)
+    breaker.trip(5.0)
+    assert breaker.is_open
+    assert breaker.opened == 1
+    assert breaker.probe_in(5.0) == pytest.approx(1.0)
+    breaker.trip(5.5)  # still down: one outage, probed later
+    assert breaker.opened == 1
+    assert breaker.probe_in(5.5) == pytest.approx(1.0)
+    assert breaker.success()
+    assert not breaker.is_open
+
+
+class _FakeClient:
+    """The loader's view of a server: the metadata GET fails with ``error``."""
+
+    model_url = "http://m:8080/v2/models/m"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.marked: list[str] = []
+
+    def run(self, coroutine: object, timeout_s: float) -> object:
+        name = coroutine.__qualname__  # type: ignore[attr-defined]
+        coroutine.close()  # type: ignore[attr-defined]
+        if name.endswith("get_json"):
+            raise self.error
+        self.marked.append(name.rsplit(".", 1)[-1])
+        return None
+
+    async def get_json(self, url: str) -> object:
+        return None
+
+    async def mark_down(self) -> None:
+        return None
+
+    async def mark_up(self) -> None:
+        return None
+
+    class options:  # noqa: N801 - stands for RemoteOptions
+        timeout_s = 1.0
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (ServerUnavailableError("GET ...: connection (refused)"), True),
+        (ServerUnavailableError("GET ...: http_5xx (HTTP 503: loading)"), True),
+        (ServerRefusedError("GET ...: http_4xx (HTTP 404: model m not found)"), False),
+    ],
+)
+def test_a_server_that_does_not_answer_at_start_is_an_outage_and_a_refusal_is_config(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, *, down: bool
+) -> None:
+    pytest.importorskip("aiohttp")
+    import streamer.clients.oip
+    from streamer.core.models.base import ModelOptions, RemoteOptions
+    from streamer.core.models.remote import WaitingModel, load
+
+    client = _FakeClient(error)
+    monkeypatch.setattr(streamer.clients.oip, "client_for", lambda options, path: client)
+    options = ModelOptions(kind="remote", path="m", remote=RemoteOptions(url="http://m:8080"))
+    with pytest.raises(ModelLoadError) as raised:
+        load(options)
+    assert isinstance(raised.value, ModelServerDownError) is down
+    assert "model 'm' at model.remote_url=http://m:8080" in str(raised.value)
+    if down:
+        waiting = raised.value.waiting  # type: ignore[attr-defined]
+        assert isinstance(waiting, WaitingModel)
+        assert (waiting.loaded, waiting.reachable, waiting.spec.names) == (False, False, ())
+        assert client.marked == ["mark_down"]  # the breaker gauge shows the outage
+    else:
+        assert client.marked == []
