@@ -223,9 +223,12 @@ def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
     served = remote(oip_server, "forest")
     champion, challenger = (served, local) if champion_kind == "remote" else (local, served)
     challenger = {**challenger, "name": "shadow", "output_topic": challenger_topic}
-    challenger.pop("remote_url", None)
     challenger.pop("max_concurrent_requests", None)
-    model = champion if champion_kind == "remote" else {**champion, "remote_url": oip_server.url}
+    # A remote champion's challenger uses its server; a remote challenger of a local
+    # champion names its own (the champion's model.remote_url is a dead port, unused).
+    challenger.pop("remote_url" if champion_kind == "remote" else "", None)
+    dead = "http://127.0.0.1:9"
+    model = champion if champion_kind == "remote" else {**champion, "remote_url": dead}
     values = zoo.record_values()[:count]
     produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
     document = {
@@ -248,6 +251,8 @@ def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
     snapshot = link.agreement.snapshot()
     assert snapshot.flips == 0  # the same forest on both sides
     assert snapshot.failed == 0
+    dead_server = {"server": dead.removeprefix("http://"), "model": "forest"}
+    assert pipeline.registry.get_sample_value("streamer_remote_breaker_open", dead_server) is None
     assert snapshot.delta_sum == 0.0
     shadow = outputs_by_key(cluster, challenger_topic)
     for key, doc in shadow.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import numpy as np
 import orjson
@@ -354,3 +355,46 @@ def test_a_server_that_does_not_answer_at_start_is_an_outage_and_a_refusal_is_co
         assert client.marked == ["mark_down"]  # the breaker gauge shows the outage
     else:
         assert client.marked == []
+
+
+def test_a_remote_challenger_uses_the_champions_server_or_its_own_with_its_own_keys() -> None:
+    token = "champion-token-1"  # noqa: S105 - test values
+    own_token = "challenger-token-2"  # noqa: S105
+
+    def settings(champion: dict[str, object], *challengers: dict[str, object]) -> Any:
+        return build_settings(
+            {"kafka": KAFKA, "model": champion, "challenger": list(challengers)}, environ={}
+        )
+
+    champion = {"kind": "remote", "path": "m", "remote_url": "https://a:1",
+                "remote_headers": "X-Team: fraud", "remote_bearer_token": token,
+                "remote_timeout_s": 3.0}  # fmt: skip
+    same = {"name": "same", "kind": "remote", "path": "c"}
+    own = {"name": "own", "kind": "remote", "path": "c", "remote_url": "http://b:2",
+           "remote_headers": "X-Team: risk", "remote_bearer_token": own_token,
+           "remote_tls_verify": False}  # fmt: skip
+    built = settings(champion, same, own)
+    inherited = built.challenger_options(built.challengers[0]).remote
+    assert inherited == built.model_options().remote  # the champion's server and keys
+    separate = built.challenger_options(built.challengers[1]).remote
+    assert (separate.url, separate.headers, separate.bearer_token, separate.tls_verify) == (
+        "http://b:2", (("X-Team", "risk"),), own_token, False
+    )  # fmt: skip
+    assert separate.timeout_s == 3.0  # the champion's timeouts, retries and breaker
+    assert own_token in secret_values(built)
+    assert own_token not in repr(built.challengers[1])
+    # A local champion: only a challenger without its own server needs model.remote_url.
+    local = {"kind": "linear"}
+    assert settings(local, own).challengers[0].remote_url == "http://b:2"
+    with pytest.raises(ConfigError, match=r"^config error: model\.remote_url must be"):
+        settings(local, same)
+    with pytest.raises(ConfigError, match=r"challenger 'own': challenger\.remote_url must be"):
+        settings(local, {**own, "remote_url": "b:2"})
+    with pytest.raises(ConfigError, match=r"challenger 'own': challenger\.remote_ca_file=/no "):
+        settings(local, {**own, "remote_url": "https://b:2", "remote_ca_file": "/no"})
+    with pytest.raises(ConfigError, match="'Name: value' pairs"):
+        settings(local, {**own, "remote_headers": "X-Team risk"})
+    with pytest.raises(ConfigError, match=r"challenger 'same': .* set remote_url too"):
+        settings(champion, {**same, "remote_bearer_token": own_token})
+    with pytest.raises(ConfigError, match=r"challenger 'lin': .* not 'linear'; remove them"):
+        settings(champion, {"name": "lin", "kind": "linear", "remote_url": "http://b:2"})
