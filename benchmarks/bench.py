@@ -28,7 +28,9 @@ measured program runs in a fresh interpreter, one at a time:
 (o) remote      model.kind = "remote" against a real MLServer (.venv-oip): streamer's
                 records/s against a bare aiohttp loop sending the same batches with the
                 same concurrency (oip_floor.py), with and without a 20 ms server delay,
-                at max_concurrent_requests 1 and 4
+                at max_concurrent_requests 1 and 4; `taskset -c 1 ... --remote-server-cpus 0`
+                gives MLServer core 0 and the client side (floor or streamer, and the
+                broker) core 1
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
@@ -1152,6 +1154,11 @@ class Bench:
         self.rows.append(Row("o", "streamer, same model in process", rate, "records/s", None, note))
         own: dict[str, float] = {}
         with OipServer(venv, self.workdir / "mlserver", models) as server:
+            if self.args.remote_server_cpus:
+                cpus = {int(c) for c in self.args.remote_server_cpus.split(",")}
+                pin_threads(server.pid, cpus)
+                client = sorted(os.sched_getaffinity(0))
+                self.log(f"(o) MLServer pinned to CPUs {sorted(cpus)}, the client side to {client}")
             for model, concurrency in (("logreg", 4), ("logreg-slow", 1), ("logreg-slow", 4)):
                 label = f"{model}, {concurrency} in flight"
                 remote = {
@@ -1222,6 +1229,13 @@ def peer_answer_problems(
     if wrong:
         problems.append(f"{len(wrong)} keys with missing, extra or wrong scores, e.g. {wrong[:3]}")
     return problems
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def peers_python(chosen: str) -> str:
@@ -1523,6 +1537,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     )
     parser.add_argument("--remote-records", type=int, default=20_000, help="for (o)")
     parser.add_argument("--remote-backend", default="confluent", help="for (o)")
+    parser.add_argument(
+        "--remote-server-cpus",
+        default="",
+        help="for (o): CPUs to pin MLServer to, e.g. '0' (run bench.py itself under "
+        "`taskset -c 1` to give the client side the other core); empty: no pinning",
+    )
     parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):
         more(parser)

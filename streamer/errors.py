@@ -42,6 +42,18 @@ class ModelLoadError(StreamerError):
     prefix = "model error"
 
 
+class ModelServerDownError(ModelLoadError):
+    """A remote model's server did not answer at start (not a configuration error).
+
+    ``waiting`` is a stand-in model (not loaded, not reachable) that the pipeline
+    runs with while it waits for the server; a command with no pipeline exits 2.
+    """
+
+    def __init__(self, message: str, waiting: object) -> None:
+        super().__init__(message)
+        self.waiting = waiting
+
+
 class BrokerError(StreamerError):
     """The Kafka broker could not be reached or refused a request."""
 

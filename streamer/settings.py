@@ -307,7 +307,7 @@ class ModelSettings:
     )
     remote_url: str = _doc(
         "Kind 'remote': the Open Inference Protocol (V2) server, 'http(s)://host:port' "
-        "(KServe, MLServer, Triton); a remote challenger uses the same server.",
+        "(KServe, MLServer, Triton); a remote challenger uses it unless it names its own.",
         default="",
     )
     remote_headers: str = _doc(
@@ -458,6 +458,26 @@ class ChallengerSettings:
     chunk_rows: int = _doc(
         "Rows per model call, as model.chunk_rows.", default=1000, non_negative=True
     )
+    remote_url: str = _doc(
+        "Kind 'remote': this challenger's own server; empty uses model.remote_url with the "
+        "champion's headers, token and TLS keys. A challenger with its own server gets none of "
+        "them: set its remote_headers, remote_bearer_token, remote_tls_verify, remote_ca_file.",
+        default="",
+    )
+    remote_headers: str = _doc(
+        "With remote_url: extra HTTP headers, as model.remote_headers.", default=""
+    )
+    remote_bearer_token: str = _doc(
+        "With remote_url: the bearer token, as model.remote_bearer_token; never shown nor logged.",
+        default="",
+        repr=False,
+    )
+    remote_tls_verify: bool = _doc(
+        "With remote_url: verify an https server's certificate.", default=True
+    )
+    remote_ca_file: str = _doc(
+        "With remote_url: CA certificate file (PEM); empty: the system's.", default=""
+    )
     max_pending_batches: int = _doc(
         "Batches waiting for this challenger at most; a batch beyond is skipped (counted in "
         "streamer_challenger_batches_total{result='skipped'}), so a slow challenger never "
@@ -523,10 +543,25 @@ class Settings:
 
         The champion's ``model.tracking_uri`` stays, so that a challenger may be
         ``models:/name@challenger`` in the same registry; it gives no reason codes.
+        A remote challenger uses the champion's server and its headers, token and
+        TLS keys, unless it names its own ``remote_url``: then its own keys, so that
+        a token is only ever sent to the server it was given for. The timeouts,
+        retries, breaker and concurrency are the champion's either way.
         """
         c = challenger
+        champion = self.model_options()
+        remote = champion.remote
+        if c.remote_url:
+            remote = dataclasses.replace(
+                remote,
+                url=c.remote_url,
+                headers=remote_headers(c.remote_headers),
+                bearer_token=c.remote_bearer_token,
+                tls_verify=c.remote_tls_verify,
+                ca_file=c.remote_ca_file,
+            )
         return dataclasses.replace(
-            self.model_options(),
+            champion,
             kind=c.kind,
             path=c.path,
             name=c.name,
@@ -536,6 +571,7 @@ class Settings:
             outputs=_split_names(c.outputs),
             chunk_rows=c.chunk_rows,
             explain_top_k=0,
+            remote=remote,
         )
 
     def model_options(self) -> ModelOptions:
@@ -693,6 +729,7 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
         for section, _, key in (dotted.partition(".") for dotted in sorted(_SECRET_KEYS))
     ]
     values.append(settings.format.registry_basic_auth.partition(":")[2])
+    values.extend(c.remote_bearer_token for c in settings.challengers)
     return tuple(values)
 
 
@@ -868,20 +905,49 @@ def _check_remote(settings: Settings) -> None:
     """The remote keys, when the champion or a challenger is remote."""
     model = settings.model
     remote_headers(model.remote_headers)  # raises on a malformed pair
-    kinds = [model.kind, *(c.kind for c in settings.challengers)]
-    if "remote" not in kinds:
-        return
-    if not model.remote_url.startswith(("http://", "https://")):
-        msg = (
-            "model.remote_url must be the model server's 'http(s)://host:port' for kind "
-            f"'remote', got {model.remote_url!r} (set it in [model] or STREAMER_MODEL__REMOTE_URL)"
+    for c in settings.challengers:
+        own = (c.remote_url, c.remote_headers, c.remote_bearer_token, c.remote_ca_file)
+        if c.kind != "remote" and any(own):
+            msg = (
+                f"challenger {c.name!r}: remote_url, remote_headers, remote_bearer_token and "
+                f"remote_ca_file are for kind 'remote', not {c.kind!r}; remove them"
+            )
+            raise ConfigError(msg)
+        if c.kind == "remote" and c.remote_url:
+            where = f"challenger {c.name!r}: challenger.remote_url"
+            _check_server(where, c.remote_url, c.remote_ca_file, c.remote_bearer_token)
+            remote_headers(c.remote_headers)
+        elif c.remote_headers or c.remote_bearer_token or c.remote_ca_file:
+            msg = (
+                f"challenger {c.name!r}: its remote headers, token and CA file go with its own "
+                "remote_url; set remote_url too, or remove them to use the champion's server"
+            )
+            raise ConfigError(msg)
+    champion_server = model.kind == "remote" or any(
+        c.kind == "remote" and not c.remote_url for c in settings.challengers
+    )
+    if champion_server:
+        _check_server(
+            "model.remote_url", model.remote_url, model.remote_ca_file, model.remote_bearer_token
         )
+
+
+def _check_server(where: str, url: str, ca_file: str, token: str) -> None:
+    """One server's URL, CA file and token; ``where`` names its URL key."""
+    prefix = where.rpartition(".")[0] or where
+    if not url.startswith(("http://", "https://")):
+        msg = (
+            f"{where} must be the model server's 'http(s)://host:port' for kind "
+            f"'remote', got {url!r}"
+        )
+        if where == "model.remote_url":
+            msg += " (set it in [model] or STREAMER_MODEL__REMOTE_URL)"
         raise ConfigError(msg)
-    if model.remote_ca_file and not Path(model.remote_ca_file).is_file():
-        msg = f"model.remote_ca_file={model.remote_ca_file} is not a file; give a PEM CA file"
+    if ca_file and not Path(ca_file).is_file():
+        msg = f"{prefix}.remote_ca_file={ca_file} is not a file; give a PEM CA file"
         raise ConfigError(msg)
-    if model.remote_bearer_token and any(c in model.remote_bearer_token for c in "\r\n"):
-        msg = "model.remote_bearer_token must be one line (the value is not shown)"
+    if token and any(c in token for c in "\r\n"):
+        msg = f"{prefix}.remote_bearer_token must be one line (the value is not shown)"
         raise ConfigError(msg)
 
 

@@ -160,9 +160,8 @@ class ModelActor(PipelineActor):
             batch = prepared
             self.reprepared_batches += 1
         started = time.perf_counter()
-        submit = getattr(model, "submit", None)
-        if submit is not None:
-            future: concurrent.futures.Future[ScoreOutcome] = submit(batch.features)
+        future = model.submit(batch.features)  # a remote model answers in the background
+        if future is not None:
             self._pending.add(future)
             future.add_done_callback(
                 lambda done: self._answered(_Scored(batch, model, done, started))

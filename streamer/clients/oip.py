@@ -45,6 +45,7 @@ from streamer.core.models.oip import (
     BadInputError,
     Breaker,
     RetryPolicy,
+    ServerRefusedError,
     ServerUnavailableError,
     build_request,
     classify_status,
@@ -230,14 +231,31 @@ class OipClient:
         """GET ``url`` (the metadata) once.
 
         Raises:
-            ServerUnavailableError: No answer, or not a 2xx JSON one.
+            ServerRefusedError: The server answered another 4xx (401, 403, 404, 400).
+            ServerUnavailableError: No answer, a timeout, 429 or 5xx.
         """
         outcome, status, body = await self._request("GET", url, None)
         if outcome != OK:
             detail = error_detail(body, status) if status else body.decode(errors="replace")
             msg = f"GET {url}: {outcome} ({detail})"
-            raise ServerUnavailableError(msg)
+            refused = 400 <= status < 500 and status != 429
+            raise (ServerRefusedError if refused else ServerUnavailableError)(msg)
         return orjson.loads(body)
+
+    async def mark_down(self) -> None:
+        """The server did not answer at start: open the breaker (metric, readiness)."""
+        await self._open()
+        assert self._closed is not None
+        self.breaker.trip(time.monotonic())
+        self._closed.clear()
+
+    async def mark_up(self) -> None:
+        """The server answered at start: close the breaker if a failed start opened it."""
+        await self._open()
+        assert self._closed is not None
+        if self.breaker.success():
+            log.info("remote model %s answers: loading it", self.model_url)
+        self._closed.set()
 
     async def infer(
         self,

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from streamer.core.models import Model
+from streamer.core.models.base import ScoreOutcome
 
-
-@dataclass(frozen=True, slots=True)
-class ScoreOutcome:
-    """Predictions for the rows that scored, and (position, error) for those that did not.
-
-    ``predictions`` has one entry per scored row, in row order, skipping failed positions.
-    """
-
-    predictions: np.ndarray
-    failed: list[tuple[int, str]]
+__all__ = ["ScoreOutcome", "explain", "score_column", "score_isolating_failures", "score_output"]
 
 
 def _check(model: Model, features: np.ndarray, out: np.ndarray) -> np.ndarray:

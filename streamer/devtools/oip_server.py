@@ -182,6 +182,12 @@ class OipServer:
         msg = f"mlserver was not ready within {timeout_s:g} s; see {self.log_path}"
         raise RuntimeError(msg)
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def ready(self, model: str) -> bool:
         """Does ``/v2/models/<model>/ready`` answer 200?"""
         try:

@@ -183,5 +183,7 @@ def load_challenger(settings: Settings, challenger: ChallengerSettings) -> Model
     except ModelLoadError as exc:
         detail = str(exc).removeprefix(f"{ModelLoadError.prefix}: ")
         detail = _CHAMPION_KEY.sub(r"challenger.\1", detail)
+        if challenger.remote_url:  # its own server, not the champion's
+            detail = detail.replace("model.remote_url=", "challenger.remote_url=")
         msg = f"challenger {challenger.name!r}: {detail}"
         raise ModelLoadError(msg) from exc

@@ -16,7 +16,7 @@ from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
-from streamer.errors import PipelineStartError, StreamerError
+from streamer.errors import ModelServerDownError, PipelineStartError, StreamerError
 from streamer.messages import ConsumerStatus, GetStatus, MetricsStatus
 from streamer.settings import Settings
 from streamer.topology import health as probes
@@ -25,9 +25,11 @@ from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quiet
 from streamer.topology.monitoring import Challengers, drift_monitor
 from streamer.topology.preflight import (
     check_features,
+    load_or_stand_in,
     register_remote_metrics,
     start_metrics,
     wait_for_broker,
+    wait_for_model_server,
     wait_for_registry,
 )
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
@@ -68,9 +70,11 @@ class Pipeline:
         self.settings = settings
         self._metrics_port_wait_s = metrics_port_wait_s
         self.registry = registry if registry is not None else CollectorRegistry()
-        model = model if model is not None else load_configured(settings)
+        self._server_down: ModelServerDownError | None = None
+        if model is None:  # a stand-in while a remote model's server is down (see start)
+            model, self._server_down = load_or_stand_in(settings)
         # A profile that does not match the model is refused here, before anything starts.
-        self.monitor = drift_monitor(settings, model, self.registry)
+        self.monitor = None if self._server_down else drift_monitor(settings, model, self.registry)
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
@@ -145,7 +149,8 @@ class Pipeline:
             BrokerError: The broker cannot be reached (and retrying is off).
         """
         s = self.settings
-        check_features(self.model)
+        if self._server_down is None:
+            check_features(self.model)
         self.metrics_ref = start_metrics(
             s,
             self.registry,
@@ -154,6 +159,8 @@ class Pipeline:
             port_wait_s=self._metrics_port_wait_s,
         )
         try:
+            if self._server_down is not None:
+                self._wait_for_model_server(self._server_down)
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
             self._challengers.start(self.monitor)
@@ -172,17 +179,15 @@ class Pipeline:
             self._abort_start()
         self._supervisor.run()
         self._reload.start(functools.partial(tell_quietly, self.metrics_ref))
-        log.info(
-            "pipeline started: %s -> %s (dead letters: %s), "
-            "%d preprocessors, %d models, model %s %s",
-            s.kafka.input_topic,
-            s.kafka.output_topic,
-            s.kafka.dead_letter_topic_name,
-            s.preprocess.workers,
-            s.model.workers,
-            self.model.name,
-            self.model.version,
-        )
+        _log_started(s, self.model)
+
+    def _wait_for_model_server(self, down: ModelServerDownError) -> None:
+        """Load the remote model whose server was down in ``__init__``, once it answers."""
+        model = wait_for_model_server(down, self.settings, self._stop_requested)
+        self.monitor = drift_monitor(self.settings, model, self.registry)
+        self._reload.model = model
+        self._server_down = None
+        self.metrics.model_info.info({"name": model.name, "version": model.version})
 
     def _wiring(self) -> Wiring:
         return Wiring(
@@ -251,10 +256,10 @@ class Pipeline:
             restarts=dict(self.restarts),
             failure=self.failure,
             assigned=self._assigned.is_set(),
-            model_loaded=self.model is not None,
+            model_loaded=self.model.loaded,
             stopping=self._stop_requested.is_set(),
             # A remote model's server is down: the pipeline waits for it (nothing is lost).
-            model_reachable=getattr(self.model, "reachable", True),
+            model_reachable=self.model.reachable,
         )
 
     def consumer_status(self) -> ConsumerStatus:
@@ -284,3 +289,16 @@ class Pipeline:
         self._reload.stop()
         self._challengers.stop_reloading()
         return self._terminator.shutdown(budget, self.metrics_ref, started)
+
+
+def _log_started(s: Settings, model: Model) -> None:
+    log.info(
+        "pipeline started: %s -> %s (dead letters: %s), %d preprocessors, %d models, model %s %s",
+        s.kafka.input_topic,
+        s.kafka.output_topic,
+        s.kafka.dead_letter_topic_name,
+        s.preprocess.workers,
+        s.model.workers,
+        model.name,
+        model.version,
+    )

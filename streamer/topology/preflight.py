@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 from collections.abc import Mapping
+from typing import cast
 
 import pykka
 from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import MetricsActor
 from streamer.clients import ConsumerFactory
-from streamer.core.models import Model
-from streamer.errors import BrokerError, ConfigError, StoppedBeforeStartError
+from streamer.core.models import Model, load_configured
+from streamer.core.models.oip import RetryPolicy
+from streamer.errors import (
+    BrokerError,
+    ConfigError,
+    ModelServerDownError,
+    StoppedBeforeStartError,
+)
 from streamer.httpserver import HealthProbe, bind_endpoints
 from streamer.settings import Settings
 
@@ -129,6 +137,53 @@ def wait_for_registry(settings: Settings, stop_requested: threading.Event) -> No
                 raise StoppedBeforeStartError(msg) from None
         else:
             return
+
+
+def load_or_stand_in(settings: Settings) -> tuple[Model, ModelServerDownError | None]:
+    """The configured model; or, when a remote model's server is down, its stand-in and why.
+
+    A server down at start is an outage, not bad configuration: the pipeline
+    waits for it behind the probes (not ready, see :func:`wait_for_model_server`)
+    instead of exiting 2.
+    """
+    try:
+        return load_configured(settings), None
+    except ModelServerDownError as exc:
+        return cast("Model", exc.waiting), exc
+
+
+def wait_for_model_server(
+    down: ModelServerDownError, settings: Settings, stop_requested: threading.Event
+) -> Model:
+    """A remote model's server did not answer at load: load again, with backoff, until it does.
+
+    Readiness is false meanwhile (the stand-in model is neither loaded nor
+    reachable) and the breaker gauge is 1. Nothing is read before it loads.
+
+    Raises:
+        ModelLoadError: The server answered and the model does not fit (exit 2).
+        ConfigError: The model it loaded declares no features.
+        StoppedBeforeStartError: A stop was requested while the server was down.
+    """
+    m = settings.model
+    policy = RetryPolicy(m.remote_backoff_initial_s, m.remote_backoff_max_s)
+    attempt = 0
+    while True:
+        # Full jitter around a growing ceiling, never busier than the first backoff.
+        delay_s = max(policy.initial_s, policy.delay(attempt, random.random))
+        attempt += 1
+        log.warning("%s (attempt %d): not ready; trying again in %.1fs", down, attempt, delay_s)
+        if stop_requested.wait(delay_s):
+            msg = f"stopped while waiting for the model server, before anything was read: {down}"
+            raise StoppedBeforeStartError(msg) from None
+        try:
+            model = load_configured(settings)
+        except ModelServerDownError as exc:
+            down = exc
+        else:
+            log.info("model server answers: loaded %s %s", model.name, model.version)
+            check_features(model)
+            return model
 
 
 def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_s: float) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from streamer.clients.kafka_python import ensure_topics
 from streamer.devtools.oip_server import OipServer
@@ -222,9 +223,12 @@ def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
     served = remote(oip_server, "forest")
     champion, challenger = (served, local) if champion_kind == "remote" else (local, served)
     challenger = {**challenger, "name": "shadow", "output_topic": challenger_topic}
-    challenger.pop("remote_url", None)
     challenger.pop("max_concurrent_requests", None)
-    model = champion if champion_kind == "remote" else {**champion, "remote_url": oip_server.url}
+    # A remote champion's challenger uses its server; a remote challenger of a local
+    # champion names its own (the champion's model.remote_url is a dead port, unused).
+    challenger.pop("remote_url" if champion_kind == "remote" else "", None)
+    dead = "http://127.0.0.1:9"
+    model = champion if champion_kind == "remote" else {**champion, "remote_url": dead}
     values = zoo.record_values()[:count]
     produced = cluster.produce(topics.input, [(f"r{i}".encode(), v) for i, v in enumerate(values)])
     document = {
@@ -247,6 +251,8 @@ def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
     snapshot = link.agreement.snapshot()
     assert snapshot.flips == 0  # the same forest on both sides
     assert snapshot.failed == 0
+    dead_server = {"server": dead.removeprefix("http://"), "model": "forest"}
+    assert pipeline.registry.get_sample_value("streamer_remote_breaker_open", dead_server) is None
     assert snapshot.delta_sum == 0.0
     shadow = outputs_by_key(cluster, challenger_topic)
     for key, doc in shadow.items():
@@ -255,13 +261,14 @@ def test_a_remote_model_can_be_the_champion_or_the_challenger_of_a_local_one(
 
 def test_an_outage_of_the_server_pauses_the_pipeline_and_loses_nothing(
     cluster: Cluster,
-    start_pipeline: PipelineStarter,
     oip_venv: Path,
     oip_models: dict[str, Path],
     tmp_path: Path,
 ) -> None:
+    """Down at start (the pipeline starts, not ready), then killed mid-stream for 10 s."""
     count = 3000
-    server = OipServer(oip_venv, tmp_path, {"forest": (oip_models["forest"], {})}).start()
+    server = OipServer(oip_venv, tmp_path, {"forest": (oip_models["forest"], {})})
+    pipeline: Pipeline | None = None
     try:
         topics = cluster.new_topics(partitions=2)
         values = zoo.record_values(zoo.records(count))
@@ -278,9 +285,29 @@ def test_an_outage_of_the_server_pauses_the_pipeline_and_loses_nothing(
             preprocess={"features": FEATURES},
             batch={"max_records": 50, "max_in_flight": 8},
         )
-        pipeline = start_pipeline(settings)
         first = cluster.produce(topics.input, records[:1000])
+        pipeline = Pipeline(settings, registry=CollectorRegistry())  # the server is not up
+        starting = threading.Thread(target=pipeline.start, daemon=True)
+        starting.start()
+        label = {"server": server.url.removeprefix("http://"), "model": "forest"}
+        registry = pipeline.registry
+        wait_for(
+            lambda: registry.get_sample_value("streamer_remote_breaker_open", label) == 1.0,
+            20,
+            "the breaker to open while the server is down at start",
+        )
+        ready, details = pipeline.readiness()
+        assert not ready
+        assert details["checks"]["model_loaded"] is False
+        assert details["checks"]["model_reachable"] is False
+        assert pipeline.consumer_ref is None  # nothing read, so nothing committed
+        server.start()
+        starting.join(60)
+        assert not starting.is_alive()
+        assert pipeline.wait_until_assigned(30)
         wait_until_delivered(pipeline, topics.input, first)
+        assert pipeline.readiness()[0]
+        assert pipeline.model.version  # the real model, loaded once the server answered
         readiness: list[bool] = []
         sampling = threading.Event()
 
@@ -295,7 +322,6 @@ def test_an_outage_of_the_server_pauses_the_pipeline_and_loses_nothing(
         rest = cluster.produce(topics.input, records[1000:])
         wait_for(lambda: not pipeline.readiness()[0], 20, "readiness to turn false")
         assert pipeline.readiness()[1]["checks"]["model_reachable"] is False
-        label = {"server": server.url.removeprefix("http://"), "model": "forest"}
         assert pipeline.registry.get_sample_value("streamer_remote_breaker_open", label) == 1.0
         time.sleep(max(0.0, 10.0 - (time.monotonic() - killed_at)))
         during = pipeline.consumer_status().watermarks
@@ -318,11 +344,13 @@ def test_an_outage_of_the_server_pauses_the_pipeline_and_loses_nothing(
         assert pipeline.registry.get_sample_value("streamer_remote_breaker_open", label) == 0.0
         opened = pipeline.registry.get_sample_value("streamer_remote_breaker_opened_total", label)
         assert opened is not None
-        assert opened >= 1
+        assert opened >= 2  # down at start, then killed
         print(
             f"outage: {count} records, {len(docs)} scored, "
             f"{len(cluster.read(topics.dead_letter))} dead-lettered, "
             f"readiness false in {readiness.count(False)} of {len(readiness)} samples"
         )
     finally:
+        if pipeline is not None:
+            pipeline.stop(timeout_s=10)
         server.kill()

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     import numpy as np
 
     from streamer.core.features import FeatureSpec
@@ -28,6 +30,18 @@ METHODS = ("auto", *ESTIMATOR_METHODS)
 """The choices of ``model.method``; ``auto`` is predict_proba when the estimator has it."""
 PROBABILITY_MODES = ("positive", "all")
 """The choices of ``model.probabilities``: the positive class's only, or one per class."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    """Predictions for the rows that scored, and (position, error) for those that did not.
+
+    ``predictions`` has one entry per scored row, in row order, skipping failed positions.
+    (Here, beside :class:`Model`, because a remote model's ``submit`` answers with it.)
+    """
+
+    predictions: np.ndarray
+    failed: list[tuple[int, str]]
 
 
 class Model(Protocol):
@@ -71,8 +85,6 @@ class Model(Protocol):
         ...
 
     # Optional capabilities: a model class that lacks one inherits ModelDefaults' answer.
-    # (A remote model also has submit() and reachable, which the model actor and the
-    # readiness probe look for: see streamer.core.models.remote.)
 
     @property
     def explain_top_k(self) -> int:
@@ -91,13 +103,30 @@ class Model(Protocol):
         """
         ...
 
+    @property
+    def loaded(self) -> bool:
+        """False for the stand-in of a remote model whose server was down at start (readiness)."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False while a remote model's server does not answer (readiness; nothing is lost)."""
+        ...
+
+    def submit(self, features: np.ndarray) -> concurrent.futures.Future[ScoreOutcome] | None:
+        """Score in the background and return the future answer (a remote model).
+
+        None: the model scores in the caller's thread, through ``predict``.
+        """
+        ...
+
 
 class ModelDefaults:
     """The optional capabilities of :class:`Model`, for a class that has none of its own.
 
     A model class inherits from it (the protocol stays structural), so that
-    callers read ``model.explain_top_k`` and call ``model.poll_source()`` without
-    probing whether they exist.
+    callers read ``model.explain_top_k``, ``loaded`` and ``reachable`` and call
+    ``model.poll_source()`` and ``model.submit()`` without probing whether they exist.
     """
 
     explain_top_k: int = 0
@@ -108,6 +137,20 @@ class ModelDefaults:
 
     def poll_source(self) -> object:
         """Nothing to poll: only the watched files reload the model."""
+        return None
+
+    @property
+    def loaded(self) -> bool:
+        """A model that loaded is loaded."""
+        return True
+
+    @property
+    def reachable(self) -> bool:
+        """A model in this process is always reachable."""
+        return True
+
+    def submit(self, features: np.ndarray) -> concurrent.futures.Future[ScoreOutcome] | None:
+        """Nothing in the background: the caller scores with ``predict``."""
         return None
 
 

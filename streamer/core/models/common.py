@@ -37,7 +37,7 @@ import numpy as np
 
 from streamer.core.features import FeatureSpec
 from streamer.core.files import read_file
-from streamer.core.models.base import ModelOptions
+from streamer.core.models.base import ModelDefaults, ModelOptions
 from streamer.core.stats import FeatureStats, load_stats
 from streamer.errors import ModelLoadError
 
@@ -47,7 +47,7 @@ _ALIGN = 64
 
 
 @dataclass(frozen=True, eq=False)
-class ChunkedModel:
+class ChunkedModel(ModelDefaults):
     """A user's model behind the :class:`~streamer.core.models.base.Model` protocol.
 
     ``call`` takes a ``(chunk_rows, d)`` float64 matrix and returns float64 of

@@ -21,14 +21,14 @@ import numpy as np
 
 from streamer.core.features import FeatureSpec
 from streamer.core.files import json_object, read_file
-from streamer.core.models.base import ModelOptions
+from streamer.core.models.base import ModelDefaults, ModelOptions
 from streamer.errors import ModelLoadError
 
 DEMO_MODEL = "demo_fraud.json"
 
 
 @dataclass(frozen=True)
-class LinearModel:
+class LinearModel(ModelDefaults):
     """Logistic regression: ``score = 1 / (1 + exp(-(bias + x . weights)))``."""
 
     name: str

@@ -57,6 +57,10 @@ class BadInputError(Exception):
     """The server refused the request's content (or answered nonsense): a row-level error."""
 
 
+class ServerRefusedError(Exception):
+    """The server answered and said no to a metadata request (401, 403, 404): configuration."""
+
+
 class ServerUnavailableError(Exception):
     """The server did not answer in time to be useful (only raised to impatient callers)."""
 
@@ -254,6 +258,14 @@ class Breaker:
             self._next_probe = now + self.probe_interval_s
             return True
         return False
+
+    def trip(self, now: float) -> None:
+        """Open at once: the server did not answer at start, so there is nothing to count."""
+        self.failures = max(self.failures, self.threshold)
+        if self.state == CLOSED:
+            self.state = OPEN
+            self.opened += 1
+        self._next_probe = now + self.probe_interval_s
 
     def probe_in(self, now: float) -> float:
         """Seconds until the next probe is due (0 when due now)."""

@@ -3,8 +3,12 @@
 KServe, MLServer and Triton speak it. ``model.remote_url`` is the server
 (``http(s)://host:port``) and ``model.path`` the model's name on it, optionally
 ``name/versions/<v>``. Loading reads the model's metadata
-(``GET /v2/models/<path>``) and scores one typical row, so that a wrong URL,
-name, token or feature count stops the start with one line (exit 2).
+(``GET /v2/models/<path>``) and scores one typical row, so that a malformed URL,
+a model name or token the server refuses (401, 403, 404) or a wrong feature
+count stops the start with one line (exit 2). A server that does not answer at
+all (refused connection, timeout, 429, 5xx) is an outage, not a configuration
+error: :class:`~streamer.errors.ModelServerDownError` carries a
+:class:`WaitingModel`, and the pipeline waits for the server, not ready.
 
 Features: when the metadata lists one input per feature, those are the feature
 names, in order; with one ``(n, d)`` input (MLServer's scikit-learn runtime),
@@ -41,11 +45,12 @@ from streamer.core.models.common import import_for_kind, one_line, resolve_spec
 from streamer.core.models.oip import (
     DEFAULT_INPUT,
     OutputMapping,
+    ServerUnavailableError,
     map_outputs,
     score_bisecting,
 )
 from streamer.core.scoring import ScoreOutcome
-from streamer.errors import ModelLoadError
+from streamer.errors import ModelLoadError, ModelServerDownError
 
 if TYPE_CHECKING:
     from streamer.clients.oip import OipClient
@@ -59,8 +64,8 @@ _POLL_TIMEOUT_S = 2.0
 class RemoteModel(ModelDefaults):
     """A model on an Open Inference Protocol server behind the Model protocol.
 
-    Beyond the protocol it has ``submit`` (the model actor scores through it, in
-    the background) and ``reachable`` (readiness), which callers probe for.
+    It answers the protocol's ``submit`` (the model actor scores through it, in
+    the background) and ``reachable`` (readiness) itself.
     """
 
     name: str
@@ -110,6 +115,33 @@ class RemoteModel(ModelDefaults):
         return self.client.run(self._call(features, patient=False), self.client.impatient_budget_s)
 
 
+@dataclass(frozen=True, eq=False)
+class WaitingModel(ModelDefaults):
+    """The stand-in for a remote model whose server did not answer at start.
+
+    Not loaded and not reachable (readiness false); it scores nothing: the
+    pipeline loads the real model before it reads a record.
+    """
+
+    name: str
+    client: OipClient
+    version: str = ""
+    spec: FeatureSpec = field(
+        default_factory=lambda: FeatureSpec((), np.zeros(0), np.ones(0), fitted=False)
+    )
+    output_names: tuple[str, ...] = ()
+    digest: str = ""
+    kind: str = "remote"
+    watch_paths: tuple[Path, ...] = ()
+    loaded: bool = False
+    reachable: bool = False
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Never called: the pipeline reads nothing before the real model is loaded."""
+        msg = f"model {self.name!r}: its server has not answered yet"
+        raise ServerUnavailableError(msg)
+
+
 def load(options: ModelOptions) -> RemoteModel:
     """Connect to the model's server, read its metadata and score one row.
 
@@ -135,17 +167,24 @@ def load(options: ModelOptions) -> RemoteModel:
         raise ModelLoadError(msg)
     client = client_for(remote, options.path)
     where = f"model {options.path!r} at model.remote_url={remote.url}"
-    metadata = _metadata(client, where)
-    input_names, model_names, width = _inputs(metadata)
-    spec = resolve_spec(
-        options,
-        where,
-        model_names=model_names,
-        model_names_what="the server's model metadata inputs",
-        n_inputs=width,
-    )
-    requested = tuple(options.outputs)
-    mapping = _probe(client, spec, input_names, requested, options.probabilities, where)
+    try:
+        metadata = _metadata(client, where)
+        client.run(client.mark_up(), 2.0)
+        input_names, model_names, width = _inputs(metadata)
+        spec = resolve_spec(
+            options,
+            where,
+            model_names=model_names,
+            model_names_what="the server's model metadata inputs",
+            n_inputs=width,
+        )
+        requested = tuple(options.outputs)
+        mapping = _probe(client, spec, input_names, requested, options.probabilities, where)
+    except ServerUnavailableError as exc:  # no answer: an outage, not the configuration
+        client.run(client.mark_down(), 2.0)
+        waiting = WaitingModel(name=options.name or options.path, client=client)
+        msg = f"{where}: the server does not answer: {one_line(exc)}"
+        raise ModelServerDownError(msg, waiting) from None
     digest = _digest(options, metadata)
     versions = metadata.get("versions") or []
     _, _, pinned = options.path.partition("/versions/")
@@ -167,7 +206,9 @@ def load(options: ModelOptions) -> RemoteModel:
 def _metadata(client: OipClient, where: str) -> dict[str, Any]:
     try:
         metadata = client.run(client.get_json(client.model_url), client.options.timeout_s + 1)
-    except Exception as exc:  # any failure to read it is a load error
+    except ServerUnavailableError:
+        raise
+    except Exception as exc:  # refused (401, 403, 404) or not JSON: the configuration
         msg = f"{where}: cannot read the model's metadata: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     if not isinstance(metadata, dict):
@@ -204,7 +245,9 @@ def _probe(
         answer = client.run(
             client.infer(row, input_names, requested, patient=False), client.impatient_budget_s
         )
-    except Exception as exc:  # BadInputError, ServerUnavailableError: any failure is a load error
+    except ServerUnavailableError:
+        raise
+    except Exception as exc:  # BadInputError: the row does not fit the model
         msg = f"{where}: a test prediction on one row failed: {one_line(exc)}"
         raise ModelLoadError(msg) from None
     try:

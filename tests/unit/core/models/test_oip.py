@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import numpy as np
 import orjson
@@ -14,6 +15,7 @@ from streamer.core.models.oip import (
     BadInputError,
     Breaker,
     RetryPolicy,
+    ServerRefusedError,
     ServerUnavailableError,
     build_request,
     classify_status,
@@ -24,7 +26,7 @@ from streamer.core.models.oip import (
     score_bisecting,
 )
 from streamer.core.scoring import score_isolating_failures
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, ModelLoadError, ModelServerDownError
 from streamer.settings import build_settings, is_secret, remote_headers, secret_values
 from streamer.topology.health import TopologySnapshot, readiness
 
@@ -278,3 +280,121 @@ def test_the_reload_poll_follows_the_metadata_and_ignores_an_outage() -> None:
     assert poll() == first  # an outage is no redeploy: no reload
     answers[0] = {"name": "m", "versions": ["2"]}
     assert poll() != first  # a redeploy: the reloader loads it
+
+
+def test_a_breaker_tripped_at_start_is_open_at_once_and_probes_after_an_interval() -> None:
+    breaker = Breaker(threshold=3, probe_interval_s=1.0)
+    breaker.trip(5.0)
+    assert breaker.is_open
+    assert breaker.opened == 1
+    assert breaker.probe_in(5.0) == pytest.approx(1.0)
+    breaker.trip(5.5)  # still down: one outage, probed later
+    assert breaker.opened == 1
+    assert breaker.probe_in(5.5) == pytest.approx(1.0)
+    assert breaker.success()
+    assert not breaker.is_open
+
+
+class _FakeClient:
+    """The loader's view of a server: the metadata GET fails with ``error``."""
+
+    model_url = "http://m:8080/v2/models/m"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.marked: list[str] = []
+
+    def run(self, coroutine: object, timeout_s: float) -> object:
+        name = coroutine.__qualname__  # type: ignore[attr-defined]
+        coroutine.close()  # type: ignore[attr-defined]
+        if name.endswith("get_json"):
+            raise self.error
+        self.marked.append(name.rsplit(".", 1)[-1])
+        return None
+
+    async def get_json(self, url: str) -> object:
+        return None
+
+    async def mark_down(self) -> None:
+        return None
+
+    async def mark_up(self) -> None:
+        return None
+
+    class options:  # noqa: N801 - stands for RemoteOptions
+        timeout_s = 1.0
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (ServerUnavailableError("GET ...: connection (refused)"), True),
+        (ServerUnavailableError("GET ...: http_5xx (HTTP 503: loading)"), True),
+        (ServerRefusedError("GET ...: http_4xx (HTTP 404: model m not found)"), False),
+    ],
+)
+def test_a_server_that_does_not_answer_at_start_is_an_outage_and_a_refusal_is_config(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, *, down: bool
+) -> None:
+    pytest.importorskip("aiohttp")
+    import streamer.clients.oip
+    from streamer.core.models.base import ModelOptions, RemoteOptions
+    from streamer.core.models.remote import WaitingModel, load
+
+    client = _FakeClient(error)
+    monkeypatch.setattr(streamer.clients.oip, "client_for", lambda options, path: client)
+    options = ModelOptions(kind="remote", path="m", remote=RemoteOptions(url="http://m:8080"))
+    with pytest.raises(ModelLoadError) as raised:
+        load(options)
+    assert isinstance(raised.value, ModelServerDownError) is down
+    assert "model 'm' at model.remote_url=http://m:8080" in str(raised.value)
+    if down:
+        waiting = raised.value.waiting  # type: ignore[attr-defined]
+        assert isinstance(waiting, WaitingModel)
+        assert (waiting.loaded, waiting.reachable, waiting.spec.names) == (False, False, ())
+        assert client.marked == ["mark_down"]  # the breaker gauge shows the outage
+    else:
+        assert client.marked == []
+
+
+def test_a_remote_challenger_uses_the_champions_server_or_its_own_with_its_own_keys() -> None:
+    token = "champion-token-1"  # noqa: S105 - test values
+    own_token = "challenger-token-2"  # noqa: S105
+
+    def settings(champion: dict[str, object], *challengers: dict[str, object]) -> Any:
+        return build_settings(
+            {"kafka": KAFKA, "model": champion, "challenger": list(challengers)}, environ={}
+        )
+
+    champion = {"kind": "remote", "path": "m", "remote_url": "https://a:1",
+                "remote_headers": "X-Team: fraud", "remote_bearer_token": token,
+                "remote_timeout_s": 3.0}  # fmt: skip
+    same = {"name": "same", "kind": "remote", "path": "c"}
+    own = {"name": "own", "kind": "remote", "path": "c", "remote_url": "http://b:2",
+           "remote_headers": "X-Team: risk", "remote_bearer_token": own_token,
+           "remote_tls_verify": False}  # fmt: skip
+    built = settings(champion, same, own)
+    inherited = built.challenger_options(built.challengers[0]).remote
+    assert inherited == built.model_options().remote  # the champion's server and keys
+    separate = built.challenger_options(built.challengers[1]).remote
+    assert (separate.url, separate.headers, separate.bearer_token, separate.tls_verify) == (
+        "http://b:2", (("X-Team", "risk"),), own_token, False
+    )  # fmt: skip
+    assert separate.timeout_s == 3.0  # the champion's timeouts, retries and breaker
+    assert own_token in secret_values(built)
+    assert own_token not in repr(built.challengers[1])
+    # A local champion: only a challenger without its own server needs model.remote_url.
+    local = {"kind": "linear"}
+    assert settings(local, own).challengers[0].remote_url == "http://b:2"
+    with pytest.raises(ConfigError, match=r"^config error: model\.remote_url must be"):
+        settings(local, same)
+    with pytest.raises(ConfigError, match=r"challenger 'own': challenger\.remote_url must be"):
+        settings(local, {**own, "remote_url": "b:2"})
+    with pytest.raises(ConfigError, match=r"challenger 'own': challenger\.remote_ca_file=/no "):
+        settings(local, {**own, "remote_url": "https://b:2", "remote_ca_file": "/no"})
+    with pytest.raises(ConfigError, match="'Name: value' pairs"):
+        settings(local, {**own, "remote_headers": "X-Team risk"})
+    with pytest.raises(ConfigError, match=r"challenger 'same': .* set remote_url too"):
+        settings(champion, {**same, "remote_bearer_token": own_token})
+    with pytest.raises(ConfigError, match=r"challenger 'lin': .* not 'linear'; remove them"):
+        settings(champion, {"name": "lin", "kind": "linear", "remote_url": "http://b:2"})
