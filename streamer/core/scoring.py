@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.core.models import Model
-from streamer.core.models.base import ScoreOutcome
+from streamer.core.models.base import ModelUnavailableError, ScoreOutcome
 
 __all__ = ["ScoreOutcome", "explain", "score_column", "score_isolating_failures", "score_output"]
 
@@ -36,9 +36,9 @@ def score_isolating_failures(model: Model, features: np.ndarray) -> ScoreOutcome
         return ScoreOutcome(np.empty(empty_shape), [])
     try:
         return ScoreOutcome(_check(model, features, model.predict(features)), [])
-    except Exception as exc:  # any model error is isolated, never fatal
-        if getattr(exc, "row_level", True) is False:
-            raise  # a remote model's server is down: no row is at fault
+    except ModelUnavailableError:
+        raise  # a remote model's server is down: no row is at fault
+    except Exception as exc:  # any other model error is isolated, never fatal
         if features.shape[0] == 1:
             return ScoreOutcome(np.empty(empty_shape), [(0, f"{type(exc).__name__}: {exc}")])
     middle = features.shape[0] // 2

@@ -32,6 +32,14 @@ PROBABILITY_MODES = ("positive", "all")
 """The choices of ``model.probabilities``: the positive class's only, or one per class."""
 
 
+class ModelUnavailableError(Exception):
+    """The model could not score at all (a remote model's server is down): no row is at fault.
+
+    :func:`~streamer.core.scoring.score_isolating_failures` re-raises it instead of
+    bisecting the batch and blaming rows.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreOutcome:
     """Predictions for the rows that scored, and (position, error) for those that did not.

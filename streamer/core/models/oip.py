@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamer.core.scoring import ScoreOutcome
+from streamer.core.models.base import ModelUnavailableError, ScoreOutcome
 
 DATATYPES = {"FP64": np.float64, "FP32": np.float32}
 """The ``model.remote_datatype`` choices and the numpy type each sends."""
@@ -61,11 +61,8 @@ class ServerRefusedError(Exception):
     """The server answered and said no to a metadata request (401, 403, 404): configuration."""
 
 
-class ServerUnavailableError(Exception):
+class ServerUnavailableError(ModelUnavailableError):
     """The server did not answer in time to be useful (only raised to impatient callers)."""
-
-    row_level = False
-    """Not the rows' fault: :func:`~streamer.core.scoring.score_isolating_failures` re-raises it."""
 
 
 def classify_status(status: int) -> str:
