@@ -274,26 +274,12 @@ class Cluster:
     ) -> int:
         """Produce ``rate`` records/s for ``seconds`` (no callback per record), demo
         records or ``values`` in turn."""
+        from latency import produce_at_rate  # benchmarks/ is on the path (a script)
+
         values = values or list(records(20_000, seed=2))
-        producer = self._producer()
-        sent = 0
-        started = time.monotonic()
-        while True:
-            elapsed = time.monotonic() - started
-            if elapsed >= seconds or (stop is not None and stop.is_set()):
-                break
-            due = int(elapsed * rate) - sent
-            for _ in range(max(0, due)):
-                key, value = values[sent % len(values)]
-                try:
-                    producer.produce(topic, value, key)
-                except BufferError:  # the local queue is full: let it drain
-                    break
-                sent += 1
-            producer.poll(0)
-            time.sleep(0.002)
-        producer.flush(60)
-        return sent
+        return produce_at_rate(
+            self._producer(), topic, values, rate, seconds, pause_s=0.002, stop=stop
+        )
 
 
 # --- streamer as a process ---------------------------------------------------------

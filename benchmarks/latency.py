@@ -67,21 +67,36 @@ def generate(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
             "partitioner": "murmur2_random",
         }
     )
+    return produce_at_rate(producer, topic, values, rate, seconds, pause_s=0.001)
+
+
+def produce_at_rate(
+    producer: Any,
+    topic: str,
+    values: Any,
+    rate: float,
+    seconds: float,
+    *,
+    pause_s: float,
+    stop: Any = None,
+) -> int:
+    """Produce ``values`` in turn at ``rate`` records/s for ``seconds`` (or until ``stop`` is
+    set) on a confluent Producer, no callback per record; flush; return how many were sent."""
     sent = 0
     started = time.monotonic()
     while True:
         elapsed = time.monotonic() - started
-        if elapsed >= seconds:
+        if elapsed >= seconds or (stop is not None and stop.is_set()):
             break
         for _ in range(max(0, int(elapsed * rate) - sent)):
             key, value = values[sent % len(values)]
             try:
                 producer.produce(topic, value, key)
-            except BufferError:
+            except BufferError:  # the local queue is full: let it drain
                 break
             sent += 1
         producer.poll(0)
-        time.sleep(0.001)
+        time.sleep(pause_s)
     producer.flush(60)
     return sent
 
