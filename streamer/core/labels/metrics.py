@@ -123,8 +123,9 @@ def calibration(
 ) -> list[dict[str, Any]] | None:
     """Per score bucket of equal width in [0, 1]: its records, mean score and observed rate.
 
-    The buckets are ``calibration_curve``'s uniform bins (a score on an inner
-    edge falls in the bucket above it); an empty bucket has None rates.
+    The buckets are ``calibration_curve``'s uniform bins: ``(low, high]``, the
+    first ``[0, high]`` (a score on an inner edge falls in the bucket below it);
+    an empty bucket has None rates.
     """
     if not _probabilities(scores):
         return None
