@@ -1229,6 +1229,12 @@ def _check_labels(settings: Settings) -> None:
             f"got {labels.id_field!r}"
         )
         raise ConfigError(msg)
+    if labels.time_field.startswith("$"):
+        msg = (
+            f"labels.time_field must be a field path of the label, got {labels.time_field!r} "
+            "(the daemon does not consume labels yet, so there is no record timestamp to read)"
+        )
+        raise ConfigError(msg)
     kafka = settings.kafka
     taken = {kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic_name}
     taken.update(c.output_topic for c in settings.challengers)

@@ -219,14 +219,14 @@ def _identity(doc: dict[str, Any], record_key: bytes | None, id_field: str, what
             return record_id_identity(json_text(value).encode())
         raise Rejected(MISSING_ID, f"the {what}'s {id_field!r} is missing or not a string/number")
     topic, partition, offset = doc.get("topic"), doc.get("partition"), doc.get("offset")
-    whole = [_whole(partition), _whole(offset)]
-    if not isinstance(topic, str) or not topic or None in whole:
+    whole_partition, whole_offset = _whole(partition), _whole(offset)
+    if not isinstance(topic, str) or not topic or whole_partition is None or whole_offset is None:
         raise Rejected(
             MISSING_ID,
             f"the {what} lacks its source coordinates (topic, partition, offset): "
             f"{topic!r}, {partition!r}, {offset!r}",
         )
-    return coordinates_identity(topic, *whole)  # type: ignore[arg-type]
+    return coordinates_identity(topic, whole_partition, whole_offset)
 
 
 def _whole(value: Any) -> int | None:

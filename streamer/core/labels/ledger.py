@@ -133,11 +133,12 @@ class PredictionLedger:
             came after the label: the window replaces them), and the changes
             written.
         """
+        stored: dict[bytes, Prediction | None] = {}  # one read per record of the call
         pending: dict[bytes, Prediction | None] = {}
         added = duplicates = 0
         for output in outputs:
             if output.identity not in pending:
-                pending[output.identity] = self.get(output.identity)
+                stored[output.identity] = pending[output.identity] = self.get(output.identity)
             before = pending[output.identity]
             after = _with_output(before, output)
             if after is before:
@@ -150,7 +151,7 @@ class PredictionLedger:
             outputs=self.counts.outputs + added,
             duplicate_outputs=self.counts.duplicate_outputs + duplicates,
         )
-        changes = self._changes(pending, counts)
+        changes = self._write(stored, pending, counts)
         relabelled = [
             Joined(identity, prediction)
             for identity, prediction in pending.items()
@@ -165,12 +166,13 @@ class PredictionLedger:
             The joined predictions, the reason of each label that joined nothing
             (``unmatched``, ``duplicate``, ``past_horizon``), and the changes written.
         """
+        stored: dict[bytes, Prediction | None] = {}
         pending: dict[bytes, Prediction | None] = {}
         joined: list[Joined] = []
         reasons: list[str] = []
         for label in labels:
             if label.identity not in pending:
-                pending[label.identity] = self.get(label.identity)
+                stored[label.identity] = pending[label.identity] = self.get(label.identity)
             prediction = pending[label.identity]
             if prediction is None:
                 reasons.append(UNMATCHED)
@@ -190,7 +192,7 @@ class PredictionLedger:
         counts = msgspec.structs.replace(
             self.counts, joined=self.counts.joined + len(joined), labels=by_reason
         )
-        return joined, reasons, self._changes(pending, counts)
+        return joined, reasons, self._write(stored, pending, counts)
 
     def expire(self, now_us: int) -> tuple[int, list[Change]]:
         """Delete the predictions made more than the horizon before ``now_us``.
@@ -233,16 +235,17 @@ class PredictionLedger:
                 labelled += 1
         return unlabelled, labelled
 
-    def _changes(
-        self, pending: dict[bytes, Prediction | None], counts: LedgerCounts
+    def _write(
+        self,
+        stored: dict[bytes, Prediction | None],
+        pending: dict[bytes, Prediction | None],
+        counts: LedgerCounts,
     ) -> list[Change]:
+        """Write what changed from ``stored`` to ``pending``, and the counts, in one batch."""
         changes: list[Change] = []
         for identity, after in pending.items():
-            if after is None:
-                continue
-            raw = self.store.get(entry_key(identity))
-            before = _prediction.decode(raw) if raw is not None else None
-            if before == after:
+            before = stored[identity]
+            if after is None or before is after:
                 continue
             if before is not None and before.time_us != after.time_us:
                 changes.append((_time_key(before.time_us, identity), None))

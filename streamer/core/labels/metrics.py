@@ -24,7 +24,7 @@ compared with the champion on the records both scored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -245,7 +245,9 @@ def window_report(
     }
 
 
-def _comparisons(records: Sequence[Joined], metrics: Any) -> list[dict[str, Any]]:
+def _comparisons(
+    records: Sequence[Joined], metrics: Callable[[Sequence[tuple[float, float]]], dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Per challenger and champion version: both models' metrics on the records both scored."""
     both: dict[tuple[str, str, str, str], list[tuple[float, float, float]]] = {}
     for record in records:

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from streamer.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No STREAMER_* variables leak in; the root logger is restored."""
-    for name in list(os.environ):
-        if name.startswith("STREAMER_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+from tests.unit.commands.test_cli import _isolated  # noqa: F401 - the same autouse isolation
 
 
 def _output(
@@ -182,6 +167,7 @@ def test_a_short_horizon_and_a_regression_by_record_key(
         ),
         ("[labels]\nid_field = '$offset'\n", "labels.id_field must be a field path or '$key'"),
         ("[labels]\nvalue_field = ''\n", "labels.value_field must name a field"),
+        ("[labels]\ntime_field = '$timestamp'\n", "labels.time_field must be a field path"),
         ("[labels]\nhorizon_s = -1.0\n", "labels.horizon_s must be > 0, got -1.0"),
         ("[labels]\nwindo_records = 5\n", "unknown key labels.windo_records"),
         (
