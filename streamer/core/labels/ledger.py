@@ -155,7 +155,9 @@ class PredictionLedger:
         relabelled = [
             Joined(identity, prediction)
             for identity, prediction in pending.items()
-            if prediction is not None and prediction.label is not None
+            if prediction is not None
+            and prediction.label is not None
+            and prediction is not stored[identity]
         ]
         return relabelled, changes
 

@@ -115,6 +115,8 @@ class TestJoin:
         assert [(j.identity, [c.score for c in j.prediction.challengers]) for j in relabelled] == [
             (ident(1), [0.4])
         ]
+        again, _ = ledger.record([challenger(1, 0.9, 10.6)])  # a duplicate changes nothing
+        assert again == []
 
 
 class TestExpiry:
