@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import orjson
 import pytest
 
 from streamer.cli import main
+from streamer.core.labels.join import TASKS
+from streamer.settings import LabelsSettings
 from tests.unit.commands.test_cli import _isolated  # noqa: F401 - the same autouse isolation
 
 
@@ -197,3 +200,9 @@ def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
         capsys.readouterr().err
         == f"streamer: config error: input file {tmp_path / 'none.csv'} does not exist\n"
     )
+
+
+def test_the_task_choices_are_the_ones_the_join_reads() -> None:
+    """settings.py keeps its own tuple: it must not import the join (and numpy) to validate."""
+    (task,) = [f for f in dataclasses.fields(LabelsSettings) if f.name == "task"]
+    assert task.metadata["choices"] == TASKS
