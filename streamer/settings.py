@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions, RemoteOptions
-from streamer.core.state.declared import StateFeature, parse_features
+from streamer.core.state.declared import RECORD_KEY, StateFeature, parse_features
 from streamer.errors import ConfigError
 
 ENV_PREFIX = "STREAMER_"
@@ -521,6 +521,60 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True)
+class LabelsSettings:
+    """Delayed labels: how a label finds its prediction, and the quality window (docs/labels.md).
+
+    ``streamer evaluate`` reads it; the daemon does not consume labels yet.
+    """
+
+    topic: str = _doc(
+        "Topic of the labels, for the live path (not built yet: `run` does not read it).",
+        default="",
+    )
+    id_field: str = _doc(
+        "Field path of the id in the label and the scored record ('$key': the record key); "
+        "empty joins by the source coordinates (topic, partition, offset) of the outputs.",
+        default="",
+    )
+    value_field: str = _doc(
+        "Field of the label's value: 0/1 or true/false (classification), a number (regression).",
+        default="label",
+    )
+    time_field: str = _doc(
+        "Field of the label's time (epoch ms or ISO-8601); empty: none, so no label latency "
+        "and no horizon check.",
+        default="",
+    )
+    task: str = _doc(
+        "What the labels are.", default="classification", choices=("classification", "regression")
+    )
+    score_field: str = _doc(
+        "Field of the output document that holds the score the labels are compared with.",
+        default="score",
+    )
+    horizon_s: float = _doc(
+        "A prediction waits this long for its label; a later label is 'past_horizon', and an "
+        "unlabelled prediction then counts as expired.",
+        default=30 * 86400.0,
+        positive=True,
+    )
+    window_records: int = _doc(
+        "The metrics cover the joined records with the latest prediction times, at most this many.",
+        default=10000,
+        positive=True,
+    )
+    window_s: float = _doc(
+        "When > 0, the metrics also leave out records predicted more than this before the "
+        "newest one.",
+        default=0.0,
+        non_negative=True,
+    )
+    calibration_buckets: int = _doc(
+        "Buckets of equal width in [0, 1] of the calibration histogram.", default=10, positive=True
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration: one section per stage."""
 
@@ -534,6 +588,7 @@ class Settings:
     format: FormatSettings = field(default_factory=FormatSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    labels: LabelsSettings = field(default_factory=LabelsSettings)
     challengers: tuple[ChallengerSettings, ...] = ()
     state_features: tuple[StateFeature, ...] = ()
     """The ``[[state.features]]`` tables, parsed (core/state/declared.py)."""
@@ -652,6 +707,7 @@ SECTIONS: dict[str, type] = {
     "format": FormatSettings,
     "monitoring": MonitoringSettings,
     "state": StateSettings,
+    "labels": LabelsSettings,
 }
 
 # The constraints of the options that do not carry them on their field yet (see _doc).
@@ -899,6 +955,7 @@ def _check_across_keys(settings: Settings) -> None:
     _check_paths(settings.preprocess.paths)
     _check_state_features(settings)
     _check_remote(settings)
+    _check_labels(settings)
 
 
 def _check_remote(settings: Settings) -> None:
@@ -1157,3 +1214,33 @@ def load_settings(
     """Read the file (if any), the environment and the CLI overrides into Settings."""
     file_values = read_toml(path) if path else {}
     return build_settings(file_values, os.environ if environ is None else environ, overrides)
+
+
+def _check_labels(settings: Settings) -> None:
+    """The ``[labels]`` keys that depend on each other or on other sections."""
+    labels = settings.labels
+    for key in ("value_field", "score_field"):
+        if not getattr(labels, key).strip():
+            msg = f"labels.{key} must name a field, got an empty string"
+            raise ConfigError(msg)
+    if labels.id_field.startswith("$") and labels.id_field != RECORD_KEY:
+        msg = (
+            f"labels.id_field must be a field path or {RECORD_KEY!r} (the record key), "
+            f"got {labels.id_field!r}"
+        )
+        raise ConfigError(msg)
+    if labels.time_field.startswith("$"):
+        msg = (
+            f"labels.time_field must be a field path of the label, got {labels.time_field!r} "
+            "(the daemon does not consume labels yet, so there is no record timestamp to read)"
+        )
+        raise ConfigError(msg)
+    kafka = settings.kafka
+    taken = {kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic_name}
+    taken.update(c.output_topic for c in settings.challengers)
+    if labels.topic and labels.topic in taken:
+        msg = (
+            f"labels.topic {labels.topic!r} must differ from the input, output, dead-letter and "
+            "challenger output topics"
+        )
+        raise ConfigError(msg)

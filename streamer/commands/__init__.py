@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from streamer import __version__
-from streamer.commands import config, demo, files, replay, run
+from streamer.commands import config, demo, evaluate, files, replay, run
 from streamer.errors import StreamerError
 from streamer.logsetup import final_line, redact, setup_logging
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_features(sub)
     files.add_fit_stats(sub)
     files.add_profile(sub)
+    evaluate.add_evaluate(sub)
     return parser
 
 

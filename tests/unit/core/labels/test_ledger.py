@@ -1,0 +1,187 @@
+"""The prediction ledger over both stores: joins, duplicates, the horizon, expiry, restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamer.core.labels.join import (
+    DUPLICATE,
+    PAST_HORIZON,
+    UNMATCHED,
+    Label,
+    Output,
+    coordinates_identity,
+)
+from streamer.core.labels.ledger import (
+    PREFIX,
+    LedgerCounts,
+    LedgerLabel,
+    ModelScore,
+    Prediction,
+    PredictionLedger,
+)
+from streamer.core.state.store import MemoryStore, RocksStore, Store
+
+SECOND = 1_000_000
+HORIZON = 60 * SECOND
+
+
+def ident(offset: int) -> bytes:
+    return coordinates_identity("events", 0, offset)
+
+
+def champion(offset: int, score: float, at_s: float, version: str = "1") -> Output:
+    return Output(ident(offset), False, "demo", version, score, round(at_s * SECOND))
+
+
+def challenger(offset: int, score: float, at_s: float, name: str = "candidate") -> Output:
+    return Output(ident(offset), True, name, "2", score, round(at_s * SECOND))
+
+
+def label(offset: int, value: float, at_s: float | None) -> Label:
+    return Label(ident(offset), value, None if at_s is None else round(at_s * SECOND))
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened: Store = MemoryStore() if request.param == "memory" else RocksStore(tmp_path / "p0")
+    yield opened
+    opened.close()
+
+
+class TestRecord:
+    def test_the_champion_and_each_challenger_land_in_one_prediction(self, store: Store) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([challenger(1, 0.4, 10.5), champion(1, 0.9, 10.0)])
+        ledger.record([challenger(1, 0.3, 10.7, name="another")])
+        assert ledger.get(ident(1)) == Prediction(
+            10 * SECOND,
+            ModelScore("demo", "1", 0.9, 10 * SECOND),
+            (
+                ModelScore("another", "2", 0.3, 10_700_000),
+                ModelScore("candidate", "2", 0.4, 10_500_000),
+            ),
+        )
+        assert (ledger.counts.outputs, ledger.counts.duplicate_outputs) == (3, 0)
+
+    def test_a_models_second_output_for_a_record_is_a_duplicate_and_the_first_stays(
+        self, store: Store
+    ) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0), champion(1, 0.1, 11.0, version="2")])
+        ledger.record([champion(1, 0.5, 12.0), challenger(1, 0.4, 10.5), challenger(1, 0.6, 13.0)])
+        prediction = ledger.get(ident(1))
+        assert prediction is not None
+        assert prediction.champion == ModelScore("demo", "1", 0.9, 10 * SECOND)
+        assert [c.score for c in prediction.challengers] == [0.4]
+        assert (ledger.counts.outputs, ledger.counts.duplicate_outputs) == (2, 3)
+
+
+class TestJoin:
+    def test_the_first_label_joins_once_and_the_rest_are_counted(self, store: Store) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0), champion(2, 0.2, 11.0)])
+        joined, reasons, _ = ledger.join(
+            [label(1, 1.0, 20.0), label(1, 0.0, 21.0), label(3, 1.0, 22.0), label(2, 0.0, 71.5)]
+        )
+        assert [(j.identity, j.label) for j in joined] == [
+            (ident(1), LedgerLabel(1.0, 20 * SECOND))
+        ]
+        assert reasons == [DUPLICATE, UNMATCHED, PAST_HORIZON]
+        again, reasons, _ = ledger.join([label(1, 1.0, 30.0), label(2, 0.0, 71.0)])
+        assert [j.identity for j in again] == [ident(2)]  # 60 s after the prediction: in time
+        assert reasons == [DUPLICATE]
+        assert ledger.counts == LedgerCounts(
+            outputs=2,
+            joined=2,
+            labels={DUPLICATE: 2, UNMATCHED: 1, PAST_HORIZON: 1},
+        )
+
+    def test_a_label_without_a_time_is_never_past_the_horizon(self, store: Store) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0)])
+        joined, reasons, _ = ledger.join([label(1, 1.0, None)])
+        assert [j.label for j in joined] == [LedgerLabel(1.0, None)]
+        assert reasons == []
+
+    def test_a_challenger_score_after_the_label_comes_back_joined(self, store: Store) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0)])
+        ledger.join([label(1, 1.0, 20.0)])
+        relabelled, _ = ledger.record([challenger(1, 0.4, 10.5), champion(2, 0.1, 11.0)])
+        assert [(j.identity, [c.score for c in j.prediction.challengers]) for j in relabelled] == [
+            (ident(1), [0.4])
+        ]
+        again, _ = ledger.record([challenger(1, 0.9, 10.6)])  # a duplicate changes nothing
+        assert again == []
+
+
+class TestExpiry:
+    def test_predictions_past_the_horizon_go_and_the_unlabelled_are_counted(
+        self, store: Store
+    ) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(i, 0.5, 10.0 * i) for i in range(1, 6)])  # at 10, 20, ... 50 s
+        ledger.join([label(2, 1.0, 25.0)])
+        assert ledger.expire(70 * SECOND)[0] == 0  # 10 s + 60 s is not past yet
+        unlabelled, changes = ledger.expire(91 * SECOND)  # 10, 20 and 30 s are
+        assert unlabelled == 2
+        assert len(changes) == 7  # an entry and its time key each, and the counts
+        assert [ledger.get(ident(i)) is None for i in range(1, 6)] == [True] * 3 + [False] * 2
+        assert ledger.held() == (2, 0)
+        assert (ledger.counts.expired_unlabelled, ledger.counts.expired_labelled) == (2, 1)
+        _, reasons, _ = ledger.join([label(1, 1.0, 65.0)])
+        assert reasons == [UNMATCHED]  # it expired: its record is unknown now
+
+    def test_a_challenger_that_moves_the_prediction_time_moves_its_expiry(
+        self, store: Store
+    ) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.5, 30.0)])
+        ledger.record([challenger(1, 0.5, 5.0)])  # the prediction time is now 5 s
+        assert ledger.expire(66 * SECOND)[0] == 1  # 5 s + 60 s is past; 30 s + 60 s would not be
+        assert ledger.get(ident(1)) is None
+        assert list(store.items_from(PREFIX + b"t")) == []
+
+
+class TestDurability:
+    def test_the_changes_returned_rebuild_the_same_ledger_elsewhere(self, store: Store) -> None:
+        """What a changelog would replay: every write, in order, gives the same store."""
+        ledger = PredictionLedger(store, HORIZON)
+        replica = MemoryStore()
+        steps = [
+            lambda: ledger.record([champion(1, 0.9, 10.0), champion(2, 0.1, 20.0)])[1],
+            lambda: ledger.join([label(1, 1.0, 15.0), label(9, 0.0, 15.0)])[2],
+            lambda: ledger.record([challenger(2, 0.3, 21.0)])[1],
+            lambda: ledger.expire(75 * SECOND)[1],
+        ]
+        for step in steps:
+            replica.write(step())
+        assert dict(replica.items_from(b"")) == dict(store.items_from(b""))
+        assert PredictionLedger(replica, HORIZON).counts == ledger.counts
+
+    def test_a_reopened_rocksdb_ledger_keeps_its_predictions_and_counts(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "ledger"
+        first = RocksStore(path)
+        ledger = PredictionLedger(first, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0), champion(2, 0.2, 11.0)])
+        ledger.join([label(1, 1.0, 20.0), label(7, 0.0, 20.0)])
+        first.close()
+        reopened = PredictionLedger(RocksStore(path), HORIZON)
+        try:
+            assert reopened.counts == LedgerCounts(outputs=2, joined=1, labels={UNMATCHED: 1})
+            _, reasons, _ = reopened.join([label(1, 0.0, 21.0), label(2, 0.0, 21.0)])
+            assert reasons == [DUPLICATE]  # joined before the restart: never twice
+        finally:
+            reopened.store.close()
+
+    def test_only_the_ledgers_own_keys_are_written(self, store: Store) -> None:
+        ledger = PredictionLedger(store, HORIZON)
+        ledger.record([champion(1, 0.9, 10.0)])
+        ledger.join([label(1, 1.0, 20.0)])
+        assert all(key.startswith(PREFIX) for key, _ in store.items_from(b""))
