@@ -511,6 +511,17 @@ class StateSettings:
         default=0.0,
         non_negative=True,
     )
+    changelog_topic: str = _doc(
+        "Compacted topic that makes the state durable (as many partitions as the input); empty "
+        "means '<group_id>.<input_topic>.state-<fingerprint>-changelog', so a new declaration "
+        "gets a new, clean changelog.",
+        default="",
+    )
+    log_features: bool = _doc(
+        "Write the computed state features into each output document (and into the "
+        "'streamer.state_features' header of a dead letter whose features were computed).",
+        default=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -264,6 +264,30 @@ EnsureTopics = Callable[..., None]
 GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
 
 
+class ChangelogReader(Protocol):
+    """Reads one changelog topic's partitions by hand (no group): the state's restore."""
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The partition's end offset, from a fetch response (Tansu's ListOffsets is wrong)."""
+        ...
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """Chunks of (offset, key, value), in offset order, of every offset in [start, end)."""
+        ...
+
+    def close(self) -> None:
+        """Close connections."""
+        ...
+
+
+ChangelogReaderFactory = Callable[[KafkaSettings, str], ChangelogReader]
+"""(settings, changelog topic) -> its reader."""
+EnsureChangelog = Callable[[KafkaSettings, str, str], None]
+"""(settings, changelog topic, input topic): create it compacted, or check it; exit 2 if wrong."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """One client library (or the file backend) behind the pipeline's interface."""
@@ -274,6 +298,8 @@ class Backend:
     ensure_topics: EnsureTopics
     group_reader: GroupReaderFactory | None = None
     """None: the backend has no groups (the file backend)."""
+    changelog_reader: ChangelogReaderFactory | None = None
+    ensure_changelog: EnsureChangelog | None = None
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:
