@@ -46,7 +46,7 @@ class SourceBatch:
     # Declared [[state.features]] (topology/state.py), set by the consumer before the batch
     # is kept for rewinds. ``values`` stay the original bytes (dead letters carry them).
     enriched: list[bytes | None] | None = None
-    """Per record, the value the preparation reads: the JSON with the features (None: ``values``)."""
+    """Per record, the value the preparation reads: its JSON with the features (None: the value)."""
     state_rejections: tuple[Rejection, ...] = ()
     """The records the state dead-letters (stage ``state``): never prepared nor scored."""
     changelog: tuple[tuple[bytes, bytes | None], ...] = ()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -36,6 +37,9 @@ from streamer.messages import (
     StopFetching,
 )
 from streamer.settings import BatchSettings, KafkaSettings
+
+if TYPE_CHECKING:
+    from streamer.topology.state import StateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +119,20 @@ class ConsumerActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         on_ready: Callable[[], None] | None = None,
         epoch: int = 0,
+        state: StateKeeper | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        # Declared [[state.features]]: applied to each batch as the Ledger cuts it, in
+        # offset order per partition, before the Ledger keeps it for rewinds.
+        self._state = state
         self._settings = settings
         self._client_factory = client_factory
         self._client: ConsumerClient | None = None
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
-        self._ledger = Ledger(batch, settings.max_poll_records, epoch)
+        self._ledger = Ledger(
+            batch, settings.max_poll_records, epoch, None if state is None else state.apply
+        )
         self._paused = False
         self._fetching = False
         self._poll_scheduled = False
@@ -148,6 +158,8 @@ class ConsumerActor(PipelineActor):
         if self._client is not None:
             client, self._client = self._client, None
             client.close()
+        if self._state is not None:
+            self._state.close()
 
     def receive(self, message: object) -> Any:
         """Handle polls, acknowledgements and control messages."""
@@ -179,7 +191,7 @@ class ConsumerActor(PipelineActor):
                 with self._lock:
                     if isinstance(query, GetInFlight):
                         return self._ledger.in_flight()
-                    return self._ledger.status(fetching=self._fetching, paused=self._paused)
+                    return self._status(fetching=self._fetching)
         return None
 
     def _schedule_poll(self) -> None:
@@ -250,7 +262,13 @@ class ConsumerActor(PipelineActor):
             self._send(self._ledger.drain(time.monotonic()))
         self._fetching = False
         self._set_paused(True)
-        return self._ledger.status(fetching=False, paused=self._paused)
+        return self._status(fetching=False)
+
+    def _status(self, *, fetching: bool) -> ConsumerStatus:
+        status = self._ledger.status(fetching=fetching, paused=self._paused)
+        if self._state is None:
+            return status
+        return dataclasses.replace(status, state_keys=self._state.state_keys)
 
     def _maybe_report(self, now: float, *, force: bool = False) -> None:
         if not force and now - self._last_progress < PROGRESS_EVERY_S:
@@ -259,6 +277,8 @@ class ConsumerActor(PipelineActor):
         client, assigned = self._client, self._ledger.assigned
         ends = {tp: client.highwater(tp) for tp in assigned} if client is not None else {}
         self._emit(self._ledger.progress(ends, paused=self._paused))
+        if self._state is not None:
+            self._emit(self._state.progress())
 
     def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
         if isinstance(news, BatchAcked):
@@ -307,6 +327,8 @@ class ConsumerActor(PipelineActor):
         if error is None:
             with self._lock:
                 self._ledger.tracker.mark_committed(offsets)
+                if self._state is not None:
+                    self._state.committed(offsets)
         else:
             log.warning("offset commit failed, will retry with the next commit: %s", error)
 
@@ -318,6 +340,8 @@ class ConsumerActor(PipelineActor):
             self._client.commit(offsets)
         with self._lock:
             self._ledger.tracker.mark_committed(offsets)
+            if self._state is not None:
+                self._state.committed(offsets)
             self._maybe_report(time.monotonic(), force=True)
         return offsets
 
@@ -346,6 +370,11 @@ class ConsumerActor(PipelineActor):
         with self._lock:
             _log_partitions("revoked", tps)
             offsets = self._ledger.revoke(tps)
+            if self._state is not None:
+                # Their batches in the stages are abandoned (the Ledger ignores their acks):
+                # their changes are in the local store only, which the next assignment,
+                # here or elsewhere, replans against the changelog.
+                self._state.revoke(tps)
             if offsets and self._client is not None:
                 # A blocking commit inside the rebalance callback is a kafka-python
                 # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.

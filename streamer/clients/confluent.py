@@ -682,15 +682,17 @@ class Producer:
         index = -1
         for group in groups:
             topic, headers = group.topic, group.headers
+            # A state changelog group names its partition (the input's).
+            partition = _ANY_PARTITION if group.partition is None else group.partition
             if headers is None:  # the common case: no headers argument to parse
                 for value, key in zip(group.values, group.keys, strict=True):
                     index += 1
                     try:
                         # Positional (partition -1: the partitioner's choice): a keyword
                         # argument cost 0.3 us more per record in the argument parsing.
-                        produce(topic, value, key, _ANY_PARTITION, report)
+                        produce(topic, value, key, partition, report)
                     except BufferError:
-                        self._produce_refusable(batch, index, topic, value, key, None)
+                        self._produce_refusable(batch, index, topic, value, key, None, partition)
                     except (KafkaException, TypeError, ValueError) as exc:
                         if not is_record_level(exc):
                             raise
@@ -708,9 +710,12 @@ class Producer:
         value: bytes,
         key: bytes | None,
         headers: Headers | None,
+        partition: int = _ANY_PARTITION,
     ) -> None:
         try:
-            self._produce(topic, value, key, on_delivery=batch.report, headers=headers)
+            self._produce(
+                topic, value, key, partition=partition, on_delivery=batch.report, headers=headers
+            )
         except (KafkaException, TypeError, ValueError) as exc:
             if not is_record_level(exc):
                 raise

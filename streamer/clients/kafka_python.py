@@ -8,6 +8,7 @@ and delivery callbacks run on those threads, while the caller waits inside
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -318,6 +319,9 @@ class Producer:
             topic, keys, headers = group.topic, group.keys, group.headers
             partition_of = self._partitioner(topic)
             direct = direct_append if headers is None else None
+            if group.partition is not None:  # a state changelog: the input's partition
+                partition_of = functools.partial(_fixed_partition, group.partition)
+                direct = None  # its tombstones (None values) take send()
             if direct is not None:
                 tp_of = self._topic_partitions(topic)
                 now = time.monotonic()
@@ -650,3 +654,8 @@ class _TopicReader:
             f" of {consumer.highwater(TopicPartition(t, p))}"
             for t, p in sorted(self._state.remaining)[:4]
         )
+
+
+def _fixed_partition(partition: int, _key: bytes) -> int:
+    """A state changelog record goes to its input record's partition, whatever its key."""
+    return partition

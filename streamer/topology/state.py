@@ -104,7 +104,7 @@ class CountingStore:
     def keys_between(self, low: bytes, high: bytes) -> list[bytes]:  # noqa: D102
         return self.inner.keys_between(low, high)
 
-    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]  # noqa: ANN201, D102
+    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]  # noqa: D102
         return self.inner.items_from(prefix)
 
     def close(self) -> None:  # noqa: D102
@@ -277,7 +277,7 @@ class StateKeeper:
         path = Path(self._dir) / f"{tp[0]}-{tp[1]}"
         try:
             return RocksStore(path)
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exceptions
+        except Exception as exc:
             log.warning(
                 "the state store %s does not open (%s): discarding it, rebuilt from the changelog",
                 path,

@@ -240,17 +240,18 @@ class TestCommands:
         assert "'transactions_last_hour' is neither in the input's first record" in err
         assert len(err.splitlines()) == 1
 
-    def test_run_refuses_declared_features_it_does_not_compute(
+    def test_run_refuses_declared_features_over_a_non_json_input(
         self, transactions: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         config = transactions.parent / "run.toml"
         config.write_text(
             '[kafka]\ninput_topic = "a"\noutput_topic = "b"\n'
+            '[format]\ninput = "avro"\nregistry_url = "http://127.0.0.1:1"\n'
             + (transactions.parent / "state.toml").read_text()
         )
         assert main(["run", "-c", str(config)]) == 2
         err = capsys.readouterr().err.strip()
-        assert "the daemon does not compute them yet" in err
+        assert "format.input='avro': [[state.features]] read JSON objects" in err
         assert len(err.splitlines()) == 1
 
 

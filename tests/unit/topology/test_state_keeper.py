@@ -19,7 +19,14 @@ from streamer.topology.state import StateKeeper, changelog_topic_name
 TOPIC = "tx"
 FEATURES = [
     {"name": "n_1h", "key": "card", "agg": "count", "window": "1h", "time": "ts"},
-    {"name": "sum_1h", "key": "card", "agg": "sum", "field": "amount", "window": "1h", "time": "ts"},
+    {
+        "name": "sum_1h",
+        "key": "card",
+        "agg": "sum",
+        "field": "amount",
+        "window": "1h",
+        "time": "ts",
+    },
 ]
 
 
@@ -43,7 +50,7 @@ class MemoryChangelog:
     def append(self, partition: int, changes: tuple[tuple[bytes, bytes | None], ...]) -> None:
         self.partitions.setdefault(partition, []).extend(changes)
 
-    def high_watermark(self, partition: int, timeout_s: float) -> int:  # noqa: ARG002
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
         return len(self.partitions.get(partition, []))
 
     def read(
@@ -134,7 +141,8 @@ def test_batches_carry_enriched_values_rejections_and_changelog_equal_to_offline
     assert orjson.loads(first.enriched[2] or b"") == {
         "card": "a", "ts": 3000, "amount": 0.25, "n_1h": 2.0, "sum_1h": 1.75,
     }  # fmt: skip
-    assert second.enriched is not None and second.enriched[2] is None  # not JSON: left as is
+    assert second.enriched is not None
+    assert second.enriched[2] is None  # not JSON: left as is
     assert second.state_rejections == ()
     assert first.changelog[-1][0] == META_KEY
     assert decode_meta(first.changelog[-1][1] or b"").last_offset == 2
@@ -246,7 +254,8 @@ def test_records_after_the_last_meta_are_not_restored() -> None:
     cut = keeper.apply(batch(EVENTS[3:5])).changelog
     log.append(0, cut[:-1])  # the batch's changelog cut short: its meta never arrived
     meta = last_meta(log.read(0, 0, len(log.partitions[0])))
-    assert meta is not None and meta.last_offset == 2
+    assert meta is not None
+    assert meta.last_offset == 2
     count = RestoreCount()
     restored = [c for chunk in acknowledged_changes(log.read(0, 0, 99), count) for c in chunk]
     assert count.dropped == len(cut) - 1
@@ -302,7 +311,7 @@ def test_changelog_restores_the_same_values_as_an_uninterrupted_run(
     run(keeper, log, EVENTS[:4])
     keeper.close()
     if state_dir:
-        import shutil  # noqa: PLC0415
+        import shutil
 
         shutil.rmtree(directory)  # the local state deleted between runs
     again = StateKeeper(make_settings(directory), lambda: log)
