@@ -43,7 +43,7 @@ from streamer.core.state.changelog import (
     last_meta,
     meta_record,
 )
-from streamer.core.state.codec import Meta, is_key_state
+from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
@@ -188,7 +188,9 @@ class StateKeeper:
             part = self._ready(tp)
             applied = part.state.apply(inputs)
             sweep = ()
-        changelog = (*part.pending, *sweep, *applied.changes)
+        # The batch's own meta record (last) supersedes the meta of a forget_served.
+        pending = [change for change in part.pending if change[0] != META_KEY]
+        changelog = (*pending, *sweep, *applied.changes)
         part.pending = []
         enriched: list[bytes | None] = []
         rejections: list[Rejection] = []

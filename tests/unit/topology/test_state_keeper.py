@@ -274,7 +274,8 @@ def test_forget_served_rides_with_the_next_batch_to_the_changelog() -> None:
     keeper.committed({(TOPIC, 0): 2})
     nxt = run(keeper, log, EVENTS[3:5])
     assert nxt.changelog[:2] == ((served_keys[0], None), (served_keys[1], None))
-    assert nxt.changelog[2][0] == META_KEY
+    assert [k for k, _ in nxt.changelog].count(META_KEY) == 1  # the batch's, last
+    assert nxt.changelog[-1][0] == META_KEY
     # A replay of a forgotten offset is not served again: it is dead-lettered.
     again = StateKeeper(make_settings(), lambda: log)
     out = again.apply(batch(EVENTS[:3]))
