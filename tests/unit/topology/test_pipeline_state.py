@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from collections import Counter
 
 import numpy as np
 import orjson
