@@ -168,6 +168,37 @@ class GroupReader(Protocol):
         ...
 
 
+class ChangelogReader(Protocol):
+    """Reads a state store's compacted changelog topic: no group, partitions assigned by hand.
+
+    It commits nothing and joins no group, so any number of readers (one per
+    restore) can read the same topic.
+    """
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The partition's end offset as a fetch response reports it (0 when empty).
+
+        Not a ListOffsets request: on Tansu it answers the last batch's base
+        offset + 1. Raises BrokerError when no fetch answered within ``timeout_s``.
+        """
+        ...
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """Chunks of (offset, key, value) in offset order: every offset in [start, end) that exists.
+
+        A compacted topic has gaps, so the read stops when the position reaches
+        ``end``, not when ``end - start`` records came. ``value`` is None for a
+        tombstone. Raises BrokerError when nothing arrives for a while.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close connections (there is nothing to commit)."""
+        ...
+
+
 def error_text(exc: BaseException) -> str:
     """An exception as one line for a log or a header: its type and message."""
     return f"{type(exc).__name__}: {exc}"
@@ -262,30 +293,10 @@ ProducerFactory = Callable[[KafkaSettings], ProducerClient]
 EnsureTopics = Callable[..., None]
 # (settings naming the group, topic) -> its reader
 GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
-
-
-class ChangelogReader(Protocol):
-    """Reads one changelog topic's partitions by hand (no group): the state's restore."""
-
-    def high_watermark(self, partition: int, timeout_s: float) -> int:
-        """The partition's end offset, from a fetch response (Tansu's ListOffsets is wrong)."""
-        ...
-
-    def read(
-        self, partition: int, start: int, end: int
-    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
-        """Chunks of (offset, key, value), in offset order, of every offset in [start, end)."""
-        ...
-
-    def close(self) -> None:
-        """Close connections."""
-        ...
-
-
+# (settings, changelog topic) -> its reader
 ChangelogReaderFactory = Callable[[KafkaSettings, str], ChangelogReader]
-"""(settings, changelog topic) -> its reader."""
+# (settings, changelog topic, input topic): create it compacted, or refuse it (ConfigError)
 EnsureChangelog = Callable[[KafkaSettings, str, str], None]
-"""(settings, changelog topic, input topic): create it compacted, or check it; exit 2 if wrong."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +310,9 @@ class Backend:
     group_reader: GroupReaderFactory | None = None
     """None: the backend has no groups (the file backend)."""
     changelog_reader: ChangelogReaderFactory | None = None
+    """None: the backend keeps no changelog (the file backend)."""
     ensure_changelog: EnsureChangelog | None = None
+    """None: the backend keeps no changelog (the file backend)."""
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:
