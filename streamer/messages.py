@@ -168,6 +168,19 @@ class BatchPartlyDelivered:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsRevoked:
+    """Consumer -> producer: these partitions left; their batches dispatched before are abandoned.
+
+    The producer sends no state changelog record of such a batch
+    (``dispatched_at < before``): another member may own the partition's state
+    by now, and an old batch's changes must not land after its own.
+    """
+
+    tps: tuple[TP, ...]
+    before: float
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 

@@ -29,6 +29,7 @@ from streamer.messages import (
     ConsumerStatus,
     GetInFlight,
     GetStatus,
+    PartitionsRevoked,
     RecordsConsumed,
     Rewind,
     Rewound,
@@ -120,11 +121,13 @@ class ConsumerActor(PipelineActor):
         on_ready: Callable[[], None] | None = None,
         epoch: int = 0,
         state: StateKeeper | None = None,
+        producer: Teller | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
         # Declared [[state.features]]: applied to each batch as the Ledger cuts it, in
         # offset order per partition, before the Ledger keeps it for rewinds.
         self._state = state
+        self._producer = producer
         self._settings = settings
         self._client_factory = client_factory
         self._client: ConsumerClient | None = None
@@ -375,6 +378,8 @@ class ConsumerActor(PipelineActor):
                 # their changes are in the local store only, which the next assignment,
                 # here or elsewhere, replans against the changelog.
                 self._state.revoke(tps)
+                if self._producer is not None:
+                    self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
             if offsets and self._client is not None:
                 # A blocking commit inside the rebalance callback is a kafka-python
                 # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.

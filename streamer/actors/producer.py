@@ -34,6 +34,7 @@ from streamer.messages import (
     BreakerTripped,
     Flush,
     GetStatus,
+    PartitionsRevoked,
     ProducerStatus,
     ScoredBatch,
 )
@@ -95,6 +96,8 @@ class ProducerActor(PipelineActor):
     ) -> None:
         super().__init__(metrics, on_failure)
         self._changelog_topic = changelog_topic
+        # Per revoked partition: batches dispatched before this moment send no changelog.
+        self._revoked_before: dict[tuple[str, int], float] = {}
         self._log_features = log_features
         self._formats = formats or FormatSettings()
         self._encode: Callable[..., list[bytes]] = encode_predictions
@@ -145,6 +148,9 @@ class ProducerActor(PipelineActor):
                 # Dying closes this client; the supervisor starts a fresh producer
                 # (a fenced or unknown producer id needs a new one) and rewinds.
                 raise DeliveryError(error)
+            case PartitionsRevoked(tps=tps, before=before):
+                for tp in tps:
+                    self._revoked_before[tp] = before
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -211,14 +217,18 @@ class ProducerActor(PipelineActor):
         first = first_round(
             context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections
         )
-        if source.changelog:
+        revoked_before = self._revoked_before.get((source.topic, source.partition))
+        changelog = source.changelog
+        if revoked_before is not None and source.dispatched_at < revoked_before:
+            changelog = ()  # abandoned: the partition's state may be another member's now
+        if changelog:
             # The batch's state changes go in the same delivery as its answers: the batch is
             # acknowledged (and may be committed) only once both are (docs/state.md).
             first.groups.append(
                 OutputGroup(
                     self._changelog_topic,
-                    [value for _key, value in source.changelog],  # type: ignore[misc]
-                    [key for key, _value in source.changelog],
+                    [value for _key, value in changelog],  # type: ignore[misc]
+                    [key for key, _value in changelog],
                     None,
                     source.partition,
                 )
@@ -228,7 +238,7 @@ class ProducerActor(PipelineActor):
             dead_letters=Counter(r.reason for r in batch.rejections),
             truncated=sum(a.truncated for a in first.answers or ()),
         )
-        flight = _InFlight(batch, context, tally, changelog_records=len(source.changelog))
+        flight = _InFlight(batch, context, tally, changelog_records=len(changelog))
         self._send(flight, first)
         flight.produce_seconds = time.perf_counter() - started
         self._batches_produced += 1

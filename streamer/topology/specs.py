@@ -135,6 +135,7 @@ def _start_consumer(
         on_ready=w.on_assigned,
         epoch=epoch,
         state=state,
+        producer=w.routes[Stage.PRODUCER] if state is not None else None,
     )
 
 
