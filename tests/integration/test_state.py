@@ -27,6 +27,7 @@ from tests.integration.helpers import (
     BACKENDS,
     PROCESS_TIMEOUT_S,
     Cluster,
+    Produced,
     Topics,
     running_daemon,
     wait_for,
@@ -100,39 +101,78 @@ def committed_total(cluster: Cluster, topics: Topics) -> int:
 def test_kill_9_and_restart_serve_the_offline_features_once_per_record(
     cluster: Cluster, tmp_path: Path, client: str
 ) -> None:
+    """kafka-python: two instances, one killed, then back; confluent: one, its state deleted."""
     topics = cluster.new_topics(partitions=PARTITIONS)
     produced = cluster.produce(topics.input, transactions(seed=5))
-    state_dir = tmp_path / "state"
-    doc = document(cluster, topics, client, state_dir)
-    config = write_config(tmp_path / "state.toml", doc)
-    log = tmp_path / "state.log"
-    with running_daemon(config, log) as first:
-        wait_for(
-            lambda: committed_total(cluster, topics) >= 400,
-            PROCESS_TIMEOUT_S,
-            "the first run to commit 400 records",
-            describe=lambda: log.read_text()[-2000:],
-        )
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-    at_kill = committed_total(cluster, topics)
-    assert 0 < at_kill < RECORDS
-    delete_local = client == "confluent"
-    if delete_local:
-        shutil.rmtree(state_dir)  # restored from the changelog topic alone
-    with running_daemon(config, log) as second:
-        wait_for(
-            lambda: committed_total(cluster, topics) == len(produced),
-            90,
-            f"the restarted daemon to commit all {len(produced)} records",
-            describe=lambda: log.read_text()[-2000:],
-        )
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=30) == 0, log.read_text()[-3000:]
-    text = log.read_text()
-    if delete_local:
-        assert "no local store; restoring from" in text
+    doc = document(cluster, topics, client, tmp_path / "state-a")
+    config_a = write_config(tmp_path / "a.toml", doc)
+    log_a = tmp_path / "a.log"
+    if client == "confluent":
+        with running_daemon(config_a, log_a) as first:
+            wait_for(
+                lambda: committed_total(cluster, topics) >= 400,
+                PROCESS_TIMEOUT_S,
+                "the first run to commit 400 records",
+                describe=lambda: log_a.read_text()[-2000:],
+            )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        assert 0 < committed_total(cluster, topics) < RECORDS
+        shutil.rmtree(tmp_path / "state-a")  # restored from the changelog topic alone
+        with running_daemon(config_a, log_a) as second:
+            wait_until_committed(cluster, topics, len(produced), log_a)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0, log_a.read_text()[-3000:]
+        assert "no local store; restoring from" in log_a.read_text()
+    else:
+        # Two members, each with its own state directory (two machines); one is killed,
+        # the survivor takes its partition with its state; the killed one comes back.
+        doc_b = document(cluster, topics, client, tmp_path / "state-b")
+        doc_b["kafka"]["client_id"] = "state-b"
+        config_b = write_config(tmp_path / "b.toml", doc_b)
+        log_b = tmp_path / "b.log"
+        with running_daemon(config_b, log_b) as survivor:
+            with running_daemon(config_a, log_a) as killed:
+                wait_for(
+                    lambda: (
+                        committed_total(cluster, topics) >= 400
+                        and "partitions assigned" in log_a.read_text()
+                    ),
+                    PROCESS_TIMEOUT_S,
+                    "both members to work and 400 records committed",
+                    describe=lambda: log_a.read_text()[-2000:],
+                )
+                killed.send_signal(signal.SIGKILL)
+                killed.wait(timeout=10)
+            assert 0 < committed_total(cluster, topics) < RECORDS
+            log_back = tmp_path / "a-back.log"
+            with running_daemon(config_a, log_back) as back:
+                wait_until_committed(cluster, topics, len(produced), log_b)
+                wait_for(
+                    lambda: "pipeline started" in log_back.read_text(),
+                    PROCESS_TIMEOUT_S,
+                    "the killed member to be back",
+                )
+                back.send_signal(signal.SIGTERM)
+                assert back.wait(timeout=30) == 0, log_back.read_text()[-3000:]
+            survivor.send_signal(signal.SIGTERM)
+            assert survivor.wait(timeout=30) == 0, log_b.read_text()[-3000:]
+        # A partition moved with its state: rebuilt from the changelog where it landed.
+        assert "restoring from" in log_back.read_text() + log_b.read_text()
+    check_parity(cluster, topics, doc, produced)
 
+
+def wait_until_committed(cluster: Cluster, topics: Topics, total: int, log: Path) -> None:
+    wait_for(
+        lambda: committed_total(cluster, topics) == total,
+        90,
+        f"every one of the {total} records committed",
+        describe=lambda: log.read_text()[-2000:],
+    )
+
+
+def check_parity(cluster: Cluster, topics: Topics, doc: dict[str, Any], produced: Produced) -> None:
+    """Every output's served features equal the offline ones; state dead letters; 0 lost."""
     # Offline: the records of each partition, in offset order, through `streamer features`' code.
     settings = build_settings({**doc, "state": {"features": FEATURES}}, environ={})
     expected: dict[tuple[int, int], tuple[float, ...] | None] = {}
