@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 HIGH_WATERMARK_TIMEOUT_S = 10.0
 RESTORE_LOG_EVERY_S = 5.0
+STORE_LOCK_WAIT_S = 30.0
+"""How long a store that another process holds (a member handing it over) is waited for."""
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -147,6 +149,7 @@ class StateKeeper:
         self.names = self.layout.names
         self.changelog_topic = changelog_topic_name(settings)
         self._dir = settings.state.dir
+        self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
         self._max_bytes = settings.batch.max_record_bytes
         self._open_reader = reader
         self._reader: ChangelogReader | None = None
@@ -276,18 +279,28 @@ class StateKeeper:
     def _open_store(self, tp: TP) -> Store:
         if not self._dir:
             return MemoryStore()
-        path = Path(self._dir) / f"{tp[0]}-{tp[1]}"
-        try:
-            return RocksStore(path)
-        except Exception as exc:
-            log.warning(
-                "the state store %s does not open (%s): discarding it, rebuilt from the changelog",
-                path,
-                exc,
-                extra={"topic": tp[0], "partition": tp[1]},
-            )
-            shutil.rmtree(path, ignore_errors=True)
-            return RocksStore(path)
+        # Under the group: two groups reading one topic on one machine never share a store.
+        path = Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}"
+        deadline = time.monotonic() + STORE_LOCK_WAIT_S
+        while True:
+            try:
+                return RocksStore(path)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exceptions
+                if "lock" not in str(exc).lower():
+                    problem = exc
+                    break
+                # Another process (a member handing the partition over) has it open still.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        log.warning(
+            "the state store %s does not open (%s): discarding it, rebuilt from the changelog",
+            path,
+            problem,
+            extra={"topic": tp[0], "partition": tp[1]},
+        )
+        shutil.rmtree(path, ignore_errors=True)
+        return RocksStore(path)
 
     def _changelog_meta(self, tp: TP) -> tuple[Meta | None, int]:
         """The changelog partition's last meta record and its end offset."""

@@ -208,7 +208,7 @@ def test_corrupt_local_store_is_discarded_and_rebuilt(tmp_path: Path) -> None:
     keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
     run(keeper, log, EVENTS[:3])
     keeper.close()
-    store = RocksStore(tmp_path / f"{TOPIC}-0")
+    store = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")
     store.write([(META_KEY, b"\xc1garbage")])
     store.close()
     again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
@@ -224,7 +224,7 @@ def test_corrupt_key_state_in_a_current_store_is_rebuilt_from_the_changelog(
     keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
     run(keeper, log, EVENTS[:3])
     keeper.close()
-    store = RocksStore(tmp_path / f"{TOPIC}-0")
+    store = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")
     key_a = next(k for k, _ in log.partitions[0] if k.endswith(b"a") and k[:1] == b"\x02")
     store.write([(key_a, b"\xc1")])
     store.close()
@@ -240,7 +240,7 @@ def test_foreign_local_store_is_discarded(tmp_path: Path) -> None:
     run(keeper, log, EVENTS[:3])
     keeper.close()
     # The store of partition 0 moved to partition 1's place: it belongs to another partition.
-    (tmp_path / f"{TOPIC}-0").rename(tmp_path / f"{TOPIC}-1")
+    (tmp_path / "streamer" / f"{TOPIC}-0").rename(tmp_path / "streamer" / f"{TOPIC}-1")
     again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
     out = again.apply(batch(EVENTS[:2], partition=1))
     assert out.state_values == ((1.0, 1.5), (1.0, 2.0))  # partition 1 starts empty
@@ -297,7 +297,7 @@ def test_progress_reports_keys_and_bytes_and_revoke_closes(tmp_path: Path) -> No
     assert keeper.state_keys == keeper._partitions[(TOPIC, 0)].state.key_count() == 3
     keeper.revoke([(TOPIC, 0)])
     assert keeper.state_keys == 0
-    RocksStore(tmp_path / f"{TOPIC}-0").close()  # closed: RocksDB's lock is free
+    RocksStore(tmp_path / "streamer" / f"{TOPIC}-0").close()  # closed: RocksDB's lock is free
     keeper.close()
     assert log.closed
 
@@ -319,3 +319,33 @@ def test_changelog_restores_the_same_values_as_an_uninterrupted_run(
     out = again.apply(batch(EVENTS[4:]))
     assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 4}
     again.close()
+
+
+def test_a_store_another_process_holds_is_waited_for_never_discarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    held = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")  # the member handing it over
+    monkeypatch.setattr("streamer.topology.state.STORE_LOCK_WAIT_S", 0.3)
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    with pytest.raises(Exception, match="lock"):
+        again.apply(batch(EVENTS[3:]))
+    assert decode_meta(held.get(META_KEY) or b"").last_offset == 2  # still there
+    held.close()
+    out = again.apply(batch(EVENTS[3:]))  # released: opened, current, used as it is
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    again.close()
+
+
+def test_two_groups_on_one_machine_keep_separate_stores(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    mine = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    theirs = StateKeeper(make_settings(str(tmp_path), group_id="other team"), None)
+    run(mine, log, EVENTS[:3])
+    theirs.apply(batch(EVENTS[:3]))  # both open at once: no lock conflict
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_team", "streamer"]
+    mine.close()
+    theirs.close()
