@@ -285,7 +285,7 @@ class StateKeeper:
         while True:
             try:
                 return RocksStore(path)
-            except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exceptions
+            except Exception as exc:  # rocksdict raises plain Exceptions
                 if "lock" not in str(exc).lower():
                     problem = exc
                     break
