@@ -194,7 +194,7 @@ class ProducerActor(PipelineActor):
             reasons=batch.reasons,
         )
         log_features = self._log_features and bool(source.state_values)
-        if log_features and self._formats.output != "avro":
+        if log_features:  # JSON outputs only (checked at start)
             encoded = with_state_features(
                 encoded, batch.valid_rows.tolist(), source.state_names, source.state_values
             )

@@ -248,11 +248,19 @@ def check_state_settings(settings: Settings) -> None:
     """Exit 2 before anything starts for declared features the daemon cannot compute.
 
     Raises:
-        ConfigError: The input format is not JSON (the state reads JSON objects).
+        ConfigError: The input format is not JSON (the state reads JSON objects), or
+            state.log_features asks for the features in Avro outputs (their schema has none).
     """
     if settings.state_features and settings.format.input != "json":
         msg = (
             f"config error: format.input={settings.format.input!r}: [[state.features]] read "
             "JSON objects; use format.input = 'json' or remove the declared features"
+        )
+        raise ConfigError(msg)
+    if settings.state_features and settings.state.log_features and settings.format.output != "json":
+        msg = (
+            f"config error: state.log_features = true with format.output="
+            f"{settings.format.output!r}: the features are logged into JSON outputs only; set "
+            "format.output = 'json' or state.log_features = false"
         )
         raise ConfigError(msg)
