@@ -8,7 +8,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +128,9 @@ class ConsumerActor(PipelineActor):
         # offset order per partition, before the Ledger keeps it for rewinds.
         self._state = state
         self._producer = producer
+        # Partitions revoked since the last poll, whose stores the actor's thread closes:
+        # the keeper is only ever touched on this actor's thread.
+        self._revoked_state: list[TP] = []
         self._settings = settings
         self._client_factory = client_factory
         self._client: ConsumerClient | None = None
@@ -212,6 +215,8 @@ class ConsumerActor(PipelineActor):
             polled = client.poll(plan.timeout_s, plan.max_records)
         else:
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
+        if self._state is not None:
+            self._prepare_state(self._state, polled)
         now = time.monotonic()
         offsets: dict[TP, int] = {}
         with self._lock:
@@ -226,6 +231,22 @@ class ConsumerActor(PipelineActor):
             self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _prepare_state(self, state: StateKeeper, polled: Mapping[TP, object]) -> None:
+        """Close the revoked partitions' stores; restore the polled ones, outside the lock.
+
+        A restore may take seconds: outside the lock, kafka-python's I/O thread (which
+        heartbeats and runs the rebalance callbacks, which take the lock) is never held
+        up by it. Whatever is not ready by then is restored inside ``take``.
+        """
+        with self._lock:
+            revoked, self._revoked_state = self._revoked_state, []
+            assigned = set(self._ledger.assigned)
+        if revoked:
+            state.revoke(revoked)
+        for tp in polled:
+            if tp in assigned:
+                state.prepare(tp)
 
     def _refresh_end_offsets(self, now: float) -> None:
         # Outside the lock: with kafka-python the request waits on the I/O thread,
@@ -376,8 +397,9 @@ class ConsumerActor(PipelineActor):
             if self._state is not None:
                 # Their batches in the stages are abandoned (the Ledger ignores their acks):
                 # their changes are in the local store only, which the next assignment,
-                # here or elsewhere, replans against the changelog.
-                self._state.revoke(tps)
+                # here or elsewhere, replans against the changelog. The actor's thread
+                # closes the stores (this may be kafka-python's I/O thread).
+                self._revoked_state.extend(tps)
                 if self._producer is not None:
                     self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
             if offsets and self._client is not None:

@@ -223,7 +223,9 @@ class Ledger:
         self, polled: Mapping[TP, RecordColumns], now: float, plan: PollPlan
     ) -> list[SourceBatch]:
         """Buffer what the poll of ``plan`` returned; dispatch every batch that is ready."""
-        ready = plan.ready
+        # A full batch held back before the poll, of a partition the poll revoked: abandoned
+        # (its records come again to the partition's next owner), never dispatched.
+        ready = [(tp, columns) for tp, columns in plan.ready if tp in self.assigned]
         batcher = self.batcher
         for tp, records in polled.items():
             if tp not in self.assigned or not len(records):

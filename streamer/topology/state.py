@@ -218,6 +218,10 @@ class StateKeeper:
             state_values=tuple(served),
         )
 
+    def prepare(self, tp: TP) -> None:
+        """Open and restore a partition's state now, before its first batch is cut."""
+        self._ready(tp)
+
     def committed(self, offsets: Mapping[TP, int]) -> None:
         """The broker accepted these commits: forget what was served below them."""
         for tp, offset in offsets.items():

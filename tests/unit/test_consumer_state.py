@@ -72,5 +72,6 @@ def test_batches_leave_with_their_features_and_commits_forget_what_was_served() 
     assert isinstance(revoked, PartitionsRevoked)
     assert revoked.tps == (TP0,)
     assert revoked.before > nxt.dispatched_at  # the producer drops those batches' changelog
-    assert ref.ask(GetStatus(), timeout=ASK_S).state_keys == 3
+    # The actor's thread closes the revoked partition's store at its next poll.
+    wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).state_keys == 3)
     ref.stop()
