@@ -11,6 +11,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from streamer.clients import backend
+from streamer.core.demo_data import DemoClock
 from streamer.core.quantile import histogram_quantile
 from streamer.devtools.broker import EmbeddedBroker
 from streamer.devtools.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
@@ -25,6 +26,16 @@ INPUT, OUTPUT = "transactions", "scores"
 # `streamer profile` of the demo model over 50000 generated transactions (its "source").
 DEMO_PROFILE = Path(__file__).parent / "core" / "models" / "demo_fraud.profile.json"
 DRIFT_PSI = 0.2
+DEMO_STATE_FEATURE = {
+    "name": "transactions_last_hour",
+    "key": "card_id",
+    "agg": "count",
+    "window": "1h",
+    "time": "ts",
+    "include_current": True,
+}
+"""The demo model's ``transactions_last_hour``: the card's transactions in the last hour of
+event time, this one included, computed by streamer (docs/state.md)."""
 MISSING_ALARM = 0.05
 
 
@@ -82,7 +93,17 @@ class _Progress:
             f"  out {(produced - produced_before) / elapsed:8.0f}/s"
             f"  in-flight {self.value('streamer_in_flight_batches'):3.0f} batches"
             f"  committed {self.committed():9.0f}  dead-lettered {self.dead_letters():5.0f}"
-            f"  p99 batch {p99_text:>6}" + self.worst_psi()
+            f"  p99 batch {p99_text:>6}"
+            f"  keys in state {self.state_keys():6.0f}" + self.worst_psi()
+        )
+
+    def state_keys(self) -> float:
+        """Keys in the state of every partition (``streamer_state_keys``)."""
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == "streamer_state_keys"
         )
 
     def worst_psi(self) -> str:
@@ -177,6 +198,8 @@ def _settings(bootstrap_servers: str, metrics_port: int) -> Settings:
             },
             "metrics": {"port": metrics_port, "host": "127.0.0.1"},
             "monitoring": {"profile_path": str(DEMO_PROFILE), "window_records": 5000},
+            # The generator leaves the card's activity to streamer: a declared feature.
+            "state": {"features": [DEMO_STATE_FEATURE]},
         },
         environ={},
     )
@@ -254,6 +277,7 @@ class _Generator:
                 produced=self._produced,
                 drift=self._drift[0],
                 drift_after_s=self._drift[1],
+                clock=DemoClock(),
             )
         except Exception as exc:
             log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise

@@ -10,6 +10,7 @@ statistics that ``preprocess.stats_path`` reads (see :mod:`streamer.core.stats`)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -133,7 +134,10 @@ def score_file(
     started = time.monotonic()
     interrupted = False
     try:
-        pipeline = Pipeline(settings, registry=registry, backend=file_backend(source, sink))
+        # The declared features were applied as the file was read (above): the pipeline
+        # reads the enriched rows, and keeps no state of its own.
+        stateless = dataclasses.replace(settings, state_features=())
+        pipeline = Pipeline(stateless, registry=registry, backend=file_backend(source, sink))
         pipeline.start()
         try:
             tp = (kafka.input_topic, 0)

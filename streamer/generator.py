@@ -14,7 +14,7 @@ from typing import Any
 
 from streamer.clients import OutputGroup, backend, send_batch
 from streamer.clients.base import SendFailure
-from streamer.core.demo_data import make_record
+from streamer.core.demo_data import DemoClock, make_record
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,15 @@ def produce_demo(
     produced: list[int] | None = None,
     drift: str = "",
     drift_after_s: float = 0.0,
+    clock: DemoClock | None = None,
 ) -> int:
     """Produce synthetic transactions at ``rate``/s (0: at once); returns how many were sent.
 
     ``count`` 0 goes on until ``stop`` is set. ``produced[0]``, when given,
     follows the number sent so far. ``drift`` ('amount' or 'missing') changes
-    the records after ``drift_after_s`` seconds (see :data:`DRIFTS`).
+    the records after ``drift_after_s`` seconds (see :data:`DRIFTS`). With ``clock``
+    the records leave ``transactions_last_hour`` to streamer's declared state
+    (:func:`~streamer.core.demo_data.make_event`).
     """
     rng = random.Random(seed)
     producer = backend(kafka.client).producer(kafka)
@@ -64,7 +67,7 @@ def produce_demo(
                 continue
             drifting = drift and time.monotonic() - started >= drift_after_s
             changes, share = DRIFTS[drift] if drifting else DRIFTS[""]
-            group = _group(rng, topic, min(due, GROUP_RECORDS), bad_ratio, changes, share)
+            group = _group(rng, topic, min(due, GROUP_RECORDS), bad_ratio, changes, share, clock)
             send_batch(producer, [group], failures.extend)
             sent += len(group)
             if produced is not None:
@@ -93,10 +96,14 @@ def _group(
     bad_ratio: float,
     changes: dict[str, Any] | None = None,
     share: float = 0.0,
+    clock: DemoClock | None = None,
 ) -> OutputGroup:
     records = [
         make_record(
-            rng, bad_ratio=bad_ratio, **(changes if changes and rng.random() < share else {})
+            rng,
+            bad_ratio=bad_ratio,
+            clock=clock,
+            **(changes if changes and rng.random() < share else {}),
         )
         for _ in range(size)
     ]

@@ -43,6 +43,17 @@ class SourceBatch:
     epoch: int = 0
     # Each record's input headers, when kafka.propagate_headers names some (else None).
     headers: list[list[tuple[str, bytes]]] | None = None
+    # Declared [[state.features]] (topology/state.py), set by the consumer before the batch
+    # is kept for rewinds. ``values`` stay the original bytes (dead letters carry them).
+    enriched: list[bytes | None] | None = None
+    """Per record, the value the preparation reads: its JSON with the features (None: the value)."""
+    state_rejections: tuple[Rejection, ...] = ()
+    """The records the state dead-letters (stage ``state``): never prepared nor scored."""
+    changelog: tuple[tuple[bytes, bytes | None], ...] = ()
+    """The batch's store changes, in order, its meta record last: sent with its answers."""
+    state_names: tuple[str, ...] = ()
+    state_values: tuple[tuple[float, ...] | None, ...] = ()
+    """Per record, the features it was served (None: none computed): ``state.log_features``."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -157,6 +168,19 @@ class BatchPartlyDelivered:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsRevoked:
+    """Consumer -> producer: these partitions left; their batches dispatched before are abandoned.
+
+    The producer sends no state changelog record of such a batch
+    (``dispatched_at < before``): another member may own the partition's state
+    by now, and an old batch's changes must not land after its own.
+    """
+
+    tps: tuple[TP, ...]
+    before: float
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 
@@ -238,6 +262,8 @@ class ConsumerStatus:
     epoch: int
     watermarks: dict[TP, int]
     committed: dict[TP, int]
+    state_keys: int = 0
+    """Keys in the state of the assigned partitions (declared [[state.features]])."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +322,8 @@ class BatchDelivered:
     acked_at: float = 0.0
     truncated: int = 0
     unanswerable: int = 0
+    changelog_records: int = 0
+    """State changelog records the broker acknowledged with the batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +336,20 @@ class ConsumerProgress:
     lag: dict[TP, int]
     paused_partitions: int
     in_flight_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StateProgress:
+    """The state of each assigned partition (topology/state.py); a partition absent is gone.
+
+    ``restored`` counts the changelog records restored since the last report.
+    """
+
+    keys: dict[TP, int]
+    nbytes: dict[TP, int]
+    restoring: dict[TP, bool]
+    restore_seconds: dict[TP, float]
+    restored: dict[TP, int]
 
 
 @dataclass(frozen=True, slots=True)

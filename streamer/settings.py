@@ -13,7 +13,7 @@ import math
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -510,6 +510,17 @@ class StateSettings:
         "allowed_lateness_s.",
         default=0.0,
         non_negative=True,
+    )
+    changelog_topic: str = _doc(
+        "Compacted topic that makes the state durable (as many partitions as the input); empty "
+        "means '<group_id>.<input_topic>.state-<fingerprint>-changelog', so a new declaration "
+        "gets a new, clean changelog.",
+        default="",
+    )
+    log_features: bool = _doc(
+        "Write the computed state features into each output document (and into the "
+        "'streamer.state_features' header of a dead letter whose features were computed).",
+        default=False,
     )
 
 
@@ -1095,6 +1106,8 @@ def build_settings(
         tables = _challenger_tables_from_env(environ[CHALLENGERS_ENV])
     challengers = _build_challengers(tables)
     state_features = _state_features(document)
+    if environ and STATE_FEATURES_ENV in environ:
+        state_features = _state_features_from_env(environ[STATE_FEATURES_ENV])
     merged = _merge_sources(document, environ or {}, overrides or {})
     settings = Settings(
         **{section: _build_section(section, merged[section]) for section in SECTIONS},
@@ -1134,6 +1147,43 @@ def _check_state_features(settings: Settings) -> None:
                 "feature is computed, not read from the record; remove one of them"
             )
             raise ConfigError(msg)
+
+
+STATE_FEATURES_ENV = f"{ENV_PREFIX}STATE_FEATURES"
+"""The ``[[state.features]]`` tables as one JSON array (how worker processes receive them)."""
+
+
+def state_feature_tables(features: Sequence[StateFeature]) -> list[dict[str, Any]]:
+    """The ``[[state.features]]`` tables that :func:`parse_features` reads back as ``features``."""
+    tables = []
+    for feature in features:
+        table: dict[str, Any] = {
+            "name": feature.name,
+            "key": feature.key,
+            "agg": feature.agg,
+            "window": f"{feature.window_us // 1000}ms"
+            if feature.window_us % 1000 == 0
+            else feature.window_us / 1_000_000,
+            "time": feature.time,
+            "include_current": feature.include_current,
+            "default": feature.default,
+        }
+        if feature.field:
+            table["field"] = feature.field
+        tables.append(table)
+    return tables
+
+
+def _state_features_from_env(text: str) -> tuple[StateFeature, ...]:
+    try:
+        tables = json.loads(text)
+    except ValueError:
+        msg = f"{STATE_FEATURES_ENV} must be a JSON array of [[state.features]] tables"
+        raise ConfigError(msg) from None
+    try:
+        return parse_features(tables)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 CHALLENGERS_ENV = f"{ENV_PREFIX}CHALLENGERS"

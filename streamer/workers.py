@@ -56,7 +56,14 @@ from prometheus_client.samples import Sample
 
 from streamer.core.supervision import RestartPolicy
 from streamer.httpserver import EndpointServer, bind_endpoints, free_port
-from streamer.settings import CHALLENGERS_ENV, ENV_PREFIX, SECTIONS, Settings
+from streamer.settings import (
+    CHALLENGERS_ENV,
+    ENV_PREFIX,
+    SECTIONS,
+    STATE_FEATURES_ENV,
+    Settings,
+    state_feature_tables,
+)
 from streamer.signals import GracefulSignals
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     if settings.challengers:
         tables = [dataclasses.asdict(challenger) for challenger in settings.challengers]
         env[CHALLENGERS_ENV] = json.dumps(tables)
+    if settings.state_features:
+        env[STATE_FEATURES_ENV] = json.dumps(state_feature_tables(settings.state_features))
     return env
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -28,6 +29,7 @@ from streamer.messages import (
     ConsumerStatus,
     GetInFlight,
     GetStatus,
+    PartitionsRevoked,
     RecordsConsumed,
     Rewind,
     Rewound,
@@ -36,6 +38,9 @@ from streamer.messages import (
     StopFetching,
 )
 from streamer.settings import BatchSettings, KafkaSettings
+
+if TYPE_CHECKING:
+    from streamer.topology.state import StateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +120,25 @@ class ConsumerActor(PipelineActor):
         on_failure: FailureHandler | None = None,
         on_ready: Callable[[], None] | None = None,
         epoch: int = 0,
+        state: StateKeeper | None = None,
+        producer: Teller | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
+        # Declared [[state.features]]: applied to each batch as the Ledger cuts it, in
+        # offset order per partition, before the Ledger keeps it for rewinds.
+        self._state = state
+        self._producer = producer
+        # Partitions revoked since the last poll, whose stores the actor's thread closes:
+        # the keeper is only ever touched on this actor's thread.
+        self._revoked_state: list[TP] = []
         self._settings = settings
         self._client_factory = client_factory
         self._client: ConsumerClient | None = None
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
-        self._ledger = Ledger(batch, settings.max_poll_records, epoch)
+        self._ledger = Ledger(
+            batch, settings.max_poll_records, epoch, None if state is None else state.apply
+        )
         self._paused = False
         self._fetching = False
         self._poll_scheduled = False
@@ -148,6 +164,8 @@ class ConsumerActor(PipelineActor):
         if self._client is not None:
             client, self._client = self._client, None
             client.close()
+        if self._state is not None:
+            self._state.close()
 
     def receive(self, message: object) -> Any:
         """Handle polls, acknowledgements and control messages."""
@@ -179,7 +197,7 @@ class ConsumerActor(PipelineActor):
                 with self._lock:
                     if isinstance(query, GetInFlight):
                         return self._ledger.in_flight()
-                    return self._ledger.status(fetching=self._fetching, paused=self._paused)
+                    return self._status(fetching=self._fetching)
         return None
 
     def _schedule_poll(self) -> None:
@@ -197,6 +215,8 @@ class ConsumerActor(PipelineActor):
             polled = client.poll(plan.timeout_s, plan.max_records)
         else:
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
+        if self._state is not None:
+            self._prepare_state(self._state, polled)
         now = time.monotonic()
         offsets: dict[TP, int] = {}
         with self._lock:
@@ -211,6 +231,22 @@ class ConsumerActor(PipelineActor):
             self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _prepare_state(self, state: StateKeeper, polled: Mapping[TP, object]) -> None:
+        """Close the revoked partitions' stores; restore the polled ones, outside the lock.
+
+        A restore may take seconds: outside the lock, kafka-python's I/O thread (which
+        heartbeats and runs the rebalance callbacks, which take the lock) is never held
+        up by it. Whatever is not ready by then is restored inside ``take``.
+        """
+        with self._lock:
+            revoked, self._revoked_state = self._revoked_state, []
+            assigned = set(self._ledger.assigned)
+        if revoked:
+            state.revoke(revoked)
+        for tp in polled:
+            if tp in assigned:
+                state.prepare(tp)
 
     def _refresh_end_offsets(self, now: float) -> None:
         # Outside the lock: with kafka-python the request waits on the I/O thread,
@@ -250,7 +286,13 @@ class ConsumerActor(PipelineActor):
             self._send(self._ledger.drain(time.monotonic()))
         self._fetching = False
         self._set_paused(True)
-        return self._ledger.status(fetching=False, paused=self._paused)
+        return self._status(fetching=False)
+
+    def _status(self, *, fetching: bool) -> ConsumerStatus:
+        status = self._ledger.status(fetching=fetching, paused=self._paused)
+        if self._state is None:
+            return status
+        return dataclasses.replace(status, state_keys=self._state.state_keys)
 
     def _maybe_report(self, now: float, *, force: bool = False) -> None:
         if not force and now - self._last_progress < PROGRESS_EVERY_S:
@@ -259,6 +301,8 @@ class ConsumerActor(PipelineActor):
         client, assigned = self._client, self._ledger.assigned
         ends = {tp: client.highwater(tp) for tp in assigned} if client is not None else {}
         self._emit(self._ledger.progress(ends, paused=self._paused))
+        if self._state is not None:
+            self._emit(self._state.progress())
 
     def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
         if isinstance(news, BatchAcked):
@@ -307,6 +351,8 @@ class ConsumerActor(PipelineActor):
         if error is None:
             with self._lock:
                 self._ledger.tracker.mark_committed(offsets)
+                if self._state is not None:
+                    self._state.committed(offsets)
         else:
             log.warning("offset commit failed, will retry with the next commit: %s", error)
 
@@ -318,6 +364,8 @@ class ConsumerActor(PipelineActor):
             self._client.commit(offsets)
         with self._lock:
             self._ledger.tracker.mark_committed(offsets)
+            if self._state is not None:
+                self._state.committed(offsets)
             self._maybe_report(time.monotonic(), force=True)
         return offsets
 
@@ -346,6 +394,14 @@ class ConsumerActor(PipelineActor):
         with self._lock:
             _log_partitions("revoked", tps)
             offsets = self._ledger.revoke(tps)
+            if self._state is not None:
+                # Their batches in the stages are abandoned (the Ledger ignores their acks):
+                # their changes are in the local store only, which the next assignment,
+                # here or elsewhere, replans against the changelog. The actor's thread
+                # closes the stores (this may be kafka-python's I/O thread).
+                self._revoked_state.extend(tps)
+                if self._producer is not None:
+                    self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
             if offsets and self._client is not None:
                 # A blocking commit inside the rebalance callback is a kafka-python
                 # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -46,6 +47,7 @@ from streamer.messages import (
     MetricsStatus,
     ModelReloaded,
     RecordsConsumed,
+    StateProgress,
 )
 from streamer.settings import MetricsSettings
 
@@ -273,6 +275,7 @@ class PipelineMetrics:
         }
         self._lag_series: set[tuple[str, str]] = set()
         self._committed_series: set[tuple[str, str]] = set()
+        self.state = StateMetrics(registry)
 
     def apply(self, event: object) -> None:
         """Update the metrics from one pipeline event."""
@@ -281,6 +284,8 @@ class PipelineMetrics:
                 self.records_consumed.inc(count)
             case BatchDelivered() as d:
                 self._delivered(d)
+            case StateProgress() as p:
+                self.state.apply(p)
             case ConsumerProgress() as p:
                 self.in_flight_batches.set(p.in_flight_batches)
                 self.in_flight_records.set(p.in_flight_records)
@@ -312,6 +317,8 @@ class PipelineMetrics:
             self.dead_letters_truncated.inc(d.truncated)
         if d.unanswerable:
             self.records_unanswerable.inc(d.unanswerable)
+        if d.changelog_records:
+            self.state.changelog_records.inc(d.changelog_records)
         self.batches.inc()
         self.batch_size.observe(d.size)
         self.batch_latency.observe(d.batch_seconds)
@@ -323,6 +330,73 @@ class PipelineMetrics:
             stamps = np.asarray(d.timestamps_ms, dtype=np.float64)
             stamps = stamps[stamps > 0]  # -1: the record carries no timestamp
             self.end_to_end.observe_many(np.maximum(d.acked_at - stamps / 1000.0, 0.0))
+
+
+class StateMetrics:
+    """The declared [[state.features]]: keys, bytes, restores and changelog writes.
+
+    The per-partition series follow the state's open partitions (label
+    ``partition``), like the consumer's per-partition gauges.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.keys = Gauge(
+            "streamer_state_keys",
+            "Keys in the partition's state.",
+            ["partition"],
+            registry=registry,
+        )
+        self.nbytes = Gauge(
+            "streamer_state_bytes",
+            "The partition's state store, approximate bytes on disk (0 in memory).",
+            ["partition"],
+            registry=registry,
+        )
+        self.restore_records = Counter(
+            "streamer_state_restore_records",
+            "Changelog records restored into the partition's state.",
+            ["partition"],
+            registry=registry,
+        )
+        self.restore_seconds = Gauge(
+            "streamer_state_restore_seconds",
+            "Duration of the partition's last restore (planning and reading its changelog).",
+            ["partition"],
+            registry=registry,
+        )
+        self.restoring = Gauge(
+            "streamer_state_restoring",
+            "1 while the partition's state restores from its changelog, else 0.",
+            ["partition"],
+            registry=registry,
+        )
+        self.changelog_records = Counter(
+            "streamer_state_changelog_records",
+            "State changelog records acknowledged by the broker.",
+            registry=registry,
+        )
+        self._series: set[str] = set()
+
+    def apply(self, p: StateProgress) -> None:
+        """Set every open partition's series; remove those of partitions that left."""
+        now: set[str] = set()
+        for (_topic, partition), restoring in p.restoring.items():
+            label = str(partition)
+            now.add(label)
+            self.restoring.labels(label).set(1 if restoring else 0)
+        for (_topic, partition), keys in p.keys.items():
+            label = str(partition)
+            now.add(label)
+            self.keys.labels(label).set(keys)
+            self.nbytes.labels(label).set(p.nbytes.get((_topic, partition), 0))
+            self.restore_seconds.labels(label).set(p.restore_seconds.get((_topic, partition), 0))
+        for (_topic, partition), count in p.restored.items():
+            self.restore_records.labels(str(partition)).inc(count)
+        for label in self._series - now:
+            for gauge in (self.keys, self.nbytes, self.restore_seconds, self.restoring):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(label)
+        self._series = now
 
 
 def _set_per_partition(

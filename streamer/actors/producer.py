@@ -16,7 +16,13 @@ from streamer.actors.routing import Teller
 from streamer.clients.base import ProducerClient, ProducerFactory, SendFailure, send_batch
 from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
 from streamer.core.headers import carried_headers
-from streamer.core.output import encode_predictions, iso_now
+from streamer.core.output import (
+    OutputGroup,
+    encode_predictions,
+    iso_now,
+    state_features_json,
+    with_state_features,
+)
 from streamer.core.reorder import Reorderer
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.errors import DeadLetterRatioError, DeliveryError, UnanswerableRecordError
@@ -28,6 +34,7 @@ from streamer.messages import (
     BreakerTripped,
     Flush,
     GetStatus,
+    PartitionsRevoked,
     ProducerStatus,
     ScoredBatch,
 )
@@ -49,6 +56,8 @@ class _InFlight:
     context: SourceContext
     tally: Tally
     produce_seconds: float = 0.0
+    changelog_records: int = 0
+    """The batch's state changelog records, sent after its answers in the first round."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +91,14 @@ class ProducerActor(PipelineActor):
         breaker: DeadLetterBreaker | None = None,
         on_unanswerable: str = "stop",
         formats: FormatSettings | None = None,
+        changelog_topic: str = "",
+        log_features: bool = False,
     ) -> None:
         super().__init__(metrics, on_failure)
+        self._changelog_topic = changelog_topic
+        # Per revoked partition: batches dispatched before this moment send no changelog.
+        self._revoked_before: dict[tuple[str, int], float] = {}
+        self._log_features = log_features
         self._formats = formats or FormatSettings()
         self._encode: Callable[..., list[bytes]] = encode_predictions
         self._breaker = breaker
@@ -133,6 +148,9 @@ class ProducerActor(PipelineActor):
                 # Dying closes this client; the supervisor starts a fresh producer
                 # (a fenced or unknown producer id needs a new one) and rewinds.
                 raise DeliveryError(error)
+            case PartitionsRevoked(tps=tps, before=before):
+                for tp in tps:
+                    self._revoked_before[tp] = before
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -175,6 +193,11 @@ class ProducerActor(PipelineActor):
             scored_at=scored_at,
             reasons=batch.reasons,
         )
+        log_features = self._log_features and bool(source.state_values)
+        if log_features:  # JSON outputs only (checked at start)
+            encoded = with_state_features(
+                encoded, batch.valid_rows.tolist(), source.state_names, source.state_values
+            )
         context = SourceContext(
             topic=source.topic,
             partition=source.partition,
@@ -187,16 +210,35 @@ class ProducerActor(PipelineActor):
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
             carried=carried_headers(source.headers, self._settings.propagate_headers),
+            state_features=state_features_json(source.state_names, source.state_values)
+            if log_features
+            else None,
         )
         first = first_round(
             context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections
         )
+        revoked_before = self._revoked_before.get((source.topic, source.partition))
+        changelog = source.changelog
+        if revoked_before is not None and source.dispatched_at < revoked_before:
+            changelog = ()  # abandoned: the partition's state may be another member's now
+        if changelog:
+            # The batch's state changes go in the same delivery as its answers: the batch is
+            # acknowledged (and may be committed) only once both are (docs/state.md).
+            first.groups.append(
+                OutputGroup(
+                    self._changelog_topic,
+                    [value for _key, value in changelog],  # type: ignore[misc]
+                    [key for key, _value in changelog],
+                    None,
+                    source.partition,
+                )
+            )
         tally = Tally(
             produced=len(encoded),
             dead_letters=Counter(r.reason for r in batch.rejections),
             truncated=sum(a.truncated for a in first.answers or ()),
         )
-        flight = _InFlight(batch, context, tally)
+        flight = _InFlight(batch, context, tally, changelog_records=len(changelog))
         self._send(flight, first)
         flight.produce_seconds = time.perf_counter() - started
         self._batches_produced += 1
@@ -206,10 +248,16 @@ class ProducerActor(PipelineActor):
     def _send(self, flight: _InFlight, sent: Round) -> None:
         """Hand a round to the client; its ``done`` runs on a client thread, so it only tells."""
         assert self._client is not None
+        answers = len(sent.rows)
 
         def done(failures: Sequence[SendFailure]) -> None:
             if not failures:
                 self._acknowledge(flight)
+            elif any(f.index >= answers for f in failures):
+                # A state changelog record failed: whatever the cause, the batch is not
+                # delivered (never a dead letter); the whole batch goes again.
+                changelog = [f for f in failures if f.index >= answers]
+                self._failed(flight, sent, changelog, changelog=True)
             elif all(f.record_level and f.index >= 0 for f in failures):
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.actor_ref.tell(_Refused(flight, sent, failures))
@@ -243,13 +291,25 @@ class ProducerActor(PipelineActor):
                 acked_at=acked_at,
                 truncated=tally.truncated,
                 unanswerable=len(tally.unanswerable),
+                changelog_records=flight.changelog_records,
             )
         )
 
-    def _failed(self, flight: _InFlight, sent: Round, failures: Sequence[SendFailure]) -> None:
+    def _failed(
+        self,
+        flight: _InFlight,
+        sent: Round,
+        failures: Sequence[SendFailure],
+        *,
+        changelog: bool = False,
+    ) -> None:
         """A connection-level failure: tell what was answered, then die for a fresh client."""
         source = flight.batch.source
-        answered_below = source.offsets[sent.first_row([f.index for f in failures])]
+        answered_below = (
+            source.first_offset
+            if changelog
+            else source.offsets[sent.first_row([f.index for f in failures])]
+        )
         with contextlib.suppress(pykka.ActorDeadError):
             if answered_below > source.first_offset:
                 self._consumer.tell(
@@ -258,8 +318,9 @@ class ProducerActor(PipelineActor):
                     )
                 )
         first = failures[0]
+        what = f"state changelog {self._changelog_topic!r}" if changelog else "delivery"
         detail = (
-            f"delivery failed for batch {source.batch_id} of {source.topic}/"
+            f"{what} failed for batch {source.batch_id} of {source.topic}/"
             f"{source.partition} (offsets {source.first_offset}..{source.last_offset}): "
             f"{first.error}"
         )

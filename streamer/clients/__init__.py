@@ -14,6 +14,7 @@ import importlib
 from streamer.clients.base import (
     Backend,
     BatchDelivery,
+    ChangelogReader,
     ConsumerClient,
     ConsumerFactory,
     DeliveryFuture,
@@ -58,6 +59,8 @@ def backend(name: str) -> Backend:
         producer=module.Producer,
         ensure_topics=module.ensure_topics,
         group_reader=module.GroupReader,
+        changelog_reader=module.ChangelogReader,
+        ensure_changelog=module.ensure_changelog,
     )
 
 
@@ -66,6 +69,7 @@ __all__ = [
     "TP",
     "Backend",
     "BatchDelivery",
+    "ChangelogReader",
     "ConsumerClient",
     "ConsumerFactory",
     "DeliveryFuture",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -168,6 +168,37 @@ class GroupReader(Protocol):
         ...
 
 
+class ChangelogReader(Protocol):
+    """Reads a state store's compacted changelog topic: no group, partitions assigned by hand.
+
+    It commits nothing and joins no group, so any number of readers (one per
+    restore) can read the same topic.
+    """
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The partition's end offset as a fetch response reports it (0 when empty).
+
+        Not a ListOffsets request: on Tansu it answers the last batch's base
+        offset + 1. Raises BrokerError when no fetch answered within ``timeout_s``.
+        """
+        ...
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """Chunks of (offset, key, value) in offset order: every offset in [start, end) that exists.
+
+        A compacted topic has gaps, so the read stops when the position reaches
+        ``end``, not when ``end - start`` records came. ``value`` is None for a
+        tombstone. Raises BrokerError when nothing arrives for a while.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close connections (there is nothing to commit)."""
+        ...
+
+
 def error_text(exc: BaseException) -> str:
     """An exception as one line for a log or a header: its type and message."""
     return f"{type(exc).__name__}: {exc}"
@@ -262,6 +293,10 @@ ProducerFactory = Callable[[KafkaSettings], ProducerClient]
 EnsureTopics = Callable[..., None]
 # (settings naming the group, topic) -> its reader
 GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
+# (settings, changelog topic) -> its reader
+ChangelogReaderFactory = Callable[[KafkaSettings, str], ChangelogReader]
+# (settings, changelog topic, input topic): create it compacted, or refuse it (ConfigError)
+EnsureChangelog = Callable[[KafkaSettings, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -274,6 +309,10 @@ class Backend:
     ensure_topics: EnsureTopics
     group_reader: GroupReaderFactory | None = None
     """None: the backend has no groups (the file backend)."""
+    changelog_reader: ChangelogReaderFactory | None = None
+    """None: the backend keeps no changelog (the file backend)."""
+    ensure_changelog: EnsureChangelog | None = None
+    """None: the backend keeps no changelog (the file backend)."""
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:

@@ -26,7 +26,7 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,7 +41,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka import Producer as _Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from streamer.clients.base import (
     DoneCallback,
@@ -51,6 +51,15 @@ from streamer.clients.base import (
     broker_error,
     error_text,
     latest_end,
+)
+from streamer.clients.changelog import (
+    CHANGELOG_CONFIG,
+    POLL_WAIT_S,
+    READ_IDLE_TIMEOUT_S,
+    check_changelog,
+    missing_input,
+    read_range,
+    wait_for_watermark,
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
@@ -62,9 +71,11 @@ log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("streamer.rdkafka")
 
 __all__ = [
+    "ChangelogReader",
     "GroupConsumer",
     "GroupReader",
     "Producer",
+    "ensure_changelog",
     "ensure_topics",
     "is_record_level",
     "read_records",
@@ -682,15 +693,17 @@ class Producer:
         index = -1
         for group in groups:
             topic, headers = group.topic, group.headers
+            # A state changelog group names its partition (the input's).
+            partition = _ANY_PARTITION if group.partition is None else group.partition
             if headers is None:  # the common case: no headers argument to parse
                 for value, key in zip(group.values, group.keys, strict=True):
                     index += 1
                     try:
                         # Positional (partition -1: the partitioner's choice): a keyword
                         # argument cost 0.3 us more per record in the argument parsing.
-                        produce(topic, value, key, _ANY_PARTITION, report)
+                        produce(topic, value, key, partition, report)
                     except BufferError:
-                        self._produce_refusable(batch, index, topic, value, key, None)
+                        self._produce_refusable(batch, index, topic, value, key, None, partition)
                     except (KafkaException, TypeError, ValueError) as exc:
                         if not is_record_level(exc):
                             raise
@@ -708,9 +721,12 @@ class Producer:
         value: bytes,
         key: bytes | None,
         headers: Headers | None,
+        partition: int = _ANY_PARTITION,
     ) -> None:
         try:
-            self._produce(topic, value, key, on_delivery=batch.report, headers=headers)
+            self._produce(
+                topic, value, key, partition=partition, on_delivery=batch.report, headers=headers
+            )
         except (KafkaException, TypeError, ValueError) as exc:
             if not is_record_level(exc):
                 raise
@@ -997,3 +1013,206 @@ class _TopicReader:
             f"{consumer.get_watermark_offsets(p, cached=True)[1]}"
             for p in positions
         )
+
+
+def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic: str) -> None:
+    """Create the changelog topic compacted with the input's partitions, or check the existing one.
+
+    Raises:
+        ConfigError: The input topic is missing, or the existing changelog has
+            fewer partitions than the input or is not compacted.
+        BrokerError: The broker cannot be reached, or refused to create it.
+    """
+    admin = AdminClient(_common(settings))
+    try:
+        topics = admin.list_topics(timeout=settings.bootstrap_timeout_s).topics
+    except KafkaException as exc:
+        raise broker_error("connect the admin client", settings, exc) from None
+    if input_topic not in topics:
+        raise missing_input(input_topic, settings.bootstrap_servers)
+    input_partitions = len(topics[input_topic].partitions)
+    if changelog_topic not in topics:
+        wanted = NewTopic(
+            changelog_topic,
+            num_partitions=input_partitions,
+            replication_factor=-1,  # the broker's default.replication.factor
+            config=dict(CHANGELOG_CONFIG),
+        )
+        future = admin.create_topics([wanted], request_timeout=30.0)[changelog_topic]
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                action = f"create topic {changelog_topic!r}"
+                raise broker_error(action, settings, exc) from None
+        else:
+            log.info(
+                "created the changelog topic %s (compacted, %d partitions)",
+                changelog_topic,
+                input_partitions,
+            )
+            return
+        topics = admin.list_topics(timeout=settings.bootstrap_timeout_s).topics
+    check_changelog(
+        changelog_topic,
+        input_topic,
+        partitions=len(topics[changelog_topic].partitions),
+        input_partitions=input_partitions,
+        cleanup_policy=_cleanup_policy(admin, changelog_topic, settings.bootstrap_timeout_s),
+    )
+
+
+def _cleanup_policy(admin: AdminClient, topic: str, timeout_s: float) -> str | None:
+    """The topic's cleanup.policy, or None when the broker does not describe it."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(
+            timeout=timeout_s
+        )
+    except KafkaException as exc:
+        log.warning("cannot check the cleanup.policy of %s: %s", topic, error_text(exc))
+        return None
+    entry = configs.get("cleanup.policy")
+    if entry is None or entry.value is None:
+        log.warning("the broker does not report the cleanup.policy of %s; not checked", topic)
+        return None
+    return str(entry.value)
+
+
+class ChangelogReader:
+    """Reads a changelog topic's partitions by hand: librdkafka needs a group.id, none is joined.
+
+    The group id is a throwaway one and nothing is ever committed (partitions
+    are assigned, never subscribed). Each :meth:`high_watermark` and
+    :meth:`read` assigns the one partition it needs and unassigns it after.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        idle_timeout_s: float = READ_IDLE_TIMEOUT_S,
+        chunk_records: int = 10_000,
+    ) -> None:
+        """Connect; ``idle_timeout_s`` bounds a read that gets nothing (BrokerError after)."""
+        import uuid  # noqa: PLC0415 - only the readers need it
+
+        self._settings = settings
+        self._topic = topic
+        self._idle_timeout_s = idle_timeout_s
+        self._chunk_records = chunk_records
+        self._consumer = Consumer(
+            {
+                **_common(settings),
+                "group.id": f"streamer-changelog-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                # An end-of-partition event carries the highwater: the end of an empty
+                # partition, and of one whose last offsets were compacted away.
+                "enable.partition.eof": True,
+                # A start below the log start (compaction removed the first records).
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "fetch.queue.backoff.ms": 10,
+                "queued.max.messages.kbytes": 65_536,
+                "isolation.level": "read_uncommitted",
+            }
+        )
+        try:
+            self._consumer.list_topics(topic, timeout=settings.bootstrap_timeout_s)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise broker_error("start the changelog reader", settings, exc) from None
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The end offset that a fetch from the partition's beginning reports (0 when empty).
+
+        Not ``query_watermark_offsets`` (a ListOffsets request): on Tansu it
+        answers the last batch's base offset + 1. The cached watermark is read
+        only once this assignment's first message or end event arrived, so it
+        cannot be one left from an earlier assignment.
+        """
+        tp = TopicPartition(self._topic, partition)
+        self._consumer.assign([TopicPartition(self._topic, partition, OFFSET_BEGINNING)])
+        fetched = False
+
+        def probe() -> int | None:
+            nonlocal fetched
+            messages = self._consumer.consume(1, POLL_WAIT_S)
+            fetched = fetched or any(m.partition() == partition for m in messages)
+            _raise_fatal(messages, self._settings)
+            if not fetched:
+                return None
+            high: int = self._consumer.get_watermark_offsets(tp, cached=True)[1]
+            return high if high >= 0 else None
+
+        try:
+            return wait_for_watermark(probe, timeout_s, lambda: f"{self._topic}/{partition}")
+        finally:
+            self._consumer.unassign()
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """Chunks of (offset, key, value) for every offset in [start, end) that exists."""
+        if start >= end:
+            return
+        consumer, settings = self._consumer, self._settings
+        chunk_records = self._chunk_records
+        consumer.assign([TopicPartition(self._topic, partition, start)])
+
+        def fetch() -> tuple[list[tuple[int, bytes, bytes | None]], int | None]:
+            # consume(n, timeout) waits for n messages: wait for the first one only.
+            messages = consumer.consume(1, POLL_WAIT_S)
+            if messages:
+                messages += consumer.consume(chunk_records - 1, 0)
+            position = None
+            if any(map(_error, messages)):
+                position = _end_event(messages, partition)
+                _raise_fatal(messages, settings)
+                messages = [m for m in messages if m.error() is None]
+            records = list(
+                zip(map(_offset, messages), map(_key, messages), map(_value, messages), strict=True)
+            )
+            return cast("list[tuple[int, bytes, bytes | None]]", records), position
+
+        try:
+            yield from read_range(
+                fetch,
+                start,
+                end,
+                idle_timeout_s=self._idle_timeout_s,
+                where=lambda: self._where(partition),
+            )
+        finally:
+            consumer.unassign()
+
+    def _where(self, partition: int) -> str:
+        tp = TopicPartition(self._topic, partition)
+        position = self._consumer.position([tp])[0].offset
+        high = self._consumer.get_watermark_offsets(tp, cached=True)[1]
+        return f"{self._topic}/{partition} (position {position}, highwater {high})"
+
+    def close(self) -> None:
+        """Close connections (nothing was committed)."""
+        self._consumer.close()
+
+
+def _end_event(messages: list[Message], partition: int) -> int | None:
+    """The offset of the last end-of-partition event among ``messages`` (the highwater), if any."""
+    ends = [
+        m.offset()
+        for m in messages
+        if m.error() is not None
+        and m.error().code() == KafkaError._PARTITION_EOF  # type: ignore[union-attr]
+        and m.partition() == partition
+    ]
+    return ends[-1] if ends else None
+
+
+def _raise_fatal(messages: list[Message], settings: KafkaSettings) -> None:
+    for message in messages:
+        error = message.error()
+        if error is not None and error.fatal():
+            raise broker_error("read the changelog", settings, KafkaException(error))

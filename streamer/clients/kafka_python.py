@@ -8,14 +8,16 @@ and delivery callbacks run on those threads, while the caller waits inside
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import operator
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -30,6 +32,15 @@ from streamer.clients.base import (
     broker_error,
     error_text,
     latest_end,
+)
+from streamer.clients.changelog import (
+    CHANGELOG_CONFIG,
+    POLL_WAIT_S,
+    READ_IDLE_TIMEOUT_S,
+    check_changelog,
+    missing_input,
+    read_range,
+    wait_for_watermark,
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
@@ -46,9 +57,11 @@ _PARTITION_CACHE_KEYS = 100_000
 _DIRECT_MAX_BYTES = 256 * 1024
 
 __all__ = [
+    "ChangelogReader",
     "GroupConsumer",
     "GroupReader",
     "Producer",
+    "ensure_changelog",
     "ensure_topics",
     "is_record_level",
     "read_records",
@@ -318,6 +331,9 @@ class Producer:
             topic, keys, headers = group.topic, group.keys, group.headers
             partition_of = self._partitioner(topic)
             direct = direct_append if headers is None else None
+            if group.partition is not None:  # a state changelog: the input's partition
+                partition_of = functools.partial(_fixed_partition, group.partition)
+                direct = None  # its tombstones (None values) take send()
             if direct is not None:
                 tp_of = self._topic_partitions(topic)
                 now = time.monotonic()
@@ -650,3 +666,184 @@ class _TopicReader:
             f" of {consumer.highwater(TopicPartition(t, p))}"
             for t, p in sorted(self._state.remaining)[:4]
         )
+
+
+def _fixed_partition(partition: int, _key: bytes) -> int:
+    """A state changelog record goes to its input record's partition, whatever its key."""
+    return partition
+
+
+def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic: str) -> None:
+    """Create the changelog topic compacted with the input's partitions, or check the existing one.
+
+    Raises:
+        ConfigError: The input topic is missing, or the existing changelog has
+            fewer partitions than the input or is not compacted.
+        BrokerError: The broker cannot be reached, or refused to create it.
+    """
+    try:
+        admin = KafkaAdminClient(**_common(settings))
+    except KafkaError as exc:
+        raise broker_error("connect the admin client", settings, exc) from None
+    try:
+        # Every topic: a Metadata request naming a missing topic may create it (Tansu does).
+        partitions = _partition_counts(admin)
+        if input_topic not in partitions:
+            raise missing_input(input_topic, settings.bootstrap_servers)
+        if changelog_topic not in partitions:
+            try:
+                admin.create_topics(
+                    {
+                        changelog_topic: {
+                            "num_partitions": partitions[input_topic],
+                            "replication_factor": -1,  # the broker's default.replication.factor
+                            "configs": dict(CHANGELOG_CONFIG),
+                        }
+                    }
+                )
+            except TopicAlreadyExistsError:
+                partitions = _partition_counts(admin)
+            except KafkaError as exc:
+                action = f"create topic {changelog_topic!r}"
+                raise broker_error(action, settings, exc) from None
+            else:
+                log.info(
+                    "created the changelog topic %s (compacted, %d partitions)",
+                    changelog_topic,
+                    partitions[input_topic],
+                )
+                return
+        check_changelog(
+            changelog_topic,
+            input_topic,
+            partitions=partitions[changelog_topic],
+            input_partitions=partitions[input_topic],
+            cleanup_policy=_cleanup_policy(admin, changelog_topic),
+        )
+    finally:
+        admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
+    """Every topic's number of partitions."""
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics() if not t["error_code"]}
+
+
+def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> str | None:
+    """The topic's cleanup.policy, or None when the broker does not describe it."""
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        )
+    except KafkaError as exc:
+        log.warning("cannot check the cleanup.policy of %s: %s", topic, error_text(exc))
+        return None
+    entry = described.get("topic", {}).get(topic, {}).get("cleanup.policy")
+    if entry is None or entry.get("value") is None:
+        log.warning("the broker does not report the cleanup.policy of %s; not checked", topic)
+        return None
+    return str(entry["value"])
+
+
+class ChangelogReader:
+    """Reads a changelog topic's partitions by hand, outside any group; commits nothing.
+
+    Each :meth:`high_watermark` and :meth:`read` assigns the one partition it
+    needs and unassigns it after, so the next one starts from a fresh
+    partition state (no watermark or fetched records left from before).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        idle_timeout_s: float = READ_IDLE_TIMEOUT_S,
+        chunk_records: int = 10_000,
+    ) -> None:
+        """Connect; ``idle_timeout_s`` bounds a read that gets nothing (BrokerError after)."""
+        self._settings = settings
+        self._topic = topic
+        self._idle_timeout_s = idle_timeout_s
+        self._chunk_records = chunk_records
+        try:
+            self._consumer = KafkaConsumer(
+                **_common(settings),
+                group_id=None,
+                enable_auto_commit=False,
+                # A start below the log start (compaction removed the first records).
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,
+            )
+        except KafkaError as exc:
+            raise broker_error("start the changelog reader", settings, exc) from None
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The end offset that a fetch from the partition's beginning reports (0 when empty).
+
+        Not ``end_offsets()`` (a ListOffsets request): on Tansu it answers the
+        last batch's base offset + 1.
+        """
+        consumer = self._consumer
+        tp = TopicPartition(self._topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+
+        def probe() -> int | None:
+            consumer.poll(timeout_ms=int(POLL_WAIT_S * 1000), max_records=1)
+            high: int | None = consumer.highwater(tp)
+            return high
+
+        try:
+            return wait_for_watermark(probe, timeout_s, lambda: f"{self._topic}/{partition}")
+        finally:
+            consumer.unsubscribe()
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        """Chunks of (offset, key, value) for every offset in [start, end) that exists."""
+        if start >= end:
+            return
+        consumer = self._consumer
+        tp = TopicPartition(self._topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        poll_ms, chunk_records = int(POLL_WAIT_S * 1000), self._chunk_records
+
+        def fetch() -> tuple[list[tuple[int, bytes, bytes | None]], int | None]:
+            polled = consumer.poll(timeout_ms=poll_ms, max_records=chunk_records).get(tp, ())
+            records = list(
+                zip(
+                    map(_record_offset, polled),
+                    map(_record_key, polled),
+                    map(_record_value, polled),
+                    strict=True,
+                )
+            )
+            # Past the records a poll returned, and past offsets compaction removed.
+            position: int | None = consumer.position(tp, timeout_ms=poll_ms)
+            return records, position
+
+        try:
+            yield from read_range(
+                fetch,
+                start,
+                end,
+                idle_timeout_s=self._idle_timeout_s,
+                where=lambda: self._where(tp),
+            )
+        finally:
+            consumer.unsubscribe()
+
+    def _where(self, tp: TopicPartition) -> str:
+        return f"{tp.topic}/{tp.partition} (highwater {self._consumer.highwater(tp)})"
+
+    def close(self) -> None:
+        """Close connections (nothing was committed)."""
+        self._consumer.close(autocommit=False, timeout_ms=5000)
+
+
+_record_offset = operator.attrgetter("offset")
+_record_key = operator.attrgetter("key")
+_record_value = operator.attrgetter("value")

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until a signal or a failure."""
     from streamer.topology import Pipeline  # noqa: PLC0415 - keep check-config fast
+    from streamer.topology.preflight import check_state_settings  # noqa: PLC0415
 
     if args.parent_pid is not None:
         from streamer.workers import watch_parent  # noqa: PLC0415
@@ -38,13 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_parent(args.parent_pid)
     settings = load_settings(args.config, overrides=overrides(args))
     hide_secrets(*secret_values(settings))
-    if settings.state_features:
-        msg = (
-            "[[state.features]] are computed by `streamer features` and `streamer score-file` "
-            "only; the daemon does not compute them yet (docs/state.md): remove them from the "
-            "run's configuration"
-        )
-        raise ConfigError(msg)
+    check_state_settings(settings)
     if args.workers < 1:
         msg = f"--workers must be >= 1, got {args.workers}"
         raise ConfigError(msg)

@@ -61,6 +61,10 @@ class Answer:
     truncated: bool = False
 
 
+STATE_FEATURES_HEADER = "streamer.state_features"
+"""The dead letter of a record whose state features were computed: them, as JSON."""
+
+
 @dataclass(frozen=True, slots=True)
 class SourceContext:
     """What a dead letter says about where its record came from, and the size limits."""
@@ -77,6 +81,9 @@ class SourceContext:
     prefix_bytes: int
     # The input headers each row carries to its answer (kafka.propagate_headers), or None.
     carried: Sequence[Headers] | None = None
+    # Each row's state features as JSON (state.log_features), or None: its dead letter's
+    # ``streamer.state_features`` header.
+    state_features: Sequence[bytes | None] | None = None
 
 
 def dead_letter(context: SourceContext, row: int, reason: str, detail: str, stage: str) -> Answer:
@@ -113,6 +120,9 @@ def _letter(
     )
     if context.carried is not None:
         headers = [*headers, *context.carried[row]]
+    served = None if context.state_features is None else context.state_features[row]
+    if served is not None:
+        headers.append((STATE_FEATURES_HEADER, served))
     key, value = context.keys[row], context.values[row] or b""
     if headers_only:
         fitted = minimal_dead_letter(key, value, headers)

@@ -35,15 +35,15 @@ BAD_TIMESTAMP = "bad_timestamp"
 LATE = "late"
 STATE_REPLAYED = "state_replayed"
 
+STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED)
+"""The reasons only the state gives (stage ``state``)."""
+
 REASONS = (
     NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
     NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
-    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT,
+    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT, *STATE_REASONS,
 )  # fmt: skip
-"""Every reason, in the order of the ``streamer_dead_letters_total`` series."""
-
-STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED)
-"""The reasons only the state gives; file mode writes them (the daemon does not compute state)."""
+"""Every reason, in the order of the ``streamer_dead_letters_total`` series (state's last)."""
 
 FEATURE_REASONS = frozenset({MISSING_FEATURE, NON_NUMERIC_FEATURE, NON_FINITE})
 """The reasons that name one feature (``feature 'name' ...``): the drift window counts them."""

@@ -26,16 +26,40 @@ MERCHANT_RISK = {
 }
 
 
+CARDS = 5000
+COMPROMISED_CARDS = 8
+"""With ``clock``, the anomalous transactions are the bursts of a few compromised cards."""
+EVENT_MS = 1800
+"""Event time between two transactions of the demo with state (its simulated clock): 5000
+cards making 0.4 transactions an hour each, so that streamer's count of a card's
+transactions in the last hour (include_current) is about what the demo model was made for."""
+
+
+class DemoClock:
+    """The simulated event time (epoch ms) of the demo's transactions: ``EVENT_MS`` apart."""
+
+    def __init__(self, start_ms: int | None = None) -> None:
+        self.now_ms = int(time.time() * 1000) if start_ms is None else start_ms
+
+    def tick(self) -> int:
+        """The next transaction's time."""
+        self.now_ms += EVENT_MS
+        return self.now_ms
+
+
 def make_event(
     rng: random.Random,
     *,
     anomaly_ratio: float = 0.03,
     amount_scale: float = 1.0,
     drop_feature: str = "",
+    clock: DemoClock | None = None,
 ) -> dict[str, Any]:
     """One transaction as a JSON-ready dict.
 
     ``amount_scale`` > 1 drifts the amounts up; ``drop_feature`` leaves that field out.
+    With ``clock`` (the demo with state), the event has no ``transactions_last_hour``:
+    it has its time ``ts`` (epoch ms) and streamer counts the card's transactions itself.
     """
     merchant = rng.choice(MERCHANTS)
     anomalous = rng.random() < anomaly_ratio
@@ -49,9 +73,15 @@ def make_event(
         distance = round(abs(rng.gauss(12, 15)), 1)
         per_hour = max(0, int(rng.gauss(1.4, 1.1)))
         age = rng.randint(30, 3000)
+    if clock is None:
+        card = f"card-{rng.randint(1, CARDS):05d}"
+    elif anomalous:
+        card = f"card-9{rng.randint(1, COMPROMISED_CARDS):04d}"
+    else:
+        card = f"card-{rng.randint(1, CARDS):05d}"
     event = {
         "transaction_id": str(uuid.UUID(int=rng.getrandbits(128))),
-        "card_id": f"card-{rng.randint(1, 5000):05d}",
+        "card_id": card,
         "amount": amount if amount_scale == 1.0 else round(amount * amount_scale, 2),
         "currency": "EUR",
         "merchant_category": merchant,
@@ -61,6 +91,9 @@ def make_event(
         "account_age_days": age,
         "event_time": time.time(),
     }
+    if clock is not None:
+        del event["transactions_last_hour"]
+        event["ts"] = clock.tick()
     if drop_feature:
         event.pop(drop_feature, None)
     return event
@@ -83,11 +116,16 @@ def make_record(
     anomaly_ratio: float = 0.03,
     amount_scale: float = 1.0,
     drop_feature: str = "",
+    clock: DemoClock | None = None,
 ) -> tuple[bytes, bytes]:
     """(key, value) for one record; the key is the card id, so a card's events stay in order."""
     if bad_ratio and rng.random() < bad_ratio:
-        return f"card-{rng.randint(1, 5000):05d}".encode(), rng.choice(MALFORMED)
+        return f"card-{rng.randint(1, CARDS):05d}".encode(), rng.choice(MALFORMED)
     event = make_event(
-        rng, anomaly_ratio=anomaly_ratio, amount_scale=amount_scale, drop_feature=drop_feature
+        rng,
+        anomaly_ratio=anomaly_ratio,
+        amount_scale=amount_scale,
+        drop_feature=drop_feature,
+        clock=clock,
     )
     return event["card_id"].encode(), orjson.dumps(event)

@@ -23,7 +23,7 @@ import bisect
 import dataclasses
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,6 +61,25 @@ class PollPlan:
     budget: Budget
     max_records: int
     timeout_s: float
+
+
+def tail_of(source: SourceBatch, cut: int) -> SourceBatch:
+    """The batch from its record ``cut`` on; its state changes all stay (sent again, in order)."""
+    return dataclasses.replace(
+        source,
+        offsets=source.offsets[cut:],
+        keys=source.keys[cut:],
+        values=source.values[cut:],
+        timestamps_ms=source.timestamps_ms[cut:],
+        headers=None if source.headers is None else source.headers[cut:],
+        enriched=None if source.enriched is None else source.enriched[cut:],
+        state_rejections=tuple(
+            dataclasses.replace(r, index=r.index - cut)
+            for r in source.state_rejections
+            if r.index >= cut
+        ),
+        state_values=source.state_values[cut:],
+    )
 
 
 class Unacknowledged:
@@ -102,13 +121,7 @@ class Unacknowledged:
                 continue
             cut = bisect.bisect_left(source.offsets, offset)
             if 0 < cut < len(source):
-                queue[position] = dataclasses.replace(
-                    source,
-                    offsets=source.offsets[cut:],
-                    keys=source.keys[cut:],
-                    values=source.values[cut:],
-                    timestamps_ms=source.timestamps_ms[cut:],
-                )
+                queue[position] = tail_of(source, cut)
             return
 
     def renew(self, epoch: int, now: float) -> dict[TP, list[SourceBatch]]:
@@ -143,7 +156,15 @@ class Ledger:
     unacknowledged ones are kept, so that a rewind can send them again.
     """
 
-    def __init__(self, batch: BatchSettings, max_poll_records: int, epoch: int = 0) -> None:
+    def __init__(
+        self,
+        batch: BatchSettings,
+        max_poll_records: int,
+        epoch: int = 0,
+        prepare: Callable[[SourceBatch], SourceBatch] | None = None,
+    ) -> None:
+        """``prepare`` (the state's step) turns each batch cut, before it is kept for rewinds."""
+        self._prepare = prepare
         self._max_records = batch.max_records
         self._max_wait_s = batch.max_wait_s
         self._max_in_flight = batch.max_in_flight
@@ -202,7 +223,9 @@ class Ledger:
         self, polled: Mapping[TP, RecordColumns], now: float, plan: PollPlan
     ) -> list[SourceBatch]:
         """Buffer what the poll of ``plan`` returned; dispatch every batch that is ready."""
-        ready = plan.ready
+        # A full batch held back before the poll, of a partition the poll revoked: abandoned
+        # (its records come again to the partition's next owner), never dispatched.
+        ready = [(tp, columns) for tp, columns in plan.ready if tp in self.assigned]
         batcher = self.batcher
         for tp, records in polled.items():
             if tp not in self.assigned or not len(records):
@@ -263,6 +286,8 @@ class Ledger:
                 epoch=self.epoch,
                 headers=columns.headers,
             )
+            if self._prepare is not None:
+                source = self._prepare(source)
             size = columns_bytes(columns)
             self.tracker.track(
                 tp, source.batch_id, source.first_offset, source.last_offset, len(columns), size

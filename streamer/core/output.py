@@ -170,6 +170,38 @@ def _encode_multi(
     return out
 
 
+def with_state_features(
+    encoded: list[bytes],
+    rows: Sequence[int],
+    names: Sequence[str],
+    values: Sequence[tuple[float, ...] | None],
+) -> list[bytes]:
+    """Each JSON output document with ``"state_features": {name: value}`` (``state.log_features``).
+
+    ``encoded[i]`` is the document of batch row ``rows[i]``; a row without
+    computed features is left as it is.
+    """
+    out = []
+    for document, row in zip(encoded, rows, strict=True):
+        served = values[row]
+        if served is None:
+            out.append(document)
+        else:
+            features = orjson.dumps(dict(zip(names, served, strict=True)))
+            out.append(document[:-1] + b',"state_features":' + features + b"}")
+    return out
+
+
+def state_features_json(
+    names: Sequence[str], values: Sequence[tuple[float, ...] | None]
+) -> list[bytes | None]:
+    """Per row, its served features as one JSON object (None: none computed)."""
+    return [
+        None if served is None else orjson.dumps(dict(zip(names, served, strict=True)))
+        for served in values
+    ]
+
+
 # A readable error fits in a header; the rest of a very long one is cut.
 MAX_ERROR_CHARS = 1000
 # What a record costs beyond its key, value and header bytes: the record batch
@@ -193,6 +225,9 @@ class OutputGroup:
     values: Sequence[bytes]
     keys: Sequence[bytes | None]
     headers: Sequence[Headers | None] | None = None
+    partition: int | None = None
+    """None: the partitioner's choice. A state changelog group names its input's partition,
+    and its values may be None (a tombstone: the store deleted the key)."""
 
     def __len__(self) -> int:
         return len(self.values)

@@ -8,10 +8,14 @@ challenger whose features or statistics are not the champion's. All three use a
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from streamer.core.features import BatchReader, FeatureSpec, prepare_batch
 from streamer.core.formats import compile_paths, project
@@ -40,8 +44,9 @@ def prepare_source(
     started = time.perf_counter()
     paths = compile_paths(spec.names, settings.paths)
     projector = None if paths is None else partial(project, names=spec.names, paths=paths)
+    values, kept = _state_view(source)
     prepared = prepare_batch(
-        source.values,
+        values,
         spec,
         missing=settings.missing,
         standardize=settings.standardize and spec.standardize,
@@ -49,17 +54,53 @@ def prepare_source(
         reader=reader,
         projector=projector,
     )
+    rejections = tuple(
+        Rejection(p.index, p.reason, p.detail, "preprocess") for p in prepared.rejected
+    )
+    valid_rows = prepared.valid_rows
+    dropped_rows = tuple(p.index for p in prepared.dropped)
+    if kept is not None:  # back to the batch's rows, with the state's rejections
+        rejections = tuple(
+            sorted(
+                (
+                    *(dataclasses.replace(r, index=kept[r.index]) for r in rejections),
+                    *source.state_rejections,
+                ),
+                key=lambda r: r.index,
+            )
+        )
+        valid_rows = np.asarray(kept, dtype=valid_rows.dtype)[valid_rows]
+        dropped_rows = tuple(kept[i] for i in dropped_rows)
     return FeatureBatch(
         source=source,
         features=prepared.features,
-        valid_rows=prepared.valid_rows,
-        rejections=tuple(
-            Rejection(p.index, p.reason, p.detail, "preprocess") for p in prepared.rejected
-        ),
-        dropped_rows=tuple(p.index for p in prepared.dropped),
+        valid_rows=valid_rows,
+        rejections=rejections,
+        dropped_rows=dropped_rows,
         preprocess_seconds=time.perf_counter() - started,
         spec_key=spec_key or preparation_key(spec),
     )
+
+
+def _state_view(source: SourceBatch) -> tuple[Sequence[bytes | None], list[int] | None]:
+    """The values the preparation reads, and which batch rows they are (None: all of them).
+
+    With declared state features, a record reads its ``enriched`` value (its
+    JSON with the features, as ``score-file`` reads it, so live equals offline),
+    and a record the state rejected is not read at all.
+    """
+    enriched = source.enriched
+    if enriched is None:
+        return source.values, None
+    values = [
+        value if value is not None else original
+        for value, original in zip(enriched, source.values, strict=True)
+    ]
+    if not source.state_rejections:
+        return values, None
+    rejected = {r.index for r in source.state_rejections}
+    kept = [row for row in range(len(values)) if row not in rejected]
+    return [values[row] for row in kept], kept
 
 
 @dataclass

@@ -6,6 +6,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pykka
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,7 @@ from streamer import clients
 from streamer.actors.metrics import PipelineMetrics
 from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
+from streamer.clients.base import ChangelogReader
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import ModelServerDownError, PipelineStartError, StreamerError
@@ -28,6 +30,7 @@ from streamer.topology.preflight import (
     load_or_stand_in,
     register_remote_metrics,
     start_metrics,
+    state_changelog,
     wait_for_broker,
     wait_for_model_server,
     wait_for_registry,
@@ -75,8 +78,10 @@ class Pipeline:
             model, self._server_down = load_or_stand_in(settings)
         # A profile that does not match the model is refused here, before anything starts.
         self.monitor = None if self._server_down else drift_monitor(settings, model, self.registry)
+        self._backend = backend
         if consumer_factory is None or producer_factory is None:
             chosen = backend if backend is not None else clients.backend(settings.kafka.client)
+            self._backend = chosen
             # The client's fetches are a share of the byte cap, so that what it
             # buffers stays small next to the cap (see fetch_max_bytes).
             consumer_factory = consumer_factory or functools.partial(
@@ -85,6 +90,7 @@ class Pipeline:
             )
             producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
+        self._changelog_reader: Callable[[], ChangelogReader] | None = None
         self._producer_factory = producer_factory
         self._challengers = Challengers(settings, producer_factory, self.registry)
         self._stop_requested = threading.Event()
@@ -163,6 +169,7 @@ class Pipeline:
                 self._wait_for_model_server(self._server_down)
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
+            self._changelog_reader = state_changelog(s, self._backend)
             self._challengers.start(self.monitor)
             self._supervisor.start_children(self._wiring())
             # on_start runs on each actor's thread: wait until the clients are open.
@@ -200,6 +207,7 @@ class Pipeline:
             on_assigned=self._assigned.set,
             monitor=self.monitor,
             challengers=self._challengers.links,
+            changelog_reader=self._changelog_reader,
         )
 
     def _abort_start(self) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import pykka
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.actors.metrics import MetricsActor
 from streamer.clients import ConsumerFactory
+from streamer.clients.base import Backend, ChangelogReader
 from streamer.core.models import Model, load_configured
 from streamer.core.models.oip import RetryPolicy
 from streamer.errors import (
@@ -24,6 +26,7 @@ from streamer.errors import (
 )
 from streamer.httpserver import HealthProbe, bind_endpoints
 from streamer.settings import Settings
+from streamer.topology.state import changelog_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +218,49 @@ def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_
                 f"(e.g. kafka-topics.sh --create --topic {topic})"
             )
             raise ConfigError(msg)
+
+
+def state_changelog(
+    settings: Settings, backend: Backend | None
+) -> Callable[[], ChangelogReader] | None:
+    """Check or create the state's changelog topic; how the consumer opens its reader.
+
+    None when no feature is declared, or the backend has no changelog (the
+    tests' fake clients): each partition's state then starts from its local
+    store.
+
+    Raises:
+        ConfigError: The changelog exists with fewer partitions than the input, or is
+            not compacted; or the input format is not JSON (the state reads JSON objects).
+    """
+    if not settings.state_features:
+        return None
+    check_state_settings(settings)
+    if backend is None or backend.changelog_reader is None or backend.ensure_changelog is None:
+        return None
+    topic = changelog_topic_name(settings)
+    backend.ensure_changelog(settings.kafka, topic, settings.kafka.input_topic)
+    log.info("state changelog topic: %s", topic, extra={"topic": topic})
+    return functools.partial(backend.changelog_reader, settings.kafka, topic)
+
+
+def check_state_settings(settings: Settings) -> None:
+    """Exit 2 before anything starts for declared features the daemon cannot compute.
+
+    Raises:
+        ConfigError: The input format is not JSON (the state reads JSON objects), or
+            state.log_features asks for the features in Avro outputs (their schema has none).
+    """
+    if settings.state_features and settings.format.input != "json":
+        msg = (
+            f"config error: format.input={settings.format.input!r}: [[state.features]] read "
+            "JSON objects; use format.input = 'json' or remove the declared features"
+        )
+        raise ConfigError(msg)
+    if settings.state_features and settings.state.log_features and settings.format.output != "json":
+        msg = (
+            f"config error: state.log_features = true with format.output="
+            f"{settings.format.output!r}: the features are logged into JSON outputs only; set "
+            "format.output = 'json' or state.log_features = false"
+        )
+        raise ConfigError(msg)

@@ -14,6 +14,7 @@ every stage runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,11 +30,13 @@ from streamer.actors.preprocess import PreprocessorActor
 from streamer.actors.producer import ProducerActor
 from streamer.actors.routing import ChallengerLink, Route
 from streamer.clients import ConsumerFactory, ProducerFactory
+from streamer.clients.base import ChangelogReader
 from streamer.core.models import Model
 from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
 from streamer.settings import Settings
+from streamer.topology.state import StateKeeper, changelog_topic_name
 
 
 class Stage(StrEnum):
@@ -63,6 +66,8 @@ class Wiring:
     monitor: DriftMonitor | None = None
     challengers: tuple[ChallengerLink, ...] = ()
     """The running ``[[challenger]]`` actors, scored after the champion."""
+    changelog_reader: Callable[[], ChangelogReader] | None = None
+    """Opens a reader of the state's changelog topic (None: no changelog)."""
     """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
 
 
@@ -110,14 +115,27 @@ def _start_consumer(
     w: Wiring, _index: int, epoch: int, on_failure: FailureHandler
 ) -> pykka.ActorRef:
     s = w.settings
+    metrics = w.metrics
+    # A restarted consumer gets a fresh keeper, which plans every partition again.
+    state = (
+        StateKeeper(
+            s,
+            w.changelog_reader,
+            report=None if metrics is None else functools.partial(_tell_quietly, metrics),
+        )
+        if s.state_features
+        else None
+    )
     return ConsumerActor.start(
         s.kafka,
         s.batch,
-        metrics=w.metrics,
+        metrics=metrics,
         on_failure=on_failure,
         client_factory=w.consumer_factory,
         on_ready=w.on_assigned,
         epoch=epoch,
+        state=state,
+        producer=w.routes[Stage.PRODUCER] if state is not None else None,
     )
 
 
@@ -139,6 +157,8 @@ def _start_producer(
         breaker=breaker,
         on_unanswerable=sup.on_unanswerable,
         formats=w.settings.format,
+        changelog_topic=changelog_topic_name(w.settings) if w.settings.state_features else "",
+        log_features=w.settings.state.log_features,
     )
 
 
@@ -168,6 +188,11 @@ def _start_preprocessor(
         on_failure=on_failure,
         formats=w.settings.format,
     )
+
+
+def _tell_quietly(ref: pykka.ActorRef, message: object) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 def _one(_settings: Settings) -> int:

@@ -92,7 +92,9 @@ class TestDeadLetterReasons:
             "not_utf8", "invalid_json", "not_object", "missing_feature", "non_numeric_feature",
             "non_finite", "oversized", "empty_value", "model_error", "produce_rejected",
             "unknown_schema", "undecodable", "wrong_format",
+            "missing_key", "bad_timestamp", "late", "state_replayed",
         }  # fmt: skip
+        assert f.REASONS[-len(f.STATE_REASONS) :] == f.STATE_REASONS  # the state's last
 
     def test_the_first_bad_feature_names_the_problem(self) -> None:
         prepared = prepare_batch([doc(a="x", b=_REMOVE)], SPEC)

@@ -240,17 +240,34 @@ class TestCommands:
         assert "'transactions_last_hour' is neither in the input's first record" in err
         assert len(err.splitlines()) == 1
 
-    def test_run_refuses_declared_features_it_does_not_compute(
+    def test_run_refuses_declared_features_over_a_non_json_input(
         self, transactions: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         config = transactions.parent / "run.toml"
         config.write_text(
             '[kafka]\ninput_topic = "a"\noutput_topic = "b"\n'
+            '[format]\ninput = "avro"\nregistry_url = "http://127.0.0.1:1"\n'
             + (transactions.parent / "state.toml").read_text()
         )
         assert main(["run", "-c", str(config)]) == 2
         err = capsys.readouterr().err.strip()
-        assert "the daemon does not compute them yet" in err
+        assert "format.input='avro': [[state.features]] read JSON objects" in err
+        assert len(err.splitlines()) == 1
+
+    def test_run_refuses_logged_features_in_avro_outputs(
+        self, transactions: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = transactions.parent / "run.toml"
+        config.write_text(
+            '[kafka]\ninput_topic = "a"\noutput_topic = "b"\n'
+            '[format]\noutput = "avro"\nregistry_url = "http://127.0.0.1:1"\n'
+            + (transactions.parent / "state.toml")
+            .read_text()
+            .replace("[state]", "[state]\nlog_features = true")
+        )
+        assert main(["run", "-c", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "state.log_features = true with format.output='avro'" in err
         assert len(err.splitlines()) == 1
 
 

@@ -119,12 +119,29 @@ class TestSettingsHandOver:
                     {"name": "candidate", "output_topic": "shadow", "max_pending_batches": 3},
                     {"name": "agreement-only", "kind": "linear"},
                 ],
+                "state": {
+                    "log_features": True,
+                    "features": [
+                        {"name": "n", "key": "card", "agg": "count", "window": "1h30m"},
+                        {
+                            "name": "s",
+                            "key": "$key",
+                            "agg": "mean",
+                            "field": "amount",
+                            "window": 0.0015,
+                            "time": "ts",
+                            "include_current": False,
+                            "default": -1,
+                        },
+                    ],
+                },
             },
             environ={},
         )
 
         assert build_settings({}, environ=settings_environment(original)) == original
         assert [c.name for c in original.challengers] == ["candidate", "agreement-only"]
+        assert [f.name for f in original.state_features] == ["n", "s"]
 
     def test_a_broken_challengers_variable_is_one_line_naming_it(self) -> None:
         with pytest.raises(

@@ -101,6 +101,23 @@ class TestCredits:
         (second,) = ledger.take({}, 0.0, plan)
         assert second.offsets == list(range(10, 20))
 
+    def test_a_held_back_batch_of_a_partition_the_poll_revoked_is_abandoned(self) -> None:
+        batch = BatchSettings(max_records=10, max_in_flight=1, eager_when_idle=False)
+        prepared: list[int] = []
+
+        def prepare(source: SourceBatch) -> SourceBatch:
+            prepared.append(source.first_offset)
+            return source
+
+        ledger = Ledger(batch, max_poll_records=500, prepare=prepare)
+        ledger.assign([TP0])
+        (first,) = poll(ledger, {TP0: columns(range(25))})
+        ack(ledger, first)
+        plan = ledger.plan(0.0, fetching=True)  # releases the held-back batch 10..19
+        ledger.revoke([TP0])  # inside the poll
+        assert ledger.take({}, 0.0, plan) == []
+        assert prepared == [0]  # the state never saw the abandoned batch
+
     def test_a_poll_waits_no_longer_than_the_oldest_partial_batch(self) -> None:
         batch = BatchSettings(max_records=10, max_wait_s=0.2, eager_when_idle=False)
         ledger = Ledger(batch, max_poll_records=500)

@@ -1,0 +1,408 @@
+"""The lifecycle of each input partition's state in the daemon: open, restore, apply, close.
+
+The consumer actor holds one :class:`StateKeeper` (no pykka here) and hands it
+every batch the Ledger cuts, before the Ledger keeps the batch for rewinds:
+
+- **Before a partition's first batch**, its store is opened
+  (``state.dir/<topic>-<partition>`` in RocksDB, or in memory when
+  ``state.dir`` is empty) and planned against the changelog
+  (:func:`~streamer.core.state.restore.plan_restore`): used as it is when it is
+  exactly as far as the changelog's last meta record, else emptied and rebuilt
+  from the changelog up to that record (:mod:`streamer.core.state.changelog`).
+- **Each batch** is applied in offset order; the batch leaves with the values
+  the preparation reads (``enriched``), the records the state rejects, and its
+  store changes for the changelog (sent by the producer with its answers).
+- **At each commit**, what was served below the committed offset is forgotten;
+  those deletions ride to the changelog with the partition's next batch.
+- **On revoke**, the store is closed. A batch of the partition still in the
+  stages is abandoned by the Ledger: its changes are in the local store (ahead
+  of the changelog), so the next assignment rebuilds from the changelog.
+
+A restarted consumer actor gets a fresh keeper, which plans every partition
+again: a store ahead of the changelog is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import msgspec
+
+from streamer.clients.base import ChangelogReader
+from streamer.core.features import decoded_object
+from streamer.core.records import TP
+from streamer.core.state.changelog import (
+    RestoreCount,
+    acknowledged_changes,
+    last_meta,
+    meta_record,
+)
+from streamer.core.state.codec import META_KEY, Meta, is_key_state
+from streamer.core.state.layout import Layout
+from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
+from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
+from streamer.core.state.windows import PartitionState, StateInput, enrich
+from streamer.messages import Rejection, SourceBatch, StateProgress
+from streamer.settings import Settings
+from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
+
+log = logging.getLogger(__name__)
+
+HIGH_WATERMARK_TIMEOUT_S = 10.0
+RESTORE_LOG_EVERY_S = 5.0
+STORE_LOCK_WAIT_S = 30.0
+"""How long a store that another process holds (a member handing it over) is waited for."""
+
+_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def changelog_topic_name(settings: Settings) -> str:
+    """``state.changelog_topic``, or ``<group>.<input>.state-<fingerprint8>-changelog``."""
+    if settings.state.changelog_topic:
+        return settings.state.changelog_topic
+    group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+    fingerprint = layout_of(settings).fingerprint[:8]
+    return f"{group}.{settings.kafka.input_topic}.state-{fingerprint}-changelog"
+
+
+class CountingStore:
+    """A store that keeps the number of key states it holds, without a scan per batch.
+
+    The engine reads every key it writes first (:meth:`get`, or its cache of
+    keys the store holds): a key state whose read found nothing and that a
+    write puts is new; one a write deletes was there (only a sweep deletes).
+    """
+
+    def __init__(self, store: Store, keys: int) -> None:
+        self.inner = store
+        self.keys = keys
+        self._missing: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:  # noqa: D102
+        value = self.inner.get(key)
+        if value is None and is_key_state(key):
+            self._missing.add(key)
+        return value
+
+    def write(self, changes: Sequence[Change]) -> None:  # noqa: D102
+        self.inner.write(changes)
+        missing = self._missing
+        for key, value in changes:
+            if not is_key_state(key):
+                continue
+            if value is None:
+                self.keys -= 1
+            elif key in missing:
+                self.keys += 1
+                missing.discard(key)
+        missing.clear()
+
+    def keys_between(self, low: bytes, high: bytes) -> list[bytes]:  # noqa: D102
+        return self.inner.keys_between(low, high)
+
+    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]  # noqa: D102
+        return self.inner.items_from(prefix)
+
+    def close(self) -> None:  # noqa: D102
+        self.inner.close()
+
+
+@dataclass
+class _Partition:
+    state: PartitionState
+    store: CountingStore
+    pending: list[Change] = field(default_factory=list)
+    """Changes written outside a batch (forgotten served values, a sweep): sent with the next."""
+    since_sweep: int = 0
+    restore_seconds: float = 0.0
+
+
+@dataclass
+class _Restored:
+    """What the last restores did, for the next metrics report."""
+
+    records: dict[TP, int] = field(default_factory=dict)
+
+
+class StateKeeper:
+    """The state of every assigned partition of one consumer (see the module docstring).
+
+    ``reader`` opens a reader of the changelog topic (None: no changelog, for
+    tests and file mode: every partition starts from its local store).
+    ``report`` gets a :class:`StateProgress` while a partition restores.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reader: Callable[[], ChangelogReader] | None,
+        *,
+        report: Callable[[StateProgress], None] | None = None,
+    ) -> None:
+        self.layout: Layout = layout_of(settings)
+        self.names = self.layout.names
+        self.changelog_topic = changelog_topic_name(settings)
+        self._dir = settings.state.dir
+        self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+        self._max_bytes = settings.batch.max_record_bytes
+        self._open_reader = reader
+        self._reader: ChangelogReader | None = None
+        self._report = report
+        self._partitions: dict[TP, _Partition] = {}
+        self._restored = _Restored()
+        self._restoring: TP | None = None
+
+    # --- the batches -----------------------------------------------------------
+
+    def apply(self, source: SourceBatch) -> SourceBatch:
+        """The batch with its features applied (its partition restored first, once)."""
+        tp = (source.topic, source.partition)
+        part = self._ready(tp)
+        docs = [decoded_object(value, self._max_bytes) for value in source.values]
+        inputs = [
+            StateInput(offset, key, ts, doc if isinstance(doc, dict) else None)
+            for offset, key, ts, doc in zip(
+                source.offsets, source.keys, source.timestamps_ms, docs, strict=True
+            )
+        ]
+        sweep: tuple[Change, ...] = ()
+        part.since_sweep += len(inputs)
+        try:
+            if part.since_sweep >= SWEEP_EVERY_ROWS:
+                sweep = part.state.sweep()  # keys past their TTL read as empty: no value changes
+                part.since_sweep = 0
+            applied = part.state.apply(inputs)
+        except msgspec.DecodeError as exc:
+            # A key that does not decode: the store is corrupt. Rebuild it and apply again
+            # (the failed apply wrote nothing, so the partition is where the changelog is).
+            log.warning(
+                "the state store of %s/%d is corrupt (%s): rebuilding it from the changelog",
+                *tp,
+                exc,
+                extra={"topic": tp[0], "partition": tp[1]},
+            )
+            self._close(tp, destroy=True)
+            part = self._ready(tp)
+            applied = part.state.apply(inputs)
+            sweep = ()
+        # The batch's own meta record (last) supersedes the meta of a forget_served.
+        pending = [change for change in part.pending if change[0] != META_KEY]
+        changelog = (*pending, *sweep, *applied.changes)
+        part.pending = []
+        enriched: list[bytes | None] = []
+        rejections: list[Rejection] = []
+        served: list[tuple[float, ...] | None] = []
+        for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
+            if outcome is None or not isinstance(doc, dict):  # the preprocessor's reason
+                enriched.append(None)
+                served.append(None)
+            elif outcome.values is None:
+                enriched.append(None)
+                served.append(None)
+                rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
+            else:
+                enriched.append(enrich(doc, self.names, outcome.values))
+                served.append(outcome.values)
+        return replace(
+            source,
+            enriched=enriched,
+            state_rejections=tuple(rejections),
+            changelog=changelog,
+            state_names=self.names,
+            state_values=tuple(served),
+        )
+
+    def prepare(self, tp: TP) -> None:
+        """Open and restore a partition's state now, before its first batch is cut."""
+        self._ready(tp)
+
+    def committed(self, offsets: Mapping[TP, int]) -> None:
+        """The broker accepted these commits: forget what was served below them."""
+        for tp, offset in offsets.items():
+            part = self._partitions.get(tp)
+            if part is not None:
+                part.pending.extend(part.state.forget_served(offset))
+
+    # --- assignment ------------------------------------------------------------
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        """Close the stores of partitions that leave (their data stays on disk)."""
+        for tp in tps:
+            self._close(tp, destroy=False)
+
+    def close(self) -> None:
+        """Close every store and the changelog reader."""
+        for tp in list(self._partitions):
+            self._close(tp, destroy=False)
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    @property
+    def state_keys(self) -> int:
+        """Keys in the state of the open partitions."""
+        return sum(part.store.keys for part in self._partitions.values())
+
+    def progress(self) -> StateProgress:
+        """Every open partition's keys, bytes and last restore; the records restored since."""
+        restored, self._restored = self._restored.records, _Restored()
+        parts = self._partitions
+        restoring = self._restoring
+        return StateProgress(
+            keys={tp: p.store.keys for tp, p in parts.items()},
+            nbytes={tp: _approximate_bytes(p.store.inner) for tp, p in parts.items()},
+            restoring={tp: tp == restoring for tp in (*parts, *([restoring] if restoring else []))},
+            restore_seconds={tp: p.restore_seconds for tp, p in parts.items()},
+            restored=restored,
+        )
+
+    def _close(self, tp: TP, *, destroy: bool) -> None:
+        part = self._partitions.pop(tp, None)
+        if part is None:
+            return
+        store = part.store.inner
+        if destroy and isinstance(store, RocksStore):
+            store.destroy()
+        else:
+            store.close()
+
+    # --- restore ---------------------------------------------------------------
+
+    def _ready(self, tp: TP) -> _Partition:
+        part = self._partitions.get(tp)
+        if part is None:
+            part = self._partitions[tp] = self._restore(tp)
+        return part
+
+    def _open_store(self, tp: TP) -> Store:
+        if not self._dir:
+            return MemoryStore()
+        # Under the group: two groups reading one topic on one machine never share a store.
+        path = Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}"
+        deadline = time.monotonic() + STORE_LOCK_WAIT_S
+        while True:
+            try:
+                return RocksStore(path)
+            except Exception as exc:  # rocksdict raises plain Exceptions
+                if "lock" not in str(exc).lower():
+                    problem = exc
+                    break
+                # Another process (a member handing the partition over) has it open still.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        log.warning(
+            "the state store %s does not open (%s): discarding it, rebuilt from the changelog",
+            path,
+            problem,
+            extra={"topic": tp[0], "partition": tp[1]},
+        )
+        shutil.rmtree(path, ignore_errors=True)
+        return RocksStore(path)
+
+    def _changelog_meta(self, tp: TP) -> tuple[Meta | None, int]:
+        """The changelog partition's last meta record and its end offset."""
+        reader = self._changelog_reader()
+        if reader is None:
+            return None, 0
+        end = reader.high_watermark(tp[1], HIGH_WATERMARK_TIMEOUT_S)
+        if end <= 0:
+            return None, 0
+        tail = [record for chunk in reader.read(tp[1], end - 1, end) for record in chunk]
+        if tail and meta_record(tail[-1][1], tail[-1][2]) is not None:
+            return meta_record(tail[-1][1], tail[-1][2]), end
+        # The last batch's changelog was cut short (never acknowledged): find the meta before it.
+        return last_meta(reader.read(tp[1], 0, end)), end
+
+    def _changelog_reader(self) -> ChangelogReader | None:
+        if self._reader is None and self._open_reader is not None:
+            self._reader = self._open_reader()
+        return self._reader
+
+    def _restore(self, tp: TP) -> _Partition:
+        started = time.monotonic()
+        store = self._open_store(tp)
+        changelog, end = self._changelog_meta(tp)
+        plan = plan_restore(
+            local_meta(store),
+            changelog,
+            fingerprint=self.layout.fingerprint,
+            topic=tp[0],
+            partition=tp[1],
+        )
+        if plan.discard_local:
+            store = self._emptied(tp, store)
+        restored = 0
+        if plan.action is Action.REBUILD:
+            restored = self._rebuild(tp, store, end, plan)
+        else:
+            self._log_plan(tp, plan, 0)
+        counting = CountingStore(store, 0)
+        part = _Partition(PartitionState(self.layout, counting, tp[0], tp[1]), counting)
+        counting.keys = part.state.key_count()
+        part.restore_seconds = time.monotonic() - started
+        self._restored.records[tp] = self._restored.records.get(tp, 0) + restored
+        return part
+
+    def _emptied(self, tp: TP, store: Store) -> Store:
+        if isinstance(store, RocksStore):
+            store.destroy()
+            return self._open_store(tp)
+        return MemoryStore()
+
+    def _rebuild(self, tp: TP, store: Store, end: int, plan: RestorePlan) -> int:
+        reader = self._changelog_reader()
+        assert reader is not None
+        where = {"topic": tp[0], "partition": tp[1]}
+        log.info(
+            "state of %s/%d: %s; restoring from %s (%d records)",
+            *tp,
+            plan.reason or "rebuild",
+            self.changelog_topic,
+            end,
+            extra=where,
+        )
+        self._restoring = tp
+        count = RestoreCount()
+        logged = time.monotonic()
+        done = 0
+        try:
+            for changes in acknowledged_changes(reader.read(tp[1], 0, end), count):
+                store.write(changes)
+                done += len(changes)
+                if time.monotonic() - logged >= RESTORE_LOG_EVERY_S:
+                    logged = time.monotonic()
+                    log.info("state of %s/%d: %d of %d restored", *tp, done, end, extra=where)
+                    self._restored.records[tp] = self._restored.records.get(tp, 0) + done
+                    done = 0
+                    if self._report is not None:
+                        self._report(self.progress())
+        finally:
+            self._restoring = None
+        log.info(
+            "state of %s/%d restored: %d changelog records%s",
+            *tp,
+            count.kept,
+            f" ({count.dropped} after the last meta record ignored)" if count.dropped else "",
+            extra=where,
+        )
+        return done
+
+    def _log_plan(self, tp: TP, plan: RestorePlan, _restored: int) -> None:
+        log.info(
+            "state of %s/%d: %s: %s",
+            *tp,
+            plan.reason,
+            "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
+            extra={"topic": tp[0], "partition": tp[1]},
+        )
+
+
+def _approximate_bytes(store: Store) -> int:
+    return store.approximate_bytes() if isinstance(store, RocksStore) else 0

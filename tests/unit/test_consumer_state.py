@@ -1,0 +1,77 @@
+"""The consumer actor applies the state to each batch it cuts; commits, revokes, status."""
+
+from __future__ import annotations
+
+import orjson
+
+from streamer.actors.consumer import ConsumerActor
+from streamer.core.state.codec import META_KEY, SERVED_PREFIX
+from streamer.messages import (
+    Attach,
+    BatchAcked,
+    CommitNow,
+    ConsumerStatus,
+    GetStatus,
+    PartitionsRevoked,
+    ScoreBatch,
+)
+from streamer.settings import BatchSettings, build_settings
+from streamer.topology.state import StateKeeper
+from tests.unit.fakes import FakeConsumer, make_records, start_recorder, wait_until
+from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0, TP1
+
+SETTINGS = build_settings(
+    {
+        "kafka": {"input_topic": "events", "output_topic": "scores"},
+        "state": {
+            "features": [{"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}]
+        },
+    },
+    environ={},
+)
+
+
+def events(n: int) -> list[bytes | None]:
+    return [orjson.dumps({"card": f"c{i % 3}", "ts": 1000 * i}) for i in range(n)]
+
+
+def test_batches_leave_with_their_features_and_commits_forget_what_was_served() -> None:
+    fake = FakeConsumer({TP0: make_records(events(10)), TP1: make_records(events(10))})
+    preprocessor, batches = start_recorder()
+    producer, told = start_recorder()
+    keeper = StateKeeper(SETTINGS, None)
+    ref = ConsumerActor.start(
+        KAFKA,
+        BatchSettings(max_records=5, max_in_flight=10),
+        client_factory=lambda _settings, _max: fake,
+        state=keeper,
+        producer=producer,
+    )
+    ref.tell(Attach([preprocessor]))
+    sources = [m.source for m in batches.wait_for(4) if isinstance(m, ScoreBatch)]
+    p0 = sorted((s for s in sources if s.partition == 0), key=lambda s: s.first_offset)
+    assert [v[0] for v in p0[0].state_values + p0[1].state_values] == [
+        1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0,
+    ]  # fmt: skip
+    assert p0[0].changelog[-1][0] == META_KEY
+    status: ConsumerStatus = ref.ask(GetStatus(), timeout=ASK_S)
+    assert status.state_keys == 6  # three cards in each of two partitions
+
+    ref.tell(BatchAcked(p0[0].batch_id, "events", 0, None))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 5}
+    # The served values below the commit are deleted, and the deletions ride with the
+    # partition's next batch to the changelog.
+    fake.append(TP0, make_records(events(1), offsets=[10]))
+    (nxt,) = [m.source for m in batches.wait_for(5)[4:]]
+    served_deleted = [k for k, v in nxt.changelog if k.startswith(SERVED_PREFIX) and v is None]
+    assert len(served_deleted) == 5
+
+    fake.revoke_on_next_poll([TP0])
+    wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).assigned == [TP1])
+    (revoked,) = told.wait_for(1)
+    assert isinstance(revoked, PartitionsRevoked)
+    assert revoked.tps == (TP0,)
+    assert revoked.before > nxt.dispatched_at  # the producer drops those batches' changelog
+    # The actor's thread closes the revoked partition's store at its next poll.
+    wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).state_keys == 3)
+    ref.stop()

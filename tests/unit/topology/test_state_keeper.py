@@ -1,0 +1,351 @@
+"""StateKeeper: restore paths against an in-memory changelog, replays, forget_served, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamer.core.state.changelog import RestoreCount, acknowledged_changes, last_meta
+from streamer.core.state.codec import META_KEY, SERVED_PREFIX, decode_meta
+from streamer.core.state.store import RocksStore
+from streamer.messages import SourceBatch
+from streamer.settings import Settings, build_settings
+from streamer.statefile import StateApplier
+from streamer.topology.state import StateKeeper, changelog_topic_name
+
+TOPIC = "tx"
+FEATURES = [
+    {"name": "n_1h", "key": "card", "agg": "count", "window": "1h", "time": "ts"},
+    {
+        "name": "sum_1h",
+        "key": "card",
+        "agg": "sum",
+        "field": "amount",
+        "window": "1h",
+        "time": "ts",
+    },
+]
+
+
+def make_settings(state_dir: str = "", **kafka: str) -> Settings:
+    return build_settings(
+        {
+            "kafka": {"input_topic": TOPIC, "output_topic": "out", **kafka},
+            "state": {"features": FEATURES, "dir": state_dir},
+        },
+        environ={},
+    )
+
+
+class MemoryChangelog:
+    """A changelog topic's partitions as lists: what the producer would have sent."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.closed = False
+
+    def append(self, partition: int, changes: tuple[tuple[bytes, bytes | None], ...]) -> None:
+        self.partitions.setdefault(partition, []).extend(changes)
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        return len(self.partitions.get(partition, []))
+
+    def read(
+        self, partition: int, start: int, end: int
+    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+        records = self.partitions.get(partition, [])
+        end = min(end, len(records))
+        for low in range(start, end, 3):  # small chunks: a meta record may end any chunk
+            yield [(o, *records[o]) for o in range(low, min(end, low + 3))]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def event(offset: int, card: str, ts: int, amount: float) -> tuple[int, bytes]:
+    return offset, orjson.dumps({"card": card, "ts": ts, "amount": amount})
+
+
+EVENTS = [
+    event(0, "a", 1_000, 1.5),
+    event(1, "b", 2_000, 2.0),
+    event(2, "a", 3_000, 0.25),
+    event(3, "a", 4_000, 10.0),
+    event(4, "b", 5_000, 7.0),
+    (5, b"not json"),
+    event(6, "a", 7_000, 1.0),
+    event(7, "c", 8_000, 3.0),
+]
+
+
+def batch(events: list[tuple[int, bytes]], partition: int = 0) -> SourceBatch:
+    return SourceBatch(
+        batch_id=0,
+        topic=TOPIC,
+        partition=partition,
+        seq=0,
+        offsets=[o for o, _ in events],
+        keys=[None] * len(events),
+        values=[v for _, v in events],
+        timestamps_ms=[0] * len(events),
+        dispatched_at=0.0,
+    )
+
+
+def offline(events: list[tuple[int, bytes]]) -> dict[int, tuple[float, ...] | None]:
+    """The values `streamer features` computes for the same records, in offset order."""
+    applier = StateApplier(make_settings(), TOPIC)
+    results = applier.apply(
+        [o for o, _ in events], [None] * len(events), [v for _, v in events], [0] * len(events)
+    )
+    return {r.offset: (r.features if r.enriched is not None else None) for r in results}
+
+
+def run(keeper: StateKeeper, log: MemoryChangelog, events: list[tuple[int, bytes]]) -> SourceBatch:
+    """Apply a batch and deliver its changelog (as an acknowledged batch would be)."""
+    out = keeper.apply(batch(events))
+    log.append(0, out.changelog)
+    return out
+
+
+def served(out: SourceBatch) -> dict[int, tuple[float, ...] | None]:
+    return dict(zip(out.offsets, out.state_values, strict=True))
+
+
+def test_changelog_topic_name_derives_from_group_input_and_fingerprint() -> None:
+    name = changelog_topic_name(make_settings(group_id="fraud team/1"))
+    keeper = StateKeeper(make_settings(), None)
+    assert name == f"fraud_team_1.tx.state-{keeper.layout.fingerprint[:8]}-changelog"
+    explicit = build_settings(
+        {
+            "kafka": {"input_topic": TOPIC, "output_topic": "out"},
+            "state": {"features": FEATURES, "changelog_topic": "mine"},
+        },
+        environ={},
+    )
+    assert changelog_topic_name(explicit) == "mine"
+
+
+def test_batches_carry_enriched_values_rejections_and_changelog_equal_to_offline() -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(), lambda: log)
+    first = run(keeper, log, EVENTS[:3])
+    second = run(keeper, log, EVENTS[3:])
+    expected = offline(EVENTS)
+    assert {**served(first), **served(second)} == expected
+    assert expected[3] == (3.0, 11.75)
+    assert first.enriched is not None
+    assert orjson.loads(first.enriched[2] or b"") == {
+        "card": "a", "ts": 3000, "amount": 0.25, "n_1h": 2.0, "sum_1h": 1.75,
+    }  # fmt: skip
+    assert second.enriched is not None
+    assert second.enriched[2] is None  # not JSON: left as is
+    assert second.state_rejections == ()
+    assert first.changelog[-1][0] == META_KEY
+    assert decode_meta(first.changelog[-1][1] or b"").last_offset == 2
+    assert keeper.state_keys == 3
+
+
+def test_missing_key_is_a_state_rejection() -> None:
+    keeper = StateKeeper(make_settings(), None)
+    out = keeper.apply(batch([(0, b'{"ts": 1, "amount": 1.0}'), event(1, "a", 2, 1.0)]))
+    assert [(r.index, r.reason, r.stage) for r in out.state_rejections] == [
+        (0, "missing_key", "state")
+    ]
+    assert out.state_values == (None, (1.0, 1.0))
+
+
+def test_replay_after_restore_serves_the_same_values_and_counts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    first = run(keeper, log, EVENTS[:4])
+    keeper.close()
+    # The changelog is current with the local store: used as it is; the batch comes again.
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    replay = again.apply(batch(EVENTS[:4]))
+    assert served(replay) == served(first)
+    rest = again.apply(batch(EVENTS[4:]))
+    assert served(rest) == {o: v for o, v in offline(EVENTS).items() if o >= 4}
+    again.close()
+
+
+def test_local_store_ahead_of_the_changelog_is_rebuilt(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.apply(batch(EVENTS[3:5]))  # applied locally, its changelog never acknowledged
+    keeper.close()
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    out = again.apply(batch(EVENTS[3:]))  # the uncommitted batch comes again: applied again
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    assert again.progress().restored == {(TOPIC, 0): len(log.partitions[0])}
+    again.close()
+
+
+def test_local_store_behind_the_changelog_is_rebuilt(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    # Another instance had the partition meanwhile and went on (its own local store).
+    elsewhere = StateKeeper(make_settings(str(tmp_path / "other")), lambda: log)
+    elsewhere.apply(batch(EVENTS[:3]))  # rebuilt from the changelog, then replayed: no change
+    run(elsewhere, log, EVENTS[3:5])
+    elsewhere.close()
+    back = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    out = back.apply(batch(EVENTS[5:]))
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 5}
+    back.close()
+
+
+def test_corrupt_local_store_is_discarded_and_rebuilt(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    store = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")
+    store.write([(META_KEY, b"\xc1garbage")])
+    store.close()
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    out = again.apply(batch(EVENTS[3:]))
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    again.close()
+
+
+def test_corrupt_key_state_in_a_current_store_is_rebuilt_from_the_changelog(
+    tmp_path: Path,
+) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    store = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")
+    key_a = next(k for k, _ in log.partitions[0] if k.endswith(b"a") and k[:1] == b"\x02")
+    store.write([(key_a, b"\xc1")])
+    store.close()
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    out = again.apply(batch(EVENTS[3:]))
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    again.close()
+
+
+def test_foreign_local_store_is_discarded(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    # The store of partition 0 moved to partition 1's place: it belongs to another partition.
+    (tmp_path / "streamer" / f"{TOPIC}-0").rename(tmp_path / "streamer" / f"{TOPIC}-1")
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    out = again.apply(batch(EVENTS[:2], partition=1))
+    assert out.state_values == ((1.0, 1.5), (1.0, 2.0))  # partition 1 starts empty
+    again.close()
+
+
+def test_records_after_the_last_meta_are_not_restored() -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    cut = keeper.apply(batch(EVENTS[3:5])).changelog
+    log.append(0, cut[:-1])  # the batch's changelog cut short: its meta never arrived
+    meta = last_meta(log.read(0, 0, len(log.partitions[0])))
+    assert meta is not None
+    assert meta.last_offset == 2
+    count = RestoreCount()
+    restored = [c for chunk in acknowledged_changes(log.read(0, 0, 99), count) for c in chunk]
+    assert count.dropped == len(cut) - 1
+    assert count.kept == len(restored) == len(log.partitions[0]) - count.dropped
+    again = StateKeeper(make_settings(), lambda: log)  # in memory: rebuilt from the changelog
+    out = again.apply(batch(EVENTS[3:]))
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+
+
+def test_forget_served_rides_with_the_next_batch_to_the_changelog() -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(), lambda: log)
+    first = run(keeper, log, EVENTS[:3])
+    served_keys = [k for k, _ in first.changelog if k.startswith(SERVED_PREFIX)]
+    assert len(served_keys) == 3
+    keeper.committed({(TOPIC, 0): 2})
+    nxt = run(keeper, log, EVENTS[3:5])
+    assert nxt.changelog[:2] == ((served_keys[0], None), (served_keys[1], None))
+    assert [k for k, _ in nxt.changelog].count(META_KEY) == 1  # the batch's, last
+    assert nxt.changelog[-1][0] == META_KEY
+    # A replay of a forgotten offset is not served again: it is dead-lettered.
+    again = StateKeeper(make_settings(), lambda: log)
+    out = again.apply(batch(EVENTS[:3]))
+    assert [(r.index, r.reason) for r in out.state_rejections] == [
+        (0, "state_replayed"),
+        (1, "state_replayed"),
+    ]
+    assert served(out)[2] == served(first)[2]
+
+
+def test_progress_reports_keys_and_bytes_and_revoke_closes(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS)
+    progress = keeper.progress()
+    assert progress.keys == {(TOPIC, 0): 3}
+    assert progress.restoring == {(TOPIC, 0): False}
+    assert progress.nbytes[(TOPIC, 0)] >= 0
+    assert keeper.state_keys == keeper._partitions[(TOPIC, 0)].state.key_count() == 3
+    keeper.revoke([(TOPIC, 0)])
+    assert keeper.state_keys == 0
+    RocksStore(tmp_path / "streamer" / f"{TOPIC}-0").close()  # closed: RocksDB's lock is free
+    keeper.close()
+    assert log.closed
+
+
+@pytest.mark.parametrize("state_dir", ["", "rocks"])
+def test_changelog_restores_the_same_values_as_an_uninterrupted_run(
+    tmp_path: Path, state_dir: str
+) -> None:
+    log = MemoryChangelog()
+    directory = str(tmp_path / state_dir) if state_dir else ""
+    keeper = StateKeeper(make_settings(directory), lambda: log)
+    run(keeper, log, EVENTS[:4])
+    keeper.close()
+    if state_dir:
+        import shutil
+
+        shutil.rmtree(directory)  # the local state deleted between runs
+    again = StateKeeper(make_settings(directory), lambda: log)
+    out = again.apply(batch(EVENTS[4:]))
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 4}
+    again.close()
+
+
+def test_a_store_another_process_holds_is_waited_for_never_discarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    run(keeper, log, EVENTS[:3])
+    keeper.close()
+    held = RocksStore(tmp_path / "streamer" / f"{TOPIC}-0")  # the member handing it over
+    monkeypatch.setattr("streamer.topology.state.STORE_LOCK_WAIT_S", 0.3)
+    again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    with pytest.raises(Exception, match="lock"):
+        again.apply(batch(EVENTS[3:]))
+    assert decode_meta(held.get(META_KEY) or b"").last_offset == 2  # still there
+    held.close()
+    out = again.apply(batch(EVENTS[3:]))  # released: opened, current, used as it is
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    again.close()
+
+
+def test_two_groups_on_one_machine_keep_separate_stores(tmp_path: Path) -> None:
+    log = MemoryChangelog()
+    mine = StateKeeper(make_settings(str(tmp_path)), lambda: log)
+    theirs = StateKeeper(make_settings(str(tmp_path), group_id="other team"), None)
+    run(mine, log, EVENTS[:3])
+    theirs.apply(batch(EVENTS[:3]))  # both open at once: no lock conflict
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_team", "streamer"]
+    mine.close()
+    theirs.close()
