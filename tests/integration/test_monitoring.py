@@ -335,6 +335,18 @@ def monitored(
             "shutdown": {"timeout_s": 20.0},
             "batch": {"max_records": 100},
             "monitoring": {"profile_path": str(profile), "window_records": 2000},
+            # The State row and the state alerts need declared features: the demo model's
+            # transactions_last_hour, counted from each card's records (keyed by card id).
+            "state": {
+                "features": [
+                    {
+                        "name": "transactions_last_hour",
+                        "key": "card_id",
+                        "agg": "count",
+                        "window": "1h",
+                    }
+                ]
+            },
             # The remote-model panels need a remote model: a second challenger on a real
             # MLServer, whose metadata names the demo features.
             "model": {"remote_url": oip_server.url},

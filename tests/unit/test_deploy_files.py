@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 import shlex
 import tomllib
@@ -19,6 +20,8 @@ from streamer.actors.metrics import ChallengerCollector, DriftCollector, Pipelin
 from streamer.actors.routing import ChallengerLink
 from streamer.clients.oip import client_for
 from streamer.clients.oip_metrics import RemoteCollector
+from streamer.core.dead_letters import LATE, STATE_REASONS
+from streamer.core.demo_data import make_event
 from streamer.core.models import ModelOptions, RemoteOptions, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.monitoring.drift import DriftMonitor
@@ -327,6 +330,31 @@ def test_example_config_passes_validation(example_settings: Settings) -> None:
     assert example_settings.kafka.output_topic
 
 
+def _uncommented_state_example(config: str) -> str:
+    """The commented-out ``[[state.features]]`` table of a configuration, uncommented."""
+    lines = config.splitlines()
+    start = lines.index("# [[state.features]]")
+    example = []
+    for line in lines[start:]:
+        if not re.match(r"# (\[\[state\.features\]\]|\w+ = )", line):
+            break
+        example.append(line.removeprefix("# "))
+    return "\n".join(example)
+
+
+def test_the_commented_state_example_declares_a_valid_feature_of_the_demo_events() -> None:
+    (config_map,) = _k8s_documents("ConfigMap")
+    for text in (EXAMPLE_CONFIG.read_text(encoding="utf-8"), config_map["data"]["streamer.toml"]):
+        example = _uncommented_state_example(text)
+        settings = build_settings(tomllib.loads(f"{text}\n{example}\n"), environ={})
+        (feature,) = settings.state_features
+        # The demo model's own input, from the field the demo generator keys its records by.
+        assert feature.name == "transactions_last_hour"
+        assert feature.name in load_model("linear", "", ModelOptions()).spec.names
+        assert feature.key == "card_id"
+        assert "card_id" in make_event(random.Random(0))
+
+
 def test_example_config_sets_every_option_explicitly() -> None:
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
     for section, cls in SECTIONS.items():
@@ -409,6 +437,7 @@ REQUIRED_ALERTS = {
     "StreamerLagHigh",  # lag above a threshold
     "StreamerDeadLetterRateHigh",  # the dead-letter rate
     "StreamerActorRestarting",  # the actor restart rate
+    "StreamerStateRestoreSlow",  # a partition's state restore that takes too long
 }
 REQUIRED_PANELS = {
     "Throughput in and out",
@@ -418,7 +447,17 @@ REQUIRED_PANELS = {
     "Actor failures and restarts",
     "In flight",
     "Model version",
+    "Keys in state per partition",
+    "State bytes per partition",
+    "Restore progress",
+    "Last restore duration",
+    "Changelog writes",
+    "Late and state dead letters",
 }
+# The live state path's series (docs/state.md, "Metrics and alerts").
+STATE_SERIES_PREFIX = "streamer_state_"
+# A dashboard query selects the variables first, then, optionally, labels of its own.
+_DASHBOARD_SELECTOR = re.compile(r'job=~"\$job", instance=~"\$instance"(, \w+=~?"[^"$]*")*')
 
 
 @pytest.fixture(scope="module")
@@ -442,8 +481,19 @@ def exposed_series() -> set[str]:
     # The remote-model series, with one client (no request is sent).
     client_for(RemoteOptions(url="http://127.0.0.1:9"), "m")
     registry.register(RemoteCollector())
-    names = {sample.name for metric in registry.collect() for sample in metric.samples}
+    names = set()
+    for metric in registry.collect():
+        # A labelled series that nothing has set yet is declared all the same.
+        names.add(metric.name + {"counter": "_total"}.get(metric.type, ""))
+        names.update(sample.name for sample in metric.samples)
     return names | SCRAPE_SERIES
+
+
+def _assert_exposed(reader: str, names: list[str], exposed: set[str]) -> None:
+    """Every name is exposed; the state series are checked by their own test."""
+    for name in names:
+        if not name.startswith(STATE_SERIES_PREFIX):
+            assert name in exposed, f"{reader} reads {name}, which nobody exposes"
 
 
 @pytest.fixture(scope="module")
@@ -490,8 +540,7 @@ class TestAlerts:
         self, rules: list[dict[str, Any]], exposed_series: set[str]
     ) -> None:
         for rule in rules:
-            for name in _METRIC_NAME.findall(rule["expr"]):
-                assert name in exposed_series, f"{rule['alert']} reads {name}, which nobody exposes"
+            _assert_exposed(rule["alert"], _METRIC_NAME.findall(rule["expr"]), exposed_series)
 
     def test_rules_on_scrape_series_select_the_streamer_job_of_prometheus_yml(
         self, rules: list[dict[str, Any]], scrape_configs: list[dict[str, Any]]
@@ -564,8 +613,44 @@ class TestDashboard:
         for title, expr in _panel_exprs(dashboard):
             names = _METRIC_NAME.findall(expr)
             assert names, f"panel {title!r} reads no metric: {expr}"
-            for name in names:
-                assert name in exposed_series, f"panel {title!r} reads {name}"
+            _assert_exposed(f"panel {title!r}", names, exposed_series)
+
+    def test_every_state_series_the_panels_and_rules_read_is_exposed(
+        self,
+        dashboard: dict[str, Any],
+        rules: list[dict[str, Any]],
+        exposed_series: set[str],
+    ) -> None:
+        exprs = [expr for _, expr in _panel_exprs(dashboard)] + [rule["expr"] for rule in rules]
+        read = {
+            name
+            for expr in exprs
+            for name in _METRIC_NAME.findall(expr)
+            if name.startswith(STATE_SERIES_PREFIX)
+        }
+        assert read >= {
+            "streamer_state_keys",
+            "streamer_state_bytes",
+            "streamer_state_restore_records_total",
+            "streamer_state_restore_seconds",
+            "streamer_state_restoring",
+            "streamer_state_changelog_records_total",
+        }
+        if not any(name.startswith(STATE_SERIES_PREFIX) for name in exposed_series):
+            pytest.skip("the pipeline declares no state series: `streamer run` computes no state")
+        assert read <= exposed_series, f"nobody exposes {sorted(read - exposed_series)}"
+
+    def test_the_late_records_panel_and_alert_read_the_late_dead_letters(
+        self, dashboard: dict[str, Any], rules: list[dict[str, Any]]
+    ) -> None:
+        selector = 'job=~"$job", instance=~"$instance"'
+        (panel,) = [p for p in dashboard["panels"] if p["title"] == "Late and state dead letters"]
+        late, others = (target["expr"] for target in panel["targets"])
+        assert f'streamer_dead_letters_total{{{selector}, reason="{LATE}"}}' in late
+        (alternatives,) = re.findall(r'reason=~"([^"]*)"', others)
+        assert set(alternatives.split("|")) == set(STATE_REASONS) - {LATE}
+        (rule,) = [r for r in rules if r["alert"] == "StreamerLateRecords"]
+        assert f'streamer_dead_letters_total{{reason="{LATE}"}}' in rule["expr"]
 
     def test_every_query_follows_the_job_and_replica_selectors(
         self, dashboard: dict[str, Any]
@@ -574,7 +659,7 @@ class TestDashboard:
             selectors = re.findall(r"\b\w+\{([^}]*)\}", expr)
             assert selectors, f"panel {title!r}: {expr}"
             for selector in selectors:
-                assert selector == 'job=~"$job", instance=~"$instance"', f"{title}: {expr}"
+                assert _DASHBOARD_SELECTOR.fullmatch(selector), f"{title}: {expr}"
 
     def test_every_variable_it_uses_is_defined(self, dashboard: dict[str, Any]) -> None:
         defined = {variable["name"] for variable in dashboard["templating"]["list"]}
@@ -650,6 +735,17 @@ class TestKubernetes:
         ]
         assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
         assert config_path.name in config_map["data"]
+
+    def test_the_state_dir_is_a_writable_volume_of_the_pod(
+        self, k8s_pod: dict[str, Any], k8s_container: dict[str, Any], k8s_settings: Settings
+    ) -> None:
+        state_dir = k8s_settings.state.dir
+        assert state_dir.startswith("/")
+        (mount,) = [m for m in k8s_container["volumeMounts"] if m["mountPath"] == state_dir]
+        assert not mount.get("readOnly", False)
+        volumes = {v["name"]: v for v in k8s_pod["volumes"]}
+        # The changelog restores what an emptyDir loses; a claim keeps it.
+        assert {"emptyDir", "persistentVolumeClaim"} & set(volumes[mount["name"]])
 
     def test_the_password_comes_from_a_secret(self, k8s_container: dict[str, Any]) -> None:
         env = {item["name"]: item for item in k8s_container["env"]}
