@@ -28,7 +28,6 @@ key k that were applied before r in its partition (and r itself, with
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -181,8 +180,9 @@ class PartitionState:
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
-        self._cache: OrderedDict[bytes, tuple[KeyEntries, int]] = OrderedDict()
-        """The keys of the last batches as the store holds them, least recently used first."""
+        self._cache: dict[bytes, tuple[KeyEntries, int]] = {}
+        """The keys of the last batches as the store holds them, least recently used first
+        (a dict keeps its order, and costs half an OrderedDict's time to move a key last)."""
         self._cache_limit = cached_entries
         self._cached = 0
         self._new_keys: set[bytes] = set()
@@ -251,25 +251,11 @@ class PartitionState:
         self, records: Iterable[StateInput], keys: dict[bytes, KeyEntries | None]
     ) -> Applied:
         records = list(records)
-        outcomes: list[Served | None] = [None] * len(records)
-        applied_before = self.meta.last_offset
         offsets = [record.offset for record in records]
         docs = [record.doc for record in records]
-        if offsets and min(offsets) > applied_before and None not in docs:
-            fresh = list(range(len(records)))  # the usual batch: every record new, every doc read
-            last = max(offsets)
-        else:
-            fresh = []
-            last = applied_before
-            replays: dict[int, Served] = {}
-            for at, (offset, doc) in enumerate(zip(offsets, docs, strict=True)):
-                if doc is None:
-                    last = max(last, offset)
-                elif offset <= applied_before:
-                    outcomes[at] = self._replayed(offset, replays)
-                else:
-                    fresh.append(at)
-                    last = max(last, offset)
+        outcomes: list[Served | None] = [None] * len(records)
+        fresh, last = self._sort_out(offsets, docs, outcomes)
+        if len(fresh) < len(records):
             docs = [docs[at] for at in fresh]
         columns, bad = self._reader.read_columns(
             docs,  # type: ignore[arg-type]
@@ -283,13 +269,15 @@ class PartitionState:
             served = self._apply_group(columns[0], bad, keys, clocks, written)
         else:
             served = self._apply_groups(columns, bad, keys, clocks, written)
-        for at, outcome in zip(fresh, served, strict=True):
-            outcomes[at] = outcome
-        changes: list[Change] = []
-        for store_key in written:
-            entries = keys[store_key]
-            assert entries is not None
-            changes.append((store_key, encode(entries.to_state())))
+        if len(fresh) == len(records):
+            outcomes = served  # type: ignore[assignment] # every record was applied
+        else:
+            for at, outcome in zip(fresh, served, strict=True):
+                outcomes[at] = outcome
+        changes: list[Change] = [
+            (store_key, encode(keys[store_key].to_state()))  # type: ignore[union-attr]
+            for store_key in written  # a key written holds entries
+        ]
         if self._remember:
             for start in range(0, len(fresh), SERVED_RUN):
                 run = fresh[start : start + SERVED_RUN]
@@ -300,6 +288,30 @@ class PartitionState:
         self.store.write(changes)
         self.meta = meta  # only once written: a failed write leaves the engine as the store is
         return Applied(tuple(outcomes), tuple(changes))
+
+    def _sort_out(
+        self, offsets: list[int], docs: list[dict[str, Any] | None], outcomes: list[Served | None]
+    ) -> tuple[list[int], int]:
+        """The places of the records to apply, and the last offset once the batch is applied.
+
+        A replay gets its outcome here (what it was served); a value that is
+        not a JSON object keeps None.
+        """
+        applied_before = self.meta.last_offset
+        if offsets and min(offsets) > applied_before and None not in docs:
+            return list(range(len(offsets))), max(offsets)  # the usual batch: every record new
+        fresh = []
+        last = applied_before
+        replays: dict[int, Served] = {}
+        for at, (offset, doc) in enumerate(zip(offsets, docs, strict=True)):
+            if doc is None:
+                last = max(last, offset)
+            elif offset <= applied_before:
+                outcomes[at] = self._replayed(offset, replays)
+            else:
+                fresh.append(at)
+                last = max(last, offset)
+        return fresh, last
 
     def _apply_group(
         self,
@@ -488,16 +500,22 @@ class PartitionState:
         for store_key, state in keys.items():
             if store_key in new_keys:
                 continue
-            old = cache.pop(store_key, None)
+            old = cache.pop(store_key, None)  # then put back last: the most recently used
             if old is not None:
                 cached -= old[1]
             if state is not None:
                 size = len(state.times) + 1
                 cache[store_key] = (state, size)
                 cached += size
-        while cached > self._cache_limit:
-            _key, (_state, size) = cache.popitem(last=False)
-            cached -= size
+        if cached > self._cache_limit:
+            evicted = []
+            for store_key, (_state, size) in cache.items():  # the least recently used first
+                if cached <= self._cache_limit:
+                    break
+                evicted.append(store_key)
+                cached -= size
+            for store_key in evicted:
+                del cache[store_key]
         self._cached = cached
 
     def _uncache(self, store_key: bytes) -> None:
