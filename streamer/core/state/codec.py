@@ -94,6 +94,15 @@ def encode(value: KeyState | Meta | ServedRun) -> bytes:
     return _encoder.encode(value)
 
 
+def encode_key_state(newest_us: int, times: list[int], columns: list[list[FieldValue]]) -> bytes:
+    """The bytes of ``KeyState(newest_us, times, columns)``, without making the struct.
+
+    An array-like struct is encoded as the array of its fields: a tuple of them
+    gives the same bytes (tests/unit/core/state/test_entries.py).
+    """
+    return _encoder.encode((newest_us, times, columns))
+
+
 def decode_key_state(data: bytes) -> KeyState:
     """A key state from its bytes (msgspec.DecodeError when they are not one)."""
     return _key_decoder.decode(data)

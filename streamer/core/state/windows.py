@@ -49,6 +49,7 @@ from streamer.core.state.codec import (
     decode_meta,
     decode_served,
     encode,
+    encode_key_state,
     key_state_key,
     served_key,
 )
@@ -276,8 +277,9 @@ class PartitionState:
             for at, outcome in zip(fresh, served, strict=True):
                 outcomes[at] = outcome
         changes: list[Change] = [
-            (store_key, encode(keys[store_key].to_state()))  # type: ignore[union-attr]
-            for store_key in written  # a key written holds entries
+            (store_key, encode_key_state(e.newest_us, e.times, e.columns))
+            for store_key, e in [(k, keys[k]) for k in written]
+            if e is not None  # a key written holds entries
         ]
         if self._remember:
             for start in range(0, len(fresh), SERVED_RUN):

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.state.codec import KeyState, decode_key_state, encode
+from streamer.core.state.codec import KeyState, decode_key_state, encode, encode_key_state
 from streamer.core.state.entries import (
     FeaturePlan,
     KeyEntries,
@@ -106,3 +106,4 @@ class TestKeyEntries:
             expected = KeyState(newest, times, [[e[1] for e in entries], [e[2] for e in entries]])
             assert key.to_state() == expected
             assert encode(key.to_state()) == encode(expected)
+            assert encode_key_state(key.newest_us, key.times, key.columns) == encode(expected)
