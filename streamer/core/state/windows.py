@@ -477,7 +477,17 @@ class PartitionState:
         if raw is None:
             self._new_keys.add(store_key)
             return None
-        return KeyEntries.from_state(decode_key_state(raw))
+        state = decode_key_state(raw)
+        width = len(self._groups[store_key[1]].no_columns)
+        if (
+            not state.times
+            or len(state.columns) != width
+            or any(len(column) != len(state.times) for column in state.columns)
+        ):  # it decodes, but as no key state of this group does: a corrupt store
+            msg = f"the key state at {store_key!r} has {len(state.times)} entries and "
+            msg += f"{[len(column) for column in state.columns]} field values"
+            raise msgspec.DecodeError(msg)
+        return KeyEntries.from_state(state)
 
     def _read_key(
         self, store_key: bytes, keys: dict[bytes, KeyEntries | None]

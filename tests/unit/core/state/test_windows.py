@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.state.codec import META_KEY, KeyState, decode_key_state, key_state_key
+from streamer.core.state.codec import (
+    META_KEY,
+    KeyState,
+    decode_key_state,
+    encode,
+    key_state_key,
+)
 from streamer.core.state.declared import parse_features
 from streamer.core.state.layout import build_layout
 from streamer.core.state.restore import newest_meta, restore
@@ -279,6 +286,15 @@ class TestRestore:
         store.data[META_KEY] = b"\xc1garbage"
         with pytest.raises(ForeignStoreError, match="corrupt"):
             PartitionState(layout(), store, "events", 0)
+
+    def test_a_key_state_of_another_shape_is_a_corrupt_store(self) -> None:
+        # it decodes, but its columns do not fit the group: the daemon rebuilds the store
+        store = MemoryStore()
+        state = PartitionState(layout(), store, "events", 0)
+        store.data[key_state_key(0, b"a")] = encode(KeyState(5, [5_000_000], [[1.0]]))
+        doc = {"card": "a", "amount": 1, "shop": "s", "ts": 6}
+        with pytest.raises(msgspec.DecodeError, match="field values"):
+            state.apply([StateInput(0, b"k", 6, doc)])
 
 
 class TestBounds:
