@@ -97,9 +97,14 @@ class StateApplier:
         keys: Sequence[bytes | None],
         values: Sequence[bytes | None],
         timestamps_ms: Sequence[int | None],
+        docs: Sequence[dict[str, Any] | str] | None = None,
     ) -> list[RowResult]:
-        """Apply one chunk (a micro-batch) of rows in offset order."""
-        docs = [decoded_object(value, self._max_bytes) for value in values]
+        """Apply one chunk (a micro-batch) of rows in offset order.
+
+        ``docs``: the values already decoded (``decoded_object``), not decoded again.
+        """
+        if docs is None:
+            docs = [decoded_object(value, self._max_bytes) for value in values]
         column = self._timestamp_column
         inputs = [
             StateInput(
@@ -283,8 +288,8 @@ class PartitionedApplier:
             return self._applier(0).apply(offsets, keys, values, timestamps_ms)
         groups: dict[int, list[int]] = {}
         results: dict[int, RowResult] = {}
-        for index, value in enumerate(values):
-            doc = decoded_object(value, self._max_bytes)
+        docs = [decoded_object(value, self._max_bytes) for value in values]
+        for index, (value, doc) in enumerate(zip(values, docs, strict=True)):
             raw = doc.get(column) if isinstance(doc, dict) else None
             if _is_partition(raw):
                 groups.setdefault(int(raw), []).append(index)  # type: ignore[arg-type]
@@ -301,6 +306,7 @@ class PartitionedApplier:
                 [keys[i] for i in indexes],
                 [values[i] for i in indexes],
                 [timestamps_ms[i] for i in indexes],
+                [docs[i] for i in indexes],
             )
             results.update(zip(indexes, applied, strict=True))
         return [results[index] for index in range(len(values))]

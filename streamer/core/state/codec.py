@@ -5,21 +5,29 @@ changelog topic holds the same keys and values, so restoring from the
 changelog is writing its records into an empty store:
 
 - ``\\x00meta``: the partition's :class:`Meta` (last applied offset, clocks).
-- ``\\x01`` + offset (8 bytes, big-endian): what was served for that input
-  offset, so that a replayed record gets the same values (:class:`Served`).
+- ``\\x01`` + offset (8 bytes, big-endian): what was served to a run of up to
+  :data:`SERVED_RUN` consecutive input records of one batch, the last of them
+  at that offset (:class:`ServedRun`), so that a replayed record gets the
+  same values.
 - ``\\x02`` + group (1 byte) + key bytes: one key's :class:`KeyState`.
 
 Values are MessagePack (msgspec): a float64 is written as its 8 bytes, so a
 restored value is the same float, bit for bit. The structs hold no cycles, so
-they are not tracked by the garbage collector (``gc=False``): 6.5 against 5.0
-thousand records/s of CPU time for keys with 1,000 entries in their window.
+they are not tracked by the garbage collector (``gc=False``).
+
+Version 2 (version 1 kept a key's entries as (offset, time, fields) structs
+and one served record per input offset) keeps a key's times and fields as
+columns, and what a batch served in runs: for the three features of the
+state bench, a key state of 20 entries encodes in 0.34 µs instead of 0.79 and
+decodes in 0.75 µs instead of 2.6, and a batch of 1,000 records writes 4
+served records instead of 1,000 (to the store and to the changelog).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 
 META_KEY = b"\x00meta"
 _SERVED = b"\x01"
@@ -27,20 +35,22 @@ _KEY = b"\x02"
 
 FieldValue = float | str
 
-
-class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One applied record in a key's window: its offset, event time and the group's fields."""
-
-    offset: int
-    time_us: int
-    values: tuple[FieldValue, ...]
+SERVED_RUN = 256
+"""Served records per :class:`ServedRun` at most: a run of 256 records with 50 features
+is about 120 kB, well within a Kafka record."""
 
 
-class KeyState(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One key of one group: its newest event time and its entries, in offset order."""
+class KeyState(msgspec.Struct, array_like=True, gc=False):
+    """One key of one group: its newest event time and its entries, as columns in offset order.
+
+    ``times[i]`` is the event time of the key's i-th entry and ``columns[f][i]``
+    its value of the group's field f. The engine owns the lists while it
+    applies a batch (:class:`~streamer.core.state.entries.KeyEntries`).
+    """
 
     newest_us: int
-    entries: tuple[Entry, ...]
+    times: list[int]
+    columns: list[list[FieldValue]]
 
 
 class Meta(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -55,7 +65,7 @@ class Meta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     clocks_us: tuple[int | None, ...]
     """Per group: the newest event time applied to the partition (None: none yet)."""
     served_from: int
-    """No served entry below this offset is kept."""
+    """What was served below this offset is forgotten (a replay of it is ``state_replayed``)."""
 
 
 class Served(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -66,15 +76,31 @@ class Served(msgspec.Struct, array_like=True, frozen=True, gc=False):
     detail: str = ""
 
 
+class ServedRun(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What consecutive input records of one batch were served: ``served[i]`` at ``offsets[i]``."""
+
+    offsets: list[int]
+    served: list[Served]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _key_decoder = msgspec.msgpack.Decoder(KeyState)
 _meta_decoder = msgspec.msgpack.Decoder(Meta)
-_served_decoder = msgspec.msgpack.Decoder(Served)
+_served_decoder = msgspec.msgpack.Decoder(ServedRun)
 
 
-def encode(value: KeyState | Meta | Served) -> bytes:
-    """The stored bytes of a key state, the meta or a served record."""
+def encode(value: KeyState | Meta | ServedRun) -> bytes:
+    """The stored bytes of a key state, the meta or a run of served records."""
     return _encoder.encode(value)
+
+
+def encode_key_state(newest_us: int, times: list[int], columns: list[list[FieldValue]]) -> bytes:
+    """The bytes of ``KeyState(newest_us, times, columns)``, without making the struct.
+
+    An array-like struct is encoded as the array of its fields: a tuple of them
+    gives the same bytes (tests/unit/core/state/test_entries.py).
+    """
+    return _encoder.encode((newest_us, times, columns))
 
 
 def decode_key_state(data: bytes) -> KeyState:
@@ -87,8 +113,8 @@ def decode_meta(data: bytes) -> Meta:
     return _meta_decoder.decode(data)
 
 
-def decode_served(data: bytes) -> Served:
-    """A served record from its bytes (msgspec.DecodeError when they are not one)."""
+def decode_served(data: bytes) -> ServedRun:
+    """A run of served records from its bytes (msgspec.DecodeError when they are not one)."""
     return _served_decoder.decode(data)
 
 
@@ -98,7 +124,7 @@ def key_state_key(group: int, key: bytes) -> bytes:
 
 
 def served_key(offset: int) -> bytes:
-    """The store key of what input ``offset`` was served (big-endian, so keys sort by offset)."""
+    """The store key of the served run that ends at input ``offset`` (big-endian: sorts by it)."""
     return _SERVED + offset.to_bytes(8, "big")
 
 

@@ -1,26 +1,44 @@
-"""One key's window entries, decoded once per batch, with its times and fields as columns.
+"""One key's window entries as columns, and the features of a record computed from them.
 
-The engine used to decode a key's :class:`KeyState`, filter its entries by
-time for every window, and encode it again, for every record. A
-:class:`KeyEntries` is decoded once per batch and encoded once at its end,
-and keeps each entry's time and fields in columns (Python lists), so a window
-is found with ``bisect`` and its sums read a list slice, in C.
+A key's :class:`~streamer.core.state.codec.KeyState` is decoded once per
+batch (or kept decoded between batches) into a :class:`KeyEntries`: its
+entries' times and fields as Python lists in offset order, so a window is
+found with ``bisect`` and its sums read a list slice, in C, and the lists are
+encoded back as they are.
 
-Entries stay in offset order: the stored bytes are the same as before. While
-the times are in order too (records of a key arrive in time order, the usual
-case), the entries of a window ``(low, high]`` are the contiguous run found by
-bisecting the times, in the same (offset) order as the filter
-``[e for e in entries if low < e.time_us <= high]`` gives them: the same
+While the times are in order too (records of a key arrive in time order, the
+usual case), the entries of a window ``(low, high]`` are the contiguous run
+found by bisecting the times, in the same (offset) order as the filter
+``[i for i, t in enumerate(times) if low < t <= high]`` gives them: the same
 values in the same order, so every aggregation computes the same float, bit
-for bit. A key with an out-of-order entry takes the filter, as before, until
-that entry leaves its horizon.
+for bit. A key with an out-of-order entry takes the filter until that entry
+leaves its horizon.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
+from collections.abc import Sequence
+from fractions import Fraction
+from math import fsum
+from typing import cast
 
-from streamer.core.state.codec import Entry, FieldValue, KeyState
+from streamer.core.state.codec import FieldValue, KeyState
+
+COUNT, SUM, TIME_SINCE_LAST, LAST, OTHER = range(5)
+"""How a feature's value is computed from its window (OTHER: :func:`aggregate`)."""
+
+_KINDS = {"count": COUNT, "sum": SUM, "time_since_last": TIME_SINCE_LAST, "last": LAST}
+
+FeaturePlan = tuple[int, int, int, int, bool, float, str]
+"""One feature of a group: (its index among the values, kind, window slot, field,
+include_current, default, agg)."""
+
+
+def feature_kind(agg: str) -> int:
+    """The kind of an aggregation (see :data:`COUNT`)."""
+    return _KINDS.get(agg, OTHER)
 
 
 def _in_order(times: list[int]) -> bool:
@@ -28,110 +46,180 @@ def _in_order(times: list[int]) -> bool:
 
 
 class KeyEntries:
-    """A key's newest time and its entries in offset order; ``ordered``: times never decrease."""
+    """A key's newest time and entries (times, and per field its values) in offset order.
 
-    __slots__ = ("_columns", "_selects", "entries", "newest_us", "ordered", "times")
+    ``ordered``: the times never decrease, so a window is a run of the lists.
+    """
 
-    def __init__(self, newest_us: int, entries: list[Entry], width: int) -> None:
+    __slots__ = ("columns", "newest_us", "ordered", "times")
+
+    def __init__(self, newest_us: int, times: list[int], columns: list[list[FieldValue]]) -> None:
         self.newest_us = newest_us
-        self.entries = entries
-        self.times = [e.time_us for e in entries]
-        self._columns: list[list[FieldValue] | None] = [None] * width
-        """Per field, its values (built when a later record of the batch reads the field)."""
-        self._selects = 0
-        self.ordered = _in_order(self.times)
-
-    def column(self, field: int) -> list[FieldValue] | None:
-        """One field's values in offset order, once a second record of the batch reads them.
-
-        A key read once per batch (most keys) never pays for a whole column.
-        """
-        column = self._columns[field]
-        if column is None and self._selects > 1:
-            column = self._columns[field] = [e.values[field] for e in self.entries]
-        return column
+        self.times = times
+        self.columns = columns
+        self.ordered = _in_order(times)
 
     @classmethod
-    def from_state(cls, state: KeyState, width: int) -> KeyEntries:
-        """The decoded state of a key whose group reads ``width`` fields."""
-        return cls(state.newest_us, list(state.entries), width)
+    def first(cls, time_us: int, fields: Sequence[FieldValue]) -> KeyEntries:
+        """A key whose only entry is the record at ``time_us`` with ``fields``."""
+        return cls(time_us, [time_us], [[value] for value in fields])
+
+    @classmethod
+    def from_state(cls, state: KeyState) -> KeyEntries:
+        """The decoded state of a key (its lists are taken, not copied)."""
+        return cls(state.newest_us, state.times, state.columns)
 
     def to_state(self) -> KeyState:
-        """The key state to store: the same entries, in the same order."""
-        return KeyState(self.newest_us, tuple(self.entries))
+        """The key state to store (its lists, encoded as they are)."""
+        return KeyState(self.newest_us, self.times, self.columns)
 
-    def select(self, low: int, high: int) -> Window:
-        """The entries whose time is in ``(low, high]``, in offset order."""
+    def bounds(self, time_us: int, windows_us: Sequence[int]) -> tuple[list[int], int]:
+        """The windows ``(time_us - w, time_us]`` as runs ``[lo, hi)`` (ordered only): (los, hi)."""
         times = self.times
-        self._selects += 1
-        if self.ordered:
-            return Window(self, bisect_right(times, low), bisect_right(times, high), None)
-        return Window(self, 0, 0, [i for i, t in enumerate(times) if low < t <= high])
+        hi = len(times) if time_us >= self.newest_us else bisect_right(times, time_us)
+        return [bisect_right(times, time_us - w, 0, hi) for w in windows_us], hi
 
-    def add(self, entry: Entry, keep_above: int) -> None:
-        """Drop the entries at or below ``keep_above``, then append ``entry``."""
+    def filtered(self, low: int, high: int) -> tuple[list[int], list[list[FieldValue]]]:
+        """The times and columns of the entries with a time in ``(low, high]``, in offset order."""
+        keep = [i for i, t in enumerate(self.times) if low < t <= high]
+        times = self.times
+        return [times[i] for i in keep], [[column[i] for i in keep] for column in self.columns]
+
+    def add(self, time_us: int, fields: Sequence[FieldValue], keep_above: int) -> None:
+        """Drop the entries at or below ``keep_above``, then append the record's entry."""
+        times = self.times
+        if not self.ordered or (times and times[0] <= keep_above):
+            self.drop(keep_above)
+            times = self.times
+        if time_us >= self.newest_us:
+            self.newest_us = time_us
+        elif self.ordered and times and time_us < times[-1]:
+            self.ordered = False
+        times.append(time_us)
+        for column, value in zip(self.columns, fields, strict=True):
+            column.append(value)
+
+    def drop(self, keep_above: int) -> None:
+        """Drop the entries at or below ``keep_above`` (the oldest, while ordered)."""
         times = self.times
         if self.ordered:
             drop = bisect_right(times, keep_above)
-            if drop:
-                del times[:drop], self.entries[:drop]
-                for column in self._columns:
-                    if column is not None:
-                        del column[:drop]
+            del times[:drop]
+            for column in self.columns:
+                del column[:drop]
         elif any(t <= keep_above for t in times):
             keep = [i for i, t in enumerate(times) if t > keep_above]
-            self.entries = [self.entries[i] for i in keep]
             self.times = times = [times[i] for i in keep]
-            self._columns = [None] * len(self._columns)
+            self.columns = [[column[i] for i in keep] for column in self.columns]
             self.ordered = _in_order(times)
-        if self.ordered and times and entry.time_us < times[-1]:
-            self.ordered = False
-        self.entries.append(entry)
-        times.append(entry.time_us)
-        for column, value in zip(self._columns, entry.values, strict=True):
-            if column is not None:
-                column.append(value)
-        self.newest_us = max(self.newest_us, entry.time_us)
 
 
-class Window:
-    """The entries of one window of a key: a run ``[lo, hi)`` of the columns, or their indices."""
+def feature_values(
+    features: Sequence[FeaturePlan],
+    bounds: Sequence[int],
+    times: list[int],
+    columns: list[list[FieldValue]],
+    hi: int,
+    ordered: bool,
+    time_us: int,
+    fields: Sequence[FieldValue],
+    out: list[float],
+) -> None:
+    """Each feature's value into ``out``: its window is the entries ``[bounds[slot], hi)``.
 
-    __slots__ = ("_entries", "_hi", "_indices", "_lo")
+    ``ordered``: the times never decrease, so the newest entry of a window is
+    its last one (the newest time, and the newest offset among equal times).
+    """
+    for feature in features:
+        index, kind, slot, field, include_current, default, _agg = feature
+        lo = bounds[slot]
+        if kind == COUNT:
+            out[index] = float(hi - lo + include_current)
+        elif kind == SUM:
+            seen = columns[field][lo:hi]
+            if include_current:
+                seen.append(fields[field])
+            try:
+                out[index] = fsum(seen)  # type: ignore[arg-type] # a numeric field holds floats
+            except OverflowError:
+                out[index] = exact_sum(seen)  # type: ignore[arg-type]
+        elif kind == TIME_SINCE_LAST:
+            if lo == hi:
+                out[index] = default
+            else:
+                newest = times[hi - 1] if ordered else max(times[lo:hi])
+                out[index] = (time_us - newest) / 1_000_000
+        else:
+            out[index] = _value(
+                kind, lo, hi, times, columns[field], ordered, fields[field], feature
+            )
 
-    def __init__(self, entries: KeyEntries, lo: int, hi: int, indices: list[int] | None) -> None:
-        self._entries = entries
-        self._lo = lo
-        self._hi = hi
-        self._indices = indices
 
-    def __len__(self) -> int:
-        return self._hi - self._lo if self._indices is None else len(self._indices)
+def _value(
+    kind: int,
+    lo: int,
+    hi: int,
+    times: list[int],
+    column: list[FieldValue],
+    ordered: bool,
+    current: FieldValue,
+    feature: FeaturePlan,
+) -> float:
+    """``last``, or :func:`aggregate`'s aggregations, over the entries ``[lo, hi)``."""
+    _index, _kind, _slot, _field, include_current, default, agg = feature
+    if kind == LAST:
+        if include_current:
+            return float(current)
+        if lo == hi:
+            return default
+        at = hi - 1 if ordered else max(range(lo, hi), key=lambda i: (times[i], i))
+        return float(column[at])
+    seen = column[lo:hi]
+    if include_current:
+        seen.append(current)
+    return aggregate(agg, seen, default)
 
-    def newest_time(self) -> int:
-        """The newest time in the window (not empty)."""
-        times = self._entries.times
-        if self._indices is None:
-            return times[self._hi - 1]
-        return max(times[i] for i in self._indices)
 
-    def last(self, field: int) -> FieldValue:
-        """The field of the entry with the newest (time, offset) (not empty)."""
-        entries = self._entries
-        if self._indices is None:  # times in order, offsets increasing: the last one
-            return entries.entries[self._hi - 1].values[field]
-        times, listed = entries.times, entries.entries
-        newest = max(self._indices, key=lambda i: (times[i], listed[i].offset))
-        return listed[newest].values[field]
+def aggregate(  # noqa: PLR0911 - one return per aggregation
+    agg: str, values: Sequence[FieldValue], default: float
+) -> float:
+    """sum, mean, min, max, std, distinct_count over a window's values; order never matters."""
+    if agg == "distinct_count":
+        return float(len(set(values)))
+    if agg == "sum":  # fsum reads each number as float() does
+        return exact_sum(cast("Sequence[float]", values))  # a numeric field holds floats
+    numbers = list(map(float, values))
+    if not numbers:
+        return default
+    if agg == "min":
+        return min(numbers)
+    if agg == "max":
+        return max(numbers)
+    mean = exact_sum(numbers) / len(numbers)
+    if agg == "mean":
+        return mean
+    if agg == "std":
+        try:
+            squares = fsum([(x - mean) ** 2 for x in numbers])
+        except OverflowError:  # a deviation beyond 1e154: its square is not a float
+            return math.inf
+        return math.sqrt(squares / len(numbers))
+    msg = f"unknown aggregation {agg!r}"
+    raise ValueError(msg)
 
-    def values(self, field: int) -> list[FieldValue]:
-        """The field's values, in offset order."""
-        column = self._entries.column(field)
-        if column is None:
-            listed = self._entries.entries
-            if self._indices is None:
-                return [e.values[field] for e in listed[self._lo : self._hi]]
-            return [listed[i].values[field] for i in self._indices]
-        if self._indices is None:
-            return column[self._lo : self._hi]
-        return [column[i] for i in self._indices]
+
+def exact_sum(values: Sequence[float]) -> float:
+    """``math.fsum``: the correctly rounded sum; infinite where that overflows.
+
+    fsum raises OverflowError instead (for two values of 1e308, and for
+    1e308, 1e308, -1e308 too, whose sum is a float): the exact sum in
+    fractions then, rounded once.
+    """
+    try:
+        return fsum(values)
+    except OverflowError:
+        total = sum(map(Fraction, values), Fraction(0))
+        try:
+            return float(total)
+        except OverflowError:
+            return math.inf if total > 0 else -math.inf

@@ -12,7 +12,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -187,6 +187,8 @@ def _time_us(doc: dict[str, Any], timestamp_ms: int | None, path: str) -> int:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise BadRecordError(BAD_TIMESTAMP, f"time field {path!r} is {value}")
+        if not -_MAX_TIME_US < value * 1000 < _MAX_TIME_US:  # 1e306 * 1000 is inf: no round()
+            raise BadRecordError(BAD_TIMESTAMP, f"time field {path!r} is out of range")
         return round(value * 1000)
     if isinstance(value, str):
         try:
@@ -216,3 +218,203 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
         return to_number(path, value)  # the preprocessor's coercion, and its reasons
     except InvalidValueError as exc:
         raise BadRecordError(exc.reason, exc.detail) from None
+
+
+GroupInput = tuple[bytes, int, tuple[float | str, ...]]
+"""A record as one group reads it: its store key, event time (µs) and the group's fields."""
+
+
+class GroupColumns(NamedTuple):
+    """A batch's records as one group reads them, one list per part, in record order."""
+
+    store_keys: list[bytes]
+    times_us: list[int]
+    rows: list[tuple[float | str, ...]]
+    """Per record, the group's fields."""
+
+
+_RECORD_TIME, _TOP_FIELD_TIME, _OTHER_TIME = range(3)
+
+
+def _time_source(path: str) -> int:
+    if path == RECORD_TIMESTAMP:
+        return _RECORD_TIME
+    return _OTHER_TIME if "." in path else _TOP_FIELD_TIME
+
+
+@dataclass(frozen=True)
+class _GroupRead:
+    """One group's paths, and whether each is a field at the top level (read inline)."""
+
+    prefix: bytes
+    """The store keys of the group start with it (``key_state_key(group, b"")``)."""
+    key: str
+    key_top: bool
+    time: str
+    time_source: int
+    fields: tuple[tuple[str, bool, bool], ...]
+    """Per field: its path, whether it is read as a number, whether it is at the top level."""
+
+
+class RecordReader:
+    """Reads records for a layout's groups: one at a time, or a batch column by column.
+
+    Both read the usual record (a string key, an integer time, finite float and
+    string fields, at the top level) inline, and anything else through the
+    ``read_*`` functions, which read it the same way or raise with the reason,
+    in the same order. The columns of a batch are checked in C
+    (``set(map(type, column))``); a record that a check does not pass is read
+    alone.
+    """
+
+    def __init__(self, layout: Layout, prefixes: Sequence[bytes]) -> None:
+        self._groups = tuple(
+            _GroupRead(
+                prefix,
+                group.key,
+                group.key != RECORD_KEY and "." not in group.key,
+                group.time,
+                _time_source(group.time),
+                tuple(
+                    (name, numeric, "." not in name)
+                    for name, numeric in zip(group.fields, group.numeric, strict=True)
+                ),
+            )
+            for group, prefix in zip(layout.groups, prefixes, strict=True)
+        )
+
+    def read(
+        self, doc: dict[str, Any], key: bytes | None, timestamp_ms: int | None
+    ) -> list[GroupInput]:
+        """Per group: the record's store key, time and fields (BadRecordError: its reason)."""
+        inputs = []
+        for group in self._groups:
+            raw = doc.get(group.key) if group.key_top else None
+            key_bytes = raw.encode() if type(raw) is str else read_key(doc, key, group.key)
+            if group.time_source == _RECORD_TIME:
+                raw = timestamp_ms
+            else:
+                raw = doc.get(group.time) if group.time_source == _TOP_FIELD_TIME else None
+            if (
+                type(raw) is int
+                and (raw >= 0 or group.time_source != _RECORD_TIME)
+                and -_MAX_TIME_US < raw * 1000 < _MAX_TIME_US
+            ):
+                time_us = raw * 1000
+            else:
+                time_us = read_time_us(doc, timestamp_ms, group.time)
+            fields: list[float | str] = []
+            for name, numeric, top in group.fields:
+                raw = doc.get(name) if top else None
+                if (numeric and type(raw) is float and math.isfinite(raw)) or (
+                    not numeric and type(raw) is str
+                ):
+                    fields.append(raw)
+                else:
+                    fields.append(read_field(doc, name, numeric=numeric))
+            inputs.append((group.prefix + key_bytes, time_us, tuple(fields)))
+        return inputs
+
+    def read_columns(
+        self,
+        docs: Sequence[dict[str, Any]],
+        keys: Sequence[bytes | None],
+        timestamps_ms: Sequence[int | None],
+    ) -> tuple[list[GroupColumns], dict[int, BadRecordError]]:
+        """A batch's records per group, and the records that cannot be read (by index).
+
+        Each record gets what :meth:`read` gives it: the columns hold the same
+        values, and a bad record's reason is the one :meth:`read` raises.
+        """
+        count = len(docs)
+        alone: set[int] = set()
+        """The records to read one at a time."""
+        columns = []
+        for group in self._groups:
+            prefix = group.prefix
+            if group.key_top:
+                raw = [doc.get(group.key) for doc in docs]
+                store_keys = [prefix + k.encode() if type(k) is str else b"" for k in raw]
+                if set(map(type, raw)) != {str}:
+                    alone.update(i for i, k in enumerate(raw) if type(k) is not str)
+            elif group.key == RECORD_KEY:
+                store_keys = [b"" if k is None else prefix + k for k in keys]
+                if None in keys:
+                    alone.update(i for i, k in enumerate(keys) if k is None)
+            else:
+                store_keys = [b""] * count
+                alone.update(range(count))
+            times_us = self._times(group, docs, timestamps_ms, alone)
+            values = [
+                self._column(name, numeric, top, docs, alone) for name, numeric, top in group.fields
+            ]
+            rows: list[tuple[float | str, ...]] = (
+                list(zip(*values, strict=True)) if values else [()] * count
+            )
+            columns.append(GroupColumns(store_keys, times_us, rows))
+        bad: dict[int, BadRecordError] = {}
+        for index in sorted(alone):
+            try:
+                inputs = self.read(docs[index], keys[index], timestamps_ms[index])
+            except BadRecordError as problem:
+                bad[index] = problem
+                continue
+            for column, (store_key, time_us, fields) in zip(columns, inputs, strict=True):
+                column.store_keys[index] = store_key
+                column.times_us[index] = time_us
+                column.rows[index] = fields
+        return columns, bad
+
+    @staticmethod
+    def _times(
+        group: _GroupRead,
+        docs: Sequence[dict[str, Any]],
+        timestamps_ms: Sequence[int | None],
+        alone: set[int],
+    ) -> list[int]:
+        """The group's event times in µs (0 for a record read alone)."""
+        record = group.time_source == _RECORD_TIME
+        if record:
+            raw: list[Any] = list(timestamps_ms)
+        elif group.time_source == _TOP_FIELD_TIME:
+            raw = [doc.get(group.time) for doc in docs]
+        else:
+            alone.update(range(len(docs)))
+            return [0] * len(docs)
+        if raw and set(map(type, raw)) == {int}:
+            low, high = min(raw), max(raw)
+            if (
+                (low >= 0 or not record)
+                and low * 1000 > -_MAX_TIME_US
+                and high * 1000 < _MAX_TIME_US
+            ):
+                return [t * 1000 for t in raw]
+        # the read's check, record by record
+        ok = [
+            type(t) is int and (t >= 0 or not record) and -_MAX_TIME_US < t * 1000 < _MAX_TIME_US
+            for t in raw
+        ]
+        alone.update(i for i, good in enumerate(ok) if not good)
+        return [t * 1000 if good else 0 for t, good in zip(raw, ok, strict=True)]
+
+    @staticmethod
+    def _column(
+        name: str,
+        numeric: bool,
+        top: bool,
+        docs: Sequence[dict[str, Any]],
+        alone: set[int],
+    ) -> list[Any]:
+        """One field's values (anything for a record read alone)."""
+        if not top:
+            alone.update(range(len(docs)))
+            return [None] * len(docs)
+        raw: list[Any] = [doc.get(name) for doc in docs]
+        if numeric:
+            if set(map(type, raw)) != {float} or not all(map(math.isfinite, raw)):
+                alone.update(
+                    i for i, x in enumerate(raw) if type(x) is not float or not math.isfinite(x)
+                )
+        elif set(map(type, raw)) != {str}:
+            alone.update(i for i, x in enumerate(raw) if type(x) is not str)
+        return raw

@@ -46,9 +46,18 @@ TABLES: list[dict[str, Any]] = [
 FEATURES: tuple[StateFeature, ...] = parse_features(TABLES)
 LATENESS_US = 3_000_000
 
+SHAPES: dict[str, tuple[StateFeature, ...]] = {
+    "two groups": FEATURES,
+    "one group": tuple(f for f in FEATURES if f.key == "card"),
+    "one window": tuple(f for f in FEATURES if f.key == "card" and f.window_us == 10_000_000),
+}
+"""The features of a layout: two groups (the card and the record key), the card's features
+alone (one group: the engine applies it in a loop of its own), or those of one window length
+(the loop bisects one window)."""
 
-def layout(ttl_us: int = 0) -> Layout:
-    return build_layout(FEATURES, LATENESS_US, ttl_us)
+
+def layout(ttl_us: int = 0, *, shape: str = "two groups") -> Layout:
+    return build_layout(SHAPES[shape], LATENESS_US, ttl_us)
 
 
 @dataclass(frozen=True)

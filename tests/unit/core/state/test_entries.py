@@ -1,4 +1,4 @@
-"""KeyEntries (bisected windows, columns kept across a batch) against the filter it replaces."""
+"""KeyEntries (bisected windows, columns, trims) and feature_values against the filter."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.state.codec import Entry, KeyState, decode_key_state, encode
-from streamer.core.state.entries import KeyEntries
-from streamer.core.state.windows import aggregate
+from streamer.core.state.codec import KeyState, decode_key_state, encode, encode_key_state
+from streamer.core.state.entries import (
+    FeaturePlan,
+    KeyEntries,
+    aggregate,
+    feature_kind,
+    feature_values,
+)
 
 PROPERTIES = settings(deadline=None, database=None, max_examples=300)
 
@@ -18,8 +23,19 @@ PROPERTIES = settings(deadline=None, database=None, max_examples=300)
 TIMES = st.integers(0, 12)
 NUMBERS = st.sampled_from([0.0, -0.0, 1.0, -2.5, 0.1, 1e16, -1e16, 3.0])
 LABELS = st.sampled_from(["a", "b", "7"])
-STEP = st.tuples(TIMES, NUMBERS, LABELS, st.integers(0, 14), st.integers(0, 6))
-"""(time, number, label, window low, window length), each applied as one record."""
+STEP = st.tuples(TIMES, NUMBERS, LABELS, st.integers(1, 6))
+"""(time, number, label, window length), each applied as one record."""
+
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "time_since_last", "last")
+FEATURES: list[FeaturePlan] = [
+    (index, feature_kind(agg), 0, 1 if agg == "distinct_count" else 0, include, -1.0, agg)
+    for index, (agg, include) in enumerate(
+        [(agg, include) for agg in AGGREGATIONS for include in (True, False)]
+        + [("distinct_count", True), ("distinct_count", False)]
+    )
+]
+"""Every aggregation, with and without the current record, over one window (slot 0); field 0
+is the number, field 1 the label."""
 
 
 def bits(value: object) -> bytes:
@@ -27,44 +43,67 @@ def bits(value: object) -> bytes:
 
 
 def definition(
-    entries: list[Entry], low: int, high: int
-) -> tuple[list[Entry], list[float | str], list[float | str]]:
-    """The window as the engine defined it: the filter of the entries, in offset order."""
-    window = [e for e in entries if low < e.time_us <= high]
-    return window, [e.values[0] for e in window], [e.values[1] for e in window]
+    entries: list[tuple[int, float, str]], low: int, high: int, current: tuple[int, float, str]
+) -> list[bytes]:
+    """Each feature of FEATURES from the filter of the entries (in offset order), as bits."""
+    window = [e for e in entries if low < e[0] <= high]
+    values = []
+    for _index, _kind, _slot, _field, include, default, agg in FEATURES:
+        if agg == "count":
+            values.append(float(len(window) + include))
+        elif agg == "time_since_last":
+            newest = max((e[0] for e in window), default=None)
+            values.append(default if newest is None else (current[0] - newest) / 1_000_000)
+        elif agg == "last":
+            if include:
+                values.append(current[1])
+            elif window:  # the newest time, the newest offset (the later entry) among ties
+                newest_entry = max(enumerate(window), key=lambda pair: (pair[1][0], pair[0]))
+                values.append(newest_entry[1][1])
+            else:
+                values.append(default)
+        else:
+            field = 2 if agg == "distinct_count" else 1
+            seen = [e[field] for e in window] + ([current[field]] if include else [])
+            values.append(aggregate(agg, seen, default))
+    return [bits(v) for v in values]
 
 
 class TestKeyEntries:
     @PROPERTIES
     @given(start=st.lists(st.tuples(TIMES, NUMBERS, LABELS), max_size=6), steps=st.lists(STEP))
-    def test_windows_and_trims_equal_the_filter_over_the_entries(
+    def test_windows_values_and_trims_equal_the_filter_over_the_entries(
         self,
         start: list[tuple[int, float, str]],
-        steps: list[tuple[int, float, str, int, int]],
+        steps: list[tuple[int, float, str, int]],
     ) -> None:
-        entries = [Entry(i, t, (x, s)) for i, (t, x, s) in enumerate(start)]
-        newest = max((e.time_us for e in entries), default=0)
-        key = KeyEntries.from_state(decode_key_state(encode(KeyState(newest, tuple(entries)))), 2)
-        for offset, (t, x, s, low, length) in enumerate(steps, start=len(start)):
-            high = low + length
-            window = key.select(low, high)
-            expected, numbers, labels = definition(entries, low, high)
-            assert len(window) == len(expected)
-            assert window.values(0) == numbers
-            assert window.values(1) == labels
-            assert [bits(v) for v in window.values(0)] == [bits(v) for v in numbers]
-            for agg in ("sum", "mean", "min", "max", "std"):
-                got = aggregate(agg, window.values(0), -1.0)
-                assert bits(got) == bits(aggregate(agg, numbers, -1.0))
-            assert aggregate("distinct_count", window.values(1), 0.0) == len(set(labels))
-            if expected:
-                assert window.newest_time() == max(e.time_us for e in expected)
-                newest_entry = max(expected, key=lambda e: (e.time_us, e.offset))
-                assert bits(window.last(0)) == bits(newest_entry.values[0])
+        entries = list(start)
+        newest = max((e[0] for e in entries), default=0)
+        stored = KeyState(
+            newest, [e[0] for e in entries], [[e[1] for e in entries], [e[2] for e in entries]]
+        )
+        key = KeyEntries.from_state(decode_key_state(encode(stored)))
+        for t, x, s, length in steps:
+            low = t - length
+            current = (t, x, s)
+            got = [0.0] * len(FEATURES)
+            if key.ordered:
+                bounds, hi = key.bounds(t, [length])
+                assert list(range(bounds[0], hi)) == [
+                    i for i, e in enumerate(entries) if low < e[0] <= t
+                ]
+                feature_values(FEATURES, bounds, key.times, key.columns, hi, True, t, (x, s), got)
+            else:
+                times, columns = key.filtered(low, t)
+                feature_values(FEATURES, [0], times, columns, len(times), False, t, (x, s), got)
+            assert [bits(v) for v in got] == definition(entries, low, t, current)
             keep_above = max(newest, t) - 5
-            entry = Entry(offset, t, (x, s))
-            key.add(entry, keep_above)
-            entries = [e for e in entries if e.time_us > keep_above] + [entry]
+            key.add(t, (x, s), keep_above)
+            entries = [e for e in entries if e[0] > keep_above] + [current]
             newest = max(newest, t)
-            assert key.to_state() == KeyState(newest, tuple(entries))
-            assert encode(key.to_state()) == encode(KeyState(newest, tuple(entries)))
+            times = [e[0] for e in entries]
+            assert key.ordered == (times == sorted(times))
+            expected = KeyState(newest, times, [[e[1] for e in entries], [e[2] for e in entries]])
+            assert key.to_state() == expected
+            assert encode(key.to_state()) == encode(expected)
+            assert encode_key_state(key.newest_us, key.times, key.columns) == encode(expected)

@@ -90,3 +90,53 @@ class TestRead:
         state = PartitionState(LAYOUT, MemoryStore(), "events", 0)
         record = StateInput(0, key, timestamp_ms, doc)
         assert outcome(state._read, record) == outcome(definition, record)
+
+
+TOP_LAYOUT = build_layout(parse_features(TABLES[:3]), 0)
+"""One group whose key, time and fields are at the top level: the columns' checks in C."""
+
+DOCS = st.fixed_dictionaries(
+    {
+        "card": mostly(st.sampled_from(["a", "b"])),
+        "ts": mostly(st.integers(-(10**12), 10**12)),
+        "amount": mostly(st.floats(allow_nan=True, allow_infinity=True)),
+        "shop": mostly(st.sampled_from(["s1", "s2"])),
+        "user": mostly(st.just({"id": "u1"})),
+        "m": mostly(st.builds(lambda x: {"x": x}, st.floats())),
+        "at": mostly(st.builds(lambda t: {"t": t}, st.integers(0, 10**12))),
+    }
+)
+RECORDS = st.tuples(
+    DOCS,
+    st.one_of(st.none(), st.just(b"k")),
+    st.one_of(st.none(), st.integers(-(2**62), 2**62), st.integers(-9, 9)),
+)
+
+
+class TestReadColumns:
+    @settings(deadline=None, database=None, max_examples=400)
+    @given(
+        batch=st.one_of(st.lists(RECORDS, max_size=3), st.lists(RECORDS, max_size=12)),
+        top=st.booleans(),
+    )
+    def test_a_batch_read_by_columns_is_each_record_read_alone(
+        self, batch: list[tuple[dict[str, Any], bytes | None, int | None]], top: bool
+    ) -> None:
+        # short batches are often all good: the columns pass their checks in C at once
+        state = PartitionState(TOP_LAYOUT if top else LAYOUT, MemoryStore(), "events", 0)
+        docs = [doc for doc, _key, _ts in batch]
+        columns, bad = state._reader.read_columns(
+            docs, [key for _doc, key, _ts in batch], [ts for _doc, _key, ts in batch]
+        )
+        for index, (doc, key, ts) in enumerate(batch):
+            alone = outcome(state._read, StateInput(index, key, ts, doc))
+            if index in bad:
+                got = (bad[index].reason, bad[index].detail)
+            else:
+                got = (
+                    "ok",
+                    repr(
+                        [(c.store_keys[index], c.times_us[index], c.rows[index]) for c in columns]
+                    ),
+                )
+            assert got == alone

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.state.codec import META_KEY, KeyState, decode_key_state, key_state_key
+from streamer.core.state.codec import (
+    META_KEY,
+    KeyState,
+    decode_key_state,
+    encode,
+    key_state_key,
+)
 from streamer.core.state.declared import parse_features
 from streamer.core.state.layout import build_layout
 from streamer.core.state.restore import newest_meta, restore
@@ -16,6 +24,7 @@ from streamer.core.state.store import Change, MemoryStore, RocksStore
 from streamer.core.state.windows import ForeignStoreError, PartitionState, StateInput, aggregate
 from tests.unit.core.state.streams import (
     LATENESS_US,
+    SHAPES,
     Rec,
     bits,
     by_partition,
@@ -48,6 +57,7 @@ def run_batched(
     ttl_us: int = 0,
     *,
     sweep: bool = False,
+    shape: str = "two groups",
 ) -> tuple[list[tuple[tuple[bytes, ...] | None, str]], list[Change]]:
     """Apply in batches, with a fresh engine over the same store for each batch (a restart).
 
@@ -55,8 +65,9 @@ def run_batched(
     """
     outcomes = []
     changelog: list[Change] = []
+    lay = layout(ttl_us, shape=shape)
     for batch in cut(inputs, sizes):
-        state = PartitionState(layout(ttl_us), store, "events", partition)  # type: ignore[arg-type]
+        state = PartitionState(lay, store, "events", partition)  # type: ignore[arg-type]
         applied = state.apply(batch)
         changelog.extend(applied.changes)
         if sweep:
@@ -77,24 +88,32 @@ class TestSemantics:
         sizes=BATCH_SIZES,
         ttl=st.sampled_from([0, 4_000_000, 60_000_000]),
         sweep=st.booleans(),
+        shape=st.sampled_from(sorted(SHAPES)),
     )
     def test_batched_application_equals_the_definition_bit_for_bit(
-        self, stream: list[Rec], sizes: list[int], ttl: int, sweep: bool
+        self, stream: list[Rec], sizes: list[int], ttl: int, sweep: bool, shape: str
     ) -> None:
         # the sweep deletes keys past their TTL: when it runs changes no value
         for partition, inputs in by_partition(stream).items():
-            batched, _ = run_batched(inputs, sizes, MemoryStore(), partition, ttl, sweep=sweep)
-            assert batched == reference(layout(ttl), inputs)
+            batched, _ = run_batched(
+                inputs, sizes, MemoryStore(), partition, ttl, sweep=sweep, shape=shape
+            )
+            assert batched == reference(layout(ttl, shape=shape), inputs)
 
     @PROPERTIES
-    @given(stream=streams(), sizes=BATCH_SIZES, other=BATCH_SIZES)
+    @given(
+        stream=streams(),
+        sizes=BATCH_SIZES,
+        other=BATCH_SIZES,
+        shape=st.sampled_from(sorted(SHAPES)),
+    )
     def test_the_values_never_depend_on_the_batching(
-        self, stream: list[Rec], sizes: list[int], other: list[int]
+        self, stream: list[Rec], sizes: list[int], other: list[int], shape: str
     ) -> None:
         for partition, inputs in by_partition(stream).items():
-            first, _ = run_batched(inputs, sizes, MemoryStore(), partition)
-            second, _ = run_batched(inputs, other, MemoryStore(), partition)
-            one_by_one, _ = run_batched(inputs, [1], MemoryStore(), partition)
+            first, _ = run_batched(inputs, sizes, MemoryStore(), partition, shape=shape)
+            second, _ = run_batched(inputs, other, MemoryStore(), partition, shape=shape)
+            one_by_one, _ = run_batched(inputs, [1], MemoryStore(), partition, shape=shape)
             assert first == second == one_by_one
 
     def test_a_worked_example(self) -> None:
@@ -146,6 +165,7 @@ class TestBadInput:
             ({"card": "a", "amount": 1, "shop": "s", "ts": 5}, b"k", -1, "bad_timestamp"),
             ({"card": "a", "amount": 1, "shop": "s", "ts": 10**30}, b"k", 1, "bad_timestamp"),
             ({"card": "a", "amount": 1, "shop": "s", "ts": 1e300}, b"k", 1, "bad_timestamp"),
+            ({"card": "a", "amount": 1, "shop": "s", "ts": 1.7e306}, b"k", 1, "bad_timestamp"),
             ({"card": "a", "amount": "inf", "shop": "s", "ts": 5}, b"k", 1, "non_finite"),
         ],
     )
@@ -184,16 +204,18 @@ class TestBadInput:
 
 class TestOncePerRecord:
     @PROPERTIES
-    @given(stream=streams(), sizes=BATCH_SIZES, data=st.data())
+    @given(
+        stream=streams(), sizes=BATCH_SIZES, data=st.data(), shape=st.sampled_from(sorted(SHAPES))
+    )
     def test_a_replay_changes_nothing_and_gets_what_it_got_the_first_time(
-        self, stream: list[Rec], sizes: list[int], data: st.DataObject
+        self, stream: list[Rec], sizes: list[int], data: st.DataObject, shape: str
     ) -> None:
         for partition, inputs in by_partition(stream).items():
             store = MemoryStore()
-            first, _ = run_batched(inputs, sizes, store, partition)
+            first, _ = run_batched(inputs, sizes, store, partition, shape=shape)
             snapshot = dict(store.data)
             replay_from = data.draw(st.integers(0, len(inputs) - 1))
-            again, _ = run_batched(inputs[replay_from:], sizes, store, partition)
+            again, _ = run_batched(inputs[replay_from:], sizes, store, partition, shape=shape)
             assert again == first[replay_from:]
             snapshot.pop(META_KEY)
             assert {k: v for k, v in store.data.items() if k != META_KEY} == snapshot
@@ -223,15 +245,22 @@ def compact(changelog: list[Change]) -> list[Change]:
 
 class TestRestore:
     @PROPERTIES
-    @given(stream=streams(), sizes=BATCH_SIZES, data=st.data())
+    @given(
+        stream=streams(), sizes=BATCH_SIZES, data=st.data(), shape=st.sampled_from(sorted(SHAPES))
+    )
     def test_restore_from_the_changelog_then_the_rest_equals_one_uninterrupted_run(
-        self, stream: list[Rec], sizes: list[int], data: st.DataObject
+        self, stream: list[Rec], sizes: list[int], data: st.DataObject, shape: str
     ) -> None:
         for partition, inputs in by_partition(stream).items():
-            whole, _ = run_batched(inputs, sizes, MemoryStore(), partition)
+            whole, _ = run_batched(inputs, sizes, MemoryStore(), partition, shape=shape)
             split = data.draw(st.integers(0, len(inputs)))
             head, changelog = run_batched(
-                inputs[:split], sizes, MemoryStore(), partition, sweep=data.draw(st.booleans())
+                inputs[:split],
+                sizes,
+                MemoryStore(),
+                partition,
+                sweep=data.draw(st.booleans()),
+                shape=shape,
             )
             rebuilt = MemoryStore()
             compacted = compact(changelog)
@@ -243,7 +272,7 @@ class TestRestore:
             # the crash came after the changelog was written and before the commit:
             # the whole tail (and some of the head) comes again
             again_from = data.draw(st.integers(0, split))
-            tail, _ = run_batched(inputs[again_from:], sizes, rebuilt, partition)
+            tail, _ = run_batched(inputs[again_from:], sizes, rebuilt, partition, shape=shape)
             assert head + tail[split - again_from :] == whole
             assert tail[: split - again_from] == head[again_from:]
 
@@ -258,6 +287,15 @@ class TestRestore:
         with pytest.raises(ForeignStoreError, match="corrupt"):
             PartitionState(layout(), store, "events", 0)
 
+    def test_a_key_state_of_another_shape_is_a_corrupt_store(self) -> None:
+        # it decodes, but its columns do not fit the group: the daemon rebuilds the store
+        store = MemoryStore()
+        state = PartitionState(layout(), store, "events", 0)
+        store.data[key_state_key(0, b"a")] = encode(KeyState(5, [5_000_000], [[1.0]]))
+        doc = {"card": "a", "amount": 1, "shop": "s", "ts": 6}
+        with pytest.raises(msgspec.DecodeError, match="field values"):
+            state.apply([StateInput(0, b"k", 6, doc)])
+
 
 class TestBounds:
     def test_a_key_keeps_only_the_entries_a_later_record_can_see(self) -> None:
@@ -268,7 +306,7 @@ class TestBounds:
         kept = decode_key_state(store.data[key_state_key(0, b'"a"'[1:-1])])
         # the largest window of the group is 30 s, plus 3 s of allowed lateness
         horizon = 30_000_000 + LATENESS_US
-        assert [e.time_us for e in kept.entries] == [
+        assert kept.times == [
             t * 1000 for t in range(0, 200_000, 1000) if t * 1000 > 199_000_000 - horizon
         ]
 
@@ -329,3 +367,24 @@ class TestAggregate:
         assert aggregate("std", [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], 0.0) == 2.0
         assert aggregate("distinct_count", ["a", "b", "a"], 0.0) == 2.0
         assert aggregate("min", [], -1.0) == -1.0
+
+    def test_a_sum_beyond_the_floats_is_infinite_not_an_error(self) -> None:
+        # math.fsum raises OverflowError for these: a record must never stop the daemon
+        assert aggregate("sum", [1e308, 1e308], 0.0) == math.inf
+        assert aggregate("sum", [-1e308, -1e308], 0.0) == -math.inf
+        assert aggregate("sum", [1e308, 1e308, -1e308], 0.0) == 1e308  # the exact sum
+        assert aggregate("mean", [1e308, 1e308], 0.0) == math.inf
+        assert aggregate("std", [1e200, -1e200], 0.0) == math.inf
+        features = parse_features(
+            [
+                {"name": "s", "key": "k", "agg": "sum", "field": "x", "window": "1h", "time": "t"},
+                {"name": "d", "key": "k", "agg": "std", "field": "x", "window": "1h", "time": "t"},
+            ]
+        )
+        state = PartitionState(build_layout(features, 0), MemoryStore(), "t", 0)
+        docs = [{"k": "a", "x": 1e308, "t": 1}, {"k": "a", "x": 1e308, "t": 2}]
+        applied = state.apply([StateInput(i, None, None, d) for i, d in enumerate(docs)])
+        assert [o.values for o in applied.outcomes if o is not None] == [
+            (1e308, 0.0),
+            (math.inf, math.inf),  # the mean (the sum over n) is infinite too
+        ]
