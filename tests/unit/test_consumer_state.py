@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from streamer.actors.consumer import ConsumerActor
-from streamer.core.state.codec import META_KEY, SERVED_PREFIX
+from streamer.core.state.codec import META_KEY, SERVED_PREFIX, served_key
 from streamer.messages import (
     Attach,
     BatchAcked,
@@ -59,12 +59,12 @@ def test_batches_leave_with_their_features_and_commits_forget_what_was_served() 
 
     ref.tell(BatchAcked(p0[0].batch_id, "events", 0, None))
     assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 5}
-    # The served values below the commit are deleted, and the deletions ride with the
-    # partition's next batch to the changelog.
+    # What the batch below the commit was served (one run, keyed by its last offset) is
+    # deleted, and the deletion rides with the partition's next batch to the changelog.
     fake.append(TP0, make_records(events(1), offsets=[10]))
     (nxt,) = [m.source for m in batches.wait_for(5)[4:]]
     served_deleted = [k for k, v in nxt.changelog if k.startswith(SERVED_PREFIX) and v is None]
-    assert len(served_deleted) == 5
+    assert served_deleted == [served_key(4)]
 
     fake.revoke_on_next_poll([TP0])
     wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).assigned == [TP1])

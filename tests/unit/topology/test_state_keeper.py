@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes, last_meta
-from streamer.core.state.codec import META_KEY, SERVED_PREFIX, decode_meta
+from streamer.core.state.codec import META_KEY, SERVED_PREFIX, decode_meta, served_key
 from streamer.core.state.store import RocksStore
 from streamer.messages import SourceBatch
 from streamer.settings import Settings, build_settings
@@ -270,10 +270,10 @@ def test_forget_served_rides_with_the_next_batch_to_the_changelog() -> None:
     keeper = StateKeeper(make_settings(), lambda: log)
     first = run(keeper, log, EVENTS[:3])
     served_keys = [k for k, _ in first.changelog if k.startswith(SERVED_PREFIX)]
-    assert len(served_keys) == 3
-    keeper.committed({(TOPIC, 0): 2})
+    assert served_keys == [served_key(2)]  # one run: the batch's records, under its last offset
+    keeper.committed({(TOPIC, 0): 2})  # the run holds offset 2: it is kept
     nxt = run(keeper, log, EVENTS[3:5])
-    assert nxt.changelog[:2] == ((served_keys[0], None), (served_keys[1], None))
+    assert (served_keys[0], None) not in nxt.changelog
     assert [k for k, _ in nxt.changelog].count(META_KEY) == 1  # the batch's, last
     assert nxt.changelog[-1][0] == META_KEY
     # A replay of a forgotten offset is not served again: it is dead-lettered.
@@ -284,6 +284,8 @@ def test_forget_served_rides_with_the_next_batch_to_the_changelog() -> None:
         (1, "state_replayed"),
     ]
     assert served(out)[2] == served(first)[2]
+    keeper.committed({(TOPIC, 0): 3})  # past the run's last offset: its tombstone rides next
+    assert run(keeper, log, EVENTS[5:6]).changelog[0] == (served_keys[0], None)
 
 
 def test_progress_reports_keys_and_bytes_and_revoke_closes(tmp_path: Path) -> None:
