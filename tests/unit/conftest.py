@@ -9,9 +9,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # The property tests share two cores with brokers and servers in a full run: a slow
-# example is the machine's, not a finding, so the too_slow health check is off. Each
-# test's own @settings (max_examples, deadline) still applies.
-settings.register_profile("shared-cores", suppress_health_check=[HealthCheck.too_slow])
+# example is the machine's, not a finding, so the too_slow health check is off and no
+# example has a deadline (a 200 ms deadline made a property "flaky" under load). A test's
+# own @settings (max_examples, deadline) still applies.
+settings.register_profile(
+    "shared-cores", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
 settings.load_profile("shared-cores")
 
 
