@@ -67,21 +67,28 @@ def _create(cluster: Cluster, topic: str, partitions: int, configs: dict[str, st
         admin.close()
 
 
+def _new_changelog(cluster: Cluster, client: str, partitions: int) -> tuple[KafkaSettings, str]:
+    """Settings for ``client`` and a new changelog topic made by its ``ensure_changelog``."""
+    topics = cluster.new_topics(partitions=partitions)
+    settings = cluster.settings(topics, kafka={"client": client}).kafka
+    changelog = f"{topics.input}.state-changelog"
+    ensure = backend(client).ensure_changelog
+    assert ensure is not None
+    ensure(settings, changelog, topics.input)
+    return settings, changelog
+
+
 @pytest.mark.parametrize("client", BACKENDS)
 def test_the_reader_reads_back_every_record_with_its_offset_and_the_watermarks_of_fetches(
     client: str, cluster: Cluster
 ) -> None:
-    topics = cluster.new_topics(partitions=2)
-    settings = cluster.settings(topics, kafka={"client": client}).kafka
-    chosen = backend(client)
-    assert chosen.ensure_changelog is not None
-    assert chosen.changelog_reader is not None
-    changelog = f"{topics.input}.state-changelog"
-    chosen.ensure_changelog(settings, changelog, topics.input)
+    settings, changelog = _new_changelog(cluster, client, partitions=2)
     produced = _produce(cluster, changelog, partition=0)
     assert [offset for offset, _, _ in produced] == list(range(len(RECORDS)))
+    factory = backend(client).changelog_reader
+    assert factory is not None
 
-    reader = chosen.changelog_reader(settings, changelog)
+    reader = factory(settings, changelog)
     try:
         assert reader.high_watermark(1, timeout_s=10) == 0, "an empty partition ends at 0"
         high = reader.high_watermark(0, timeout_s=10)
@@ -94,6 +101,10 @@ def test_the_reader_reads_back_every_record_with_its_offset_and_the_watermarks_o
         assert _flat(reader.read(0, 10, 13)) == produced[10:13]
         assert list(reader.read(1, 0, 0)) == []
         assert reader.high_watermark(0, timeout_s=10) == high, "again after a read"
+        abandoned = reader.read(0, 0, high)
+        next(abandoned)
+        abandoned.close()
+        assert _flat(reader.read(0, 5, 7)) == produced[5:7], "again after an abandoned read"
     finally:
         reader.close()
 
@@ -102,10 +113,7 @@ def test_the_reader_reads_back_every_record_with_its_offset_and_the_watermarks_o
 def test_a_read_past_the_end_stops_with_a_broker_error_after_the_idle_timeout(
     client: str, cluster: Cluster
 ) -> None:
-    topics = cluster.new_topics(partitions=1)
-    settings = cluster.settings(topics, kafka={"client": client}).kafka
-    changelog = f"{topics.input}.state-changelog"
-    backend(client).ensure_changelog(settings, changelog, topics.input)  # type: ignore[misc]
+    settings, changelog = _new_changelog(cluster, client, partitions=1)
     module = importlib.import_module(BACKEND_MODULES[client][0])
 
     reader = module.ChangelogReader(settings, changelog, idle_timeout_s=1.0)
