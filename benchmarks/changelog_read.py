@@ -8,7 +8,7 @@ every tenth a tombstone), then times each client's ``high_watermark`` and a
     python benchmarks/changelog_read.py --records 1000000
 
 A restore also writes what it reads into the store: benchmarks/state.py
-measures that side.
+measures that side. Results: docs/state.md, "Sizing".
 """
 
 from __future__ import annotations
