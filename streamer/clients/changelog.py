@@ -10,10 +10,12 @@ and when it has waited too long, the same way for both clients.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from streamer.errors import BrokerError, ConfigError
+from streamer.settings import KafkaSettings
 
 ChangelogRecord = tuple[int, bytes, bytes | None]
 """(offset, key, value); value None is a tombstone."""
@@ -29,6 +31,86 @@ POLL_WAIT_S = 0.2
 
 # (records of one poll in offset order, the offset the partition has been read to or None)
 Fetch = Callable[[], tuple[list[ChangelogRecord], int | None]]
+
+
+class PartitionReader(ABC):
+    """A :class:`~streamer.clients.base.ChangelogReader` but for its client's polls.
+
+    Each :meth:`high_watermark` and :meth:`read` assigns the one partition it
+    needs and unassigns it after, so the next one starts from a fresh
+    partition state (no watermark nor fetched records left from before).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        idle_timeout_s: float = READ_IDLE_TIMEOUT_S,
+        chunk_records: int = 10_000,
+    ) -> None:
+        """Connect; ``idle_timeout_s`` bounds a read that gets nothing (BrokerError after).
+
+        Raises:
+            BrokerError: The broker cannot be reached.
+        """
+        self._settings = settings
+        self._topic = topic
+        self._idle_timeout_s = idle_timeout_s
+        self._chunk_records = chunk_records
+        self._connect()
+
+    def high_watermark(self, partition: int, timeout_s: float) -> int:
+        """The end offset that a fetch from the partition's beginning reports (0 when empty).
+
+        Not a ListOffsets request: on Tansu it answers the last batch's base
+        offset + 1.
+        """
+        probe = self._start_probe(partition)
+        try:
+            return wait_for_watermark(probe, timeout_s, lambda: f"{self._topic}/{partition}")
+        finally:
+            self._unassign()
+
+    def read(self, partition: int, start: int, end: int) -> Iterator[list[ChangelogRecord]]:
+        """Chunks of (offset, key, value) for every offset in [start, end) that exists."""
+        if start >= end:
+            return
+        fetch = self._start_read(partition, start)
+        try:
+            yield from read_range(
+                fetch,
+                start,
+                end,
+                idle_timeout_s=self._idle_timeout_s,
+                where=lambda: self._where(partition),
+            )
+        finally:
+            self._unassign()
+
+    @abstractmethod
+    def _connect(self) -> None:
+        """Open the client (a one-line BrokerError when the broker cannot be reached)."""
+
+    @abstractmethod
+    def _start_probe(self, partition: int) -> Callable[[], int | None]:
+        """Assign the partition from its beginning; a poll that returns its watermark or None."""
+
+    @abstractmethod
+    def _start_read(self, partition: int, start: int) -> Fetch:
+        """Assign the partition at ``start``; a poll of its records and position (:data:`Fetch`)."""
+
+    @abstractmethod
+    def _unassign(self) -> None:
+        """Drop the assignment (and what was fetched for it)."""
+
+    @abstractmethod
+    def _where(self, partition: int) -> str:
+        """The partition and how far it was read, for an error message."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close connections (nothing was committed)."""
 
 
 def read_range(

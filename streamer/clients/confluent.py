@@ -26,7 +26,7 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, cast
 
@@ -55,11 +55,11 @@ from streamer.clients.base import (
 from streamer.clients.changelog import (
     CHANGELOG_CONFIG,
     POLL_WAIT_S,
-    READ_IDLE_TIMEOUT_S,
+    ChangelogRecord,
+    Fetch,
+    PartitionReader,
     check_changelog,
     missing_input,
-    read_range,
-    wait_for_watermark,
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
@@ -755,8 +755,14 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
         for name, partitions in topics.items()
         if name not in existing
     ]
+    _create_topics(admin, settings, wanted)
+
+
+def _create_topics(admin: AdminClient, settings: KafkaSettings, wanted: list[NewTopic]) -> set[str]:
+    """Create the topics; the names of those created (one created meanwhile is not)."""
     if not wanted:
-        return
+        return set()
+    created = set()
     for name, future in admin.create_topics(wanted, request_timeout=30.0).items():
         try:
             future.result(timeout=30)
@@ -764,6 +770,9 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], replication: 
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 action = f"create topic {name!r}"
                 raise broker_error(action, settings, exc) from None
+        else:
+            created.add(name)
+    return created
 
 
 def _reader_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
@@ -1038,14 +1047,7 @@ def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic:
             replication_factor=-1,  # the broker's default.replication.factor
             config=dict(CHANGELOG_CONFIG),
         )
-        future = admin.create_topics([wanted], request_timeout=30.0)[changelog_topic]
-        try:
-            future.result(timeout=30)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                action = f"create topic {changelog_topic!r}"
-                raise broker_error(action, settings, exc) from None
-        else:
+        if _create_topics(admin, settings, [wanted]):
             log.info(
                 "created the changelog topic %s (compacted, %d partitions)",
                 changelog_topic,
@@ -1079,29 +1081,17 @@ def _cleanup_policy(admin: AdminClient, topic: str, timeout_s: float) -> str | N
     return str(entry.value)
 
 
-class ChangelogReader:
+class ChangelogReader(PartitionReader):
     """Reads a changelog topic's partitions by hand: librdkafka needs a group.id, none is joined.
 
     The group id is a throwaway one and nothing is ever committed (partitions
-    are assigned, never subscribed). Each :meth:`high_watermark` and
-    :meth:`read` assigns the one partition it needs and unassigns it after.
+    are assigned, never subscribed).
     """
 
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        topic: str,
-        *,
-        idle_timeout_s: float = READ_IDLE_TIMEOUT_S,
-        chunk_records: int = 10_000,
-    ) -> None:
-        """Connect; ``idle_timeout_s`` bounds a read that gets nothing (BrokerError after)."""
+    def _connect(self) -> None:
         import uuid  # noqa: PLC0415 - only the readers need it
 
-        self._settings = settings
-        self._topic = topic
-        self._idle_timeout_s = idle_timeout_s
-        self._chunk_records = chunk_records
+        settings = self._settings
         self._consumer = Consumer(
             {
                 **_common(settings),
@@ -1115,78 +1105,67 @@ class ChangelogReader:
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
                 "fetch.queue.backoff.ms": 10,
-                "queued.max.messages.kbytes": 65_536,
+                "queued.max.messages.kbytes": _PREFETCH_KBYTES,  # as fast as 64 MiB here
                 "isolation.level": "read_uncommitted",
             }
         )
         try:
-            self._consumer.list_topics(topic, timeout=settings.bootstrap_timeout_s)
+            # All topics: a Metadata request naming a missing topic may create it (Tansu does).
+            self._consumer.list_topics(timeout=settings.bootstrap_timeout_s)
         except KafkaException as exc:
             self._consumer.close()
             raise broker_error("start the changelog reader", settings, exc) from None
 
-    def high_watermark(self, partition: int, timeout_s: float) -> int:
-        """The end offset that a fetch from the partition's beginning reports (0 when empty).
+    def _start_probe(self, partition: int) -> Callable[[], int | None]:
+        """The cached watermark, once this assignment's first message or end event arrived.
 
-        Not ``query_watermark_offsets`` (a ListOffsets request): on Tansu it
-        answers the last batch's base offset + 1. The cached watermark is read
-        only once this assignment's first message or end event arrived, so it
-        cannot be one left from an earlier assignment.
+        Not ``query_watermark_offsets`` (a ListOffsets request). Waiting for a
+        message of this assignment keeps a watermark cached by an earlier one out.
         """
+        consumer, settings = self._consumer, self._settings
         tp = TopicPartition(self._topic, partition)
-        self._consumer.assign([TopicPartition(self._topic, partition, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(self._topic, partition, OFFSET_BEGINNING)])
         fetched = False
 
         def probe() -> int | None:
             nonlocal fetched
-            messages = self._consumer.consume(1, POLL_WAIT_S)
+            messages = consumer.consume(1, POLL_WAIT_S)
+            _raise_fatal(messages, settings)
             fetched = fetched or any(m.partition() == partition for m in messages)
-            _raise_fatal(messages, self._settings)
             if not fetched:
                 return None
-            high: int = self._consumer.get_watermark_offsets(tp, cached=True)[1]
+            high: int = consumer.get_watermark_offsets(tp, cached=True)[1]
             return high if high >= 0 else None
 
-        try:
-            return wait_for_watermark(probe, timeout_s, lambda: f"{self._topic}/{partition}")
-        finally:
-            self._consumer.unassign()
+        return probe
 
-    def read(
-        self, partition: int, start: int, end: int
-    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
-        """Chunks of (offset, key, value) for every offset in [start, end) that exists."""
-        if start >= end:
-            return
+    def _start_read(self, partition: int, start: int) -> Fetch:
         consumer, settings = self._consumer, self._settings
         chunk_records = self._chunk_records
         consumer.assign([TopicPartition(self._topic, partition, start)])
 
-        def fetch() -> tuple[list[tuple[int, bytes, bytes | None]], int | None]:
+        def fetch() -> tuple[list[ChangelogRecord], int | None]:
             # consume(n, timeout) waits for n messages: wait for the first one only.
             messages = consumer.consume(1, POLL_WAIT_S)
             if messages:
                 messages += consumer.consume(chunk_records - 1, 0)
             position = None
             if any(map(_error, messages)):
-                position = _end_event(messages, partition)
                 _raise_fatal(messages, settings)
+                position = _end_event(messages, partition)
                 messages = [m for m in messages if m.error() is None]
-            records = list(
-                zip(map(_offset, messages), map(_key, messages), map(_value, messages), strict=True)
+            offsets, keys, values = (
+                map(_offset, messages),
+                map(_key, messages),
+                map(_value, messages),
             )
-            return cast("list[tuple[int, bytes, bytes | None]]", records), position
+            records = list(zip(offsets, keys, values, strict=True))
+            return cast("list[ChangelogRecord]", records), position
 
-        try:
-            yield from read_range(
-                fetch,
-                start,
-                end,
-                idle_timeout_s=self._idle_timeout_s,
-                where=lambda: self._where(partition),
-            )
-        finally:
-            consumer.unassign()
+        return fetch
+
+    def _unassign(self) -> None:
+        self._consumer.unassign()
 
     def _where(self, partition: int) -> str:
         tp = TopicPartition(self._topic, partition)

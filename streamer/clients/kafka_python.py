@@ -13,7 +13,7 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -36,11 +36,11 @@ from streamer.clients.base import (
 from streamer.clients.changelog import (
     CHANGELOG_CONFIG,
     POLL_WAIT_S,
-    READ_IDLE_TIMEOUT_S,
+    ChangelogRecord,
+    Fetch,
+    PartitionReader,
     check_changelog,
     missing_input,
-    read_range,
-    wait_for_watermark,
 )
 from streamer.core.records import TP, RecordColumns
 from streamer.settings import KafkaSettings
@@ -745,27 +745,11 @@ def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> str | None:
     return str(entry["value"])
 
 
-class ChangelogReader:
-    """Reads a changelog topic's partitions by hand, outside any group; commits nothing.
+class ChangelogReader(PartitionReader):
+    """Reads a changelog topic's partitions by hand, outside any group; commits nothing."""
 
-    Each :meth:`high_watermark` and :meth:`read` assigns the one partition it
-    needs and unassigns it after, so the next one starts from a fresh
-    partition state (no watermark or fetched records left from before).
-    """
-
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        topic: str,
-        *,
-        idle_timeout_s: float = READ_IDLE_TIMEOUT_S,
-        chunk_records: int = 10_000,
-    ) -> None:
-        """Connect; ``idle_timeout_s`` bounds a read that gets nothing (BrokerError after)."""
-        self._settings = settings
-        self._topic = topic
-        self._idle_timeout_s = idle_timeout_s
-        self._chunk_records = chunk_records
+    def _connect(self) -> None:
+        settings = self._settings
         try:
             self._consumer = KafkaConsumer(
                 **_common(settings),
@@ -778,66 +762,44 @@ class ChangelogReader:
         except KafkaError as exc:
             raise broker_error("start the changelog reader", settings, exc) from None
 
-    def high_watermark(self, partition: int, timeout_s: float) -> int:
-        """The end offset that a fetch from the partition's beginning reports (0 when empty).
-
-        Not ``end_offsets()`` (a ListOffsets request): on Tansu it answers the
-        last batch's base offset + 1.
-        """
+    def _start_probe(self, partition: int) -> Callable[[], int | None]:
+        """``highwater()`` after a poll: the fetch's watermark (not ``end_offsets()``)."""
         consumer = self._consumer
         tp = TopicPartition(self._topic, partition)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
+        poll_ms = int(POLL_WAIT_S * 1000)
 
         def probe() -> int | None:
-            consumer.poll(timeout_ms=int(POLL_WAIT_S * 1000), max_records=1)
+            consumer.poll(timeout_ms=poll_ms, max_records=1)
             high: int | None = consumer.highwater(tp)
             return high
 
-        try:
-            return wait_for_watermark(probe, timeout_s, lambda: f"{self._topic}/{partition}")
-        finally:
-            consumer.unsubscribe()
+        return probe
 
-    def read(
-        self, partition: int, start: int, end: int
-    ) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
-        """Chunks of (offset, key, value) for every offset in [start, end) that exists."""
-        if start >= end:
-            return
+    def _start_read(self, partition: int, start: int) -> Fetch:
         consumer = self._consumer
         tp = TopicPartition(self._topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, start)
         poll_ms, chunk_records = int(POLL_WAIT_S * 1000), self._chunk_records
 
-        def fetch() -> tuple[list[tuple[int, bytes, bytes | None]], int | None]:
+        def fetch() -> tuple[list[ChangelogRecord], int | None]:
             polled = consumer.poll(timeout_ms=poll_ms, max_records=chunk_records).get(tp, ())
-            records = list(
-                zip(
-                    map(_record_offset, polled),
-                    map(_record_key, polled),
-                    map(_record_value, polled),
-                    strict=True,
-                )
-            )
-            # Past the records a poll returned, and past offsets compaction removed.
+            offsets = map(_record_offset, polled)
+            keys, values = map(_record_key, polled), map(_record_value, polled)
+            # The position is past the records polled, and past offsets compaction removed.
             position: int | None = consumer.position(tp, timeout_ms=poll_ms)
-            return records, position
+            return list(zip(offsets, keys, values, strict=True)), position
 
-        try:
-            yield from read_range(
-                fetch,
-                start,
-                end,
-                idle_timeout_s=self._idle_timeout_s,
-                where=lambda: self._where(tp),
-            )
-        finally:
-            consumer.unsubscribe()
+        return fetch
 
-    def _where(self, tp: TopicPartition) -> str:
-        return f"{tp.topic}/{tp.partition} (highwater {self._consumer.highwater(tp)})"
+    def _unassign(self) -> None:
+        self._consumer.unsubscribe()
+
+    def _where(self, partition: int) -> str:
+        high = self._consumer.highwater(TopicPartition(self._topic, partition))
+        return f"{self._topic}/{partition} (highwater {high})"
 
     def close(self) -> None:
         """Close connections (nothing was committed)."""
