@@ -102,7 +102,8 @@ def produce_at_rate(
 
 
 def read(bootstrap: str, topic: str, out: Path) -> None:
-    """Note (output bytes, ms seen) until SIGTERM; then write "partition offset ms scored_at" lines.
+    """Note (output bytes, ms seen, output CreateTime) until SIGTERM; then write lines of
+    "partition offset ms_seen output_create_time_ms scored_at".
 
     It does as little as possible while the clock runs: the outputs are parsed at the end.
     """
@@ -122,7 +123,7 @@ def read(bootstrap: str, topic: str, out: Path) -> None:
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     print("ready", flush=True)
-    seen: list[tuple[bytes, float]] = []
+    seen: list[tuple[bytes, float, int]] = []
     while not stopping:
         first = consumer.poll(0.05)
         if first is None:
@@ -130,14 +131,22 @@ def read(bootstrap: str, topic: str, out: Path) -> None:
         received = time.time() * 1000
         for message in [first, *consumer.consume(10_000, 0)]:
             if message.error() is None:
-                seen.append((message.value(), received))
+                seen.append((message.value(), received, message.timestamp()[1]))
     consumer.close()
     with out.open("wb") as file:
-        for value, received in seen:
+        for value, received, produced in seen:
+            # The output's CreateTime is when the system called produce(): it splits a
+            # record's time into the first hop and the system, then the second hop.
             doc = orjson.loads(value)
             file.write(
-                b"%d %d %.3f %s\n"
-                % (doc["partition"], doc["offset"], received, doc.get("scored_at", "").encode())
+                b"%d %d %.3f %d %s\n"
+                % (
+                    doc["partition"],
+                    doc["offset"],
+                    received,
+                    produced,
+                    doc.get("scored_at", "").encode(),
+                )
             )
 
 

@@ -213,6 +213,10 @@ class Ledger:
             return PollPlan(ready, budget, 0, 0.0)
         deadline = self.batcher.time_to_next_deadline(now)
         timeout = self._max_wait_s if deadline is None else deadline
+        if ready or (self.batcher.buffered and self._sends_partial(0, budget)):
+            # Batches that may leave now do not wait for the poll: the news that freed
+            # them came while the last poll waited (docs/performance.md, issue 25).
+            timeout = 0.0
         max_records = min(self._max_poll_records, budget.batches * self._max_records)
         if self._record_bytes:
             # Large records: take about what the free bytes hold (at least one).
@@ -233,13 +237,7 @@ class Ledger:
             self._fetched_until[tp] = records.offsets[-1] + 1
             ready.extend(batcher.add(tp, records, now, plan.budget))
         ready.extend(batcher.expired(now))
-        if (
-            self._eager_below
-            and len(self._unproduced) + len(ready) < self._eager_below
-            and self.tracker.batches_in_flight + len(ready) < self._eager_in_flight_below
-            and plan.budget.allows()
-            and not batcher.holds_full_batches
-        ):
+        if self._sends_partial(len(ready), plan.budget):
             # Smart batching: waiting for max_wait_s only pays while the stages
             # have work queued (fewer, larger batches cost less CPU); a batch
             # whose answers wait for the broker's acknowledgement costs nothing
@@ -248,6 +246,16 @@ class Ledger:
             # by themselves.
             ready.extend(batcher.drain())
         return self._dispatch(ready, now)
+
+    def _sends_partial(self, ready: int, budget: Budget) -> bool:
+        """True when partial batches leave now, beside ``ready`` others (the eager rule)."""
+        return bool(
+            self._eager_below
+            and len(self._unproduced) + ready < self._eager_below
+            and self.tracker.batches_in_flight + ready < self._eager_in_flight_below
+            and budget.allows()
+            and not self.batcher.holds_full_batches
+        )
 
     def produced(self, batch_id: int) -> None:
         """The producer handed the batch's answers to its client: no stage holds it now."""

@@ -128,6 +128,37 @@ class TestCredits:
         slow = Ledger(QUIET, max_poll_records=500)
         assert slow.plan(0.0, fetching=True).timeout_s == 0.5
 
+    def test_a_poll_does_not_wait_once_the_news_of_the_last_one_frees_a_partial_batch(
+        self,
+    ) -> None:
+        # max_in_flight 8: partial batches leave while fewer than 2 wait in the stages.
+        eager = BatchSettings(max_records=10, max_wait_s=0.05, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0, TP1])
+        first = poll(ledger, {TP0: columns(range(3)), TP1: columns(range(2))})
+        # Still in the stages: the next poll's records wait, and so may the poll.
+        assert poll(ledger, {TP0: columns(range(3, 5))}) == []
+        assert ledger.plan(0.0, fetching=True).timeout_s == pytest.approx(0.05)
+        # BatchProduced came while that poll waited: the buffered records go now.
+        for source in first:
+            ledger.produced(source.batch_id)
+        plan = ledger.plan(0.0, fetching=True)
+        assert plan.timeout_s == 0.0
+        assert offsets_of(ledger.take({}, 0.0, plan)) == [[3, 4]]
+        assert ledger.plan(0.0, fetching=True).timeout_s == pytest.approx(0.05)
+
+    def test_a_full_batch_the_credits_released_does_not_wait_for_the_poll(self) -> None:
+        batch = BatchSettings(max_records=10, max_in_flight=2, eager_when_idle=False)
+        ledger = Ledger(batch, max_poll_records=500)
+        ledger.assign([TP0])
+        first, second = poll(ledger, {TP0: columns(range(35))})
+        assert ledger.batcher.holds_full_batches
+        ack(ledger, first)
+        ack(ledger, second)
+        plan = ledger.plan(0.0, fetching=True)
+        assert (plan.max_records, plan.timeout_s) == (10, 0.0)  # one credit left, no wait
+        assert offsets_of(ledger.take({}, 0.0, plan)) == [list(range(20, 30))]
+
 
 class TestDispatch:
     def test_batches_are_numbered_per_partition_and_tagged_with_the_epoch(self) -> None:
