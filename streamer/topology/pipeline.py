@@ -34,6 +34,7 @@ from streamer.topology.preflight import (
     wait_for_broker,
     wait_for_model_server,
     wait_for_registry,
+    wait_until_open,
 )
 from streamer.topology.specs import Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
@@ -78,10 +79,9 @@ class Pipeline:
             model, self._server_down = load_or_stand_in(settings)
         # A profile that does not match the model is refused here, before anything starts.
         self.monitor = None if self._server_down else drift_monitor(settings, model, self.registry)
-        self._backend = backend
+        self._backend = backend  # None with both factories given: the tests' fakes
         if consumer_factory is None or producer_factory is None:
-            chosen = backend if backend is not None else clients.backend(settings.kafka.client)
-            self._backend = chosen
+            chosen = self._backend = backend or clients.backend(settings.kafka.client)
             # The client's fetches are a share of the byte cap, so that what it
             # buffers stays small next to the cap (see fetch_max_bytes).
             consumer_factory = consumer_factory or functools.partial(
@@ -90,7 +90,6 @@ class Pipeline:
             )
             producer_factory = producer_factory or chosen.producer
         self._consumer_factory = consumer_factory
-        self._changelog_reader: Callable[[], ChangelogReader] | None = None
         self._producer_factory = producer_factory
         self._challengers = Challengers(settings, producer_factory, self.registry)
         self._stop_requested = threading.Event()
@@ -169,13 +168,10 @@ class Pipeline:
                 self._wait_for_model_server(self._server_down)
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
-            self._changelog_reader = state_changelog(s, self._backend)
+            changelog_reader = state_changelog(s, self._backend)  # checked or created here
             self._challengers.start(self.monitor)
-            self._supervisor.start_children(self._wiring())
-            # on_start runs on each actor's thread: wait until the clients are open.
-            for ref in (self.consumer_ref, self.producer_ref):
-                assert ref is not None
-                ask(ref, GetStatus(), timeout=s.kafka.bootstrap_timeout_s + ASK_TIMEOUT_S)
+            self._supervisor.start_children(self._wiring(changelog_reader))
+            wait_until_open((self.consumer_ref, self.producer_ref), s.kafka.bootstrap_timeout_s)
             attach(self._routes)
         except Exception:
             self._supervisor.fail_queued()
@@ -196,7 +192,7 @@ class Pipeline:
         self._server_down = None
         self.metrics.model_info.info({"name": model.name, "version": model.version})
 
-    def _wiring(self) -> Wiring:
+    def _wiring(self, changelog_reader: Callable[[], ChangelogReader] | None) -> Wiring:
         return Wiring(
             settings=self.settings,
             routes=self._routes,
@@ -207,7 +203,7 @@ class Pipeline:
             on_assigned=self._assigned.set,
             monitor=self.monitor,
             challengers=self._challengers.links,
-            changelog_reader=self._changelog_reader,
+            changelog_reader=changelog_reader,
         )
 
     def _abort_start(self) -> None:

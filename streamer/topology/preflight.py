@@ -25,7 +25,9 @@ from streamer.errors import (
     StoppedBeforeStartError,
 )
 from streamer.httpserver import HealthProbe, bind_endpoints
+from streamer.messages import GetStatus
 from streamer.settings import Settings
+from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.state import changelog_topic_name
 
 log = logging.getLogger(__name__)
@@ -264,3 +266,10 @@ def check_state_settings(settings: Settings) -> None:
             "format.output = 'json' or state.log_features = false"
         )
         raise ConfigError(msg)
+
+
+def wait_until_open(refs: tuple[pykka.ActorRef | None, ...], bootstrap_timeout_s: float) -> None:
+    """Wait until each actor has opened its client (``on_start`` runs on the actor's thread)."""
+    for ref in refs:
+        assert ref is not None
+        ask(ref, GetStatus(), timeout=bootstrap_timeout_s + ASK_TIMEOUT_S)
