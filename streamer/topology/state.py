@@ -10,8 +10,9 @@ every batch the Ledger cuts, before the Ledger keeps the batch for rewinds:
   exactly as far as the changelog's last meta record, else emptied and rebuilt
   from the changelog up to that record (:mod:`streamer.core.state.changelog`).
 - **Each batch** is applied in offset order; the batch leaves with the values
-  the preparation reads (``enriched``), the records the state rejects, and its
-  store changes for the changelog (sent by the producer with its answers).
+  each record was served (``state_values``, which the preparation places by
+  name), the records the state rejects, and its store changes for the
+  changelog (sent by the producer with its answers).
 - **At each commit**, what was served below the committed offset is forgotten;
   those deletions ride to the changelog with the partition's next batch.
 - **On revoke**, the store is closed. A batch of the partition still in the
@@ -47,7 +48,7 @@ from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
-from streamer.core.state.windows import PartitionState, StateInput, enrich
+from streamer.core.state.windows import PartitionState, StateInput
 from streamer.messages import Rejection, SourceBatch, StateProgress
 from streamer.settings import Settings
 from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
@@ -195,23 +196,19 @@ class StateKeeper:
         pending = [change for change in part.pending if change[0] != META_KEY]
         changelog = (*pending, *sweep, *applied.changes)
         part.pending = []
-        enriched: list[bytes | None] = []
         rejections: list[Rejection] = []
         served: list[tuple[float, ...] | None] = []
         for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
             if outcome is None or not isinstance(doc, dict):  # the preprocessor's reason
-                enriched.append(None)
                 served.append(None)
             elif outcome.values is None:
-                enriched.append(None)
                 served.append(None)
                 rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
             else:
-                enriched.append(enrich(doc, self.names, outcome.values))
                 served.append(outcome.values)
+        # The preparation places the served values by name (core/preparation.py).
         return replace(
             source,
-            enriched=enriched,
             state_rejections=tuple(rejections),
             changelog=changelog,
             state_names=self.names,
