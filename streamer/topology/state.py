@@ -50,7 +50,7 @@ from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
-from streamer.core.state.windows import PartitionState, StateInput
+from streamer.core.state.windows import PartitionState
 from streamer.messages import Rejection, SourceBatch, StateProgress
 from streamer.settings import Settings
 from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
@@ -168,19 +168,15 @@ class StateKeeper:
         tp = (source.topic, source.partition)
         part = self._ready(tp)
         docs = _decoded(source.values, self._max_bytes)
-        inputs = [
-            StateInput(offset, key, ts, doc if isinstance(doc, dict) else None)
-            for offset, key, ts, doc in zip(
-                source.offsets, source.keys, source.timestamps_ms, docs, strict=True
-            )
-        ]
+        objects = [doc if type(doc) is dict else None for doc in docs]
+        columns = (source.offsets, source.keys, source.timestamps_ms, objects)
         sweep: tuple[Change, ...] = ()
-        part.since_sweep += len(inputs)
+        part.since_sweep += len(objects)
         try:
             if part.since_sweep >= SWEEP_EVERY_ROWS:
                 sweep = part.state.sweep()  # keys past their TTL read as empty: no value changes
                 part.since_sweep = 0
-            applied = part.state.apply(inputs)
+            applied = part.state.apply_columns(*columns)
         except msgspec.DecodeError as exc:
             # A key that does not decode: the store is corrupt. Rebuild it and apply again
             # (the failed apply wrote nothing, so the partition is where the changelog is).
@@ -192,7 +188,7 @@ class StateKeeper:
             )
             self._close(tp, destroy=True)
             part = self._ready(tp)
-            applied = part.state.apply(inputs)
+            applied = part.state.apply_columns(*columns)
             sweep = ()
         # The batch's own meta record (last) supersedes the meta of a forget_served.
         pending = [change for change in part.pending if change[0] != META_KEY]
