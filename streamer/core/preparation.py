@@ -22,6 +22,7 @@ from streamer.core.features import (
     FeatureSpec,
     Prepared,
     decoded_object,
+    every_row_valid,
     prepare_batch,
     typed_matrix,
 )
@@ -157,13 +158,7 @@ def _with_state_columns(
             matrix[:, column] = state[:, names.index(name)]
         else:
             matrix[:, column] = matrix_own[:, own.index(name)]
-    features = (matrix - spec.mean) / spec.std if standardize and len(matrix) else matrix
-    return Prepared(
-        features=features,
-        valid_rows=np.arange(len(matrix), dtype=np.int64),
-        rejected=(),
-        dropped=(),
-    )
+    return every_row_valid(matrix, spec, standardize=standardize)
 
 
 def _within_cap(
