@@ -25,6 +25,11 @@ measured program runs in a fresh interpreter, one at a time:
                 each kind on the same 30-feature records, against sklearn's row
 (h) health      throughput with a drift profile and one challenger (the demo model
                 twice) against the same run without, alternating (target: <= 10%)
+(s) state       three window features over 1 h keyed by the card id (a count, a sum of
+                the amount, a time since last) on a RocksDB state.dir against the same
+                job without state, alternating (target: >= 60%); then 1,000,000
+                distinct keys: peak RSS against the stateless run (target: <= +200 MB)
+                and the restore of their changelog into an empty state.dir (<= 30 s)
 (o) remote      model.kind = "remote" against a real MLServer (.venv-oip): streamer's
                 records/s against a bare aiohttp loop sending the same batches with the
                 same concurrency (oip_floor.py), with and without a 20 ms server delay,
@@ -87,6 +92,28 @@ PARTITIONS = 4
 LATENCY_SETTINGS: dict[str, dict[str, Any]] = json.loads(
     os.environ.get("BENCH_LATENCY_SETTINGS", "{}")
 )
+
+# The state rows (s): the issue's three window features over 1 h, keyed by the card id.
+STATE_FEATURES = """
+[[state.features]]
+name = "card_count_1h"
+key = "card_id"
+agg = "count"
+window = "1h"
+
+[[state.features]]
+name = "card_amount_sum_1h"
+key = "card_id"
+agg = "sum"
+field = "amount"
+window = "1h"
+
+[[state.features]]
+name = "card_gap_1h"
+key = "card_id"
+agg = "time_since_last"
+window = "1h"
+"""
 
 
 # --- small helpers -------------------------------------------------------------
@@ -151,6 +178,16 @@ def records(count: int, seed: int = 1) -> Iterator[tuple[bytes | None, bytes]]:
     rng = random.Random(seed)
     for _ in range(count):
         yield make_record(rng, bad_ratio=0.0)
+
+
+def distinct_card_records(count: int, first: int = 0) -> list[tuple[bytes, bytes]]:
+    """``count`` demo records, each of its own card (card ids from ``first``)."""
+    out = []
+    for index, (_, value) in enumerate(records(count, seed=11)):
+        event = orjson.loads(value)
+        event["card_id"] = card = f"card-s{first + index:08d}"
+        out.append((card.encode(), orjson.dumps(event)))
+    return out
 
 
 def large_records(size: int, count: int = 64, seed: int = 3) -> list[tuple[bytes, bytes]]:
@@ -312,8 +349,9 @@ class Streamer:
         sections: dict[str, dict[str, Any]] | None = None,
         env: dict[str, str] | None = None,
         extra_toml: str = "",
+        group: str = "",
     ) -> None:
-        self.group = f"bench-{uuid.uuid4().hex[:8]}"
+        self.group = group or f"bench-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         document: dict[str, dict[str, Any]] = {
             "kafka": {
@@ -386,6 +424,7 @@ class Bench:
         self.workdir = workdir
         self.cluster = Cluster(bootstrap)
         self.rows: list[Row] = []
+        self._changelog = ""  # (s): the changelog topic of the last stateful run
         self.input = ""
 
     def log(self, text: str) -> None:
@@ -402,16 +441,29 @@ class Bench:
             **kwargs,
         )
 
-    def throughput(self, backend: str, target: int, **kwargs: Any) -> tuple[float, int]:
-        """Run streamer over the preloaded topic until ``target`` records are committed."""
+    def throughput(
+        self,
+        backend: str,
+        target: int,
+        *,
+        input_topic: str = "",
+        probe: Any = None,
+        check: bool = True,
+        **kwargs: Any,
+    ) -> tuple[float, int]:
+        """Run streamer over the preloaded topic (or ``input_topic``) until ``target``
+        records are committed; ``probe(process)``, if given, runs then, before the stop.
+        ``check=False``: a group that an earlier run's commits carry has no outputs to
+        reconcile the earlier records with."""
+        input_topic = input_topic or self.input
         output = self.cluster.topic("bench-out")
-        process = self.streamer(backend, self.input, output, **kwargs)
+        process = self.streamer(backend, input_topic, output, **kwargs)
         try:
             wait_until(lambda: process.consumed() > 0 or process._check_alive(), 120, "a record")
             started = time.perf_counter()
             wait_until(
                 lambda: (
-                    self.cluster.committed(process.group, self.input) >= target
+                    self.cluster.committed(process.group, input_topic) >= target
                     or process._check_alive()
                 ),
                 600,
@@ -419,23 +471,27 @@ class Bench:
                 interval_s=0.05,
             )
             elapsed = time.perf_counter() - started
+            if probe is not None:
+                probe(process)
         finally:
             code = process.stop()
             try:
-                self.check_delivery(process.group, output)
+                if check:
+                    self.check_delivery(process.group, output, input_topic)
             finally:
                 self.cluster.forget(process.group)
                 self.cluster.delete(output)
         return target / elapsed, code
 
-    def check_delivery(self, group: str, output: str) -> None:
+    def check_delivery(self, group: str, output: str, input_topic: str = "") -> None:
         """After a run: every input below the group's commits was answered (as the demo checks).
 
         Read after the process stopped, so the measured time does not include it.
         """
-        committed = self.cluster.committed_offsets(group, self.input)
+        input_topic = input_topic or self.input
+        committed = self.cluster.committed_offsets(group, input_topic)
         result = reconcile_topics(
-            self.bootstrap, self.input, output, f"{self.input}.dlq", committed=committed
+            self.bootstrap, input_topic, output, f"{input_topic}.dlq", committed=committed
         )
         self.log(f"    reconciled below the commits: {result.line()}")
         if result.lost:
@@ -1020,13 +1076,141 @@ class Bench:
                 )
             )
 
+    def state(self) -> None:
+        """(s) Three window features per card over 1 h, on RocksDB, against no state.
+
+        With and without alternate ``--repeat`` times over the preloaded topic and
+        their medians are compared. Then, with ``--state-keys`` distinct cards: the
+        daemon's peak RSS with and without state, and the restore of that state's
+        changelog by a second daemon of the same group with an empty state.dir.
+        """
+        backend = self.args.state_backend
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        codes: list[int] = []
+        for run in range(self.args.repeat):
+            self.log(f"(s) {backend}, without state, run {run + 1} of {self.args.repeat}")
+            rate, code = self.throughput(backend, self.args.records)
+            rates["without"].append(rate)
+            codes.append(code)
+            self.log(f"(s) {backend}, 3 state features, run {run + 1} of {self.args.repeat}")
+            rate, code = self.throughput(backend, self.args.records, **self._stateful("run"))
+            rates["with"].append(rate)
+            codes.append(code)
+            self.cluster.delete(self._changelog)
+        base = float(np.median(rates["without"]))
+        exits = ",".join(str(c) for c in sorted(set(codes)))
+        for name, label in (("without", "no state"), ("with", "3 features, RocksDB")):
+            rate = float(np.median(rates[name]))
+            self.rows.append(
+                Row(
+                    "s",
+                    f"{backend}, 1 worker, {label}",
+                    rate,
+                    "records/s",
+                    rate / base if base else None,
+                    f"{_spread(rates[name])}; target >= 0.60 with state; exit {exits}",
+                )
+            )
+        if self.args.state_keys:
+            self._state_keys(backend, self.args.state_keys)
+
+    def _stateful(self, tag: str, group: str = "") -> dict[str, Any]:
+        """The arguments of a run with the three features, a fresh store and changelog."""
+        self._changelog = f"bench-changelog-{uuid.uuid4().hex[:8]}"
+        state_dir = self.workdir / f"state-{tag}-{uuid.uuid4().hex[:6]}"
+        return {
+            "sections": {"state": {"dir": str(state_dir), "changelog_topic": self._changelog}},
+            "extra_toml": STATE_FEATURES,
+            "group": group,
+        }
+
+    def _state_keys(self, backend: str, keys: int) -> None:
+        """Peak RSS with ``keys`` distinct cards, with and without state; then a restore."""
+        topic = self.cluster.topic("bench-state-keys", dlq=True)
+        self.log(f"(s) preloading {keys:,} records of distinct cards")
+        self.cluster.preload(topic, keys, distinct_card_records(keys))
+        peaks: dict[str, float] = {}
+
+        def peak(name: str) -> Any:
+            def probe(process: Streamer) -> None:
+                peaks[name] = proc_status(process.process.pid, "VmHWM") / 2**20
+
+            return probe
+
+        group = f"bench-state-{uuid.uuid4().hex[:8]}"
+        self.log(f"(s) {backend}, {keys:,} distinct cards, without state")
+        plain, code1 = self.throughput(backend, keys, input_topic=topic, probe=peak("without"))
+        self.log(f"(s) {backend}, {keys:,} distinct cards, 3 state features")
+        stateful = self._stateful("keys", group)
+        changelog = self._changelog
+        rate, code2 = self.throughput(
+            backend, keys, input_topic=topic, probe=peak("with"), **stateful
+        )
+        note = (
+            f"{keys:,} distinct cards; {plain:,.0f} and {rate:,.0f} records/s; exit {code1},{code2}"
+        )
+        self.rows.append(Row("s", "peak RSS, no state", peaks["without"], "MB", None, note))
+        self.rows.append(
+            Row(
+                "s",
+                "peak RSS, 3 features, RocksDB",
+                peaks["with"],
+                "MB",
+                None,
+                f"+{peaks['with'] - peaks['without']:,.0f} MB (target <= +200); {note}",
+            )
+        )
+        # One more record per partition, so that the second daemon's every partition
+        # has a batch to cut, and restores before it.
+        producer = self.cluster._producer()
+        extra = distinct_card_records(PARTITIONS, first=keys)
+        for partition, (key, value) in enumerate(extra):
+            producer.produce(topic, value, key, partition=partition)
+        producer.flush(30)
+        restored: dict[str, float] = {}
+
+        def restore_probe(process: Streamer) -> None:
+            text = process.metrics()
+            restored["seconds"] = metric_sum(text, "streamer_state_restore_seconds")
+            restored["records"] = metric_sum(text, "streamer_state_restore_records_total")
+            restored["keys"] = metric_sum(text, "streamer_state_keys")
+
+        self.log(f"(s) {backend}, restoring {keys:,} keys into an empty state.dir")
+        state_dir = self.workdir / f"state-restore-{uuid.uuid4().hex[:6]}"
+        started = time.perf_counter()
+        _, code3 = self.throughput(
+            backend,
+            keys + PARTITIONS,
+            input_topic=topic,
+            probe=restore_probe,
+            sections={"state": {"dir": str(state_dir), "changelog_topic": changelog}},
+            extra_toml=STATE_FEATURES,
+            group=group,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        self.cluster.delete(topic, f"{topic}.dlq", changelog)
+        self.rows.append(
+            Row(
+                "s",
+                f"restore of {keys:,} keys' changelog",
+                restored.get("seconds", float("nan")),
+                "s",
+                None,
+                f"sum of streamer_state_restore_seconds over {PARTITIONS} partitions "
+                f"(target <= 30); {restored.get('records', 0):,.0f} changelog records, "
+                f"{restored.get('keys', 0):,.0f} keys after; start to last commit "
+                f"{wall:.1f} s; exit {code3}",
+            )
+        )
+
     def run(self) -> None:
         if self.args.peers and "p" not in self.args.sections:
             self.args.sections += "p"
         if "p" in self.args.sections:
             # First, so that a broken peers environment fails before the long rows.
             peers_python(self.args.peers_python)
-        if any(s in self.args.sections for s in "aeph"):
+        if any(s in self.args.sections for s in "aephs"):
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
@@ -1039,6 +1223,7 @@ class Bench:
             "e": self.scaling,
             "f": self.large,
             "h": self.health,
+            "s": self.state,
             "r": self.formats,
             "m": self.model_kinds,
             "o": self.remote,
@@ -1441,6 +1626,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "r": "(r) record formats: Avro input next to JSON, batch 1000 (x floor: x JSON)",
         "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
         "h": "(h) model health: a drift profile and one challenger, against neither",
+        "s": "(s) state: three 1 h window features per card on RocksDB, against no state",
         "o": "(o) remote model (MLServer on loopback), x floor: the bare aiohttp loop's",
     }
     lines = [
@@ -1518,9 +1704,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
         "--sections",
-        default="abcdefrmho",
-        help="which of a-f, r, m, h and o to run ('a' runs (a) and (b); --peers adds p)",
+        default="abcdefrmhso",
+        help="which of a-f, r, m, h, s and o to run ('a' runs (a) and (b); --peers adds p)",
     )
+    parser.add_argument(
+        "--state-keys",
+        type=int,
+        default=1_000_000,
+        help="(s): distinct keys of the RSS and restore rows; 0 leaves them out",
+    )
+    parser.add_argument("--state-backend", default="confluent", help="for (s)")
     parser.add_argument("--remote-records", type=int, default=20_000, help="for (o)")
     parser.add_argument("--remote-backend", default="confluent", help="for (o)")
     parser.add_argument(
@@ -1559,6 +1752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         args.issue_backends = ""
         args.sections = args.sections.replace("r", "")  # (r) starts two more daemons per backend
         args.sections = args.sections.replace("o", "")  # (o) starts MLServer (and may build it)
+        args.sections = args.sections.replace("s", "")  # (s) starts 4+ daemons, RocksDB stores
     args.backends = [b for b in args.backends.split(",") if b]
     args.format_backends = [b for b in args.format_backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]

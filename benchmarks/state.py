@@ -4,16 +4,17 @@ Three window features over 1 h (a count, a sum and a time since last, the
 issue's bench job) applied in micro-batches to one partition's RocksDB store,
 with N distinct keys; then the compacted changelog written into an empty
 store, as a restore on assignment does. No broker: this measures the engine
-that the scoring path and ``streamer features`` share, and the step the
-consumer runs around it (decode each value, apply, enrich each value).
+that the scoring path and ``streamer features`` share, and the step around it
+(decode each value, apply, enrich each value: what ``score-file`` does; the
+daemon's consumer does not enrich, the preparation places the served values).
 
 Two figures per run, in records per CPU second (CPU time is what the step
 takes from the worker's one core; wall time follows the machine's load):
 
 - ``engine``: ``PartitionState.apply`` and ``forget_served`` (the commit
   follows each batch), the records' JSON already decoded;
-- ``step``: the consumer's whole state step: decode each value (orjson),
-  apply, forget, and enrich each value with its features.
+- ``step``: the whole state step of ``score-file``: decode each value
+  (orjson), apply, forget, and enrich each value with its features.
 
 RSS: the process's resident memory after the run minus before it (the engine's
 cache of decoded keys and RocksDB's memory; the input is made batch by batch),

@@ -45,15 +45,15 @@ class SourceBatch:
     headers: list[list[tuple[str, bytes]]] | None = None
     # Declared [[state.features]] (topology/state.py), set by the consumer before the batch
     # is kept for rewinds. ``values`` stay the original bytes (dead letters carry them).
-    enriched: list[bytes | None] | None = None
-    """Per record, the value the preparation reads: its JSON with the features (None: the value)."""
     state_rejections: tuple[Rejection, ...] = ()
     """The records the state dead-letters (stage ``state``): never prepared nor scored."""
     changelog: tuple[tuple[bytes, bytes | None], ...] = ()
     """The batch's store changes, in order, its meta record last: sent with its answers."""
     state_names: tuple[str, ...] = ()
     state_values: tuple[tuple[float, ...] | None, ...] = ()
-    """Per record, the features it was served (None: none computed): ``state.log_features``."""
+    """Per record, the features it was served (None: none computed), in ``state_names``
+    order: the preparation places them by name (core/preparation.py), and
+    ``state.log_features`` logs them."""
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -325,6 +325,11 @@ def prepare_batch(
             reader=reader,
             projector=projector,
         )
+    return every_row_valid(matrix, spec, standardize=standardize)
+
+
+def every_row_valid(matrix: np.ndarray, spec: FeatureSpec, *, standardize: bool) -> Prepared:
+    """A batch whose every row reads as ``matrix`` (raw values): standardized if asked."""
     features = (matrix - spec.mean) / spec.std if standardize and len(matrix) else matrix
     return Prepared(
         features=features,

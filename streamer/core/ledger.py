@@ -72,7 +72,6 @@ def tail_of(source: SourceBatch, cut: int) -> SourceBatch:
         values=source.values[cut:],
         timestamps_ms=source.timestamps_ms[cut:],
         headers=None if source.headers is None else source.headers[cut:],
-        enriched=None if source.enriched is None else source.enriched[cut:],
         state_rejections=tuple(
             dataclasses.replace(r, index=r.index - cut)
             for r in source.state_rejections

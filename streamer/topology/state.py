@@ -10,8 +10,9 @@ every batch the Ledger cuts, before the Ledger keeps the batch for rewinds:
   exactly as far as the changelog's last meta record, else emptied and rebuilt
   from the changelog up to that record (:mod:`streamer.core.state.changelog`).
 - **Each batch** is applied in offset order; the batch leaves with the values
-  the preparation reads (``enriched``), the records the state rejects, and its
-  store changes for the changelog (sent by the producer with its answers).
+  each record was served (``state_values``, which the preparation places by
+  name), the records the state rejects, and its store changes for the
+  changelog (sent by the producer with its answers).
 - **At each commit**, what was served below the committed offset is forgotten;
   those deletions ride to the changelog with the partition's next batch.
 - **On revoke**, the store is closed. A batch of the partition still in the
@@ -31,8 +32,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import orjson
 
 from streamer.clients.base import ChangelogReader
 from streamer.core.features import decoded_object
@@ -47,7 +50,7 @@ from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
-from streamer.core.state.windows import PartitionState, StateInput, enrich
+from streamer.core.state.windows import PartitionState
 from streamer.messages import Rejection, SourceBatch, StateProgress
 from streamer.settings import Settings
 from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
@@ -164,20 +167,16 @@ class StateKeeper:
         """The batch with its features applied (its partition restored first, once)."""
         tp = (source.topic, source.partition)
         part = self._ready(tp)
-        docs = [decoded_object(value, self._max_bytes) for value in source.values]
-        inputs = [
-            StateInput(offset, key, ts, doc if isinstance(doc, dict) else None)
-            for offset, key, ts, doc in zip(
-                source.offsets, source.keys, source.timestamps_ms, docs, strict=True
-            )
-        ]
+        docs = _decoded(source.values, self._max_bytes)
+        objects = [doc if type(doc) is dict else None for doc in docs]
+        columns = (source.offsets, source.keys, source.timestamps_ms, objects)
         sweep: tuple[Change, ...] = ()
-        part.since_sweep += len(inputs)
+        part.since_sweep += len(objects)
         try:
             if part.since_sweep >= SWEEP_EVERY_ROWS:
                 sweep = part.state.sweep()  # keys past their TTL read as empty: no value changes
                 part.since_sweep = 0
-            applied = part.state.apply(inputs)
+            applied = part.state.apply_columns(*columns)
         except msgspec.DecodeError as exc:
             # A key that does not decode: the store is corrupt. Rebuild it and apply again
             # (the failed apply wrote nothing, so the partition is where the changelog is).
@@ -189,29 +188,25 @@ class StateKeeper:
             )
             self._close(tp, destroy=True)
             part = self._ready(tp)
-            applied = part.state.apply(inputs)
+            applied = part.state.apply_columns(*columns)
             sweep = ()
         # The batch's own meta record (last) supersedes the meta of a forget_served.
         pending = [change for change in part.pending if change[0] != META_KEY]
         changelog = (*pending, *sweep, *applied.changes)
         part.pending = []
-        enriched: list[bytes | None] = []
         rejections: list[Rejection] = []
         served: list[tuple[float, ...] | None] = []
         for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
             if outcome is None or not isinstance(doc, dict):  # the preprocessor's reason
-                enriched.append(None)
                 served.append(None)
             elif outcome.values is None:
-                enriched.append(None)
                 served.append(None)
                 rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
             else:
-                enriched.append(enrich(doc, self.names, outcome.values))
                 served.append(outcome.values)
+        # The preparation places the served values by name (core/preparation.py).
         return replace(
             source,
-            enriched=enriched,
             state_rejections=tuple(rejections),
             changelog=changelog,
             state_names=self.names,
@@ -402,6 +397,22 @@ class StateKeeper:
             "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
             extra={"topic": tp[0], "partition": tp[1]},
         )
+
+
+def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, Any] | str]:
+    """Each value as a JSON object, or the dead-letter reason it gets (``decoded_object``).
+
+    A batch of values that all decode as objects within the cap (the usual one)
+    is decoded at once, without a call and a try per record.
+    """
+    try:
+        if values and min(map(len, values)) and max(map(len, values)) <= max_bytes:  # type: ignore[arg-type]
+            docs = list(map(orjson.loads, values))  # type: ignore[arg-type]
+            if all(type(doc) is dict for doc in docs):
+                return docs
+    except (TypeError, orjson.JSONDecodeError):  # a value without bytes, or not JSON
+        pass
+    return [decoded_object(value, max_bytes) for value in values]
 
 
 def _approximate_bytes(store: Store) -> int:

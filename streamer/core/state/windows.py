@@ -239,30 +239,51 @@ class PartitionState:
         their first write, then what the batch served (in runs of
         :data:`~streamer.core.state.codec.SERVED_RUN`), then the meta.
         """
-        keys: dict[bytes, KeyEntries | None] = {}
+        records = list(records)
+        return self.apply_columns(
+            [record.offset for record in records],
+            [record.key for record in records],
+            [record.timestamp_ms for record in records],
+            [record.doc for record in records],
+        )
+
+    def apply_columns(
+        self,
+        offsets: list[int],
+        keys: Sequence[bytes | None],
+        timestamps_ms: Sequence[int | None],
+        docs: list[dict[str, Any] | None],
+    ) -> Applied:
+        """:meth:`apply` of a batch given as columns (the consumer's): no record made for it."""
+        entries: dict[bytes, KeyEntries | None] = {}
         self._new_keys.clear()
         try:
-            applied = self._apply(records, keys)
+            applied = self._apply(offsets, keys, timestamps_ms, docs, entries)
         except BaseException:
             self._forget_cache()  # its keys may hold what the store never got
             raise
-        self._cache_keys(keys)
+        self._cache_keys(entries)
         return applied
 
     def _apply(
-        self, records: Iterable[StateInput], keys: dict[bytes, KeyEntries | None]
+        self,
+        offsets: list[int],
+        record_keys: Sequence[bytes | None],
+        timestamps_ms: Sequence[int | None],
+        docs: list[dict[str, Any] | None],
+        keys: dict[bytes, KeyEntries | None],
     ) -> Applied:
-        records = list(records)
-        offsets = [record.offset for record in records]
-        docs = [record.doc for record in records]
-        outcomes: list[Served | None] = [None] * len(records)
+        count = len(offsets)
+        outcomes: list[Served | None] = [None] * count
         fresh, last = self._sort_out(offsets, docs, outcomes)
-        if len(fresh) < len(records):
+        if len(fresh) < count:
             docs = [docs[at] for at in fresh]
+            record_keys = [record_keys[at] for at in fresh]
+            timestamps_ms = [timestamps_ms[at] for at in fresh]
         columns, bad = self._reader.read_columns(
             docs,  # type: ignore[arg-type]
-            [records[at].key for at in fresh],
-            [records[at].timestamp_ms for at in fresh],
+            record_keys,
+            timestamps_ms,
         )
         clocks = list(self.meta.clocks_us)
         written: dict[bytes, None] = {}
@@ -271,7 +292,7 @@ class PartitionState:
             served = self._apply_group(columns[0], bad, keys, clocks, written)
         else:
             served = self._apply_groups(columns, bad, keys, clocks, written)
-        if len(fresh) == len(records):
+        if len(fresh) == count:
             outcomes = served  # type: ignore[assignment] # every record was applied
         else:
             for at, outcome in zip(fresh, served, strict=True):

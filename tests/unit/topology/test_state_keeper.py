@@ -129,7 +129,7 @@ def test_changelog_topic_name_derives_from_group_input_and_fingerprint() -> None
     assert changelog_topic_name(explicit) == "mine"
 
 
-def test_batches_carry_enriched_values_rejections_and_changelog_equal_to_offline() -> None:
+def test_batches_carry_served_values_rejections_and_changelog_equal_to_offline() -> None:
     log = MemoryChangelog()
     keeper = StateKeeper(make_settings(), lambda: log)
     first = run(keeper, log, EVENTS[:3])
@@ -137,12 +137,10 @@ def test_batches_carry_enriched_values_rejections_and_changelog_equal_to_offline
     expected = offline(EVENTS)
     assert {**served(first), **served(second)} == expected
     assert expected[3] == (3.0, 11.75)
-    assert first.enriched is not None
-    assert orjson.loads(first.enriched[2] or b"") == {
-        "card": "a", "ts": 3000, "amount": 0.25, "n_1h": 2.0, "sum_1h": 1.75,
-    }  # fmt: skip
-    assert second.enriched is not None
-    assert second.enriched[2] is None  # not JSON: left as is
+    assert first.state_names == ("n_1h", "sum_1h")
+    assert first.state_values[2] == (2.0, 1.75)
+    assert first.values[2] == EVENTS[2][1]  # the original bytes: dead letters carry them
+    assert second.state_values[2] is None  # not JSON: no features
     assert second.state_rejections == ()
     assert first.changelog[-1][0] == META_KEY
     assert decode_meta(first.changelog[-1][1] or b"").last_offset == 2
