@@ -25,6 +25,7 @@ again: a store ahead of the changelog is rebuilt from it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
@@ -48,7 +49,7 @@ from streamer.core.state.changelog import (
 )
 from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
-from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore
+from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
 from streamer.core.state.windows import PartitionState
 from streamer.messages import Rejection, SourceBatch, StateProgress
@@ -310,8 +311,9 @@ class StateKeeper:
         if end <= 0:
             return None, 0
         tail = [record for chunk in reader.read(tp[1], end - 1, end) for record in chunk]
-        if tail and meta_record(tail[-1][1], tail[-1][2]) is not None:
-            return meta_record(tail[-1][1], tail[-1][2]), end
+        meta = meta_record(tail[-1][1], tail[-1][2]) if tail else None
+        if meta is not None:
+            return meta, end
         # The last batch's changelog was cut short (never acknowledged): find the meta before it.
         return last_meta(reader.read(tp[1], 0, end)), end
 
@@ -337,7 +339,7 @@ class StateKeeper:
         if plan.action is Action.REBUILD:
             restored = self._rebuild(tp, store, end, plan)
         else:
-            self._log_plan(tp, plan, 0)
+            self._log_plan(tp, plan)
         counting = CountingStore(store, 0)
         part = _Partition(PartitionState(self.layout, counting, tp[0], tp[1]), counting)
         counting.keys = part.state.key_count()
@@ -366,16 +368,17 @@ class StateKeeper:
         self._restoring = tp
         count = RestoreCount()
         logged = time.monotonic()
-        done = 0
+        counted = 0  # of the records written, those already in self._restored
+        changes = itertools.chain.from_iterable(
+            acknowledged_changes(reader.read(tp[1], 0, end), count)
+        )
         try:
-            for changes in acknowledged_changes(reader.read(tp[1], 0, end), count):
-                store.write(changes)
-                done += len(changes)
+            for done in restore(store, changes):
                 if time.monotonic() - logged >= RESTORE_LOG_EVERY_S:
                     logged = time.monotonic()
                     log.info("state of %s/%d: %d of %d restored", *tp, done, end, extra=where)
-                    self._restored.records[tp] = self._restored.records.get(tp, 0) + done
-                    done = 0
+                    self._restored.records[tp] = self._restored.records.get(tp, 0) + done - counted
+                    counted = done
                     if self._report is not None:
                         self._report(self.progress())
         finally:
@@ -387,9 +390,9 @@ class StateKeeper:
             f" ({count.dropped} after the last meta record ignored)" if count.dropped else "",
             extra=where,
         )
-        return done
+        return count.kept - counted
 
-    def _log_plan(self, tp: TP, plan: RestorePlan, _restored: int) -> None:
+    def _log_plan(self, tp: TP, plan: RestorePlan) -> None:
         log.info(
             "state of %s/%d: %s: %s",
             *tp,

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 import msgspec
 
+from streamer.core.state.changelog import meta_record
 from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, decode_meta
 from streamer.core.state.store import Change, Store
 
@@ -110,10 +111,7 @@ def newest_meta(changelog: Sequence[Change]) -> Meta | None:
     """The newest readable meta record of a changelog (its last meta record)."""
     for key, value in reversed(changelog):
         if key == META_KEY and value is not None:
-            try:
-                return decode_meta(value)
-            except msgspec.DecodeError:
-                return None
+            return meta_record(key, value)
     return None
 
 
