@@ -565,8 +565,10 @@ class Bench:
             if ones:
                 measured[("defaults", 1)] = float(np.median(ones))
                 self._pipeline_row(backend, "defaults", 1, measured, floor, notes, codes, ones)
+            # The smoke run checks that each path runs: two workers on one backend suffice.
+            smoke_one = self.args.smoke and backend != self.args.scaling_backend
             for label, sections in variants:
-                for workers in self.args.workers:
+                for workers in [1] if smoke_one else self.args.workers:
                     if (label, workers) in measured:
                         continue
                     self.log(f"(b) streamer {backend}, {label}, {workers} worker(s)")
@@ -1047,6 +1049,8 @@ class Bench:
                 '[[challenger]]\nname = "demo-again"\n',
             ),
         }
+        if self.args.smoke:  # each path once: the two without outputs add no new code path
+            del variants["profile only"], variants["profile + challenger, no outputs"]
         rates: dict[str, list[float]] = {name: [] for name in variants}
         codes: list[int] = []
         for run in range(self.args.repeat):
