@@ -25,13 +25,14 @@ $(OIP_STAMP): $(STAMP) streamer/devtools/oip_server.py
 demo: $(STAMP)
 	$(BIN)/streamer demo
 
-# The whole suite: unit tests (no network) and integration tests on the embedded broker
-# (and MLServer for the remote-model tests).
+# The whole suite: unit tests (no network; CPU-bound, so on both cores) and integration
+# tests on the embedded broker (and MLServer for the remote-model tests), one at a time.
 test: $(STAMP) $(OIP_STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q tests/integration
 
 test-unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 test-integration: $(STAMP) $(OIP_STAMP)
 	$(BIN)/pytest -q tests/integration

@@ -127,9 +127,17 @@ class TestReadme:
         assert named <= targets, f"README names make targets the Makefile lacks: {named - targets}"
 
     def test_make_test_runs_the_whole_suite(self) -> None:
-        recipe = re.search(r"^test: .*\n\t(.*)$", _read(MAKEFILE), flags=re.MULTILINE)
+        recipe = re.search(r"^test: .*\n((?:\t.*\n)+)", _read(MAKEFILE), flags=re.MULTILINE)
         assert recipe, "the Makefile has no test target"
-        assert recipe.group(1).split() == ["$(BIN)/pytest", "-q"]
+        commands = [line.split() for line in recipe.group(1).splitlines()]
+        # Every test directory, each once: the unit tests on both cores, then the rest.
+        assert commands == [
+            ["$(BIN)/pytest", "-q", "-n", "2", "tests/unit"],
+            ["$(BIN)/pytest", "-q", "tests/integration"],
+        ]
+        assert sorted(
+            p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"
+        ) == ["integration", "unit"]
 
     def test_its_minimal_configuration_passes_validation(self, readme: str) -> None:
         (config,) = _code_blocks(readme, "toml")
