@@ -218,6 +218,11 @@ class TestSettings:
         assert group.max_entries == entries_that_fit((True, False), 65_536, 256) == 233
         assert layout_of(settings_of(max_entries_per_key=100)).groups[0].max_entries == 100
         assert layout_of(settings_of()).max_text_bytes == 256
+        # Not in the fingerprint: a changed bound keeps the changelog topic and the state.
+        assert (
+            layout_of(settings_of()).fingerprint
+            == layout_of(settings_of(max_entries_per_key=100, max_text_bytes=64)).fingerprint
+        )
 
     def test_a_cap_that_may_not_fit_stops_the_start_with_one_line(self) -> None:
         with pytest.raises(ConfigError) as caught:
