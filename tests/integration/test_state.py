@@ -189,7 +189,7 @@ def test_kill_9_restarts_and_rebalances_serve_the_offline_features_once_per_reco
             describe=lambda: first_log.read_text()[-2000:],
         )
         before_join = changelog_ends(cluster, changelog)
-        member = start_pipeline(settings, model=FlakyModel(load_linear(None), {2, 5}))
+        member = start_pipeline(settings, model=FlakyModel(load_linear(None), {2, 4}))
         wait_for(
             lambda: (
                 len(assigned(first_log, topics.input)) == 1
