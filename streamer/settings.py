@@ -20,6 +20,8 @@ from typing import Any
 
 from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions, RemoteOptions
 from streamer.core.state.declared import RECORD_KEY, StateFeature, parse_features
+from streamer.core.state.layout import build_layout
+from streamer.core.state.limits import entries_that_fit, record_bytes
 from streamer.errors import ConfigError
 
 ENV_PREFIX = "STREAMER_"
@@ -521,6 +523,20 @@ class StateSettings:
         "Write the computed state features into each output document (and into the "
         "'streamer.state_features' header of a dead letter whose features were computed).",
         default=False,
+    )
+    max_entries_per_key: int = _doc(
+        "Most window entries one key holds: a record that would add one more is dead-lettered "
+        "as 'state_too_large' and the state is unchanged (a key's state is one changelog "
+        "record). 0 means the most whose record surely fits kafka.max_request_bytes; a larger "
+        "value stops the start (docs/state.md).",
+        default=0,
+        non_negative=True,
+    )
+    max_text_bytes: int = _doc(
+        "Longest key, and value a distinct_count reads as text, in UTF-8 bytes: a record with "
+        "a longer one is dead-lettered as 'state_too_large'.",
+        default=256,
+        positive=True,
     )
 
 
@@ -1145,6 +1161,39 @@ def _check_state_features(settings: Settings) -> None:
             msg = (
                 f"state.features {feature.name!r} is also in [preprocess.paths]: a declared "
                 "feature is computed, not read from the record; remove one of them"
+            )
+            raise ConfigError(msg)
+    _check_state_size(settings)
+
+
+def _check_state_size(settings: Settings) -> None:
+    """Every key's state must fit one changelog record (core/state/limits.py)."""
+    if not settings.state_features:
+        return
+    state, budget = settings.state, settings.kafka.max_request_bytes
+    layout = build_layout(settings.state_features, 0)
+    for index, group in enumerate(layout.groups):
+        names = [
+            f.name for f, g in zip(layout.features, layout.feature_group, strict=True) if g == index
+        ]
+        fit = entries_that_fit(group.numeric, budget, state.max_text_bytes)
+        if fit < 1:
+            one = record_bytes(group.numeric, 1, state.max_text_bytes)
+            msg = (
+                f"state.max_text_bytes={state.max_text_bytes}: a key of {', '.join(names)} with "
+                f"one entry may take {one} bytes of a changelog record, over "
+                f"kafka.max_request_bytes={budget}; lower state.max_text_bytes or raise "
+                "kafka.max_request_bytes"
+            )
+            raise ConfigError(msg)
+        if state.max_entries_per_key > fit:
+            worst = record_bytes(group.numeric, state.max_entries_per_key, state.max_text_bytes)
+            msg = (
+                f"state.max_entries_per_key={state.max_entries_per_key}: a key of "
+                f"{', '.join(names)} may then take {worst} bytes, over "
+                f"kafka.max_request_bytes={budget} (a key's state is one changelog record); "
+                f"set it to at most {fit}, or 0, or raise kafka.max_request_bytes (and the "
+                "broker's message.max.bytes)"
             )
             raise ConfigError(msg)
 

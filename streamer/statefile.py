@@ -43,11 +43,14 @@ SWEEP_EVERY_ROWS = 100_000
 
 
 def layout_of(settings: Settings) -> Layout:
-    """The declared features of ``settings`` with its lateness and TTL policy."""
+    """The declared features of ``settings`` with its lateness, TTL and size policy."""
     return build_layout(
         settings.state_features,
         round(settings.state.allowed_lateness_s * 1_000_000),
         round(settings.state.key_ttl_s * 1_000_000),
+        max_entries_per_key=settings.state.max_entries_per_key,
+        max_text_bytes=settings.state.max_text_bytes,
+        max_record_bytes=settings.kafka.max_request_bytes,
     )
 
 

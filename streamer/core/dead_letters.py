@@ -29,13 +29,15 @@ WRONG_FORMAT = "wrong_format"
 
 # Declared window features (core/state/): the record lacks the key, its event
 # time is unreadable or out of range, it is later than state.allowed_lateness_s,
-# or it was applied before and what it was served is no longer kept.
+# it was applied before and what it was served is no longer kept, or it would
+# make its key's state too large for one changelog record (core/state/limits.py).
 MISSING_KEY = "missing_key"
 BAD_TIMESTAMP = "bad_timestamp"
 LATE = "late"
 STATE_REPLAYED = "state_replayed"
+STATE_TOO_LARGE = "state_too_large"
 
-STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED)
+STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED, STATE_TOO_LARGE)
 """The reasons only the state gives (stage ``state``)."""
 
 REASONS = (

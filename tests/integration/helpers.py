@@ -294,6 +294,30 @@ class SlowModel(ModelDefaults):
         return self._inner.predict(features)
 
 
+class FlakyModel(ModelDefaults):
+    """The demo model; ``crash_calls`` predict calls die with a BaseException (a kill)."""
+
+    # No file behind it: nothing to watch, and a reload never counts as unchanged.
+    digest = ""
+    watch_paths = ()
+
+    def __init__(self, inner: LinearModel, crash_calls: set[int]) -> None:
+        self._inner = inner
+        self.name, self.version = inner.name, inner.version
+        self.spec, self.output_names = inner.spec, inner.output_names
+        self._crash_calls = crash_calls
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._calls += 1
+            crash = self._calls in self._crash_calls
+        if crash:
+            raise KeyboardInterrupt("model actor killed")
+        return self._inner.predict(features)
+
+
 class GatedModel(ModelDefaults):
     """The demo model, whose ``predict`` blocks until the test opens the gate.
 

@@ -37,6 +37,7 @@ from .helpers import (
     PROCESS_TIMEOUT_S,
     SESSION_TIMEOUT_S,
     Cluster,
+    FlakyModel,
     PipelineStarter,
     Topics,
     end_offsets,
@@ -72,30 +73,6 @@ def check_no_loss(cluster: Cluster, topics: Topics, name: str) -> Reconciliation
 
 
 # --- actors that fail --------------------------------------------------------
-
-
-class FlakyModel(ModelDefaults):
-    """The demo model; ``crash_calls`` predict calls die with a BaseException (a kill)."""
-
-    # No file behind it: nothing to watch, and a reload never counts as unchanged.
-    digest = ""
-    watch_paths = ()
-
-    def __init__(self, inner: LinearModel, crash_calls: set[int]) -> None:
-        self._inner = inner
-        self.name, self.version = inner.name, inner.version
-        self.spec, self.output_names = inner.spec, inner.output_names
-        self._crash_calls = crash_calls
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self._calls += 1
-            crash = self._calls in self._crash_calls
-        if crash:
-            raise KeyboardInterrupt("model actor killed")
-        return self._inner.predict(features)
 
 
 class PoisonModel(ModelDefaults):

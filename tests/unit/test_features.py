@@ -92,9 +92,10 @@ class TestDeadLetterReasons:
             "not_utf8", "invalid_json", "not_object", "missing_feature", "non_numeric_feature",
             "non_finite", "oversized", "empty_value", "model_error", "produce_rejected",
             "unknown_schema", "undecodable", "wrong_format",
-            "missing_key", "bad_timestamp", "late", "state_replayed",
+            "missing_key", "bad_timestamp", "late", "state_replayed", "state_too_large",
         }  # fmt: skip
         assert f.REASONS[-len(f.STATE_REASONS) :] == f.STATE_REASONS  # the state's last
+        assert f.REASONS[-1] == "state_too_large"  # appended: the older series keep their order
 
     def test_the_first_bad_feature_names_the_problem(self) -> None:
         prepared = prepare_batch([doc(a="x", b=_REMOVE)], SPEC)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streamer.core.dead_letters import BAD_TIMESTAMP, MISSING_FEATURE, MISSING_KEY
+from streamer.core.dead_letters import BAD_TIMESTAMP, MISSING_FEATURE, MISSING_KEY, STATE_TOO_LARGE
 from streamer.core.features import InvalidValueError, to_number
 from streamer.core.state.declared import (
     NUMERIC_AGGREGATIONS,
@@ -24,6 +24,7 @@ from streamer.core.state.declared import (
     RECORD_TIMESTAMP,
     StateFeature,
 )
+from streamer.core.state.limits import entries_that_fit
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICRO = dt.timedelta(microseconds=1)
@@ -40,6 +41,8 @@ class Group:
     """Per field: read as a float (a numeric aggregation reads it) or as its JSON text."""
     horizon_us: int
     """The largest window of the group's features plus the allowed lateness."""
+    max_entries: int = 0
+    """The most entries a key of the group holds (0: no bound; core/state/limits.py)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Layout:
     allowed_lateness_us: int
     key_ttl_us: int
     """A key whose newest time is older than the partition's clock minus this is forgotten."""
+    max_text_bytes: int = 0
+    """The longest key, and text a ``distinct_count`` reads, in UTF-8 bytes (0: no bound)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -68,9 +73,21 @@ class Layout:
 
 
 def build_layout(
-    features: Sequence[StateFeature], allowed_lateness_us: int, key_ttl_us: int = 0
+    features: Sequence[StateFeature],
+    allowed_lateness_us: int,
+    key_ttl_us: int = 0,
+    *,
+    max_entries_per_key: int = 0,
+    max_text_bytes: int = 0,
+    max_record_bytes: int = 0,
 ) -> Layout:
-    """Group the features by (key, time); ``key_ttl_us`` 0 means each group's horizon."""
+    """Group the features by (key, time); ``key_ttl_us`` 0 means each group's horizon.
+
+    The size bounds (core/state/limits.py): a key holds at most
+    ``max_entries_per_key`` entries, or, when it is 0 and ``max_record_bytes``
+    is not, the most whose changelog record fits ``max_record_bytes``; 0 and
+    0: no bound. ``max_text_bytes`` 0: no bound on a key's or a text's length.
+    """
     order: list[tuple[str, str]] = []
     for f in features:
         if (f.key, f.time) not in order:
@@ -86,7 +103,10 @@ def build_layout(
             for name in fields
         )
         horizon = max(f.window_us for f in members) + allowed_lateness_us
-        groups.append(Group(key, time, fields, numeric, horizon))
+        max_entries = max_entries_per_key
+        if not max_entries and max_record_bytes:
+            max_entries = max(1, entries_that_fit(numeric, max_record_bytes, max_text_bytes))
+        groups.append(Group(key, time, fields, numeric, horizon, max_entries))
     for f in features:
         index = order.index((f.key, f.time))
         feature_group.append(index)
@@ -98,6 +118,7 @@ def build_layout(
         feature_field=tuple(feature_field),
         allowed_lateness_us=allowed_lateness_us,
         key_ttl_us=key_ttl_us,
+        max_text_bytes=max_text_bytes,
     )
 
 
@@ -203,6 +224,21 @@ def _time_us(doc: dict[str, Any], timestamp_ms: int | None, path: str) -> int:
     raise BadRecordError(BAD_TIMESTAMP, f"time field {path!r} is a JSON {type(value).__name__}")
 
 
+def text_too_long(text: str, max_bytes: int) -> bool:
+    """Whether ``text`` is longer than ``max_bytes`` in UTF-8 (encoded only when it may be)."""
+    if len(text) > max_bytes:
+        return True  # a character is at least a byte
+    return len(text) * 4 > max_bytes and len(text.encode()) > max_bytes
+
+
+def _too_large(what: str, size: int, max_bytes: int) -> BadRecordError:
+    return BadRecordError(
+        STATE_TOO_LARGE,
+        f"{what} is {size} bytes, more than state.max_text_bytes={max_bytes} (a key's state "
+        "must fit one changelog record)",
+    )
+
+
 def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
     """A field's value: a finite float for a numeric aggregation, else its JSON text.
 
@@ -282,6 +318,18 @@ class RecordReader:
             )
             for group, prefix in zip(layout.groups, prefixes, strict=True)
         )
+        self._max_text = layout.max_text_bytes
+
+    def _check_text(self, key_bytes: bytes, group: _GroupRead, fields: list[float | str]) -> None:
+        """A key or a text field longer than ``state.max_text_bytes``: ``state_too_large``."""
+        limit = self._max_text
+        if len(key_bytes) > limit:
+            where = "the record key" if group.key == RECORD_KEY else f"key field {group.key!r}"
+            raise _too_large(where, len(key_bytes), limit)
+        for (name, numeric, _top), value in zip(group.fields, fields, strict=True):
+            if not numeric and text_too_long(value, limit):  # type: ignore[arg-type]
+                field_name = f"field {name!r}"
+                raise _too_large(field_name, len(str(value).encode()), limit)
 
     def read(
         self, doc: dict[str, Any], key: bytes | None, timestamp_ms: int | None
@@ -312,6 +360,8 @@ class RecordReader:
                     fields.append(raw)
                 else:
                     fields.append(read_field(doc, name, numeric=numeric))
+            if self._max_text:
+                self._check_text(key_bytes, group, fields)
             inputs.append((group.prefix + key_bytes, time_us, tuple(fields)))
         return inputs
 
@@ -348,6 +398,8 @@ class RecordReader:
             values = [
                 self._column(name, numeric, top, docs, alone) for name, numeric, top in group.fields
             ]
+            if self._max_text:
+                self._long_texts(group, store_keys, values, alone)
             rows: list[tuple[float | str, ...]] = (
                 list(zip(*values, strict=True)) if values else [()] * count
             )
@@ -364,6 +416,27 @@ class RecordReader:
                 column.times_us[index] = time_us
                 column.rows[index] = fields
         return columns, bad
+
+    def _long_texts(
+        self,
+        group: _GroupRead,
+        store_keys: list[bytes],
+        values: list[list[Any]],
+        alone: set[int],
+    ) -> None:
+        """Read alone the records whose key or text field may be too long (read checks them)."""
+        limit = self._max_text + len(group.prefix)
+        if store_keys and max(map(len, store_keys)) > limit:
+            alone.update(i for i, k in enumerate(store_keys) if len(k) > limit)
+        for (_name, numeric, _top), column in zip(group.fields, values, strict=True):
+            if numeric or not column:
+                continue
+            if max(len(x) if type(x) is str else 0 for x in column) * 4 > self._max_text:
+                alone.update(
+                    i
+                    for i, x in enumerate(column)
+                    if type(x) is str and text_too_long(x, self._max_text)
+                )
 
     @staticmethod
     def _times(

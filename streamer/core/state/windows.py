@@ -27,6 +27,7 @@ key k that were applied before r in its partition (and r itself, with
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from streamer.core.dead_letters import LATE, STATE_REPLAYED
+from streamer.core.dead_letters import LATE, STATE_REPLAYED, STATE_TOO_LARGE
 from streamer.core.state.codec import (
     CODEC_VERSION,
     KEY_PREFIX,
@@ -111,6 +112,8 @@ class _GroupPlan(NamedTuple):
     no_bounds: tuple[int, ...]
     no_columns: list[list[FieldValue]]
     """An empty window's columns (read, never written)."""
+    max_entries: int
+    """A key holds at most this many entries (core/state/limits.py)."""
 
 
 def _group_plans(layout: Layout) -> tuple[_GroupPlan, ...]:
@@ -145,6 +148,7 @@ def _group_plans(layout: Layout) -> tuple[_GroupPlan, ...]:
                 ),
                 no_bounds=(0,) * len(windows),
                 no_columns=[[] for _ in group.fields],
+                max_entries=group.max_entries or sys.maxsize,
             )
         )
     return tuple(plans)
@@ -353,7 +357,7 @@ class PartitionState:
             plan.horizon_us,
             plan.ttl_us,
         )
-        no_bounds, no_columns = plan.no_bounds, plan.no_columns
+        no_bounds, no_columns, max_entries = plan.no_bounds, plan.no_columns, plan.max_entries
         one_window = len(windows) == 1
         lateness = self.layout.allowed_lateness_us
         width = len(self.layout.features)
@@ -375,6 +379,11 @@ class PartitionState:
                     state = None  # past its TTL: it reads as empty
                 elif time_us < newest - lateness:
                     served.append(_late(newest - time_us, lateness))
+                    continue
+                elif len(state.times) >= max_entries and _full(
+                    state, max(newest, time_us) - horizon, max_entries
+                ):
+                    served.append(_too_large(max_entries))
                     continue
             values = [0.0] * width
             if state is None:  # new, or past its TTL: only this entry
@@ -460,6 +469,12 @@ class PartitionState:
                     state = None  # past its TTL: it reads as empty
                 elif time_us < state.newest_us - lateness:
                     return _late(state.newest_us - time_us, lateness)
+                elif len(state.times) >= groups[group].max_entries and _full(
+                    state,
+                    max(state.newest_us, time_us) - groups[group].horizon_us,
+                    groups[group].max_entries,
+                ):
+                    return _too_large(groups[group].max_entries)
             states.append(state)
         values = [0.0] * len(self.layout.features)
         for plan, (_store_key, time_us, fields), state in zip(groups, inputs, states, strict=True):
@@ -600,6 +615,26 @@ def _late(behind_us: int, lateness_us: int) -> Served:
         LATE,
         f"event time is {behind_us / 1e6:g}s before the newest of its key, more than "
         f"state.allowed_lateness_s={lateness_us / 1e6:g}",
+    )
+
+
+def _full(state: KeyEntries, keep_above: int, max_entries: int) -> bool:
+    """Whether the key holds ``max_entries`` entries above ``keep_above`` (those the add keeps).
+
+    Counted, not dropped: the state of a record refused stays as the store has it.
+    """
+    times = state.times
+    if state.ordered:
+        return len(times) - bisect_right(times, keep_above) >= max_entries
+    return sum(1 for t in times if t > keep_above) >= max_entries
+
+
+def _too_large(max_entries: int) -> Served:
+    return Served(
+        None,
+        STATE_TOO_LARGE,
+        f"its key holds {max_entries} entries already, the most one key's state may hold "
+        "(state.max_entries_per_key; it must fit one changelog record): the state is unchanged",
     )
 
 
