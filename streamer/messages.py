@@ -435,7 +435,7 @@ class ChallengerScored:
 
 @dataclass(frozen=True, slots=True)
 class LabelsJoined:
-    """Producer -> metrics: a partition's labelled predictions that changed, and its ledger's counts."""
+    """Producer -> metrics: a partition's labelled predictions that changed, its ledger's counts."""
 
     partition: int
     joined: tuple[Joined, ...]

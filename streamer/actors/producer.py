@@ -154,7 +154,7 @@ class ProducerActor(PipelineActor):
             self._ledger.close()
 
     def receive(self, message: object) -> object:
-        """Handle ScoredBatch, Flush and GetStatus."""
+        """Handle ScoredBatch, LabelBatch, ChallengerScored, Flush and GetStatus."""
         match message:
             case ScoredBatch(source=source) | LabelBatch(source=source) as batch:
                 if source.epoch < self._epoch:
@@ -171,28 +171,15 @@ class ProducerActor(PipelineActor):
                     else:
                         self._produce(ready)
             case ChallengerScored() as scored:
-                if self._ledger is not None and not self._abandoned(scored.source):
-                    self._ledger.record_challenger(
-                        scored.source,
-                        scored.rows,
-                        scored.scores,
-                        (scored.name, scored.version),
-                        scored.scored_at,
-                    )
+                self._record_challenger(scored)
             case _Refused(flight=flight, round=refused_round, failures=failures):
                 self._answer_refused(flight, refused_round, failures)
             case _DeliveryFailed(error=error):
                 # Dying closes this client; the supervisor starts a fresh producer
                 # (a fenced or unknown producer id needs a new one) and rewinds.
                 raise DeliveryError(error)
-            case PartitionsRevoked(tps=tps, before=before):
-                for tp in tps:
-                    self._revoked_before[tp] = before
-                if self._ledger is not None:
-                    inputs = [p for t, p in tps if t == self._settings.input_topic]
-                    closed = self._ledger.revoke(inputs)
-                    if closed:
-                        self._emit(LabelsRevoked(tuple(closed)))
+            case PartitionsRevoked() as revoked:
+                self._revoke(revoked)
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -201,6 +188,26 @@ class ProducerActor(PipelineActor):
                     self._reorderer.waiting, self._batches_produced, self._unanswerable
                 )
         return None
+
+    def _revoke(self, revoked: PartitionsRevoked) -> None:
+        for tp in revoked.tps:
+            self._revoked_before[tp] = revoked.before
+        if self._ledger is not None:
+            inputs = [p for t, p in revoked.tps if t == self._settings.input_topic]
+            closed = self._ledger.revoke(inputs)
+            if closed:
+                self._emit(LabelsRevoked(tuple(closed)))
+
+    def _record_challenger(self, scored: ChallengerScored) -> None:
+        """Record a challenger's scores (best effort: their changes ride with the next delivery)."""
+        if self._ledger is not None and not self._abandoned(scored.source):
+            self._ledger.record_challenger(
+                scored.source,
+                scored.rows,
+                scored.scores,
+                (scored.name, scored.version),
+                scored.scored_at,
+            )
 
     def _abandoned(self, source: SourceBatch) -> bool:
         """True for a batch dispatched before its partition was revoked (another member's now)."""

@@ -102,19 +102,19 @@ class _Deferred:
         self.inner = inner
         self.changes: list[Change] = []
 
-    def get(self, key: bytes) -> bytes | None:  # noqa: D102
+    def get(self, key: bytes) -> bytes | None:
         return self.inner.get(key)
 
-    def write(self, changes: Sequence[Change]) -> None:  # noqa: D102
+    def write(self, changes: Sequence[Change]) -> None:
         self.changes.extend(changes)
 
-    def keys_between(self, low: bytes, high: bytes) -> list[bytes]:  # noqa: D102
+    def keys_between(self, low: bytes, high: bytes) -> list[bytes]:
         return self.inner.keys_between(low, high)
 
-    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]  # noqa: D102
+    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]
         return self.inner.items_from(prefix)
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         self.inner.close()
 
     def taken(self) -> list[Change]:
@@ -181,7 +181,7 @@ class LedgerKeeper:
         time_us = iso_time_us(scored_at)
         marks = part.marks
         fresh = [i for i, row in enumerate(rows) if source.offsets[row] > marks.input_offset]
-        replayed = [rows[i] for i in range(len(rows)) if source.offsets[rows[i]] <= marks.input_offset]
+        replayed = [row for row in rows if source.offsets[row] <= marks.input_offset]
         outputs = model_outputs(
             self.spec,
             source,
@@ -400,4 +400,3 @@ def _newest(clock_us: int | None, time_us: int | None) -> int | None:
     if time_us is None:
         return clock_us
     return time_us if clock_us is None else max(clock_us, time_us)
-

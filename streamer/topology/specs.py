@@ -36,6 +36,7 @@ from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
 from streamer.settings import Settings
+from streamer.topology.labels import LedgerKeeper
 from streamer.topology.state import StateKeeper, changelog_topic_name
 
 
@@ -64,11 +65,13 @@ class Wiring:
     producer_factory: ProducerFactory
     on_assigned: Callable[[], None]
     monitor: DriftMonitor | None = None
+    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
     challengers: tuple[ChallengerLink, ...] = ()
     """The running ``[[challenger]]`` actors, scored after the champion."""
     changelog_reader: Callable[[], ChangelogReader] | None = None
     """Opens a reader of the state's changelog topic (None: no changelog)."""
-    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
+    ledger_reader: Callable[[], ChangelogReader] | None = None
+    """Opens a reader of the prediction ledger's changelog topic (None: no changelog)."""
 
 
 StartStage = Callable[[Wiring, int, int, FailureHandler], pykka.ActorRef]
@@ -135,7 +138,8 @@ def _start_consumer(
         on_ready=w.on_assigned,
         epoch=epoch,
         state=state,
-        producer=w.routes[Stage.PRODUCER] if state is not None else None,
+        producer=w.routes[Stage.PRODUCER] if state is not None or s.labels.topic else None,
+        labels_topic=s.labels.topic,
     )
 
 
@@ -159,6 +163,8 @@ def _start_producer(
         formats=w.settings.format,
         changelog_topic=changelog_topic_name(w.settings) if w.settings.state_features else "",
         log_features=w.settings.state.log_features,
+        # A restarted producer gets a fresh keeper, which plans every partition's ledger again.
+        ledger=LedgerKeeper(w.settings, w.ledger_reader) if w.settings.labels.topic else None,
     )
 
 

@@ -374,7 +374,6 @@ class StateKeeper:
         )
 
 
-
 def open_rocks_store(path: Path, tp: TP, what: str) -> Store:
     """The RocksDB store at ``path``, waiting for a member that hands it over to let it go.
 
@@ -415,6 +414,7 @@ def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None
         return meta, end
     # The last batch's changelog was cut short (never acknowledged): find the meta before it.
     return last_meta(reader.read(partition, 0, end)), end
+
 
 def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, Any] | str]:
     """Each value as a JSON object, or the dead-letter reason it gets (``decoded_object``).

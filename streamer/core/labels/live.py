@@ -30,6 +30,7 @@ import orjson
 from streamer.core.labels.join import (
     MALFORMED,
     MISROUTED,
+    Label,
     LabelSpec,
     Output,
     Rejected,
@@ -38,7 +39,6 @@ from streamer.core.labels.join import (
     record_id_identity,
     record_identity,
 )
-from streamer.core.labels.join import Label as Label
 from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode
 from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.store import Change
@@ -51,7 +51,7 @@ LEDGER_FINGERPRINT = "prediction-ledger-1"
 """The ledger changelog's fingerprint in its meta records: a state changelog is never one."""
 
 MARKS_KEY = b"Lo"
-"""The store key of a partition's :class:`LedgerMarks` (beside the ledger's ``Lp``/``Lt``/``Lm``)."""
+"""The store key of a partition's :class:`LedgerMarks` (beside the ledger's own keys)."""
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
