@@ -168,7 +168,7 @@ class Pipeline:
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
             readers = changelogs(s, self._backend, self.model)  # checked or created here
-            self._challengers.start(self.monitor)
+            self._challengers.start(self.monitor, self._routes[Stage.PRODUCER])
             self._supervisor.start_children(self._wiring(readers))
             wait_until_open((self.consumer_ref, self.producer_ref), s.kafka.bootstrap_timeout_s)
             attach(self._routes)
