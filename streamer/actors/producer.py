@@ -433,7 +433,13 @@ class ProducerActor(PipelineActor):
                     )
                 )
         first = failures[0]
-        what = "the state or ledger changelog" if changelog else "delivery"
+        what = "delivery"
+        if changelog:
+            what = " or ".join(
+                f"{name} changelog {topic!r}"
+                for name, topic in (("state", self._changelog_topic), ("ledger", self._ledger_topic))
+                if topic
+            )
         detail = (
             f"{what} failed for batch {source.batch_id} of {source.topic}/"
             f"{source.partition} (offsets {source.first_offset}..{source.last_offset}): "
