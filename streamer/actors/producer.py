@@ -437,7 +437,10 @@ class ProducerActor(PipelineActor):
         if changelog:
             what = " or ".join(
                 f"{name} changelog {topic!r}"
-                for name, topic in (("state", self._changelog_topic), ("ledger", self._ledger_topic))
+                for name, topic in (
+                    ("state", self._changelog_topic),
+                    ("ledger", self._ledger_topic),
+                )
                 if topic
             )
         detail = (
