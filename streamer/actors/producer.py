@@ -319,26 +319,14 @@ class ProducerActor(PipelineActor):
             # The batch's state changes go in the same delivery as its answers: the batch is
             # acknowledged (and may be committed) only once both are (docs/state.md).
             first.groups.append(
-                OutputGroup(
-                    self._changelog_topic,
-                    [value for _key, value in changelog],  # type: ignore[misc]
-                    [key for key, _value in changelog],
-                    None,
-                    source.partition,
-                )
+                _changelog_group(self._changelog_topic, changelog, source.partition)
             )
         ledger_changes, labels_joined = ledger if ledger is not None else ((), None)
         if ledger_changes:
             # The ledger's changes go in the same delivery too: a batch's offsets are committed
             # only once its predictions (a label batch's joins) are in the ledger's changelog.
             first.groups.append(
-                OutputGroup(
-                    self._ledger_topic,
-                    [value for _key, value in ledger_changes],  # type: ignore[misc]
-                    [key for key, _value in ledger_changes],
-                    None,
-                    source.partition,
-                )
+                _changelog_group(self._ledger_topic, ledger_changes, source.partition)
             )
         tally = Tally(
             produced=len(encoded),
@@ -483,3 +471,14 @@ class ProducerActor(PipelineActor):
             self._acknowledge(flight)
         else:
             self._send(flight, following)
+
+
+def _changelog_group(topic: str, changes: Sequence[Change], partition: int) -> OutputGroup:
+    """A changelog's records (``(key, value)``, value None a tombstone) to the input's partition."""
+    return OutputGroup(
+        topic,
+        [value for _key, value in changes],  # type: ignore[misc]
+        [key for key, _value in changes],
+        None,
+        partition,
+    )

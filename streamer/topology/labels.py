@@ -39,7 +39,7 @@ from pathlib import Path
 import msgspec
 
 from streamer.clients.base import ChangelogReader
-from streamer.core.labels.join import LabelSpec, iso_time_us
+from streamer.core.labels.join import iso_time_us
 from streamer.core.labels.ledger import (
     Joined,
     PredictionLedger,
@@ -53,6 +53,7 @@ from streamer.core.labels.live import (
     LedgerMarks,
     closing_changes,
     decode_marks,
+    label_spec,
     ledger_topic_name,
     model_outputs,
     read_label_batch,
@@ -69,20 +70,6 @@ log = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 60.0
 """A partition's ledger expires what the horizon passed at most this often (its own clock)."""
-
-
-def label_spec(settings: Settings) -> LabelSpec:
-    """``[labels]`` and the challenger names as the join reads them."""
-    labels = settings.labels
-    return LabelSpec(
-        id_field=labels.id_field,
-        value_field=labels.value_field,
-        time_field=labels.time_field,
-        task=labels.task,
-        score_field=labels.score_field,
-        horizon_us=round(labels.horizon_s * 1e6),
-        challengers=frozenset(c.name for c in settings.challengers),
-    )
 
 
 def ledger_topic(settings: Settings) -> str:
@@ -155,7 +142,7 @@ class LedgerKeeper:
     """
 
     def __init__(self, settings: Settings, reader: Callable[[], ChangelogReader] | None) -> None:
-        self.spec = label_spec(settings)
+        self.spec = label_spec(settings.labels, [c.name for c in settings.challengers])
         self.topic = settings.kafka.input_topic
         self.changelog_topic = ledger_topic(settings)
         self._dir = settings.state.dir

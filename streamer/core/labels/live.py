@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -44,6 +44,9 @@ from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.store import Change
 from streamer.messages import Rejection, SourceBatch
 
+if TYPE_CHECKING:
+    from streamer.settings import LabelsSettings
+
 LABELS_STAGE = "labels"
 """The stage of a label's dead letter (its ``streamer.stage`` header)."""
 
@@ -54,6 +57,19 @@ MARKS_KEY = b"Lo"
 """The store key of a partition's :class:`LedgerMarks` (beside the ledger's own keys)."""
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def label_spec(labels: LabelsSettings, challengers: Iterable[str]) -> LabelSpec:
+    """``[labels]`` and the ``[[challenger]]`` names as the join reads them."""
+    return LabelSpec(
+        id_field=labels.id_field,
+        value_field=labels.value_field,
+        time_field=labels.time_field,
+        task=labels.task,
+        score_field=labels.score_field,
+        horizon_us=round(labels.horizon_s * 1e6),
+        challengers=frozenset(challengers),
+    )
 
 
 def ledger_topic_name(ledger_topic: str, group_id: str, input_topic: str) -> str:
