@@ -83,7 +83,8 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
     assert dict(dead[0].headers or [])["streamer.stage"] == b"labels"
     wait_until(lambda: len(events.items()) == 3)
     reset, recorded, join = events.items()
-    assert isinstance(reset, LabelsJoined) and reset.reset
+    assert isinstance(reset, LabelsJoined)
+    assert reset.reset
     assert isinstance(recorded, LabelsJoined)
     assert (recorded.counts.outputs, recorded.held, recorded.joined) == (2, 2, ())
     assert isinstance(join, LabelsJoined)
