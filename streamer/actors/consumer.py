@@ -287,8 +287,11 @@ class ConsumerActor(PipelineActor):
                 next(self._preprocessors).tell(ScoreBatch(source))
         if consumed:
             # One metrics message per poll, not per batch: each message costs the
-            # metrics actor a wakeup, which small batches would pay many times.
-            self._emit(RecordsConsumed(sum(map(len, batches))))
+            # metrics actor a wakeup, which small batches would pay many times. Labels
+            # are not records to answer: the producer counts them in the ledger.
+            count = sum(len(b) for b in batches if b.topic != self._labels_topic)
+            if count:
+                self._emit(RecordsConsumed(count))
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused or self._client is None:

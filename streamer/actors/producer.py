@@ -119,6 +119,7 @@ class ProducerActor(PipelineActor):
         # answers are sent and joined to the label batches the consumer sends here.
         self._ledger = ledger
         self._ledger_topic = "" if ledger is None else ledger.changelog_topic
+        self._labels_topic = "" if ledger is None else ledger.labels_topic
         # Per revoked partition: batches dispatched before this moment send no changelog.
         self._revoked_before: dict[tuple[str, int], float] = {}
         self._log_features = log_features
@@ -388,7 +389,8 @@ class ProducerActor(PipelineActor):
                 preprocess_seconds=batch.preprocess_seconds,
                 model_seconds=batch.model_seconds,
                 produce_seconds=flight.produce_seconds,
-                timestamps_ms=source.timestamps_ms,
+                # A label's timestamp is not a scored record's: no end-to-end latency.
+                timestamps_ms=() if source.topic == self._labels_topic else source.timestamps_ms,
                 acked_at=acked_at,
                 truncated=tally.truncated,
                 unanswerable=len(tally.unanswerable),

@@ -144,6 +144,7 @@ class LedgerKeeper:
     def __init__(self, settings: Settings, reader: Callable[[], ChangelogReader] | None) -> None:
         self.spec = label_spec(settings.labels, [c.name for c in settings.challengers])
         self.topic = settings.kafka.input_topic
+        self.labels_topic = settings.labels.topic
         self.changelog_topic = ledger_topic(settings)
         self._dir = settings.state.dir
         self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
