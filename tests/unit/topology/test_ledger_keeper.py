@@ -168,3 +168,22 @@ def test_a_restore_rebuilds_up_to_the_last_meta_and_a_new_keeper_goes_on(
     assert decode_marks(dict(delivery.changes)[MARKS_KEY]).label_offset == 1
     assert restarted.revoke([0, 5]) == [0]
     assert restarted.partitions == []
+
+
+def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streamer.topology.labels.EXPIRE_EVERY_S", 0.0)
+    keeper = LedgerKeeper(make_settings(horizon_s=60.0), None)
+    keeper.record(records(0, [1, 2]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    keeper.join(labels(0, [0], [label(0, 1, 1)]))  # its time, a minute later, is the clock
+    # Two minutes after the predictions: the horizon (60 s) passed for both.
+    later = "2026-12-06T06:02:00.000Z"
+    delivery = keeper.record(records(0, [3]), [0], [0.5], ("m", "1"), later)
+    assert delivery.report.counts.expired_unlabelled == 0  # the clock was 06:01 still
+    delivery = keeper.record(records(0, [4]), [0], [0.5], ("m", "1"), later)
+    counts = delivery.report.counts
+    assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
+    assert delivery.report.held == 2  # offsets 3 and 4
+    deleted = {key for key, value in delivery.changes if value is None}
+    assert len(deleted) == 4  # two entries and their time keys
