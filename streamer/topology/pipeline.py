@@ -24,7 +24,6 @@ from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quietly
 from streamer.topology.monitoring import Challengers, drift_monitor
 from streamer.topology.preflight import (
-    ChangelogReaders,
     changelogs,
     check_features,
     load_or_stand_in,
@@ -35,7 +34,7 @@ from streamer.topology.preflight import (
     wait_for_registry,
     wait_until_open,
 )
-from streamer.topology.specs import Stage, Wiring, attach, new_routes
+from streamer.topology.specs import ChangelogReaders, Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
 
@@ -202,8 +201,7 @@ class Pipeline:
             on_assigned=self._assigned.set,
             monitor=self.monitor,
             challengers=self._challengers.links,
-            changelog_reader=readers.state,
-            ledger_reader=readers.ledger,
+            changelogs=readers,
         )
 
     def _abort_start(self) -> None:

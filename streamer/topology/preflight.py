@@ -8,7 +8,6 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import cast
 
 import pykka
@@ -31,6 +30,7 @@ from streamer.messages import GetStatus
 from streamer.settings import Settings
 from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.labels import ledger_topic
+from streamer.topology.specs import ChangelogReaders
 from streamer.topology.state import changelog_topic_name
 
 log = logging.getLogger(__name__)
@@ -249,14 +249,6 @@ def state_changelog(
     backend.ensure_changelog(settings.kafka, topic, settings.kafka.input_topic)
     log.info("state changelog topic: %s", topic, extra={"topic": topic})
     return functools.partial(backend.changelog_reader, settings.kafka, topic)
-
-
-@dataclass(frozen=True)
-class ChangelogReaders:
-    """How the keepers open their changelog readers (None: no such changelog)."""
-
-    state: Callable[[], ChangelogReader] | None = None
-    ledger: Callable[[], ChangelogReader] | None = None
 
 
 def changelogs(settings: Settings, backend: Backend | None, model: Model) -> ChangelogReaders:

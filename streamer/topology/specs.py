@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -53,6 +53,16 @@ Routes = Mapping[Stage, Route]
 
 
 @dataclass(frozen=True)
+class ChangelogReaders:
+    """How the keepers open their changelog readers (None: no such changelog)."""
+
+    state: Callable[[], ChangelogReader] | None = None
+    """The state's changelog topic (declared [[state.features]])."""
+    ledger: Callable[[], ChangelogReader] | None = None
+    """The prediction ledger's changelog topic (``labels.topic`` set)."""
+
+
+@dataclass(frozen=True)
 class Wiring:
     """What every stage is started with, besides its index, epoch and failure handler."""
 
@@ -68,10 +78,8 @@ class Wiring:
     """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
     challengers: tuple[ChallengerLink, ...] = ()
     """The running ``[[challenger]]`` actors, scored after the champion."""
-    changelog_reader: Callable[[], ChangelogReader] | None = None
-    """Opens a reader of the state's changelog topic (None: no changelog)."""
-    ledger_reader: Callable[[], ChangelogReader] | None = None
-    """Opens a reader of the prediction ledger's changelog topic (None: no changelog)."""
+    changelogs: ChangelogReaders = field(default_factory=ChangelogReaders)
+    """How the state's and the prediction ledger's changelog readers are opened."""
 
 
 StartStage = Callable[[Wiring, int, int, FailureHandler], pykka.ActorRef]
@@ -123,7 +131,7 @@ def _start_consumer(
     state = (
         StateKeeper(
             s,
-            w.changelog_reader,
+            w.changelogs.state,
             report=None if metrics is None else functools.partial(_tell_quietly, metrics),
         )
         if s.state_features
@@ -164,7 +172,7 @@ def _start_producer(
         changelog_topic=changelog_topic_name(w.settings) if w.settings.state_features else "",
         log_features=w.settings.state.log_features,
         # A restarted producer gets a fresh keeper, which plans every partition's ledger again.
-        ledger=LedgerKeeper(w.settings, w.ledger_reader) if w.settings.labels.topic else None,
+        ledger=LedgerKeeper(w.settings, w.changelogs.ledger) if w.settings.labels.topic else None,
     )
 
 
