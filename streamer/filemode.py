@@ -253,7 +253,7 @@ def file_settings(
 ) -> Settings:
     """Settings for file mode: the config's model and preprocessing, the files as topics.
 
-    There is no broker, no metrics server and no model watcher, and the
+    There is no broker, no metrics server, no model watcher and no labels topic, and the
     dead-letter circuit breaker is off: rejected rows are written, never fatal.
     """
     from streamer.settings import load_settings  # noqa: PLC0415
@@ -265,6 +265,8 @@ def file_settings(
         "metrics.enabled": False,
         "model.watch_interval_s": 0.0,
         "supervision.dead_letter_max_ratio": 1.0,
+        # A file has no labels topic: the ledger is the daemon's (`streamer evaluate` joins files).
+        "labels.topic": "",
     }
     return load_settings(config, environ=environ, overrides={**(overrides or {}), **files})
 

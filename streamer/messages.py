@@ -20,6 +20,7 @@ from streamer.core.records import TP
 
 if TYPE_CHECKING:
     from streamer.actors.routing import Teller
+    from streamer.core.labels.ledger import Joined, LedgerCounts
     from streamer.core.models import Model
 
 
@@ -400,3 +401,55 @@ class ChallengeBatch:
     batch: FeatureBatch
     rows: np.ndarray
     champion_scores: np.ndarray
+
+
+# --- delayed labels (docs/labels.md) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelBatch:
+    """Consumer -> producer: a batch of a labels partition, to join in its input partition's ledger.
+
+    ``source.topic`` is the labels topic; ``source.partition`` is also the input
+    partition whose ledger the labels join (the two topics are co-partitioned).
+    """
+
+    source: SourceBatch
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengerScored:
+    """Challenger -> producer, after its own delivery: its scores, for the prediction ledger.
+
+    ``rows`` index the batch's records (``source.offsets``, ``source.keys``),
+    ``scores`` is each row's score (the ``labels.score_field`` output).
+    """
+
+    source: SourceBatch
+    rows: tuple[int, ...]
+    scores: tuple[float, ...]
+    name: str
+    version: str
+    scored_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsJoined:
+    """Producer -> metrics: a partition's labelled predictions that changed, its ledger's counts."""
+
+    partition: int
+    joined: tuple[Joined, ...]
+    """streamer.core.labels.ledger.Joined: add, or replace by identity."""
+    counts: LedgerCounts
+    """The partition's cumulative counts (exact through restarts: kept in the store)."""
+    held: int
+    """Predictions held in the partition's ledger now."""
+    reset: bool = False
+    """True after a restore: the partition's window starts anew from ``joined``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsRevoked:
+    """Producer -> metrics: these partitions' windows leave this member."""
+
+    partitions: tuple[int, ...]

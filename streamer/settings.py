@@ -551,11 +551,18 @@ class ShutdownSettings:
 class LabelsSettings:
     """Delayed labels: how a label finds its prediction, and the quality window (docs/labels.md).
 
-    ``streamer evaluate`` reads it; the daemon does not consume labels yet.
+    ``streamer run`` consumes ``topic`` (when set) and keeps the prediction
+    ledger in ``ledger_topic``; ``streamer evaluate`` reads the rest for a backtest.
     """
 
     topic: str = _doc(
-        "Topic of the labels, for the live path (not built yet: `run` does not read it).",
+        "Topic of the labels that `run` consumes; empty: no labels. It must have the input's "
+        "partition count, a label on the partition of its record (co-partitioned).",
+        default="",
+    )
+    ledger_topic: str = _doc(
+        "Compacted topic that makes the prediction ledger durable (as many partitions as the "
+        "input); empty means '<group_id>.<input_topic>.ledger-changelog'.",
         default="",
     )
     id_field: str = _doc(
@@ -1331,7 +1338,7 @@ def _check_labels(settings: Settings) -> None:
     if labels.time_field.startswith("$"):
         msg = (
             f"labels.time_field must be a field path of the label, got {labels.time_field!r} "
-            "(the daemon does not consume labels yet, so there is no record timestamp to read)"
+            "(a label's time is read from the label itself)"
         )
         raise ConfigError(msg)
     kafka = settings.kafka
@@ -1341,5 +1348,17 @@ def _check_labels(settings: Settings) -> None:
         msg = (
             f"labels.topic {labels.topic!r} must differ from the input, output, dead-letter and "
             "challenger output topics"
+        )
+        raise ConfigError(msg)
+    if labels.ledger_topic and labels.ledger_topic in {*taken, labels.topic}:
+        msg = (
+            f"labels.ledger_topic {labels.ledger_topic!r} must be a topic of its own (not the "
+            "input, output, dead-letter, labels or a challenger output topic)"
+        )
+        raise ConfigError(msg)
+    if labels.ledger_topic and labels.ledger_topic == settings.state.changelog_topic:
+        msg = (
+            f"labels.ledger_topic {labels.ledger_topic!r} is also state.changelog_topic; "
+            "the ledger needs a changelog of its own (set one of them to another topic)"
         )
         raise ConfigError(msg)

@@ -10,27 +10,43 @@ slow challenger skips batches instead of holding memory or the champion.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pykka
 
 from streamer.actors.base import PipelineActor
+from streamer.actors.routing import Teller
 from streamer.clients import ProducerClient, ProducerFactory
 from streamer.clients.base import SendFailure, send_batch
 from streamer.clients.registry import make_reader, registry_wait_logger
+from streamer.core.labels.live import score_column
 from streamer.core.models import Model, preparation_key
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.output import OutputGroup, encode_predictions, iso_now
 from streamer.core.preparation import Preparer
 from streamer.core.scoring import score_output
-from streamer.messages import ChallengeBatch, SourceBatch, SwapModel
+from streamer.messages import ChallengeBatch, ChallengerScored, SourceBatch, SwapModel
 from streamer.settings import BatchSettings, FormatSettings, KafkaSettings, PreprocessSettings
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_FAILURES = 100
+
+
+@dataclass(frozen=True)
+class LedgerLink:
+    """Where a challenger's scores go for the prediction ledger (docs/labels.md), and as what."""
+
+    producer: Teller
+    name: str
+    """The challenger's configured name (``[[challenger]] name``)."""
+    score_field: str
 
 
 class ChallengerActor(PipelineActor):
@@ -49,8 +65,10 @@ class ChallengerActor(PipelineActor):
         preprocess: PreprocessSettings,
         batch: BatchSettings,
         formats: FormatSettings | None = None,
+        ledger: LedgerLink | None = None,
     ) -> None:
         super().__init__(None, None)
+        self._ledger = ledger
         self._model = model
         self._spec_key = preparation_key(model.spec)
         self._output_topic = output_topic
@@ -131,6 +149,7 @@ class ChallengerActor(PipelineActor):
         client = self._client
         if client is None or rows.size == 0 or not self._output_topic:
             return
+        scored_at = iso_now()
         values = encode_predictions(
             topic=source.topic,
             partition=source.partition,
@@ -140,18 +159,43 @@ class ChallengerActor(PipelineActor):
             predictions=predictions,
             output_names=self._model.output_names,
             model={"name": self._model.name, "version": self._model.version},
-            scored_at=iso_now(),
+            scored_at=scored_at,
         )
         keys = [source.keys[row] for row in rows.tolist()]
+        done = self._delivered
+        ledger = self._ledger
+        scores = (
+            None
+            if ledger is None
+            else score_column(predictions, self._model.output_names, ledger.score_field)
+        )
+        if ledger is not None and scores is not None:
+            scored = ChallengerScored(
+                source,
+                tuple(rows.tolist()),
+                tuple(scores.tolist()),
+                ledger.name,
+                self._model.version,
+                scored_at,
+            )
+            done = functools.partial(self._delivered, scored=scored)
         try:
             # The batch path of the client (librdkafka's in C with confluent), as the producer's.
-            send_batch(client, [OutputGroup(self._output_topic, values, keys)], self._delivered)
+            send_batch(client, [OutputGroup(self._output_topic, values, keys)], done)
         except Exception as exc:  # best effort: counted as a failure, never raised
             self._agreement.failed(0.0)
             log.warning("challenger %s: producing its outputs failed: %s", self._model.name, exc)
 
-    def _delivered(self, failures: Sequence[SendFailure]) -> None:
-        """Deliveries of one batch settled (on a client thread): log the failures, once."""
+    def _delivered(
+        self, failures: Sequence[SendFailure], scored: ChallengerScored | None = None
+    ) -> None:
+        """Deliveries of one batch settled (on a client thread): log the failures, once.
+
+        Delivered, the scores go to the producer's prediction ledger (best effort).
+        """
+        if not failures and scored is not None and self._ledger is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._ledger.producer.tell(scored)
         if failures:
             log.warning(
                 "challenger %s: %d outputs were not delivered: %s",

@@ -29,6 +29,7 @@ from streamer.messages import (
     ConsumerStatus,
     GetInFlight,
     GetStatus,
+    LabelBatch,
     PartitionsRevoked,
     RecordsConsumed,
     Rewind,
@@ -122,12 +123,16 @@ class ConsumerActor(PipelineActor):
         epoch: int = 0,
         state: StateKeeper | None = None,
         producer: Teller | None = None,
+        labels_topic: str = "",
     ) -> None:
         super().__init__(metrics, on_failure)
         # Declared [[state.features]]: applied to each batch as the Ledger cuts it, in
         # offset order per partition, before the Ledger keeps it for rewinds.
         self._state = state
         self._producer = producer
+        # Delayed labels (docs/labels.md): the labels topic is read in the same group; its
+        # batches go straight to the producer, which joins them in its prediction ledger.
+        self._labels_topic = labels_topic
         # Partitions revoked since the last poll, whose stores the actor's thread closes:
         # the keeper is only ever touched on this actor's thread.
         self._revoked_state: list[TP] = []
@@ -137,7 +142,7 @@ class ConsumerActor(PipelineActor):
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
         self._ledger = Ledger(
-            batch, settings.max_poll_records, epoch, None if state is None else state.apply
+            batch, settings.max_poll_records, epoch, None if state is None else self._apply_state
         )
         self._paused = False
         self._fetching = False
@@ -154,7 +159,12 @@ class ConsumerActor(PipelineActor):
     def open(self) -> None:
         """Open the client and subscribe; fetching waits for :class:`Attach`."""
         self._client = self._client_factory(self._settings, self._settings.max_poll_records)
-        self._client.subscribe(self._settings.input_topic, self._on_assigned, self._on_revoked)
+        topics = (
+            [self._settings.input_topic, self._labels_topic]
+            if self._labels_topic
+            else self._settings.input_topic
+        )
+        self._client.subscribe(topics, self._on_assigned, self._on_revoked)
         self._ticker = _Ticker(self.actor_ref)
 
     def release(self) -> None:
@@ -199,6 +209,11 @@ class ConsumerActor(PipelineActor):
                         return self._ledger.in_flight()
                     return self._status(fetching=self._fetching)
         return None
+
+    def _apply_state(self, source: SourceBatch) -> SourceBatch:
+        """The declared features of an input batch (a label batch has none)."""
+        assert self._state is not None
+        return source if source.topic == self._labels_topic else self._state.apply(source)
 
     def _schedule_poll(self) -> None:
         if not self._poll_scheduled:
@@ -245,7 +260,7 @@ class ConsumerActor(PipelineActor):
         if revoked:
             state.revoke(revoked)
         for tp in polled:
-            if tp in assigned:
+            if tp in assigned and tp[0] != self._labels_topic:
                 state.prepare(tp)
 
     def _refresh_end_offsets(self, now: float) -> None:
@@ -265,11 +280,18 @@ class ConsumerActor(PipelineActor):
             return
         assert self._preprocessors is not None
         for source in batches:
-            next(self._preprocessors).tell(ScoreBatch(source))
+            if source.topic == self._labels_topic:
+                assert self._producer is not None
+                self._producer.tell(LabelBatch(source))
+            else:
+                next(self._preprocessors).tell(ScoreBatch(source))
         if consumed:
             # One metrics message per poll, not per batch: each message costs the
-            # metrics actor a wakeup, which small batches would pay many times.
-            self._emit(RecordsConsumed(sum(map(len, batches))))
+            # metrics actor a wakeup, which small batches would pay many times. Labels
+            # are not records to answer: the producer counts them in the ledger.
+            count = sum(len(b) for b in batches if b.topic != self._labels_topic)
+            if count:
+                self._emit(RecordsConsumed(count))
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused or self._client is None:
@@ -399,9 +421,11 @@ class ConsumerActor(PipelineActor):
                 # their changes are in the local store only, which the next assignment,
                 # here or elsewhere, replans against the changelog. The actor's thread
                 # closes the stores (this may be kafka-python's I/O thread).
-                self._revoked_state.extend(tps)
-                if self._producer is not None:
-                    self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
+                self._revoked_state.extend(tp for tp in tps if tp[0] != self._labels_topic)
+            if self._producer is not None:
+                # The producer sends no state changes of their abandoned batches, and closes
+                # their prediction ledgers.
+                self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
             if offsets and self._client is not None:
                 # A blocking commit inside the rebalance callback is a kafka-python
                 # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.

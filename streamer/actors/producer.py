@@ -8,7 +8,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
@@ -16,6 +18,7 @@ from streamer.actors.routing import Teller
 from streamer.clients.base import ProducerClient, ProducerFactory, SendFailure, send_batch
 from streamer.core.answers import Round, SourceContext, Tally, first_round, next_round
 from streamer.core.headers import carried_headers
+from streamer.core.labels.live import score_column
 from streamer.core.output import (
     OutputGroup,
     encode_predictions,
@@ -24,6 +27,7 @@ from streamer.core.output import (
     with_state_features,
 )
 from streamer.core.reorder import Reorderer
+from streamer.core.state.store import Change
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.errors import DeadLetterRatioError, DeliveryError, UnanswerableRecordError
 from streamer.messages import (
@@ -32,15 +36,27 @@ from streamer.messages import (
     BatchPartlyDelivered,
     BatchProduced,
     BreakerTripped,
+    ChallengerScored,
     Flush,
     GetStatus,
+    LabelBatch,
+    LabelsJoined,
+    LabelsRevoked,
     PartitionsRevoked,
     ProducerStatus,
     ScoredBatch,
+    SourceBatch,
 )
 from streamer.settings import FormatSettings, KafkaSettings
 
+if TYPE_CHECKING:
+    from streamer.topology.labels import LedgerKeeper
+
 log = logging.getLogger(__name__)
+
+
+_LedgerPart = tuple[tuple[Change, ...], LabelsJoined]
+"""The ledger's changes a delivery carries, and the metrics' news once it is in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,8 @@ class _InFlight:
     produce_seconds: float = 0.0
     changelog_records: int = 0
     """The batch's state changelog records, sent after its answers in the first round."""
+    labels: LabelsJoined | None = None
+    """The ledger's news, for the metrics once the delivery that carried its changes is in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +111,15 @@ class ProducerActor(PipelineActor):
         formats: FormatSettings | None = None,
         changelog_topic: str = "",
         log_features: bool = False,
+        ledger: LedgerKeeper | None = None,
     ) -> None:
         super().__init__(metrics, on_failure)
         self._changelog_topic = changelog_topic
+        # Delayed labels (docs/labels.md): each partition's prediction ledger, written as the
+        # answers are sent and joined to the label batches the consumer sends here.
+        self._ledger = ledger
+        self._ledger_topic = "" if ledger is None else ledger.changelog_topic
+        self._labels_topic = "" if ledger is None else ledger.labels_topic
         # Per revoked partition: batches dispatched before this moment send no changelog.
         self._revoked_before: dict[tuple[str, int], float] = {}
         self._log_features = log_features
@@ -107,7 +131,7 @@ class ProducerActor(PipelineActor):
         self._consumer = consumer
         self._client_factory = client_factory
         self._client: ProducerClient | None = None
-        self._reorderer: Reorderer[ScoredBatch] = Reorderer()
+        self._reorderer: Reorderer[ScoredBatch | LabelBatch] = Reorderer()
         self._output_topic = settings.output_topic
         self._dead_letter_topic = settings.dead_letter_topic_name
         self._batches_produced = 0
@@ -123,15 +147,17 @@ class ProducerActor(PipelineActor):
             self._encode = AvroOutputWriter(self._formats, self._output_topic).encode
 
     def release(self) -> None:
-        """Flush what was sent and close the client."""
+        """Flush what was sent and close the client (and the ledger's stores)."""
         if self._client is not None:
             client, self._client = self._client, None
             client.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     def receive(self, message: object) -> object:
-        """Handle ScoredBatch, Flush and GetStatus."""
+        """Handle ScoredBatch, LabelBatch, ChallengerScored, Flush and GetStatus."""
         match message:
-            case ScoredBatch(source=source) as batch:
+            case ScoredBatch(source=source) | LabelBatch(source=source) as batch:
                 if source.epoch < self._epoch:
                     return None  # sent again by a rewind; that copy is on its way
                 if source.epoch > self._epoch:
@@ -141,16 +167,20 @@ class ProducerActor(PipelineActor):
                 for ready in self._reorderer.push(
                     (source.topic, source.partition), source.seq, batch
                 ):
-                    self._produce(ready)
+                    if isinstance(ready, LabelBatch):
+                        self._join(ready)
+                    else:
+                        self._produce(ready)
+            case ChallengerScored() as scored:
+                self._record_challenger(scored)
             case _Refused(flight=flight, round=refused_round, failures=failures):
                 self._answer_refused(flight, refused_round, failures)
             case _DeliveryFailed(error=error):
                 # Dying closes this client; the supervisor starts a fresh producer
                 # (a fenced or unknown producer id needs a new one) and rewinds.
                 raise DeliveryError(error)
-            case PartitionsRevoked(tps=tps, before=before):
-                for tp in tps:
-                    self._revoked_before[tp] = before
+            case PartitionsRevoked() as revoked:
+                self._revoke(revoked)
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -160,11 +190,70 @@ class ProducerActor(PipelineActor):
                 )
         return None
 
-    def _produce(self, batch: ScoredBatch) -> None:
+    def _revoke(self, revoked: PartitionsRevoked) -> None:
+        for tp in revoked.tps:
+            self._revoked_before[tp] = revoked.before
+        if self._ledger is not None:
+            inputs = [p for t, p in revoked.tps if t == self._settings.input_topic]
+            closed = self._ledger.revoke(inputs)
+            if closed:
+                self._emit(LabelsRevoked(tuple(closed)))
+
+    def _record_challenger(self, scored: ChallengerScored) -> None:
+        """Record a challenger's scores (best effort: their changes ride with the next delivery)."""
+        if self._ledger is not None and not self._abandoned(scored.source):
+            self._ledger.record_challenger(
+                scored.source,
+                scored.rows,
+                scored.scores,
+                (scored.name, scored.version),
+                scored.scored_at,
+            )
+
+    def _abandoned(self, source: SourceBatch) -> bool:
+        """True for a batch dispatched before its partition was revoked (another member's now)."""
+        revoked_before = self._revoked_before.get((self._settings.input_topic, source.partition))
+        return revoked_before is not None and source.dispatched_at < revoked_before
+
+    def _join(self, labels: LabelBatch) -> None:
+        """Join a label batch in its partition's ledger; send its changes and dead letters."""
+        source = labels.source
+        if self._ledger is None or self._abandoned(source):
+            return  # revoked since: the next owner reads these labels again
+        delivery = self._ledger.join(source)
+        self._tell_resets()
+        empty = np.empty(0, dtype=np.int64)
+        batch = ScoredBatch(source, empty, (), empty, delivery.rejections, (), "", "")
+        self._produce(batch, ledger=(delivery.changes, delivery.report))
+
+    def _tell_resets(self) -> None:
+        assert self._ledger is not None
+        for reset in self._ledger.take_resets():
+            self._emit(reset)
+
+    def _record(self, batch: ScoredBatch, scored_at: str) -> _LedgerPart | None:
+        """Record the champion's scores of a batch; the ledger changes its delivery carries."""
+        source = batch.source
+        if self._ledger is None or self._abandoned(source):
+            return None
+        scores = score_column(batch.predictions, batch.output_names, self._ledger.spec.score_field)
+        rows: list[int] = batch.valid_rows.tolist() if scores is not None else []
+        values: list[float] = scores.tolist() if scores is not None else []
+        model = (batch.model_name, batch.model_version)
+        delivery = self._ledger.record(source, rows, values, model, scored_at)
+        self._tell_resets()
+        return delivery.changes, delivery.report
+
+    def _produce(
+        self,
+        batch: ScoredBatch,
+        ledger: _LedgerPart | None = None,
+    ) -> None:
         client = self._client
         assert client is not None
         source = batch.source
-        breaker = self._breaker
+        label_batch = ledger is not None  # malformed labels never trip the breaker
+        breaker = None if label_batch else self._breaker
         if breaker is not None and breaker.record(
             len(source), len(batch.rejections), ((r.reason, r.detail) for r in batch.rejections)
         ):
@@ -181,18 +270,24 @@ class ProducerActor(PipelineActor):
         started = time.perf_counter()
         scored_at = iso_now()
         model = {"name": batch.model_name, "version": batch.model_version}
-        encoded = self._encode(
-            topic=source.topic,
-            partition=source.partition,
-            offsets=source.offsets,
-            keys=source.keys,
-            rows=batch.valid_rows,
-            predictions=batch.predictions,
-            output_names=batch.output_names,
-            model=model,
-            scored_at=scored_at,
-            reasons=batch.reasons,
+        encoded = (
+            []
+            if label_batch
+            else self._encode(
+                topic=source.topic,
+                partition=source.partition,
+                offsets=source.offsets,
+                keys=source.keys,
+                rows=batch.valid_rows,
+                predictions=batch.predictions,
+                output_names=batch.output_names,
+                model=model,
+                scored_at=scored_at,
+                reasons=batch.reasons,
+            )
         )
+        if ledger is None:
+            ledger = self._record(batch, scored_at)
         log_features = self._log_features and bool(source.state_values)
         if log_features:  # JSON outputs only (checked at start)
             encoded = with_state_features(
@@ -225,20 +320,27 @@ class ProducerActor(PipelineActor):
             # The batch's state changes go in the same delivery as its answers: the batch is
             # acknowledged (and may be committed) only once both are (docs/state.md).
             first.groups.append(
-                OutputGroup(
-                    self._changelog_topic,
-                    [value for _key, value in changelog],  # type: ignore[misc]
-                    [key for key, _value in changelog],
-                    None,
-                    source.partition,
-                )
+                _changelog_group(self._changelog_topic, changelog, source.partition)
+            )
+        ledger_changes, labels_joined = ledger if ledger is not None else ((), None)
+        if ledger_changes:
+            # The ledger's changes go in the same delivery too: a batch's offsets are committed
+            # only once its predictions (a label batch's joins) are in the ledger's changelog.
+            first.groups.append(
+                _changelog_group(self._ledger_topic, ledger_changes, source.partition)
             )
         tally = Tally(
             produced=len(encoded),
             dead_letters=Counter(r.reason for r in batch.rejections),
             truncated=sum(a.truncated for a in first.answers or ()),
         )
-        flight = _InFlight(batch, context, tally, changelog_records=len(changelog))
+        flight = _InFlight(
+            batch,
+            context,
+            tally,
+            changelog_records=len(changelog),
+            labels=labels_joined,
+        )
         self._send(flight, first)
         flight.produce_seconds = time.perf_counter() - started
         self._batches_produced += 1
@@ -254,7 +356,7 @@ class ProducerActor(PipelineActor):
             if not failures:
                 self._acknowledge(flight)
             elif any(f.index >= answers for f in failures):
-                # A state changelog record failed: whatever the cause, the batch is not
+                # A state or ledger changelog record failed: whatever the cause, the batch is not
                 # delivered (never a dead letter); the whole batch goes again.
                 changelog = [f for f in failures if f.index >= answers]
                 self._failed(flight, sent, changelog, changelog=True)
@@ -287,13 +389,16 @@ class ProducerActor(PipelineActor):
                 preprocess_seconds=batch.preprocess_seconds,
                 model_seconds=batch.model_seconds,
                 produce_seconds=flight.produce_seconds,
-                timestamps_ms=source.timestamps_ms,
+                # A label's timestamp is not a scored record's: no end-to-end latency.
+                timestamps_ms=() if source.topic == self._labels_topic else source.timestamps_ms,
                 acked_at=acked_at,
                 truncated=tally.truncated,
                 unanswerable=len(tally.unanswerable),
                 changelog_records=flight.changelog_records,
             )
         )
+        if flight.labels is not None:
+            self._emit(flight.labels)
 
     def _failed(
         self,
@@ -318,7 +423,16 @@ class ProducerActor(PipelineActor):
                     )
                 )
         first = failures[0]
-        what = f"state changelog {self._changelog_topic!r}" if changelog else "delivery"
+        what = "delivery"
+        if changelog:
+            what = " or ".join(
+                f"{name} changelog {topic!r}"
+                for name, topic in (
+                    ("state", self._changelog_topic),
+                    ("ledger", self._ledger_topic),
+                )
+                if topic
+            )
         detail = (
             f"{what} failed for batch {source.batch_id} of {source.topic}/"
             f"{source.partition} (offsets {source.first_offset}..{source.last_offset}): "
@@ -359,3 +473,14 @@ class ProducerActor(PipelineActor):
             self._acknowledge(flight)
         else:
             self._send(flight, following)
+
+
+def _changelog_group(topic: str, changes: Sequence[Change], partition: int) -> OutputGroup:
+    """A changelog's records (``(key, value)``, value None a tombstone) to the input's partition."""
+    return OutputGroup(
+        topic,
+        [value for _key, value in changes],  # type: ignore[misc]
+        [key for key, _value in changes],
+        None,
+        partition,
+    )

@@ -61,6 +61,7 @@ def backend(name: str) -> Backend:
         group_reader=module.GroupReader,
         changelog_reader=module.ChangelogReader,
         ensure_changelog=module.ensure_changelog,
+        partition_counts=module.partition_counts,
     )
 
 

@@ -65,11 +65,15 @@ class ConsumerClient(Protocol):
 
     def subscribe(
         self,
-        topic: str,
+        topic: str | Sequence[str],
         on_assigned: Callable[[list[TP]], None],
         on_revoked: Callable[[list[TP]], None],
     ) -> None:
-        """Join the group on one topic."""
+        """Join the group on one topic, or several (the input and the labels, co-partitioned).
+
+        Partitions are assigned by the range assignor, so that partition p of
+        every topic goes to the same member.
+        """
         ...
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
@@ -295,8 +299,11 @@ EnsureTopics = Callable[..., None]
 GroupReaderFactory = Callable[[KafkaSettings, str], GroupReader]
 # (settings, changelog topic) -> its reader
 ChangelogReaderFactory = Callable[[KafkaSettings, str], ChangelogReader]
-# (settings, changelog topic, input topic): create it compacted, or refuse it (ConfigError)
-EnsureChangelog = Callable[[KafkaSettings, str, str], None]
+# (settings, changelog topic, input topic, setting=the key that names it): create it
+# compacted, or refuse it (ConfigError naming the setting)
+EnsureChangelog = Callable[..., None]
+# settings -> every topic's partition count
+PartitionCounts = Callable[[KafkaSettings], dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,8 @@ class Backend:
     """None: the backend keeps no changelog (the file backend)."""
     ensure_changelog: EnsureChangelog | None = None
     """None: the backend keeps no changelog (the file backend)."""
+    partition_counts: PartitionCounts | None = None
+    """None: the backend has no topics to describe (the file backend)."""
 
 
 def latest_end(fetched: int | None, refreshed: int | None) -> int | None:

@@ -191,6 +191,7 @@ def check_changelog(
     partitions: int,
     input_partitions: int,
     cleanup_policy: str | None,
+    setting: str = "state.changelog_topic",
 ) -> None:
     """Refuse an existing changelog topic that cannot hold every input partition's state.
 
@@ -204,18 +205,18 @@ def check_changelog(
     """
     if partitions < input_partitions:
         msg = (
-            f"state.changelog_topic: topic {changelog_topic!r} has {partitions} partitions but "
+            f"{setting}: topic {changelog_topic!r} has {partitions} partitions but "
             f"the input topic {input_topic!r} has {input_partitions}; add partitions "
             f"(kafka-topics.sh --alter --topic {changelog_topic} --partitions {input_partitions}) "
-            "or set state.changelog_topic to a new topic"
+            f"or set {setting} to a new topic"
         )
         raise ConfigError(msg)
     if cleanup_policy is not None and cleanup_policy.replace(" ", "") != "compact":
         msg = (
-            f"state.changelog_topic: topic {changelog_topic!r} has cleanup.policy="
+            f"{setting}: topic {changelog_topic!r} has cleanup.policy="
             f"{cleanup_policy}, so the broker deletes old state; make it compact "
             f"(kafka-configs.sh --alter --entity-type topics --entity-name {changelog_topic} "
-            "--add-config cleanup.policy=compact) or set state.changelog_topic to a new topic"
+            f"--add-config cleanup.policy=compact) or set {setting} to a new topic"
         )
         raise ConfigError(msg)
 

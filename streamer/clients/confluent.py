@@ -210,6 +210,8 @@ def _group_config(settings: KafkaSettings, fetch_max_bytes: int | None) -> dict[
         **_common(settings),
         **fetch,
         "group.id": settings.group_id,
+        # Partition p of the input and of the labels topic to one member (docs/labels.md).
+        "partition.assignment.strategy": "range",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": settings.auto_offset_reset,
@@ -394,11 +396,11 @@ class GroupConsumer:
 
     def subscribe(
         self,
-        topic: str,
+        topic: str | Sequence[str],
         on_assigned: Callable[[list[TP]], None],
         on_revoked: Callable[[list[TP]], None],
     ) -> None:
-        """Join the group on one topic; the callbacks run inside :meth:`poll`."""
+        """Join the group on the topics; the callbacks run inside :meth:`poll`."""
 
         def assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             tps = [(p.topic, p.partition) for p in partitions]
@@ -430,7 +432,8 @@ class GroupConsumer:
                     self._held.drop(tp)
                 consumer.unassign()
 
-        self._consumer.subscribe([topic], on_assign=assign, on_revoke=revoke, on_lost=revoke)
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        self._consumer.subscribe(topics, on_assign=assign, on_revoke=revoke, on_lost=revoke)
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Fetch up to ``max_records`` records, grouped by partition in offset order."""
@@ -1024,7 +1027,12 @@ class _TopicReader:
         )
 
 
-def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic: str) -> None:
+def ensure_changelog(
+    settings: KafkaSettings,
+    changelog_topic: str,
+    input_topic: str,
+    setting: str = "state.changelog_topic",
+) -> None:
     """Create the changelog topic compacted with the input's partitions, or check the existing one.
 
     Raises:
@@ -1061,7 +1069,18 @@ def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic:
         partitions=len(topics[changelog_topic].partitions),
         input_partitions=input_partitions,
         cleanup_policy=_cleanup_policy(admin, changelog_topic, settings.bootstrap_timeout_s),
+        setting=setting,
     )
+
+
+def partition_counts(settings: KafkaSettings) -> dict[str, int]:
+    """Every topic's number of partitions (BrokerError when the broker cannot be reached)."""
+    admin = AdminClient(_common(settings))
+    try:
+        topics = admin.list_topics(timeout=settings.bootstrap_timeout_s).topics
+    except KafkaException as exc:
+        raise broker_error("connect the admin client", settings, exc) from None
+    return {name: len(topic.partitions) for name, topic in topics.items() if topic.error is None}
 
 
 def _cleanup_policy(admin: AdminClient, topic: str, timeout_s: float) -> str | None:

@@ -28,7 +28,7 @@ import io
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -222,7 +222,7 @@ class FileConsumer:
 
     def subscribe(
         self,
-        topic: str,
+        topic: str | Sequence[str],
         on_assigned: Callable[[list[TP]], None],
         on_revoked: Callable[[list[TP]], None],
     ) -> None:

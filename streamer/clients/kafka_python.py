@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
@@ -140,6 +141,8 @@ class GroupConsumer:
             self._consumer = KafkaConsumer(
                 **_common(settings),
                 group_id=settings.group_id,
+                # Partition p of the input and of the labels topic to one member (docs/labels.md).
+                partition_assignment_strategy=(RangePartitionAssignor,),
                 enable_auto_commit=False,
                 auto_offset_reset=settings.auto_offset_reset,
                 session_timeout_ms=int(settings.session_timeout_s * 1000),
@@ -159,12 +162,13 @@ class GroupConsumer:
 
     def subscribe(
         self,
-        topic: str,
+        topic: str | Sequence[str],
         on_assigned: Callable[[list[TP]], None],
         on_revoked: Callable[[list[TP]], None],
     ) -> None:
-        """Join the group on one topic; the callbacks run inside :meth:`poll`."""
-        self._consumer.subscribe([topic], listener=_Listener(on_assigned, on_revoked))
+        """Join the group on the topics; the callbacks run inside :meth:`poll`."""
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        self._consumer.subscribe(topics, listener=_Listener(on_assigned, on_revoked))
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         """Fetch records; returns an empty dict when there are none (or all are paused)."""
@@ -673,7 +677,12 @@ def _fixed_partition(partition: int, _key: bytes) -> int:
     return partition
 
 
-def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic: str) -> None:
+def ensure_changelog(
+    settings: KafkaSettings,
+    changelog_topic: str,
+    input_topic: str,
+    setting: str = "state.changelog_topic",
+) -> None:
     """Create the changelog topic compacted with the input's partitions, or check the existing one.
 
     Raises:
@@ -719,7 +728,20 @@ def ensure_changelog(settings: KafkaSettings, changelog_topic: str, input_topic:
             partitions=partitions[changelog_topic],
             input_partitions=partitions[input_topic],
             cleanup_policy=_cleanup_policy(admin, changelog_topic),
+            setting=setting,
         )
+    finally:
+        admin.close()
+
+
+def partition_counts(settings: KafkaSettings) -> dict[str, int]:
+    """Every topic's number of partitions (BrokerError when the broker cannot be reached)."""
+    try:
+        admin = KafkaAdminClient(**_common(settings))
+    except KafkaError as exc:
+        raise broker_error("connect the admin client", settings, exc) from None
+    try:
+        return _partition_counts(admin)
     finally:
         admin.close()
 

@@ -70,7 +70,7 @@ def evaluate_settings(config: str | None, environ: dict[str, str] | None = None)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``streamer evaluate``: print the metrics, and write them with ``--output``."""
     from streamer.core.labels.evaluation import WindowOptions, evaluate  # noqa: PLC0415
-    from streamer.core.labels.join import LabelSpec  # noqa: PLC0415
+    from streamer.core.labels.live import label_spec  # noqa: PLC0415
     from streamer.core.state.declared import RECORD_KEY  # noqa: PLC0415
     from streamer.filemode import detect_format  # noqa: PLC0415
 
@@ -81,15 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels_format = detect_format(args.labels, args.labels_format)
     settings = evaluate_settings(args.config)
     labels = settings.labels
-    spec = LabelSpec(
-        id_field=labels.id_field,
-        value_field=labels.value_field,
-        time_field=labels.time_field,
-        task=labels.task,
-        score_field=labels.score_field,
-        horizon_us=round(labels.horizon_s * 1e6),
-        challengers=frozenset(c.name for c in settings.challengers),
-    )
+    spec = label_spec(labels, [c.name for c in settings.challengers])
     window = WindowOptions(
         max_records=labels.window_records,
         max_age_us=round(labels.window_s * 1e6),

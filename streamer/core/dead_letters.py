@@ -40,12 +40,26 @@ STATE_TOO_LARGE = "state_too_large"
 STATE_REASONS = (MISSING_KEY, BAD_TIMESTAMP, LATE, STATE_REPLAYED, STATE_TOO_LARGE)
 """The reasons only the state gives (stage ``state``)."""
 
+# A label record (labels.topic) that joins nothing because of its own content
+# (core/labels/join.py): not a JSON object, no id, a value or a time that is not
+# one, or a partition coordinate that is not the labels partition it came from.
+LABEL_MALFORMED = "malformed"
+LABEL_MISSING_ID = "missing_id"
+LABEL_WRONG_TYPE = "wrong_type"
+LABEL_BAD_TIME = "bad_time"
+LABEL_MISROUTED = "misrouted"
+
+LABEL_DEAD_LETTER_REASONS = (
+    LABEL_MALFORMED, LABEL_MISSING_ID, LABEL_WRONG_TYPE, LABEL_BAD_TIME, LABEL_MISROUTED,
+)  # fmt: skip
+"""The reasons only a label gives (stage ``labels``)."""
+
 REASONS = (
     NOT_UTF8, INVALID_JSON, NOT_OBJECT, MISSING_FEATURE, NON_NUMERIC_FEATURE,
     NON_FINITE, OVERSIZED, EMPTY_VALUE, MODEL_ERROR, PRODUCE_REJECTED,
-    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT, *STATE_REASONS,
+    UNKNOWN_SCHEMA, UNDECODABLE, WRONG_FORMAT, *STATE_REASONS, *LABEL_DEAD_LETTER_REASONS,
 )  # fmt: skip
-"""Every reason, in the order of the ``streamer_dead_letters_total`` series (state's last)."""
+"""Every reason, in the order of the ``streamer_dead_letters_total`` series (labels' last)."""
 
 FEATURE_REASONS = frozenset({MISSING_FEATURE, NON_NUMERIC_FEATURE, NON_FINITE})
 """The reasons that name one feature (``feature 'name' ...``): the drift window counts them."""

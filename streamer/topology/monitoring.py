@@ -15,9 +15,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.challenger import ChallengerActor
+from streamer.actors.challenger import ChallengerActor, LedgerLink
 from streamer.actors.metrics import ChallengerCollector, DriftCollector
-from streamer.actors.routing import ChallengerLink
+from streamer.actors.routing import ChallengerLink, Teller
 from streamer.clients import ProducerFactory
 from streamer.core.models import Model, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
@@ -101,14 +101,25 @@ class Challengers:
         self.links: tuple[ChallengerLink, ...] = ()
         self._reloads: list[HotReload] = []
 
-    def start(self, monitor: DriftMonitor | None) -> tuple[ChallengerLink, ...]:
-        """Start one actor and one hot reload per challenger; register their metrics."""
+    def start(
+        self, monitor: DriftMonitor | None, producer: Teller | None = None
+    ) -> tuple[ChallengerLink, ...]:
+        """Start one actor and one hot reload per challenger; register their metrics.
+
+        With ``labels.topic`` set, each challenger tells ``producer`` (the
+        producer's route) its delivered scores, for the prediction ledger.
+        """
         s = self._settings
         edges = monitor.profile.score.edges if monitor is not None else None
         links = []
         for challenger, model in self._models:
             slots = PendingSlots(challenger.max_pending_batches)
             agreement = Agreement(s.monitoring.threshold, edges, s.monitoring.window_records)
+            ledger = (
+                LedgerLink(producer, challenger.name, s.labels.score_field)
+                if producer is not None and s.labels.topic
+                else None
+            )
             ref = ChallengerActor.start(
                 model,
                 challenger.output_topic,
@@ -119,6 +130,7 @@ class Challengers:
                 s.preprocess,
                 s.batch,
                 s.format,
+                ledger=ledger,
             )
             link = ChallengerLink(challenger.name, model, ref, slots, agreement)
             links.append(link)

@@ -6,7 +6,6 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import pykka
 from prometheus_client import CollectorRegistry
@@ -15,7 +14,6 @@ from streamer import clients
 from streamer.actors.metrics import PipelineMetrics
 from streamer.actors.routing import ChallengerLink
 from streamer.clients import Backend, ConsumerFactory, ProducerFactory
-from streamer.clients.base import ChangelogReader
 from streamer.core.batching import fetch_max_bytes
 from streamer.core.models import Model, load_configured
 from streamer.errors import ModelServerDownError, PipelineStartError, StreamerError
@@ -26,17 +24,17 @@ from streamer.topology.control import ASK_TIMEOUT_S, ask
 from streamer.topology.hot_reload import HotReload, swap_into_stages, tell_quietly
 from streamer.topology.monitoring import Challengers, drift_monitor
 from streamer.topology.preflight import (
+    changelogs,
     check_features,
     load_or_stand_in,
     register_remote_metrics,
     start_metrics,
-    state_changelog,
     wait_for_broker,
     wait_for_model_server,
     wait_for_registry,
     wait_until_open,
 )
-from streamer.topology.specs import Stage, Wiring, attach, new_routes
+from streamer.topology.specs import ChangelogReaders, Stage, Wiring, attach, new_routes
 from streamer.topology.supervisor import Supervisor
 from streamer.topology.terminator import ShutdownReport, Terminator
 
@@ -168,9 +166,9 @@ class Pipeline:
                 self._wait_for_model_server(self._server_down)
             wait_for_broker(s, self._consumer_factory, self._stop_requested)
             wait_for_registry(s, self._stop_requested)
-            changelog_reader = state_changelog(s, self._backend)  # checked or created here
-            self._challengers.start(self.monitor)
-            self._supervisor.start_children(self._wiring(changelog_reader))
+            readers = changelogs(s, self._backend, self.model)  # checked or created here
+            self._challengers.start(self.monitor, self._routes[Stage.PRODUCER])
+            self._supervisor.start_children(self._wiring(readers))
             wait_until_open((self.consumer_ref, self.producer_ref), s.kafka.bootstrap_timeout_s)
             attach(self._routes)
         except Exception:
@@ -192,7 +190,7 @@ class Pipeline:
         self._server_down = None
         self.metrics.model_info.info({"name": model.name, "version": model.version})
 
-    def _wiring(self, changelog_reader: Callable[[], ChangelogReader] | None) -> Wiring:
+    def _wiring(self, readers: ChangelogReaders) -> Wiring:
         return Wiring(
             settings=self.settings,
             routes=self._routes,
@@ -203,7 +201,7 @@ class Pipeline:
             on_assigned=self._assigned.set,
             monitor=self.monitor,
             challengers=self._challengers.links,
-            changelog_reader=changelog_reader,
+            changelogs=readers,
         )
 
     def _abort_start(self) -> None:

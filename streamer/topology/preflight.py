@@ -18,6 +18,7 @@ from streamer.clients import ConsumerFactory
 from streamer.clients.base import Backend, ChangelogReader
 from streamer.core.models import Model, load_configured
 from streamer.core.models.oip import RetryPolicy
+from streamer.core.state.declared import RECORD_KEY
 from streamer.errors import (
     BrokerError,
     ConfigError,
@@ -28,6 +29,8 @@ from streamer.httpserver import HealthProbe, bind_endpoints
 from streamer.messages import GetStatus
 from streamer.settings import Settings
 from streamer.topology.control import ASK_TIMEOUT_S, ask
+from streamer.topology.labels import ledger_topic
+from streamer.topology.specs import ChangelogReaders
 from streamer.topology.state import changelog_topic_name
 
 log = logging.getLogger(__name__)
@@ -212,6 +215,8 @@ def check_topics(settings: Settings, consumer_factory: ConsumerFactory, timeout_
         "kafka.output_topic": k.output_topic,
         "kafka.dead_letter_topic": k.dead_letter_topic_name,
     }
+    if settings.labels.topic:
+        wanted["labels.topic"] = settings.labels.topic
     for key, topic in wanted.items():
         if topic not in existing:
             msg = (
@@ -244,6 +249,66 @@ def state_changelog(
     backend.ensure_changelog(settings.kafka, topic, settings.kafka.input_topic)
     log.info("state changelog topic: %s", topic, extra={"topic": topic})
     return functools.partial(backend.changelog_reader, settings.kafka, topic)
+
+
+def changelogs(settings: Settings, backend: Backend | None, model: Model) -> ChangelogReaders:
+    """Check or create the state's and the prediction ledger's changelog topics."""
+    return ChangelogReaders(
+        state_changelog(settings, backend), labels_ledger(settings, backend, model)
+    )
+
+
+def labels_ledger(
+    settings: Settings, backend: Backend | None, model: Model
+) -> Callable[[], ChangelogReader] | None:
+    """Check the labels topic; check or create the ledger changelog; how the producer reads it.
+
+    None when ``labels.topic`` is empty, or the backend has no changelog (the
+    tests' fake clients: each partition's ledger then starts from its local store).
+
+    Raises:
+        ConfigError: The model has no output named ``labels.score_field``; an id field is read
+            from records that are not JSON; the labels topic is missing or has another
+            partition count than the input; the ledger changelog has fewer partitions than the
+            input or is not compacted.
+    """
+    labels, k = settings.labels, settings.kafka
+    if not labels.topic:
+        return None
+    if labels.score_field not in model.output_names:
+        msg = (
+            f"config error: labels.score_field={labels.score_field!r} is not an output of model "
+            f"{model.name} (its outputs: {', '.join(model.output_names)}); set labels.score_field "
+            "to the output the labels are compared with"
+        )
+        raise ConfigError(msg)
+    if labels.id_field not in ("", RECORD_KEY) and settings.format.input != "json":
+        msg = (
+            f"config error: labels.id_field={labels.id_field!r} is read from the scored records, "
+            f"which are format.input={settings.format.input!r}; join by the record key "
+            "(labels.id_field = '$key') or by source coordinates (labels.id_field = '')"
+        )
+        raise ConfigError(msg)
+    if backend is None or backend.partition_counts is None:
+        return None
+    counts = backend.partition_counts(k)
+    wanted = counts.get(k.input_topic, 0)
+    if counts.get(labels.topic) != wanted:
+        has = (
+            f"has {counts[labels.topic]} partitions" if labels.topic in counts else "does not exist"
+        )
+        msg = (
+            f"config error: labels.topic: topic {labels.topic!r} {has}, but the labels must be "
+            f"co-partitioned with the input topic {k.input_topic!r} ({wanted} partitions); "
+            f"create it with {wanted} partitions and produce each label to its record's partition"
+        )
+        raise ConfigError(msg)
+    if backend.changelog_reader is None or backend.ensure_changelog is None:
+        return None
+    topic = ledger_topic(settings)
+    backend.ensure_changelog(k, topic, k.input_topic, setting="labels.ledger_topic")
+    log.info("prediction ledger changelog topic: %s", topic, extra={"topic": topic})
+    return functools.partial(backend.changelog_reader, k, topic)
 
 
 def check_state_settings(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -36,6 +36,7 @@ from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.supervision import DeadLetterBreaker
 from streamer.messages import Attach, Rewind
 from streamer.settings import Settings
+from streamer.topology.labels import LedgerKeeper
 from streamer.topology.state import StateKeeper, changelog_topic_name
 
 
@@ -52,6 +53,16 @@ Routes = Mapping[Stage, Route]
 
 
 @dataclass(frozen=True)
+class ChangelogReaders:
+    """How the keepers open their changelog readers (None: no such changelog)."""
+
+    state: Callable[[], ChangelogReader] | None = None
+    """The state's changelog topic (declared [[state.features]])."""
+    ledger: Callable[[], ChangelogReader] | None = None
+    """The prediction ledger's changelog topic (``labels.topic`` set)."""
+
+
+@dataclass(frozen=True)
 class Wiring:
     """What every stage is started with, besides its index, epoch and failure handler."""
 
@@ -64,11 +75,11 @@ class Wiring:
     producer_factory: ProducerFactory
     on_assigned: Callable[[], None]
     monitor: DriftMonitor | None = None
+    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
     challengers: tuple[ChallengerLink, ...] = ()
     """The running ``[[challenger]]`` actors, scored after the champion."""
-    changelog_reader: Callable[[], ChangelogReader] | None = None
-    """Opens a reader of the state's changelog topic (None: no changelog)."""
-    """The drift monitor the model actors feed (``[monitoring] profile_path``), if any."""
+    changelogs: ChangelogReaders = field(default_factory=ChangelogReaders)
+    """How the state's and the prediction ledger's changelog readers are opened."""
 
 
 StartStage = Callable[[Wiring, int, int, FailureHandler], pykka.ActorRef]
@@ -120,7 +131,7 @@ def _start_consumer(
     state = (
         StateKeeper(
             s,
-            w.changelog_reader,
+            w.changelogs.state,
             report=None if metrics is None else functools.partial(_tell_quietly, metrics),
         )
         if s.state_features
@@ -135,7 +146,8 @@ def _start_consumer(
         on_ready=w.on_assigned,
         epoch=epoch,
         state=state,
-        producer=w.routes[Stage.PRODUCER] if state is not None else None,
+        producer=w.routes[Stage.PRODUCER] if state is not None or s.labels.topic else None,
+        labels_topic=s.labels.topic,
     )
 
 
@@ -159,6 +171,8 @@ def _start_producer(
         formats=w.settings.format,
         changelog_topic=changelog_topic_name(w.settings) if w.settings.state_features else "",
         log_features=w.settings.state.log_features,
+        # A restarted producer gets a fresh keeper, which plans every partition's ledger again.
+        ledger=LedgerKeeper(w.settings, w.changelogs.ledger) if w.settings.labels.topic else None,
     )
 
 

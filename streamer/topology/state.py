@@ -280,42 +280,14 @@ class StateKeeper:
         if not self._dir:
             return MemoryStore()
         # Under the group: two groups reading one topic on one machine never share a store.
-        path = Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}"
-        deadline = time.monotonic() + STORE_LOCK_WAIT_S
-        while True:
-            try:
-                return RocksStore(path)
-            except Exception as exc:  # rocksdict raises plain Exceptions
-                if "lock" not in str(exc).lower():
-                    problem = exc
-                    break
-                # Another process (a member handing the partition over) has it open still.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
-        log.warning(
-            "the state store %s does not open (%s): discarding it, rebuilt from the changelog",
-            path,
-            problem,
-            extra={"topic": tp[0], "partition": tp[1]},
-        )
-        shutil.rmtree(path, ignore_errors=True)
-        return RocksStore(path)
+        return open_rocks_store(Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}", tp, "state")
 
     def _changelog_meta(self, tp: TP) -> tuple[Meta | None, int]:
         """The changelog partition's last meta record and its end offset."""
         reader = self._changelog_reader()
         if reader is None:
             return None, 0
-        end = reader.high_watermark(tp[1], HIGH_WATERMARK_TIMEOUT_S)
-        if end <= 0:
-            return None, 0
-        tail = [record for chunk in reader.read(tp[1], end - 1, end) for record in chunk]
-        meta = meta_record(tail[-1][1], tail[-1][2]) if tail else None
-        if meta is not None:
-            return meta, end
-        # The last batch's changelog was cut short (never acknowledged): find the meta before it.
-        return last_meta(reader.read(tp[1], 0, end)), end
+        return changelog_tail(reader, tp[1])
 
     def _changelog_reader(self) -> ChangelogReader | None:
         if self._reader is None and self._open_reader is not None:
@@ -400,6 +372,48 @@ class StateKeeper:
             "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
             extra={"topic": tp[0], "partition": tp[1]},
         )
+
+
+def open_rocks_store(path: Path, tp: TP, what: str) -> Store:
+    """The RocksDB store at ``path``, waiting for a member that hands it over to let it go.
+
+    A store that does not open for another reason (corrupt, foreign) is
+    discarded and rebuilt from the changelog.
+    """
+    deadline = time.monotonic() + STORE_LOCK_WAIT_S
+    while True:
+        try:
+            return RocksStore(path)
+        except Exception as exc:  # rocksdict raises plain Exceptions
+            if "lock" not in str(exc).lower():
+                problem = exc
+                break
+            # Another process (a member handing the partition over) has it open still.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+    log.warning(
+        "the %s store %s does not open (%s): discarding it, rebuilt from the changelog",
+        what,
+        path,
+        problem,
+        extra={"topic": tp[0], "partition": tp[1]},
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    return RocksStore(path)
+
+
+def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None, int]:
+    """A changelog partition's last meta record and its end offset (None, 0: empty)."""
+    end = reader.high_watermark(partition, HIGH_WATERMARK_TIMEOUT_S)
+    if end <= 0:
+        return None, 0
+    tail = [record for chunk in reader.read(partition, end - 1, end) for record in chunk]
+    meta = meta_record(tail[-1][1], tail[-1][2]) if tail else None
+    if meta is not None:
+        return meta, end
+    # The last batch's changelog was cut short (never acknowledged): find the meta before it.
+    return last_meta(reader.read(partition, 0, end)), end
 
 
 def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, Any] | str]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.core import dead_letters as f
+from streamer.core.dead_letters import LABEL_DEAD_LETTER_REASONS
 from streamer.core.features import FeatureSpec, RowProblem, prepare_batch
 
 # Properties run without a deadline (CI machines vary) and leave no example database.
@@ -93,9 +94,13 @@ class TestDeadLetterReasons:
             "non_finite", "oversized", "empty_value", "model_error", "produce_rejected",
             "unknown_schema", "undecodable", "wrong_format",
             "missing_key", "bad_timestamp", "late", "state_replayed", "state_too_large",
+            "malformed", "missing_id", "wrong_type", "bad_time", "misrouted",
         }  # fmt: skip
-        assert f.REASONS[-len(f.STATE_REASONS) :] == f.STATE_REASONS  # the state's last
-        assert f.REASONS[-1] == "state_too_large"  # appended: the older series keep their order
+        # The state's, then the labels' last: the existing series keep their order.
+        state_end = len(f.REASONS) - len(LABEL_DEAD_LETTER_REASONS)
+        assert f.REASONS[state_end - len(f.STATE_REASONS) : state_end] == f.STATE_REASONS
+        assert f.STATE_REASONS[-1] == "state_too_large"
+        assert f.REASONS[state_end:] == LABEL_DEAD_LETTER_REASONS
 
     def test_the_first_bad_feature_names_the_problem(self) -> None:
         prepared = prepare_batch([doc(a="x", b=_REMOVE)], SPEC)

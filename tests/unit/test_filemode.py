@@ -204,3 +204,13 @@ class TestFitStats:
         )  # fmt: skip
         assert code == 2
         assert "has no column colour" in capsys.readouterr().err
+
+
+def test_file_mode_reads_no_labels_topic(tmp_path: Path) -> None:
+    """A config shared with the daemon may name a labels topic: a file has none to read."""
+    config = tmp_path / "streamer.toml"
+    config.write_text(
+        '[kafka]\ninput_topic = "tx"\noutput_topic = "out"\n[labels]\ntopic = "tx.l"\n'
+    )
+    settings = file_settings(str(config), "in.csv", "out.csv", "rejects.csv", environ={})
+    assert settings.labels.topic == ""

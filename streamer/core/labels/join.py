@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from streamer.core.dead_letters import LABEL_MISROUTED
 from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.layout import BadRecordError, json_text, read_path, read_time_us
 
@@ -39,6 +40,8 @@ DUPLICATE = "duplicate"
 """Its prediction was labelled already: the first label stays."""
 PAST_HORIZON = "past_horizon"
 """Its time is more than the horizon after the prediction's: too late to join."""
+MISROUTED = LABEL_MISROUTED
+"""Live only: its ``partition`` coordinate is not the labels partition it was read from."""
 
 LABEL_REASONS = (MALFORMED, MISSING_ID, WRONG_TYPE, BAD_TIME, UNMATCHED, DUPLICATE, PAST_HORIZON)
 
@@ -204,6 +207,22 @@ def read_output(doc: Any, spec: LabelSpec) -> Output:
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
         raise Rejected(NO_SCORE, f"{spec.score_field!r} is {score!r}, not a finite number")
     return Output(identity, name in spec.challengers, name, version, float(score), time_us)
+
+
+def record_identity(doc: Any, record_key: bytes | None, id_field: str) -> bytes:
+    """The identity of a scored record from its decoded value and key (``id_field`` set).
+
+    Raises:
+        Rejected: With reason ``missing_id``.
+    """
+    if not isinstance(doc, dict) and id_field != RECORD_KEY:
+        raise Rejected(MISSING_ID, "the record is not a JSON object")
+    return _identity(doc, record_key, id_field, "record")
+
+
+def iso_time_us(text: str) -> int:
+    """An ISO-8601 time (``scored_at``) in microseconds since the epoch (UTC when naive)."""
+    return _iso_us(text)
 
 
 def _identity(doc: dict[str, Any], record_key: bytes | None, id_field: str, what: str) -> bytes:

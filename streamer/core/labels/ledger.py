@@ -23,7 +23,7 @@ horizon and counts the ones that never got a label.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -104,6 +104,38 @@ def entry_key(identity: bytes) -> bytes:
 
 def _time_key(time_us: int, identity: bytes) -> bytes:
     return _BY_TIME + (time_us + _TIME_BIAS).to_bytes(8, "big") + identity
+
+
+def current_changes(ledger: PredictionLedger, identities: Iterable[bytes]) -> list[Change]:
+    """The stored values of these records' entries, as changes (a replay sends them again)."""
+    changes: list[Change] = []
+    for identity in dict.fromkeys(identities):
+        raw = ledger.store.get(entry_key(identity))
+        if raw is not None:
+            prediction = _prediction.decode(raw)
+            changes += [(_time_key(prediction.time_us, identity), b""), (entry_key(identity), raw)]
+    return changes
+
+
+def held_delta(changes: Iterable[Change]) -> int:
+    """How many predictions these changes add to a ledger (negative: remove)."""
+    delta = 0
+    for key, value in changes:
+        if key[:2] == _BY_TIME:
+            delta += 1 if value is not None else -1
+    return delta
+
+
+def labelled(store: Store) -> tuple[int, list[Joined]]:
+    """Every prediction a ledger's store holds (a count) and those labelled (a full scan)."""
+    held = 0
+    joined: list[Joined] = []
+    for key, raw in store.items_from(_ENTRY):
+        held += 1
+        prediction = _prediction.decode(raw)
+        if prediction.label is not None:
+            joined.append(Joined(key[len(_ENTRY) :], prediction))
+    return held, joined
 
 
 class PredictionLedger:

@@ -129,6 +129,20 @@ class TestCheckChangelog:
         assert "--partitions 4" in message
         assert "\n" not in message
 
+    def test_the_ledger_changelog_names_its_own_setting(self) -> None:
+        with pytest.raises(ConfigError) as raised:
+            check_changelog(
+                "cl",
+                "in",
+                partitions=4,
+                input_partitions=4,
+                cleanup_policy="delete",
+                setting="labels.ledger_topic",
+            )
+        message = str(raised.value)
+        assert message.startswith("config error: labels.ledger_topic: topic 'cl' has cleanup")
+        assert message.endswith("or set labels.ledger_topic to a new topic")
+
     @pytest.mark.parametrize("policy", ["delete", "compact,delete", "delete, compact"])
     def test_a_policy_that_deletes_is_refused(self, policy: str) -> None:
         with pytest.raises(ConfigError, match=rf"topic 'cl' has cleanup\.policy={policy}, .*"):
@@ -145,3 +159,5 @@ def test_each_backend_has_a_changelog_reader_and_ensure_changelog(name: str) -> 
     assert chosen.changelog_reader.__name__ == "ChangelogReader"
     assert chosen.ensure_changelog is not None
     assert chosen.ensure_changelog.__name__ == "ensure_changelog"
+    assert chosen.partition_counts is not None
+    assert chosen.partition_counts.__name__ == "partition_counts"

@@ -1,0 +1,213 @@
+"""The live path's pure parts: a scored batch's predictions, a label batch, the ledger's marks.
+
+The producer actor holds a :class:`~streamer.topology.labels.LedgerKeeper`
+(one :class:`~streamer.core.labels.ledger.PredictionLedger` per input
+partition); what it records and joins is read here, with no client and no
+actor:
+
+- :func:`model_outputs`: the champion's (or a challenger's) prediction for
+  each scored row of a batch, with the record's identity;
+- :func:`read_label_batch`: the labels of a batch of the labels topic, and a
+  dead letter (:class:`~streamer.messages.Rejection`) for each malformed one;
+- :class:`LedgerMarks` and :func:`ledger_meta`: what each write of a
+  partition's ledger ends with, so that its changelog can be restored by the
+  state's rule (:mod:`streamer.core.state.restore`): the ledger's changes up to
+  the last meta record, and a local store used only when exactly as far.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+import orjson
+
+from streamer.core.labels.join import (
+    MALFORMED,
+    MISROUTED,
+    Label,
+    LabelSpec,
+    Output,
+    Rejected,
+    coordinates_identity,
+    read_label,
+    record_id_identity,
+    record_identity,
+)
+from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode
+from streamer.core.state.declared import RECORD_KEY
+from streamer.core.state.store import Change
+from streamer.messages import Rejection, SourceBatch
+
+if TYPE_CHECKING:
+    from streamer.settings import LabelsSettings
+
+LABELS_STAGE = "labels"
+"""The stage of a label's dead letter (its ``streamer.stage`` header)."""
+
+LEDGER_FINGERPRINT = "prediction-ledger-1"
+"""The ledger changelog's fingerprint in its meta records: a state changelog is never one."""
+
+MARKS_KEY = b"Lo"
+"""The store key of a partition's :class:`LedgerMarks` (beside the ledger's own keys)."""
+
+_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def label_spec(labels: LabelsSettings, challengers: Iterable[str]) -> LabelSpec:
+    """``[labels]`` and the ``[[challenger]]`` names as the join reads them."""
+    return LabelSpec(
+        id_field=labels.id_field,
+        value_field=labels.value_field,
+        time_field=labels.time_field,
+        task=labels.task,
+        score_field=labels.score_field,
+        horizon_us=round(labels.horizon_s * 1e6),
+        challengers=frozenset(challengers),
+    )
+
+
+def ledger_topic_name(ledger_topic: str, group_id: str, input_topic: str) -> str:
+    """``labels.ledger_topic``, or ``<group>.<input>.ledger-changelog`` (group sanitised)."""
+    if ledger_topic:
+        return ledger_topic
+    return f"{_UNSAFE_GROUP_CHARS.sub('_', group_id)}.{input_topic}.ledger-changelog"
+
+
+class LedgerMarks(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """How far a partition's ledger went: written with every change, in the same store write."""
+
+    writes: int = 0
+    """Writes of the ledger so far: its meta record's ``last_offset`` (see :func:`ledger_meta`)."""
+    input_offset: int = -1
+    """The last input offset whose champion prediction was recorded: a lower one is a replay."""
+    label_offset: int = -1
+    """The last labels offset joined: a label at or below it is a replay and joins nothing."""
+    clock_us: int | None = None
+    """The partition's clock: the newest prediction or label time seen (expiry runs on it)."""
+
+
+_marks = msgspec.msgpack.Decoder(LedgerMarks)
+
+
+def decode_marks(raw: bytes | None) -> LedgerMarks:
+    """The marks in the store (a fresh ledger's when there are none)."""
+    return _marks.decode(raw) if raw is not None else LedgerMarks()
+
+
+def ledger_meta(topic: str, partition: int, writes: int) -> Meta:
+    """The meta record that ends a ledger write: ``last_offset`` counts the writes.
+
+    A label's join moves no input offset, so the input offset cannot tell a
+    local store ahead of its changelog (a join never acknowledged) from one
+    that is current; the count of writes can.
+    """
+    return Meta(CODEC_VERSION, LEDGER_FINGERPRINT, topic, partition, writes, (), 0)
+
+
+def closing_changes(topic: str, partition: int, marks: LedgerMarks) -> list[Change]:
+    """The marks and the meta record (last) that end a write."""
+    return [
+        (MARKS_KEY, msgspec.msgpack.encode(marks)),
+        (META_KEY, encode(ledger_meta(topic, partition, marks.writes))),
+    ]
+
+
+def score_column(
+    predictions: np.ndarray, output_names: Sequence[str], score_field: str
+) -> np.ndarray | None:
+    """The output named ``score_field`` of each prediction row, or None if the model has none."""
+    if score_field not in output_names:
+        return None
+    if predictions.ndim == 1:
+        return predictions
+    return predictions[:, list(output_names).index(score_field)]
+
+
+def model_outputs(
+    spec: LabelSpec,
+    source: SourceBatch,
+    rows: Sequence[int],
+    scores: Sequence[float],
+    model: tuple[str, str, bool],
+    time_us: int,
+) -> list[Output]:
+    """Each scored row's prediction with its record's identity, in row order.
+
+    ``model`` is ``(name, version, challenger)``. A row without an identity (no
+    key with ``$key``, a record without the id field) or with a score that is
+    not a finite number is not recorded: no label can join it.
+    """
+    name, version, challenger = model
+    outputs: list[Output] = []
+    id_field = spec.id_field
+    for row, score in zip(rows, scores, strict=True):
+        if not math.isfinite(score):
+            continue
+        if not id_field:
+            identity = coordinates_identity(source.topic, source.partition, source.offsets[row])
+        elif id_field == RECORD_KEY:
+            key = source.keys[row]
+            if key is None:
+                continue
+            identity = record_id_identity(key)
+        else:
+            try:
+                value = source.values[row]
+                doc = orjson.loads(value) if value is not None else None
+                identity = record_identity(doc, source.keys[row], id_field)
+            except (orjson.JSONDecodeError, Rejected):
+                continue
+        outputs.append(Output(identity, challenger, name, version, float(score), time_us))
+    return outputs
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRead:
+    """A label batch, read: each label with its offset, and a dead letter per malformed one."""
+
+    labels: list[Label]
+    offsets: list[int]
+    rejections: list[Rejection]
+
+
+def read_label_batch(
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    partition: int,
+    spec: LabelSpec,
+) -> LabelRead:
+    """Read every label of a batch of labels partition ``partition``; never raises for a label.
+
+    With source coordinates (``id_field`` empty), a label whose ``partition``
+    is not ``partition`` is ``misrouted``: its record's ledger is another
+    partition's, which this member may not hold.
+    """
+    labels: list[Label] = []
+    label_offsets: list[int] = []
+    rejections: list[Rejection] = []
+    for index, (offset, key, value) in enumerate(zip(offsets, keys, values, strict=True)):
+        try:
+            try:
+                doc: Any = orjson.loads(value) if value is not None else None
+            except orjson.JSONDecodeError as exc:
+                raise Rejected(MALFORMED, f"the label is not JSON: {exc}") from None
+            label = read_label(doc, key, spec)
+            if not spec.id_field and doc["partition"] != partition:
+                raise Rejected(  # noqa: TRY301 - one place turns every reason into a dead letter
+                    MISROUTED,
+                    f"the label names partition {doc['partition']!r} but came on labels "
+                    f"partition {partition}; produce it to the partition of its record",
+                )
+        except Rejected as rejected:
+            rejections.append(Rejection(index, rejected.reason, rejected.detail, LABELS_STAGE))
+            continue
+        labels.append(label)
+        label_offsets.append(offset)
+    return LabelRead(labels, label_offsets, rejections)

@@ -1,0 +1,390 @@
+"""The prediction ledger of each input partition in the daemon: open, restore, record, join, close.
+
+The producer actor holds one :class:`LedgerKeeper` (no pykka here): it is the
+one place that knows each record's score as its output is sent.
+
+- **Before a partition's first batch** (scored or of labels), its ledger's
+  store is opened (``state.dir/<group>/ledger-<input topic>-<partition>`` in
+  RocksDB, or in memory when ``state.dir`` is empty) and planned against the
+  ledger changelog (``labels.ledger_topic``) by the state's rule
+  (:func:`~streamer.core.state.restore.plan_restore`): used as it is when
+  exactly as far as the changelog's last meta record, else rebuilt from the
+  changelog up to that record. The metrics then get the restored window
+  (:meth:`LedgerKeeper.take_resets`).
+- :meth:`LedgerKeeper.record` (a batch's champion outputs) and
+  :meth:`LedgerKeeper.join` (a label batch) each write one step to the store
+  and return every change not sent yet, ending with the ledger's meta record,
+  to send **in the same delivery** as the batch's answers: the batch's offsets
+  are committed only once its ledger changes are in the changelog.
+- :meth:`LedgerKeeper.record_challenger` writes a challenger's scores; its
+  changes ride with the partition's next delivery (best effort).
+- **Expiry** runs on the partition's clock (the newest prediction or label
+  time seen), at most every :data:`EXPIRE_EVERY_S`.
+- **On revoke**, the store is closed.
+
+A replay (a batch sent again after a rewind, a label below the last joined
+offset) changes nothing: a replayed batch's records send their current values
+again, which a compacted changelog keeps once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from streamer.clients.base import ChangelogReader
+from streamer.core.labels.join import iso_time_us
+from streamer.core.labels.ledger import (
+    Joined,
+    PredictionLedger,
+    current_changes,
+    held_delta,
+    labelled,
+)
+from streamer.core.labels.live import (
+    LEDGER_FINGERPRINT,
+    MARKS_KEY,
+    LedgerMarks,
+    closing_changes,
+    decode_marks,
+    label_spec,
+    ledger_topic_name,
+    model_outputs,
+    read_label_batch,
+)
+from streamer.core.state.changelog import RestoreCount, acknowledged_changes
+from streamer.core.state.codec import META_KEY
+from streamer.core.state.restore import Action, local_meta, plan_restore, restore
+from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
+from streamer.messages import LabelsJoined, Rejection, SourceBatch
+from streamer.settings import Settings
+from streamer.topology.state import _UNSAFE_GROUP_CHARS, changelog_tail, open_rocks_store
+
+log = logging.getLogger(__name__)
+
+EXPIRE_EVERY_S = 60.0
+"""A partition's ledger expires what the horizon passed at most this often (its own clock)."""
+
+
+def ledger_topic(settings: Settings) -> str:
+    """The ledger changelog topic of these settings."""
+    k = settings.kafka
+    return ledger_topic_name(settings.labels.ledger_topic, k.group_id, k.input_topic)
+
+
+class _Deferred:
+    """The ledger's store as the ledger sees it: reads go through, its one write per call waits.
+
+    The keeper writes the ledger's changes with its marks and meta record in one
+    store write, so that a kill -9 never leaves a store with changes and no meta.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.changes: list[Change] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.inner.get(key)
+
+    def write(self, changes: Sequence[Change]) -> None:
+        self.changes.extend(changes)
+
+    def keys_between(self, low: bytes, high: bytes) -> list[bytes]:
+        return self.inner.keys_between(low, high)
+
+    def items_from(self, prefix: bytes):  # type: ignore[no-untyped-def]
+        return self.inner.items_from(prefix)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def taken(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+
+@dataclass
+class _Partition:
+    ledger: PredictionLedger
+    deferred: _Deferred
+    marks: LedgerMarks
+    held: int
+    pending: list[Change] = field(default_factory=list)
+    """Changes written and not sent yet (meta records included)."""
+    joined: list[Joined] = field(default_factory=list)
+    """Labelled predictions that changed, for the metrics after the next delivery."""
+    expired_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDelivery:
+    """What one delivery carries for a partition's ledger, and what the metrics get after it."""
+
+    changes: tuple[Change, ...]
+    """To send to the ledger changelog (partition = the input partition), meta record last."""
+    report: LabelsJoined
+    """For the metrics actor, once the broker acknowledged the delivery."""
+    rejections: tuple[Rejection, ...] = ()
+    """A label batch's dead letters (malformed labels), by row."""
+
+
+class LedgerKeeper:
+    """The prediction ledger of every input partition of one producer (see the module docstring).
+
+    ``reader`` opens a reader of the ledger changelog (None: no changelog, for
+    the tests' fake clients: every partition starts from its local store).
+    """
+
+    def __init__(self, settings: Settings, reader: Callable[[], ChangelogReader] | None) -> None:
+        self.spec = label_spec(settings.labels, [c.name for c in settings.challengers])
+        self.topic = settings.kafka.input_topic
+        self.labels_topic = settings.labels.topic
+        self.changelog_topic = ledger_topic(settings)
+        self._dir = settings.state.dir
+        self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+        self._open_reader = reader
+        self._reader: ChangelogReader | None = None
+        self._partitions: dict[int, _Partition] = {}
+        self._resets: list[LabelsJoined] = []
+
+    # --- the deliveries ------------------------------------------------------
+
+    def record(
+        self,
+        source: SourceBatch,
+        rows: Sequence[int],
+        scores: Sequence[float],
+        model: tuple[str, str],
+        scored_at: str,
+    ) -> LedgerDelivery:
+        """Record a batch's champion predictions; what its delivery must carry."""
+        part = self._ready(source.partition)
+        self._maybe_expire(source.partition, part)
+        time_us = iso_time_us(scored_at)
+        marks = part.marks
+        fresh = [i for i, row in enumerate(rows) if source.offsets[row] > marks.input_offset]
+        replayed = [row for row in rows if source.offsets[row] <= marks.input_offset]
+        outputs = model_outputs(
+            self.spec,
+            source,
+            [rows[i] for i in fresh],
+            [scores[i] for i in fresh],
+            (*model, False),
+            time_us,
+        )
+        relabelled, _ = part.ledger.record(outputs)
+        changes = part.deferred.taken()
+        resend: list[Change] = []
+        if replayed:  # sent again after a rewind: its current values go again
+            again = model_outputs(
+                self.spec, source, replayed, [0.0] * len(replayed), (*model, False), time_us
+            )
+            resend = current_changes(part.ledger, (o.identity for o in again))
+        marks = msgspec.structs.replace(
+            marks,
+            input_offset=max(marks.input_offset, source.last_offset),
+            clock_us=_newest(marks.clock_us, time_us if outputs else None),
+        )
+        self._step(source.partition, part, changes, marks, relabelled, extra=resend)
+        return self._take(source.partition, part)
+
+    def record_challenger(
+        self,
+        source: SourceBatch,
+        rows: Sequence[int],
+        scores: Sequence[float],
+        model: tuple[str, str],
+        scored_at: str,
+    ) -> None:
+        """Record a challenger's scores; the changes ride with the partition's next delivery.
+
+        A partition this keeper does not hold (revoked, or not restored yet) is
+        skipped: a challenger is best effort.
+        """
+        part = self._partitions.get(source.partition)
+        if part is None:
+            return
+        outputs = model_outputs(
+            self.spec, source, rows, scores, (*model, True), iso_time_us(scored_at)
+        )
+        relabelled, _ = part.ledger.record(outputs)
+        self._step(source.partition, part, part.deferred.taken(), part.marks, relabelled)
+
+    def join(self, source: SourceBatch) -> LedgerDelivery:
+        """Join a label batch (``source.partition``: the input partition's ledger)."""
+        part = self._ready(source.partition)
+        self._maybe_expire(source.partition, part)
+        read = read_label_batch(
+            source.offsets, source.keys, source.values, source.partition, self.spec
+        )
+        marks = part.marks
+        labels = [
+            label
+            for label, offset in zip(read.labels, read.offsets, strict=True)
+            if offset > marks.label_offset  # below: a replay, joined already
+        ]
+        joined, _reasons, _ = part.ledger.join(labels)
+        times = [label.time_us for label in labels if label.time_us is not None]
+        marks = msgspec.structs.replace(
+            marks,
+            label_offset=max(marks.label_offset, source.last_offset),
+            clock_us=_newest(marks.clock_us, max(times, default=None)),
+        )
+        self._step(source.partition, part, part.deferred.taken(), marks, joined)
+        taken = self._take(source.partition, part)
+        return LedgerDelivery(taken.changes, taken.report, tuple(read.rejections))
+
+    def take_resets(self) -> list[LabelsJoined]:
+        """The windows of the partitions restored since the last call (``reset=True``)."""
+        resets, self._resets = self._resets, []
+        return resets
+
+    # --- assignment ------------------------------------------------------------
+
+    def revoke(self, partitions: Iterable[int]) -> list[int]:
+        """Close the ledgers of partitions that leave; returns those that were open."""
+        closed = []
+        for partition in partitions:
+            part = self._partitions.pop(partition, None)
+            if part is not None:
+                part.deferred.close()
+                closed.append(partition)
+        return closed
+
+    def close(self) -> None:
+        """Close every store and the changelog reader."""
+        self.revoke(list(self._partitions))
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    @property
+    def partitions(self) -> list[int]:
+        """The input partitions whose ledger is open."""
+        return sorted(self._partitions)
+
+    # --- steps -------------------------------------------------------------------
+
+    def _step(
+        self,
+        partition: int,
+        part: _Partition,
+        changes: list[Change],
+        marks: LedgerMarks,
+        joined: Iterable[Joined],
+        extra: Sequence[Change] = (),
+    ) -> None:
+        """Write the ledger's changes, the marks and the meta record at once; keep them to send."""
+        marks = msgspec.structs.replace(marks, writes=marks.writes + 1)
+        written = [*changes, *extra, *closing_changes(self.topic, partition, marks)]
+        part.deferred.inner.write(written)
+        part.marks = marks
+        part.held += held_delta(changes)
+        part.pending.extend(written)
+        part.joined.extend(joined)
+
+    def _take(self, partition: int, part: _Partition) -> LedgerDelivery:
+        # Only the last meta and marks records count: the earlier ones need not go.
+        last = len(part.pending) - 2
+        changes = tuple(
+            change
+            for index, change in enumerate(part.pending)
+            if index >= last or change[0] not in (META_KEY, MARKS_KEY)
+        )
+        report = LabelsJoined(partition, tuple(part.joined), part.ledger.counts, part.held)
+        part.pending, part.joined = [], []
+        return LedgerDelivery(changes, report)
+
+    def _maybe_expire(self, partition: int, part: _Partition) -> None:
+        now = time.monotonic()
+        if now - part.expired_at < EXPIRE_EVERY_S or part.marks.clock_us is None:
+            return
+        part.expired_at = now
+        part.ledger.expire(part.marks.clock_us)
+        changes = part.deferred.taken()
+        if changes:
+            self._step(partition, part, changes, part.marks, ())
+
+    # --- restore ---------------------------------------------------------------
+
+    def _ready(self, partition: int) -> _Partition:
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = self._restore(partition)
+        return part
+
+    def _open_store(self, partition: int) -> Store:
+        if not self._dir:
+            return MemoryStore()
+        name = f"ledger-{self.topic}-{partition}"
+        return open_rocks_store(
+            Path(self._dir) / self._group / name, (self.topic, partition), "ledger"
+        )
+
+    def _restore(self, partition: int) -> _Partition:
+        where = {"topic": self.topic, "partition": partition}
+        store = self._open_store(partition)
+        reader = self._changelog_reader()
+        changelog, end = changelog_tail(reader, partition) if reader is not None else (None, 0)
+        plan = plan_restore(
+            local_meta(store),
+            changelog,
+            fingerprint=LEDGER_FINGERPRINT,
+            topic=self.topic,
+            partition=partition,
+        )
+        if plan.discard_local:
+            if isinstance(store, RocksStore):
+                store.destroy()
+                store = self._open_store(partition)
+            else:
+                store = MemoryStore()
+        if plan.action is Action.REBUILD:
+            assert reader is not None
+            count = RestoreCount()
+            changes = itertools.chain.from_iterable(
+                acknowledged_changes(reader.read(partition, 0, end), count)
+            )
+            for _done in restore(store, changes):
+                pass
+            log.info(
+                "prediction ledger of %s/%d restored from %s: %d records%s",
+                self.topic,
+                partition,
+                self.changelog_topic,
+                count.kept,
+                f" ({count.dropped} after the last meta record ignored)" if count.dropped else "",
+                extra=where,
+            )
+        else:
+            log.info(
+                "prediction ledger of %s/%d: %s: %s",
+                self.topic,
+                partition,
+                plan.reason,
+                "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
+                extra=where,
+            )
+        deferred = _Deferred(store)
+        ledger = PredictionLedger(deferred, self.spec.horizon_us)
+        held, joined = labelled(store)
+        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), held)
+        self._resets.append(LabelsJoined(partition, tuple(joined), ledger.counts, held, reset=True))
+        return part
+
+    def _changelog_reader(self) -> ChangelogReader | None:
+        if self._reader is None and self._open_reader is not None:
+            self._reader = self._open_reader()
+        return self._reader
+
+
+def _newest(clock_us: int | None, time_us: int | None) -> int | None:
+    if time_us is None:
+        return clock_us
+    return time_us if clock_us is None else max(clock_us, time_us)

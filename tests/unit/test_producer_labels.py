@@ -1,0 +1,128 @@
+"""The producer records the champion's scores and joins label batches in its prediction ledger."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pykka
+
+from streamer.actors.producer import ProducerActor
+from streamer.core.labels.join import coordinates_identity
+from streamer.core.state.codec import META_KEY
+from streamer.messages import (
+    BatchAcked,
+    BatchDelivered,
+    BatchProduced,
+    ChallengerScored,
+    LabelBatch,
+    LabelsJoined,
+    LabelsRevoked,
+    PartitionsRevoked,
+)
+from streamer.settings import build_settings
+from streamer.topology.labels import LedgerKeeper
+from tests.unit.fakes import FakeProducer, Mailbox, Sent, start_recorder, wait_until
+from tests.unit.test_stage_actors import KAFKA, good, scored, source
+
+LEDGER = "streamer.events.ledger-changelog"
+SETTINGS = build_settings(
+    {
+        "kafka": {"input_topic": "events", "output_topic": "scores"},
+        "labels": {"topic": "events.labels"},
+        "challenger": [{"name": "cand", "output_topic": "scores.cand"}],
+    },
+    environ={},
+)
+
+
+def start(fake: FakeProducer) -> tuple[pykka.ActorRef, Mailbox, Mailbox, list[object]]:
+    failures: list[object] = []
+    consumer, acks = start_recorder(ignore=(BatchProduced,))
+    metrics, events = start_recorder(ignore=(BatchDelivered,))
+    actor = ProducerActor.start(
+        KAFKA,
+        consumer,
+        metrics=metrics,
+        on_failure=lambda kind, error: failures.append((kind, error)),
+        client_factory=lambda _settings: fake,
+        ledger=LedgerKeeper(SETTINGS, None),
+    )
+    return actor, acks, events, failures
+
+
+def labels(docs: list[object], *, batch_id: int, seq: int = 0) -> LabelBatch:
+    values = [orjson.dumps(doc) if isinstance(doc, dict) else doc for doc in docs]
+    batch = source(values, batch_id=batch_id, seq=seq)  # type: ignore[arg-type]
+    return LabelBatch(dataclasses.replace(batch, topic="events.labels"))
+
+
+def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() -> None:
+    fake = FakeProducer()
+    actor, acks, events, failures = start(fake)
+    actor.tell(scored([good(1, 1), b"[1]", good(2, 2)], valid=[0, 2], predictions=[0.25, 0.75]))
+    assert acks.wait_for(1) == [BatchAcked(0, "events", 0, None)]
+    topics = [s.topic for s in fake.records()]
+    assert topics[:2] == ["scores", "scores"]
+    ledger = [s for s in fake.records() if s.topic == LEDGER]
+    assert len(ledger) == 1 + 2 + 2 + 2  # counts, two entries and their time keys, marks, meta
+    assert ledger[-1].key == META_KEY
+
+    joined = labels(
+        [
+            {"topic": "events", "partition": 0, "offset": 2, "label": 1},
+            b"not json",
+            {"topic": "events", "partition": 0, "offset": 9, "label": 0},
+        ],
+        batch_id=1,
+    )
+    actor.tell(joined)
+    assert acks.wait_for(2)[1] == BatchAcked(1, "events.labels", 0, None)
+    dead = [s for s in fake.records() if s.topic == "events.dlq"]
+    assert [dict(s.headers or [])["streamer.reason"] for s in dead] == [b"malformed"]
+    assert dict(dead[0].headers or [])["streamer.stage"] == b"labels"
+    wait_until(lambda: len(events.items()) == 3)
+    reset, recorded, join = events.items()
+    assert isinstance(reset, LabelsJoined)
+    assert reset.reset
+    assert isinstance(recorded, LabelsJoined)
+    assert (recorded.counts.outputs, recorded.held, recorded.joined) == (2, 2, ())
+    assert isinstance(join, LabelsJoined)
+    assert [j.identity for j in join.joined] == [coordinates_identity("events", 0, 2)]
+    assert (join.counts.joined, join.counts.labels) == (1, {"unmatched": 1})
+
+    # A challenger's scores ride with the partition's next delivery.
+    challenger = ChallengerScored(
+        scored([good(1, 1)], valid=[0], predictions=[0.5], first_offset=2).source,
+        (0,),
+        (0.5,),
+        "cand",
+        "2",
+        "2026-12-06T06:00:00.000Z",
+    )
+    actor.tell(challenger)
+    actor.tell(
+        scored([good(3, 3)], valid=[0], predictions=[0.1], batch_id=2, seq=1, first_offset=3)
+    )
+    wait_until(lambda: len(events.items()) == 4)
+    (changed,) = events.items()[3].joined
+    assert [c.name for c in changed.prediction.challengers] == ["cand"]
+
+    actor.tell(PartitionsRevoked((("events", 0), ("events.labels", 0)), 0.0))
+    wait_until(lambda: len(events.items()) == 5)
+    assert events.items()[4] == LabelsRevoked((0,))
+    assert failures == []
+    actor.stop()
+
+
+def test_a_failed_ledger_record_fails_the_batch_and_nothing_is_acknowledged() -> None:
+    def fail_ledger(sent: Sent) -> BaseException | None:
+        return RuntimeError("partition offline") if sent.topic == LEDGER else None
+
+    fake = FakeProducer(fail_when=fail_ledger)
+    actor, acks, events, failures = start(fake)
+    actor.tell(scored([good(1, 1)], valid=[0], predictions=[0.5]))
+    wait_until(lambda: failures)
+    assert "ledger changelog" in str(failures[0][1])  # type: ignore[index]
+    assert acks.items() == []
+    assert [e for e in events.items() if isinstance(e, LabelsJoined) and not e.reset] == []

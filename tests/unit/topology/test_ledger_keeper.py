@@ -1,0 +1,189 @@
+"""LedgerKeeper: record and join in one write with a meta record, replays, restore, revoke."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamer.core.labels.join import coordinates_identity
+from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
+from streamer.core.state.changelog import last_meta
+from streamer.core.state.codec import META_KEY
+from streamer.messages import SourceBatch
+from streamer.settings import Settings, build_settings
+from streamer.topology.labels import LedgerKeeper, ledger_topic
+from tests.unit.topology.test_state_keeper import MemoryChangelog
+
+TOPIC = "tx"
+LABELS = "tx.labels"
+SCORED_AT = "2026-12-06T06:00:00.000Z"
+SCORED_US = 1_796_536_800_000_000
+
+
+def make_settings(state_dir: str = "", **labels: object) -> Settings:
+    return build_settings(
+        {
+            "kafka": {"input_topic": TOPIC, "output_topic": "out", "group_id": "g/1"},
+            "state": {"dir": state_dir},
+            "labels": {"topic": LABELS, "time_field": "at", **labels},
+            "challenger": [{"name": "cand", "output_topic": "out.cand"}],
+        },
+        environ={},
+    )
+
+
+def batch(topic: str, partition: int, offsets: list[int], values: list[bytes]) -> SourceBatch:
+    return SourceBatch(
+        batch_id=0,
+        topic=topic,
+        partition=partition,
+        seq=0,
+        offsets=offsets,
+        keys=[b"k%d" % o for o in offsets],
+        values=values,
+        timestamps_ms=[0] * len(offsets),
+        dispatched_at=0.0,
+    )
+
+
+def records(partition: int, offsets: list[int]) -> SourceBatch:
+    return batch(TOPIC, partition, offsets, [b"{}"] * len(offsets))
+
+
+def labels(partition: int, offsets: list[int], docs: list[object]) -> SourceBatch:
+    return batch(LABELS, partition, offsets, [orjson.dumps(doc) for doc in docs])
+
+
+def label(partition: int, offset: int, value: int) -> dict[str, object]:
+    at = SCORED_US // 1000 + 60_000
+    return {"topic": TOPIC, "partition": partition, "offset": offset, "label": value, "at": at}
+
+
+def send(changelog: MemoryChangelog, partition: int, changes: tuple) -> None:  # type: ignore[type-arg]
+    changelog.append(partition, changes)
+
+
+def test_the_ledger_changelog_topic_is_derived_from_the_group_and_the_input() -> None:
+    assert ledger_topic(make_settings()) == "g_1.tx.ledger-changelog"
+    assert ledger_topic(make_settings(ledger_topic="mine")) == "mine"
+
+
+def test_record_then_join_each_end_with_a_meta_record_and_join_once() -> None:
+    changelog = MemoryChangelog()
+    keeper = LedgerKeeper(make_settings(), lambda: changelog)
+    delivery = keeper.record(records(1, [10, 11, 12]), [0, 2], [0.25, 0.75], ("m", "1"), SCORED_AT)
+    assert delivery.changes[-1][0] == META_KEY
+    assert delivery.changes[-2][0] == MARKS_KEY
+    assert delivery.report.counts.outputs == 2
+    assert delivery.report.held == 2
+    assert delivery.report.joined == ()
+    send(changelog, 1, delivery.changes)
+    # The restore of the partition (empty) told the metrics a reset, once.
+    resets = keeper.take_resets()
+    assert [(r.partition, r.reset, r.joined) for r in resets] == [(1, True, ())]
+    assert keeper.take_resets() == []
+
+    joined = keeper.join(
+        labels(1, [0, 1, 2, 3], [label(1, 10, 1), label(1, 11, 0), "x", label(0, 12, 1)])
+    )
+    assert [(r.index, r.reason) for r in joined.rejections] == [(2, "malformed"), (3, "misrouted")]
+    assert [j.identity for j in joined.report.joined] == [coordinates_identity(TOPIC, 1, 10)]
+    assert joined.report.joined[0].label.value == 1.0
+    assert joined.report.counts.joined == 1
+    assert joined.report.counts.labels == {"unmatched": 1}  # offset 11 was never scored
+    meta = last_meta([[(0, k, v) for k, v in joined.changes]])
+    assert meta is not None
+    assert (meta.fingerprint, meta.topic, meta.partition, meta.last_offset) == (
+        LEDGER_FINGERPRINT,
+        TOPIC,
+        1,
+        2,
+    )
+    send(changelog, 1, joined.changes)
+
+    # The same labels again (a rewind): below the last joined offset, they join nothing.
+    again = keeper.join(labels(1, [0, 1, 2, 3], [label(1, 10, 1), label(1, 11, 0), "x", {}]))
+    assert again.report.joined == ()
+    assert again.report.counts.joined == 1
+    assert again.report.counts.labels == {"unmatched": 1}
+    # A later label for a labelled record is a duplicate.
+    later = keeper.join(labels(1, [4], [label(1, 10, 0)]))
+    assert later.report.counts.labels == {"unmatched": 1, "duplicate": 1}
+
+
+def test_a_replayed_batch_records_nothing_and_sends_its_current_values_again() -> None:
+    keeper = LedgerKeeper(make_settings(), None)
+    first = keeper.record(records(0, [5, 6]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    entry = next(c for c in first.changes if c[0][:2] == b"Lp")
+    again = keeper.record(records(0, [5, 6]), [0, 1], [0.9, 0.9], ("m", "1"), SCORED_AT)
+    assert again.report.counts.outputs == 2
+    assert again.report.counts.duplicate_outputs == 0
+    assert entry in again.changes  # the first score, sent again
+    assert again.changes[-1][0] == META_KEY
+
+
+def test_a_challenger_rides_with_the_next_delivery_and_a_labelled_record_changes() -> None:
+    keeper = LedgerKeeper(make_settings(), None)
+    keeper.record(records(0, [1]), [0], [0.5], ("m", "1"), SCORED_AT)
+    keeper.join(labels(0, [0], [label(0, 1, 1)]))
+    keeper.record_challenger(records(0, [1]), [0], [0.75], ("cand", "2"), SCORED_AT)
+    keeper.record_challenger(records(3, [1]), [0], [0.75], ("cand", "2"), SCORED_AT)  # not held
+    delivery = keeper.record(records(0, [2]), [0], [0.1], ("m", "1"), SCORED_AT)
+    (changed,) = delivery.report.joined
+    assert [c.score for c in changed.prediction.challengers] == [0.75]
+    assert delivery.report.counts.outputs == 3
+    metas = [change for change in delivery.changes if change[0] == META_KEY]
+    assert len(metas) == 1  # only the last meta record of the steps goes
+    assert keeper.partitions == [0]
+
+
+@pytest.mark.parametrize("stored", ["memory", "rocksdb"])
+def test_a_restore_rebuilds_up_to_the_last_meta_and_a_new_keeper_goes_on(
+    tmp_path: Path, stored: str
+) -> None:
+    changelog = MemoryChangelog()
+    settings = make_settings(str(tmp_path) if stored == "rocksdb" else "")
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    send(
+        changelog,
+        0,
+        keeper.record(records(0, [1, 2]), [0, 1], [0.5, 0.25], ("m", "1"), SCORED_AT).changes,
+    )
+    send(changelog, 0, keeper.join(labels(0, [0], [label(0, 1, 1)])).changes)
+    # A join whose delivery never came back: in the local store, not in the changelog.
+    unsent = keeper.join(labels(0, [1], [label(0, 2, 0)]))
+    send(changelog, 0, unsent.changes[:-1])  # cut short: no meta record
+    keeper.close()
+
+    restarted = LedgerKeeper(settings, lambda: changelog)
+    delivery = restarted.join(labels(0, [1], [label(0, 2, 0)]))  # the label comes again
+    assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 2)]
+    assert delivery.report.counts.joined == 2
+    assert delivery.report.held == 2
+    (reset,) = restarted.take_resets()
+    assert reset.reset
+    assert [j.identity for j in reset.joined] == [coordinates_identity(TOPIC, 0, 1)]
+    assert decode_marks(dict(delivery.changes)[MARKS_KEY]).label_offset == 1
+    assert restarted.revoke([0, 5]) == [0]
+    assert restarted.partitions == []
+
+
+def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streamer.topology.labels.EXPIRE_EVERY_S", 0.0)
+    keeper = LedgerKeeper(make_settings(horizon_s=60.0), None)
+    keeper.record(records(0, [1, 2]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    keeper.join(labels(0, [0], [label(0, 1, 1)]))  # its time, a minute later, is the clock
+    # Two minutes after the predictions: the horizon (60 s) passed for both.
+    later = "2026-12-06T06:02:00.000Z"
+    delivery = keeper.record(records(0, [3]), [0], [0.5], ("m", "1"), later)
+    assert delivery.report.counts.expired_unlabelled == 0  # the clock was 06:01 still
+    delivery = keeper.record(records(0, [4]), [0], [0.5], ("m", "1"), later)
+    counts = delivery.report.counts
+    assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
+    assert delivery.report.held == 2  # offsets 3 and 4
+    deleted = {key for key, value in delivery.changes if value is None}
+    assert len(deleted) == 4  # two entries and their time keys
