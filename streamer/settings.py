@@ -20,7 +20,6 @@ from typing import Any
 
 from streamer.core.models import KINDS, METHODS, PROBABILITY_MODES, ModelOptions, RemoteOptions
 from streamer.core.state.declared import RECORD_KEY, StateFeature, parse_features
-from streamer.core.state.layout import build_layout
 from streamer.core.state.limits import entries_that_fit, record_bytes
 from streamer.errors import ConfigError
 
@@ -1177,6 +1176,9 @@ def _check_state_size(settings: Settings) -> None:
     """Every key's state must fit one changelog record (core/state/limits.py)."""
     if not settings.state_features:
         return
+    # Here, not at the top: the layout needs numpy, which settings alone must not import.
+    from streamer.core.state.layout import build_layout  # noqa: PLC0415
+
     state, budget = settings.state, settings.kafka.max_request_bytes
     layout = build_layout(settings.state_features, 0)
     for index, group in enumerate(layout.groups):

@@ -52,7 +52,7 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
-FIRST, SECOND = 600, 1500
+FIRST, SECOND = 600, 2500  # the second stream: ~250 one-in-flight batches to kill within
 DEMO = Path(__file__).resolve().parents[2] / "streamer" / "core" / "models" / "demo_fraud.json"
 
 
@@ -161,7 +161,7 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
             second = cluster.produce(topics.input, [make_record(rng) for _ in range(SECOND)])
             wait_for(
                 lambda: (
-                    sum(committed(topics.input, p) or 0 for p in range(PARTITIONS)) >= FIRST + 50
+                    sum(committed(topics.input, p) or 0 for p in range(PARTITIONS)) >= FIRST + 20
                 ),
                 PROCESS_TIMEOUT_S,
                 "the second records to be scored",

@@ -81,7 +81,7 @@ def test_the_score_is_the_output_named_by_score_field() -> None:
 
 def test_the_label_reasons_follow_the_existing_dead_letter_series() -> None:
     assert REASONS[-len(LABEL_DEAD_LETTER_REASONS) :] == LABEL_DEAD_LETTER_REASONS
-    assert REASONS.index("state_replayed") == len(REASONS) - len(LABEL_DEAD_LETTER_REASONS) - 1
+    assert REASONS.index("state_too_large") == len(REASONS) - len(LABEL_DEAD_LETTER_REASONS) - 1
     assert ledger_topic_name("", "fraud team", "tx") == "fraud_team.tx.ledger-changelog"
     meta = ledger_meta("tx", 3, 7)
     assert (meta.topic, meta.partition, meta.last_offset) == ("tx", 3, 7)
