@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamer.core.labels.ledger import Joined, LedgerCounts
 from streamer.core.records import TP
 
 if TYPE_CHECKING:
@@ -400,3 +401,21 @@ class ChallengeBatch:
     batch: FeatureBatch
     rows: np.ndarray
     champion_scores: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsJoined:
+    """Producer -> metrics: a partition's labelled predictions that changed, and its ledger's counts."""  # noqa: E501
+
+    partition: int
+    joined: tuple[Joined, ...]  # streamer.core.labels.ledger.Joined: add, or replace by identity
+    counts: LedgerCounts  # the partition's cumulative counts (exact through restarts: kept in the store)  # noqa: E501
+    held: int  # predictions held in the partition's ledger now
+    reset: bool = False  # True after a restore: the partition's window starts anew from `joined`
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsRevoked:
+    """Producer -> metrics: these partitions' windows leave this member."""
+
+    partitions: tuple[int, ...]
