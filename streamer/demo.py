@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from streamer.clients import backend
-from streamer.core.demo_data import DemoClock
+from streamer.core.demo_data import LABEL_SHARE, DemoClock, LabelSchedule
 from streamer.core.quantile import histogram_quantile
 from streamer.devtools.broker import EmbeddedBroker
 from streamer.devtools.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
-from streamer.generator import produce_demo
+from streamer.generator import DemoLabels, produce_demo
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.signals import GracefulSignals
 from streamer.topology import Pipeline, ShutdownReport
@@ -23,6 +25,9 @@ from streamer.topology import Pipeline, ShutdownReport
 log = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "transactions", "scores"
+LABELS = "labels"
+"""The demo's labels topic: the generator's verdicts on a sample of its transactions, keyed
+like them and as many partitions, joined to the predictions by ``transaction_id``."""
 # `streamer profile` of the demo model over 50000 generated transactions (its "source").
 DEMO_PROFILE = Path(__file__).parent / "core" / "models" / "demo_fraud.profile.json"
 DRIFT_PSI = 0.2
@@ -94,8 +99,13 @@ class _Progress:
             f"  in-flight {self.value('streamer_in_flight_batches'):3.0f} batches"
             f"  committed {self.committed():9.0f}  dead-lettered {self.dead_letters():5.0f}"
             f"  p99 batch {p99_text:>6}"
-            f"  keys in state {self.state_keys():6.0f}" + self.worst_psi()
+            f"  keys in state {self.state_keys():6.0f}" + self.worst_psi() + self.quality()
         )
+
+    def quality(self) -> str:
+        """``  precision 0.912 recall 0.874``: the champion's, over the labelled window."""
+        found = champion_quality(self.registry)
+        return "  " + found.short() if found.records else "  no labels joined yet"
 
     def state_keys(self) -> float:
         """Keys in the state of every partition (``streamer_state_keys``)."""
@@ -110,6 +120,58 @@ class _Progress:
         """``  worst PSI amount 0.012``: the feature that drifted most, over the window."""
         feature, value = worst_feature_psi(self.registry)
         return f"  worst PSI {feature} {value:.3f}" if feature else ""
+
+
+@dataclass(frozen=True)
+class ChampionQuality:
+    """The champion's precision and recall over the labelled window, from the registry."""
+
+    model: str
+    version: str
+    records: int
+    precision: float | None
+    recall: float | None
+
+    def short(self) -> str:
+        """``precision 0.912 recall 0.874`` (``-`` for an undefined one)."""
+        return f"precision {_figure(self.precision)} recall {_figure(self.recall)}"
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def champion_quality(registry: CollectorRegistry) -> ChampionQuality:
+    """The ``streamer_model_quality`` of the model in use (``streamer_model_info``), if any."""
+    name = version = ""
+    quality: dict[str, float] = {}
+    records = 0.0
+    samples = [sample for metric in registry.collect() for sample in metric.samples]
+    for sample in samples:
+        if sample.name == "streamer_model_info":
+            name, version = sample.labels.get("name", ""), sample.labels.get("version", "")
+    for sample in samples:
+        labels = sample.labels
+        if labels.get("model") != name or labels.get("version") != version:
+            continue
+        if sample.name == "streamer_model_quality":
+            quality[labels["metric"]] = sample.value
+        elif sample.name == "streamer_model_quality_records":
+            records = sample.value
+    return ChampionQuality(
+        name, version, int(records), quality.get("precision"), quality.get("recall")
+    )
+
+
+def labels_by_result(registry: CollectorRegistry) -> dict[str, float]:
+    """``streamer_labels_total`` summed over the partitions, by result."""
+    totals: dict[str, float] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "streamer_labels_total":
+                result = sample.labels["result"]
+                totals[result] = totals.get(result, 0.0) + sample.value
+    return totals
 
 
 def worst_feature_psi(registry: CollectorRegistry) -> tuple[str, float]:
@@ -151,7 +213,12 @@ def run_demo(
         settings = _settings(broker.bootstrap_servers, metrics_port)
         backend(settings.kafka.client).ensure_topics(
             settings.kafka,
-            {INPUT: partitions, OUTPUT: partitions, settings.kafka.dead_letter_topic_name: 1},
+            {
+                INPUT: partitions,
+                OUTPUT: partitions,
+                LABELS: partitions,
+                settings.kafka.dead_letter_topic_name: 1,
+            },
         )
         registry = CollectorRegistry()
         pipeline = Pipeline(settings, registry=registry)
@@ -167,9 +234,12 @@ def run_demo(
         produced = generator.stop()
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
+        _wait_labels_counted(pipeline, registry, sent=generator.labels.sent, timeout_s=10)
         drifted = _drift_line(registry)
+        quality = _quality_line(registry, generator.labels.sent)
         report = pipeline.stop()
         print(drifted, flush=True)
+        print(quality, flush=True)
         with signals.interrupting():
             return _summary(
                 broker.bootstrap_servers,
@@ -200,6 +270,13 @@ def _settings(bootstrap_servers: str, metrics_port: int) -> Settings:
             "monitoring": {"profile_path": str(DEMO_PROFILE), "window_records": 5000},
             # The generator leaves the card's activity to streamer: a declared feature.
             "state": {"features": [DEMO_STATE_FEATURE]},
+            # The generator's verdicts on a sample of its transactions (docs/labels.md).
+            "labels": {
+                "topic": LABELS,
+                "id_field": "transaction_id",
+                "time_field": "labelled_at",
+                "window_records": 5000,
+            },
         },
         environ={},
     )
@@ -224,10 +301,44 @@ def _drift_line(registry: CollectorRegistry) -> str:
     return "drift: " + "; ".join(parts) + " over the last window"
 
 
+def _quality_line(registry: CollectorRegistry, sent: int) -> str:
+    """The summary's labels line: sent, joined, why some did not, the champion's quality.
+
+    ``labels: 812 sent, 806 joined (unmatched 6); champion demo 1 over the last 806
+    labelled records: precision 0.912 recall 0.874``
+    """
+    totals = labels_by_result(registry)
+    found = champion_quality(registry)
+    if not totals:
+        return f"labels: {sent} sent, none joined (this streamer does not consume labels)"
+    joined = totals.pop("joined", 0.0)
+    missed = ", ".join(f"{result} {count:.0f}" for result, count in totals.items() if count)
+    line = f"labels: {sent} sent, {joined:.0f} joined" + (f" ({missed})" if missed else "")
+    if not found.records:
+        return line
+    return (
+        f"{line}; champion {found.model} {found.version} over the last {found.records} "
+        f"labelled records: {found.short()}"
+    )
+
+
+def _wait_labels_counted(
+    pipeline: Pipeline, registry: CollectorRegistry, *, sent: int, timeout_s: float
+) -> None:
+    """Wait until the pipeline counted every label sent (when it counts labels at all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pipeline.failure is None:
+        totals = labels_by_result(registry)
+        if not totals or sum(totals.values()) >= sent:
+            return
+        time.sleep(0.1)
+
+
 def _announce(pipeline: Pipeline, rate: float, duration_s: float) -> None:
     print(f"metrics at http://127.0.0.1:{pipeline.metrics_port()}/metrics", flush=True)
     print(
-        f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}'."
+        f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}';"
+        f" labels of one in {round(1 / LABEL_SHARE)} into '{LABELS}', 2-5 s later."
         f" {'Ctrl-C stops.' if not duration_s else f'Running {duration_s:.0f}s.'}",
         flush=True,
     )
@@ -257,6 +368,8 @@ class _Generator:
 
     def __init__(self, kafka: KafkaSettings, rate: float, drift: str, drift_after_s: float) -> None:
         self._produced = [0]
+        # Its own seed: the transactions stay those of seed 7 with or without labels.
+        self.labels = DemoLabels(LABELS, LabelSchedule(random.Random(8)))
         self._stop = threading.Event()
         self._drift = (drift, drift_after_s)
         self._thread = threading.Thread(
@@ -278,6 +391,7 @@ class _Generator:
                 drift=self._drift[0],
                 drift_after_s=self._drift[1],
                 clock=DemoClock(),
+                labels=self.labels,
             )
         except Exception as exc:
             log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise

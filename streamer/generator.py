@@ -1,7 +1,9 @@
 """The demo generator: synthetic transactions (:mod:`streamer.core.demo_data`) into a topic.
 
 It sends through the ``kafka.client`` backend, in groups of at most
-``GROUP_RECORDS`` records, and paces them to ``rate`` records per second.
+``GROUP_RECORDS`` records, and paces them to ``rate`` records per second. With
+``labels``, it also sends the delayed labels of a sample of its transactions to
+a labels topic (:class:`~streamer.core.demo_data.LabelSchedule`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from streamer.clients import OutputGroup, backend, send_batch
 from streamer.clients.base import SendFailure
-from streamer.core.demo_data import DemoClock, make_record
+from streamer.core.demo_data import DemoClock, LabelSchedule, make_transaction
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,15 @@ TICK_S = 0.01
 FLUSH_TIMEOUT_S = 60.0
 
 
+@dataclass
+class DemoLabels:
+    """Where the generator sends its labels, and how many it sent (read while it runs)."""
+
+    topic: str
+    schedule: LabelSchedule
+    sent: int = 0
+
+
 def produce_demo(
     kafka: KafkaSettings,
     topic: str,
@@ -45,6 +57,7 @@ def produce_demo(
     drift: str = "",
     drift_after_s: float = 0.0,
     clock: DemoClock | None = None,
+    labels: DemoLabels | None = None,
 ) -> int:
     """Produce synthetic transactions at ``rate``/s (0: at once); returns how many were sent.
 
@@ -52,7 +65,8 @@ def produce_demo(
     follows the number sent so far. ``drift`` ('amount' or 'missing') changes
     the records after ``drift_after_s`` seconds (see :data:`DRIFTS`). With ``clock``
     the records leave ``transactions_last_hour`` to streamer's declared state
-    (:func:`~streamer.core.demo_data.make_event`).
+    (:func:`~streamer.core.demo_data.make_event`). With ``labels``, the labels of its
+    schedule go to ``labels.topic`` when due, and those still waiting at the end at once.
     """
     rng = random.Random(seed)
     producer = backend(kafka.client).producer(kafka)
@@ -67,11 +81,15 @@ def produce_demo(
                 continue
             drifting = drift and time.monotonic() - started >= drift_after_s
             changes, share = DRIFTS[drift] if drifting else DRIFTS[""]
-            group = _group(rng, topic, min(due, GROUP_RECORDS), bad_ratio, changes, share, clock)
-            send_batch(producer, [group], failures.extend)
+            group = _group(
+                rng, topic, min(due, GROUP_RECORDS), bad_ratio, changes, share, clock, labels
+            )
+            send_batch(producer, [group, *_labels(labels, time.time())], failures.extend)
             sent += len(group)
             if produced is not None:
                 produced[0] = sent
+        if waiting := _labels(labels, float("inf")):
+            send_batch(producer, waiting, failures.extend)
         producer.flush(FLUSH_TIMEOUT_S)
     finally:
         producer.close()
@@ -97,9 +115,10 @@ def _group(
     changes: dict[str, Any] | None = None,
     share: float = 0.0,
     clock: DemoClock | None = None,
+    labels: DemoLabels | None = None,
 ) -> OutputGroup:
     records = [
-        make_record(
+        make_transaction(
             rng,
             bad_ratio=bad_ratio,
             clock=clock,
@@ -107,4 +126,19 @@ def _group(
         )
         for _ in range(size)
     ]
-    return OutputGroup(topic, [value for _key, value in records], [key for key, _value in records])
+    if labels is not None:
+        now = time.time()
+        for record in records:
+            labels.schedule.sent(record, now)
+    return OutputGroup(topic, [r.value for r in records], [r.key for r in records])
+
+
+def _labels(labels: DemoLabels | None, now_s: float) -> list[OutputGroup]:
+    """The group of the labels due by ``now_s`` (none without labels or when none is due)."""
+    if labels is None:
+        return []
+    due = labels.schedule.due(now_s)
+    if not due:
+        return []
+    labels.sent += len(due)
+    return [OutputGroup(labels.topic, [value for _k, value in due], [key for key, _v in due])]
