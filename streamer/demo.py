@@ -7,10 +7,12 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from streamer.clients import backend
 from streamer.core.demo_data import LABEL_SHARE, DemoClock, LabelSchedule
@@ -53,11 +55,27 @@ def _bucket_counts(registry: CollectorRegistry, name: str) -> list[tuple[float, 
     return sorted(buckets)
 
 
+class _Scrape(CollectorRegistry):
+    """One ``collect()`` of a registry, read many times.
+
+    A line's figures come from one scrape: each ``collect()`` of the registry may
+    compute the label quality report again (when labels joined since the last one).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(auto_describe=False)
+        self._metrics = list(registry.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics of the one scrape."""
+        return iter(self._metrics)
+
+
 class _Progress:
     """Builds the live line from the registry, with rates over the last interval."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+        self._source = self.registry = registry
         self.last = (time.monotonic(), 0.0, 0.0)
         self.last_buckets: list[tuple[float, float]] = []
 
@@ -81,6 +99,7 @@ class _Progress:
         return total
 
     def line(self) -> str:
+        self.registry = _Scrape(self._source)
         now = time.monotonic()
         consumed = self.value("streamer_records_consumed_total")
         produced = self.value("streamer_records_produced_total")
@@ -235,8 +254,9 @@ def run_demo(
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
         _wait_labels_counted(pipeline, registry, sent=generator.labels.sent, timeout_s=10)
-        drifted = _drift_line(registry)
-        quality = _quality_line(registry, generator.labels.sent)
+        scrape = _Scrape(registry)
+        drifted = _drift_line(scrape)
+        quality = _quality_line(scrape, generator.labels.sent)
         report = pipeline.stop()
         print(drifted, flush=True)
         print(quality, flush=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from sklearn.metrics import precision_score, recall_score
 
 from streamer import demo
@@ -85,3 +87,22 @@ def test_a_pipeline_that_does_not_consume_labels_says_none_joined() -> None:
     assert demo._quality_line(registry, sent=12) == (
         "labels: 12 sent, none joined (this streamer does not consume labels)"
     )
+
+
+def test_a_live_line_reads_the_registry_once() -> None:
+    """Each collect() may compute the quality report again: a line costs one, not ten."""
+    metrics = demo_metrics()
+    records, _y, _s = labelled(100, seed=4)
+    metrics.apply(LabelsJoined(0, tuple(records), LedgerCounts(joined=100), held=100))
+    collects = []
+    source = metrics.registry
+    original = source.collect
+
+    def counted() -> Iterator[Metric]:
+        collects.append(1)
+        return original()
+
+    source.collect = counted  # type: ignore[method-assign]
+    line = demo._Progress(source).line()
+    assert line.endswith(demo._Progress(metrics.registry).quality())
+    assert len(collects) == 2  # the line's scrape, and the quality() of the assertion
