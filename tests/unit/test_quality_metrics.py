@@ -11,32 +11,22 @@ from __future__ import annotations
 import logging
 import math
 import random
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    f1_score,
-    log_loss,
-    mean_absolute_error,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    root_mean_squared_error,
-)
+from sklearn.metrics import mean_absolute_error, roc_auc_score, root_mean_squared_error
 
-from streamer.actors.metrics import PipelineMetrics, live_quality
+from streamer.actors.metrics import MetricsActor, PipelineMetrics, live_quality
 from streamer.core.labels.export import LiveQuality
 from streamer.core.labels.ledger import Joined, LedgerCounts, LedgerLabel, ModelScore, Prediction
 from streamer.core.labels.metrics import window_report
 from streamer.core.labels.window import LabelWindow
-from streamer.messages import LabelsJoined, LabelsRevoked
-from streamer.settings import LabelsSettings
+from streamer.messages import GetStatus, LabelsJoined, LabelsRevoked
+from streamer.settings import LabelsSettings, MetricsSettings
+from tests.unit.core.labels.test_metrics import sklearn_classification
 
 SECOND = 1_000_000
 THRESHOLD = 0.5
@@ -123,18 +113,7 @@ def samples(metrics: PipelineMetrics, name: str) -> dict[tuple[tuple[str, str], 
 
 def sklearn_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     """The data scientist's own calls; NaN where scikit-learn finds a metric undefined."""
-    decided = s >= THRESHOLD
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {
-            "precision": precision_score(y, decided, zero_division=np.nan),
-            "recall": recall_score(y, decided, zero_division=np.nan),
-            "f1": f1_score(y, decided, zero_division=np.nan),
-            "roc_auc": roc_auc_score(y, s) if 0 < y.sum() < y.size else math.nan,
-            "pr_auc": average_precision_score(y, s) if y.sum() else math.nan,
-            "log_loss": log_loss(y, s, labels=[0, 1]),
-            "brier": brier_score_loss(y, s),
-        }
+    return sklearn_classification(y, s, THRESHOLD)
 
 
 def assert_model_like_sklearn(
@@ -404,3 +383,45 @@ def test_without_labels_settings_label_messages_are_ignored_with_one_warning(
         "no quality metric is exported"
     ]
     assert samples(metrics, "streamer_labels_total") == {}
+
+
+class TestTheActor:
+    def test_given_a_labels_topic_it_exports_the_quality_of_the_messages_it_is_told(
+        self,
+    ) -> None:
+        registry = CollectorRegistry()
+        actor = MetricsActor.start(
+            MetricsSettings(enabled=False),
+            registry,
+            labels=LabelsSettings(topic="labels", window_records=50),
+            threshold=THRESHOLD,
+        )
+        try:
+            partitions = stream(12, 120, partitions=2)
+            for partition, records in partitions.items():
+                actor.tell(LabelsJoined(partition, tuple(records), counts(len(records)), held=9))
+            actor.ask(GetStatus(), timeout=5)  # the tells before it are applied
+            union = window_order([r for rs in partitions.values() for r in rs])[-50:]
+            y = np.array([r.label.value for r in union])
+            s = np.array([r.prediction.champion.score for r in union])  # type: ignore[union-attr]
+            labels = {"model": CHAMPION[0], "version": CHAMPION[1], "metric": "roc_auc"}
+            assert registry.get_sample_value("streamer_model_quality", labels) == roc_auc_score(
+                y, s
+            )
+            ledger = {"partition": "1", "result": "joined"}
+            assert registry.get_sample_value("streamer_labels_total", ledger) == len(partitions[1])
+        finally:
+            actor.stop()
+
+    def test_without_a_labels_topic_it_exports_no_quality_family(self) -> None:
+        registry = CollectorRegistry()
+        actor = MetricsActor.start(
+            MetricsSettings(enabled=False), registry, labels=LabelsSettings(), threshold=THRESHOLD
+        )
+        try:
+            names = {family.name for family in registry.collect()}
+            assert not any(
+                name.startswith(("streamer_labels", "streamer_model_quality")) for name in names
+            )
+        finally:
+            actor.stop()
