@@ -44,6 +44,7 @@ DEMO_STATE_FEATURE = {
 """The demo model's ``transactions_last_hour``: the card's transactions in the last hour of
 event time, this one included, computed by streamer (docs/state.md)."""
 MISSING_ALARM = 0.05
+ASSIGN_WAIT_S = 60.0
 
 
 def _bucket_counts(registry: CollectorRegistry, name: str) -> list[tuple[float, float]]:
@@ -243,6 +244,10 @@ def run_demo(
         pipeline = Pipeline(settings, registry=registry)
         pipeline.start()
         _announce(pipeline, rate, duration_s)
+        # Transactions sent before the consumer has its partitions wait in the topic,
+        # and their labels, 2-5 s later, could come before their predictions: those
+        # would join nothing (unmatched).
+        _wait_assigned(pipeline, stop)
         generator = _Generator(settings.kafka, rate, drift, drift_after_s)
         started = time.monotonic()
         _show_progress(pipeline, registry, stop, duration_s, started)
@@ -340,6 +345,14 @@ def _quality_line(registry: CollectorRegistry, sent: int) -> str:
         f"{line}; champion {found.model} {found.version} over the last {found.records} "
         f"labelled records: {found.short()}"
     )
+
+
+def _wait_assigned(pipeline: Pipeline, stop: threading.Event) -> None:
+    """Until the consumer has its partitions, Ctrl-C, a failure or ``ASSIGN_WAIT_S``."""
+    deadline = time.monotonic() + ASSIGN_WAIT_S
+    while not pipeline.wait_until_assigned(0.1):
+        if stop.is_set() or pipeline.failure is not None or time.monotonic() > deadline:
+            return
 
 
 def _wait_labels_counted(

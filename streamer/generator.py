@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamer.clients import OutputGroup, backend, send_batch
-from streamer.clients.base import SendFailure
+from streamer.clients.base import ProducerClient, SendFailure
 from streamer.core.demo_data import DemoClock, LabelSchedule, make_transaction
 from streamer.settings import KafkaSettings
 
@@ -66,7 +66,8 @@ def produce_demo(
     the records after ``drift_after_s`` seconds (see :data:`DRIFTS`). With ``clock``
     the records leave ``transactions_last_hour`` to streamer's declared state
     (:func:`~streamer.core.demo_data.make_event`). With ``labels``, the labels of its
-    schedule go to ``labels.topic`` when due, and those still waiting at the end at once.
+    schedule go to ``labels.topic`` when due, those still waiting after the last
+    transaction too.
     """
     rng = random.Random(seed)
     producer = backend(kafka.client).producer(kafka)
@@ -88,14 +89,28 @@ def produce_demo(
             sent += len(group)
             if produced is not None:
                 produced[0] = sent
-        if waiting := _labels(labels, float("inf")):
-            send_batch(producer, waiting, failures.extend)
+        _last_labels(producer, labels, failures)
         producer.flush(FLUSH_TIMEOUT_S)
     finally:
         producer.close()
     if failures:
         log.warning("%d demo records were not delivered: %s", len(failures), failures[0].error)
     return sent
+
+
+def _last_labels(
+    producer: ProducerClient, labels: DemoLabels | None, failures: list[SendFailure]
+) -> None:
+    """The labels still waiting, each when it comes due, as during the run.
+
+    So the pipeline has as long to score the last transactions as any other
+    before their labels come (a label before its prediction joins nothing); it
+    takes at most the schedule's longest delay.
+    """
+    while labels is not None and len(labels.schedule):
+        time.sleep(TICK_S)
+        if due := _labels(labels, time.time()):
+            send_batch(producer, due, failures.extend)
 
 
 def _due(sent: int, count: int, rate: float, started: float) -> int:

@@ -246,7 +246,3 @@ class LabelSchedule:
             _due, _order, key, value = heapq.heappop(self._pending)
             out.append((key, value))
         return out
-
-    def rest(self) -> list[tuple[bytes, bytes]]:
-        """Every label still waiting (the generator stops: they go now, with their own time)."""
-        return self.due(float("inf"))

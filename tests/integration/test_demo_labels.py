@@ -28,7 +28,9 @@ def test_each_label_is_on_its_transactions_partition(client: str, cluster: Clust
     labels_topic = f"{topics.input}.labels"
     kafka = KafkaSettings(bootstrap_servers=cluster.bootstrap_servers, client=client)
     backend(client).ensure_topics(kafka, {labels_topic: 4})
-    labels = DemoLabels(labels_topic, LabelSchedule(random.Random(3), share=0.5))
+    labels = DemoLabels(
+        labels_topic, LabelSchedule(random.Random(3), share=0.5, delay_s=(0.0, 0.1))
+    )
     sent = produce_demo(
         kafka, topics.input, rate=0, count=TRANSACTIONS, bad_ratio=0.01, seed=9, labels=labels
     )

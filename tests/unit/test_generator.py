@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import orjson
@@ -82,7 +83,7 @@ class TestLabels:
         by_id = {m.transaction_id: m for m in made if m.transaction_id is not None}
         assert schedule.due(1001.99) == []  # nothing before 2 s
         early = schedule.due(1005.0)
-        rest = schedule.rest()
+        rest = schedule.due(float("inf"))
         assert len(schedule) == 0
         labels = [(key, orjson.loads(value)) for key, value in early + rest]
         assert 900 < len(labels) < 1100  # a quarter of the well-formed ones
@@ -102,7 +103,8 @@ class TestLabels:
     def test_labels_go_to_their_topic_and_the_transactions_stay_the_seeded_ones(
         self, producer: FakeProducer
     ) -> None:
-        labels = generator.DemoLabels("labels", LabelSchedule(random.Random(4), share=0.5))
+        schedule = LabelSchedule(random.Random(4), share=0.5, delay_s=(0.01, 0.02))
+        labels = generator.DemoLabels("labels", schedule)
         sent = generator.produce_demo(
             KafkaSettings(), "tx", rate=0, count=3000, bad_ratio=0.01, seed=7, labels=labels
         )
@@ -120,3 +122,15 @@ class TestLabels:
         }
         for label in sent_labels:
             assert keys[orjson.loads(label.value)["transaction_id"]] == label.key
+
+    def test_the_last_labels_go_when_due_not_at_once(self, producer: FakeProducer) -> None:
+        """The pipeline gets as long to score the last transactions as any other."""
+        schedule = LabelSchedule(random.Random(5), share=1.0, delay_s=(0.3, 0.4))
+        labels = generator.DemoLabels("labels", schedule)
+        started = time.monotonic()
+        generator.produce_demo(
+            KafkaSettings(), "tx", rate=0, count=50, bad_ratio=0.0, labels=labels
+        )
+        assert time.monotonic() - started >= 0.3
+        assert len(schedule) == 0
+        assert len([s for s in producer.sent if s.topic == "labels"]) == labels.sent == 50
