@@ -258,6 +258,9 @@ def run_demo(
         produced = generator.stop()
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
+        # Every transaction answered: its prediction is in the ledger, its label may come.
+        _wait_committed(pipeline, registry, produced_total=produced, timeout_s=30)
+        generator.release_labels()
         _wait_labels_counted(pipeline, registry, sent=generator.labels.sent, timeout_s=10)
         scrape = _Scrape(registry)
         drifted = _drift_line(scrape)
@@ -347,6 +350,23 @@ def _quality_line(registry: CollectorRegistry, sent: int) -> str:
     )
 
 
+def _wait_committed(
+    pipeline: Pipeline, registry: CollectorRegistry, *, produced_total: int, timeout_s: float
+) -> None:
+    """Until the input's committed offsets cover ``produced_total`` records (offsets from 0)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pipeline.failure is None:
+        committed = sum(
+            sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT
+        )
+        if committed >= produced_total:
+            return
+        time.sleep(0.1)
+
+
 def _wait_assigned(pipeline: Pipeline, stop: threading.Event) -> None:
     """Until the consumer has its partitions, Ctrl-C, a failure or ``ASSIGN_WAIT_S``."""
     deadline = time.monotonic() + ASSIGN_WAIT_S
@@ -432,10 +452,18 @@ class _Generator:
             )
 
     def stop(self) -> int:
-        """Stop the generator; how many records it sent."""
+        """Stop sending transactions; how many it sent (their last labels wait: below)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.labels.transactions_done.wait(0.1):
+                break
         return self._produced[0]
+
+    def release_labels(self) -> None:
+        """Send the labels still waiting now, and end the generator."""
+        self.labels.release.set()
+        self._thread.join(timeout=30)
 
 
 def _count(n: float) -> str:

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.clients import OutputGroup, backend, send_batch
@@ -37,11 +37,19 @@ FLUSH_TIMEOUT_S = 60.0
 
 @dataclass
 class DemoLabels:
-    """Where the generator sends its labels, and how many it sent (read while it runs)."""
+    """Where the generator sends its labels, and how many it sent (read while it runs).
+
+    After the last transaction, the labels still waiting go when due, or all
+    at once when ``release`` is set (the demo sets it once the pipeline has
+    scored every transaction: no label can come before its prediction then).
+    ``transactions_done`` is set once the last transaction is flushed.
+    """
 
     topic: str
     schedule: LabelSchedule
     sent: int = 0
+    transactions_done: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 def produce_demo(
@@ -89,8 +97,11 @@ def produce_demo(
             sent += len(group)
             if produced is not None:
                 produced[0] = sent
-        _last_labels(producer, labels, failures)
         producer.flush(FLUSH_TIMEOUT_S)
+        if labels is not None:
+            labels.transactions_done.set()
+            _last_labels(producer, labels, failures)
+            producer.flush(FLUSH_TIMEOUT_S)
     finally:
         producer.close()
     if failures:
@@ -98,19 +109,19 @@ def produce_demo(
     return sent
 
 
-def _last_labels(
-    producer: ProducerClient, labels: DemoLabels | None, failures: list[SendFailure]
-) -> None:
-    """The labels still waiting, each when it comes due, as during the run.
+def _last_labels(producer: ProducerClient, labels: DemoLabels, failures: list[SendFailure]) -> None:
+    """The labels still waiting: each when due, as during the run, or all once released.
 
-    So the pipeline has as long to score the last transactions as any other
-    before their labels come (a label before its prediction joins nothing); it
-    takes at most the schedule's longest delay.
+    Either way the pipeline has had time to score their transactions (a label
+    that comes before its prediction joins nothing). When due, it takes at
+    most the schedule's longest delay.
     """
-    while labels is not None and len(labels.schedule):
-        time.sleep(TICK_S)
-        if due := _labels(labels, time.time()):
+    while len(labels.schedule):
+        now = float("inf") if labels.release.is_set() else time.time()
+        if due := _labels(labels, now):
             send_batch(producer, due, failures.extend)
+        else:
+            labels.release.wait(TICK_S)
 
 
 def _due(sent: int, count: int, rate: float, started: float) -> int:

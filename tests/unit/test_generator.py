@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
@@ -134,3 +135,21 @@ class TestLabels:
         assert time.monotonic() - started >= 0.3
         assert len(schedule) == 0
         assert len([s for s in producer.sent if s.topic == "labels"]) == labels.sent == 50
+
+    def test_released_labels_go_at_once_after_the_last_transaction(
+        self, producer: FakeProducer
+    ) -> None:
+        schedule = LabelSchedule(random.Random(6), share=1.0, delay_s=(600.0, 700.0))
+        labels = generator.DemoLabels("labels", schedule)
+        thread = threading.Thread(
+            target=generator.produce_demo,
+            args=(KafkaSettings(), "tx"),
+            kwargs={"rate": 0, "count": 40, "bad_ratio": 0.0, "labels": labels},
+        )
+        thread.start()
+        assert labels.transactions_done.wait(10)
+        assert [s.topic for s in producer.sent] == ["tx"] * 40  # the labels wait
+        labels.release.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [s.topic for s in producer.sent].count("labels") == labels.sent == 40
