@@ -631,3 +631,102 @@ def test_promtool_accepts_the_rules_their_unit_tests_and_the_compose_config() ->
             [PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False
         )
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+M1 = {"model": "m", "version": "1"}
+C2 = {"challenger": "c", "version": "2", "champion_version": "1"}
+# Two replicas' quality series: a's window holds 300 records of m 1, b's 100, c's 50
+# (with no ROC AUC: undefined there).
+QUALITY_INPUT = [
+    *(
+        ("streamer_model_quality_confusion", {"instance": i, **M1, "cell": c}, v)
+        for i, cells in (("a", (6, 2, 4)), ("b", (2, 0, 0)))
+        for c, v in zip(("tp", "fp", "fn"), cells, strict=True)
+    ),
+    ("streamer_model_quality", {"instance": "a", **M1, "metric": "roc_auc"}, 0.8),
+    ("streamer_model_quality", {"instance": "b", **M1, "metric": "roc_auc"}, 0.5),
+    ("streamer_model_quality_records", {"instance": "a", **M1}, 300),
+    ("streamer_model_quality_records", {"instance": "b", **M1}, 100),
+    ("streamer_model_quality_records", {"instance": "c", **M1}, 50),
+    ("streamer_challenger_quality_delta", {"instance": "a", **C2, "metric": "roc_auc"}, 0.1),
+    ("streamer_challenger_quality_delta", {"instance": "b", **C2, "metric": "roc_auc"}, -0.2),
+    ("streamer_challenger_quality_delta", {"instance": "a", **C2, "metric": "recall"}, 0.5),
+    ("streamer_challenger_quality_records", {"instance": "a", **C2}, 300),
+    ("streamer_challenger_quality_records", {"instance": "b", **C2}, 100),
+    ("streamer_model_calibration", {"instance": "a", **M1, "bucket": "0.1", "stat": "records"}, 30),
+    (
+        "streamer_model_calibration",
+        {"instance": "a", **M1, "bucket": "0.1", "stat": "observed_rate"},
+        0.1,
+    ),
+    ("streamer_model_calibration", {"instance": "b", **M1, "bucket": "0.1", "stat": "records"}, 10),
+    (
+        "streamer_model_calibration",
+        {"instance": "b", **M1, "bucket": "0.1", "stat": "observed_rate"},
+        0.5,
+    ),
+    ("streamer_model_calibration", {"instance": "b", **M1, "bucket": "0.2", "stat": "records"}, 0),
+]
+# (panel, refId) -> the samples its query must give over both replicas.
+QUALITY_PANEL_VALUES = {
+    # Summed cells: tp 8, fp 2, fn 4.
+    ("Precision, recall and F1", "A"): [(M1, 8 / 10)],
+    ("Precision, recall and F1", "B"): [(M1, 8 / 12)],
+    ("Precision, recall and F1", "C"): [(M1, 16 / 22)],
+    # Weighted by records, over the replicas whose metric is defined (not c).
+    ("ROC AUC and PR AUC", "A"): [(M1, (0.8 * 300 + 0.5 * 100) / 400)],
+    ("Challenger minus champion", "A"): [
+        ({**C2, "metric": "roc_auc"}, (0.1 * 300 - 0.2 * 100) / 400),
+        ({**C2, "metric": "recall"}, 0.5),  # defined on a only
+    ],
+    ("Calibration: observed vs predicted", "B"): [
+        ({**M1, "bucket": "0.1"}, (0.1 * 30 + 0.5 * 10) / 40)
+    ],
+}
+
+
+def test_the_model_quality_panels_combine_the_replicas_as_documented(tmp_path: Path) -> None:
+    """The panels' PromQL on two replicas' series: summed cells, AUCs weighted by records."""
+    assert PROMTOOL is not None, "promtool ships in the same Debian package as prometheus"
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    rules, tests = [], []
+    for (title, ref), samples in QUALITY_PANEL_VALUES.items():
+        (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+        (target,) = [t for t in panel["targets"] if t["refId"] == ref]
+        expr = target["expr"]
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        record = f"panel:{panel['id']}:{ref}"
+        rules.append({"record": record, "expr": expr})
+        exp = [{"labels": _series(record, labels), "value": value} for labels, value in samples]
+        tests.append({"expr": record, "eval_time": "2m", "exp_samples": exp})
+    (tmp_path / "panels.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}), encoding="utf-8"
+    )
+    suite = {
+        "rule_files": ["panels.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series(name, {"job": JOB, **labels}), "values": f"{value}x3"}
+                    for name, labels, value in QUALITY_INPUT
+                ],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "panels_test.yml").write_text(yaml.safe_dump(suite), encoding="utf-8")
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(tmp_path / "panels_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
