@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from streamer.clients import backend
-from streamer.core.demo_data import DemoClock
+from streamer.core.demo_data import LABEL_SHARE, DemoClock, LabelSchedule
 from streamer.core.quantile import histogram_quantile
 from streamer.devtools.broker import EmbeddedBroker
 from streamer.devtools.verify import DEFAULT_IDLE_TIMEOUT_S, reconcile_topics
-from streamer.generator import produce_demo
+from streamer.generator import DemoLabels, produce_demo
 from streamer.settings import KafkaSettings, Settings, build_settings
 from streamer.signals import GracefulSignals
 from streamer.topology import Pipeline, ShutdownReport
@@ -23,6 +27,9 @@ from streamer.topology import Pipeline, ShutdownReport
 log = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "transactions", "scores"
+LABELS = "labels"
+"""The demo's labels topic: the generator's verdicts on a sample of its transactions, keyed
+like them and as many partitions, joined to the predictions by ``transaction_id``."""
 # `streamer profile` of the demo model over 50000 generated transactions (its "source").
 DEMO_PROFILE = Path(__file__).parent / "core" / "models" / "demo_fraud.profile.json"
 DRIFT_PSI = 0.2
@@ -37,6 +44,7 @@ DEMO_STATE_FEATURE = {
 """The demo model's ``transactions_last_hour``: the card's transactions in the last hour of
 event time, this one included, computed by streamer (docs/state.md)."""
 MISSING_ALARM = 0.05
+ASSIGN_WAIT_S = 60.0
 
 
 def _bucket_counts(registry: CollectorRegistry, name: str) -> list[tuple[float, float]]:
@@ -48,11 +56,27 @@ def _bucket_counts(registry: CollectorRegistry, name: str) -> list[tuple[float, 
     return sorted(buckets)
 
 
+class _Scrape(CollectorRegistry):
+    """One ``collect()`` of a registry, read many times.
+
+    A line's figures come from one scrape: each ``collect()`` of the registry may
+    compute the label quality report again (when labels joined since the last one).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(auto_describe=False)
+        self._metrics = list(registry.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics of the one scrape."""
+        return iter(self._metrics)
+
+
 class _Progress:
     """Builds the live line from the registry, with rates over the last interval."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+        self._source = self.registry = registry
         self.last = (time.monotonic(), 0.0, 0.0)
         self.last_buckets: list[tuple[float, float]] = []
 
@@ -76,6 +100,7 @@ class _Progress:
         return total
 
     def line(self) -> str:
+        self.registry = _Scrape(self._source)
         now = time.monotonic()
         consumed = self.value("streamer_records_consumed_total")
         produced = self.value("streamer_records_produced_total")
@@ -94,8 +119,13 @@ class _Progress:
             f"  in-flight {self.value('streamer_in_flight_batches'):3.0f} batches"
             f"  committed {self.committed():9.0f}  dead-lettered {self.dead_letters():5.0f}"
             f"  p99 batch {p99_text:>6}"
-            f"  keys in state {self.state_keys():6.0f}" + self.worst_psi()
+            f"  keys in state {self.state_keys():6.0f}" + self.worst_psi() + self.quality()
         )
+
+    def quality(self) -> str:
+        """``  precision 0.912 recall 0.874``: the champion's, over the labelled window."""
+        found = champion_quality(self.registry)
+        return "  " + found.short() if found.records else "  no labels joined yet"
 
     def state_keys(self) -> float:
         """Keys in the state of every partition (``streamer_state_keys``)."""
@@ -110,6 +140,58 @@ class _Progress:
         """``  worst PSI amount 0.012``: the feature that drifted most, over the window."""
         feature, value = worst_feature_psi(self.registry)
         return f"  worst PSI {feature} {value:.3f}" if feature else ""
+
+
+@dataclass(frozen=True)
+class ChampionQuality:
+    """The champion's precision and recall over the labelled window, from the registry."""
+
+    model: str
+    version: str
+    records: int
+    precision: float | None
+    recall: float | None
+
+    def short(self) -> str:
+        """``precision 0.912 recall 0.874`` (``-`` for an undefined one)."""
+        return f"precision {_figure(self.precision)} recall {_figure(self.recall)}"
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def champion_quality(registry: CollectorRegistry) -> ChampionQuality:
+    """The ``streamer_model_quality`` of the model in use (``streamer_model_info``), if any."""
+    name = version = ""
+    quality: dict[str, float] = {}
+    records = 0.0
+    samples = [sample for metric in registry.collect() for sample in metric.samples]
+    for sample in samples:
+        if sample.name == "streamer_model_info":
+            name, version = sample.labels.get("name", ""), sample.labels.get("version", "")
+    for sample in samples:
+        labels = sample.labels
+        if labels.get("model") != name or labels.get("version") != version:
+            continue
+        if sample.name == "streamer_model_quality":
+            quality[labels["metric"]] = sample.value
+        elif sample.name == "streamer_model_quality_records":
+            records = sample.value
+    return ChampionQuality(
+        name, version, int(records), quality.get("precision"), quality.get("recall")
+    )
+
+
+def labels_by_result(registry: CollectorRegistry) -> dict[str, float]:
+    """``streamer_labels_total`` summed over the partitions, by result."""
+    totals: dict[str, float] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "streamer_labels_total":
+                result = sample.labels["result"]
+                totals[result] = totals.get(result, 0.0) + sample.value
+    return totals
 
 
 def worst_feature_psi(registry: CollectorRegistry) -> tuple[str, float]:
@@ -151,12 +233,21 @@ def run_demo(
         settings = _settings(broker.bootstrap_servers, metrics_port)
         backend(settings.kafka.client).ensure_topics(
             settings.kafka,
-            {INPUT: partitions, OUTPUT: partitions, settings.kafka.dead_letter_topic_name: 1},
+            {
+                INPUT: partitions,
+                OUTPUT: partitions,
+                LABELS: partitions,
+                settings.kafka.dead_letter_topic_name: 1,
+            },
         )
         registry = CollectorRegistry()
         pipeline = Pipeline(settings, registry=registry)
         pipeline.start()
         _announce(pipeline, rate, duration_s)
+        # Transactions sent before the consumer has its partitions wait in the topic,
+        # and their labels, 2-5 s later, could come before their predictions: those
+        # would join nothing (unmatched).
+        _wait_assigned(pipeline, stop)
         generator = _Generator(settings.kafka, rate, drift, drift_after_s)
         started = time.monotonic()
         _show_progress(pipeline, registry, stop, duration_s, started)
@@ -167,9 +258,16 @@ def run_demo(
         produced = generator.stop()
         # Let the pipeline catch up with what the generator wrote, then drain.
         _wait_caught_up(pipeline, registry, produced_total=produced, timeout_s=30)
-        drifted = _drift_line(registry)
+        # Every transaction answered: its prediction is in the ledger, its label may come.
+        _wait_committed(pipeline, registry, produced_total=produced, timeout_s=30)
+        generator.release_labels()
+        _wait_labels_counted(pipeline, registry, sent=generator.labels.sent, timeout_s=10)
+        scrape = _Scrape(registry)
+        drifted = _drift_line(scrape)
+        quality = _quality_line(scrape, generator.labels.sent)
         report = pipeline.stop()
         print(drifted, flush=True)
+        print(quality, flush=True)
         with signals.interrupting():
             return _summary(
                 broker.bootstrap_servers,
@@ -200,6 +298,13 @@ def _settings(bootstrap_servers: str, metrics_port: int) -> Settings:
             "monitoring": {"profile_path": str(DEMO_PROFILE), "window_records": 5000},
             # The generator leaves the card's activity to streamer: a declared feature.
             "state": {"features": [DEMO_STATE_FEATURE]},
+            # The generator's verdicts on a sample of its transactions (docs/labels.md).
+            "labels": {
+                "topic": LABELS,
+                "id_field": "transaction_id",
+                "time_field": "labelled_at",
+                "window_records": 5000,
+            },
         },
         environ={},
     )
@@ -224,10 +329,69 @@ def _drift_line(registry: CollectorRegistry) -> str:
     return "drift: " + "; ".join(parts) + " over the last window"
 
 
+def _quality_line(registry: CollectorRegistry, sent: int) -> str:
+    """The summary's labels line: sent, joined, why some did not, the champion's quality.
+
+    ``labels: 812 sent, 806 joined (unmatched 6); champion demo 1 over the last 806
+    labelled records: precision 0.912 recall 0.874``
+    """
+    totals = labels_by_result(registry)
+    found = champion_quality(registry)
+    if not totals:
+        return f"labels: {sent} sent, none joined yet"
+    joined = totals.pop("joined", 0.0)
+    missed = ", ".join(f"{result} {count:.0f}" for result, count in totals.items() if count)
+    line = f"labels: {sent} sent, {joined:.0f} joined" + (f" ({missed})" if missed else "")
+    if not found.records:
+        return line
+    return (
+        f"{line}; champion {found.model} {found.version} over the last {found.records} "
+        f"labelled records: {found.short()}"
+    )
+
+
+def _wait_committed(
+    pipeline: Pipeline, registry: CollectorRegistry, *, produced_total: int, timeout_s: float
+) -> None:
+    """Until the input's committed offsets cover ``produced_total`` records (offsets from 0)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pipeline.failure is None:
+        committed = sum(
+            sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT
+        )
+        if committed >= produced_total:
+            return
+        time.sleep(0.1)
+
+
+def _wait_assigned(pipeline: Pipeline, stop: threading.Event) -> None:
+    """Until the consumer has its partitions, Ctrl-C, a failure or ``ASSIGN_WAIT_S``."""
+    deadline = time.monotonic() + ASSIGN_WAIT_S
+    while not pipeline.wait_until_assigned(0.1):
+        if stop.is_set() or pipeline.failure is not None or time.monotonic() > deadline:
+            return
+
+
+def _wait_labels_counted(
+    pipeline: Pipeline, registry: CollectorRegistry, *, sent: int, timeout_s: float
+) -> None:
+    """Wait until the pipeline counted every label sent (when it counts labels at all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pipeline.failure is None:
+        totals = labels_by_result(registry)
+        if not totals or sum(totals.values()) >= sent:
+            return
+        time.sleep(0.1)
+
+
 def _announce(pipeline: Pipeline, rate: float, duration_s: float) -> None:
     print(f"metrics at http://127.0.0.1:{pipeline.metrics_port()}/metrics", flush=True)
     print(
-        f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}'."
+        f"generator: {rate:.0f} transactions/s into '{INPUT}'; predictions go to '{OUTPUT}';"
+        f" labels of one in {round(1 / LABEL_SHARE)} into '{LABELS}', 2-5 s later."
         f" {'Ctrl-C stops.' if not duration_s else f'Running {duration_s:.0f}s.'}",
         flush=True,
     )
@@ -257,6 +421,8 @@ class _Generator:
 
     def __init__(self, kafka: KafkaSettings, rate: float, drift: str, drift_after_s: float) -> None:
         self._produced = [0]
+        # Its own seed: the transactions stay those of seed 7 with or without labels.
+        self.labels = DemoLabels(LABELS, LabelSchedule(random.Random(8)))
         self._stop = threading.Event()
         self._drift = (drift, drift_after_s)
         self._thread = threading.Thread(
@@ -278,6 +444,7 @@ class _Generator:
                 drift=self._drift[0],
                 drift_after_s=self._drift[1],
                 clock=DemoClock(),
+                labels=self.labels,
             )
         except Exception as exc:
             log.error(  # noqa: TRY400 - one line: the demo goes on to stop and summarise
@@ -285,10 +452,18 @@ class _Generator:
             )
 
     def stop(self) -> int:
-        """Stop the generator; how many records it sent."""
+        """Stop sending transactions; how many it sent (their last labels wait: below)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.labels.transactions_done.wait(0.1):
+                break
         return self._produced[0]
+
+    def release_labels(self) -> None:
+        """Send the labels still waiting now, and end the generator."""
+        self.labels.release.set()
+        self._thread.join(timeout=30)
 
 
 def _count(n: float) -> str:

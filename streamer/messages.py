@@ -325,6 +325,8 @@ class BatchDelivered:
     unanswerable: int = 0
     changelog_records: int = 0
     """State changelog records the broker acknowledged with the batch."""
+    scored: bool = True
+    """False for a batch of labels: its dead letters count, not its size nor its latency."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 from streamer.actors.base import PipelineActor
 from streamer.actors.routing import ChallengerLink
 from streamer.core.dead_letters import REASONS
+from streamer.core.labels.export import Family, LiveQuality
 from streamer.core.monitoring.agreement import DELTA_BUCKETS
 from streamer.core.monitoring.agreement import LATENCY_BUCKETS as CHALLENGER_LATENCY_BUCKETS
 from streamer.core.monitoring.drift import DriftMonitor
@@ -44,12 +45,14 @@ from streamer.messages import (
     BreakerTripped,
     ConsumerProgress,
     GetStatus,
+    LabelsJoined,
+    LabelsRevoked,
     MetricsStatus,
     ModelReloaded,
     RecordsConsumed,
     StateProgress,
 )
-from streamer.settings import MetricsSettings
+from streamer.settings import LabelsSettings, MetricsSettings
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +279,13 @@ class PipelineMetrics:
         self._lag_series: set[tuple[str, str]] = set()
         self._committed_series: set[tuple[str, str]] = set()
         self.state = StateMetrics(registry)
+        self.quality: LiveQuality | None = None
+        self._unexpected_labels = False
+
+    def watch_labels(self, quality: LiveQuality) -> None:
+        """Export the live quality metrics of ``quality``, which the label messages feed."""
+        self.quality = quality
+        self.registry.register(QualityCollector(quality))
 
     def apply(self, event: object) -> None:
         """Update the metrics from one pipeline event."""
@@ -305,6 +315,23 @@ class PipelineMetrics:
                 self.model_reloads.labels(result=result).inc()
                 if result == "success":
                     self.model_info.info({"name": name, "version": version})
+            case LabelsJoined() | LabelsRevoked():
+                self._apply_labels(event)
+
+    def _apply_labels(self, event: LabelsJoined | LabelsRevoked) -> None:
+        if self.quality is None:
+            if not self._unexpected_labels:
+                self._unexpected_labels = True
+                log.warning(
+                    "label messages arrive but the metrics actor was started without "
+                    "[labels] settings: no quality metric is exported"
+                )
+        elif isinstance(event, LabelsJoined):
+            self.quality.joined(
+                event.partition, event.joined, event.counts, event.held, reset=event.reset
+            )
+        else:
+            self.quality.revoked(event.partitions)
 
     def _delivered(self, d: BatchDelivered) -> None:
         self.records_produced.inc(d.produced)
@@ -319,6 +346,8 @@ class PipelineMetrics:
             self.records_unanswerable.inc(d.unanswerable)
         if d.changelog_records:
             self.state.changelog_records.inc(d.changelog_records)
+        if not d.scored:  # a batch of labels: not a batch of the input
+            return
         self.batches.inc()
         self.batch_size.observe(d.size)
         self.batch_latency.observe(d.batch_seconds)
@@ -433,11 +462,15 @@ class MetricsActor(PipelineActor):
         health: HealthProbe | None = None,
         readiness: HealthProbe | None = None,
         server: EndpointServer | None = None,
+        labels: LabelsSettings | None = None,
+        threshold: float = 0.5,
     ) -> None:
         """Keep the settings; ``server`` is the endpoints' socket, if already bound.
 
         The pipeline binds it in its preflight, so that a port in use stops the
-        start with exit 2; without it, ``open`` binds.
+        start with exit 2; without it, ``open`` binds. With ``labels`` naming a
+        topic, the actor keeps the label windows of :class:`LabelsJoined` and
+        exports the quality metrics (decided at ``threshold``, ``monitoring.threshold``).
         """
         super().__init__(None, None)
         self._settings = settings
@@ -447,6 +480,8 @@ class MetricsActor(PipelineActor):
         self.readiness = readiness
         self.metrics = PipelineMetrics(registry)
         self.metrics.model_info.info({"name": model_name, "version": model_version})
+        if labels is not None and labels.topic:
+            self.metrics.watch_labels(live_quality(labels, threshold))
         self._server: EndpointServer | None = None
         self.port: int | None = None
 
@@ -480,6 +515,49 @@ class MetricsActor(PipelineActor):
             return MetricsStatus(self.port)
         self.metrics.apply(message)
         return None
+
+
+def live_quality(labels: LabelsSettings, threshold: float) -> LiveQuality:
+    """The label windows ``[labels]`` describes, decided at ``threshold``."""
+    return LiveQuality(
+        task=labels.task,
+        threshold=threshold,
+        buckets=labels.calibration_buckets,
+        window_records=labels.window_records,
+        window_s=labels.window_s,
+    )
+
+
+class QualityCollector(Collector):
+    """The live quality families of a :class:`LiveQuality`, read at each scrape.
+
+    The report behind them is computed only when a label message changed a
+    window since the last scrape. Label sets are bounded: partitions of this
+    member, model versions of the window, a fixed set of metrics and buckets.
+    """
+
+    def __init__(self, quality: LiveQuality) -> None:
+        self._quality = quality
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every quality family."""
+        for family in self._quality.families():
+            yield _prometheus_family(family)
+
+    def describe(self) -> Iterator[Metric]:
+        """No up-front description: the families are built at each scrape."""
+        return iter(())
+
+
+def _prometheus_family(family: Family) -> Metric:
+    metric: CounterMetricFamily | GaugeMetricFamily
+    if family.kind == "counter":
+        metric = CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+    else:
+        metric = GaugeMetricFamily(family.name, family.documentation, labels=family.labels)
+    for values, value in family.samples:
+        metric.add_metric(list(values), value)
+    return metric
 
 
 class DriftCollector(Collector):

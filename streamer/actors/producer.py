@@ -395,6 +395,7 @@ class ProducerActor(PipelineActor):
                 truncated=tally.truncated,
                 unanswerable=len(tally.unanswerable),
                 changelog_records=flight.changelog_records,
+                scored=source.topic != self._labels_topic,
             )
         )
         if flight.labels is not None:

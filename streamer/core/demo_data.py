@@ -7,9 +7,11 @@ A small share is deliberately malformed to show the dead-letter topic.
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,6 +63,25 @@ def make_event(
     With ``clock`` (the demo with state), the event has no ``transactions_last_hour``:
     it has its time ``ts`` (epoch ms) and streamer counts the card's transactions itself.
     """
+    event, _fraudulent = _event(
+        rng,
+        anomaly_ratio=anomaly_ratio,
+        amount_scale=amount_scale,
+        drop_feature=drop_feature,
+        clock=clock,
+    )
+    return event
+
+
+def _event(
+    rng: random.Random,
+    *,
+    anomaly_ratio: float,
+    amount_scale: float,
+    drop_feature: str,
+    clock: DemoClock | None,
+) -> tuple[dict[str, Any], bool]:
+    """:func:`make_event`, and whether the generator made the transaction fraudulent."""
     merchant = rng.choice(MERCHANTS)
     anomalous = rng.random() < anomaly_ratio
     if anomalous:
@@ -99,7 +120,7 @@ def make_event(
         event["ts"] = clock.tick()
     if drop_feature:
         event.pop(drop_feature, None)
-    return event
+    return event, anomalous
 
 
 MALFORMED: tuple[bytes, ...] = (
@@ -112,6 +133,18 @@ MALFORMED: tuple[bytes, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One record of the generator, and what only the generator knows about it."""
+
+    key: bytes
+    value: bytes
+    transaction_id: str | None
+    """None for a deliberately malformed record."""
+    fraudulent: bool | None
+    """True for the anomalous transactions (the fraud); None for a malformed record."""
+
+
 def make_record(
     rng: random.Random,
     *,
@@ -122,13 +155,94 @@ def make_record(
     clock: DemoClock | None = None,
 ) -> tuple[bytes, bytes]:
     """(key, value) for one record; the key is the card id, so a card's events stay in order."""
+    made = make_transaction(
+        rng,
+        bad_ratio=bad_ratio,
+        anomaly_ratio=anomaly_ratio,
+        amount_scale=amount_scale,
+        drop_feature=drop_feature,
+        clock=clock,
+    )
+    return made.key, made.value
+
+
+def make_transaction(
+    rng: random.Random,
+    *,
+    bad_ratio: float = 0.0,
+    anomaly_ratio: float = 0.03,
+    amount_scale: float = 1.0,
+    drop_feature: str = "",
+    clock: DemoClock | None = None,
+) -> Transaction:
+    """:func:`make_record` with the transaction's id and truth: the same draws, the same record."""
     if bad_ratio and rng.random() < bad_ratio:
-        return f"card-{rng.randint(1, CARDS):05d}".encode(), rng.choice(MALFORMED)
-    event = make_event(
+        key = f"card-{rng.randint(1, CARDS):05d}".encode()
+        return Transaction(key, rng.choice(MALFORMED), None, None)
+    event, fraudulent = _event(
         rng,
         anomaly_ratio=anomaly_ratio,
         amount_scale=amount_scale,
         drop_feature=drop_feature,
         clock=clock,
     )
-    return event["card_id"].encode(), orjson.dumps(event)
+    return Transaction(
+        event["card_id"].encode(), orjson.dumps(event), event["transaction_id"], fraudulent
+    )
+
+
+LABEL_SHARE = 0.1
+"""The share of the demo's transactions that get a label: one in ten, sampled uniformly, so
+that the metrics see the base rate of fraud (a label for every fraud alone would not)."""
+LABEL_DELAY_S = (2.0, 5.0)
+"""A label comes this long after its transaction was sent: uniform in [low, high] seconds."""
+
+
+class LabelSchedule:
+    """The demo's delayed labels: which transactions get one, when, and the label record.
+
+    A label is ``{"transaction_id": ..., "label": 0 or 1, "labelled_at": epoch ms}``, keyed
+    like its transaction (so that it lands on the transaction's partition of a labels topic
+    with as many partitions). Its own ``rng`` draws the sample and the delays, so the
+    transactions of a seeded generator stay the ones it always made. Times are wall-clock
+    seconds: a label's time is compared with its prediction's ``scored_at``, not with the
+    simulated event time of :class:`DemoClock`.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        share: float = LABEL_SHARE,
+        delay_s: tuple[float, float] = LABEL_DELAY_S,
+    ) -> None:
+        self._rng = rng
+        self.share = share
+        self.delay_s = delay_s
+        self._pending: list[tuple[float, int, bytes, bytes]] = []
+        self._added = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def sent(self, transaction: Transaction, now_s: float) -> None:
+        """Note a transaction sent at ``now_s``: maybe schedule its label."""
+        if transaction.transaction_id is None or transaction.fraudulent is None:
+            return  # a malformed record has nothing to label
+        if self._rng.random() >= self.share:
+            return
+        due = now_s + self._rng.uniform(*self.delay_s)
+        value = b'{"transaction_id":"%s","label":%d,"labelled_at":%d}' % (
+            transaction.transaction_id.encode(),
+            int(transaction.fraudulent),
+            round(due * 1000),
+        )
+        self._added += 1  # a tie-break: labels due at once go in the order they were scheduled
+        heapq.heappush(self._pending, (due, self._added, transaction.key, value))
+
+    def due(self, now_s: float) -> list[tuple[bytes, bytes]]:
+        """The (key, value) of the labels due by ``now_s``, in order; they leave the schedule."""
+        out = []
+        while self._pending and self._pending[0][0] <= now_s:
+            _due, _order, key, value = heapq.heappop(self._pending)
+            out.append((key, value))
+        return out

@@ -73,6 +73,8 @@ def start_metrics(
         health=probes["/healthz"],
         readiness=probes["/readyz"],
         server=server,
+        labels=settings.labels,
+        threshold=settings.monitoring.threshold,
     )
 
 

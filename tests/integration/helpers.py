@@ -261,10 +261,19 @@ def end_offsets(produced: Produced) -> dict[int, int]:
 def wait_until_delivered(
     pipeline: Pipeline, topic: str, produced: Produced, timeout_s: float = PROCESS_TIMEOUT_S
 ) -> None:
-    """Wait until the pipeline's commit watermark reached the end of every input partition."""
+    """Wait until the pipeline's commit watermark reached the end of every input partition.
+
+    Only ``topic``'s partitions are compared: the consumer also holds the labels
+    topic's when labels are on.
+    """
     wanted = {(topic, p): end for p, end in end_offsets(produced).items()}
+
+    def of_topic() -> dict[tuple[str, int], int]:
+        watermarks = pipeline.consumer_status().watermarks
+        return {tp: offset for tp, offset in watermarks.items() if tp[0] == topic}
+
     wait_for(
-        lambda: pipeline.consumer_status().watermarks == wanted,
+        lambda: of_topic() == wanted,
         timeout_s,
         f"the watermarks to reach {wanted}",
     )

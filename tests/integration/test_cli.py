@@ -210,6 +210,12 @@ def test_the_demo_command_runs_its_own_broker_and_loses_nothing() -> None:
     last_line = result.stdout.strip().splitlines()[-1]
     assert "lost 0;" in last_line, last_line
     assert "shutdown clean" in last_line, last_line
+    (labels,) = [line for line in result.stdout.splitlines() if line.startswith("labels: ")]
+    assert re.fullmatch(
+        r"labels: [1-9]\d* sent, [1-9]\d* joined( \(.*\))?; champion \S+ \S+ over the last "
+        r"[1-9]\d* labelled records: precision (-|[01]\.\d{3}) recall (-|[01]\.\d{3})",
+        labels,
+    ), labels
 
 
 SUMMARY = re.compile(

@@ -10,6 +10,7 @@ here by hand on loopback with a 1 s scrape interval.
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import re
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.clients.kafka_python import ensure_topics
 from streamer.core.dead_letters import REASONS
-from streamer.core.demo_data import make_event, make_record
+from streamer.core.demo_data import make_event, make_transaction
 from streamer.devtools.oip_server import OipServer
 from streamer.settings import KafkaSettings, build_settings
 from streamer.topology import Pipeline
@@ -80,6 +81,8 @@ FEED_PER_TICK = 40  # every 0.1 s: 400 records/s
 DATA_TIMEOUT_S = 40.0
 HTTP_TIMEOUT_S = 5.0
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+LABEL_EVERY = 5  # the feeder labels one good record in 5, LABEL_DELAY_S after sending it
+LABEL_DELAY_S = 1.0
 
 
 # --- helpers -----------------------------------------------------------------
@@ -253,11 +256,16 @@ class PrometheusServer:
 
 
 class Feeder:
-    """Produces records at a steady rate on its own thread; every 20th is not JSON."""
+    """Produces records at a steady rate on its own thread; every 20th is not JSON.
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    One good record in ``LABEL_EVERY`` gets its label in ``labels_topic``,
+    ``LABEL_DELAY_S`` later, keyed like it (so on its partition).
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, labels_topic: str) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
+        self._labels_topic = labels_topic
         self.produced: Produced = {}
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -274,6 +282,7 @@ class Feeder:
             return
         rng = random.Random(5)
         index = 0
+        waiting: collections.deque[tuple[float, bytes, bytes]] = collections.deque()
         try:
             while not self._stop.wait(0.1):
                 sent = []
@@ -281,9 +290,19 @@ class Feeder:
                     if index % BAD_EVERY == 0:
                         key, value = f"bad-{index}".encode(), BAD_VALUE
                     else:
-                        key, value = make_record(rng)
+                        made = make_transaction(rng)
+                        key, value = made.key, made.value
+                        if index % LABEL_EVERY == 1:
+                            label = {"transaction_id": made.transaction_id}
+                            label["label"] = int(bool(made.fraudulent))
+                            due = time.time() + LABEL_DELAY_S
+                            label["labelled_at"] = round(due * 1000)
+                            waiting.append((due, key, orjson.dumps(label)))
                     sent.append((key, value, producer.send(self._topic, key=key, value=value)))
                     index += 1
+                while waiting and waiting[0][0] <= time.time():
+                    _due, key, label_value = waiting.popleft()
+                    producer.send(self._labels_topic, key=key, value=label_value)
                 producer.flush(timeout=10)
                 for key, value, future in sent:
                     metadata = future.get(timeout=10)
@@ -321,7 +340,11 @@ def monitored(
 ) -> Iterator[Monitored]:
     topics = cluster.new_topics(partitions=2)
     challenger_topic = f"{topics.output}.challenger"
-    ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers), {challenger_topic: 1})
+    labels_topic = f"{topics.input}.labels"
+    ensure_topics(
+        KafkaSettings(bootstrap_servers=cluster.bootstrap_servers),
+        {challenger_topic: 1, labels_topic: topics.partitions},
+    )
     # The model-health panels need a profile and a challenger (the demo model, biased).
     folder = tmp_path_factory.mktemp("model-health")
     profile = _demo_profile(folder)
@@ -350,6 +373,12 @@ def monitored(
             # The remote-model panels need a remote model: a second challenger on a real
             # MLServer, whose metadata names the demo features.
             "model": {"remote_url": oip_server.url},
+            # The Model quality row needs labels: the feeder's, joined by transaction_id.
+            "labels": {
+                "topic": labels_topic,
+                "id_field": "transaction_id",
+                "time_field": "labelled_at",
+            },
             "challenger": [
                 {"name": "biased", "output_topic": challenger_topic, "path": str(challenger)},
                 {"name": "served", "kind": "remote", "path": "demo", "outputs": "predict_proba"},
@@ -367,7 +396,7 @@ def monitored(
         port = pipeline.metrics_port()
         assert port
         prometheus = PrometheusServer(port, tmp_path_factory.mktemp("prometheus"))
-        feeder = Feeder(cluster.bootstrap_servers, topics.input)
+        feeder = Feeder(cluster.bootstrap_servers, topics.input, labels_topic)
         prometheus.wait_ready()
         yield Monitored(pipeline, registry, topics, feeder, prometheus, f"http://127.0.0.1:{port}")
     finally:
@@ -437,7 +466,11 @@ def test_every_alert_expression_runs_and_returns_data_with_its_comparisons_as_bo
     for expr in rules.values():
         monitored.prometheus.query(expr)  # valid as written (empty while not firing)
     wait_for_data(
-        monitored.prometheus, {f"alert {name}": with_bool(expr) for name, expr in rules.items()}
+        monitored.prometheus,
+        {
+            f"alert {name}": with_bool(expr)
+            for name, expr in rules.items()
+        },
     )
 
 
@@ -496,8 +529,12 @@ def test_the_counters_equal_the_records_actually_processed(monitored: Monitored)
         return f"sum({metric}{{{matchers}}})"
 
     wanted = {promql(m, labels): float(v) for m, labels, v in expected}
-    wanted[promql("streamer_committed_offset", {})] = float(sum(end_offsets(produced).values()))
-    wanted[promql("streamer_consumer_lag", {})] = 0.0
+    # The input's offsets (the consumer reads the labels topic too).
+    input_topic = {"topic": monitored.topics.input}
+    wanted[promql("streamer_committed_offset", input_topic)] = float(
+        sum(end_offsets(produced).values())
+    )
+    wanted[promql("streamer_consumer_lag", input_topic)] = 0.0
     wanted[promql("streamer_in_flight_batches", {})] = 0.0
     seen: dict[str, float | None] = {}
 
@@ -576,3 +613,102 @@ def test_promtool_accepts_the_rules_their_unit_tests_and_the_compose_config() ->
             [PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False
         )
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+M1 = {"model": "m", "version": "1"}
+C2 = {"challenger": "c", "version": "2", "champion_version": "1"}
+# Two replicas' quality series: a's window holds 300 records of m 1, b's 100, c's 50
+# (with no ROC AUC: undefined there).
+QUALITY_INPUT = [
+    *(
+        ("streamer_model_quality_confusion", {"instance": i, **M1, "cell": c}, v)
+        for i, cells in (("a", (6, 2, 4)), ("b", (2, 0, 0)))
+        for c, v in zip(("tp", "fp", "fn"), cells, strict=True)
+    ),
+    ("streamer_model_quality", {"instance": "a", **M1, "metric": "roc_auc"}, 0.8),
+    ("streamer_model_quality", {"instance": "b", **M1, "metric": "roc_auc"}, 0.5),
+    ("streamer_model_quality_records", {"instance": "a", **M1}, 300),
+    ("streamer_model_quality_records", {"instance": "b", **M1}, 100),
+    ("streamer_model_quality_records", {"instance": "c", **M1}, 50),
+    ("streamer_challenger_quality_delta", {"instance": "a", **C2, "metric": "roc_auc"}, 0.1),
+    ("streamer_challenger_quality_delta", {"instance": "b", **C2, "metric": "roc_auc"}, -0.2),
+    ("streamer_challenger_quality_delta", {"instance": "a", **C2, "metric": "recall"}, 0.5),
+    ("streamer_challenger_quality_records", {"instance": "a", **C2}, 300),
+    ("streamer_challenger_quality_records", {"instance": "b", **C2}, 100),
+    ("streamer_model_calibration", {"instance": "a", **M1, "bucket": "0.1", "stat": "records"}, 30),
+    (
+        "streamer_model_calibration",
+        {"instance": "a", **M1, "bucket": "0.1", "stat": "observed_rate"},
+        0.1,
+    ),
+    ("streamer_model_calibration", {"instance": "b", **M1, "bucket": "0.1", "stat": "records"}, 10),
+    (
+        "streamer_model_calibration",
+        {"instance": "b", **M1, "bucket": "0.1", "stat": "observed_rate"},
+        0.5,
+    ),
+    ("streamer_model_calibration", {"instance": "b", **M1, "bucket": "0.2", "stat": "records"}, 0),
+]
+# (panel, refId) -> the samples its query must give over both replicas.
+QUALITY_PANEL_VALUES = {
+    # Summed cells: tp 8, fp 2, fn 4.
+    ("Precision, recall and F1", "A"): [(M1, 8 / 10)],
+    ("Precision, recall and F1", "B"): [(M1, 8 / 12)],
+    ("Precision, recall and F1", "C"): [(M1, 16 / 22)],
+    # Weighted by records, over the replicas whose metric is defined (not c).
+    ("ROC AUC and PR AUC", "A"): [(M1, (0.8 * 300 + 0.5 * 100) / 400)],
+    ("Challenger minus champion", "A"): [
+        ({**C2, "metric": "roc_auc"}, (0.1 * 300 - 0.2 * 100) / 400),
+        ({**C2, "metric": "recall"}, 0.5),  # defined on a only
+    ],
+    ("Calibration: observed vs predicted", "B"): [
+        ({**M1, "bucket": "0.1"}, (0.1 * 30 + 0.5 * 10) / 40)
+    ],
+}
+
+
+def test_the_model_quality_panels_combine_the_replicas_as_documented(tmp_path: Path) -> None:
+    """The panels' PromQL on two replicas' series: summed cells, AUCs weighted by records."""
+    assert PROMTOOL is not None, "promtool ships in the same Debian package as prometheus"
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    rules, tests = [], []
+    for (title, ref), samples in QUALITY_PANEL_VALUES.items():
+        (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+        (target,) = [t for t in panel["targets"] if t["refId"] == ref]
+        expr = target["expr"]
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        record = f"panel:{panel['id']}:{ref}"
+        rules.append({"record": record, "expr": expr})
+        exp = [{"labels": _series(record, labels), "value": value} for labels, value in samples]
+        tests.append({"expr": record, "eval_time": "2m", "exp_samples": exp})
+    (tmp_path / "panels.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}), encoding="utf-8"
+    )
+    suite = {
+        "rule_files": ["panels.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series(name, {"job": JOB, **labels}), "values": f"{value}x3"}
+                    for name, labels, value in QUALITY_INPUT
+                ],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "panels_test.yml").write_text(yaml.safe_dump(suite), encoding="utf-8")
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(tmp_path / "panels_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"

@@ -16,18 +16,24 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streamer.actors.metrics import ChallengerCollector, DriftCollector, PipelineMetrics
+from streamer.actors.metrics import (
+    ChallengerCollector,
+    DriftCollector,
+    PipelineMetrics,
+    live_quality,
+)
 from streamer.actors.routing import ChallengerLink
 from streamer.clients.oip import client_for
 from streamer.clients.oip_metrics import RemoteCollector
 from streamer.core.dead_letters import LATE, STATE_REASONS
 from streamer.core.demo_data import make_event
+from streamer.core.labels.ledger import Joined, LedgerCounts, LedgerLabel, ModelScore, Prediction
 from streamer.core.models import ModelOptions, RemoteOptions, load_model
 from streamer.core.monitoring.agreement import Agreement, PendingSlots
 from streamer.core.monitoring.drift import DriftMonitor
 from streamer.core.monitoring.profile import Binned, Profile
-from streamer.messages import ConsumerProgress
-from streamer.settings import SECTIONS, Settings, build_settings, load_settings
+from streamer.messages import ConsumerProgress, LabelsJoined
+from streamer.settings import SECTIONS, LabelsSettings, Settings, build_settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -438,6 +444,8 @@ REQUIRED_ALERTS = {
     "StreamerDeadLetterRateHigh",  # the dead-letter rate
     "StreamerActorRestarting",  # the actor restart rate
     "StreamerStateRestoreSlow",  # a partition's state restore that takes too long
+    "StreamerModelQualityLow",  # a quality metric below a floor over enough labels
+    "StreamerChallengerBetter",  # a challenger better than the champion over enough labels
 }
 REQUIRED_PANELS = {
     "Throughput in and out",
@@ -453,6 +461,13 @@ REQUIRED_PANELS = {
     "Last restore duration",
     "Changelog writes",
     "Late and state dead letters",
+    "Precision, recall and F1",
+    "ROC AUC and PR AUC",
+    "Challenger minus champion",
+    "Calibration: observed vs predicted",
+    "Label latency",
+    "Labels by result",
+    "Prediction ledger",
 }
 # The live state path's series (docs/state.md, "Metrics and alerts").
 STATE_SERIES_PREFIX = "streamer_state_"
@@ -478,6 +493,11 @@ def exposed_series() -> set[str]:
     model = load_model("linear", "", ModelOptions(version="2"))
     link = ChallengerLink("c", model, None, PendingSlots(1), agreement)  # type: ignore[arg-type]
     registry.register(ChallengerCollector([link]))
+    # The model-quality series, with one labelled record that a challenger scored too.
+    metrics.watch_labels(live_quality(LabelsSettings(topic="labels"), 0.5))
+    scores = (ModelScore("m", "1", 0.7, 0), (ModelScore("c", "2", 0.4, 1),))
+    labelled = Prediction(0, scores[0], scores[1], LedgerLabel(1.0, 5_000_000))
+    metrics.apply(LabelsJoined(0, (Joined(b"id", labelled),), LedgerCounts(joined=1), held=1))
     # The remote-model series, with one client (no request is sent).
     client_for(RemoteOptions(url="http://127.0.0.1:9"), "m")
     registry.register(RemoteCollector())
