@@ -65,6 +65,12 @@ def generate(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
             "acks": "all",
             "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",
+            # At most 5 requests in flight, like every system's producer (and the Java
+            # client's default since Kafka 3.0): without it librdkafka pipelines a small
+            # request every linger however far behind the broker is, and Tansu fell
+            # seconds behind within a row, for the floor too (docs/performance.md). The
+            # CreateTime is still taken at produce(), so a wait here counts as latency.
+            "enable.idempotence": True,
         }
     )
     return produce_at_rate(producer, topic, values, rate, seconds, pause_s=0.001)
