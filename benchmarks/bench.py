@@ -1501,6 +1501,13 @@ def _latency_row(name: str, rate: float, result: dict[str, Any], floor: dict[str
             f"; floor + {p99 - floor.get('p99', nan):.1f} ms at p99, "
             f"+ {p50 - floor.get('p50', nan):.1f} at p50"
         )
+    if "p50_first_third" in result:
+        # A last third many times the first: the broker fell behind during the row.
+        note += (
+            f"; p50 first/last third {result['p50_first_third']:.1f}/{result['p50_last_third']:.1f}"
+        )
+    if "hop1_p50" in result:
+        note += f"; p50 hop 1 + system {result['hop1_p50']:.1f}, hop 2 {result['hop2_p50']:.1f}"
     note += (
         f"; {result['answered']:,}/{result['sent']:,} answered; CPU {result['cpu_system']:.2f} "
         f"core, broker {result['cpu_broker']:.2f}; exit {result['exit']}"
@@ -1512,7 +1519,13 @@ def _latency_row(name: str, rate: float, result: dict[str, Any], floor: dict[str
         "ms",
         None,
         note,
-        {k: result.get(k) for k in ("p50", "p95", "p99", "max", "rate", "system", "sent")},
+        {
+            k: result.get(k)
+            for k in (
+                *("p50", "p95", "p99", "max", "rate", "system", "sent"),
+                *("p50_first_third", "p50_last_third", "hop1_p50", "hop2_p50"),
+            )
+        },
     )
 
 
