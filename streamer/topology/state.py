@@ -50,7 +50,13 @@ from streamer.core.state.changelog import (
 from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
-from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
+from streamer.core.state.store import (
+    WRITE_BEHIND_BYTES,
+    Change,
+    MemoryStore,
+    RocksStore,
+    Store,
+)
 from streamer.core.state.windows import PartitionState
 from streamer.messages import Rejection, SourceBatch, StateProgress
 from streamer.settings import Settings
@@ -284,7 +290,7 @@ class StateKeeper:
         deadline = time.monotonic() + STORE_LOCK_WAIT_S
         while True:
             try:
-                return RocksStore(path)
+                return RocksStore(path, write_behind_bytes=WRITE_BEHIND_BYTES)
             except Exception as exc:  # rocksdict raises plain Exceptions
                 if "lock" not in str(exc).lower():
                     problem = exc
@@ -300,7 +306,7 @@ class StateKeeper:
             extra={"topic": tp[0], "partition": tp[1]},
         )
         shutil.rmtree(path, ignore_errors=True)
-        return RocksStore(path)
+        return RocksStore(path, write_behind_bytes=WRITE_BEHIND_BYTES)
 
     def _changelog_meta(self, tp: TP) -> tuple[Meta | None, int]:
         """The changelog partition's last meta record and its end offset."""
