@@ -50,7 +50,13 @@ from streamer.core.state.changelog import (
 from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
-from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
+from streamer.core.state.store import (
+    WRITE_BEHIND_BYTES,
+    Change,
+    MemoryStore,
+    RocksStore,
+    Store,
+)
 from streamer.core.state.windows import PartitionState
 from streamer.messages import Rejection, SourceBatch, StateProgress
 from streamer.settings import Settings
@@ -280,7 +286,12 @@ class StateKeeper:
         if not self._dir:
             return MemoryStore()
         # Under the group: two groups reading one topic on one machine never share a store.
-        return open_rocks_store(Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}", tp, "state")
+        return open_rocks_store(
+            Path(self._dir) / self._group / f"{tp[0]}-{tp[1]}",
+            tp,
+            "state",
+            write_behind_bytes=WRITE_BEHIND_BYTES,
+        )
 
     def _changelog_meta(self, tp: TP) -> tuple[Meta | None, int]:
         """The changelog partition's last meta record and its end offset."""
@@ -374,16 +385,16 @@ class StateKeeper:
         )
 
 
-def open_rocks_store(path: Path, tp: TP, what: str) -> Store:
+def open_rocks_store(path: Path, tp: TP, what: str, write_behind_bytes: int = 0) -> Store:
     """The RocksDB store at ``path``, waiting for a member that hands it over to let it go.
 
     A store that does not open for another reason (corrupt, foreign) is
-    discarded and rebuilt from the changelog.
+    discarded and rebuilt from the changelog. ``write_behind_bytes``: see RocksStore.
     """
     deadline = time.monotonic() + STORE_LOCK_WAIT_S
     while True:
         try:
-            return RocksStore(path)
+            return RocksStore(path, write_behind_bytes=write_behind_bytes)
         except Exception as exc:  # rocksdict raises plain Exceptions
             if "lock" not in str(exc).lower():
                 problem = exc
@@ -400,7 +411,7 @@ def open_rocks_store(path: Path, tp: TP, what: str) -> Store:
         extra={"topic": tp[0], "partition": tp[1]},
     )
     shutil.rmtree(path, ignore_errors=True)
-    return RocksStore(path)
+    return RocksStore(path, write_behind_bytes=write_behind_bytes)
 
 
 def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None, int]:

@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import orjson
@@ -383,9 +384,11 @@ class RecordReader:
         for group in self._groups:
             prefix = group.prefix
             if group.key_top:
-                raw = [doc.get(group.key) for doc in docs]
-                store_keys = [prefix + k.encode() if type(k) is str else b"" for k in raw]
-                if set(map(type, raw)) != {str}:
+                raw = list(map(dict.get, docs, repeat(group.key)))
+                if set(map(type, raw)) == {str}:  # map: in C, a third of a comprehension's time
+                    store_keys = list(map(prefix.__add__, map(str.encode, raw)))  # type: ignore[arg-type] # all str
+                else:
+                    store_keys = [prefix + k.encode() if type(k) is str else b"" for k in raw]
                     alone.update(i for i, k in enumerate(raw) if type(k) is not str)
             elif group.key == RECORD_KEY:
                 store_keys = [b"" if k is None else prefix + k for k in keys]
@@ -450,7 +453,7 @@ class RecordReader:
         if record:
             raw: list[Any] = list(timestamps_ms)
         elif group.time_source == _TOP_FIELD_TIME:
-            raw = [doc.get(group.time) for doc in docs]
+            raw = list(map(dict.get, docs, repeat(group.time)))
         else:
             alone.update(range(len(docs)))
             return [0] * len(docs)
@@ -461,7 +464,7 @@ class RecordReader:
                 and low * 1000 > -_MAX_TIME_US
                 and high * 1000 < _MAX_TIME_US
             ):
-                return [t * 1000 for t in raw]
+                return list(map((1000).__mul__, raw))
         # the read's check, record by record
         ok = [
             type(t) is int and (t >= 0 or not record) and -_MAX_TIME_US < t * 1000 < _MAX_TIME_US
@@ -482,7 +485,7 @@ class RecordReader:
         if not top:
             alone.update(range(len(docs)))
             return [None] * len(docs)
-        raw: list[Any] = [doc.get(name) for doc in docs]
+        raw: list[Any] = list(map(dict.get, docs, repeat(name)))
         if numeric:
             if set(map(type, raw)) != {float} or not all(map(math.isfinite, raw)):
                 alone.update(

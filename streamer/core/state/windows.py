@@ -341,7 +341,7 @@ class PartitionState:
                 last = max(last, offset)
         return fresh, last
 
-    def _apply_group(
+    def _apply_group(  # noqa: PLR0912, PLR0915 - the hot loop, inlined: a call costs what a step does
         self,
         columns: GroupColumns,
         bad: dict[int, BadRecordError],
@@ -359,6 +359,7 @@ class PartitionState:
         )
         no_bounds, no_columns, max_entries = plan.no_bounds, plan.no_columns, plan.max_entries
         one_window = len(windows) == 1
+        one_field = len(no_columns) == 1
         lateness = self.layout.allowed_lateness_us
         width = len(self.layout.features)
         cache = self._cache
@@ -391,21 +392,29 @@ class PartitionState:
                     features, no_bounds, [], no_columns, 0, True, time_us, fields, values
                 )
                 keys[store_key] = KeyEntries.first(time_us, fields)
-            else:
-                if state.ordered:  # KeyEntries.bounds, inline
-                    times = state.times
-                    hi = len(times) if time_us >= newest else bisect_right(times, time_us)
-                    bounds = (
-                        [bisect_right(times, time_us - windows[0], 0, hi)]
-                        if one_window
-                        else [bisect_right(times, time_us - w, 0, hi) for w in windows]
-                    )
-                    feature_values(
-                        features, bounds, times, state.columns, hi, True, time_us, fields, values
-                    )
+            elif state.ordered and time_us >= newest:  # KeyEntries.bounds and .add, inline
+                times = state.times
+                hi = len(times)
+                bounds = (
+                    [bisect_right(times, time_us - windows[0], 0, hi)]
+                    if one_window
+                    else [bisect_right(times, time_us - w, 0, hi) for w in windows]
+                )
+                entry_columns = state.columns
+                feature_values(
+                    features, bounds, times, entry_columns, hi, True, time_us, fields, values
+                )
+                if times[0] <= time_us - horizon:
+                    state.drop(time_us - horizon)  # in place: the lists stay the same
+                state.newest_us = time_us
+                times.append(time_us)
+                if one_field:
+                    entry_columns[0].append(fields[0])
                 else:
-                    _unordered_values(plan, state, time_us, fields, values)
-                state.add(time_us, fields, max(newest, time_us) - horizon)
+                    for column, value in zip(entry_columns, fields, strict=True):
+                        column.append(value)
+            else:
+                _out_of_order(plan, state, time_us, fields, values)
             written[store_key] = None
             if clock is None or time_us > clock:
                 clock = time_us
@@ -636,6 +645,25 @@ def _too_large(max_entries: int) -> Served:
         f"its key holds {max_entries} entries already, the most one key's state may hold "
         "(state.max_entries_per_key; it must fit one changelog record): the state is unchanged",
     )
+
+
+def _out_of_order(
+    plan: _GroupPlan,
+    state: KeyEntries,
+    time_us: int,
+    fields: Sequence[FieldValue],
+    values: list[float],
+) -> None:
+    """A record older than its key's newest, or of a key out of order: values, then its entry."""
+    newest = state.newest_us
+    if state.ordered:
+        bounds, hi = state.bounds(time_us, plan.windows_us)
+        feature_values(
+            plan.features, bounds, state.times, state.columns, hi, True, time_us, fields, values
+        )
+    else:
+        _unordered_values(plan, state, time_us, fields, values)
+    state.add(time_us, fields, max(newest, time_us) - plan.horizon_us)
 
 
 def _unordered_values(

@@ -116,6 +116,33 @@ class TestSemantics:
             one_by_one, _ = run_batched(inputs, [1], MemoryStore(), partition, shape=shape)
             assert first == second == one_by_one
 
+    @PROPERTIES
+    @given(
+        stream=streams(),
+        sizes=BATCH_SIZES,
+        ttl=st.sampled_from([0, 4_000_000]),
+        shape=st.sampled_from(sorted(SHAPES)),
+    )
+    def test_records_in_time_order_equal_the_definition_bit_for_bit(
+        self, stream: list[Rec], sizes: list[int], ttl: int, shape: str
+    ) -> None:
+        # every key's records in time order (equal times too): the engine's inline loop,
+        # which bisects and appends in place and drops past the horizon as it goes
+        ordered = [
+            Rec(
+                rec.partition,
+                rec.key,
+                rec.timestamp_ms if rec.timestamp_ms == -1 else 1_700_000_000_000 + 1000 * (i // 2),
+                {**rec.doc, "ts": 1_700_000_000_000 + 1000 * (i // 3)}
+                if isinstance(rec.doc.get("ts"), int)
+                else rec.doc,
+            )
+            for i, rec in enumerate(stream)
+        ]
+        for partition, inputs in by_partition(ordered).items():
+            batched, _ = run_batched(inputs, sizes, MemoryStore(), partition, ttl, shape=shape)
+            assert batched == reference(layout(ttl, shape=shape), inputs)
+
     def test_a_worked_example(self) -> None:
         features = parse_features(
             [
