@@ -123,14 +123,18 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
     doc = document(cluster, topics, client, tmp_path)
     config = tmp_path / "labels.toml"
     challengers = doc.pop("challenger")
-    config.write_text(
-        to_toml(doc)
-        + "".join(
-            "\n[[challenger]]\n"
-            + "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in c.items())
-            for c in challengers
+
+    def write_config() -> None:
+        config.write_text(
+            to_toml(doc)
+            + "".join(
+                "\n[[challenger]]\n"
+                + "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in c.items())
+                for c in challengers
+            )
         )
-    )
+
+    write_config()
     log = tmp_path / "labels.log"
     describe = lambda: log.read_text()[-3000:]  # noqa: E731
 
@@ -172,6 +176,8 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
     assert committed_total(cluster, topics, topics.input) < FIRST + SECOND
     if client == "confluent":
         shutil.rmtree(tmp_path / "state")  # restored from the ledger changelog alone
+    doc["batch"] = {"max_records": 200, "max_in_flight": 4}  # no kill to wait for now
+    write_config()
     labels_total = len(first_labels) + len(bad) + 1
     second_labels = [
         label(at, topics.input, int(truth(at)), 1000 + i)
