@@ -1291,7 +1291,7 @@ class Bench:
         directory score the breast-cancer features in batches of 1,000 with the
         code the model actor runs; reason codes (k=3) are timed on top.
         """
-        rows = _model_kind_rates(self.workdir, 20_000 if self.args.smoke else 200_000)
+        rows = _model_kind_rates(self.workdir, 1_000 if self.args.smoke else 200_000)
         base = rows.get("sklearn", 0.0)
         for name, rate in rows.items():
             self.rows.append(Row("m", name, rate, "records/s", rate / base if base else None))

@@ -467,10 +467,7 @@ def test_every_alert_expression_runs_and_returns_data_with_its_comparisons_as_bo
         monitored.prometheus.query(expr)  # valid as written (empty while not firing)
     wait_for_data(
         monitored.prometheus,
-        {
-            f"alert {name}": with_bool(expr)
-            for name, expr in rules.items()
-        },
+        {f"alert {name}": with_bool(expr) for name, expr in rules.items()},
     )
 
 

@@ -84,9 +84,7 @@ def test_before_any_label_joins_the_line_says_so() -> None:
 
 def test_a_pipeline_that_joined_no_label_yet_says_so() -> None:
     registry = PipelineMetrics(CollectorRegistry()).registry
-    assert demo._quality_line(registry, sent=12) == (
-        "labels: 12 sent, none joined yet"
-    )
+    assert demo._quality_line(registry, sent=12) == ("labels: 12 sent, none joined yet")
 
 
 def test_a_live_line_reads_the_registry_once() -> None:
