@@ -57,6 +57,7 @@ from streamer.core.labels.live import (
     ledger_topic_name,
     model_outputs,
     read_label_batch,
+    scored_identities,
 )
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes
 from streamer.core.state.codec import META_KEY
@@ -117,6 +118,8 @@ class _Partition:
     held: int
     pending: list[Change] = field(default_factory=list)
     """Changes written and not sent yet (meta records included)."""
+    steps: int = 0
+    """The writes in ``pending`` (each ends with the marks and a meta record)."""
     joined: list[Joined] = field(default_factory=list)
     """Labelled predictions that changed, for the metrics after the next delivery."""
     expired_at: float = field(default_factory=time.monotonic)
@@ -168,17 +171,15 @@ class LedgerKeeper:
         self._maybe_expire(source.partition, part)
         time_us = iso_time_us(scored_at)
         marks = part.marks
-        fresh = [i for i, row in enumerate(rows) if source.offsets[row] > marks.input_offset]
-        replayed = [row for row in rows if source.offsets[row] <= marks.input_offset]
-        outputs = model_outputs(
-            self.spec,
-            source,
-            [rows[i] for i in fresh],
-            [scores[i] for i in fresh],
-            (*model, False),
-            time_us,
-        )
-        relabelled, _ = part.ledger.record(outputs)
+        offsets = source.offsets
+        if offsets[rows[0] if rows else 0] > marks.input_offset:  # in offset order: all fresh
+            fresh_rows, fresh_scores, replayed = rows, scores, []
+        else:
+            fresh = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
+            replayed = [row for row in rows if offsets[row] <= marks.input_offset]
+            fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
+        identities, kept = scored_identities(self.spec, source, fresh_rows, fresh_scores)
+        relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us)
         changes = part.deferred.taken()
         resend: list[Change] = []
         if replayed:  # sent again after a rewind: its current values go again
@@ -189,7 +190,7 @@ class LedgerKeeper:
         marks = msgspec.structs.replace(
             marks,
             input_offset=max(marks.input_offset, source.last_offset),
-            clock_us=_newest(marks.clock_us, time_us if outputs else None),
+            clock_us=_newest(marks.clock_us, time_us if identities else None),
         )
         self._step(source.partition, part, changes, marks, relabelled, extra=resend)
         return self._take(source.partition, part)
@@ -287,18 +288,22 @@ class LedgerKeeper:
         part.marks = marks
         part.held += held_delta(changes)
         part.pending.extend(written)
+        part.steps += 1
         part.joined.extend(joined)
 
     def _take(self, partition: int, part: _Partition) -> LedgerDelivery:
         # Only the last meta and marks records count: the earlier ones need not go.
         last = len(part.pending) - 2
-        changes = tuple(
-            change
-            for index, change in enumerate(part.pending)
-            if index >= last or change[0] not in (META_KEY, MARKS_KEY)
-        )
+        if part.steps == 1:  # the common case: one write since the last delivery
+            changes = tuple(part.pending)
+        else:
+            changes = tuple(
+                change
+                for index, change in enumerate(part.pending)
+                if index >= last or change[0] not in (META_KEY, MARKS_KEY)
+            )
         report = LabelsJoined(partition, tuple(part.joined), part.ledger.counts, part.held)
-        part.pending, part.joined = [], []
+        part.pending, part.joined, part.steps = [], [], 0
         return LedgerDelivery(changes, report)
 
     def _maybe_expire(self, partition: int, part: _Partition) -> None:
