@@ -1309,11 +1309,24 @@ class Bench:
         rng = random.Random(23)
         chosen = [at for at in coordinates if rng.randrange(every) == 0]
         rates: dict[str, list[float]] = {"without": [], "with": []}
+        cpu_us: dict[str, list[float]] = {"without": [], "with": []}
         codes: list[int] = []
         joined: list[float] = []
+
+        def daemon_cpu(name: str) -> Any:
+            # The daemon's CPU per input record at the last commit (its start-up included):
+            # less noisy than the wall time on a shared machine.
+            def probe(process: Streamer) -> None:
+                from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+                seconds = cpu_seconds(process.process.pid)
+                cpu_us[name].append(seconds / self.args.records * 1e6)
+
+            return probe
+
         for run in range(self.args.repeat):
             self.log(f"(l) {backend}, without labels, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records)
+            rate, code = self.throughput(backend, self.args.records, probe=daemon_cpu("without"))
             rates["without"].append(rate)
             codes.append(code)
             self.log(f"(l) {backend}, {len(chosen):,} labels, run {run + 1} of {self.args.repeat}")
@@ -1327,6 +1340,8 @@ class Bench:
                 counted: dict[str, float] = counted,
                 feeder: LabelFeeder = feeder,
             ) -> None:
+                daemon_cpu("with")(process)
+
                 # The last labels follow the last commit: give them a moment to be joined.
                 def settled() -> bool:
                     text = process.metrics()
@@ -1361,16 +1376,34 @@ class Bench:
             )
             self.cluster.delete(labels_topic, f"{group}.{self.input}.ledger-changelog")
             shutil.rmtree(state_dir, ignore_errors=True)
+        self._labels_rows(
+            backend,
+            rates,
+            cpu_us,
+            codes,
+            f"{len(chosen):,} labels, joined " + "/".join(f"{j:,.0f}" for j in joined),
+        )
+
+    def _labels_rows(
+        self,
+        backend: str,
+        rates: dict[str, list[float]],
+        cpu_us: dict[str, list[float]],
+        codes: list[int],
+        labelled: str,
+    ) -> None:
+        """The rows of (l): each median, its ratio to the run without labels, the notes."""
         base = float(np.median(rates["without"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         for name, label in (("without", "no labels"), ("with", "labels on, ledger on RocksDB")):
             rate = float(np.median(rates[name]))
-            note = f"{_spread(rates[name])}; exit {exits}; load {load}"
+            cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
+            note = f"{_spread(rates[name])}; daemon CPU {cpu} us/record; exit {exits}; load {load}"
             if name == "with":
                 note = (
-                    f"{_spread(rates[name])}; target >= 0.80; {len(chosen):,} labels, joined "
-                    f"{'/'.join(f'{j:,.0f}' for j in joined)}; exit {exits}; load {load}"
+                    f"{_spread(rates[name])}; daemon CPU {cpu} us/record; target >= 0.80; "
+                    f"{labelled}; exit {exits}; load {load}"
                 )
             self.rows.append(
                 Row(
