@@ -44,7 +44,9 @@ def status_mb(key: str) -> float:
     return float("nan")
 
 
-def source(topic: str, partition: int, offsets: list[int], values: list[bytes]) -> SourceBatch:
+def source(
+    topic: str, partition: int, offsets: list[int], values: list[bytes | None]
+) -> SourceBatch:
     return SourceBatch(
         batch_id=0,
         topic=topic,
@@ -69,7 +71,7 @@ def join_labels(
         chosen = range(0, next_offset[partition], every)
         for start in range(0, len(chosen), batch):
             named = chosen[start : start + batch]
-            values = [
+            values: list[bytes | None] = [
                 orjson.dumps(
                     {
                         "topic": TOPIC,

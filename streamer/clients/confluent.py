@@ -245,7 +245,7 @@ def _consume(
         messages = _without_errors(messages)
         if not messages:
             return {}
-    topics: list[str] = list(map(_topic, messages))
+    topics: list[str | None] = list(map(_topic, messages))
     partitions = np.fromiter(map(_partition, messages), dtype=np.int64, count=len(messages))
     boundaries = partitions[1:] != partitions[:-1]
     if topics.count(topics[0]) != len(topics):
