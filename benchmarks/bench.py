@@ -1396,7 +1396,7 @@ class Bench:
         base = float(np.median(rates["without"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        for name, label in (("without", "no labels"), ("with", "labels on, ledger on RocksDB")):
+        for name, label in (("without", "no labels"), ("with", "labels, ledger on RocksDB")):
             rate = float(np.median(rates[name]))
             cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
             note = f"{_spread(rates[name])}; daemon CPU {cpu} us/record; exit {exits}; load {load}"
