@@ -185,7 +185,10 @@ class LedgerKeeper:
             replayed = [row for row in rows if offsets[row] <= marks.input_offset]
             fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
         identities, kept = scored_identities(self.spec, source, fresh_rows, fresh_scores)
-        relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us)
+        # By source coordinates, a record above the last offset recorded is new to the
+        # ledger unless a challenger recorded it first: without challengers, no read.
+        new = not self.spec.id_field and not self.spec.challengers
+        relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us, new=new)
         changes = part.deferred.taken()
         resend: list[Change] = []
         if replayed:  # sent again after a rewind: its current values go again

@@ -199,16 +199,21 @@ class PredictionLedger:
         scores: Sequence[float],
         model: tuple[str, str],
         time_us: int,
+        *,
+        new: bool = False,
     ) -> tuple[list[Joined], list[Change]]:
         """:meth:`record` of the champion's scores of a batch, all made at ``time_us``.
 
         The same changes in the same order as :meth:`record`, made cheaply in the
         common case (every record new to the ledger, each once); else :meth:`record`.
+        ``new``: the caller knows that every identity is new and comes once (the
+        store is not read).
         """
         name, version = model
         get = self.store.get
-        if len(set(identities)) != len(identities) or any(
-            get(_ENTRY + identity) is not None for identity in identities
+        if not new and (
+            len(set(identities)) != len(identities)
+            or any(get(_ENTRY + identity) is not None for identity in identities)
         ):
             return self.record(
                 [
