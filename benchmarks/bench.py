@@ -30,6 +30,12 @@ measured program runs in a fresh interpreter, one at a time:
                 job without state, alternating (target: >= 60%); then 1,000,000
                 distinct keys: peak RSS against the stateless run (target: <= +200 MB)
                 and the restore of their changelog into an empty state.dir (<= 30 s)
+(l) labels      delayed labels on (labels.topic co-partitioned with the input, one label
+                per 10 records naming it by its source coordinates, produced to its
+                partition once the group committed the record; the prediction ledger
+                in RocksDB under state.dir) against the same job without labels,
+                alternating (target: >= 80%); the 5,000,000-prediction ledger alone:
+                benchmarks/ledger.py
 (o) remote      model.kind = "remote" against a real MLServer (.venv-oip): streamer's
                 records/s against a bare aiohttp loop sending the same batches with the
                 same concurrency (oip_floor.py), with and without a 20 ms server delay,
@@ -55,6 +61,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,10 +136,15 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
-def metric_sum(text: str, name: str) -> float:
+def metric_sum(text: str, name: str, having: str = "") -> float:
+    """The sum of a metric's samples (of those whose labels contain ``having``)."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+        if (
+            line.startswith(name)
+            and line[len(name) : len(name) + 1] in (" ", "{")
+            and having in line
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -412,6 +424,78 @@ class Streamer:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class LabelFeeder:
+    """(l) Produces each chosen record's label to its partition once the group committed it.
+
+    The label names its record by source coordinates (``topic``, ``partition``,
+    ``offset``), with a 0/1 value and ``labelled_at`` (now). Its own thread and
+    clients: the bench's readers are not thread-safe.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        input_topic: str,
+        labels_topic: str,
+        chosen: Sequence[tuple[int, int]],
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.input_topic = input_topic
+        self.labels_topic = labels_topic
+        self.waiting: dict[int, list[int]] = {}
+        for partition, offset in sorted(chosen):
+            self.waiting.setdefault(partition, []).append(offset)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="label-feeder", daemon=True)
+        self._rng = random.Random(10)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def done(self) -> bool:
+        return not any(self.waiting.values())
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+        from kafka import KafkaConsumer, TopicPartition
+
+        reader = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False
+        )
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        try:
+            while not self._stop.is_set() and not self.done():
+                for partition, offsets in self.waiting.items():
+                    tp = TopicPartition(self.input_topic, partition)
+                    committed = reader.committed(tp, timeout_ms=5000) or 0
+                    ready = 0
+                    while ready < len(offsets) and offsets[ready] < committed:
+                        ready += 1
+                    for offset in offsets[:ready]:
+                        document = {
+                            "topic": self.input_topic,
+                            "partition": partition,
+                            "offset": offset,
+                            "label": self._rng.randrange(2),
+                            "labelled_at": int(time.time() * 1000),
+                        }
+                        producer.produce(self.labels_topic, orjson.dumps(document), None, partition)
+                    del offsets[:ready]
+                    self.sent += ready
+                producer.poll(0)
+                self._stop.wait(0.1)
+            producer.flush(30)
+        finally:
+            reader.close(autocommit=False)
 
 
 # --- the measurements --------------------------------------------------------------
@@ -1208,13 +1292,137 @@ class Bench:
             )
         )
 
+    def labels(self) -> None:
+        """(l) Scoring with delayed labels on, against the same job without, alternating.
+
+        With labels, the daemon records each champion prediction in its partition's
+        ledger (RocksDB under a fresh state.dir) and sends the ledger's changes to the
+        ledger changelog with the outputs; one record in ``--label-every`` gets a label
+        naming it by its source coordinates, produced to its partition by a
+        :class:`LabelFeeder` as soon as the group committed the record (a label read
+        before its record was scored would join nothing: a preloaded labels topic
+        would measure ``unmatched`` labels, not joins). The medians are compared.
+        """
+        backend = self.args.state_backend
+        every = self.args.label_every
+        coordinates = sorted(read_topic(self.bootstrap, self.input).records)
+        rng = random.Random(23)
+        chosen = [at for at in coordinates if rng.randrange(every) == 0]
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        cpu_us: dict[str, list[float]] = {"without": [], "with": []}
+        codes: list[int] = []
+        joined: list[float] = []
+
+        def daemon_cpu(name: str) -> Any:
+            # The daemon's CPU per input record at the last commit (its start-up included):
+            # less noisy than the wall time on a shared machine.
+            def probe(process: Streamer) -> None:
+                from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+                seconds = cpu_seconds(process.process.pid)
+                cpu_us[name].append(seconds / self.args.records * 1e6)
+
+            return probe
+
+        for run in range(self.args.repeat):
+            self.log(f"(l) {backend}, without labels, run {run + 1} of {self.args.repeat}")
+            rate, code = self.throughput(backend, self.args.records, probe=daemon_cpu("without"))
+            rates["without"].append(rate)
+            codes.append(code)
+            self.log(f"(l) {backend}, {len(chosen):,} labels, run {run + 1} of {self.args.repeat}")
+            labels_topic = self.cluster.topic("bench-labels")
+            group = f"bench-labels-{uuid.uuid4().hex[:8]}"
+            feeder = LabelFeeder(self.bootstrap, group, self.input, labels_topic, chosen)
+            counted: dict[str, float] = {}
+
+            def count_joined(
+                process: Streamer,
+                counted: dict[str, float] = counted,
+                feeder: LabelFeeder = feeder,
+            ) -> None:
+                daemon_cpu("with")(process)
+
+                # The last labels follow the last commit: give them a moment to be joined.
+                def settled() -> bool:
+                    text = process.metrics()
+                    counted["joined"] = metric_sum(text, "streamer_labels_total", 'result="joined"')
+                    counted["all"] = metric_sum(text, "streamer_labels_total")
+                    return feeder.done() and counted["all"] >= len(chosen)
+
+                with contextlib.suppress(TimeoutError):
+                    wait_until(settled, 30, "every label read", interval_s=0.2)
+
+            state_dir = self.workdir / f"labels-{uuid.uuid4().hex[:6]}"
+            feeder.start()
+            try:
+                rate, code = self.throughput(
+                    backend,
+                    self.args.records,
+                    probe=count_joined,
+                    group=group,
+                    sections={
+                        "state": {"dir": str(state_dir)},
+                        "labels": {"topic": labels_topic, "time_field": "labelled_at"},
+                    },
+                )
+            finally:
+                feeder.stop()
+            rates["with"].append(rate)
+            codes.append(code)
+            joined.append(counted.get("joined", 0.0))
+            self.log(
+                f"    labels joined {counted.get('joined', 0):,.0f} of {len(chosen):,} "
+                f"(read {counted.get('all', 0):,.0f})"
+            )
+            self.cluster.delete(labels_topic, f"{group}.{self.input}.ledger-changelog")
+            shutil.rmtree(state_dir, ignore_errors=True)
+        self._labels_rows(
+            backend,
+            rates,
+            cpu_us,
+            codes,
+            f"{len(chosen):,} labels, joined " + "/".join(f"{j:,.0f}" for j in joined),
+        )
+
+    def _labels_rows(
+        self,
+        backend: str,
+        rates: dict[str, list[float]],
+        cpu_us: dict[str, list[float]],
+        codes: list[int],
+        labelled: str,
+    ) -> None:
+        """The rows of (l): each median, its ratio to the run without labels, the notes."""
+        base = float(np.median(rates["without"]))
+        exits = ",".join(str(c) for c in sorted(set(codes)))
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        for name, label in (("without", "no labels"), ("with", "labels, ledger on RocksDB")):
+            rate = float(np.median(rates[name]))
+            cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
+            note = f"{_spread(rates[name])}; daemon CPU {cpu} us/record; exit {exits}; load {load}"
+            if name == "with":
+                note = (
+                    f"{_spread(rates[name])}; daemon CPU {cpu} us/record; target >= 0.80; "
+                    f"{labelled}; exit {exits}; load {load}"
+                )
+            self.rows.append(
+                Row(
+                    "l",
+                    f"{backend}, 1 worker, {label}",
+                    rate,
+                    "records/s",
+                    rate / base if base else None,
+                    note,
+                )
+            )
+
     def run(self) -> None:
         if self.args.peers and "p" not in self.args.sections:
             self.args.sections += "p"
         if "p" in self.args.sections:
             # First, so that a broken peers environment fails before the long rows.
             peers_python(self.args.peers_python)
-        if any(s in self.args.sections for s in "aephs"):
+        if any(s in self.args.sections for s in "aephsl"):
             self.input = self.cluster.topic("bench-in", dlq=True)
             self.log(f"preloading {self.args.records} records into {PARTITIONS} partitions")
             self.cluster.preload(self.input, self.args.records)
@@ -1228,6 +1436,7 @@ class Bench:
             "f": self.large,
             "h": self.health,
             "s": self.state,
+            "l": self.labels,
             "r": self.formats,
             "m": self.model_kinds,
             "o": self.remote,
@@ -1644,6 +1853,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "m": "(m) model kinds in process, batches of 1000 (x floor: ratio to sklearn's row)",
         "h": "(h) model health: a drift profile and one challenger, against neither",
         "s": "(s) state: three 1 h window features per card on RocksDB, against no state",
+        "l": "(l) labels: one label per 10 records, the ledger on RocksDB, against no labels",
         "o": "(o) remote model (MLServer on loopback), x floor: the bare aiohttp loop's",
     }
     lines = [
@@ -1721,8 +1931,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     parser.add_argument("--batch-sizes", default="1,10,100,1000,5000")
     parser.add_argument(
         "--sections",
-        default="abcdefrmhso",
-        help="which of a-f, r, m, h, s and o to run ('a' runs (a) and (b); --peers adds p)",
+        default="abcdefrmhslo",
+        help="which of a-f, r, m, h, s, l and o to run ('a' runs (a) and (b); --peers adds p)",
     )
     parser.add_argument(
         "--state-keys",
@@ -1730,7 +1940,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         default=1_000_000,
         help="(s): distinct keys of the RSS and restore rows; 0 leaves them out",
     )
-    parser.add_argument("--state-backend", default="confluent", help="for (s)")
+    parser.add_argument("--state-backend", default="confluent", help="for (s) and (l)")
+    parser.add_argument(
+        "--label-every", type=int, default=10, help="(l): one label per this many records"
+    )
     parser.add_argument("--remote-records", type=int, default=20_000, help="for (o)")
     parser.add_argument("--remote-backend", default="confluent", help="for (o)")
     parser.add_argument(
@@ -1770,6 +1983,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         args.sections = args.sections.replace("r", "")  # (r) starts two more daemons per backend
         args.sections = args.sections.replace("o", "")  # (o) starts MLServer (and may build it)
         args.sections = args.sections.replace("s", "")  # (s) starts 4+ daemons, RocksDB stores
+        args.sections = args.sections.replace("l", "")  # (l) alternates 2 x --repeat daemons
     args.backends = [b for b in args.backends.split(",") if b]
     args.format_backends = [b for b in args.format_backends.split(",") if b]
     args.memory_backends = [b for b in args.memory_backends.split(",") if b]

@@ -120,6 +120,7 @@ _key = Message.key
 _value = Message.value
 _timestamp = Message.timestamp
 _partition = Message.partition
+_topic = Message.topic
 _error = Message.error
 _second = operator.itemgetter(1)
 _ANY_PARTITION = -1  # RD_KAFKA_PARTITION_UA: let the configured partitioner choose
@@ -244,10 +245,16 @@ def _consume(
         messages = _without_errors(messages)
         if not messages:
             return {}
-    topic: str = messages[0].topic() or ""
+    topics: list[str | None] = list(map(_topic, messages))
     partitions = np.fromiter(map(_partition, messages), dtype=np.int64, count=len(messages))
-    cuts = [0, *(np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()]
-    cuts.append(len(messages))
+    boundaries = partitions[1:] != partitions[:-1]
+    if topics.count(topics[0]) != len(topics):
+        # Two topics in one poll (the input and the labels topic): their partition
+        # numbers are the same, so a run ends where the topic changes too.
+        codes = {name: code for code, name in enumerate(dict.fromkeys(topics))}
+        topic_codes = np.fromiter(map(codes.__getitem__, topics), np.int64, len(topics))
+        boundaries |= topic_codes[1:] != topic_codes[:-1]
+    cuts = [0, *(np.flatnonzero(boundaries) + 1).tolist(), len(messages)]
     polled: dict[TP, RecordColumns] = {}
     for start, end in pairwise(cuts):
         chunk = messages[start:end]
@@ -258,7 +265,7 @@ def _consume(
             list(map(_second, map(_timestamp, chunk))),
             headers=_headers_of(chunk) if with_headers else None,
         )
-        tp = (topic, int(partitions[start]))
+        tp = (topics[start] or "", int(partitions[start]))
         if tp in polled:
             polled[tp].extend(records)
         else:

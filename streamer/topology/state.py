@@ -385,16 +385,21 @@ class StateKeeper:
         )
 
 
-def open_rocks_store(path: Path, tp: TP, what: str, write_behind_bytes: int = 0) -> Store:
+def open_rocks_store(
+    path: Path, tp: TP, what: str, write_behind_bytes: int = 0, memtable_bytes: int = 0
+) -> Store:
     """The RocksDB store at ``path``, waiting for a member that hands it over to let it go.
 
     A store that does not open for another reason (corrupt, foreign) is
-    discarded and rebuilt from the changelog. ``write_behind_bytes``: see RocksStore.
+    discarded and rebuilt from the changelog. ``write_behind_bytes``, ``memtable_bytes``: see
+    RocksStore.
     """
     deadline = time.monotonic() + STORE_LOCK_WAIT_S
     while True:
         try:
-            return RocksStore(path, write_behind_bytes=write_behind_bytes)
+            return RocksStore(
+                path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes
+            )
         except Exception as exc:  # rocksdict raises plain Exceptions
             if "lock" not in str(exc).lower():
                 problem = exc
@@ -411,7 +416,7 @@ def open_rocks_store(path: Path, tp: TP, what: str, write_behind_bytes: int = 0)
         extra={"topic": tp[0], "partition": tp[1]},
     )
     shutil.rmtree(path, ignore_errors=True)
-    return RocksStore(path, write_behind_bytes=write_behind_bytes)
+    return RocksStore(path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes)
 
 
 def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None, int]:

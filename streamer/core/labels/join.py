@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,13 @@ class Output:
 def coordinates_identity(topic: str, partition: int, offset: int) -> bytes:
     """The identity of the record at ``topic/partition/offset``."""
     return _COORDINATES + b"%d/%d/" % (partition, offset) + topic.encode()
+
+
+def coordinates_identities(topic: str, partition: int, offsets: Iterable[int]) -> list[bytes]:
+    """:func:`coordinates_identity` of each offset of one partition (a batch's, cheaply)."""
+    prefix = _COORDINATES + b"%d/" % partition
+    suffix = b"/" + topic.encode()
+    return [prefix + b"%d" % offset + suffix for offset in offsets]
 
 
 def record_id_identity(record_id: bytes) -> bytes:

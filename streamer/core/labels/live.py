@@ -34,7 +34,7 @@ from streamer.core.labels.join import (
     LabelSpec,
     Output,
     Rejected,
-    coordinates_identity,
+    coordinates_identities,
     read_label,
     record_id_identity,
     record_identity,
@@ -144,14 +144,31 @@ def model_outputs(
     not a finite number is not recorded: no label can join it.
     """
     name, version, challenger = model
-    outputs: list[Output] = []
+    identities, kept = scored_identities(spec, source, rows, scores)
+    return [
+        Output(identity, challenger, name, version, score, time_us)
+        for identity, score in zip(identities, kept, strict=True)
+    ]
+
+
+def scored_identities(
+    spec: LabelSpec, source: SourceBatch, rows: Sequence[int], scores: Sequence[float]
+) -> tuple[list[bytes], list[float]]:
+    """The identity and score of each row that can be recorded (see :func:`model_outputs`)."""
+    finite = [(row, float(score)) for row, score in zip(rows, scores, strict=True)]
+    if not all(math.isfinite(score) for _row, score in finite):
+        finite = [(row, score) for row, score in finite if math.isfinite(score)]
     id_field = spec.id_field
-    for row, score in zip(rows, scores, strict=True):
-        if not math.isfinite(score):
-            continue
-        if not id_field:
-            identity = coordinates_identity(source.topic, source.partition, source.offsets[row])
-        elif id_field == RECORD_KEY:
+    if not id_field:
+        offsets = source.offsets
+        identities = coordinates_identities(
+            source.topic, source.partition, [offsets[row] for row, _score in finite]
+        )
+        return identities, [score for _row, score in finite]
+    identities = []
+    kept: list[float] = []
+    for row, score in finite:
+        if id_field == RECORD_KEY:
             key = source.keys[row]
             if key is None:
                 continue
@@ -163,8 +180,9 @@ def model_outputs(
                 identity = record_identity(doc, source.keys[row], id_field)
             except (orjson.JSONDecodeError, Rejected):
                 continue
-        outputs.append(Output(identity, challenger, name, version, float(score), time_us))
-    return outputs
+        identities.append(identity)
+        kept.append(score)
+    return identities, kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,14 +92,22 @@ class RocksStore:
     batch, and at :meth:`flush` and :meth:`close`. Each write stays all or
     none: RocksDB holds the store as it was after some whole write, never part
     of one. 0: each write goes to RocksDB at once.
+
+    ``memtable_bytes`` > 0: RocksDB's write buffer (memtable) size, which with
+    its two buffers bounds what a store holds in memory before a flush to disk
+    (0: RocksDB's default, 64 MB).
     """
 
-    def __init__(self, path: str | Path, *, write_behind_bytes: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, *, write_behind_bytes: int = 0, memtable_bytes: int = 0
+    ) -> None:
         from rocksdict import Options, Rdict  # noqa: PLC0415 - streamer[state] only
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._options = Options(raw_mode=True)
+        if memtable_bytes:
+            self._options.set_write_buffer_size(memtable_bytes)
         self._db: Any = Rdict(str(self.path), self._options)
         self._gathered: dict[bytes, dict[bytes, bytes | None]] = {}
         """What was gathered, by the key's first byte (a range reads only its own kinds)."""

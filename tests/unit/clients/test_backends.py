@@ -240,3 +240,53 @@ class TestLatestEnd:
         self, fetched: int | None, refreshed: int | None, end: int | None
     ) -> None:
         assert latest_end(fetched, refreshed) == end
+
+
+class _Messages:
+    """A confluent consumer whose consume() returns these messages once."""
+
+    def __init__(self, messages: list[object]) -> None:
+        self.messages = messages
+
+    def consume(self, count: int, timeout: float) -> list[object]:
+        taken, self.messages = self.messages[:count], self.messages[count:]
+        return taken
+
+
+class TestConfluentConsume:
+    def test_records_of_two_topics_with_the_same_partition_stay_apart_in_order(self) -> None:
+        # The input and the labels topic (co-partitioned) in one poll: a label must never be
+        # grouped as an input record of the same partition number, nor the reverse.
+        confluent_kafka = pytest.importorskip("confluent_kafka")
+        from streamer.clients.confluent import _consume
+
+        def message(topic: str, partition: int, offset: int) -> object:
+            value = f"{topic}-{offset}".encode()
+            return confluent_kafka.Message(
+                topic=topic, partition=partition, offset=offset, value=value, timestamp=(1, 7)
+            )
+
+        polled = _consume(
+            _Messages(  # type: ignore[arg-type]
+                [
+                    message("in", 3, 10),
+                    message("in", 3, 11),
+                    message("labels", 3, 0),
+                    message("labels", 3, 1),
+                    message("in", 3, 12),
+                    message("in", 1, 4),
+                    message("labels", 1, 0),
+                ]
+            ),
+            100,
+            1.0,
+        )
+
+        assert {tp: columns.offsets for tp, columns in polled.items()} == {
+            ("in", 3): [10, 11, 12],
+            ("labels", 3): [0, 1],
+            ("in", 1): [4],
+            ("labels", 1): [0],
+        }
+        assert polled[("labels", 3)].values == [b"labels-0", b"labels-1"]
+        assert polled[("in", 3)].timestamps == [7, 7, 7]

@@ -53,6 +53,37 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 class TestRecord:
+    @pytest.mark.parametrize("new", [False, True])
+    def test_a_champion_batch_writes_what_record_writes(self, store: Store, new: bool) -> None:
+        fast = PredictionLedger(store, HORIZON)
+        plain = PredictionLedger(MemoryStore(), HORIZON)
+        identities = [ident(offset) for offset in (1, 2, 3)]
+        scores = [0.25, 0.5, 0.75]
+        outputs = [
+            champion(offset, score, 10.0) for offset, score in zip((1, 2, 3), scores, strict=True)
+        ]
+        at = 10 * SECOND
+        assert fast.record_champion(identities, scores, ("demo", "1"), at, new=new) == (
+            plain.record(outputs)
+        )
+        assert fast.counts == plain.counts
+        assert [fast.get(i) for i in identities] == [plain.get(i) for i in identities]
+
+    def test_a_champion_batch_with_a_record_scored_already_merges_like_record(
+        self, store: Store
+    ) -> None:
+        fast = PredictionLedger(store, HORIZON)
+        plain = PredictionLedger(MemoryStore(), HORIZON)
+        for ledger in (fast, plain):  # a challenger came first, and the champion twice
+            ledger.record([challenger(2, 0.4, 9.0)])
+        identities = [ident(1), ident(2), ident(2)]
+        outputs = [champion(1, 0.5, 10.0), champion(2, 0.9, 10.0), champion(2, 0.1, 10.0)]
+        assert fast.record_champion(identities, [0.5, 0.9, 0.1], ("demo", "1"), 10 * SECOND) == (
+            plain.record(outputs)
+        )
+        assert fast.get(ident(2)) == plain.get(ident(2))
+        assert (fast.counts.outputs, fast.counts.duplicate_outputs) == (3, 1)
+
     def test_the_champion_and_each_challenger_land_in_one_prediction(self, store: Store) -> None:
         ledger = PredictionLedger(store, HORIZON)
         ledger.record([challenger(1, 0.4, 10.5), champion(1, 0.9, 10.0)])
