@@ -92,10 +92,11 @@ class _Progress:
         return total
 
     def committed(self) -> float:
+        """The input's committed offsets, summed (the labels topic's are not transactions)."""
         total = 0.0
         for metric in self.registry.collect():
             for sample in metric.samples:
-                if sample.name == "streamer_committed_offset":
+                if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT:
                     total += sample.value
         return total
 

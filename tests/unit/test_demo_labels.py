@@ -104,3 +104,11 @@ def test_a_live_line_reads_the_registry_once() -> None:
     line = demo._Progress(source).line()
     assert line.endswith(demo._Progress(metrics.registry).quality())
     assert len(collects) == 2  # the line's scrape, and the quality() of the assertion
+
+
+def test_the_live_line_counts_the_transactions_committed_not_the_labels() -> None:
+    metrics = PipelineMetrics(CollectorRegistry())
+    metrics.committed_offset.labels(topic=demo.INPUT, partition="0").set(700)
+    metrics.committed_offset.labels(topic=demo.INPUT, partition="1").set(300)
+    metrics.committed_offset.labels(topic="labels", partition="0").set(90)
+    assert demo._Progress(metrics.registry).committed() == 1000

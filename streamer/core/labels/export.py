@@ -28,7 +28,7 @@ from typing import Any
 from streamer.core.labels.join import CLASSIFICATION, DUPLICATE, PAST_HORIZON, UNMATCHED
 from streamer.core.labels.ledger import Joined, LedgerCounts
 from streamer.core.labels.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, window_report
-from streamer.core.labels.window import LabelWindow
+from streamer.core.labels.window import LabelWindow, merged_records
 
 LABEL_RESULTS = ("joined", UNMATCHED, DUPLICATE, PAST_HORIZON)
 """The ``result`` of ``streamer_labels_total``: joined, or why a label joined nothing."""
@@ -122,10 +122,8 @@ class LiveQuality:
             return self._merged()
 
     def _merged(self) -> list[Joined]:
-        merged = self._window()
-        for state in self._partitions.values():
-            merged.add(state.window.records())
-        return merged.records()
+        windows = [state.window for state in self._partitions.values()]
+        return merged_records(windows, self.window_records, self.max_age_us)
 
     def report(self) -> dict[str, Any]:
         """:func:`window_report` of the merged window; computed again only after a change."""
