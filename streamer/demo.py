@@ -93,12 +93,7 @@ class _Progress:
 
     def committed(self) -> float:
         """The input's committed offsets, summed (the labels topic's are not transactions)."""
-        total = 0.0
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT:
-                    total += sample.value
-        return total
+        return _input_committed(self.registry)
 
     def line(self) -> str:
         self.registry = _Scrape(self._source)
@@ -357,15 +352,19 @@ def _wait_committed(
     """Until the input's committed offsets cover ``produced_total`` records (offsets from 0)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and pipeline.failure is None:
-        committed = sum(
-            sample.value
-            for metric in registry.collect()
-            for sample in metric.samples
-            if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT
-        )
-        if committed >= produced_total:
+        if _input_committed(registry) >= produced_total:
             return
         time.sleep(0.1)
+
+
+def _input_committed(registry: CollectorRegistry) -> float:
+    """The input's committed offsets, summed over its partitions (not the labels topic's)."""
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "streamer_committed_offset" and sample.labels["topic"] == INPUT
+    )
 
 
 def _wait_assigned(pipeline: Pipeline, stop: threading.Event) -> None:

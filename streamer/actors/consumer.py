@@ -142,7 +142,7 @@ class ConsumerActor(PipelineActor):
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
         self._ledger = Ledger(
-            batch, settings.max_poll_records, epoch, None if state is None else self._apply_state
+            batch, settings.max_poll_records, epoch, None if state is None else state.apply
         )
         self._paused = False
         self._fetching = False
@@ -210,11 +210,6 @@ class ConsumerActor(PipelineActor):
                     return self._status(fetching=self._fetching)
         return None
 
-    def _apply_state(self, source: SourceBatch) -> SourceBatch:
-        """The declared features of an input batch (a label batch has none)."""
-        assert self._state is not None
-        return source if source.topic == self._labels_topic else self._state.apply(source)
-
     def _schedule_poll(self) -> None:
         if not self._poll_scheduled:
             self._poll_scheduled = True
@@ -260,8 +255,8 @@ class ConsumerActor(PipelineActor):
         if revoked:
             state.revoke(revoked)
         for tp in polled:
-            if tp in assigned and tp[0] != self._labels_topic:
-                state.prepare(tp)
+            if tp in assigned:
+                state.prepare(tp)  # the input's: a labels partition has no state
 
     def _refresh_end_offsets(self, now: float) -> None:
         # Outside the lock: with kafka-python the request waits on the I/O thread,
@@ -421,7 +416,7 @@ class ConsumerActor(PipelineActor):
                 # their changes are in the local store only, which the next assignment,
                 # here or elsewhere, replans against the changelog. The actor's thread
                 # closes the stores (this may be kafka-python's I/O thread).
-                self._revoked_state.extend(tp for tp in tps if tp[0] != self._labels_topic)
+                self._revoked_state.extend(tps)
             if self._producer is not None:
                 # The producer sends no state changes of their abandoned batches, and closes
                 # their prediction ledgers.

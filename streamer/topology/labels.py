@@ -59,13 +59,13 @@ from streamer.core.labels.live import (
     read_label_batch,
     scored_identities,
 )
-from streamer.core.state.changelog import RestoreCount, acknowledged_changes
+from streamer.core.state.changelog import RestoreCount, acknowledged_changes, safe_group
 from streamer.core.state.codec import META_KEY
 from streamer.core.state.restore import Action, local_meta, plan_restore, restore
-from streamer.core.state.store import Change, MemoryStore, RocksStore, Store
+from streamer.core.state.store import Change, MemoryStore, Store
 from streamer.messages import LabelsJoined, Rejection, SourceBatch
 from streamer.settings import Settings
-from streamer.topology.state import _UNSAFE_GROUP_CHARS, changelog_tail, open_rocks_store
+from streamer.topology.state import changelog_tail, emptied, log_plan, open_rocks_store
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class LedgerKeeper:
         self.labels_topic = settings.labels.topic
         self.changelog_topic = ledger_topic(settings)
         self._dir = settings.state.dir
-        self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+        self._group = safe_group(settings.kafka.group_id)
         self._open_reader = reader
         self._reader: ChangelogReader | None = None
         self._partitions: dict[int, _Partition] = {}
@@ -357,11 +357,7 @@ class LedgerKeeper:
             partition=partition,
         )
         if plan.discard_local:
-            if isinstance(store, RocksStore):
-                store.destroy()
-                store = self._open_store(partition)
-            else:
-                store = MemoryStore()
+            store = emptied(store, lambda: self._open_store(partition))
         if plan.action is Action.REBUILD:
             assert reader is not None
             count = RestoreCount()
@@ -380,14 +376,7 @@ class LedgerKeeper:
                 extra=where,
             )
         else:
-            log.info(
-                "prediction ledger of %s/%d: %s: %s",
-                self.topic,
-                partition,
-                plan.reason,
-                "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
-                extra=where,
-            )
+            log_plan(log, "prediction ledger", (self.topic, partition), plan)
         deferred = _Deferred(store)
         ledger = PredictionLedger(deferred, self.spec.horizon_us)
         held, joined = labelled(store)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +45,7 @@ from streamer.core.state.changelog import (
     acknowledged_changes,
     last_meta,
     meta_record,
+    safe_group,
 )
 from streamer.core.state.codec import META_KEY, Meta, is_key_state
 from streamer.core.state.layout import Layout
@@ -69,14 +69,12 @@ RESTORE_LOG_EVERY_S = 5.0
 STORE_LOCK_WAIT_S = 30.0
 """How long a store that another process holds (a member handing it over) is waited for."""
 
-_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
 
 def changelog_topic_name(settings: Settings) -> str:
     """``state.changelog_topic``, or ``<group>.<input>.state-<fingerprint8>-changelog``."""
     if settings.state.changelog_topic:
         return settings.state.changelog_topic
-    group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+    group = safe_group(settings.kafka.group_id)
     fingerprint = layout_of(settings).fingerprint[:8]
     return f"{group}.{settings.kafka.input_topic}.state-{fingerprint}-changelog"
 
@@ -157,9 +155,11 @@ class StateKeeper:
     ) -> None:
         self.layout: Layout = layout_of(settings)
         self.names = self.layout.names
+        self.topic = settings.kafka.input_topic
+        """The topic whose records have state: a batch of another (labels) passes through."""
         self.changelog_topic = changelog_topic_name(settings)
         self._dir = settings.state.dir
-        self._group = _UNSAFE_GROUP_CHARS.sub("_", settings.kafka.group_id)
+        self._group = safe_group(settings.kafka.group_id)
         self._max_bytes = settings.batch.max_record_bytes
         self._open_reader = reader
         self._reader: ChangelogReader | None = None
@@ -171,7 +171,12 @@ class StateKeeper:
     # --- the batches -----------------------------------------------------------
 
     def apply(self, source: SourceBatch) -> SourceBatch:
-        """The batch with its features applied (its partition restored first, once)."""
+        """The batch with its features applied (its partition restored first, once).
+
+        A batch of another topic than the input (the labels) has no state: as it is.
+        """
+        if source.topic != self.topic:
+            return source
         tp = (source.topic, source.partition)
         part = self._ready(tp)
         docs = _decoded(source.values, self._max_bytes)
@@ -222,7 +227,8 @@ class StateKeeper:
 
     def prepare(self, tp: TP) -> None:
         """Open and restore a partition's state now, before its first batch is cut."""
-        self._ready(tp)
+        if tp[0] == self.topic:
+            self._ready(tp)
 
     def committed(self, offsets: Mapping[TP, int]) -> None:
         """The broker accepted these commits: forget what was served below them."""
@@ -317,24 +323,18 @@ class StateKeeper:
             partition=tp[1],
         )
         if plan.discard_local:
-            store = self._emptied(tp, store)
+            store = emptied(store, lambda: self._open_store(tp))
         restored = 0
         if plan.action is Action.REBUILD:
             restored = self._rebuild(tp, store, end, plan)
         else:
-            self._log_plan(tp, plan)
+            log_plan(log, "state", tp, plan)
         counting = CountingStore(store, 0)
         part = _Partition(PartitionState(self.layout, counting, tp[0], tp[1]), counting)
         counting.keys = part.state.key_count()
         part.restore_seconds = time.monotonic() - started
         self._restored.records[tp] = self._restored.records.get(tp, 0) + restored
         return part
-
-    def _emptied(self, tp: TP, store: Store) -> Store:
-        if isinstance(store, RocksStore):
-            store.destroy()
-            return self._open_store(tp)
-        return MemoryStore()
 
     def _rebuild(self, tp: TP, store: Store, end: int, plan: RestorePlan) -> int:
         reader = self._changelog_reader()
@@ -375,14 +375,25 @@ class StateKeeper:
         )
         return count.kept - counted
 
-    def _log_plan(self, tp: TP, plan: RestorePlan) -> None:
-        log.info(
-            "state of %s/%d: %s: %s",
-            *tp,
-            plan.reason,
-            "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
-            extra={"topic": tp[0], "partition": tp[1]},
-        )
+
+def emptied(store: Store, reopen: Callable[[], Store]) -> Store:
+    """An empty store in place of ``store``: a RocksDB directory deleted and opened anew."""
+    if isinstance(store, RocksStore):
+        store.destroy()
+        return reopen()
+    return MemoryStore()
+
+
+def log_plan(logger: logging.Logger, what: str, tp: TP, plan: RestorePlan) -> None:
+    """The plan of a store kept or started empty (a rebuild logs its own progress)."""
+    logger.info(
+        "%s of %s/%d: %s: %s",
+        what,
+        *tp,
+        plan.reason,
+        "using the local store" if plan.action is Action.USE_LOCAL else "starting empty",
+        extra={"topic": tp[0], "partition": tp[1]},
+    )
 
 
 def open_rocks_store(

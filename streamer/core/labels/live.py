@@ -18,7 +18,6 @@ actor:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from streamer.core.labels.join import (
     record_id_identity,
     record_identity,
 )
+from streamer.core.state.changelog import safe_group
 from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode
 from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.store import Change
@@ -55,8 +55,6 @@ LEDGER_FINGERPRINT = "prediction-ledger-1"
 
 MARKS_KEY = b"Lo"
 """The store key of a partition's :class:`LedgerMarks` (beside the ledger's own keys)."""
-
-_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def label_spec(labels: LabelsSettings, challengers: Iterable[str]) -> LabelSpec:
@@ -76,7 +74,7 @@ def ledger_topic_name(ledger_topic: str, group_id: str, input_topic: str) -> str
     """``labels.ledger_topic``, or ``<group>.<input>.ledger-changelog`` (group sanitised)."""
     if ledger_topic:
         return ledger_topic
-    return f"{_UNSAFE_GROUP_CHARS.sub('_', group_id)}.{input_topic}.ledger-changelog"
+    return f"{safe_group(group_id)}.{input_topic}.ledger-changelog"
 
 
 class LedgerMarks(msgspec.Struct, array_like=True, frozen=True, gc=False):

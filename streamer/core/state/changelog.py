@@ -9,6 +9,7 @@ committed, its records come again, and a restore must not apply them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ from streamer.core.state.store import Change
 
 ChangelogRecord = tuple[int, bytes, bytes | None]
 """``(offset, key, value)`` as a changelog reader yields them (value None: a tombstone)."""
+
+_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_group(group_id: str) -> str:
+    """``group_id`` as a changelog topic name or a store directory holds it (``_`` for others)."""
+    return _UNSAFE_GROUP_CHARS.sub("_", group_id)
 
 
 def meta_record(key: bytes, value: bytes | None) -> Meta | None:
