@@ -1174,21 +1174,45 @@ class Bench:
         """
         backend = self.args.state_backend
         rates: dict[str, list[float]] = {"without": [], "with": []}
+        cpu_us: dict[str, list[float]] = {"without": [], "with": []}
+        changelog_per_record: list[float] = []
         codes: list[int] = []
+
+        def probe(name: str) -> Any:
+            # The daemon's CPU per input record at the last commit (its start-up included),
+            # less noisy than the wall time on a shared machine; and its changelog records.
+            def measure(process: Streamer) -> None:
+                from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+                cpu_us[name].append(cpu_seconds(process.process.pid) / self.args.records * 1e6)
+                if name == "with":
+                    sent = metric_sum(process.metrics(), "streamer_state_changelog_records_total")
+                    changelog_per_record.append(sent / self.args.records)
+
+            return measure
+
         for run in range(self.args.repeat):
             self.log(f"(s) {backend}, without state, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records)
+            rate, code = self.throughput(backend, self.args.records, probe=probe("without"))
             rates["without"].append(rate)
             codes.append(code)
             self.log(f"(s) {backend}, 3 state features, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records, **self._stateful("run"))
+            rate, code = self.throughput(
+                backend, self.args.records, probe=probe("with"), **self._stateful("run")
+            )
             rates["with"].append(rate)
             codes.append(code)
             self.cluster.delete(self._changelog)
         base = float(np.median(rates["without"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         for name, label in (("without", "no state"), ("with", "3 features, RocksDB")):
             rate = float(np.median(rates[name]))
+            cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
+            note = f"{_spread(rates[name])}; daemon CPU {cpu} us/record"
+            if name == "with":
+                per = "/".join(f"{c:.2f}" for c in changelog_per_record)
+                note += f"; {per} changelog records per record; target >= 0.60"
             self.rows.append(
                 Row(
                     "s",
@@ -1196,7 +1220,7 @@ class Bench:
                     rate,
                     "records/s",
                     rate / base if base else None,
-                    f"{_spread(rates[name])}; target >= 0.60 with state; exit {exits}",
+                    f"{note}; exit {exits}; load {load}",
                 )
             )
         if self.args.state_keys:

@@ -182,6 +182,37 @@ class PartitionsRevoked:
 
 
 @dataclass(frozen=True, slots=True)
+class StateFlush:
+    """Consumer -> producer: one partition's state changes gathered over an interval.
+
+    Sent to the changelog topic (partition = the input partition), its meta
+    record last, independently of any batch; the producer answers
+    :class:`StateFlushed` once the broker acknowledged every record. ``epoch``
+    and ``seq`` (numbering a partition's flushes in an epoch from 0) let the
+    producer keep the changelog's order: it drops a flush of an older epoch,
+    and one whose predecessor it did not get (lost with a producer that died;
+    the rewind sends them all again, in order).
+    """
+
+    topic: str
+    partition: int
+    flush_id: int
+    changes: tuple[tuple[bytes, bytes | None], ...]
+    made_at: float
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateFlushed:
+    """Producer -> consumer: the broker acknowledged every record of a :class:`StateFlush`."""
+
+    topic: str
+    partition: int
+    flush_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 

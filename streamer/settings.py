@@ -518,6 +518,14 @@ class StateSettings:
         "gets a new, clean changelog.",
         default="",
     )
+    changelog_interval_s: float = _doc(
+        "How long a partition's state changes are gathered before they go to the changelog, "
+        "each key once with its newest value; an input offset is committed only once its "
+        "changes are acknowledged there, so commits trail by up to this much. 0 sends each "
+        "batch's changes with its answers.",
+        default=1.0,
+        non_negative=True,
+    )
     log_features: bool = _doc(
         "Write the computed state features into each output document (and into the "
         "'streamer.state_features' header of a dead letter whose features were computed).",

@@ -29,6 +29,7 @@ from streamer.messages import (
     ConsumerStatus,
     GetInFlight,
     GetStatus,
+    InFlight,
     LabelBatch,
     PartitionsRevoked,
     RecordsConsumed,
@@ -36,11 +37,14 @@ from streamer.messages import (
     Rewound,
     ScoreBatch,
     SourceBatch,
+    StateFlush,
+    StateFlushed,
     StopFetching,
 )
 from streamer.settings import BatchSettings, KafkaSettings
 
 if TYPE_CHECKING:
+    from streamer.core.state.changelog import Flush
     from streamer.topology.state import StateKeeper
 
 log = logging.getLogger(__name__)
@@ -142,8 +146,11 @@ class ConsumerActor(PipelineActor):
         self._on_ready = on_ready
         self._preprocessors: itertools.cycle[Teller] | None = None
         self._ledger = Ledger(
-            batch, settings.max_poll_records, epoch, None if state is None else state.apply
+            batch, settings.max_poll_records, epoch, None if state is None else self._apply_state
         )
+        # state.changelog_interval_s > 0: each partition's flushes in the current epoch, numbered
+        # from 0, so that the producer keeps the changelog's order (messages.StateFlush).
+        self._flush_seq: dict[TP, int] = {}
         self._paused = False
         self._fetching = False
         self._poll_scheduled = False
@@ -189,6 +196,9 @@ class ConsumerActor(PipelineActor):
             case BatchAcked() | BatchProduced() | BatchPartlyDelivered() as news:
                 with self._lock:
                     self._on_producer_news(news)
+            case StateFlushed(topic=topic, partition=partition, flush_id=flush_id):
+                with self._lock:
+                    self._on_flushed((topic, partition), flush_id)
             case _CommitResult(offsets=offsets, error=error):
                 self._commit_done(offsets, error)
             case Attach(preprocessors=preprocessors):
@@ -206,7 +216,7 @@ class ConsumerActor(PipelineActor):
             case GetStatus() | GetInFlight() as query:
                 with self._lock:
                     if isinstance(query, GetInFlight):
-                        return self._ledger.in_flight()
+                        return self._in_flight()
                     return self._status(fetching=self._fetching)
         return None
 
@@ -231,6 +241,10 @@ class ConsumerActor(PipelineActor):
         offsets: dict[TP, int] = {}
         with self._lock:
             self._send(self._ledger.take(polled, now, plan))
+            if self._state is not None and self._state.interval_s:
+                # Idle or not: gathered changes leave once their interval is over (and at once
+                # while the shutdown drains).
+                self._send_flushes(self._state.flushes(force=not self._fetching))
             if now - self._last_commit >= self._settings.commit_interval_s:
                 self._last_commit = now
                 offsets = self._ledger.tracker.committable()
@@ -241,6 +255,46 @@ class ConsumerActor(PipelineActor):
             self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _apply_state(self, source: SourceBatch) -> SourceBatch:
+        """The Ledger's step on each batch cut: its state applied; the commit's bound moved."""
+        assert self._state is not None
+        applied = self._state.apply(source)
+        if self._state.interval_s:
+            tp = (source.topic, source.partition)
+            self._ledger.tracker.hold(tp, self._state.durable_bounds().get(tp))
+        return applied
+
+    def _send_flushes(self, flushes: list[tuple[TP, Flush]]) -> None:
+        """Tell the producer each partition's gathered changes, numbered in the current epoch."""
+        if not flushes:
+            return
+        assert self._producer is not None
+        made_at = time.monotonic()
+        for tp, flush in flushes:
+            seq = self._flush_seq.get(tp, 0)
+            self._flush_seq[tp] = seq + 1
+            self._producer.tell(
+                StateFlush(
+                    tp[0], tp[1], flush.flush_id, flush.changes, made_at, self._ledger.epoch, seq
+                )
+            )
+
+    def _on_flushed(self, tp: TP, flush_id: int) -> None:
+        """A flush is in the changelog: the commit may pass the batches it carried."""
+        assert self._state is not None
+        if self._state.flushed(tp, flush_id) and tp in self._ledger.assigned:
+            self._ledger.tracker.hold(tp, self._state.durable_bounds().get(tp))
+
+    def _in_flight(self) -> InFlight:
+        """The ledger's work in flight; unacknowledged flushes count as batches (the drain)."""
+        in_flight = self._ledger.in_flight()
+        if self._state is None or not self._state.interval_s:
+            return in_flight
+        return dataclasses.replace(
+            in_flight,
+            batches_in_flight=in_flight.batches_in_flight + self._state.flushes_pending,
+        )
 
     def _prepare_state(self, state: StateKeeper, polled: Mapping[TP, object]) -> None:
         """Close the revoked partitions' stores; restore the polled ones, outside the lock.
@@ -301,6 +355,10 @@ class ConsumerActor(PipelineActor):
         """Dispatch what is buffered, then take no new records. Acks still count."""
         if self._fetching:
             self._send(self._ledger.drain(time.monotonic()))
+            if self._state is not None and self._state.interval_s:
+                # Every change is applied by now: gathered changes leave at once (the drain
+                # waits for them as for batches).
+                self._send_flushes(self._state.flushes(force=True))
         self._fetching = False
         self._set_paused(True)
         return self._status(fetching=False)
@@ -348,6 +406,11 @@ class ConsumerActor(PipelineActor):
     def _rewind(self, epoch: int) -> Rewound:
         """Send every unacknowledged batch again, in partition order, in a new epoch."""
         resent = self._ledger.rewind(epoch, time.monotonic())
+        if self._state is not None and self._state.interval_s:
+            # Before the batches, renumbered from 0 in the new epoch: the producer sends them
+            # in order again (it drops an older epoch's, and any after a gap).
+            self._flush_seq = {}
+            self._send_flushes(self._state.unacknowledged())
         if self._preprocessors is not None:
             self._send(resent, consumed=False)
         log.warning("rewind to epoch %d: %d unacknowledged batches sent again", epoch, len(resent))

@@ -46,6 +46,8 @@ from streamer.messages import (
     ProducerStatus,
     ScoredBatch,
     SourceBatch,
+    StateFlush,
+    StateFlushed,
 )
 from streamer.settings import FormatSettings, KafkaSettings
 
@@ -122,6 +124,8 @@ class ProducerActor(PipelineActor):
         self._labels_topic = "" if ledger is None else ledger.labels_topic
         # Per revoked partition: batches dispatched before this moment send no changelog.
         self._revoked_before: dict[tuple[str, int], float] = {}
+        # Per partition, the seq of the next StateFlush of the current epoch to send.
+        self._flush_seq: dict[tuple[str, int], int] = {}
         self._log_features = log_features
         self._formats = formats or FormatSettings()
         self._encode: Callable[..., list[bytes]] = encode_predictions
@@ -155,22 +159,12 @@ class ProducerActor(PipelineActor):
             self._ledger.close()
 
     def receive(self, message: object) -> object:
-        """Handle ScoredBatch, LabelBatch, ChallengerScored, Flush and GetStatus."""
+        """Handle ScoredBatch, LabelBatch, StateFlush, ChallengerScored, Flush and GetStatus."""
         match message:
-            case ScoredBatch(source=source) | LabelBatch(source=source) as batch:
-                if source.epoch < self._epoch:
-                    return None  # sent again by a rewind; that copy is on its way
-                if source.epoch > self._epoch:
-                    # A rewind restarted the sequence of every partition.
-                    self._epoch = source.epoch
-                    self._reorderer = Reorderer()
-                for ready in self._reorderer.push(
-                    (source.topic, source.partition), source.seq, batch
-                ):
-                    if isinstance(ready, LabelBatch):
-                        self._join(ready)
-                    else:
-                        self._produce(ready)
+            case ScoredBatch() | LabelBatch() as batch:
+                self._arrived(batch)
+            case StateFlush() as flush:
+                self._flush(flush)
             case ChallengerScored() as scored:
                 self._record_challenger(scored)
             case _Refused(flight=flight, round=refused_round, failures=failures):
@@ -189,6 +183,62 @@ class ProducerActor(PipelineActor):
                     self._reorderer.waiting, self._batches_produced, self._unanswerable
                 )
         return None
+
+    def _arrived(self, batch: ScoredBatch | LabelBatch) -> None:
+        """Produce the batch, and those it releases, in each partition's order."""
+        source = batch.source
+        if source.epoch < self._epoch:
+            return  # sent again by a rewind; that copy is on its way
+        if source.epoch > self._epoch:
+            self._new_epoch(source.epoch)
+        for ready in self._reorderer.push((source.topic, source.partition), source.seq, batch):
+            if isinstance(ready, LabelBatch):
+                self._join(ready)
+            else:
+                self._produce(ready)
+
+    def _new_epoch(self, epoch: int) -> None:
+        # A rewind restarted the sequence of every partition's batches and flushes.
+        self._epoch = epoch
+        self._reorderer = Reorderer()
+        self._flush_seq = {}
+
+    def _flush(self, flush: StateFlush) -> None:
+        """Send a partition's gathered state changes to the changelog, in the order made.
+
+        Dropped: a flush of an older epoch, or one whose predecessor in its epoch
+        never came (it went to a producer that died): the rewind sends every
+        unacknowledged flush again, in order, so none lands before an older one.
+        """
+        if flush.epoch < self._epoch:
+            return
+        if flush.epoch > self._epoch:
+            self._new_epoch(flush.epoch)
+        tp = (flush.topic, flush.partition)
+        if flush.seq != self._flush_seq.get(tp, 0):
+            return
+        self._flush_seq[tp] = flush.seq + 1
+        revoked_before = self._revoked_before.get(tp)
+        if revoked_before is not None and flush.made_at < revoked_before:
+            return  # the partition's state may be another member's now
+        assert self._client is not None
+        group = _changelog_group(self._changelog_topic, flush.changes, flush.partition)
+        records = len(flush.changes)
+
+        def done(failures: Sequence[SendFailure]) -> None:  # on a client thread: only tells
+            if failures:
+                detail = (
+                    f"state changelog {self._changelog_topic!r} failed for {records} records of "
+                    f"{flush.topic}/{flush.partition}: {failures[0].error}"
+                )
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.actor_ref.tell(_DeliveryFailed(detail))
+                return
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._consumer.tell(StateFlushed(flush.topic, flush.partition, flush.flush_id))
+            self._emit(_changelog_delivered(records))
+
+        send_batch(self._client, [group], done)
 
     def _revoke(self, revoked: PartitionsRevoked) -> None:
         for tp in revoked.tps:
@@ -484,4 +534,20 @@ def _changelog_group(topic: str, changes: Sequence[Change], partition: int) -> O
         [key for key, _value in changes],
         None,
         partition,
+    )
+
+
+def _changelog_delivered(records: int) -> BatchDelivered:
+    """The metrics' news of a flush the broker acknowledged: changelog records, no batch."""
+    return BatchDelivered(
+        produced=0,
+        dead_letters={},
+        dropped=0,
+        size=0,
+        batch_seconds=0.0,
+        preprocess_seconds=0.0,
+        model_seconds=0.0,
+        produce_seconds=0.0,
+        changelog_records=records,
+        scored=False,
     )

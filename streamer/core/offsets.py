@@ -4,6 +4,11 @@ A batch's offsets become committable only when the broker acknowledged every
 output of that batch *and* of every batch dispatched before it on the same
 partition. The tracker never looks at the offsets between batches: a gap in the
 log (compaction, transaction markers) is simply never dispatched.
+
+A partition with state also has a *durable bound* (:meth:`WatermarkTracker.hold`):
+the first input offset whose state changes are not yet acknowledged in the
+changelog (they are gathered over ``state.changelog_interval_s``,
+docs/state.md). The offsets the tracker gives to commit never pass it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class WatermarkTracker:
         self._watermark: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._failed: dict[int, str] = {}
+        self._durable: dict[TP, int] = {}
         self._records_in_flight = 0
         self._bytes_in_flight = 0
 
@@ -100,17 +106,35 @@ class WatermarkTracker:
         """Batches that could not be delivered, by batch id."""
         return dict(self._failed)
 
+    def hold(self, tp: TP, durable_from: int | None) -> None:
+        """Never give a commit offset past ``durable_from`` for ``tp`` (None: no bound).
+
+        ``durable_from`` is the first offset whose state changes the changelog
+        has not acknowledged yet; a commit offset equal to it is allowed (it
+        commits only the offsets below).
+        """
+        if durable_from is None:
+            self._durable.pop(tp, None)
+        else:
+            self._durable[tp] = durable_from
+
     def committable(self) -> dict[TP, int]:
         """Commit offsets that advanced since the last :meth:`mark_committed`."""
         return {
             tp: offset
-            for tp, offset in self._watermark.items()
+            for tp, offset in self.watermarks().items()
             if self._committed.get(tp, -1) < offset
         }
 
     def watermarks(self) -> dict[TP, int]:
-        """The current commit offset of every partition that has one."""
-        return dict(self._watermark)
+        """The current commit offset of every partition that has one (within its durable bound)."""
+        durable = self._durable
+        if not durable:
+            return dict(self._watermark)
+        return {
+            tp: min(offset, durable[tp]) if tp in durable else offset
+            for tp, offset in self._watermark.items()
+        }
 
     def mark_committed(self, offsets: dict[TP, int]) -> None:
         """Record that the broker accepted these commit offsets."""
@@ -133,6 +157,7 @@ class WatermarkTracker:
                     self._failed.pop(batch_id, None)
             self._watermark.pop(tp, None)
             self._committed.pop(tp, None)
+            self._durable.pop(tp, None)
 
     @property
     def batches_in_flight(self) -> int:

@@ -13,11 +13,18 @@ every batch the Ledger cuts, before the Ledger keeps the batch for rewinds:
   each record was served (``state_values``, which the preparation places by
   name), the records the state rejects, and its store changes for the
   changelog (sent by the producer with its answers).
+- **The changelog.** With ``state.changelog_interval_s`` > 0 a partition's
+  changes are gathered (:class:`~streamer.core.state.changelog.CoalescedChangelog`,
+  each key once with its newest value) and the consumer sends them as one
+  :class:`~streamer.messages.StateFlush` per interval (:meth:`StateKeeper.flushes`);
+  :meth:`StateKeeper.durable_bounds` says where the commit must stop until
+  they are acknowledged. With 0, each batch carries its own changes
+  (``SourceBatch.changelog``), sent with its answers.
 - **At each commit**, what was served below the committed offset is forgotten;
-  those deletions ride to the changelog with the partition's next batch.
-- **On revoke**, the store is closed. A batch of the partition still in the
-  stages is abandoned by the Ledger: its changes are in the local store (ahead
-  of the changelog), so the next assignment rebuilds from the changelog.
+  those deletions go to the changelog with the partition's next changes.
+- **On revoke**, the store is closed and the changes not yet acknowledged are
+  dropped: the partition commits only up to its durable bound, and its store
+  (ahead of the changelog) is rebuilt from the changelog by the next assignment.
 
 A restarted consumer actor gets a fresh keeper, which plans every partition
 again: a store ahead of the changelog is rebuilt from it.
@@ -41,6 +48,8 @@ from streamer.clients.base import ChangelogReader
 from streamer.core.features import decoded_object
 from streamer.core.records import TP
 from streamer.core.state.changelog import (
+    CoalescedChangelog,
+    Flush,
     RestoreCount,
     acknowledged_changes,
     last_meta,
@@ -63,6 +72,9 @@ from streamer.settings import Settings
 from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
 
 log = logging.getLogger(__name__)
+
+_flush_ids = itertools.count()
+"""Flush ids unique in the process: a restarted consumer's keeper never reuses an old one."""
 
 HIGH_WATERMARK_TIMEOUT_S = 10.0
 RESTORE_LOG_EVERY_S = 5.0
@@ -152,6 +164,7 @@ class StateKeeper:
         reader: Callable[[], ChangelogReader] | None,
         *,
         report: Callable[[StateProgress], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.layout: Layout = layout_of(settings)
         self.names = self.layout.names
@@ -167,6 +180,10 @@ class StateKeeper:
         self._partitions: dict[TP, _Partition] = {}
         self._restored = _Restored()
         self._restoring: TP | None = None
+        self._clock = clock
+        self.interval_s = settings.state.changelog_interval_s
+        """0: each batch carries its changes; else they are gathered this long (flushes)."""
+        self._changelogs: dict[TP, CoalescedChangelog] = {}
 
     # --- the batches -----------------------------------------------------------
 
@@ -199,13 +216,18 @@ class StateKeeper:
                 extra={"topic": tp[0], "partition": tp[1]},
             )
             self._close(tp, destroy=True)
-            part = self._ready(tp)
+            part = self._ready(tp, self._unacknowledged_changes(tp))
             applied = part.state.apply_columns(*columns)
             sweep = ()
-        # The batch's own meta record (last) supersedes the meta of a forget_served.
-        pending = [change for change in part.pending if change[0] != META_KEY]
-        changelog = (*pending, *sweep, *applied.changes)
-        part.pending = []
+        if self.interval_s:
+            # Gathered for the partition's next flush; the batch carries none of them.
+            self._changelog(tp).add((*sweep, *applied.changes), source.first_offset, self._clock())
+            changelog: tuple[Change, ...] = ()
+        else:
+            # The batch's own meta record (last) supersedes the meta of a forget_served.
+            pending = [change for change in part.pending if change[0] != META_KEY]
+            changelog = (*pending, *sweep, *applied.changes)
+            part.pending = []
         rejections: list[Rejection] = []
         served: list[tuple[float, ...] | None] = []
         for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
@@ -235,7 +257,51 @@ class StateKeeper:
         for tp, offset in offsets.items():
             part = self._partitions.get(tp)
             if part is not None:
-                part.pending.extend(part.state.forget_served(offset))
+                forgotten = part.state.forget_served(offset)
+                if self.interval_s:
+                    self._changelog(tp).add(forgotten, None, self._clock())
+                else:
+                    part.pending.extend(forgotten)
+
+    # --- the gathered changelog (state.changelog_interval_s > 0) ------------------
+
+    def flushes(self, *, force: bool = False) -> list[tuple[TP, Flush]]:
+        """The flushes due now (``force``: every partition's gathered changes), in order."""
+        now = self._clock()
+        return [
+            (tp, flush)
+            for tp, changelog in self._changelogs.items()
+            if (changelog.due(now, self.interval_s) or (force and changelog.gathered))
+            and (flush := changelog.take()) is not None
+        ]
+
+    def flushed(self, tp: TP, flush_id: int) -> bool:
+        """The broker acknowledged a flush; False for one of a partition revoked since."""
+        changelog = self._changelogs.get(tp)
+        return changelog is not None and changelog.acknowledged(flush_id)
+
+    def unacknowledged(self) -> list[tuple[TP, Flush]]:
+        """Every flush not yet acknowledged, each partition's oldest first (for a rewind)."""
+        return [(tp, f) for tp, c in self._changelogs.items() for f in c.unacknowledged()]
+
+    def durable_bounds(self) -> dict[TP, int | None]:
+        """Per open partition, the first input offset whose changes are not all acknowledged."""
+        return {tp: changelog.durable_from() for tp, changelog in self._changelogs.items()}
+
+    @property
+    def flushes_pending(self) -> int:
+        """Flushes not yet acknowledged, and partitions with changes gathered (for the drain)."""
+        return sum(len(c.unacknowledged()) + c.gathered for c in self._changelogs.values())
+
+    def _changelog(self, tp: TP) -> CoalescedChangelog:
+        changelog = self._changelogs.get(tp)
+        if changelog is None:
+            changelog = self._changelogs[tp] = CoalescedChangelog(lambda: next(_flush_ids))
+        return changelog
+
+    def _unacknowledged_changes(self, tp: TP) -> list[Change]:
+        changelog = self._changelogs.get(tp)
+        return [] if changelog is None else changelog.everything()
 
     # --- assignment ------------------------------------------------------------
 
@@ -271,6 +337,10 @@ class StateKeeper:
         )
 
     def _close(self, tp: TP, *, destroy: bool) -> None:
+        if not destroy:
+            # Not acknowledged: dropped. The partition commits only up to its durable bound,
+            # and its store (ahead of the changelog) is rebuilt by its next assignment.
+            self._changelogs.pop(tp, None)
         part = self._partitions.pop(tp, None)
         if part is None:
             return
@@ -282,10 +352,15 @@ class StateKeeper:
 
     # --- restore ---------------------------------------------------------------
 
-    def _ready(self, tp: TP) -> _Partition:
+    def _ready(self, tp: TP, overlay: Sequence[Change] = ()) -> _Partition:
+        """The partition's state, restored first; ``overlay``: changes written after the restore.
+
+        A store rebuilt while changes of its own are on their way to the changelog
+        (gathered, or in flushes not yet acknowledged) gets them back from ``overlay``.
+        """
         part = self._partitions.get(tp)
         if part is None:
-            part = self._partitions[tp] = self._restore(tp)
+            part = self._partitions[tp] = self._restore(tp, overlay)
         return part
 
     def _open_store(self, tp: TP) -> Store:
@@ -311,7 +386,7 @@ class StateKeeper:
             self._reader = self._open_reader()
         return self._reader
 
-    def _restore(self, tp: TP) -> _Partition:
+    def _restore(self, tp: TP, overlay: Sequence[Change] = ()) -> _Partition:
         started = time.monotonic()
         store = self._open_store(tp)
         changelog, end = self._changelog_meta(tp)
@@ -329,6 +404,8 @@ class StateKeeper:
             restored = self._rebuild(tp, store, end, plan)
         else:
             log_plan(log, "state", tp, plan)
+        if overlay:
+            store.write(overlay)
         counting = CountingStore(store, 0)
         part = _Partition(PartitionState(self.layout, counting, tp[0], tp[1]), counting)
         counting.keys = part.state.key_count()

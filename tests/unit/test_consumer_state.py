@@ -24,7 +24,10 @@ SETTINGS = build_settings(
     {
         "kafka": {"input_topic": "events", "output_topic": "scores"},
         "state": {
-            "features": [{"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}]
+            "features": [
+                {"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}
+            ],
+            "changelog_interval_s": 0,  # each batch carries its changes (the gathered: below)
         },
     },
     environ={},

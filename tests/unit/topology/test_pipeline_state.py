@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 import orjson
+import pytest
 
 from streamer.core.models.linear import LinearModel
 from streamer.core.records import TP
@@ -77,13 +78,14 @@ def offline(data: Dataset, config: object) -> dict[tuple[TP, int], tuple[float, 
     return values
 
 
+@pytest.mark.parametrize("interval_s", [0.0, 1.0], ids=["per-batch", "gathered"])
 def test_outputs_carry_the_offline_features_through_a_failed_changelog_write(
-    demo: LinearModel,
+    demo: LinearModel, interval_s: float
 ) -> None:
     data = card_events(demo.spec.names)
     config = dataclasses.replace(
         settings(max_records=40),
-        state=StateSettings(log_features=True),
+        state=StateSettings(log_features=True, changelog_interval_s=interval_s),
         state_features=DECLARED,
     )
     changelog = changelog_topic_name(config)
@@ -136,20 +138,39 @@ def test_outputs_carry_the_offline_features_through_a_failed_changelog_write(
     assert sum(1 for s in logged if s.future.exception is not None) == 1
 
 
+@pytest.mark.parametrize("interval_s", [0.0, 1.0], ids=["per-batch", "gathered"])
 def test_the_changelog_counter_counts_the_acknowledged_changelog_records(
-    demo: LinearModel,
+    demo: LinearModel, interval_s: float
 ) -> None:
     data = card_events(demo.spec.names)
-    config = dataclasses.replace(settings(max_records=40), state_features=DECLARED)
+    config = dataclasses.replace(
+        settings(max_records=40),
+        state=StateSettings(changelog_interval_s=interval_s),
+        state_features=DECLARED,
+    )
     pipeline, kafka, registry = start(data, config, model=demo)
     ends = dict.fromkeys(data.records, PER_PARTITION)
     wait_until(lambda: pipeline.consumer_status().watermarks == ends, timeout=20)
     report = pipeline.stop()
-    assert report.exit_code == 0
+    assert (report.exit_code, report.committed) == (0, ends)
     changelog = changelog_topic_name(config)
     logged = [s for s in kafka.producer.records() if s.topic == changelog]
     metas = [s for s in logged if s.key == META_KEY]
-    assert len(metas) == registry.get_sample_value("streamer_batches_total")  # one per batch
+    batches = registry.get_sample_value("streamer_batches_total")
+    if interval_s:
+        # Gathered: far fewer changes than one set per batch, each flush ending with its meta;
+        # a key (7 cards per partition) is sent at most once per flush.
+        assert 2 <= len(metas) < batches
+        flush: list[bytes] = []
+        for s in logged:
+            if s.key == META_KEY:
+                assert len(flush) == len(set(flush))
+                flush = []
+            else:
+                flush.append(s.key)
+        assert flush == []
+    else:
+        assert len(metas) == batches  # one per batch
     assert registry.get_sample_value("streamer_state_changelog_records_total") == len(logged)
     # A record's output has no state_features unless state.log_features is on.
     output = next(s for s in kafka.producer.records() if s.topic == OUTPUT)

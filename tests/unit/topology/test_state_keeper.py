@@ -30,11 +30,12 @@ FEATURES = [
 ]
 
 
-def make_settings(state_dir: str = "", **kafka: str) -> Settings:
+def make_settings(state_dir: str = "", interval_s: float = 0.0, **kafka: str) -> Settings:
+    """Settings of a keeper whose batches carry their own changes (``interval_s`` 0)."""
     return build_settings(
         {
             "kafka": {"input_topic": TOPIC, "output_topic": "out", **kafka},
-            "state": {"features": FEATURES, "dir": state_dir},
+            "state": {"features": FEATURES, "dir": state_dir, "changelog_interval_s": interval_s},
         },
         environ={},
     )
