@@ -40,7 +40,7 @@ import orjson
 import pytest
 
 from streamer.core.models.linear import load_linear
-from streamer.core.state.codec import META_KEY
+from streamer.core.state.codec import META_KEY, decode_meta
 from streamer.settings import Settings, build_settings, to_toml
 from streamer.statefile import RowResult, StateApplier
 from streamer.topology.state import changelog_topic_name
@@ -189,6 +189,14 @@ def test_kill_9_restarts_and_rebalances_serve_the_offline_features_once_per_reco
             interval_s=0.25,
             describe=lambda: first_log.read_text()[-2000:],
         )
+        # The daemon's changes reach the changelog up to state.changelog_interval_s after
+        # its answers: the member restores what is there once they are all in.
+        wait_for(
+            lambda: changelog_covers(cluster, changelog, produced),
+            PROCESS_TIMEOUT_S,
+            "the daemon's changes of the first step in the changelog",
+            interval_s=0.25,
+        )
         before_join = changelog_ends(cluster, changelog)
         member = start_pipeline(settings, model=FlakyModel(load_linear(None), {2, 4}))
         wait_for(
@@ -292,6 +300,19 @@ def changelog_ends(cluster: Cluster, changelog: str) -> dict[int, int]:
     ends = {p: 1 + max(o for q, o in records if q == p) for p, _o in records}
     assert all(records[(p, end - 1)][0] == META_KEY for p, end in ends.items())
     return ends
+
+
+def changelog_covers(cluster: Cluster, changelog: str, produced: Produced) -> bool:
+    """True when each partition's changelog ends with a meta record at its last input offset."""
+    records = cluster.read(changelog).records
+    for partition, end in end_offsets(produced).items():
+        tail = max((o for p, o in records if p == partition), default=None)
+        if tail is None:
+            return False
+        key, value = records[(partition, tail)][:2]
+        if key != META_KEY or value is None or decode_meta(value).last_offset != end - 1:
+            return False
+    return True
 
 
 def assert_restored(log: str, topics: Topics, partition: int, changelog: str, end: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 
 from streamer.actors.consumer import ConsumerActor
@@ -11,22 +13,26 @@ from streamer.messages import (
     BatchAcked,
     CommitNow,
     ConsumerStatus,
+    GetInFlight,
     GetStatus,
     PartitionsRevoked,
+    Rewind,
     ScoreBatch,
+    StateFlush,
+    StateFlushed,
+    StopFetching,
 )
 from streamer.settings import BatchSettings, build_settings
 from streamer.topology.state import StateKeeper
 from tests.unit.fakes import FakeConsumer, make_records, start_recorder, wait_until
 from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0, TP1
 
+FEATURES = [{"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}]
 SETTINGS = build_settings(
     {
         "kafka": {"input_topic": "events", "output_topic": "scores"},
         "state": {
-            "features": [
-                {"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}
-            ],
+            "features": FEATURES,
             "changelog_interval_s": 0,  # each batch carries its changes (the gathered: below)
         },
     },
@@ -77,4 +83,84 @@ def test_batches_leave_with_their_features_and_commits_forget_what_was_served() 
     assert revoked.before > nxt.dispatched_at  # the producer drops those batches' changelog
     # The actor's thread closes the revoked partition's store at its next poll.
     wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).state_keys == 3)
+    ref.stop()
+
+
+def test_gathered_changes_leave_in_flushes_that_hold_the_commit_until_acknowledged() -> None:
+    now = [0.0]
+    gathered = build_settings(
+        {
+            "kafka": {"input_topic": "events", "output_topic": "scores"},
+            "state": {
+                "features": FEATURES,
+                "changelog_interval_s": 5.0,
+            },
+        },
+        environ={},
+    )
+    fake = FakeConsumer({TP0: make_records(events(10))})
+    preprocessor, batches = start_recorder()
+    producer, told = start_recorder()
+    ref = ConsumerActor.start(
+        KAFKA,
+        BatchSettings(max_records=5, max_in_flight=10),
+        client_factory=lambda _settings, _max: fake,
+        state=StateKeeper(gathered, None, clock=lambda: now[0]),
+        producer=producer,
+    )
+    ref.tell(Attach([preprocessor]))
+    a, b = sorted(
+        (m.source for m in batches.wait_for(2) if isinstance(m, ScoreBatch)),
+        key=lambda s: s.first_offset,
+    )
+    assert a.changelog == b.changelog == ()  # gathered, not carried
+    ref.tell(BatchAcked(a.batch_id, "events", 0, None))
+    ref.tell(BatchAcked(b.batch_id, "events", 0, None))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 0}  # answered, not durable
+    assert told.items() == []  # the interval is not over
+
+    now[0] = 5.0  # the next tick sends the partition's changes, each key once, meta last
+    (first,) = told.wait_for(1)
+    assert isinstance(first, StateFlush)
+    assert (first.topic, first.partition, first.epoch, first.seq) == ("events", 0, 0, 0)
+    keys = [key for key, _ in first.changes]
+    assert keys[-1] == META_KEY
+    assert len(keys) == len(set(keys))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 0}  # sent, not acknowledged
+    ref.tell(StateFlushed("events", 0, first.flush_id))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 10}
+
+    # One more record; its flush goes to a producer that dies: the rewind sends it again.
+    fake.append(TP0, make_records(events(1), offsets=[10]))
+    (c,) = [m.source for m in batches.wait_for(3)[2:]]
+    ref.tell(BatchAcked(c.batch_id, "events", 0, None))
+    now[0] = 10.0
+    second = told.wait_for(2)[1]
+    assert isinstance(second, StateFlush)
+    assert (second.epoch, second.seq) == (0, 1)
+    ref.ask(Rewind(1), timeout=ASK_S)
+    again = told.wait_for(3)[2]
+    assert again == dataclasses.replace(second, made_at=again.made_at, epoch=1, seq=0)
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 10}
+    ref.tell(StateFlushed("events", 0, second.flush_id))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 11}
+
+    # The shutdown's drain: what is gathered leaves at once, and counts as in flight.
+    fake.append(TP0, make_records(events(1), offsets=[11]))
+    (d,) = [m.source for m in batches.wait_for(4)[3:]]
+    ref.ask(StopFetching(), timeout=ASK_S)
+    ref.tell(BatchAcked(d.batch_id, "events", 0, None))
+    flushed = told.wait_for(4)[3]
+    assert isinstance(flushed, StateFlush) and flushed.epoch == 1
+    assert ref.ask(GetInFlight(), timeout=ASK_S).batches_in_flight >= 1
+    ref.tell(StateFlushed("events", 0, flushed.flush_id))
+
+    def drained() -> bool:
+        for message in told.items():  # forgotten served runs may follow: acknowledge them
+            if isinstance(message, StateFlush):
+                ref.tell(StateFlushed("events", 0, message.flush_id))
+        return ref.ask(GetInFlight(), timeout=ASK_S).batches_in_flight == 0
+
+    wait_until(drained)
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 12}
     ref.stop()

@@ -452,3 +452,39 @@ WatermarkMachine.TestCase.settings = settings(
     deadline=None, database=None, max_examples=100, stateful_step_count=40
 )
 TestWatermarkStateMachine = WatermarkMachine.TestCase
+
+
+class TestDurableBound:
+    """A partition with state commits only below the first offset its changelog lacks."""
+
+    def test_the_commit_stops_at_the_durable_bound_and_follows_it(self) -> None:
+        tracker = tracked((TP0, 0, 0, 9), (TP0, 1, 10, 19), (TP1, 2, 0, 4))
+        tracker.hold(TP0, 0)  # batch 0's changes gathered, not yet in a flush
+        tracker.ack(TP0, 0)
+        tracker.ack(TP0, 1)
+        tracker.ack(TP1, 2)  # no bound: as before
+        assert tracker.committable() == {TP0: 0, TP1: 5}
+        assert tracker.watermarks() == {TP0: 0, TP1: 5}
+        assert tracker.batches_in_flight == 0  # the credits are free all the same
+        tracker.mark_committed({TP0: 0, TP1: 5})
+        assert tracker.committable() == {}
+        tracker.hold(TP0, 10)  # a flush with batch 0's changes acknowledged
+        assert tracker.committable() == {TP0: 10}
+        tracker.hold(TP0, None)  # every change acknowledged
+        assert tracker.committable() == {TP0: 20}
+        assert tracker.watermarks() == {TP0: 20, TP1: 5}
+
+    def test_a_bound_above_the_watermark_changes_nothing(self) -> None:
+        tracker = tracked((TP0, 0, 0, 9), (TP0, 1, 10, 19))
+        tracker.hold(TP0, 15)
+        tracker.ack(TP0, 0)
+        assert tracker.committable() == {TP0: 10}
+
+    def test_forget_drops_the_bound(self) -> None:
+        tracker = tracked((TP0, 0, 0, 9))
+        tracker.hold(TP0, 0)
+        tracker.ack(TP0, 0)
+        tracker.forget([TP0])
+        tracker.track(TP0, 1, 10, 19, 10)
+        tracker.ack(TP0, 1)
+        assert tracker.committable() == {TP0: 20}

@@ -15,6 +15,8 @@ from streamer.messages import (
     GetStatus,
     PartitionsRevoked,
     ScoredBatch,
+    StateFlush,
+    StateFlushed,
 )
 from streamer.settings import FormatSettings
 from tests.unit.fakes import FakeProducer, Mailbox, Sent, start_recorder, wait_until
@@ -93,3 +95,65 @@ def test_batches_of_a_revoked_partition_dispatched_before_send_no_changelog() ->
     assert topics[-1] == CHANGELOG
     actor.ask(GetStatus(), timeout=ASK_S)
     actor.stop()
+
+
+def flush(
+    flush_id: int, seq: int, epoch: int = 0, made_at: float | None = None, key: bytes = b"k"
+) -> StateFlush:
+    changes = ((b"\x02\x00" + key, b"v%d" % flush_id), (b"\x00meta", b"meta%d" % flush_id))
+    made = time.monotonic() if made_at is None else made_at
+    return StateFlush("events", 0, flush_id, changes, made, epoch, seq)
+
+
+def test_a_gathered_flush_goes_to_the_changelog_alone_and_is_acknowledged() -> None:
+    fake = FakeProducer()
+    actor, acks, failures = start(fake)
+    actor.tell(flush(7, seq=0))
+    assert acks.wait_for(1) == [StateFlushed("events", 0, 7)]
+    assert [(s.topic, s.key, s.value) for s in fake.records()] == [
+        (CHANGELOG, b"\x02\x00k", b"v7"),
+        (CHANGELOG, b"\x00meta", b"meta7"),
+    ]
+    assert failures == []
+    actor.stop()
+
+
+def test_flushes_keep_their_order_through_a_lost_one_and_a_rewind() -> None:
+    fake = FakeProducer()
+    actor, acks, _failures = start(fake)
+    actor.tell(flush(1, seq=0))
+    # Flush 2 went to a producer that died: 3 must not land before it (nor 2 after 3).
+    actor.tell(flush(3, seq=2))
+    actor.tell(flush(2, seq=0, epoch=1))  # the rewind: every unacknowledged one, from 0
+    actor.tell(flush(3, seq=1, epoch=1))
+    actor.tell(flush(4, seq=2, epoch=0))  # an older epoch's: dropped, it comes again
+    actor.tell(flush(4, seq=2, epoch=1))
+    acked = acks.wait_for(4)
+    assert [a.flush_id for a in acked] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    metas = [s.value for s in fake.records() if s.key == b"\x00meta"]
+    assert metas == [b"meta1", b"meta2", b"meta3", b"meta4"]
+    actor.stop()
+
+
+def test_a_flush_of_a_revoked_partition_made_before_is_not_sent() -> None:
+    fake = FakeProducer()
+    actor, acks, _failures = start(fake)
+    before = time.monotonic()
+    actor.tell(PartitionsRevoked((("events", 0),), before + 1.0))
+    actor.tell(flush(1, seq=0, made_at=before))  # another member owns the state now
+    actor.tell(flush(2, seq=1, made_at=before + 2.0))  # assigned again since
+    assert acks.wait_for(1) == [StateFlushed("events", 0, 2)]
+    assert [s.value for s in fake.records() if s.key == b"\x00meta"] == [b"meta2"]
+    actor.stop()
+
+
+def test_a_failed_flush_record_restarts_the_producer_and_is_not_acknowledged() -> None:
+    def fail_changelog(sent: Sent) -> BaseException | None:
+        return RuntimeError("partition offline") if sent.topic == CHANGELOG else None
+
+    fake = FakeProducer(fail_when=fail_changelog)
+    actor, acks, failures = start(fake)
+    actor.tell(flush(1, seq=0))
+    wait_until(lambda: failures)
+    assert "state changelog" in str(failures[0][1])
+    assert acks.items() == []

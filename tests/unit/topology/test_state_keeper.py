@@ -8,7 +8,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamer.core.state.changelog import RestoreCount, acknowledged_changes, last_meta
+from streamer.core.offsets import WatermarkTracker
+from streamer.core.state.changelog import (
+    Flush,
+    RestoreCount,
+    acknowledged_changes,
+    last_meta,
+)
 from streamer.core.state.codec import META_KEY, SERVED_PREFIX, decode_meta, served_key
 from streamer.core.state.store import RocksStore
 from streamer.messages import SourceBatch
@@ -350,3 +356,91 @@ def test_two_groups_on_one_machine_keep_separate_stores(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other_team", "streamer"]
     mine.close()
     theirs.close()
+
+
+def test_gathered_changes_hold_the_commit_until_their_flush_is_acknowledged() -> None:
+    """Exact commit offsets through acks before a flush, its ack, an idle flush, revoke, restart."""
+    tp = (TOPIC, 0)
+    now = [0.0]
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(interval_s=1.0), lambda: log, clock=lambda: now[0])
+    tracker = WatermarkTracker()
+
+    def dispatch(batch_id: int, events: list[tuple[int, bytes]]) -> SourceBatch:
+        out = keeper.apply(batch(events))
+        assert out.changelog == ()  # gathered, not carried
+        tracker.hold(tp, keeper.durable_bounds()[tp])
+        tracker.track(tp, batch_id, out.first_offset, out.last_offset, len(out))
+        return out
+
+    def deliver(flushes: list[tuple[tuple[str, int], Flush]]) -> None:
+        for where, sent in flushes:
+            log.append(where[1], sent.changes)
+            assert keeper.flushed(where, sent.flush_id)
+            tracker.hold(where, keeper.durable_bounds()[where])
+
+    first = dispatch(0, EVENTS[:3])
+    now[0] = 0.5
+    second = dispatch(1, EVENTS[3:5])
+    tracker.ack(tp, 0)
+    tracker.ack(tp, 1)
+    assert tracker.committable() == {tp: 0}  # answered, but their changes are not durable
+    assert keeper.flushes() == []  # half an interval after the first change
+    now[0] = 1.0
+    ((_, one),) = keeper.flushes()
+    keys = [key for key, _ in one.changes]
+    assert len(keys) == len(set(keys))  # each key once
+    assert keys[-1] == META_KEY
+    assert decode_meta(one.changes[-1][1] or b"").last_offset == 4
+    assert one.covers_from == 0
+    assert tracker.committable() == {tp: 0}  # sent, not yet acknowledged
+    deliver([(tp, one)])
+    assert tracker.committable() == {tp: 5}
+    tracker.mark_committed({tp: 5})
+    keeper.committed({tp: 5})  # forgets what was served below 5: gathered, binds no offset
+    assert keeper.durable_bounds() == {tp: None}
+
+    third = dispatch(2, EVENTS[5:7])
+    tracker.ack(tp, 2)
+    assert tracker.committable() == {}  # held at 5
+    # No batch comes any more: the interval alone sends the gathered changes.
+    now[0] = 2.5
+    idle = keeper.flushes()
+    assert [sent.covers_from for _, sent in idle] == [5]
+    deliver(idle)
+    assert tracker.committable() == {tp: 7}
+    tracker.mark_committed({tp: 7})
+
+    fourth = dispatch(3, EVENTS[7:8])
+    tracker.ack(tp, 3)
+    assert tracker.committable() == {}  # held at 7; then the partition is revoked
+    keeper.revoke([tp])
+    assert keeper.durable_bounds() == {} and keeper.flushes(force=True) == []
+
+    # The next owner restores from the changelog (up to the idle flush) and applies 7 once.
+    again = StateKeeper(make_settings(interval_s=1.0), lambda: log)
+    redo = again.apply(batch(EVENTS[7:8]))
+    expected = offline(EVENTS)
+    assert {**served(first), **served(second), **served(third), **served(fourth)} == expected
+    assert served(redo) == {7: expected[7]}
+
+
+def test_a_rebuilt_store_gets_back_the_changes_not_yet_in_the_changelog(tmp_path: Path) -> None:
+    now = [0.0]
+    log = MemoryChangelog()
+    settings = make_settings(str(tmp_path), interval_s=1.0)
+    keeper = StateKeeper(settings, lambda: log, clock=lambda: now[0])
+    keeper.apply(batch(EVENTS[:3]))
+    now[0] = 1.0
+    ((tp, sent),) = keeper.flushes()
+    log.append(0, sent.changes)
+    keeper.flushed(tp, sent.flush_id)
+    keeper.apply(batch(EVENTS[3:5]))  # gathered only
+    # A key state in the store that no longer decodes: the store is rebuilt from the
+    # changelog, and the gathered changes are written back over it.
+    part = keeper._partitions[tp]
+    part.state._forget_cache()
+    for key in part.store.inner.keys_between(b"\x02", b"\x03"):
+        part.store.inner.write([(key, b"\xc1garbage")])
+    later = keeper.apply(batch(EVENTS[6:]))
+    assert served(later) == {o: v for o, v in offline(EVENTS).items() if o >= 6}
