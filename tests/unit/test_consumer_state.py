@@ -151,7 +151,8 @@ def test_gathered_changes_leave_in_flushes_that_hold_the_commit_until_acknowledg
     ref.ask(StopFetching(), timeout=ASK_S)
     ref.tell(BatchAcked(d.batch_id, "events", 0, None))
     flushed = told.wait_for(4)[3]
-    assert isinstance(flushed, StateFlush) and flushed.epoch == 1
+    assert isinstance(flushed, StateFlush)
+    assert flushed.epoch == 1
     assert ref.ask(GetInFlight(), timeout=ASK_S).batches_in_flight >= 1
     ref.tell(StateFlushed("events", 0, flushed.flush_id))
 

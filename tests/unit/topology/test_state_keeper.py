@@ -415,7 +415,8 @@ def test_gathered_changes_hold_the_commit_until_their_flush_is_acknowledged() ->
     tracker.ack(tp, 3)
     assert tracker.committable() == {}  # held at 7; then the partition is revoked
     keeper.revoke([tp])
-    assert keeper.durable_bounds() == {} and keeper.flushes(force=True) == []
+    assert keeper.durable_bounds() == {}
+    assert keeper.flushes(force=True) == []
 
     # The next owner restores from the changelog (up to the idle flush) and applies 7 once.
     again = StateKeeper(make_settings(interval_s=1.0), lambda: log)
