@@ -1230,8 +1230,11 @@ class Bench:
         """The arguments of a run with the three features, a fresh store and changelog."""
         self._changelog = f"bench-changelog-{uuid.uuid4().hex[:8]}"
         state_dir = self.workdir / f"state-{tag}-{uuid.uuid4().hex[:6]}"
+        state: dict[str, Any] = {"dir": str(state_dir), "changelog_topic": self._changelog}
+        if self.args.state_changelog_interval is not None:
+            state["changelog_interval_s"] = self.args.state_changelog_interval
         return {
-            "sections": {"state": {"dir": str(state_dir), "changelog_topic": self._changelog}},
+            "sections": {"state": state},
             "extra_toml": STATE_FEATURES,
             "group": group,
         }
@@ -1965,6 +1968,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         help="(s): distinct keys of the RSS and restore rows; 0 leaves them out",
     )
     parser.add_argument("--state-backend", default="confluent", help="for (s) and (l)")
+    parser.add_argument(
+        "--state-changelog-interval",
+        type=float,
+        default=None,
+        help="(s): state.changelog_interval_s of the runs with state (default: the setting's)",
+    )
     parser.add_argument(
         "--label-every", type=int, default=10, help="(l): one label per this many records"
     )
