@@ -9,6 +9,7 @@ delivery poller, the metrics server). Repeated rounds, medians.
 
     .venv/bin/python benchmarks/cpu.py --records 200000 --rounds 3 --backend confluent
     .venv/bin/python benchmarks/cpu.py --py-spy /path/to/py-spy   # also a profile per round
+    .venv/bin/python benchmarks/cpu.py --state-features --settings '{"state": {"dir": "/tmp/st"}}'
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Cluster, Streamer, wait_until
+from bench import STATE_FEATURES, Cluster, Streamer, wait_until
 
 from streamer.devtools.broker import EmbeddedBroker
 
@@ -53,7 +54,15 @@ def one_round(
 ) -> dict[str, Any]:
     output = cluster.topic("cpu-out")
     sections: dict[str, dict[str, Any]] = json.loads(args.settings)
-    process = Streamer(workdir, cluster.bootstrap, args.backend, topic, output, sections=sections)
+    process = Streamer(
+        workdir,
+        cluster.bootstrap,
+        args.backend,
+        topic,
+        output,
+        sections=sections,
+        extra_toml=STATE_FEATURES if args.state_features else "",
+    )
     spy = None
     try:
         wait_until(process.ready, 120, "streamer to be ready")
@@ -103,6 +112,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="confluent")
     parser.add_argument("--settings", default="{}", help="streamer sections as JSON")
+    parser.add_argument(
+        "--state-features",
+        action="store_true",
+        help="declare the bench's three 1 h features (section (s)); give state.dir in --settings",
+    )
     parser.add_argument("--py-spy", default="", help="a py-spy binary: a raw profile per round")
     parser.add_argument("--gil", action="store_true", help="py-spy --gil")
     parser.add_argument("--profile-dir", default=".")
