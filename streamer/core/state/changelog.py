@@ -127,11 +127,9 @@ class CoalescedChangelog:
     def add(self, changes: Iterable[Change], first_offset: int | None, now: float) -> None:
         """Gather a batch's changes (``first_offset``: its first input offset; None: no batch's)."""
         gathered = self._changes
-        for key, value in changes:
-            if key == META_KEY:
-                self._meta = value
-            else:
-                gathered[key] = value
+        gathered.update(changes)  # in C: a key keeps its first place and takes its newest value
+        if META_KEY in gathered:
+            self._meta = gathered.pop(META_KEY)
         if first_offset is not None and self._covers_from is None:
             self._covers_from = first_offset
         if self._since is None and (gathered or self._meta is not None):
