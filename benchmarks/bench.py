@@ -1117,7 +1117,7 @@ class Bench:
         backend = self.args.scaling_backend
         train = self.workdir / "profile-train.jsonl"
         with train.open("wb") as handle:
-            for _, value in records(20_000, seed=7):
+            for _, value in records(2_000 if self.args.smoke else 20_000, seed=7):
                 handle.write(value + b"\n")
         profile = self.workdir / "profile.json"
         subprocess.run(
@@ -1829,7 +1829,12 @@ def _model_kind_rates(workdir: Path, count: int) -> dict[str, float]:
         import joblib
 
         joblib.dump(pipeline, directory / "logreg.joblib")
-        mlflow.sklearn.save_model(pipeline, str(directory / "mlflow-logreg"))
+        # Declared requirements: mlflow otherwise infers them in a subprocess (~8 s).
+        mlflow.sklearn.save_model(
+            pipeline,
+            str(directory / "mlflow-logreg"),
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+        )
         xgb.train(
             {"max_depth": 3, "objective": "binary:logistic", "nthread": 1},
             xgb.DMatrix(frame, label=target),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from streamer.devtools.oip_server import OipServer, ensure_venv
 from streamer.settings import Settings
 from streamer.topology import Pipeline
 
-from .helpers import ASSIGN_TIMEOUT_S, Cluster, PipelineStarter
+from .helpers import ASSIGN_TIMEOUT_S, Cluster, DemoRun, PipelineStarter, streamer_command
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +113,37 @@ def start_pipeline() -> Iterator[PipelineStarter]:
     leaked = pykka.ActorRegistry.get_all()
     pykka.ActorRegistry.stop_all(block=True, timeout=10)
     assert not leaked, f"actors still running after the pipelines stopped: {leaked}"
+
+
+DEMO_DURATION_S = 25
+DEMO_RATE = 8000
+DEMO_DRIFT_AFTER_S = 2
+
+
+@pytest.fixture(scope="session")
+def drifting_demo() -> DemoRun:
+    """One ``streamer demo`` of about 200,000 records (25 s at 8,000/s) on its own broker,
+    whose ``amount`` drifts after 2 s: the checks of the demo's summary, labels and drift
+    lines (test_cli.py, test_model_health.py) read the same run, started once."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            *streamer_command(),
+            "demo",
+            "--duration",
+            str(DEMO_DURATION_S),
+            "--rate",
+            str(DEMO_RATE),
+            "--metrics-port",
+            "0",
+            "--drift",
+            "amount",
+            "--drift-after",
+            str(DEMO_DRIFT_AFTER_S),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    return DemoRun(done, time.monotonic() - started)

@@ -353,3 +353,11 @@ class GatedModel(ModelDefaults):
 
 
 PipelineStarter = Callable[..., Pipeline]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What one ``streamer demo`` printed, its exit code and how long it took."""
+
+    done: subprocess.CompletedProcess[str]
+    seconds: float

@@ -22,6 +22,7 @@ from streamer.settings import to_toml
 from .helpers import (
     PROCESS_TIMEOUT_S,
     Cluster,
+    DemoRun,
     Topics,
     end_offsets,
     running_daemon,
@@ -201,12 +202,10 @@ def test_sigterm_then_restart_loses_nothing_and_only_repeats_records_past_the_co
     assert result.duplicates == sum(times - 1 for times in times_covered.values())
 
 
-def test_the_demo_command_runs_its_own_broker_and_loses_nothing() -> None:
-    result = _run_cli(
-        "demo", "--duration", "8", "--rate", "2000", "--metrics-port", "0", timeout_s=120
-    )
+def test_the_demo_command_runs_its_own_broker_and_loses_nothing(drifting_demo: DemoRun) -> None:
+    result = drifting_demo.done
 
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last_line = result.stdout.strip().splitlines()[-1]
     assert "lost 0;" in last_line, last_line
     assert "shutdown clean" in last_line, last_line
@@ -225,13 +224,11 @@ SUMMARY = re.compile(
 )
 
 
-def test_a_demo_of_two_hundred_thousand_records_reconciles_by_offsets() -> None:
+def test_a_demo_of_two_hundred_thousand_records_reconciles_by_offsets(
+    drifting_demo: DemoRun,
+) -> None:
     """About 200,000 records at 8,000/s: the closing summary streams all three topics."""
-    started = time.monotonic()
-    result = _run_cli(
-        "demo", "--duration", "25", "--rate", "8000", "--metrics-port", "0", timeout_s=150
-    )
-    seconds = time.monotonic() - started
+    result = drifting_demo.done
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last_line = result.stdout.strip().splitlines()[-1]
@@ -245,4 +242,4 @@ def test_a_demo_of_two_hundred_thousand_records_reconciles_by_offsets() -> None:
     assert "reconciling: reading back transactions, scores and transactions.dlq" in result.stderr
     assert re.search(r"reconciling: done, \d+k records in [\d.]+s", result.stderr), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert seconds < 120, f"the demo took {seconds:.0f}s"
+    assert drifting_demo.seconds < 120, f"the demo took {drifting_demo.seconds:.0f}s"

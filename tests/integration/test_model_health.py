@@ -19,7 +19,7 @@ from streamer.core.monitoring.drift import psi
 from streamer.core.monitoring.profile import load_profile
 from streamer.topology import Pipeline
 
-from .helpers import Cluster, PipelineStarter, wait_until_delivered
+from .helpers import Cluster, DemoRun, PipelineStarter, wait_until_delivered
 
 pytestmark = pytest.mark.integration
 
@@ -163,30 +163,11 @@ def test_the_score_gauges_cover_the_feature_window_when_a_third_of_it_is_dead_le
     assert gauge(pipeline, "streamer_score_psi") == psi(counts, profile.score.fractions)
 
 
-def test_the_demo_with_drift_names_the_drifted_feature_in_its_summary() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamer",
-            "demo",
-            "--duration",
-            "9",
-            "--rate",
-            "2000",
-            "--metrics-port",
-            "0",
-            "--drift",
-            "amount",
-            "--drift-after",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_the_demo_with_drift_names_the_drifted_feature_in_its_summary(
+    drifting_demo: DemoRun,
+) -> None:
+    done = drifting_demo.done
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert any("worst PSI" in line for line in lines), lines[-5:]
     (drift,) = [line for line in lines if line.startswith("drift: ")]

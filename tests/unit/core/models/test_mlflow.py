@@ -25,6 +25,8 @@ from tests.unit.core.models.test_fidelity import SIZES
 mlflow = pytest.importorskip("mlflow")
 
 NAMES = tuple(zoo.feature_names())
+# Declared, so that saving a model does not infer them in a subprocess (~5 s a save).
+REQUIREMENTS = ["scikit-learn", "xgboost", "cloudpickle"]
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +59,9 @@ def sklearn_dir(directory: Path) -> Path:
     import mlflow.sklearn
 
     path = directory / "logreg"
-    mlflow.sklearn.save_model(zoo.estimator("logreg"), str(path), signature=_signature())
+    mlflow.sklearn.save_model(
+        zoo.estimator("logreg"), str(path), signature=_signature(), pip_requirements=REQUIREMENTS
+    )
     return path
 
 
@@ -91,7 +95,12 @@ def test_a_pyfunc_model_writes_one_field_per_column_equal_to_its_predict(
 
     path = directory / "pyfunc"
     inputs = frame[["mean radius", "mean texture"]].iloc[:5]
-    mlflow.pyfunc.save_model(str(path), python_model=_Doubler(), signature=infer_signature(inputs))
+    mlflow.pyfunc.save_model(
+        str(path),
+        python_model=_Doubler(),
+        signature=infer_signature(inputs),
+        pip_requirements=REQUIREMENTS,
+    )
     model = load_model("mlflow", str(path))
     assert model.output_names == ("low", "high")
     expected = mlflow.pyfunc.load_model(str(path)).predict(frame[["mean radius", "mean texture"]])
@@ -117,7 +126,9 @@ def test_an_xgboost_flavour_scores_like_booster_predict(
 
     booster = xgb.Booster(model_file=str(zoo.xgboost_file("binary", directory)))
     path = directory / "xgb-mlflow"
-    mlflow.xgboost.save_model(booster, str(path), signature=_signature())
+    mlflow.xgboost.save_model(
+        booster, str(path), signature=_signature(), pip_requirements=REQUIREMENTS
+    )
     model = load_model("mlflow", str(path), ModelOptions(explain_top_k=2))
     assert model.kind == "xgboost"
     expected = booster.predict(xgb.DMatrix(frame[list(NAMES)]))
@@ -138,6 +149,7 @@ def registry(directory: Path) -> str:
                 name="model",
                 signature=_signature(),
                 registered_model_name="fraud",
+                pip_requirements=REQUIREMENTS,
             )
     mlflow.MlflowClient(uri).set_registered_model_alias("fraud", "champion", "1")
     mlflow.set_tracking_uri("")
