@@ -28,6 +28,7 @@ batches in flight; the producer's reorderer puts their answers back in order.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import re
 import threading
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
 MODEL_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(/versions/[A-Za-z0-9_.\-]+)?$")
 """``name`` or ``name/versions/<v>``, as they appear in an OIP URL."""
 _POLL_TIMEOUT_S = 2.0
+LOCAL_STEP_TIMEOUT_S = 30.0
+"""For the client's own steps on its loop (its session, its breaker): no network, but
+the first one imports aiohttp, which takes seconds on a loaded machine."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,7 +173,7 @@ def load(options: ModelOptions) -> RemoteModel:
     where = f"model {options.path!r} at model.remote_url={remote.url}"
     try:
         metadata = _metadata(client, where)
-        client.run(client.mark_up(), 2.0)
+        client.run(client.mark_up(), LOCAL_STEP_TIMEOUT_S)
         input_names, model_names, width = _inputs(metadata)
         spec = resolve_spec(
             options,
@@ -181,7 +185,8 @@ def load(options: ModelOptions) -> RemoteModel:
         requested = tuple(options.outputs)
         mapping = _probe(client, spec, input_names, requested, options.probabilities, where)
     except ServerUnavailableError as exc:  # no answer: an outage, not the configuration
-        client.run(client.mark_down(), 2.0)
+        with contextlib.suppress(ServerUnavailableError):  # the loop too busy: still an outage
+            client.run(client.mark_down(), LOCAL_STEP_TIMEOUT_S)
         waiting = WaitingModel(name=options.name or options.path, client=client)
         msg = f"{where}: the server does not answer: {one_line(exc)}"
         raise ModelServerDownError(msg, waiting) from None
