@@ -2,11 +2,10 @@
 
 What start-up loads (the model, numpy, the clients, the actors) lives as long as the
 daemon, yet every full collection scans it again, holding the GIL, and so every
-actor, meanwhile: 12-15 ms of CPU per full collection for the ~41,000 objects of
-a confluent daemon, 0.03 ms once they are frozen (docs/performance.md). A model
-reload or an actor restart replaces some of them: those may be garbage held in
-reference cycles, which only the collector frees, so they give the frozen objects
-back to it.
+actor, meanwhile; frozen, it is not scanned (the cost of a full collection with and
+without: docs/performance.md). A model reload or an actor restart replaces some of
+those objects: they may be garbage held in reference cycles, which only the collector
+frees, so both give the frozen objects back to it.
 """
 
 from __future__ import annotations
