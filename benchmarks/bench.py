@@ -9,7 +9,9 @@ measured program runs in a fresh interpreter, one at a time:
                 with its ratio to its own backend's floor
 (c) latency     end to end (input CreateTime -> output seen by a reader) at
                 2,000 / 10,000 / 30,000 records/s, p50 / p95 / p99 / max, for the
-                pass-through floor, the bare scoring loop and streamer (defaults),
+                pass-through floor, the floor with 3 thread hops per batch (Pykka
+                tells: what streamer's actor shape costs), the bare scoring loop
+                and streamer (defaults),
                 each row on a fresh broker, every program in its own process
                 (latency.py)
 (d) memory      peak RSS and RSS growth while a model 5x slower than the
@@ -708,9 +710,11 @@ class Bench:
         """
         import latency  # benchmarks/ is on the path when bench.py runs as a script
 
-        systems = ["passthrough", "scoring"] + [f"streamer-{b}" for b in self.args.latency_backends]
+        systems = ["passthrough", "handoffs", "scoring"]
+        systems += [f"streamer-{b}" for b in self.args.latency_backends]
         names = {
             "passthrough": "pass-through floor",
+            "handoffs": f"floor + {latency.HANDOFFS} thread hops",
             "scoring": "bare scoring loop",
             "streamer-kafka-python": "streamer kafka-python",
             "streamer-confluent": "streamer confluent",

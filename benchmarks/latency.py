@@ -11,6 +11,9 @@ The systems:
 
 - ``passthrough``: the floor, a bare confluent consume -> produce loop
   (passthrough.py): two broker hops and nothing else;
+- ``handoffs``: the floor with ``HANDOFFS`` thread hops per batch (each batch told
+  through a chain of Pykka actors, the last one producing: streamer's consumer ->
+  preprocessor -> model -> producer shape, and nothing else of streamer);
 - ``scoring``: the bare scoring loop, the same loop decoding with orjson,
   scoring with numpy and producing streamer's output document (:func:`scoring`);
 - ``streamer-confluent`` and ``streamer-kafka-python``: ``streamer run`` with
@@ -39,7 +42,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PARTITIONS = 4
-SYSTEMS = ("passthrough", "scoring", "streamer-kafka-python", "streamer-confluent")
+SYSTEMS = ("passthrough", "handoffs", "scoring", "streamer-kafka-python", "streamer-confluent")
+# The thread hops of the ``handoffs`` probe: streamer's three actor handoffs per batch.
+HANDOFFS = 3
 # The clients of the floor and the generator: the settings of a latency test on Tansu.
 FETCH_WAIT_MS = 5
 LINGER_MS = 5
@@ -296,10 +301,12 @@ def _start_system(
     session_ms: int,
 ) -> tuple[subprocess.Popen[Any], Any]:
     """Start the system under test; returns it and what tells it is ready."""
-    if system == "passthrough":
+    if system in ("passthrough", "handoffs"):
         command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", bootstrap]
         command += ["--topic", topic, "--output", output, "--session-ms", str(session_ms)]
         command += ["--fetch-wait-ms", str(FETCH_WAIT_MS), "--linger-ms", str(LINGER_MS)]
+        if system == "handoffs":
+            command += ["--handoffs", str(settings.get("probe", {}).get("handoffs", HANDOFFS))]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         return process, None
     if system == "scoring":

@@ -10,6 +10,11 @@ per record only made this floor slower. A record crosses the broker twice, as
 in streamer, and nothing else. Runs until SIGTERM; prints ``ready`` once it holds
 its partitions.
 
+With ``--handoffs K`` it is the probe of what a thread hop costs: each polled batch
+goes through K Pykka actors in a chain (a ``tell`` each, as streamer's consumer ->
+preprocessor -> model -> producer hands a batch on) and the last one produces it;
+nothing else changes (the poll, the wrapping, the producer, the process).
+
     python benchmarks/passthrough.py --bootstrap 127.0.0.1:9092 --topic in --output out
 """
 
@@ -20,6 +25,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,6 +40,9 @@ def main() -> int:
     parser.add_argument("--linger-ms", type=float, default=5.0)
     parser.add_argument("--session-ms", type=int, default=6000)
     parser.add_argument("--hops", action="store_true", help="print the first hop's quantiles")
+    parser.add_argument(
+        "--handoffs", type=int, default=0, help="hand each batch through this many Pykka actors"
+    )
     args = parser.parse_args()
     hops: list[float] = []
     stopping = []
@@ -66,6 +75,23 @@ def main() -> int:
     )
     announced = False
     produce, poll = producer.produce, producer.poll
+
+    def pass_on(batch: list[Any]) -> None:
+        for message in batch:
+            if message.error() is not None:
+                continue
+            tp, offset = (message.topic(), message.partition()), message.offset()
+            # The input's value, wrapped with its partition and offset: the
+            # bench's reader names each output's input by them.
+            value = b'{"partition":%d,"offset":%d,"value":%s}' % (
+                tp[1],
+                offset,
+                message.value(),
+            )
+            produce(args.output, value, message.key())
+
+    waits: list[list[float]] = []
+    handle = _chain(args.handoffs, pass_on, waits)
     while not stopping:
         # Wait for the first record only, then take what is already fetched (as streamer does).
         first = consumer.poll(0.05)
@@ -77,26 +103,69 @@ def main() -> int:
             if args.hops:
                 now_ms = time.time() * 1000
                 hops.extend(now_ms - m.timestamp()[1] for m in batch if m.error() is None)
-            for message in batch:
-                if message.error() is not None:
-                    continue
-                tp, offset = (message.topic(), message.partition()), message.offset()
-                # The input's value, wrapped with its partition and offset: the
-                # bench's reader names each output's input by them.
-                value = b'{"partition":%d,"offset":%d,"value":%s}' % (
-                    tp[1],
-                    offset,
-                    message.value(),
-                )
-                produce(args.output, value, message.key())
+            handle(batch)
         poll(0)
+    if args.handoffs:
+        import pykka
+
+        pykka.ActorRegistry.stop_all()
     producer.flush(10)
     consumer.close()
+    _print_waits(waits)
     if hops:
         hops.sort()
         q = {f"p{p}": round(hops[int(len(hops) * p / 100) - 1], 1) for p in (50, 95, 99)}
         print(f"first hop (CreateTime -> consumed), ms: {q}", file=sys.stderr)
     return 0
+
+
+def _print_waits(waits: list[list[float]]) -> None:
+    """Each thread hop's wait per batch and the sum of a batch's waits (ms), to stderr."""
+    count = min(map(len, waits), default=0)
+    if not count:
+        return
+    # The actors keep the batches' order, so a batch's waits are at one index.
+    total = [sum(waited[i] for waited in waits) for i in range(count)]
+    for name, waited in [*((f"hop {n}", w) for n, w in enumerate(waits, 1)), ("all hops", total)]:
+        ordered = sorted(waited)
+        q = {
+            f"p{p:g}": round(1000 * ordered[min(count - 1, int(count * p / 100))], 2)
+            for p in (50, 99, 99.9)
+        }
+        q["max"] = round(1000 * ordered[-1], 2)
+        print(f"thread {name}, tell -> on_receive, ms, {count} batches: {q}", file=sys.stderr)
+
+
+def _chain(
+    handoffs: int, last: Callable[[list[Any]], None], waits: list[list[float]]
+) -> Callable[[list[Any]], None]:
+    """``last`` itself, or a ``tell`` to the first of ``handoffs`` actors that pass a batch on.
+
+    ``waits[i]`` gets each batch's wait at hop i (``tell`` -> the actor's ``on_receive``), s.
+    """
+    if not handoffs:
+        return last
+    import pykka
+
+    class Stage(pykka.ThreadingActor):
+        use_daemon_thread = True
+
+        def __init__(self, forward: Callable[[Any], None], waited: list[float]) -> None:
+            super().__init__()
+            self._forward = forward
+            self._waited = waited
+
+        def on_receive(self, message: Any) -> None:
+            sent_at, batch = message
+            self._waited.append(time.perf_counter() - sent_at)
+            self._forward(batch if self._forward is last else (time.perf_counter(), batch))
+
+    forward: Callable[[Any], None] = last
+    for _ in range(handoffs):
+        waits.insert(0, [])
+        forward = Stage.start(forward, waits[0]).tell
+    first = forward
+    return lambda batch: first((time.perf_counter(), batch))
 
 
 if __name__ == "__main__":

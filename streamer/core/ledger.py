@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 # The longest a poll waits, so that acknowledgements are handled between polls.
 MAX_POLL_WAIT_S = 0.5
+# The longest a poll waits while the eager rule holds partial batches back: the news
+# that frees them (a batch produced or acknowledged) is read only between polls, and a
+# poll otherwise returns at the next fetch response or at the batch's max_wait_s.
+HELD_POLL_WAIT_S = 0.001
 
 
 @dataclass(slots=True)
@@ -214,8 +218,12 @@ class Ledger:
         timeout = self._max_wait_s if deadline is None else deadline
         if ready or (self.batcher.buffered and self._sends_partial(0, budget)):
             # Batches that may leave now do not wait for the poll: the news that freed
-            # them came while the last poll waited (docs/performance.md, issue 25).
+            # them came while the last poll waited (docs/performance.md).
             timeout = 0.0
+        elif self._eager_below and self.batcher.buffered:
+            # Held back by the eager rule until a batch leaves the stages or is
+            # acknowledged: look at the news again soon (docs/performance.md).
+            timeout = min(timeout, HELD_POLL_WAIT_S)
         max_records = min(self._max_poll_records, budget.batches * self._max_records)
         if self._record_bytes:
             # Large records: take about what the free bytes hold (at least one).

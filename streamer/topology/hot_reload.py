@@ -14,6 +14,7 @@ import pykka
 
 from streamer.core.models import Model
 from streamer.messages import ModelReloaded, SwapModel
+from streamer.topology.heap import thaw
 from streamer.topology.reloader import ModelReloader
 from streamer.topology.specs import Routes, Stage
 
@@ -84,6 +85,7 @@ class HotReload:
     def _install(self, model: Model) -> None:
         self.model = model
         self._swap(model)
+        thaw()  # the model replaced may be garbage in cycles
 
 
 def swap_into_stages(routes: Routes, model: Model) -> None:

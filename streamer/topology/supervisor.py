@@ -34,6 +34,7 @@ from streamer.errors import StreamerError
 from streamer.messages import ActorRestarted
 from streamer.settings import SupervisionSettings
 from streamer.topology.control import ASK_TIMEOUT_S
+from streamer.topology.heap import thaw
 from streamer.topology.specs import SPECS, Stage, StageSpec, Wiring
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Supervisor:
         if self._wiring.metrics is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._wiring.metrics.tell(ActorRestarted(actor=stage.value))
+        thaw()  # the dead actor may be garbage in cycles
         self._specs[stage].resume(self._wiring.routes, self.epoch)
         log.info("%s actor restarted (epoch %d)", stage, self.epoch)
 

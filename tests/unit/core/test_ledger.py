@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.ledger import Ledger
+from streamer.core.ledger import HELD_POLL_WAIT_S, Ledger
 from streamer.core.records import RecordColumns
 from streamer.messages import BatchAcked, BatchPartlyDelivered, SourceBatch
 from streamer.settings import BatchSettings
@@ -136,16 +136,31 @@ class TestCredits:
         ledger = Ledger(eager, max_poll_records=500)
         ledger.assign([TP0, TP1])
         first = poll(ledger, {TP0: columns(range(3)), TP1: columns(range(2))})
-        # Still in the stages: the next poll's records wait, and so may the poll.
+        # Still in the stages: the next poll's records wait, and the poll only briefly,
+        # for the news that frees them is read between polls.
         assert poll(ledger, {TP0: columns(range(3, 5))}) == []
-        assert ledger.plan(0.0, fetching=True).timeout_s == pytest.approx(0.05)
+        assert ledger.plan(0.0, fetching=True).timeout_s == HELD_POLL_WAIT_S
         # BatchProduced came while that poll waited: the buffered records go now.
         for source in first:
             ledger.produced(source.batch_id)
         plan = ledger.plan(0.0, fetching=True)
         assert plan.timeout_s == 0.0
         assert offsets_of(ledger.take({}, 0.0, plan)) == [[3, 4]]
+        # Nothing buffered: the poll waits for records up to max_wait_s.
         assert ledger.plan(0.0, fetching=True).timeout_s == pytest.approx(0.05)
+
+    def test_records_held_by_the_eager_rule_wait_no_longer_than_their_max_wait(self) -> None:
+        eager = BatchSettings(max_records=10, max_wait_s=0.0005, max_in_flight=8)
+        ledger = Ledger(eager, max_poll_records=500)
+        ledger.assign([TP0])
+        for offset in range(4):
+            poll(ledger, {TP0: columns([offset])})
+        assert poll(ledger, {TP0: columns([4])}) == []  # held: four batches in the stages
+        assert ledger.plan(0.0, fetching=True).timeout_s == pytest.approx(0.0005)
+        without_eager = Ledger(QUIET, max_poll_records=500)
+        without_eager.assign([TP0])
+        assert poll(without_eager, {TP0: columns([0])}) == []  # waits to fill, not for news
+        assert without_eager.plan(0.0, fetching=True).timeout_s == 0.5
 
     def test_a_full_batch_the_credits_released_does_not_wait_for_the_poll(self) -> None:
         batch = BatchSettings(max_records=10, max_in_flight=2, eager_when_idle=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import threading
 from collections import Counter
@@ -18,6 +19,7 @@ from streamer.core.models.linear import LinearModel, load_linear
 from streamer.errors import DeadLetterRatioError
 from streamer.messages import ActorRestarted
 from streamer.settings import SupervisionSettings
+from streamer.topology.heap import freeze_startup_heap
 from streamer.topology.specs import Resume, Routes, Stage, StageSpec, StartStage, Wiring, new_routes
 from streamer.topology.supervisor import Supervisor
 from tests.unit.fakes import FakeKafka, FakeProducer, Mailbox, Sent, start_recorder, wait_until
@@ -146,6 +148,18 @@ class TestSupervisor:
         assert sup.metrics.wait_for(1) == [ActorRestarted(actor="model")]
         assert sup.supervisor.failure is None
         assert not sup.gave_up.is_set()
+
+    def test_a_restart_gives_the_frozen_start_up_heap_back_to_the_collector(
+        self, sup: Supervised
+    ) -> None:
+        freeze_startup_heap()
+        try:
+            assert gc.get_freeze_count() > 0
+            sup.children.fail(Stage.MODEL, 0, RuntimeError("boom"))
+            wait_until(lambda: sup.children.resumed)
+            assert gc.get_freeze_count() == 0  # the dead actor's cycles can be collected
+        finally:
+            gc.unfreeze()
 
     def test_each_restart_is_a_new_epoch(self, sup: Supervised) -> None:
         sup.children.fail(Stage.PRODUCER, 0, RuntimeError("boom"))

@@ -1,0 +1,24 @@
+"""The start-up heap, kept out of the garbage collector's sight while the daemon runs.
+
+What start-up loads (the model, numpy, the clients, the actors) lives as long as the
+daemon, yet every full collection scans it again, holding the GIL, and so every
+actor, meanwhile; frozen, it is not scanned (the cost of a full collection with and
+without: docs/performance.md). A model reload or an actor restart replaces some of
+those objects: they may be garbage held in reference cycles, which only the collector
+frees, so both give the frozen objects back to it.
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def freeze_startup_heap() -> None:
+    """Collect what start-up left behind, then freeze every object that is left."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw() -> None:
+    """Give the frozen objects back to the collector (after a reload or a restart)."""
+    gc.unfreeze()
