@@ -41,11 +41,23 @@ import msgspec
 from streamer.clients.base import ChangelogReader
 from streamer.core.labels.join import iso_time_us
 from streamer.core.labels.ledger import (
+    ENTRY_PREFIX,
     Joined,
     PredictionLedger,
-    current_changes,
+    decode_prediction,
     held_delta,
     labelled,
+)
+from streamer.core.labels.ledger_log import (
+    BATCH_PREFIX,
+    PredictionBatch,
+    batch_changes,
+    batches_from,
+    expired_batches,
+    is_plain,
+    pack_scores,
+    rebuild,
+    sent_changes,
 )
 from streamer.core.labels.live import (
     LEDGER_FINGERPRINT,
@@ -61,7 +73,7 @@ from streamer.core.labels.live import (
 )
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes, safe_group
 from streamer.core.state.codec import META_KEY
-from streamer.core.state.restore import Action, local_meta, plan_restore, restore
+from streamer.core.state.restore import Action, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, Store
 from streamer.messages import LabelsJoined, Rejection, SourceBatch
 from streamer.settings import Settings
@@ -190,19 +202,52 @@ class LedgerKeeper:
         new = not self.spec.id_field and not self.spec.challengers
         relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us, new=new)
         changes = part.deferred.taken()
-        resend: list[Change] = []
-        if replayed:  # sent again after a rewind: its current values go again
-            again = model_outputs(
-                self.spec, source, replayed, [0.0] * len(replayed), (*model, False), time_us
+        sent: list[Change] = []
+        if identities:
+            # The batch's predictions go to the changelog as one record (ledger_log); the
+            # store holds it too, and the entries and time keys it gives.
+            predictions = PredictionBatch(
+                offsets[fresh_rows[0]], time_us, *model, identities, pack_scores(kept)
             )
-            resend = current_changes(part.ledger, (o.identity for o in again))
+            record, by_time = batch_changes(source.last_offset, predictions)
+            changes += [record, by_time]
+            sent.append(record)
+            # Only the counts of the ledger's own changes when every entry is new and plain.
+            sent += [changes[-3]] if new else sent_changes(changes[:-2])
+        if replayed:  # sent again after a rewind: its current values go again
+            sent += self._current(part, source, replayed, model, time_us)
         marks = msgspec.structs.replace(
             marks,
             input_offset=max(marks.input_offset, source.last_offset),
             clock_us=_newest(marks.clock_us, time_us if identities else None),
         )
-        self._step(source.partition, part, changes, marks, relabelled, extra=resend)
+        self._step(source.partition, part, changes, marks, relabelled, sent=sent)
         return self._take(source.partition, part)
+
+    def _current(
+        self,
+        part: _Partition,
+        source: SourceBatch,
+        replayed: Sequence[int],
+        model: tuple[str, str],
+        time_us: int,
+    ) -> list[Change]:
+        """The changelog records of a replayed batch's rows as they are: sent again.
+
+        A compacted changelog keeps one of each: sending them again is how a replay,
+        whose first delivery may not have come back, changes nothing.
+        """
+        store = part.deferred.inner
+        again = model_outputs(
+            self.spec, source, replayed, [0.0] * len(replayed), (*model, False), time_us
+        )
+        changes: list[Change] = []
+        for identity in dict.fromkeys(output.identity for output in again):
+            raw = store.get(ENTRY_PREFIX + identity)
+            if raw is not None and not is_plain(decode_prediction(raw)):
+                changes.append((ENTRY_PREFIX + identity, raw))
+        offsets = [source.offsets[row] for row in replayed]
+        return [*batches_from(store, min(offsets), max(offsets)), *changes]
 
     def record_challenger(
         self,
@@ -224,7 +269,8 @@ class LedgerKeeper:
             self.spec, source, rows, scores, (*model, True), iso_time_us(scored_at)
         )
         relabelled, _ = part.ledger.record(outputs)
-        self._step(source.partition, part, part.deferred.taken(), part.marks, relabelled)
+        changes = part.deferred.taken()
+        self._step(source.partition, part, changes, part.marks, relabelled, sent_changes(changes))
 
     def join(self, source: SourceBatch) -> LedgerDelivery:
         """Join a label batch (``source.partition``: the input partition's ledger)."""
@@ -246,7 +292,8 @@ class LedgerKeeper:
             label_offset=max(marks.label_offset, source.last_offset),
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
-        self._step(source.partition, part, part.deferred.taken(), marks, joined)
+        changes = part.deferred.taken()
+        self._step(source.partition, part, changes, marks, joined, sent_changes(changes))
         taken = self._take(source.partition, part)
         return LedgerDelivery(taken.changes, taken.report, tuple(read.rejections))
 
@@ -288,15 +335,20 @@ class LedgerKeeper:
         changes: list[Change],
         marks: LedgerMarks,
         joined: Iterable[Joined],
-        extra: Sequence[Change] = (),
+        sent: Sequence[Change],
     ) -> None:
-        """Write the ledger's changes, the marks and the meta record at once; keep them to send."""
+        """Write the ledger's changes, the marks and the meta record at once; keep ``sent`` to send.
+
+        ``sent``: the changelog's form of ``changes`` (ledger_log): no time keys, the
+        predictions of a scored batch in one record.
+        """
         marks = msgspec.structs.replace(marks, writes=marks.writes + 1)
-        written = [*changes, *extra, *closing_changes(self.topic, partition, marks)]
-        part.deferred.inner.write(written)
+        closing = closing_changes(self.topic, partition, marks)
+        part.deferred.inner.write([*changes, *closing])
         part.marks = marks
         part.held += held_delta(changes)
-        part.pending.extend(written)
+        part.pending += sent
+        part.pending += closing
         part.steps += 1
         part.joined.extend(joined)
 
@@ -322,8 +374,21 @@ class LedgerKeeper:
         part.expired_at = now
         part.ledger.expire(part.marks.clock_us)
         changes = part.deferred.taken()
-        if changes:
-            self._step(partition, part, changes, part.marks, ())
+        store = part.deferred.inner
+        batches = expired_batches(store, part.marks.clock_us - self.spec.horizon_us)
+        if not changes and not batches:
+            return
+        # An entry's tombstone goes only if the entry went as a record of its own.
+        sent: list[Change] = []
+        for key, value in changes:
+            if key[:2] == ENTRY_PREFIX and value is None:
+                raw = store.get(key)
+                if raw is not None and not is_plain(decode_prediction(raw)):
+                    sent.append((key, None))
+            elif value is not None:  # the counts
+                sent.append((key, value))
+        sent += [(key, None) for key, _ in batches if key[:2] == BATCH_PREFIX]
+        self._step(partition, part, [*changes, *batches], part.marks, (), sent)
 
     # --- restore ---------------------------------------------------------------
 
@@ -364,7 +429,7 @@ class LedgerKeeper:
             changes = itertools.chain.from_iterable(
                 acknowledged_changes(reader.read(partition, 0, end), count)
             )
-            for _done in restore(store, changes):
+            for _done in rebuild(store, changes):
                 pass
             log.info(
                 "prediction ledger of %s/%d restored from %s: %d records%s",

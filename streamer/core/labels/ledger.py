@@ -23,7 +23,8 @@ horizon and counts the ones that never got a label.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -32,10 +33,11 @@ from streamer.core.labels.join import DUPLICATE, PAST_HORIZON, UNMATCHED, Label,
 from streamer.core.state.store import Change, Store
 
 PREFIX = b"L"
-_ENTRY = PREFIX + b"p"
-_BY_TIME = PREFIX + b"t"
-_COUNTS = PREFIX + b"m"
-_TIME_BIAS = 1 << 63
+ENTRY_PREFIX = _ENTRY = PREFIX + b"p"
+TIME_PREFIX = _BY_TIME = PREFIX + b"t"
+COUNTS_KEY = _COUNTS = PREFIX + b"m"
+TIME_BIAS = _TIME_BIAS = 1 << 63
+_SCORE = struct.Struct(">d")
 
 
 class ModelScore(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -102,8 +104,32 @@ def entry_key(identity: bytes) -> bytes:
     return _ENTRY + identity
 
 
-def _time_key(time_us: int, identity: bytes) -> bytes:
+def time_key(time_us: int, identity: bytes) -> bytes:
+    """The store key of a prediction's place in time order (local only: see ledger_log)."""
     return _BY_TIME + (time_us + _TIME_BIAS).to_bytes(8, "big") + identity
+
+
+_time_key = time_key
+
+
+def decode_prediction(raw: bytes) -> Prediction:
+    """An entry's value, read."""
+    return _prediction.decode(raw)
+
+
+def plain_values(time_us: int, name: str, version: str, scores: Iterable[float]) -> Iterator[bytes]:
+    """The entry of each score made at ``time_us`` by the champion alone, encoded.
+
+    The same bytes as encoding ``Prediction(time_us, ModelScore(name, version, score,
+    time_us), ())``, made from one template: MessagePack writes every float as
+    ``0xcb`` and its 8 bytes.
+    """
+    template = _encoder.encode(Prediction(time_us, ModelScore(name, version, 0.0, time_us), ()))
+    at = template.index(b"\xcb" + bytes(8))
+    head, tail = template[: at + 1], template[at + 9 :]
+    pack = _SCORE.pack
+    for score in scores:
+        yield head + pack(score) + tail
 
 
 def current_changes(ledger: PredictionLedger, identities: Iterable[bytes]) -> list[Change]:
@@ -221,19 +247,18 @@ class PredictionLedger:
                     for identity, score in zip(identities, scores, strict=True)
                 ]
             )
-        encode = _encoder.encode
         by_time = _BY_TIME + (time_us + _TIME_BIAS).to_bytes(8, "big")
         changes: list[Change] = []
         append = changes.append
-        for identity, score in zip(identities, scores, strict=True):
+        values = plain_values(time_us, name, version, scores)
+        for identity, value in zip(identities, values, strict=True):
             append((by_time + identity, b""))
-            champion = ModelScore(name, version, score, time_us)
-            append((_ENTRY + identity, encode(Prediction(time_us, champion, ()))))
+            append((_ENTRY + identity, value))
         if changes:
             self.counts = msgspec.structs.replace(
                 self.counts, outputs=self.counts.outputs + len(identities)
             )
-            changes.append((_COUNTS, encode(self.counts)))
+            changes.append((_COUNTS, _encoder.encode(self.counts)))
             self.store.write(changes)
         return [], changes
 

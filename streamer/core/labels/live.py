@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 LABELS_STAGE = "labels"
 """The stage of a label's dead letter (its ``streamer.stage`` header)."""
 
-LEDGER_FINGERPRINT = "prediction-ledger-1"
+LEDGER_FINGERPRINT = "prediction-ledger-2"
 """The ledger changelog's fingerprint in its meta records: a state changelog is never one."""
 
 MARKS_KEY = b"Lo"
