@@ -45,17 +45,13 @@ from streamer.core.labels.ledger import (
     Joined,
     PredictionLedger,
     decode_prediction,
-    held_delta,
     labelled,
+    time_key,
 )
 from streamer.core.labels.ledger_log import (
-    BATCH_PREFIX,
-    PredictionBatch,
-    batch_changes,
     batches_from,
-    expired_batches,
+    expiry_sent,
     is_plain,
-    pack_scores,
     rebuild,
     sent_changes,
 )
@@ -96,6 +92,21 @@ def ledger_topic(settings: Settings) -> str:
     """The ledger changelog topic of these settings."""
     k = settings.kafka
     return ledger_topic_name(settings.labels.ledger_topic, k.group_id, k.input_topic)
+
+
+def older_format(reader: ChangelogReader, partitions: int) -> tuple[int, str] | None:
+    """The first partition of a ledger changelog whose last meta record is another format's.
+
+    ``(partition, fingerprint)``, or None when every partition is empty or of
+    :data:`LEDGER_FINGERPRINT`. The format of version 1 sent two records per
+    prediction; this one cannot read it back without leaving its records in the
+    compacted topic for ever (docs/labels.md, "The ledger changelog").
+    """
+    for partition in range(partitions):
+        meta, _end = changelog_tail(reader, partition)
+        if meta is not None and meta.fingerprint != LEDGER_FINGERPRINT:
+            return partition, meta.fingerprint
+    return None
 
 
 class _Deferred:
@@ -196,24 +207,18 @@ class LedgerKeeper:
             fresh = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
             replayed = [row for row in rows if offsets[row] <= marks.input_offset]
             fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
-        identities, kept = scored_identities(self.spec, source, fresh_rows, fresh_scores)
+        identities, kept, kept_offsets = scored_identities(
+            self.spec, source, fresh_rows, fresh_scores
+        )
         # By source coordinates, a record above the last offset recorded is new to the
         # ledger unless a challenger recorded it first: without challengers, no read.
         new = not self.spec.id_field and not self.spec.challengers
-        relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us, new=new)
+        relabelled, _ = part.ledger.record_batch(
+            identities, kept_offsets, kept, model, time_us, new=new
+        )
         changes = part.deferred.taken()
-        sent: list[Change] = []
-        if identities:
-            # The batch's predictions go to the changelog as one record (ledger_log); the
-            # store holds it too, and the entries and time keys it gives.
-            predictions = PredictionBatch(
-                offsets[fresh_rows[0]], time_us, *model, identities, pack_scores(kept)
-            )
-            record, by_time = batch_changes(source.last_offset, predictions)
-            changes += [record, by_time]
-            sent.append(record)
-            # Only the counts of the ledger's own changes when every entry is new and plain.
-            sent += [changes[-3]] if new else sent_changes(changes[:-2])
+        # The batch's predictions go to the changelog as one record (ledger_log).
+        sent = sent_changes(changes)
         if replayed:  # sent again after a rewind: its current values go again
             sent += self._current(part, source, replayed, model, time_us)
         marks = msgspec.structs.replace(
@@ -244,7 +249,10 @@ class LedgerKeeper:
         changes: list[Change] = []
         for identity in dict.fromkeys(output.identity for output in again):
             raw = store.get(ENTRY_PREFIX + identity)
-            if raw is not None and not is_plain(decode_prediction(raw)):
+            if raw is not None and not is_plain(prediction := decode_prediction(raw)):
+                by_time = time_key(prediction.time_us, identity)
+                if store.get(by_time) is not None:  # an entry no batch holds
+                    changes.append((by_time, b""))
                 changes.append((ENTRY_PREFIX + identity, raw))
         offsets = [source.offsets[row] for row in replayed]
         return [*batches_from(store, min(offsets), max(offsets)), *changes]
@@ -346,7 +354,7 @@ class LedgerKeeper:
         closing = closing_changes(self.topic, partition, marks)
         part.deferred.inner.write([*changes, *closing])
         part.marks = marks
-        part.held += held_delta(changes)
+        part.held = part.ledger.held
         part.pending += sent
         part.pending += closing
         part.steps += 1
@@ -374,21 +382,9 @@ class LedgerKeeper:
         part.expired_at = now
         part.ledger.expire(part.marks.clock_us)
         changes = part.deferred.taken()
-        store = part.deferred.inner
-        batches = expired_batches(store, part.marks.clock_us - self.spec.horizon_us)
-        if not changes and not batches:
-            return
-        # An entry's tombstone goes only if the entry went as a record of its own.
-        sent: list[Change] = []
-        for key, value in changes:
-            if key[:2] == ENTRY_PREFIX and value is None:
-                raw = store.get(key)
-                if raw is not None and not is_plain(decode_prediction(raw)):
-                    sent.append((key, None))
-            elif value is not None:  # the counts
-                sent.append((key, value))
-        sent += [(key, None) for key, _ in batches if key[:2] == BATCH_PREFIX]
-        self._step(partition, part, [*changes, *batches], part.marks, (), sent)
+        if changes:
+            sent = expiry_sent(part.deferred.inner, changes)
+            self._step(partition, part, changes, part.marks, (), sent)
 
     # --- restore ---------------------------------------------------------------
 
@@ -429,7 +425,7 @@ class LedgerKeeper:
             changes = itertools.chain.from_iterable(
                 acknowledged_changes(reader.read(partition, 0, end), count)
             )
-            for _done in rebuild(store, changes):
+            for _done in rebuild(store, changes, (self.topic, partition)):
                 pass
             log.info(
                 "prediction ledger of %s/%d restored from %s: %d records%s",
@@ -443,10 +439,14 @@ class LedgerKeeper:
         else:
             log_plan(log, "prediction ledger", (self.topic, partition), plan)
         deferred = _Deferred(store)
-        ledger = PredictionLedger(deferred, self.spec.horizon_us)
-        held, joined = labelled(store)
-        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), held)
-        self._resets.append(LabelsJoined(partition, tuple(joined), ledger.counts, held, reset=True))
+        ledger = PredictionLedger(
+            deferred, self.spec.horizon_us, None if self.spec.id_field else (self.topic, partition)
+        )
+        joined = labelled(store)
+        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), ledger.held)
+        self._resets.append(
+            LabelsJoined(partition, tuple(joined), ledger.counts, ledger.held, reset=True)
+        )
         return part
 
     def _changelog_reader(self) -> ChangelogReader | None:

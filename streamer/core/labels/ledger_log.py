@@ -1,31 +1,27 @@
 r"""The prediction ledger's changelog: one record per scored batch, the indexes rebuilt locally.
 
-The local store of a partition's ledger holds one entry per prediction
-(``Lp`` + identity, :mod:`streamer.core.labels.ledger`) and its time key
-(``Lt``), so that a label finds its prediction with one read and expiry is a
-range scan. Its changelog need not carry them one by one: a scored batch's
-champion predictions share a model, a version and a time, so they go as **one
-batch record**, columnar:
+A scored batch's champion predictions share a model, a version and a time:
+they go to the changelog as **one record**, the ledger's own
+:class:`~streamer.core.labels.ledger.PredictionBatch` (``Lb`` + the batch's
+last input offset: the offsets, the scores and, with record ids, the ids, in
+columns). The other records are few:
 
-- ``Lb`` + the batch's last input offset (8 bytes, big-endian): a
-  :class:`PredictionBatch` (the first offset, the time, the model's name and
-  version, each recorded identity and its score). Written to the local store
-  too (a replayed batch sends it again; its tombstone names what it held);
-- ``Lp`` + identity: an entry that is no longer *plain* (a champion's score
-  alone, as the batch record gives it): a joined label, a challenger's score.
-  A label's join sends one such small record;
+- ``Lp`` + identity: an entry that is no longer *plain* (the champion's score
+  alone, as its batch gives it): a joined label, a challenger's score. A
+  label's join sends one such small record;
+- ``Lt`` time keys, only for the rare entries no batch holds (a challenger's
+  score for a record the champion's batch has not recorded);
 - ``Lm`` (the counts), ``Lo`` (the marks) and the meta record, as before.
 
-Local only, rebuilt from those on restore (:func:`rebuild`): the entries of
-each batch record (an entry already there stays: the first prediction of a
-record is the one kept), the ``Lt`` time key of every entry, and ``Lx`` + time
-+ last offset for each batch record, so that expiry finds the batch records
-whose time passed the horizon and sends their tombstones. Expiry sends an
-``Lp`` tombstone only for an entry that was sent as an ``Lp`` record.
+Local only, rebuilt from those on restore (:func:`rebuild`): the batches' time
+keys (``Lx``) and, with record ids, each batch's plain entries (an identity
+with an entry already keeps it: the first prediction of a record stays).
+Expiry sends a batch's tombstone, and an entry's tombstone only for an entry
+sent as a record of its own.
 
-Records are applied in changelog order, which a compacted topic keeps for
-the records it retains: a batch record sent again after a label's join (a
-replay) finds the labelled entry there and leaves it.
+Records are applied in changelog order, which a compacted topic keeps for the
+records it retains: a batch sent again after a label's join (a replay) finds
+the labelled entry there and leaves it.
 """
 
 from __future__ import annotations
@@ -33,97 +29,47 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
-import msgspec
-
 from streamer.core.labels.ledger import (
+    BATCH_BY_TIME,
+    BATCH_PREFIX,
     ENTRY_PREFIX,
-    TIME_BIAS,
-    TIME_PREFIX,
     Prediction,
+    batch_key,
+    batch_time_key,
+    decode_batch,
     decode_prediction,
     plain_values,
     time_key,
 )
 from streamer.core.state.store import Change, Store
 
-BATCH_PREFIX = b"Lb"
-"""A scored batch's champion predictions (+ its last input offset): changelog and local store."""
-BATCH_BY_TIME = b"Lx"
-"""+ time (8 bytes, biased) + last offset: the local index of the batch records by time."""
-
-_SCORE = struct.Struct(">d")
-
-
-class PredictionBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A scored batch's champion predictions, columnar: one changelog record for the batch."""
-
-    first_offset: int
-    time_us: int
-    name: str
-    version: str
-    identities: list[bytes]
-    scores: bytes
-    """Each identity's score: float64, big-endian, 8 bytes each."""
-
-    def scores_list(self) -> list[float]:
-        """The scores as floats."""
-        return [value for (value,) in _SCORE.iter_unpack(self.scores)]
-
-
-_encoder = msgspec.msgpack.Encoder()
-_batch = msgspec.msgpack.Decoder(PredictionBatch)
-
-
-def batch_key(last_offset: int) -> bytes:
-    """The key of the batch record whose last input offset is ``last_offset``."""
-    return BATCH_PREFIX + last_offset.to_bytes(8, "big")
-
-
-def _batch_time_key(time_us: int, key: bytes) -> bytes:
-    return BATCH_BY_TIME + (time_us + TIME_BIAS).to_bytes(8, "big") + key[len(BATCH_PREFIX) :]
-
-
-def encode_batch(batch: PredictionBatch) -> bytes:
-    """The batch record's value."""
-    return _encoder.encode(batch)
-
-
-def decode_batch(raw: bytes) -> PredictionBatch:
-    """A batch record's value, read."""
-    return _batch.decode(raw)
-
 
 def pack_scores(scores: Sequence[float]) -> bytes:
-    """Scores as a :class:`PredictionBatch` holds them."""
+    """Scores as a :class:`~streamer.core.labels.ledger.PredictionBatch` holds them."""
     return struct.pack(f">{len(scores)}d", *scores)
 
 
-def batch_changes(
-    last_offset: int, batch: PredictionBatch, value: bytes | None = None
-) -> tuple[Change, Change]:
-    """The batch record (for the changelog and the store) and its local time key."""
-    key = batch_key(last_offset)
-    return (key, value if value is not None else encode_batch(batch)), (
-        _batch_time_key(batch.time_us, key),
-        b"",
-    )
+def pack_offsets(offsets: Sequence[int]) -> bytes:
+    """Offsets as a :class:`~streamer.core.labels.ledger.PredictionBatch` holds them."""
+    return struct.pack(f">{len(offsets)}q", *offsets)
 
 
 def is_plain(prediction: Prediction) -> bool:
-    """True for an entry that a batch record gives: the champion's score, nothing else."""
-    return prediction.label is None and not prediction.challengers and prediction.champion is not None
+    """True for an entry that its batch gives: the champion's score, nothing else."""
+    return (
+        prediction.label is None and not prediction.challengers and prediction.champion is not None
+    )
 
 
 def sent_changes(changes: Iterable[Change]) -> list[Change]:
-    """What of a ledger write goes to the changelog: no time keys, no plain entries.
+    """What of a ledger write goes to the changelog: no batch time keys, no plain entries.
 
-    A plain entry is written only when the champion's score is recorded, and the
-    batch record that goes with it carries it.
+    A plain entry is written only with its batch, which carries it.
     """
     sent: list[Change] = []
     for key, value in changes:
         prefix = key[:2]
-        if prefix == TIME_PREFIX or prefix == BATCH_BY_TIME:
+        if prefix == BATCH_BY_TIME:
             continue
         if prefix == ENTRY_PREFIX and value is not None and is_plain(decode_prediction(value)):
             continue
@@ -131,22 +77,29 @@ def sent_changes(changes: Iterable[Change]) -> list[Change]:
     return sent
 
 
-def expired_batches(store: Store, cutoff_us: int) -> list[Change]:
-    """The tombstones of the batch records made before ``cutoff_us``, and of their time keys."""
-    if cutoff_us <= -TIME_BIAS:
-        return []
-    high = BATCH_BY_TIME + (min(cutoff_us, TIME_BIAS - 1) + TIME_BIAS).to_bytes(8, "big")
-    changes: list[Change] = []
-    for key in store.keys_between(BATCH_BY_TIME, high):
-        changes += [(key, None), (BATCH_PREFIX + key[len(BATCH_BY_TIME) + 8 :], None)]
-    return changes
+def expiry_sent(store: Store, changes: Iterable[Change]) -> list[Change]:
+    """What of an expiry's changes goes to the changelog (``store`` not written yet).
+
+    An entry's tombstone only for an entry sent as a record of its own (not
+    plain); a batch's tombstone; the time keys of entries no batch holds.
+    """
+    sent: list[Change] = []
+    for key, value in changes:
+        prefix = key[:2]
+        if prefix == BATCH_BY_TIME:
+            continue
+        if prefix == ENTRY_PREFIX and value is None:
+            raw = store.get(key)
+            if raw is None or is_plain(decode_prediction(raw)):
+                continue
+        sent.append((key, value))
+    return sent
 
 
 def batches_from(store: Store, first_offset: int, last_offset: int) -> list[Change]:
-    """The batch records holding offsets in ``[first_offset, last_offset]`` (a replay's)."""
+    """The batches holding offsets in ``[first_offset, last_offset]`` (a replay's), as stored."""
     changes: list[Change] = []
-    high = batch_key(1 << 63)
-    for key in store.keys_between(batch_key(max(first_offset, 0)), high):
+    for key in store.keys_between(batch_key(max(first_offset, 0)), BATCH_PREFIX + b"\xff" * 9):
         raw = store.get(key)
         if raw is not None and decode_batch(raw).first_offset <= last_offset:
             changes.append((key, raw))
@@ -168,30 +121,30 @@ class _Overlay:
     def put(self, key: bytes, value: bytes | None) -> None:
         self.pending[key] = value
 
-    def flush(self) -> int:
-        written = len(self.pending)
+    def flush(self) -> None:
         if self.pending:
             self.store.write(list(self.pending.items()))
             self.pending = {}
-        return written
 
 
-def rebuild(store: Store, changelog: Iterable[Change], chunk: int = 10_000) -> Iterator[int]:
-    """Apply a ledger changelog's records to an empty store, in order; yields the changes applied.
+def rebuild(
+    store: Store,
+    changelog: Iterable[Change],
+    coordinates: tuple[str, int],
+    chunk: int = 10_000,
+) -> Iterator[int]:
+    """Apply a ledger changelog's records to an empty store, in order; yields the records applied.
 
-    Each batch record becomes the entries it holds (an identity with an entry
-    already keeps it) with their time keys; each ``Lp`` record replaces its
-    entry and moves its time key; a batch record's tombstone deletes the entries
-    it holds that are not newer than it; every other record is written as it is.
+    A batch gets its time key and, with record ids, its plain entries (an
+    identity with an entry already keeps it); a batch's tombstone deletes the
+    entries it holds that are not newer than it; every other record is
+    written as it is. ``coordinates``: the input topic and partition.
     """
     overlay = _Overlay(store)
     done = 0
     for key, value in changelog:
-        prefix = key[:2]
-        if prefix == BATCH_PREFIX:
-            _apply_batch(overlay, key, value)
-        elif prefix == ENTRY_PREFIX:
-            _apply_entry(overlay, key, value)
+        if key[:2] == BATCH_PREFIX:
+            _apply_batch(overlay, key, value, coordinates)
         else:
             overlay.put(key, value)
         done += 1
@@ -202,13 +155,15 @@ def rebuild(store: Store, changelog: Iterable[Change], chunk: int = 10_000) -> I
     yield done
 
 
-def _apply_batch(overlay: _Overlay, key: bytes, value: bytes | None) -> None:
+def _apply_batch(
+    overlay: _Overlay, key: bytes, value: bytes | None, coordinates: tuple[str, int]
+) -> None:
     if value is None:
         raw = overlay.get(key)
         if raw is None:
             return
         batch = decode_batch(raw)
-        for identity in batch.identities:
+        for identity in batch.identities(coordinates):
             entry_key = ENTRY_PREFIX + identity
             entry = overlay.get(entry_key)
             if entry is not None:
@@ -217,25 +172,14 @@ def _apply_batch(overlay: _Overlay, key: bytes, value: bytes | None) -> None:
                     overlay.put(entry_key, None)
                     overlay.put(time_key(prediction.time_us, identity), None)
         overlay.put(key, None)
-        overlay.put(_batch_time_key(batch.time_us, key), None)
+        overlay.put(batch_time_key(batch.time_us, key), None)
         return
     batch = decode_batch(value)
     overlay.put(key, value)
-    overlay.put(_batch_time_key(batch.time_us, key), b"")
-    values = plain_values(batch.time_us, batch.name, batch.version, batch.scores_list())
-    by_time = time_key(batch.time_us, b"")
-    for identity, entry in zip(batch.identities, values, strict=True):
-        entry_key = ENTRY_PREFIX + identity
-        if overlay.get(entry_key) is None:
-            overlay.put(entry_key, entry)
-            overlay.put(by_time + identity, b"")
-
-
-def _apply_entry(overlay: _Overlay, key: bytes, value: bytes | None) -> None:
-    identity = key[len(ENTRY_PREFIX) :]
-    old = overlay.get(key)
-    if old is not None:
-        overlay.put(time_key(decode_prediction(old).time_us, identity), None)
-    overlay.put(key, value)
-    if value is not None:
-        overlay.put(time_key(decode_prediction(value).time_us, identity), b"")
+    overlay.put(batch_time_key(batch.time_us, key), b"")
+    if batch.ids:
+        values = plain_values(batch.time_us, batch.name, batch.version, batch.scores_list())
+        for identity, entry in zip(batch.ids, values, strict=True):
+            entry_key = ENTRY_PREFIX + identity
+            if overlay.get(entry_key) is None:
+                overlay.put(entry_key, entry)
