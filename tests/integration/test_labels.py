@@ -12,6 +12,7 @@ same records.
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import signal
@@ -36,6 +37,7 @@ from streamer.clients.kafka_python import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.labels.join import coordinates_identity
 from streamer.core.labels.ledger import Joined, PredictionLedger, labelled
+from streamer.core.labels.ledger_log import rebuild
 from streamer.core.labels.metrics import window_report
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes
 from streamer.core.state.store import MemoryStore
@@ -271,10 +273,13 @@ def read_ledger(cluster: Cluster, topics: Topics) -> tuple[list[Joined], list[di
             if p == partition
         ]
         store = MemoryStore()
-        for changes in acknowledged_changes([chunk], RestoreCount()):  # type: ignore[list-item]
-            store.write(changes)
-        ledger = PredictionLedger(store, 30 * 86_400_000_000)
-        joined += labelled(store)[1]
+        acknowledged = acknowledged_changes([chunk], RestoreCount())  # type: ignore[list-item]
+        for _done in rebuild(
+            store, itertools.chain.from_iterable(acknowledged), (topics.input, partition)
+        ):
+            pass
+        ledger = PredictionLedger(store, 30 * 86_400_000_000, (topics.input, partition))
+        joined += labelled(store)
         counts.append({"joined": ledger.counts.joined, "labels": dict(ledger.counts.labels)})
     return joined, counts
 
