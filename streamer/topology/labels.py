@@ -207,12 +207,13 @@ class LedgerKeeper:
             fresh = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
             replayed = [row for row in rows if offsets[row] <= marks.input_offset]
             fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
-        identities, kept, kept_offsets = scored_identities(
-            self.spec, source, fresh_rows, fresh_scores
-        )
         # By source coordinates, a record above the last offset recorded is new to the
-        # ledger unless a challenger recorded it first: without challengers, no read.
+        # ledger unless a challenger recorded it first: without challengers, no read (and
+        # no identity: the batch holds the offsets).
         new = not self.spec.id_field and not self.spec.challengers
+        identities, kept, kept_offsets = scored_identities(
+            self.spec, source, fresh_rows, fresh_scores, coordinates=not new
+        )
         relabelled, _ = part.ledger.record_batch(
             identities, kept_offsets, kept, model, time_us, new=new
         )
@@ -224,7 +225,7 @@ class LedgerKeeper:
         marks = msgspec.structs.replace(
             marks,
             input_offset=max(marks.input_offset, source.last_offset),
-            clock_us=_newest(marks.clock_us, time_us if identities else None),
+            clock_us=_newest(marks.clock_us, time_us if kept_offsets else None),
         )
         self._step(source.partition, part, changes, marks, relabelled, sent=sent)
         return self._take(source.partition, part)

@@ -343,11 +343,12 @@ class PredictionLedger:
         nothing is written per prediction; with record ids, each gets its entry
         without a time key. A record scored already (a challenger came first,
         or an id seen before) is merged like :meth:`record`. ``new``: the caller
-        knows that every identity is new and comes once (the store is not read).
+        knows that every identity is new and comes once (the store is not read);
+        by source coordinates, ``identities`` may then be empty (not needed).
         """
         name, version = model
         if new:
-            fresh = list(range(len(identities)))
+            fresh = list(range(len(offsets)))
             merged: list[Output] = []
         else:
             fresh, merged, seen = [], [], set()

@@ -150,9 +150,18 @@ def model_outputs(
 
 
 def scored_identities(
-    spec: LabelSpec, source: SourceBatch, rows: Sequence[int], scores: Sequence[float]
+    spec: LabelSpec,
+    source: SourceBatch,
+    rows: Sequence[int],
+    scores: Sequence[float],
+    *,
+    coordinates: bool = True,
 ) -> tuple[list[bytes], list[float], list[int]]:
-    """The identity, score and offset of each row that can be recorded (:func:`model_outputs`)."""
+    """The identity, score and offset of each row that can be recorded (:func:`model_outputs`).
+
+    ``coordinates=False``: by source coordinates, no identity is made (the
+    offsets are the identities).
+    """
     finite = [(row, float(score)) for row, score in zip(rows, scores, strict=True)]
     if not all(math.isfinite(score) for _row, score in finite):
         finite = [(row, score) for row, score in finite if math.isfinite(score)]
@@ -160,7 +169,11 @@ def scored_identities(
     if not id_field:
         offsets = source.offsets
         kept_offsets = [offsets[row] for row, _score in finite]
-        identities = coordinates_identities(source.topic, source.partition, kept_offsets)
+        identities = (
+            coordinates_identities(source.topic, source.partition, kept_offsets)
+            if coordinates
+            else []
+        )
         return identities, [score for _row, score in finite], kept_offsets
     identities = []
     kept: list[float] = []
