@@ -347,13 +347,16 @@ class PredictionLedger:
         by source coordinates, ``identities`` may then be empty (not needed).
         """
         name, version = model
+        repeated = 0  # a record twice in the batch: its first score stays
         if new:
             fresh = list(range(len(offsets)))
             merged: list[Output] = []
         else:
             fresh, merged, seen = [], [], set()
             for row, identity in enumerate(identities):
-                if identity in seen or self.get(identity) is not None:
+                if identity in seen:
+                    repeated += 1
+                elif self.get(identity) is not None:
                     merged.append(Output(identity, False, name, version, scores[row], time_us))
                 else:
                     fresh.append(row)
@@ -362,7 +365,15 @@ class PredictionLedger:
         changes: list[Change] = []
         if merged:
             relabelled, changes = self.record(merged)
+        if repeated:
+            self.counts = msgspec.structs.replace(
+                self.counts, duplicate_outputs=self.counts.duplicate_outputs + repeated
+            )
         if not fresh:
+            if repeated:
+                counts = (_COUNTS, _encoder.encode(self.counts))
+                self.store.write([counts])
+                changes.append(counts)
             return relabelled, changes
         kept_scores = [scores[row] for row in fresh]
         by_offsets = self.coordinates is not None

@@ -276,3 +276,65 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
             (batch_key(3), True),
             (batch_key(7), False),
         ]
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
+    monkeypatch: pytest.MonkeyPatch, compact: bool
+) -> None:
+    """With record ids, each batch's plain entries come back from its record, ids repeated."""
+    monkeypatch.setattr("streamer.topology.labels.EXPIRE_EVERY_S", 0.0)
+    changelog = MemoryChangelog()
+    settings = make_settings(horizon_s=90.0, id_field="id")
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    minute = "2026-12-06T06:01:00.000Z"
+
+    def scored(offsets: list[int], ids: list[str]) -> SourceBatch:
+        return batch(TOPIC, 0, offsets, [orjson.dumps({"id": i}) for i in ids])
+
+    def id_label(record_id: str, value: int, at_ms: int) -> dict[str, object]:
+        return {"id": record_id, "label": value, "at": at_ms}
+
+    at = SCORED_US // 1000
+    steps = [
+        keeper.record(
+            scored([1, 2, 3], ["a", "b", "a"]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT
+        ),
+        keeper.join(labels(0, [0], [id_label("b", 1, at + 60_000)])),
+    ]
+    keeper.record_challenger(scored([1], ["a"]), [0], [0.125], ("cand", "2"), SCORED_AT)
+    steps += [
+        keeper.record(scored([4, 5], ["c", "b"]), [0, 1], [0.375, 0.875], ("m", "1"), minute),
+        keeper.join(labels(0, [1], [id_label("c", 0, at + 120_000)])),  # the first batch expires
+        keeper.record(scored([6], ["a"]), [0], [0.5], ("m", "1"), minute),  # "a" again, anew
+    ]
+    for step in steps:
+        send(changelog, 0, step.changes)
+    counts = steps[-1].report.counts
+    # Outputs: a, b; a's challenger; c; a anew. Duplicates: a in the first batch, b in the second.
+    assert (counts.outputs, counts.duplicate_outputs) == (5, 2)
+    assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
+    assert steps[-1].report.held == 2  # c (labelled) and the new a
+    sent = [key for key, _ in changelog.partitions[0] if key[:2] == b"Lp"]
+    # Only entries that are not plain went on their own: b's label, a's challenger, c's label,
+    # and the tombstones of the first two when their batch expired.
+    assert sent == [
+        entry_key(b"ib"),
+        entry_key(b"ia"),
+        entry_key(b"ic"),
+        entry_key(b"ia"),
+        entry_key(b"ib"),
+    ]
+    local = dict(keeper._partitions[0].deferred.inner.data)  # type: ignore[attr-defined]
+    keeper.close()
+    if compact:
+        changelog.partitions[0] = compacted(changelog.partitions[0])
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    report = restored.join(labels(0, [2], [id_label("a", 1, at + 130_000)])).report
+    assert [j.identity for j in report.joined] == [b"ia"]  # the new prediction of "a"
+    assert report.held == 2
+    rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
+    for key in set(local) | set(rebuilt):
+        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(b"ia"):
+            assert rebuilt.get(key) == local.get(key), key
