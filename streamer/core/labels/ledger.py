@@ -55,7 +55,8 @@ COUNTS_KEY = _COUNTS = PREFIX + b"m"
 BATCH_PREFIX = PREFIX + b"b"
 """+ a batch's last input offset (8 bytes): a :class:`PredictionBatch`."""
 BATCH_BY_TIME = PREFIX + b"x"
-"""+ time (8 bytes, biased) + last offset: the batches in time order (local only)."""
+"""+ time (8 bytes, biased) + last offset: the batches in time order, valued by their sizes
+(local only)."""
 TIME_BIAS = _TIME_BIAS = 1 << 63
 _SCORE = struct.Struct(">d")
 
@@ -162,6 +163,11 @@ def batch_time_key(time_us: int, key: bytes) -> bytes:
     return BATCH_BY_TIME + (time_us + TIME_BIAS).to_bytes(8, "big") + key[len(BATCH_PREFIX) :]
 
 
+def batch_size(predictions: int) -> bytes:
+    """A batch's time key's value: how many predictions it holds (4 bytes)."""
+    return predictions.to_bytes(4, "big")
+
+
 def encode_batch(batch: PredictionBatch) -> bytes:
     """A batch's value."""
     return _encoder.encode(batch)
@@ -244,10 +250,11 @@ class PredictionLedger:
         """Batches read lately, by last offset (a label batch's labels name few of them)."""
         self.held = 0
         """How many predictions the ledger holds."""
-        for key in store.keys_between(BATCH_PREFIX, BATCH_PREFIX + b"\xff" * 9):
-            self._lasts.append(int.from_bytes(key[len(BATCH_PREFIX) :], "big"))
-            raw_batch = store.get(key)
-            self.held += len(decode_batch(raw_batch)) if raw_batch is not None else 0
+        # The batches' time keys hold their sizes: no batch is read to open the ledger.
+        for key, size in store.items_from(BATCH_BY_TIME):
+            self._lasts.append(int.from_bytes(key[len(BATCH_BY_TIME) + 8 :], "big"))
+            self.held += int.from_bytes(size, "big")
+        self._lasts.sort()
         self.held += len(store.keys_between(_BY_TIME, _BY_TIME + b"\xff" * 9))
 
     def get(self, identity: bytes) -> Prediction | None:
@@ -388,7 +395,10 @@ class PredictionLedger:
         )
         last = offsets[fresh[-1]]
         key = batch_key(last)
-        written: list[Change] = [(key, encode_batch(batch)), (batch_time_key(time_us, key), b"")]
+        written: list[Change] = [
+            (key, encode_batch(batch)),
+            (batch_time_key(time_us, key), batch_size(len(fresh))),
+        ]
         if not by_offsets:
             values = plain_values(time_us, name, version, kept_scores)
             written += [

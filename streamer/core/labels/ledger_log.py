@@ -35,6 +35,7 @@ from streamer.core.labels.ledger import (
     ENTRY_PREFIX,
     Prediction,
     batch_key,
+    batch_size,
     batch_time_key,
     decode_batch,
     decode_prediction,
@@ -176,7 +177,7 @@ def _apply_batch(
         return
     batch = decode_batch(value)
     overlay.put(key, value)
-    overlay.put(batch_time_key(batch.time_us, key), b"")
+    overlay.put(batch_time_key(batch.time_us, key), batch_size(len(batch)))
     if batch.ids:
         values = plain_values(batch.time_us, batch.name, batch.version, batch.scores_list())
         for identity, entry in zip(batch.ids, values, strict=True):

@@ -12,6 +12,7 @@ from streamer.core.labels.ledger import (
     PredictionBatch,
     PredictionLedger,
     batch_key,
+    batch_size,
     batch_time_key,
     decode_batch,
     entry_key,
@@ -105,7 +106,7 @@ def test_with_record_ids_a_batch_writes_each_plain_entry_without_a_time_key() ->
     _, changes = ledger.record_batch(ids, [4, 7], [0.5, 0.75], ("m", "1"), T)
     assert changes == [
         (batch_key(7), batch([4, 7], [0.5, 0.75], ids)),
-        (batch_time_key(T, batch_key(7)), b""),
+        (batch_time_key(T, batch_key(7)), batch_size(2)),
         (entry_key(b"ia"), plain(T, 0.5)),
         (entry_key(b"ib"), plain(T, 0.75)),
         (b"Lm", encode(ledger.counts)),
@@ -183,7 +184,7 @@ def test_rebuild_keeps_a_labelled_entry_over_a_batch_sent_again_after_it() -> No
         entry_key(b"a"): labelled(T, 0.5),
         entry_key(b"b"): plain(T, 0.75),
         batch_key(3): batch([2, 3], [0.5, 0.75], [b"a", b"b"]),
-        batch_time_key(T, batch_key(3)): b"",
+        batch_time_key(T, batch_key(3)): batch_size(2),
     }
 
 
@@ -205,6 +206,6 @@ def test_a_batch_tombstone_deletes_its_entries_but_not_a_newer_one() -> None:
     )
     assert store.data == {
         batch_key(2): batch([2], [0.25], [b"b"], later),
-        batch_time_key(later, batch_key(2)): b"",
+        batch_time_key(later, batch_key(2)): batch_size(1),
         entry_key(b"b"): plain(later, 0.25),
     }
