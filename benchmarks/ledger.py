@@ -150,7 +150,7 @@ def main() -> None:
     record_wall = time.perf_counter() - wall
     print(
         f"recorded {recorded:,} predictions in {record_wall:.1f} s wall, {record_cpu:.1f} s CPU: "
-        f"{record_cpu / recorded * 1e6:.2f} us CPU each, {changes / recorded:.2f} changelog "
+        f"{record_cpu / recorded * 1e6:.2f} us CPU each, {changes / recorded:.3f} changelog "
         f"records each"
     )
 

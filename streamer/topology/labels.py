@@ -41,11 +41,19 @@ import msgspec
 from streamer.clients.base import ChangelogReader
 from streamer.core.labels.join import iso_time_us
 from streamer.core.labels.ledger import (
+    ENTRY_PREFIX,
     Joined,
     PredictionLedger,
-    current_changes,
-    held_delta,
+    decode_prediction,
     labelled,
+    time_key,
+)
+from streamer.core.labels.ledger_log import (
+    batches_from,
+    expiry_sent,
+    is_plain,
+    rebuild,
+    sent_changes,
 )
 from streamer.core.labels.live import (
     LEDGER_FINGERPRINT,
@@ -61,7 +69,7 @@ from streamer.core.labels.live import (
 )
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes, safe_group
 from streamer.core.state.codec import META_KEY
-from streamer.core.state.restore import Action, local_meta, plan_restore, restore
+from streamer.core.state.restore import Action, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, Store
 from streamer.messages import LabelsJoined, Rejection, SourceBatch
 from streamer.settings import Settings
@@ -84,6 +92,21 @@ def ledger_topic(settings: Settings) -> str:
     """The ledger changelog topic of these settings."""
     k = settings.kafka
     return ledger_topic_name(settings.labels.ledger_topic, k.group_id, k.input_topic)
+
+
+def older_format(reader: ChangelogReader, partitions: int) -> tuple[int, str] | None:
+    """The first partition of a ledger changelog whose last meta record is another format's.
+
+    ``(partition, fingerprint)``, or None when every partition is empty or of
+    :data:`LEDGER_FINGERPRINT`. The format of version 1 sent two records per
+    prediction; this one cannot read it back without leaving its records in the
+    compacted topic for ever (docs/labels.md, "The ledger changelog").
+    """
+    for partition in range(partitions):
+        meta, _end = changelog_tail(reader, partition)
+        if meta is not None and meta.fingerprint != LEDGER_FINGERPRINT:
+            return partition, meta.fingerprint
+    return None
 
 
 class _Deferred:
@@ -184,25 +207,56 @@ class LedgerKeeper:
             fresh = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
             replayed = [row for row in rows if offsets[row] <= marks.input_offset]
             fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
-        identities, kept = scored_identities(self.spec, source, fresh_rows, fresh_scores)
         # By source coordinates, a record above the last offset recorded is new to the
-        # ledger unless a challenger recorded it first: without challengers, no read.
+        # ledger unless a challenger recorded it first: without challengers, no read (and
+        # no identity: the batch holds the offsets).
         new = not self.spec.id_field and not self.spec.challengers
-        relabelled, _ = part.ledger.record_champion(identities, kept, model, time_us, new=new)
+        identities, kept, kept_offsets = scored_identities(
+            self.spec, source, fresh_rows, fresh_scores, coordinates=not new
+        )
+        relabelled, _ = part.ledger.record_batch(
+            identities, kept_offsets, kept, model, time_us, new=new
+        )
         changes = part.deferred.taken()
-        resend: list[Change] = []
+        # The batch's predictions go to the changelog as one record (ledger_log).
+        sent = sent_changes(changes)
         if replayed:  # sent again after a rewind: its current values go again
-            again = model_outputs(
-                self.spec, source, replayed, [0.0] * len(replayed), (*model, False), time_us
-            )
-            resend = current_changes(part.ledger, (o.identity for o in again))
+            sent += self._current(part, source, replayed, model, time_us)
         marks = msgspec.structs.replace(
             marks,
             input_offset=max(marks.input_offset, source.last_offset),
-            clock_us=_newest(marks.clock_us, time_us if identities else None),
+            clock_us=_newest(marks.clock_us, time_us if kept_offsets else None),
         )
-        self._step(source.partition, part, changes, marks, relabelled, extra=resend)
+        self._step(source.partition, part, changes, marks, relabelled, sent=sent)
         return self._take(source.partition, part)
+
+    def _current(
+        self,
+        part: _Partition,
+        source: SourceBatch,
+        replayed: Sequence[int],
+        model: tuple[str, str],
+        time_us: int,
+    ) -> list[Change]:
+        """The changelog records of a replayed batch's rows as they are: sent again.
+
+        A compacted changelog keeps one of each: sending them again is how a replay,
+        whose first delivery may not have come back, changes nothing.
+        """
+        store = part.deferred.inner
+        again = model_outputs(
+            self.spec, source, replayed, [0.0] * len(replayed), (*model, False), time_us
+        )
+        changes: list[Change] = []
+        for identity in dict.fromkeys(output.identity for output in again):
+            raw = store.get(ENTRY_PREFIX + identity)
+            if raw is not None and not is_plain(prediction := decode_prediction(raw)):
+                by_time = time_key(prediction.time_us, identity)
+                if store.get(by_time) is not None:  # an entry no batch holds
+                    changes.append((by_time, b""))
+                changes.append((ENTRY_PREFIX + identity, raw))
+        offsets = [source.offsets[row] for row in replayed]
+        return [*batches_from(store, min(offsets), max(offsets)), *changes]
 
     def record_challenger(
         self,
@@ -224,7 +278,8 @@ class LedgerKeeper:
             self.spec, source, rows, scores, (*model, True), iso_time_us(scored_at)
         )
         relabelled, _ = part.ledger.record(outputs)
-        self._step(source.partition, part, part.deferred.taken(), part.marks, relabelled)
+        changes = part.deferred.taken()
+        self._step(source.partition, part, changes, part.marks, relabelled, sent_changes(changes))
 
     def join(self, source: SourceBatch) -> LedgerDelivery:
         """Join a label batch (``source.partition``: the input partition's ledger)."""
@@ -246,7 +301,8 @@ class LedgerKeeper:
             label_offset=max(marks.label_offset, source.last_offset),
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
-        self._step(source.partition, part, part.deferred.taken(), marks, joined)
+        changes = part.deferred.taken()
+        self._step(source.partition, part, changes, marks, joined, sent_changes(changes))
         taken = self._take(source.partition, part)
         return LedgerDelivery(taken.changes, taken.report, tuple(read.rejections))
 
@@ -288,15 +344,20 @@ class LedgerKeeper:
         changes: list[Change],
         marks: LedgerMarks,
         joined: Iterable[Joined],
-        extra: Sequence[Change] = (),
+        sent: Sequence[Change],
     ) -> None:
-        """Write the ledger's changes, the marks and the meta record at once; keep them to send."""
+        """Write the ledger's changes, the marks and the meta record at once; keep ``sent`` to send.
+
+        ``sent``: the changelog's form of ``changes`` (ledger_log): no time keys, the
+        predictions of a scored batch in one record.
+        """
         marks = msgspec.structs.replace(marks, writes=marks.writes + 1)
-        written = [*changes, *extra, *closing_changes(self.topic, partition, marks)]
-        part.deferred.inner.write(written)
+        closing = closing_changes(self.topic, partition, marks)
+        part.deferred.inner.write([*changes, *closing])
         part.marks = marks
-        part.held += held_delta(changes)
-        part.pending.extend(written)
+        part.held = part.ledger.held
+        part.pending += sent
+        part.pending += closing
         part.steps += 1
         part.joined.extend(joined)
 
@@ -323,7 +384,8 @@ class LedgerKeeper:
         part.ledger.expire(part.marks.clock_us)
         changes = part.deferred.taken()
         if changes:
-            self._step(partition, part, changes, part.marks, ())
+            sent = expiry_sent(part.deferred.inner, changes)
+            self._step(partition, part, changes, part.marks, (), sent)
 
     # --- restore ---------------------------------------------------------------
 
@@ -364,7 +426,7 @@ class LedgerKeeper:
             changes = itertools.chain.from_iterable(
                 acknowledged_changes(reader.read(partition, 0, end), count)
             )
-            for _done in restore(store, changes):
+            for _done in rebuild(store, changes, (self.topic, partition)):
                 pass
             log.info(
                 "prediction ledger of %s/%d restored from %s: %d records%s",
@@ -378,10 +440,14 @@ class LedgerKeeper:
         else:
             log_plan(log, "prediction ledger", (self.topic, partition), plan)
         deferred = _Deferred(store)
-        ledger = PredictionLedger(deferred, self.spec.horizon_us)
-        held, joined = labelled(store)
-        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), held)
-        self._resets.append(LabelsJoined(partition, tuple(joined), ledger.counts, held, reset=True))
+        ledger = PredictionLedger(
+            deferred, self.spec.horizon_us, None if self.spec.id_field else (self.topic, partition)
+        )
+        joined = labelled(store)
+        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), ledger.held)
+        self._resets.append(
+            LabelsJoined(partition, tuple(joined), ledger.counts, ledger.held, reset=True)
+        )
         return part
 
     def _changelog_reader(self) -> ChangelogReader | None:

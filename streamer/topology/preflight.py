@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from streamer.actors.metrics import MetricsActor
 from streamer.clients import ConsumerFactory
 from streamer.clients.base import Backend, ChangelogReader
+from streamer.core.labels.live import LEDGER_FINGERPRINT
 from streamer.core.models import Model, load_configured
 from streamer.core.models.oip import RetryPolicy
 from streamer.core.state.declared import RECORD_KEY
@@ -29,7 +30,7 @@ from streamer.httpserver import HealthProbe, bind_endpoints
 from streamer.messages import GetStatus
 from streamer.settings import Settings
 from streamer.topology.control import ASK_TIMEOUT_S, ask
-from streamer.topology.labels import ledger_topic
+from streamer.topology.labels import ledger_topic, older_format
 from streamer.topology.specs import ChangelogReaders
 from streamer.topology.state import changelog_topic_name
 
@@ -310,6 +311,20 @@ def labels_ledger(
     topic = ledger_topic(settings)
     backend.ensure_changelog(k, topic, k.input_topic, setting="labels.ledger_topic")
     log.info("prediction ledger changelog topic: %s", topic, extra={"topic": topic})
+    reader = backend.changelog_reader(k, topic)
+    try:
+        older = older_format(reader, wanted)
+    finally:
+        reader.close()
+    if older is not None:
+        partition, fingerprint = older
+        msg = (
+            f"config error: labels.ledger_topic: the prediction ledger changelog {topic!r} "
+            f"(partition {partition}) is in format {fingerprint!r}, not {LEDGER_FINGERPRINT!r}, "
+            "which this version cannot restore; delete that topic and the ledger-* directories "
+            "of state.dir (the ledgers start empty), or set labels.ledger_topic to a new topic"
+        )
+        raise ConfigError(msg)
     return functools.partial(backend.changelog_reader, k, topic)
 
 

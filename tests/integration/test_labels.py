@@ -12,7 +12,9 @@ same records.
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 import shutil
 import signal
 import time
@@ -36,6 +38,7 @@ from streamer.clients.kafka_python import ensure_topics
 from streamer.core.demo_data import make_record
 from streamer.core.labels.join import coordinates_identity
 from streamer.core.labels.ledger import Joined, PredictionLedger, labelled
+from streamer.core.labels.ledger_log import rebuild
 from streamer.core.labels.metrics import window_report
 from streamer.core.state.changelog import RestoreCount, acknowledged_changes
 from streamer.core.state.store import MemoryStore
@@ -124,9 +127,9 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
     config = tmp_path / "labels.toml"
     challengers = doc.pop("challenger")
 
-    def write_config() -> None:
-        config.write_text(
-            to_toml(doc)
+    def write_config(path: Path = config, **sections: Any) -> None:
+        path.write_text(
+            to_toml({**doc, **sections})
             + "".join(
                 "\n[[challenger]]\n"
                 + "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in c.items())
@@ -184,6 +187,15 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
         for i, at in enumerate(sorted(second))
         if i % 3 == 0
     ]
+    # A second member joins once every record is scored: a partition moves to it with its
+    # ledger, restored there from the changelog, and the second labels join there the
+    # predictions made before the move.
+    member_config, member_log = tmp_path / "member.toml", tmp_path / "member.log"
+    write_config(
+        member_config,
+        state={"dir": str(tmp_path / "member-state")},
+        kafka={**doc["kafka"], "client_id": "labels-member"},
+    )
     with running_daemon(config, log) as daemon:
         wait_for(
             lambda: (
@@ -194,20 +206,35 @@ def test_kill_9_and_restart_join_every_label_once_and_the_metrics_equal_sklearn(
             "every record and label committed",
             describe=describe,
         )
-        produce_labels(cluster, topics, second_labels)
-        wait_for(
-            lambda: (
-                committed_total(cluster, topics, labels_topic(topics))
-                == labels_total + len(second_labels)
-            ),
-            PROCESS_TIMEOUT_S,
-            "the second labels committed",
-            describe=describe,
-        )
-        daemon.send_signal(signal.SIGTERM)
+        with running_daemon(member_config, member_log) as member:
+            wait_for(
+                lambda: "partitions assigned: " in member_log.read_text(),
+                PROCESS_TIMEOUT_S,
+                "the second member's partitions",
+                describe=lambda: member_log.read_text()[-3000:],
+            )
+            produce_labels(cluster, topics, second_labels)
+            wait_for(
+                lambda: (
+                    committed_total(cluster, topics, labels_topic(topics))
+                    == labels_total + len(second_labels)
+                ),
+                PROCESS_TIMEOUT_S,
+                "the second labels committed",
+                describe=describe,
+            )
+            for process in (member, daemon):
+                process.send_signal(signal.SIGTERM)
+            assert member.wait(timeout=30) == 0, member_log.read_text()[-3000:]
         assert daemon.wait(timeout=30) == 0, describe()
     if client == "confluent":
         assert "restored from" in log.read_text()  # the ledger, from its changelog
+    moved = re.findall(
+        rf"prediction ledger of {re.escape(topics.input)}/(\d) restored from .*: (\d+) records",
+        member_log.read_text(),
+    )
+    assert len(moved) == 1, member_log.read_text()[-3000:]  # one partition, rebuilt
+    assert int(moved[0][1]) > 0
 
     joined, counts = read_ledger(cluster, topics)
     expected = {
@@ -271,10 +298,13 @@ def read_ledger(cluster: Cluster, topics: Topics) -> tuple[list[Joined], list[di
             if p == partition
         ]
         store = MemoryStore()
-        for changes in acknowledged_changes([chunk], RestoreCount()):  # type: ignore[list-item]
-            store.write(changes)
-        ledger = PredictionLedger(store, 30 * 86_400_000_000)
-        joined += labelled(store)[1]
+        acknowledged = acknowledged_changes([chunk], RestoreCount())  # type: ignore[list-item]
+        for _done in rebuild(
+            store, itertools.chain.from_iterable(acknowledged), (topics.input, partition)
+        ):
+            pass
+        ledger = PredictionLedger(store, 30 * 86_400_000_000, (topics.input, partition))
+        joined += labelled(store)
         counts.append({"joined": ledger.counts.joined, "labels": dict(ledger.counts.labels)})
     return joined, counts
 

@@ -9,6 +9,8 @@ import pykka
 
 from streamer.actors.producer import ProducerActor
 from streamer.core.labels.join import coordinates_identity
+from streamer.core.labels.ledger import COUNTS_KEY, batch_key, decode_batch
+from streamer.core.labels.live import MARKS_KEY
 from streamer.core.state.codec import META_KEY
 from streamer.messages import (
     BatchAcked,
@@ -65,8 +67,14 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
     topics = [s.topic for s in fake.records()]
     assert topics[:2] == ["scores", "scores"]
     ledger = [s for s in fake.records() if s.topic == LEDGER]
-    assert len(ledger) == 1 + 2 + 2 + 2  # counts, two entries and their time keys, marks, meta
-    assert ledger[-1].key == META_KEY
+    # One record for the batch's predictions, then the counts, the marks and the meta record.
+    assert [s.key for s in ledger] == [batch_key(2), COUNTS_KEY, MARKS_KEY, META_KEY]
+    recorded_batch = decode_batch(ledger[0].value)  # type: ignore[arg-type]
+    assert recorded_batch.first_offset == 0
+    # By source coordinates: the offsets, not the identities.
+    assert recorded_batch.offsets_array().tolist() == [0, 2]
+    assert recorded_batch.ids == []
+    assert recorded_batch.scores_list() == [0.25, 0.75]
 
     joined = labels(
         [

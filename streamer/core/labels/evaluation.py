@@ -86,7 +86,7 @@ def evaluate(
         label_rejects.update(reasons)
     if newest_us is not None:
         ledger.expire(newest_us)
-    unlabelled, labelled = ledger.held()
+    unlabelled, labelled = ledger.held_by_label()
     counts = ledger.counts
     records = joined.records()
     return {

@@ -9,6 +9,13 @@ store and its changelog:
   once joined);
 - ``L`` ``t`` + prediction time (8 bytes, big-endian, offset by 2^63) +
   identity: an empty value, so that expiring is a range scan in time order;
+- ``L`` ``b`` + last input offset: a :class:`PredictionBatch`, the champion's
+  predictions of one scored batch in columns (:meth:`PredictionLedger.record_batch`),
+  and ``L`` ``x`` + time + last offset, its place in time order. A prediction
+  a batch holds has no ``p`` entry of its own while it is *plain* (the
+  champion's score alone) when the identities are the batch's source
+  coordinates (found by offset); with record ids, its ``p`` entry is written
+  without a time key. It expires with its batch;
 - ``L`` ``m``: the :class:`LedgerCounts`.
 
 Every call writes its changes in one :meth:`Store.write` (all or none) and
@@ -23,19 +30,35 @@ horizon and counts the ones that never got a label.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import bisect
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 
-from streamer.core.labels.join import DUPLICATE, PAST_HORIZON, UNMATCHED, Label, Output
+from streamer.core.labels.join import (
+    DUPLICATE,
+    PAST_HORIZON,
+    UNMATCHED,
+    Label,
+    Output,
+    coordinates_identities,
+)
 from streamer.core.state.store import Change, Store
 
 PREFIX = b"L"
-_ENTRY = PREFIX + b"p"
-_BY_TIME = PREFIX + b"t"
-_COUNTS = PREFIX + b"m"
-_TIME_BIAS = 1 << 63
+ENTRY_PREFIX = _ENTRY = PREFIX + b"p"
+TIME_PREFIX = _BY_TIME = PREFIX + b"t"
+COUNTS_KEY = _COUNTS = PREFIX + b"m"
+BATCH_PREFIX = PREFIX + b"b"
+"""+ a batch's last input offset (8 bytes): a :class:`PredictionBatch`."""
+BATCH_BY_TIME = PREFIX + b"x"
+"""+ time (8 bytes, biased) + last offset: the batches in time order, valued by their sizes
+(local only)."""
+TIME_BIAS = _TIME_BIAS = 1 << 63
+_SCORE = struct.Struct(">d")
 
 
 class ModelScore(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -92,9 +115,67 @@ class Joined:
         return self.prediction.label
 
 
+class PredictionBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A scored batch's champion predictions, in columns: one changelog record for the batch."""
+
+    first_offset: int
+    time_us: int
+    name: str
+    version: str
+    offsets: bytes
+    """Each prediction's input offset: int64, big-endian, 8 bytes each, ascending."""
+    scores: bytes
+    """Each prediction's score: float64, big-endian, 8 bytes each."""
+    ids: list[bytes] = []
+    """Each prediction's identity, when it is not the record's source coordinates."""
+
+    def offsets_array(self) -> np.ndarray:
+        """The offsets, as int64 (a view of the bytes)."""
+        return np.frombuffer(self.offsets, dtype=">i8")
+
+    def scores_list(self) -> list[float]:
+        """The scores as floats."""
+        return [value for (value,) in _SCORE.iter_unpack(self.scores)]
+
+    def identities(self, coordinates: tuple[str, int] | None) -> list[bytes]:
+        """Each prediction's identity (``coordinates``: the input topic and partition)."""
+        if self.ids or coordinates is None:
+            return list(self.ids)
+        return coordinates_identities(*coordinates, self.offsets_array().tolist())
+
+    def __len__(self) -> int:
+        return len(self.scores) // 8
+
+
 _encoder = msgspec.msgpack.Encoder()
 _prediction = msgspec.msgpack.Decoder(Prediction)
 _counts = msgspec.msgpack.Decoder(LedgerCounts)
+_batch = msgspec.msgpack.Decoder(PredictionBatch)
+
+
+def batch_key(last_offset: int) -> bytes:
+    """The store key of the batch whose last input offset is ``last_offset``."""
+    return BATCH_PREFIX + last_offset.to_bytes(8, "big")
+
+
+def batch_time_key(time_us: int, key: bytes) -> bytes:
+    """The time key of the batch stored under ``key``."""
+    return BATCH_BY_TIME + (time_us + TIME_BIAS).to_bytes(8, "big") + key[len(BATCH_PREFIX) :]
+
+
+def batch_size(predictions: int) -> bytes:
+    """A batch's time key's value: how many predictions it holds (4 bytes)."""
+    return predictions.to_bytes(4, "big")
+
+
+def encode_batch(batch: PredictionBatch) -> bytes:
+    """A batch's value."""
+    return _encoder.encode(batch)
+
+
+def decode_batch(raw: bytes) -> PredictionBatch:
+    """A batch's value, read."""
+    return _batch.decode(raw)
 
 
 def entry_key(identity: bytes) -> bytes:
@@ -102,40 +183,42 @@ def entry_key(identity: bytes) -> bytes:
     return _ENTRY + identity
 
 
-def _time_key(time_us: int, identity: bytes) -> bytes:
+def time_key(time_us: int, identity: bytes) -> bytes:
+    """The store key of a prediction's place in time order (local only: see ledger_log)."""
     return _BY_TIME + (time_us + _TIME_BIAS).to_bytes(8, "big") + identity
 
 
-def current_changes(ledger: PredictionLedger, identities: Iterable[bytes]) -> list[Change]:
-    """The stored values of these records' entries, as changes (a replay sends them again)."""
-    changes: list[Change] = []
-    for identity in dict.fromkeys(identities):
-        raw = ledger.store.get(entry_key(identity))
-        if raw is not None:
-            prediction = _prediction.decode(raw)
-            changes += [(_time_key(prediction.time_us, identity), b""), (entry_key(identity), raw)]
-    return changes
+_time_key = time_key
 
 
-def held_delta(changes: Iterable[Change]) -> int:
-    """How many predictions these changes add to a ledger (negative: remove)."""
-    delta = 0
-    for key, value in changes:
-        if key[:2] == _BY_TIME:
-            delta += 1 if value is not None else -1
-    return delta
+def decode_prediction(raw: bytes) -> Prediction:
+    """An entry's value, read."""
+    return _prediction.decode(raw)
 
 
-def labelled(store: Store) -> tuple[int, list[Joined]]:
-    """Every prediction a ledger's store holds (a count) and those labelled (a full scan)."""
-    held = 0
+def plain_values(time_us: int, name: str, version: str, scores: Iterable[float]) -> Iterator[bytes]:
+    """The entry of each score made at ``time_us`` by the champion alone, encoded.
+
+    The same bytes as encoding ``Prediction(time_us, ModelScore(name, version, score,
+    time_us), ())``, made from one template: MessagePack writes every float as
+    ``0xcb`` and its 8 bytes.
+    """
+    template = _encoder.encode(Prediction(time_us, ModelScore(name, version, 0.0, time_us), ()))
+    at = template.index(b"\xcb" + bytes(8))
+    head, tail = template[: at + 1], template[at + 9 :]
+    pack = _SCORE.pack
+    for score in scores:
+        yield head + pack(score) + tail
+
+
+def labelled(store: Store) -> list[Joined]:
+    """Every labelled prediction a ledger's store holds (a scan of its entries)."""
     joined: list[Joined] = []
     for key, raw in store.items_from(_ENTRY):
-        held += 1
         prediction = _prediction.decode(raw)
         if prediction.label is not None:
             joined.append(Joined(key[len(_ENTRY) :], prediction))
-    return held, joined
+    return joined
 
 
 class PredictionLedger:
@@ -144,18 +227,73 @@ class PredictionLedger:
     Args:
         store: Where the ledger lives (its keys start with ``L``).
         horizon_us: How long a prediction waits for its label.
+        coordinates: The input topic and partition whose records' source
+            coordinates are the identities of the batches' predictions
+            (:meth:`record_batch` without ids); None when no batch holds them.
     """
 
-    def __init__(self, store: Store, horizon_us: int) -> None:
+    def __init__(
+        self, store: Store, horizon_us: int, coordinates: tuple[str, int] | None = None
+    ) -> None:
         self.store = store
         self.horizon_us = horizon_us
+        self.coordinates = coordinates
         raw = store.get(_COUNTS)
         self.counts = _counts.decode(raw) if raw is not None else LedgerCounts()
+        self._coordinates_prefix = (
+            b"" if coordinates is None else b"c%d/" % coordinates[1],
+            b"" if coordinates is None else b"/" + coordinates[0].encode(),
+        )
+        self._lasts: list[int] = []
+        """The last offsets of the batches held, ascending (a batch is found by offset)."""
+        self._decoded: dict[int, tuple[PredictionBatch, np.ndarray]] = {}
+        """Batches read lately, by last offset (a label batch's labels name few of them)."""
+        self.held = 0
+        """How many predictions the ledger holds."""
+        # The batches' time keys hold their sizes: no batch is read to open the ledger.
+        for key, size in store.items_from(BATCH_BY_TIME):
+            self._lasts.append(int.from_bytes(key[len(BATCH_BY_TIME) + 8 :], "big"))
+            self.held += int.from_bytes(size, "big")
+        self._lasts.sort()
+        self.held += len(store.keys_between(_BY_TIME, _BY_TIME + b"\xff" * 9))
 
     def get(self, identity: bytes) -> Prediction | None:
         """The prediction held for ``identity``, or None."""
         raw = self.store.get(entry_key(identity))
-        return _prediction.decode(raw) if raw is not None else None
+        if raw is not None:
+            return _prediction.decode(raw)
+        return self._batched(identity) if self._lasts else None
+
+    def _batched(self, identity: bytes) -> Prediction | None:
+        """A plain prediction a batch holds, found by the offset in ``identity``."""
+        head, tail = self._coordinates_prefix
+        if not head or not identity.startswith(head) or not identity.endswith(tail):
+            return None
+        try:
+            offset = int(identity[len(head) : len(identity) - len(tail)])
+        except ValueError:
+            return None
+        at = bisect.bisect_left(self._lasts, offset)
+        if at == len(self._lasts):
+            return None
+        last = self._lasts[at]
+        found = self._decoded.get(last)
+        if found is None:
+            raw = self.store.get(batch_key(last))
+            if raw is None:
+                return None
+            batch = decode_batch(raw)
+            found = (batch, batch.offsets_array())
+            if len(self._decoded) >= _DECODED_BATCHES:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[last] = found
+        batch, offsets = found
+        row = int(np.searchsorted(offsets, offset))
+        if row == len(offsets) or offsets[row] != offset:
+            return None
+        (score,) = _SCORE.unpack_from(batch.scores, 8 * row)
+        time_us = batch.time_us
+        return Prediction(time_us, ModelScore(batch.name, batch.version, score, time_us), ())
 
     def record(self, outputs: Sequence[Output]) -> tuple[list[Joined], list[Change]]:
         """Add each model's prediction; a second one of a model for a record is a duplicate.
@@ -193,49 +331,85 @@ class PredictionLedger:
         ]
         return relabelled, changes
 
-    def record_champion(
+    def record_batch(
         self,
         identities: Sequence[bytes],
+        offsets: Sequence[int],
         scores: Sequence[float],
         model: tuple[str, str],
         time_us: int,
         *,
         new: bool = False,
     ) -> tuple[list[Joined], list[Change]]:
-        """:meth:`record` of the champion's scores of a batch, all made at ``time_us``.
+        """Record the champion's scores of a scored batch, all made at ``time_us``.
 
-        The same changes in the same order as :meth:`record`, made cheaply in the
-        common case (every record new to the ledger, each once); else :meth:`record`.
-        ``new``: the caller knows that every identity is new and comes once (the
-        store is not read).
+        ``offsets``: each prediction's input offset (ascending, above every
+        batch's held). The predictions new to the ledger go in one
+        :class:`PredictionBatch` under the batch's last offset; by source
+        coordinates (``coordinates`` set, the identities those of ``offsets``),
+        nothing is written per prediction; with record ids, each gets its entry
+        without a time key. A record scored already (a challenger came first,
+        or an id seen before) is merged like :meth:`record`. ``new``: the caller
+        knows that every identity is new and comes once (the store is not read);
+        by source coordinates, ``identities`` may then be empty (not needed).
         """
         name, version = model
-        get = self.store.get
-        if not new and (
-            len(set(identities)) != len(identities)
-            or any(get(_ENTRY + identity) is not None for identity in identities)
-        ):
-            return self.record(
-                [
-                    Output(identity, False, name, version, score, time_us)
-                    for identity, score in zip(identities, scores, strict=True)
-                ]
-            )
-        encode = _encoder.encode
-        by_time = _BY_TIME + (time_us + _TIME_BIAS).to_bytes(8, "big")
+        repeated = 0  # a record twice in the batch: its first score stays
+        if new:
+            fresh = list(range(len(offsets)))
+            merged: list[Output] = []
+        else:
+            fresh, merged, seen = [], [], set()
+            for row, identity in enumerate(identities):
+                if identity in seen:
+                    repeated += 1
+                elif self.get(identity) is not None:
+                    merged.append(Output(identity, False, name, version, scores[row], time_us))
+                else:
+                    fresh.append(row)
+                seen.add(identity)
+        relabelled: list[Joined] = []
         changes: list[Change] = []
-        append = changes.append
-        for identity, score in zip(identities, scores, strict=True):
-            append((by_time + identity, b""))
-            champion = ModelScore(name, version, score, time_us)
-            append((_ENTRY + identity, encode(Prediction(time_us, champion, ()))))
-        if changes:
+        if merged:
+            relabelled, changes = self.record(merged)
+        if repeated:
             self.counts = msgspec.structs.replace(
-                self.counts, outputs=self.counts.outputs + len(identities)
+                self.counts, duplicate_outputs=self.counts.duplicate_outputs + repeated
             )
-            changes.append((_COUNTS, encode(self.counts)))
-            self.store.write(changes)
-        return [], changes
+        if not fresh:
+            if repeated:
+                counts = (_COUNTS, _encoder.encode(self.counts))
+                self.store.write([counts])
+                changes.append(counts)
+            return relabelled, changes
+        kept_scores = [scores[row] for row in fresh]
+        by_offsets = self.coordinates is not None
+        batch = PredictionBatch(
+            offsets[fresh[0]],
+            time_us,
+            name,
+            version,
+            struct.pack(f">{len(fresh)}q", *(offsets[row] for row in fresh)),
+            struct.pack(f">{len(fresh)}d", *kept_scores),
+            [] if by_offsets else [identities[row] for row in fresh],
+        )
+        last = offsets[fresh[-1]]
+        key = batch_key(last)
+        written: list[Change] = [
+            (key, encode_batch(batch)),
+            (batch_time_key(time_us, key), batch_size(len(fresh))),
+        ]
+        if not by_offsets:
+            values = plain_values(time_us, name, version, kept_scores)
+            written += [
+                (_ENTRY + identities[row], value) for row, value in zip(fresh, values, strict=True)
+            ]
+        self.counts = msgspec.structs.replace(self.counts, outputs=self.counts.outputs + len(fresh))
+        written.append((_COUNTS, _encoder.encode(self.counts)))
+        self.store.write(written)
+        bisect.insort(self._lasts, last)
+        self.held += len(fresh)
+        return relabelled, changes + written
 
     def join(self, labels: Sequence[Label]) -> tuple[list[Joined], list[str], list[Change]]:
         """Join each label to its prediction: the first label of a record joins, once.
@@ -275,25 +449,36 @@ class PredictionLedger:
     def expire(self, now_us: int) -> tuple[int, list[Change]]:
         """Delete the predictions made more than the horizon before ``now_us``.
 
+        The predictions with a time key first, then the batches in time order,
+        each with the predictions it holds.
+
         Returns:
             How many of them never got a label, and the changes written.
         """
         cutoff = now_us - self.horizon_us
         if cutoff <= -_TIME_BIAS:
             return 0, []
-        high = _BY_TIME + (min(cutoff, _TIME_BIAS - 1) + _TIME_BIAS).to_bytes(8, "big")
+        high = (min(cutoff, _TIME_BIAS - 1) + _TIME_BIAS).to_bytes(8, "big")
         changes: list[Change] = []
         unlabelled = labelled = 0
-        for time_key in self.store.keys_between(_BY_TIME, high):
+        deleted: set[bytes] = set()
+        for time_key in self.store.keys_between(_BY_TIME, _BY_TIME + high):
             identity = time_key[len(_BY_TIME) + 8 :]
-            prediction = self.get(identity)
-            if prediction is not None and prediction.label is None:
+            raw = self.store.get(entry_key(identity))
+            if raw is not None and _prediction.decode(raw).label is None:
                 unlabelled += 1
             else:
                 labelled += 1
+            deleted.add(identity)
             changes += [(time_key, None), (entry_key(identity), None)]
+        for time_key in self.store.keys_between(BATCH_BY_TIME, BATCH_BY_TIME + high):
+            expired = self._expire_batch(time_key, deleted)
+            unlabelled += expired[0]
+            labelled += expired[1]
+            changes += expired[2]
         if not changes:
             return 0, []
+        self.held -= unlabelled + labelled
         self.counts = msgspec.structs.replace(
             self.counts,
             expired_unlabelled=self.counts.expired_unlabelled + unlabelled,
@@ -303,15 +488,39 @@ class PredictionLedger:
         self.store.write(changes)
         return unlabelled, changes
 
-    def held(self) -> tuple[int, int]:
-        """How many predictions the ledger holds: (unlabelled, labelled)."""
+    def _expire_batch(self, time_key: bytes, deleted: set[bytes]) -> tuple[int, int, list[Change]]:
+        """A batch's expiry: its predictions (unlabelled, labelled) and the deletions.
+
+        ``deleted``: the identities whose entries this expiry deleted already.
+        """
+        key = BATCH_PREFIX + time_key[len(BATCH_BY_TIME) + 8 :]
+        last = int.from_bytes(key[len(BATCH_PREFIX) :], "big")
+        self._decoded.pop(last, None)
+        at = bisect.bisect_left(self._lasts, last)
+        if at < len(self._lasts) and self._lasts[at] == last:
+            del self._lasts[at]
+        raw = self.store.get(key)
+        changes: list[Change] = []
         unlabelled = labelled = 0
-        for _, raw in self.store.items_from(_ENTRY):
-            if _prediction.decode(raw).label is None:
+        for identity in decode_batch(raw).identities(self.coordinates) if raw is not None else ():
+            if identity in deleted:
+                continue
+            entry = self.store.get(entry_key(identity))
+            if entry is None or _prediction.decode(entry).label is None:
                 unlabelled += 1
             else:
                 labelled += 1
-        return unlabelled, labelled
+            if entry is not None:
+                changes.append((entry_key(identity), None))
+        changes += [(time_key, None), (key, None)]
+        return unlabelled, labelled, changes
+
+    def held_by_label(self) -> tuple[int, int]:
+        """How many predictions the ledger holds: (unlabelled, labelled)."""
+        labelled = sum(
+            _prediction.decode(raw).label is not None for _, raw in self.store.items_from(_ENTRY)
+        )
+        return self.held - labelled, labelled
 
     def _write(
         self,
@@ -319,16 +528,23 @@ class PredictionLedger:
         pending: dict[bytes, Prediction | None],
         counts: LedgerCounts,
     ) -> list[Change]:
-        """Write what changed from ``stored`` to ``pending``, and the counts, in one batch."""
+        """Write what changed from ``stored`` to ``pending``, and the counts, in one batch.
+
+        A new prediction gets a time key; a prediction a batch holds (it has
+        none) keeps expiring with its batch.
+        """
         changes: list[Change] = []
         for identity, after in pending.items():
             before = stored[identity]
             if after is None or before is after:
                 continue
-            if before is not None and before.time_us != after.time_us:
-                changes.append((_time_key(before.time_us, identity), None))
-            if before is None or before.time_us != after.time_us:
+            if before is None:
                 changes.append((_time_key(after.time_us, identity), b""))
+                self.held += 1
+            elif before.time_us != after.time_us:
+                old = _time_key(before.time_us, identity)
+                if self.store.get(old) is not None:
+                    changes += [(old, None), (_time_key(after.time_us, identity), b"")]
             changes.append((entry_key(identity), _encoder.encode(after)))
         if counts != self.counts:
             changes.append((_COUNTS, _encoder.encode(counts)))
@@ -336,6 +552,10 @@ class PredictionLedger:
             self.store.write(changes)
         self.counts = counts
         return changes
+
+
+_DECODED_BATCHES = 64
+"""Batches :meth:`PredictionLedger.get` keeps decoded (a label batch names a few recent ones)."""
 
 
 def _with_output(prediction: Prediction | None, output: Output) -> Prediction | None:

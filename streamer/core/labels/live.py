@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 LABELS_STAGE = "labels"
 """The stage of a label's dead letter (its ``streamer.stage`` header)."""
 
-LEDGER_FINGERPRINT = "prediction-ledger-1"
+LEDGER_FINGERPRINT = "prediction-ledger-2"
 """The ledger changelog's fingerprint in its meta records: a state changelog is never one."""
 
 MARKS_KEY = b"Lo"
@@ -142,7 +142,7 @@ def model_outputs(
     not a finite number is not recorded: no label can join it.
     """
     name, version, challenger = model
-    identities, kept = scored_identities(spec, source, rows, scores)
+    identities, kept, _offsets = scored_identities(spec, source, rows, scores)
     return [
         Output(identity, challenger, name, version, score, time_us)
         for identity, score in zip(identities, kept, strict=True)
@@ -150,21 +150,34 @@ def model_outputs(
 
 
 def scored_identities(
-    spec: LabelSpec, source: SourceBatch, rows: Sequence[int], scores: Sequence[float]
-) -> tuple[list[bytes], list[float]]:
-    """The identity and score of each row that can be recorded (see :func:`model_outputs`)."""
+    spec: LabelSpec,
+    source: SourceBatch,
+    rows: Sequence[int],
+    scores: Sequence[float],
+    *,
+    coordinates: bool = True,
+) -> tuple[list[bytes], list[float], list[int]]:
+    """The identity, score and offset of each row that can be recorded (:func:`model_outputs`).
+
+    ``coordinates=False``: by source coordinates, no identity is made (the
+    offsets are the identities).
+    """
     finite = [(row, float(score)) for row, score in zip(rows, scores, strict=True)]
     if not all(math.isfinite(score) for _row, score in finite):
         finite = [(row, score) for row, score in finite if math.isfinite(score)]
     id_field = spec.id_field
     if not id_field:
         offsets = source.offsets
-        identities = coordinates_identities(
-            source.topic, source.partition, [offsets[row] for row, _score in finite]
+        kept_offsets = [offsets[row] for row, _score in finite]
+        identities = (
+            coordinates_identities(source.topic, source.partition, kept_offsets)
+            if coordinates
+            else []
         )
-        return identities, [score for _row, score in finite]
+        return identities, [score for _row, score in finite], kept_offsets
     identities = []
     kept: list[float] = []
+    kept_offsets = []
     for row, score in finite:
         if id_field == RECORD_KEY:
             key = source.keys[row]
@@ -180,7 +193,8 @@ def scored_identities(
                 continue
         identities.append(identity)
         kept.append(score)
-    return identities, kept
+        kept_offsets.append(source.offsets[row])
+    return identities, kept, kept_offsets
 
 
 @dataclass(frozen=True, slots=True)

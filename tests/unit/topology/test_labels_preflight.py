@@ -8,9 +8,11 @@ import pytest
 
 from streamer.clients.base import Backend
 from streamer.core.models import load_configured
+from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode
 from streamer.errors import ConfigError
 from streamer.settings import Settings, build_settings
 from streamer.topology.preflight import labels_ledger
+from tests.unit.topology.test_state_keeper import MemoryChangelog
 
 
 def make_settings(**labels: Any) -> Settings:
@@ -23,16 +25,29 @@ def make_settings(**labels: Any) -> Settings:
     )
 
 
-def backend(counts: dict[str, int], ensured: list[tuple[Any, ...]]) -> Backend:
+class NamedChangelog(MemoryChangelog):
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+
+
+def backend(
+    counts: dict[str, int],
+    ensured: list[tuple[Any, ...]],
+    written: MemoryChangelog | None = None,
+) -> Backend:
     def ensure(_settings: Any, topic: str, input_topic: str, setting: str) -> None:
         ensured.append((topic, input_topic, setting))
+
+    def reader(_settings: Any, topic: str) -> MemoryChangelog:
+        return written if written is not None else NamedChangelog(topic)
 
     return Backend(
         name="fake",
         consumer=None,  # type: ignore[arg-type]
         producer=None,  # type: ignore[arg-type]
         ensure_topics=lambda *_a: None,
-        changelog_reader=lambda _s, topic: topic,  # type: ignore[arg-type,return-value]
+        changelog_reader=reader,  # type: ignore[arg-type]
         ensure_changelog=ensure,
         partition_counts=lambda _s: dict(counts),
     )
@@ -46,7 +61,27 @@ def test_a_co_partitioned_labels_topic_gets_its_ledger_changelog_ensured() -> No
     )
     assert ensured == [("fraud.tx.ledger-changelog", "tx", "labels.ledger_topic")]
     assert opener is not None
-    assert opener() == "fraud.tx.ledger-changelog"  # type: ignore[comparison-overlap]
+    assert opener().topic == "fraud.tx.ledger-changelog"  # type: ignore[attr-defined]
+
+
+def test_a_ledger_changelog_of_the_older_format_exits_2_with_one_line() -> None:
+    """Format 1 sent each prediction as two records: this version does not restore it."""
+    settings = make_settings()
+    written = MemoryChangelog()
+    older = Meta(CODEC_VERSION, "prediction-ledger-1", "tx", 1, 7, (), 0)
+    written.append(1, ((b"Lpc1/1/tx", b"x"), (META_KEY, encode(older))))
+    with pytest.raises(ConfigError) as error:
+        labels_ledger(
+            settings, backend({"tx": 2, "tx.labels": 2}, [], written), load_configured(settings)
+        )
+    assert str(error.value) == (
+        "config error: labels.ledger_topic: the prediction ledger changelog "
+        "'fraud.tx.ledger-changelog' (partition 1) is in format 'prediction-ledger-1', not "
+        "'prediction-ledger-2', which this version cannot restore; delete that topic and the "
+        "ledger-* directories of state.dir (the ledgers start empty), or set "
+        "labels.ledger_topic to a new topic"
+    )
+    assert written.closed
 
 
 @pytest.mark.parametrize(

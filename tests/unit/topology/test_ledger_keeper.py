@@ -8,6 +8,8 @@ import orjson
 import pytest
 
 from streamer.core.labels.join import coordinates_identity
+from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key
+from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
 from streamer.core.state.codec import META_KEY
@@ -116,12 +118,20 @@ def test_record_then_join_each_end_with_a_meta_record_and_join_once() -> None:
 def test_a_replayed_batch_records_nothing_and_sends_its_current_values_again() -> None:
     keeper = LedgerKeeper(make_settings(), None)
     first = keeper.record(records(0, [5, 6]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
-    entry = next(c for c in first.changes if c[0][:2] == b"Lp")
-    again = keeper.record(records(0, [5, 6]), [0, 1], [0.9, 0.9], ("m", "1"), SCORED_AT)
-    assert again.report.counts.outputs == 2
+    record = next(c for c in first.changes if c[0][:2] == b"Lb")
+    keeper.join(labels(0, [0], [label(0, 6, 1)]))
+    labelled_key = entry_key(coordinates_identity(TOPIC, 0, 6))
+    # Offsets 6 and 7 again (a rewind cut another batch): 6 is recorded, 7 is new.
+    again = keeper.record(records(0, [6, 7]), [0, 1], [0.9, 0.25], ("m", "1"), SCORED_AT)
+    assert again.report.counts.outputs == 3
     assert again.report.counts.duplicate_outputs == 0
-    assert entry in again.changes  # the first score, sent again
-    assert again.changes[-1][0] == META_KEY
+    keys = [key for key, _ in again.changes]
+    # The new batch record (offset 7), then the first batch's record as it was and the
+    # labelled entry of offset 6 (sent again), the counts, the marks, the meta record.
+    assert keys == [batch_key(7), COUNTS_KEY, record[0], labelled_key, MARKS_KEY, META_KEY]
+    assert dict(again.changes)[record[0]] == record[1]
+    assert decode_batch(dict(again.changes)[batch_key(7)]).scores_list() == [0.25]
+    assert decode_prediction(dict(again.changes)[labelled_key]).champion.score == 0.5  # type: ignore[union-attr]
 
 
 def test_a_challenger_rides_with_the_next_delivery_and_a_labelled_record_changes() -> None:
@@ -185,5 +195,146 @@ def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
     counts = delivery.report.counts
     assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
     assert delivery.report.held == 2  # offsets 3 and 4
-    deleted = {key for key, value in delivery.changes if value is None}
-    assert len(deleted) == 4  # two entries and their time keys
+    deleted = [key for key, value in delivery.changes if value is None]
+    # The labelled entry went as a record of its own: its tombstone; the unlabelled one
+    # goes with its batch record's tombstone.
+    assert deleted == [entry_key(coordinates_identity(TOPIC, 0, 1)), batch_key(2)]
+
+
+def compacted(changes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+    """A compacted topic: the last record of each key, in the order of those records."""
+    last = {key: at for at, (key, _value) in enumerate(changes)}
+    return [change for at, change in enumerate(changes) if last[change[0]] == at]
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
+    monkeypatch: pytest.MonkeyPatch, compact: bool
+) -> None:
+    """Batch records, labels, a challenger, a replay and an expiry: the indexes come back."""
+    monkeypatch.setattr("streamer.topology.labels.EXPIRE_EVERY_S", 0.0)
+    changelog = MemoryChangelog()
+    settings = make_settings(horizon_s=90.0)
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    minute = "2026-12-06T06:01:00.000Z"
+    steps = [
+        keeper.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT),
+        keeper.join(labels(0, [0, 1], [label(0, 2, 1), label(0, 9, 0)])),
+    ]
+    keeper.record_challenger(records(0, [1, 3]), [0, 1], [0.125, 0.625], ("cand", "2"), SCORED_AT)
+    steps += [
+        keeper.record(records(0, [4, 5]), [0, 1], [0.375, 0.875], ("m", "1"), minute),
+        keeper.record(records(0, [3, 4, 5, 6]), [0, 1, 2, 3], [0.0] * 4, ("m", "1"), minute),
+        # Two minutes on: the first batch (06:00) passed the 90 s horizon.
+        keeper.join(labels(0, [2], [{**label(0, 5, 0), "at": SCORED_US // 1000 + 120_000}])),
+        keeper.record(records(0, [7]), [0], [0.5], ("m", "1"), minute),
+    ]
+    for step in steps:
+        send(changelog, 0, step.changes)
+    counts = steps[-1].report.counts
+    assert (counts.outputs, counts.expired_unlabelled, counts.expired_labelled) == (9, 2, 1)
+    local = dict(keeper._partitions[0].deferred.inner.data)  # type: ignore[attr-defined]
+    # The first batch record expired; the replay's one new offset (6) made a record of its own.
+    assert sorted(k for k in local if k[:2] == b"Lb") == [batch_key(5), batch_key(6), batch_key(7)]
+    assert sum(k[:2] == b"Lx" for k in local) == 3
+    keeper.close()
+    if compact:
+        changelog.partitions[0] = compacted(changelog.partitions[0])
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.take_resets()
+    delivery = restored.join(labels(0, [3], [label(0, 4, 1)]))
+    assert delivery.report.held == 4  # offsets 4, 5, 6, 7
+    assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 4)]
+    rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
+    # The same store as the one that wrote the changelog, up to this join's own changes.
+    for key in set(local) | set(rebuilt):
+        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(
+            coordinates_identity(TOPIC, 0, 4)
+        ):
+            assert rebuilt.get(key) == local.get(key), key
+    if not compact:
+
+        def entry(offset: int) -> bytes:
+            return entry_key(coordinates_identity(TOPIC, 0, offset))
+
+        sent = [(k, v is None) for k, v in changelog.partitions[0] if k[:2] in (b"Lb", b"Lp")]
+        assert sent == [
+            (batch_key(3), False),  # the first batch's three predictions
+            (entry(2), False),  # its label
+            (entry(1), False),  # the challenger's scores
+            (entry(3), False),
+            (batch_key(5), False),
+            (batch_key(6), False),  # the replay: offset 6 is new,
+            (batch_key(3), False),  # offsets 3, 4, 5: their records are sent again
+            (batch_key(5), False),
+            (entry(3), False),
+            (entry(5), False),  # the label of offset 5 (its time moves the clock on)
+            (entry(1), True),  # expired: the entries sent on their own, and the batch record
+            (entry(2), True),
+            (entry(3), True),
+            (batch_key(3), True),
+            (batch_key(7), False),
+        ]
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
+    monkeypatch: pytest.MonkeyPatch, compact: bool
+) -> None:
+    """With record ids, each batch's plain entries come back from its record, ids repeated."""
+    monkeypatch.setattr("streamer.topology.labels.EXPIRE_EVERY_S", 0.0)
+    changelog = MemoryChangelog()
+    settings = make_settings(horizon_s=90.0, id_field="id")
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    minute = "2026-12-06T06:01:00.000Z"
+
+    def scored(offsets: list[int], ids: list[str]) -> SourceBatch:
+        return batch(TOPIC, 0, offsets, [orjson.dumps({"id": i}) for i in ids])
+
+    def id_label(record_id: str, value: int, at_ms: int) -> dict[str, object]:
+        return {"id": record_id, "label": value, "at": at_ms}
+
+    at = SCORED_US // 1000
+    steps = [
+        keeper.record(
+            scored([1, 2, 3], ["a", "b", "a"]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT
+        ),
+        keeper.join(labels(0, [0], [id_label("b", 1, at + 60_000)])),
+    ]
+    keeper.record_challenger(scored([1], ["a"]), [0], [0.125], ("cand", "2"), SCORED_AT)
+    steps += [
+        keeper.record(scored([4, 5], ["c", "b"]), [0, 1], [0.375, 0.875], ("m", "1"), minute),
+        keeper.join(labels(0, [1], [id_label("c", 0, at + 120_000)])),  # the first batch expires
+        keeper.record(scored([6], ["a"]), [0], [0.5], ("m", "1"), minute),  # "a" again, anew
+    ]
+    for step in steps:
+        send(changelog, 0, step.changes)
+    counts = steps[-1].report.counts
+    # Outputs: a, b; a's challenger; c; a anew. Duplicates: a in the first batch, b in the second.
+    assert (counts.outputs, counts.duplicate_outputs) == (5, 2)
+    assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
+    assert steps[-1].report.held == 2  # c (labelled) and the new a
+    sent = [key for key, _ in changelog.partitions[0] if key[:2] == b"Lp"]
+    # Only entries that are not plain went on their own: b's label, a's challenger, c's label,
+    # and the tombstones of the first two when their batch expired.
+    assert sent == [
+        entry_key(b"ib"),
+        entry_key(b"ia"),
+        entry_key(b"ic"),
+        entry_key(b"ia"),
+        entry_key(b"ib"),
+    ]
+    local = dict(keeper._partitions[0].deferred.inner.data)  # type: ignore[attr-defined]
+    keeper.close()
+    if compact:
+        changelog.partitions[0] = compacted(changelog.partitions[0])
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    report = restored.join(labels(0, [2], [id_label("a", 1, at + 130_000)])).report
+    assert [j.identity for j in report.joined] == [b"ia"]  # the new prediction of "a"
+    assert report.held == 2
+    rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
+    for key in set(local) | set(rebuilt):
+        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(b"ia"):
+            assert rebuilt.get(key) == local.get(key), key

@@ -53,9 +53,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 class TestRecord:
-    @pytest.mark.parametrize("new", [False, True])
-    def test_a_champion_batch_writes_what_record_writes(self, store: Store, new: bool) -> None:
-        fast = PredictionLedger(store, HORIZON)
+    @pytest.mark.parametrize(
+        ("new", "by_coordinates"), [(False, False), (True, True), (False, True)]
+    )
+    def test_a_champion_batch_holds_what_record_holds(
+        self, store: Store, new: bool, by_coordinates: bool
+    ) -> None:
+        where = ("events", 0) if by_coordinates else None
+        fast = PredictionLedger(store, HORIZON, where)
         plain = PredictionLedger(MemoryStore(), HORIZON)
         identities = [ident(offset) for offset in (1, 2, 3)]
         scores = [0.25, 0.5, 0.75]
@@ -63,26 +68,26 @@ class TestRecord:
             champion(offset, score, 10.0) for offset, score in zip((1, 2, 3), scores, strict=True)
         ]
         at = 10 * SECOND
-        assert fast.record_champion(identities, scores, ("demo", "1"), at, new=new) == (
-            plain.record(outputs)
-        )
+        assert fast.record_batch(identities, [1, 2, 3], scores, ("demo", "1"), at, new=new)[0] == []
+        plain.record(outputs)
         assert fast.counts == plain.counts
         assert [fast.get(i) for i in identities] == [plain.get(i) for i in identities]
+        assert fast.held == plain.held == 3
 
     def test_a_champion_batch_with_a_record_scored_already_merges_like_record(
         self, store: Store
     ) -> None:
-        fast = PredictionLedger(store, HORIZON)
+        fast = PredictionLedger(store, HORIZON, ("events", 0))
         plain = PredictionLedger(MemoryStore(), HORIZON)
         for ledger in (fast, plain):  # a challenger came first, and the champion twice
             ledger.record([challenger(2, 0.4, 9.0)])
         identities = [ident(1), ident(2), ident(2)]
         outputs = [champion(1, 0.5, 10.0), champion(2, 0.9, 10.0), champion(2, 0.1, 10.0)]
-        assert fast.record_champion(identities, [0.5, 0.9, 0.1], ("demo", "1"), 10 * SECOND) == (
-            plain.record(outputs)
-        )
-        assert fast.get(ident(2)) == plain.get(ident(2))
+        fast.record_batch(identities, [1, 2, 2], [0.5, 0.9, 0.1], ("demo", "1"), 10 * SECOND)
+        plain.record(outputs)
+        assert [fast.get(ident(o)) for o in (1, 2)] == [plain.get(ident(o)) for o in (1, 2)]
         assert (fast.counts.outputs, fast.counts.duplicate_outputs) == (3, 1)
+        assert fast.held == plain.held == 2
 
     def test_the_champion_and_each_challenger_land_in_one_prediction(self, store: Store) -> None:
         ledger = PredictionLedger(store, HORIZON)
@@ -162,7 +167,7 @@ class TestExpiry:
         assert unlabelled == 2
         assert len(changes) == 7  # an entry and its time key each, and the counts
         assert [ledger.get(ident(i)) is None for i in range(1, 6)] == [True] * 3 + [False] * 2
-        assert ledger.held() == (2, 0)
+        assert ledger.held_by_label() == (2, 0)
         assert (ledger.counts.expired_unlabelled, ledger.counts.expired_labelled) == (2, 1)
         _, reasons, _ = ledger.join([label(1, 1.0, 65.0)])
         assert reasons == [UNMATCHED]  # it expired: its record is unknown now
