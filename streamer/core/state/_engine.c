@@ -9,7 +9,8 @@
  * - count, time_since_last and last are computed as the Python expressions compute them
  *   (float(int), an int true division done in doubles only where Python does it so too);
  * - every rarer step calls the Python function the loop calls (_late, _full, _too_large,
- *   KeyEntries.first, _out_of_order, entries._value for mean/min/max/std/distinct_count).
+ *   KeyEntries.first, _out_of_order, entries.window_value for std and distinct_count);
+ * - mean, min and max of exact floats as entries.aggregate computes them (else it is called).
  *
  * A record it was not written for (a time or a key's newest time outside +-2**62, an object
  * of another type where the engine keeps a list) stops it before that record changes
@@ -25,6 +26,7 @@
 #define EXACT_DOUBLE (((int64_t)1) << 53)
 
 enum { COUNT, SUM, TIME_SINCE_LAST, LAST, OTHER };
+enum { AGG_PYTHON, AGG_MEAN, AGG_MIN, AGG_MAX }; /* an OTHER feature's aggregation */
 
 typedef struct {
     Py_ssize_t index;
@@ -32,6 +34,7 @@ typedef struct {
     Py_ssize_t slot;
     Py_ssize_t field;
     int include_current;
+    int agg;
     PyObject *default_value; /* borrowed from the plan */
     PyObject *plan;          /* the FeaturePlan tuple, borrowed */
 } Feature;
@@ -295,6 +298,49 @@ as_float(PyObject *value)
     return PyNumber_Float(value);
 }
 
+/* mean, min and max of a window of exact floats, as entries.aggregate computes them:
+ * min(numbers) and max(numbers) keep the first of equal values (their object), the mean is
+ * exact_sum(numbers) / len(numbers). NULL without an error: the Python function computes it
+ * (another aggregation, or an item that is not an exact float). */
+static PyObject *
+floats_aggregate(int agg, PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int include_current,
+                 PyObject *current, PyObject *default_value)
+{
+    if (agg != AGG_MEAN && agg != AGG_MIN && agg != AGG_MAX) {
+        return NULL;
+    }
+    Py_ssize_t count = hi - lo + (include_current ? 1 : 0);
+    PyObject **items = ((PyListObject *)column)->ob_item + lo;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyFloat_CheckExact(i < hi - lo ? items[i] : current)) {
+            return NULL;
+        }
+    }
+    if (count == 0) {
+        Py_INCREF(default_value);
+        return default_value;
+    }
+    if (agg == AGG_MEAN) {
+        PyObject *total = window_sum(column, lo, hi, include_current, current);
+        if (total == NULL) {
+            return NULL; /* its error, as exact_sum raises it */
+        }
+        double mean = PyFloat_AsDouble(total) / (double)count;
+        Py_DECREF(total);
+        return PyFloat_FromDouble(mean);
+    }
+    PyObject *best = hi > lo ? items[0] : current;
+    for (Py_ssize_t i = 1; i < count; i++) {
+        PyObject *item = i < hi - lo ? items[i] : current;
+        double x = PyFloat_AS_DOUBLE(item), y = PyFloat_AS_DOUBLE(best);
+        if (agg == AGG_MIN ? x < y : x > y) {
+            best = item;
+        }
+    }
+    Py_INCREF(best);
+    return best;
+}
+
 /* Each feature's value into `values` (a new tuple): entries.feature_values for an ordered
  * window [los[slot], hi) of `times` and `columns` (empty lists for a key without entries). */
 static int
@@ -337,6 +383,13 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
             }
             break;
         default: {
+            value = floats_aggregate(feature->agg, PyList_GET_ITEM(columns, feature->field), lo, hi,
+                                     feature->include_current,
+                                     PyTuple_GET_ITEM(fields, feature->field),
+                                     feature->default_value);
+            if (value != NULL || PyErr_Occurred()) {
+                break;
+            }
             PyObject *args[8];
             PyObject *kind = PyLong_FromLong(feature->kind);
             PyObject *py_lo = PyLong_FromSsize_t(lo);
@@ -489,6 +542,12 @@ apply_group(PyObject *self, PyObject *args)
         features[f].include_current = PyObject_IsTrue(PyTuple_GET_ITEM(item, 4));
         features[f].default_value = PyTuple_GET_ITEM(item, 5);
         features[f].plan = item;
+        PyObject *agg = PyTuple_GET_ITEM(item, 6);
+        features[f].agg = !PyUnicode_Check(agg)                        ? AGG_PYTHON
+                          : PyUnicode_CompareWithASCIIString(agg, "mean") == 0 ? AGG_MEAN
+                          : PyUnicode_CompareWithASCIIString(agg, "min") == 0  ? AGG_MIN
+                          : PyUnicode_CompareWithASCIIString(agg, "max") == 0  ? AGG_MAX
+                                                                               : AGG_PYTHON;
         if (PyErr_Occurred()) {
             goto done;
         }

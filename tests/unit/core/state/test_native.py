@@ -167,6 +167,22 @@ class TestTheCompiledLoop:
         sums = [outcome[0][1] for outcome in native[0][:2]]
         assert sums == [struct.pack("<d", 1e308), struct.pack("<d", math.inf)]
 
+    def test_min_max_and_mean_keep_what_python_keeps(self) -> None:
+        # min and max keep the first of equal values: 0.0 and -0.0 are equal, their bits not
+        lay = one_group_layout("one group", 0, 0)
+        amounts = [0.0, -0.0, 1e308, 1e308, -0.0, 0.0, 5e-324, -5e-324]
+        docs = [
+            {"card": "c", "amount": a, "shop": "s", "ts": 1000 + i} for i, a in enumerate(amounts)
+        ]
+        inputs = [StateInput(i, None, None, doc) for i, doc in enumerate(docs)]
+        python = run("python", lay, inputs, [3], 0, restart=False, cached_entries=10)
+        native = run("native", lay, inputs, [3], 0, restart=False, cached_entries=10)
+        assert native == python
+        mins = [outcome[0][3] for outcome in native[0]]  # min_30s
+        assert mins[1] == struct.pack("<d", 0.0)  # the first of 0.0 and -0.0
+        means = [outcome[0][2] for outcome in native[0]]  # mean_30s: fsum overflows, then inf
+        assert means[3] == struct.pack("<d", math.inf)
+
     def test_a_key_beyond_its_range_is_left_to_the_python_loop(self) -> None:
         # a stored key whose newest time is beyond 2**62 µs (no record's is): the compiled loop
         # stops before that record, the Python loop applies the rest, the values are the same
