@@ -1174,21 +1174,31 @@ class Bench:
         """
         backend = self.args.state_backend
         rates: dict[str, list[float]] = {"without": [], "with": []}
+        cpu_us: dict[str, list[float]] = {"without": [], "with": []}
         codes: list[int] = []
         for run in range(self.args.repeat):
             self.log(f"(s) {backend}, without state, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records)
+            rate, code = self.throughput(
+                backend, self.args.records, probe=self._cpu_probe(cpu_us["without"])
+            )
             rates["without"].append(rate)
             codes.append(code)
             self.log(f"(s) {backend}, 3 state features, run {run + 1} of {self.args.repeat}")
-            rate, code = self.throughput(backend, self.args.records, **self._stateful("run"))
+            rate, code = self.throughput(
+                backend,
+                self.args.records,
+                probe=self._cpu_probe(cpu_us["with"]),
+                **self._stateful("run"),
+            )
             rates["with"].append(rate)
             codes.append(code)
             self.cluster.delete(self._changelog)
         base = float(np.median(rates["without"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         for name, label in (("without", "no state"), ("with", "3 features, RocksDB")):
             rate = float(np.median(rates[name]))
+            cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
             self.rows.append(
                 Row(
                     "s",
@@ -1196,11 +1206,24 @@ class Bench:
                     rate,
                     "records/s",
                     rate / base if base else None,
-                    f"{_spread(rates[name])}; target >= 0.60 with state; exit {exits}",
+                    f"{_spread(rates[name])}; daemon CPU {cpu} us/record; target >= 0.60 with "
+                    f"state; exit {exits}; load {load}",
                 )
             )
         if self.args.state_keys:
             self._state_keys(backend, self.args.state_keys)
+
+    def _cpu_probe(self, into: list[float]) -> Any:
+        """A probe that appends the daemon's CPU per input record at the last commit (its
+        start-up included): less noisy than the wall time on a shared machine."""
+
+        def probe(process: Streamer) -> None:
+            from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+            seconds = cpu_seconds(process.process.pid)
+            into.append(seconds / self.args.records * 1e6)
+
+        return probe
 
     def _stateful(self, tag: str, group: str = "") -> dict[str, Any]:
         """The arguments of a run with the three features, a fresh store and changelog."""
@@ -1314,15 +1337,7 @@ class Bench:
         joined: list[float] = []
 
         def daemon_cpu(name: str) -> Any:
-            # The daemon's CPU per input record at the last commit (its start-up included):
-            # less noisy than the wall time on a shared machine.
-            def probe(process: Streamer) -> None:
-                from latency import cpu_seconds  # benchmarks/ is on the path (a script)
-
-                seconds = cpu_seconds(process.process.pid)
-                cpu_us[name].append(seconds / self.args.records * 1e6)
-
-            return probe
+            return self._cpu_probe(cpu_us[name])
 
         for run in range(self.args.repeat):
             self.log(f"(l) {backend}, without labels, run {run + 1} of {self.args.repeat}")
