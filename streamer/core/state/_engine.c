@@ -42,7 +42,7 @@ typedef struct {
 static PyObject *served_type, *key_entries_type, *late_fn, *full_fn, *too_large_fn,
     *out_of_order_fn, *value_fn, *exact_sum_fn, *fsum_fn, *first_fn;
 static PyObject *str_newest_us, *str_times, *str_columns, *str_ordered;
-static PyObject *zero_float, *empty_list;
+static PyObject *zero_float, *empty_list, *empty_tuple;
 
 /* Where KeyEntries keeps each slot (its __slots__' member descriptors), or -1: read by name. */
 enum { NEWEST_US, TIMES, COLUMNS, ORDERED, SLOTS };
@@ -471,6 +471,54 @@ key_columns_ok(PyObject *state, Py_ssize_t nfields, PyObject **times, PyObject *
     return 1;
 }
 
+/* KeyEntries.first(time_us, fields): KeyEntries(time_us, [time_us], [[v] for v in fields]),
+ * whose times are in order; made as its __init__ leaves it when the class keeps its four
+ * attributes in slots, else by the classmethod. */
+static PyObject *
+first_entry(PyObject *time_obj, PyObject *fields, Py_ssize_t nfields)
+{
+    int slots = 1;
+    for (int slot = 0; slot < SLOTS; slot++) {
+        slots = slots && slot_offsets[slot] >= 0;
+    }
+    if (!slots) {
+        PyObject *call[2] = {time_obj, fields};
+        return PyObject_Vectorcall(first_fn, call, 2, NULL);
+    }
+    PyTypeObject *type = (PyTypeObject *)key_entries_type;
+    PyObject *entries = type->tp_new(type, empty_tuple, NULL);
+    PyObject *times = PyList_New(1);
+    PyObject *columns = PyList_New(nfields);
+    if (entries == NULL || times == NULL || columns == NULL) {
+        goto failed;
+    }
+    Py_INCREF(time_obj);
+    PyList_SET_ITEM(times, 0, time_obj);
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyObject *column = PyList_New(1);
+        if (column == NULL) {
+            goto failed;
+        }
+        PyObject *value = PyTuple_GET_ITEM(fields, i);
+        Py_INCREF(value);
+        PyList_SET_ITEM(column, 0, value);
+        PyList_SET_ITEM(columns, i, column);
+    }
+    /* __init__'s order: newest_us, times, columns, ordered (one entry: in order) */
+    if (set_slot(entries, NEWEST_US, time_obj) < 0 || set_slot(entries, TIMES, times) < 0
+        || set_slot(entries, COLUMNS, columns) < 0 || set_slot(entries, ORDERED, Py_True) < 0) {
+        goto failed;
+    }
+    Py_DECREF(times);
+    Py_DECREF(columns);
+    return entries;
+failed:
+    Py_XDECREF(entries);
+    Py_XDECREF(times);
+    Py_XDECREF(columns);
+    return NULL;
+}
+
 /* Delete items [0, count) of a list (`del items[:count]`). */
 static int
 drop_front(PyObject *items, Py_ssize_t count)
@@ -734,8 +782,7 @@ apply_group(PyObject *self, PyObject *args)
                                fields, values) < 0) {
                 goto record_done;
             }
-            PyObject *call[2] = {time_obj, fields};
-            PyObject *first = PyObject_Vectorcall(first_fn, call, 2, NULL);
+            PyObject *first = first_entry(time_obj, fields, nfields);
             if (first == NULL) {
                 goto record_done;
             }
@@ -938,7 +985,8 @@ PyInit__engine(void)
     str_ordered = PyUnicode_InternFromString("ordered");
     zero_float = PyFloat_FromDouble(0.0);
     empty_list = PyList_New(0);
-    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !zero_float || !empty_list) {
+    empty_tuple = PyTuple_New(0);
+    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !zero_float || !empty_list || !empty_tuple) {
         return NULL;
     }
     return PyModule_Create(&module);
