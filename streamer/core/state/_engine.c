@@ -8,8 +8,9 @@
  *   then the current value), and exact_sum when it overflows;
  * - count, time_since_last and last are computed as the Python expressions compute them
  *   (float(int), an int true division done in doubles only where Python does it so too);
+ * - a new key's KeyEntries is made as KeyEntries.first makes it (through its slots);
  * - every rarer step calls the Python function the loop calls (_late, _full, _too_large,
- *   KeyEntries.first, _out_of_order, entries.window_value for std and distinct_count);
+ *   _out_of_order, entries.window_value for std and distinct_count);
  * - mean, min and max of exact floats as entries.aggregate computes them (else it is called).
  *
  * A record it was not written for (a time or a key's newest time outside +-2**62, an object
