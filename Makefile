@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed
 # About a minute and 0.5 GB, once; the stamp names the versions it installed.
 OIP_STAMP := .venv-oip/.installed
 
-$(STAMP): pyproject.toml
+# An editable install compiles the state engine's C loop once: a change to it reinstalls.
+$(STAMP): pyproject.toml setup.py streamer/core/state/_engine.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -1241,6 +1241,18 @@ class Bench:
         if self.args.state_keys:
             self._state_keys(backend, self.args.state_keys)
 
+    def _cpu_probe(self, into: list[float]) -> Any:
+        """A probe that appends the daemon's CPU per input record at the last commit (its
+        start-up included): less noisy than the wall time on a shared machine."""
+
+        def probe(process: Streamer) -> None:
+            from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+            seconds = cpu_seconds(process.process.pid)
+            into.append(seconds / self.args.records * 1e6)
+
+        return probe
+
     def _stateful(self, tag: str, group: str = "") -> dict[str, Any]:
         """The arguments of a run with the three features, a fresh store and changelog."""
         self._changelog = f"bench-changelog-{uuid.uuid4().hex[:8]}"
@@ -1356,15 +1368,7 @@ class Bench:
         joined: list[float] = []
 
         def daemon_cpu(name: str) -> Any:
-            # The daemon's CPU per input record at the last commit (its start-up included):
-            # less noisy than the wall time on a shared machine.
-            def probe(process: Streamer) -> None:
-                from latency import cpu_seconds  # benchmarks/ is on the path (a script)
-
-                seconds = cpu_seconds(process.process.pid)
-                cpu_us[name].append(seconds / self.args.records * 1e6)
-
-            return probe
+            return self._cpu_probe(cpu_us[name])
 
         for run in range(self.args.repeat):
             self.log(f"(l) {backend}, without labels, run {run + 1} of {self.args.repeat}")

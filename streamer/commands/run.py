@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from streamer.commands.common import add_common, add_overrides, overrides
 from streamer.errors import ConfigError
 from streamer.logsetup import hide_secrets
 from streamer.settings import load_settings, secret_values
 from streamer.signals import GracefulSignals
+
+log = logging.getLogger("streamer")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides=overrides(args))
     hide_secrets(*secret_values(settings))
     check_state_settings(settings)
+    if settings.state_features:
+        from streamer.core.state.windows import ENGINE, ENGINE_REASON  # noqa: PLC0415
+
+        log.info("state engine: %s (%s)", ENGINE, ENGINE_REASON)
     if args.workers < 1:
         msg = f"--workers must be >= 1, got {args.workers}"
         raise ConfigError(msg)

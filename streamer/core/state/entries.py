@@ -150,12 +150,12 @@ def feature_values(
                 newest = times[hi - 1] if ordered else max(times[lo:hi])
                 out[index] = (time_us - newest) / 1_000_000
         else:
-            out[index] = _value(
+            out[index] = window_value(
                 kind, lo, hi, times, columns[field], ordered, fields[field], feature
             )
 
 
-def _value(
+def window_value(
     kind: int,
     lo: int,
     hi: int,

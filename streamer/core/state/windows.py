@@ -27,10 +27,14 @@ key k that were applied before r in its partition (and r itself, with
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import msgspec
@@ -58,8 +62,10 @@ from streamer.core.state.entries import (
     FeaturePlan,
     KeyEntries,
     aggregate,
+    exact_sum,
     feature_kind,
     feature_values,
+    window_value,
 )
 from streamer.core.state.layout import (
     BadRecordError,
@@ -154,6 +160,33 @@ def _group_plans(layout: Layout) -> tuple[_GroupPlan, ...]:
     return tuple(plans)
 
 
+ENGINE_VARIABLE = "STREAMER_STATE_ENGINE"
+"""``python`` runs the pure-Python loop even where the compiled one is built."""
+
+
+def _compiled() -> tuple[ModuleType | None, str]:
+    """The compiled loop (streamer/core/state/_engine.c), or None and why not."""
+    if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python":
+        return None, f"{ENGINE_VARIABLE}=python"
+    try:
+        from streamer.core.state import _engine  # noqa: PLC0415 - built by setup.py, optional
+    except ImportError as exc:
+        return None, f"the compiled loop is not built ({exc})"
+    return _engine, (
+        f"the one-group loop compiled; {ENGINE_VARIABLE}=python runs the Python one, same values"
+    )
+
+
+_NATIVE, ENGINE_REASON = _compiled()
+ENGINE = "native" if _NATIVE is not None else "python"
+"""The engine a :class:`PartitionState` uses unless told: ``native`` (the one-group loop
+compiled, same values bit for bit) or ``python``; :data:`ENGINE_REASON` says why."""
+
+_TIME_BOUND = 1 << 62
+"""The compiled loop keeps times in 64 bits: windows, TTL and lateness below this (always,
+in practice: 2**62 µs is 146,000 years), times too (a record's beyond is a bad timestamp)."""
+
+
 CACHED_ENTRIES = 250_000
 """Window entries kept decoded between batches (their keys' :class:`KeyEntries`), about
 27 MB (110 bytes an entry with the bench's one float field, tracemalloc): a key of the last
@@ -180,7 +213,9 @@ class PartitionState:
         *,
         remember_served: bool = True,
         cached_entries: int = CACHED_ENTRIES,
+        engine: str = "",
     ) -> None:
+        """``engine``: ``native``, ``python``, or "" for :data:`ENGINE` (the same values)."""
         self.layout = layout
         self.store = store
         self.topic = topic
@@ -194,6 +229,7 @@ class PartitionState:
         self._new_keys: set[bytes] = set()
         """The keys of the batch being applied that the store did not hold."""
         self._groups = _group_plans(layout)
+        self._native = _native_engine(engine, self._groups, layout.allowed_lateness_us)
         self._reader = RecordReader(
             layout, [key_state_key(group, b"") for group in range(len(layout.groups))]
         )
@@ -364,9 +400,19 @@ class PartitionState:
         width = len(self.layout.features)
         cache = self._cache
         load = self._load
-        clock = clocks[0]
         served: list[Served] = []
-        for at, (store_key, time_us, fields) in enumerate(zip(*columns, strict=True)):
+        rows: Iterator[GroupInput] = zip(*columns, strict=True)
+        start = 0
+        if self._native is not None:  # the same loop, compiled: it stops where it may not go
+            start, clocks[0] = self._native.apply_group(
+                plan, features, windows, horizon, ttl, max_entries, lateness, width,
+                len(no_columns), *columns, bad, keys, cache, load, clocks[0], written, served,
+            )  # fmt: skip
+            if start == len(columns.times_us):
+                return served
+            rows = islice(rows, start, None)
+        clock = clocks[0]
+        for at, (store_key, time_us, fields) in enumerate(rows, start):
             if bad and at in bad:
                 served.append(Served(None, bad[at].reason, bad[at].detail))
                 continue
@@ -618,6 +664,23 @@ class PartitionState:
         return sum(1 for _ in self.store.items_from(KEY_PREFIX))
 
 
+def _native_engine(engine: str, plans: Sequence[_GroupPlan], lateness_us: int) -> ModuleType | None:
+    """The compiled loop for a one-group layout whose bounds fit it, else None (the Python loop)."""
+    if engine not in ("", "native", "python"):
+        msg = f"engine must be 'native', 'python' or '', not {engine!r}"
+        raise ValueError(msg)
+    if engine == "native" and _NATIVE is None:
+        msg = f"the native state engine is not available: {ENGINE_REASON}"
+        raise ValueError(msg)
+    if (engine or ENGINE) == "python" or len(plans) != 1:
+        return None
+    plan = plans[0]
+    bounds = (*plan.windows_us, plan.horizon_us, plan.ttl_us, lateness_us, plan.max_entries)
+    if not all(0 <= bound < _TIME_BOUND for bound in bounds[:-1]) or plan.max_entries < 1:
+        return None
+    return _NATIVE
+
+
 def _late(behind_us: int, lateness_us: int) -> Served:
     return Served(
         None,
@@ -682,6 +745,13 @@ def _unordered_values(
         )  # fmt: skip
 
 
+if _NATIVE is not None:
+    _NATIVE.bind(
+        Served, KeyEntries, _late, _full, _too_large, _out_of_order, window_value, exact_sum,
+        math.fsum, KeyEntries.first,
+    )  # fmt: skip
+
+
 def enrich(doc: dict[str, Any], names: Sequence[str], values: Sequence[float]) -> bytes:
     """The record's JSON value with each declared feature at its top level (the value wins).
 
@@ -695,6 +765,8 @@ def enrich(doc: dict[str, Any], names: Sequence[str], values: Sequence[float]) -
 
 
 __all__ = [
+    "ENGINE",
+    "ENGINE_REASON",
     "Applied",
     "ForeignStoreError",
     "PartitionState",

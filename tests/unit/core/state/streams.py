@@ -83,7 +83,7 @@ def rarely(draw: st.DrawFn) -> bool:
 
 
 @st.composite
-def record(draw: st.DrawFn, base_ms: int) -> Rec:
+def record(draw: st.DrawFn, base_ms: int, amounts: st.SearchStrategy[Any] = AMOUNTS) -> Rec:
     """A record near ``base_ms``; times are whole seconds, so window bounds are hit exactly."""
     doc: dict[str, Any] = {}
     if rarely(draw):
@@ -92,7 +92,7 @@ def record(draw: st.DrawFn, base_ms: int) -> Rec:
             doc["card"] = bad_card
     else:
         doc["card"] = draw(st.sampled_from(["a", "b", "c"]))
-    doc["amount"] = draw(st.just("x")) if rarely(draw) else draw(AMOUNTS)
+    doc["amount"] = draw(st.just("x")) if rarely(draw) else draw(amounts)
     doc["shop"] = draw(st.sampled_from(["s1", "s2", "s3", 4]))
     jitter = 1000 * draw(st.integers(-5, 5))
     doc["ts"] = "soon" if rarely(draw) else base_ms + jitter
@@ -102,14 +102,16 @@ def record(draw: st.DrawFn, base_ms: int) -> Rec:
 
 
 @st.composite
-def streams(draw: st.DrawFn, max_records: int = 80) -> list[Rec]:
+def streams(
+    draw: st.DrawFn, max_records: int = 80, amounts: st.SearchStrategy[Any] = AMOUNTS
+) -> list[Rec]:
     """Records of two partitions, times mostly increasing with jitter (out of order, some late)."""
     steps = draw(st.lists(st.integers(0, 4), min_size=max_records // 4, max_size=max_records))
     base = 1_700_000_000_000
     out = []
     for step in steps:
         base += 1000 * step
-        out.append(draw(record(base)))
+        out.append(draw(record(base, amounts)))
     return out
 
 

@@ -1,0 +1,994 @@
+/* The per-record loop of a one-group layout (windows.PartitionState._apply_group), compiled.
+ *
+ * It does what the Python loop does, step by step, on the same Python objects (the batch's
+ * columns, the key entries' lists, the dicts of keys read and written), so the values, the
+ * entries and the store changes are the same, bit for bit:
+ *
+ * - a sum is math.fsum called on the same list the Python code builds (the window's slice,
+ *   then the current value), and exact_sum when it overflows;
+ * - count, time_since_last and last are computed as the Python expressions compute them
+ *   (float(int), an int true division done in doubles only where Python does it so too);
+ * - a new key's KeyEntries is made as KeyEntries.first makes it (through its slots);
+ * - every rarer step calls the Python function the loop calls (_late, _full, _too_large,
+ *   _out_of_order, entries.window_value for std and distinct_count);
+ * - mean, min and max of exact floats as entries.aggregate computes them (else it is called).
+ *
+ * A record it was not written for (a time or a key's newest time outside +-2**62, an object
+ * of another type where the engine keeps a list) stops it before that record changes
+ * anything: it returns the record's index and the Python loop applies the rest.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <structmember.h>
+
+#define MAX_TIME (((int64_t)1) << 62)
+#define EXACT_DOUBLE (((int64_t)1) << 53)
+
+enum { COUNT, SUM, TIME_SINCE_LAST, LAST, OTHER };
+enum { AGG_PYTHON, AGG_MEAN, AGG_MIN, AGG_MAX }; /* an OTHER feature's aggregation */
+
+typedef struct {
+    Py_ssize_t index;
+    int kind;
+    Py_ssize_t slot;
+    Py_ssize_t field;
+    int include_current;
+    int agg;
+    PyObject *default_value; /* borrowed from the plan */
+    PyObject *plan;          /* the FeaturePlan tuple, borrowed */
+} Feature;
+
+static PyObject *served_type, *key_entries_type, *late_fn, *full_fn, *too_large_fn,
+    *out_of_order_fn, *value_fn, *exact_sum_fn, *fsum_fn, *first_fn;
+static PyObject *str_newest_us, *str_times, *str_columns, *str_ordered;
+static PyObject *zero_float, *empty_list, *empty_tuple;
+
+/* Where KeyEntries keeps each slot (its __slots__' member descriptors), or -1: read by name. */
+enum { NEWEST_US, TIMES, COLUMNS, ORDERED, SLOTS };
+static Py_ssize_t slot_offsets[SLOTS] = {-1, -1, -1, -1};
+static PyObject **slot_names[SLOTS] = {&str_newest_us, &str_times, &str_columns, &str_ordered};
+
+/* getattr(state, name) of a KeyEntries, from its slot when the class keeps it in one. */
+static PyObject *
+get_slot(PyObject *state, int slot)
+{
+    if (slot_offsets[slot] >= 0) {
+        PyObject *value = *(PyObject **)((char *)state + slot_offsets[slot]);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(state, *slot_names[slot]);
+}
+
+/* setattr(state, name, value) */
+static int
+set_slot(PyObject *state, int slot, PyObject *value)
+{
+    if (slot_offsets[slot] >= 0) {
+        PyObject **at = (PyObject **)((char *)state + slot_offsets[slot]);
+        PyObject *old = *at;
+        Py_INCREF(value);
+        *at = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(state, *slot_names[slot], value);
+}
+
+/* -1, 0, 1 as `item` is below, equal to or above `value` (an int, as Python compares them). */
+static int
+compare_time(PyObject *item, int64_t value, int *error)
+{
+    if (PyLong_CheckExact(item)) {
+        int overflow;
+        long long got = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (overflow) {
+            return overflow;
+        }
+        if (got == -1 && PyErr_Occurred()) {
+            *error = 1;
+            return 0;
+        }
+        return (got > value) - (got < value);
+    }
+    PyObject *number = PyLong_FromLongLong(value);
+    if (number == NULL) {
+        *error = 1;
+        return 0;
+    }
+    int above = PyObject_RichCompareBool(item, number, Py_GT);
+    int below = above == 0 ? PyObject_RichCompareBool(item, number, Py_LT) : 0;
+    Py_DECREF(number);
+    if (above < 0 || below < 0) {
+        *error = 1;
+        return 0;
+    }
+    return above ? 1 : (below ? -1 : 0);
+}
+
+/* bisect.bisect_right(times, value, lo, hi) */
+static Py_ssize_t
+bisect_right(PyObject *times, int64_t value, Py_ssize_t lo, Py_ssize_t hi, int *error)
+{
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        int order = compare_time(PyList_GET_ITEM(times, mid), value, error);
+        if (*error) {
+            return -1;
+        }
+        if (order > 0) {
+            hi = mid;
+        }
+        else {
+            lo = mid + 1;
+        }
+    }
+    return lo;
+}
+
+/* An int in (-2**62, 2**62), or 0 with *ok = 0. */
+static int64_t
+small_time(PyObject *value, int *ok)
+{
+    *ok = 0;
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+    int overflow;
+    long long got = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (got == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (got <= -MAX_TIME || got >= MAX_TIME) {
+        return 0;
+    }
+    *ok = 1;
+    return got;
+}
+
+#define NUM_PARTIALS 32
+
+/* math.fsum over floats, CPython's algorithm (Modules/mathmodule.c, math_fsum) step for step,
+ * for the case it is written for: every item an exact float, every partial sum finite, at
+ * most NUM_PARTIALS partials. Anything else (an int or a text, an infinity or a nan, an
+ * intermediate overflow, more partials) returns 0, and the caller calls math.fsum itself. */
+static int
+exact_float_sum(PyObject **items, Py_ssize_t count, PyObject *current, double *sum)
+{
+    double x, y, t, hi, yr, lo = 0.0, ps[NUM_PARTIALS];
+    Py_ssize_t i, j, n = 0, at;
+    Py_ssize_t total = count + (current != NULL);
+    for (at = 0; at < total; at++) { /* for x in iterable */
+        PyObject *item = at < count ? items[at] : current;
+        if (!PyFloat_CheckExact(item)) {
+            return 0;
+        }
+        x = PyFloat_AS_DOUBLE(item);
+        for (i = j = 0; j < n; j++) { /* for y in partials */
+            y = ps[j];
+            if (fabs(x) < fabs(y)) {
+                t = x;
+                x = y;
+                y = t;
+            }
+            hi = x + y;
+            yr = hi - x;
+            lo = y - yr;
+            if (lo != 0.0) {
+                ps[i++] = lo;
+            }
+            x = hi;
+        }
+        n = i; /* ps[i:] = [x] */
+        if (x != 0.0) {
+            if (!isfinite(x) || n >= NUM_PARTIALS) {
+                return 0; /* a special sum, an overflow or a realloc: math.fsum's own path */
+            }
+            ps[n++] = x;
+        }
+    }
+    hi = 0.0;
+    if (n > 0) {
+        hi = ps[--n];
+        /* sum_exact(ps, hi) from the top, stop when the sum becomes inexact. */
+        while (n > 0) {
+            x = hi;
+            y = ps[--n];
+            hi = x + y;
+            yr = hi - x;
+            lo = y - yr;
+            if (lo != 0.0) {
+                break;
+            }
+        }
+        /* Make half-even rounding work across multiple partials. */
+        if (n > 0 && ((lo < 0.0 && ps[n - 1] < 0.0) || (lo > 0.0 && ps[n - 1] > 0.0))) {
+            y = lo * 2.0;
+            x = hi + y;
+            yr = x - hi;
+            if (y == yr) {
+                hi = x;
+            }
+        }
+    }
+    *sum = hi;
+    return 1;
+}
+
+/* fsum(column[lo:hi] + [current]) (or without current), exact_sum where fsum overflows. */
+static PyObject *
+window_sum(PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int include_current, PyObject *current)
+{
+    double sum;
+    if (exact_float_sum(((PyListObject *)column)->ob_item + lo, hi - lo,
+                        include_current ? current : NULL, &sum)) {
+        return PyFloat_FromDouble(sum);
+    }
+    Py_ssize_t n = hi - lo + (include_current ? 1 : 0);
+    PyObject *seen = PyList_New(n);
+    if (seen == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        PyObject *item = PyList_GET_ITEM(column, i);
+        Py_INCREF(item);
+        PyList_SET_ITEM(seen, i - lo, item);
+    }
+    if (include_current) {
+        Py_INCREF(current);
+        PyList_SET_ITEM(seen, n - 1, current);
+    }
+    PyObject *total = PyObject_CallOneArg(fsum_fn, seen);
+    if (total == NULL && PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyErr_Clear();
+        total = PyObject_CallOneArg(exact_sum_fn, seen);
+    }
+    Py_DECREF(seen);
+    return total;
+}
+
+/* (time_us - newest) / 1_000_000 as Python computes it. */
+static PyObject *
+seconds_since(int64_t time_us, PyObject *newest)
+{
+    if (PyLong_CheckExact(newest)) {
+        int overflow;
+        long long got = PyLong_AsLongLongAndOverflow(newest, &overflow);
+        if (!overflow && !(got == -1 && PyErr_Occurred()) && got > -MAX_TIME && got < MAX_TIME) {
+            int64_t diff = time_us - (int64_t)got;
+            if (diff > -EXACT_DOUBLE && diff < EXACT_DOUBLE) {
+                /* int / int of two ints exact in a double: Python divides the doubles */
+                return PyFloat_FromDouble((double)diff / 1000000.0);
+            }
+        }
+        PyErr_Clear();
+    }
+    PyObject *now = PyLong_FromLongLong(time_us);
+    if (now == NULL) {
+        return NULL;
+    }
+    PyObject *diff = PyNumber_Subtract(now, newest);
+    Py_DECREF(now);
+    if (diff == NULL) {
+        return NULL;
+    }
+    PyObject *million = PyLong_FromLong(1000000);
+    if (million == NULL) {
+        Py_DECREF(diff);
+        return NULL;
+    }
+    PyObject *seconds = PyNumber_TrueDivide(diff, million);
+    Py_DECREF(diff);
+    Py_DECREF(million);
+    return seconds;
+}
+
+/* float(value) */
+static PyObject *
+as_float(PyObject *value)
+{
+    if (PyFloat_CheckExact(value)) {
+        Py_INCREF(value);
+        return value;
+    }
+    return PyNumber_Float(value);
+}
+
+/* mean, min and max of a window of exact floats, as entries.aggregate computes them:
+ * min(numbers) and max(numbers) keep the first of equal values (their object), the mean is
+ * exact_sum(numbers) / len(numbers). NULL without an error: the Python function computes it
+ * (another aggregation, or an item that is not an exact float). */
+static PyObject *
+floats_aggregate(int agg, PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int include_current,
+                 PyObject *current, PyObject *default_value)
+{
+    if (agg != AGG_MEAN && agg != AGG_MIN && agg != AGG_MAX) {
+        return NULL;
+    }
+    Py_ssize_t count = hi - lo + (include_current ? 1 : 0);
+    PyObject **items = ((PyListObject *)column)->ob_item + lo;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyFloat_CheckExact(i < hi - lo ? items[i] : current)) {
+            return NULL;
+        }
+    }
+    if (count == 0) {
+        Py_INCREF(default_value);
+        return default_value;
+    }
+    if (agg == AGG_MEAN) {
+        PyObject *total = window_sum(column, lo, hi, include_current, current);
+        if (total == NULL) {
+            return NULL; /* its error, as exact_sum raises it */
+        }
+        double mean = PyFloat_AsDouble(total) / (double)count;
+        Py_DECREF(total);
+        return PyFloat_FromDouble(mean);
+    }
+    PyObject *best = hi > lo ? items[0] : current;
+    for (Py_ssize_t i = 1; i < count; i++) {
+        PyObject *item = i < hi - lo ? items[i] : current;
+        double x = PyFloat_AS_DOUBLE(item), y = PyFloat_AS_DOUBLE(best);
+        if (agg == AGG_MIN ? x < y : x > y) {
+            best = item;
+        }
+    }
+    Py_INCREF(best);
+    return best;
+}
+
+/* Each feature's value into `values` (a new tuple): entries.feature_values for an ordered
+ * window [los[slot], hi) of `times` and `columns` (empty lists for a key without entries). */
+static int
+compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssize_t hi,
+               PyObject *times, PyObject *columns, int64_t time_us, PyObject *fields,
+               PyObject *values)
+{
+    for (Py_ssize_t f = 0; f < nfeatures; f++) {
+        Feature *feature = &features[f];
+        Py_ssize_t lo = los[feature->slot];
+        PyObject *value = NULL;
+        switch (feature->kind) {
+        case COUNT:
+            value = PyFloat_FromDouble((double)(hi - lo + feature->include_current));
+            break;
+        case SUM:
+            value = window_sum(PyList_GET_ITEM(columns, feature->field), lo, hi,
+                               feature->include_current,
+                               PyTuple_GET_ITEM(fields, feature->field));
+            break;
+        case TIME_SINCE_LAST:
+            if (lo == hi) {
+                value = feature->default_value;
+                Py_INCREF(value);
+            }
+            else {
+                value = seconds_since(time_us, PyList_GET_ITEM(times, hi - 1));
+            }
+            break;
+        case LAST:
+            if (feature->include_current) {
+                value = as_float(PyTuple_GET_ITEM(fields, feature->field));
+            }
+            else if (lo == hi) {
+                value = feature->default_value;
+                Py_INCREF(value);
+            }
+            else {
+                value = as_float(PyList_GET_ITEM(PyList_GET_ITEM(columns, feature->field), hi - 1));
+            }
+            break;
+        default: {
+            value = floats_aggregate(feature->agg, PyList_GET_ITEM(columns, feature->field), lo, hi,
+                                     feature->include_current,
+                                     PyTuple_GET_ITEM(fields, feature->field),
+                                     feature->default_value);
+            if (value != NULL || PyErr_Occurred()) {
+                break;
+            }
+            PyObject *args[8];
+            PyObject *kind = PyLong_FromLong(feature->kind);
+            PyObject *py_lo = PyLong_FromSsize_t(lo);
+            PyObject *py_hi = PyLong_FromSsize_t(hi);
+            if (kind != NULL && py_lo != NULL && py_hi != NULL) {
+                args[0] = kind;
+                args[1] = py_lo;
+                args[2] = py_hi;
+                args[3] = times;
+                args[4] = PyList_GET_ITEM(columns, feature->field);
+                args[5] = Py_True;
+                args[6] = PyTuple_GET_ITEM(fields, feature->field);
+                args[7] = feature->plan;
+                value = PyObject_Vectorcall(value_fn, args, 8, NULL);
+            }
+            Py_XDECREF(kind);
+            Py_XDECREF(py_lo);
+            Py_XDECREF(py_hi);
+        }
+        }
+        if (value == NULL) {
+            return -1;
+        }
+        PyObject *old = PyTuple_GET_ITEM(values, feature->index);
+        PyTuple_SET_ITEM(values, feature->index, value);
+        Py_DECREF(old);
+    }
+    return 0;
+}
+
+static PyObject *
+new_values(Py_ssize_t width)
+{
+    PyObject *values = PyTuple_New(width);
+    if (values == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < width; i++) {
+        Py_INCREF(zero_float);
+        PyTuple_SET_ITEM(values, i, zero_float);
+    }
+    return values;
+}
+
+/* Append Served(values...) made from `args` to `served` (a new reference is consumed). */
+static int
+append_served(PyObject *served, PyObject *outcome)
+{
+    if (outcome == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(served, outcome);
+    Py_DECREF(outcome);
+    return failed;
+}
+
+static int
+key_columns_ok(PyObject *state, Py_ssize_t nfields, PyObject **times, PyObject **columns)
+{
+    *times = get_slot(state, TIMES);
+    if (*times == NULL) {
+        return -1;
+    }
+    *columns = get_slot(state, COLUMNS);
+    if (*columns == NULL) {
+        Py_CLEAR(*times);
+        return -1;
+    }
+    if (!PyList_CheckExact(*times) || !PyList_CheckExact(*columns)
+        || PyList_GET_SIZE(*columns) != nfields) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyObject *column = PyList_GET_ITEM(*columns, i);
+        if (!PyList_CheckExact(column) || PyList_GET_SIZE(column) != PyList_GET_SIZE(*times)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* KeyEntries.first(time_us, fields): KeyEntries(time_us, [time_us], [[v] for v in fields]),
+ * whose times are in order; made as its __init__ leaves it when the class keeps its four
+ * attributes in slots, else by the classmethod. */
+static PyObject *
+first_entry(PyObject *time_obj, PyObject *fields, Py_ssize_t nfields)
+{
+    int slots = 1;
+    for (int slot = 0; slot < SLOTS; slot++) {
+        slots = slots && slot_offsets[slot] >= 0;
+    }
+    if (!slots) {
+        PyObject *call[2] = {time_obj, fields};
+        return PyObject_Vectorcall(first_fn, call, 2, NULL);
+    }
+    PyTypeObject *type = (PyTypeObject *)key_entries_type;
+    PyObject *entries = type->tp_new(type, empty_tuple, NULL);
+    PyObject *times = PyList_New(1);
+    PyObject *columns = PyList_New(nfields);
+    if (entries == NULL || times == NULL || columns == NULL) {
+        goto failed;
+    }
+    Py_INCREF(time_obj);
+    PyList_SET_ITEM(times, 0, time_obj);
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyObject *column = PyList_New(1);
+        if (column == NULL) {
+            goto failed;
+        }
+        PyObject *value = PyTuple_GET_ITEM(fields, i);
+        Py_INCREF(value);
+        PyList_SET_ITEM(column, 0, value);
+        PyList_SET_ITEM(columns, i, column);
+    }
+    /* __init__'s order: newest_us, times, columns, ordered (one entry: in order) */
+    if (set_slot(entries, NEWEST_US, time_obj) < 0 || set_slot(entries, TIMES, times) < 0
+        || set_slot(entries, COLUMNS, columns) < 0 || set_slot(entries, ORDERED, Py_True) < 0) {
+        goto failed;
+    }
+    Py_DECREF(times);
+    Py_DECREF(columns);
+    return entries;
+failed:
+    Py_XDECREF(entries);
+    Py_XDECREF(times);
+    Py_XDECREF(columns);
+    return NULL;
+}
+
+/* Delete items [0, count) of a list (`del items[:count]`). */
+static int
+drop_front(PyObject *items, Py_ssize_t count)
+{
+    return count ? PyList_SetSlice(items, 0, count, NULL) : 0;
+}
+
+static PyObject *
+apply_group(PyObject *self, PyObject *args)
+{
+    PyObject *features_obj, *windows_obj, *store_keys, *times_us, *rows, *bad, *keys, *cache,
+        *load, *clock_obj, *written, *served, *plan;
+    long long horizon, ttl, max_entries, lateness;
+    Py_ssize_t width, nfields;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO!O!LLLLnnO!O!O!O!O!OOOO!O!", &plan, &PyTuple_Type, &features_obj,
+                          &PyTuple_Type, &windows_obj, &horizon, &ttl, &max_entries, &lateness,
+                          &width, &nfields, &PyList_Type, &store_keys, &PyList_Type, &times_us,
+                          &PyList_Type, &rows, &PyDict_Type, &bad, &PyDict_Type, &keys, &cache,
+                          &load, &clock_obj, &PyDict_Type, &written, &PyList_Type, &served)) {
+        return NULL;
+    }
+    if (served_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_engine.bind() was not called");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(cache)) {
+        PyErr_SetString(PyExc_TypeError, "cache must be a dict");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(store_keys);
+    if (PyList_GET_SIZE(times_us) != count || PyList_GET_SIZE(rows) != count) {
+        PyErr_SetString(PyExc_ValueError, "the columns differ in length");
+        return NULL;
+    }
+    Py_ssize_t nfeatures = PyTuple_GET_SIZE(features_obj);
+    Py_ssize_t nwindows = PyTuple_GET_SIZE(windows_obj);
+    Feature *features = PyMem_Calloc(nfeatures ? nfeatures : 1, sizeof(Feature));
+    int64_t *windows = PyMem_Calloc(nwindows ? nwindows : 1, sizeof(int64_t));
+    Py_ssize_t *los = PyMem_Calloc(nwindows ? nwindows : 1, sizeof(Py_ssize_t));
+    Py_ssize_t *no_los = PyMem_Calloc(nwindows ? nwindows : 1, sizeof(Py_ssize_t));
+    PyObject *no_columns = NULL;
+    PyObject *clock = clock_obj;
+    Py_INCREF(clock);
+    Py_ssize_t at = 0;
+    int failed = 1;
+    if (features == NULL || windows == NULL || los == NULL || no_los == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t w = 0; w < nwindows; w++) {
+        int ok;
+        windows[w] = small_time(PyTuple_GET_ITEM(windows_obj, w), &ok);
+        if (!ok || windows[w] < 0) {
+            PyErr_SetString(PyExc_ValueError, "a window outside [0, 2**62)");
+            goto done;
+        }
+    }
+    for (Py_ssize_t f = 0; f < nfeatures; f++) {
+        PyObject *item = PyTuple_GET_ITEM(features_obj, f);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 7) {
+            PyErr_SetString(PyExc_TypeError, "a feature plan is a 7-tuple");
+            goto done;
+        }
+        features[f].index = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 0));
+        features[f].kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        features[f].slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
+        features[f].field = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 3));
+        features[f].include_current = PyObject_IsTrue(PyTuple_GET_ITEM(item, 4));
+        features[f].default_value = PyTuple_GET_ITEM(item, 5);
+        features[f].plan = item;
+        PyObject *agg = PyTuple_GET_ITEM(item, 6);
+        features[f].agg = !PyUnicode_Check(agg)                        ? AGG_PYTHON
+                          : PyUnicode_CompareWithASCIIString(agg, "mean") == 0 ? AGG_MEAN
+                          : PyUnicode_CompareWithASCIIString(agg, "min") == 0  ? AGG_MIN
+                          : PyUnicode_CompareWithASCIIString(agg, "max") == 0  ? AGG_MAX
+                                                                               : AGG_PYTHON;
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        if (features[f].index < 0 || features[f].index >= width || features[f].slot < 0
+            || features[f].slot >= nwindows
+            || ((features[f].kind != COUNT && features[f].kind != TIME_SINCE_LAST)
+                && (features[f].field < 0 || features[f].field >= nfields))) {
+            PyErr_SetString(PyExc_ValueError, "a feature plan out of range");
+            goto done;
+        }
+    }
+    no_columns = PyList_New(nfields);
+    if (no_columns == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyList_SET_ITEM(no_columns, i, empty_list);
+        Py_INCREF(empty_list);
+    }
+    int64_t clock_us = 0;
+    int has_clock = clock != Py_None;
+    if (has_clock) {
+        int ok;
+        clock_us = small_time(clock, &ok);
+        if (!ok) {
+            failed = 0; /* the Python loop applies the whole batch */
+            goto done;
+        }
+    }
+    Py_ssize_t bad_count = PyDict_GET_SIZE(bad);
+    for (at = 0; at < count; at++) {
+        PyObject *store_key = PyList_GET_ITEM(store_keys, at);
+        PyObject *time_obj = PyList_GET_ITEM(times_us, at);
+        PyObject *fields = PyList_GET_ITEM(rows, at);
+        if (bad_count) {
+            PyObject *index = PyLong_FromSsize_t(at);
+            if (index == NULL) {
+                goto done;
+            }
+            PyObject *problem = PyDict_GetItemWithError(bad, index);
+            Py_DECREF(index);
+            if (problem != NULL) {
+                PyObject *reason = PyObject_GetAttrString(problem, "reason");
+                PyObject *detail = reason ? PyObject_GetAttrString(problem, "detail") : NULL;
+                PyObject *outcome = NULL;
+                if (detail != NULL) {
+                    PyObject *call[3] = {Py_None, reason, detail};
+                    outcome = PyObject_Vectorcall(served_type, call, 3, NULL);
+                }
+                Py_XDECREF(reason);
+                Py_XDECREF(detail);
+                if (append_served(served, outcome) < 0) {
+                    goto done;
+                }
+                continue;
+            }
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+        }
+        int ok;
+        int64_t time_us = small_time(time_obj, &ok);
+        if (!ok || !PyTuple_CheckExact(fields) || PyTuple_GET_SIZE(fields) != nfields) {
+            break; /* the Python loop applies the rest */
+        }
+        PyObject *state = PyDict_GetItemWithError(keys, store_key); /* borrowed */
+        if (state == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            PyObject *cached = PyDict_GetItemWithError(cache, store_key);
+            if (cached == NULL && PyErr_Occurred()) {
+                goto done;
+            }
+            int truthy = cached == NULL ? 0 : PyObject_IsTrue(cached);
+            if (truthy < 0) {
+                goto done;
+            }
+            PyObject *loaded;
+            if (truthy) {
+                loaded = PySequence_GetItem(cached, 0);
+            }
+            else {
+                loaded = PyObject_CallOneArg(load, store_key);
+            }
+            if (loaded == NULL) {
+                goto done;
+            }
+            if (PyDict_SetItem(keys, store_key, loaded) < 0) {
+                Py_DECREF(loaded);
+                goto done;
+            }
+            Py_DECREF(loaded);
+            state = loaded; /* keys holds it */
+        }
+        Py_INCREF(state);
+        PyObject *times = NULL, *columns = NULL, *newest_obj = NULL;
+        int64_t newest = 0;
+        int empty = state == Py_None;
+        int ordered = 0;
+        if (!empty) {
+            if (Py_TYPE(state) != (PyTypeObject *)key_entries_type) {
+                Py_DECREF(state);
+                break;
+            }
+            newest_obj = get_slot(state, NEWEST_US);
+            if (newest_obj == NULL) {
+                Py_DECREF(state);
+                goto done;
+            }
+            newest = small_time(newest_obj, &ok);
+            int shape = ok ? key_columns_ok(state, nfields, &times, &columns) : 0;
+            if (shape <= 0) {
+                Py_DECREF(state);
+                Py_DECREF(newest_obj);
+                Py_XDECREF(times);
+                Py_XDECREF(columns);
+                if (shape < 0) {
+                    goto done;
+                }
+                break;
+            }
+            PyObject *ordered_obj = get_slot(state, ORDERED);
+            ordered = ordered_obj == NULL ? -1
+                      : ordered_obj == Py_True ? 1
+                      : ordered_obj == Py_False ? 0
+                                                 : PyObject_IsTrue(ordered_obj);
+            Py_XDECREF(ordered_obj);
+            if (ordered < 0) {
+                Py_DECREF(state);
+                Py_DECREF(newest_obj);
+                Py_DECREF(times);
+                Py_DECREF(columns);
+                goto done;
+            }
+        }
+        PyObject *outcome = NULL;
+        PyObject *values = NULL;
+        int step_failed = 1;
+        if (!empty) {
+            if (has_clock && newest < clock_us - ttl) {
+                empty = 1; /* past its TTL: it reads as empty */
+            }
+            else if (time_us < newest - lateness) {
+                PyObject *behind = PyLong_FromLongLong(newest - time_us);
+                PyObject *allowed = PyLong_FromLongLong(lateness);
+                if (behind != NULL && allowed != NULL) {
+                    PyObject *call[2] = {behind, allowed};
+                    outcome = PyObject_Vectorcall(late_fn, call, 2, NULL);
+                }
+                Py_XDECREF(behind);
+                Py_XDECREF(allowed);
+                goto record_done;
+            }
+            else if (PyList_GET_SIZE(times) >= max_entries) {
+                PyObject *keep = PyLong_FromLongLong((newest > time_us ? newest : time_us) - horizon);
+                PyObject *most = PyLong_FromLongLong(max_entries);
+                int full = -1;
+                if (keep != NULL && most != NULL) {
+                    PyObject *call[3] = {state, keep, most};
+                    PyObject *answer = PyObject_Vectorcall(full_fn, call, 3, NULL);
+                    full = answer == NULL ? -1 : PyObject_IsTrue(answer);
+                    Py_XDECREF(answer);
+                }
+                if (full != 0) {
+                    if (full > 0) {
+                        PyObject *call[1] = {most};
+                        outcome = PyObject_Vectorcall(too_large_fn, call, 1, NULL);
+                    }
+                    Py_XDECREF(keep);
+                    Py_XDECREF(most);
+                    goto record_done;
+                }
+                Py_XDECREF(keep);
+                Py_XDECREF(most);
+            }
+        }
+        values = new_values(width);
+        if (values == NULL) {
+            goto record_done;
+        }
+        if (empty) { /* new, or past its TTL: only this entry */
+            if (compute_values(features, nfeatures, no_los, 0, empty_list, no_columns, time_us,
+                               fields, values) < 0) {
+                goto record_done;
+            }
+            PyObject *first = first_entry(time_obj, fields, nfields);
+            if (first == NULL) {
+                goto record_done;
+            }
+            int set = PyDict_SetItem(keys, store_key, first);
+            Py_DECREF(first);
+            if (set < 0) {
+                goto record_done;
+            }
+        }
+        else if (ordered && time_us >= newest) { /* KeyEntries.bounds and .add, inline */
+            Py_ssize_t hi = PyList_GET_SIZE(times);
+            int error = 0;
+            for (Py_ssize_t w = 0; w < nwindows; w++) {
+                los[w] = bisect_right(times, time_us - windows[w], 0, hi, &error);
+                if (error) {
+                    goto record_done;
+                }
+            }
+            if (compute_values(features, nfeatures, los, hi, times, columns, time_us, fields,
+                               values) < 0) {
+                goto record_done;
+            }
+            int64_t keep_above = time_us - horizon;
+            if (hi > 0 && compare_time(PyList_GET_ITEM(times, 0), keep_above, &error) <= 0) {
+                if (error) {
+                    goto record_done;
+                }
+                /* state.drop(keep_above), ordered: in place, the lists stay the same */
+                Py_ssize_t drop = bisect_right(times, keep_above, 0, hi, &error);
+                if (error || drop_front(times, drop) < 0) {
+                    goto record_done;
+                }
+                for (Py_ssize_t i = 0; i < nfields; i++) {
+                    if (drop_front(PyList_GET_ITEM(columns, i), drop) < 0) {
+                        goto record_done;
+                    }
+                }
+            }
+            if (error) {
+                goto record_done;
+            }
+            if (set_slot(state, NEWEST_US, time_obj) < 0
+                || PyList_Append(times, time_obj) < 0) {
+                goto record_done;
+            }
+            for (Py_ssize_t i = 0; i < nfields; i++) {
+                if (PyList_Append(PyList_GET_ITEM(columns, i), PyTuple_GET_ITEM(fields, i)) < 0) {
+                    goto record_done;
+                }
+            }
+        }
+        else {
+            PyObject *list = PySequence_List(values);
+            if (list == NULL) {
+                goto record_done;
+            }
+            PyObject *call[5] = {plan, state, time_obj, fields, list};
+            PyObject *nothing = PyObject_Vectorcall(out_of_order_fn, call, 5, NULL);
+            if (nothing == NULL) {
+                Py_DECREF(list);
+                goto record_done;
+            }
+            Py_DECREF(nothing);
+            PyObject *tuple = PyList_AsTuple(list);
+            Py_DECREF(list);
+            if (tuple == NULL) {
+                goto record_done;
+            }
+            Py_SETREF(values, tuple);
+        }
+        if (PyDict_SetItem(written, store_key, Py_None) < 0) {
+            goto record_done;
+        }
+        if (!has_clock || time_us > clock_us) {
+            clock_us = time_us;
+            has_clock = 1;
+            Py_INCREF(time_obj);
+            Py_SETREF(clock, time_obj);
+        }
+        if (PyObject_GC_IsTracked(values)) {
+            int floats = 1;
+            for (Py_ssize_t i = 0; i < width && floats; i++) {
+                floats = PyFloat_CheckExact(PyTuple_GET_ITEM(values, i));
+            }
+            if (floats) {
+                PyObject_GC_UnTrack(values); /* floats make no cycle: the collector skips it */
+            }
+        }
+        outcome = PyObject_CallOneArg(served_type, values);
+    record_done:
+        if (outcome != NULL) {
+            step_failed = PyList_Append(served, outcome) < 0;
+            Py_DECREF(outcome);
+        }
+        Py_XDECREF(values);
+        Py_DECREF(state);
+        Py_XDECREF(newest_obj);
+        Py_XDECREF(times);
+        Py_XDECREF(columns);
+        if (step_failed) {
+            goto done;
+        }
+    }
+    failed = 0;
+done:
+    PyMem_Free(features);
+    PyMem_Free(windows);
+    PyMem_Free(los);
+    PyMem_Free(no_los);
+    Py_XDECREF(no_columns);
+    if (failed) {
+        Py_DECREF(clock);
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(nN)", at, clock);
+    return result;
+}
+
+static PyObject *
+bind(PyObject *self, PyObject *args)
+{
+    PyObject *served, *entries, *late, *full, *too_large, *out_of_order, *value, *exact_sum, *fsum,
+        *first;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO", &served, &entries, &late, &full, &too_large,
+                          &out_of_order, &value, &exact_sum, &fsum, &first)) {
+        return NULL;
+    }
+    if (!PyType_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "KeyEntries must be a class");
+        return NULL;
+    }
+    for (int slot = 0; slot < SLOTS; slot++) {
+        PyObject *descriptor = PyObject_GetAttr(entries, *slot_names[slot]);
+        if (descriptor == NULL) {
+            return NULL;
+        }
+        slot_offsets[slot] = -1;
+        if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+            if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+                slot_offsets[slot] = member->offset;
+            }
+        }
+        Py_DECREF(descriptor);
+    }
+    PyObject **slots[] = {&served_type, &key_entries_type, &late_fn, &full_fn, &too_large_fn,
+                          &out_of_order_fn, &value_fn, &exact_sum_fn, &fsum_fn, &first_fn};
+    PyObject *given[] = {served,       entries, late,      full, too_large,
+                         out_of_order, value,   exact_sum, fsum, first};
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++) {
+        Py_INCREF(given[i]);
+        Py_XSETREF(*slots[i], given[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* window_sum over a list, for the tests: the compiled sum against math.fsum. */
+static PyObject *
+float_sum(PyObject *self, PyObject *values)
+{
+    (void)self;
+    if (!PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "a list");
+        return NULL;
+    }
+    if (fsum_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_engine.bind() was not called");
+        return NULL;
+    }
+    return window_sum(values, 0, PyList_GET_SIZE(values), 0, NULL);
+}
+
+static PyMethodDef methods[] = {
+    {"window_sum", float_sum, METH_O,
+     "window_sum(values: list) -> float: math.fsum(values) as the loop computes it (exact_sum "
+     "where fsum overflows)."},
+    {"bind", bind, METH_VARARGS,
+     "bind(Served, KeyEntries, late, full, too_large, out_of_order, value, exact_sum, fsum, "
+     "KeyEntries.first): "
+     "the Python objects the loop makes and calls."},
+    {"apply_group", apply_group, METH_VARARGS,
+     "apply_group(plan, features, windows_us, horizon_us, ttl_us, max_entries, lateness_us, "
+     "width, fields, store_keys, times_us, rows, bad, keys, cache, load, clock, written, served)"
+     " -> (records applied, clock): PartitionState._apply_group's loop."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_engine",
+    "The per-record loop of the window-state engine, compiled (see windows.py).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__engine(void)
+{
+    str_newest_us = PyUnicode_InternFromString("newest_us");
+    str_times = PyUnicode_InternFromString("times");
+    str_columns = PyUnicode_InternFromString("columns");
+    str_ordered = PyUnicode_InternFromString("ordered");
+    zero_float = PyFloat_FromDouble(0.0);
+    empty_list = PyList_New(0);
+    empty_tuple = PyTuple_New(0);
+    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !zero_float || !empty_list || !empty_tuple) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
