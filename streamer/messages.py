@@ -169,6 +169,19 @@ class BatchPartlyDelivered:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsAssigned:
+    """Consumer -> producer (labels on): these partitions joined; open their ledgers now.
+
+    The producer restores each input partition's prediction ledger before the
+    partition's first batch arrives, while the consumer fetches and the stages
+    score: the restore (a store opened, the changelog probed) is paid during the
+    start-up, not by the first batches (docs/labels.md).
+    """
+
+    tps: tuple[TP, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionsRevoked:
     """Consumer -> producer: these partitions left; their batches dispatched before are abandoned.
 

@@ -31,6 +31,7 @@ from streamer.messages import (
     GetStatus,
     InFlight,
     LabelBatch,
+    PartitionsAssigned,
     PartitionsRevoked,
     RecordsConsumed,
     Rewind,
@@ -464,6 +465,10 @@ class ConsumerActor(PipelineActor):
                     self._client.pause(tps)
                 else:
                     self._client.resume(tps)
+            if tps and self._labels_topic and self._producer is not None:
+                # The producer restores their prediction ledgers now, ahead of their first
+                # batch, while this consumer fetches it.
+                self._producer.tell(PartitionsAssigned(tuple(tps)))
             if self._on_ready is not None:
                 self._on_ready()
 

@@ -42,6 +42,7 @@ from streamer.messages import (
     LabelBatch,
     LabelsJoined,
     LabelsRevoked,
+    PartitionsAssigned,
     PartitionsRevoked,
     ProducerStatus,
     ScoredBatch,
@@ -173,6 +174,8 @@ class ProducerActor(PipelineActor):
                 # Dying closes this client; the supervisor starts a fresh producer
                 # (a fenced or unknown producer id needs a new one) and rewinds.
                 raise DeliveryError(error)
+            case PartitionsAssigned(tps=tps):
+                self._prepare_ledgers(tps)
             case PartitionsRevoked() as revoked:
                 self._revoke(revoked)
             case Flush(timeout_s=timeout_s):
@@ -239,6 +242,12 @@ class ProducerActor(PipelineActor):
             self._emit(_changelog_delivered(records))
 
         send_batch(self._client, [group], done)
+
+    def _prepare_ledgers(self, tps: tuple[tuple[str, int], ...]) -> None:
+        """Restore the prediction ledgers of assigned input partitions ahead of their batches."""
+        if self._ledger is not None:
+            self._ledger.prepare([p for t, p in tps if t == self._settings.input_topic])
+            self._tell_resets()
 
     def _revoke(self, revoked: PartitionsRevoked) -> None:
         for tp in revoked.tps:

@@ -55,6 +55,7 @@ from streamer.clients.base import (
 from streamer.clients.changelog import (
     CHANGELOG_CONFIG,
     POLL_WAIT_S,
+    READER_FETCH_WAIT_MS,
     ChangelogRecord,
     Fetch,
     PartitionReader,
@@ -1129,7 +1130,7 @@ class ChangelogReader(PartitionReader):
                 "enable.partition.eof": True,
                 # A start below the log start (compaction removed the first records).
                 "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
+                "fetch.wait.max.ms": READER_FETCH_WAIT_MS,
                 "fetch.queue.backoff.ms": 10,
                 "queued.max.messages.kbytes": _PREFETCH_KBYTES,  # as fast as 64 MiB here
                 "isolation.level": "read_uncommitted",

@@ -37,6 +37,7 @@ from streamer.clients.base import (
 from streamer.clients.changelog import (
     CHANGELOG_CONFIG,
     POLL_WAIT_S,
+    READER_FETCH_WAIT_MS,
     ChangelogRecord,
     Fetch,
     PartitionReader,
@@ -779,7 +780,7 @@ class ChangelogReader(PartitionReader):
                 enable_auto_commit=False,
                 # A start below the log start (compaction removed the first records).
                 auto_offset_reset="earliest",
-                fetch_max_wait_ms=50,
+                fetch_max_wait_ms=READER_FETCH_WAIT_MS,
             )
         except KafkaError as exc:
             raise broker_error("start the changelog reader", settings, exc) from None

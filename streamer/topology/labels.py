@@ -3,7 +3,8 @@
 The producer actor holds one :class:`LedgerKeeper` (no pykka here): it is the
 one place that knows each record's score as its output is sent.
 
-- **Before a partition's first batch** (scored or of labels), its ledger's
+- **When a partition is assigned** (:meth:`LedgerKeeper.prepare`), or at the
+  latest before its first batch (scored or of labels), its ledger's
   store is opened (``state.dir/<group>/ledger-<input topic>-<partition>`` in
   RocksDB, or in memory when ``state.dir`` is empty) and planned against the
   ledger changelog (``labels.ledger_topic``) by the state's rule
@@ -312,6 +313,17 @@ class LedgerKeeper:
         return resets
 
     # --- assignment ------------------------------------------------------------
+
+    def prepare(self, partitions: Iterable[int]) -> None:
+        """Open and restore the ledgers of assigned partitions now (each once, in order).
+
+        Called when the partitions are assigned: the restore then overlaps the
+        consumer's first fetch and the first batches' scoring instead of holding
+        up the first delivery. A partition not prepared is restored at its first
+        batch, as before.
+        """
+        for partition in partitions:
+            self._ready(partition)
 
     def revoke(self, partitions: Iterable[int]) -> list[int]:
         """Close the ledgers of partitions that leave; returns those that were open."""

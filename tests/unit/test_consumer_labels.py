@@ -10,6 +10,7 @@ from streamer.messages import (
     BatchAcked,
     CommitNow,
     LabelBatch,
+    PartitionsAssigned,
     PartitionsRevoked,
     ScoreBatch,
 )
@@ -37,7 +38,9 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
     )
     ref.tell(Attach([preprocessor]))
     (score,) = scored.wait_for(1)
-    (label,) = told.wait_for(1)
+    # First the assignment (the producer restores the ledgers then), then the label batch.
+    assigned, label = told.wait_for(2)
+    assert assigned == PartitionsAssigned((TP0, LABELS_TP))
     assert fake.subscribed == ["events", "events.labels"]
     assert isinstance(score, ScoreBatch)
     assert score.source.state_values  # the input's batch got its features
@@ -50,6 +53,6 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
     assert ref.ask(CommitNow(), timeout=ASK_S) == {LABELS_TP: 2}
 
     fake.revoke_on_next_poll([TP0, LABELS_TP])
-    (revoked,) = [m for m in told.wait_for(2) if isinstance(m, PartitionsRevoked)]
+    (revoked,) = [m for m in told.wait_for(3) if isinstance(m, PartitionsRevoked)]
     assert revoked.tps == (TP0, LABELS_TP)
     ref.stop()

@@ -20,6 +20,7 @@ from streamer.messages import (
     LabelBatch,
     LabelsJoined,
     LabelsRevoked,
+    PartitionsAssigned,
     PartitionsRevoked,
 )
 from streamer.settings import build_settings
@@ -121,6 +122,41 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
     assert events.items()[4] == LabelsRevoked((0,))
     assert failures == []
     actor.stop()
+
+
+def test_assigned_partitions_ledgers_are_restored_before_their_first_batch() -> None:
+    fake = FakeProducer()
+    actor, acks, events, failures = start(fake)
+    # The labels partition has no ledger of its own: its labels join input partition 0's.
+    actor.tell(PartitionsAssigned((("events", 0), ("events", 1), ("events.labels", 0))))
+    wait_until(lambda: len(events.items()) == 2)
+    restored = events.items()
+    assert [(r.partition, r.reset, r.joined, r.held) for r in restored] == [  # type: ignore[attr-defined]
+        (0, True, (), 0),
+        (1, True, (), 0),
+    ]
+    assert fake.records() == []  # a restore sends nothing
+
+    # The first batch finds its ledger ready: recorded, not restored again.
+    actor.tell(scored([good(1, 1)], valid=[0], predictions=[0.5]))
+    assert acks.wait_for(1) == [BatchAcked(0, "events", 0, None)]
+    wait_until(lambda: len(events.items()) == 3)
+    recorded = events.items()[2]
+    assert isinstance(recorded, LabelsJoined)
+    assert (recorded.partition, recorded.reset, recorded.held) == (0, False, 1)
+    assert failures == []
+    actor.stop()
+
+
+def test_a_keeper_prepares_each_partition_once() -> None:
+    keeper = LedgerKeeper(SETTINGS, None)
+    keeper.prepare([2, 0])
+    assert keeper.partitions == [0, 2]
+    assert [r.partition for r in keeper.take_resets()] == [2, 0]
+    keeper.prepare([0, 1])  # 0 is open already: only 1 is restored
+    assert keeper.partitions == [0, 1, 2]
+    assert [r.partition for r in keeper.take_resets()] == [1]
+    keeper.close()
 
 
 def test_a_failed_ledger_record_fails_the_batch_and_nothing_is_acknowledged() -> None:
