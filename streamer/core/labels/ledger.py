@@ -246,8 +246,10 @@ class PredictionLedger:
         )
         self._lasts: list[int] = []
         """The last offsets of the batches held, ascending (a batch is found by offset)."""
-        self._decoded: dict[int, tuple[PredictionBatch, np.ndarray]] = {}
-        """Batches read lately, by last offset (a label batch's labels name few of them)."""
+        self._decoded: dict[int, tuple[PredictionBatch, list[int]]] = {}
+        """Batches read lately, by last offset (a label batch's labels name few of them), with
+        their offsets as a list: a label is found by ``bisect`` in it, where a call of
+        ``np.searchsorted`` per label cost more than the rest of its join (docs/labels.md)."""
         self.held = 0
         """How many predictions the ledger holds."""
         # The batches' time keys hold their sizes: no batch is read to open the ledger.
@@ -283,12 +285,12 @@ class PredictionLedger:
             if raw is None:
                 return None
             batch = decode_batch(raw)
-            found = (batch, batch.offsets_array())
+            found = (batch, batch.offsets_array().tolist())
             if len(self._decoded) >= _DECODED_BATCHES:
                 self._decoded.pop(next(iter(self._decoded)))
             self._decoded[last] = found
         batch, offsets = found
-        row = int(np.searchsorted(offsets, offset))
+        row = bisect.bisect_left(offsets, offset)
         if row == len(offsets) or offsets[row] != offset:
             return None
         (score,) = _SCORE.unpack_from(batch.scores, 8 * row)
