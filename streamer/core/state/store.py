@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Sequence
-from itertools import compress
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,10 +82,6 @@ the changelog and rebuilt from it, as a store ahead of it always was. 8 MB a
 partition keeps the 1,000,000-key bench within its memory target."""
 
 _NOT_GATHERED: Any = object()
-_KEY_OF = itemgetter(0)
-_VALUE_OF = itemgetter(1)
-_FIRST_BYTE = itemgetter(slice(0, 1))
-"""A key's kind: its first byte, as bytes (codec.py)."""
 
 
 class RocksStore:
@@ -134,9 +128,7 @@ class RocksStore:
         if not self._write_behind_bytes:
             self._write_through(changes)
             return
-        # map, filter and compress iterate in C: a batch writes a thousand keys or so.
-        keys = list(map(_KEY_OF, changes))
-        size = sum(map(len, keys)) + sum(map(len, filter(None, map(_VALUE_OF, changes))))
+        size = sum(len(key) + (0 if value is None else len(value)) for key, value in changes)
         if self._gathered_bytes + size >= self._write_behind_bytes:
             # One RocksDB batch of what was gathered and these changes: if it fails, neither
             # is lost from memory, and this write failed as a whole.
@@ -145,12 +137,11 @@ class RocksStore:
             self._gathered_bytes = 0
             return
         gathered = self._gathered
-        kinds = list(map(_FIRST_BYTE, keys))
-        for first in set(kinds):
-            kind = gathered.get(first)
+        for key, value in changes:
+            kind = gathered.get(key[:1])
             if kind is None:
-                kind = gathered[first] = {}
-            kind.update(compress(changes, map(first.__eq__, kinds)))  # in order
+                kind = gathered[key[:1]] = {}
+            kind[key] = value
         self._gathered_bytes += size
 
     def flush(self) -> None:
