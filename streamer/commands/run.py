@@ -34,7 +34,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until a signal or a failure."""
     from streamer.topology import Pipeline  # noqa: PLC0415 - keep check-config fast
-    from streamer.topology.heap import freeze_startup_heap  # noqa: PLC0415
+    from streamer.topology.heap import (  # noqa: PLC0415
+        collect_young_less_often,
+        freeze_startup_heap,
+    )
     from streamer.topology.preflight import check_state_settings  # noqa: PLC0415
 
     if args.parent_pid is not None:
@@ -67,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ).install()
     pipeline.start()
     freeze_startup_heap()
+    collect_young_less_often()
     pipeline.run_until_stopped()
     report = pipeline.stop()
     return report.exit_code

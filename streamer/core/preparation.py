@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from itertools import chain
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -142,9 +143,16 @@ def _with_state_columns(
     own = tuple(name for name in spec.names if name not in names)
     if not _within_cap(values, names, max_record_bytes):
         return None
-    if not served or any(row is None for row in served):
+    if not served or None in served:
         return None
-    state = np.array(served, dtype=np.float64)
+    rows = cast("Sequence[tuple[float, ...]]", served)  # no None in it
+    size = len(rows) * len(names)
+    if sum(map(len, rows)) != size:  # never: the engine serves one value per name
+        return None
+    # Read flat, in C: half the time of np.array over the rows.
+    state = np.fromiter(chain.from_iterable(rows), np.float64, count=size).reshape(
+        len(rows), len(names)
+    )
     if not bool(np.isfinite(state).all()):
         return None
     # A record served features decoded as a JSON object within the cap: when the model

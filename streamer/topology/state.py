@@ -112,16 +112,14 @@ class CountingStore:
 
     def write(self, changes: Sequence[Change]) -> None:  # noqa: D102
         self.inner.write(changes)
+        # A batch writes a thousand keys or so: looked at in C (dict, in), not one by one.
+        written = dict(changes)
         missing = self._missing
-        for key, value in changes:
-            if not is_key_state(key):
-                continue
-            if value is None:
-                self.keys -= 1
-            elif key in missing:
-                self.keys += 1
-                missing.discard(key)
-        missing.clear()
+        if missing:
+            self.keys += sum(1 for key in missing if written.get(key) is not None)
+            missing.clear()
+        if None in written.values():  # a sweep's deletions (a batch deletes no key state)
+            self.keys -= sum(1 for k, v in written.items() if v is None and is_key_state(k))
 
     def keys_between(self, low: bytes, high: bytes) -> list[bytes]:  # noqa: D102
         return self.inner.keys_between(low, high)

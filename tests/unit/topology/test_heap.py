@@ -9,13 +9,20 @@ from collections.abc import Iterator
 import pytest
 
 from streamer.core.models.linear import load_linear
-from streamer.topology.heap import freeze_startup_heap, thaw
+from streamer.topology.heap import (
+    YOUNG_COLLECTION_THRESHOLD,
+    collect_young_less_often,
+    freeze_startup_heap,
+    thaw,
+)
 from streamer.topology.hot_reload import HotReload
 
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
+    gc.set_threshold(*thresholds)
     gc.unfreeze()  # the test process's heap goes back to the collector whatever happened
 
 
@@ -43,3 +50,17 @@ def test_a_reloaded_model_gives_the_frozen_heap_back_to_the_collector() -> None:
     reload._install(new)
     assert (reload.model, swapped) == (new, [new])
     assert gc.get_freeze_count() == 0  # the old model's cycles can be collected
+
+
+def test_the_young_generation_is_collected_after_a_batch_worth_of_objects() -> None:
+    gc.set_threshold(700, 10, 10)
+    collect_young_less_often()
+    assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
+    gc.collect()
+    young = [gc.get_stats()[0]["collections"]]
+    kept = [[] for _ in range(YOUNG_COLLECTION_THRESHOLD // 2)]  # half the threshold: none
+    young.append(gc.get_stats()[0]["collections"])
+    kept += [[] for _ in range(YOUNG_COLLECTION_THRESHOLD)]  # past it: one
+    young.append(gc.get_stats()[0]["collections"])
+    assert (young[1] - young[0], young[2] - young[1]) == (0, 1)
+    del kept
