@@ -1218,26 +1218,17 @@ class Bench:
             rates["with"].append(rate)
             codes.append(code)
             self.cluster.delete(self._changelog)
-        base = float(np.median(rates["without"]))
-        exits = ",".join(str(c) for c in sorted(set(codes)))
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        for name, label in (("without", "no state"), ("with", "3 features, RocksDB")):
-            rate = float(np.median(rates[name]))
-            cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
-            note = f"{_spread(rates[name])}; daemon CPU after its start {cpu} us/record"
-            if name == "with":
-                per = "/".join(f"{c:.2f}" for c in changelog_per_record)
-                note += f"; {per} changelog records per record; target >= 0.60"
-            self.rows.append(
-                Row(
-                    "s",
-                    f"{backend}, 1 worker, {label}",
-                    rate,
-                    "records/s",
-                    rate / base if base else None,
-                    f"{note}; exit {exits}; load {load}",
-                )
-            )
+        per = "/".join(f"{c:.2f}" for c in changelog_per_record)
+        self._paired_rows(
+            "s",
+            backend,
+            {"without": "no state", "with": "3 features, RocksDB"},
+            rates,
+            cpu_us,
+            codes,
+            cpu_what="daemon CPU after its start",
+            with_note=f"{per} changelog records per record; target >= 0.60",
+        )
         if self.args.state_keys:
             self._state_keys(backend, self.args.state_keys)
 
@@ -1422,43 +1413,49 @@ class Bench:
             )
             self.cluster.delete(labels_topic, f"{group}.{self.input}.ledger-changelog")
             shutil.rmtree(state_dir, ignore_errors=True)
-        self._labels_rows(
+        labelled = f"{len(chosen):,} labels, joined " + "/".join(f"{j:,.0f}" for j in joined)
+        self._paired_rows(
+            "l",
             backend,
+            {"without": "no labels", "with": "labels, ledger on RocksDB"},
             rates,
             cpu_us,
             codes,
-            f"{len(chosen):,} labels, joined " + "/".join(f"{j:,.0f}" for j in joined),
+            cpu_what="daemon CPU",
+            with_note=f"target >= 0.80; {labelled}",
         )
 
-    def _labels_rows(
+    def _paired_rows(
         self,
+        section: str,
         backend: str,
+        labels: dict[str, str],
         rates: dict[str, list[float]],
         cpu_us: dict[str, list[float]],
         codes: list[int],
-        labelled: str,
+        *,
+        cpu_what: str,
+        with_note: str,
     ) -> None:
-        """The rows of (l): each median, its ratio to the run without labels, the notes."""
+        """The rows of a with/without section ((s), (l)): each median, its ratio to the run
+        without, the daemon's CPU per record, and the "with" row's own note."""
         base = float(np.median(rates["without"]))
         exits = ",".join(str(c) for c in sorted(set(codes)))
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        for name, label in (("without", "no labels"), ("with", "labels, ledger on RocksDB")):
+        for name, label in labels.items():
             rate = float(np.median(rates[name]))
             cpu = "/".join(f"{c:.1f}" for c in cpu_us[name])
-            note = f"{_spread(rates[name])}; daemon CPU {cpu} us/record; exit {exits}; load {load}"
+            note = f"{_spread(rates[name])}; {cpu_what} {cpu} us/record"
             if name == "with":
-                note = (
-                    f"{_spread(rates[name])}; daemon CPU {cpu} us/record; target >= 0.80; "
-                    f"{labelled}; exit {exits}; load {load}"
-                )
+                note += f"; {with_note}"
             self.rows.append(
                 Row(
-                    "l",
+                    section,
                     f"{backend}, 1 worker, {label}",
                     rate,
                     "records/s",
                     rate / base if base else None,
-                    note,
+                    f"{note}; exit {exits}; load {load}",
                 )
             )
 
