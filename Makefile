@@ -27,16 +27,17 @@ demo: $(STAMP)
 	$(BIN)/streamer demo
 
 # The whole suite: unit tests (no network; CPU-bound, so on both cores) and integration
-# tests on the embedded broker (and MLServer for the remote-model tests), one at a time.
+# tests on the embedded broker (and MLServer for the remote-model tests), one at a time;
+# their 30 slowest steps are listed at the end, so that every CI log shows where the time goes.
 test: $(STAMP) $(OIP_STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q --durations=30 tests/integration
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -n 2 tests/unit
 
 test-integration: $(STAMP) $(OIP_STAMP)
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q --durations=30 tests/integration
 
 # streamer against the bare client loops on the embedded broker: throughput, latency,
 # memory and scaling, printed as one table (about 10 minutes; --smoke takes one).
