@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import signal
 import tempfile
 import threading
@@ -357,7 +358,10 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within
     cluster: Cluster, tmp_path: Path
 ) -> None:
     topics = cluster.new_topics(partitions=4)
-    produced = cluster.produce(topics.input, records(20_000, seed=7))
+    # 8,000 records: the kill comes after 2,000 are committed, so that most of the
+    # input is left for the restart (asserted below).
+    produced = cluster.produce(topics.input, records(8_000, seed=7))
+    total = sum(end_offsets(produced).values())
     # Small batches, one in flight: slow enough to be killed mid-stream.
     config = _config(
         tmp_path, cluster, topics, "kill9", batch={"max_records": 50, "max_in_flight": 1}
@@ -373,7 +377,6 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within
         first.wait(timeout=10)
     committed_at_kill = cluster.committed(topics.group, topics.input, 4)
     with running_daemon(config, log) as second:
-        total = sum(end_offsets(produced).values())
         wait_for(
             lambda: _committed_total(cluster, topics) == total,
             90,
@@ -385,7 +388,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within
     # Only records at or past the commit at the kill can repeat, and at most
     # the in-flight work: (max_in_flight + one partial batch per partition) x max_records.
     bound = (1 + 4) * 50
-    assert 0 < sum(o or 0 for o in committed_at_kill.values()) < 20_000
+    assert 0 < sum(o or 0 for o in committed_at_kill.values()) < total
     assert result.duplicates <= bound
     copies = Counter(
         source_of_output(value) for _k, value, _h in cluster.read(topics.output).records.values()
@@ -400,7 +403,10 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
     cluster: Cluster, tmp_path: Path
 ) -> None:
     topics = cluster.new_topics(partitions=4)
-    produced = cluster.produce(topics.input, records(30_000, seed=8))
+    # 8,000 records, batches of 20, one in flight: the killed daemon has done about a
+    # tenth of its half when it dies (asserted below), the rest is the survivor's.
+    produced = cluster.produce(topics.input, records(8_000, seed=8))
+    total = sum(end_offsets(produced).values())
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     configs = [
         _config(tmp_path, cluster, topics, name, batch={"max_records": 20, "max_in_flight": 1})
@@ -417,7 +423,7 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
         )
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=10)
-        total = sum(end_offsets(produced).values())
+        committed_at_kill = cluster.committed(topics.group, topics.input, topics.partitions)
         wait_for(
             lambda: _committed_total(cluster, topics) == total,
             120,
@@ -428,5 +434,14 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
     assigned_b = [
         line for line in logs[1].read_text().splitlines() if "partitions assigned" in line
     ]
+    # The killed daemon's partitions (its last assignment) still had records to score.
+    (held_by_a,) = re.findall(r"partitions assigned: (.*)", logs[0].read_text())[-1:]
+    ends = end_offsets(produced)
+    left = {
+        p: ends[p] - (committed_at_kill[p] or 0)
+        for p in (int(tp.rsplit("/", 1)[1]) for tp in held_by_a.split(", ") if tp)
+    }
+    assert left, "the killed daemon held no partition"
+    assert all(left.values()), f"the killed daemon's partitions were done at the kill: {left}"
     assert len(assigned_b) >= 2, "the survivor was never reassigned the killed daemon's partitions"
     check_no_loss(cluster, topics, "two daemons, one killed -9")

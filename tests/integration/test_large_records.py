@@ -1,6 +1,6 @@
 """Memory with large records: the daemon's RSS stays within batch.max_in_flight_bytes.
 
-A few hundred records of 500 KB wait for a model far slower than the input, so
+200 records of 500 KB wait for a model far slower than the input, so
 the pipeline sits at its byte cap (16 MiB here) while the rest waits in the
 broker. The daemon runs as a subprocess, so that its RSS is its own. Its peak
 (VmHWM) must stay under its idle RSS (model loaded, group joined) plus the cap
@@ -12,8 +12,9 @@ cap); its figures go in docs/performance.md.
 
 To see what the cap holds back, run this file with
 ``LARGE_RECORDS_CAP_BYTES=2147483648`` (2 GiB): the test then passes against its
-own 2 GiB bound, and prints a peak 80-150 MiB above the idle RSS, well over the
-idle + 16 MiB + OVERHEAD_BYTES that it must stay under with the 16 MiB cap.
+own 2 GiB bound, and prints a peak 60-80 MiB above the idle RSS (2026-12-06, two
+cores shared), over the idle + 16 MiB + OVERHEAD_BYTES (48 MiB) that it must stay
+under with the 16 MiB cap.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ from .helpers import BACKENDS, PROCESS_TIMEOUT_S, Cluster, Topics, running_daemo
 pytestmark = pytest.mark.integration
 
 MIB = 2**20
-RECORDS = 300
+RECORDS = 200
 RECORD_BYTES = 500_000
 CAP_BYTES = int(os.environ.get("LARGE_RECORDS_CAP_BYTES", str(16 * MIB)))
 # 64 batches may be in flight, so that the byte cap, not the batch count, is what
 # binds: at 16 MiB a batch is cut at 256 KiB, so each holds one record (a larger
 # record passes alone) and the cap stops the consumer at about 33 records.
 MAX_IN_FLIGHT = 64
-# The model sleeps 30 ms a call: one record a call, about 33 records/s, so 300
-# records take about 9 s, while the test's producer writes them in 2-4 s.
+# The model sleeps 30 ms a call: one record a call, about 33 records/s, so 200
+# records (six times what the cap holds) take about 6 s, while the test's
+# producer writes them in 1-3 s: most wait in the broker while the cap binds.
 SECONDS_PER_CALL = 0.03
 # What the daemon holds beyond its idle RSS and the cap: the client's fetch
 # buffers (a 1 MiB fetch per partition on Tansu, held raw and parsed), the
@@ -59,8 +61,9 @@ SECONDS_PER_CALL = 0.03
 # being decoded, and the allocator's free memory. Measured here at 16 MiB, 2
 # cores shared with other work: 11-14 MiB with kafka-python, 16-18 MiB with
 # confluent (35-42 and 45-47 MiB before the fetch size followed the cap and the
-# held-back records were bounded). With a 2 GiB cap the peaks were 82-98 MiB
-# (kafka-python) and 117-148 MiB (confluent) above the idle RSS: over this bound.
+# held-back records were bounded), with 300 records; 11 and 15 MiB with 200. With
+# a 2 GiB cap the peaks were 82-98 MiB (kafka-python) and 117-148 MiB (confluent)
+# above the idle RSS with 300 records, 77 and 60 MiB with 200: over this bound.
 OVERHEAD_BYTES = 32 * MIB
 
 MODEL = f"""
