@@ -23,7 +23,7 @@ import signal
 import subprocess
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,14 @@ from streamer.core.demo_data import make_event
 from streamer.devtools.broker import free_port
 from streamer.devtools.verify import TopicDump
 from streamer.settings import to_toml
+from streamer.topology import Pipeline
 
 from .helpers import (
     BACKENDS,
     PROCESS_TIMEOUT_S,
     Cluster,
     PipelineStarter,
+    Produced,
     running_daemon,
     wait_for,
     wait_until_delivered,
@@ -588,6 +590,58 @@ def _pipeline_restarts(registry: Any) -> dict[str, float]:
     }
 
 
+class DrawnRun:
+    """One pipeline for every example of a backend, started on the first example's records.
+
+    The first example is a backlog read at start, the later ones arrive while it runs;
+    one pipeline saves a group join and a stop per example. It must stop with exit 0.
+    """
+
+    partitions = 2
+
+    def __init__(self, cluster: Cluster, start_pipeline: PipelineStarter, backend: str) -> None:
+        self.cluster = cluster
+        self.topics = cluster.new_topics(partitions=self.partitions, output_partitions=1)
+        self._start_pipeline = start_pipeline
+        self._backend = backend
+        self.pipeline: Pipeline | None = None
+        self.produced: Produced = {}  # every record of every example so far
+
+    def score(self, drawn: list[Drawn]) -> dict[tuple[int, int], Drawn]:
+        """Produce ``drawn``; return where each landed once all are answered and committed."""
+        landed = _produce(
+            self.cluster.bootstrap_servers,
+            self.topics.input,
+            [(d.key, d.value, d.headers, d.timestamp_ms) for d in drawn],
+            partitions=self.partitions,
+        )
+        at = dict(zip(landed, drawn, strict=True))
+        self.produced |= {where: (d.key, d.value or b"") for where, d in at.items()}
+        if self.pipeline is None:
+            self.pipeline = self._start_pipeline(
+                self.cluster.settings(
+                    self.topics,
+                    kafka={"client": self._backend},
+                    batch={"max_records": 64},
+                    # The breaker is not under test: most drawn records are dead letters.
+                    supervision={"dead_letter_max_ratio": 1.0},
+                )
+            )
+        wait_until_delivered(self.pipeline, self.topics.input, self.produced)
+        return at
+
+
+@pytest.fixture
+def drawn_run(
+    cluster: Cluster, start_pipeline: PipelineStarter, backend: str
+) -> Iterator[DrawnRun]:
+    run = DrawnRun(cluster, start_pipeline, backend)
+    yield run
+    if run.pipeline is not None:
+        report = run.pipeline.stop()
+        assert report.exit_code == 0, run.pipeline.failure
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.timeout(120)
 @settings(
@@ -595,7 +649,7 @@ def _pipeline_restarts(registry: Any) -> dict[str, float]:
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink would rerun the broker
     suppress_health_check=[
-        HealthCheck.function_scoped_fixture,  # start_pipeline stops what each example started
+        HealthCheck.function_scoped_fixture,  # drawn_run: one pipeline for every example
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
         HealthCheck.large_base_example,
@@ -603,37 +657,18 @@ def _pipeline_restarts(registry: Any) -> dict[str, float]:
 )
 @given(drawn=_records(min_size=200, max_size=300))
 def test_every_drawn_record_gets_exactly_one_answer_and_no_actor_restarts(
-    cluster: Cluster, start_pipeline: PipelineStarter, backend: str, drawn: list[Drawn]
+    drawn_run: DrawnRun, drawn: list[Drawn]
 ) -> None:
-    partitions = 2
-    topics = cluster.new_topics(partitions=partitions, output_partitions=1)
-    landed = _produce(
-        cluster.bootstrap_servers,
-        topics.input,
-        [(d.key, d.value, d.headers, d.timestamp_ms) for d in drawn],
-        partitions=partitions,
-    )
-    at = dict(zip(landed, drawn, strict=True))
-    pipeline = start_pipeline(
-        cluster.settings(
-            topics,
-            kafka={"client": backend},
-            batch={"max_records": 64},
-            # The breaker is not under test: most drawn records are dead letters.
-            supervision={"dead_letter_max_ratio": 1.0},
-        )
-    )
-    produced = {where: (d.key, d.value or b"") for where, d in at.items()}
-    wait_until_delivered(pipeline, topics.input, produced)
-    restarts = _pipeline_restarts(pipeline.registry)
-    report = pipeline.stop()
-    assert report.exit_code == 0, pipeline.failure
+    at = drawn_run.score(drawn)
+    assert drawn_run.pipeline is not None
+    restarts = _pipeline_restarts(drawn_run.pipeline.registry)
     assert restarts, "no streamer_actor_restarts_total series"
     assert set(restarts.values()) == {0.0}, restarts
 
+    cluster, topics = drawn_run.cluster, drawn_run.topics
     scored = _scored_sources(cluster.read(topics.output))
     dead_letters = _by_source(cluster.read(topics.dead_letter))
-    unexpected = (set(scored) | set(dead_letters)) - set(at)
+    unexpected = (set(scored) | set(dead_letters)) - set(drawn_run.produced)
     assert not unexpected, f"answers for records never produced: {sorted(unexpected)[:5]}"
     for where, d in at.items():
         letters = dead_letters.get(where, [])
