@@ -354,62 +354,25 @@ def _committed_total(cluster: Cluster, topics: Topics) -> int:
     )
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_stay_within_in_flight(
+def test_after_a_kill_9_of_one_of_two_daemons_the_survivor_loses_nothing_and_repeats_only_in_flight(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    topics = cluster.new_topics(partitions=4)
-    # 8,000 records: the kill comes after 2,000 are committed, so that most of the
-    # input is left for the restart (asserted below).
-    produced = cluster.produce(topics.input, records(8_000, seed=7))
-    total = sum(end_offsets(produced).values())
-    # Small batches, one in flight: slow enough to be killed mid-stream.
-    config = _config(
-        tmp_path, cluster, topics, "kill9", batch={"max_records": 50, "max_in_flight": 1}
-    )
-    log = tmp_path / "kill9.log"
-    with running_daemon(config, log) as first:
-        wait_for(
-            lambda: _committed_total(cluster, topics) >= 2000,
-            PROCESS_TIMEOUT_S,
-            "the first run to commit 2000 records",
-        )
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-    committed_at_kill = cluster.committed(topics.group, topics.input, 4)
-    with running_daemon(config, log) as second:
-        wait_for(
-            lambda: _committed_total(cluster, topics) == total,
-            90,
-            f"the restarted daemon to commit all {total} records",
-        )
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=30) == 0, log.read_text()[-3000:]
-    result = check_no_loss(cluster, topics, "kill -9 of the daemon mid-stream, then restart")
-    # Only records at or past the commit at the kill can repeat, and at most
-    # the in-flight work: (max_in_flight + one partial batch per partition) x max_records.
-    bound = (1 + 4) * 50
-    assert 0 < sum(o or 0 for o in committed_at_kill.values()) < total
-    assert result.duplicates <= bound
-    copies = Counter(
-        source_of_output(value) for _k, value, _h in cluster.read(topics.output).records.values()
-    )
-    repeated = [source for source, times in copies.items() if times > 1]
-    assert sum(times - 1 for times in copies.values()) <= result.duplicates
-    for partition, offset in repeated:
-        assert offset >= (committed_at_kill[partition] or 0)
+    """Two daemons split the partitions; one is killed -9 mid-stream and the other takes
+    its partitions over from their commits: nothing lost, and only records at or past the
+    commits at the kill repeat, at most the killed daemon's in-flight work.
 
-
-def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_kill(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+    A fresh process resuming after a kill -9 is in test_state.py (step 3) and
+    test_labels.py; a clean restart after SIGTERM in test_cli.py.
+    """
     topics = cluster.new_topics(partitions=4)
-    # 8,000 records, batches of 20, one in flight: the killed daemon has done about a
-    # tenth of its half when it dies (asserted below), the rest is the survivor's.
+    # 8,000 records, batches of 50, one in flight: the killed daemon has done about a
+    # quarter of its half when it dies (asserted below), the rest is the survivor's.
     produced = cluster.produce(topics.input, records(8_000, seed=8))
-    total = sum(end_offsets(produced).values())
+    ends = end_offsets(produced)
+    total = sum(ends.values())
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     configs = [
-        _config(tmp_path, cluster, topics, name, batch={"max_records": 20, "max_in_flight": 1})
+        _config(tmp_path, cluster, topics, name, batch={"max_records": 50, "max_in_flight": 1})
         for name in ("a", "b")
     ]
     with running_daemon(configs[0], logs[0]) as a, running_daemon(configs[1], logs[1]) as b:
@@ -419,7 +382,9 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
             "both daemons to get partitions",
         )
         wait_for(
-            lambda: _committed_total(cluster, topics) >= 1000, PROCESS_TIMEOUT_S, "some progress"
+            lambda: _committed_total(cluster, topics) >= 2000,
+            PROCESS_TIMEOUT_S,
+            "2000 committed records",
         )
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=10)
@@ -436,7 +401,6 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
     ]
     # The killed daemon's partitions (its last assignment) still had records to score.
     (held_by_a,) = re.findall(r"partitions assigned: (.*)", logs[0].read_text())[-1:]
-    ends = end_offsets(produced)
     left = {
         p: ends[p] - (committed_at_kill[p] or 0)
         for p in (int(tp.rsplit("/", 1)[1]) for tp in held_by_a.split(", ") if tp)
@@ -444,4 +408,15 @@ def test_two_daemons_split_the_partitions_and_the_survivor_takes_over_after_a_ki
     assert left, "the killed daemon held no partition"
     assert all(left.values()), f"the killed daemon's partitions were done at the kill: {left}"
     assert len(assigned_b) >= 2, "the survivor was never reassigned the killed daemon's partitions"
-    check_no_loss(cluster, topics, "two daemons, one killed -9")
+    result = check_no_loss(cluster, topics, "two daemons, one killed -9")
+    # Only records at or past the commit at the kill can repeat, and at most
+    # the in-flight work: (max_in_flight + one partial batch per partition) x max_records.
+    bound = (1 + 4) * 50
+    assert result.duplicates <= bound
+    copies = Counter(
+        source_of_output(value) for _k, value, _h in cluster.read(topics.output).records.values()
+    )
+    repeated = [source for source, times in copies.items() if times > 1]
+    assert sum(times - 1 for times in copies.values()) <= result.duplicates
+    for partition, offset in repeated:
+        assert offset >= (committed_at_kill[partition] or 0)
