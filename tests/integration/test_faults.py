@@ -362,7 +362,7 @@ def test_after_a_kill_9_of_one_of_two_daemons_the_survivor_loses_nothing_and_rep
     commits at the kill repeat, at most the killed daemon's in-flight work.
 
     A fresh process resuming after a kill -9 is in test_state.py (step 3) and
-    test_labels.py; a clean restart after SIGTERM in test_cli.py.
+    test_labels.py; restarts after SIGTERM in test_cli.py and test_shutdown_budget.py.
     """
     topics = cluster.new_topics(partitions=4)
     # 8,000 records, batches of 50, one in flight: the killed daemon has done about a
