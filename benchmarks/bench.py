@@ -46,7 +46,7 @@ measured program runs in a fresh interpreter, one at a time:
                 broker) core 1
 
     .venv/bin/python benchmarks/bench.py                # the full run (about 10 minutes)
-    .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, under a minute
+    .venv/bin/python benchmarks/bench.py --smoke        # tiny counts, one to two minutes
     .venv/bin/python benchmarks/bench.py --peers        # also (p); creates .peers-venv once
 
 Throughput is the records committed by the group over the time from the first

@@ -39,7 +39,7 @@ def test_the_benchmark_runs_every_section_and_every_pipeline_stops_cleanly(
         ],
         capture_output=True,
         text=True,
-        timeout=300,  # ~60 s on a quiet machine; the bound only stops a hung run
+        timeout=300,  # 100-106 s at load 7-10 (2026-12-06); the bound only stops a hung run
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

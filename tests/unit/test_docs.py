@@ -130,10 +130,11 @@ class TestReadme:
         recipe = re.search(r"^test: .*\n((?:\t.*\n)+)", _read(MAKEFILE), flags=re.MULTILINE)
         assert recipe, "the Makefile has no test target"
         commands = [line.split() for line in recipe.group(1).splitlines()]
-        # Every test directory, each once: the unit tests on both cores, then the rest.
+        # Every test directory, each once: the unit tests on both cores, then the rest,
+        # listing its slowest steps so that every CI log shows where the time goes.
         assert commands == [
             ["$(BIN)/pytest", "-q", "-n", "2", "tests/unit"],
-            ["$(BIN)/pytest", "-q", "tests/integration"],
+            ["$(BIN)/pytest", "-q", "--durations=30", "tests/integration"],
         ]
         assert sorted(
             p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"
