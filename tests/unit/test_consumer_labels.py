@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pykka
 
 from streamer.actors.consumer import ConsumerActor
 from streamer.messages import (
@@ -20,14 +21,15 @@ from streamer.messages import (
 )
 from streamer.settings import BatchSettings
 from streamer.topology.state import StateKeeper
-from tests.unit.fakes import FakeConsumer, make_records, start_recorder
+from tests.unit.fakes import FakeConsumer, Mailbox, make_records, start_recorder
 from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0
 from tests.unit.test_consumer_state import SETTINGS, events
 
 LABELS_TP = ("events.labels", 0)
 
 
-def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack() -> None:
+def started() -> tuple[pykka.ActorRef, FakeConsumer, Mailbox, Mailbox]:
+    """A consumer of 3 events and 2 labels, fetching: the actor, its client, scored, told."""
     label_values = [orjson.dumps({"topic": "events", "partition": 0, "offset": i}) for i in (1, 2)]
     fake = FakeConsumer({TP0: make_records(events(3)), LABELS_TP: make_records(label_values)})
     preprocessor, scored = start_recorder()
@@ -41,6 +43,11 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
         labels_topic="events.labels",
     )
     ref.tell(Attach([preprocessor]))
+    return ref, fake, scored, told
+
+
+def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack() -> None:
+    ref, fake, scored, told = started()
     (score,) = scored.wait_for(1)
     # First the assignment (the producer restores the ledgers then), then the label batch.
     assigned, label = told.wait_for(2)
@@ -63,19 +70,7 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
 
 
 def test_the_ledger_bounds_hold_the_commit_and_keep_the_delivered_batches_for_a_rewind() -> None:
-    label_values = [orjson.dumps({"topic": "events", "partition": 0, "offset": i}) for i in (1, 2)]
-    fake = FakeConsumer({TP0: make_records(events(3)), LABELS_TP: make_records(label_values)})
-    preprocessor, scored = start_recorder()
-    producer, told = start_recorder()
-    ref = ConsumerActor.start(
-        KAFKA,
-        BatchSettings(max_records=5, max_in_flight=10),
-        client_factory=lambda _settings, _max: fake,
-        state=StateKeeper(SETTINGS, None),
-        producer=producer,
-        labels_topic="events.labels",
-    )
-    ref.tell(Attach([preprocessor]))
+    ref, _fake, scored, told = started()
     (score,) = scored.wait_for(1)
     _assigned, label = told.wait_for(2)
     assert isinstance(score, ScoreBatch)
