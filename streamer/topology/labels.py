@@ -213,7 +213,7 @@ class LedgerKeeper:
         self._partitions: dict[int, _Partition] = {}
         self._resets: list[LabelsJoined] = []
 
-    # --- the deliveries ------------------------------------------------------
+    # --- the batches ---------------------------------------------------------
 
     def record(
         self,
