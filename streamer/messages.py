@@ -226,6 +226,23 @@ class StateFlushed:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerHeld:
+    """Producer -> consumer: a prediction ledger's durable bounds moved.
+
+    ``input_from`` (``labels_from``) is the first offset of the input (labels)
+    partition ``partition`` whose ledger changes are not all acknowledged in the
+    ledger's changelog (None: every one is). The commit never passes them, and
+    the consumer keeps the batches above them for a rewind (docs/labels.md). The
+    producer tells it before it sends the batch it covers, so the consumer has
+    it before that batch's :class:`BatchAcked`.
+    """
+
+    partition: int
+    input_from: int | None
+    labels_from: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """Topology -> consumer: the preprocessors to feed; fetching starts now."""
 

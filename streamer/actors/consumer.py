@@ -18,6 +18,7 @@ from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Teller
 from streamer.clients.base import ConsumerClient, ConsumerFactory
 from streamer.core.ledger import Ledger
+from streamer.core.offsets import LEDGER_HOLDER
 from streamer.core.records import TP
 from streamer.errors import DeliveryError
 from streamer.messages import (
@@ -31,6 +32,7 @@ from streamer.messages import (
     GetStatus,
     InFlight,
     LabelBatch,
+    LedgerHeld,
     PartitionsAssigned,
     PartitionsRevoked,
     RecordsConsumed,
@@ -197,9 +199,9 @@ class ConsumerActor(PipelineActor):
             case BatchAcked() | BatchProduced() | BatchPartlyDelivered() as news:
                 with self._lock:
                     self._on_producer_news(news)
-            case StateFlushed(topic=topic, partition=partition, flush_id=flush_id):
+            case StateFlushed() | LedgerHeld() as durable:
                 with self._lock:
-                    self._on_flushed((topic, partition), flush_id)
+                    self._on_durable(durable)
             case _CommitResult(offsets=offsets, error=error):
                 self._commit_done(offsets, error)
             case Attach(preprocessors=preprocessors):
@@ -281,20 +283,37 @@ class ConsumerActor(PipelineActor):
                 )
             )
 
-    def _on_flushed(self, tp: TP, flush_id: int) -> None:
-        """A flush is in the changelog: the commit may pass the batches it carried."""
-        assert self._state is not None
-        if self._state.flushed(tp, flush_id) and tp in self._ledger.assigned:
-            self._ledger.tracker.hold(tp, self._state.durable_bounds().get(tp))
+    def _on_durable(self, news: StateFlushed | LedgerHeld) -> None:
+        """A state flush is in the changelog, or a prediction ledger's bounds moved."""
+        if isinstance(news, StateFlushed):
+            # The commit may pass the batches the flush carried.
+            assert self._state is not None
+            tp = (news.topic, news.partition)
+            if self._state.flushed(tp, news.flush_id) and tp in self._ledger.assigned:
+                self._ledger.tracker.hold(tp, self._state.durable_bounds().get(tp))
+            return
+        for topic, durable_from in (
+            (self._settings.input_topic, news.input_from),
+            (self._labels_topic, news.labels_from),
+        ):
+            tp = (topic, news.partition)
+            if tp in self._ledger.assigned:  # else revoked since: its bounds went with it
+                self._ledger.hold_ledger(tp, durable_from)
 
     def _in_flight(self) -> InFlight:
-        """The ledger's work in flight; unacknowledged flushes count as batches (the drain)."""
+        """The ledger's work in flight; unacknowledged flushes count as batches (the drain).
+
+        So does each partition whose prediction ledger changes are not all in the
+        ledger's changelog: the producer flushes them on its own.
+        """
         in_flight = self._ledger.in_flight()
-        if self._state is None or not self._state.interval_s:
+        pending = self._ledger.tracker.holding(LEDGER_HOLDER) if self._labels_topic else 0
+        if self._state is not None and self._state.interval_s:
+            pending += self._state.flushes_pending
+        if not pending:
             return in_flight
         return dataclasses.replace(
-            in_flight,
-            batches_in_flight=in_flight.batches_in_flight + self._state.flushes_pending,
+            in_flight, batches_in_flight=in_flight.batches_in_flight + pending
         )
 
     def _prepare_state(self, state: StateKeeper, polled: Mapping[TP, object]) -> None:

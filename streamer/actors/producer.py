@@ -40,8 +40,8 @@ from streamer.messages import (
     Flush,
     GetStatus,
     LabelBatch,
-    LabelsJoined,
     LabelsRevoked,
+    LedgerHeld,
     PartitionsAssigned,
     PartitionsRevoked,
     ProducerStatus,
@@ -53,18 +53,21 @@ from streamer.messages import (
 from streamer.settings import FormatSettings, KafkaSettings
 
 if TYPE_CHECKING:
-    from streamer.topology.labels import LedgerKeeper
+    from streamer.topology.labels import LedgerFlush, LedgerKeeper
 
 log = logging.getLogger(__name__)
-
-
-_LedgerPart = tuple[tuple[Change, ...], LabelsJoined]
-"""The ledger's changes a delivery carries, and the metrics' news once it is in."""
 
 
 @dataclass(frozen=True, slots=True)
 class _DeliveryFailed:
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerFlushed:
+    """The broker acknowledged a flush of a prediction ledger (on a client thread)."""
+
+    flush: LedgerFlush
 
 
 @dataclass(slots=True)
@@ -77,8 +80,6 @@ class _InFlight:
     produce_seconds: float = 0.0
     changelog_records: int = 0
     """The batch's state changelog records, sent after its answers in the first round."""
-    labels: LabelsJoined | None = None
-    """The ledger's news, for the metrics once the delivery that carried its changes is in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,8 @@ class ProducerActor(PipelineActor):
                 self._flush(flush)
             case ChallengerScored() as scored:
                 self._record_challenger(scored)
+            case _LedgerFlushed(flush=flush):
+                self._ledger_flushed(flush)
             case _Refused(flight=flight, round=refused_round, failures=failures):
                 self._answer_refused(flight, refused_round, failures)
             case _DeliveryFailed(error=error):
@@ -259,7 +262,7 @@ class ProducerActor(PipelineActor):
                 self._emit(LabelsRevoked(tuple(closed)))
 
     def _record_challenger(self, scored: ChallengerScored) -> None:
-        """Record a challenger's scores (best effort: their changes ride with the next delivery)."""
+        """Record a challenger's scores (best effort: their changes go with the next flush)."""
         if self._ledger is not None and not self._abandoned(scored.source):
             self._ledger.record_challenger(
                 scored.source,
@@ -268,6 +271,7 @@ class ProducerActor(PipelineActor):
                 (scored.name, scored.version),
                 scored.scored_at,
             )
+            self._ledger_stepped(scored.source.partition)
 
     def _abandoned(self, source: SourceBatch) -> bool:
         """True for a batch dispatched before its partition was revoked (another member's now)."""
@@ -275,43 +279,85 @@ class ProducerActor(PipelineActor):
         return revoked_before is not None and source.dispatched_at < revoked_before
 
     def _join(self, labels: LabelBatch) -> None:
-        """Join a label batch in its partition's ledger; send its changes and dead letters."""
+        """Join a label batch in its partition's ledger; send its dead letters."""
         source = labels.source
         if self._ledger is None or self._abandoned(source):
             return  # revoked since: the next owner reads these labels again
-        delivery = self._ledger.join(source)
-        self._tell_resets()
+        rejections = self._ledger.join(source)
+        self._ledger_stepped(source.partition)
         empty = np.empty(0, dtype=np.int64)
-        batch = ScoredBatch(source, empty, (), empty, delivery.rejections, (), "", "")
-        self._produce(batch, ledger=(delivery.changes, delivery.report))
+        batch = ScoredBatch(source, empty, (), empty, rejections, (), "", "")
+        self._produce(batch, label_batch=True)
 
     def _tell_resets(self) -> None:
         assert self._ledger is not None
         for reset in self._ledger.take_resets():
             self._emit(reset)
 
-    def _record(self, batch: ScoredBatch, scored_at: str) -> _LedgerPart | None:
-        """Record the champion's scores of a batch; the ledger changes its delivery carries."""
+    def _record(self, batch: ScoredBatch, scored_at: str) -> None:
+        """Record the champion's scores of a batch in its partition's ledger."""
         source = batch.source
         if self._ledger is None or self._abandoned(source):
-            return None
+            return
         scores = score_column(batch.predictions, batch.output_names, self._ledger.spec.score_field)
         rows: list[int] = batch.valid_rows.tolist() if scores is not None else []
         values: list[float] = scores.tolist() if scores is not None else []
         model = (batch.model_name, batch.model_version)
-        delivery = self._ledger.record(source, rows, values, model, scored_at)
-        self._tell_resets()
-        return delivery.changes, delivery.report
+        self._ledger.record(source, rows, values, model, scored_at)
+        self._ledger_stepped(source.partition)
 
-    def _produce(
-        self,
-        batch: ScoredBatch,
-        ledger: _LedgerPart | None = None,
-    ) -> None:
+    def _ledger_stepped(self, partition: int) -> None:
+        """After a step of a partition's ledger: tell its bounds, then send a flush if due.
+
+        The consumer gets the bounds before the batch's answers are sent, so before
+        its BatchAcked: the commit never passes a prediction not in the changelog.
+        """
+        assert self._ledger is not None
+        self._tell_resets()
+        self._tell_bounds(self._ledger.moved(partition))
+        for flush in self._ledger.flushes(partition):
+            self._send_ledger_flush(flush)
+
+    def _tell_bounds(self, moved: Sequence[LedgerHeld]) -> None:
+        for held in moved:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._consumer.tell(held)
+
+    def _send_ledger_flush(self, flush: LedgerFlush) -> None:
+        """Send a ledger flush beside the batches; its acknowledgement moves the bounds."""
+        assert self._client is not None
+        group = _changelog_group(self._ledger_topic, flush.changes, flush.partition)
+
+        def done(failures: Sequence[SendFailure]) -> None:  # on a client thread: only tells
+            if failures:
+                detail = (
+                    f"ledger changelog {self._ledger_topic!r} failed for {len(flush.changes)} "
+                    f"records of {self._settings.input_topic}/{flush.partition}: "
+                    f"{failures[0].error}"
+                )
+                message: object = _DeliveryFailed(detail)
+            else:
+                message = _LedgerFlushed(flush)
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(message)
+
+        send_batch(self._client, [group], done)
+
+    def _ledger_flushed(self, flush: LedgerFlush) -> None:
+        """A flush is in the changelog: the metrics get its news; the next flush goes."""
+        assert self._ledger is not None
+        if not self._ledger.flushed(flush.partition, flush.flush_id):
+            return  # revoked since
+        self._emit(flush.report)
+        for following in self._ledger.flushes(flush.partition):
+            self._send_ledger_flush(following)
+        self._tell_bounds(self._ledger.moved(flush.partition))
+
+    def _produce(self, batch: ScoredBatch, *, label_batch: bool = False) -> None:
         client = self._client
         assert client is not None
         source = batch.source
-        label_batch = ledger is not None  # malformed labels never trip the breaker
+        # Malformed labels never trip the breaker.
         breaker = None if label_batch else self._breaker
         if breaker is not None and breaker.record(
             len(source), len(batch.rejections), ((r.reason, r.detail) for r in batch.rejections)
@@ -345,8 +391,8 @@ class ProducerActor(PipelineActor):
                 reasons=batch.reasons,
             )
         )
-        if ledger is None:
-            ledger = self._record(batch, scored_at)
+        if not label_batch:
+            self._record(batch, scored_at)
         log_features = self._log_features and bool(source.state_values)
         if log_features:  # JSON outputs only (checked at start)
             encoded = with_state_features(
@@ -381,13 +427,6 @@ class ProducerActor(PipelineActor):
             first.groups.append(
                 _changelog_group(self._changelog_topic, changelog, source.partition)
             )
-        ledger_changes, labels_joined = ledger if ledger is not None else ((), None)
-        if ledger_changes:
-            # The ledger's changes go in the same delivery too: a batch's offsets are committed
-            # only once its predictions (a label batch's joins) are in the ledger's changelog.
-            first.groups.append(
-                _changelog_group(self._ledger_topic, ledger_changes, source.partition)
-            )
         tally = Tally(
             produced=len(encoded),
             dead_letters=Counter(r.reason for r in batch.rejections),
@@ -398,7 +437,6 @@ class ProducerActor(PipelineActor):
             context,
             tally,
             changelog_records=len(changelog),
-            labels=labels_joined,
         )
         self._send(flight, first)
         flight.produce_seconds = time.perf_counter() - started
@@ -415,7 +453,7 @@ class ProducerActor(PipelineActor):
             if not failures:
                 self._acknowledge(flight)
             elif any(f.index >= answers for f in failures):
-                # A state or ledger changelog record failed: whatever the cause, the batch is not
+                # A state changelog record failed: whatever the cause, the batch is not
                 # delivered (never a dead letter); the whole batch goes again.
                 changelog = [f for f in failures if f.index >= answers]
                 self._failed(flight, sent, changelog, changelog=True)
@@ -457,8 +495,6 @@ class ProducerActor(PipelineActor):
                 scored=source.topic != self._labels_topic,
             )
         )
-        if flight.labels is not None:
-            self._emit(flight.labels)
 
     def _failed(
         self,
@@ -483,16 +519,7 @@ class ProducerActor(PipelineActor):
                     )
                 )
         first = failures[0]
-        what = "delivery"
-        if changelog:
-            what = " or ".join(
-                f"{name} changelog {topic!r}"
-                for name, topic in (
-                    ("state", self._changelog_topic),
-                    ("ledger", self._ledger_topic),
-                )
-                if topic
-            )
+        what = f"state changelog {self._changelog_topic!r}" if changelog else "delivery"
         detail = (
             f"{what} failed for batch {source.batch_id} of {source.topic}/"
             f"{source.partition} (offsets {source.first_offset}..{source.last_offset}): "

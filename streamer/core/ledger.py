@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from streamer.core.batching import Budget, MicroBatcher, columns_bytes
-from streamer.core.offsets import WatermarkTracker
+from streamer.core.offsets import LEDGER_HOLDER, WatermarkTracker
 from streamer.core.records import TP
 from streamer.messages import (
     BatchAcked,
@@ -89,7 +89,9 @@ class Unacknowledged:
     """The batches of each partition that are not yet below the watermark, in dispatch order.
 
     They are kept for a rewind, which sends them again; there are at most
-    ``batch.max_in_flight`` of them (and a few partial batches).
+    ``batch.max_in_flight`` of them (and a few partial batches), and, with
+    delayed labels, the delivered ones above the prediction ledger's durable
+    bound (at most a flush interval's or ``LEDGER_FLUSH_BYTES`` of predictions').
     """
 
     def __init__(self, tracker: WatermarkTracker) -> None:
@@ -106,8 +108,9 @@ class Unacknowledged:
     def first_offset(self, tp: TP) -> int | None:
         """The first offset of the partition's oldest unacknowledged batch, or None."""
         self.prune(tp)
-        queue = self._queues.get(tp)
-        return queue[0].first_offset if queue else None
+        pending = self._tracker.is_pending
+        queue = self._queues.get(tp, ())
+        return next((b.first_offset for b in queue if pending(tp, b.batch_id)), None)
 
     def answered_below(self, tp: TP, batch_id: int, offset: int) -> None:
         """Keep only the unanswered tail of a batch, from ``offset`` on, for the next rewind.
@@ -132,8 +135,15 @@ class Unacknowledged:
         renewed: dict[TP, list[SourceBatch]] = {}
         for tp, queue in self._queues.items():
             self.prune(tp)
+            # A batch kept only for the ledger was delivered: its state changes are in.
             batches = [
-                dataclasses.replace(old, seq=seq, epoch=epoch, dispatched_at=now)
+                dataclasses.replace(
+                    old,
+                    seq=seq,
+                    epoch=epoch,
+                    dispatched_at=now,
+                    changelog=old.changelog if self._tracker.is_pending(tp, old.batch_id) else (),
+                )
                 for seq, old in enumerate(queue)
             ]
             self._queues[tp] = deque(batches)
@@ -141,9 +151,21 @@ class Unacknowledged:
         return renewed
 
     def prune(self, tp: TP) -> None:
-        """Drop the partition's batches that are below the watermark now."""
+        """Drop the partition's batches that are below the watermark now.
+
+        A batch above the prediction ledger's durable bound stays, acknowledged or
+        not: its predictions (a label batch's joins) are not in the ledger's
+        changelog yet, and a producer that dies loses them with its ledger, which
+        a rewind then records again from these batches (docs/labels.md).
+        """
         queue = self._queues.get(tp)
-        while queue and not self._tracker.is_pending(tp, queue[0].batch_id):
+        if not queue:
+            return
+        tracker = self._tracker
+        ledger_from = tracker.held(tp, LEDGER_HOLDER)
+        while queue and not tracker.is_pending(tp, queue[0].batch_id):
+            if ledger_from is not None and queue[0].last_offset >= ledger_from:
+                break
             queue.popleft()
 
     def forget(self, tp: TP) -> None:
@@ -347,6 +369,14 @@ class Ledger:
             return True
         return False
 
+    def hold_ledger(self, tp: TP, durable_from: int | None) -> None:
+        """The prediction ledger's durable bound on ``tp`` moved (None: nothing pending).
+
+        The commit stops at it, and the batches above it are kept for a rewind.
+        """
+        self.tracker.hold(tp, durable_from, LEDGER_HOLDER)
+        self._unacked.prune(tp)
+
     def rewind(self, epoch: int, now: float) -> list[SourceBatch]:
         """Every unacknowledged batch again, in partition order, renumbered in ``epoch``."""
         self.epoch = epoch
@@ -380,7 +410,11 @@ class Ledger:
         revoked = set(tps)
         offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in revoked}
         for tp in revoked:
-            resume = self.first_undelivered(tp)
+            # Given back, the partition resumes at its first record not delivered, or not
+            # durable: its store is rebuilt from the changelogs without the changes above
+            # their bounds, which its records must make again.
+            candidates = (self.first_undelivered(tp), *self.tracker.bounds(tp))
+            resume = min((offset for offset in candidates if offset is not None), default=None)
             if resume is not None:
                 self._resume_at[tp] = resume
         self.tracker.forget(list(revoked))

@@ -8,7 +8,9 @@ log (compaction, transaction markers) is simply never dispatched.
 A partition with state also has a *durable bound* (:meth:`WatermarkTracker.hold`):
 the first input offset whose state changes are not yet acknowledged in the
 changelog (they are gathered over ``state.changelog_interval_s``,
-docs/state.md). The offsets the tracker gives to commit never pass it.
+docs/state.md), and, with delayed labels, the first offset whose prediction
+ledger changes are not (docs/labels.md). Each holder sets its own bound; the
+offsets the tracker gives to commit never pass any of them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from streamer.core.records import TP
+
+STATE_HOLDER = "state"
+"""The state changelog's bound (:meth:`WatermarkTracker.hold`)."""
+LEDGER_HOLDER = "ledger"
+"""The prediction ledger changelog's bound: the consumer also keeps the batches above it."""
 
 
 @dataclass(slots=True)
@@ -39,7 +46,7 @@ class WatermarkTracker:
         self._watermark: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._failed: dict[int, str] = {}
-        self._durable: dict[TP, int] = {}
+        self._durable: dict[TP, dict[str, int]] = {}
         self._records_in_flight = 0
         self._bytes_in_flight = 0
 
@@ -106,17 +113,35 @@ class WatermarkTracker:
         """Batches that could not be delivered, by batch id."""
         return dict(self._failed)
 
-    def hold(self, tp: TP, durable_from: int | None) -> None:
+    def hold(self, tp: TP, durable_from: int | None, holder: str = STATE_HOLDER) -> None:
         """Never give a commit offset past ``durable_from`` for ``tp`` (None: no bound).
 
-        ``durable_from`` is the first offset whose state changes the changelog
-        has not acknowledged yet; a commit offset equal to it is allowed (it
-        commits only the offsets below).
+        ``durable_from`` is the first offset whose changes ``holder``'s changelog
+        (the state's, or the prediction ledger's) has not acknowledged yet; a
+        commit offset equal to it is allowed (it commits only the offsets below).
         """
-        if durable_from is None:
-            self._durable.pop(tp, None)
-        else:
-            self._durable[tp] = durable_from
+        bounds = self._durable.get(tp)
+        if durable_from is not None:
+            if bounds is None:
+                bounds = self._durable[tp] = {}
+            bounds[holder] = durable_from
+        elif bounds is not None:
+            bounds.pop(holder, None)
+            if not bounds:
+                del self._durable[tp]
+
+    def held(self, tp: TP, holder: str) -> int | None:
+        """``holder``'s bound on ``tp`` (None: it holds nothing there)."""
+        bounds = self._durable.get(tp)
+        return None if bounds is None else bounds.get(holder)
+
+    def bounds(self, tp: TP) -> list[int]:
+        """Every holder's bound on ``tp``."""
+        return list(self._durable.get(tp, {}).values())
+
+    def holding(self, holder: str) -> int:
+        """The partitions on which ``holder`` holds a bound."""
+        return sum(holder in bounds for bounds in self._durable.values())
 
     def committable(self) -> dict[TP, int]:
         """Commit offsets that advanced since the last :meth:`mark_committed`."""
@@ -132,7 +157,7 @@ class WatermarkTracker:
         if not durable:
             return dict(self._watermark)
         return {
-            tp: min(offset, durable[tp]) if tp in durable else offset
+            tp: min(offset, *durable[tp].values()) if tp in durable else offset
             for tp, offset in self._watermark.items()
         }
 

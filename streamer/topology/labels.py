@@ -14,14 +14,24 @@ one place that knows each record's score as its output is sent.
   (:meth:`LedgerKeeper.take_resets`).
 - :meth:`LedgerKeeper.record` (a batch's champion outputs) and
   :meth:`LedgerKeeper.join` (a label batch) each write one step to the store
-  and return every change not sent yet, ending with the ledger's meta record,
-  to send **in the same delivery** as the batch's answers: the batch's offsets
-  are committed only once its ledger changes are in the changelog.
-- :meth:`LedgerKeeper.record_challenger` writes a challenger's scores; its
-  changes ride with the partition's next delivery (best effort).
+  (its changes, the marks and the meta record at once) and gather what goes to
+  the changelog in the partition's
+  :class:`~streamer.core.state.changelog.CoalescedChangelog`, the state's.
+- **The flushes** (:meth:`LedgerKeeper.flushes`): a partition's gathered
+  changes leave as one flush, its meta record last, when the partition has no
+  flush in flight, else when that one is acknowledged, or at once past
+  :data:`LEDGER_FLUSH_BYTES`. A batch's delivery carries only its answers: its
+  in-flight slot is free once they are acknowledged. Its offsets are committed
+  only once its ledger changes are in the changelog: the consumer holds the
+  commit at each partition's *durable bounds* (:meth:`LedgerKeeper.moved`, told
+  before the batch is sent), and keeps the batches above them for a rewind.
+- :meth:`LedgerKeeper.record_challenger` writes a challenger's scores; they
+  go with the partition's next flush (best effort).
 - **Expiry** runs on the partition's clock (the newest prediction or label
   time seen), at most every :data:`EXPIRE_EVERY_S`.
-- **On revoke**, the store is closed.
+- **On revoke**, the store is closed and the changes not acknowledged are
+  dropped: the partition commits only up to its durable bounds, and the next
+  owner rebuilds the store (ahead of the changelog) from the changelog.
 
 A replay (a batch sent again after a rewind, a label below the last joined
 offset) changes nothing: a replayed batch's records send their current values
@@ -68,11 +78,15 @@ from streamer.core.labels.live import (
     read_label_batch,
     scored_identities,
 )
-from streamer.core.state.changelog import RestoreCount, acknowledged_changes, safe_group
-from streamer.core.state.codec import META_KEY
+from streamer.core.state.changelog import (
+    CoalescedChangelog,
+    RestoreCount,
+    acknowledged_changes,
+    safe_group,
+)
 from streamer.core.state.restore import Action, local_meta, plan_restore
 from streamer.core.state.store import Change, MemoryStore, Store
-from streamer.messages import LabelsJoined, Rejection, SourceBatch
+from streamer.messages import LabelsJoined, LedgerHeld, Rejection, SourceBatch
 from streamer.settings import Settings
 from streamer.topology.state import changelog_tail, emptied, log_plan, open_rocks_store
 
@@ -81,6 +95,14 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 """A partition's ledger expires what the horizon passed at most this often (its own clock)."""
 
+
+LEDGER_FLUSH_BYTES = 256 * 2**10
+"""A partition's gathered changelog records leave past this many bytes, even with a flush in
+flight: it bounds them, and the batches the consumer keeps above the durable bound (about
+16,000 predictions of a partition, 16 bytes each in their batch records)."""
+
+_flush_ids = itertools.count()
+"""Flush ids unique in the process: a restarted producer's keeper never reuses an old one."""
 
 LEDGER_MEMTABLE_BYTES = 8 * 2**20
 """RocksDB's write buffer of each partition's ledger. Every prediction is a new key, so the
@@ -146,25 +168,30 @@ class _Partition:
     deferred: _Deferred
     marks: LedgerMarks
     held: int
-    pending: list[Change] = field(default_factory=list)
-    """Changes written and not sent yet (meta records included)."""
-    steps: int = 0
-    """The writes in ``pending`` (each ends with the marks and a meta record)."""
+    changelog: CoalescedChangelog
+    """Changes written and not acknowledged in the changelog: gathered, or in flushes."""
+    gathered_bytes: int = 0
+    labels_from: int | None = None
+    """The first label offset whose join is gathered (not in a flush yet)."""
+    labels_in_flight: dict[int, int] = field(default_factory=dict)
+    """Per flush in flight, the first label offset whose join it carries."""
     joined: list[Joined] = field(default_factory=list)
-    """Labelled predictions that changed, for the metrics after the next delivery."""
+    """Labelled predictions that changed, for the metrics once their flush is acknowledged."""
+    told: tuple[int | None, int | None] = (None, None)
+    """The durable bounds (input, labels) last told to the consumer."""
     expired_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerDelivery:
-    """What one delivery carries for a partition's ledger, and what the metrics get after it."""
+class LedgerFlush:
+    """One partition's gathered ledger changes on their way to the changelog."""
 
+    partition: int
+    flush_id: int
     changes: tuple[Change, ...]
     """To send to the ledger changelog (partition = the input partition), meta record last."""
     report: LabelsJoined
-    """For the metrics actor, once the broker acknowledged the delivery."""
-    rejections: tuple[Rejection, ...] = ()
-    """A label batch's dead letters (malformed labels), by row."""
+    """For the metrics actor, once the broker acknowledged the flush."""
 
 
 class LedgerKeeper:
@@ -186,7 +213,7 @@ class LedgerKeeper:
         self._partitions: dict[int, _Partition] = {}
         self._resets: list[LabelsJoined] = []
 
-    # --- the deliveries ------------------------------------------------------
+    # --- the batches ---------------------------------------------------------
 
     def record(
         self,
@@ -195,8 +222,8 @@ class LedgerKeeper:
         scores: Sequence[float],
         model: tuple[str, str],
         scored_at: str,
-    ) -> LedgerDelivery:
-        """Record a batch's champion predictions; what its delivery must carry."""
+    ) -> None:
+        """Record a batch's champion predictions; their changes are gathered for a flush."""
         part = self._ready(source.partition)
         self._maybe_expire(source.partition, part)
         time_us = iso_time_us(scored_at)
@@ -228,8 +255,7 @@ class LedgerKeeper:
             input_offset=max(marks.input_offset, source.last_offset),
             clock_us=_newest(marks.clock_us, time_us if kept_offsets else None),
         )
-        self._step(source.partition, part, changes, marks, relabelled, sent=sent)
-        return self._take(source.partition, part)
+        self._step(source.partition, part, changes, marks, relabelled, sent, source.first_offset)
 
     def _current(
         self,
@@ -267,7 +293,7 @@ class LedgerKeeper:
         model: tuple[str, str],
         scored_at: str,
     ) -> None:
-        """Record a challenger's scores; the changes ride with the partition's next delivery.
+        """Record a challenger's scores; the changes go with the partition's next flush.
 
         A partition this keeper does not hold (revoked, or not restored yet) is
         skipped: a challenger is best effort.
@@ -282,8 +308,12 @@ class LedgerKeeper:
         changes = part.deferred.taken()
         self._step(source.partition, part, changes, part.marks, relabelled, sent_changes(changes))
 
-    def join(self, source: SourceBatch) -> LedgerDelivery:
-        """Join a label batch (``source.partition``: the input partition's ledger)."""
+    def join(self, source: SourceBatch) -> tuple[Rejection, ...]:
+        """Join a label batch (``source.partition``: the input partition's ledger).
+
+        The joins are gathered for a flush; returns the batch's dead letters
+        (malformed labels), by row.
+        """
         part = self._ready(source.partition)
         self._maybe_expire(source.partition, part)
         read = read_label_batch(
@@ -304,8 +334,67 @@ class LedgerKeeper:
         )
         changes = part.deferred.taken()
         self._step(source.partition, part, changes, marks, joined, sent_changes(changes))
-        taken = self._take(source.partition, part)
-        return LedgerDelivery(taken.changes, taken.report, tuple(read.rejections))
+        if part.labels_from is None:
+            part.labels_from = source.first_offset
+        return tuple(read.rejections)
+
+    # --- the flushes -----------------------------------------------------------
+
+    def flushes(self, partition: int | None = None) -> list[LedgerFlush]:
+        """The flushes due now (of ``partition`` only, or of every one), each partition's in order.
+
+        A partition's gathered changes are due when it has no flush in flight,
+        or past :data:`LEDGER_FLUSH_BYTES`.
+        """
+        if partition is not None:
+            part = self._partitions.get(partition)
+            due = [] if part is None else [(partition, part)]
+        else:
+            due = list(self._partitions.items())
+        flushes = []
+        for number, part in due:
+            changelog = part.changelog
+            if not changelog.gathered or (
+                part.gathered_bytes < LEDGER_FLUSH_BYTES and changelog.unacknowledged()
+            ):
+                continue
+            flush = changelog.take()
+            assert flush is not None
+            if part.labels_from is not None:
+                part.labels_in_flight[flush.flush_id] = part.labels_from
+            report = LabelsJoined(number, tuple(part.joined), part.ledger.counts, part.held)
+            part.labels_from, part.joined, part.gathered_bytes = None, [], 0
+            flushes.append(LedgerFlush(number, flush.flush_id, flush.changes, report))
+        return flushes
+
+    def flushed(self, partition: int, flush_id: int) -> bool:
+        """The broker acknowledged a flush; False for one of a partition revoked since."""
+        part = self._partitions.get(partition)
+        if part is None or not part.changelog.acknowledged(flush_id):
+            return False
+        part.labels_in_flight.pop(flush_id, None)
+        return True
+
+    def moved(self, partition: int | None = None) -> list[LedgerHeld]:
+        """The durable bounds that moved since last told (of ``partition``, or of every one).
+
+        Per partition, the first input offset and the first label offset whose
+        ledger changes are not all acknowledged (None: every one is).
+        """
+        numbers = list(self._partitions) if partition is None else [partition]
+        moved = []
+        for number in numbers:
+            part = self._partitions.get(number)
+            if part is None:
+                continue
+            labels = list(part.labels_in_flight.values())
+            if part.labels_from is not None:
+                labels.append(part.labels_from)
+            bounds = (part.changelog.durable_from(), min(labels, default=None))
+            if bounds != part.told:
+                part.told = bounds
+                moved.append(LedgerHeld(number, *bounds))
+        return moved
 
     def take_resets(self) -> list[LabelsJoined]:
         """The windows of the partitions restored since the last call (``reset=True``)."""
@@ -357,36 +446,22 @@ class LedgerKeeper:
         marks: LedgerMarks,
         joined: Iterable[Joined],
         sent: Sequence[Change],
+        input_from: int | None = None,
     ) -> None:
-        """Write the ledger's changes, the marks and the meta record at once; keep ``sent`` to send.
+        """Write the ledger's changes, the marks and the meta record at once; gather ``sent``.
 
         ``sent``: the changelog's form of ``changes`` (ledger_log): no time keys, the
-        predictions of a scored batch in one record.
+        predictions of a scored batch in one record. ``input_from``: the first input
+        offset of the scored batch whose predictions these are.
         """
         marks = msgspec.structs.replace(marks, writes=marks.writes + 1)
         closing = closing_changes(self.topic, partition, marks)
         part.deferred.inner.write([*changes, *closing])
         part.marks = marks
         part.held = part.ledger.held
-        part.pending += sent
-        part.pending += closing
-        part.steps += 1
+        part.changelog.add([*sent, *closing], input_from, 0.0)
+        part.gathered_bytes += sum(len(key) + len(value or b"") for key, value in sent)
         part.joined.extend(joined)
-
-    def _take(self, partition: int, part: _Partition) -> LedgerDelivery:
-        # Only the last meta and marks records count: the earlier ones need not go.
-        last = len(part.pending) - 2
-        if part.steps == 1:  # the common case: one write since the last delivery
-            changes = tuple(part.pending)
-        else:
-            changes = tuple(
-                change
-                for index, change in enumerate(part.pending)
-                if index >= last or change[0] not in (META_KEY, MARKS_KEY)
-            )
-        report = LabelsJoined(partition, tuple(part.joined), part.ledger.counts, part.held)
-        part.pending, part.joined, part.steps = [], [], 0
-        return LedgerDelivery(changes, report)
 
     def _maybe_expire(self, partition: int, part: _Partition) -> None:
         now = time.monotonic()
@@ -456,7 +531,13 @@ class LedgerKeeper:
             deferred, self.spec.horizon_us, None if self.spec.id_field else (self.topic, partition)
         )
         joined = labelled(store)
-        part = _Partition(ledger, deferred, decode_marks(store.get(MARKS_KEY)), ledger.held)
+        part = _Partition(
+            ledger,
+            deferred,
+            decode_marks(store.get(MARKS_KEY)),
+            ledger.held,
+            CoalescedChangelog(lambda: next(_flush_ids)),
+        )
         self._resets.append(
             LabelsJoined(partition, tuple(joined), ledger.counts, ledger.held, reset=True)
         )

@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import orjson
+import pykka
 
 from streamer.actors.consumer import ConsumerActor
 from streamer.messages import (
     Attach,
     BatchAcked,
     CommitNow,
+    GetInFlight,
     LabelBatch,
+    LedgerHeld,
     PartitionsAssigned,
     PartitionsRevoked,
+    Rewind,
+    Rewound,
     ScoreBatch,
 )
 from streamer.settings import BatchSettings
 from streamer.topology.state import StateKeeper
-from tests.unit.fakes import FakeConsumer, make_records, start_recorder
+from tests.unit.fakes import FakeConsumer, Mailbox, make_records, start_recorder
 from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0
 from tests.unit.test_consumer_state import SETTINGS, events
 
 LABELS_TP = ("events.labels", 0)
 
 
-def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack() -> None:
+def started() -> tuple[pykka.ActorRef, FakeConsumer, Mailbox, Mailbox]:
+    """A consumer of 3 events and 2 labels, fetching: the actor, its client, scored, told."""
     label_values = [orjson.dumps({"topic": "events", "partition": 0, "offset": i}) for i in (1, 2)]
     fake = FakeConsumer({TP0: make_records(events(3)), LABELS_TP: make_records(label_values)})
     preprocessor, scored = start_recorder()
@@ -37,6 +43,11 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
         labels_topic="events.labels",
     )
     ref.tell(Attach([preprocessor]))
+    return ref, fake, scored, told
+
+
+def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack() -> None:
+    ref, fake, scored, told = started()
     (score,) = scored.wait_for(1)
     # First the assignment (the producer restores the ledgers then), then the label batch.
     assigned, label = told.wait_for(2)
@@ -55,4 +66,36 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
     fake.revoke_on_next_poll([TP0, LABELS_TP])
     (revoked,) = [m for m in told.wait_for(3) if isinstance(m, PartitionsRevoked)]
     assert revoked.tps == (TP0, LABELS_TP)
+    ref.stop()
+
+
+def test_the_ledger_bounds_hold_the_commit_and_keep_the_delivered_batches_for_a_rewind() -> None:
+    ref, _fake, scored, told = started()
+    (score,) = scored.wait_for(1)
+    _assigned, label = told.wait_for(2)
+    assert isinstance(score, ScoreBatch)
+    assert isinstance(label, LabelBatch)
+    assert score.source.changelog  # each batch carries its state changes here
+    # The producer tells the bounds before the acks: delivered, not in the ledger's changelog.
+    ref.tell(LedgerHeld(0, 0, 1))
+    ref.tell(BatchAcked(score.source.batch_id, "events", 0, None))
+    ref.tell(BatchAcked(label.source.batch_id, "events.labels", 0, None))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 0, LABELS_TP: 1}
+    # The drain waits for the two bounds; the credits do not (the batches are delivered).
+    in_flight = ref.ask(GetInFlight(), timeout=ASK_S)
+    assert (in_flight.batches_in_flight, in_flight.records_in_flight) == (2, 0)
+
+    # A producer that died lost its ledger's flushes: a rewind sends the kept batches again,
+    # the scored one without its state changes (they were delivered with its answers).
+    assert ref.ask(Rewind(1), timeout=ASK_S) == Rewound(1, 2)
+    again = scored.wait_for(2)[1]
+    assert isinstance(again, ScoreBatch)
+    assert (again.source.offsets, again.source.epoch) == (score.source.offsets, 1)
+    assert again.source.changelog == ()
+    assert isinstance(told.wait_for(3)[2], LabelBatch)
+
+    ref.tell(LedgerHeld(0, None, None))
+    assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 3, LABELS_TP: 2}
+    assert ref.ask(GetInFlight(), timeout=ASK_S).batches_in_flight == 0
+    assert ref.ask(Rewind(2), timeout=ASK_S) == Rewound(2, 0)  # nothing kept any more
     ref.stop()

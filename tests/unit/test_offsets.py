@@ -9,7 +9,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from streamer.core.offsets import WatermarkTracker
+from streamer.core.offsets import LEDGER_HOLDER, STATE_HOLDER, WatermarkTracker
 
 # Properties run without a deadline (CI machines vary) and leave no example database.
 PROPERTIES = settings(deadline=None, database=None)
@@ -488,3 +488,20 @@ class TestDurableBound:
         tracker.track(TP0, 1, 10, 19, 10)
         tracker.ack(TP0, 1)
         assert tracker.committable() == {TP0: 20}
+
+    def test_the_state_and_the_ledger_hold_each_their_own_bound(self) -> None:
+        tracker = tracked((TP0, 0, 0, 9), (TP0, 1, 10, 19), (TP0, 2, 20, 29))
+        tracker.hold(TP0, 10)  # the state's (the default holder)
+        tracker.hold(TP0, 20, LEDGER_HOLDER)
+        for batch_id in (0, 1, 2):
+            tracker.ack(TP0, batch_id)
+        assert tracker.watermarks() == {TP0: 10}
+        assert sorted(tracker.bounds(TP0)) == [10, 20]
+        assert (tracker.held(TP0, LEDGER_HOLDER), tracker.held(TP0, STATE_HOLDER)) == (20, 10)
+        assert tracker.holding(LEDGER_HOLDER) == 1
+        tracker.hold(TP0, None)  # the state's changes are in: the ledger's bound still holds
+        assert tracker.watermarks() == {TP0: 20}
+        assert tracker.held(TP0, STATE_HOLDER) is None
+        tracker.hold(TP0, None, LEDGER_HOLDER)
+        assert tracker.watermarks() == {TP0: 30}
+        assert (tracker.bounds(TP0), tracker.holding(LEDGER_HOLDER)) == ([], 0)

@@ -20,6 +20,7 @@ from streamer.messages import (
     LabelBatch,
     LabelsJoined,
     LabelsRevoked,
+    LedgerHeld,
     PartitionsAssigned,
     PartitionsRevoked,
 )
@@ -60,13 +61,17 @@ def labels(docs: list[object], *, batch_id: int, seq: int = 0) -> LabelBatch:
     return LabelBatch(dataclasses.replace(batch, topic="events.labels"))
 
 
-def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() -> None:
+def test_scores_and_labels_go_to_the_ledger_changelog_in_flushes_beside_their_batches() -> None:
     fake = FakeProducer()
     actor, acks, events, failures = start(fake)
     actor.tell(scored([good(1, 1), b"[1]", good(2, 2)], valid=[0, 2], predictions=[0.25, 0.75]))
-    assert acks.wait_for(1) == [BatchAcked(0, "events", 0, None)]
-    topics = [s.topic for s in fake.records()]
-    assert topics[:2] == ["scores", "scores"]
+    # The bounds come before the batch's ack; the flush's ack (here at once) moves them on.
+    assert acks.wait_for(3) == [
+        LedgerHeld(0, 0, None),
+        BatchAcked(0, "events", 0, None),
+        LedgerHeld(0, None, None),
+    ]
+    assert [s.topic for s in fake.records() if s.topic != LEDGER] == ["scores", "scores"]
     ledger = [s for s in fake.records() if s.topic == LEDGER]
     # One record for the batch's predictions, then the counts, the marks and the meta record.
     assert [s.key for s in ledger] == [batch_key(2), COUNTS_KEY, MARKS_KEY, META_KEY]
@@ -86,7 +91,11 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
         batch_id=1,
     )
     actor.tell(joined)
-    assert acks.wait_for(2)[1] == BatchAcked(1, "events.labels", 0, None)
+    assert acks.wait_for(6)[3:] == [
+        LedgerHeld(0, None, 0),  # the labels from offset 0
+        BatchAcked(1, "events.labels", 0, None),
+        LedgerHeld(0, None, None),
+    ]
     dead = [s for s in fake.records() if s.topic == "events.dlq"]
     assert [dict(s.headers or [])["streamer.reason"] for s in dead] == [b"malformed"]
     assert dict(dead[0].headers or [])["streamer.stage"] == b"labels"
@@ -100,7 +109,7 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
     assert [j.identity for j in join.joined] == [coordinates_identity("events", 0, 2)]
     assert (join.counts.joined, join.counts.labels) == (1, {"unmatched": 1})
 
-    # A challenger's scores ride with the partition's next delivery.
+    # A challenger's scores go in a flush of their own (none was in flight).
     challenger = ChallengerScored(
         scored([good(1, 1)], valid=[0], predictions=[0.5], first_offset=2).source,
         (0,),
@@ -113,13 +122,14 @@ def test_scores_and_labels_go_to_the_ledger_changelog_in_their_batch_delivery() 
     actor.tell(
         scored([good(3, 3)], valid=[0], predictions=[0.1], batch_id=2, seq=1, first_offset=3)
     )
-    wait_until(lambda: len(events.items()) == 4)
+    wait_until(lambda: len(events.items()) == 5)
     (changed,) = events.items()[3].joined
     assert [c.name for c in changed.prediction.challengers] == ["cand"]
+    assert events.items()[4].joined == ()  # type: ignore[attr-defined]
 
     actor.tell(PartitionsRevoked((("events", 0), ("events.labels", 0)), 0.0))
-    wait_until(lambda: len(events.items()) == 5)
-    assert events.items()[4] == LabelsRevoked((0,))
+    wait_until(lambda: len(events.items()) == 6)
+    assert events.items()[5] == LabelsRevoked((0,))
     assert failures == []
     actor.stop()
 
@@ -139,7 +149,7 @@ def test_assigned_partitions_ledgers_are_restored_before_their_first_batch() -> 
 
     # The first batch finds its ledger ready: recorded, not restored again.
     actor.tell(scored([good(1, 1)], valid=[0], predictions=[0.5]))
-    assert acks.wait_for(1) == [BatchAcked(0, "events", 0, None)]
+    assert acks.wait_for(3)[1] == BatchAcked(0, "events", 0, None)
     wait_until(lambda: len(events.items()) == 3)
     recorded = events.items()[2]
     assert isinstance(recorded, LabelsJoined)
@@ -159,7 +169,36 @@ def test_a_keeper_prepares_each_partition_once() -> None:
     keeper.close()
 
 
-def test_a_failed_ledger_record_fails_the_batch_and_nothing_is_acknowledged() -> None:
+def test_a_batch_is_acknowledged_with_its_answers_and_the_bounds_wait_for_the_flush() -> None:
+    fake = FakeProducer(auto_ack=False)
+    actor, acks, events, failures = start(fake)
+    actor.tell(scored([good(1, 1)], valid=[0], predictions=[0.5], first_offset=7))
+    wait_until(lambda: len(fake.records()) == 5)
+    flush, answer = fake.records()[:4], fake.records()[4]
+    assert [s.topic for s in flush] == [LEDGER] * 4
+    answer.future.succeed()
+    # Its slot is free: acknowledged, while the commit stays below offset 7.
+    assert acks.wait_for(2) == [LedgerHeld(0, 7, None), BatchAcked(0, "events", 0, None)]
+    actor.tell(
+        scored([good(2, 2)], valid=[0], predictions=[0.5], batch_id=1, seq=1, first_offset=8)
+    )
+    wait_until(lambda: len(fake.records()) == 6)  # its answer: no flush while one is out
+    for sent in flush:
+        sent.future.succeed()
+    # The first flush is in: the second batch's changes leave, and hold the commit at 8.
+    assert acks.wait_for(3)[2] == LedgerHeld(0, 8, None)
+    wait_until(lambda: len(fake.records()) == 10)
+    assert [s.topic for s in fake.records()[6:]] == [LEDGER] * 4
+    recorded = [e for e in events.items() if isinstance(e, LabelsJoined) and not e.reset]
+    assert [(r.counts.outputs, r.held) for r in recorded] == [(1, 1)]  # the first flush's
+    for sent in fake.records()[5:]:
+        sent.future.succeed()
+    assert acks.wait_for(5)[3:] == [BatchAcked(1, "events", 0, None), LedgerHeld(0, None, None)]
+    assert failures == []
+    actor.stop()
+
+
+def test_a_failed_ledger_flush_fails_the_producer_and_the_bounds_stay() -> None:
     def fail_ledger(sent: Sent) -> BaseException | None:
         return RuntimeError("partition offline") if sent.topic == LEDGER else None
 
@@ -168,5 +207,6 @@ def test_a_failed_ledger_record_fails_the_batch_and_nothing_is_acknowledged() ->
     actor.tell(scored([good(1, 1)], valid=[0], predictions=[0.5]))
     wait_until(lambda: failures)
     assert "ledger changelog" in str(failures[0][1])  # type: ignore[index]
-    assert acks.items() == []
+    # The answers were acknowledged; the commit stays held below the batch for good.
+    assert acks.items() == [LedgerHeld(0, 0, None), BatchAcked(0, "events", 0, None)]
     assert [e for e in events.items() if isinstance(e, LabelsJoined) and not e.reset] == []

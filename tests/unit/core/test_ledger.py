@@ -310,6 +310,22 @@ class TestRewind:
         assert offsets_of(again) == [b1.offsets, b2.offsets, c0.offsets]
         assert [b.seq for b in poll(ledger, {TP0: columns(range(30, 40))})] == [2]
 
+    def test_delivered_batches_above_the_ledger_bound_are_sent_again_until_it_passes(
+        self,
+    ) -> None:
+        ledger = Ledger(QUIET, max_poll_records=500)
+        ledger.assign([TP0])
+        b0, b1, b2 = poll(ledger, {TP0: columns(range(30))})
+        ledger.hold_ledger(TP0, 10)
+        for batch in (b0, b1, b2):
+            ack(ledger, batch)
+        assert ledger.tracker.batches_in_flight == 0
+        assert offsets_of(ledger.rewind(1, 0.0)) == [list(range(10, 20)), list(range(20, 30))]
+        ledger.hold_ledger(TP0, 20)
+        assert offsets_of(ledger.rewind(2, 0.0)) == [list(range(20, 30))]
+        ledger.hold_ledger(TP0, None)
+        assert ledger.rewind(3, 0.0) == []
+
     def test_a_rewind_sends_only_the_unanswered_tail_of_a_partly_delivered_batch(self) -> None:
         ledger = Ledger(QUIET, max_poll_records=500)
         ledger.assign([TP0])
@@ -356,6 +372,20 @@ class TestRebalance:
         ledger.revoke([TP0])
         assert ledger.assign([TP0]) == {TP0: 10}
         assert ledger.batcher.buffered == 0
+
+    def test_a_partition_given_back_resumes_at_its_ledger_bound_below_the_undelivered(
+        self,
+    ) -> None:
+        ledger = Ledger(QUIET, max_poll_records=500)
+        ledger.assign([TP0])
+        b0, b1, _b2 = poll(ledger, {TP0: columns(range(30))})
+        ledger.hold_ledger(TP0, 0)  # batch 0's predictions: not in the ledger's changelog yet
+        ack(ledger, b0)
+        ack(ledger, b1)
+        assert ledger.tracker.batches_in_flight == 1  # their credits are free
+        assert ledger.first_undelivered(TP0) == 20
+        assert ledger.revoke([TP0]) == {TP0: 0}
+        assert ledger.assign([TP0]) == {TP0: 0}  # the next owner of the ledger records them
 
     def test_without_work_in_flight_it_resumes_at_the_oldest_buffered_record(self) -> None:
         ledger = Ledger(QUIET, max_poll_records=500)

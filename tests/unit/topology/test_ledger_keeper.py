@@ -1,4 +1,4 @@
-"""LedgerKeeper: record and join in one write with a meta record, replays, restore, revoke."""
+"""LedgerKeeper: record and join in one write with a meta record, flushes, replays, restore."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
 from streamer.core.state.codec import META_KEY
-from streamer.messages import SourceBatch
+from streamer.messages import LedgerHeld, SourceBatch
 from streamer.settings import Settings, build_settings
-from streamer.topology.labels import LedgerKeeper, ledger_topic
+from streamer.topology.labels import LedgerFlush, LedgerKeeper, ledger_topic
 from tests.unit.topology.test_state_keeper import MemoryChangelog
 
 TOPIC = "tx"
@@ -67,6 +67,13 @@ def send(changelog: MemoryChangelog, partition: int, changes: tuple) -> None:  #
     changelog.append(partition, changes)
 
 
+def delivered(keeper: LedgerKeeper, partition: int = 0) -> LedgerFlush:
+    """The one flush that the partition's last steps made, acknowledged."""
+    (flush,) = keeper.flushes(partition)
+    assert keeper.flushed(partition, flush.flush_id)
+    return flush
+
+
 def test_the_ledger_changelog_topic_is_derived_from_the_group_and_the_input() -> None:
     assert ledger_topic(make_settings()) == "g_1.tx.ledger-changelog"
     assert ledger_topic(make_settings(ledger_topic="mine")) == "mine"
@@ -75,7 +82,8 @@ def test_the_ledger_changelog_topic_is_derived_from_the_group_and_the_input() ->
 def test_record_then_join_each_end_with_a_meta_record_and_join_once() -> None:
     changelog = MemoryChangelog()
     keeper = LedgerKeeper(make_settings(), lambda: changelog)
-    delivery = keeper.record(records(1, [10, 11, 12]), [0, 2], [0.25, 0.75], ("m", "1"), SCORED_AT)
+    keeper.record(records(1, [10, 11, 12]), [0, 2], [0.25, 0.75], ("m", "1"), SCORED_AT)
+    delivery = delivered(keeper, 1)
     assert delivery.changes[-1][0] == META_KEY
     assert delivery.changes[-2][0] == MARKS_KEY
     assert delivery.report.counts.outputs == 2
@@ -87,10 +95,11 @@ def test_record_then_join_each_end_with_a_meta_record_and_join_once() -> None:
     assert [(r.partition, r.reset, r.joined) for r in resets] == [(1, True, ())]
     assert keeper.take_resets() == []
 
-    joined = keeper.join(
+    rejections = keeper.join(
         labels(1, [0, 1, 2, 3], [label(1, 10, 1), label(1, 11, 0), "x", label(0, 12, 1)])
     )
-    assert [(r.index, r.reason) for r in joined.rejections] == [(2, "malformed"), (3, "misrouted")]
+    assert [(r.index, r.reason) for r in rejections] == [(2, "malformed"), (3, "misrouted")]
+    joined = delivered(keeper, 1)
     assert [j.identity for j in joined.report.joined] == [coordinates_identity(TOPIC, 1, 10)]
     assert joined.report.joined[0].label.value == 1.0
     assert joined.report.counts.joined == 1
@@ -106,23 +115,27 @@ def test_record_then_join_each_end_with_a_meta_record_and_join_once() -> None:
     send(changelog, 1, joined.changes)
 
     # The same labels again (a rewind): below the last joined offset, they join nothing.
-    again = keeper.join(labels(1, [0, 1, 2, 3], [label(1, 10, 1), label(1, 11, 0), "x", {}]))
+    keeper.join(labels(1, [0, 1, 2, 3], [label(1, 10, 1), label(1, 11, 0), "x", {}]))
+    again = delivered(keeper, 1)
     assert again.report.joined == ()
     assert again.report.counts.joined == 1
     assert again.report.counts.labels == {"unmatched": 1}
     # A later label for a labelled record is a duplicate.
-    later = keeper.join(labels(1, [4], [label(1, 10, 0)]))
+    keeper.join(labels(1, [4], [label(1, 10, 0)]))
+    later = delivered(keeper, 1)
     assert later.report.counts.labels == {"unmatched": 1, "duplicate": 1}
 
 
 def test_a_replayed_batch_records_nothing_and_sends_its_current_values_again() -> None:
     keeper = LedgerKeeper(make_settings(), None)
-    first = keeper.record(records(0, [5, 6]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
-    record = next(c for c in first.changes if c[0][:2] == b"Lb")
+    keeper.record(records(0, [5, 6]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    record = next(c for c in delivered(keeper).changes if c[0][:2] == b"Lb")
     keeper.join(labels(0, [0], [label(0, 6, 1)]))
+    delivered(keeper)
     labelled_key = entry_key(coordinates_identity(TOPIC, 0, 6))
     # Offsets 6 and 7 again (a rewind cut another batch): 6 is recorded, 7 is new.
-    again = keeper.record(records(0, [6, 7]), [0, 1], [0.9, 0.25], ("m", "1"), SCORED_AT)
+    keeper.record(records(0, [6, 7]), [0, 1], [0.9, 0.25], ("m", "1"), SCORED_AT)
+    again = delivered(keeper)
     assert again.report.counts.outputs == 3
     assert again.report.counts.duplicate_outputs == 0
     keys = [key for key, _ in again.changes]
@@ -134,19 +147,73 @@ def test_a_replayed_batch_records_nothing_and_sends_its_current_values_again() -
     assert decode_prediction(dict(again.changes)[labelled_key]).champion.score == 0.5  # type: ignore[union-attr]
 
 
-def test_a_challenger_rides_with_the_next_delivery_and_a_labelled_record_changes() -> None:
+def test_a_challenger_goes_with_the_next_flush_and_a_labelled_record_changes() -> None:
     keeper = LedgerKeeper(make_settings(), None)
     keeper.record(records(0, [1]), [0], [0.5], ("m", "1"), SCORED_AT)
+    (in_flight,) = keeper.flushes(0)
     keeper.join(labels(0, [0], [label(0, 1, 1)]))
     keeper.record_challenger(records(0, [1]), [0], [0.75], ("cand", "2"), SCORED_AT)
     keeper.record_challenger(records(3, [1]), [0], [0.75], ("cand", "2"), SCORED_AT)  # not held
-    delivery = keeper.record(records(0, [2]), [0], [0.1], ("m", "1"), SCORED_AT)
-    (changed,) = delivery.report.joined
+    keeper.record(records(0, [2]), [0], [0.1], ("m", "1"), SCORED_AT)
+    assert keeper.flushes(0) == []  # one flush in flight: the steps since wait for it
+    assert keeper.flushed(0, in_flight.flush_id)
+    assert not keeper.flushed(0, in_flight.flush_id)  # acknowledged once
+    delivery = delivered(keeper)
+    # The join, then the challenger's change of the labelled record (the metrics replace it).
+    joined, changed = delivery.report.joined
+    assert joined.identity == changed.identity == coordinates_identity(TOPIC, 0, 1)
+    assert joined.prediction.challengers == ()
     assert [c.score for c in changed.prediction.challengers] == [0.75]
     assert delivery.report.counts.outputs == 3
     metas = [change for change in delivery.changes if change[0] == META_KEY]
     assert len(metas) == 1  # only the last meta record of the steps goes
+    assert delivery.changes[-1][0] == META_KEY
     assert keeper.partitions == [0]
+
+
+def test_the_durable_bounds_move_as_flushes_are_acknowledged() -> None:
+    keeper = LedgerKeeper(make_settings(), None)
+    keeper.record(records(0, [10, 11]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    assert keeper.moved() == [LedgerHeld(0, 10, None)]
+    assert keeper.moved() == []  # told once
+    (first,) = keeper.flushes()
+    keeper.join(labels(0, [4, 5], [label(0, 10, 1), label(0, 11, 0)]))
+    keeper.record(records(0, [12]), [0], [0.5], ("m", "1"), SCORED_AT)
+    assert keeper.moved(0) == [LedgerHeld(0, 10, 4)]  # gathered: the labels from 4
+    assert keeper.flushed(0, first.flush_id)
+    assert keeper.moved() == [LedgerHeld(0, 12, 4)]
+    (second,) = keeper.flushes()
+    assert keeper.moved() == []  # in flight: the same bounds
+    assert [j.identity for j in second.report.joined] == [
+        coordinates_identity(TOPIC, 0, 10),
+        coordinates_identity(TOPIC, 0, 11),
+    ]
+    assert keeper.flushed(0, second.flush_id)
+    assert keeper.moved() == [LedgerHeld(0, None, None)]
+    assert keeper.revoke([0]) == [0]
+    assert not keeper.flushed(0, second.flush_id)
+    assert keeper.moved(0) == []
+
+
+def test_past_the_byte_budget_a_flush_leaves_with_another_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streamer.topology.labels.LEDGER_FLUSH_BYTES", 2_000)
+    keeper = LedgerKeeper(make_settings(), None)
+    keeper.record(records(0, [1]), [0], [0.5], ("m", "1"), SCORED_AT)
+    (first,) = keeper.flushes()
+    keeper.record(records(0, [2, 3]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
+    assert keeper.flushes() == []
+    offsets = list(range(4, 200))  # 196 predictions: 16 bytes each in their batch record
+    keeper.record(records(0, offsets), list(range(196)), [0.5] * 196, ("m", "1"), SCORED_AT)
+    (second,) = keeper.flushes()
+    assert [key for key, _ in second.changes][:2] == [batch_key(3), COUNTS_KEY]
+    assert batch_key(199) in dict(second.changes)
+    assert keeper.moved() == [LedgerHeld(0, 1, None)]
+    assert keeper.flushed(0, second.flush_id)  # acknowledged out of order: the first holds
+    assert keeper.moved() == []
+    assert keeper.flushed(0, first.flush_id)
+    assert keeper.moved() == [LedgerHeld(0, None, None)]
 
 
 @pytest.mark.parametrize("stored", ["memory", "rocksdb"])
@@ -156,19 +223,19 @@ def test_a_restore_rebuilds_up_to_the_last_meta_and_a_new_keeper_goes_on(
     changelog = MemoryChangelog()
     settings = make_settings(str(tmp_path) if stored == "rocksdb" else "")
     keeper = LedgerKeeper(settings, lambda: changelog)
-    send(
-        changelog,
-        0,
-        keeper.record(records(0, [1, 2]), [0, 1], [0.5, 0.25], ("m", "1"), SCORED_AT).changes,
-    )
-    send(changelog, 0, keeper.join(labels(0, [0], [label(0, 1, 1)])).changes)
-    # A join whose delivery never came back: in the local store, not in the changelog.
-    unsent = keeper.join(labels(0, [1], [label(0, 2, 0)]))
+    keeper.record(records(0, [1, 2]), [0, 1], [0.5, 0.25], ("m", "1"), SCORED_AT)
+    send(changelog, 0, delivered(keeper).changes)
+    keeper.join(labels(0, [0], [label(0, 1, 1)]))
+    send(changelog, 0, delivered(keeper).changes)
+    # A join whose flush never came back: in the local store, not in the changelog.
+    keeper.join(labels(0, [1], [label(0, 2, 0)]))
+    (unsent,) = keeper.flushes()
     send(changelog, 0, unsent.changes[:-1])  # cut short: no meta record
     keeper.close()
 
     restarted = LedgerKeeper(settings, lambda: changelog)
-    delivery = restarted.join(labels(0, [1], [label(0, 2, 0)]))  # the label comes again
+    restarted.join(labels(0, [1], [label(0, 2, 0)]))  # the label comes again
+    delivery = delivered(restarted)
     assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 2)]
     assert delivery.report.counts.joined == 2
     assert delivery.report.held == 2
@@ -189,9 +256,11 @@ def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
     keeper.join(labels(0, [0], [label(0, 1, 1)]))  # its time, a minute later, is the clock
     # Two minutes after the predictions: the horizon (60 s) passed for both.
     later = "2026-12-06T06:02:00.000Z"
-    delivery = keeper.record(records(0, [3]), [0], [0.5], ("m", "1"), later)
-    assert delivery.report.counts.expired_unlabelled == 0  # the clock was 06:01 still
-    delivery = keeper.record(records(0, [4]), [0], [0.5], ("m", "1"), later)
+    delivered(keeper)
+    keeper.record(records(0, [3]), [0], [0.5], ("m", "1"), later)
+    assert delivered(keeper).report.counts.expired_unlabelled == 0  # the clock was 06:01 still
+    keeper.record(records(0, [4]), [0], [0.5], ("m", "1"), later)
+    delivery = delivered(keeper)
     counts = delivery.report.counts
     assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
     assert delivery.report.held == 2  # offsets 3 and 4
@@ -217,17 +286,25 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
     settings = make_settings(horizon_s=90.0)
     keeper = LedgerKeeper(settings, lambda: changelog)
     minute = "2026-12-06T06:01:00.000Z"
+
+    def after(_step: object) -> LedgerFlush:
+        return delivered(keeper)
+
     steps = [
-        keeper.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT),
-        keeper.join(labels(0, [0, 1], [label(0, 2, 1), label(0, 9, 0)])),
+        after(
+            keeper.record(
+                records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT
+            )
+        ),
+        after(keeper.join(labels(0, [0, 1], [label(0, 2, 1), label(0, 9, 0)]))),
     ]
     keeper.record_challenger(records(0, [1, 3]), [0, 1], [0.125, 0.625], ("cand", "2"), SCORED_AT)
     steps += [
-        keeper.record(records(0, [4, 5]), [0, 1], [0.375, 0.875], ("m", "1"), minute),
-        keeper.record(records(0, [3, 4, 5, 6]), [0, 1, 2, 3], [0.0] * 4, ("m", "1"), minute),
+        after(keeper.record(records(0, [4, 5]), [0, 1], [0.375, 0.875], ("m", "1"), minute)),
+        after(keeper.record(records(0, [3, 4, 5, 6]), [0, 1, 2, 3], [0.0] * 4, ("m", "1"), minute)),
         # Two minutes on: the first batch (06:00) passed the 90 s horizon.
-        keeper.join(labels(0, [2], [{**label(0, 5, 0), "at": SCORED_US // 1000 + 120_000}])),
-        keeper.record(records(0, [7]), [0], [0.5], ("m", "1"), minute),
+        after(keeper.join(labels(0, [2], [{**label(0, 5, 0), "at": SCORED_US // 1000 + 120_000}]))),
+        after(keeper.record(records(0, [7]), [0], [0.5], ("m", "1"), minute)),
     ]
     for step in steps:
         send(changelog, 0, step.changes)
@@ -243,7 +320,8 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
 
     restored = LedgerKeeper(settings, lambda: changelog)
     restored.take_resets()
-    delivery = restored.join(labels(0, [3], [label(0, 4, 1)]))
+    restored.join(labels(0, [3], [label(0, 4, 1)]))
+    delivery = delivered(restored)
     assert delivery.report.held == 4  # offsets 4, 5, 6, 7
     assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 4)]
     rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
@@ -289,6 +367,9 @@ def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
     keeper = LedgerKeeper(settings, lambda: changelog)
     minute = "2026-12-06T06:01:00.000Z"
 
+    def after(_step: object) -> LedgerFlush:
+        return delivered(keeper)
+
     def scored(offsets: list[int], ids: list[str]) -> SourceBatch:
         return batch(TOPIC, 0, offsets, [orjson.dumps({"id": i}) for i in ids])
 
@@ -297,16 +378,24 @@ def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
 
     at = SCORED_US // 1000
     steps = [
-        keeper.record(
-            scored([1, 2, 3], ["a", "b", "a"]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT
+        after(
+            keeper.record(
+                scored([1, 2, 3], ["a", "b", "a"]),
+                [0, 1, 2],
+                [0.5, 0.25, 0.75],
+                ("m", "1"),
+                SCORED_AT,
+            )
         ),
-        keeper.join(labels(0, [0], [id_label("b", 1, at + 60_000)])),
+        after(keeper.join(labels(0, [0], [id_label("b", 1, at + 60_000)]))),
     ]
     keeper.record_challenger(scored([1], ["a"]), [0], [0.125], ("cand", "2"), SCORED_AT)
     steps += [
-        keeper.record(scored([4, 5], ["c", "b"]), [0, 1], [0.375, 0.875], ("m", "1"), minute),
-        keeper.join(labels(0, [1], [id_label("c", 0, at + 120_000)])),  # the first batch expires
-        keeper.record(scored([6], ["a"]), [0], [0.5], ("m", "1"), minute),  # "a" again, anew
+        after(
+            keeper.record(scored([4, 5], ["c", "b"]), [0, 1], [0.375, 0.875], ("m", "1"), minute)
+        ),
+        after(keeper.join(labels(0, [1], [id_label("c", 0, at + 120_000)]))),  # first expires
+        after(keeper.record(scored([6], ["a"]), [0], [0.5], ("m", "1"), minute)),  # "a" again, anew
     ]
     for step in steps:
         send(changelog, 0, step.changes)
@@ -331,7 +420,8 @@ def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
         changelog.partitions[0] = compacted(changelog.partitions[0])
 
     restored = LedgerKeeper(settings, lambda: changelog)
-    report = restored.join(labels(0, [2], [id_label("a", 1, at + 130_000)])).report
+    restored.join(labels(0, [2], [id_label("a", 1, at + 130_000)]))
+    report = delivered(restored).report
     assert [j.identity for j in report.joined] == [b"ia"]  # the new prediction of "a"
     assert report.held == 2
     rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
