@@ -17,7 +17,9 @@ key k that were applied before r in its partition (and r itself, with
 - **Exact floats.** Every value is computed again from the window's entries:
   sums with ``math.fsum`` (the correctly rounded sum, whatever the order of
   the terms), ``std`` as the square root of the fsum of squared deviations
-  from that mean, over n. So a value depends only on the set of records in the
+  from that mean, over n (the compiled loop keeps a long window's fsum partials
+  between a key's records: the same correctly rounded sum, for the cost of the
+  entries that came and left). So a value depends only on the set of records in the
   window, never on batching, on how the state was stored or restored, nor on
   the order it was rebuilt in: offline equals live, bit for bit.
 - **Once per record.** The store keeps the last applied input offset. A record
