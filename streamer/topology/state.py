@@ -56,7 +56,7 @@ from streamer.core.state.changelog import (
     meta_record,
     safe_group,
 )
-from streamer.core.state.codec import META_KEY, Meta, is_key_state
+from streamer.core.state.codec import Meta, is_key_state
 from streamer.core.state.layout import Layout
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
 from streamer.core.state.store import (
@@ -75,6 +75,10 @@ log = logging.getLogger(__name__)
 
 _flush_ids = itertools.count()
 """Flush ids unique in the process: a restarted consumer's keeper never reuses an old one."""
+
+DIRTY_ENTRIES = 250_000
+"""A partition whose keys changed since its last flush hold more window entries than this
+(about 27 MB decoded, the key cache's size) is flushed before its interval is over."""
 
 HIGH_WATERMARK_TIMEOUT_S = 10.0
 RESTORE_LOG_EVERY_S = 5.0
@@ -134,9 +138,8 @@ class CountingStore:
 @dataclass
 class _Partition:
     state: PartitionState
+    """Deferred (PartitionState.take_changes): its changes are encoded and written per flush."""
     store: CountingStore
-    pending: list[Change] = field(default_factory=list)
-    """Changes written outside a batch (forgotten served values, a sweep): sent with the next."""
     since_sweep: int = 0
     restore_seconds: float = 0.0
 
@@ -197,35 +200,31 @@ class StateKeeper:
         docs = _decoded(source.values, self._max_bytes)
         objects = [doc if type(doc) is dict else None for doc in docs]
         columns = (source.offsets, source.keys, source.timestamps_ms, objects)
-        sweep: tuple[Change, ...] = ()
         part.since_sweep += len(objects)
+        carried: tuple[Change, ...] = ()
         try:
             if part.since_sweep >= SWEEP_EVERY_ROWS:
-                sweep = part.state.sweep()  # keys past their TTL read as empty: no value changes
+                part.state.sweep()  # keys past their TTL read as empty: no value changes
                 part.since_sweep = 0
             applied = part.state.apply_columns(*columns)
         except msgspec.DecodeError as exc:
-            # A key that does not decode: the store is corrupt. Rebuild it and apply again
-            # (the failed apply wrote nothing, so the partition is where the changelog is).
+            # A key that does not decode: the store is corrupt. The failed batch changed
+            # nothing (it reads its keys before it changes one): rebuild and apply it again.
             log.warning(
                 "the state store of %s/%d is corrupt (%s): rebuilding it from the changelog",
                 *tp,
                 exc,
                 extra={"topic": tp[0], "partition": tp[1]},
             )
-            self._close(tp, destroy=True)
-            part = self._ready(tp, self._unacknowledged_changes(tp))
+            part, carried = self._rebuilt(tp, part)
             applied = part.state.apply_columns(*columns)
-            sweep = ()
         if self.interval_s:
-            # Gathered for the partition's next flush; the batch carries none of them.
-            self._changelog(tp).add((*sweep, *applied.changes), source.first_offset, self._clock())
+            # Kept live for the partition's next flush; the batch carries none of them.
+            self._changelog(tp).add((), source.first_offset, self._clock())
             changelog: tuple[Change, ...] = ()
         else:
-            # The batch's own meta record (last) supersedes the meta of a forget_served.
-            pending = [change for change in part.pending if change[0] != META_KEY]
-            changelog = (*pending, *sweep, *applied.changes)
-            part.pending = []
+            # Forgotten served runs and a sweep since the last batch, then this one's.
+            changelog = (*carried, *part.state.take_changes())
         rejections: list[Rejection] = []
         served: list[tuple[float, ...] | None] = []
         for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
@@ -254,24 +253,37 @@ class StateKeeper:
         """The broker accepted these commits: forget what was served below them."""
         for tp, offset in offsets.items():
             part = self._partitions.get(tp)
-            if part is not None:
-                forgotten = part.state.forget_served(offset)
+            if part is not None and part.state.meta.served_from < offset:
+                part.state.forget_served(offset)  # kept for the next flush (or batch)
                 if self.interval_s:
-                    self._changelog(tp).add(forgotten, None, self._clock())
-                else:
-                    part.pending.extend(forgotten)
+                    self._changelog(tp).touch(self._clock())
 
     # --- the gathered changelog (state.changelog_interval_s > 0) ------------------
 
     def flushes(self, *, force: bool = False) -> list[tuple[TP, Flush]]:
-        """The flushes due now (``force``: every partition's gathered changes), in order."""
+        """The flushes due now (``force``: every partition's gathered changes), in order.
+
+        A partition's changes are encoded and written to its store here, once per
+        flush (:meth:`PartitionState.take_changes`), its meta with them. A partition
+        whose changed keys hold more than :data:`DIRTY_ENTRIES` entries is flushed
+        before its interval is over.
+        """
         now = self._clock()
-        return [
-            (tp, flush)
-            for tp, changelog in self._changelogs.items()
-            if (changelog.due(now, self.interval_s) or (force and changelog.gathered))
-            and (flush := changelog.take()) is not None
-        ]
+        flushes = []
+        for tp, changelog in self._changelogs.items():
+            part = self._partitions.get(tp)
+            if not (
+                changelog.due(now, self.interval_s)
+                or (force and changelog.gathered)
+                or (part is not None and part.state.dirty_entries > DIRTY_ENTRIES)
+            ):
+                continue
+            if part is not None:
+                changelog.add(part.state.take_changes(), None, now)
+            flush = changelog.take()
+            if flush is not None:
+                flushes.append((tp, flush))
+        return flushes
 
     def flushed(self, tp: TP, flush_id: int) -> bool:
         """The broker acknowledged a flush; False for one of a partition revoked since."""
@@ -297,9 +309,25 @@ class StateKeeper:
             changelog = self._changelogs[tp] = CoalescedChangelog(lambda: next(_flush_ids))
         return changelog
 
-    def _unacknowledged_changes(self, tp: TP) -> list[Change]:
-        changelog = self._changelogs.get(tp)
-        return [] if changelog is None else changelog.everything()
+    def _rebuilt(self, tp: TP, part: _Partition) -> tuple[_Partition, tuple[Change, ...]]:
+        """The partition's store rebuilt from the changelog, with the changes it has not got.
+
+        Those are the flushes not yet acknowledged and the live changes of the
+        batches since the last flush (encoded now, and gathered for the next
+        flush: they never were in the changelog). With ``changelog_interval_s``
+        0, the changes made since the last batch (forgotten served runs, a
+        sweep) come back too, for the next batch to carry.
+        """
+        unwritten = part.state.take_changes(write=False)
+        carried: tuple[Change, ...] = ()
+        if self.interval_s:
+            self._changelog(tp).add(unwritten, None, self._clock())
+            overlay = self._changelog(tp).everything()
+        else:
+            overlay = list(unwritten)
+            carried = unwritten[:-1]  # the next batch's meta comes last
+        self._close(tp, destroy=True)
+        return self._ready(tp, overlay), carried
 
     # --- assignment ------------------------------------------------------------
 
@@ -336,8 +364,9 @@ class StateKeeper:
 
     def _close(self, tp: TP, *, destroy: bool) -> None:
         if not destroy:
-            # Not acknowledged: dropped. The partition commits only up to its durable bound,
-            # and its store (ahead of the changelog) is rebuilt by its next assignment.
+            # Not acknowledged, or not flushed (the live changes since the last flush): dropped.
+            # The partition commits only up to its durable bound; its store holds what its
+            # last flush held, and is used or rebuilt by its next assignment's plan.
             self._changelogs.pop(tp, None)
         part = self._partitions.pop(tp, None)
         if part is None:
@@ -405,7 +434,8 @@ class StateKeeper:
         if overlay:
             store.write(overlay)
         counting = CountingStore(store, 0)
-        part = _Partition(PartitionState(self.layout, counting, tp[0], tp[1]), counting)
+        state = PartitionState(self.layout, counting, tp[0], tp[1], deferred=True)
+        part = _Partition(state, counting)
         counting.keys = part.state.key_count()
         part.restore_seconds = time.monotonic() - started
         self._restored.records[tp] = self._restored.records.get(tp, 0) + restored

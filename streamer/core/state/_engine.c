@@ -5,7 +5,9 @@
  * entries and the store changes are the same, bit for bit:
  *
  * - a sum is math.fsum called on the same list the Python code builds (the window's slice,
- *   then the current value), and exact_sum when it overflows;
+ *   then the current value), and exact_sum when it overflows; for a window of 16 entries or
+ *   more, math.fsum's partials are kept with the key between its records (SumCache), which
+ *   gives the same correctly rounded float;
  * - count, time_since_last and last are computed as the Python expressions compute them
  *   (float(int), an int true division done in doubles only where Python does it so too);
  * - a new key's KeyEntries is made as KeyEntries.first makes it (through its slots);
@@ -36,19 +38,21 @@ typedef struct {
     Py_ssize_t field;
     int include_current;
     int agg;
+    Py_ssize_t sum_at;       /* a SUM's place among the group's SUMs (its SumCache), else -1 */
     PyObject *default_value; /* borrowed from the plan */
     PyObject *plan;          /* the FeaturePlan tuple, borrowed */
 } Feature;
 
 static PyObject *served_type, *key_entries_type, *late_fn, *full_fn, *too_large_fn,
     *out_of_order_fn, *value_fn, *exact_sum_fn, *fsum_fn, *first_fn;
-static PyObject *str_newest_us, *str_times, *str_columns, *str_ordered;
+static PyObject *str_newest_us, *str_times, *str_columns, *str_ordered, *str_sums;
 static PyObject *zero_float, *empty_list, *empty_tuple;
 
 /* Where KeyEntries keeps each slot (its __slots__' member descriptors), or -1: read by name. */
-enum { NEWEST_US, TIMES, COLUMNS, ORDERED, SLOTS };
-static Py_ssize_t slot_offsets[SLOTS] = {-1, -1, -1, -1};
-static PyObject **slot_names[SLOTS] = {&str_newest_us, &str_times, &str_columns, &str_ordered};
+enum { NEWEST_US, TIMES, COLUMNS, ORDERED, SUMS, SLOTS };
+static Py_ssize_t slot_offsets[SLOTS] = {-1, -1, -1, -1, -1};
+static PyObject **slot_names[SLOTS] = {&str_newest_us, &str_times, &str_columns, &str_ordered,
+                                       &str_sums};
 
 /* getattr(state, name) of a KeyEntries, from its slot when the class keeps it in one. */
 static PyObject *
@@ -153,46 +157,45 @@ small_time(PyObject *value, int *ok)
 
 #define NUM_PARTIALS 32
 
-/* math.fsum over floats, CPython's algorithm (Modules/mathmodule.c, math_fsum) step for step,
- * for the case it is written for: every item an exact float, every partial sum finite, at
- * most NUM_PARTIALS partials. Anything else (an int or a text, an infinity or a nan, an
- * intermediate overflow, more partials) returns 0, and the caller calls math.fsum itself. */
+/* One step of math.fsum (CPython's msum, Modules/mathmodule.c): add x to the partials
+ * ps[0:*n], non-overlapping and in increasing magnitude, whose exact sum grows by exactly x.
+ * 0: a partial is not finite, or there would be more than NUM_PARTIALS (math.fsum's own
+ * path then). */
 static int
-exact_float_sum(PyObject **items, Py_ssize_t count, PyObject *current, double *sum)
+grow_partials(double *ps, int *n, double x)
 {
-    double x, y, t, hi, yr, lo = 0.0, ps[NUM_PARTIALS];
-    Py_ssize_t i, j, n = 0, at;
-    Py_ssize_t total = count + (current != NULL);
-    for (at = 0; at < total; at++) { /* for x in iterable */
-        PyObject *item = at < count ? items[at] : current;
-        if (!PyFloat_CheckExact(item)) {
-            return 0;
+    double y, t, hi, yr, lo;
+    int i = 0;
+    for (int j = 0; j < *n; j++) { /* for y in partials */
+        y = ps[j];
+        if (fabs(x) < fabs(y)) {
+            t = x;
+            x = y;
+            y = t;
         }
-        x = PyFloat_AS_DOUBLE(item);
-        for (i = j = 0; j < n; j++) { /* for y in partials */
-            y = ps[j];
-            if (fabs(x) < fabs(y)) {
-                t = x;
-                x = y;
-                y = t;
-            }
-            hi = x + y;
-            yr = hi - x;
-            lo = y - yr;
-            if (lo != 0.0) {
-                ps[i++] = lo;
-            }
-            x = hi;
+        hi = x + y;
+        yr = hi - x;
+        lo = y - yr;
+        if (lo != 0.0) {
+            ps[i++] = lo;
         }
-        n = i; /* ps[i:] = [x] */
-        if (x != 0.0) {
-            if (!isfinite(x) || n >= NUM_PARTIALS) {
-                return 0; /* a special sum, an overflow or a realloc: math.fsum's own path */
-            }
-            ps[n++] = x;
-        }
+        x = hi;
     }
-    hi = 0.0;
+    *n = i; /* ps[i:] = [x] */
+    if (x != 0.0) {
+        if (!isfinite(x) || i >= NUM_PARTIALS) {
+            return 0; /* a special sum, an overflow or a realloc */
+        }
+        ps[(*n)++] = x;
+    }
+    return 1;
+}
+
+/* The end of math.fsum: the partials' exact sum, correctly rounded (half even). */
+static double
+round_partials(const double *ps, int n)
+{
+    double x, y, yr, hi = 0.0, lo = 0.0;
     if (n > 0) {
         hi = ps[--n];
         /* sum_exact(ps, hi) from the top, stop when the sum becomes inexact. */
@@ -216,8 +219,130 @@ exact_float_sum(PyObject **items, Py_ssize_t count, PyObject *current, double *s
             }
         }
     }
-    *sum = hi;
+    return hi;
+}
+
+/* math.fsum over floats, CPython's algorithm step for step, for the case it is written for:
+ * every item an exact float, every partial sum finite, at most NUM_PARTIALS partials.
+ * Anything else (an int or a text, an infinity or a nan, an intermediate overflow, more
+ * partials) returns 0, and the caller calls math.fsum itself. */
+static int
+exact_float_sum(PyObject **items, Py_ssize_t count, PyObject *current, double *sum)
+{
+    double ps[NUM_PARTIALS];
+    int n = 0;
+    Py_ssize_t total = count + (current != NULL);
+    for (Py_ssize_t at = 0; at < total; at++) { /* for x in iterable */
+        PyObject *item = at < count ? items[at] : current;
+        if (!PyFloat_CheckExact(item) || !grow_partials(ps, &n, PyFloat_AS_DOUBLE(item))) {
+            return 0;
+        }
+    }
+    *sum = round_partials(ps, n);
     return 1;
+}
+
+/* A key's window sums kept between its records (the `sums` slot of its KeyEntries: a
+ * bytearray of one SumCache per SUM feature of the group): the partials of the exact sum
+ * of column[a:b). A record whose window is column[lo:hi) with a <= lo <= b <= hi adds
+ * column[b:hi) to them and subtracts column[a:lo): the partials stay exact, so their
+ * correctly rounded sum is the float math.fsum gives for the window, bit for bit, for the
+ * cost of the entries that came and went instead of the whole window. Only the loop's
+ * appends and its drop_front (shift_sums) change a cached key's lists; every other change
+ * (KeyEntries.drop, the only other way entries leave) sets the slot to None. */
+typedef struct {
+    Py_ssize_t a, b;
+    int n, valid;
+    double ps[NUM_PARTIALS];
+} SumCache;
+
+#define SUM_CACHE_FROM 16 /* a window of fewer entries is summed whole, no cache made for it */
+
+/* fsum(column[lo:hi] + [current]) from the key's SumCache; NULL without an error when it
+ * cannot (window_sum then), with one when Python raised. */
+static PyObject *
+cached_window_sum(PyObject *state, Py_ssize_t sum_at, Py_ssize_t nsums, PyObject *column,
+                  Py_ssize_t lo, Py_ssize_t hi, int include_current, PyObject *current)
+{
+    if (state == NULL || hi - lo < SUM_CACHE_FROM
+        || (include_current && !PyFloat_CheckExact(current))) {
+        return NULL;
+    }
+    PyObject *sums = get_slot(state, SUMS);
+    if (sums == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear(); /* a KeyEntries made without __init__: none yet */
+    }
+    Py_ssize_t size = nsums * (Py_ssize_t)sizeof(SumCache);
+    if (sums == NULL || !PyByteArray_CheckExact(sums) || PyByteArray_GET_SIZE(sums) != size) {
+        Py_XDECREF(sums);
+        sums = PyByteArray_FromStringAndSize(NULL, size);
+        if (sums == NULL) {
+            return NULL;
+        }
+        memset(PyByteArray_AS_STRING(sums), 0, (size_t)size); /* none valid */
+        if (set_slot(state, SUMS, sums) < 0) {
+            Py_DECREF(sums);
+            return NULL;
+        }
+    }
+    SumCache *cache = (SumCache *)PyByteArray_AS_STRING(sums) + sum_at;
+    PyObject **items = ((PyListObject *)column)->ob_item;
+    if (!cache->valid || cache->a > lo || lo > cache->b || cache->b > hi) {
+        cache->n = 0; /* from scratch */
+        cache->a = cache->b = lo;
+    }
+    cache->valid = 0;
+    int ok = 1;
+    for (Py_ssize_t i = cache->b; i < hi && ok; i++) { /* the entries that came */
+        ok = PyFloat_CheckExact(items[i]) && grow_partials(cache->ps, &cache->n,
+                                                           PyFloat_AS_DOUBLE(items[i]));
+    }
+    for (Py_ssize_t i = cache->a; i < lo && ok; i++) { /* the entries that left the window */
+        ok = PyFloat_CheckExact(items[i]) && grow_partials(cache->ps, &cache->n,
+                                                           -PyFloat_AS_DOUBLE(items[i]));
+    }
+    double ps[NUM_PARTIALS];
+    int n = cache->n;
+    if (ok) {
+        cache->a = lo;
+        cache->b = hi;
+        cache->valid = 1;
+        memcpy(ps, cache->ps, (size_t)n * sizeof(double));
+        ok = !include_current || grow_partials(ps, &n, PyFloat_AS_DOUBLE(current));
+    }
+    Py_DECREF(sums);
+    if (!ok) {
+        return NULL;
+    }
+    double sum = round_partials(ps, n);
+    return isfinite(sum) ? PyFloat_FromDouble(sum) : NULL; /* an overflow: exact_sum's */
+}
+
+/* After drop_front(count) of a key's lists: its cached sums' places move down with them. */
+static void
+shift_sums(PyObject *state, Py_ssize_t count)
+{
+    if (slot_offsets[SUMS] < 0) {
+        return;
+    }
+    PyObject *sums = *(PyObject **)((char *)state + slot_offsets[SUMS]);
+    if (sums == NULL || !PyByteArray_CheckExact(sums)) {
+        return;
+    }
+    SumCache *caches = (SumCache *)PyByteArray_AS_STRING(sums);
+    Py_ssize_t ncaches = PyByteArray_GET_SIZE(sums) / (Py_ssize_t)sizeof(SumCache);
+    for (Py_ssize_t k = 0; k < ncaches; k++) {
+        if (caches[k].a < count) {
+            caches[k].valid = 0; /* never: a window starts at or above what is dropped */
+        }
+        else {
+            caches[k].a -= count;
+            caches[k].b -= count;
+        }
+    }
 }
 
 /* fsum(column[lo:hi] + [current]) (or without current), exact_sum where fsum overflows. */
@@ -347,7 +472,7 @@ floats_aggregate(int agg, PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int in
 static int
 compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssize_t hi,
                PyObject *times, PyObject *columns, int64_t time_us, PyObject *fields,
-               PyObject *values)
+               PyObject *values, PyObject *state, Py_ssize_t nsums)
 {
     for (Py_ssize_t f = 0; f < nfeatures; f++) {
         Feature *feature = &features[f];
@@ -358,9 +483,15 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
             value = PyFloat_FromDouble((double)(hi - lo + feature->include_current));
             break;
         case SUM:
-            value = window_sum(PyList_GET_ITEM(columns, feature->field), lo, hi,
-                               feature->include_current,
-                               PyTuple_GET_ITEM(fields, feature->field));
+            value = cached_window_sum(state, feature->sum_at, nsums,
+                                      PyList_GET_ITEM(columns, feature->field), lo, hi,
+                                      feature->include_current,
+                                      PyTuple_GET_ITEM(fields, feature->field));
+            if (value == NULL && !PyErr_Occurred()) {
+                value = window_sum(PyList_GET_ITEM(columns, feature->field), lo, hi,
+                                   feature->include_current,
+                                   PyTuple_GET_ITEM(fields, feature->field));
+            }
             break;
         case TIME_SINCE_LAST:
             if (lo == hi) {
@@ -505,9 +636,10 @@ first_entry(PyObject *time_obj, PyObject *fields, Py_ssize_t nfields)
         PyList_SET_ITEM(column, 0, value);
         PyList_SET_ITEM(columns, i, column);
     }
-    /* __init__'s order: newest_us, times, columns, ordered (one entry: in order) */
+    /* __init__'s order: newest_us, times, columns, ordered (one entry: in order), sums */
     if (set_slot(entries, NEWEST_US, time_obj) < 0 || set_slot(entries, TIMES, times) < 0
-        || set_slot(entries, COLUMNS, columns) < 0 || set_slot(entries, ORDERED, Py_True) < 0) {
+        || set_slot(entries, COLUMNS, columns) < 0 || set_slot(entries, ORDERED, Py_True) < 0
+        || set_slot(entries, SUMS, Py_None) < 0) {
         goto failed;
     }
     Py_DECREF(times);
@@ -565,6 +697,7 @@ apply_group(PyObject *self, PyObject *args)
     PyObject *clock = clock_obj;
     Py_INCREF(clock);
     Py_ssize_t at = 0;
+    Py_ssize_t nsums = 0;
     int failed = 1;
     if (features == NULL || windows == NULL || los == NULL || no_los == NULL) {
         PyErr_NoMemory();
@@ -591,6 +724,7 @@ apply_group(PyObject *self, PyObject *args)
         features[f].include_current = PyObject_IsTrue(PyTuple_GET_ITEM(item, 4));
         features[f].default_value = PyTuple_GET_ITEM(item, 5);
         features[f].plan = item;
+        features[f].sum_at = features[f].kind == SUM ? nsums++ : -1;
         PyObject *agg = PyTuple_GET_ITEM(item, 6);
         features[f].agg = !PyUnicode_Check(agg)                        ? AGG_PYTHON
                           : PyUnicode_CompareWithASCIIString(agg, "mean") == 0 ? AGG_MEAN
@@ -780,7 +914,7 @@ apply_group(PyObject *self, PyObject *args)
         }
         if (empty) { /* new, or past its TTL: only this entry */
             if (compute_values(features, nfeatures, no_los, 0, empty_list, no_columns, time_us,
-                               fields, values) < 0) {
+                               fields, values, NULL, nsums) < 0) {
                 goto record_done;
             }
             PyObject *first = first_entry(time_obj, fields, nfields);
@@ -803,7 +937,7 @@ apply_group(PyObject *self, PyObject *args)
                 }
             }
             if (compute_values(features, nfeatures, los, hi, times, columns, time_us, fields,
-                               values) < 0) {
+                               values, state, nsums) < 0) {
                 goto record_done;
             }
             int64_t keep_above = time_us - horizon;
@@ -821,6 +955,7 @@ apply_group(PyObject *self, PyObject *args)
                         goto record_done;
                     }
                 }
+                shift_sums(state, drop);
             }
             if (error) {
                 goto record_done;
@@ -984,10 +1119,11 @@ PyInit__engine(void)
     str_times = PyUnicode_InternFromString("times");
     str_columns = PyUnicode_InternFromString("columns");
     str_ordered = PyUnicode_InternFromString("ordered");
+    str_sums = PyUnicode_InternFromString("sums");
     zero_float = PyFloat_FromDouble(0.0);
     empty_list = PyList_New(0);
     empty_tuple = PyTuple_New(0);
-    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !zero_float || !empty_list || !empty_tuple) {
+    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !str_sums || !zero_float || !empty_list || !empty_tuple) {
         return NULL;
     }
     return PyModule_Create(&module);

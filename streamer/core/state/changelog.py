@@ -125,14 +125,24 @@ class CoalescedChangelog:
         self._in_flight: dict[int, Flush] = {}
 
     def add(self, changes: Iterable[Change], first_offset: int | None, now: float) -> None:
-        """Gather a batch's changes (``first_offset``: its first input offset; None: no batch's)."""
+        """Gather changes (``first_offset``: the first input offset of the batch they are of).
+
+        The daemon's keeper adds a batch with no changes (its changes stay live
+        in the engine until the flush, which adds them, encoded, just before
+        :meth:`take`): the batch starts the interval and sets the durable bound.
+        """
         gathered = self._changes
         gathered.update(changes)  # in C: a key keeps its first place and takes its newest value
         if META_KEY in gathered:
             self._meta = gathered.pop(META_KEY)
         if first_offset is not None and self._covers_from is None:
             self._covers_from = first_offset
-        if self._since is None and (gathered or self._meta is not None):
+        if self._since is None and (gathered or self._meta is not None or first_offset is not None):
+            self._since = now
+
+    def touch(self, now: float) -> None:
+        """Changes are waiting elsewhere (the engine's live keys): start the interval."""
+        if self._since is None:
             self._since = now
 
     def due(self, now: float, interval_s: float) -> bool:

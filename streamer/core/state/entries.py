@@ -51,13 +51,16 @@ class KeyEntries:
     ``ordered``: the times never decrease, so a window is a run of the lists.
     """
 
-    __slots__ = ("columns", "newest_us", "ordered", "times")
+    __slots__ = ("columns", "newest_us", "ordered", "sums", "times")
 
     def __init__(self, newest_us: int, times: list[int], columns: list[list[FieldValue]]) -> None:
         self.newest_us = newest_us
         self.times = times
         self.columns = columns
         self.ordered = _in_order(times)
+        self.sums: bytearray | None = None
+        """The compiled loop's window sums kept between records (_engine.c, SumCache): valid
+        while entries are only appended; whatever removes entries here sets it to None."""
 
     @classmethod
     def first(cls, time_us: int, fields: Sequence[FieldValue]) -> KeyEntries:
@@ -101,6 +104,7 @@ class KeyEntries:
 
     def drop(self, keep_above: int) -> None:
         """Drop the entries at or below ``keep_above`` (the oldest, while ordered)."""
+        self.sums = None  # their places move: the compiled loop's cached sums are stale
         times = self.times
         if self.ordered:
             drop = bisect_right(times, keep_above)

@@ -17,7 +17,9 @@ key k that were applied before r in its partition (and r itself, with
 - **Exact floats.** Every value is computed again from the window's entries:
   sums with ``math.fsum`` (the correctly rounded sum, whatever the order of
   the terms), ``std`` as the square root of the fsum of squared deviations
-  from that mean, over n. So a value depends only on the set of records in the
+  from that mean, over n (the compiled loop keeps a long window's fsum partials
+  between a key's records: the same correctly rounded sum, for the cost of the
+  entries that came and left). So a value depends only on the set of records in the
   window, never on batching, on how the state was stored or restored, nor on
   the order it was rebuilt in: offline equals live, bit for bit.
 - **Once per record.** The store keeps the last applied input offset. A record
@@ -214,8 +216,15 @@ class PartitionState:
         remember_served: bool = True,
         cached_entries: int = CACHED_ENTRIES,
         engine: str = "",
+        deferred: bool = False,
     ) -> None:
-        """``engine``: ``native``, ``python``, or "" for :data:`ENGINE` (the same values)."""
+        """``engine``: ``native``, ``python``, or "" for :data:`ENGINE` (the same values).
+
+        ``deferred``: a batch writes nothing to the store and returns no changes;
+        the keys it changed stay live and *dirty*, what it served and the meta
+        wait in memory, and :meth:`take_changes` encodes and writes them all at
+        once (the daemon, once per changelog flush: see :meth:`take_changes`).
+        """
         self.layout = layout
         self.store = store
         self.topic = topic
@@ -228,6 +237,17 @@ class PartitionState:
         self._cached = 0
         self._new_keys: set[bytes] = set()
         """The keys of the batch being applied that the store did not hold."""
+        self.deferred = deferred
+        self._dirty: dict[bytes, KeyEntries] = {}
+        """Deferred: the keys changed since the last take, live, in the order first changed."""
+        self._dirty_entries = 0
+        """About the entries the dirty keys hold (at most: a bound for the memory they keep)."""
+        self._pending: dict[bytes, bytes | None] = {}
+        """Deferred: served runs and deletions not yet written, in the order made."""
+        self.broken = False
+        """Deferred: a batch failed half way; the live keys may hold part of it (see apply)."""
+        self._changing = False
+        """True once the batch being applied may have changed a key."""
         self._groups = _group_plans(layout)
         self._native = _native_engine(engine, self._groups, layout.allowed_lateness_us)
         self._reader = RecordReader(
@@ -294,13 +314,26 @@ class PartitionState:
         timestamps_ms: Sequence[int | None],
         docs: list[dict[str, Any] | None],
     ) -> Applied:
-        """:meth:`apply` of a batch given as columns (the consumer's): no record made for it."""
+        """:meth:`apply` of a batch given as columns (the consumer's): no record made for it.
+
+        Deferred, a batch reads every key it needs before it changes any: one
+        that fails reading (a key that does not decode, a corrupt store) leaves
+        the live state as the last whole batch left it. One that fails later
+        leaves :attr:`broken` set: its partition must be dropped, rebuilt from
+        what the changelog holds and its records read again.
+        """
+        if self.broken:
+            msg = f"the state of {self.topic}/{self.partition} failed a batch: rebuild it"
+            raise RuntimeError(msg)
         entries: dict[bytes, KeyEntries | None] = {}
         self._new_keys.clear()
+        self._changing = False
         try:
             applied = self._apply(offsets, keys, timestamps_ms, docs, entries)
         except BaseException:
             self._forget_cache()  # its keys may hold what the store never got
+            if self.deferred and self._changing:
+                self.broken = True  # the dirty keys may hold part of the batch
             raise
         self._cache_keys(entries)
         return applied
@@ -328,6 +361,9 @@ class PartitionState:
         clocks = list(self.meta.clocks_us)
         written: dict[bytes, None] = {}
         """The keys this batch writes, in the order of their first write."""
+        if self.deferred:
+            self._read_ahead(columns, keys)
+            self._changing = True
         if len(columns) == 1:
             served = self._apply_group(columns[0], bad, keys, clocks, written)
         else:
@@ -337,6 +373,12 @@ class PartitionState:
         else:
             for at, outcome in zip(fresh, served, strict=True):
                 outcomes[at] = outcome
+        if self.deferred:
+            self._defer(offsets, fresh, served, written, keys)
+            self.meta = msgspec.structs.replace(
+                self.meta, last_offset=last, clocks_us=tuple(clocks)
+            )
+            return Applied(tuple(outcomes), ())
         changes: list[Change] = [
             (store_key, encode_key_state(e.newest_us, e.times, e.columns))
             for store_key, e in [(k, keys[k]) for k in written]
@@ -352,6 +394,67 @@ class PartitionState:
         self.store.write(changes)
         self.meta = meta  # only once written: a failed write leaves the engine as the store is
         return Applied(tuple(outcomes), tuple(changes))
+
+    def _read_ahead(
+        self, columns: list[GroupColumns], keys: dict[bytes, KeyEntries | None]
+    ) -> None:
+        """Read every key of the batch that is not cached (the loops then find them in ``keys``)."""
+        cache = self._cache
+        for group in columns:
+            for store_key in set(group.store_keys).difference(cache):
+                keys[store_key] = self._load(store_key)
+
+    def _defer(
+        self,
+        offsets: list[int],
+        fresh: list[int],
+        served: list[Served],
+        written: dict[bytes, None],
+        keys: dict[bytes, KeyEntries | None],
+    ) -> None:
+        """Keep a batch's changes for :meth:`take_changes`: its keys dirty, its runs encoded."""
+        dirty = self._dirty
+        held = [keys[store_key] for store_key in written.keys() - dirty.keys()]
+        # What a key held when it became dirty, and an entry per group for each record since.
+        self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
+        # A key past its TTL got a new KeyEntries: the newest object replaces the old.
+        dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
+        if self._remember:
+            pending = self._pending
+            for start in range(0, len(fresh), SERVED_RUN):
+                run = fresh[start : start + SERVED_RUN]
+                ran = ServedRun([offsets[at] for at in run], served[start : start + SERVED_RUN])
+                pending[served_key(ran.offsets[-1])] = encode(ran)
+
+    @property
+    def dirty_entries(self) -> int:
+        """Deferred: at most this many entries are held by keys not yet written."""
+        return self._dirty_entries
+
+    def take_changes(self, *, write: bool = True) -> tuple[Change, ...]:
+        """Deferred: every change since the last take, encoded once, and written to the store.
+
+        The changes are the served runs and deletions in the order made, then
+        each dirty key's state (once, as it is now), then the meta last: one
+        store write, so the store's last applied offset always goes with the
+        states it describes. ``write=False``: only encoded (a store being
+        rebuilt gets them from the changelog's overlay).
+        """
+        if self.broken:
+            msg = f"the state of {self.topic}/{self.partition} failed a batch: rebuild it"
+            raise RuntimeError(msg)
+        changes: list[Change] = list(self._pending.items())
+        changes.extend(
+            (store_key, encode_key_state(e.newest_us, e.times, e.columns))
+            for store_key, e in self._dirty.items()
+        )
+        changes.append((META_KEY, encode(self.meta)))
+        if write:
+            self.store.write(changes)
+        self._pending = {}
+        self._dirty = {}
+        self._dirty_entries = 0
+        return tuple(changes)
 
     def _sort_out(
         self, offsets: list[int], docs: list[dict[str, Any] | None], outcomes: list[Served | None]
@@ -489,10 +592,7 @@ class PartitionState:
     def _replayed(self, offset: int, replays: dict[int, Served]) -> Served:
         """What a replayed offset was served: from its served run, read once per batch."""
         if offset not in replays and offset >= self.meta.served_from:
-            ends = self.store.keys_between(
-                served_key(offset), served_key(self.meta.last_offset + 1)
-            )
-            raw = self.store.get(ends[0]) if ends else None
+            raw = self._served_run(offset)
             if raw is not None:
                 run = decode_served(raw)
                 replays.update(zip(run.offsets, run.served, strict=True))
@@ -557,13 +657,35 @@ class PartitionState:
             clocks[group] = time_us if clock is None else max(clock, time_us)
         return Served(tuple(values))
 
+    def _served_run(self, offset: int) -> bytes | None:
+        """The bytes of the served run that holds ``offset`` (the first to end at or after it)."""
+        low, high = served_key(offset), served_key(self.meta.last_offset + 1)
+        ends = self.store.keys_between(low, high)
+        pending = self._pending
+        if pending:  # deferred: runs not yet written, deletions not yet made
+            found = dict.fromkeys(ends)
+            for key, value in pending.items():
+                if low <= key < high:
+                    if value is None:
+                        found.pop(key, None)
+                    else:
+                        found[key] = None
+            ends = sorted(found)
+        if not ends:
+            return None
+        return pending[ends[0]] if ends[0] in pending else self.store.get(ends[0])
+
     def _read(self, record: StateInput) -> list[GroupInput]:
         """Per group: the record's store key, time and fields (one record alone)."""
         assert record.doc is not None
         return self._reader.read(record.doc, record.key, record.timestamp_ms)
 
     def _load(self, store_key: bytes) -> KeyEntries | None:
-        """A key's entries from the store (None: the store does not hold it)."""
+        """A key's entries from the store (None: the store does not hold it), or its live ones."""
+        if self._dirty:
+            dirty = self._dirty.get(store_key)
+            if dirty is not None:  # changed since the store got it (and out of the cache)
+                return dirty
         raw = self.store.get(store_key)
         if raw is None:
             self._new_keys.add(store_key)
@@ -639,22 +761,41 @@ class PartitionState:
         """
         if below_offset <= self.meta.served_from:
             return ()
-        stale = self.store.keys_between(served_key(self.meta.served_from), served_key(below_offset))
+        low, high = served_key(self.meta.served_from), served_key(below_offset)
+        stale = self.store.keys_between(low, high)
         self.meta = msgspec.structs.replace(self.meta, served_from=below_offset)
+        if self.deferred:  # deleted at the next take; a run never written is just dropped
+            pending = self._pending
+            for key in [key for key in pending if low <= key < high]:
+                del pending[key]
+            pending.update(dict.fromkeys(stale))
+            return ()
         changes: list[Change] = [(key, None) for key in stale]
         changes.append((META_KEY, encode(self.meta)))
         self.store.write(changes)
         return tuple(changes)
 
     def sweep(self) -> tuple[Change, ...]:
-        """Delete the keys that read as empty (past their TTL); no value changes by it."""
+        """Delete the keys that read as empty (past their TTL); no value changes by it.
+
+        Deferred: the deletions wait for the next :meth:`take_changes` (and ()
+        is returned); a dirty key, newer than the store's bytes, is left to the
+        next sweep.
+        """
         changes: list[Change] = []
+        dirty = self._dirty
         for store_key, raw in self.store.items_from(KEY_PREFIX):
+            if store_key in dirty:
+                continue
             group = store_key[1]
             newest_us = decode_key_state(raw).newest_us
             if self._expired(group, newest_us, self.meta.clocks_us[group]):
                 changes.append((store_key, None))
-                self._uncache(store_key)
+        for store_key, _none in changes:
+            self._uncache(store_key)
+        if self.deferred:
+            self._pending.update(changes)
+            return ()
         if changes:
             self.store.write(changes)
         return tuple(changes)

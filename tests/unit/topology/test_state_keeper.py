@@ -20,6 +20,7 @@ from streamer.core.state.store import RocksStore
 from streamer.messages import SourceBatch
 from streamer.settings import Settings, build_settings
 from streamer.statefile import StateApplier
+from streamer.topology import state as state_module
 from streamer.topology.state import StateKeeper, changelog_topic_name
 
 TOPIC = "tx"
@@ -445,3 +446,83 @@ def test_a_rebuilt_store_gets_back_the_changes_not_yet_in_the_changelog(tmp_path
         part.store.inner.write([(key, b"\xc1garbage")])
     later = keeper.apply(batch(EVENTS[6:]))
     assert served(later) == {o: v for o, v in offline(EVENTS).items() if o >= 6}
+
+
+def deliver_all(keeper: StateKeeper, log: MemoryChangelog, *, force: bool = True) -> int:
+    """Send every flush due to the changelog and acknowledge it; how many there were."""
+    flushes = keeper.flushes(force=force)
+    for where, sent in flushes:
+        log.append(where[1], sent.changes)
+        assert keeper.flushed(where, sent.flush_id)
+    return len(flushes)
+
+
+def test_a_corrupt_key_under_live_changes_is_rebuilt_and_they_reach_the_changelog(
+    tmp_path: Path,
+) -> None:
+    """The keys changed since the last flush are live only: a rebuild keeps them, and sends them."""
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(str(tmp_path), interval_s=1.0), lambda: log)
+    keeper.apply(batch(EVENTS[:3]))  # a, b, a
+    assert deliver_all(keeper, log) == 1
+    live = keeper.apply(batch(EVENTS[3:4]))  # a: changed, live, not in the store yet
+    part = keeper._partitions[(TOPIC, 0)]
+    part.state._forget_cache()  # "b" is read from the store...
+    key_b = next(k for k, _ in log.partitions[0] if k.endswith(b"b") and k[:1] == b"\x02")
+    part.store.inner.write([(key_b, b"\xc1garbage")])  # ...which holds it corrupt
+    later = keeper.apply(batch(EVENTS[4:5]))  # b: rebuilt from the changelog, applied once
+    assert deliver_all(keeper, log) == 1
+    expected = offline(EVENTS)
+    assert {**served(live), **served(later)} == {o: expected[o] for o in (3, 4)}
+    # What the changelog holds now restores a's change at 3 (made live before the rebuild).
+    keeper.close()
+    elsewhere = StateKeeper(make_settings(interval_s=1.0), lambda: log)
+    rest = elsewhere.apply(batch(EVENTS[5:]))
+    assert served(rest) == {o: v for o, v in expected.items() if o >= 5}
+
+
+def test_live_changes_past_their_budget_are_flushed_before_the_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state_module, "DIRTY_ENTRIES", 4)
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(interval_s=60.0), lambda: log, clock=lambda: 0.0)
+    keeper.apply(batch(EVENTS[:2]))  # a, b: counted as 4 entries at most (held, and records)
+    assert keeper.flushes() == []
+    keeper.apply(batch(EVENTS[2:3]))  # 5: past the budget
+    assert deliver_all(keeper, log, force=False) == 1
+    assert keeper.flushes() == []  # the flush took them: nothing live
+
+
+def test_a_revoke_drops_the_live_changes_and_the_store_is_as_the_last_flush_left_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = MemoryChangelog()
+    settings = make_settings(str(tmp_path), interval_s=1.0)
+    keeper = StateKeeper(settings, lambda: log)
+    keeper.apply(batch(EVENTS[:3]))
+    assert deliver_all(keeper, log) == 1
+    keeper.apply(batch(EVENTS[3:5]))  # live only; committed only below 3 (the durable bound)
+    assert keeper.durable_bounds() == {(TOPIC, 0): 3}
+    keeper.revoke([(TOPIC, 0)])
+    caplog.set_level("INFO", logger="streamer.topology.state")
+    again = StateKeeper(settings, lambda: log)
+    out = again.apply(batch(EVENTS[3:]))  # from the committed offset: applied once
+    assert served(out) == {o: v for o, v in offline(EVENTS).items() if o >= 3}
+    assert "using the local store" in caplog.text  # it is where the changelog is: no rebuild
+    again.close()
+
+
+def test_a_rewind_within_the_interval_is_served_what_it_was_from_memory() -> None:
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(interval_s=1.0), lambda: log, clock=lambda: 0.0)
+    first = keeper.apply(batch(EVENTS[:4]))
+    replay = keeper.apply(batch(EVENTS[:4]))  # not flushed yet: the runs are in memory
+    assert served(replay) == served(first)
+    keeper.committed({(TOPIC, 0): 4})
+    forgotten = keeper.apply(batch(EVENTS[:1]))
+    assert [r.reason for r in forgotten.state_rejections] == ["state_replayed"]
+    assert deliver_all(keeper, log) == 1
+    assert not [k for k, v in log.partitions[0] if k.startswith(SERVED_PREFIX) and v is not None]
+    rest = keeper.apply(batch(EVENTS[4:]))
+    assert served(rest) == {o: v for o, v in offline(EVENTS).items() if o >= 4}

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from streamer.core.state import windows
 from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode, key_state_key
+from streamer.core.state.declared import parse_features
 from streamer.core.state.entries import exact_sum
 from streamer.core.state.layout import build_layout
 from streamer.core.state.store import Change, MemoryStore
@@ -224,3 +225,77 @@ class TestTheCompiledLoop:
     def test_its_sum_on_hard_cases(self, values: list[float]) -> None:
         engine = importlib.import_module("streamer.core.state._engine")
         assert outcome(engine.window_sum, values) == outcome(exact_sum, values)
+
+
+LONG_SUMS = parse_features(
+    [
+        {"name": "sum_60s", "key": "card", "agg": "sum", "field": "amount", "window": "60s",
+         "time": "ts"},
+        {"name": "sum_40s", "key": "card", "agg": "sum", "field": "amount", "window": "40s",
+         "time": "ts", "include_current": False},
+        {"name": "n_60s", "key": "card", "agg": "count", "window": "60s", "time": "ts"},
+    ]
+)  # fmt: skip
+"""Sums over windows that hold dozens of a key's entries: the compiled loop keeps their
+partials between records (_engine.c, SumCache) once a window holds 16 entries."""
+
+
+@needs_native
+class TestKeptWindowSums:
+    @PROPERTIES
+    @given(
+        amounts=st.lists(ADVERSARIAL, min_size=40, max_size=160),
+        steps=st.lists(st.integers(0, 3), min_size=160, max_size=160),
+        cards=st.lists(st.sampled_from(["a", "a", "a", "b"]), min_size=160, max_size=160),
+        sizes=BATCH_SIZES,
+        cached_entries=st.sampled_from([0, 250_000]),
+        deferred=st.booleans(),
+    )
+    def test_the_kept_sums_equal_the_python_loop_and_fsum_bit_for_bit(
+        self,
+        amounts: list[float],
+        steps: list[int],
+        cards: list[str],
+        sizes: list[int],
+        cached_entries: int,
+        deferred: bool,
+    ) -> None:
+        lay = build_layout(LONG_SUMS, LATENESS_US, 0)
+        base = 1_700_000_000_000
+        inputs = []
+        for offset, amount in enumerate(amounts):
+            base += 1000 * steps[offset]  # entries leave the windows as time goes on
+            doc = {"card": cards[offset], "amount": amount, "ts": base}
+            inputs.append(StateInput(offset, None, None, doc))
+        served: dict[str, list[Any]] = {}
+        for engine in ("native", "python"):
+            state = PartitionState(
+                lay,
+                MemoryStore(),
+                "events",
+                0,
+                engine=engine,
+                cached_entries=cached_entries,
+                deferred=deferred,
+            )
+            served[engine] = []
+            for batch in cut(inputs, sizes):
+                served[engine].extend(
+                    None if o is None or o.values is None else [bits(v) for v in o.values]
+                    for o in state.apply(batch).outcomes
+                )
+                if deferred:
+                    state.take_changes()
+        assert served["native"] == served["python"]
+        # and each sum is math.fsum (or exact_sum past an overflow) of its window
+        for at, record in enumerate(inputs):
+            window = [
+                r.doc["amount"]
+                for r in inputs[: at + 1]
+                if r.doc["card"] == record.doc["card"] and r.doc["ts"] > record.doc["ts"] - 60_000
+            ]
+            assert served["native"][at][0] == bits(exact_sum(window))
+
+
+def bits(value: float) -> bytes:
+    return struct.pack("<d", value)
