@@ -106,7 +106,7 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
             OVERSIZED, f"value is {len(value)} bytes, above batch.max_record_bytes={max_bytes}"
         )
     try:
-        doc = orjson.loads(value)
+        doc = loads_json(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode("utf-8")
@@ -119,6 +119,80 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise _InvalidValueError(
             NOT_OBJECT, f"value is JSON {type(doc).__name__}, expected an object"
         )
+    return doc
+
+
+_NUMBER_OR_STRING = re.compile(
+    rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.DOTALL
+)
+"""A JSON string (kept as it is) or a number token: what :func:`loads_json` looks at."""
+
+
+def loads_json(value: bytes) -> Any:
+    """``orjson.loads``, except that a number beyond a double's range reads as +-inf.
+
+    orjson refuses a whole value for one number such as ``1e400`` ("number is
+    infinity when parsed as double"), even in a field no feature reads, where
+    the batch decoder of the fast path (msgspec, which skips the fields it does
+    not read) accepts it: a record's answer then depended on its batch-mates.
+    Both paths now *accept* such a value: it is valid JSON (RFC 8259 leaves a
+    number's range to the reader; Python's ``json`` and pandas read ``inf``),
+    a field nobody reads should not decide a record's fate, and accepting costs
+    nothing on the fast path, where rejecting would cost a scan of every batch.
+    A feature that reads such a number gets ``inf``: ``non_finite``.
+    Any other error is orjson's, raised as it is.
+    """
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):
+            raise
+        doc = _with_infinities(value)
+        if doc is _ABSENT:
+            raise
+        return doc
+
+
+def _with_infinities(value: bytes) -> Any:
+    """``value`` decoded with each out-of-range number as +-inf, or ``_ABSENT`` if it is not JSON.
+
+    Each such number becomes a string that no string of the value can be (a
+    control character its text does not escape), orjson decodes the rest as
+    ever, and those strings become +-inf again.
+    """
+    marks = [c for c in (*range(8), 11, *range(14, 32)) if b"\\u%04x" % c not in value.lower()]
+    if not marks:
+        return _ABSENT
+    mark = chr(marks[0])
+    found = False
+
+    def substitute(token: re.Match[bytes]) -> bytes:
+        nonlocal found
+        text = token.group()
+        if text[0] == 34 or math.isfinite(float(text)):  # 34: a string
+            return text
+        found = True
+        return b'"\\u%04x%s"' % (marks[0], b"-" if text[0] == 45 else b"+")  # 45: "-"
+
+    marked = _NUMBER_OR_STRING.sub(substitute, value)
+    if not found:
+        return _ABSENT
+    try:
+        doc = orjson.loads(marked)
+    except orjson.JSONDecodeError:
+        return _ABSENT
+    infinities = {mark + "+": math.inf, mark + "-": -math.inf}
+    if type(doc) is str:
+        return infinities.get(doc, doc)
+    stack = [doc] if type(doc) is dict or type(doc) is list else []
+    while stack:  # no recursion: a value may nest 1,000 deep
+        node = stack.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for where, item in items:
+            if type(item) is str and item in infinities:
+                node[where] = infinities[item]
+            elif type(item) is dict or type(item) is list:
+                stack.append(item)
     return doc
 
 
@@ -261,8 +335,11 @@ def typed_matrix(
     classifies the bad rows, so a row's fate never depends on this one.
     ASCII only, because msgspec does not check the UTF-8 of fields it skips
     and orjson rejects the whole value; a JSON bool, which msgspec refuses as
-    a float, also goes the per-record way (tests/unit/test_features_typed.py
-    compares both paths).
+    a float, also goes the per-record way. A number beyond a double's range in
+    a skipped field, which msgspec skips too, is accepted by both paths
+    (:func:`loads_json`); one in a feature fails here (msgspec: out of range)
+    and is ``non_finite`` there. tests/unit/test_features_typed.py compares
+    both paths, and each row alone against the row in a batch.
     """
     if not values:
         return None

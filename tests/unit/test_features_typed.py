@@ -20,6 +20,21 @@ _numbers = st.one_of(
 )
 _feature = st.one_of(_numbers, _numbers, st.none(), st.text(max_size=4), st.just([1]))
 _text = st.text(max_size=6)  # unicode: non-ASCII and escapes
+_LITERAL = "<a number literal>"
+_literals = st.sampled_from(
+    [
+        b"1e400",  # beyond a double: orjson refuses the value, msgspec skips it
+        b"-1E+309",
+        b"9" * 400,
+        b"0e999",
+        b"1e-400",
+        b"18446744073709551616",  # beyond 64 bits: orjson reads a float, msgspec an int
+        b"-9223372036854775809",
+        b"9007199254740993",  # above 2**53: a float rounds it
+        b"-0",
+        b'[1e400,{"x":-1e999}]',
+    ]
+)
 
 
 def _dumps(doc: dict[str, object]) -> bytes:
@@ -40,7 +55,9 @@ def _value(draw: st.DrawFn) -> bytes | None:
             fields[name] = draw(_feature)
     for extra in draw(st.lists(_text, max_size=3)):
         fields[extra] = draw(st.one_of(_text, _numbers, st.lists(_numbers, max_size=2)))
-    encoded = _dumps(fields)
+    if draw(st.integers(0, 3)) == 0:  # a number only its text can write, in any field
+        fields[draw(st.sampled_from([*NAMES, "other"]))] = _LITERAL
+    encoded = _dumps(fields).replace(b'"%s"' % _LITERAL.encode(), draw(_literals), 1)
     if kind == "mangled":  # invalid UTF-8, a cut, or a duplicate key
         cut = draw(st.integers(0, len(encoded)))
         encoded = draw(
@@ -72,6 +89,44 @@ def test_prepare_batch_answers_every_row_exactly_as_the_per_record_path(
     fast = prepare_batch(values, SPEC, missing=missing, standardize=standardize)
     reference = prepare_rows(values, SPEC, missing=missing, standardize=standardize)
     _same(fast, reference)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_value(), min_size=1, max_size=8))
+def test_a_row_gets_the_same_answer_alone_and_in_any_batch(values: list[bytes | None]) -> None:
+    together = prepare_batch(values, SPEC, standardize=False)
+    for index, value in enumerate(values):
+        alone = prepare_batch([value], SPEC, standardize=False)
+        if index in together.valid_rows.tolist():
+            row = together.valid_rows.tolist().index(index)
+            assert alone.features.tobytes() == together.features[row].tobytes()
+        else:
+            assert [(p.reason, p.detail) for p in alone.rejected] == [
+                (p.reason, p.detail) for p in together.rejected if p.index == index
+            ]
+
+
+def test_a_number_beyond_a_double_in_a_field_no_feature_reads_is_scored_in_any_batch() -> None:
+    """Accepted on both paths (loads_json): it is JSON, and no feature reads it."""
+    far = b'{"amount":1,"age":2,"risk":0.5,"other":1e400,"more":[-1e999]}'
+    assert typed_matrix([far], NAMES, 1 << 20) is not None  # the fast path, alone
+    for batch in ([far], [far, b""], [b"{", far]):
+        for prepare in (prepare_batch, prepare_rows):
+            prepared = prepare(batch, SPEC, standardize=False)
+            row = prepared.valid_rows.tolist().index(batch.index(far))
+            assert prepared.features[row].tolist() == [1.0, 2.0, 0.5]
+
+
+def test_a_feature_beyond_a_double_is_non_finite_in_any_batch() -> None:
+    far = b'{"amount":-1e400,"age":2,"risk":0.5}'
+    good = b'{"amount":1,"age":2,"risk":0.5}'
+    for batch in ([far], [good, far]):
+        for prepare in (prepare_batch, prepare_rows):
+            prepared = prepare(batch, SPEC)
+            assert [(p.index, p.reason) for p in prepared.rejected] == [
+                (batch.index(far), "non_finite")
+            ]
+            assert "-inf" in prepared.rejected[0].detail
 
 
 @settings(max_examples=300, deadline=None)
