@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -26,6 +26,7 @@ from streamer.core.state.declared import (
     StateFeature,
 )
 from streamer.core.state.limits import entries_that_fit
+from streamer.core.state.reading import TypedBatch
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICRO = dt.timedelta(microseconds=1)
@@ -257,6 +258,24 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
         raise BadRecordError(exc.reason, exc.detail) from None
 
 
+def top_level_paths(layout: Layout) -> tuple[str, ...] | None:
+    """The fields the groups read, for a typed decode of a batch (core/state/reading.py).
+
+    None when one is nested: the records are then read from their dicts.
+    """
+    paths: list[str] = []
+    for group in layout.groups:
+        sources = [path for path in (group.key, group.time) if path not in _RECORD_PARTS]
+        for path in (*sources, *group.fields):
+            if "." in path:
+                return None
+            paths.append(path)
+    return tuple(dict.fromkeys(paths))
+
+
+_RECORD_PARTS = (RECORD_KEY, RECORD_TIMESTAMP)
+
+
 GroupInput = tuple[bytes, int, tuple[float | str, ...]]
 """A record as one group reads it: its store key, event time (µs) and the group's fields."""
 
@@ -381,12 +400,13 @@ class RecordReader:
         alone: set[int] = set()
         """The records to read one at a time."""
         columns = []
+        column_at = _column_of(docs)
         for group in self._groups:
             prefix = group.prefix
             if group.key_top:
-                raw = list(map(dict.get, docs, repeat(group.key)))
+                raw = column_at(group.key)
                 if set(map(type, raw)) == {str}:  # map: in C, a third of a comprehension's time
-                    store_keys = list(map(prefix.__add__, map(str.encode, raw)))  # type: ignore[arg-type] # all str
+                    store_keys = list(map(prefix.__add__, map(str.encode, raw)))  # all str
                 else:
                     store_keys = [prefix + k.encode() if type(k) is str else b"" for k in raw]
                     alone.update(i for i, k in enumerate(raw) if type(k) is not str)
@@ -397,9 +417,10 @@ class RecordReader:
             else:
                 store_keys = [b""] * count
                 alone.update(range(count))
-            times_us = self._times(group, docs, timestamps_ms, alone)
+            times_us = self._times(group, column_at, timestamps_ms, alone)
             values = [
-                self._column(name, numeric, top, docs, alone) for name, numeric, top in group.fields
+                self._column(name, numeric, top, column_at, count, alone)
+                for name, numeric, top in group.fields
             ]
             if self._max_text:
                 self._long_texts(group, store_keys, values, alone)
@@ -444,7 +465,7 @@ class RecordReader:
     @staticmethod
     def _times(
         group: _GroupRead,
-        docs: Sequence[dict[str, Any]],
+        column: Callable[[str], list[Any]],
         timestamps_ms: Sequence[int | None],
         alone: set[int],
     ) -> list[int]:
@@ -453,10 +474,11 @@ class RecordReader:
         if record:
             raw: list[Any] = list(timestamps_ms)
         elif group.time_source == _TOP_FIELD_TIME:
-            raw = list(map(dict.get, docs, repeat(group.time)))
+            raw = column(group.time)
         else:
-            alone.update(range(len(docs)))
-            return [0] * len(docs)
+            count = len(timestamps_ms)
+            alone.update(range(count))
+            return [0] * count
         if raw and set(map(type, raw)) == {int}:
             low, high = min(raw), max(raw)
             if (
@@ -478,14 +500,15 @@ class RecordReader:
         name: str,
         numeric: bool,
         top: bool,
-        docs: Sequence[dict[str, Any]],
+        column: Callable[[str], list[Any]],
+        count: int,
         alone: set[int],
     ) -> list[Any]:
         """One field's values (anything for a record read alone)."""
         if not top:
-            alone.update(range(len(docs)))
-            return [None] * len(docs)
-        raw: list[Any] = list(map(dict.get, docs, repeat(name)))
+            alone.update(range(count))
+            return [None] * count
+        raw = column(name)
         if numeric:
             if set(map(type, raw)) != {float} or not all(map(math.isfinite, raw)):
                 alone.update(
@@ -494,3 +517,13 @@ class RecordReader:
         elif set(map(type, raw)) != {str}:
             alone.update(i for i, x in enumerate(raw) if type(x) is not str)
         return raw
+
+
+def _column_of(docs: Sequence[dict[str, Any]]) -> Callable[[str], list[Any]]:
+    """``path -> [each record's value there, None when absent]``.
+
+    A typed batch's columns as they are (core/state/reading.py), or each dict's, read in C.
+    """
+    if isinstance(docs, TypedBatch):
+        return docs.columns.__getitem__
+    return lambda path: list(map(dict.get, docs, repeat(path)))
