@@ -17,7 +17,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streamer.core.dead_letters import BAD_TIMESTAMP, MISSING_FEATURE, MISSING_KEY, STATE_TOO_LARGE
+from streamer.core.dead_letters import (
+    BAD_TIMESTAMP,
+    MISSING_FEATURE,
+    MISSING_KEY,
+    NON_FINITE,
+    STATE_TOO_LARGE,
+)
 from streamer.core.features import InvalidValueError, to_number
 from streamer.core.state.declared import (
     NUMERIC_AGGREGATIONS,
@@ -161,6 +167,8 @@ def read_key(doc: dict[str, Any], record_key: bytes | None, path: str) -> bytes:
         raise BadRecordError(MISSING_KEY, f"key field {path!r} is missing or null")
     if isinstance(value, str):
         return value.encode()
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf (loads_json)
+        raise BadRecordError(MISSING_KEY, f"key field {path!r} is {value}, not a finite number")
     if isinstance(value, int | float):  # a bool is an int: true and 1 are different keys
         return json_text(value).encode()
     raise BadRecordError(MISSING_KEY, f"key field {path!r} is a JSON {type(value).__name__}")
@@ -251,6 +259,8 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
     if value is _ABSENT or value is None:
         raise BadRecordError(MISSING_FEATURE, f"field {path!r} is missing or null")
     if not numeric:
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf
+            raise BadRecordError(NON_FINITE, f"field {path!r} is {value}, not finite")
         return value if isinstance(value, str) else json_text(value)
     try:
         return to_number(path, value)  # the preprocessor's coercion, and its reasons

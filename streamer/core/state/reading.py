@@ -84,6 +84,7 @@ def _decoder(paths: tuple[str, ...]) -> tuple[msgspec.json.Decoder[Any], list[Ca
         "StateFields",
         [(name, Any, None) for name in fields],
         rename=dict(zip(fields, paths, strict=True)),
+        gc=False,  # decoded JSON holds no cycles: a batch's structs are no work for the collector
     )
     return msgspec.json.Decoder(struct), [operator.attrgetter(name) for name in fields]
 
@@ -100,13 +101,13 @@ def typed_batch(
     if not values or sys.getrecursionlimit() > ORJSON_MAX_DEPTH:
         return None
     try:
-        if min(map(len, values)) == 0 or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
-            return None
         joined = b"\n".join(values)  # type: ignore[arg-type]  # a None: TypeError
+        if len(joined) > max_bytes and max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+            return None
         if not joined.isascii():
             joined.decode()  # strict UTF-8 of every value; a newline splits no character
         decoder, getters = _decoder(paths)
-        structs = list(map(decoder.decode, values))  # type: ignore[arg-type]
+        structs = list(map(decoder.decode, values))  # type: ignore[arg-type]  # b"": DecodeError
     except (TypeError, UnicodeDecodeError, msgspec.DecodeError, RecursionError):
         return None
     columns = {path: list(map(get, structs)) for path, get in zip(paths, getters, strict=True)}
