@@ -262,3 +262,35 @@ def test_the_state_step_serves_the_same_with_and_without_the_typed_decode(
         assert a.state_values == b.state_values
         assert a.state_rejections == b.state_rejections
         assert a.changelog == b.changelog
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"card":1e400,"ts":1,"amount":1.5,"shop":"s"}', "missing_key"),  # not keyed "null"
+        (b'{"card":"c1","ts":1e400,"amount":1.5,"shop":"s"}', "bad_timestamp"),
+        (b'{"card":"c1","ts":1,"amount":-1e400,"shop":"s"}', "non_finite"),
+        (b'{"card":"c1","ts":1,"amount":1.5,"shop":1e400}', "non_finite"),  # not the text "null"
+    ],
+)
+def test_a_read_field_beyond_a_double_is_dead_lettered_with_its_reason(
+    value: bytes, reason: str
+) -> None:
+    good = b'{"card":"c1","ts":1,"amount":1.5,"shop":"s"}'
+    for values in ([value], [good, value]):
+        source = SourceBatch(
+            batch_id=0,
+            topic="tx",
+            partition=0,
+            seq=0,
+            offsets=list(range(len(values))),
+            keys=[b"k"] * len(values),
+            values=list(values),
+            timestamps_ms=[1_700_000_000_000] * len(values),
+            dispatched_at=0.0,
+        )
+        with _python_default_recursion_limit():
+            applied = _keeper(typed=True).apply(source)
+        assert [(r.index, r.reason) for r in applied.state_rejections] == [
+            (len(values) - 1, reason)
+        ]
