@@ -13,6 +13,7 @@ import functools
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -309,6 +310,21 @@ def _decode_all(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str
     return docs
 
 
+ORJSON_MAX_DEPTH = 1024
+"""orjson refuses a value nested deeper (``invalid_json``)."""
+
+
+def msgspec_nests_like_orjson() -> bool:
+    """Whether msgspec refuses, as orjson does, every value nested beyond 1,024 levels.
+
+    msgspec nests through Python's recursion limit (about 995 levels under the
+    default 1,000: stricter, which sends a batch the per-record way); a limit
+    raised above 1,024 (a library may raise it) would let it decode, in a field
+    it skips, what orjson refuses: a fast path then declines every batch.
+    """
+    return sys.getrecursionlimit() <= ORJSON_MAX_DEPTH
+
+
 @functools.lru_cache(maxsize=16)
 def _features_decoder(
     names: tuple[str, ...],
@@ -329,13 +345,15 @@ def typed_matrix(
     A msgspec Struct of the features alone skips the other fields instead of
     building a dict per record (about 0.5 against 0.9 us per record for
     orjson, the dict and itemgetter). It answers only when every value is
-    non-empty, within ``max_bytes``, ASCII, a JSON object, and has every
+    non-empty, within ``max_bytes``, UTF-8, a JSON object, and has every
     feature as a finite JSON number: then the per-record path would score
     every row with the same floats. Otherwise None, and that path finds and
     classifies the bad rows, so a row's fate never depends on this one.
-    ASCII only, because msgspec does not check the UTF-8 of fields it skips
-    and orjson rejects the whole value; a JSON bool, which msgspec refuses as
-    a float, also goes the per-record way. A number beyond a double's range in
+    The batch's UTF-8 is checked at once (ASCII, or a strict decode of the
+    joined bytes), because msgspec does not check the fields it skips and
+    orjson rejects the whole value; nesting too (see
+    :func:`msgspec_nests_like_orjson`); a JSON bool, which msgspec refuses as
+    a float, goes the per-record way. A number beyond a double's range in
     a skipped field, which msgspec skips too, is accepted by both paths
     (:func:`loads_json`); one in a feature fails here (msgspec: out of range)
     and is ``non_finite`` there. tests/unit/test_features_typed.py compares
@@ -343,14 +361,17 @@ def typed_matrix(
     """
     if not values:
         return None
+    if not msgspec_nests_like_orjson():
+        return None
     try:
         if min(map(len, values)) == 0 or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
             return None
-        if not b"".join(values).isascii():  # type: ignore[arg-type]
-            return None
+        joined = b"\n".join(values)  # type: ignore[arg-type]  # a None: TypeError
+        if not joined.isascii():
+            joined.decode()  # strict UTF-8 of every value; a newline splits no character
         decoder, getter = _features_decoder(names)
         rows = list(map(getter, map(decoder.decode, values)))  # type: ignore[arg-type]
-    except (TypeError, msgspec.DecodeError, RecursionError):
+    except (TypeError, UnicodeDecodeError, msgspec.DecodeError, RecursionError):
         return None
     matrix = np.array(rows, dtype=np.float64)
     if len(names) == 1:

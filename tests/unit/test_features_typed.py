@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.core.features import FeatureSpec, Prepared, prepare_batch, prepare_rows, typed_matrix
+from tests.unit.recursion import python_default_recursion_limit
 
 NAMES = ("amount", "age", "risk")
 SPEC = FeatureSpec(NAMES, np.array([10.0, 3.0, 0.5]), np.array([4.0, 2.0, 0.25]))
@@ -86,7 +88,8 @@ def _same(fast: Prepared, reference: Prepared) -> None:
 def test_prepare_batch_answers_every_row_exactly_as_the_per_record_path(
     values: list[bytes | None], missing: str, standardize: bool
 ) -> None:
-    fast = prepare_batch(values, SPEC, missing=missing, standardize=standardize)
+    with python_default_recursion_limit():
+        fast = prepare_batch(values, SPEC, missing=missing, standardize=standardize)
     reference = prepare_rows(values, SPEC, missing=missing, standardize=standardize)
     _same(fast, reference)
 
@@ -94,9 +97,10 @@ def test_prepare_batch_answers_every_row_exactly_as_the_per_record_path(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_value(), min_size=1, max_size=8))
 def test_a_row_gets_the_same_answer_alone_and_in_any_batch(values: list[bytes | None]) -> None:
-    together = prepare_batch(values, SPEC, standardize=False)
-    for index, value in enumerate(values):
-        alone = prepare_batch([value], SPEC, standardize=False)
+    with python_default_recursion_limit():
+        together = prepare_batch(values, SPEC, standardize=False)
+        alone_rows = [prepare_batch([value], SPEC, standardize=False) for value in values]
+    for index, alone in enumerate(alone_rows):
         if index in together.valid_rows.tolist():
             row = together.valid_rows.tolist().index(index)
             assert alone.features.tobytes() == together.features[row].tobytes()
@@ -138,10 +142,12 @@ def test_clean_batches_take_the_fast_path_and_score_the_same_bits(
         _dumps({"id": "x", "amount": a, "age": b, "risk": c, "note": [1, {"k": None}]})
         for a, b, c in rows
     ]
-    matrix = typed_matrix(values, NAMES, 1 << 20)
+    with python_default_recursion_limit():
+        matrix = typed_matrix(values, NAMES, 1 << 20)
+        fast = prepare_batch(values, SPEC)
     has_bool = any(isinstance(v, bool) for row in rows for v in row)
     assert (matrix is None) == has_bool  # a bool goes the per-record way
-    _same(prepare_batch(values, SPEC), prepare_rows(values, SPEC))
+    _same(fast, prepare_rows(values, SPEC))
 
 
 def test_a_skipped_field_that_is_not_utf8_dead_letters_its_row_in_any_batch() -> None:
@@ -159,3 +165,22 @@ def test_oversized_and_empty_values_leave_the_fast_path() -> None:
     assert typed_matrix([good, None], NAMES, 1 << 20) is None
     assert typed_matrix([good], NAMES, len(good) - 1) is None
     assert typed_matrix([good], NAMES, len(good)) is not None
+
+
+def test_a_clean_batch_that_is_not_ascii_takes_the_fast_path() -> None:
+    values = [b'{"amount":1,"age":2,"risk":0.5,"name":"Zo\xc3\xab \xe2\x82\xac"}']
+    matrix = typed_matrix(values, NAMES, 1 << 20)
+    assert matrix is not None
+    assert matrix.tolist() == [[1.0, 2.0, 0.5]]
+
+
+def test_nesting_beyond_orjson_dead_letters_its_row_whatever_the_recursion_limit() -> None:
+    deep = b'{"amount":1,"age":2,"risk":0.5,"o":' + b"[" * 1030 + b"]" * 1030 + b"}"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)  # msgspec would nest deeper than orjson's 1,024 levels
+    try:
+        assert typed_matrix([deep], NAMES, 1 << 20) is None
+        prepared = prepare_batch([deep], SPEC)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [(p.index, p.reason) for p in prepared.rejected] == [(0, "invalid_json")]

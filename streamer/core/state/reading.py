@@ -34,16 +34,12 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
 
-from streamer.core.features import loads_json
-
-ORJSON_MAX_DEPTH = 1024
-"""orjson refuses a value nested deeper; msgspec nests through Python's recursion limit."""
+from streamer.core.features import loads_json, msgspec_nests_like_orjson
 
 
 class TypedBatch(Sequence[dict[str, Any]]):
@@ -98,7 +94,7 @@ def typed_batch(
     JSON object that msgspec decodes; then each record's fate is the one the
     per-record path gives it.
     """
-    if not values or sys.getrecursionlimit() > ORJSON_MAX_DEPTH:
+    if not values or not msgspec_nests_like_orjson():
         return None
     try:
         joined = b"\n".join(values)  # type: ignore[arg-type]  # a None: TypeError

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from streamer.core.state.reading import TypedBatch, typed_batch
 from streamer.messages import SourceBatch
 from streamer.settings import build_settings
 from streamer.topology.state import StateKeeper
+from tests.unit.recursion import python_default_recursion_limit
 
 TABLES = [
     {"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"},
@@ -128,17 +127,6 @@ def _read(reader: RecordReader, docs: Any, count: int) -> Any:
     return good, bad_list
 
 
-@contextlib.contextmanager
-def _python_default_recursion_limit() -> Iterator[None]:
-    """Hypothesis raises the limit while a test runs: typed_batch then declines every batch."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(1000)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(limit)
-
-
 READER = RecordReader(LAYOUT, [key_state_key(i, b"") for i in range(len(LAYOUT.groups))])
 
 
@@ -146,7 +134,7 @@ READER = RecordReader(LAYOUT, [key_state_key(i, b"") for i in range(len(LAYOUT.g
 @given(st.lists(_value(), min_size=1, max_size=6))
 def test_a_typed_batch_reads_every_record_as_its_orjson_dict(values: list[bytes | None]) -> None:
     assert PATHS is not None
-    with _python_default_recursion_limit():
+    with python_default_recursion_limit():
         batch = typed_batch(values, PATHS, MAX_BYTES)
     decoded = [decoded_object(value, MAX_BYTES) for value in values]
     if batch is None:
@@ -257,7 +245,7 @@ def test_the_state_step_serves_the_same_with_and_without_the_typed_decode(
             timestamps_ms=[1_700_000_000_000 + o for o in offsets],
             dispatched_at=0.0,
         )
-        with _python_default_recursion_limit():
+        with python_default_recursion_limit():
             a, b = typed.apply(source), plain.apply(source)
         assert a.state_values == b.state_values
         assert a.state_rejections == b.state_rejections
@@ -289,7 +277,7 @@ def test_a_read_field_beyond_a_double_is_dead_lettered_with_its_reason(
             timestamps_ms=[1_700_000_000_000] * len(values),
             dispatched_at=0.0,
         )
-        with _python_default_recursion_limit():
+        with python_default_recursion_limit():
             applied = _keeper(typed=True).apply(source)
         assert [(r.index, r.reason) for r in applied.state_rejections] == [
             (len(values) - 1, reason)
