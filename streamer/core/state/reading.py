@@ -3,8 +3,8 @@
 The state step needs, per record, the key, the event time and the fields of
 each group (core/state/layout.py). Decoding each value into a dict with
 orjson builds every field of every record; a msgspec Struct of only the read
-fields skips the others (about 0.3 against 0.65 µs per record of the bench's
-events, before the dicts' garbage). :func:`typed_batch` does that for a whole
+fields skips the others (0.34 against 0.79 µs per record of the bench's
+events, before the dicts' garbage: docs/state.md). :func:`typed_batch` does that for a whole
 batch, and answers only when each record then reads exactly as from
 orjson's dict (``loads_json``, the reference that the per-record path and
 ``streamer features`` use); otherwise None, and the caller decodes as ever.
@@ -16,7 +16,8 @@ Where msgspec and orjson differ, and how a batch is kept on the right side:
   checked at once: ASCII, else a strict UTF-8 decode of them all (in C).
 - **Depth.** orjson refuses nesting beyond 1,024 levels; msgspec stops at
   Python's recursion limit (about 995 levels below 1,000): stricter, unless
-  the limit was raised above 1,024, which sends every batch the old way.
+  the limit was raised above 1,024, which sends every batch the old way
+  (``msgspec_nests_like_orjson``).
 - **Numbers beyond a double** (``1e400``): skipped by msgspec, read as inf
   by ``loads_json`` (accepted by both); msgspec refuses one in a read field:
   the batch goes the old way.
