@@ -261,7 +261,14 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
     if not numeric:
         if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf
             raise BadRecordError(NON_FINITE, f"field {path!r} is {value}, not finite")
-        return value if isinstance(value, str) else json_text(value)
+        if isinstance(value, str):
+            return value
+        try:
+            return json_text(value)
+        except TypeError:  # orjson writes 255 levels at most, where it reads 1,024
+            raise BadRecordError(
+                STATE_TOO_LARGE, f"field {path!r} nests deeper than a value kept in state may"
+            ) from None
     try:
         return to_number(path, value)  # the preprocessor's coercion, and its reasons
     except InvalidValueError as exc:

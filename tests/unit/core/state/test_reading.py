@@ -18,7 +18,7 @@ from streamer.core.state.reading import TypedBatch, typed_batch
 from streamer.messages import SourceBatch
 from streamer.settings import build_settings
 from streamer.topology.state import StateKeeper
-from tests.unit.recursion import python_default_recursion_limit
+from tests.unit.json_edges import EDGE_LITERALS, python_default_recursion_limit
 
 TABLES = [
     {"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"},
@@ -33,32 +33,7 @@ MAX_BYTES = 4096
 READ = ("card", "ts", "amount", "shop")
 
 _LITERAL = "<literal>"
-_literals = st.sampled_from(
-    [
-        b"1e400",  # beyond a double: orjson refuses it alone, loads_json reads inf
-        b"-1E+309",
-        b"9" * 400,
-        b"0e999",
-        b"1e-400",
-        b"18446744073709551616",  # beyond 64 bits: orjson reads a float, msgspec an int
-        b"18446744073709551615",
-        b"-9223372036854775809",
-        b"9007199254740993",
-        b"-0",
-        b"-0.0",
-        b"0.1000000000000000055511151231257827021181583404541015625",
-        b"1796555250015.4400000000001",
-        b'[1e400,{"x":-1e999}]',
-        b'"\\u00e9\\ud83d\\ude00"',
-        b'"\\ud800"',  # a lone surrogate: refused by both
-        b'"caf\xc3\xa9"',
-        b'"\xed\xa0\x80"',  # an encoded surrogate: not UTF-8
-        b'"\xf4\x90\x80\x80"',  # beyond U+10FFFF
-        b'"\xc3"',  # a cut character
-        b"[" * 1000 + b"]" * 1000,  # deeper than msgspec nests, not than orjson
-        b"[" * 1030 + b"]" * 1030,  # deeper than orjson nests
-    ]
-)
+_literals = st.sampled_from(EDGE_LITERALS)
 _scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -282,3 +257,21 @@ def test_a_read_field_beyond_a_double_is_dead_lettered_with_its_reason(
         assert [(r.index, r.reason) for r in applied.state_rejections] == [
             (len(values) - 1, reason)
         ]
+
+
+def test_a_text_field_nested_deeper_than_orjson_writes_is_dead_lettered_not_raised() -> None:
+    deep = b'{"card":"c1","ts":1,"amount":1.5,"shop":' + b"[" * 300 + b"]" * 300 + b"}"
+    source = SourceBatch(
+        batch_id=0,
+        topic="tx",
+        partition=0,
+        seq=0,
+        offsets=[0],
+        keys=[b"k"],
+        values=[deep],
+        timestamps_ms=[1_700_000_000_000],
+        dispatched_at=0.0,
+    )
+    for typed in (True, False):
+        applied = _keeper(typed=typed).apply(source)
+        assert [(r.index, r.reason) for r in applied.state_rejections] == [(0, "state_too_large")]
