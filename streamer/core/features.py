@@ -13,6 +13,7 @@ import functools
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,7 +107,7 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
             OVERSIZED, f"value is {len(value)} bytes, above batch.max_record_bytes={max_bytes}"
         )
     try:
-        doc = orjson.loads(value)
+        doc = loads_json(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode("utf-8")
@@ -119,6 +120,80 @@ def decode_value(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise _InvalidValueError(
             NOT_OBJECT, f"value is JSON {type(doc).__name__}, expected an object"
         )
+    return doc
+
+
+_NUMBER_OR_STRING = re.compile(
+    rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.DOTALL
+)
+"""A JSON string (kept as it is) or a number token: what :func:`loads_json` looks at."""
+
+
+def loads_json(value: bytes) -> Any:
+    """``orjson.loads``, except that a number beyond a double's range reads as +-inf.
+
+    orjson refuses a whole value for one number such as ``1e400`` ("number is
+    infinity when parsed as double"), even in a field no feature reads, where
+    the batch decoder of the fast path (msgspec, which skips the fields it does
+    not read) accepts it: a record's answer then depended on its batch-mates.
+    Both paths now *accept* such a value: it is valid JSON (RFC 8259 leaves a
+    number's range to the reader; Python's ``json`` and pandas read ``inf``),
+    a field nobody reads should not decide a record's fate, and accepting costs
+    nothing on the fast path, where rejecting would cost a scan of every batch.
+    A feature that reads such a number gets ``inf``: ``non_finite``.
+    Any other error is orjson's, raised as it is.
+    """
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):
+            raise
+        doc = _with_infinities(value)
+        if doc is _ABSENT:
+            raise
+        return doc
+
+
+def _with_infinities(value: bytes) -> Any:
+    """``value`` decoded with each out-of-range number as +-inf, or ``_ABSENT`` if it is not JSON.
+
+    Each such number becomes a string that no string of the value can be (a
+    control character its text does not escape), orjson decodes the rest as
+    ever, and those strings become +-inf again.
+    """
+    marks = [c for c in (*range(8), 11, *range(14, 32)) if b"\\u%04x" % c not in value.lower()]
+    if not marks:
+        return _ABSENT
+    mark = chr(marks[0])
+    found = False
+
+    def substitute(token: re.Match[bytes]) -> bytes:
+        nonlocal found
+        text = token.group()
+        if text[0] == 34 or math.isfinite(float(text)):  # 34: a string
+            return text
+        found = True
+        return b'"\\u%04x%s"' % (marks[0], b"-" if text[0] == 45 else b"+")  # 45: "-"
+
+    marked = _NUMBER_OR_STRING.sub(substitute, value)
+    if not found:
+        return _ABSENT
+    try:
+        doc = orjson.loads(marked)
+    except orjson.JSONDecodeError:
+        return _ABSENT
+    infinities = {mark + "+": math.inf, mark + "-": -math.inf}
+    if type(doc) is str:
+        return infinities.get(doc, doc)
+    stack = [doc] if type(doc) is dict or type(doc) is list else []
+    while stack:  # no recursion: a value may nest 1,000 deep
+        node = stack.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for where, item in items:
+            if type(item) is str and item in infinities:
+                node[where] = infinities[item]
+            elif type(item) is dict or type(item) is list:
+                stack.append(item)
     return doc
 
 
@@ -235,6 +310,21 @@ def _decode_all(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str
     return docs
 
 
+ORJSON_MAX_DEPTH = 1024
+"""orjson refuses a value nested deeper (``invalid_json``)."""
+
+
+def msgspec_nests_like_orjson() -> bool:
+    """Whether msgspec refuses, as orjson does, every value nested beyond 1,024 levels.
+
+    msgspec nests through Python's recursion limit (about 995 levels under the
+    default 1,000: stricter, which sends a batch the per-record way); a limit
+    raised above 1,024 (a library may raise it) would let it decode, in a field
+    it skips, what orjson refuses: a fast path then declines every batch.
+    """
+    return sys.getrecursionlimit() <= ORJSON_MAX_DEPTH
+
+
 @functools.lru_cache(maxsize=16)
 def _features_decoder(
     names: tuple[str, ...],
@@ -255,25 +345,33 @@ def typed_matrix(
     A msgspec Struct of the features alone skips the other fields instead of
     building a dict per record (about 0.5 against 0.9 us per record for
     orjson, the dict and itemgetter). It answers only when every value is
-    non-empty, within ``max_bytes``, ASCII, a JSON object, and has every
+    non-empty, within ``max_bytes``, UTF-8, a JSON object, and has every
     feature as a finite JSON number: then the per-record path would score
     every row with the same floats. Otherwise None, and that path finds and
     classifies the bad rows, so a row's fate never depends on this one.
-    ASCII only, because msgspec does not check the UTF-8 of fields it skips
-    and orjson rejects the whole value; a JSON bool, which msgspec refuses as
-    a float, also goes the per-record way (tests/unit/test_features_typed.py
-    compares both paths).
+    The batch's UTF-8 is checked at once (ASCII, or a strict decode of the
+    joined bytes), because msgspec does not check the fields it skips and
+    orjson rejects the whole value; nesting too (see
+    :func:`msgspec_nests_like_orjson`); a JSON bool, which msgspec refuses as
+    a float, goes the per-record way. A number beyond a double's range in
+    a skipped field, which msgspec skips too, is accepted by both paths
+    (:func:`loads_json`); one in a feature fails here (msgspec: out of range)
+    and is ``non_finite`` there. tests/unit/test_features_typed.py compares
+    both paths, and each row alone against the row in a batch.
     """
     if not values:
+        return None
+    if not msgspec_nests_like_orjson():
         return None
     try:
         if min(map(len, values)) == 0 or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
             return None
-        if not b"".join(values).isascii():  # type: ignore[arg-type]
-            return None
+        joined = b"\n".join(values)  # type: ignore[arg-type]  # a None: TypeError
+        if not joined.isascii():
+            joined.decode()  # strict UTF-8 of every value; a newline splits no character
         decoder, getter = _features_decoder(names)
         rows = list(map(getter, map(decoder.decode, values)))  # type: ignore[arg-type]
-    except (TypeError, msgspec.DecodeError, RecursionError):
+    except (TypeError, UnicodeDecodeError, msgspec.DecodeError, RecursionError):
         return None
     matrix = np.array(rows, dtype=np.float64)
     if len(names) == 1:

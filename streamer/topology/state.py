@@ -57,7 +57,8 @@ from streamer.core.state.changelog import (
     safe_group,
 )
 from streamer.core.state.codec import Meta, is_key_state
-from streamer.core.state.layout import Layout
+from streamer.core.state.layout import Layout, top_level_paths
+from streamer.core.state.reading import typed_batch
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
 from streamer.core.state.store import (
     WRITE_BEHIND_BYTES,
@@ -175,6 +176,7 @@ class StateKeeper:
         self._dir = settings.state.dir
         self._group = safe_group(settings.kafka.group_id)
         self._max_bytes = settings.batch.max_record_bytes
+        self._paths = top_level_paths(self.layout)
         self._open_reader = reader
         self._reader: ChangelogReader | None = None
         self._report = report
@@ -197,8 +199,7 @@ class StateKeeper:
             return source
         tp = (source.topic, source.partition)
         part = self._ready(tp)
-        docs = _decoded(source.values, self._max_bytes)
-        objects = [doc if type(doc) is dict else None for doc in docs]
+        objects = self._objects(source.values)
         columns = (source.offsets, source.keys, source.timestamps_ms, objects)
         part.since_sweep += len(objects)
         carried: tuple[Change, ...] = ()
@@ -227,8 +228,8 @@ class StateKeeper:
             changelog = (*carried, *part.state.take_changes())
         rejections: list[Rejection] = []
         served: list[tuple[float, ...] | None] = []
-        for index, (doc, outcome) in enumerate(zip(docs, applied.outcomes, strict=True)):
-            if outcome is None or not isinstance(doc, dict):  # the preprocessor's reason
+        for index, outcome in enumerate(applied.outcomes):
+            if outcome is None:  # not a JSON object: the preprocessor's reason
                 served.append(None)
             elif outcome.values is None:
                 served.append(None)
@@ -243,6 +244,18 @@ class StateKeeper:
             state_names=self.names,
             state_values=tuple(served),
         )
+
+    def _objects(self, values: Sequence[bytes | None]) -> Sequence[dict[str, Any] | None]:
+        """Each value as a JSON object, or None (the preprocessor gives its reason).
+
+        A batch the typed decode takes (core/state/reading.py: only the fields
+        the features read, the usual batch) comes as its columns.
+        """
+        if self._paths is not None:
+            batch = typed_batch(values, self._paths, self._max_bytes)
+            if batch is not None:
+                return batch
+        return [doc if type(doc) is dict else None for doc in _decoded(values, self._max_bytes)]
 
     def prepare(self, tp: TP) -> None:
         """Open and restore a partition's state now, before its first batch is cut."""

@@ -10,14 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
 
 import orjson
 
-from streamer.core.dead_letters import BAD_TIMESTAMP, MISSING_FEATURE, MISSING_KEY, STATE_TOO_LARGE
+from streamer.core.dead_letters import (
+    BAD_TIMESTAMP,
+    MISSING_FEATURE,
+    MISSING_KEY,
+    NON_FINITE,
+    STATE_TOO_LARGE,
+)
 from streamer.core.features import InvalidValueError, to_number
 from streamer.core.state.declared import (
     NUMERIC_AGGREGATIONS,
@@ -26,6 +32,7 @@ from streamer.core.state.declared import (
     StateFeature,
 )
 from streamer.core.state.limits import entries_that_fit
+from streamer.core.state.reading import TypedBatch
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICRO = dt.timedelta(microseconds=1)
@@ -160,6 +167,8 @@ def read_key(doc: dict[str, Any], record_key: bytes | None, path: str) -> bytes:
         raise BadRecordError(MISSING_KEY, f"key field {path!r} is missing or null")
     if isinstance(value, str):
         return value.encode()
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf (loads_json)
+        raise BadRecordError(MISSING_KEY, f"key field {path!r} is {value}, not a finite number")
     if isinstance(value, int | float):  # a bool is an int: true and 1 are different keys
         return json_text(value).encode()
     raise BadRecordError(MISSING_KEY, f"key field {path!r} is a JSON {type(value).__name__}")
@@ -250,11 +259,38 @@ def read_field(doc: dict[str, Any], path: str, *, numeric: bool) -> float | str:
     if value is _ABSENT or value is None:
         raise BadRecordError(MISSING_FEATURE, f"field {path!r} is missing or null")
     if not numeric:
-        return value if isinstance(value, str) else json_text(value)
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400 reads as inf
+            raise BadRecordError(NON_FINITE, f"field {path!r} is {value}, not finite")
+        if isinstance(value, str):
+            return value
+        try:
+            return json_text(value)
+        except TypeError:  # orjson writes 255 levels at most, where it reads 1,024
+            raise BadRecordError(
+                STATE_TOO_LARGE, f"field {path!r} nests deeper than a value kept in state may"
+            ) from None
     try:
         return to_number(path, value)  # the preprocessor's coercion, and its reasons
     except InvalidValueError as exc:
         raise BadRecordError(exc.reason, exc.detail) from None
+
+
+def top_level_paths(layout: Layout) -> tuple[str, ...] | None:
+    """The fields the groups read, for a typed decode of a batch (core/state/reading.py).
+
+    None when one is nested: the records are then read from their dicts.
+    """
+    paths: list[str] = []
+    for group in layout.groups:
+        sources = [path for path in (group.key, group.time) if path not in _RECORD_PARTS]
+        for path in (*sources, *group.fields):
+            if "." in path:
+                return None
+            paths.append(path)
+    return tuple(dict.fromkeys(paths))
+
+
+_RECORD_PARTS = (RECORD_KEY, RECORD_TIMESTAMP)
 
 
 GroupInput = tuple[bytes, int, tuple[float | str, ...]]
@@ -381,12 +417,13 @@ class RecordReader:
         alone: set[int] = set()
         """The records to read one at a time."""
         columns = []
+        column_at = _column_of(docs)
         for group in self._groups:
             prefix = group.prefix
             if group.key_top:
-                raw = list(map(dict.get, docs, repeat(group.key)))
+                raw = column_at(group.key)
                 if set(map(type, raw)) == {str}:  # map: in C, a third of a comprehension's time
-                    store_keys = list(map(prefix.__add__, map(str.encode, raw)))  # type: ignore[arg-type] # all str
+                    store_keys = list(map(prefix.__add__, map(str.encode, raw)))  # all str
                 else:
                     store_keys = [prefix + k.encode() if type(k) is str else b"" for k in raw]
                     alone.update(i for i, k in enumerate(raw) if type(k) is not str)
@@ -397,9 +434,10 @@ class RecordReader:
             else:
                 store_keys = [b""] * count
                 alone.update(range(count))
-            times_us = self._times(group, docs, timestamps_ms, alone)
+            times_us = self._times(group, column_at, timestamps_ms, alone)
             values = [
-                self._column(name, numeric, top, docs, alone) for name, numeric, top in group.fields
+                self._column(name, numeric, top, column_at, count, alone)
+                for name, numeric, top in group.fields
             ]
             if self._max_text:
                 self._long_texts(group, store_keys, values, alone)
@@ -444,7 +482,7 @@ class RecordReader:
     @staticmethod
     def _times(
         group: _GroupRead,
-        docs: Sequence[dict[str, Any]],
+        column: Callable[[str], list[Any]],
         timestamps_ms: Sequence[int | None],
         alone: set[int],
     ) -> list[int]:
@@ -453,10 +491,11 @@ class RecordReader:
         if record:
             raw: list[Any] = list(timestamps_ms)
         elif group.time_source == _TOP_FIELD_TIME:
-            raw = list(map(dict.get, docs, repeat(group.time)))
+            raw = column(group.time)
         else:
-            alone.update(range(len(docs)))
-            return [0] * len(docs)
+            count = len(timestamps_ms)
+            alone.update(range(count))
+            return [0] * count
         if raw and set(map(type, raw)) == {int}:
             low, high = min(raw), max(raw)
             if (
@@ -478,14 +517,15 @@ class RecordReader:
         name: str,
         numeric: bool,
         top: bool,
-        docs: Sequence[dict[str, Any]],
+        column: Callable[[str], list[Any]],
+        count: int,
         alone: set[int],
     ) -> list[Any]:
         """One field's values (anything for a record read alone)."""
         if not top:
-            alone.update(range(len(docs)))
-            return [None] * len(docs)
-        raw: list[Any] = list(map(dict.get, docs, repeat(name)))
+            alone.update(range(count))
+            return [None] * count
+        raw = column(name)
         if numeric:
             if set(map(type, raw)) != {float} or not all(map(math.isfinite, raw)):
                 alone.update(
@@ -494,3 +534,13 @@ class RecordReader:
         elif set(map(type, raw)) != {str}:
             alone.update(i for i, x in enumerate(raw) if type(x) is not str)
         return raw
+
+
+def _column_of(docs: Sequence[dict[str, Any]]) -> Callable[[str], list[Any]]:
+    """``path -> [each record's value there, None when absent]``.
+
+    A typed batch's columns as they are (core/state/reading.py), or each dict's, read in C.
+    """
+    if isinstance(docs, TypedBatch):
+        return docs.columns.__getitem__
+    return lambda path: list(map(dict.get, docs, repeat(path)))

@@ -312,7 +312,7 @@ class PartitionState:
         offsets: list[int],
         keys: Sequence[bytes | None],
         timestamps_ms: Sequence[int | None],
-        docs: list[dict[str, Any] | None],
+        docs: Sequence[dict[str, Any] | None],
     ) -> Applied:
         """:meth:`apply` of a batch given as columns (the consumer's): no record made for it.
 
@@ -343,7 +343,7 @@ class PartitionState:
         offsets: list[int],
         record_keys: Sequence[bytes | None],
         timestamps_ms: Sequence[int | None],
-        docs: list[dict[str, Any] | None],
+        docs: Sequence[dict[str, Any] | None],
         keys: dict[bytes, KeyEntries | None],
     ) -> Applied:
         count = len(offsets)
@@ -457,7 +457,10 @@ class PartitionState:
         return tuple(changes)
 
     def _sort_out(
-        self, offsets: list[int], docs: list[dict[str, Any] | None], outcomes: list[Served | None]
+        self,
+        offsets: list[int],
+        docs: Sequence[dict[str, Any] | None],
+        outcomes: list[Served | None],
     ) -> tuple[list[int], int]:
         """The places of the records to apply, and the last offset once the batch is applied.
 
