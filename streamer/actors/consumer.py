@@ -318,6 +318,8 @@ class ConsumerActor(PipelineActor):
             tp = (topic, news.partition)
             if tp in self._ledger.assigned:  # else revoked since: its bounds went with it
                 self._ledger.hold_ledger(tp, durable_from)
+        if self._fetching and self._paused and self._ledger.has_credit():
+            self._schedule_poll()  # the batches kept for the ledger may have held it
 
     def _in_flight(self) -> InFlight:
         """The ledger's work in flight; unacknowledged flushes count as batches (the drain).

@@ -50,6 +50,12 @@ MAX_POLL_WAIT_S = 0.5
 # poll otherwise returns at the next fetch response or at the batch's max_wait_s.
 HELD_POLL_WAIT_S = 0.001
 
+KEPT_BATCHES_PER_SLOT = 4
+"""The batches kept for a rewind (in flight, or delivered above a watermark gap or a
+prediction ledger's durable bound) stay under this many per ``batch.max_in_flight`` slot:
+past it the consumer takes no new batch, so a ledger changelog that stops acknowledging
+(its partition's leader lost while the outputs' is not) cannot hold memory without bound."""
+
 
 @dataclass(slots=True)
 class PollPlan:
@@ -91,7 +97,8 @@ class Unacknowledged:
     They are kept for a rewind, which sends them again; there are at most
     ``batch.max_in_flight`` of them (and a few partial batches), and, with
     delayed labels, the delivered ones above the prediction ledger's durable
-    bound (at most a flush interval's or ``LEDGER_FLUSH_BYTES`` of predictions').
+    bound (usually a flush's round trip of them; never more than
+    :data:`KEPT_BATCHES_PER_SLOT` per slot in all: the consumer then takes none).
     """
 
     def __init__(self, tracker: WatermarkTracker) -> None:
@@ -104,6 +111,10 @@ class Unacknowledged:
         if queue is None:
             queue = self._queues[tp] = deque()
         queue.append(source)
+
+    def kept(self) -> int:
+        """How many batches are kept, over every partition."""
+        return sum(map(len, self._queues.values()))
 
     def first_offset(self, tp: TP) -> int | None:
         """The first offset of the partition's oldest unacknowledged batch, or None."""
@@ -193,6 +204,7 @@ class Ledger:
         self._max_records = batch.max_records
         self._max_wait_s = batch.max_wait_s
         self._max_in_flight = batch.max_in_flight
+        self._max_kept = KEPT_BATCHES_PER_SLOT * batch.max_in_flight
         self._max_in_flight_bytes = batch.max_in_flight_bytes
         self._max_poll_records = max_poll_records
         # Cut at an equal share of the byte cap, so that max_in_flight batches fit in it.
@@ -227,7 +239,10 @@ class Ledger:
         """Release the held-back full batches the credits now allow; size the next poll."""
         tracker = self.tracker
         budget = Budget(
-            self._max_in_flight - tracker.batches_in_flight,
+            min(
+                self._max_in_flight - tracker.batches_in_flight,
+                self._max_kept - self._unacked.kept(),
+            ),
             self._max_in_flight_bytes - tracker.bytes_in_flight,
         )
         if not fetching:
@@ -304,6 +319,7 @@ class Ledger:
         return (
             self.tracker.batches_in_flight < self._max_in_flight
             and self.tracker.bytes_in_flight < self._max_in_flight_bytes
+            and self._unacked.kept() < self._max_kept
         )
 
     def _dispatch(self, ready: list[tuple[TP, RecordColumns]], now: float) -> list[SourceBatch]:

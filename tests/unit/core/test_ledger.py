@@ -326,6 +326,31 @@ class TestRewind:
         ledger.hold_ledger(TP0, None)
         assert ledger.rewind(3, 0.0) == []
 
+    def test_batches_kept_for_the_ledger_stop_new_ones_at_four_per_slot(self) -> None:
+        # A ledger changelog that never acknowledges: the delivered batches stay kept, and
+        # past 4 x max_in_flight (2 here) of them no credit is left, whatever is in flight.
+        ledger = Ledger(
+            BatchSettings(
+                max_records=10, max_wait_s=3600.0, max_in_flight=2, eager_when_idle=False
+            ),
+            max_poll_records=500,
+        )
+        ledger.assign([TP0])
+        ledger.hold_ledger(TP0, 0)
+        taken: list[SourceBatch] = []
+        for start in range(0, 200, 20):
+            batches = poll(ledger, {TP0: columns(range(start, start + 20))})
+            for batch in batches:
+                ack(ledger, batch)
+            taken += batches
+        assert len(taken) == 8  # 4 x 2 slots, the rest buffered in the batcher
+        assert ledger.tracker.batches_in_flight == 0
+        assert not ledger.has_credit()
+        assert ledger.plan(0.0, fetching=True).max_records == 0
+        ledger.hold_ledger(TP0, 40)  # the first four batches' predictions are in
+        assert ledger.has_credit()
+        assert len(poll(ledger, {})) == 2  # then the 2 in-flight slots bound it
+
     def test_a_rewind_sends_only_the_unanswered_tail_of_a_partly_delivered_batch(self) -> None:
         ledger = Ledger(QUIET, max_poll_records=500)
         ledger.assign([TP0])
