@@ -431,6 +431,11 @@ class PartitionState:
         """Deferred: at most this many entries are held by keys not yet written."""
         return self._dirty_entries
 
+    @property
+    def dirty_keys(self) -> int:
+        """Deferred: how many keys changed since they were last written."""
+        return len(self._dirty)
+
     def take_changes(self, *, write: bool = True) -> tuple[Change, ...]:
         """Deferred: every change since the last take, encoded once, and written to the store.
 

@@ -494,6 +494,19 @@ def test_live_changes_past_their_budget_are_flushed_before_the_interval(
     assert keeper.flushes() == []  # the flush took them: nothing live
 
 
+def test_more_live_keys_than_their_budget_are_flushed_before_the_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state_module, "DIRTY_KEYS", 2)
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(interval_s=60.0), lambda: log, clock=lambda: 0.0)
+    keeper.apply(batch(EVENTS[:5]))  # keys a and b: at the budget, not past it
+    assert keeper.flushes() == []
+    keeper.apply(batch(EVENTS[5:8]))  # c: a third key
+    assert deliver_all(keeper, log, force=False) == 1
+    assert keeper.flushes() == []
+
+
 def test_a_revoke_drops_the_live_changes_and_the_store_is_as_the_last_flush_left_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
