@@ -68,7 +68,13 @@ def test_sigterm_with_a_slow_model_and_a_deep_queue_exits_within_the_budget_and_
             PROCESS_TIMEOUT_S,
             "the daemon to start",
         )
-        time.sleep(4.0)
+        # A group join takes 3 s or more on Tansu: the queue fills once the partition is in.
+        wait_for(
+            lambda: slow.poll() is not None or "partitions assigned" in log_path.read_text(),
+            PROCESS_TIMEOUT_S,
+            "the daemon to get its partition",
+        )
+        time.sleep(1.5)
         assert slow.poll() is None, f"the daemon exited early:\n{log_path.read_text()}"
         code, seconds = _terminate(slow, log_path)
     log = log_path.read_text()
