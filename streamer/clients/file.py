@@ -36,6 +36,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from streamer.clients.base import Backend
+from streamer.core.features import loads_json
 from streamer.core.records import TP, RecordColumns
 from streamer.errors import ConfigError
 from streamer.settings import KafkaSettings
@@ -128,7 +129,9 @@ def jsonl_values(
         key = None
         if key_field is not None:
             try:
-                doc = orjson.loads(value)
+                # As the live path reads it: a number beyond a double's range in another
+                # field does not cost the line its key (core/features.py loads_json).
+                doc = loads_json(value)
             except orjson.JSONDecodeError:
                 doc = None
             if isinstance(doc, dict) and doc.get(key_field) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from streamer.cli import main
+from streamer.clients.file import jsonl_values
 from streamer.core.stats import load_stats
 from streamer.filemode import (
     default_rejects_path,
@@ -214,3 +216,14 @@ def test_file_mode_reads_no_labels_topic(tmp_path: Path) -> None:
     )
     settings = file_settings(str(config), "in.csv", "out.csv", "rejects.csv", environ={})
     assert settings.labels.topic == ""
+
+
+def test_a_jsonl_line_keeps_its_key_beside_a_number_beyond_a_double() -> None:
+    # orjson refuses the whole line for 1e400; the live path reads it as inf
+    # (loads_json), so the line is keyed as a Kafka record of the same bytes would be.
+    lines = io.BytesIO(b'{"card": "c7", "note": 1e400}\n\n{"card": 12}\nnot json\n')
+    assert list(jsonl_values(lines, "card")) == [
+        (0, b"c7", b'{"card": "c7", "note": 1e400}'),
+        (2, b"12", b'{"card": 12}'),
+        (3, None, b"not json"),
+    ]
