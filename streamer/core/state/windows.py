@@ -250,8 +250,12 @@ class PartitionState:
         """True once the batch being applied may have changed a key."""
         self._groups = _group_plans(layout)
         self._native = _native_engine(engine, self._groups, layout.allowed_lateness_us)
+        self._bookkeeping = _NATIVE if (engine or ENGINE) == "native" else None
+        """The compiled per-batch bookkeeping of the keys (any layout), or None (the Python one)."""
         self._reader = RecordReader(
-            layout, [key_state_key(group, b"") for group in range(len(layout.groups))]
+            layout,
+            [key_state_key(group, b"") for group in range(len(layout.groups))],
+            self._bookkeeping,
         )
         raw = store.get(META_KEY)
         if raw is None:
@@ -385,10 +389,9 @@ class PartitionState:
             if e is not None  # a key written holds entries
         ]
         if self._remember:
-            for start in range(0, len(fresh), SERVED_RUN):
-                run = fresh[start : start + SERVED_RUN]
-                ran = ServedRun([offsets[at] for at in run], served[start : start + SERVED_RUN])
-                changes.append((served_key(ran.offsets[-1]), encode(ran)))
+            for start, run_offsets in _runs(offsets, fresh):
+                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
+                changes.append((served_key(run_offsets[-1]), encode(ran)))
         meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
         changes.append((META_KEY, encode(meta)))
         self.store.write(changes)
@@ -414,17 +417,19 @@ class PartitionState:
     ) -> None:
         """Keep a batch's changes for :meth:`take_changes`: its keys dirty, its runs encoded."""
         dirty = self._dirty
-        held = [keys[store_key] for store_key in written.keys() - dirty.keys()]
         # What a key held when it became dirty, and an entry per group for each record since.
-        self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
         # A key past its TTL got a new KeyEntries: the newest object replaces the old.
-        dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
+        if self._bookkeeping is not None:  # the same, in C: no bytecode per key
+            self._dirty_entries += self._bookkeeping.defer_keys(written, keys, dirty) + len(fresh)
+        else:
+            held = [keys[store_key] for store_key in written.keys() - dirty.keys()]
+            self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
+            dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
         if self._remember:
             pending = self._pending
-            for start in range(0, len(fresh), SERVED_RUN):
-                run = fresh[start : start + SERVED_RUN]
-                ran = ServedRun([offsets[at] for at in run], served[start : start + SERVED_RUN])
-                pending[served_key(ran.offsets[-1])] = encode(ran)
+            for start, run_offsets in _runs(offsets, fresh):
+                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
+                pending[served_key(run_offsets[-1])] = encode(ran)
 
     @property
     def dirty_entries(self) -> int:
@@ -730,6 +735,11 @@ class PartitionState:
         """
         cache = self._cache
         new_keys = self._new_keys
+        if self._bookkeeping is not None:  # the same dict operations, in C
+            self._cached = self._bookkeeping.cache_keys(
+                keys, new_keys, cache, self._cached, self._cache_limit
+            )
+            return
         cached = self._cached
         for store_key, state in keys.items():
             if store_key in new_keys:
@@ -811,6 +821,16 @@ class PartitionState:
     def key_count(self) -> int:
         """Keys held (an O(keys) scan: for tests and the restore log, not per batch)."""
         return sum(1 for _ in self.store.items_from(KEY_PREFIX))
+
+
+def _runs(offsets: list[int], fresh: list[int]) -> Iterator[tuple[int, list[int]]]:
+    """The served runs of a batch: (the first's place among ``fresh``, their offsets)."""
+    every = len(fresh) == len(offsets)  # the usual batch: sliced, not gathered one by one
+    for start in range(0, len(fresh), SERVED_RUN):
+        if every:
+            yield start, offsets[start : start + SERVED_RUN]
+        else:
+            yield start, [offsets[at] for at in fresh[start : start + SERVED_RUN]]
 
 
 def _native_engine(engine: str, plans: Sequence[_GroupPlan], lateness_us: int) -> ModuleType | None:
