@@ -1376,7 +1376,58 @@ failed:
     return NULL;
 }
 
+/* The served values of a batch's records as one C array of doubles, row after row: the
+ * bytes of np.fromiter(chain.from_iterable(rows), np.float64); None unless every row is a
+ * tuple of `width` floats (exact: a subclass may convert otherwise). */
+static PyObject *
+float_rows(PyObject *self, PyObject *args)
+{
+    PyObject *rows;
+    Py_ssize_t width;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "On", &rows, &width)) {
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(rows, "rows must be a sequence");
+    if (fast == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    if (width < 0 || (width && count > PY_SSIZE_T_MAX / width / (Py_ssize_t)sizeof(double))) {
+        Py_DECREF(fast);
+        Py_RETURN_NONE;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, count * width * (Py_ssize_t)sizeof(double));
+    if (block == NULL) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    double *out = (double *)PyBytes_AS_STRING(block);
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *row = items[at];
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != width) {
+            goto other;
+        }
+        for (Py_ssize_t i = 0; i < width; i++) {
+            PyObject *value = PyTuple_GET_ITEM(row, i);
+            if (!PyFloat_CheckExact(value)) {
+                goto other;
+            }
+            *out++ = PyFloat_AS_DOUBLE(value);
+        }
+    }
+    Py_DECREF(fast);
+    return block;
+other:
+    Py_DECREF(fast);
+    Py_DECREF(block);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"float_rows", float_rows, METH_VARARGS,
+     "float_rows(rows, width) -> bytes | None: the rows' floats as C doubles, row after row."},
     {"typed_group", typed_group, METH_VARARGS,
      "typed_group(prefix, key_column, record_keys, times_ms, record_time, fields, numeric, "
      "max_text) -> (store_keys, times_us, rows) | None: RecordReader.read_columns of a group."},

@@ -180,6 +180,9 @@ def _compiled() -> tuple[ModuleType | None, str]:
 
 
 _NATIVE, ENGINE_REASON = _compiled()
+COMPILED = _NATIVE
+"""The compiled module (_engine.c), or None: for the steps around the loop that other modules
+run (core/preparation.py reads a batch's served values with it)."""
 ENGINE = "native" if _NATIVE is not None else "python"
 """The engine a :class:`PartitionState` uses unless told: ``native`` (the one-group loop
 compiled, same values bit for bit) or ``python``; :data:`ENGINE_REASON` says why."""
@@ -934,6 +937,7 @@ def enrich(doc: dict[str, Any], names: Sequence[str], values: Sequence[float]) -
 
 
 __all__ = [
+    "COMPILED",
     "ENGINE",
     "ENGINE_REASON",
     "Applied",
