@@ -805,13 +805,10 @@ apply_group(PyObject *self, PyObject *args)
             if (cached == NULL && PyErr_Occurred()) {
                 goto done;
             }
-            int truthy = cached == NULL ? 0 : PyObject_IsTrue(cached);
-            if (truthy < 0) {
-                goto done;
-            }
             PyObject *loaded;
-            if (truthy) {
-                loaded = PySequence_GetItem(cached, 0);
+            if (cached != NULL) {
+                Py_INCREF(cached);
+                loaded = cached;
             }
             else {
                 loaded = PyObject_CallOneArg(load, store_key);
@@ -1110,11 +1107,11 @@ entries_held(PyObject *state)
 static PyObject *
 cache_keys(PyObject *self, PyObject *args)
 {
-    PyObject *keys, *new_keys, *cache;
+    PyObject *keys, *new_keys, *cache, *sizes;
     Py_ssize_t cached, limit;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OO!nn", &PyDict_Type, &keys, &new_keys, &PyDict_Type, &cache,
-                          &cached, &limit)) {
+    if (!PyArg_ParseTuple(args, "O!OO!O!nn", &PyDict_Type, &keys, &new_keys, &PyDict_Type, &cache,
+                          &PyDict_Type, &sizes, &cached, &limit)) {
         return NULL;
     }
     if (!PyAnySet_Check(new_keys)) {
@@ -1134,22 +1131,18 @@ cache_keys(PyObject *self, PyObject *args)
                 continue;
             }
         }
-        /* cache.pop(store_key, None), then put back last: the most recently used */
-        PyObject *old = PyDict_GetItemWithError(cache, store_key); /* borrowed */
+        /* sizes.pop(store_key, None), then put back last: the most recently used */
+        PyObject *old = PyDict_GetItemWithError(sizes, store_key); /* borrowed */
         if (old == NULL && PyErr_Occurred()) {
             return NULL;
         }
         if (old != NULL) {
-            if (!PyTuple_CheckExact(old) || PyTuple_GET_SIZE(old) != 2) {
-                PyErr_SetString(PyExc_TypeError, "a cached key is a (state, size) tuple");
-                return NULL;
-            }
-            Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(old, 1));
+            Py_ssize_t size = PyLong_AsSsize_t(old);
             if (size == -1 && PyErr_Occurred()) {
                 return NULL;
             }
             cached -= size;
-            if (PyDict_DelItem(cache, store_key) < 0) {
+            if (PyDict_DelItem(sizes, store_key) < 0 || PyDict_DelItem(cache, store_key) < 0) {
                 return NULL;
             }
         }
@@ -1159,13 +1152,14 @@ cache_keys(PyObject *self, PyObject *args)
                 return NULL;
             }
             size += 1;
-            PyObject *entry = Py_BuildValue("(On)", state, size);
-            if (entry == NULL) {
+            PyObject *held = PyLong_FromSsize_t(size);
+            if (held == NULL) {
                 return NULL;
             }
-            int set = PyDict_SetItem(cache, store_key, entry);
-            Py_DECREF(entry);
-            if (set < 0) {
+            int set = PyDict_SetItem(cache, store_key, state) < 0
+                      || PyDict_SetItem(sizes, store_key, held) < 0;
+            Py_DECREF(held);
+            if (set) {
                 return NULL;
             }
             cached += size;
@@ -1177,26 +1171,18 @@ cache_keys(PyObject *self, PyObject *args)
             return NULL;
         }
         pos = 0;
-        PyObject *entry;
-        while (cached > limit && PyDict_Next(cache, &pos, &store_key, &entry)) {
-            Py_ssize_t size = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
-                                  ? PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1))
-                                  : -1;
-            if (size == -1) {
-                if (!PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_TypeError, "a cached key is a (state, size) tuple");
-                }
-                Py_DECREF(evicted);
-                return NULL;
-            }
-            if (PyList_Append(evicted, store_key) < 0) {
+        PyObject *held;
+        while (cached > limit && PyDict_Next(sizes, &pos, &store_key, &held)) {
+            Py_ssize_t size = PyLong_AsSsize_t(held);
+            if ((size == -1 && PyErr_Occurred()) || PyList_Append(evicted, store_key) < 0) {
                 Py_DECREF(evicted);
                 return NULL;
             }
             cached -= size;
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evicted); i++) {
-            if (PyDict_DelItem(cache, PyList_GET_ITEM(evicted, i)) < 0) {
+            PyObject *key = PyList_GET_ITEM(evicted, i);
+            if (PyDict_DelItem(cache, key) < 0 || PyDict_DelItem(sizes, key) < 0) {
                 Py_DECREF(evicted);
                 return NULL;
             }
@@ -1362,6 +1348,9 @@ typed_group(PyObject *self, PyObject *args)
             Py_INCREF(value);
             PyTuple_SET_ITEM(row, f, value);
         }
+        if (nfields) {
+            PyObject_GC_UnTrack(row); /* floats and strings make no cycle: the collector skips it */
+        }
     }
     return Py_BuildValue("(NNN)", store_keys, times_us, rows);
 alone:
@@ -1432,7 +1421,7 @@ static PyMethodDef methods[] = {
      "typed_group(prefix, key_column, record_keys, times_ms, record_time, fields, numeric, "
      "max_text) -> (store_keys, times_us, rows) | None: RecordReader.read_columns of a group."},
     {"cache_keys", cache_keys, METH_VARARGS,
-     "cache_keys(keys, new_keys, cache, cached, limit) -> cached: PartitionState._cache_keys."},
+     "cache_keys(keys, new_keys, cache, sizes, cached, limit) -> cached: PartitionState._cache_keys."},
     {"defer_keys", defer_keys, METH_VARARGS,
      "defer_keys(written, keys, dirty) -> entries: PartitionState._defer's keys."},
     {"window_sum", float_sum, METH_O,

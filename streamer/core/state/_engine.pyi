@@ -38,7 +38,12 @@ def apply_group(
 ) -> tuple[int, int | None]: ...
 def window_sum(values: list[float]) -> float: ...
 def cache_keys(
-    keys: dict[bytes, Any], new_keys: set[bytes], cache: dict[bytes, Any], cached: int, limit: int
+    keys: dict[bytes, Any],
+    new_keys: set[bytes],
+    cache: dict[bytes, Any],
+    sizes: dict[bytes, int],
+    cached: int,
+    limit: int,
 ) -> int: ...
 def defer_keys(
     written: dict[bytes, None], keys: dict[bytes, Any], dirty: dict[bytes, Any]

@@ -233,9 +233,12 @@ class PartitionState:
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
-        self._cache: dict[bytes, tuple[KeyEntries, int]] = {}
+        self._cache: dict[bytes, KeyEntries] = {}
         """The keys of the last batches as the store holds them, least recently used first
         (a dict keeps its order, and costs half an OrderedDict's time to move a key last)."""
+        self._cache_sizes: dict[bytes, int] = {}
+        """The entries (+ 1) each cached key held when cached, in the cache's order: beside
+        it, not in a tuple with the key (a tuple per key per batch, work for the collector)."""
         self._cache_limit = cached_entries
         self._cached = 0
         self._new_keys: set[bytes] = set()
@@ -538,7 +541,7 @@ class PartitionState:
             state = keys.get(store_key, _UNREAD)
             if state is _UNREAD:
                 cached = cache.get(store_key)
-                state = keys[store_key] = cached[0] if cached else load(store_key)
+                state = keys[store_key] = cached if cached is not None else load(store_key)
             if state is not None:
                 newest = state.newest_us
                 if clock is not None and newest < clock - ttl:
@@ -723,7 +726,7 @@ class PartitionState:
     ) -> KeyEntries | None:
         """A key's entries, the first time the batch reads it: cached, from the store, or none."""
         cached = self._cache.get(store_key)
-        state = keys[store_key] = cached[0] if cached else self._load(store_key)
+        state = keys[store_key] = cached if cached is not None else self._load(store_key)
         return state
 
     def _expired(self, group: int, newest_us: int, clock: int | None) -> bool:
@@ -736,42 +739,47 @@ class PartitionState:
         keys are seen once in a long while, and would only push out the keys
         that come back.
         """
-        cache = self._cache
+        cache, sizes = self._cache, self._cache_sizes
         new_keys = self._new_keys
         if self._bookkeeping is not None:  # the same dict operations, in C
             self._cached = self._bookkeeping.cache_keys(
-                keys, new_keys, cache, self._cached, self._cache_limit
+                keys, new_keys, cache, sizes, self._cached, self._cache_limit
             )
             return
         cached = self._cached
         for store_key, state in keys.items():
             if store_key in new_keys:
                 continue
-            old = cache.pop(store_key, None)  # then put back last: the most recently used
+            old = sizes.pop(store_key, None)  # then put back last: the most recently used
             if old is not None:
-                cached -= old[1]
+                cached -= old
+                del cache[store_key]
             if state is not None:
                 size = len(state.times) + 1
-                cache[store_key] = (state, size)
+                cache[store_key] = state
+                sizes[store_key] = size
                 cached += size
         if cached > self._cache_limit:
             evicted = []
-            for store_key, (_state, size) in cache.items():  # the least recently used first
+            for store_key, size in sizes.items():  # the least recently used first
                 if cached <= self._cache_limit:
                     break
                 evicted.append(store_key)
                 cached -= size
             for store_key in evicted:
                 del cache[store_key]
+                del sizes[store_key]
         self._cached = cached
 
     def _uncache(self, store_key: bytes) -> None:
-        cached = self._cache.pop(store_key, None)
-        if cached is not None:
-            self._cached -= cached[1]
+        size = self._cache_sizes.pop(store_key, None)
+        if size is not None:
+            del self._cache[store_key]
+            self._cached -= size
 
     def _forget_cache(self) -> None:
         self._cache.clear()
+        self._cache_sizes.clear()
         self._cached = 0
 
     def forget_served(self, below_offset: int) -> tuple[Change, ...]:

@@ -69,11 +69,11 @@ def test_cache_keys_is_the_python_loop(
         for state in (python, native):
             state._new_keys = set(new)
             state._cache_keys(dict(keys))
-        assert [(k, v[0], v[1]) for k, v in native._cache.items()] == [
-            (k, v[0], v[1]) for k, v in python._cache.items()
-        ]
-        assert native._cached == python._cached
-        assert all(native._cache[k][0] is python._cache[k][0] for k in python._cache)
+        assert list(native._cache_sizes.items()) == list(python._cache_sizes.items())
+        assert list(native._cache) == list(python._cache) == list(python._cache_sizes)
+        assert all(native._cache[k] is python._cache[k] for k in python._cache)
+        assert native._cached == python._cached == sum(python._cache_sizes.values())
+        assert python._cached <= max(limit, 0) or not python._cache
 
 
 @needs_native
