@@ -18,6 +18,12 @@
  * A record it was not written for (a time or a key's newest time outside +-2**62, an object
  * of another type where the engine keeps a list) stops it before that record changes
  * anything: it returns the record's index and the Python loop applies the rest.
+ *
+ * Beside it, the steps around the loop that cost a bytecode per key or per record, each
+ * doing what its Python does, in the same order (tests/unit/core/state/test_bookkeeping.py):
+ * cache_keys and defer_keys (a batch's keys cached and made dirty), typed_group (a group's
+ * columns in one pass, or None for the Python read), float_rows (the served values as
+ * doubles for the preparation).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
