@@ -29,7 +29,7 @@ from streamer.core.features import (
 )
 from streamer.core.formats import compile_paths, project
 from streamer.core.models import preparation_key
-from streamer.core.state.windows import enrich
+from streamer.core.state.windows import COMPILED, enrich
 from streamer.messages import FeatureBatch, Rejection, SourceBatch
 
 if TYPE_CHECKING:
@@ -149,10 +149,7 @@ def _with_state_columns(
     size = len(rows) * len(names)
     if sum(map(len, rows)) != size:  # never: the engine serves one value per name
         return None
-    # Read flat, in C: half the time of np.array over the rows.
-    state = np.fromiter(chain.from_iterable(rows), np.float64, count=size).reshape(
-        len(rows), len(names)
-    )
+    state = _served_matrix(rows, len(names))
     if not bool(np.isfinite(state).all()):
         return None
     # A record served features decoded as a JSON object within the cap: when the model
@@ -167,6 +164,19 @@ def _with_state_columns(
         else:
             matrix[:, column] = matrix_own[:, own.index(name)]
     return every_row_valid(matrix, spec, standardize=standardize)
+
+
+def _served_matrix(rows: Sequence[tuple[float, ...]], width: int) -> np.ndarray:
+    """The served values as a float64 matrix, a row per record: the same doubles either way.
+
+    Read by the state engine's C module where it is built (a tenth of the time of
+    ``np.fromiter``, which itself takes half the time of ``np.array`` over the rows).
+    """
+    block = None if COMPILED is None else COMPILED.float_rows(rows, width)
+    if block is not None:
+        return np.frombuffer(block, np.float64).reshape(len(rows), width)
+    flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width)
+    return flat.reshape(len(rows), width)
 
 
 def _within_cap(

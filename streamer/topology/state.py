@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +57,7 @@ from streamer.core.state.changelog import (
     meta_record,
     safe_group,
 )
-from streamer.core.state.codec import Meta, is_key_state
+from streamer.core.state.codec import Meta, Served, is_key_state
 from streamer.core.state.layout import Layout, top_level_paths
 from streamer.core.state.reading import typed_batch
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
@@ -233,15 +234,8 @@ class StateKeeper:
             # Forgotten served runs and a sweep since the last batch, then this one's.
             changelog = (*carried, *part.state.take_changes())
         rejections: list[Rejection] = []
-        served: list[tuple[float, ...] | None] = []
-        for index, outcome in enumerate(applied.outcomes):
-            if outcome is None:  # not a JSON object: the preprocessor's reason
-                served.append(None)
-            elif outcome.values is None:
-                served.append(None)
-                rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
-            else:
-                served.append(outcome.values)
+        every = _every_value(applied.outcomes)
+        served = self._served_one_by_one(applied.outcomes, rejections) if every is None else every
         # The preparation places the served values by name (core/preparation.py).
         return replace(
             source,
@@ -250,6 +244,22 @@ class StateKeeper:
             state_names=self.names,
             state_values=tuple(served),
         )
+
+    @staticmethod
+    def _served_one_by_one(
+        outcomes: Sequence[Served | None], rejections: list[Rejection]
+    ) -> list[tuple[float, ...] | None]:
+        """Each record's values (None: none); the records the state rejects go to ``rejections``."""
+        served: list[tuple[float, ...] | None] = []
+        for index, outcome in enumerate(outcomes):
+            if outcome is None:  # not a JSON object: the preprocessor's reason
+                served.append(None)
+            elif outcome.values is None:
+                served.append(None)
+                rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
+            else:
+                served.append(outcome.values)
+        return served
 
     def _objects(self, values: Sequence[bytes | None]) -> Sequence[dict[str, Any] | None]:
         """Each value as a JSON object, or None (the preprocessor gives its reason).
@@ -587,6 +597,17 @@ def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, A
     except (TypeError, orjson.JSONDecodeError):  # a value without bytes, or not JSON
         pass
     return [decoded_object(value, max_bytes) for value in values]
+
+
+_values_of = operator.attrgetter("values")
+
+
+def _every_value(outcomes: Sequence[Served | None]) -> list[tuple[float, ...] | None] | None:
+    """Each record's served values, or None when a record got none (the usual batch: in C)."""
+    if None in outcomes:
+        return None
+    values = list(map(_values_of, outcomes))
+    return None if None in values else values
 
 
 def _approximate_bytes(store: Store) -> int:

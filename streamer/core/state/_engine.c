@@ -18,6 +18,12 @@
  * A record it was not written for (a time or a key's newest time outside +-2**62, an object
  * of another type where the engine keeps a list) stops it before that record changes
  * anything: it returns the record's index and the Python loop applies the rest.
+ *
+ * Beside it, the steps around the loop that cost a bytecode per key or per record, each
+ * doing what its Python does, in the same order (tests/unit/core/state/test_bookkeeping.py):
+ * cache_keys and defer_keys (a batch's keys cached and made dirty), typed_group (a group's
+ * columns in one pass, or None for the Python read), float_rows (the served values as
+ * doubles for the preparation).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -805,13 +811,10 @@ apply_group(PyObject *self, PyObject *args)
             if (cached == NULL && PyErr_Occurred()) {
                 goto done;
             }
-            int truthy = cached == NULL ? 0 : PyObject_IsTrue(cached);
-            if (truthy < 0) {
-                goto done;
-            }
             PyObject *loaded;
-            if (truthy) {
-                loaded = PySequence_GetItem(cached, 0);
+            if (cached != NULL) {
+                Py_INCREF(cached);
+                loaded = cached;
             }
             else {
                 loaded = PyObject_CallOneArg(load, store_key);
@@ -1092,7 +1095,341 @@ float_sum(PyObject *self, PyObject *values)
     return window_sum(values, 0, PyList_GET_SIZE(values), 0, NULL);
 }
 
+/* len(state.times) of a KeyEntries, or -1 with an exception. */
+static Py_ssize_t
+entries_held(PyObject *state)
+{
+    PyObject *times = get_slot(state, TIMES);
+    if (times == NULL) {
+        return -1;
+    }
+    Py_ssize_t held = PyObject_Length(times);
+    Py_DECREF(times);
+    return held;
+}
+
+/* PartitionState._cache_keys's loop (see it there): the same dict operations, in the same
+ * order, without a bytecode per key. */
+static PyObject *
+cache_keys(PyObject *self, PyObject *args)
+{
+    PyObject *keys, *new_keys, *cache, *sizes;
+    Py_ssize_t cached, limit;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OO!O!nn", &PyDict_Type, &keys, &new_keys, &PyDict_Type, &cache,
+                          &PyDict_Type, &sizes, &cached, &limit)) {
+        return NULL;
+    }
+    if (!PyAnySet_Check(new_keys)) {
+        PyErr_SetString(PyExc_TypeError, "new_keys must be a set");
+        return NULL;
+    }
+    int any_new = PySet_GET_SIZE(new_keys) > 0;
+    Py_ssize_t pos = 0;
+    PyObject *store_key, *state;
+    while (PyDict_Next(keys, &pos, &store_key, &state)) {
+        if (any_new) {
+            int is_new = PySet_Contains(new_keys, store_key);
+            if (is_new < 0) {
+                return NULL;
+            }
+            if (is_new) {
+                continue;
+            }
+        }
+        /* sizes.pop(store_key, None), then put back last: the most recently used */
+        PyObject *old = PyDict_GetItemWithError(sizes, store_key); /* borrowed */
+        if (old == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (old != NULL) {
+            Py_ssize_t size = PyLong_AsSsize_t(old);
+            if (size == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            cached -= size;
+            if (PyDict_DelItem(sizes, store_key) < 0 || PyDict_DelItem(cache, store_key) < 0) {
+                return NULL;
+            }
+        }
+        if (state != Py_None) {
+            Py_ssize_t size = entries_held(state);
+            if (size < 0) {
+                return NULL;
+            }
+            size += 1;
+            PyObject *held = PyLong_FromSsize_t(size);
+            if (held == NULL) {
+                return NULL;
+            }
+            int set = PyDict_SetItem(cache, store_key, state) < 0
+                      || PyDict_SetItem(sizes, store_key, held) < 0;
+            Py_DECREF(held);
+            if (set) {
+                return NULL;
+            }
+            cached += size;
+        }
+    }
+    if (cached > limit) { /* the least recently used first */
+        PyObject *evicted = PyList_New(0);
+        if (evicted == NULL) {
+            return NULL;
+        }
+        pos = 0;
+        PyObject *held;
+        while (cached > limit && PyDict_Next(sizes, &pos, &store_key, &held)) {
+            Py_ssize_t size = PyLong_AsSsize_t(held);
+            if ((size == -1 && PyErr_Occurred()) || PyList_Append(evicted, store_key) < 0) {
+                Py_DECREF(evicted);
+                return NULL;
+            }
+            cached -= size;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evicted); i++) {
+            PyObject *key = PyList_GET_ITEM(evicted, i);
+            if (PyDict_DelItem(cache, key) < 0 || PyDict_DelItem(sizes, key) < 0) {
+                Py_DECREF(evicted);
+                return NULL;
+            }
+        }
+        Py_DECREF(evicted);
+    }
+    return PyLong_FromSsize_t(cached);
+}
+
+/* PartitionState._defer's keys (see it there): each key written becomes dirty with its live
+ * entries; returns the entries held by the keys that were not dirty before. */
+static PyObject *
+defer_keys(PyObject *self, PyObject *args)
+{
+    PyObject *written, *keys, *dirty;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &written, &PyDict_Type, &keys,
+                          &PyDict_Type, &dirty)) {
+        return NULL;
+    }
+    Py_ssize_t held = 0;
+    Py_ssize_t pos = 0;
+    PyObject *store_key, *ignored;
+    while (PyDict_Next(written, &pos, &store_key, &ignored)) {
+        PyObject *state = PyDict_GetItemWithError(keys, store_key); /* borrowed */
+        if (state == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, store_key);
+            }
+            return NULL;
+        }
+        int was_dirty = PyDict_Contains(dirty, store_key);
+        if (was_dirty < 0) {
+            return NULL;
+        }
+        if (!was_dirty && state != Py_None) {
+            Py_ssize_t size = entries_held(state);
+            if (size < 0) {
+                return NULL;
+            }
+            held += size;
+        }
+        if (PyDict_SetItem(dirty, store_key, state) < 0) {
+            return NULL;
+        }
+    }
+    return PyLong_FromSsize_t(held);
+}
+
+#define MAX_TIME_MS 4611686018427387LL /* the largest |t| with t * 1000 below 2**62 */
+
+/* RecordReader.read_columns of one group whose parts are all at hand (a key column of strings
+ * or the record keys, the times in ms, each field's column at the top level), for a batch in
+ * which no record is read alone: the same store keys, times in µs and rows of fields. None
+ * when a record may be read alone (a value of another type, a time out of range, a key or a
+ * text that may be too long): the Python loop reads that batch. */
+static PyObject *
+typed_group(PyObject *self, PyObject *args)
+{
+    PyObject *prefix, *key_column, *times, *fields, *numeric;
+    int record_keys, record_time;
+    Py_ssize_t max_text;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!pO!pO!O!n", &PyBytes_Type, &prefix, &PyList_Type,
+                          &key_column, &record_keys, &PyList_Type, &times, &record_time,
+                          &PyList_Type, &fields, &PyTuple_Type, &numeric, &max_text)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(key_column);
+    Py_ssize_t nfields = PyList_GET_SIZE(fields);
+    if (PyList_GET_SIZE(times) != count || PyTuple_GET_SIZE(numeric) != nfields) {
+        PyErr_SetString(PyExc_ValueError, "the columns differ in length");
+        return NULL;
+    }
+    int is_numeric[64];
+    if (nfields > 64) {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t f = 0; f < nfields; f++) {
+        PyObject *column = PyList_GET_ITEM(fields, f);
+        if (!PyList_CheckExact(column) || PyList_GET_SIZE(column) != count) {
+            PyErr_SetString(PyExc_ValueError, "the columns differ in length");
+            return NULL;
+        }
+        is_numeric[f] = PyObject_IsTrue(PyTuple_GET_ITEM(numeric, f));
+        if (is_numeric[f] < 0) {
+            return NULL;
+        }
+    }
+    Py_ssize_t prefix_len = PyBytes_GET_SIZE(prefix);
+    PyObject *store_keys = PyList_New(count);
+    PyObject *times_us = PyList_New(count);
+    PyObject *rows = PyList_New(count);
+    if (store_keys == NULL || times_us == NULL || rows == NULL) {
+        goto failed;
+    }
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *key = PyList_GET_ITEM(key_column, at);
+        const char *data;
+        Py_ssize_t size;
+        if (record_keys) {
+            if (!PyBytes_CheckExact(key)) {
+                goto alone;
+            }
+            data = PyBytes_AS_STRING(key);
+            size = PyBytes_GET_SIZE(key);
+        }
+        else {
+            if (!PyUnicode_CheckExact(key)) {
+                goto alone;
+            }
+            data = PyUnicode_AsUTF8AndSize(key, &size); /* str.encode(): its error too */
+            if (data == NULL) {
+                goto failed;
+            }
+        }
+        if (max_text && size > max_text) {
+            goto alone;
+        }
+        PyObject *store_key = PyBytes_FromStringAndSize(NULL, prefix_len + size);
+        if (store_key == NULL) {
+            goto failed;
+        }
+        memcpy(PyBytes_AS_STRING(store_key), PyBytes_AS_STRING(prefix), prefix_len);
+        memcpy(PyBytes_AS_STRING(store_key) + prefix_len, data, size);
+        PyList_SET_ITEM(store_keys, at, store_key);
+        PyObject *time = PyList_GET_ITEM(times, at);
+        if (!PyLong_CheckExact(time)) {
+            goto alone;
+        }
+        int overflow;
+        long long ms = PyLong_AsLongLongAndOverflow(time, &overflow);
+        if (ms == -1 && PyErr_Occurred()) {
+            goto failed;
+        }
+        if (overflow || ms > MAX_TIME_MS || ms < -MAX_TIME_MS || (record_time && ms < 0)) {
+            goto alone;
+        }
+        PyObject *time_us = PyLong_FromLongLong(ms * 1000);
+        if (time_us == NULL) {
+            goto failed;
+        }
+        PyList_SET_ITEM(times_us, at, time_us);
+        PyObject *row = nfields ? PyTuple_New(nfields) : empty_tuple;
+        if (row == NULL) {
+            goto failed;
+        }
+        if (!nfields) {
+            Py_INCREF(row);
+        }
+        PyList_SET_ITEM(rows, at, row);
+        for (Py_ssize_t f = 0; f < nfields; f++) {
+            PyObject *value = PyList_GET_ITEM(PyList_GET_ITEM(fields, f), at);
+            if (is_numeric[f]) {
+                if (!PyFloat_CheckExact(value) || !isfinite(PyFloat_AS_DOUBLE(value))) {
+                    goto alone;
+                }
+            }
+            else if (!PyUnicode_CheckExact(value)
+                     || (max_text && PyUnicode_GET_LENGTH(value) * 4 > max_text)) {
+                goto alone;
+            }
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(row, f, value);
+        }
+        if (nfields) {
+            PyObject_GC_UnTrack(row); /* floats and strings make no cycle: the collector skips it */
+        }
+    }
+    return Py_BuildValue("(NNN)", store_keys, times_us, rows);
+alone:
+    Py_DECREF(store_keys);
+    Py_DECREF(times_us);
+    Py_DECREF(rows);
+    Py_RETURN_NONE;
+failed:
+    Py_XDECREF(store_keys);
+    Py_XDECREF(times_us);
+    Py_XDECREF(rows);
+    return NULL;
+}
+
+/* The served values of a batch's records as one C array of doubles, row after row: the
+ * bytes of np.fromiter(chain.from_iterable(rows), np.float64); None unless every row is a
+ * tuple of `width` floats (exact: a subclass may convert otherwise). */
+static PyObject *
+float_rows(PyObject *self, PyObject *args)
+{
+    PyObject *rows;
+    Py_ssize_t width;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "On", &rows, &width)) {
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(rows, "rows must be a sequence");
+    if (fast == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    if (width < 0 || (width && count > PY_SSIZE_T_MAX / width / (Py_ssize_t)sizeof(double))) {
+        Py_DECREF(fast);
+        Py_RETURN_NONE;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, count * width * (Py_ssize_t)sizeof(double));
+    if (block == NULL) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    double *out = (double *)PyBytes_AS_STRING(block);
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *row = items[at];
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != width) {
+            goto other;
+        }
+        for (Py_ssize_t i = 0; i < width; i++) {
+            PyObject *value = PyTuple_GET_ITEM(row, i);
+            if (!PyFloat_CheckExact(value)) {
+                goto other;
+            }
+            *out++ = PyFloat_AS_DOUBLE(value);
+        }
+    }
+    Py_DECREF(fast);
+    return block;
+other:
+    Py_DECREF(fast);
+    Py_DECREF(block);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"float_rows", float_rows, METH_VARARGS,
+     "float_rows(rows, width) -> bytes | None: the rows' floats as C doubles, row after row."},
+    {"typed_group", typed_group, METH_VARARGS,
+     "typed_group(prefix, key_column, record_keys, times_ms, record_time, fields, numeric, "
+     "max_text) -> (store_keys, times_us, rows) | None: RecordReader.read_columns of a group."},
+    {"cache_keys", cache_keys, METH_VARARGS,
+     "cache_keys(keys, new_keys, cache, sizes, cached, limit) -> cached: PartitionState._cache_keys."},
+    {"defer_keys", defer_keys, METH_VARARGS,
+     "defer_keys(written, keys, dirty) -> entries: PartitionState._defer's keys."},
     {"window_sum", float_sum, METH_O,
      "window_sum(values: list) -> float: math.fsum(values) as the loop computes it (exact_sum "
      "where fsum overflows)."},

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import orjson
@@ -340,7 +341,15 @@ class RecordReader:
     alone.
     """
 
-    def __init__(self, layout: Layout, prefixes: Sequence[bytes]) -> None:
+    def __init__(
+        self, layout: Layout, prefixes: Sequence[bytes], compiled: ModuleType | None = None
+    ) -> None:
+        """A reader of ``layout``'s groups, whose store keys start with ``prefixes``.
+
+        ``compiled``: the state engine's C module (_engine.c), whose ``typed_group``
+        reads a group whose parts are all at hand in one pass; None: the Python reads only.
+        """
+        self._compiled = compiled
         self._groups = tuple(
             _GroupRead(
                 prefix,
@@ -419,6 +428,10 @@ class RecordReader:
         columns = []
         column_at = _column_of(docs)
         for group in self._groups:
+            read = self._in_one_pass(group, column_at, keys, timestamps_ms)
+            if read is not None:  # no record of the batch is read alone for this group
+                columns.append(read)
+                continue
             prefix = group.prefix
             if group.key_top:
                 raw = column_at(group.key)
@@ -457,6 +470,42 @@ class RecordReader:
                 column.times_us[index] = time_us
                 column.rows[index] = fields
         return columns, bad
+
+    def _in_one_pass(
+        self,
+        group: _GroupRead,
+        column_at: Callable[[str], list[Any]],
+        keys: Sequence[bytes | None],
+        timestamps_ms: Sequence[int | None],
+    ) -> GroupColumns | None:
+        """The group's columns read in C, in one pass, or None (the loop below reads them).
+
+        C reads a batch only when none of its records is read alone, and then
+        gives what the loop gives: the same store keys, times and rows.
+        """
+        compiled = self._compiled
+        record_key = group.key == RECORD_KEY
+        record_time = group.time_source == _RECORD_TIME
+        if (
+            compiled is None
+            or not (group.key_top or record_key)
+            or not (record_time or group.time_source == _TOP_FIELD_TIME)
+            or not all(top for _name, _numeric, top in group.fields)
+        ):
+            return None
+        key_column = keys if record_key else column_at(group.key)
+        times = timestamps_ms if record_time else column_at(group.time)
+        read = compiled.typed_group(
+            group.prefix,
+            key_column if type(key_column) is list else list(key_column),
+            record_key,
+            times if type(times) is list else list(times),
+            record_time,
+            [column_at(name) for name, _numeric, _top in group.fields],
+            tuple(numeric for _name, numeric, _top in group.fields),
+            self._max_text,
+        )
+        return None if read is None else GroupColumns(*read)
 
     def _long_texts(
         self,

@@ -180,6 +180,9 @@ def _compiled() -> tuple[ModuleType | None, str]:
 
 
 _NATIVE, ENGINE_REASON = _compiled()
+COMPILED = _NATIVE
+"""The compiled module (_engine.c), or None: for the steps around the loop that other modules
+run (core/preparation.py reads a batch's served values with it)."""
 ENGINE = "native" if _NATIVE is not None else "python"
 """The engine a :class:`PartitionState` uses unless told: ``native`` (the one-group loop
 compiled, same values bit for bit) or ``python``; :data:`ENGINE_REASON` says why."""
@@ -230,9 +233,12 @@ class PartitionState:
         self.topic = topic
         self.partition = partition
         self._remember = remember_served
-        self._cache: dict[bytes, tuple[KeyEntries, int]] = {}
+        self._cache: dict[bytes, KeyEntries] = {}
         """The keys of the last batches as the store holds them, least recently used first
         (a dict keeps its order, and costs half an OrderedDict's time to move a key last)."""
+        self._cache_sizes: dict[bytes, int] = {}
+        """The entries (+ 1) each cached key held when cached, in the cache's order: beside
+        it, not in a tuple with the key (a tuple per key per batch, work for the collector)."""
         self._cache_limit = cached_entries
         self._cached = 0
         self._new_keys: set[bytes] = set()
@@ -250,8 +256,12 @@ class PartitionState:
         """True once the batch being applied may have changed a key."""
         self._groups = _group_plans(layout)
         self._native = _native_engine(engine, self._groups, layout.allowed_lateness_us)
+        self._bookkeeping = _NATIVE if (engine or ENGINE) == "native" else None
+        """The compiled per-batch bookkeeping of the keys (any layout), or None (the Python one)."""
         self._reader = RecordReader(
-            layout, [key_state_key(group, b"") for group in range(len(layout.groups))]
+            layout,
+            [key_state_key(group, b"") for group in range(len(layout.groups))],
+            self._bookkeeping,
         )
         raw = store.get(META_KEY)
         if raw is None:
@@ -385,10 +395,9 @@ class PartitionState:
             if e is not None  # a key written holds entries
         ]
         if self._remember:
-            for start in range(0, len(fresh), SERVED_RUN):
-                run = fresh[start : start + SERVED_RUN]
-                ran = ServedRun([offsets[at] for at in run], served[start : start + SERVED_RUN])
-                changes.append((served_key(ran.offsets[-1]), encode(ran)))
+            for start, run_offsets in _runs(offsets, fresh):
+                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
+                changes.append((served_key(run_offsets[-1]), encode(ran)))
         meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
         changes.append((META_KEY, encode(meta)))
         self.store.write(changes)
@@ -414,17 +423,19 @@ class PartitionState:
     ) -> None:
         """Keep a batch's changes for :meth:`take_changes`: its keys dirty, its runs encoded."""
         dirty = self._dirty
-        held = [keys[store_key] for store_key in written.keys() - dirty.keys()]
         # What a key held when it became dirty, and an entry per group for each record since.
-        self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
         # A key past its TTL got a new KeyEntries: the newest object replaces the old.
-        dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
+        if self._bookkeeping is not None:  # the same, in C: no bytecode per key
+            self._dirty_entries += self._bookkeeping.defer_keys(written, keys, dirty) + len(fresh)
+        else:
+            held = [keys[store_key] for store_key in written.keys() - dirty.keys()]
+            self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
+            dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
         if self._remember:
             pending = self._pending
-            for start in range(0, len(fresh), SERVED_RUN):
-                run = fresh[start : start + SERVED_RUN]
-                ran = ServedRun([offsets[at] for at in run], served[start : start + SERVED_RUN])
-                pending[served_key(ran.offsets[-1])] = encode(ran)
+            for start, run_offsets in _runs(offsets, fresh):
+                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
+                pending[served_key(run_offsets[-1])] = encode(ran)
 
     @property
     def dirty_entries(self) -> int:
@@ -530,7 +541,7 @@ class PartitionState:
             state = keys.get(store_key, _UNREAD)
             if state is _UNREAD:
                 cached = cache.get(store_key)
-                state = keys[store_key] = cached[0] if cached else load(store_key)
+                state = keys[store_key] = cached if cached is not None else load(store_key)
             if state is not None:
                 newest = state.newest_us
                 if clock is not None and newest < clock - ttl:
@@ -715,7 +726,7 @@ class PartitionState:
     ) -> KeyEntries | None:
         """A key's entries, the first time the batch reads it: cached, from the store, or none."""
         cached = self._cache.get(store_key)
-        state = keys[store_key] = cached[0] if cached else self._load(store_key)
+        state = keys[store_key] = cached if cached is not None else self._load(store_key)
         return state
 
     def _expired(self, group: int, newest_us: int, clock: int | None) -> bool:
@@ -728,37 +739,47 @@ class PartitionState:
         keys are seen once in a long while, and would only push out the keys
         that come back.
         """
-        cache = self._cache
+        cache, sizes = self._cache, self._cache_sizes
         new_keys = self._new_keys
+        if self._bookkeeping is not None:  # the same dict operations, in C
+            self._cached = self._bookkeeping.cache_keys(
+                keys, new_keys, cache, sizes, self._cached, self._cache_limit
+            )
+            return
         cached = self._cached
         for store_key, state in keys.items():
             if store_key in new_keys:
                 continue
-            old = cache.pop(store_key, None)  # then put back last: the most recently used
+            old = sizes.pop(store_key, None)  # then put back last: the most recently used
             if old is not None:
-                cached -= old[1]
+                cached -= old
+                del cache[store_key]
             if state is not None:
                 size = len(state.times) + 1
-                cache[store_key] = (state, size)
+                cache[store_key] = state
+                sizes[store_key] = size
                 cached += size
         if cached > self._cache_limit:
             evicted = []
-            for store_key, (_state, size) in cache.items():  # the least recently used first
+            for store_key, size in sizes.items():  # the least recently used first
                 if cached <= self._cache_limit:
                     break
                 evicted.append(store_key)
                 cached -= size
             for store_key in evicted:
                 del cache[store_key]
+                del sizes[store_key]
         self._cached = cached
 
     def _uncache(self, store_key: bytes) -> None:
-        cached = self._cache.pop(store_key, None)
-        if cached is not None:
-            self._cached -= cached[1]
+        size = self._cache_sizes.pop(store_key, None)
+        if size is not None:
+            del self._cache[store_key]
+            self._cached -= size
 
     def _forget_cache(self) -> None:
         self._cache.clear()
+        self._cache_sizes.clear()
         self._cached = 0
 
     def forget_served(self, below_offset: int) -> tuple[Change, ...]:
@@ -811,6 +832,16 @@ class PartitionState:
     def key_count(self) -> int:
         """Keys held (an O(keys) scan: for tests and the restore log, not per batch)."""
         return sum(1 for _ in self.store.items_from(KEY_PREFIX))
+
+
+def _runs(offsets: list[int], fresh: list[int]) -> Iterator[tuple[int, list[int]]]:
+    """The served runs of a batch: (the first's place among ``fresh``, their offsets)."""
+    every = len(fresh) == len(offsets)  # the usual batch: sliced, not gathered one by one
+    for start in range(0, len(fresh), SERVED_RUN):
+        if every:
+            yield start, offsets[start : start + SERVED_RUN]
+        else:
+            yield start, [offsets[at] for at in fresh[start : start + SERVED_RUN]]
 
 
 def _native_engine(engine: str, plans: Sequence[_GroupPlan], lateness_us: int) -> ModuleType | None:
@@ -914,6 +945,7 @@ def enrich(doc: dict[str, Any], names: Sequence[str], values: Sequence[float]) -
 
 
 __all__ = [
+    "COMPILED",
     "ENGINE",
     "ENGINE_REASON",
     "Applied",
