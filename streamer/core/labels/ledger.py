@@ -31,6 +31,7 @@ horizon and counts the ones that never got a label.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -252,18 +253,58 @@ class PredictionLedger:
         their offsets as a list: a label is found by ``bisect`` in it, where a call of
         ``np.searchsorted`` per label cost more than the rest of its join (docs/labels.md)."""
         self._entries: dict[int, bytearray] = {}
-        """Per batch recorded since the ledger opened (by last offset, the newest
-        :data:`_TRACKED_BATCHES`), a byte per row: 1 once an entry (``Lp``) may exist for its
-        record. A row at 0 has none, so :meth:`get` answers from the batch without a store
-        read: a RocksDB miss cost 3-4 µs per label, most of a label's join (docs/labels.md)."""
+        """Per batch held (by last offset, the newest :data:`_TRACKED_BATCHES`; by source
+        coordinates), a byte per row: 1 when an entry (``Lp``) may exist for its record. A
+        row at 0 has none, so :meth:`get` answers from the batch without a store read: a
+        RocksDB miss cost 3-4 µs per label, most of a label's join (docs/labels.md)."""
         self.held = 0
         """How many predictions the ledger holds."""
         # The batches' time keys hold their sizes: no batch is read to open the ledger.
+        sizes: dict[int, int] = {}
         for key, size in store.items_from(BATCH_BY_TIME):
-            self._lasts.append(int.from_bytes(key[len(BATCH_BY_TIME) + 8 :], "big"))
-            self.held += int.from_bytes(size, "big")
+            last = int.from_bytes(key[len(BATCH_BY_TIME) + 8 :], "big")
+            self._lasts.append(last)
+            sizes[last] = int.from_bytes(size, "big")
+            self.held += sizes[last]
         self._lasts.sort()
         self.held += len(store.keys_between(_BY_TIME, _BY_TIME + b"\xff" * 9))
+        if coordinates is not None and sizes:
+            self._track_held(sizes)
+
+    def _track_held(self, sizes: dict[int, int]) -> None:
+        """Track the rows of the newest batches held, their entries marked (an opened ledger).
+
+        ``sizes``: each batch's size by last offset. The entries are read once,
+        and only the batches holding one of them.
+        """
+        head, tail = self._coordinates_prefix
+        entry_offsets = []
+        for key, _value in self.store.items_from(_ENTRY + head):
+            identity = key[len(_ENTRY) :]
+            if not identity.endswith(tail):
+                continue
+            with contextlib.suppress(ValueError):
+                entry_offsets.append(int(identity[len(head) : len(identity) - len(tail)]))
+        lasts = np.array(self._lasts[-_TRACKED_BATCHES:], dtype=np.int64)
+        marked = np.sort(np.array(entry_offsets, dtype=np.int64))
+        marked = marked[
+            marked > (self._lasts[-len(lasts) - 1] if len(lasts) < len(self._lasts) else -1)
+        ]
+        which = np.searchsorted(lasts, marked)
+        for at, last in enumerate(lasts.tolist()):
+            self._entries[last] = entries = bytearray(sizes[last])
+            low, high = np.searchsorted(which, [at, at + 1])
+            if low == high:
+                continue
+            raw = self.store.get(batch_key(last))
+            if raw is None:  # no batch to read: its rows are not known clean
+                del self._entries[last]
+                continue
+            offsets = decode_batch(raw).offsets_array()
+            rows = np.searchsorted(offsets, marked[low:high])
+            rows = rows[rows < len(offsets)]
+            for row in rows.tolist():
+                entries[row] = 1
 
     def get(self, identity: bytes) -> Prediction | None:
         """The prediction held for ``identity``, or None."""

@@ -174,12 +174,14 @@ class TestBatchesBySourceCoordinates:
         assert columns.record_columns(np.empty(0, np.int64), np.empty(0), ("m", "1"), 0) == []
         assert (columns.held, columns.counts) == (listed.held, listed.counts)
 
-    @pytest.mark.parametrize("tracked", [4096, 1, 0])
+    @pytest.mark.parametrize(
+        ("tracked", "reopened"), [(4096, False), (1, False), (4096, True), (1, True)]
+    )
     def test_labels_join_once_whether_a_batchs_rows_are_tracked_or_not(
-        self, store: Store, tracked: int, monkeypatch: pytest.MonkeyPatch
+        self, store: Store, tracked: int, reopened: bool, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """0: a reopened ledger (no batch tracked); 1: only the newest batch is."""
-        monkeypatch.setattr(ledger_module, "_TRACKED_BATCHES", max(tracked, 1))
+        """tracked=1: only the newest batch is; reopened: tracked from the store's entries."""
+        monkeypatch.setattr(ledger_module, "_TRACKED_BATCHES", tracked)
         ledger = PredictionLedger(store, HORIZON, ("events", 0))
         reference = PredictionLedger(MemoryStore(), HORIZON)
         for offsets, at_s in (([1, 2, 3], 10.0), ([4, 5, 6], 11.0)):
@@ -193,8 +195,13 @@ class TestBatchesBySourceCoordinates:
             reference.record([champion(o, s, at_s) for o, s in zip(offsets, scores, strict=True)])
         for each in (ledger, reference):  # a challenger's entry for a row of a batch
             each.record([challenger(5, 0.4, 11.5)])
-        if tracked == 0:
+        if reopened:  # with a labelled row in each batch
+            for each in (ledger, reference):
+                each.join([label(3, 1.0, 12.0), label(6, 0.0, 12.0)])
             ledger = PredictionLedger(store, HORIZON, ("events", 0))
+            # Rows 3 and 6 labelled, 5 scored by the challenger: marked (the newest `tracked`).
+            marks = [bytearray([0, 0, 1]), bytearray([0, 1, 1])]
+            assert list(ledger._entries.values()) == marks[-tracked:]
         labels = [
             label(1, 1.0, 20.0),
             label(1, 0.0, 20.0),
@@ -216,7 +223,7 @@ class TestBatchesBySourceCoordinates:
             reference.get(ident(o)) for o in range(1, 7)
         ] + [None]
         assert reference.get(ident(2)) is not None
-        assert ledger.counts.joined == 3
+        assert ledger.counts.joined == (5 if reopened else 3)
 
 
 class TestExpiry:
