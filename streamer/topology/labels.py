@@ -358,7 +358,9 @@ class LedgerKeeper:
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
         changes = part.deferred.taken()
-        self._step(source.partition, part, changes, marks, joined, sent_changes(changes))
+        # A join writes labelled entries and the counts, each for the changelog as it is
+        # (sent_changes would decode every entry to find none plain).
+        self._step(source.partition, part, changes, marks, joined, changes)
         if part.labels_from is None:
             part.labels_from = source.first_offset
         return tuple(read.rejections)

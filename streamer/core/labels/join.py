@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from streamer.core.dead_letters import LABEL_MISROUTED
 from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.layout import BadRecordError, json_text, read_path, read_time_us
@@ -98,9 +100,11 @@ class Rejected(Exception):  # noqa: N818 - a result, not an error: it is counted
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
-    """One label, read: whose it is, its value, and its time (None: the label has none)."""
+class Label(msgspec.Struct, frozen=True, gc=False):
+    """One label, read: whose it is, its value, and its time (None: the label has none).
+
+    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost a label 0.3 µs more.
+    """
 
     identity: bytes
     value: float

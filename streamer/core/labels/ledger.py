@@ -34,7 +34,6 @@ import bisect
 import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -103,9 +102,11 @@ class LedgerCounts(msgspec.Struct, frozen=True, gc=False):
     expired_labelled: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """A prediction with its label: what the metrics window holds."""
+class Joined(msgspec.Struct, frozen=True, gc=False):
+    """A prediction with its label: what the metrics window holds.
+
+    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost a join 0.4 µs more.
+    """
 
     identity: bytes
     prediction: Prediction
