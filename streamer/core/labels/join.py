@@ -103,7 +103,7 @@ class Rejected(Exception):  # noqa: N818 - a result, not an error: it is counted
 class Label(msgspec.Struct, frozen=True, gc=False):
     """One label, read: whose it is, its value, and its time (None: the label has none).
 
-    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost a label 0.3 µs more.
+    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost 4x a struct's (0.6 µs).
     """
 
     identity: bytes

@@ -105,7 +105,7 @@ class LedgerCounts(msgspec.Struct, frozen=True, gc=False):
 class Joined(msgspec.Struct, frozen=True, gc=False):
     """A prediction with its label: what the metrics window holds.
 
-    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost a join 0.4 µs more.
+    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost 20x a struct's (1.3 µs).
     """
 
     identity: bytes
