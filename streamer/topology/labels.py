@@ -14,8 +14,7 @@ one place that knows each record's score as its output is sent.
   (:meth:`LedgerKeeper.take_resets`).
 - :meth:`LedgerKeeper.record` (a batch's champion outputs) and
   :meth:`LedgerKeeper.join` (a label batch) each write one step to the store
-  (its changes, the marks and the meta record at once; RocksDB gets them
-  behind, :data:`LEDGER_WRITE_BEHIND_BYTES` at a time) and gather what goes to
+  (its changes, the marks and the meta record at once) and gather what goes to
   the changelog in the partition's
   :class:`~streamer.core.state.changelog.CoalescedChangelog`, the state's.
 - **The flushes** (:meth:`LedgerKeeper.flushes`): a partition's gathered
@@ -111,14 +110,6 @@ LEDGER_MEMTABLE_BYTES = 8 * 2**20
 buffers fill at the input's rate: 5,000,000 predictions in 4 partitions peaked at 366 MB of
 RSS with RocksDB's 64 MB, 227 MB with 8 MB, for 25% more CPU in RocksDB's flushes and
 compactions (docs/performance.md, "Labels")."""
-
-
-LEDGER_WRITE_BEHIND_BYTES = 2**20
-"""A partition's ledger writes reach RocksDB once this many bytes of them gathered (reads see
-them meanwhile), and when the store closes: a RocksDB write per step cost about 15 µs (0.59
-against 0.44 µs per prediction recorded in batches of 100, docs/labels.md "Cost"). The
-changelog makes the ledger durable: after a kill -9 the store, behind or ahead of it, is
-rebuilt from it (it was mostly ahead of it before, each step written before its flush)."""
 
 
 def ledger_topic(settings: Settings) -> str:
@@ -518,7 +509,6 @@ class LedgerKeeper:
             Path(self._dir) / self._group / name,
             (self.topic, partition),
             "ledger",
-            write_behind_bytes=LEDGER_WRITE_BEHIND_BYTES,
             memtable_bytes=LEDGER_MEMTABLE_BYTES,
         )
 
