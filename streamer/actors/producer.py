@@ -300,8 +300,9 @@ class ProducerActor(PipelineActor):
         if self._ledger is None or self._abandoned(source):
             return
         scores = score_column(batch.predictions, batch.output_names, self._ledger.spec.score_field)
-        rows: list[int] = batch.valid_rows.tolist() if scores is not None else []
-        values: list[float] = scores.tolist() if scores is not None else []
+        # The columns as they are: the keeper records them without a Python object per record.
+        rows = batch.valid_rows if scores is not None else np.empty(0, dtype=np.int64)
+        values = scores if scores is not None else np.empty(0, dtype=np.float64)
         model = (batch.model_name, batch.model_version)
         self._ledger.record(source, rows, values, model, scored_at)
         self._ledger_stepped(source.partition)

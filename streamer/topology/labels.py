@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from streamer.clients.base import ChangelogReader
 from streamer.core.labels.join import iso_time_us
@@ -218,33 +219,49 @@ class LedgerKeeper:
     def record(
         self,
         source: SourceBatch,
-        rows: Sequence[int],
-        scores: Sequence[float],
+        rows: Sequence[int] | np.ndarray,
+        scores: Sequence[float] | np.ndarray,
         model: tuple[str, str],
         scored_at: str,
     ) -> None:
-        """Record a batch's champion predictions; their changes are gathered for a flush."""
+        """Record a batch's champion predictions; their changes are gathered for a flush.
+
+        ``rows``: the rows scored, ascending; ``scores``: the champion's score of each.
+        """
         part = self._ready(source.partition)
         self._maybe_expire(source.partition, part)
         time_us = iso_time_us(scored_at)
         marks = part.marks
         offsets = source.offsets
-        if offsets[rows[0] if rows else 0] > marks.input_offset:  # in offset order: all fresh
-            fresh_rows, fresh_scores, replayed = rows, scores, []
-        else:
-            fresh = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
-            replayed = [row for row in rows if offsets[row] <= marks.input_offset]
-            fresh_rows, fresh_scores = [rows[i] for i in fresh], [scores[i] for i in fresh]
         # By source coordinates, a record above the last offset recorded is new to the
-        # ledger unless a challenger recorded it first: without challengers, no read (and
-        # no identity: the batch holds the offsets).
-        new = not self.spec.id_field and not self.spec.challengers
-        identities, kept, kept_offsets = scored_identities(
-            self.spec, source, fresh_rows, fresh_scores, coordinates=not new
-        )
-        relabelled, _ = part.ledger.record_batch(
-            identities, kept_offsets, kept, model, time_us, new=new
-        )
+        # ledger unless a challenger recorded it first: without challengers, no read, no
+        # identity (the batch holds the offsets), and no Python object per record.
+        if not self.spec.id_field and not self.spec.challengers:
+            row_array = np.asarray(rows, dtype=np.int64)
+            offset_array = np.asarray(offsets, dtype=np.int64)[row_array]
+            score_array = np.asarray(scores, dtype=np.float64)
+            fresh = offset_array > marks.input_offset
+            replayed: list[int] = row_array[~fresh].tolist()
+            kept = fresh & np.isfinite(score_array)
+            recorded = int(np.count_nonzero(kept))
+            relabelled: list[Joined] = []
+            part.ledger.record_columns(offset_array[kept], score_array[kept], model, time_us)
+        else:
+            rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
+            scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
+            if offsets[rows[0] if rows else 0] > marks.input_offset:  # offset order: all fresh
+                fresh_rows, fresh_scores, replayed = rows, scores, []
+            else:
+                ahead = [i for i, row in enumerate(rows) if offsets[row] > marks.input_offset]
+                replayed = [row for row in rows if offsets[row] <= marks.input_offset]
+                fresh_rows, fresh_scores = [rows[i] for i in ahead], [scores[i] for i in ahead]
+            identities, kept_scores, kept_offsets = scored_identities(
+                self.spec, source, fresh_rows, fresh_scores
+            )
+            recorded = len(kept_offsets)
+            relabelled, _ = part.ledger.record_batch(
+                identities, kept_offsets, kept_scores, model, time_us
+            )
         changes = part.deferred.taken()
         # The batch's predictions go to the changelog as one record (ledger_log).
         sent = sent_changes(changes)
@@ -253,7 +270,7 @@ class LedgerKeeper:
         marks = msgspec.structs.replace(
             marks,
             input_offset=max(marks.input_offset, source.last_offset),
-            clock_us=_newest(marks.clock_us, time_us if kept_offsets else None),
+            clock_us=_newest(marks.clock_us, time_us if recorded else None),
         )
         self._step(source.partition, part, changes, marks, relabelled, sent, source.first_offset)
 
@@ -333,7 +350,9 @@ class LedgerKeeper:
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
         changes = part.deferred.taken()
-        self._step(source.partition, part, changes, marks, joined, sent_changes(changes))
+        # A join writes labelled entries and the counts, each for the changelog as it is
+        # (sent_changes would decode every entry to find none plain).
+        self._step(source.partition, part, changes, marks, joined, changes)
         if part.labels_from is None:
             part.labels_from = source.first_offset
         return tuple(read.rejections)

@@ -189,8 +189,13 @@ def test_a_batch_is_acknowledged_with_its_answers_and_the_bounds_wait_for_the_fl
     assert acks.wait_for(3)[2] == LedgerHeld(0, 8, None)
     wait_until(lambda: len(fake.records()) == 10)
     assert [s.topic for s in fake.records()[6:]] == [LEDGER] * 4
-    recorded = [e for e in events.items() if isinstance(e, LabelsJoined) and not e.reset]
-    assert [(r.counts.outputs, r.held) for r in recorded] == [(1, 1)]  # the first flush's
+
+    def recorded() -> list[tuple[int, int]]:  # the recorder actor gets them on its own thread
+        joined = [e for e in events.items() if isinstance(e, LabelsJoined) and not e.reset]
+        return [(r.counts.outputs, r.held) for r in joined]
+
+    wait_until(lambda: recorded() != [])
+    assert recorded() == [(1, 1)]  # the first flush's
     for sent in fake.records()[5:]:
         sent.future.succeed()
     assert acks.wait_for(5)[3:] == [BatchAcked(1, "events", 0, None), LedgerHeld(0, None, None)]

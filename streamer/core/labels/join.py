@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from streamer.core.dead_letters import LABEL_MISROUTED
 from streamer.core.state.declared import RECORD_KEY
 from streamer.core.state.layout import BadRecordError, json_text, read_path, read_time_us
@@ -98,9 +100,11 @@ class Rejected(Exception):  # noqa: N818 - a result, not an error: it is counted
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
-    """One label, read: whose it is, its value, and its time (None: the label has none)."""
+class Label(msgspec.Struct, frozen=True, gc=False):
+    """One label, read: whose it is, its value, and its time (None: the label has none).
+
+    A struct, not a dataclass: a frozen dataclass's ``__init__`` cost 4x a struct's (0.6 µs).
+    """
 
     identity: bytes
     value: float
@@ -161,6 +165,42 @@ def read_label(doc: Any, record_key: bytes | None, spec: LabelSpec) -> Label:
         except BadRecordError as exc:
             raise Rejected(BAD_TIME, exc.detail) from None
     return Label(identity, value, time_us)
+
+
+_QUICK_TIME_MS = 1 << 52
+"""An epoch-ms label time below this in magnitude is in range as microseconds (2^62)."""
+
+
+def quick_label(doc: Any, spec: LabelSpec) -> Label | None:
+    """The label of a record by source coordinates in its common form, cheaply; else None.
+
+    The common form: whole-number coordinates, a whole-number value (0 or 1 for
+    classification), an epoch-ms time, each at a top-level field. The label is the
+    one :func:`read_label` reads; None: read it with :func:`read_label` (any other
+    form, and every reason to reject one).
+    """
+    if type(doc) is not dict:
+        return None
+    topic, partition, offset = doc.get("topic"), doc.get("partition"), doc.get("offset")
+    value = doc.get(spec.value_field)
+    if (
+        type(topic) is not str
+        or not topic
+        or type(partition) is not int
+        or type(offset) is not int
+        or type(value) is not int
+        or partition < 0
+        or offset < 0
+        or not (value in (0, 1) if spec.task == CLASSIFICATION else -(2**53) < value < 2**53)
+    ):
+        return None
+    time_us = None
+    if spec.time_field:
+        at = doc.get(spec.time_field)
+        if type(at) is not int or not -_QUICK_TIME_MS < at < _QUICK_TIME_MS:
+            return None
+        time_us = at * 1000
+    return Label(coordinates_identity(topic, partition, offset), float(value), time_us)
 
 
 def label_value(raw: Any, spec: LabelSpec) -> float:

@@ -34,6 +34,7 @@ from streamer.core.labels.join import (
     Output,
     Rejected,
     coordinates_identities,
+    quick_label,
     read_label,
     record_id_identity,
     record_identity,
@@ -154,14 +155,8 @@ def scored_identities(
     source: SourceBatch,
     rows: Sequence[int],
     scores: Sequence[float],
-    *,
-    coordinates: bool = True,
 ) -> tuple[list[bytes], list[float], list[int]]:
-    """The identity, score and offset of each row that can be recorded (:func:`model_outputs`).
-
-    ``coordinates=False``: by source coordinates, no identity is made (the
-    offsets are the identities).
-    """
+    """The identity, score and offset of each row that can be recorded (:func:`model_outputs`)."""
     finite = [(row, float(score)) for row, score in zip(rows, scores, strict=True)]
     if not all(math.isfinite(score) for _row, score in finite):
         finite = [(row, score) for row, score in finite if math.isfinite(score)]
@@ -169,11 +164,7 @@ def scored_identities(
     if not id_field:
         offsets = source.offsets
         kept_offsets = [offsets[row] for row, _score in finite]
-        identities = (
-            coordinates_identities(source.topic, source.partition, kept_offsets)
-            if coordinates
-            else []
-        )
+        identities = coordinates_identities(source.topic, source.partition, kept_offsets)
         return identities, [score for _row, score in finite], kept_offsets
     identities = []
     kept: list[float] = []
@@ -222,13 +213,17 @@ def read_label_batch(
     labels: list[Label] = []
     label_offsets: list[int] = []
     rejections: list[Rejection] = []
+    # By source coordinates, at top-level fields: most labels take quick_label's way.
+    quick = not spec.id_field and not any(
+        "." in field or field.startswith("$") for field in (spec.value_field, spec.time_field)
+    )
     for index, (offset, key, value) in enumerate(zip(offsets, keys, values, strict=True)):
         try:
             try:
                 doc: Any = orjson.loads(value) if value is not None else None
             except orjson.JSONDecodeError as exc:
                 raise Rejected(MALFORMED, f"the label is not JSON: {exc}") from None
-            label = read_label(doc, key, spec)
+            label = (quick and quick_label(doc, spec)) or read_label(doc, key, spec)
             if not spec.id_field and doc["partition"] != partition:
                 raise Rejected(  # noqa: TRY301 - one place turns every reason into a dead letter
                     MISROUTED,

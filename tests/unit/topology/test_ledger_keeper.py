@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -428,3 +429,32 @@ def test_by_record_id_the_store_rebuilt_from_the_changelog_equals_the_local_one(
     for key in set(local) | set(rebuilt):
         if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(b"ia"):
             assert rebuilt.get(key) == local.get(key), key
+
+
+def test_a_batch_without_challengers_is_recorded_in_columns_as_with_them() -> None:
+    """No challenger: the rows and scores go as numpy columns; the changes are the same."""
+    alone = build_settings(
+        {
+            "kafka": {"input_topic": TOPIC, "output_topic": "out", "group_id": "g/1"},
+            "labels": {"topic": LABELS, "time_field": "at"},
+        },
+        environ={},
+    )
+    columns, rows = LedgerKeeper(alone, None), LedgerKeeper(make_settings(), None)
+    steps = [  # a score that is not a number is not recorded; offset 7 comes again
+        (records(0, [5, 6, 7]), [0, 1, 2], [0.5, float("nan"), 0.25]),
+        (records(0, [7, 8]), [0, 1], [0.9, 0.125]),
+    ]
+    for source, scored, scores in steps:
+        columns.record(
+            source, np.array(scored), np.array(scores, dtype=np.float32), ("m", "1"), SCORED_AT
+        )
+        rows.record(source, scored, np.float32(scores).tolist(), ("m", "1"), SCORED_AT)
+        assert delivered(columns).changes == delivered(rows).changes
+    found = []
+    for keeper in (columns, rows):
+        keeper.join(labels(0, [0, 1, 2, 3], [label(0, offset, 1) for offset in (5, 6, 7, 8)]))
+        found.append(delivered(keeper).report)
+    assert found[0] == found[1]
+    assert [j.prediction.champion.score for j in found[0].joined] == [0.5, 0.25, 0.125]  # type: ignore[union-attr]
+    assert (found[0].counts.outputs, found[0].counts.labels) == (3, {"unmatched": 1})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from streamer.core.labels.join import (
     Rejected,
     coordinates_identity,
     describe_identity,
+    quick_label,
     read_label,
     read_output,
     record_id_identity,
@@ -169,3 +171,35 @@ class TestOutputs:
     def test_an_output_without_the_id_field_is_missing_id(self) -> None:
         assert rejected(read_output, OUTPUT, BY_ID) == MISSING_ID
         assert rejected(read_output, "text", BY_ID) == MALFORMED
+
+
+_FIELD_VALUES: list[Any] = [
+    "events", "", 0, 1, 2, -1, 3.0, 0.5, True, False, None, [1], {"a": 1}, "1", 2**60,
+    1_796_536_800_000, -(2**52), 2**52, 1e300, float("nan"), "2026-12-06T06:00:00Z",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [BY_COORDINATES, LabelSpec(time_field="at", task=REGRESSION)])
+def test_the_quick_read_of_a_label_is_read_labels_or_leaves_it_to_it(spec: LabelSpec) -> None:
+    """quick_label gives read_label's label, or None (never another label, never an error)."""
+    rng = random.Random(23)
+    quick = 0
+    for _ in range(5_000):
+        doc: Any = {
+            field: rng.choice(_FIELD_VALUES)
+            for field in ("topic", "partition", "offset", "label", "at")
+            if rng.random() < 0.9
+        }
+        if rng.random() < 0.5:  # the common form, with one field drawn
+            common = {"topic": "events", "partition": 1, "offset": 7, "label": 1, "at": 5}
+            doc = {**common, **dict(list(doc.items())[:1])}
+        got = quick_label(doc, spec)
+        try:
+            read: Label | Rejected = read_label(doc, None, spec)
+        except Rejected as rejected:
+            read = rejected
+        if got is not None:
+            quick += 1
+            assert got == read, doc
+    assert quick > 200  # the common form took the quick way
+    assert quick_label([1], spec) is None

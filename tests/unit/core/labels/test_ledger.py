@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from streamer.core.labels import ledger as ledger_module
 from streamer.core.labels.join import (
     DUPLICATE,
     PAST_HORIZON,
@@ -153,6 +155,75 @@ class TestJoin:
         ]
         again, _ = ledger.record([challenger(1, 0.9, 10.6)])  # a duplicate changes nothing
         assert again == []
+
+
+class TestBatchesBySourceCoordinates:
+    """A batch recorded in columns, and labels that find its rows without a store read."""
+
+    def test_a_batch_in_columns_writes_what_record_batch_writes(self, store: Store) -> None:
+        columns = PredictionLedger(store, HORIZON, ("events", 0))
+        listed = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))
+        offsets, scores = [4, 7, 9], [0.1, 1 / 3, 0.75]
+        written = columns.record_columns(
+            np.array(offsets, dtype=np.int64), np.array(scores), ("m", "1"), 10 * SECOND
+        )
+        assert (
+            written
+            == listed.record_batch([], offsets, scores, ("m", "1"), 10 * SECOND, new=True)[1]
+        )
+        assert columns.record_columns(np.empty(0, np.int64), np.empty(0), ("m", "1"), 0) == []
+        assert (columns.held, columns.counts) == (listed.held, listed.counts)
+
+    @pytest.mark.parametrize(
+        ("tracked", "reopened"), [(4096, False), (1, False), (4096, True), (1, True)]
+    )
+    def test_labels_join_once_whether_a_batchs_rows_are_tracked_or_not(
+        self, store: Store, tracked: int, reopened: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """tracked=1: only the newest batch is; reopened: tracked from the store's entries."""
+        monkeypatch.setattr(ledger_module, "_TRACKED_BATCHES", tracked)
+        ledger = PredictionLedger(store, HORIZON, ("events", 0))
+        reference = PredictionLedger(MemoryStore(), HORIZON)
+        for offsets, at_s in (([1, 2, 3], 10.0), ([4, 5, 6], 11.0)):
+            scores = [offset / 10 for offset in offsets]
+            ledger.record_columns(
+                np.array(offsets, dtype=np.int64),
+                np.array(scores),
+                ("demo", "1"),
+                round(at_s * SECOND),
+            )
+            reference.record([champion(o, s, at_s) for o, s in zip(offsets, scores, strict=True)])
+        for each in (ledger, reference):  # a challenger's entry for a row of a batch
+            each.record([challenger(5, 0.4, 11.5)])
+        if reopened:  # with a labelled row in each batch
+            for each in (ledger, reference):
+                each.join([label(3, 1.0, 12.0), label(6, 0.0, 12.0)])
+            ledger = PredictionLedger(store, HORIZON, ("events", 0))
+            # Rows 3 and 6 labelled, 5 scored by the challenger: marked (the newest `tracked`).
+            marks = [bytearray([0, 0, 1]), bytearray([0, 1, 1])]
+            assert list(ledger._entries.values()) == marks[-tracked:]
+        labels = [
+            label(1, 1.0, 20.0),
+            label(1, 0.0, 20.0),
+            label(5, 0.0, 21.0),
+            label(7, 1.0, 22.0),
+        ]
+        joined, reasons, _ = ledger.join(labels)
+        expected, expected_reasons, _ = reference.join(labels)
+        assert joined == expected
+        assert [j.identity for j in joined] == [ident(1), ident(5)]
+        assert [c.score for c in joined[1].prediction.challengers] == [0.4]
+        assert reasons == expected_reasons == [DUPLICATE, UNMATCHED]
+        later = [label(1, 1.0, 30.0), label(5, 1.0, 30.0), label(2, 1.0, 30.0)]
+        again, reasons, _ = ledger.join(later)
+        assert again == reference.join(later)[0]
+        assert [j.identity for j in again] == [ident(2)]
+        assert reasons == [DUPLICATE, DUPLICATE]
+        assert [ledger.get(ident(o)) for o in range(1, 8)] == [
+            reference.get(ident(o)) for o in range(1, 7)
+        ] + [None]
+        assert reference.get(ident(2)) is not None
+        assert ledger.counts.joined == (5 if reopened else 3)
 
 
 class TestExpiry:
