@@ -245,9 +245,10 @@ class ConsumerActor(PipelineActor):
         with self._lock:
             self._send(self._ledger.take(polled, now, plan))
             if self._state is not None and self._state.interval_s:
-                # Idle or not: gathered changes leave once their interval is over (and at once
-                # while the shutdown drains).
-                self._send_flushes(self._state.flushes(force=not self._fetching))
+                # Gathered changes leave once their interval is over, sooner when the poll
+                # found nothing (StateKeeper.flushes), and at once while the shutdown drains.
+                idle = bool(plan.max_records) and not polled
+                self._send_flushes(self._state.flushes(force=not self._fetching, idle=idle))
             if now - self._last_commit >= self._settings.commit_interval_s:
                 self._last_commit = now
                 offsets = self._ledger.tracker.committable()

@@ -539,3 +539,18 @@ def test_a_rewind_within_the_interval_is_served_what_it_was_from_memory() -> Non
     assert not [k for k, v in log.partitions[0] if k.startswith(SERVED_PREFIX) and v is not None]
     rest = keeper.apply(batch(EVENTS[4:]))
     assert served(rest) == {o: v for o, v in offline(EVENTS).items() if o >= 4}
+
+
+def test_an_idle_poll_sends_changes_gathered_a_tenth_of_the_interval_and_no_younger() -> None:
+    now = [0.0]
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(interval_s=1.0), lambda: log, clock=lambda: now[0])
+    keeper.apply(batch(EVENTS[:3]))
+    now[0] = 0.09
+    assert keeper.flushes(idle=True) == []  # younger than a tenth of the interval
+    assert keeper.flushes() == []
+    now[0] = 0.1
+    assert keeper.flushes() == []  # busy: the interval holds
+    ((_, sent),) = keeper.flushes(idle=True)
+    assert sent.covers_from == 0
+    assert decode_meta(sent.changes[-1][1] or b"").last_offset == 2
