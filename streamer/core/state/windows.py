@@ -166,6 +166,18 @@ ENGINE_VARIABLE = "STREAMER_STATE_ENGINE"
 """``python`` runs the pure-Python loop even where the compiled one is built."""
 
 
+NATIVE_FUNCTIONS = (
+    "apply_group",
+    "bind",
+    "cache_keys",
+    "defer_keys",
+    "float_rows",
+    "typed_group",
+    "window_sum",
+)
+"""What this module calls in the compiled loop: a build without one of them is not used."""
+
+
 def _compiled() -> tuple[ModuleType | None, str]:
     """The compiled loop (streamer/core/state/_engine.c), or None and why not."""
     if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python":
@@ -174,6 +186,12 @@ def _compiled() -> tuple[ModuleType | None, str]:
         from streamer.core.state import _engine  # noqa: PLC0415 - built by setup.py, optional
     except ImportError as exc:
         return None, f"the compiled loop is not built ({exc})"
+    missing = [name for name in NATIVE_FUNCTIONS if not hasattr(_engine, name)]
+    if missing:  # built from an older _engine.c: its calls would fail at the first batch
+        return None, (
+            f"the compiled loop is stale (no {', '.join(missing)}): rebuild it with "
+            "`python setup.py build_ext --inplace` or reinstall streamer"
+        )
     return _engine, (
         f"the one-group loop compiled; {ENGINE_VARIABLE}=python runs the Python one, same values"
     )

@@ -13,6 +13,8 @@ import importlib
 import math
 import os
 import struct
+import sys
+import types
 from typing import Any
 
 import msgspec
@@ -20,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.core import state as state_package
 from streamer.core.state import windows
 from streamer.core.state.codec import CODEC_VERSION, META_KEY, Meta, encode, key_state_key
 from streamer.core.state.declared import parse_features
@@ -299,3 +302,18 @@ class TestKeptWindowSums:
 
 def bits(value: float) -> bytes:
     return struct.pack("<d", value)
+
+
+def test_a_compiled_loop_built_from_an_older_source_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stale = types.ModuleType("streamer.core.state._engine")
+    for name in windows.NATIVE_FUNCTIONS:
+        if name not in ("cache_keys", "float_rows"):
+            setattr(stale, name, lambda *args: None)
+    monkeypatch.setitem(sys.modules, "streamer.core.state._engine", stale)
+    monkeypatch.setattr(state_package, "_engine", stale, raising=False)
+    monkeypatch.delenv(windows.ENGINE_VARIABLE, raising=False)
+    module, reason = windows._compiled()
+    assert module is None
+    assert reason.startswith("the compiled loop is stale (no cache_keys, float_rows): rebuild it")
