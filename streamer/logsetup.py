@@ -132,6 +132,24 @@ def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     )
 
 
+class CancelledRefreshFilter(logging.Filter):
+    """Drops kafka-python's ERROR for a metadata request that its own close cancelled.
+
+    kafka-python 3 logs "Metadata refresh: failed Cancelled" at ERROR when a client
+    closes (a shutdown, a rebalance's reader) while a refresh is in flight: nothing
+    failed, and an operator alerting on ERROR lines would be woken by every stop.
+    Any other failed refresh is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        if record.levelno < logging.ERROR or not str(record.msg).startswith(
+            "Metadata refresh: failed"
+        ):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and "cancel" in f"{type(args[0]).__name__} {args[0]}".lower())
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once, on stderr.
 
@@ -160,4 +178,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # harmless (heartbeats are seconds apart); it would flood the log of a busy daemon.
     if level.upper() != "DEBUG":
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    cluster = logging.getLogger("kafka.cluster")
+    if not any(isinstance(f, CancelledRefreshFilter) for f in cluster.filters):
+        cluster.addFilter(CancelledRefreshFilter())
     threading.current_thread().name = "main"

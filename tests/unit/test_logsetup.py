@@ -216,3 +216,24 @@ def test_a_config_error_on_the_password_never_echoes_its_value() -> None:
             environ={},
         )
     assert str(info.value) == "config error: kafka.sasl_password must be str, got int ***"
+
+
+def test_a_metadata_refresh_cancelled_by_the_clients_close_is_not_an_error() -> None:
+    import asyncio
+
+    import kafka.errors
+
+    from streamer.logsetup import CancelledRefreshFilter
+
+    keep = CancelledRefreshFilter()
+
+    def record(level: int, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("kafka.cluster", level, __file__, 1, msg, args, None)
+
+    cancelled = asyncio.CancelledError("Cancelled")
+    assert not keep.filter(record(logging.ERROR, "Metadata refresh: failed %s", cancelled))
+    closed = kafka.errors.Cancelled()  # what kafka-python 3's close gives a request in flight
+    assert not keep.filter(record(logging.ERROR, "Metadata refresh: failed %s", closed))
+    assert keep.filter(record(logging.ERROR, "Metadata refresh: failed %s", OSError("refused")))
+    assert keep.filter(record(logging.ERROR, "something else %s", cancelled))
+    assert keep.filter(record(logging.DEBUG, "Metadata refresh: failed %s", cancelled))
