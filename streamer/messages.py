@@ -187,11 +187,16 @@ class PartitionsRevoked:
 
     The producer sends no state changelog record of such a batch
     (``dispatched_at < before``): another member may own the partition's state
-    by now, and an old batch's changes must not land after its own.
+    by now, and an old batch's changes must not land after its own. Asked (not
+    told) by the consumer's revoke: the producer answers once the broker has
+    acknowledged every record it had already sent (at most ``flush_s``), so that
+    no changelog record of this member's is still on its way when the next owner
+    restores.
     """
 
     tps: tuple[TP, ...]
     before: float
+    flush_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,13 @@ def replay_dead_letters(
         while remaining and not replay.at_limit():
             commits = replay.polled(reader.poll(0.5), ends, positions)
             if producer is not None and commits:
-                producer.flush(timeout_s)  # acknowledged before committed
+                if not producer.flush(timeout_s):  # acknowledged before committed
+                    msg = (
+                        f"kafka.input_topic: the replayed records were not acknowledged by "
+                        f"{k.bootstrap_servers} within {timeout_s:g} s; nothing past the last "
+                        "acknowledged poll was committed: run the replay again"
+                    )
+                    raise BrokerError(msg)
                 reader.commit(commits)
             for tp, offset in commits.items():
                 positions[tp] = max(positions[tp], offset)

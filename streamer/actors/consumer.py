@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.actors.routing import Teller
+from streamer.actors.routing import Teller, ask_without_waiting, timed_out
 from streamer.clients.base import ConsumerClient, ConsumerFactory
 from streamer.core.ledger import Ledger
 from streamer.core.offsets import LEDGER_HOLDER
@@ -495,9 +495,17 @@ class ConsumerActor(PipelineActor):
                 self._on_ready()
 
     def _on_revoked(self, tps: list[TP]) -> None:
-        """Inside ``client.poll``, like :meth:`_on_assigned`."""
+        """Inside ``client.poll``, like :meth:`_on_assigned`.
+
+        With state or labels, it returns (and so the member hands the partitions
+        over) only once the producer has the broker's acknowledgement of every
+        changelog record it already sent, up to ``kafka.session_timeout_s``: such
+        a record landing after the next owner's restore would be in the changelog
+        after that owner's own changes, and a later restore would read it last.
+        """
         if not tps:
             return
+        handed_over: pykka.Future[Any] | None = None
         with self._lock:
             _log_partitions("revoked", tps)
             offsets = self._ledger.revoke(tps)
@@ -508,10 +516,22 @@ class ConsumerActor(PipelineActor):
                 # closes the stores (this may be kafka-python's I/O thread).
                 self._revoked_state.extend(tps)
             if self._producer is not None:
-                # The producer sends no state changes of their abandoned batches, and closes
-                # their prediction ledgers.
-                self._producer.tell(PartitionsRevoked(tuple(tps), time.monotonic()))
+                # The producer sends no state changes of their abandoned batches, closes
+                # their prediction ledgers and waits for what it had sent.
+                revoked = PartitionsRevoked(
+                    tuple(tps), time.monotonic(), self._settings.session_timeout_s
+                )
+                handed_over = ask_without_waiting(self._producer, revoked)
             if offsets and self._client is not None:
                 # A blocking commit inside the rebalance callback is a kafka-python
                 # 3.x bug ("Cannot block on net.run() from the IO thread"), so async.
                 self._client.commit_async(offsets, lambda _o, _e: None)
+        if handed_over is not None and timed_out(handed_over, self._settings.session_timeout_s + 1):
+            log.warning(
+                "revoked %s: the producer did not confirm its changelog records within "
+                "kafka.session_timeout_s (%.0f s); one may land after the next owner restored "
+                "the partition (see docs/state.md, Flushes)",
+                ", ".join(f"{t}/{p}" for t, p in sorted(tps)),
+                self._settings.session_timeout_s,
+                extra={"actor": ConsumerActor.kind},
+            )

@@ -181,6 +181,7 @@ class ProducerActor(PipelineActor):
                 self._prepare_ledgers(tps)
             case PartitionsRevoked() as revoked:
                 self._revoke(revoked)
+                return True
             case Flush(timeout_s=timeout_s):
                 assert self._client is not None
                 self._client.flush(timeout_s)
@@ -253,6 +254,7 @@ class ProducerActor(PipelineActor):
             self._tell_resets()
 
     def _revoke(self, revoked: PartitionsRevoked) -> None:
+        """Drop what the partitions' old batches would still send; wait for what was sent."""
         for tp in revoked.tps:
             self._revoked_before[tp] = revoked.before
         if self._ledger is not None:
@@ -260,6 +262,10 @@ class ProducerActor(PipelineActor):
             closed = self._ledger.revoke(inputs)
             if closed:
                 self._emit(LabelsRevoked(tuple(closed)))
+        if revoked.flush_s > 0 and self._client is not None:
+            # The consumer hands the partitions over once this returns: none of their
+            # changelog records may still be on its way then (messages.PartitionsRevoked).
+            self._client.flush(revoked.flush_s)
 
     def _record_challenger(self, scored: ChallengerScored) -> None:
         """Record a challenger's scores (best effort: their changes go with the next flush)."""

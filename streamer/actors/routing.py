@@ -60,17 +60,61 @@ class Route:
 
     def tell(self, message: object) -> bool:
         """Send to the next ref, round-robin; returns False when it was dropped."""
-        with self._lock:
-            if not self._refs:
-                return False
-            ref = self._refs[self._next % len(self._refs)]
-            self._next += 1
+        ref = self._take_next()
+        if ref is None:
+            return False
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
             log.debug("%s: dropped a message to a dead actor; a rewind resends it", self.name)
             return False
         return True
+
+    def ask(self, message: object) -> pykka.Future[Any] | None:
+        """Send to the next ref like :meth:`tell`; its answer's future, None when dropped."""
+        ref = self._take_next()
+        if ref is None:
+            return None
+        try:
+            return ref.ask(message, block=False)
+        except pykka.ActorDeadError:
+            return None
+
+    def _take_next(self) -> pykka.ActorRef | None:
+        with self._lock:
+            if not self._refs:
+                return None
+            ref = self._refs[self._next % len(self._refs)]
+            self._next += 1
+        return ref
+
+
+def ask_without_waiting(target: Teller, message: object) -> pykka.Future[Any] | None:
+    """Send ``message`` to a ref or a Route; the answer's future, None if nobody got it."""
+    if isinstance(target, Route):
+        return target.ask(message)
+    if isinstance(target, pykka.ActorRef):
+        try:
+            return target.ask(message, block=False)
+        except pykka.ActorDeadError:
+            return None
+    target.tell(message)
+    return None
+
+
+def timed_out(future: pykka.Future[Any], timeout_s: float) -> bool:
+    """Wait for ``future``; True only when no answer came within ``timeout_s``.
+
+    A dead actor (or its failure) counts as an answer: whatever it had sent, its
+    client's close flushed, and a restarted actor is rewound anyway.
+    """
+    try:
+        future.get(timeout=timeout_s)
+    except pykka.Timeout:
+        return True
+    except Exception:  # the actor's own failure: its supervisor's business
+        return False
+    return False
 
 
 @dataclass

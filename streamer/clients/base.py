@@ -128,8 +128,11 @@ class ProducerClient(Protocol):
         """Queue one record; the future resolves when the broker acknowledges it."""
         ...
 
-    def flush(self, timeout_s: float) -> None:
-        """Block until every queued record is acknowledged or failed."""
+    def flush(self, timeout_s: float) -> bool:
+        """Block until every queued record is acknowledged or failed (at most ``timeout_s``).
+
+        False when some were neither at the timeout.
+        """
         ...
 
     def close(self) -> None:

@@ -743,11 +743,12 @@ class Producer:
                 raise
             batch.refused(index, exc)
 
-    def flush(self, timeout_s: float) -> None:
+    def flush(self, timeout_s: float) -> bool:
         """Block until every queued record is acknowledged or failed (and reported)."""
         deadline = time.monotonic() + timeout_s
         while len(self._producer) > 0 and time.monotonic() < deadline:
             time.sleep(0.005)
+        return len(self._producer) == 0
 
     def close(self) -> None:
         """Flush and close, bounded in time."""

@@ -435,12 +435,13 @@ class FileSink:
         else:
             self._rej_csv.writerow(list(fields.values()))
 
-    def flush(self, timeout_s: float) -> None:
+    def flush(self, timeout_s: float) -> bool:
         """Flush both files."""
         del timeout_s
         with self._lock:
             self._out.flush()
             self._rej.flush()
+        return True
 
     def close(self) -> None:
         """Flush (the producer actor calls this; the files close in :meth:`finish`)."""

@@ -414,9 +414,10 @@ class FakeProducer:
         with self._lock:
             return list(self.sent)
 
-    def flush(self, timeout_s: float) -> None:
+    def flush(self, timeout_s: float) -> bool:
         with self._lock:
             self.flushes.append(timeout_s)
+        return True
 
     def close(self) -> None:
         with self._lock:

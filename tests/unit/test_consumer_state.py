@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 
 import orjson
+import pykka
+import pytest
 
 from streamer.actors.consumer import ConsumerActor
 from streamer.core.state.codec import META_KEY, SERVED_PREFIX, served_key
@@ -22,9 +26,9 @@ from streamer.messages import (
     StateFlushed,
     StopFetching,
 )
-from streamer.settings import BatchSettings, build_settings
+from streamer.settings import BatchSettings, KafkaSettings, build_settings
 from streamer.topology.state import StateKeeper
-from tests.unit.fakes import FakeConsumer, make_records, start_recorder, wait_until
+from tests.unit.fakes import FakeConsumer, Mailbox, make_records, start_recorder, wait_until
 from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0, TP1
 
 FEATURES = [{"name": "n", "key": "card", "agg": "count", "window": "1h", "time": "ts"}]
@@ -164,4 +168,83 @@ def test_gathered_changes_leave_in_flushes_that_hold_the_commit_until_acknowledg
 
     wait_until(drained)
     assert ref.ask(CommitNow(), timeout=ASK_S) == {TP0: 12}
+    ref.stop()
+
+
+class _SlowHandOver(pykka.ThreadingActor):
+    """A producer that answers PartitionsRevoked only once the test releases it."""
+
+    def __init__(self, release: threading.Event, told: Mailbox) -> None:
+        super().__init__()
+        self._release = release
+        self._told = told
+
+    def on_receive(self, message: object) -> object:
+        self._told.put(message)
+        if isinstance(message, PartitionsRevoked):
+            self._release.wait(ASK_S)
+            self._told.put("answered")
+            return True
+        return None
+
+
+def _revoking_consumer(
+    kafka: KafkaSettings, producer: pykka.ActorRef
+) -> tuple[pykka.ActorRef, FakeConsumer]:
+    fake = FakeConsumer({TP0: make_records(events(4)), TP1: make_records(events(4))})
+    preprocessor, batches = start_recorder()
+    ref = ConsumerActor.start(
+        kafka,
+        BatchSettings(max_records=5, max_in_flight=10),
+        client_factory=lambda _settings, _max: fake,
+        state=StateKeeper(SETTINGS, None),
+        producer=producer,
+    )
+    ref.tell(Attach([preprocessor]))
+    batches.wait_for(2)
+    fake.revoke_on_next_poll([TP0])
+    return ref, fake
+
+
+def test_a_revoke_returns_only_once_the_producer_has_sent_what_it_had() -> None:
+    release, told = threading.Event(), Mailbox()
+    producer = _SlowHandOver.start(release, told)
+    kafka = dataclasses.replace(KAFKA, session_timeout_s=3.0)
+    ref, _fake = _revoking_consumer(kafka, producer)
+    (revoked,) = [m for m in told.wait_for(1) if isinstance(m, PartitionsRevoked)]
+    assert revoked.tps == (TP0,)
+    assert revoked.flush_s == 3.0  # the producer flushes its client at most this long
+    # The consumer is inside the rebalance callback, waiting for the producer's answer.
+    with pytest.raises(pykka.Timeout):
+        ref.ask(GetStatus(), timeout=0.3)
+    release.set()
+    assert ref.ask(GetStatus(), timeout=ASK_S).assigned == [TP1]
+    assert told.items()[-1] == "answered"
+    ref.stop()
+    producer.stop()
+
+
+def test_a_revoke_goes_on_with_a_warning_when_the_producer_does_not_answer_in_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release, told = threading.Event(), Mailbox()
+    producer = _SlowHandOver.start(release, told)
+    kafka = dataclasses.replace(KAFKA, session_timeout_s=0.2, heartbeat_interval_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="streamer.actors.consumer"):
+        ref, _fake = _revoking_consumer(kafka, producer)
+        wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).assigned == [TP1])
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "revoked events/0" in warning.getMessage()
+    assert "kafka.session_timeout_s" in warning.getMessage()
+    release.set()
+    ref.stop()
+    producer.stop()
+
+
+def test_a_revoke_does_not_wait_for_a_producer_that_is_gone() -> None:
+    release, told = threading.Event(), Mailbox()
+    producer = _SlowHandOver.start(release, told)
+    producer.stop()
+    ref, _fake = _revoking_consumer(dataclasses.replace(KAFKA, session_timeout_s=30.0), producer)
+    wait_until(lambda: ref.ask(GetStatus(), timeout=ASK_S).assigned == [TP1], timeout=2.0)
     ref.stop()

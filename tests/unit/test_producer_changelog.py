@@ -157,3 +157,16 @@ def test_a_failed_flush_record_restarts_the_producer_and_is_not_acknowledged() -
     wait_until(lambda: failures)
     assert "state changelog" in str(failures[0][1])
     assert acks.items() == []
+
+
+def test_a_revoke_is_answered_once_the_client_has_flushed_what_was_sent() -> None:
+    fake = FakeProducer()
+    actor, _acks, _failures = start(fake)
+    actor.tell(flush(1, seq=0))
+    before = time.monotonic()
+    answer = actor.ask(PartitionsRevoked((("events", 0),), before, 2.5), timeout=ASK_S)
+    assert answer is True
+    assert fake.flushes == [2.5]  # the changelog records sent before the revoke, acknowledged
+    assert actor.ask(PartitionsRevoked((("events", 1),), before), timeout=ASK_S) is True
+    assert fake.flushes == [2.5]  # told without a budget (a test's or a file's): no flush
+    actor.stop()

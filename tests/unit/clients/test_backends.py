@@ -290,3 +290,27 @@ class TestConfluentConsume:
         }
         assert polled[("labels", 3)].values == [b"labels-0", b"labels-1"]
         assert polled[("in", 3)].timestamps == [7, 7, 7]
+
+
+class _StuckKafkaProducer:
+    """kafka-python's producer when the broker acknowledges nothing within the timeout."""
+
+    def flush(self, timeout: float) -> None:
+        msg = f"Timeout after waiting for {timeout} secs."
+        raise kafka_errors.KafkaTimeoutError(msg)
+
+
+class _AcknowledgingKafkaProducer:
+    def flush(self, timeout: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("client", "flushed"), [(_StuckKafkaProducer, False), (_AcknowledgingKafkaProducer, True)]
+)
+def test_a_kafka_python_flush_says_whether_everything_was_acknowledged(
+    client: type, flushed: bool
+) -> None:
+    producer = kafka_python_backend.Producer.__new__(kafka_python_backend.Producer)
+    producer._producer = client()  # type: ignore[assignment]
+    assert producer.flush(0.01) is flushed
