@@ -158,6 +158,8 @@ class ConsumerActor(PipelineActor):
         self._fetching = False
         self._poll_scheduled = False
         self._last_commit = time.monotonic()
+        # The offsets of the commits sent (accepted or not): a quiet pipeline's commit goes once.
+        self._commit_requested: dict[TP, int] = {}
         self._last_progress = 0.0
         self._end_offsets_at = 0.0
         self._ticker: _Ticker | None = None
@@ -252,6 +254,15 @@ class ConsumerActor(PipelineActor):
             if now - self._last_commit >= self._settings.commit_interval_s:
                 self._last_commit = now
                 offsets = self._ledger.tracker.committable()
+            elif not self._ledger.tracker.batches_in_flight and not self._ledger.batcher.buffered:
+                # Nothing in flight or buffered: the stream went quiet, so what advanced is
+                # committed now, not an interval later (once: the result comes as a message).
+                offsets = {
+                    tp: offset
+                    for tp, offset in self._ledger.tracker.committable().items()
+                    if self._commit_requested.get(tp, -1) < offset
+                }
+            self._commit_requested.update(offsets)
             self._maybe_report(now)
         if offsets:
             self._commit_async(offsets)

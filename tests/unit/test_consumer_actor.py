@@ -347,6 +347,21 @@ class TestCommits:
         wait_until(lambda: h.status().committed == {TP0: 30})
         assert h.fake.commits == []
 
+    def test_a_quiet_pipeline_commits_at_once_and_once_within_the_interval(self) -> None:
+        # Within the hour-long interval nothing is committed while a batch is in flight; the
+        # acknowledgement that leaves none commits the watermark at once, and only once.
+        h = Harness({TP0: make_records(values(20))}, batch=BatchSettings(max_records=10))
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == []
+        h.ack(b1)
+        wait_until(lambda: {TP0: 20} in h.fake.async_commits)
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == [{TP0: 20}]
+        wait_until(lambda: h.status().committed == {TP0: 20})
+        assert h.fake.commits == []
+
     def test_a_revoked_partition_is_forgotten_and_its_late_acks_ignored(self) -> None:
         h = Harness(
             {TP0: make_records(values(20)), TP1: make_records(values(20))},
