@@ -89,11 +89,12 @@ class KafkaSettings:
         "How long a client waits for the broker at start.", default=30.0
     )
     commit_interval_s: float = _doc(
-        "Least time between two offset commits while records flow (a pipeline with nothing in "
-        "flight commits at once). After a crash the records acknowledged in the last interval "
-        "are scored again, beside the work in flight. 0 commits after every poll that advanced "
-        "the watermark (a few hundred commits a second), which the broker serves beside every "
-        "record's fetch and produce (docs/performance.md).",
+        "Longest time between two offset commits while records flow; a commit is also due once "
+        "batch.max_in_flight batches were acknowledged since the last, and a pipeline with "
+        "nothing in flight commits at once, so that a crash scores again at most twice the work "
+        "in flight. 0 commits after every poll that advanced the watermark (a few hundred "
+        "commits a second), which the broker serves beside every record's fetch and produce "
+        "(docs/performance.md).",
         default=1.0,
     )
     security_protocol: str = _doc(

@@ -160,6 +160,10 @@ class ConsumerActor(PipelineActor):
         self._last_commit = time.monotonic()
         # The offsets of the commits sent (accepted or not): a quiet pipeline's commit goes once.
         self._commit_requested: dict[TP, int] = {}
+        # Batches acknowledged since the last commit: at max_in_flight a commit is due whatever
+        # the interval, so that a crash scores again at most twice the work in flight.
+        self._acked_since_commit = 0
+        self._commit_after_acks = batch.max_in_flight
         self._last_progress = 0.0
         self._end_offsets_at = 0.0
         self._ticker: _Ticker | None = None
@@ -251,8 +255,12 @@ class ConsumerActor(PipelineActor):
                 # found nothing (StateKeeper.flushes), and at once while the shutdown drains.
                 idle = bool(plan.max_records) and not polled
                 self._send_flushes(self._state.flushes(force=not self._fetching, idle=idle))
-            if now - self._last_commit >= self._settings.commit_interval_s:
+            if (
+                now - self._last_commit >= self._settings.commit_interval_s
+                or self._acked_since_commit >= self._commit_after_acks
+            ):
                 self._last_commit = now
+                self._acked_since_commit = 0
                 offsets = self._ledger.tracker.committable()
             elif not self._ledger.tracker.batches_in_flight and not self._ledger.batcher.buffered:
                 # Nothing in flight or buffered: the stream went quiet, so what advanced is
@@ -415,6 +423,7 @@ class ConsumerActor(PipelineActor):
 
     def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
         if isinstance(news, BatchAcked):
+            self._acked_since_commit += 1
             self._on_ack(news)
         elif isinstance(news, BatchProduced):
             self._ledger.produced(news.batch_id)

@@ -362,6 +362,24 @@ class TestCommits:
         wait_until(lambda: h.status().committed == {TP0: 20})
         assert h.fake.commits == []
 
+    def test_max_in_flight_acknowledgements_make_a_commit_due_within_the_interval(self) -> None:
+        # max_in_flight 2: the second acknowledgement since the last commit commits the
+        # watermark while a batch is still in flight, an hour before the interval is over.
+        h = Harness(
+            {TP0: make_records(values(30))}, batch=BatchSettings(max_records=10, max_in_flight=2)
+        )
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        [b2] = h.wait_for_batches(3)[2:]
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == []
+        h.ack(b1)
+        wait_until(lambda: {TP0: 20} in h.fake.async_commits)
+        assert h.status().batches_in_flight == 1
+        h.ack(b2)
+        wait_until(lambda: {TP0: 30} in h.fake.async_commits)
+        assert h.fake.async_commits == [{TP0: 20}, {TP0: 30}]
+
     def test_a_revoked_partition_is_forgotten_and_its_late_acks_ignored(self) -> None:
         h = Harness(
             {TP0: make_records(values(20)), TP1: make_records(values(20))},
