@@ -158,6 +158,12 @@ class ConsumerActor(PipelineActor):
         self._fetching = False
         self._poll_scheduled = False
         self._last_commit = time.monotonic()
+        # The offsets of the commits sent (accepted or not): a quiet pipeline's commit goes once.
+        self._commit_requested: dict[TP, int] = {}
+        # Batches acknowledged since the last commit: at max_in_flight a commit is due whatever
+        # the interval, so that a crash scores again at most twice the work in flight.
+        self._acked_since_commit = 0
+        self._commit_after_acks = batch.max_in_flight
         self._last_progress = 0.0
         self._end_offsets_at = 0.0
         self._ticker: _Ticker | None = None
@@ -249,9 +255,7 @@ class ConsumerActor(PipelineActor):
                 # found nothing (StateKeeper.flushes), and at once while the shutdown drains.
                 idle = bool(plan.max_records) and not polled
                 self._send_flushes(self._state.flushes(force=not self._fetching, idle=idle))
-            if now - self._last_commit >= self._settings.commit_interval_s:
-                self._last_commit = now
-                offsets = self._ledger.tracker.committable()
+            offsets = self._due_commit(now)
             self._maybe_report(now)
         if offsets:
             self._commit_async(offsets)
@@ -259,6 +263,35 @@ class ConsumerActor(PipelineActor):
             self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _due_commit(self, now: float) -> dict[TP, int]:
+        """The offsets to commit after this poll, {} when no commit is due (under the lock).
+
+        A commit is due every ``kafka.commit_interval_s``; with ``kafka.commit_early`` also
+        once ``batch.max_in_flight`` batches were acknowledged since the last, and at once
+        when nothing is in flight or buffered (docs/delivery.md, "Watermark commits").
+        """
+        tracker = self._ledger.tracker
+        early = self._settings.commit_early
+        if now - self._last_commit >= self._settings.commit_interval_s or (
+            early and self._acked_since_commit >= self._commit_after_acks
+        ):
+            offsets = tracker.committable()
+        elif early and not tracker.batches_in_flight and not self._ledger.batcher.buffered:
+            # The stream went quiet: what advanced is committed now, not an interval later,
+            # and once (the result comes back as a message, polls later).
+            offsets = {
+                tp: offset
+                for tp, offset in tracker.committable().items()
+                if self._commit_requested.get(tp, -1) < offset
+            }
+        else:
+            return {}
+        if offsets:
+            self._last_commit = now
+            self._acked_since_commit = 0
+            self._commit_requested.update(offsets)
+        return offsets
 
     def _apply_state(self, source: SourceBatch) -> SourceBatch:
         """The Ledger's step on each batch cut: its state applied; the commit's bound moved."""
@@ -404,6 +437,7 @@ class ConsumerActor(PipelineActor):
 
     def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
         if isinstance(news, BatchAcked):
+            self._acked_since_commit += 1
             self._on_ack(news)
         elif isinstance(news, BatchProduced):
             self._ledger.produced(news.batch_id)
@@ -509,6 +543,8 @@ class ConsumerActor(PipelineActor):
         with self._lock:
             _log_partitions("revoked", tps)
             offsets = self._ledger.revoke(tps)
+            for tp in tps:
+                self._commit_requested.pop(tp, None)
             if self._state is not None:
                 # Their batches in the stages are abandoned (the Ledger ignores their acks):
                 # their changes are in the local store only, which the next assignment,

@@ -8,7 +8,7 @@ topic, so that member starts, joins and the session expiry are paid once:
    state, restored from the changelog topic alone. Both go on; the member's
    model actor is killed twice (two restarts, each rewinding its kept
    batches); the daemon commits nothing after the rebalance
-   (``commit_interval_s`` longer than the story).
+   (``commit_interval_s`` longer than the story, ``commit_early`` off).
 2. **kill -9 of one of two members.** The member takes the daemon's partition
    with its state, restored from the changelog alone, and the daemon's
    uncommitted records come again: replays, served what they were served.
@@ -160,9 +160,16 @@ def test_kill_9_restarts_and_rebalances_serve_the_offline_features_once_per_reco
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamer.topology.state")
     topics = cluster.new_topics(partitions=PARTITIONS)
-    # The daemon: no commit before it is killed, so every record it applied comes again.
+    # The daemon: no commit before it is killed, so every record it applied comes again (no
+    # interval commit within the story, and no early one: commit_early off).
     daemon_doc = document(
-        cluster, topics, client, tmp_path / "state-d", client_id="daemon", commit_interval_s=120.0
+        cluster,
+        topics,
+        client,
+        tmp_path / "state-d",
+        client_id="daemon",
+        commit_interval_s=120.0,
+        commit_early=False,
     )
     first_config = write_config(tmp_path / "first.toml", daemon_doc)
     back_doc = {**daemon_doc, "kafka": {**daemon_doc["kafka"], "commit_interval_s": 0.0}}

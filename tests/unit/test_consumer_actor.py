@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pykka
@@ -38,7 +39,8 @@ ASK_S = 5.0
 TP0 = ("events", 0)
 TP1 = ("events", 1)
 TP2 = ("events", 2)
-# No periodic commit unless a test asks for one: CommitNow is then the only commit.
+# No commit on the interval unless a test asks for one; the early commits (kafka.commit_early)
+# stay on, as by default.
 KAFKA = KafkaSettings(input_topic="events", output_topic="scores", commit_interval_s=3600.0)
 
 
@@ -346,6 +348,97 @@ class TestCommits:
         assert [c[TP0] for c in h.fake.async_commits] == [10, 30]
         wait_until(lambda: h.status().committed == {TP0: 30})
         assert h.fake.commits == []
+
+    def test_a_quiet_pipeline_commits_at_once_and_once_within_the_interval(self) -> None:
+        # Within the hour-long interval nothing is committed while a batch is in flight; the
+        # acknowledgement that leaves none commits the watermark at once, and only once.
+        h = Harness({TP0: make_records(values(20))}, batch=BatchSettings(max_records=10))
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == []
+        h.ack(b1)
+        wait_until(lambda: {TP0: 20} in h.fake.async_commits)
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == [{TP0: 20}]
+        wait_until(lambda: h.status().committed == {TP0: 20})
+        assert h.fake.commits == []
+
+    def test_max_in_flight_acknowledgements_make_a_commit_due_within_the_interval(self) -> None:
+        # max_in_flight 2: the second acknowledgement since the last commit commits the
+        # watermark while a batch is still in flight, an hour before the interval is over.
+        h = Harness(
+            {TP0: make_records(values(30))}, batch=BatchSettings(max_records=10, max_in_flight=2)
+        )
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        [b2] = h.wait_for_batches(3)[2:]
+        h.fake.wait_for_polls(h.fake.polls + 3)
+        assert h.fake.async_commits == []
+        h.ack(b1)
+        wait_until(lambda: {TP0: 20} in h.fake.async_commits)
+        assert h.status().batches_in_flight == 1
+        h.ack(b2)
+        wait_until(lambda: {TP0: 30} in h.fake.async_commits)
+        assert h.fake.async_commits == [{TP0: 20}, {TP0: 30}]
+
+    def test_by_default_records_flowing_are_committed_a_second_after_the_start_not_per_poll(
+        self,
+    ) -> None:
+        # The defaults: an acknowledged batch with two still in flight (fewer than
+        # max_in_flight acknowledged, not quiet) waits for the 1 s interval.
+        started = time.monotonic()
+        h = Harness(
+            {TP0: make_records(values(30))},
+            kafka=KafkaSettings(input_topic="events", output_topic="scores"),
+            batch=BatchSettings(max_records=10, max_in_flight=10),
+        )
+        b0, _b1, _b2 = h.wait_for_batches(3)
+        h.ack(b0)
+        wait_until(lambda: {TP0: 10} in h.fake.async_commits)
+        assert time.monotonic() - started >= 1.0
+        assert h.fake.async_commits == [{TP0: 10}]
+        assert h.status().batches_in_flight == 2
+
+    def test_with_commit_early_off_a_quiet_pipeline_waits_for_the_interval(self) -> None:
+        started = time.monotonic()
+        kafka = KafkaSettings(
+            input_topic="events", output_topic="scores", commit_interval_s=0.5, commit_early=False
+        )
+        h = Harness(
+            {TP0: make_records(values(20))}, kafka=kafka, batch=BatchSettings(max_records=10)
+        )
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        h.ack(b1)
+        wait_until(lambda: {TP0: 20} in h.fake.async_commits)
+        assert time.monotonic() - started >= 0.5
+        assert h.fake.async_commits == [{TP0: 20}]
+
+    def test_with_commit_early_off_nothing_is_committed_within_the_interval(self) -> None:
+        # max_in_flight 2: two acknowledgements, then a quiet pipeline; with commit_early off
+        # neither commits within the hour-long interval. CommitNow still does.
+        kafka = KafkaSettings(
+            input_topic="events",
+            output_topic="scores",
+            commit_interval_s=3600.0,
+            commit_early=False,
+        )
+        h = Harness(
+            {TP0: make_records(values(30))},
+            kafka=kafka,
+            batch=BatchSettings(max_records=10, max_in_flight=2),
+        )
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        h.ack(b1)
+        [b2] = h.wait_for_batches(3)[2:]
+        h.ack(b2)
+        wait_until(lambda: h.status().batches_in_flight == 0)
+        h.fake.wait_for_polls(h.fake.polls + 5)
+        assert h.fake.async_commits == []
+        assert h.commit_now() == {TP0: 30}
+        assert h.fake.commits == [{TP0: 30}]
 
     def test_a_revoked_partition_is_forgotten_and_its_late_acks_ignored(self) -> None:
         h = Harness(

@@ -236,6 +236,7 @@ class TestErrors:
             ("batch", "max_wait_s", "1", "batch.max_wait_s must be float, got str '1'"),
             ("kafka", "group_id", 7, "kafka.group_id must be str, got int 7"),
             ("metrics", "enabled", 1, "metrics.enabled must be bool, got int 1"),
+            ("kafka", "commit_early", "no", "kafka.commit_early must be bool, got str 'no'"),
             ("model", "path", ["a"], "model.path must be str, got list ['a']"),
         ],
     )
