@@ -238,7 +238,7 @@ class LedgerKeeper:
         # identity (the batch holds the offsets), and no Python object per record.
         if not self.spec.id_field and not self.spec.challengers:
             row_array = np.asarray(rows, dtype=np.int64)
-            offset_array = np.asarray(offsets, dtype=np.int64)[row_array]
+            offset_array = _offset_column(offsets)[row_array]
             score_array = np.asarray(scores, dtype=np.float64)
             fresh = offset_array > marks.input_offset
             replayed: list[int] = row_array[~fresh].tolist()
@@ -334,15 +334,16 @@ class LedgerKeeper:
         part = self._ready(source.partition)
         self._maybe_expire(source.partition, part)
         read = read_label_batch(
-            source.offsets, source.keys, source.values, source.partition, self.spec
+            source.offsets, source.keys, source.values, source.partition, self.spec, self.topic
         )
         marks = part.marks
-        labels = [
-            label
-            for label, offset in zip(read.labels, read.offsets, strict=True)
-            if offset > marks.label_offset  # below: a replay, joined already
-        ]
-        joined, _reasons, _ = part.ledger.join(labels)
+        labels = read.labels
+        records = read.record_offsets
+        if read.offsets and read.offsets[0] <= marks.label_offset:  # a replay, joined already
+            fresh = [i for i, offset in enumerate(read.offsets) if offset > marks.label_offset]
+            labels = [labels[i] for i in fresh]
+            records = None if records is None else [records[i] for i in fresh]
+        joined, _reasons, _ = part.ledger.join(labels, records)
         times = [label.time_us for label in labels if label.time_us is not None]
         marks = msgspec.structs.replace(
             marks,
@@ -566,6 +567,22 @@ class LedgerKeeper:
         if self._reader is None and self._open_reader is not None:
             self._reader = self._open_reader()
         return self._reader
+
+
+def _offset_column(offsets: Sequence[int]) -> np.ndarray:
+    """A batch's offsets as int64, without reading each when they have no gap.
+
+    A partition's offsets have gaps only where a topic was compacted or held
+    transaction markers: a batch of consecutive ones (first + n - 1 == last) is
+    ``arange`` (a conversion from the list read every int: about 40 µs a batch
+    of 1,000). Offsets ascend strictly in a batch, so the ends decide.
+    """
+    if not offsets:
+        return np.empty(0, dtype=np.int64)
+    first, last = offsets[0], offsets[-1]
+    if last - first == len(offsets) - 1:
+        return np.arange(first, last + 1, dtype=np.int64)
+    return np.asarray(offsets, dtype=np.int64)
 
 
 def _newest(clock_us: int | None, time_us: int | None) -> int | None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -342,6 +343,17 @@ class PredictionLedger:
         if at == len(self._lasts):
             return None
         last = self._lasts[at]
+        found = self._decoded_batch(last)
+        if found is None:
+            return None
+        batch, offsets = found
+        row = bisect.bisect_left(offsets, offset)
+        if row == len(offsets) or offsets[row] != offset:
+            return None
+        return last, row, batch
+
+    def _decoded_batch(self, last: int) -> tuple[PredictionBatch, list[int]] | None:
+        """The batch ending at offset ``last`` and its offsets, kept decoded (None: not held)."""
         found = self._decoded.get(last)
         if found is None:
             raw = self.store.get(batch_key(last))
@@ -352,11 +364,7 @@ class PredictionLedger:
             if len(self._decoded) >= _DECODED_BATCHES:
                 self._decoded.pop(next(iter(self._decoded)))
             self._decoded[last] = found
-        batch, offsets = found
-        row = bisect.bisect_left(offsets, offset)
-        if row == len(offsets) or offsets[row] != offset:
-            return None
-        return last, row, batch
+        return found
 
     def _track(self, last: int, rows: int) -> None:
         """Track the entries of a batch just recorded (none yet), the oldest tracked dropped.
@@ -538,13 +546,25 @@ class PredictionLedger:
         self.held += len(offsets)
         return written
 
-    def join(self, labels: Sequence[Label]) -> tuple[list[Joined], list[str], list[Change]]:
+    def join(
+        self, labels: Sequence[Label], offsets: Sequence[int] | None = None
+    ) -> tuple[list[Joined], list[str], list[Change]]:
         """Join each label to its prediction: the first label of a record joins, once.
+
+        ``offsets`` (by source coordinates): each label's record offset in this
+        ledger's partition, -1 when the label names another topic or another form.
+        Given, a batch of labels whose predictions all wait plain in their batches
+        is joined in columns (:meth:`_join_plain`); else, and for any other batch,
+        label by label, with the same result.
 
         Returns:
             The joined predictions, the reason of each label that joined nothing
             (``unmatched``, ``duplicate``, ``past_horizon``), and the changes written.
         """
+        if offsets is not None and self._entries:
+            plain = self._join_plain(labels, offsets)
+            if plain is not None:
+                return plain
         stored: dict[bytes, Prediction | None] = {}
         pending: dict[bytes, Prediction | None] = {}
         places: dict[bytes, tuple[int, int, PredictionBatch] | None] = {}
@@ -574,6 +594,100 @@ class PredictionLedger:
             self.counts, joined=self.counts.joined + len(joined), labels=by_reason
         )
         return joined, reasons, self._write(stored, pending, counts, places)
+
+    def _join_plain(
+        self, labels: Sequence[Label], offsets: Sequence[int]
+    ) -> tuple[list[Joined], list[str], list[Change]] | None:
+        """:meth:`join` of labels that each name a distinct plain row of a tracked batch.
+
+        The rows are found by offset in columns (no identity parsed, no lookup per
+        label); None, nothing done: a label named another topic, a row not in a
+        tracked batch, a row with an entry (joined, or a challenger's), or a
+        record twice, and :meth:`join` takes the labels one by one.
+        """
+        found = self._plain_rows(offsets) if labels else None
+        if found is None:
+            return None
+        rows, scores, batches = found
+        joined: list[Joined] = []
+        past_horizon = 0
+        changes: list[Change] = []
+        horizon_us = self.horizon_us
+        encode = _encoder.encode
+        for label, row, score, (batch, entries) in zip(labels, rows, scores, batches, strict=True):
+            time_us = batch.time_us
+            if label.time_us is not None and label.time_us - time_us > horizon_us:
+                past_horizon += 1
+                continue
+            labelled = Prediction(
+                time_us,
+                ModelScore(batch.name, batch.version, score, time_us),
+                (),
+                LedgerLabel(label.value, label.time_us),
+            )
+            joined.append(Joined(label.identity, labelled))
+            changes.append((_ENTRY + label.identity, encode(labelled)))
+            entries[row] = 1  # an entry now: the next label of the row reads it
+        by_reason = dict(self.counts.labels)
+        if past_horizon:
+            by_reason[PAST_HORIZON] = by_reason.get(PAST_HORIZON, 0) + past_horizon
+        counts = msgspec.structs.replace(
+            self.counts, joined=self.counts.joined + len(joined), labels=by_reason
+        )
+        if counts != self.counts:
+            changes.append((_COUNTS, encode(counts)))
+        if changes:
+            self.store.write(changes)
+        self.counts = counts
+        return joined, [PAST_HORIZON] * past_horizon, changes
+
+    def _plain_rows(
+        self, offsets: Sequence[int]
+    ) -> tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray]]] | None:
+        """Each offset's row, score, batch and the batch's entries, when all are plain rows.
+
+        None: an offset below 0, twice, in no batch held and tracked, or of a row
+        that may have an entry.
+        """
+        wanted = np.fromiter(offsets, dtype=np.int64, count=len(offsets))
+        order = np.argsort(wanted, kind="stable")
+        ordered = wanted[order]
+        lasts = self._lasts
+        if ordered[0] < 0 or (ordered[1:] == ordered[:-1]).any():
+            return None
+        low = bisect.bisect_left(lasts, int(ordered[0]))
+        high = bisect.bisect_left(lasts, int(ordered[-1]))
+        if high == len(lasts):
+            return None
+        held = np.array(lasts[low : high + 1], dtype=np.int64)
+        which = np.searchsorted(held, ordered)  # each offset's batch, in offset order
+        cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(ordered)]
+        rows = np.empty(len(ordered), dtype=np.int64)
+        scores = np.empty(len(ordered), dtype=np.float64)
+        batches: list[tuple[PredictionBatch, bytearray]] = []
+        for start, end in itertools.pairwise(cuts):
+            last = int(held[which[start]])
+            entries = self._entries.get(last)
+            found = self._decoded_batch(last) if entries is not None else None
+            if entries is None or found is None:
+                return None
+            batch_offsets = found[0].offsets_array()
+            at = np.searchsorted(batch_offsets, ordered[start:end])
+            if at[-1] >= len(batch_offsets) or (batch_offsets[at] != ordered[start:end]).any():
+                return None
+            if np.frombuffer(entries, dtype=np.uint8)[at].any():
+                return None
+            rows[start:end] = at
+            scores[start:end] = np.frombuffer(found[0].scores, dtype=">f8")[at]
+            batches += [(found[0], entries)] * (end - start)
+        # Back in the offsets' (the labels') order.
+        place = np.empty(len(order), dtype=np.int64)
+        place[order] = np.arange(len(order))
+        return (
+            rows[place].tolist(),
+            scores[place].tolist(),
+            [batches[at] for at in place.tolist()],
+        )
 
     def expire(self, now_us: int) -> tuple[int, list[Change]]:
         """Delete the predictions made more than the horizon before ``now_us``.

@@ -195,6 +195,9 @@ class LabelRead:
     labels: list[Label]
     offsets: list[int]
     rejections: list[Rejection]
+    record_offsets: list[int] | None = None
+    """With ``input_topic`` given, by source coordinates: each label's record offset when
+    it names ``input_topic`` (its partition is the batch's), else -1."""
 
 
 def read_label_batch(
@@ -203,12 +206,14 @@ def read_label_batch(
     values: Sequence[bytes | None],
     partition: int,
     spec: LabelSpec,
+    input_topic: str = "",
 ) -> LabelRead:
     """Read every label of a batch of labels partition ``partition``; never raises for a label.
 
     With source coordinates (``id_field`` empty), a label whose ``partition``
     is not ``partition`` is ``misrouted``: its record's ledger is another
-    partition's, which this member may not hold.
+    partition's, which this member may not hold. ``input_topic``: also give each
+    label's record offset (:attr:`LabelRead.record_offsets`), for a join in columns.
     """
     labels: list[Label] = []
     label_offsets: list[int] = []
@@ -217,6 +222,7 @@ def read_label_batch(
     quick = not spec.id_field and not any(
         "." in field or field.startswith("$") for field in (spec.value_field, spec.time_field)
     )
+    record_offsets: list[int] | None = [] if input_topic and not spec.id_field else None
     for index, (offset, key, value) in enumerate(zip(offsets, keys, values, strict=True)):
         try:
             try:
@@ -235,4 +241,11 @@ def read_label_batch(
             continue
         labels.append(label)
         label_offsets.append(offset)
-    return LabelRead(labels, label_offsets, rejections)
+        if record_offsets is not None:
+            # The label's identity is coordinates_identity(topic, partition, offset) of its
+            # fields, whatever way read it: an int offset of input_topic names a record here.
+            record = doc["offset"]
+            record_offsets.append(
+                record if doc["topic"] == input_topic and type(record) is int else -1
+            )
+    return LabelRead(labels, label_offsets, rejections, record_offsets)

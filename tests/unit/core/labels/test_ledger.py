@@ -225,6 +225,79 @@ class TestBatchesBySourceCoordinates:
         assert reference.get(ident(2)) is not None
         assert ledger.counts.joined == (5 if reopened else 3)
 
+    @pytest.mark.parametrize("seed", range(40))
+    def test_a_label_batch_joined_in_columns_joins_as_label_by_label(
+        self, store: Store, seed: int
+    ) -> None:
+        """join(labels, offsets) == join(labels): joins, reasons, changes, counts, and after.
+
+        Random batches with gaps, a challenger's entries, labels joined before, labels
+        past the horizon, without a time, twice in a batch, of another topic, of no
+        batch: the columns take the batches they can, the rest go label by label.
+        """
+        rng = np.random.default_rng(seed)
+        columns = PredictionLedger(store, HORIZON, ("events", 0))
+        listed = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))
+        offset = 0
+        recorded: list[int] = []
+        for batch in range(6):
+            offsets = offset + np.cumsum(rng.integers(1, 3, size=int(rng.integers(1, 9))))
+            offset = int(offsets[-1])
+            recorded += offsets.tolist()
+            scores = rng.random(len(offsets))
+            for each in (columns, listed):
+                each.record_columns(offsets, scores, ("demo", "1"), (10 + batch) * SECOND)
+        for scored in rng.integers(1, offset + 1, size=int(rng.integers(0, 3))).tolist():
+            for each in (columns, listed):  # a challenger's entry (in a batch's row or a gap)
+                each.record([challenger(scored, 0.5, 11.0)])
+
+        def named(record: int) -> tuple[Label, int]:
+            at = None if rng.random() < 0.2 else round(float(rng.uniform(12, 80)) * SECOND)
+            value = float(rng.integers(2))
+            if rng.random() < 0.05:  # another topic's record
+                return Label(coordinates_identity("other", 0, record), value, at), -1
+            return Label(ident(record), value, at), record
+
+        for _round in range(6):
+            if rng.random() < 0.5:  # distinct records of the batches: mostly the columns' way
+                picked = rng.choice(recorded, size=int(rng.integers(1, 6)), replace=False)
+            else:
+                picked = rng.integers(0, offset + 3, size=int(rng.integers(1, 12)))
+            pairs = [named(int(record)) for record in picked]
+            labels = [pair[0] for pair in pairs]
+            got = columns.join(labels, [pair[1] for pair in pairs])
+            assert got == listed.join(labels)
+            assert (columns.counts, columns.held) == (listed.counts, listed.held)
+        assert [columns.get(ident(o)) for o in range(offset + 2)] == [
+            listed.get(ident(o)) for o in range(offset + 2)
+        ]
+
+    def test_a_label_batch_of_plain_rows_is_joined_in_columns(self, store: Store) -> None:
+        """The columns' way is taken (no lookup per label) when every row waits plain."""
+        ledger = PredictionLedger(store, HORIZON, ("events", 0))
+        ledger.record_columns(
+            np.array([1, 2, 3, 5], dtype=np.int64),
+            np.array([0.1, 0.2, 0.3, 0.5]),
+            ("demo", "1"),
+            10 * SECOND,
+        )
+        labels = [label(5, 1.0, 20.0), label(2, 0.0, 90.0), label(1, 0.0, None)]
+        plain = ledger._join_plain(labels, [5, 2, 1])
+        assert plain is not None
+        joined, reasons, _changes = plain
+        assert [(j.identity, j.label, j.prediction.champion) for j in joined] == [
+            (ident(5), LedgerLabel(1.0, 20 * SECOND), ModelScore("demo", "1", 0.5, 10 * SECOND)),
+            (ident(1), LedgerLabel(0.0, None), ModelScore("demo", "1", 0.1, 10 * SECOND)),
+        ]
+        assert reasons == [PAST_HORIZON]
+        assert ledger.counts.joined == 2
+        assert ledger.counts.labels == {PAST_HORIZON: 1}
+        # Joined now (an entry each), twice in a batch, or in no batch: label by label.
+        assert ledger._join_plain([label(5, 1.0, 20.0)], [5]) is None
+        assert ledger._join_plain([label(3, 1.0, 20.0), label(3, 0.0, 20.0)], [3, 3]) is None
+        assert ledger._join_plain([label(4, 1.0, 20.0)], [4]) is None
+        assert ledger._join_plain([label(9, 1.0, 20.0)], [9]) is None
+
 
 class TestExpiry:
     def test_predictions_past_the_horizon_go_and_the_unlabelled_are_counted(
