@@ -140,6 +140,33 @@ bisect_right(PyObject *times, int64_t value, Py_ssize_t lo, Py_ssize_t hi, int *
     return lo;
 }
 
+/* bisect.bisect_right(times, value, 0, hi) of a list in order (times never decrease), found
+ * from its front: probes 0, 1, 3, 7, ... then bisects the last run. The same index as the
+ * bisection (one answer on a list in order), read from the entries it touches first: a
+ * window's low end and the entries past the horizon are a few entries from the front, and
+ * each probe of a bisection over a long list is an int far in memory (a cache miss). */
+static Py_ssize_t
+bisect_right_from_front(PyObject *times, int64_t value, Py_ssize_t hi, int *error)
+{
+    Py_ssize_t lo = 0, step = 1;
+    while (lo < hi) {
+        Py_ssize_t probe = lo + step - 1;
+        if (probe >= hi) {
+            return bisect_right(times, value, lo, hi, error);
+        }
+        int order = compare_time(PyList_GET_ITEM(times, probe), value, error);
+        if (*error) {
+            return -1;
+        }
+        if (order > 0) {
+            return bisect_right(times, value, lo, probe, error);
+        }
+        lo = probe + 1;
+        step *= 2;
+    }
+    return lo;
+}
+
 /* An int in (-2**62, 2**62), or 0 with *ok = 0. */
 static int64_t
 small_time(PyObject *value, int *ok)
@@ -933,24 +960,32 @@ apply_group(PyObject *self, PyObject *args)
         else if (ordered && time_us >= newest) { /* KeyEntries.bounds and .add, inline */
             Py_ssize_t hi = PyList_GET_SIZE(times);
             int error = 0;
+            int64_t keep_above = time_us - horizon;
+            Py_ssize_t drop = -1; /* the entries at or below keep_above, once known */
             for (Py_ssize_t w = 0; w < nwindows; w++) {
-                los[w] = bisect_right(times, time_us - windows[w], 0, hi, &error);
+                los[w] = bisect_right_from_front(times, time_us - windows[w], hi, &error);
                 if (error) {
                     goto record_done;
+                }
+                if (windows[w] == horizon) {
+                    drop = los[w]; /* the same bisection */
                 }
             }
             if (compute_values(features, nfeatures, los, hi, times, columns, time_us, fields,
                                values, state, nsums) < 0) {
                 goto record_done;
             }
-            int64_t keep_above = time_us - horizon;
-            if (hi > 0 && compare_time(PyList_GET_ITEM(times, 0), keep_above, &error) <= 0) {
-                if (error) {
-                    goto record_done;
-                }
+            if (drop < 0) {
+                drop = hi > 0 && compare_time(PyList_GET_ITEM(times, 0), keep_above, &error) <= 0
+                           ? bisect_right_from_front(times, keep_above, hi, &error)
+                           : 0;
+            }
+            if (error) {
+                goto record_done;
+            }
+            if (drop > 0) {
                 /* state.drop(keep_above), ordered: in place, the lists stay the same */
-                Py_ssize_t drop = bisect_right(times, keep_above, 0, hi, &error);
-                if (error || drop_front(times, drop) < 0) {
+                if (drop_front(times, drop) < 0) {
                     goto record_done;
                 }
                 for (Py_ssize_t i = 0; i < nfields; i++) {
@@ -959,9 +994,6 @@ apply_group(PyObject *self, PyObject *args)
                     }
                 }
                 shift_sums(state, drop);
-            }
-            if (error) {
-                goto record_done;
             }
             if (set_slot(state, NEWEST_US, time_obj) < 0
                 || PyList_Append(times, time_obj) < 0) {

@@ -300,6 +300,50 @@ class TestKeptWindowSums:
             assert served["native"][at][0] == bits(exact_sum(window))
 
 
+@needs_native
+class TestWindowsFoundFromTheFront:
+    """The compiled loop finds a window's low end and the entries past the horizon from the
+    front of the key's times (probes 0, 1, 3, 7, ...): the Python loop bisects. Steps from 0
+    (equal times) to jumps past the window (every entry leaves at once), with no lateness (the
+    window is the horizon: one search serves both) and with some."""
+
+    @PROPERTIES
+    @given(
+        steps=st.lists(st.sampled_from([0, 0, 1, 2, 3, 7, 19, 45, 61]), min_size=200, max_size=200),
+        cards=st.lists(st.sampled_from(["a", "a", "a", "b"]), min_size=200, max_size=200),
+        sizes=BATCH_SIZES,
+        lateness_us=st.sampled_from([0, LATENESS_US]),
+    )
+    def test_they_serve_and_keep_what_the_python_loop_does(
+        self, steps: list[int], cards: list[str], sizes: list[int], lateness_us: int
+    ) -> None:
+        lay = build_layout(LONG_SUMS, lateness_us, 0)
+        base = 1_700_000_000_000
+        inputs = []
+        for offset, step in enumerate(steps):
+            base += 1000 * step
+            doc = {"card": cards[offset], "amount": float(offset % 7), "ts": base}
+            inputs.append(StateInput(offset, None, None, doc))
+        seen = {}
+        for engine in ("native", "python"):
+            state = PartitionState(lay, MemoryStore(), "events", 0, engine=engine)
+            served = [
+                None if o is None or o.values is None else [bits(v) for v in o.values]
+                for batch in cut(inputs, sizes)
+                for o in state.apply(batch).outcomes
+            ]
+            seen[engine] = served, dict(state.store.items_from(b""))  # type: ignore[attr-defined]
+        assert seen["native"] == seen["python"]
+        # the 60 s count of each record: its card's records within (ts - 60 s, ts]
+        for at, record in enumerate(inputs):
+            count = sum(
+                1
+                for r in inputs[: at + 1]
+                if r.doc["card"] == record.doc["card"] and r.doc["ts"] > record.doc["ts"] - 60_000
+            )
+            assert seen["native"][0][at][2] == bits(float(count))
+
+
 def bits(value: float) -> bytes:
     return struct.pack("<d", value)
 
