@@ -5,9 +5,7 @@ from __future__ import annotations
 import orjson
 import pykka
 
-from streamer.actors.consumer import ConsumerActor
 from streamer.messages import (
-    Attach,
     BatchAcked,
     CommitNow,
     GetInFlight,
@@ -19,11 +17,10 @@ from streamer.messages import (
     Rewound,
     ScoreBatch,
 )
-from streamer.settings import BatchSettings
 from streamer.topology.state import StateKeeper
 from tests.unit.fakes import FakeConsumer, Mailbox, make_records, start_recorder
-from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0
-from tests.unit.test_consumer_state import SETTINGS, events
+from tests.unit.test_consumer_actor import ASK_S, TP0
+from tests.unit.test_consumer_state import SETTINGS, events, start_fetching
 
 LABELS_TP = ("events.labels", 0)
 
@@ -32,17 +29,10 @@ def started() -> tuple[pykka.ActorRef, FakeConsumer, Mailbox, Mailbox]:
     """A consumer of 3 events and 2 labels, fetching: the actor, its client, scored, told."""
     label_values = [orjson.dumps({"topic": "events", "partition": 0, "offset": i}) for i in (1, 2)]
     fake = FakeConsumer({TP0: make_records(events(3)), LABELS_TP: make_records(label_values)})
-    preprocessor, scored = start_recorder()
     producer, told = start_recorder()
-    ref = ConsumerActor.start(
-        KAFKA,
-        BatchSettings(max_records=5, max_in_flight=10),
-        client_factory=lambda _settings, _max: fake,
-        state=StateKeeper(SETTINGS, None),
-        producer=producer,
-        labels_topic="events.labels",
+    ref, scored = start_fetching(
+        fake, StateKeeper(SETTINGS, None), producer, labels_topic="events.labels"
     )
-    ref.tell(Attach([preprocessor]))
     return ref, fake, scored, told
 
 

@@ -48,19 +48,33 @@ def events(n: int) -> list[bytes | None]:
     return [orjson.dumps({"card": f"c{i % 3}", "ts": 1000 * i}) for i in range(n)]
 
 
-def test_batches_leave_with_their_features_and_commits_forget_what_was_served() -> None:
-    fake = FakeConsumer({TP0: make_records(events(10)), TP1: make_records(events(10))})
+def start_fetching(
+    fake: FakeConsumer,
+    keeper: StateKeeper,
+    producer: pykka.ActorRef,
+    *,
+    kafka: KafkaSettings = KAFKA,
+    labels_topic: str = "",
+) -> tuple[pykka.ActorRef, Mailbox]:
+    """A consumer with state over ``fake``, fetching: the actor and what its preprocessor got."""
     preprocessor, batches = start_recorder()
-    producer, told = start_recorder()
-    keeper = StateKeeper(SETTINGS, None)
     ref = ConsumerActor.start(
-        KAFKA,
+        kafka,
         BatchSettings(max_records=5, max_in_flight=10),
         client_factory=lambda _settings, _max: fake,
         state=keeper,
         producer=producer,
+        labels_topic=labels_topic,
     )
     ref.tell(Attach([preprocessor]))
+    return ref, batches
+
+
+def test_batches_leave_with_their_features_and_commits_forget_what_was_served() -> None:
+    fake = FakeConsumer({TP0: make_records(events(10)), TP1: make_records(events(10))})
+    producer, told = start_recorder()
+    keeper = StateKeeper(SETTINGS, None)
+    ref, batches = start_fetching(fake, keeper, producer)
     sources = [m.source for m in batches.wait_for(4) if isinstance(m, ScoreBatch)]
     p0 = sorted((s for s in sources if s.partition == 0), key=lambda s: s.first_offset)
     assert [v[0] for v in p0[0].state_values + p0[1].state_values] == [
@@ -103,16 +117,8 @@ def test_gathered_changes_leave_in_flushes_that_hold_the_commit_until_acknowledg
         environ={},
     )
     fake = FakeConsumer({TP0: make_records(events(10))})
-    preprocessor, batches = start_recorder()
     producer, told = start_recorder()
-    ref = ConsumerActor.start(
-        KAFKA,
-        BatchSettings(max_records=5, max_in_flight=10),
-        client_factory=lambda _settings, _max: fake,
-        state=StateKeeper(gathered, None, clock=lambda: now[0]),
-        producer=producer,
-    )
-    ref.tell(Attach([preprocessor]))
+    ref, batches = start_fetching(fake, StateKeeper(gathered, None, clock=lambda: now[0]), producer)
     a, b = sorted(
         (m.source for m in batches.wait_for(2) if isinstance(m, ScoreBatch)),
         key=lambda s: s.first_offset,
@@ -192,15 +198,7 @@ def _revoking_consumer(
     kafka: KafkaSettings, producer: pykka.ActorRef
 ) -> tuple[pykka.ActorRef, FakeConsumer]:
     fake = FakeConsumer({TP0: make_records(events(4)), TP1: make_records(events(4))})
-    preprocessor, batches = start_recorder()
-    ref = ConsumerActor.start(
-        kafka,
-        BatchSettings(max_records=5, max_in_flight=10),
-        client_factory=lambda _settings, _max: fake,
-        state=StateKeeper(SETTINGS, None),
-        producer=producer,
-    )
-    ref.tell(Attach([preprocessor]))
+    ref, batches = start_fetching(fake, StateKeeper(SETTINGS, None), producer, kafka=kafka)
     batches.wait_for(2)
     fake.revoke_on_next_poll([TP0])
     return ref, fake
