@@ -587,13 +587,17 @@ class PredictionLedger:
                 )
                 pending[label.identity] = labelled
                 joined.append(Joined(label.identity, labelled))
+        counts = self._counted(len(joined), reasons)
+        return joined, reasons, self._write(stored, pending, counts, places)
+
+    def _counted(self, joined: int, reasons: Sequence[str]) -> LedgerCounts:
+        """The counts after a label batch: ``joined`` more joins, a label more per reason."""
         by_reason = dict(self.counts.labels)
         for reason in reasons:
             by_reason[reason] = by_reason.get(reason, 0) + 1
-        counts = msgspec.structs.replace(
-            self.counts, joined=self.counts.joined + len(joined), labels=by_reason
+        return msgspec.structs.replace(
+            self.counts, joined=self.counts.joined + joined, labels=by_reason
         )
-        return joined, reasons, self._write(stored, pending, counts, places)
 
     def _join_plain(
         self, labels: Sequence[Label], offsets: Sequence[int]
@@ -610,36 +614,19 @@ class PredictionLedger:
             return None
         rows, scores, batches = found
         joined: list[Joined] = []
-        past_horizon = 0
+        reasons: list[str] = []
         changes: list[Change] = []
         horizon_us = self.horizon_us
         encode = _encoder.encode
         for label, row, score, (batch, entries) in zip(labels, rows, scores, batches, strict=True):
-            time_us = batch.time_us
-            if label.time_us is not None and label.time_us - time_us > horizon_us:
-                past_horizon += 1
+            if label.time_us is not None and label.time_us - batch.time_us > horizon_us:
+                reasons.append(PAST_HORIZON)
                 continue
-            labelled = Prediction(
-                time_us,
-                ModelScore(batch.name, batch.version, score, time_us),
-                (),
-                LedgerLabel(label.value, label.time_us),
-            )
+            labelled = _plain_scored(batch, score, LedgerLabel(label.value, label.time_us))
             joined.append(Joined(label.identity, labelled))
             changes.append((_ENTRY + label.identity, encode(labelled)))
             entries[row] = 1  # an entry now: the next label of the row reads it
-        by_reason = dict(self.counts.labels)
-        if past_horizon:
-            by_reason[PAST_HORIZON] = by_reason.get(PAST_HORIZON, 0) + past_horizon
-        counts = msgspec.structs.replace(
-            self.counts, joined=self.counts.joined + len(joined), labels=by_reason
-        )
-        if counts != self.counts:
-            changes.append((_COUNTS, encode(counts)))
-        if changes:
-            self.store.write(changes)
-        self.counts = counts
-        return joined, [PAST_HORIZON] * past_horizon, changes
+        return joined, reasons, self._written(changes, self._counted(len(joined), reasons))
 
     def _plain_rows(
         self, offsets: Sequence[int]
@@ -795,6 +782,10 @@ class PredictionLedger:
             self._entry_written(
                 identity, places.get(identity, _UNKNOWN) if places is not None else _UNKNOWN
             )
+        return self._written(changes, counts)
+
+    def _written(self, changes: list[Change], counts: LedgerCounts) -> list[Change]:
+        """Write ``changes`` and the counts (when they moved) in one batch; the changes."""
         if counts != self.counts:
             changes.append((_COUNTS, _encoder.encode(counts)))
         if changes:
@@ -814,8 +805,15 @@ a partition with batches of 1,000); a label for an older batch reads the store."
 def _plain(batch: PredictionBatch, row: int) -> Prediction:
     """The champion's prediction of a batch's row, as its entry would hold it."""
     (score,) = _SCORE.unpack_from(batch.scores, 8 * row)
+    return _plain_scored(batch, score)
+
+
+def _plain_scored(
+    batch: PredictionBatch, score: float, label: LedgerLabel | None = None
+) -> Prediction:
+    """The champion's prediction of one of a batch's rows, its score read, and its label."""
     time_us = batch.time_us
-    return Prediction(time_us, ModelScore(batch.name, batch.version, score, time_us), ())
+    return Prediction(time_us, ModelScore(batch.name, batch.version, score, time_us), (), label)
 
 
 def _with_output(prediction: Prediction | None, output: Output) -> Prediction | None:
