@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from streamer.actors.base import FailureHandler, PipelineActor
-from streamer.actors.routing import Teller, ask_without_waiting, timed_out
+from streamer.actors.routing import Route, Teller, ask_without_waiting, timed_out
 from streamer.clients.base import ConsumerClient, ConsumerFactory
 from streamer.core.ledger import Ledger
 from streamer.core.offsets import LEDGER_HOLDER
@@ -98,8 +98,12 @@ class _Ticker:
         self._stopped.set()
 
 
+def _partition_names(tps: list[TP]) -> list[str]:
+    return [f"{t}/{p}" for t, p in sorted(tps)]
+
+
 def _log_partitions(event: str, tps: list[TP]) -> None:
-    named = [f"{t}/{p}" for t, p in sorted(tps)]
+    named = _partition_names(tps)
     log.info(
         "partitions %s: %s",
         event,
@@ -129,7 +133,7 @@ class ConsumerActor(PipelineActor):
         on_ready: Callable[[], None] | None = None,
         epoch: int = 0,
         state: StateKeeper | None = None,
-        producer: Teller | None = None,
+        producer: Route | pykka.ActorRef[Any] | None = None,
         labels_topic: str = "",
     ) -> None:
         super().__init__(metrics, on_failure)
@@ -567,7 +571,7 @@ class ConsumerActor(PipelineActor):
                 "revoked %s: the producer did not confirm its changelog records within "
                 "kafka.session_timeout_s (%.0f s); one may land after the next owner restored "
                 "the partition (see docs/state.md, Flushes)",
-                ", ".join(f"{t}/{p}" for t, p in sorted(tps)),
+                ", ".join(_partition_names(tps)),
                 self._settings.session_timeout_s,
                 extra={"actor": ConsumerActor.kind},
             )

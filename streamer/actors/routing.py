@@ -89,17 +89,16 @@ class Route:
         return ref
 
 
-def ask_without_waiting(target: Teller, message: object) -> pykka.Future[Any] | None:
+def ask_without_waiting(
+    target: Route | pykka.ActorRef[Any], message: object
+) -> pykka.Future[Any] | None:
     """Send ``message`` to a ref or a Route; the answer's future, None if nobody got it."""
     if isinstance(target, Route):
         return target.ask(message)
-    if isinstance(target, pykka.ActorRef):
-        try:
-            return target.ask(message, block=False)
-        except pykka.ActorDeadError:
-            return None
-    target.tell(message)
-    return None
+    try:
+        return target.ask(message, block=False)
+    except pykka.ActorDeadError:
+        return None
 
 
 def timed_out(future: pykka.Future[Any], timeout_s: float) -> bool:
