@@ -51,10 +51,10 @@ class SourceBatch:
     changelog: tuple[tuple[bytes, bytes | None], ...] = ()
     """The batch's store changes, in order, its meta record last: sent with its answers."""
     state_names: tuple[str, ...] = ()
-    state_values: tuple[tuple[float, ...] | None, ...] = ()
-    """Per record, the features it was served (None: none computed), in ``state_names``
-    order: the preparation places them by name (core/preparation.py), and
-    ``state.log_features`` logs them."""
+    state_values: ServedValues | None = None
+    """The features each record was served, in ``state_names`` order (None: no state): the
+    preparation places them by name (core/preparation.py), and ``state.log_features``
+    logs them."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -68,6 +68,54 @@ class SourceBatch:
     def last_offset(self) -> int:
         """The last offset of the batch."""
         return self.offsets[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedValues:
+    """What the state served a batch's records: one float64 block, a row per record.
+
+    ``matrix[i]`` holds record i's values (``SourceBatch.state_names`` order).
+    A record served none (rejected by the state, its reason in
+    ``state_rejections``, or not a JSON object) has a row of NaN and its index
+    in ``absent``: NaN is never read as a value (a sum of floats may be one).
+    One array for the batch instead of a struct and a tuple of floats per
+    record: freeing a delivered batch frees two objects, not thousands.
+    """
+
+    matrix: np.ndarray
+    absent: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[float, ...] | None], width: int) -> ServedValues:
+        """The block of rows given one by one (None: none served), for tests and tools."""
+        matrix = np.full((len(rows), width), np.nan)
+        for at, values in enumerate(rows):
+            if values is not None:
+                matrix[at] = values
+        return cls(matrix, frozenset(at for at, values in enumerate(rows) if values is None))
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def row(self, index: int) -> tuple[float, ...] | None:
+        """Record ``index``'s values as floats (None: none served)."""
+        if index in self.absent:
+            return None
+        return tuple(self.matrix[index].tolist())
+
+    def rows(self) -> list[tuple[float, ...] | None]:
+        """Each record's values as floats, the same doubles (None: none served)."""
+        absent = self.absent
+        return [
+            None if at in absent else tuple(values)
+            for at, values in enumerate(self.matrix.tolist())
+        ]
+
+    def tail(self, cut: int) -> ServedValues:
+        """The values of records ``cut`` on."""
+        return ServedValues(
+            self.matrix[cut:], frozenset(at - cut for at in self.absent if at >= cut)
+        )
 
 
 @dataclass(frozen=True, slots=True)

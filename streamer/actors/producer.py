@@ -400,10 +400,12 @@ class ProducerActor(PipelineActor):
         )
         if not label_batch:
             self._record(batch, scored_at)
-        log_features = self._log_features and bool(source.state_values)
+        served = source.state_values
+        log_features = self._log_features and served is not None and len(served) > 0
+        rows = served.rows() if log_features and served is not None else []
         if log_features:  # JSON outputs only (checked at start)
             encoded = with_state_features(
-                encoded, batch.valid_rows.tolist(), source.state_names, source.state_values
+                encoded, batch.valid_rows.tolist(), source.state_names, rows
             )
         context = SourceContext(
             topic=source.topic,
@@ -417,7 +419,7 @@ class ProducerActor(PipelineActor):
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
             carried=carried_headers(source.headers, self._settings.propagate_headers),
-            state_features=state_features_json(source.state_names, source.state_values)
+            state_features=state_features_json(source.state_names, rows)
             if log_features
             else None,
         )

@@ -87,7 +87,7 @@ def tail_of(source: SourceBatch, cut: int) -> SourceBatch:
             for r in source.state_rejections
             if r.index >= cut
         ),
-        state_values=source.state_values[cut:],
+        state_values=None if source.state_values is None else source.state_values.tail(cut),
     )
 
 

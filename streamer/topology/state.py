@@ -10,9 +10,10 @@ every batch the Ledger cuts, before the Ledger keeps the batch for rewinds:
   exactly as far as the changelog's last meta record, else emptied and rebuilt
   from the changelog up to that record (:mod:`streamer.core.state.changelog`).
 - **Each batch** is applied in offset order; the batch leaves with the values
-  each record was served (``state_values``, which the preparation places by
-  name), the records the state rejects, and its store changes for the
-  changelog (sent by the producer with its answers).
+  each record was served (``state_values``: one float64 block, a row per
+  record, which the preparation places by name), the records the state
+  rejects, and its store changes for the changelog (sent by the producer with
+  its answers).
 - **The changelog.** With ``state.changelog_interval_s`` > 0 a partition's
   changes are gathered (:class:`~streamer.core.state.changelog.CoalescedChangelog`,
   each key once with its newest value) and the consumer sends them as one
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import orjson
 
 from streamer.clients.base import ChangelogReader
@@ -57,7 +58,7 @@ from streamer.core.state.changelog import (
     meta_record,
     safe_group,
 )
-from streamer.core.state.codec import Meta, Served, is_key_state
+from streamer.core.state.codec import Meta, is_key_state
 from streamer.core.state.layout import Layout, top_level_paths
 from streamer.core.state.reading import typed_batch
 from streamer.core.state.restore import Action, RestorePlan, local_meta, plan_restore, restore
@@ -69,7 +70,7 @@ from streamer.core.state.store import (
     Store,
 )
 from streamer.core.state.windows import PartitionState
-from streamer.messages import Rejection, SourceBatch, StateProgress
+from streamer.messages import Rejection, ServedValues, SourceBatch, StateProgress
 from streamer.settings import Settings
 from streamer.statefile import STATE_STAGE, SWEEP_EVERY_ROWS, layout_of
 
@@ -238,33 +239,23 @@ class StateKeeper:
         else:
             # Forgotten served runs and a sweep since the last batch, then this one's.
             changelog = (*carried, *part.state.take_changes())
-        rejections: list[Rejection] = []
-        every = _every_value(applied.outcomes)
-        served = self._served_one_by_one(applied.outcomes, rejections) if every is None else every
-        # The preparation places the served values by name (core/preparation.py).
+        # The preparation places the served values by name (core/preparation.py): the
+        # engine's block as it is, a row per record; the rare records served none apart.
+        missing = applied.missing
         return replace(
             source,
-            state_rejections=tuple(rejections),
+            state_rejections=tuple(
+                Rejection(index, outcome.reason, outcome.detail, STATE_STAGE)
+                for index, outcome in sorted(missing.items())
+                if outcome is not None  # None: not a JSON object, the preprocessor's reason
+            ),
             changelog=changelog,
             state_names=self.names,
-            state_values=tuple(served),
+            state_values=ServedValues(
+                np.frombuffer(applied.values, np.float64).reshape(len(objects), applied.width),
+                frozenset(missing),
+            ),
         )
-
-    @staticmethod
-    def _served_one_by_one(
-        outcomes: Sequence[Served | None], rejections: list[Rejection]
-    ) -> list[tuple[float, ...] | None]:
-        """Each record's values (None: none); the records the state rejects go to ``rejections``."""
-        served: list[tuple[float, ...] | None] = []
-        for index, outcome in enumerate(outcomes):
-            if outcome is None:  # not a JSON object: the preprocessor's reason
-                served.append(None)
-            elif outcome.values is None:
-                served.append(None)
-                rejections.append(Rejection(index, outcome.reason, outcome.detail, STATE_STAGE))
-            else:
-                served.append(outcome.values)
-        return served
 
     def _objects(self, values: Sequence[bytes | None]) -> Sequence[dict[str, Any] | None]:
         """Each value as a JSON object, or None (the preprocessor gives its reason).
@@ -607,17 +598,6 @@ def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[dict[str, A
     except (TypeError, orjson.JSONDecodeError):  # a value without bytes, or not JSON
         pass
     return [decoded_object(value, max_bytes) for value in values]
-
-
-_values_of = operator.attrgetter("values")
-
-
-def _every_value(outcomes: Sequence[Served | None]) -> list[tuple[float, ...] | None] | None:
-    """Each record's served values, or None when a record got none (the usual batch: in C)."""
-    if None in outcomes:
-        return None
-    values = list(map(_values_of, outcomes))
-    return None if None in values else values
 
 
 def _approximate_bytes(store: Store) -> int:

@@ -44,10 +44,10 @@ def test_label_batches_go_to_the_producer_without_state_and_commit_on_their_ack(
     assert assigned == PartitionsAssigned((TP0, LABELS_TP))
     assert fake.subscribed == ["events", "events.labels"]
     assert isinstance(score, ScoreBatch)
-    assert score.source.state_values  # the input's batch got its features
+    assert len(score.source.state_values)  # the input's batch got its features
     assert isinstance(label, LabelBatch)
     assert (label.source.topic, label.source.offsets) == ("events.labels", [0, 1])
-    assert label.source.state_values == ()  # a label batch has none
+    assert label.source.state_values is None  # a label batch has none
     assert label.source.changelog == ()
 
     ref.tell(BatchAcked(label.source.batch_id, "events.labels", 0, None))

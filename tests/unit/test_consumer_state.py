@@ -77,7 +77,7 @@ def test_batches_leave_with_their_features_and_commits_forget_what_was_served() 
     ref, batches = start_fetching(fake, keeper, producer)
     sources = [m.source for m in batches.wait_for(4) if isinstance(m, ScoreBatch)]
     p0 = sorted((s for s in sources if s.partition == 0), key=lambda s: s.first_offset)
-    assert [v[0] for v in p0[0].state_values + p0[1].state_values] == [
+    assert [v[0] for v in p0[0].state_values.rows() + p0[1].state_values.rows()] == [
         1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0,
     ]  # fmt: skip
     assert p0[0].changelog[-1][0] == META_KEY

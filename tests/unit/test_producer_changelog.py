@@ -15,6 +15,7 @@ from streamer.messages import (
     GetStatus,
     PartitionsRevoked,
     ScoredBatch,
+    ServedValues,
     StateFlush,
     StateFlushed,
 )
@@ -50,7 +51,7 @@ def with_state(batch_id: int = 0, seq: int = 0, dispatched_at: float | None = No
         batch_id=batch_id,
         changelog=CHANGES,
         state_names=("n",),
-        state_values=((1.0,), (2.0,)),
+        state_values=ServedValues.of([(1.0,), (2.0,)], 1),
         dispatched_at=time.monotonic() if dispatched_at is None else dispatched_at,
     )
     return dataclasses.replace(batch, source=source)

@@ -22,8 +22,11 @@
  * Beside it, the steps around the loop that cost a bytecode per key or per record, each
  * doing what its Python does, in the same order (tests/unit/core/state/test_bookkeeping.py):
  * cache_keys and defer_keys (a batch's keys cached and made dirty), typed_group (a group's
- * columns in one pass, or None for the Python read), float_rows (the served values as
- * doubles for the preparation).
+ * columns in one pass, or None for the Python read).
+ *
+ * What a record is served goes into the batch's block (an array('d') of `width` doubles a
+ * record, row after row, NaN where none is served), a rejected record's Served into the
+ * `rejected` dict under its index: no object per record is made for what it was served.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,7 +55,7 @@ typedef struct {
 static PyObject *served_type, *key_entries_type, *late_fn, *full_fn, *too_large_fn,
     *out_of_order_fn, *value_fn, *exact_sum_fn, *fsum_fn, *first_fn;
 static PyObject *str_newest_us, *str_times, *str_columns, *str_ordered, *str_sums;
-static PyObject *zero_float, *empty_list, *empty_tuple;
+static PyObject *empty_list, *empty_tuple;
 
 /* Where KeyEntries keeps each slot (its __slots__' member descriptors), or -1: read by name. */
 enum { NEWEST_US, TIMES, COLUMNS, ORDERED, SUMS, SLOTS };
@@ -500,12 +503,14 @@ floats_aggregate(int agg, PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int in
     return best;
 }
 
-/* Each feature's value into `values` (a new tuple): entries.feature_values for an ordered
- * window [los[slot], hi) of `times` and `columns` (empty lists for a key without entries). */
+/* Each feature's value into `row` (the record's doubles in the batch's block, at the
+ * feature's index): entries.feature_values for an ordered window [los[slot], hi) of `times`
+ * and `columns` (empty lists for a key without entries). A value is the double of the float
+ * the Python loop computes (float(value) of any other number, as array('d') takes it). */
 static int
 compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssize_t hi,
                PyObject *times, PyObject *columns, int64_t time_us, PyObject *fields,
-               PyObject *values, PyObject *state, Py_ssize_t nsums)
+               double *row, PyObject *state, Py_ssize_t nsums)
 {
     for (Py_ssize_t f = 0; f < nfeatures; f++) {
         Feature *feature = &features[f];
@@ -513,8 +518,8 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
         PyObject *value = NULL;
         switch (feature->kind) {
         case COUNT:
-            value = PyFloat_FromDouble((double)(hi - lo + feature->include_current));
-            break;
+            row[feature->index] = (double)(hi - lo + feature->include_current);
+            continue;
         case SUM:
             value = cached_window_sum(state, feature->sum_at, nsums,
                                       PyList_GET_ITEM(columns, feature->field), lo, hi,
@@ -578,37 +583,61 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
         if (value == NULL) {
             return -1;
         }
-        PyObject *old = PyTuple_GET_ITEM(values, feature->index);
-        PyTuple_SET_ITEM(values, feature->index, value);
-        Py_DECREF(old);
+        double number = PyFloat_AsDouble(value);
+        Py_DECREF(value);
+        if (number == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        row[feature->index] = number;
     }
     return 0;
 }
 
-static PyObject *
-new_values(Py_ssize_t width)
+/* _out_of_order(plan, state, time_obj, fields, values) on the record's row: the values as a
+ * list of floats, as the Python loop passes it, and back into the row. */
+static int
+out_of_order_row(PyObject *plan, PyObject *state, PyObject *time_obj, PyObject *fields,
+                 double *row, Py_ssize_t width)
 {
-    PyObject *values = PyTuple_New(width);
-    if (values == NULL) {
-        return NULL;
+    PyObject *list = PyList_New(width);
+    if (list == NULL) {
+        return -1;
     }
     for (Py_ssize_t i = 0; i < width; i++) {
-        Py_INCREF(zero_float);
-        PyTuple_SET_ITEM(values, i, zero_float);
+        PyObject *value = PyFloat_FromDouble(row[i]);
+        if (value == NULL) {
+            Py_DECREF(list);
+            return -1;
+        }
+        PyList_SET_ITEM(list, i, value);
     }
-    return values;
+    PyObject *call[5] = {plan, state, time_obj, fields, list};
+    PyObject *nothing = PyObject_Vectorcall(out_of_order_fn, call, 5, NULL);
+    int failed = nothing == NULL || PyList_GET_SIZE(list) != width;
+    Py_XDECREF(nothing);
+    for (Py_ssize_t i = 0; i < width && !failed; i++) {
+        row[i] = PyFloat_AsDouble(PyList_GET_ITEM(list, i));
+        failed = row[i] == -1.0 && PyErr_Occurred();
+    }
+    if (nothing != NULL && PyList_GET_SIZE(list) != width && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_RuntimeError, "_out_of_order changed the length of the values");
+    }
+    Py_DECREF(list);
+    return failed ? -1 : 0;
 }
 
-/* Append Served(values...) made from `args` to `served` (a new reference is consumed). */
+/* rejected[at] = outcome (a new reference, consumed; NULL: the call that made it failed). */
 static int
-append_served(PyObject *served, PyObject *outcome)
+reject_row(PyObject *rejected, Py_ssize_t at, PyObject *outcome)
 {
     if (outcome == NULL) {
         return -1;
     }
-    int failed = PyList_Append(served, outcome);
+    PyObject *index = PyLong_FromSsize_t(at);
+    int failed = index == NULL || PyDict_SetItem(rejected, index, outcome) < 0;
+    Py_XDECREF(index);
     Py_DECREF(outcome);
-    return failed;
+    return failed ? -1 : 0;
 }
 
 static int
@@ -696,15 +725,16 @@ static PyObject *
 apply_group(PyObject *self, PyObject *args)
 {
     PyObject *features_obj, *windows_obj, *store_keys, *times_us, *rows, *bad, *keys, *cache,
-        *load, *clock_obj, *written, *served, *plan;
+        *load, *clock_obj, *written, *block, *rejected, *plan;
     long long horizon, ttl, max_entries, lateness;
     Py_ssize_t width, nfields;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO!O!LLLLnnO!O!O!O!O!OOOO!O!", &plan, &PyTuple_Type, &features_obj,
-                          &PyTuple_Type, &windows_obj, &horizon, &ttl, &max_entries, &lateness,
-                          &width, &nfields, &PyList_Type, &store_keys, &PyList_Type, &times_us,
-                          &PyList_Type, &rows, &PyDict_Type, &bad, &PyDict_Type, &keys, &cache,
-                          &load, &clock_obj, &PyDict_Type, &written, &PyList_Type, &served)) {
+    if (!PyArg_ParseTuple(args, "OO!O!LLLLnnO!O!O!O!O!OOOO!OO!", &plan, &PyTuple_Type,
+                          &features_obj, &PyTuple_Type, &windows_obj, &horizon, &ttl,
+                          &max_entries, &lateness, &width, &nfields, &PyList_Type, &store_keys,
+                          &PyList_Type, &times_us, &PyList_Type, &rows, &PyDict_Type, &bad,
+                          &PyDict_Type, &keys, &cache, &load, &clock_obj, &PyDict_Type, &written,
+                          &block, &PyDict_Type, &rejected)) {
         return NULL;
     }
     if (served_type == NULL) {
@@ -720,6 +750,19 @@ apply_group(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "the columns differ in length");
         return NULL;
     }
+    /* The batch's served values: `width` doubles a record, row after row (an array('d')). */
+    Py_buffer view;
+    if (PyObject_GetBuffer(block, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        return NULL;
+    }
+    if (view.itemsize != (Py_ssize_t)sizeof(double) || view.format == NULL
+        || strcmp(view.format, "d") != 0 || width < 0
+        || (width && count > view.len / (Py_ssize_t)sizeof(double) / width)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the block must hold width doubles per record");
+        return NULL;
+    }
+    double *out = (double *)view.buf;
     Py_ssize_t nfeatures = PyTuple_GET_SIZE(features_obj);
     Py_ssize_t nwindows = PyTuple_GET_SIZE(windows_obj);
     Feature *features = PyMem_Calloc(nfeatures ? nfeatures : 1, sizeof(Feature));
@@ -815,10 +858,10 @@ apply_group(PyObject *self, PyObject *args)
                 }
                 Py_XDECREF(reason);
                 Py_XDECREF(detail);
-                if (append_served(served, outcome) < 0) {
+                if (reject_row(rejected, at, outcome) < 0) {
                     goto done;
                 }
-                continue;
+                continue; /* its row stays as it is (NaN) */
             }
             if (PyErr_Occurred()) {
                 goto done;
@@ -897,8 +940,8 @@ apply_group(PyObject *self, PyObject *args)
                 goto done;
             }
         }
-        PyObject *outcome = NULL;
-        PyObject *values = NULL;
+        PyObject *outcome = NULL; /* a rejection */
+        double *row = out + at * width;
         int step_failed = 1;
         if (!empty) {
             if (has_clock && newest < clock_us - ttl) {
@@ -938,13 +981,12 @@ apply_group(PyObject *self, PyObject *args)
                 Py_XDECREF(most);
             }
         }
-        values = new_values(width);
-        if (values == NULL) {
-            goto record_done;
+        for (Py_ssize_t i = 0; i < width; i++) {
+            row[i] = 0.0; /* the Python loop's [0.0] * width */
         }
         if (empty) { /* new, or past its TTL: only this entry */
             if (compute_values(features, nfeatures, no_los, 0, empty_list, no_columns, time_us,
-                               fields, values, NULL, nsums) < 0) {
+                               fields, row, NULL, nsums) < 0) {
                 goto record_done;
             }
             PyObject *first = first_entry(time_obj, fields, nfields);
@@ -972,7 +1014,7 @@ apply_group(PyObject *self, PyObject *args)
                 }
             }
             if (compute_values(features, nfeatures, los, hi, times, columns, time_us, fields,
-                               values, state, nsums) < 0) {
+                               row, state, nsums) < 0) {
                 goto record_done;
             }
             if (drop < 0) {
@@ -1005,24 +1047,8 @@ apply_group(PyObject *self, PyObject *args)
                 }
             }
         }
-        else {
-            PyObject *list = PySequence_List(values);
-            if (list == NULL) {
-                goto record_done;
-            }
-            PyObject *call[5] = {plan, state, time_obj, fields, list};
-            PyObject *nothing = PyObject_Vectorcall(out_of_order_fn, call, 5, NULL);
-            if (nothing == NULL) {
-                Py_DECREF(list);
-                goto record_done;
-            }
-            Py_DECREF(nothing);
-            PyObject *tuple = PyList_AsTuple(list);
-            Py_DECREF(list);
-            if (tuple == NULL) {
-                goto record_done;
-            }
-            Py_SETREF(values, tuple);
+        else if (out_of_order_row(plan, state, time_obj, fields, row, width) < 0) {
+            goto record_done;
         }
         if (PyDict_SetItem(written, store_key, Py_None) < 0) {
             goto record_done;
@@ -1033,22 +1059,14 @@ apply_group(PyObject *self, PyObject *args)
             Py_INCREF(time_obj);
             Py_SETREF(clock, time_obj);
         }
-        if (PyObject_GC_IsTracked(values)) {
-            int floats = 1;
-            for (Py_ssize_t i = 0; i < width && floats; i++) {
-                floats = PyFloat_CheckExact(PyTuple_GET_ITEM(values, i));
-            }
-            if (floats) {
-                PyObject_GC_UnTrack(values); /* floats make no cycle: the collector skips it */
-            }
-        }
-        outcome = PyObject_CallOneArg(served_type, values);
+        step_failed = 0;
     record_done:
-        if (outcome != NULL) {
-            step_failed = PyList_Append(served, outcome) < 0;
-            Py_DECREF(outcome);
+        if (outcome != NULL) { /* late or too large: its row back to NaN, as it was */
+            for (Py_ssize_t i = 0; i < width; i++) {
+                row[i] = Py_NAN;
+            }
+            step_failed = reject_row(rejected, at, outcome) < 0;
         }
-        Py_XDECREF(values);
         Py_DECREF(state);
         Py_XDECREF(newest_obj);
         Py_XDECREF(times);
@@ -1059,6 +1077,7 @@ apply_group(PyObject *self, PyObject *args)
     }
     failed = 0;
 done:
+    PyBuffer_Release(&view);
     PyMem_Free(features);
     PyMem_Free(windows);
     PyMem_Free(los);
@@ -1403,58 +1422,7 @@ failed:
     return NULL;
 }
 
-/* The served values of a batch's records as one C array of doubles, row after row: the
- * bytes of np.fromiter(chain.from_iterable(rows), np.float64); None unless every row is a
- * tuple of `width` floats (exact: a subclass may convert otherwise). */
-static PyObject *
-float_rows(PyObject *self, PyObject *args)
-{
-    PyObject *rows;
-    Py_ssize_t width;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "On", &rows, &width)) {
-        return NULL;
-    }
-    PyObject *fast = PySequence_Fast(rows, "rows must be a sequence");
-    if (fast == NULL) {
-        return NULL;
-    }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
-    PyObject **items = PySequence_Fast_ITEMS(fast);
-    if (width < 0 || (width && count > PY_SSIZE_T_MAX / width / (Py_ssize_t)sizeof(double))) {
-        Py_DECREF(fast);
-        Py_RETURN_NONE;
-    }
-    PyObject *block = PyBytes_FromStringAndSize(NULL, count * width * (Py_ssize_t)sizeof(double));
-    if (block == NULL) {
-        Py_DECREF(fast);
-        return NULL;
-    }
-    double *out = (double *)PyBytes_AS_STRING(block);
-    for (Py_ssize_t at = 0; at < count; at++) {
-        PyObject *row = items[at];
-        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != width) {
-            goto other;
-        }
-        for (Py_ssize_t i = 0; i < width; i++) {
-            PyObject *value = PyTuple_GET_ITEM(row, i);
-            if (!PyFloat_CheckExact(value)) {
-                goto other;
-            }
-            *out++ = PyFloat_AS_DOUBLE(value);
-        }
-    }
-    Py_DECREF(fast);
-    return block;
-other:
-    Py_DECREF(fast);
-    Py_DECREF(block);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
-    {"float_rows", float_rows, METH_VARARGS,
-     "float_rows(rows, width) -> bytes | None: the rows' floats as C doubles, row after row."},
     {"typed_group", typed_group, METH_VARARGS,
      "typed_group(prefix, key_column, record_keys, times_ms, record_time, fields, numeric, "
      "max_text) -> (store_keys, times_us, rows) | None: RecordReader.read_columns of a group."},
@@ -1471,8 +1439,8 @@ static PyMethodDef methods[] = {
      "the Python objects the loop makes and calls."},
     {"apply_group", apply_group, METH_VARARGS,
      "apply_group(plan, features, windows_us, horizon_us, ttl_us, max_entries, lateness_us, "
-     "width, fields, store_keys, times_us, rows, bad, keys, cache, load, clock, written, served)"
-     " -> (records applied, clock): PartitionState._apply_group's loop."},
+     "width, fields, store_keys, times_us, rows, bad, keys, cache, load, clock, written, block, "
+     "rejected) -> (records applied, clock): PartitionState._apply_group's loop."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1489,11 +1457,17 @@ PyInit__engine(void)
     str_columns = PyUnicode_InternFromString("columns");
     str_ordered = PyUnicode_InternFromString("ordered");
     str_sums = PyUnicode_InternFromString("sums");
-    zero_float = PyFloat_FromDouble(0.0);
     empty_list = PyList_New(0);
     empty_tuple = PyTuple_New(0);
-    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !str_sums || !zero_float || !empty_list || !empty_tuple) {
+    if (!str_newest_us || !str_times || !str_columns || !str_ordered || !str_sums || !empty_list || !empty_tuple) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* apply_group's calling convention: 2 since it writes a batch's served values into one
+     * block (windows.NATIVE_ABI); a build of another refuses to be used. */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -25,6 +25,9 @@ served records instead of 1,000 (to the store and to the changelog).
 
 from __future__ import annotations
 
+import sys
+from array import array
+
 import msgspec
 
 CODEC_VERSION = 2
@@ -77,10 +80,45 @@ class Served(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class ServedRun(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """What consecutive input records of one batch were served: ``served[i]`` at ``offsets[i]``."""
+    """What consecutive input records of one batch were served, the record at ``offsets[i]`` i-th.
+
+    ``served`` is either a :class:`Served` per record (the runs written before
+    2026-12-06, still read), or one block of their values: ``width``
+    little-endian float64 per record, row after row, a rejected record's row
+    NaN and its reason and detail in ``rejected`` as (its place in the run,
+    reason, detail). The block is what the engine serves a batch
+    (:class:`~streamer.core.state.windows.Applied`): a run is a slice of it,
+    encoded as one bin value instead of a struct and a tuple per record.
+    """
 
     offsets: list[int]
-    served: list[Served]
+    served: list[Served] | bytes
+    rejected: list[tuple[int, str, str]] = []
+
+    def outcome(self, place: int, width: int) -> Served:
+        """What the record at ``offsets[place]`` was served."""
+        if not isinstance(self.served, bytes):
+            return self.served[place]
+        for at, reason, detail in self.rejected:
+            if at == place:
+                return Served(None, reason, detail)
+        row = array("d", self.served[place * width * 8 : (place + 1) * width * 8])
+        if _SWAP:
+            row.byteswap()
+        return Served(tuple(row))
+
+
+_SWAP = sys.byteorder != "little"
+"""A block is little-endian float64: a big-endian machine swaps its doubles' bytes."""
+
+
+def block_bytes(block: array, start: int, stop: int) -> bytes:
+    """The bytes of ``block[start:stop]`` (an ``array('d')``) as a run stores them."""
+    if not _SWAP:
+        return block[start:stop].tobytes()
+    part = block[start:stop]
+    part.byteswap()
+    return part.tobytes()
 
 
 _encoder = msgspec.msgpack.Encoder()

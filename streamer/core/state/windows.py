@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from streamer.core.state.codec import (
     Meta,
     Served,
     ServedRun,
+    block_bytes,
     decode_key_state,
     decode_meta,
     decode_served,
@@ -93,14 +95,36 @@ class StateInput(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """A batch applied: one outcome per input (None: not a JSON object, left to the preprocessor).
+    """A batch applied: the values each input was served, as one block, and the store writes.
 
-    ``changes`` are the store writes of the batch, in the order written: the
-    records of the changelog topic.
+    ``values`` holds ``width`` doubles per input, row after row, in the
+    layout's feature order (an ``array('d')``: one object for the batch, not a
+    struct and a tuple per record). An input served none has a row of NaN and
+    is in ``missing``: its rejection (a :class:`Served` with a reason: late,
+    missing_key, ...), or None when it is not a JSON object (left to the
+    preprocessor). ``changes`` are the store writes of the batch, in the order
+    written: the records of the changelog topic.
     """
 
-    outcomes: tuple[Served | None, ...]
+    values: array
+    width: int
+    missing: dict[int, Served | None]
     changes: tuple[Change, ...]
+
+    def row(self, index: int) -> tuple[float, ...] | None:
+        """The values served to input ``index`` (None: none)."""
+        if index in self.missing:
+            return None
+        return tuple(self.values[index * self.width : (index + 1) * self.width])
+
+    @property
+    def outcomes(self) -> tuple[Served | None, ...]:
+        """One outcome per input, as objects: the offline command's and the tests' view."""
+        count = len(self.values) // self.width if self.width else 0
+        missing = self.missing
+        return tuple(
+            missing[at] if at in missing else Served(self.row(at)) for at in range(count)
+        )
 
 
 class ForeignStoreError(Exception):
@@ -171,11 +195,15 @@ NATIVE_FUNCTIONS = (
     "bind",
     "cache_keys",
     "defer_keys",
-    "float_rows",
     "typed_group",
     "window_sum",
 )
 """What this module calls in the compiled loop: a build without one of them is not used."""
+
+
+NATIVE_ABI = 2
+"""The calling convention of the compiled loop this module calls (``_engine.ABI``): 2 since
+its apply_group writes the served values into the batch's block."""
 
 
 def _compiled() -> tuple[ModuleType | None, str]:
@@ -187,9 +215,13 @@ def _compiled() -> tuple[ModuleType | None, str]:
     except ImportError as exc:
         return None, f"the compiled loop is not built ({exc})"
     missing = [name for name in NATIVE_FUNCTIONS if not hasattr(_engine, name)]
-    if missing:  # built from an older _engine.c: its calls would fail at the first batch
+    problems = [f"no {', '.join(missing)}"] if missing else []
+    abi = getattr(_engine, "ABI", 1)  # a build from before its ABI constant: 1
+    if abi != NATIVE_ABI:
+        problems.append(f"ABI {abi}, not {NATIVE_ABI}")
+    if problems:  # built from an older _engine.c: its calls would fail at the first batch
         return None, (
-            f"the compiled loop is stale (no {', '.join(missing)}): rebuild it with "
+            f"the compiled loop is stale ({'; '.join(problems)}): rebuild it with "
             "`python setup.py build_ext --inplace` or reinstall streamer"
         )
     return _engine, (
@@ -375,8 +407,9 @@ class PartitionState:
         keys: dict[bytes, KeyEntries | None],
     ) -> Applied:
         count = len(offsets)
-        outcomes: list[Served | None] = [None] * count
-        fresh, last = self._sort_out(offsets, docs, outcomes)
+        width = len(self.layout.features)
+        missing: dict[int, Served | None] = {}
+        fresh, last = self._sort_out(offsets, docs, missing)
         if len(fresh) < count:
             docs = [docs[at] for at in fresh]
             record_keys = [record_keys[at] for at in fresh]
@@ -392,35 +425,36 @@ class PartitionState:
         if self.deferred:
             self._read_ahead(columns, keys)
             self._changing = True
+        block = _NAN * (len(fresh) * width)  # a row a record applied; NaN: none served
+        rejected: dict[int, Served] = {}
+        """The records applied that the state rejects, by their place in ``block``."""
         if len(columns) == 1:
-            served = self._apply_group(columns[0], bad, keys, clocks, written)
+            self._apply_group(columns[0], bad, keys, clocks, written, block, rejected)
         else:
-            served = self._apply_groups(columns, bad, keys, clocks, written)
+            self._apply_groups(columns, bad, keys, clocks, written, block, rejected)
         if len(fresh) == count:
-            outcomes = served  # type: ignore[assignment] # every record was applied
+            values = block  # every record was applied: the usual batch
+            missing.update(rejected)
         else:
-            for at, outcome in zip(fresh, served, strict=True):
-                outcomes[at] = outcome
+            values = _placed(block, rejected, fresh, count, width, missing)
         if self.deferred:
-            self._defer(offsets, fresh, served, written, keys)
+            self._defer(offsets, fresh, block, rejected, written, keys)
             self.meta = msgspec.structs.replace(
                 self.meta, last_offset=last, clocks_us=tuple(clocks)
             )
-            return Applied(tuple(outcomes), ())
+            return Applied(values, width, missing, ())
         changes: list[Change] = [
             (store_key, encode_key_state(e.newest_us, e.times, e.columns))
             for store_key, e in [(k, keys[k]) for k in written]
             if e is not None  # a key written holds entries
         ]
         if self._remember:
-            for start, run_offsets in _runs(offsets, fresh):
-                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
-                changes.append((served_key(run_offsets[-1]), encode(ran)))
+            changes.extend(_served_runs(offsets, fresh, block, rejected, width))
         meta = msgspec.structs.replace(self.meta, last_offset=last, clocks_us=tuple(clocks))
         changes.append((META_KEY, encode(meta)))
         self.store.write(changes)
         self.meta = meta  # only once written: a failed write leaves the engine as the store is
-        return Applied(tuple(outcomes), tuple(changes))
+        return Applied(values, width, missing, tuple(changes))
 
     def _read_ahead(
         self, columns: list[GroupColumns], keys: dict[bytes, KeyEntries | None]
@@ -435,7 +469,8 @@ class PartitionState:
         self,
         offsets: list[int],
         fresh: list[int],
-        served: list[Served],
+        block: array,
+        rejected: dict[int, Served],
         written: dict[bytes, None],
         keys: dict[bytes, KeyEntries | None],
     ) -> None:
@@ -450,10 +485,9 @@ class PartitionState:
             self._dirty_entries += sum(len(e.times) for e in held if e is not None) + len(fresh)
             dirty.update({store_key: keys[store_key] for store_key in written})  # type: ignore[misc]
         if self._remember:
-            pending = self._pending
-            for start, run_offsets in _runs(offsets, fresh):
-                ran = ServedRun(run_offsets, served[start : start + SERVED_RUN])
-                pending[served_key(run_offsets[-1])] = encode(ran)
+            self._pending.update(
+                _served_runs(offsets, fresh, block, rejected, len(self.layout.features))
+            )
 
     @property
     def dirty_entries(self) -> int:
@@ -494,12 +528,12 @@ class PartitionState:
         self,
         offsets: list[int],
         docs: Sequence[dict[str, Any] | None],
-        outcomes: list[Served | None],
+        outcomes: dict[int, Served | None],
     ) -> tuple[list[int], int]:
         """The places of the records to apply, and the last offset once the batch is applied.
 
-        A replay gets its outcome here (what it was served); a value that is
-        not a JSON object keeps None.
+        A replay gets its outcome in ``outcomes`` here (what it was served); a
+        value that is not a JSON object gets None there.
         """
         applied_before = self.meta.last_offset
         if offsets and min(offsets) > applied_before and None not in docs:
@@ -509,6 +543,7 @@ class PartitionState:
         replays: dict[int, Served] = {}
         for at, (offset, doc) in enumerate(zip(offsets, docs, strict=True)):
             if doc is None:
+                outcomes[at] = None
                 last = max(last, offset)
             elif offset <= applied_before:
                 outcomes[at] = self._replayed(offset, replays)
@@ -524,7 +559,9 @@ class PartitionState:
         keys: dict[bytes, KeyEntries | None],
         clocks: list[int | None],
         written: dict[bytes, None],
-    ) -> list[Served]:
+        block: array,
+        rejected: dict[int, Served],
+    ) -> None:
         """The records of a one-group layout, in order: :meth:`_apply_groups` for one group."""
         plan = self._groups[0]
         features, windows, horizon, ttl = (
@@ -540,21 +577,21 @@ class PartitionState:
         width = len(self.layout.features)
         cache = self._cache
         load = self._load
-        served: list[Served] = []
         rows: Iterator[GroupInput] = zip(*columns, strict=True)
         start = 0
         if self._native is not None:  # the same loop, compiled: it stops where it may not go
             start, clocks[0] = self._native.apply_group(
                 plan, features, windows, horizon, ttl, max_entries, lateness, width,
-                len(no_columns), *columns, bad, keys, cache, load, clocks[0], written, served,
+                len(no_columns), *columns, bad, keys, cache, load, clocks[0], written, block,
+                rejected,
             )  # fmt: skip
             if start == len(columns.times_us):
-                return served
+                return
             rows = islice(rows, start, None)
         clock = clocks[0]
         for at, (store_key, time_us, fields) in enumerate(rows, start):
             if bad and at in bad:
-                served.append(Served(None, bad[at].reason, bad[at].detail))
+                rejected[at] = Served(None, bad[at].reason, bad[at].detail)
                 continue
             state = keys.get(store_key, _UNREAD)
             if state is _UNREAD:
@@ -565,12 +602,12 @@ class PartitionState:
                 if clock is not None and newest < clock - ttl:
                     state = None  # past its TTL: it reads as empty
                 elif time_us < newest - lateness:
-                    served.append(_late(newest - time_us, lateness))
+                    rejected[at] = _late(newest - time_us, lateness)
                     continue
                 elif len(state.times) >= max_entries and _full(
                     state, max(newest, time_us) - horizon, max_entries
                 ):
-                    served.append(_too_large(max_entries))
+                    rejected[at] = _too_large(max_entries)
                     continue
             values = [0.0] * width
             if state is None:  # new, or past its TTL: only this entry
@@ -604,9 +641,8 @@ class PartitionState:
             written[store_key] = None
             if clock is None or time_us > clock:
                 clock = time_us
-            served.append(Served(tuple(values)))
+            block[at * width : (at + 1) * width] = array("d", values)
         clocks[0] = clock
-        return served
 
     def _apply_groups(
         self,
@@ -615,16 +651,21 @@ class PartitionState:
         keys: dict[bytes, KeyEntries | None],
         clocks: list[int | None],
         written: dict[bytes, None],
-    ) -> list[Served]:
+        block: array,
+        rejected: dict[int, Served],
+    ) -> None:
         """The records, in order: each one's values, then its entries in its keys' states."""
-        served: list[Served] = []
+        width = len(self.layout.features)
         rows = zip(*(zip(*group, strict=True) for group in columns), strict=True)
         for at, inputs in enumerate(rows):
             if at in bad:
-                served.append(Served(None, bad[at].reason, bad[at].detail))
+                rejected[at] = Served(None, bad[at].reason, bad[at].detail)
+                continue
+            served = self._apply_one(inputs, keys, clocks, written)
+            if served.values is None:
+                rejected[at] = served
             else:
-                served.append(self._apply_one(inputs, keys, clocks, written))
-        return served
+                block[at * width : (at + 1) * width] = array("d", served.values)
 
     def _replayed(self, offset: int, replays: dict[int, Served]) -> Served:
         """What a replayed offset was served: from its served run, read once per batch."""
@@ -632,7 +673,10 @@ class PartitionState:
             raw = self._served_run(offset)
             if raw is not None:
                 run = decode_served(raw)
-                replays.update(zip(run.offsets, run.served, strict=True))
+                width = len(self.layout.features)
+                replays.update(
+                    (at, run.outcome(place, width)) for place, at in enumerate(run.offsets)
+                )
         if offset in replays and offset >= self.meta.served_from:
             return replays[offset]
         return Served(
@@ -850,6 +894,54 @@ class PartitionState:
     def key_count(self) -> int:
         """Keys held (an O(keys) scan: for tests and the restore log, not per batch)."""
         return sum(1 for _ in self.store.items_from(KEY_PREFIX))
+
+
+_NAN = array("d", [math.nan])
+"""A row of one NaN: ``_NAN * n`` is a block of n values, none served yet."""
+
+
+def _placed(
+    block: array,
+    rejected: dict[int, Served],
+    fresh: list[int],
+    count: int,
+    width: int,
+    missing: dict[int, Served | None],
+) -> array:
+    """The batch's block from its applied records' (``block``, at ``fresh``) and its replays'.
+
+    ``missing`` holds the replays' outcomes and None for a value that is not a
+    JSON object; it is left with the inputs served no values.
+    """
+    values = _NAN * (count * width)
+    for place, at in enumerate(fresh):
+        values[at * width : (at + 1) * width] = block[place * width : (place + 1) * width]
+    for place, outcome in rejected.items():
+        missing[fresh[place]] = outcome
+    for at, outcome in list(missing.items()):
+        if outcome is not None and outcome.values is not None:  # a replay served values
+            values[at * width : (at + 1) * width] = array("d", outcome.values)
+            del missing[at]
+    return values
+
+
+def _served_runs(
+    offsets: list[int],
+    fresh: list[int],
+    block: array,
+    rejected: dict[int, Served],
+    width: int,
+) -> Iterator[Change]:
+    """The batch's served runs as store writes: each a slice of its block, and its rejections."""
+    for start, run_offsets in _runs(offsets, fresh):
+        stop = start + len(run_offsets)
+        refused = [
+            (place - start, outcome.reason, outcome.detail)
+            for place, outcome in rejected.items()
+            if start <= place < stop
+        ]
+        ran = ServedRun(run_offsets, block_bytes(block, start * width, stop * width), refused)
+        yield served_key(run_offsets[-1]), encode(ran)
 
 
 def _runs(offsets: list[int], fresh: list[int]) -> Iterator[tuple[int, list[int]]]:

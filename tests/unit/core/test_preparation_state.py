@@ -16,7 +16,7 @@ import pytest
 
 from streamer.core.features import FeatureSpec, prepare_batch
 from streamer.core.preparation import prepare_source
-from streamer.messages import Rejection, SourceBatch
+from streamer.messages import Rejection, ServedValues, SourceBatch
 from streamer.settings import PreprocessSettings
 
 STATE = ("n_1h", "sum_1h", "gap_1h")
@@ -50,7 +50,7 @@ def source(
         dispatched_at=0.0,
         state_rejections=tuple(Rejection(i, "late", "", "state") for i in rejected),
         state_names=STATE,
-        state_values=tuple(served),
+        state_values=ServedValues.of(served, len(STATE)),
     )
 
 
@@ -60,7 +60,7 @@ def reference(batch: SourceBatch, model: FeatureSpec, missing: str) -> tuple[obj
     kept = [i for i in range(len(batch.values)) if i not in rejected]
     values: list[bytes | None] = []
     for i in kept:
-        value, served = batch.values[i], batch.state_values[i]
+        value, served = batch.values[i], batch.state_values.row(i)
         try:
             doc = orjson.loads(value or b"")
         except orjson.JSONDecodeError:

@@ -120,7 +120,7 @@ def run(keeper: StateKeeper, log: MemoryChangelog, events: list[tuple[int, bytes
 
 
 def served(out: SourceBatch) -> dict[int, tuple[float, ...] | None]:
-    return dict(zip(out.offsets, out.state_values, strict=True))
+    return dict(zip(out.offsets, out.state_values.rows(), strict=True))
 
 
 def test_changelog_topic_name_derives_from_group_input_and_fingerprint() -> None:
@@ -146,9 +146,9 @@ def test_batches_carry_served_values_rejections_and_changelog_equal_to_offline()
     assert {**served(first), **served(second)} == expected
     assert expected[3] == (3.0, 11.75)
     assert first.state_names == ("n_1h", "sum_1h")
-    assert first.state_values[2] == (2.0, 1.75)
+    assert first.state_values.row(2) == (2.0, 1.75)
     assert first.values[2] == EVENTS[2][1]  # the original bytes: dead letters carry them
-    assert second.state_values[2] is None  # not JSON: no features
+    assert second.state_values.row(2) is None  # not JSON: no features
     assert second.state_rejections == ()
     assert first.changelog[-1][0] == META_KEY
     assert decode_meta(first.changelog[-1][1] or b"").last_offset == 2
@@ -161,7 +161,7 @@ def test_missing_key_is_a_state_rejection() -> None:
     assert [(r.index, r.reason, r.stage) for r in out.state_rejections] == [
         (0, "missing_key", "state")
     ]
-    assert out.state_values == (None, (1.0, 1.0))
+    assert out.state_values.rows() == [None, (1.0, 1.0)]
 
 
 def test_replay_after_restore_serves_the_same_values_and_counts_nothing_twice(
@@ -249,7 +249,7 @@ def test_foreign_local_store_is_discarded(tmp_path: Path) -> None:
     (tmp_path / "streamer" / f"{TOPIC}-0").rename(tmp_path / "streamer" / f"{TOPIC}-1")
     again = StateKeeper(make_settings(str(tmp_path)), lambda: log)
     out = again.apply(batch(EVENTS[:2], partition=1))
-    assert out.state_values == ((1.0, 1.5), (1.0, 2.0))  # partition 1 starts empty
+    assert out.state_values.rows() == [(1.0, 1.5), (1.0, 2.0)]  # partition 1 starts empty
     again.close()
 
 

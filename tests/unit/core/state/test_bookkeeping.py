@@ -4,16 +4,13 @@
 the same dict operations in the same order, so the cache holds the same keys in
 the same (least recently used first) order with the same sizes, the dirty keys
 are the same objects in the same order, and the counts are equal. A batch's
-columns read in one pass in C (``typed_group``) are the ones the Python read gives,
-and a batch's served values read as doubles in C (``float_rows``) are np.fromiter's.
+columns read in one pass in C (``typed_group``) are the ones the Python read gives.
 """
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,7 +83,7 @@ def test_defer_keys_is_the_python_loop(
     for keys, _new, written in runs:
         fresh = list(range(len(written)))
         for state in (python, native):
-            state._defer(fresh, fresh, [], dict(written), keys)
+            state._defer(fresh, fresh, windows.array("d"), {}, dict(written), keys)
         assert list(native._dirty) == list(python._dirty)
         assert all(native._dirty[k] is python._dirty[k] for k in python._dirty)
         assert native.dirty_entries == python.dirty_entries
@@ -150,33 +147,3 @@ def test_the_one_pass_read_is_the_python_read(
     assert {i: (b.reason, b.detail) for i, b in native_bad.items()} == {
         i: (b.reason, b.detail) for i, b in python_bad.items()
     }
-
-
-class Float(float):
-    """A float subclass: read by np.fromiter through its __float__, so float_rows declines it."""
-
-
-ROW_VALUES = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0.0, -0.0, 5e-324, 1.7976931348623157e308]),
-    st.integers(-5, 5),
-    st.builds(Float, st.floats(-10, 10)),
-)
-
-
-@needs_native
-@settings(deadline=None, database=None, max_examples=400)
-@given(
-    width=st.integers(0, 4),
-    rows=st.lists(st.lists(ROW_VALUES, min_size=0, max_size=5).map(tuple), max_size=8),
-)
-def test_float_rows_are_the_bytes_of_fromiter(rows: list[tuple[Any, ...]], width: int) -> None:
-    block = windows._NATIVE.float_rows(rows, width)
-    plain = all(len(row) == width and all(type(value) is float for value in row) for row in rows)
-    if not plain:
-        assert block is None
-        return
-    assert (
-        block
-        == np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width).tobytes()
-    )

@@ -353,11 +353,29 @@ def test_a_compiled_loop_built_from_an_older_source_is_not_used(
 ) -> None:
     stale = types.ModuleType("streamer.core.state._engine")
     for name in windows.NATIVE_FUNCTIONS:
-        if name not in ("cache_keys", "float_rows"):
+        if name not in ("cache_keys", "defer_keys"):
             setattr(stale, name, lambda *args: None)
     monkeypatch.setitem(sys.modules, "streamer.core.state._engine", stale)
     monkeypatch.setattr(state_package, "_engine", stale, raising=False)
     monkeypatch.delenv(windows.ENGINE_VARIABLE, raising=False)
     module, reason = windows._compiled()
     assert module is None
-    assert reason.startswith("the compiled loop is stale (no cache_keys, float_rows): rebuild it")
+    assert reason.startswith(
+        "the compiled loop is stale (no cache_keys, defer_keys; ABI 1, not 2): rebuild it"
+    )
+
+
+def test_a_compiled_loop_of_another_calling_convention_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build from before the served block has every function, but its apply_group appends
+    a Served per record to a list: called with a block, it would fail at the first batch."""
+    stale = types.ModuleType("streamer.core.state._engine")
+    for name in windows.NATIVE_FUNCTIONS:
+        setattr(stale, name, lambda *args: None)
+    monkeypatch.setitem(sys.modules, "streamer.core.state._engine", stale)
+    monkeypatch.setattr(state_package, "_engine", stale, raising=False)
+    monkeypatch.delenv(windows.ENGINE_VARIABLE, raising=False)
+    module, reason = windows._compiled()
+    assert module is None
+    assert reason.startswith("the compiled loop is stale (ABI 1, not 2): rebuild it")
