@@ -419,9 +419,7 @@ class ProducerActor(PipelineActor):
             max_bytes=self._settings.max_request_bytes,
             prefix_bytes=self._settings.dead_letter_prefix_bytes,
             carried=carried_headers(source.headers, self._settings.propagate_headers),
-            state_features=state_features_json(source.state_names, rows)
-            if log_features
-            else None,
+            state_features=state_features_json(source.state_names, rows) if log_features else None,
         )
         first = first_round(
             context, self._output_topic, batch.valid_rows.tolist(), encoded, batch.rejections

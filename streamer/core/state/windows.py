@@ -122,9 +122,7 @@ class Applied:
         """One outcome per input, as objects: the offline command's and the tests' view."""
         count = len(self.values) // self.width if self.width else 0
         missing = self.missing
-        return tuple(
-            missing[at] if at in missing else Served(self.row(at)) for at in range(count)
-        )
+        return tuple(missing[at] if at in missing else Served(self.row(at)) for at in range(count))
 
 
 class ForeignStoreError(Exception):
@@ -918,9 +916,9 @@ def _placed(
         values[at * width : (at + 1) * width] = block[place * width : (place + 1) * width]
     for place, outcome in rejected.items():
         missing[fresh[place]] = outcome
-    for at, outcome in list(missing.items()):
-        if outcome is not None and outcome.values is not None:  # a replay served values
-            values[at * width : (at + 1) * width] = array("d", outcome.values)
+    for at, replayed in list(missing.items()):
+        if replayed is not None and replayed.values is not None:  # a replay served values
+            values[at * width : (at + 1) * width] = array("d", replayed.values)
             del missing[at]
     return values
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from streamer.core.offsets import WatermarkTracker
+from streamer.core.state import windows
 from streamer.core.state.changelog import (
     Flush,
     RestoreCount,
@@ -554,3 +556,55 @@ def test_an_idle_poll_sends_changes_gathered_a_tenth_of_the_interval_and_no_youn
     ((_, sent),) = keeper.flushes(idle=True)
     assert sent.covers_from == 0
     assert decode_meta(sent.changes[-1][1] or b"").last_offset == 2
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_batch_block_holds_each_served_row_in_place_and_nan_only_where_none_is_served(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One float64 block a batch: a row per record, in the batch's order.
+
+    A record the state rejects (late, missing_key) or that is not JSON has a
+    row of NaN, is in ``absent`` and, rejected, in ``state_rejections`` at its
+    own index; every other row holds what offline serves that record, a replay
+    what it was served the first time.
+    """
+    if engine == "native" and windows.COMPILED is None:
+        pytest.skip("the compiled loop is not built")
+    monkeypatch.setattr(windows, "ENGINE", engine)
+    events = [
+        event(0, "a", 5_000_000, 1.5),
+        event(1, "b", 5_000_000, 2.0),
+        event(2, "a", 1_000, 4.0),  # 5,000 s before a's newest: late
+        (3, b'{"ts": 5000001, "amount": 1.0}'),  # no card: missing_key
+        (4, b"[1, 2]"),  # not a JSON object
+        event(5, "a", 5_000_002, 0.25),
+    ]
+    log = MemoryChangelog()
+    keeper = StateKeeper(make_settings(), lambda: log)
+    first = run(keeper, log, events)
+    expected = offline(events)
+    assert [(r.index, r.reason) for r in first.state_rejections] == [
+        (2, "late"),
+        (3, "missing_key"),
+    ]
+    assert first.state_values is not None
+    assert first.state_values.absent == {2, 3, 4}
+    matrix = first.state_values.matrix
+    assert matrix.shape == (6, 2)
+    for row in range(6):
+        if row in (2, 3, 4):
+            assert np.isnan(matrix[row]).all()
+            assert expected[row] is None
+        else:
+            assert not np.isnan(matrix[row]).any()
+            assert tuple(matrix[row].tolist()) == expected[row]
+    assert first.state_values.row(5) == (2.0, 1.75)
+    # A rewind: offsets 3-5 again (replays, from the served runs), then a new record.
+    again = keeper.apply(batch([*events[3:], event(6, "b", 5_000_003, 1.0)]))
+    assert again.state_values is not None
+    assert [(r.index, r.reason) for r in again.state_rejections] == [(0, "missing_key")]
+    assert again.state_values.absent == {0, 1}
+    assert again.state_values.rows()[2:] == [(2.0, 1.75), (2.0, 3.0)]
+    assert again.state_values.tail(1).rows() == again.state_values.rows()[1:]
+    assert again.state_values.tail(2).absent == frozenset()

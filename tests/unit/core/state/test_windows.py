@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from streamer.core.state.codec import (
     META_KEY,
+    SERVED_PREFIX,
     KeyState,
     decode_key_state,
+    decode_served,
     encode,
     key_state_key,
 )
@@ -21,7 +23,13 @@ from streamer.core.state.declared import parse_features
 from streamer.core.state.layout import build_layout
 from streamer.core.state.restore import newest_meta, restore
 from streamer.core.state.store import Change, MemoryStore, RocksStore
-from streamer.core.state.windows import ForeignStoreError, PartitionState, StateInput, aggregate
+from streamer.core.state.windows import (
+    COMPILED,
+    ForeignStoreError,
+    PartitionState,
+    StateInput,
+    aggregate,
+)
 from tests.unit.core.state.streams import (
     LATENESS_US,
     SHAPES,
@@ -246,6 +254,38 @@ class TestOncePerRecord:
             assert again == first[replay_from:]
             snapshot.pop(META_KEY)
             assert {k: v for k, v in store.data.items() if k != META_KEY} == snapshot
+
+    @pytest.mark.parametrize("engine", ["native", "python"])
+    def test_a_served_run_of_the_codec_before_the_block_still_replays(self, engine: str) -> None:
+        """A store (or changelog) written before 2026-12-06 keeps a Served per record in its
+        runs: its replays get those values and reasons, as the runs of one block do."""
+        if engine == "native" and COMPILED is None:
+            pytest.skip("the compiled loop is not built")
+        store = MemoryStore()
+        state = PartitionState(layout(), store, "events", 0, engine=engine)
+        docs = [
+            {"card": "a", "amount": 1.5, "shop": "s", "ts": 1},
+            {"amount": 2.0, "shop": "s", "ts": 2},  # no card: missing_key
+            {"card": "a", "amount": 0.25, "shop": "t", "ts": 3},
+        ]
+        inputs = [StateInput(i, b"k", 1, doc) for i, doc in enumerate(docs)]
+        first = state.apply(inputs).outcomes
+        assert [o.reason for o in first if o is not None] == ["", "missing_key", ""]
+        width = len(state.layout.features)
+        runs = {k: decode_served(v) for k, v in store.data.items() if k[:1] == SERVED_PREFIX}
+        assert runs
+        assert all(isinstance(run.served, bytes) for run in runs.values())
+        for key, run in runs.items():  # as the codec before the block wrote them
+            old = [run.outcome(place, width) for place in range(len(run.offsets))]
+            store.data[key] = msgspec.msgpack.encode((run.offsets, old))
+            assert decode_served(store.data[key]).served == old
+        again = state.apply(inputs).outcomes
+        assert [(o.values, o.reason, o.detail) for o in again if o is not None] == [
+            (o.values, o.reason, o.detail) for o in first if o is not None
+        ]
+        assert first[0] is not None
+        assert first[0].values is not None
+        assert first[0].values[0] == 1.0
 
     def test_a_replay_below_the_forgotten_offsets_is_dead_lettered_not_counted(self) -> None:
         state = PartitionState(layout(), MemoryStore(), "events", 0)
