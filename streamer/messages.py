@@ -70,7 +70,7 @@ class SourceBatch:
         return self.offsets[-1]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ServedValues:
     """What the state served a batch's records: one float64 block, a row per record.
 
@@ -79,7 +79,8 @@ class ServedValues:
     ``state_rejections``, or not a JSON object) has a row of NaN and its index
     in ``absent``: NaN is never read as a value (a sum of floats may be one).
     One array for the batch instead of a struct and a tuple of floats per
-    record: freeing a delivered batch frees two objects, not thousands.
+    record: freeing a delivered batch frees two objects, not thousands. Equal only to
+    itself (an array has no one truth value): compare :meth:`rows`.
     """
 
     matrix: np.ndarray

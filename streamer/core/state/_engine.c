@@ -294,20 +294,21 @@ typedef struct {
 
 #define SUM_CACHE_FROM 16 /* a window of fewer entries is summed whole, no cache made for it */
 
-/* fsum(column[lo:hi] + [current]) from the key's SumCache; NULL without an error when it
- * cannot (window_sum then), with one when Python raised. */
-static PyObject *
+/* fsum(column[lo:hi] + [current]) from the key's SumCache, into *total: 1; 0 when it
+ * cannot (window_sum then), -1 when Python raised. */
+static int
 cached_window_sum(PyObject *state, Py_ssize_t sum_at, Py_ssize_t nsums, PyObject *column,
-                  Py_ssize_t lo, Py_ssize_t hi, int include_current, PyObject *current)
+                  Py_ssize_t lo, Py_ssize_t hi, int include_current, PyObject *current,
+                  double *total)
 {
     if (state == NULL || hi - lo < SUM_CACHE_FROM
         || (include_current && !PyFloat_CheckExact(current))) {
-        return NULL;
+        return 0;
     }
     PyObject *sums = get_slot(state, SUMS);
     if (sums == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            return NULL;
+            return -1;
         }
         PyErr_Clear(); /* a KeyEntries made without __init__: none yet */
     }
@@ -316,12 +317,12 @@ cached_window_sum(PyObject *state, Py_ssize_t sum_at, Py_ssize_t nsums, PyObject
         Py_XDECREF(sums);
         sums = PyByteArray_FromStringAndSize(NULL, size);
         if (sums == NULL) {
-            return NULL;
+            return -1;
         }
         memset(PyByteArray_AS_STRING(sums), 0, (size_t)size); /* none valid */
         if (set_slot(state, SUMS, sums) < 0) {
             Py_DECREF(sums);
-            return NULL;
+            return -1;
         }
     }
     SumCache *cache = (SumCache *)PyByteArray_AS_STRING(sums) + sum_at;
@@ -351,10 +352,14 @@ cached_window_sum(PyObject *state, Py_ssize_t sum_at, Py_ssize_t nsums, PyObject
     }
     Py_DECREF(sums);
     if (!ok) {
-        return NULL;
+        return 0;
     }
     double sum = round_partials(ps, n);
-    return isfinite(sum) ? PyFloat_FromDouble(sum) : NULL; /* an overflow: exact_sum's */
+    if (!isfinite(sum)) {
+        return 0; /* an overflow: exact_sum's */
+    }
+    *total = sum;
+    return 1;
 }
 
 /* After drop_front(count) of a key's lists: its cached sums' places move down with them. */
@@ -520,17 +525,23 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
         case COUNT:
             row[feature->index] = (double)(hi - lo + feature->include_current);
             continue;
-        case SUM:
-            value = cached_window_sum(state, feature->sum_at, nsums,
-                                      PyList_GET_ITEM(columns, feature->field), lo, hi,
-                                      feature->include_current,
-                                      PyTuple_GET_ITEM(fields, feature->field));
-            if (value == NULL && !PyErr_Occurred()) {
-                value = window_sum(PyList_GET_ITEM(columns, feature->field), lo, hi,
-                                   feature->include_current,
-                                   PyTuple_GET_ITEM(fields, feature->field));
+        case SUM: {
+            PyObject *column = PyList_GET_ITEM(columns, feature->field);
+            PyObject *current = PyTuple_GET_ITEM(fields, feature->field);
+            double sum;
+            int cached = cached_window_sum(state, feature->sum_at, nsums, column, lo, hi,
+                                           feature->include_current, current, &sum);
+            if (cached < 0) {
+                return -1;
             }
+            if (cached || exact_float_sum(((PyListObject *)column)->ob_item + lo, hi - lo,
+                                          feature->include_current ? current : NULL, &sum)) {
+                row[feature->index] = sum; /* the double fsum's float holds */
+                continue;
+            }
+            value = window_sum(column, lo, hi, feature->include_current, current);
             break;
+        }
         case TIME_SINCE_LAST:
             if (lo == hi) {
                 value = feature->default_value;
