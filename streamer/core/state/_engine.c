@@ -418,9 +418,9 @@ window_sum(PyObject *column, Py_ssize_t lo, Py_ssize_t hi, int include_current, 
     return total;
 }
 
-/* (time_us - newest) / 1_000_000 as Python computes it. */
-static PyObject *
-seconds_since(int64_t time_us, PyObject *newest)
+/* (time_us - newest) / 1_000_000 into *seconds where Python divides two doubles: 1; else 0. */
+static int
+exact_seconds_since(int64_t time_us, PyObject *newest, double *seconds)
 {
     if (PyLong_CheckExact(newest)) {
         int overflow;
@@ -429,10 +429,22 @@ seconds_since(int64_t time_us, PyObject *newest)
             int64_t diff = time_us - (int64_t)got;
             if (diff > -EXACT_DOUBLE && diff < EXACT_DOUBLE) {
                 /* int / int of two ints exact in a double: Python divides the doubles */
-                return PyFloat_FromDouble((double)diff / 1000000.0);
+                *seconds = (double)diff / 1000000.0;
+                return 1;
             }
         }
         PyErr_Clear();
+    }
+    return 0;
+}
+
+/* (time_us - newest) / 1_000_000 as Python computes it. */
+static PyObject *
+seconds_since(int64_t time_us, PyObject *newest)
+{
+    double exact;
+    if (exact_seconds_since(time_us, newest, &exact)) {
+        return PyFloat_FromDouble(exact);
     }
     PyObject *now = PyLong_FromLongLong(time_us);
     if (now == NULL) {
@@ -546,6 +558,10 @@ compute_values(Feature *features, Py_ssize_t nfeatures, Py_ssize_t *los, Py_ssiz
             if (lo == hi) {
                 value = feature->default_value;
                 Py_INCREF(value);
+            }
+            else if (exact_seconds_since(time_us, PyList_GET_ITEM(times, hi - 1),
+                                         &row[feature->index])) {
+                continue;
             }
             else {
                 value = seconds_since(time_us, PyList_GET_ITEM(times, hi - 1));
