@@ -7,8 +7,9 @@ changelog is writing its records into an empty store:
 - ``\\x00meta``: the partition's :class:`Meta` (last applied offset, clocks).
 - ``\\x01`` + offset (8 bytes, big-endian): what was served to a run of up to
   :data:`SERVED_RUN` consecutive input records of one batch, the last of them
-  at that offset (:class:`ServedRun`), so that a replayed record gets the
-  same values.
+  at that offset (:class:`ServedRun`: a slice of the batch's block of values,
+  or, as written before 2026-12-06 and still read, a struct per record), so
+  that a replayed record gets the same values.
 - ``\\x02`` + group (1 byte) + key bytes: one key's :class:`KeyState`.
 
 Values are MessagePack (msgspec): a float64 is written as its 8 bytes, so a
