@@ -152,9 +152,26 @@ def decode_meta(data: bytes) -> Meta:
     return _meta_decoder.decode(data)
 
 
-def decode_served(data: bytes) -> ServedRun:
-    """A run of served records from its bytes (msgspec.DecodeError when they are not one)."""
-    return _served_decoder.decode(data)
+def decode_served(data: bytes, width: int) -> ServedRun:
+    """A run of served records of ``width`` values each, from its bytes.
+
+    msgspec.DecodeError when they are not one: a run whose block or list does not hold a
+    record per offset, or a rejection outside it, is a corrupt store, never values
+    read from the wrong place.
+    """
+    run = _served_decoder.decode(data)
+    count = len(run.offsets)
+    if isinstance(run.served, bytes):
+        whole = len(run.served) == count * width * 8
+        inside = all(0 <= place < count for place, _reason, _detail in run.rejected)
+    else:
+        whole, inside = len(run.served) == count, not run.rejected
+    if not (whole and inside):
+        size = len(run.served)
+        msg = f"a served run of {count} records of {width} values holds {size} (bytes or structs)"
+        msg += f" and rejections at {[place for place, _r, _d in run.rejected]}"
+        raise msgspec.DecodeError(msg)
+    return run
 
 
 def key_state_key(group: int, key: bytes) -> bytes:

@@ -272,13 +272,13 @@ class TestOncePerRecord:
         first = state.apply(inputs).outcomes
         assert [o.reason for o in first if o is not None] == ["", "missing_key", ""]
         width = len(state.layout.features)
-        runs = {k: decode_served(v) for k, v in store.data.items() if k[:1] == SERVED_PREFIX}
+        runs = {k: decode_served(v, width) for k, v in store.data.items() if k[:1] == SERVED_PREFIX}
         assert runs
         assert all(isinstance(run.served, bytes) for run in runs.values())
         for key, run in runs.items():  # as the codec before the block wrote them
             old = [run.outcome(place, width) for place in range(len(run.offsets))]
             store.data[key] = msgspec.msgpack.encode((run.offsets, old))
-            assert decode_served(store.data[key]).served == old
+            assert decode_served(store.data[key], width).served == old
         again = state.apply(inputs).outcomes
         assert [(o.values, o.reason, o.detail) for o in again if o is not None] == [
             (o.values, o.reason, o.detail) for o in first if o is not None
@@ -286,6 +286,21 @@ class TestOncePerRecord:
         assert first[0] is not None
         assert first[0].values is not None
         assert first[0].values[0] == 1.0
+
+    def test_a_served_run_that_does_not_hold_a_row_per_offset_is_a_corrupt_store(self) -> None:
+        store = MemoryStore()
+        state = PartitionState(layout(), store, "events", 0)
+        doc = {"card": "a", "amount": 1.5, "shop": "s", "ts": 1}
+        inputs = [StateInput(i, b"k", 1, doc) for i in range(3)]
+        state.apply(inputs)
+        (key,) = [k for k in store.data if k[:1] == SERVED_PREFIX]
+        run = decode_served(store.data[key], len(state.layout.features))
+        assert isinstance(run.served, bytes)
+        short = msgspec.msgpack.encode((run.offsets, run.served[:-8], []))
+        for bad in (short, msgspec.msgpack.encode((run.offsets, run.served, [(3, "late", "")]))):
+            store.data[key] = bad
+            with pytest.raises(msgspec.DecodeError, match="a served run of 3 records"):
+                state.apply(inputs[:1])
 
     def test_a_replay_below_the_forgotten_offsets_is_dead_lettered_not_counted(self) -> None:
         state = PartitionState(layout(), MemoryStore(), "events", 0)
