@@ -64,6 +64,7 @@ from streamer.core.labels.ledger_log import (
     batches_from,
     expiry_sent,
     is_plain,
+    joins_sent,
     rebuild,
     sent_changes,
 )
@@ -343,7 +344,7 @@ class LedgerKeeper:
             fresh = [i for i, offset in enumerate(read.offsets) if offset > marks.label_offset]
             labels = [labels[i] for i in fresh]
             records = None if records is None else [records[i] for i in fresh]
-        joined, _reasons, _ = part.ledger.join(labels, records)
+        joined, _reasons, _ = part.ledger.join(labels, records, source.last_offset)
         times = [label.time_us for label in labels if label.time_us is not None]
         marks = msgspec.structs.replace(
             marks,
@@ -351,9 +352,11 @@ class LedgerKeeper:
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
         changes = part.deferred.taken()
-        # A join writes labelled entries and the counts, each for the changelog as it is
-        # (sent_changes would decode every entry to find none plain).
-        self._step(source.partition, part, changes, marks, joined, changes)
+        # A join writes labelled entries, a joins record per batch held (its labelled
+        # entries in one record) and the counts: the entries a joins record carries are
+        # not sent again on their own (sent_changes would decode every entry to find
+        # none plain).
+        self._step(source.partition, part, changes, marks, joined, joins_sent(changes))
         if part.labels_from is None:
             part.labels_from = source.first_offset
         return tuple(read.rejections)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streamer.core.labels.join import coordinates_identity
-from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key
+from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key, joins_key
 from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
@@ -266,9 +266,14 @@ def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
     assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
     assert delivery.report.held == 2  # offsets 3 and 4
     deleted = [key for key, value in delivery.changes if value is None]
-    # The labelled entry went as a record of its own: its tombstone; the unlabelled one
-    # goes with its batch record's tombstone.
-    assert deleted == [entry_key(coordinates_identity(TOPIC, 0, 1)), batch_key(2)]
+    # The labelled entry went in its label batch's joins record: the entry's tombstone
+    # (a changelog of the format before sent it on its own) and the joins record's; the
+    # unlabelled one goes with its batch record's tombstone.
+    assert deleted == [
+        entry_key(coordinates_identity(TOPIC, 0, 1)),
+        joins_key(2, 0),
+        batch_key(2),
+    ]
 
 
 def compacted(changes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
@@ -328,8 +333,9 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
     rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
     # The same store as the one that wrote the changelog, up to this join's own changes.
     for key in set(local) | set(rebuilt):
-        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(
-            coordinates_identity(TOPIC, 0, 4)
+        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key not in (
+            entry_key(coordinates_identity(TOPIC, 0, 4)),
+            joins_key(5, 3),
         ):
             assert rebuilt.get(key) == local.get(key), key
     if not compact:
@@ -337,10 +343,12 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
         def entry(offset: int) -> bytes:
             return entry_key(coordinates_identity(TOPIC, 0, offset))
 
-        sent = [(k, v is None) for k, v in changelog.partitions[0] if k[:2] in (b"Lb", b"Lp")]
+        sent = [
+            (k, v is None) for k, v in changelog.partitions[0] if k[:2] in (b"Lb", b"Lp", b"Lj")
+        ]
         assert sent == [
             (batch_key(3), False),  # the first batch's three predictions
-            (entry(2), False),  # its label
+            (joins_key(3, 1), False),  # its label, in the label batch's joins record
             (entry(1), False),  # the challenger's scores
             (entry(3), False),
             (batch_key(5), False),
@@ -348,10 +356,11 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
             (batch_key(3), False),  # offsets 3, 4, 5: their records are sent again
             (batch_key(5), False),
             (entry(3), False),
-            (entry(5), False),  # the label of offset 5 (its time moves the clock on)
-            (entry(1), True),  # expired: the entries sent on their own, and the batch record
+            (joins_key(5, 2), False),  # the label of offset 5 (its time moves the clock on)
+            (entry(1), True),  # expired: the entries not plain, the joins records, the batch
             (entry(2), True),
             (entry(3), True),
+            (joins_key(3, 1), True),
             (batch_key(3), True),
             (batch_key(7), False),
         ]
@@ -458,3 +467,57 @@ def test_a_batch_without_challengers_is_recorded_in_columns_as_with_them() -> No
     assert found[0] == found[1]
     assert [j.prediction.champion.score for j in found[0].joined] == [0.5, 0.25, 0.125]  # type: ignore[union-attr]
     assert (found[0].counts.outputs, found[0].counts.labels) == (3, {"unmatched": 1})
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_label_batch_sends_one_joins_record_per_batch_and_restores_from_it(
+    compact: bool,
+) -> None:
+    """Six labels over two scored batches: two changelog records, not six; restored, they stay."""
+    changelog = MemoryChangelog()
+    settings = make_settings()
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    keeper.record(records(0, list(range(10))), list(range(10)), [0.5] * 10, ("m", "1"), SCORED_AT)
+    keeper.record(
+        records(0, list(range(10, 20))), list(range(10)), [0.25] * 10, ("m", "1"), SCORED_AT
+    )
+    send(changelog, 0, delivered(keeper).changes)
+    named = [1, 12, 3, 15, 5, 18]
+    keeper.join(labels(0, list(range(6)), [label(0, offset, 1) for offset in named]))
+    # A challenger's score after the label: the entry goes on its own, after the joins record.
+    keeper.record_challenger(records(0, [3]), [0], [0.75], ("cand", "2"), SCORED_AT)
+    flush = delivered(keeper)
+    assert len(flush.report.joined) == 7  # the six joins, then offset 3 with its challenger
+    sent = [(key[:2], value is None) for key, value in flush.changes if key[:1] == b"L"]
+    assert sent == [
+        (b"Lj", False),  # the joins of batch 9's rows (1, 3, 5)
+        (b"Lj", False),  # of batch 19's (12, 15, 18)
+        (b"Lm", False),  # the counts and marks (at their first place in the flush)
+        (b"Lo", False),
+        (b"Lp", False),  # offset 3 with the challenger's score
+    ]
+    assert [key for key, _ in flush.changes if key[:2] == b"Lj"] == [
+        joins_key(9, 5),
+        joins_key(19, 5),
+    ]
+    send(changelog, 0, flush.changes)
+    local = dict(keeper._partitions[0].deferred.inner.data)  # type: ignore[attr-defined]
+    keeper.close()
+    if compact:
+        changelog.partitions[0] = compacted(changelog.partitions[0])
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.prepare([0])
+    (reset,) = restored.take_resets()
+    assert sorted(j.identity for j in reset.joined) == sorted(
+        coordinates_identity(TOPIC, 0, offset) for offset in named
+    )
+    rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
+    assert rebuilt == local
+    third = decode_prediction(rebuilt[entry_key(coordinates_identity(TOPIC, 0, 3))])
+    assert [c.name for c in third.challengers] == ["cand"]
+    # The same records labelled again are duplicates; an unlabelled one joins.
+    restored.join(labels(0, [6, 7], [label(0, 12, 0), label(0, 13, 0)]))
+    again = delivered(restored)
+    assert [j.identity for j in again.report.joined] == [coordinates_identity(TOPIC, 0, 13)]
+    assert again.report.counts.labels == {"duplicate": 1}
