@@ -169,7 +169,8 @@ def rebuild(
     A batch gets its time key and, with record ids, its plain entries (an
     identity with an entry already keeps it); a batch's tombstone deletes the
     entries it holds that are not newer than it; a joins record writes its
-    entries (and itself); every other record is written as it is. ``coordinates``: the input topic and partition.
+    entries (and itself); every other record is written as it is.
+    ``coordinates``: the input topic and partition.
     """
     overlay = _Overlay(store)
     done = 0
