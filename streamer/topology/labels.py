@@ -110,7 +110,12 @@ LEDGER_MEMTABLE_BYTES = 8 * 2**20
 """RocksDB's write buffer of each partition's ledger. Every prediction is a new key, so the
 buffers fill at the input's rate: 5,000,000 predictions in 4 partitions peaked at 366 MB of
 RSS with RocksDB's 64 MB, 227 MB with 8 MB, for 25% more CPU in RocksDB's flushes and
-compactions (docs/performance.md, "Labels")."""
+compactions (docs/performance.md, "Labels").
+
+The ledger's stores write no write-ahead log (RocksDB's writes cost half): after a kill -9 a
+store has lost its writes since its last memtable flush, its meta record is behind the
+changelog's, and it is rebuilt from the changelog, as a store ahead of it (its writes run
+ahead of the flushes' acknowledgements) was already."""
 
 
 def ledger_topic(settings: Settings) -> str:
@@ -514,6 +519,7 @@ class LedgerKeeper:
             (self.topic, partition),
             "ledger",
             memtable_bytes=LEDGER_MEMTABLE_BYTES,
+            wal=False,
         )
 
     def _restore(self, partition: int) -> _Partition:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -13,7 +17,9 @@ from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key
 from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
-from streamer.core.state.codec import META_KEY
+from streamer.core.state.codec import META_KEY, Meta
+from streamer.core.state.restore import local_meta
+from streamer.core.state.store import RocksStore
 from streamer.messages import LedgerHeld, SourceBatch
 from streamer.settings import Settings, build_settings
 from streamer.topology.labels import LedgerFlush, LedgerKeeper, ledger_topic
@@ -521,3 +527,66 @@ def test_a_label_batch_sends_one_joins_record_per_batch_and_restores_from_it(
     again = delivered(restored)
     assert [j.identity for j in again.report.joined] == [coordinates_identity(TOPIC, 0, 13)]
     assert again.report.counts.labels == {"duplicate": 1}
+
+
+_KILLED_KEEPER = """
+import os, signal, sys
+import msgspec
+import streamer.topology.labels as labels_module
+from streamer.topology.labels import LedgerKeeper
+from tests.unit.topology.test_ledger_keeper import SCORED_AT, label, labels, make_settings, records
+
+if sys.argv[3] == "wal":  # the contrast: the write-ahead log on
+    opened = labels_module.open_rocks_store
+    labels_module.open_rocks_store = lambda *a, **kw: opened(*a, **{**kw, "wal": True})
+keeper = LedgerKeeper(make_settings(sys.argv[1]), None)
+sent = []
+
+def flush():
+    (f,) = keeper.flushes(0)
+    assert keeper.flushed(0, f.flush_id)
+    sent.extend(f.changes)
+
+keeper.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
+flush()
+keeper._partitions[0].deferred.inner._db.flush()  # on disk up to here; the join stays in memory
+keeper.join(labels(0, [0], [label(0, 2, 1)]))
+flush()
+with open(sys.argv[2], "wb") as out:
+    out.write(msgspec.msgpack.encode(sent))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("wal", [False, True])
+def test_a_kill_9_loses_the_stores_unflushed_writes_and_the_changelog_rebuilds_them(
+    tmp_path: Path, wal: bool
+) -> None:
+    """Without the write-ahead log, a kill -9 leaves the store behind: it is rebuilt."""
+    state_dir, sent_file = tmp_path / "state", tmp_path / "sent.msgpack"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_KEEPER, str(state_dir), str(sent_file), str(wal and "wal")],
+        check=False,
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    changelog = MemoryChangelog()
+    sent = msgspec.msgpack.decode(sent_file.read_bytes(), type=list[tuple[bytes, bytes | None]])
+    send(changelog, 0, tuple(sent))  # both flushes were acknowledged
+    store = RocksStore(state_dir / "g_1" / "ledger-tx-0")
+    meta = local_meta(store)
+    store.close()
+    assert isinstance(meta, Meta)
+    # The record's write (1) was on disk; the join's (2) only in the write-ahead log.
+    assert meta.last_offset == (2 if wal else 1)
+
+    restarted = LedgerKeeper(make_settings(str(state_dir)), lambda: changelog)
+    restarted.prepare([0])
+    (reset,) = restarted.take_resets()
+    assert [j.identity for j in reset.joined] == [coordinates_identity(TOPIC, 0, 2)]
+    restarted.join(labels(0, [1, 2], [label(0, 2, 0), label(0, 3, 0)]))
+    delivery = delivered(restarted)
+    assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 3)]
+    assert delivery.report.counts.labels == {"duplicate": 1}
+    assert delivery.report.held == 3
+    restarted.close()
