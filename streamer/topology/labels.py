@@ -70,6 +70,7 @@ from streamer.core.labels.ledger_log import (
 )
 from streamer.core.labels.live import (
     LEDGER_FINGERPRINT,
+    LEDGER_FINGERPRINTS_READ,
     MARKS_KEY,
     LedgerMarks,
     closing_changes,
@@ -125,16 +126,16 @@ def ledger_topic(settings: Settings) -> str:
 
 
 def older_format(reader: ChangelogReader, partitions: int) -> tuple[int, str] | None:
-    """The first partition of a ledger changelog whose last meta record is another format's.
+    """The first partition of a ledger changelog whose last meta record is a format not read.
 
     ``(partition, fingerprint)``, or None when every partition is empty or of
-    :data:`LEDGER_FINGERPRINT`. The format of version 1 sent two records per
+    :data:`LEDGER_FINGERPRINTS_READ`. The format of version 1 sent two records per
     prediction; this one cannot read it back without leaving its records in the
     compacted topic for ever (docs/labels.md, "The ledger changelog").
     """
     for partition in range(partitions):
         meta, _end = changelog_tail(reader, partition)
-        if meta is not None and meta.fingerprint != LEDGER_FINGERPRINT:
+        if meta is not None and meta.fingerprint not in LEDGER_FINGERPRINTS_READ:
             return partition, meta.fingerprint
     return None
 
@@ -527,10 +528,15 @@ class LedgerKeeper:
         store = self._open_store(partition)
         reader = self._changelog_reader()
         changelog, end = changelog_tail(reader, partition) if reader is not None else (None, 0)
+        # A changelog of format 2 (no joins records) restores as it is: planned by its own
+        # fingerprint, the store then writes format 3's meta records.
+        fingerprint = LEDGER_FINGERPRINT
+        if changelog is not None and changelog.fingerprint in LEDGER_FINGERPRINTS_READ:
+            fingerprint = changelog.fingerprint
         plan = plan_restore(
             local_meta(store),
             changelog,
-            fingerprint=LEDGER_FINGERPRINT,
+            fingerprint=fingerprint,
             topic=self.topic,
             partition=partition,
         )

@@ -13,7 +13,13 @@ import orjson
 import pytest
 
 from streamer.core.labels.join import coordinates_identity
-from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key, joins_key
+from streamer.core.labels.ledger import (
+    COUNTS_KEY,
+    PredictionLedger,
+    decode_prediction,
+    entry_key,
+    joins_key,
+)
 from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
@@ -590,3 +596,47 @@ def test_a_kill_9_loses_the_stores_unflushed_writes_and_the_changelog_rebuilds_t
     assert delivery.report.counts.labels == {"duplicate": 1}
     assert delivery.report.held == 3
     restarted.close()
+
+
+def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Format 2 sent an ``Lp`` record per label and no joins records: this version reads it."""
+    changelog = MemoryChangelog()
+    settings = make_settings()
+    with monkeypatch.context() as old:
+        old.setattr("streamer.core.labels.live.LEDGER_FINGERPRINT", "prediction-ledger-2")
+        join = PredictionLedger.join
+        old.setattr(
+            PredictionLedger,
+            "join",
+            lambda self, labels, offsets, _tag: join(self, labels, offsets),
+        )
+        writer = LedgerKeeper(settings, lambda: changelog)
+        writer.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
+        writer.join(labels(0, [0, 1], [label(0, 1, 1), label(0, 3, 0)]))
+        flush = delivered(writer)
+        writer.close()
+    assert [key[:2] for key, _ in flush.changes if key[:2] in (b"Lj", b"Lp")] == [b"Lp", b"Lp"]
+    send(changelog, 0, flush.changes)
+    meta = last_meta([[(0, k, v) for k, v in changelog.partitions[0]]])
+    assert meta is not None
+    assert meta.fingerprint == "prediction-ledger-2"
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.join(labels(0, [2, 3], [label(0, 1, 0), label(0, 2, 1)]))
+    flush = delivered(restored)
+    assert [j.identity for j in flush.report.joined] == [coordinates_identity(TOPIC, 0, 2)]
+    assert flush.report.counts.labels == {"duplicate": 1}
+    send(changelog, 0, flush.changes)
+    meta = last_meta([[(0, k, v) for k, v in changelog.partitions[0]]])
+    assert meta is not None
+    assert meta.fingerprint == LEDGER_FINGERPRINT
+    restored.close()
+
+    again = LedgerKeeper(settings, lambda: changelog)
+    again.prepare([0])
+    (reset,) = again.take_resets()
+    assert sorted(j.identity for j in reset.joined) == [
+        coordinates_identity(TOPIC, 0, offset) for offset in (1, 2, 3)
+    ]
