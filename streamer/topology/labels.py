@@ -64,7 +64,6 @@ from streamer.core.labels.ledger_log import (
     batches_from,
     expiry_sent,
     is_plain,
-    joins_sent,
     rebuild,
     sent_changes,
 )
@@ -359,10 +358,10 @@ class LedgerKeeper:
         )
         changes = part.deferred.taken()
         # A join writes labelled entries, a joins record per batch held (its labelled
-        # entries in one record) and the counts: the entries a joins record carries are
-        # not sent again on their own (sent_changes would decode every entry to find
-        # none plain).
-        self._step(source.partition, part, changes, marks, joined, joins_sent(changes))
+        # entries in one record) and the counts: the changelog gets the ledger's `sent`,
+        # without the entries the joins records carry (sent_changes would decode every
+        # entry to find none plain).
+        self._step(source.partition, part, changes, marks, joined, part.ledger.sent)
         if part.labels_from is None:
             part.labels_from = source.first_offset
         return tuple(read.rejections)

@@ -280,6 +280,9 @@ class PredictionLedger:
         RocksDB miss cost 3-4 µs per label, most of a label's join (docs/labels.md)."""
         self.held = 0
         """How many predictions the ledger holds."""
+        self.sent: list[Change] = []
+        """After a :meth:`join` with a ``tag``: its changes as the changelog gets them (the
+        joins records, what they do not carry, the counts), in their order."""
         # The batches' time keys hold their sizes: no batch is read to open the ledger.
         sizes: dict[int, int] = {}
         for key, size in store.items_from(BATCH_BY_TIME):
@@ -581,7 +584,7 @@ class PredictionLedger:
         offset): the labelled entries of each batch held that get only a label
         (no challenger's score) are also written together under
         :func:`joins_key` (``Lj``), one changelog record per batch instead of one
-        per label (:func:`streamer.core.labels.ledger_log.joins_sent`).
+        per label: :attr:`sent` is then the changes without the entries those carry.
 
         Returns:
             The joined predictions, the reason of each label that joined nothing
@@ -658,8 +661,12 @@ class PredictionLedger:
             if tag is not None:
                 groups.setdefault(last, []).append((label.identity, value))
             entries[row] = 1  # an entry now: the next label of the row reads it
+        apart = len(changes)
         changes += _joins_records(groups, tag)
-        return joined, reasons, self._written(changes, self._counted(len(joined), reasons))
+        written = self._written(changes, self._counted(len(joined), reasons))
+        if tag is not None:  # every entry is in a joins record
+            self.sent = written[apart:]
+        return joined, reasons, written
 
     def _plain_rows(
         self, offsets: Sequence[int]
@@ -802,21 +809,24 @@ class PredictionLedger:
         the identities, when known. ``tag``: a label batch's (see :meth:`join`).
         """
         changes: list[Change] = []
+        apart: list[Change] = []  # with ``tag``, what no joins record carries
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
         for identity, after in pending.items():
             before = stored[identity]
             if after is None or before is after:
                 continue
             place = places.get(identity, _UNKNOWN) if places is not None else _UNKNOWN
+            step: list[Change] = []
             if before is None:
-                changes.append((_time_key(after.time_us, identity), b""))
+                step.append((_time_key(after.time_us, identity), b""))
                 self.held += 1
             elif before.time_us != after.time_us:
                 old = _time_key(before.time_us, identity)
                 if self.store.get(old) is not None:
-                    changes += [(old, None), (_time_key(after.time_us, identity), b"")]
+                    step += [(old, None), (_time_key(after.time_us, identity), b"")]
             value = _encoder.encode(after)
-            changes.append((entry_key(identity), value))
+            step.append((entry_key(identity), value))
+            changes += step
             if (
                 tag is not None
                 and isinstance(place, tuple)
@@ -825,9 +835,16 @@ class PredictionLedger:
                 and not after.challengers
             ):
                 groups.setdefault(place[0], []).append((identity, value))
+                apart += step[:-1]
+            else:
+                apart += step
             self._entry_written(identity, place)
+        joins = len(changes)
         changes += _joins_records(groups, tag)
-        return self._written(changes, counts)
+        written = self._written(changes, counts)
+        if tag is not None:
+            self.sent = apart + written[joins:]
+        return written
 
     def _written(self, changes: list[Change], counts: LedgerCounts) -> list[Change]:
         """Write ``changes`` and the counts (when they moved) in one batch; the changes."""

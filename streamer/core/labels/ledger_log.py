@@ -9,7 +9,7 @@ columns). The other records are few:
 - ``Lj`` + a batch's last offset + a label batch's last offset: the entries
   that label batch joined in that batch (labelled, no challenger's score), in
   one record: a label batch of 600 labels over six scored batches sends six
-  records, where one per label went before (:func:`joins_sent`). Restored, each
+  records, where one per label went before (``PredictionLedger.sent``). Restored, each
   entry is written as its ``Lp`` record would be; the record itself is kept in
   the store, so that the batch's expiry finds it and sends its tombstone;
 - ``Lp`` + identity: any other entry that is no longer *plain* (the champion's
@@ -93,19 +93,6 @@ def sent_changes(changes: Iterable[Change]) -> list[Change]:
             continue
         sent.append((key, value))
     return sent
-
-
-def joins_sent(changes: Sequence[Change]) -> list[Change]:
-    """What of a label batch's join goes to the changelog: no entry a joins record carries."""
-    carried = {
-        ENTRY_PREFIX + identity
-        for key, value in changes
-        if key[:2] == JOIN_PREFIX and value is not None
-        for identity, _entry in decode_joins(value)
-    }
-    if not carried:
-        return list(changes)
-    return [change for change in changes if change[0] not in carried]
 
 
 def expiry_sent(store: Store, changes: Iterable[Change]) -> list[Change]:

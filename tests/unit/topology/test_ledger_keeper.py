@@ -607,11 +607,16 @@ def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
     with monkeypatch.context() as old:
         old.setattr("streamer.core.labels.live.LEDGER_FINGERPRINT", "prediction-ledger-2")
         join = PredictionLedger.join
-        old.setattr(
-            PredictionLedger,
-            "join",
-            lambda self, labels, offsets, _tag: join(self, labels, offsets),
-        )
+
+        def join_of_format_2(
+            self: PredictionLedger, labels: object, offsets: object, _tag: int
+        ) -> object:
+            """Each labelled entry sent on its own, as format 2 sent it."""
+            result = join(self, labels, offsets)  # type: ignore[arg-type]
+            self.sent = result[2]
+            return result
+
+        old.setattr(PredictionLedger, "join", join_of_format_2)
         writer = LedgerKeeper(settings, lambda: changelog)
         writer.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
         writer.join(labels(0, [0, 1], [label(0, 1, 1), label(0, 3, 0)]))
