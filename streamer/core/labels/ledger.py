@@ -16,6 +16,10 @@ store and its changelog:
   champion's score alone) when the identities are the batch's source
   coordinates (found by offset); with record ids, its ``p`` entry is written
   without a time key. It expires with its batch;
+- ``L`` ``j`` + a batch's last offset + a label batch's last offset: with a
+  ``tag`` (:meth:`PredictionLedger.join`), the entries that label batch joined
+  in that batch, together (the changelog's record of them; the ``p`` entries
+  are written too). They expire with their batch;
 - ``L`` ``m``: the :class:`LedgerCounts`.
 
 Every call writes its changes in one :meth:`Store.write` (all or none) and
