@@ -69,6 +69,7 @@ from streamer.core.labels.ledger_log import (
 )
 from streamer.core.labels.live import (
     LEDGER_FINGERPRINT,
+    LEDGER_FINGERPRINTS_READ,
     MARKS_KEY,
     LedgerMarks,
     closing_changes,
@@ -109,7 +110,12 @@ LEDGER_MEMTABLE_BYTES = 8 * 2**20
 """RocksDB's write buffer of each partition's ledger. Every prediction is a new key, so the
 buffers fill at the input's rate: 5,000,000 predictions in 4 partitions peaked at 366 MB of
 RSS with RocksDB's 64 MB, 227 MB with 8 MB, for 25% more CPU in RocksDB's flushes and
-compactions (docs/performance.md, "Labels")."""
+compactions (docs/performance.md, "Labels").
+
+The ledger's stores write no write-ahead log (RocksDB's writes cost half): after a kill -9 a
+store has lost its writes since its last memtable flush, its meta record is behind the
+changelog's, and it is rebuilt from the changelog, as a store ahead of it (its writes run
+ahead of the flushes' acknowledgements) was already."""
 
 
 def ledger_topic(settings: Settings) -> str:
@@ -119,16 +125,16 @@ def ledger_topic(settings: Settings) -> str:
 
 
 def older_format(reader: ChangelogReader, partitions: int) -> tuple[int, str] | None:
-    """The first partition of a ledger changelog whose last meta record is another format's.
+    """The first partition of a ledger changelog whose last meta record is a format not read.
 
     ``(partition, fingerprint)``, or None when every partition is empty or of
-    :data:`LEDGER_FINGERPRINT`. The format of version 1 sent two records per
+    :data:`LEDGER_FINGERPRINTS_READ`. The format of version 1 sent two records per
     prediction; this one cannot read it back without leaving its records in the
     compacted topic for ever (docs/labels.md, "The ledger changelog").
     """
     for partition in range(partitions):
         meta, _end = changelog_tail(reader, partition)
-        if meta is not None and meta.fingerprint != LEDGER_FINGERPRINT:
+        if meta is not None and meta.fingerprint not in LEDGER_FINGERPRINTS_READ:
             return partition, meta.fingerprint
     return None
 
@@ -343,7 +349,7 @@ class LedgerKeeper:
             fresh = [i for i, offset in enumerate(read.offsets) if offset > marks.label_offset]
             labels = [labels[i] for i in fresh]
             records = None if records is None else [records[i] for i in fresh]
-        joined, _reasons, _ = part.ledger.join(labels, records)
+        joined, _reasons, _ = part.ledger.join(labels, records, source.last_offset)
         times = [label.time_us for label in labels if label.time_us is not None]
         marks = msgspec.structs.replace(
             marks,
@@ -351,9 +357,11 @@ class LedgerKeeper:
             clock_us=_newest(marks.clock_us, max(times, default=None)),
         )
         changes = part.deferred.taken()
-        # A join writes labelled entries and the counts, each for the changelog as it is
-        # (sent_changes would decode every entry to find none plain).
-        self._step(source.partition, part, changes, marks, joined, changes)
+        # A join writes labelled entries, a joins record per batch held (its labelled
+        # entries in one record) and the counts: the changelog gets the ledger's `sent`,
+        # without the entries the joins records carry (sent_changes would decode every
+        # entry to find none plain).
+        self._step(source.partition, part, changes, marks, joined, part.ledger.sent)
         if part.labels_from is None:
             part.labels_from = source.first_offset
         return tuple(read.rejections)
@@ -511,6 +519,7 @@ class LedgerKeeper:
             (self.topic, partition),
             "ledger",
             memtable_bytes=LEDGER_MEMTABLE_BYTES,
+            wal=False,
         )
 
     def _restore(self, partition: int) -> _Partition:
@@ -518,10 +527,15 @@ class LedgerKeeper:
         store = self._open_store(partition)
         reader = self._changelog_reader()
         changelog, end = changelog_tail(reader, partition) if reader is not None else (None, 0)
+        # A changelog of format 2 (no joins records) restores as it is: planned by its own
+        # fingerprint, the store then writes format 3's meta records.
+        fingerprint = LEDGER_FINGERPRINT
+        if changelog is not None and changelog.fingerprint in LEDGER_FINGERPRINTS_READ:
+            fingerprint = changelog.fingerprint
         plan = plan_restore(
             local_meta(store),
             changelog,
-            fingerprint=LEDGER_FINGERPRINT,
+            fingerprint=fingerprint,
             topic=self.topic,
             partition=partition,
         )

@@ -538,19 +538,28 @@ def log_plan(logger: logging.Logger, what: str, tp: TP, plan: RestorePlan) -> No
 
 
 def open_rocks_store(
-    path: Path, tp: TP, what: str, write_behind_bytes: int = 0, memtable_bytes: int = 0
+    path: Path,
+    tp: TP,
+    what: str,
+    write_behind_bytes: int = 0,
+    memtable_bytes: int = 0,
+    *,
+    wal: bool = True,
 ) -> Store:
     """The RocksDB store at ``path``, waiting for a member that hands it over to let it go.
 
     A store that does not open for another reason (corrupt, foreign) is
-    discarded and rebuilt from the changelog. ``write_behind_bytes``, ``memtable_bytes``: see
-    RocksStore.
+    discarded and rebuilt from the changelog. ``write_behind_bytes``, ``memtable_bytes``,
+    ``wal``: see RocksStore.
     """
     deadline = time.monotonic() + STORE_LOCK_WAIT_S
     while True:
         try:
             return RocksStore(
-                path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes
+                path,
+                write_behind_bytes=write_behind_bytes,
+                memtable_bytes=memtable_bytes,
+                wal=wal,
             )
         except Exception as exc:  # rocksdict raises plain Exceptions
             if "lock" not in str(exc).lower():
@@ -568,7 +577,9 @@ def open_rocks_store(
         extra={"topic": tp[0], "partition": tp[1]},
     )
     shutil.rmtree(path, ignore_errors=True)
-    return RocksStore(path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes)
+    return RocksStore(
+        path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes, wal=wal
+    )
 
 
 def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None, int]:

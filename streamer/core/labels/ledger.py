@@ -16,6 +16,10 @@ store and its changelog:
   champion's score alone) when the identities are the batch's source
   coordinates (found by offset); with record ids, its ``p`` entry is written
   without a time key. It expires with its batch;
+- ``L`` ``j`` + a batch's last offset + a label batch's last offset: with a
+  ``tag`` (:meth:`PredictionLedger.join`), the entries that label batch joined
+  in that batch, together (the changelog's record of them; the ``p`` entries
+  are written too). They expire with their batch;
 - ``L`` ``m``: the :class:`LedgerCounts`.
 
 Every call writes its changes in one :meth:`Store.write` (all or none) and
@@ -55,6 +59,9 @@ TIME_PREFIX = _BY_TIME = PREFIX + b"t"
 COUNTS_KEY = _COUNTS = PREFIX + b"m"
 BATCH_PREFIX = PREFIX + b"b"
 """+ a batch's last input offset (8 bytes): a :class:`PredictionBatch`."""
+JOIN_PREFIX = PREFIX + b"j"
+"""+ a batch's last input offset (8 bytes) + a label batch's last offset (8 bytes): the
+entries that label batch joined in that batch, in one changelog record (:func:`encode_joins`)."""
 BATCH_BY_TIME = PREFIX + b"x"
 """+ time (8 bytes, biased) + last offset: the batches in time order, valued by their sizes
 (local only)."""
@@ -155,6 +162,7 @@ _encoder = msgspec.msgpack.Encoder()
 _prediction = msgspec.msgpack.Decoder(Prediction)
 _counts = msgspec.msgpack.Decoder(LedgerCounts)
 _batch = msgspec.msgpack.Decoder(PredictionBatch)
+_joins = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
 def batch_key(last_offset: int) -> bytes:
@@ -180,6 +188,21 @@ def encode_batch(batch: PredictionBatch) -> bytes:
 def decode_batch(raw: bytes) -> PredictionBatch:
     """A batch's value, read."""
     return _batch.decode(raw)
+
+
+def joins_key(last_offset: int, tag: int) -> bytes:
+    """The key of the entries label batch ``tag`` joined in the batch ending at ``last_offset``."""
+    return JOIN_PREFIX + last_offset.to_bytes(8, "big") + tag.to_bytes(8, "big", signed=True)
+
+
+def encode_joins(entries: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """A joins record's value: ``(identity, entry)`` pairs, each entry as its ``Lp`` value."""
+    return _encoder.encode(entries)
+
+
+def decode_joins(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """A joins record's ``(identity, entry)`` pairs."""
+    return _joins.decode(raw)
 
 
 def entry_key(identity: bytes) -> bytes:
@@ -261,6 +284,9 @@ class PredictionLedger:
         RocksDB miss cost 3-4 µs per label, most of a label's join (docs/labels.md)."""
         self.held = 0
         """How many predictions the ledger holds."""
+        self.sent: list[Change] = []
+        """After a :meth:`join` with a ``tag``: its changes as the changelog gets them (the
+        joins records, what they do not carry, the counts), in their order."""
         # The batches' time keys hold their sizes: no batch is read to open the ledger.
         sizes: dict[int, int] = {}
         for key, size in store.items_from(BATCH_BY_TIME):
@@ -547,7 +573,10 @@ class PredictionLedger:
         return written
 
     def join(
-        self, labels: Sequence[Label], offsets: Sequence[int] | None = None
+        self,
+        labels: Sequence[Label],
+        offsets: Sequence[int] | None = None,
+        tag: int | None = None,
     ) -> tuple[list[Joined], list[str], list[Change]]:
         """Join each label to its prediction: the first label of a record joins, once.
 
@@ -555,14 +584,18 @@ class PredictionLedger:
         ledger's partition, -1 when the label names another topic or another form.
         Given, a batch of labels whose predictions all wait plain in their batches
         is joined in columns (:meth:`_join_plain`); else, and for any other batch,
-        label by label, with the same result.
+        label by label, with the same result. ``tag`` (the label batch's last
+        offset): the labelled entries of each batch held that get only a label
+        (no challenger's score) are also written together under
+        :func:`joins_key` (``Lj``), one changelog record per batch instead of one
+        per label: :attr:`sent` is then the changes without the entries those carry.
 
         Returns:
             The joined predictions, the reason of each label that joined nothing
             (``unmatched``, ``duplicate``, ``past_horizon``), and the changes written.
         """
         if offsets is not None and self._entries:
-            plain = self._join_plain(labels, offsets)
+            plain = self._join_plain(labels, offsets, tag)
             if plain is not None:
                 return plain
         stored: dict[bytes, Prediction | None] = {}
@@ -588,7 +621,7 @@ class PredictionLedger:
                 pending[label.identity] = labelled
                 joined.append(Joined(label.identity, labelled))
         counts = self._counted(len(joined), reasons)
-        return joined, reasons, self._write(stored, pending, counts, places)
+        return joined, reasons, self._write(stored, pending, counts, places, tag)
 
     def _counted(self, joined: int, reasons: Sequence[str]) -> LedgerCounts:
         """The counts after a label batch: ``joined`` more joins, a label more per reason."""
@@ -600,7 +633,7 @@ class PredictionLedger:
         )
 
     def _join_plain(
-        self, labels: Sequence[Label], offsets: Sequence[int]
+        self, labels: Sequence[Label], offsets: Sequence[int], tag: int | None = None
     ) -> tuple[list[Joined], list[str], list[Change]] | None:
         """:meth:`join` of labels that each name a distinct plain row of a tracked batch.
 
@@ -616,22 +649,33 @@ class PredictionLedger:
         joined: list[Joined] = []
         reasons: list[str] = []
         changes: list[Change] = []
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
         horizon_us = self.horizon_us
         encode = _encoder.encode
-        for label, row, score, (batch, entries) in zip(labels, rows, scores, batches, strict=True):
+        for label, row, score, (batch, entries, last) in zip(
+            labels, rows, scores, batches, strict=True
+        ):
             if label.time_us is not None and label.time_us - batch.time_us > horizon_us:
                 reasons.append(PAST_HORIZON)
                 continue
             labelled = _plain_scored(batch, score, LedgerLabel(label.value, label.time_us))
             joined.append(Joined(label.identity, labelled))
-            changes.append((_ENTRY + label.identity, encode(labelled)))
+            value = encode(labelled)
+            changes.append((_ENTRY + label.identity, value))
+            if tag is not None:
+                groups.setdefault(last, []).append((label.identity, value))
             entries[row] = 1  # an entry now: the next label of the row reads it
-        return joined, reasons, self._written(changes, self._counted(len(joined), reasons))
+        apart = len(changes)
+        changes += _joins_records(groups, tag)
+        written = self._written(changes, self._counted(len(joined), reasons))
+        if tag is not None:  # every entry is in a joins record
+            self.sent = written[apart:]
+        return joined, reasons, written
 
     def _plain_rows(
         self, offsets: Sequence[int]
-    ) -> tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray]]] | None:
-        """Each offset's row, score, batch and the batch's entries, when all are plain rows.
+    ) -> tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray, int]]] | None:
+        """Each offset's row, score, batch, the batch's entries and last offset, all plain rows.
 
         None: an offset below 0, twice, in no batch held and tracked, or of a row
         that may have an entry.
@@ -651,7 +695,7 @@ class PredictionLedger:
         cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(ordered)]
         rows = np.empty(len(ordered), dtype=np.int64)
         scores = np.empty(len(ordered), dtype=np.float64)
-        batches: list[tuple[PredictionBatch, bytearray]] = []
+        batches: list[tuple[PredictionBatch, bytearray, int]] = []
         for start, end in itertools.pairwise(cuts):
             last = int(held[which[start]])
             entries = self._entries.get(last)
@@ -666,7 +710,7 @@ class PredictionLedger:
                 return None
             rows[start:end] = at
             scores[start:end] = np.frombuffer(found[0].scores, dtype=">f8")[at]
-            batches += [(found[0], entries)] * (end - start)
+            batches += [(found[0], entries, last)] * (end - start)
         # Back in the offsets' (the labels') order.
         place = np.empty(len(order), dtype=np.int64)
         place[order] = np.arange(len(order))
@@ -743,6 +787,7 @@ class PredictionLedger:
                 labelled += 1
             if entry is not None:
                 changes.append((entry_key(identity), None))
+        changes += [(joins, None) for joins in self.store.keys_between(*_joins_range(last))]
         changes += [(time_key, None), (key, None)]
         return unlabelled, labelled, changes
 
@@ -759,30 +804,51 @@ class PredictionLedger:
         pending: dict[bytes, Prediction | None],
         counts: LedgerCounts,
         places: dict[bytes, tuple[int, int, PredictionBatch] | None] | None = None,
+        tag: int | None = None,
     ) -> list[Change]:
         """Write what changed from ``stored`` to ``pending``, and the counts, in one batch.
 
         A new prediction gets a time key; a prediction a batch holds (it has
         none) keeps expiring with its batch. ``places``: where :meth:`_find` found
-        the identities, when known.
+        the identities, when known. ``tag``: a label batch's (see :meth:`join`).
         """
         changes: list[Change] = []
+        apart: list[Change] = []  # with ``tag``, what no joins record carries
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
         for identity, after in pending.items():
             before = stored[identity]
             if after is None or before is after:
                 continue
+            place = places.get(identity, _UNKNOWN) if places is not None else _UNKNOWN
+            step: list[Change] = []
             if before is None:
-                changes.append((_time_key(after.time_us, identity), b""))
+                step.append((_time_key(after.time_us, identity), b""))
                 self.held += 1
             elif before.time_us != after.time_us:
                 old = _time_key(before.time_us, identity)
                 if self.store.get(old) is not None:
-                    changes += [(old, None), (_time_key(after.time_us, identity), b"")]
-            changes.append((entry_key(identity), _encoder.encode(after)))
-            self._entry_written(
-                identity, places.get(identity, _UNKNOWN) if places is not None else _UNKNOWN
-            )
-        return self._written(changes, counts)
+                    step += [(old, None), (_time_key(after.time_us, identity), b"")]
+            value = _encoder.encode(after)
+            step.append((entry_key(identity), value))
+            changes += step
+            if (
+                tag is not None
+                and isinstance(place, tuple)
+                and before is not None
+                and before.time_us == after.time_us
+                and not after.challengers
+            ):
+                groups.setdefault(place[0], []).append((identity, value))
+                apart += step[:-1]
+            else:
+                apart += step
+            self._entry_written(identity, place)
+        joins = len(changes)
+        changes += _joins_records(groups, tag)
+        written = self._written(changes, counts)
+        if tag is not None:
+            self.sent = apart + written[joins:]
+        return written
 
     def _written(self, changes: list[Change], counts: LedgerCounts) -> list[Change]:
         """Write ``changes`` and the counts (when they moved) in one batch; the changes."""
@@ -800,6 +866,19 @@ _DECODED_BATCHES = 64
 _TRACKED_BATCHES = 4096
 """Batches whose rows' entries the ledger tracks (a byte per prediction: at most about 4 MB
 a partition with batches of 1,000); a label for an older batch reads the store."""
+
+
+def _joins_range(last: int) -> tuple[bytes, bytes]:
+    """The keys of the joins records of the batch ending at ``last``: ``[low, high)``."""
+    low = JOIN_PREFIX + last.to_bytes(8, "big")
+    return low, low + b"\xff" * 9
+
+
+def _joins_records(groups: dict[int, list[tuple[bytes, bytes]]], tag: int | None) -> list[Change]:
+    """One joins record per batch of ``groups`` (by last offset): its labelled entries."""
+    if tag is None:
+        return []
+    return [(joins_key(last, tag), encode_joins(entries)) for last, entries in groups.items()]
 
 
 def _plain(batch: PredictionBatch, row: int) -> Prediction:

@@ -6,9 +6,16 @@ they go to the changelog as **one record**, the ledger's own
 last input offset: the offsets, the scores and, with record ids, the ids, in
 columns). The other records are few:
 
-- ``Lp`` + identity: an entry that is no longer *plain* (the champion's score
-  alone, as its batch gives it): a joined label, a challenger's score. A
-  label's join sends one such small record;
+- ``Lj`` + a batch's last offset + a label batch's last offset: the entries
+  that label batch joined in that batch (labelled, no challenger's score), in
+  one record: a label batch of 600 labels over six scored batches sends six
+  records, where one per label went before (``PredictionLedger.sent``). Restored, each
+  entry is written as its ``Lp`` record would be; the record itself is kept in
+  the store, so that the batch's expiry finds it and sends its tombstone;
+- ``Lp`` + identity: any other entry that is no longer *plain* (the champion's
+  score alone, as its batch gives it): a challenger's score, a label joined to
+  an entry no batch holds or that has a challenger's score, a label joined by
+  record id;
 - ``Lt`` time keys, only for the rare entries no batch holds (a challenger's
   score for a record the champion's batch has not recorded);
 - ``Lm`` (the counts), ``Lo`` (the marks) and the meta record, as before.
@@ -21,7 +28,15 @@ sent as a record of its own.
 
 Records are applied in changelog order, which a compacted topic keeps for the
 records it retains: a batch sent again after a label's join (a replay) finds
-the labelled entry there and leaves it.
+the labelled entry there and leaves it. An entry in a joins record never has a
+challenger's score, so no ``Lp`` record of the same identity with an older value
+can follow it in a flush (a flush sends a key at its first place with its newest
+value): the ``Lp`` records of a batch-held identity before its join are a
+challenger's, whose entries a joins record never carries.
+
+Expiry sends a tombstone for every entry that is not plain (whether an ``Lp``
+record or a joins record carried it: a changelog of the format before the joins
+records has an ``Lp`` record per label) and one per joins record of the batch.
 """
 
 from __future__ import annotations
@@ -33,11 +48,13 @@ from streamer.core.labels.ledger import (
     BATCH_BY_TIME,
     BATCH_PREFIX,
     ENTRY_PREFIX,
+    JOIN_PREFIX,
     Prediction,
     batch_key,
     batch_size,
     batch_time_key,
     decode_batch,
+    decode_joins,
     decode_prediction,
     plain_values,
     time_key,
@@ -138,14 +155,20 @@ def rebuild(
 
     A batch gets its time key and, with record ids, its plain entries (an
     identity with an entry already keeps it); a batch's tombstone deletes the
-    entries it holds that are not newer than it; every other record is
-    written as it is. ``coordinates``: the input topic and partition.
+    entries it holds that are not newer than it; a joins record writes its
+    entries (and itself); every other record is written as it is.
+    ``coordinates``: the input topic and partition.
     """
     overlay = _Overlay(store)
     done = 0
     for key, value in changelog:
-        if key[:2] == BATCH_PREFIX:
+        prefix = key[:2]
+        if prefix == BATCH_PREFIX:
             _apply_batch(overlay, key, value, coordinates)
+        elif prefix == JOIN_PREFIX and value is not None:
+            overlay.put(key, value)
+            for identity, entry in decode_joins(value):
+                overlay.put(ENTRY_PREFIX + identity, entry)
         else:
             overlay.put(key, value)
         done += 1

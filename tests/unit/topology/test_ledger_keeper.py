@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
 
 from streamer.core.labels.join import coordinates_identity
-from streamer.core.labels.ledger import COUNTS_KEY, decode_prediction, entry_key
+from streamer.core.labels.ledger import (
+    COUNTS_KEY,
+    PredictionLedger,
+    decode_prediction,
+    entry_key,
+    joins_key,
+)
 from streamer.core.labels.ledger_log import batch_key, decode_batch
 from streamer.core.labels.live import LEDGER_FINGERPRINT, MARKS_KEY, decode_marks
 from streamer.core.state.changelog import last_meta
-from streamer.core.state.codec import META_KEY
+from streamer.core.state.codec import META_KEY, Meta
+from streamer.core.state.restore import local_meta
+from streamer.core.state.store import RocksStore
 from streamer.messages import LedgerHeld, SourceBatch
 from streamer.settings import Settings, build_settings
 from streamer.topology.labels import LedgerFlush, LedgerKeeper, ledger_topic
@@ -266,9 +278,14 @@ def test_expiry_runs_on_the_partition_clock_and_rides_with_the_next_delivery(
     assert (counts.expired_unlabelled, counts.expired_labelled) == (1, 1)
     assert delivery.report.held == 2  # offsets 3 and 4
     deleted = [key for key, value in delivery.changes if value is None]
-    # The labelled entry went as a record of its own: its tombstone; the unlabelled one
-    # goes with its batch record's tombstone.
-    assert deleted == [entry_key(coordinates_identity(TOPIC, 0, 1)), batch_key(2)]
+    # The labelled entry went in its label batch's joins record: the entry's tombstone
+    # (a changelog of the format before sent it on its own) and the joins record's; the
+    # unlabelled one goes with its batch record's tombstone.
+    assert deleted == [
+        entry_key(coordinates_identity(TOPIC, 0, 1)),
+        joins_key(2, 0),
+        batch_key(2),
+    ]
 
 
 def compacted(changes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
@@ -328,8 +345,9 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
     rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
     # The same store as the one that wrote the changelog, up to this join's own changes.
     for key in set(local) | set(rebuilt):
-        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key != entry_key(
-            coordinates_identity(TOPIC, 0, 4)
+        if key[:2] not in (b"Lm", b"Lo", META_KEY[:2]) and key not in (
+            entry_key(coordinates_identity(TOPIC, 0, 4)),
+            joins_key(5, 3),
         ):
             assert rebuilt.get(key) == local.get(key), key
     if not compact:
@@ -337,10 +355,12 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
         def entry(offset: int) -> bytes:
             return entry_key(coordinates_identity(TOPIC, 0, offset))
 
-        sent = [(k, v is None) for k, v in changelog.partitions[0] if k[:2] in (b"Lb", b"Lp")]
+        sent = [
+            (k, v is None) for k, v in changelog.partitions[0] if k[:2] in (b"Lb", b"Lp", b"Lj")
+        ]
         assert sent == [
             (batch_key(3), False),  # the first batch's three predictions
-            (entry(2), False),  # its label
+            (joins_key(3, 1), False),  # its label, in the label batch's joins record
             (entry(1), False),  # the challenger's scores
             (entry(3), False),
             (batch_key(5), False),
@@ -348,10 +368,11 @@ def test_the_store_rebuilt_from_the_changelog_equals_the_local_one(
             (batch_key(3), False),  # offsets 3, 4, 5: their records are sent again
             (batch_key(5), False),
             (entry(3), False),
-            (entry(5), False),  # the label of offset 5 (its time moves the clock on)
-            (entry(1), True),  # expired: the entries sent on their own, and the batch record
+            (joins_key(5, 2), False),  # the label of offset 5 (its time moves the clock on)
+            (entry(1), True),  # expired: the entries not plain, the joins records, the batch
             (entry(2), True),
             (entry(3), True),
+            (joins_key(3, 1), True),
             (batch_key(3), True),
             (batch_key(7), False),
         ]
@@ -458,3 +479,169 @@ def test_a_batch_without_challengers_is_recorded_in_columns_as_with_them() -> No
     assert found[0] == found[1]
     assert [j.prediction.champion.score for j in found[0].joined] == [0.5, 0.25, 0.125]  # type: ignore[union-attr]
     assert (found[0].counts.outputs, found[0].counts.labels) == (3, {"unmatched": 1})
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_label_batch_sends_one_joins_record_per_batch_and_restores_from_it(
+    compact: bool,
+) -> None:
+    """Six labels over two scored batches: two changelog records, not six; restored, they stay."""
+    changelog = MemoryChangelog()
+    settings = make_settings()
+    keeper = LedgerKeeper(settings, lambda: changelog)
+    keeper.record(records(0, list(range(10))), list(range(10)), [0.5] * 10, ("m", "1"), SCORED_AT)
+    keeper.record(
+        records(0, list(range(10, 20))), list(range(10)), [0.25] * 10, ("m", "1"), SCORED_AT
+    )
+    send(changelog, 0, delivered(keeper).changes)
+    named = [1, 12, 3, 15, 5, 18]
+    keeper.join(labels(0, list(range(6)), [label(0, offset, 1) for offset in named]))
+    # A challenger's score after the label: the entry goes on its own, after the joins record.
+    keeper.record_challenger(records(0, [3]), [0], [0.75], ("cand", "2"), SCORED_AT)
+    flush = delivered(keeper)
+    assert len(flush.report.joined) == 7  # the six joins, then offset 3 with its challenger
+    sent = [(key[:2], value is None) for key, value in flush.changes if key[:1] == b"L"]
+    assert sent == [
+        (b"Lj", False),  # the joins of batch 9's rows (1, 3, 5)
+        (b"Lj", False),  # of batch 19's (12, 15, 18)
+        (b"Lm", False),  # the counts and marks (at their first place in the flush)
+        (b"Lo", False),
+        (b"Lp", False),  # offset 3 with the challenger's score
+    ]
+    assert [key for key, _ in flush.changes if key[:2] == b"Lj"] == [
+        joins_key(9, 5),
+        joins_key(19, 5),
+    ]
+    send(changelog, 0, flush.changes)
+    local = dict(keeper._partitions[0].deferred.inner.data)  # type: ignore[attr-defined]
+    keeper.close()
+    if compact:
+        changelog.partitions[0] = compacted(changelog.partitions[0])
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.prepare([0])
+    (reset,) = restored.take_resets()
+    assert sorted(j.identity for j in reset.joined) == sorted(
+        coordinates_identity(TOPIC, 0, offset) for offset in named
+    )
+    rebuilt = restored._partitions[0].deferred.inner.data  # type: ignore[attr-defined]
+    assert rebuilt == local
+    third = decode_prediction(rebuilt[entry_key(coordinates_identity(TOPIC, 0, 3))])
+    assert [c.name for c in third.challengers] == ["cand"]
+    # The same records labelled again are duplicates; an unlabelled one joins.
+    restored.join(labels(0, [6, 7], [label(0, 12, 0), label(0, 13, 0)]))
+    again = delivered(restored)
+    assert [j.identity for j in again.report.joined] == [coordinates_identity(TOPIC, 0, 13)]
+    assert again.report.counts.labels == {"duplicate": 1}
+
+
+_KILLED_KEEPER = """
+import os, signal, sys
+import msgspec
+import streamer.topology.labels as labels_module
+from streamer.topology.labels import LedgerKeeper
+from tests.unit.topology.test_ledger_keeper import SCORED_AT, label, labels, make_settings, records
+
+if sys.argv[3] == "wal":  # the contrast: the write-ahead log on
+    opened = labels_module.open_rocks_store
+    labels_module.open_rocks_store = lambda *a, **kw: opened(*a, **{**kw, "wal": True})
+keeper = LedgerKeeper(make_settings(sys.argv[1]), None)
+sent = []
+
+def flush():
+    (f,) = keeper.flushes(0)
+    assert keeper.flushed(0, f.flush_id)
+    sent.extend(f.changes)
+
+keeper.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
+flush()
+keeper._partitions[0].deferred.inner._db.flush()  # on disk up to here; the join stays in memory
+keeper.join(labels(0, [0], [label(0, 2, 1)]))
+flush()
+with open(sys.argv[2], "wb") as out:
+    out.write(msgspec.msgpack.encode(sent))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("wal", [False, True])
+def test_a_kill_9_loses_the_stores_unflushed_writes_and_the_changelog_rebuilds_them(
+    tmp_path: Path, wal: bool
+) -> None:
+    """Without the write-ahead log, a kill -9 leaves the store behind: it is rebuilt."""
+    state_dir, sent_file = tmp_path / "state", tmp_path / "sent.msgpack"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_KEEPER, str(state_dir), str(sent_file), str(wal and "wal")],
+        check=False,
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    changelog = MemoryChangelog()
+    sent = msgspec.msgpack.decode(sent_file.read_bytes(), type=list[tuple[bytes, bytes | None]])
+    send(changelog, 0, tuple(sent))  # both flushes were acknowledged
+    store = RocksStore(state_dir / "g_1" / "ledger-tx-0")
+    meta = local_meta(store)
+    store.close()
+    assert isinstance(meta, Meta)
+    # The record's write (1) was on disk; the join's (2) only in the write-ahead log.
+    assert meta.last_offset == (2 if wal else 1)
+
+    restarted = LedgerKeeper(make_settings(str(state_dir)), lambda: changelog)
+    restarted.prepare([0])
+    (reset,) = restarted.take_resets()
+    assert [j.identity for j in reset.joined] == [coordinates_identity(TOPIC, 0, 2)]
+    restarted.join(labels(0, [1, 2], [label(0, 2, 0), label(0, 3, 0)]))
+    delivery = delivered(restarted)
+    assert [j.identity for j in delivery.report.joined] == [coordinates_identity(TOPIC, 0, 3)]
+    assert delivery.report.counts.labels == {"duplicate": 1}
+    assert delivery.report.held == 3
+    restarted.close()
+
+
+def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Format 2 sent an ``Lp`` record per label and no joins records: this version reads it."""
+    changelog = MemoryChangelog()
+    settings = make_settings()
+    with monkeypatch.context() as old:
+        old.setattr("streamer.core.labels.live.LEDGER_FINGERPRINT", "prediction-ledger-2")
+        join = PredictionLedger.join
+
+        def join_of_format_2(
+            self: PredictionLedger, labels: object, offsets: object, _tag: int
+        ) -> object:
+            """Each labelled entry sent on its own, as format 2 sent it."""
+            result = join(self, labels, offsets)  # type: ignore[arg-type]
+            self.sent = result[2]
+            return result
+
+        old.setattr(PredictionLedger, "join", join_of_format_2)
+        writer = LedgerKeeper(settings, lambda: changelog)
+        writer.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
+        writer.join(labels(0, [0, 1], [label(0, 1, 1), label(0, 3, 0)]))
+        flush = delivered(writer)
+        writer.close()
+    assert [key[:2] for key, _ in flush.changes if key[:2] in (b"Lj", b"Lp")] == [b"Lp", b"Lp"]
+    send(changelog, 0, flush.changes)
+    meta = last_meta([[(0, k, v) for k, v in changelog.partitions[0]]])
+    assert meta is not None
+    assert meta.fingerprint == "prediction-ledger-2"
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.join(labels(0, [2, 3], [label(0, 1, 0), label(0, 2, 1)]))
+    flush = delivered(restored)
+    assert [j.identity for j in flush.report.joined] == [coordinates_identity(TOPIC, 0, 2)]
+    assert flush.report.counts.labels == {"duplicate": 1}
+    send(changelog, 0, flush.changes)
+    meta = last_meta([[(0, k, v) for k, v in changelog.partitions[0]]])
+    assert meta is not None
+    assert meta.fingerprint == LEDGER_FINGERPRINT
+    restored.close()
+
+    again = LedgerKeeper(settings, lambda: changelog)
+    again.prepare([0])
+    (reset,) = again.take_resets()
+    assert sorted(j.identity for j in reset.joined) == [
+        coordinates_identity(TOPIC, 0, offset) for offset in (1, 2, 3)
+    ]
