@@ -348,17 +348,24 @@ def bits(value: float) -> bytes:
     return struct.pack("<d", value)
 
 
-def test_a_compiled_loop_built_from_an_older_source_is_not_used(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _compiled_with_stale_build(
+    monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...]
+) -> tuple[object, str]:
+    """What the engine picks when the built module lacks ``missing`` and has no ABI mark."""
     stale = types.ModuleType("streamer.core.state._engine")
     for name in windows.NATIVE_FUNCTIONS:
-        if name not in ("cache_keys", "defer_keys"):
+        if name not in missing:
             setattr(stale, name, lambda *args: None)
     monkeypatch.setitem(sys.modules, "streamer.core.state._engine", stale)
     monkeypatch.setattr(state_package, "_engine", stale, raising=False)
     monkeypatch.delenv(windows.ENGINE_VARIABLE, raising=False)
-    module, reason = windows._compiled()
+    return windows._compiled()
+
+
+def test_a_compiled_loop_built_from_an_older_source_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, reason = _compiled_with_stale_build(monkeypatch, missing=("cache_keys", "defer_keys"))
     assert module is None
     assert reason.startswith(
         "the compiled loop is stale (no cache_keys, defer_keys; ABI 1, not 2): rebuild it"
@@ -370,12 +377,6 @@ def test_a_compiled_loop_of_another_calling_convention_is_not_used(
 ) -> None:
     """A build from before the served block has every function, but its apply_group appends
     a Served per record to a list: called with a block, it would fail at the first batch."""
-    stale = types.ModuleType("streamer.core.state._engine")
-    for name in windows.NATIVE_FUNCTIONS:
-        setattr(stale, name, lambda *args: None)
-    monkeypatch.setitem(sys.modules, "streamer.core.state._engine", stale)
-    monkeypatch.setattr(state_package, "_engine", stale, raising=False)
-    monkeypatch.delenv(windows.ENGINE_VARIABLE, raising=False)
-    module, reason = windows._compiled()
+    module, reason = _compiled_with_stale_build(monkeypatch, missing=())
     assert module is None
     assert reason.startswith("the compiled loop is stale (ABI 1, not 2): rebuild it")
