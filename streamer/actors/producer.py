@@ -401,8 +401,8 @@ class ProducerActor(PipelineActor):
         if not label_batch:
             self._record(batch, scored_at)
         served = source.state_values
-        log_features = self._log_features and served is not None and len(served) > 0
-        rows = served.rows() if log_features and served is not None else []
+        rows = served.rows() if self._log_features and served is not None else []
+        log_features = bool(rows)
         if log_features:  # JSON outputs only (checked at start)
             encoded = with_state_features(
                 encoded, batch.valid_rows.tolist(), source.state_names, rows

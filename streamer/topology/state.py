@@ -39,6 +39,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -552,15 +553,17 @@ def open_rocks_store(
     discarded and rebuilt from the changelog. ``write_behind_bytes``, ``memtable_bytes``,
     ``wal``: see RocksStore.
     """
+    opened = partial(
+        RocksStore,
+        path,
+        write_behind_bytes=write_behind_bytes,
+        memtable_bytes=memtable_bytes,
+        wal=wal,
+    )
     deadline = time.monotonic() + STORE_LOCK_WAIT_S
     while True:
         try:
-            return RocksStore(
-                path,
-                write_behind_bytes=write_behind_bytes,
-                memtable_bytes=memtable_bytes,
-                wal=wal,
-            )
+            return opened()
         except Exception as exc:  # rocksdict raises plain Exceptions
             if "lock" not in str(exc).lower():
                 problem = exc
@@ -577,9 +580,7 @@ def open_rocks_store(
         extra={"topic": tp[0], "partition": tp[1]},
     )
     shutil.rmtree(path, ignore_errors=True)
-    return RocksStore(
-        path, write_behind_bytes=write_behind_bytes, memtable_bytes=memtable_bytes, wal=wal
-    )
+    return opened()
 
 
 def changelog_tail(reader: ChangelogReader, partition: int) -> tuple[Meta | None, int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 Change = tuple[bytes, bytes | None]
 """A write: ``(key, value)``, or ``(key, None)`` to delete (a tombstone in the changelog)."""
@@ -120,10 +120,10 @@ class RocksStore:
         if memtable_bytes:
             self._options.set_write_buffer_size(memtable_bytes)
         self._db: Any = Rdict(str(self.path), self._options)
-        self._write_options: Any = None
-        if not wal:
-            self._write_options = WriteOptions()
-            self._write_options.disable_wal = True
+        self._wal = wal
+        # A property at run time, though rocksdict's stubs declare a method of that name.
+        self._write_options: Any = cast("Any", WriteOptions())
+        self._write_options.disable_wal = not wal
         self._gathered: dict[bytes, dict[bytes, bytes | None]] = {}
         """What was gathered, by the key's first byte (a range reads only its own kinds)."""
         self._gathered_bytes = 0
@@ -178,10 +178,7 @@ class RocksStore:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        if self._write_options is None:
-            self._db.write(batch)
-        else:
-            self._db.write(batch, self._write_options)
+        self._db.write(batch, self._write_options)
 
     def keys_between(self, low: bytes, high: bytes) -> list[bytes]:  # noqa: D102
         keys: list[bytes] = []
@@ -219,7 +216,7 @@ class RocksStore:
         """Write what was gathered, then close (RocksDB's memtables flushed to disk)."""
         try:
             self.flush()
-            if self._write_options is not None:  # no write-ahead log: the memtables to disk
+            if not self._wal:  # no write-ahead log: the memtables to disk
                 self._db.flush()
         finally:
             self._db.close()

@@ -670,10 +670,10 @@ class PartitionState:
         if offset not in replays and offset >= self.meta.served_from:
             raw = self._served_run(offset)
             if raw is not None:
-                run = decode_served(raw, len(self.layout.features))
+                width = len(self.layout.features)
+                run = decode_served(raw, width)
                 replays.update(
-                    (at, run.outcome(place, len(self.layout.features)))
-                    for place, at in enumerate(run.offsets)
+                    (at, run.outcome(place, width)) for place, at in enumerate(run.offsets)
                 )
         if offset in replays and offset >= self.meta.served_from:
             return replays[offset]
