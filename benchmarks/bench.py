@@ -715,9 +715,12 @@ class Bench:
         import latency  # benchmarks/ is on the path when bench.py runs as a script
 
         systems = ["passthrough", "handoffs", "scoring"]
+        if "kafka-python" in self.args.latency_backends:
+            systems.append("passthrough-kafka-python")  # that backend's own client floor
         systems += [f"streamer-{b}" for b in self.args.latency_backends]
         names = {
             "passthrough": "pass-through floor",
+            "passthrough-kafka-python": "kafka-python pass-through",
             "handoffs": f"floor + {latency.HANDOFFS} thread hops",
             "scoring": "bare scoring loop",
             "streamer-kafka-python": "streamer kafka-python",
@@ -726,6 +729,7 @@ class Bench:
         seconds = self.args.latency_seconds
         for rate in self.args.latency_rates:
             floor: dict[str, Any] = {}
+            client_floor: dict[str, Any] = {}
             for system in systems:
                 self.log(f"(c) {names[system]}, {rate:,.0f} records/s for {seconds:g}s")
                 result = latency.measure(
@@ -738,7 +742,10 @@ class Bench:
                 )
                 if system == "passthrough":
                     floor = result
-                self.rows.append(_latency_row(names[system], rate, result, floor))
+                elif system == "passthrough-kafka-python":
+                    client_floor = result
+                own = client_floor if system == "streamer-kafka-python" else {}
+                self.rows.append(_latency_row(names[system], rate, result, floor, own))
                 if system.startswith("streamer") and result["exposition"]:
                     self._stage_rows(result["exposition"], f"{names[system]}, {rate:,.0f}/s")
 
@@ -1750,8 +1757,18 @@ def _spread(runs: list[float]) -> str:
     return f"median of {len(runs)} runs, {min(runs):,.0f}-{max(runs):,.0f}"
 
 
-def _latency_row(name: str, rate: float, result: dict[str, Any], floor: dict[str, Any]) -> Row:
-    """A row of (c): the p99, with p50, p95, max, the distance to the floor and the CPU."""
+def _latency_row(
+    name: str,
+    rate: float,
+    result: dict[str, Any],
+    floor: dict[str, Any],
+    client_floor: dict[str, Any] | None = None,
+) -> Row:
+    """A row of (c): the p99, with p50, p95, max, the distance to the floor and the CPU.
+
+    ``client_floor``: the pass-through on the row's own client (kafka-python), whose
+    distance is given too.
+    """
     nan = float("nan")
     p50, p95, p99, top = (result.get(q, nan) for q in ("p50", "p95", "p99", "max"))
     note = f"p50 {p50:.1f}, p95 {p95:.1f}, max {top:.1f}"
@@ -1759,6 +1776,11 @@ def _latency_row(name: str, rate: float, result: dict[str, Any], floor: dict[str
         note += (
             f"; floor + {p99 - floor.get('p99', nan):.1f} ms at p99, "
             f"+ {p50 - floor.get('p50', nan):.1f} at p50"
+        )
+    if client_floor:
+        note += (
+            f"; its client's pass-through + {p99 - client_floor.get('p99', nan):.1f} ms at "
+            f"p99, + {p50 - client_floor.get('p50', nan):.1f} at p50"
         )
     if "p50_first_third" in result:
         # A last third many times the first: the broker fell behind during the row.

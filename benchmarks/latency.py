@@ -11,6 +11,8 @@ The systems:
 
 - ``passthrough``: the floor, a bare confluent consume -> produce loop
   (passthrough.py): two broker hops and nothing else;
+- ``passthrough-kafka-python``: the same loop with kafka-python's clients, the floor
+  of streamer's kafka-python backend (what its client costs with nothing else);
 - ``handoffs``: the floor with ``HANDOFFS`` thread hops per batch (each batch told
   through a chain of Pykka actors, the last one producing: streamer's consumer ->
   preprocessor -> model -> producer shape, and nothing else of streamer);
@@ -42,7 +44,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PARTITIONS = 4
-SYSTEMS = ("passthrough", "handoffs", "scoring", "streamer-kafka-python", "streamer-confluent")
+SYSTEMS = (
+    "passthrough",
+    "passthrough-kafka-python",
+    "handoffs",
+    "scoring",
+    "streamer-kafka-python",
+    "streamer-confluent",
+)
 # The thread hops of the ``handoffs`` probe: streamer's three actor handoffs per batch.
 HANDOFFS = 3
 # The clients of the floor and the generator: the settings of a latency test on Tansu.
@@ -301,10 +310,12 @@ def _start_system(
     session_ms: int,
 ) -> tuple[subprocess.Popen[Any], Any]:
     """Start the system under test; returns it and what tells it is ready."""
-    if system in ("passthrough", "handoffs"):
+    if system in ("passthrough", "passthrough-kafka-python", "handoffs"):
         command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", bootstrap]
         command += ["--topic", topic, "--output", output, "--session-ms", str(session_ms)]
         command += ["--fetch-wait-ms", str(FETCH_WAIT_MS), "--linger-ms", str(LINGER_MS)]
+        if system == "passthrough-kafka-python":
+            command += ["--client", "kafka-python"]
         if system == "handoffs":
             command += ["--handoffs", str(settings.get("probe", {}).get("handoffs", HANDOFFS))]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

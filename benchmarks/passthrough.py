@@ -1,4 +1,4 @@
-"""The latency floor of (c): a bare confluent consume -> produce pass-through loop.
+"""The latency floor of (c): a bare consume -> produce pass-through loop.
 
 No decoding, no scoring, no actors: each record's key and value (wrapped in
 ``{"partition", "offset", "value"}``) are produced to the output topic as they
@@ -15,6 +15,11 @@ goes through K Pykka actors in a chain (a ``tell`` each, as streamer's consumer 
 preprocessor -> model -> producer hands a batch on) and the last one produces it;
 nothing else changes (the poll, the wrapping, the producer, the process).
 
+With ``--client kafka-python`` it is the kafka-python backend's floor: the same loop
+with kafka-python's consumer and producer (``poll`` for what is fetched, ``send`` per
+record, streamer's producer settings: acks=all, the linger). The confluent loop is
+the floor of the issue's target; this one shows what the slower client costs alone.
+
     python benchmarks/passthrough.py --bootstrap 127.0.0.1:9092 --topic in --output out
 """
 
@@ -30,8 +35,6 @@ from typing import Any
 
 
 def main() -> int:
-    from confluent_kafka import Consumer, Producer
-
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
@@ -43,10 +46,64 @@ def main() -> int:
     parser.add_argument(
         "--handoffs", type=int, default=0, help="hand each batch through this many Pykka actors"
     )
+    parser.add_argument("--client", choices=("confluent", "kafka-python"), default="confluent")
     args = parser.parse_args()
-    hops: list[float] = []
-    stopping = []
+    stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    if args.client == "kafka-python":
+        if args.handoffs or args.hops:
+            parser.error("--handoffs and --hops go with the confluent client only")
+        _kafka_python_loop(args, stopping)
+        return 0
+    return _confluent_loop(args, stopping)
+
+
+def _wrapped(partition: int, offset: int, value: bytes | None) -> bytes:
+    """The input's value with its partition and offset: the bench's reader names each
+    output's input by them."""
+    return b'{"partition":%d,"offset":%d,"value":%s}' % (partition, offset, value)
+
+
+def _kafka_python_loop(args: argparse.Namespace, stopping: list[bool]) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=args.bootstrap,
+        group_id=f"passthrough-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=args.fetch_wait_ms,
+        session_timeout_ms=args.session_ms,
+        heartbeat_interval_ms=1000,
+        max_poll_records=10_000,
+    )
+    consumer.subscribe([args.topic])
+    producer = KafkaProducer(
+        bootstrap_servers=args.bootstrap, acks="all", linger_ms=int(args.linger_ms)
+    )
+    send, output = producer.send, args.output
+    announced = False
+    while not stopping:
+        # poll returns what is fetched, waiting only while nothing is (as streamer's does).
+        polled = consumer.poll(timeout_ms=50, max_records=10_000)
+        if not announced and consumer.assignment():
+            print("ready", flush=True)
+            announced = True
+        for tp, records in polled.items():
+            for record in records:
+                send(
+                    output,
+                    value=_wrapped(tp.partition, record.offset, record.value),
+                    key=record.key,
+                )
+    producer.flush(10)
+    consumer.close(autocommit=False)
+
+
+def _confluent_loop(args: argparse.Namespace, stopping: list[bool]) -> int:
+    from confluent_kafka import Consumer, Producer
+
+    hops: list[float] = []
     assigned: list[Any] = []
     consumer = Consumer(
         {
@@ -80,14 +137,7 @@ def main() -> int:
         for message in batch:
             if message.error() is not None:
                 continue
-            tp, offset = (message.topic(), message.partition()), message.offset()
-            # The input's value, wrapped with its partition and offset: the
-            # bench's reader names each output's input by them.
-            value = b'{"partition":%d,"offset":%d,"value":%s}' % (
-                tp[1],
-                offset,
-                message.value(),
-            )
+            value = _wrapped(message.partition(), message.offset(), message.value())
             produce(args.output, value, message.key())
 
     waits: list[list[float]] = []

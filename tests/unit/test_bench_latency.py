@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -60,3 +61,48 @@ def test_the_hops_split_at_the_outputs_create_time() -> None:
     result = quantiles(rows, times)
     assert (result["hop1_p50"], result["hop2_p50"]) == (7.0, 5.0)
     assert result["p50_first_third"] == result["p50_last_third"] == 12.0
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_for_latency", LATENCY.parent / "bench.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # bench.py's dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(p50: float, p99: float) -> dict[str, object]:
+    return {
+        "p50": p50,
+        "p95": p99 - 1,
+        "p99": p99,
+        "max": p99 + 1,
+        "answered": 10,
+        "sent": 10,
+        "cpu_system": 0.5,
+        "cpu_broker": 0.25,
+        "exit": 0,
+    }
+
+
+def test_a_kafka_python_row_gives_its_distance_to_the_floor_and_to_its_own_clients() -> None:
+    row = _bench()._latency_row(
+        "streamer kafka-python",
+        2000,
+        _result(30.0, 90.0),
+        _result(20.0, 70.0),
+        _result(27.5, 100.0),
+    )
+
+    assert row.value == 90.0
+    assert row.note == (
+        "p50 30.0, p95 89.0, max 91.0; floor + 20.0 ms at p99, + 10.0 at p50; its client's "
+        "pass-through + -10.0 ms at p99, + 2.5 at p50; 10/10 answered; CPU 0.50 core, "
+        "broker 0.25; exit 0"
+    )
+
+
+def test_the_kafka_python_pass_through_is_a_system_of_its_own() -> None:
+    assert "passthrough-kafka-python" in latency_module().SYSTEMS
