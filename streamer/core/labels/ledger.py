@@ -598,6 +598,39 @@ class PredictionLedger:
             plain = self._join_plain(labels, offsets, tag)
             if plain is not None:
                 return plain
+        return self._join_listed(labels, tag)
+
+    def join_columns(
+        self,
+        records: Sequence[int],
+        values: Sequence[float],
+        times: Sequence[int] | None,
+        tag: int | None = None,
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """:meth:`join` of labels given in columns, by source coordinates: the same result.
+
+        ``records``: each label's record offset in this ledger's partition (its
+        identity is the record's coordinates), ``values`` its value, ``times`` its
+        time (None: the labels have none). No :class:`Label` is made unless the
+        batch goes label by label (:meth:`join`'s reasons); an identity only for a
+        label joined.
+        """
+        assert self.coordinates is not None, "by source coordinates only"
+        found = self._plain_rows(records) if records and self._entries else None
+        if found is not None:
+            return self._join_rows(found, None, records, values, times, tag)
+        head, tail = self._coordinates_prefix
+        at = times if times is not None else itertools.repeat(None)
+        labels = [
+            Label(head + b"%d" % record + tail, value, time_us)
+            for record, value, time_us in zip(records, values, at, strict=False)
+        ]
+        return self._join_listed(labels, tag)
+
+    def _join_listed(
+        self, labels: Sequence[Label], tag: int | None
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """:meth:`join`, label by label."""
         stored: dict[bytes, Prediction | None] = {}
         pending: dict[bytes, Prediction | None] = {}
         places: dict[bytes, tuple[int, int, PredictionBatch] | None] = {}
@@ -645,25 +678,55 @@ class PredictionLedger:
         found = self._plain_rows(offsets) if labels else None
         if found is None:
             return None
+        return self._join_rows(
+            found,
+            [label.identity for label in labels],
+            offsets,
+            [label.value for label in labels],
+            [label.time_us for label in labels],
+            tag,
+        )
+
+    def _join_rows(
+        self,
+        found: tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray, int]]],
+        identities: Sequence[bytes] | None,
+        records: Sequence[int],
+        values: Sequence[float],
+        times: Sequence[int | None] | None,
+        tag: int | None,
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """Join labels whose plain rows :meth:`_plain_rows` found, in columns.
+
+        ``identities``: each label's (None: made from ``records``, this ledger's
+        coordinates, for the labels joined); ``times`` None: no label has a time.
+        """
         rows, scores, batches = found
         joined: list[Joined] = []
         reasons: list[str] = []
         changes: list[Change] = []
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
         horizon_us = self.horizon_us
+        head, tail = self._coordinates_prefix
         encode = _encoder.encode
-        for label, row, score, (batch, entries, last) in zip(
-            labels, rows, scores, batches, strict=True
+        at_times = times if times is not None else itertools.repeat(None)
+        for index, (row, score, value, time_us, (batch, entries, last)) in enumerate(
+            zip(rows, scores, values, at_times, batches, strict=False)
         ):
-            if label.time_us is not None and label.time_us - batch.time_us > horizon_us:
+            if time_us is not None and time_us - batch.time_us > horizon_us:
                 reasons.append(PAST_HORIZON)
                 continue
-            labelled = _plain_scored(batch, score, LedgerLabel(label.value, label.time_us))
-            joined.append(Joined(label.identity, labelled))
-            value = encode(labelled)
-            changes.append((_ENTRY + label.identity, value))
+            identity = (
+                identities[index]
+                if identities is not None
+                else head + b"%d" % records[index] + tail
+            )
+            labelled = _plain_scored(batch, score, LedgerLabel(value, time_us))
+            joined.append(Joined(identity, labelled))
+            encoded = encode(labelled)
+            changes.append((_ENTRY + identity, encoded))
             if tag is not None:
-                groups.setdefault(last, []).append((label.identity, value))
+                groups.setdefault(last, []).append((identity, encoded))
             entries[row] = 1  # an entry now: the next label of the row reads it
         apart = len(changes)
         changes += _joins_records(groups, tag)
