@@ -707,21 +707,25 @@ class PredictionLedger:
         changes: list[Change] = []
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
         horizon_us = self.horizon_us
-        head, tail = self._coordinates_prefix
+        if identities is None:  # one per label: a label past the horizon is rare
+            head, tail = self._coordinates_prefix
+            identities = [head + b"%d" % record + tail for record in records]
         encode = _encoder.encode
         at_times = times if times is not None else itertools.repeat(None)
-        for index, (row, score, value, time_us, (batch, entries, last)) in enumerate(
-            zip(rows, scores, values, at_times, batches, strict=False)
+        for identity, row, score, value, time_us, (batch, entries, last) in zip(
+            identities, rows, scores, values, at_times, batches, strict=False
         ):
-            if time_us is not None and time_us - batch.time_us > horizon_us:
+            made_us = batch.time_us
+            if time_us is not None and time_us - made_us > horizon_us:
                 reasons.append(PAST_HORIZON)
                 continue
-            identity = (
-                identities[index]
-                if identities is not None
-                else head + b"%d" % records[index] + tail
+            # _plain_scored's prediction, made here: a call per label costs.
+            labelled = Prediction(
+                made_us,
+                ModelScore(batch.name, batch.version, score, made_us),
+                (),
+                LedgerLabel(value, time_us),
             )
-            labelled = _plain_scored(batch, score, LedgerLabel(value, time_us))
             joined.append(Joined(identity, labelled))
             encoded = encode(labelled)
             changes.append((_ENTRY + identity, encoded))

@@ -311,30 +311,29 @@ def read_label_columns(
     records: list[int] = []
     labelled: list[float] = []
     times: list[int] | None = [] if time_field else None
-    for raw in values:
-        try:
-            doc = loads(raw or b"")  # None (a tombstone) is malformed too
-        except orjson.JSONDecodeError:
-            return None
-        if type(doc) is not dict:
-            return None
-        get = doc.get
-        record, value = get("offset"), get(value_field)
-        if (
-            get("topic") != input_topic
-            or get("partition") != partition
-            or type(get("partition")) is not int
-            or type(record) is not int
-            or type(value) is not int
-            or record < 0
-            or not (value in (0, 1) if classification else -(2**53) < value < 2**53)
-        ):
-            return None
-        if times is not None:
-            at = get(time_field)
-            if type(at) is not int or not -QUICK_TIME_MS < at < QUICK_TIME_MS:
+    try:
+        for raw in values:
+            # Not an object (TypeError), a field missing (KeyError), not JSON, a tombstone:
+            # read_label_batch reads the batch.
+            doc = loads(raw or b"")
+            record, value, named = doc["offset"], doc[value_field], doc["partition"]
+            if (
+                doc["topic"] != input_topic
+                or type(named) is not int
+                or named != partition
+                or type(record) is not int
+                or type(value) is not int
+                or record < 0
+                or not (value in (0, 1) if classification else -(2**53) < value < 2**53)
+            ):
                 return None
-            times.append(at * 1000)
-        records.append(record)
-        labelled.append(float(value))
+            if times is not None:
+                at = doc[time_field]
+                if type(at) is not int or not -QUICK_TIME_MS < at < QUICK_TIME_MS:
+                    return None
+                times.append(at * 1000)
+            records.append(record)
+            labelled.append(float(value))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
     return LabelColumns(input_topic, partition, records, labelled, times)
