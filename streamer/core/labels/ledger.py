@@ -273,10 +273,12 @@ class PredictionLedger:
         )
         self._lasts: list[int] = []
         """The last offsets of the batches held, ascending (a batch is found by offset)."""
-        self._decoded: dict[int, tuple[PredictionBatch, list[int]]] = {}
-        """Batches read lately, by last offset (a label batch's labels name few of them), with
-        their offsets as a list: a label is found by ``bisect`` in it, where a call of
-        ``np.searchsorted`` per label cost more than the rest of its join (docs/labels.md)."""
+        self._decoded: dict[int, PredictionBatch] = {}
+        """Batches read lately, by last offset (a label batch's labels name few of them)."""
+        self._listed: dict[int, list[int]] = {}
+        """The offsets of batches kept decoded, as a list, once a label was found in one by
+        ``bisect`` (:meth:`_find`), where a call of ``np.searchsorted`` per label cost more
+        than the rest of its join (docs/labels.md); a batch joined in columns needs none."""
         self._entries: dict[int, bytearray] = {}
         """Per batch held (by last offset, the newest :data:`_TRACKED_BATCHES`; by source
         coordinates), a byte per row: 1 when an entry (``Lp``) may exist for its record. A
@@ -369,28 +371,31 @@ class PredictionLedger:
         if at == len(self._lasts):
             return None
         last = self._lasts[at]
-        found = self._decoded_batch(last)
-        if found is None:
+        batch = self._decoded_batch(last)
+        if batch is None:
             return None
-        batch, offsets = found
+        offsets = self._listed.get(last)
+        if offsets is None:
+            offsets = self._listed[last] = batch.offsets_array().tolist()
         row = bisect.bisect_left(offsets, offset)
         if row == len(offsets) or offsets[row] != offset:
             return None
         return last, row, batch
 
-    def _decoded_batch(self, last: int) -> tuple[PredictionBatch, list[int]] | None:
-        """The batch ending at offset ``last`` and its offsets, kept decoded (None: not held)."""
-        found = self._decoded.get(last)
-        if found is None:
+    def _decoded_batch(self, last: int) -> PredictionBatch | None:
+        """The batch ending at offset ``last``, kept decoded (None: not held)."""
+        batch = self._decoded.get(last)
+        if batch is None:
             raw = self.store.get(batch_key(last))
             if raw is None:
                 return None
             batch = decode_batch(raw)
-            found = (batch, batch.offsets_array().tolist())
             if len(self._decoded) >= _DECODED_BATCHES:
-                self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[last] = found
-        return found
+                oldest = next(iter(self._decoded))
+                del self._decoded[oldest]
+                self._listed.pop(oldest, None)
+            self._decoded[last] = batch
+        return batch
 
     def _track(self, last: int, rows: int) -> None:
         """Track the entries of a batch just recorded (none yet), the oldest tracked dropped.
@@ -766,18 +771,18 @@ class PredictionLedger:
         for start, end in itertools.pairwise(cuts):
             last = int(held[which[start]])
             entries = self._entries.get(last)
-            found = self._decoded_batch(last) if entries is not None else None
-            if entries is None or found is None:
+            batch = self._decoded_batch(last) if entries is not None else None
+            if entries is None or batch is None:
                 return None
-            batch_offsets = found[0].offsets_array()
+            batch_offsets = batch.offsets_array()
             at = np.searchsorted(batch_offsets, ordered[start:end])
             if at[-1] >= len(batch_offsets) or (batch_offsets[at] != ordered[start:end]).any():
                 return None
             if np.frombuffer(entries, dtype=np.uint8)[at].any():
                 return None
             rows[start:end] = at
-            scores[start:end] = np.frombuffer(found[0].scores, dtype=">f8")[at]
-            batches += [(found[0], entries, last)] * (end - start)
+            scores[start:end] = np.frombuffer(batch.scores, dtype=">f8")[at]
+            batches += [(batch, entries, last)] * (end - start)
         # Back in the offsets' (the labels') order.
         place = np.empty(len(order), dtype=np.int64)
         place[order] = np.arange(len(order))
@@ -837,6 +842,7 @@ class PredictionLedger:
         key = BATCH_PREFIX + time_key[len(BATCH_BY_TIME) + 8 :]
         last = int.from_bytes(key[len(BATCH_PREFIX) :], "big")
         self._decoded.pop(last, None)
+        self._listed.pop(last, None)
         self._entries.pop(last, None)
         at = bisect.bisect_left(self._lasts, last)
         if at < len(self._lasts) and self._lasts[at] == last:
