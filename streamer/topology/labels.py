@@ -78,6 +78,7 @@ from streamer.core.labels.live import (
     ledger_topic_name,
     model_outputs,
     read_label_batch,
+    read_label_columns,
     scored_identities,
 )
 from streamer.core.state.changelog import (
@@ -339,18 +340,34 @@ class LedgerKeeper:
         """
         part = self._ready(source.partition)
         self._maybe_expire(source.partition, part)
-        read = read_label_batch(
-            source.offsets, source.keys, source.values, source.partition, self.spec, self.topic
-        )
         marks = part.marks
-        labels = read.labels
-        records = read.record_offsets
-        if read.offsets and read.offsets[0] <= marks.label_offset:  # a replay, joined already
-            fresh = [i for i, offset in enumerate(read.offsets) if offset > marks.label_offset]
-            labels = [labels[i] for i in fresh]
-            records = None if records is None else [records[i] for i in fresh]
-        joined, _reasons, _ = part.ledger.join(labels, records, source.last_offset)
-        times = [label.time_us for label in labels if label.time_us is not None]
+        replay = bool(source.offsets) and source.offsets[0] <= marks.label_offset
+        # A batch of labels all in the common form is read and joined in columns: no
+        # Label, identity or dead letter per label (read_label_columns).
+        columns = (
+            None
+            if replay
+            else read_label_columns(source.values, source.partition, self.spec, self.topic)
+        )
+        rejections: Sequence[Rejection] = ()
+        if columns is not None:
+            joined, _reasons, _ = part.ledger.join_columns(
+                columns.records, columns.values, columns.times, source.last_offset
+            )
+            times: Sequence[int] = columns.times or ()
+        else:
+            read = read_label_batch(
+                source.offsets, source.keys, source.values, source.partition, self.spec, self.topic
+            )
+            labels = read.labels
+            records = read.record_offsets
+            if replay:  # joined already up to label_offset
+                fresh = [i for i, offset in enumerate(read.offsets) if offset > marks.label_offset]
+                labels = [labels[i] for i in fresh]
+                records = None if records is None else [records[i] for i in fresh]
+            joined, _reasons, _ = part.ledger.join(labels, records, source.last_offset)
+            times = [label.time_us for label in labels if label.time_us is not None]
+            rejections = read.rejections
         marks = msgspec.structs.replace(
             marks,
             label_offset=max(marks.label_offset, source.last_offset),
@@ -364,7 +381,7 @@ class LedgerKeeper:
         self._step(source.partition, part, changes, marks, joined, part.ledger.sent)
         if part.labels_from is None:
             part.labels_from = source.first_offset
-        return tuple(read.rejections)
+        return tuple(rejections)
 
     # --- the flushes -----------------------------------------------------------
 

@@ -167,7 +167,7 @@ def read_label(doc: Any, record_key: bytes | None, spec: LabelSpec) -> Label:
     return Label(identity, value, time_us)
 
 
-_QUICK_TIME_MS = 1 << 52
+QUICK_TIME_MS = 1 << 52
 """An epoch-ms label time below this in magnitude is in range as microseconds (2^62)."""
 
 
@@ -197,7 +197,7 @@ def quick_label(doc: Any, spec: LabelSpec) -> Label | None:
     time_us = None
     if spec.time_field:
         at = doc.get(spec.time_field)
-        if type(at) is not int or not -_QUICK_TIME_MS < at < _QUICK_TIME_MS:
+        if type(at) is not int or not -QUICK_TIME_MS < at < QUICK_TIME_MS:
             return None
         time_us = at * 1000
     return Label(coordinates_identity(topic, partition, offset), float(value), time_us)

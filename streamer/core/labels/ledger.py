@@ -273,10 +273,12 @@ class PredictionLedger:
         )
         self._lasts: list[int] = []
         """The last offsets of the batches held, ascending (a batch is found by offset)."""
-        self._decoded: dict[int, tuple[PredictionBatch, list[int]]] = {}
-        """Batches read lately, by last offset (a label batch's labels name few of them), with
-        their offsets as a list: a label is found by ``bisect`` in it, where a call of
-        ``np.searchsorted`` per label cost more than the rest of its join (docs/labels.md)."""
+        self._decoded: dict[int, PredictionBatch] = {}
+        """Batches read lately, by last offset (a label batch's labels name few of them)."""
+        self._listed: dict[int, list[int]] = {}
+        """The offsets of batches kept decoded, as a list, once a label was found in one by
+        ``bisect`` (:meth:`_find`), where a call of ``np.searchsorted`` per label cost more
+        than the rest of its join (docs/labels.md); a batch joined in columns needs none."""
         self._entries: dict[int, bytearray] = {}
         """Per batch held (by last offset, the newest :data:`_TRACKED_BATCHES`; by source
         coordinates), a byte per row: 1 when an entry (``Lp``) may exist for its record. A
@@ -369,28 +371,31 @@ class PredictionLedger:
         if at == len(self._lasts):
             return None
         last = self._lasts[at]
-        found = self._decoded_batch(last)
-        if found is None:
+        batch = self._decoded_batch(last)
+        if batch is None:
             return None
-        batch, offsets = found
+        offsets = self._listed.get(last)
+        if offsets is None:
+            offsets = self._listed[last] = batch.offsets_array().tolist()
         row = bisect.bisect_left(offsets, offset)
         if row == len(offsets) or offsets[row] != offset:
             return None
         return last, row, batch
 
-    def _decoded_batch(self, last: int) -> tuple[PredictionBatch, list[int]] | None:
-        """The batch ending at offset ``last`` and its offsets, kept decoded (None: not held)."""
-        found = self._decoded.get(last)
-        if found is None:
+    def _decoded_batch(self, last: int) -> PredictionBatch | None:
+        """The batch ending at offset ``last``, kept decoded (None: not held)."""
+        batch = self._decoded.get(last)
+        if batch is None:
             raw = self.store.get(batch_key(last))
             if raw is None:
                 return None
             batch = decode_batch(raw)
-            found = (batch, batch.offsets_array().tolist())
             if len(self._decoded) >= _DECODED_BATCHES:
-                self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[last] = found
-        return found
+                oldest = next(iter(self._decoded))
+                del self._decoded[oldest]
+                self._listed.pop(oldest, None)
+            self._decoded[last] = batch
+        return batch
 
     def _track(self, last: int, rows: int) -> None:
         """Track the entries of a batch just recorded (none yet), the oldest tracked dropped.
@@ -598,6 +603,39 @@ class PredictionLedger:
             plain = self._join_plain(labels, offsets, tag)
             if plain is not None:
                 return plain
+        return self._join_listed(labels, tag)
+
+    def join_columns(
+        self,
+        records: Sequence[int],
+        values: Sequence[float],
+        times: Sequence[int] | None,
+        tag: int | None = None,
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """:meth:`join` of labels given in columns, by source coordinates: the same result.
+
+        ``records``: each label's record offset in this ledger's partition (its
+        identity is the record's coordinates), ``values`` its value, ``times`` its
+        time (None: the labels have none). No :class:`Label` is made unless the
+        batch goes label by label (:meth:`join`'s reasons); an identity only for a
+        label joined.
+        """
+        assert self.coordinates is not None, "by source coordinates only"
+        found = self._plain_rows(records) if records and self._entries else None
+        if found is not None:
+            return self._join_rows(found, None, records, values, times, tag)
+        head, tail = self._coordinates_prefix
+        at = times if times is not None else itertools.repeat(None)
+        labels = [
+            Label(head + b"%d" % record + tail, value, time_us)
+            for record, value, time_us in zip(records, values, at, strict=False)
+        ]
+        return self._join_listed(labels, tag)
+
+    def _join_listed(
+        self, labels: Sequence[Label], tag: int | None
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """:meth:`join`, label by label."""
         stored: dict[bytes, Prediction | None] = {}
         pending: dict[bytes, Prediction | None] = {}
         places: dict[bytes, tuple[int, int, PredictionBatch] | None] = {}
@@ -645,25 +683,59 @@ class PredictionLedger:
         found = self._plain_rows(offsets) if labels else None
         if found is None:
             return None
+        return self._join_rows(
+            found,
+            [label.identity for label in labels],
+            offsets,
+            [label.value for label in labels],
+            [label.time_us for label in labels],
+            tag,
+        )
+
+    def _join_rows(
+        self,
+        found: tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray, int]]],
+        identities: Sequence[bytes] | None,
+        records: Sequence[int],
+        values: Sequence[float],
+        times: Sequence[int | None] | None,
+        tag: int | None,
+    ) -> tuple[list[Joined], list[str], list[Change]]:
+        """Join labels whose plain rows :meth:`_plain_rows` found, in columns.
+
+        ``identities``: each label's (None: made from ``records``, this ledger's
+        coordinates, for the labels joined); ``times`` None: no label has a time.
+        """
         rows, scores, batches = found
         joined: list[Joined] = []
         reasons: list[str] = []
         changes: list[Change] = []
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
         horizon_us = self.horizon_us
+        if identities is None:  # one per label: a label past the horizon is rare
+            head, tail = self._coordinates_prefix
+            identities = [head + b"%d" % record + tail for record in records]
         encode = _encoder.encode
-        for label, row, score, (batch, entries, last) in zip(
-            labels, rows, scores, batches, strict=True
+        at_times = times if times is not None else itertools.repeat(None)
+        for identity, row, score, value, time_us, (batch, entries, last) in zip(
+            identities, rows, scores, values, at_times, batches, strict=False
         ):
-            if label.time_us is not None and label.time_us - batch.time_us > horizon_us:
+            made_us = batch.time_us
+            if time_us is not None and time_us - made_us > horizon_us:
                 reasons.append(PAST_HORIZON)
                 continue
-            labelled = _plain_scored(batch, score, LedgerLabel(label.value, label.time_us))
-            joined.append(Joined(label.identity, labelled))
-            value = encode(labelled)
-            changes.append((_ENTRY + label.identity, value))
+            # _plain_scored's prediction, made here: a call per label costs.
+            labelled = Prediction(
+                made_us,
+                ModelScore(batch.name, batch.version, score, made_us),
+                (),
+                LedgerLabel(value, time_us),
+            )
+            joined.append(Joined(identity, labelled))
+            encoded = encode(labelled)
+            changes.append((_ENTRY + identity, encoded))
             if tag is not None:
-                groups.setdefault(last, []).append((label.identity, value))
+                groups.setdefault(last, []).append((identity, encoded))
             entries[row] = 1  # an entry now: the next label of the row reads it
         apart = len(changes)
         changes += _joins_records(groups, tag)
@@ -699,18 +771,18 @@ class PredictionLedger:
         for start, end in itertools.pairwise(cuts):
             last = int(held[which[start]])
             entries = self._entries.get(last)
-            found = self._decoded_batch(last) if entries is not None else None
-            if entries is None or found is None:
+            batch = self._decoded_batch(last) if entries is not None else None
+            if entries is None or batch is None:
                 return None
-            batch_offsets = found[0].offsets_array()
+            batch_offsets = batch.offsets_array()
             at = np.searchsorted(batch_offsets, ordered[start:end])
             if at[-1] >= len(batch_offsets) or (batch_offsets[at] != ordered[start:end]).any():
                 return None
             if np.frombuffer(entries, dtype=np.uint8)[at].any():
                 return None
             rows[start:end] = at
-            scores[start:end] = np.frombuffer(found[0].scores, dtype=">f8")[at]
-            batches += [(found[0], entries, last)] * (end - start)
+            scores[start:end] = np.frombuffer(batch.scores, dtype=">f8")[at]
+            batches += [(batch, entries, last)] * (end - start)
         # Back in the offsets' (the labels') order.
         place = np.empty(len(order), dtype=np.int64)
         place[order] = np.arange(len(order))
@@ -770,6 +842,7 @@ class PredictionLedger:
         key = BATCH_PREFIX + time_key[len(BATCH_BY_TIME) + 8 :]
         last = int.from_bytes(key[len(BATCH_PREFIX) :], "big")
         self._decoded.pop(last, None)
+        self._listed.pop(last, None)
         self._entries.pop(last, None)
         at = bisect.bisect_left(self._lasts, last)
         if at < len(self._lasts) and self._lasts[at] == last:

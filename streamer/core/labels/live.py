@@ -9,6 +9,7 @@ actor:
   each scored row of a batch, with the record's identity;
 - :func:`read_label_batch`: the labels of a batch of the labels topic, and a
   dead letter (:class:`~streamer.messages.Rejection`) for each malformed one;
+  :func:`read_label_columns`: a batch of labels all in the common form, in columns;
 - :class:`LedgerMarks` and :func:`ledger_meta`: what each write of a
   partition's ledger ends with, so that its changelog can be restored by the
   state's rule (:mod:`streamer.core.state.restore`): the ledger's changes up to
@@ -27,8 +28,10 @@ import numpy as np
 import orjson
 
 from streamer.core.labels.join import (
+    CLASSIFICATION,
     MALFORMED,
     MISROUTED,
+    QUICK_TIME_MS,
     Label,
     LabelSpec,
     Output,
@@ -255,3 +258,82 @@ def read_label_batch(
                 record if doc["topic"] == input_topic and type(record) is int else -1
             )
     return LabelRead(labels, label_offsets, rejections, record_offsets)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelColumns:
+    """A label batch whose labels all name records of one input partition, in columns.
+
+    What :func:`read_label_batch` reads of such a batch, without a :class:`Label` or an
+    identity per label (the join makes the identities of the labels it joins).
+    """
+
+    topic: str
+    partition: int
+    records: list[int]
+    """Each label's record offset in ``topic``/``partition``."""
+    values: list[float]
+    times: list[int] | None
+    """Each label's time (µs); None when labels have no time (``time_field`` empty)."""
+
+    def labels(self) -> list[Label]:
+        """The labels as :func:`read_label_batch` reads them (for the label-by-label join)."""
+        head = b"c%d/" % self.partition
+        tail = b"/" + self.topic.encode()
+        times = self.times if self.times is not None else [None] * len(self.records)
+        return [
+            Label(head + b"%d" % record + tail, value, at)
+            for record, value, at in zip(self.records, self.values, times, strict=True)
+        ]
+
+
+def read_label_columns(
+    values: Sequence[bytes | None], partition: int, spec: LabelSpec, input_topic: str
+) -> LabelColumns | None:
+    """The labels of a batch in columns when each is in the common form; else None.
+
+    The common form (:func:`~streamer.core.labels.join.quick_label`'s), by source
+    coordinates at top-level fields, naming a record of ``input_topic`` in
+    ``partition`` (the labels partition read). A batch with any other label (another
+    form, another topic, misrouted, malformed) is None: :func:`read_label_batch` reads
+    it, with the same labels and a dead letter for each malformed one.
+    """
+    value_field, time_field = spec.value_field, spec.time_field
+    if (
+        spec.id_field
+        or not input_topic
+        or not value_field
+        or any("." in field or field.startswith("$") for field in (value_field, time_field))
+    ):
+        return None
+    classification = spec.task == CLASSIFICATION
+    loads = orjson.loads
+    records: list[int] = []
+    labelled: list[float] = []
+    times: list[int] | None = [] if time_field else None
+    try:
+        for raw in values:
+            # Not an object (TypeError), a field missing (KeyError), not JSON, a tombstone:
+            # read_label_batch reads the batch.
+            doc = loads(raw or b"")
+            record, value, named = doc["offset"], doc[value_field], doc["partition"]
+            if (
+                doc["topic"] != input_topic
+                or type(named) is not int
+                or named != partition
+                or type(record) is not int
+                or type(value) is not int
+                or record < 0
+                or not (value in (0, 1) if classification else -(2**53) < value < 2**53)
+            ):
+                return None
+            if times is not None:
+                at = doc[time_field]
+                if type(at) is not int or not -QUICK_TIME_MS < at < QUICK_TIME_MS:
+                    return None
+                times.append(at * 1000)
+            records.append(record)
+            labelled.append(float(value))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return LabelColumns(input_topic, partition, records, labelled, times)

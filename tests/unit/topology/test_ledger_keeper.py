@@ -616,7 +616,18 @@ def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
             self.sent = result[2]
             return result
 
+        join_columns = PredictionLedger.join_columns
+
+        def join_columns_of_format_2(
+            self: PredictionLedger, records: object, values: object, times: object, _tag: int
+        ) -> object:
+            """The same for a batch read in columns."""
+            result = join_columns(self, records, values, times)  # type: ignore[arg-type]
+            self.sent = result[2]
+            return result
+
         old.setattr(PredictionLedger, "join", join_of_format_2)
+        old.setattr(PredictionLedger, "join_columns", join_columns_of_format_2)
         writer = LedgerKeeper(settings, lambda: changelog)
         writer.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
         writer.join(labels(0, [0, 1], [label(0, 1, 1), label(0, 3, 0)]))

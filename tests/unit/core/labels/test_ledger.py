@@ -238,6 +238,10 @@ class TestBatchesBySourceCoordinates:
         rng = np.random.default_rng(seed)
         columns = PredictionLedger(store, HORIZON, ("events", 0))
         listed = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))
+        # Labels given as columns (join_columns): a batch of labels of the topic, all with
+        # a time or none; others go as labels, so that the three ledgers stay the same.
+        given = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))
+        tagged = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))  # label by label, tagged
         offset = 0
         recorded: list[int] = []
         for batch in range(6):
@@ -245,10 +249,10 @@ class TestBatchesBySourceCoordinates:
             offset = int(offsets[-1])
             recorded += offsets.tolist()
             scores = rng.random(len(offsets))
-            for each in (columns, listed):
+            for each in (columns, listed, given, tagged):
                 each.record_columns(offsets, scores, ("demo", "1"), (10 + batch) * SECOND)
         for scored in rng.integers(1, offset + 1, size=int(rng.integers(0, 3))).tolist():
-            for each in (columns, listed):  # a challenger's entry (in a batch's row or a gap)
+            for each in (columns, listed, given, tagged):  # a challenger's entry, in a row or a gap
                 each.record([challenger(scored, 0.5, 11.0)])
 
         def named(record: int) -> tuple[Label, int]:
@@ -265,12 +269,26 @@ class TestBatchesBySourceCoordinates:
                 picked = rng.integers(0, offset + 3, size=int(rng.integers(1, 12)))
             pairs = [named(int(record)) for record in picked]
             labels = [pair[0] for pair in pairs]
-            got = columns.join(labels, [pair[1] for pair in pairs])
-            assert got == listed.join(labels)
+            records = [pair[1] for pair in pairs]
+            got = columns.join(labels, records)
+            expected = listed.join(labels)
+            assert got == expected
             assert (columns.counts, columns.held) == (listed.counts, listed.held)
-        assert [columns.get(ident(o)) for o in range(offset + 2)] == [
-            listed.get(ident(o)) for o in range(offset + 2)
-        ]
+            times = [label.time_us for label in labels]
+            if -1 in records or len({at is None for at in times}) > 1:
+                given.join(labels, records, 7)
+                tagged.join(labels, None, 7)
+                continue
+            timed = None if times[0] is None else [at for at in times if at is not None]
+            values = [label.value for label in labels]
+            assert given.join_columns(records, values, timed, 7) == tagged.join(labels, None, 7)
+            assert given.sent == tagged.sent
+            assert given.join_columns([], [], timed) == listed.join([])
+            assert (given.counts, given.held) == (listed.counts, listed.held)
+        for each in (columns, given):
+            assert [each.get(ident(o)) for o in range(offset + 2)] == [
+                listed.get(ident(o)) for o in range(offset + 2)
+            ]
 
     def test_a_label_batch_of_plain_rows_is_joined_in_columns(self, store: Store) -> None:
         """The columns' way is taken (no lookup per label) when every row waits plain."""

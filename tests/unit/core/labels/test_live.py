@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import numpy as np
+import orjson
+import pytest
 
 from streamer.core.dead_letters import LABEL_DEAD_LETTER_REASONS, REASONS
 from streamer.core.labels.join import (
+    REGRESSION,
     LabelSpec,
     Output,
     coordinates_identity,
@@ -17,6 +23,7 @@ from streamer.core.labels.live import (
     ledger_topic_name,
     model_outputs,
     read_label_batch,
+    read_label_columns,
     score_column,
 )
 from streamer.messages import Rejection, SourceBatch
@@ -85,3 +92,56 @@ def test_the_label_reasons_follow_the_existing_dead_letter_series() -> None:
     assert ledger_topic_name("", "fraud team", "tx") == "fraud_team.tx.ledger-changelog"
     meta = ledger_meta("tx", 3, 7)
     assert (meta.topic, meta.partition, meta.last_offset) == ("tx", 3, 7)
+
+
+_DRAWN: list[Any] = [
+    "tx", "other", "", 0, 1, 2, 3, -1, 3.0, 0.5, True, False, None, [1], "1", 2**60,
+    1_796_536_800_000, -(2**52), 2**52, float("nan"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "spec", [LabelSpec(), LabelSpec(time_field="at", task=REGRESSION), LabelSpec(time_field="at")]
+)
+def test_a_label_batch_in_columns_is_the_batch_read_or_left_to_it(spec: LabelSpec) -> None:
+    """read_label_columns gives read_label_batch's labels and record offsets, or None.
+
+    Random batches of the common form with a field drawn now and then (another topic,
+    partition, type, range), a malformed label, a tombstone: never another label.
+    """
+    rng = random.Random(23)
+    taken = 0
+    for _ in range(600):
+        values: list[bytes | None] = []
+        for offset in range(rng.randrange(1, 6)):
+            doc: Any = {"topic": "tx", "partition": 3, "offset": offset, "label": 1, "at": 5}
+            if rng.random() < 0.15:
+                doc[rng.choice(["topic", "partition", "offset", "label", "at"])] = rng.choice(
+                    _DRAWN
+                )
+            if rng.random() < 0.03:
+                del doc[rng.choice(list(doc))]
+            value = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+            values.append(rng.choice([None, b"{x", b"[1]"]) if rng.random() < 0.02 else value)
+        offsets = list(range(len(values)))
+        columns = read_label_columns(values, 3, spec, "tx")
+        read = read_label_batch(offsets, [None] * len(values), values, 3, spec, "tx")
+        if columns is None:
+            continue
+        taken += 1
+        assert (read.rejections, read.offsets) == ([], offsets)
+        assert columns.labels() == read.labels
+        assert columns.records == read.record_offsets
+        times = [label.time_us for label in read.labels]
+        assert columns.times == (times if spec.time_field else None)
+    assert taken > 200  # the common form took the columns' way
+
+
+def test_a_label_batch_of_another_form_is_not_read_in_columns() -> None:
+    common = b'{"topic": "tx", "partition": 3, "offset": 1, "label": 1}'
+    assert read_label_columns([common], 3, LabelSpec(), "tx") is not None
+    assert read_label_columns([common], 3, LabelSpec(id_field="id"), "tx") is None
+    assert read_label_columns([common], 3, LabelSpec(value_field="a.b"), "tx") is None
+    assert read_label_columns([common], 3, LabelSpec(), "") is None
+    assert read_label_columns([common], 2, LabelSpec(), "tx") is None  # misrouted
+    assert read_label_columns([common, None], 3, LabelSpec(), "tx") is None
