@@ -624,11 +624,11 @@ class PredictionLedger:
         found = self._plain_rows(records) if records and self._entries else None
         if found is not None:
             return self._join_rows(found, None, records, values, times, tag)
-        head, tail = self._coordinates_prefix
         at = times if times is not None else itertools.repeat(None)
+        identities = coordinates_identities(*self.coordinates, records)
         labels = [
-            Label(head + b"%d" % record + tail, value, time_us)
-            for record, value, time_us in zip(records, values, at, strict=False)
+            Label(identity, value, time_us)
+            for identity, value, time_us in zip(identities, values, at, strict=False)
         ]
         return self._join_listed(labels, tag)
 

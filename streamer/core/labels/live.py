@@ -278,12 +278,11 @@ class LabelColumns:
 
     def labels(self) -> list[Label]:
         """The labels as :func:`read_label_batch` reads them (for the label-by-label join)."""
-        head = b"c%d/" % self.partition
-        tail = b"/" + self.topic.encode()
+        identities = coordinates_identities(self.topic, self.partition, self.records)
         times = self.times if self.times is not None else [None] * len(self.records)
         return [
-            Label(head + b"%d" % record + tail, value, at)
-            for record, value, at in zip(self.records, self.values, times, strict=True)
+            Label(identity, value, at)
+            for identity, value, at in zip(identities, self.values, times, strict=True)
         ]
 
 
