@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,13 @@ from streamer.core.labels.join import (
     coordinates_identity,
 )
 from streamer.core.labels.ledger import (
-    decode_batch,
     PREFIX,
     LedgerCounts,
     LedgerLabel,
     ModelScore,
     Prediction,
     PredictionLedger,
+    decode_batch,
 )
 from streamer.core.state.store import MemoryStore, RocksStore, Store
 
