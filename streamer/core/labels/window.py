@@ -25,7 +25,7 @@ class _Entry(msgspec.Struct, frozen=True, order=True, gc=False, array_like=True)
     window's, kept for as long as their records are the latest, were the daemon's only
     lasting growth of tracked objects with labels on: a young collection every 10,000
     records joined, each scanning every young object (the batches in flight, the label
-    batches kept for the ledger), 4-11 ms of CPU with the GIL held. A struct with
+    batches kept for the ledger), 2-11 ms of CPU each with the GIL held. A struct with
     ``gc=False`` is never tracked, and sorts as fast (docs/performance.md).
     """
 
