@@ -99,10 +99,11 @@ EXPIRE_EVERY_S = 60.0
 """A partition's ledger expires what the horizon passed at most this often (its own clock)."""
 
 
-LEDGER_FLUSH_BYTES = 256 * 2**10
+LEDGER_FLUSH_BYTES = 128 * 2**10
 """A partition's gathered changelog records leave past this many bytes, even with a flush in
 flight: it bounds them, and the batches the consumer keeps above the durable bound (about
-16,000 predictions of a partition, 16 bytes each in their batch records)."""
+16,000 predictions of a partition, 8 bytes each in their batch records when their offsets
+are consecutive, 16 with gaps)."""
 
 _flush_ids = itertools.count()
 """Flush ids unique in the process: a restarted producer's keeper never reuses an old one."""

@@ -134,14 +134,18 @@ class PredictionBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     name: str
     version: str
     offsets: bytes
-    """Each prediction's input offset: int64, big-endian, 8 bytes each, ascending."""
+    """Each prediction's input offset: int64, big-endian, 8 bytes each, ascending; empty when
+    they are consecutive from ``first_offset`` (a batch without gaps: half the record's bytes,
+    in the store and in the changelog, format 4)."""
     scores: bytes
     """Each prediction's score: float64, big-endian, 8 bytes each."""
     ids: list[bytes] = []
     """Each prediction's identity, when it is not the record's source coordinates."""
 
     def offsets_array(self) -> np.ndarray:
-        """The offsets, as int64 (a view of the bytes)."""
+        """The offsets, as int64 (a view of the bytes, or ``arange`` when consecutive)."""
+        if not self.offsets:
+            return np.arange(self.first_offset, self.first_offset + len(self), dtype=np.int64)
         return np.frombuffer(self.offsets, dtype=">i8")
 
     def scores_list(self) -> list[float]:
@@ -517,7 +521,9 @@ class PredictionLedger:
             time_us,
             name,
             version,
-            struct.pack(f">{len(fresh)}q", *(offsets[row] for row in fresh)),
+            b""
+            if offsets[fresh[-1]] - offsets[fresh[0]] == len(fresh) - 1
+            else struct.pack(f">{len(fresh)}q", *(offsets[row] for row in fresh)),
             struct.pack(f">{len(fresh)}d", *kept_scores),
             [] if by_offsets else [identities[row] for row in fresh],
         )
@@ -553,15 +559,16 @@ class PredictionLedger:
         if not len(offsets):
             return []
         name, version = model
+        first, last = int(offsets[0]), int(offsets[-1])
         batch = PredictionBatch(
-            int(offsets[0]),
+            first,
             time_us,
             name,
             version,
-            offsets.astype(">i8").tobytes(),
+            # Ascending and distinct: the ends tell whether they are consecutive.
+            b"" if last - first == len(offsets) - 1 else offsets.astype(">i8").tobytes(),
             scores.astype(">f8").tobytes(),
         )
-        last = int(offsets[-1])
         key = batch_key(last)
         self.counts = msgspec.structs.replace(
             self.counts, outputs=self.counts.outputs + len(offsets)

@@ -3,8 +3,8 @@ r"""The prediction ledger's changelog: one record per scored batch, the indexes 
 A scored batch's champion predictions share a model, a version and a time:
 they go to the changelog as **one record**, the ledger's own
 :class:`~streamer.core.labels.ledger.PredictionBatch` (``Lb`` + the batch's
-last input offset: the offsets, the scores and, with record ids, the ids, in
-columns). The other records are few:
+last input offset: the offsets, left out when consecutive, the scores and, with
+record ids, the ids, in columns). The other records are few:
 
 - ``Lj`` + a batch's last offset + a label batch's last offset: the entries
   that label batch joined in that batch (labelled, no challenger's score), in

@@ -54,14 +54,18 @@ if TYPE_CHECKING:
 LABELS_STAGE = "labels"
 """The stage of a label's dead letter (its ``streamer.stage`` header)."""
 
-LEDGER_FINGERPRINT = "prediction-ledger-3"
+LEDGER_FINGERPRINT = "prediction-ledger-4"
 """The ledger changelog's fingerprint in its meta records: a state changelog is never one.
 
 Format 3 adds the ``Lj`` records (a label batch's joins, per scored batch), which a version of
-format 2 would store without their entries: it refuses a changelog of format 3 (exit 2)."""
+format 2 would store without their entries: it refuses a changelog of format 3 (exit 2).
+Format 4 writes a batch of consecutive offsets without them (``PredictionBatch.offsets``
+empty), which a version of format 3 would read as a batch of none: it refuses format 4."""
 
-LEDGER_FINGERPRINTS_READ = frozenset({"prediction-ledger-2", LEDGER_FINGERPRINT})
-"""The formats this version restores: format 2 has only records format 3 has too."""
+LEDGER_FINGERPRINTS_READ = frozenset(
+    {"prediction-ledger-2", "prediction-ledger-3", LEDGER_FINGERPRINT}
+)
+"""The formats this version restores: formats 2 and 3 have only records format 4 reads."""
 
 MARKS_KEY = b"Lo"
 """The store key of a partition's :class:`LedgerMarks` (beside the ledger's own keys)."""

@@ -77,7 +77,7 @@ def test_a_ledger_changelog_of_the_older_format_exits_2_with_one_line() -> None:
     assert str(error.value) == (
         "config error: labels.ledger_topic: the prediction ledger changelog "
         "'fraud.tx.ledger-changelog' (partition 1) is in format 'prediction-ledger-1', not "
-        "'prediction-ledger-3', which this version cannot restore; delete that topic and the "
+        "'prediction-ledger-4', which this version cannot restore; delete that topic and the "
         "ledger-* directories of state.dir (the ledgers start empty), or set "
         "labels.ledger_topic to a new topic"
     )

@@ -12,9 +12,11 @@ import numpy as np
 import orjson
 import pytest
 
+from streamer.core.labels import ledger as ledger_module
 from streamer.core.labels.join import coordinates_identity
 from streamer.core.labels.ledger import (
     COUNTS_KEY,
+    PredictionBatch,
     PredictionLedger,
     decode_prediction,
     entry_key,
@@ -217,11 +219,11 @@ def test_past_the_byte_budget_a_flush_leaves_with_another_in_flight(
     (first,) = keeper.flushes()
     keeper.record(records(0, [2, 3]), [0, 1], [0.5, 0.5], ("m", "1"), SCORED_AT)
     assert keeper.flushes() == []
-    offsets = list(range(4, 200))  # 196 predictions: 16 bytes each in their batch record
-    keeper.record(records(0, offsets), list(range(196)), [0.5] * 196, ("m", "1"), SCORED_AT)
+    offsets = list(range(4, 400))  # 396 consecutive predictions: 8 bytes each in their batch
+    keeper.record(records(0, offsets), list(range(396)), [0.5] * 396, ("m", "1"), SCORED_AT)
     (second,) = keeper.flushes()
     assert [key for key, _ in second.changes][:2] == [batch_key(3), COUNTS_KEY]
-    assert batch_key(199) in dict(second.changes)
+    assert batch_key(399) in dict(second.changes)
     assert keeper.moved() == [LedgerHeld(0, 1, None)]
     assert keeper.flushed(0, second.flush_id)  # acknowledged out of order: the first holds
     assert keeper.moved() == []
@@ -656,3 +658,41 @@ def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
     assert sorted(j.identity for j in reset.joined) == [
         coordinates_identity(TOPIC, 0, offset) for offset in (1, 2, 3)
     ]
+
+
+def test_a_changelog_of_format_3_restores_and_goes_on_in_format_4(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Format 3 wrote every batch's offsets; format 4 leaves out consecutive ones: both read."""
+    changelog = MemoryChangelog()
+    settings = make_settings()
+    with monkeypatch.context() as old:
+        old.setattr("streamer.core.labels.live.LEDGER_FINGERPRINT", "prediction-ledger-3")
+        encode = ledger_module.encode_batch
+
+        def encode_of_format_3(batch: PredictionBatch) -> bytes:
+            offsets = batch.offsets_array().astype(">i8").tobytes()
+            return encode(msgspec.structs.replace(batch, offsets=offsets))
+
+        old.setattr(ledger_module, "encode_batch", encode_of_format_3)
+        writer = LedgerKeeper(settings, lambda: changelog)
+        writer.record(records(0, [1, 2, 3]), [0, 1, 2], [0.5, 0.25, 0.75], ("m", "1"), SCORED_AT)
+        flush = delivered(writer)
+        writer.close()
+    assert decode_batch(dict(flush.changes)[batch_key(3)]).offsets_array().tolist() == [1, 2, 3]
+    assert decode_batch(dict(flush.changes)[batch_key(3)]).offsets != b""
+    send(changelog, 0, flush.changes)
+
+    restored = LedgerKeeper(settings, lambda: changelog)
+    restored.record(records(0, [4, 5]), [0, 1], [0.125, 0.375], ("m", "1"), SCORED_AT)
+    restored.join(labels(0, [0, 1], [label(0, 2, 1), label(0, 5, 0)]))
+    flush = delivered(restored)
+    assert [(j.identity, j.prediction.champion.score) for j in flush.report.joined] == [
+        (coordinates_identity(TOPIC, 0, 2), 0.25),
+        (coordinates_identity(TOPIC, 0, 5), 0.375),
+    ]
+    assert decode_batch(dict(flush.changes)[batch_key(5)]).offsets == b""
+    meta = last_meta([[(0, k, v) for k, v in flush.changes]])
+    assert meta is not None
+    assert meta.fingerprint == LEDGER_FINGERPRINT == "prediction-ledger-4"
+    restored.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from streamer.core.labels.ledger import (
     ModelScore,
     Prediction,
     PredictionLedger,
+    decode_batch,
 )
 from streamer.core.state.store import MemoryStore, RocksStore, Store
 
@@ -173,6 +175,27 @@ class TestBatchesBySourceCoordinates:
         )
         assert columns.record_columns(np.empty(0, np.int64), np.empty(0), ("m", "1"), 0) == []
         assert (columns.held, columns.counts) == (listed.held, listed.counts)
+
+    def test_consecutive_offsets_are_not_written_and_read_back_as_a_range(
+        self, store: Store
+    ) -> None:
+        """A batch without gaps stores no offsets (half its bytes); one with a gap, each."""
+        ledger = PredictionLedger(store, HORIZON, ("events", 0))
+        for offsets in ([4, 5, 6, 7], [9, 11, 12]):
+            written = ledger.record_columns(
+                np.array(offsets, dtype=np.int64), np.array([0.5] * len(offsets)), ("m", "1"), 0
+            )
+            batch = decode_batch(written[0][1])  # type: ignore[arg-type]
+            assert batch.offsets == (b"" if offsets[0] == 4 else struct.pack(">3q", *offsets))
+            assert batch.offsets_array().tolist() == offsets
+            assert len(batch) == len(offsets)
+        assert [j.identity for j in ledger.join([label(5, 1.0, 1.0), label(11, 0.0, 1.0)])[0]] == [
+            ident(5),
+            ident(11),
+        ]
+        listed = PredictionLedger(MemoryStore(), HORIZON, ("events", 0))
+        _, written = listed.record_batch([], [20, 21], [0.5, 0.5], ("m", "1"), 0, new=True)
+        assert decode_batch(written[0][1]).offsets == b""  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
         ("tracked", "reopened"), [(4096, False), (1, False), (4096, True), (1, True)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -23,6 +24,22 @@ def joined(offset: int, at_s: int, challengers: int = 0) -> Joined:
 
 
 class TestBounds:
+    def test_its_entries_add_nothing_the_garbage_collector_tracks(self) -> None:
+        """Kept records once made a young collection every 10,000 joins in the daemon."""
+        records = [joined(offset, offset) for offset in range(2_000)]
+        window = LabelWindow(max_records=1_000)
+        gc.disable()
+        try:
+            before = gc.get_count()[0]
+            window.add(records)
+            window.add(records[:10])  # replaced by identity
+            grown = gc.get_count()[0] - before
+        finally:
+            gc.enable()
+        assert grown < 10  # a tuple per record: 2,010
+        assert [r.identity for r in window.records()][:2] == [b"1000", b"1001"]
+        assert not any(gc.is_tracked(entry) for entry in window._records.values())
+
     def test_it_keeps_the_latest_predictions_not_the_latest_labels(self) -> None:
         window = LabelWindow(max_records=2)
         window.add([joined(3, 30), joined(1, 10)])
