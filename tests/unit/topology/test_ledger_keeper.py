@@ -600,7 +600,7 @@ def test_a_kill_9_loses_the_stores_unflushed_writes_and_the_changelog_rebuilds_t
     restarted.close()
 
 
-def test_a_changelog_of_format_2_restores_and_goes_on_in_format_3(
+def test_a_changelog_of_format_2_restores_and_goes_on_in_the_current_format(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Format 2 sent an ``Lp`` record per label and no joins records: this version reads it."""
