@@ -720,8 +720,8 @@ class PredictionLedger:
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
         horizon_us = self.horizon_us
         if identities is None:  # one per label: a label past the horizon is rare
-            head, tail = self._coordinates_prefix
-            identities = [head + b"%d" % record + tail for record in records]
+            assert self.coordinates is not None, "by source coordinates only"
+            identities = coordinates_identities(*self.coordinates, records)
         encode = _encoder.encode
         at_times = times if times is not None else itertools.repeat(None)
         for identity, row, score, value, time_us, (batch, entries, last) in zip(
