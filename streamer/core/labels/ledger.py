@@ -731,7 +731,7 @@ class PredictionLedger:
             if time_us is not None and time_us - made_us > horizon_us:
                 reasons.append(PAST_HORIZON)
                 continue
-            # _plain_scored's prediction, made here: a call per label costs.
+            # _plain's prediction with its label, made here: a call per label costs.
             labelled = Prediction(
                 made_us,
                 ModelScore(batch.name, batch.version, score, made_us),
@@ -962,17 +962,13 @@ def _joins_records(groups: dict[int, list[tuple[bytes, bytes]]], tag: int | None
 
 
 def _plain(batch: PredictionBatch, row: int) -> Prediction:
-    """The champion's prediction of a batch's row, as its entry would hold it."""
+    """The champion's unlabelled prediction of a batch's row, as its entry would hold it.
+
+    :meth:`PredictionLedger._join_rows` makes the same, with its label, inline.
+    """
     (score,) = _SCORE.unpack_from(batch.scores, 8 * row)
-    return _plain_scored(batch, score)
-
-
-def _plain_scored(
-    batch: PredictionBatch, score: float, label: LedgerLabel | None = None
-) -> Prediction:
-    """The champion's prediction of one of a batch's rows, its score read, and its label."""
     time_us = batch.time_us
-    return Prediction(time_us, ModelScore(batch.name, batch.version, score, time_us), (), label)
+    return Prediction(time_us, ModelScore(batch.name, batch.version, score, time_us), (), None)
 
 
 def _with_output(prediction: Prediction | None, output: Output) -> Prediction | None:
