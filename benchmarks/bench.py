@@ -400,6 +400,9 @@ class Streamer:
             env={**clean_env, **(env or {})},
             start_new_session=True,
         )
+        if DAEMON_CPUS is not None:
+            # At once: the interpreter starts its threads (which inherit it) much later.
+            pin_threads(self.process.pid, DAEMON_CPUS)
 
     def metrics(self) -> str:
         return http_get(f"http://127.0.0.1:{self.port}/metrics")[1]
@@ -451,10 +454,22 @@ class LabelFeeder:
         self.waiting: dict[int, list[int]] = {}
         for partition, offset in sorted(chosen):
             self.waiting.setdefault(partition, []).append(offset)
+        # Each label's document but its time, made before the run: the feeder shares the
+        # 2 cores with the daemon and the broker, and a dict and an orjson.dumps per label
+        # cost the bench process about 2 us a label of that (measured with BenchCpu).
+        rng = random.Random(10)
+        topic = orjson.dumps(input_topic).decode()
+        self._documents = {
+            (partition, offset): (
+                f'{{"topic":{topic},"partition":{partition},"offset":{offset},'
+                f'"label":{rng.randrange(2)},"labelled_at":'
+            ).encode()
+            for partition, offsets in self.waiting.items()
+            for offset in offsets
+        }
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="label-feeder", daemon=True)
-        self._rng = random.Random(10)
 
     def start(self) -> None:
         self._thread.start()
@@ -492,15 +507,12 @@ class LabelFeeder:
                     ready = 0
                     while ready < len(offsets) and offsets[ready] < committed:
                         ready += 1
+                    # One time for the labels sent together: they are sent in the same ms.
+                    labelled_at = b"%d}" % int(time.time() * 1000)
+                    produce, documents = producer.produce, self._documents
                     for offset in offsets[:ready]:
-                        document = {
-                            "topic": self.input_topic,
-                            "partition": partition,
-                            "offset": offset,
-                            "label": self._rng.randrange(2),
-                            "labelled_at": int(time.time() * 1000),
-                        }
-                        producer.produce(self.labels_topic, orjson.dumps(document), None, partition)
+                        document = documents.pop((partition, offset)) + labelled_at
+                        produce(self.labels_topic, document, None, partition)
                     del offsets[:ready]
                     self.sent += ready
                 producer.poll(0)
@@ -511,40 +523,60 @@ class LabelFeeder:
 
 
 class BenchCpu:
-    """The bench process's own CPU per record from a run's first record to its last commit.
+    """The bench process's and the broker's CPU per record from a run's first record to
+    its last commit.
 
     In (l) the label feeder's thread runs in the run with labels only, on the 2 cores
-    the daemon and the broker share: its cost is the bench's, and the rows say it.
+    the daemon and the broker share: its cost is the bench's, and the rows say it. The
+    broker (the embedded one, ``broker_pid``) carries the labels topic and the ledger's
+    changelog in that run too: on 2 cores its extra CPU is taken from the daemon's rate.
     """
 
-    def __init__(self, records: int) -> None:
+    def __init__(self, records: int, broker_pid: int = 0) -> None:
         self.records = records
+        self.broker_pid = broker_pid
         self.per_record: dict[str, list[float]] = {"without": [], "with": []}
+        self.broker_per_record: dict[str, list[float]] = {"without": [], "with": []}
         self._from = 0.0
+        self._broker_from = 0.0
 
     def start(self, _process: object) -> None:
         self._from = time.process_time()
+        self._broker_from = self._broker_seconds()
 
     def stop(self, name: str) -> None:
         spent = time.process_time() - self._from
         self.per_record[name].append(spent / self.records * 1e6)
+        if self.broker_pid:
+            broker = self._broker_seconds() - self._broker_from
+            self.broker_per_record[name].append(broker / self.records * 1e6)
+
+    def _broker_seconds(self) -> float:
+        from latency import cpu_seconds  # benchmarks/ is on the path (a script)
+
+        return cpu_seconds(self.broker_pid) if self.broker_pid else 0.0
 
     def note(self) -> str:
-        pairs = zip(self.per_record["without"], self.per_record["with"], strict=False)
-        return (
-            "bench CPU without/with "
-            + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
-            + " us/record"
-        )
+        notes = []
+        for what, values in (("bench", self.per_record), ("broker", self.broker_per_record)):
+            pairs = list(zip(values["without"], values["with"], strict=False))
+            if pairs:
+                per_run = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
+                notes.append(f"{what} CPU without/with {per_run} us/record")
+        return "; ".join(notes)
 
 
 # --- the measurements --------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, bootstrap: str, workdir: Path, broker_pid: int = 0
+    ) -> None:
         self.args = args
         self.bootstrap = bootstrap
+        self.broker_pid = broker_pid
+        """The embedded broker's process (0: a broker of ``--bootstrap``, not measured)."""
         self.workdir = workdir
         self.cluster = Cluster(bootstrap)
         self.rows: list[Row] = []
@@ -1410,7 +1442,7 @@ class Bench:
         codes: list[int] = []
         joined: list[float] = []
 
-        bench_cpu = BenchCpu(self.args.records)
+        bench_cpu = BenchCpu(self.args.records, self.broker_pid)
 
         def daemon_cpu(name: str) -> Any:
             daemon = self._cpu_probe(cpu_us[name])
@@ -1720,6 +1752,26 @@ def peer_answer_problems(
     if wrong:
         problems.append(f"{len(wrong)} keys with missing, extra or wrong scores, e.g. {wrong[:3]}")
     return problems
+
+
+# The CPUs of the streamer daemons when ``--broker-cpus`` pins the broker (None: any).
+DAEMON_CPUS: set[int] | None = None
+
+
+def pin_broker(broker_pid: int, cpus: set[int]) -> None:
+    """Pin the broker and this process to ``cpus``, and the daemons started later to the rest."""
+    global DAEMON_CPUS  # noqa: PLW0603 - one setting of the whole run, set once by main
+    rest = set(os.sched_getaffinity(0)) - cpus
+    if not rest:
+        msg = f"--broker-cpus {sorted(cpus)} leaves no CPU to the daemons"
+        raise SystemExit(msg)
+    pin_threads(broker_pid, cpus)
+    pin_threads(os.getpid(), cpus)
+    DAEMON_CPUS = rest
+    print(
+        f"the broker and the bench on CPUs {sorted(cpus)}, the daemons on {sorted(rest)}",
+        file=sys.stderr,
+    )
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:
@@ -2085,6 +2137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         help="for (o): CPUs to pin MLServer to, e.g. '0' (run bench.py itself under "
         "`taskset -c 1` to give the client side the other core); empty: no pinning",
     )
+    parser.add_argument(
+        "--broker-cpus",
+        default="",
+        help="CPUs to pin the embedded broker and the bench process (its readers, generators "
+        "and (l)'s label feeder) to, e.g. '1'; the streamer daemons get the other CPUs: the "
+        "broker on hardware of its own, as in production, as far as one machine allows; "
+        "empty: no pinning",
+    )
     parser.add_argument("--format-backends", default="kafka-python,confluent", help="for (r)")
     for more in (_large_arguments, _peer_arguments):
         more(parser)
@@ -2143,9 +2203,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))
         bootstrap = args.bootstrap
+        broker_pid = 0
         if not bootstrap:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
-        bench = Bench(args, bootstrap, Path(tmp))
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap_servers
+            broker_pid = broker.pid
+            if args.broker_cpus:
+                pin_broker(broker_pid, {int(c) for c in args.broker_cpus.split(",")})
+        bench = Bench(args, bootstrap, Path(tmp), broker_pid)
         bench.run()
     print(table(bench.rows, args))
     print(f"\n(total {time.monotonic() - started:.0f}s)")

@@ -373,7 +373,7 @@ def measure(
         if bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker())
             bootstrap = broker.bootstrap_servers
-            broker_pid = broker._process.pid if broker._process is not None else 0
+            broker_pid = broker.pid
         tag = uuid.uuid4().hex[:8]
         topic, output = f"lat-in-{tag}", f"lat-out-{tag}"
         _create_topics(bootstrap, topic, output)

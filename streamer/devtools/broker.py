@@ -42,6 +42,11 @@ class EmbeddedBroker:
         """The address clients connect to."""
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id while it runs, else 0 (benchmarks read its CPU)."""
+        return self._process.pid if self._process is not None else 0
+
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections."""
         try:
