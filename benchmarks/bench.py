@@ -797,6 +797,9 @@ class Bench:
             "streamer-confluent": "streamer confluent",
         }
         seconds = self.args.latency_seconds
+        broker_cpus = (
+            {int(c) for c in self.args.broker_cpus.split(",")} if self.args.broker_cpus else None
+        )
         for rate in self.args.latency_rates:
             floor: dict[str, Any] = {}
             client_floor: dict[str, Any] = {}
@@ -809,6 +812,7 @@ class Bench:
                     bootstrap=self.args.bootstrap,
                     settings=LATENCY_SETTINGS if system.startswith("streamer") else None,
                     session_ms=int(self.args.session_timeout * 1000),
+                    broker_cpus=broker_cpus,
                 )
                 if system == "passthrough":
                     floor = result
@@ -1776,9 +1780,9 @@ def pin_broker(broker_pid: int, cpus: set[int]) -> None:
 
 def pin_threads(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(task.name), cpus)
+    from latency import pin_threads as pin  # benchmarks/ is on the path (a script)
+
+    pin(pid, cpus)
 
 
 def peers_python(chosen: str) -> str:

@@ -289,6 +289,13 @@ def create_times(bootstrap: str, topic: str, count: int) -> dict[tuple[int, int]
     return times
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def _create_topics(bootstrap: str, *names: str) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -358,8 +365,13 @@ def measure(
     settings: dict[str, dict[str, Any]] | None = None,
     session_ms: int = 6000,
     keep: Path | None = None,
+    broker_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """One row: a fresh broker (unless ``bootstrap``), the system, a reader, a generator.
+
+    ``broker_cpus``: the fresh broker, the generator and the reader run on these CPUs, the
+    system under test on the others (the broker on hardware of its own, as in production,
+    as far as one machine allows). This process is pinned with them, for good.
 
     Returns the quantiles (ms), the records sent and answered, the CPU of the system
     and of the broker (share of one core while the generator ran), the exit code,
@@ -374,6 +386,15 @@ def measure(
             broker = stack.enter_context(EmbeddedBroker())
             bootstrap = broker.bootstrap_servers
             broker_pid = broker.pid
+        system_cpus = None
+        if broker_cpus and broker_pid:
+            system_cpus = set(os.sched_getaffinity(0)) - broker_cpus
+            if not system_cpus:
+                msg = f"broker CPUs {sorted(broker_cpus)} leave no CPU to the system under test"
+                raise ValueError(msg)
+            # The generator and the reader start later and inherit this process's CPUs.
+            pin_threads(broker_pid, broker_cpus)
+            pin_threads(os.getpid(), broker_cpus)
         tag = uuid.uuid4().hex[:8]
         topic, output = f"lat-in-{tag}", f"lat-out-{tag}"
         _create_topics(bootstrap, topic, output)
@@ -381,6 +402,9 @@ def measure(
         run = _Run(system, bootstrap, workdir, settings or {}, session_ms)
         try:
             run.start(topic, output)
+            if system_cpus:
+                # Its threads then, and those they start later (they inherit it).
+                pin_threads(run.pid, system_cpus)
             run.reader = _python(
                 "read", "--bootstrap", bootstrap, "--topic", output, "--out", str(seen_file)
             )
@@ -540,6 +564,10 @@ def _parse_settings(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return settings
 
 
+def _cpus(listed: str) -> set[int] | None:
+    return {int(c) for c in listed.split(",")} if listed else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -562,6 +590,12 @@ def main() -> int:
     me.add_argument("--set", action="append", default=[], help="streamer: section.key=value")
     me.add_argument("--keep", type=Path, help="write what the reader saw here")
     me.add_argument("--metrics", action="store_true", help="print streamer's exposition too")
+    me.add_argument(
+        "--broker-cpus",
+        default="",
+        help="pin the fresh broker, the generator and the reader to these CPUs (e.g. '1'), "
+        "the system under test to the others",
+    )
     args = parser.parse_args()
     if args.command == "generate":
         print(generate(args.bootstrap, args.topic, args.rate, args.seconds), flush=True)
@@ -576,6 +610,7 @@ def main() -> int:
         result = measure(
             system, args.rate, args.seconds, bootstrap=args.bootstrap,
             settings=_parse_settings(args.set), keep=args.keep,
+            broker_cpus=_cpus(args.broker_cpus),
         )  # fmt: skip
         exposition = result.pop("exposition")
         print(json.dumps({"label": label or system, **result}), flush=True)
