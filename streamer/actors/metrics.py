@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -139,6 +140,66 @@ class BulkHistogram:
         yield HistogramMetricFamily(self.name, self.documentation)
 
 
+class RecordAges(BulkHistogram):
+    """Each record's age when its batch was acknowledged, binned at a scrape.
+
+    A batch's Kafka timestamps are kept as they came (the source batch's own list)
+    until a scrape reads the histogram or ``bin_every`` records wait: numpy's cost
+    per call (about 25 us a batch for the ten calls of a binning) is then paid once
+    per thousands of records, not per micro-batch, which at a few thousand records/s
+    is tens of records. Measured at 2,000 records/s on confluent: this histogram was
+    17% of the daemon's GIL samples, binned per batch (docs/performance.md).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+        bin_every: int = 50_000,
+    ) -> None:
+        super().__init__(name, documentation, buckets, registry)
+        self._bin_every = bin_every
+        self._waiting: list[tuple[float, Sequence[int]]] = []
+        self._waiting_records = 0
+        self._waiting_lock = threading.Lock()
+
+    def add_batch(self, acked_at: float, timestamps_ms: Sequence[int]) -> None:
+        """Keep a batch's timestamps (ms, -1: none) acknowledged at ``acked_at`` (s)."""
+        if not timestamps_ms:
+            return
+        with self._waiting_lock:
+            self._waiting.append((acked_at, timestamps_ms))
+            self._waiting_records += len(timestamps_ms)
+            due = self._waiting_records >= self._bin_every
+        if due:
+            self.bin_waiting()
+
+    def bin_waiting(self) -> None:
+        """Bin every batch kept so far."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+            count, self._waiting_records = self._waiting_records, 0
+        if not waiting:
+            return
+        stamps = np.fromiter(
+            itertools.chain.from_iterable(t for _, t in waiting), dtype=np.float64, count=count
+        )
+        acked = np.repeat(
+            np.fromiter((a for a, _ in waiting), dtype=np.float64, count=len(waiting)),
+            [len(t) for _, t in waiting],
+        )
+        stamped = stamps > 0  # -1: the record carries no timestamp
+        ages = acked[stamped] - stamps[stamped] / 1000.0
+        self.observe_many(np.maximum(ages, 0.0))
+
+    def collect(self) -> Iterator[Metric]:
+        """Bin what waits, then yield the histogram family."""
+        self.bin_waiting()
+        return super().collect()
+
+
 class PipelineMetrics:
     """Every metric of the pipeline, registered on an injected registry.
 
@@ -221,7 +282,7 @@ class PipelineMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.end_to_end = BulkHistogram(
+        self.end_to_end = RecordAges(
             "streamer_end_to_end_latency_seconds",
             "From each record's Kafka timestamp to the broker ack of its batch's outputs.",
             END_TO_END_BUCKETS,
@@ -355,10 +416,7 @@ class PipelineMetrics:
         stages["preprocess"].observe(d.preprocess_seconds)
         stages["model"].observe(d.model_seconds)
         stages["produce"].observe(d.produce_seconds)
-        if d.timestamps_ms:
-            stamps = np.asarray(d.timestamps_ms, dtype=np.float64)
-            stamps = stamps[stamps > 0]  # -1: the record carries no timestamp
-            self.end_to_end.observe_many(np.maximum(d.acked_at - stamps / 1000.0, 0.0))
+        self.end_to_end.add_batch(d.acked_at, d.timestamps_ms)
 
 
 class StateMetrics:

@@ -22,6 +22,7 @@ from streamer.actors.metrics import (
     HealthProbe,
     MetricsActor,
     PipelineMetrics,
+    RecordAges,
 )
 from streamer.core.dead_letters import REASONS
 from streamer.messages import (
@@ -161,6 +162,59 @@ class TestPipelineMetrics:
         assert value("streamer_committed_offset", {"topic": "t", "partition": "0"}) is None
         assert value("streamer_consumer_lag", {"topic": "t", "partition": "1"}) == 0.0
         assert value("streamer_committed_offset", {"topic": "t", "partition": "1"}) == 25.0
+
+
+class TestRecordAges:
+    """The end-to-end histogram keeps batches' timestamps and bins them at a scrape."""
+
+    @staticmethod
+    def _batches(seed: int) -> list[tuple[float, list[int]]]:
+        rng = np.random.default_rng(seed)
+        batches = []
+        for _ in range(40):
+            acked_at = 1_700_000_000.0 + float(rng.uniform(0, 100))
+            ages_ms = rng.exponential(300.0, int(rng.integers(1, 30)))
+            stamps = [int(acked_at * 1000 - a) for a in ages_ms]
+            stamps[0] = -1 if rng.random() < 0.3 else stamps[0]  # no timestamp
+            stamps[-1] = int(acked_at * 1000) + 5 if rng.random() < 0.3 else stamps[-1]  # ahead
+            batches.append((acked_at, stamps))
+        return batches
+
+    @pytest.mark.parametrize("bin_every", [1, 7, 50_000])
+    def test_it_equals_binning_each_batch_at_once(self, bin_every: int) -> None:
+        lazy_registry, eager_registry = CollectorRegistry(), CollectorRegistry()
+        lazy = RecordAges("age_seconds", "Age.", END_TO_END_BUCKETS, lazy_registry, bin_every)
+        eager = BulkHistogram("age_seconds", "Age.", END_TO_END_BUCKETS, eager_registry)
+        for acked_at, stamps in self._batches(bin_every):
+            lazy.add_batch(acked_at, stamps)
+            kept = np.asarray(stamps, dtype=np.float64)
+            kept = kept[kept > 0]
+            eager.observe_many(np.maximum(acked_at - kept / 1000.0, 0.0))
+        for le in [*(str(float(b)) for b in END_TO_END_BUCKETS), "+Inf"]:
+            labels = {"le": le}
+            want = eager_registry.get_sample_value("age_seconds_bucket", labels)
+            assert want is not None, le
+            assert lazy_registry.get_sample_value("age_seconds_bucket", labels) == want, le
+        assert lazy_registry.get_sample_value("age_seconds_sum") == pytest.approx(
+            eager_registry.get_sample_value("age_seconds_sum")
+        )
+
+    def test_what_waits_stays_below_bin_every(self) -> None:
+        ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry(), bin_every=10)
+        for _ in range(7):
+            ages.add_batch(100.0, [99_500, 99_900, -1])
+            assert ages._waiting_records < 10
+        # The fourth batch made 12 records wait: those four were binned (8 with a timestamp).
+        assert ages._waiting_records == 9
+        assert int(ages._counts.sum()) == 8
+        ages.bin_waiting()
+        assert ages._waiting_records == 0
+        assert int(ages._counts.sum()) == 14
+
+    def test_a_batch_without_records_keeps_nothing(self) -> None:
+        ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry())
+        ages.add_batch(100.0, [])
+        assert ages._waiting == []
 
 
 class TestBulkHistogram:
