@@ -16,7 +16,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
     ProcessCollector,
 )
@@ -82,12 +81,17 @@ BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
 class BulkHistogram:
-    """A histogram collector that takes a whole array of observations in one call.
+    """A histogram collector that bins its observations in bulk, with numpy.
 
     ``prometheus_client.Histogram`` has no bulk observe, and one ``observe`` per
     record costs about 2 us: 2 ms per 1000-record batch, on the metrics actor's
-    thread. Here a batch is binned with numpy in about 0.1 ms. The exposition is
-    the same as a ``Histogram`` without labels (``_bucket``, ``_count``, ``_sum``).
+    thread. Here ``observe_many`` bins a batch in about 0.1 ms, and ``observe``
+    keeps single values (one per micro-batch: its size, its latency) until a scrape
+    reads the histogram or ``bin_every`` wait: at a few thousand records/s, micro-
+    batches of tens of records, a ``Histogram.observe`` per batch and histogram was a
+    measurable share of the daemon's CPU (docs/performance.md). The exposition is a
+    ``Histogram``'s (``_bucket``, ``_count``, ``_sum``; no ``_created``), with one
+    series per value of ``label`` if it has one (a fixed set, ``series``).
     """
 
     def __init__(
@@ -96,6 +100,10 @@ class BulkHistogram:
         documentation: str,
         buckets: Sequence[float],
         registry: CollectorRegistry,
+        *,
+        label: str = "",
+        series: Sequence[str] = ("",),
+        bin_every: int = 10_000,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -104,35 +112,66 @@ class BulkHistogram:
             msg = f"{name}: buckets must be strictly increasing, got {list(buckets)}"
             raise ValueError(msg)
         self._labels = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self._label = label
         # One slot per finite bucket, plus +Inf; not cumulative until collect().
-        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
-        self._sum = 0.0
+        self._counts = {s: np.zeros(len(buckets) + 1, dtype=np.int64) for s in series}
+        self._sums = dict.fromkeys(series, 0.0)
         self._lock = threading.Lock()
+        self._waiting: dict[str, list[float]] = {s: [] for s in series}
+        self._waiting_count = 0
+        self._bin_every = bin_every
         registry.register(self)
 
-    def observe_many(self, values: np.ndarray) -> None:
+    def observe_many(self, values: np.ndarray, series: str = "") -> None:
         """Add every value of a 1-D array (seconds, records, ...) to the histogram."""
         if values.size == 0:
             return
         # side="left": a value equal to a bound counts in that bucket (le is <=).
         slots = np.searchsorted(self._bounds, values, side="left")
-        counts = np.bincount(slots, minlength=len(self._counts))
+        counts = np.bincount(slots, minlength=len(self._bounds) + 1)
         total = float(values.sum())
         with self._lock:
-            self._counts += counts
-            self._sum += total
+            self._counts[series] += counts
+            self._sums[series] += total
+
+    def observe(self, value: float, series: str = "") -> None:
+        """Add one value; it is binned at the next scrape, or with ``bin_every`` others."""
+        with self._lock:
+            self._waiting[series].append(value)
+            self._waiting_count += 1
+            due = self._waiting_count >= self._bin_every
+        if due:
+            self.bin_waiting()
+
+    def bin_waiting(self) -> None:
+        """Bin the values ``observe`` kept."""
+        with self._lock:
+            waiting = self._waiting
+            self._waiting = {s: [] for s in waiting}
+            self._waiting_count = 0
+        for series, values in waiting.items():
+            if values:
+                self.observe_many(np.asarray(values, dtype=np.float64), series)
 
     def collect(self) -> Iterator[Metric]:
         """Yield the histogram family (called by the registry at each scrape)."""
+        self.bin_waiting()
         with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
-        family = HistogramMetricFamily(
-            self.name,
-            self.documentation,
-            buckets=list(zip(self._labels, cumulative, strict=True)),
-            sum_value=total,
-        )
+            cumulative = {s: np.cumsum(c).tolist() for s, c in self._counts.items()}
+            sums = dict(self._sums)
+        if not self._label:
+            yield HistogramMetricFamily(
+                self.name,
+                self.documentation,
+                buckets=list(zip(self._labels, cumulative[""], strict=True)),
+                sum_value=sums[""],
+            )
+            return
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self._label])
+        for series, counts in cumulative.items():
+            family.add_metric(
+                [series], list(zip(self._labels, counts, strict=True)), sum_value=sums[series]
+            )
         yield family
 
     def describe(self) -> Iterator[Metric]:
@@ -159,28 +198,26 @@ class RecordAges(BulkHistogram):
         registry: CollectorRegistry,
         bin_every: int = 50_000,
     ) -> None:
-        super().__init__(name, documentation, buckets, registry)
-        self._bin_every = bin_every
-        self._waiting: list[tuple[float, Sequence[int]]] = []
-        self._waiting_records = 0
-        self._waiting_lock = threading.Lock()
+        super().__init__(name, documentation, buckets, registry, bin_every=bin_every)
+        self._batches: list[tuple[float, Sequence[int]]] = []
+        self._batch_records = 0
 
     def add_batch(self, acked_at: float, timestamps_ms: Sequence[int]) -> None:
         """Keep a batch's timestamps (ms, -1: none) acknowledged at ``acked_at`` (s)."""
         if not timestamps_ms:
             return
-        with self._waiting_lock:
-            self._waiting.append((acked_at, timestamps_ms))
-            self._waiting_records += len(timestamps_ms)
-            due = self._waiting_records >= self._bin_every
+        with self._lock:
+            self._batches.append((acked_at, timestamps_ms))
+            self._batch_records += len(timestamps_ms)
+            due = self._batch_records >= self._bin_every
         if due:
             self.bin_waiting()
 
     def bin_waiting(self) -> None:
         """Bin every batch kept so far."""
-        with self._waiting_lock:
-            waiting, self._waiting = self._waiting, []
-            count, self._waiting_records = self._waiting_records, 0
+        with self._lock:
+            waiting, self._batches = self._batches, []
+            count, self._batch_records = self._batch_records, 0
         if not waiting:
             return
         stamps = np.fromiter(
@@ -193,11 +230,6 @@ class RecordAges(BulkHistogram):
         stamped = stamps > 0  # -1: the record carries no timestamp
         ages = acked[stamped] - stamps[stamped] / 1000.0
         self.observe_many(np.maximum(ages, 0.0))
-
-    def collect(self) -> Iterator[Metric]:
-        """Bin what waits, then yield the histogram family."""
-        self.bin_waiting()
-        return super().collect()
 
 
 class PipelineMetrics:
@@ -263,24 +295,26 @@ class PipelineMetrics:
             ["actor"],
             registry=registry,
         )
-        self.batch_size = Histogram(
+        # One value per micro-batch each: binned in bulk (BulkHistogram.observe).
+        self.batch_size = BulkHistogram(
             "streamer_batch_size_records",
             "Records per delivered micro-batch.",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
+            BATCH_SIZE_BUCKETS,
+            registry,
         )
-        self.batch_latency = Histogram(
+        self.batch_latency = BulkHistogram(
             "streamer_batch_latency_seconds",
             "From dispatch by the consumer to the last broker ack.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
-        self.stage_duration = Histogram(
+        self.stage_duration = BulkHistogram(
             "streamer_stage_duration_seconds",
             "Time spent on one batch in each stage.",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
+            label="stage",
+            series=STAGES,
         )
         self.end_to_end = RecordAges(
             "streamer_end_to_end_latency_seconds",
@@ -333,7 +367,6 @@ class PipelineMetrics:
             self.actor_restarts.labels(actor=actor)
         # The labelled children, looked up once: labels() costs a lock and a dict
         # lookup, several times per delivered batch.
-        self._stage_child = {stage: self.stage_duration.labels(stage=stage) for stage in STAGES}
         self._dead_letter_child = {
             reason: self.dead_letters.labels(reason=reason) for reason in REASONS
         }
@@ -412,10 +445,10 @@ class PipelineMetrics:
         self.batches.inc()
         self.batch_size.observe(d.size)
         self.batch_latency.observe(d.batch_seconds)
-        stages = self._stage_child
-        stages["preprocess"].observe(d.preprocess_seconds)
-        stages["model"].observe(d.model_seconds)
-        stages["produce"].observe(d.produce_seconds)
+        stages = self.stage_duration
+        stages.observe(d.preprocess_seconds, "preprocess")
+        stages.observe(d.model_seconds, "model")
+        stages.observe(d.produce_seconds, "produce")
         self.end_to_end.add_batch(d.acked_at, d.timestamps_ms)
 
 

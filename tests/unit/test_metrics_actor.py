@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_l
 from streamer.actors.metrics import (
     ACTOR_KINDS,
     END_TO_END_BUCKETS,
+    LATENCY_BUCKETS,
     STAGES,
     BulkHistogram,
     HealthProbe,
@@ -203,18 +204,18 @@ class TestRecordAges:
         ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry(), bin_every=10)
         for _ in range(7):
             ages.add_batch(100.0, [99_500, 99_900, -1])
-            assert ages._waiting_records < 10
+            assert ages._batch_records < 10
         # The fourth batch made 12 records wait: those four were binned (8 with a timestamp).
-        assert ages._waiting_records == 9
-        assert int(ages._counts.sum()) == 8
+        assert ages._batch_records == 9
+        assert int(ages._counts[""].sum()) == 8
         ages.bin_waiting()
-        assert ages._waiting_records == 0
-        assert int(ages._counts.sum()) == 14
+        assert ages._batch_records == 0
+        assert int(ages._counts[""].sum()) == 14
 
     def test_a_batch_without_records_keeps_nothing(self) -> None:
         ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry())
         ages.add_batch(100.0, [])
-        assert ages._waiting == []
+        assert ages._batches == []
 
 
 class TestBulkHistogram:
@@ -245,6 +246,39 @@ class TestBulkHistogram:
         assert got.keys() == want.keys()
         for key, expected in want.items():
             assert got[key] == pytest.approx(expected), key
+
+    @pytest.mark.parametrize("bin_every", [1, 5, 10_000])
+    def test_single_values_by_label_equal_a_labelled_histogram(self, bin_every: int) -> None:
+        rng = np.random.default_rng(bin_every)
+        stages = ("preprocess", "model", "produce")
+        observed = [(float(v), stages[int(i)]) for v, i in zip(
+            rng.exponential(0.01, 300), rng.integers(0, 3, 300), strict=True
+        )]  # fmt: skip
+        observed += [(0.005, "model"), (0.0, "produce"), (100.0, "preprocess")]  # edges, +Inf
+        bulk_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+        bulk = BulkHistogram(
+            "stage_seconds", "S.", LATENCY_BUCKETS, bulk_registry,
+            label="stage", series=stages, bin_every=bin_every,
+        )  # fmt: skip
+        reference = Histogram(
+            "stage_seconds", "S.", ["stage"], buckets=LATENCY_BUCKETS, registry=reference_registry
+        )
+        for value, stage in observed:
+            bulk.observe(value, stage)
+            reference.labels(stage=stage).observe(value)
+        got, want = self._samples(bulk_registry), self._samples(reference_registry)
+        assert got.keys() == want.keys()
+        for key, expected in want.items():
+            assert got[key] == pytest.approx(expected), key
+
+    @staticmethod
+    def _samples(registry: CollectorRegistry) -> dict[tuple[str, str, str], float]:
+        return {
+            (s.name, s.labels.get("stage", ""), s.labels.get("le", "")): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
 
     def test_an_empty_array_changes_nothing(self) -> None:
         registry = CollectorRegistry()
