@@ -382,11 +382,11 @@ class ConsumerActor(PipelineActor):
 
         Their restore (RocksDB stores opened, the changelog probed, at worst a
         rebuild) holds the GIL on the producer's thread: a batch cut before it
-        ends would wait behind it with the records it fetched (and, at a start,
-        inside the time the daemon is reported ready for). The client fetches
-        meanwhile; the poll's records are cut once the ledgers are ready, or once
-        ``kafka.session_timeout_s`` passed (they then wait in the producer's inbox,
-        behind the restore, as without this wait).
+        ends would wait behind it in the producer's inbox, in flight, while the
+        member already says it is ready. The client fetches meanwhile; the poll's
+        records are cut, and the member is ready, once the ledgers are restored,
+        or once ``kafka.session_timeout_s`` passed (the batches then wait behind
+        the restore, as they did before this wait).
         """
         with self._lock:
             restoring, self._ledgers_restoring = self._ledgers_restoring, []
