@@ -171,6 +171,9 @@ class ConsumerActor(PipelineActor):
         self._last_progress = 0.0
         self._end_offsets_at = 0.0
         self._ticker: _Ticker | None = None
+        # Labels on: the producer's answers to PartitionsAssigned, once it restored the
+        # prediction ledgers of partitions just assigned. No batch is cut before them.
+        self._ledgers_restoring: list[pykka.Future[Any]] = []
         # kafka-python 3.x runs rebalance callbacks on its I/O thread (while this
         # actor waits inside poll), so the state they touch is guarded. The lock
         # is never held across a client call that waits on the I/O thread.
@@ -250,6 +253,8 @@ class ConsumerActor(PipelineActor):
             polled = client.poll(0, 1)  # paused: returns nothing, keeps the membership
         if self._state is not None:
             self._prepare_state(self._state, polled)
+        if self._ledgers_restoring:
+            self._await_ledgers()
         now = time.monotonic()
         offsets: dict[TP, int] = {}
         with self._lock:
@@ -371,6 +376,31 @@ class ConsumerActor(PipelineActor):
         for tp in polled:
             if tp in assigned:
                 state.prepare(tp)  # the input's: a labels partition has no state
+
+    def _await_ledgers(self) -> None:
+        """Wait, outside the lock, until the producer restored the ledgers just assigned.
+
+        Their restore (RocksDB stores opened, the changelog probed, at worst a
+        rebuild) holds the GIL on the producer's thread: a batch cut before it
+        ends would wait behind it in the producer's inbox, in flight, while the
+        member already says it is ready. The client fetches meanwhile; the poll's
+        records are cut, and the member is ready, once the ledgers are restored,
+        or once ``kafka.session_timeout_s`` passed (the batches then wait behind
+        the restore, as they did before this wait).
+        """
+        with self._lock:
+            restoring, self._ledgers_restoring = self._ledgers_restoring, []
+        for future in restoring:
+            if timed_out(future, self._settings.session_timeout_s):
+                log.warning(
+                    "the producer did not restore the assigned partitions' prediction ledgers "
+                    "within kafka.session_timeout_s (%.0f s): their batches go on and wait "
+                    "for it in its inbox",
+                    self._settings.session_timeout_s,
+                    extra={"actor": self.kind},
+                )
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _refresh_end_offsets(self, now: float) -> None:
         # Outside the lock: with kafka-python the request waits on the I/O thread,
@@ -526,10 +556,13 @@ class ConsumerActor(PipelineActor):
                 else:
                     self._client.resume(tps)
             if tps and self._labels_topic and self._producer is not None:
-                # The producer restores their prediction ledgers now, ahead of their first
-                # batch, while this consumer fetches it.
-                self._producer.tell(PartitionsAssigned(tuple(tps)))
-            if self._on_ready is not None:
+                # The producer restores their prediction ledgers now, while the client
+                # fetches their first records; this poll's records are cut (and the
+                # daemon is ready) once it is done (_await_ledgers).
+                restored = ask_without_waiting(self._producer, PartitionsAssigned(tuple(tps)))
+                if restored is not None:
+                    self._ledgers_restoring.append(restored)
+            if self._on_ready is not None and not self._ledgers_restoring:
                 self._on_ready()
 
     def _on_revoked(self, tps: list[TP]) -> None:

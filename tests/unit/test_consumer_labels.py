@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import orjson
 import pykka
 
+from streamer.actors.consumer import ConsumerActor
 from streamer.messages import (
+    Attach,
     BatchAcked,
     CommitNow,
     GetInFlight,
@@ -17,9 +23,10 @@ from streamer.messages import (
     Rewound,
     ScoreBatch,
 )
+from streamer.settings import BatchSettings
 from streamer.topology.state import StateKeeper
-from tests.unit.fakes import FakeConsumer, Mailbox, make_records, start_recorder
-from tests.unit.test_consumer_actor import ASK_S, TP0
+from tests.unit.fakes import WAIT_S, FakeConsumer, Mailbox, make_records, start_recorder
+from tests.unit.test_consumer_actor import ASK_S, KAFKA, TP0
 from tests.unit.test_consumer_state import SETTINGS, events, start_fetching
 
 LABELS_TP = ("events.labels", 0)
@@ -89,3 +96,49 @@ def test_the_ledger_bounds_hold_the_commit_and_keep_the_delivered_batches_for_a_
     assert ref.ask(GetInFlight(), timeout=ASK_S).batches_in_flight == 0
     assert ref.ask(Rewind(2), timeout=ASK_S) == Rewound(2, 0)  # nothing kept any more
     ref.stop()
+
+
+class _Restoring(pykka.ThreadingActor):
+    """A producer whose ledgers' restore lasts until ``release`` is set."""
+
+    def __init__(self, release: threading.Event, told: Mailbox) -> None:
+        super().__init__()
+        self._release = release
+        self._told = told
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, PartitionsAssigned):
+            self._release.wait(WAIT_S)
+        self._told.put(message)
+        return None
+
+
+def test_no_batch_is_cut_and_the_daemon_is_not_ready_before_the_ledgers_are_restored() -> None:
+    release, told, ready = threading.Event(), Mailbox(), threading.Event()
+    producer = _Restoring.start(release, told)
+    preprocessor, scored = start_recorder()
+    fake = FakeConsumer({TP0: make_records(events(3)), LABELS_TP: make_records([b"{}"])})
+    ref = ConsumerActor.start(
+        KAFKA,
+        BatchSettings(max_records=5, max_in_flight=10),
+        client_factory=lambda _settings, _max: fake,
+        on_ready=ready.set,
+        producer=producer,
+        labels_topic="events.labels",
+    )
+    ref.tell(Attach([preprocessor]))
+    # The client fetched (the assignment happens inside its first poll): nothing is cut yet.
+    time.sleep(0.3)
+    assert fake.subscribed == ["events", "events.labels"]
+    assert (scored.items(), told.items(), ready.is_set()) == ([], [], False)
+
+    release.set()
+    (score,) = scored.wait_for(1)
+    assert isinstance(score, ScoreBatch)
+    assert score.source.offsets == [0, 1, 2]
+    assigned, label = told.wait_for(2)
+    assert assigned == PartitionsAssigned((TP0, LABELS_TP))
+    assert isinstance(label, LabelBatch)
+    assert ready.is_set()
+    ref.stop()
+    producer.stop()
