@@ -219,12 +219,13 @@ class BatchPartlyDelivered:
 
 @dataclass(frozen=True, slots=True)
 class PartitionsAssigned:
-    """Consumer -> producer (labels on): these partitions joined; open their ledgers now.
+    """Consumer -> producer (labels on), an ask: these partitions joined; open their ledgers.
 
-    The producer restores each input partition's prediction ledger before the
-    partition's first batch arrives, while the consumer fetches and the stages
-    score: the restore (a store opened, the changelog probed) is paid during the
-    start-up, not by the first batches (docs/labels.md).
+    The producer restores each input partition's prediction ledger and answers;
+    the consumer's client fetches meanwhile, but no batch is cut (and the member
+    is not ready) until the answer: the restore (a store opened, the changelog
+    probed) holds the GIL, and a batch cut before it would wait behind it
+    (docs/labels.md).
     """
 
     tps: tuple[TP, ...]
