@@ -244,15 +244,33 @@ class LedgerKeeper:
         # By source coordinates, a record above the last offset recorded is new to the
         # ledger unless a challenger recorded it first: without challengers, no read, no
         # identity (the batch holds the offsets), and no Python object per record.
-        if not self.spec.id_field and not self.spec.challengers:
+        relabelled: list[Joined] = []
+        replayed: list[int] = []
+        if (
+            not self.spec.id_field
+            and not self.spec.challengers
+            and _whole_run(rows, offsets, marks.input_offset)
+        ):
+            # The common batch: every row scored, consecutive offsets, all new. Its scores
+            # go as they are unless one is not a number: no index or mask (about 10 µs a
+            # batch of numpy calls, docs/performance.md).
+            score_array = np.asarray(scores, dtype=np.float64)
+            finite = np.isfinite(score_array)
+            if finite.all():
+                recorded = len(score_array)
+                part.ledger.record_run(offsets[0], score_array, model, time_us)
+            else:
+                recorded = int(np.count_nonzero(finite))
+                offset_array = _offset_column(offsets)[finite]
+                part.ledger.record_columns(offset_array, score_array[finite], model, time_us)
+        elif not self.spec.id_field and not self.spec.challengers:
             row_array = np.asarray(rows, dtype=np.int64)
             offset_array = _offset_column(offsets)[row_array]
             score_array = np.asarray(scores, dtype=np.float64)
             fresh = offset_array > marks.input_offset
-            replayed: list[int] = row_array[~fresh].tolist()
+            replayed = row_array[~fresh].tolist()
             kept = fresh & np.isfinite(score_array)
             recorded = int(np.count_nonzero(kept))
-            relabelled: list[Joined] = []
             part.ledger.record_columns(offset_array[kept], score_array[kept], model, time_us)
         else:
             rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
@@ -615,6 +633,21 @@ def _offset_column(offsets: Sequence[int]) -> np.ndarray:
     if last - first == len(offsets) - 1:
         return np.arange(first, last + 1, dtype=np.int64)
     return np.asarray(offsets, dtype=np.int64)
+
+
+def _whole_run(rows: Sequence[int] | np.ndarray, offsets: Sequence[int], recorded: int) -> bool:
+    """True for the common batch: every row scored, consecutive offsets, all new.
+
+    ``rows``: ascending and distinct (of the batch ``offsets``); ``recorded``: the last
+    offset recorded.
+    """
+    count = len(offsets)
+    return (
+        count > 0
+        and len(rows) == count
+        and offsets[0] > recorded
+        and offsets[-1] - offsets[0] == count - 1
+    )
 
 
 def _newest(clock_us: int | None, time_us: int | None) -> int | None:

@@ -270,7 +270,26 @@ def record_identity(doc: Any, record_key: bytes | None, id_field: str) -> bytes:
 
 def iso_time_us(text: str) -> int:
     """An ISO-8601 time (``scored_at``) in microseconds since the epoch (UTC when naive)."""
+    # The producer's form (iso_now: ``2026-12-07T02:00:00.123Z``, a new one per batch): its
+    # second is parsed once, the milliseconds added (a parse cost 2.4 µs a batch).
+    if len(text) == 24 and text[19] == "." and text[23] == "Z":
+        millis = text[20:23]
+        if millis.isascii() and millis.isdigit():
+            second, second_us = _last_second
+            if text[:19] != second:
+                second_us = _iso_us(text[:19] + "Z")
+                _set_last_second(text[:19], second_us)
+            return second_us + int(millis) * 1000
     return _iso_us(text)
+
+
+_last_second = ("", 0)
+"""The last second :func:`iso_time_us` parsed (``YYYY-MM-DDTHH:MM:SS``) and its µs."""
+
+
+def _set_last_second(second: str, second_us: int) -> None:
+    global _last_second  # noqa: PLW0603 - one tuple, replaced whole (threads read either)
+    _last_second = (second, second_us)
 
 
 def _identity(doc: dict[str, Any], record_key: bytes | None, id_field: str, what: str) -> bytes:

@@ -555,33 +555,58 @@ class PredictionLedger:
         (float64) are written as they are: nothing per prediction in Python.
         Returns the changes written.
         """
-        assert self.coordinates is not None, "by source coordinates only"
         if not len(offsets):
+            assert self.coordinates is not None, "by source coordinates only"
             return []
-        name, version = model
         first, last = int(offsets[0]), int(offsets[-1])
+        # Ascending and distinct: the ends tell whether they are consecutive.
+        if last - first == len(offsets) - 1:
+            return self.record_run(first, scores, model, time_us)
+        return self._record_batch(
+            first, last, offsets.astype(">i8").tobytes(), scores, model, time_us
+        )
+
+    def record_run(
+        self, first: int, scores: np.ndarray, model: tuple[str, str], time_us: int
+    ) -> list[Change]:
+        """:meth:`record_columns` of consecutive offsets from ``first``, one per score."""
+        if not len(scores):
+            assert self.coordinates is not None, "by source coordinates only"
+            return []
+        return self._record_batch(first, first + len(scores) - 1, b"", scores, model, time_us)
+
+    def _record_batch(
+        self,
+        first: int,
+        last: int,
+        packed_offsets: bytes,
+        scores: np.ndarray,
+        model: tuple[str, str],
+        time_us: int,
+    ) -> list[Change]:
+        assert self.coordinates is not None, "by source coordinates only"
+        name, version = model
+        size = len(scores)
         batch = PredictionBatch(
-            first,
-            time_us,
-            name,
-            version,
-            # Ascending and distinct: the ends tell whether they are consecutive.
-            b"" if last - first == len(offsets) - 1 else offsets.astype(">i8").tobytes(),
-            scores.astype(">f8").tobytes(),
+            first, time_us, name, version, packed_offsets, scores.astype(">f8").tobytes()
         )
         key = batch_key(last)
-        self.counts = msgspec.structs.replace(
-            self.counts, outputs=self.counts.outputs + len(offsets)
+        self.counts = counts = msgspec.structs.replace(
+            self.counts, outputs=self.counts.outputs + size
         )
         written: list[Change] = [
-            (key, encode_batch(batch)),
-            (batch_time_key(time_us, key), batch_size(len(offsets))),
-            (_COUNTS, _encoder.encode(self.counts)),
+            (key, _encoder.encode(batch)),
+            (batch_time_key(time_us, key), size.to_bytes(4, "big")),
+            (_COUNTS, _encoder.encode(counts)),
         ]
         self.store.write(written)
-        bisect.insort(self._lasts, last)
-        self._track(last, len(offsets))
-        self.held += len(offsets)
+        lasts = self._lasts
+        if not lasts or last > lasts[-1]:  # the usual: above every batch held
+            lasts.append(last)
+        else:
+            bisect.insort(lasts, last)
+        self._track(last, size)
+        self.held += size
         return written
 
     def join(
@@ -701,7 +726,7 @@ class PredictionLedger:
 
     def _join_rows(
         self,
-        found: tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray, int]]],
+        found: _PlainRows,
         identities: Sequence[bytes] | None,
         records: Sequence[int],
         values: Sequence[float],
@@ -713,7 +738,7 @@ class PredictionLedger:
         ``identities``: each label's (None: made from ``records``, this ledger's
         coordinates, for the labels joined); ``times`` None: no label has a time.
         """
-        rows, scores, batches = found
+        rows, scores, runs = found
         joined: list[Joined] = []
         reasons: list[str] = []
         changes: list[Change] = []
@@ -723,27 +748,39 @@ class PredictionLedger:
             assert self.coordinates is not None, "by source coordinates only"
             identities = coordinates_identities(*self.coordinates, records)
         encode = _encoder.encode
-        at_times = times if times is not None else itertools.repeat(None)
-        for identity, row, score, value, time_us, (batch, entries, last) in zip(
-            identities, rows, scores, values, at_times, batches, strict=False
-        ):
-            made_us = batch.time_us
-            if time_us is not None and time_us - made_us > horizon_us:
-                reasons.append(PAST_HORIZON)
-                continue
-            # _plain's prediction with its label, made here: a call per label costs.
-            labelled = Prediction(
-                made_us,
-                ModelScore(batch.name, batch.version, score, made_us),
-                (),
-                LedgerLabel(value, time_us),
-            )
-            joined.append(Joined(identity, labelled))
-            encoded = encode(labelled)
-            changes.append((_ENTRY + identity, encoded))
-            if tag is not None:
-                groups.setdefault(last, []).append((identity, encoded))
-            entries[row] = 1  # an entry now: the next label of the row reads it
+        add_joined, add_change = joined.append, changes.append
+        # Run by run (labels in a row of one batch; the labels' order): the batch's fields
+        # are read once a run, its joins record's list found once.
+        for start, end, batch, entries, last in runs:
+            made_us, name, version = batch.time_us, batch.name, batch.version
+            group: list[tuple[bytes, bytes]] | None = None
+            at_times = times[start:end] if times is not None else itertools.repeat(None)
+            for identity, row, score, value, time_us in zip(
+                identities[start:end],
+                rows[start:end],
+                scores[start:end],
+                values[start:end],
+                at_times,
+                strict=False,
+            ):
+                if time_us is not None and time_us - made_us > horizon_us:
+                    reasons.append(PAST_HORIZON)
+                    continue
+                # _plain's prediction with its label, made here: a call per label costs.
+                labelled = Prediction(
+                    made_us,
+                    ModelScore(name, version, score, made_us),
+                    (),
+                    LedgerLabel(value, time_us),
+                )
+                add_joined(Joined(identity, labelled))
+                encoded = encode(labelled)
+                add_change((_ENTRY + identity, encoded))
+                if tag is not None:
+                    if group is None:
+                        group = groups.setdefault(last, [])
+                    group.append((identity, encoded))
+                entries[row] = 1  # an entry now: the next label of the row reads it
         apart = len(changes)
         changes += _joins_records(groups, tag)
         written = self._written(changes, self._counted(len(joined), reasons))
@@ -751,19 +788,26 @@ class PredictionLedger:
             self.sent = written[apart:]
         return joined, reasons, written
 
-    def _plain_rows(
-        self, offsets: Sequence[int]
-    ) -> tuple[list[int], list[float], list[tuple[PredictionBatch, bytearray, int]]] | None:
-        """Each offset's row, score, batch, the batch's entries and last offset, all plain rows.
+    def _plain_rows(self, offsets: Sequence[int]) -> _PlainRows | None:
+        """Each offset's row and score, and its run: labels in a row of one batch.
 
-        None: an offset below 0, twice, in no batch held and tracked, or of a row
-        that may have an entry.
+        The runs, in the offsets' order: ``(start, end, batch, the batch's entries,
+        its last offset)``, labels ``start`` to ``end`` (excluded). None: an offset
+        below 0, twice, in no batch held and tracked, or of a row that may have an
+        entry.
         """
-        wanted = np.fromiter(offsets, dtype=np.int64, count=len(offsets))
-        order = np.argsort(wanted, kind="stable")
-        ordered = wanted[order]
+        count = len(offsets)
+        wanted = np.fromiter(offsets, dtype=np.int64, count=count)
+        # A label batch names its records in offset order, mostly: then no sort and
+        # no way back (an argsort and three gathers).
+        ascending = bool((wanted[1:] > wanted[:-1]).all())
+        if ascending:
+            order, ordered = None, wanted
+        else:
+            order = np.argsort(wanted, kind="stable")
+            ordered = wanted[order]
         lasts = self._lasts
-        if ordered[0] < 0 or (ordered[1:] == ordered[:-1]).any():
+        if ordered[0] < 0 or (order is not None and (ordered[1:] == ordered[:-1]).any()):
             return None
         low = bisect.bisect_left(lasts, int(ordered[0]))
         high = bisect.bisect_left(lasts, int(ordered[-1]))
@@ -771,9 +815,9 @@ class PredictionLedger:
             return None
         held = np.array(lasts[low : high + 1], dtype=np.int64)
         which = np.searchsorted(held, ordered)  # each offset's batch, in offset order
-        cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(ordered)]
-        rows = np.empty(len(ordered), dtype=np.int64)
-        scores = np.empty(len(ordered), dtype=np.float64)
+        cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), count]
+        rows = np.empty(count, dtype=np.int64)
+        scores = np.empty(count, dtype=np.float64)
         batches: list[tuple[PredictionBatch, bytearray, int]] = []
         for start, end in itertools.pairwise(cuts):
             last = int(held[which[start]])
@@ -781,23 +825,27 @@ class PredictionLedger:
             batch = self._decoded_batch(last) if entries is not None else None
             if entries is None or batch is None:
                 return None
-            batch_offsets = batch.offsets_array()
-            at = np.searchsorted(batch_offsets, ordered[start:end])
-            if at[-1] >= len(batch_offsets) or (batch_offsets[at] != ordered[start:end]).any():
-                return None
-            if np.frombuffer(entries, dtype=np.uint8)[at].any():
+            at = _plain_at(batch, entries, ordered[start:end])
+            if at is None:
                 return None
             rows[start:end] = at
             scores[start:end] = np.frombuffer(batch.scores, dtype=">f8")[at]
-            batches += [(batch, entries, last)] * (end - start)
-        # Back in the offsets' (the labels') order.
-        place = np.empty(len(order), dtype=np.int64)
-        place[order] = np.arange(len(order))
-        return (
-            rows[place].tolist(),
-            scores[place].tolist(),
-            [batches[at] for at in place.tolist()],
-        )
+            batches.append((batch, entries, last))
+        if order is None:
+            runs = [
+                (start, end, *found)
+                for (start, end), found in zip(itertools.pairwise(cuts), batches, strict=True)
+            ]
+            return rows.tolist(), scores.tolist(), runs
+        # Back in the offsets' (the labels') order, the runs cut where the batch changes.
+        place = np.empty(count, dtype=np.int64)
+        place[order] = np.arange(count)
+        which_run = np.repeat(np.arange(len(batches)), np.diff(cuts))[place]
+        cuts = [0, *(np.flatnonzero(which_run[1:] != which_run[:-1]) + 1).tolist(), count]
+        runs = [
+            (start, end, *batches[int(which_run[start])]) for start, end in itertools.pairwise(cuts)
+        ]
+        return rows[place].tolist(), scores[place].tolist(), runs
 
     def expire(self, now_us: int) -> tuple[int, list[Change]]:
         """Delete the predictions made more than the horizon before ``now_us``.
@@ -939,6 +987,28 @@ class PredictionLedger:
         self.counts = counts
         return changes
 
+
+def _plain_at(batch: PredictionBatch, entries: bytearray, named: np.ndarray) -> np.ndarray | None:
+    """The rows of ``named`` (offsets ascending, none above the batch's last) in ``batch``.
+
+    None: an offset not in the batch, or a row that may have an entry.
+    """
+    if batch.offsets:
+        batch_offsets = batch.offsets_array()
+        at = np.searchsorted(batch_offsets, named)
+        if at[-1] >= len(batch_offsets) or (batch_offsets[at] != named).any():
+            return None
+    else:  # consecutive from its first offset: a row is the offset's distance from it
+        at = named - batch.first_offset
+        if at[0] < 0:
+            return None
+    if np.frombuffer(entries, dtype=np.uint8)[at].any():
+        return None
+    return at
+
+
+_PlainRows = tuple[list[int], list[float], list[tuple[int, int, "PredictionBatch", bytearray, int]]]
+"""What :meth:`PredictionLedger._plain_rows` finds: rows, scores, and the runs."""
 
 _DECODED_BATCHES = 64
 """Batches :meth:`PredictionLedger.get` keeps decoded (a label batch names a few recent ones)."""

@@ -483,6 +483,55 @@ def test_a_batch_without_challengers_is_recorded_in_columns_as_with_them() -> No
     assert (found[0].counts.outputs, found[0].counts.labels) == (3, {"unmatched": 1})
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_random_batches_are_recorded_in_columns_as_with_challengers(seed: int) -> None:
+    """Columns (no challenger) == rows (with): every delivery, the joins, the ledger after.
+
+    Random batches: whole and consecutive (the common batch's way), with gaps, with rows
+    not scored, scores that are not numbers, float32 scores, replays and overlaps.
+    """
+    rng = np.random.default_rng(seed)
+    alone = build_settings(
+        {
+            "kafka": {"input_topic": TOPIC, "output_topic": "out", "group_id": "g/1"},
+            "labels": {"topic": LABELS, "time_field": "at"},
+        },
+        environ={},
+    )
+    columns, rows = LedgerKeeper(alone, None), LedgerKeeper(make_settings(), None)
+    next_offset, recorded, whole = 0, [], 0
+    for _step in range(12):
+        size = int(rng.integers(1, 9))
+        start = next_offset - int(rng.integers(0, 4)) if rng.random() < 0.2 else next_offset
+        gaps = rng.integers(1, 3, size=size) if rng.random() < 0.3 else np.ones(size, np.int64)
+        offsets = (max(start, 0) + np.cumsum(gaps) - 1).tolist()
+        next_offset = max(next_offset, offsets[-1] + 1)
+        scored = sorted(
+            rng.choice(size, size=int(rng.integers(1, size + 1)), replace=False).tolist()
+            if rng.random() < 0.3
+            else range(size)
+        )
+        scores = rng.random(len(scored))
+        if rng.random() < 0.2:
+            scores[int(rng.integers(len(scored)))] = rng.choice([np.nan, np.inf])
+        dtype = np.float32 if rng.random() < 0.3 else np.float64
+        source = records(0, offsets)
+        whole += len(scored) == size and offsets[-1] - offsets[0] == size - 1
+        columns.record(
+            source, np.array(scored), np.asarray(scores, dtype=dtype), ("m", "1"), SCORED_AT
+        )
+        rows.record(source, scored, np.asarray(scores, dtype).tolist(), ("m", "1"), SCORED_AT)
+        assert delivered(columns).changes == delivered(rows).changes
+        recorded += [offsets[row] for row in scored]
+    named = sorted({int(o) for o in rng.choice(recorded, size=min(6, len(recorded)))})
+    found = []
+    for keeper in (columns, rows):
+        keeper.join(labels(0, list(range(len(named))), [label(0, o, 1) for o in named]))
+        found.append(delivered(keeper).report)
+    assert found[0] == found[1]
+    assert whole  # the common batch's way was taken
+
+
 @pytest.mark.parametrize("compact", [False, True])
 def test_a_label_batch_sends_one_joins_record_per_batch_and_restores_from_it(
     compact: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from typing import Any
 
@@ -21,6 +22,7 @@ from streamer.core.labels.join import (
     Rejected,
     coordinates_identity,
     describe_identity,
+    iso_time_us,
     quick_label,
     read_label,
     read_output,
@@ -203,3 +205,28 @@ def test_the_quick_read_of_a_label_is_read_labels_or_leaves_it_to_it(spec: Label
             assert got == read, doc
     assert quick > 200  # the common form took the quick way
     assert quick_label([1], spec) is None
+
+
+def test_a_scored_at_time_reads_as_the_iso_parse_whatever_second_came_before() -> None:
+    """iso_time_us parses the producer's form's second once: the same µs as the full parse."""
+    rng = random.Random(7)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    texts = []
+    for _ in range(2_000):
+        seconds = rng.choice([rng.randrange(-(10**9), 4 * 10**9), 1_796_536_800 + rng.randrange(3)])
+        moment = epoch + dt.timedelta(seconds=seconds, milliseconds=rng.randrange(1000))
+        text = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        texts += [text, text, text.replace("Z", "+00:00"), text[:19] + "Z", text[:-1]]
+    for text in texts:  # in an order where the same second often comes again
+        moment = dt.datetime.fromisoformat(text)
+        expected = (moment.replace(tzinfo=moment.tzinfo or dt.UTC) - epoch) // dt.timedelta(
+            microseconds=1
+        )
+        assert iso_time_us(text) == expected, text
+    for bad in (
+        "2026-12-07T25:00:00.123Z",
+        "2026-12-07T02:00:00.1x3Z",
+        "2026-12-07T02:00:00.\u00b2\u00b2\u00b2Z",
+    ):
+        with pytest.raises(ValueError):  # noqa: PT011 - the parse's own messages
+            iso_time_us(bad)

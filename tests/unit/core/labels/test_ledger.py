@@ -254,9 +254,10 @@ class TestBatchesBySourceCoordinates:
     ) -> None:
         """join(labels, offsets) == join(labels): joins, reasons, changes, counts, and after.
 
-        Random batches with gaps, a challenger's entries, labels joined before, labels
-        past the horizon, without a time, twice in a batch, of another topic, of no
-        batch: the columns take the batches they can, the rest go label by label.
+        Random batches with gaps or consecutive, a challenger's entries, labels joined
+        before, labels past the horizon, without a time, twice in a batch, of another
+        topic, of no batch, in offset order or not: the columns take the batches they
+        can, the rest go label by label.
         """
         rng = np.random.default_rng(seed)
         columns = PredictionLedger(store, HORIZON, ("events", 0))
@@ -268,7 +269,10 @@ class TestBatchesBySourceCoordinates:
         offset = 0
         recorded: list[int] = []
         for batch in range(6):
-            offsets = offset + np.cumsum(rng.integers(1, 3, size=int(rng.integers(1, 9))))
+            size = int(rng.integers(1, 9))
+            # With gaps (found by a search) or consecutive (a row is its distance from the first).
+            steps = rng.integers(1, 3, size=size) if rng.random() < 0.5 else np.ones(size, np.int64)
+            offsets = offset + int(rng.integers(0, 3)) + np.cumsum(steps)  # a gap before, or not
             offset = int(offsets[-1])
             recorded += offsets.tolist()
             scores = rng.random(len(offsets))
@@ -289,7 +293,9 @@ class TestBatchesBySourceCoordinates:
             if rng.random() < 0.5:  # distinct records of the batches: mostly the columns' way
                 picked = rng.choice(recorded, size=int(rng.integers(1, 6)), replace=False)
             else:
-                picked = rng.integers(0, offset + 3, size=int(rng.integers(1, 12)))
+                picked = rng.integers(0, offset + 3, size=int(rng.integers(1, 4)))
+            if rng.random() < 0.5:  # in offset order, as a label batch mostly comes
+                picked = np.sort(picked)
             pairs = [named(int(record)) for record in picked]
             labels = [pair[0] for pair in pairs]
             records = [pair[1] for pair in pairs]
