@@ -36,8 +36,9 @@ measured program runs in a fresh interpreter, one at a time:
                 per 10 records naming it by its source coordinates, produced to its
                 partition once the group committed the record; the prediction ledger
                 in RocksDB under state.dir) against the same job without labels,
-                alternating (target: >= 80%); the 5,000,000-prediction ledger alone:
-                benchmarks/ledger.py
+                alternating (target: >= 80%); `--broker-cpus 1` runs the broker and
+                the bench on core 1, the daemons on the rest; the 5,000,000-prediction
+                ledger alone: benchmarks/ledger.py
 (o) remote      model.kind = "remote" against a real MLServer (.venv-oip): streamer's
                 records/s against a bare aiohttp loop sending the same batches with the
                 same concurrency (oip_floor.py), with and without a 20 ms server delay,
