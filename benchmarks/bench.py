@@ -1766,12 +1766,13 @@ DAEMON_CPUS: set[int] | None = None
 def pin_broker(broker_pid: int, cpus: set[int]) -> None:
     """Pin the broker and this process to ``cpus``, and the daemons started later to the rest."""
     global DAEMON_CPUS  # noqa: PLW0603 - one setting of the whole run, set once by main
-    rest = set(os.sched_getaffinity(0)) - cpus
-    if not rest:
-        msg = f"--broker-cpus {sorted(cpus)} leaves no CPU to the daemons"
-        raise SystemExit(msg)
-    pin_threads(broker_pid, cpus)
-    pin_threads(os.getpid(), cpus)
+    from latency import pin_apart  # benchmarks/ is on the path (a script)
+
+    try:
+        rest = pin_apart(broker_pid, cpus)
+    except ValueError as exc:
+        msg = f"--broker-cpus: {exc}"
+        raise SystemExit(msg) from None
     DAEMON_CPUS = rest
     print(
         f"the broker and the bench on CPUs {sorted(cpus)}, the daemons on {sorted(rest)}",

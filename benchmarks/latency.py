@@ -296,6 +296,17 @@ def pin_threads(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
+def pin_apart(broker_pid: int, cpus: set[int]) -> set[int]:
+    """Pin the broker and this process to ``cpus``; the other CPUs, for the system under test."""
+    rest = set(os.sched_getaffinity(0)) - cpus
+    if not rest:
+        msg = f"broker CPUs {sorted(cpus)} leave no CPU to the system under test"
+        raise ValueError(msg)
+    pin_threads(broker_pid, cpus)
+    pin_threads(os.getpid(), cpus)
+    return rest
+
+
 def _create_topics(bootstrap: str, *names: str) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -388,13 +399,8 @@ def measure(
             broker_pid = broker.pid
         system_cpus = None
         if broker_cpus and broker_pid:
-            system_cpus = set(os.sched_getaffinity(0)) - broker_cpus
-            if not system_cpus:
-                msg = f"broker CPUs {sorted(broker_cpus)} leave no CPU to the system under test"
-                raise ValueError(msg)
             # The generator and the reader start later and inherit this process's CPUs.
-            pin_threads(broker_pid, broker_cpus)
-            pin_threads(os.getpid(), broker_cpus)
+            system_cpus = pin_apart(broker_pid, broker_cpus)
         tag = uuid.uuid4().hex[:8]
         topic, output = f"lat-in-{tag}", f"lat-out-{tag}"
         _create_topics(bootstrap, topic, output)
