@@ -365,11 +365,6 @@ def test_after_a_kill_9_of_one_of_two_daemons_the_survivor_loses_nothing_and_rep
     test_labels.py; restarts after SIGTERM in test_cli.py and test_shutdown_budget.py.
     """
     topics = cluster.new_topics(partitions=4)
-    # 8,000 records, batches of 50, one in flight: the killed daemon has done about a
-    # quarter of its half when it dies (asserted below), the rest is the survivor's.
-    produced = cluster.produce(topics.input, records(8_000, seed=8))
-    ends = end_offsets(produced)
-    total = sum(ends.values())
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     configs = [
         _config(tmp_path, cluster, topics, name, batch={"max_records": 50, "max_in_flight": 1})
@@ -381,6 +376,13 @@ def test_after_a_kill_9_of_one_of_two_daemons_the_survivor_loses_nothing_and_rep
             PROCESS_TIMEOUT_S,
             "both daemons to get partitions",
         )
+        # Produced once both hold partitions: the second member's join takes about 3 s on
+        # Tansu, time enough for the first to finish its half alone. 8,000 records, batches
+        # of 50, one in flight: the killed daemon has done about a quarter of its half when
+        # it dies (asserted below), the rest is the survivor's.
+        produced = cluster.produce(topics.input, records(8_000, seed=8))
+        ends = end_offsets(produced)
+        total = sum(ends.values())
         wait_for(
             lambda: _committed_total(cluster, topics) >= 2000,
             PROCESS_TIMEOUT_S,
