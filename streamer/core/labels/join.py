@@ -17,8 +17,9 @@ path).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,25 @@ def coordinates_identities(topic: str, partition: int, offsets: Iterable[int]) -
     prefix = _COORDINATES + b"%d/" % partition
     suffix = b"/" + topic.encode()
     return [prefix + b"%d" % offset + suffix for offset in offsets]
+
+
+def coordinates_labels(
+    topic: str,
+    partition: int,
+    records: Sequence[int],
+    values: Sequence[float],
+    times: Sequence[int] | None,
+) -> list[Label]:
+    """The labels of records of one partition, given in columns (``times`` None: no time).
+
+    As many as ``records`` and ``values`` have (the shorter), whatever ``times`` has.
+    """
+    identities = coordinates_identities(topic, partition, records)
+    at = times if times is not None else itertools.repeat(None)
+    return [
+        Label(identity, value, time_us)
+        for identity, value, time_us in zip(identities, values, at, strict=False)
+    ]
 
 
 def record_id_identity(record_id: bytes) -> bytes:

@@ -50,6 +50,7 @@ from streamer.core.labels.join import (
     Label,
     Output,
     coordinates_identities,
+    coordinates_labels,
 )
 from streamer.core.state.store import Change, Store
 
@@ -656,13 +657,7 @@ class PredictionLedger:
         found = self._plain_rows(records) if records and self._entries else None
         if found is not None:
             return self._join_rows(found, None, records, values, times, tag)
-        at = times if times is not None else itertools.repeat(None)
-        identities = coordinates_identities(*self.coordinates, records)
-        labels = [
-            Label(identity, value, time_us)
-            for identity, value, time_us in zip(identities, values, at, strict=False)
-        ]
-        return self._join_listed(labels, tag)
+        return self._join_listed(coordinates_labels(*self.coordinates, records, values, times), tag)
 
     def _join_listed(
         self, labels: Sequence[Label], tag: int | None

@@ -37,6 +37,7 @@ from streamer.core.labels.join import (
     Output,
     Rejected,
     coordinates_identities,
+    coordinates_labels,
     quick_label,
     read_label,
     record_id_identity,
@@ -282,12 +283,7 @@ class LabelColumns:
 
     def labels(self) -> list[Label]:
         """The labels as :func:`read_label_batch` reads them (for the label-by-label join)."""
-        identities = coordinates_identities(self.topic, self.partition, self.records)
-        times = self.times if self.times is not None else [None] * len(self.records)
-        return [
-            Label(identity, value, at)
-            for identity, value, at in zip(identities, self.values, times, strict=True)
-        ]
+        return coordinates_labels(self.topic, self.partition, self.records, self.values, self.times)
 
 
 def read_label_columns(
