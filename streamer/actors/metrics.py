@@ -138,18 +138,31 @@ class BulkHistogram:
         """Add one value; it is binned at the next scrape, or with ``bin_every`` others."""
         with self._lock:
             self._waiting[series].append(value)
-            self._waiting_count += 1
-            due = self._waiting_count >= self._bin_every
+            due = self._kept(1)
         if due:
             self.bin_waiting()
 
+    def _kept(self, values: int) -> bool:
+        """Count ``values`` more waiting (under the lock); True when they are to be binned."""
+        self._waiting_count += values
+        return self._waiting_count >= self._bin_every
+
     def bin_waiting(self) -> None:
-        """Bin the values ``observe`` kept."""
+        """Bin every value kept."""
         with self._lock:
-            waiting = self._waiting
-            self._waiting = {s: [] for s in waiting}
+            taken = self._take_waiting()
             self._waiting_count = 0
-        for series, values in waiting.items():
+        self._bin(taken)
+
+    def _take_waiting(self) -> Any:
+        """What waits, taken away (under the lock)."""
+        waiting = self._waiting
+        self._waiting = {s: [] for s in waiting}
+        return waiting
+
+    def _bin(self, taken: Any) -> None:
+        """Bin what :meth:`_take_waiting` took."""
+        for series, values in taken.items():
             if values:
                 self.observe_many(np.asarray(values, dtype=np.float64), series)
 
@@ -200,7 +213,6 @@ class RecordAges(BulkHistogram):
     ) -> None:
         super().__init__(name, documentation, buckets, registry, bin_every=bin_every)
         self._batches: list[tuple[float, Sequence[int]]] = []
-        self._batch_records = 0
 
     def add_batch(self, acked_at: float, timestamps_ms: Sequence[int]) -> None:
         """Keep a batch's timestamps (ms, -1: none) acknowledged at ``acked_at`` (s)."""
@@ -208,24 +220,27 @@ class RecordAges(BulkHistogram):
             return
         with self._lock:
             self._batches.append((acked_at, timestamps_ms))
-            self._batch_records += len(timestamps_ms)
-            due = self._batch_records >= self._bin_every
+            due = self._kept(len(timestamps_ms))
         if due:
             self.bin_waiting()
 
-    def bin_waiting(self) -> None:
-        """Bin every batch kept so far."""
-        with self._lock:
-            waiting, self._batches = self._batches, []
-            count, self._batch_records = self._batch_records, 0
+    def _take_waiting(self) -> Any:
+        batches, self._batches = self._batches, []
+        return super()._take_waiting(), batches
+
+    def _bin(self, taken: Any) -> None:
+        observed, waiting = taken
+        super()._bin(observed)
         if not waiting:
             return
+        lengths = [len(t) for _, t in waiting]
         stamps = np.fromiter(
-            itertools.chain.from_iterable(t for _, t in waiting), dtype=np.float64, count=count
+            itertools.chain.from_iterable(t for _, t in waiting),
+            dtype=np.float64,
+            count=sum(lengths),
         )
         acked = np.repeat(
-            np.fromiter((a for a, _ in waiting), dtype=np.float64, count=len(waiting)),
-            [len(t) for _, t in waiting],
+            np.fromiter((a for a, _ in waiting), dtype=np.float64, count=len(waiting)), lengths
         )
         stamped = stamps > 0  # -1: the record carries no timestamp
         ages = acked[stamped] - stamps[stamped] / 1000.0

@@ -204,13 +204,21 @@ class TestRecordAges:
         ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry(), bin_every=10)
         for _ in range(7):
             ages.add_batch(100.0, [99_500, 99_900, -1])
-            assert ages._batch_records < 10
+            assert ages._waiting_count < 10
         # The fourth batch made 12 records wait: those four were binned (8 with a timestamp).
-        assert ages._batch_records == 9
+        assert ages._waiting_count == 9
         assert int(ages._counts[""].sum()) == 8
         ages.bin_waiting()
-        assert ages._batch_records == 0
+        assert ages._waiting_count == 0
         assert int(ages._counts[""].sum()) == 14
+
+    def test_single_values_are_binned_beside_the_batches(self) -> None:
+        registry = CollectorRegistry()
+        ages = RecordAges("age_seconds", "Age.", (1.0,), registry)
+        ages.observe(0.5)
+        ages.add_batch(100.0, [98_000])  # 2 s old
+        assert registry.get_sample_value("age_seconds_bucket", {"le": "1.0"}) == 1.0
+        assert registry.get_sample_value("age_seconds_count") == 2.0
 
     def test_a_batch_without_records_keeps_nothing(self) -> None:
         ages = RecordAges("age_seconds", "Age.", (1.0,), CollectorRegistry())
