@@ -798,9 +798,6 @@ class Bench:
             "streamer-confluent": "streamer confluent",
         }
         seconds = self.args.latency_seconds
-        broker_cpus = (
-            {int(c) for c in self.args.broker_cpus.split(",")} if self.args.broker_cpus else None
-        )
         for rate in self.args.latency_rates:
             floor: dict[str, Any] = {}
             client_floor: dict[str, Any] = {}
@@ -813,7 +810,7 @@ class Bench:
                     bootstrap=self.args.bootstrap,
                     settings=LATENCY_SETTINGS if system.startswith("streamer") else None,
                     session_ms=int(self.args.session_timeout * 1000),
-                    broker_cpus=broker_cpus,
+                    broker_cpus=self.args.broker_cpus,
                 )
                 if system == "passthrough":
                     floor = result
@@ -2194,6 +2191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     args.workers = [int(w) for w in args.workers.split(",")]
     args.actors = [int(a) for a in args.actors.split(",") if a]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    args.broker_cpus = {int(c) for c in args.broker_cpus.split(",") if c} or None
     return args
 
 
@@ -2215,7 +2213,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = broker.bootstrap_servers
             broker_pid = broker.pid
             if args.broker_cpus:
-                pin_broker(broker_pid, {int(c) for c in args.broker_cpus.split(",")})
+                pin_broker(broker_pid, args.broker_cpus)
         bench = Bench(args, bootstrap, Path(tmp), broker_pid)
         bench.run()
     print(table(bench.rows, args))
