@@ -17,7 +17,7 @@ import pykka
 from streamer.actors.base import FailureHandler, PipelineActor
 from streamer.actors.routing import Route, Teller, ask_without_waiting, timed_out
 from streamer.clients.base import ConsumerClient, ConsumerFactory
-from streamer.core.ledger import Ledger
+from streamer.core.ledger import Ledger, PollPlan
 from streamer.core.offsets import LEDGER_HOLDER
 from streamer.core.records import TP
 from streamer.errors import DeliveryError
@@ -244,9 +244,10 @@ class ConsumerActor(PipelineActor):
     def _poll_once(self) -> None:
         client = self._client
         assert client is not None
-        with self._lock:
-            plan = self._ledger.plan(time.monotonic(), fetching=self._fetching)
-            self._set_paused(not plan.max_records)
+        plan = self._plan()
+        if plan.timeout_s == 0 and not self._ledgers_restoring:
+            self._dispatch_before_poll(plan)
+            plan = self._plan()  # the credits now count the batches just sent
         if plan.max_records:
             polled = client.poll(plan.timeout_s, plan.max_records)
         else:
@@ -272,6 +273,27 @@ class ConsumerActor(PipelineActor):
             self._refresh_end_offsets(now)
         if self._fetching and not self._paused:
             self._schedule_poll()
+
+    def _plan(self) -> PollPlan:
+        with self._lock:
+            plan = self._ledger.plan(time.monotonic(), fetching=self._fetching)
+            self._set_paused(not plan.max_records)
+        return plan
+
+    def _dispatch_before_poll(self, plan: PollPlan) -> None:
+        """Send the batches that may leave now before the client call, not after it.
+
+        They are the batches that the news read since the last poll (acknowledgements
+        that free credits or the eager rule) let go. A poll that may not wait still
+        costs kafka-python three round trips to its I/O thread, 0.8-4.4 ms (median
+        2.0) at 2,000 records/s against a few µs on confluent's; and once they are
+        gone the poll may wait for records as any other (docs/performance.md,
+        "kafka-python's poll").
+        """
+        if self._state is not None:
+            self._prepare_state(self._state, {})  # the stores revoked since close first
+        with self._lock:
+            self._send(self._ledger.take({}, time.monotonic(), plan))
 
     def _due_commit(self, now: float) -> dict[TP, int]:
         """The offsets to commit after this poll, {} when no commit is due (under the lock).

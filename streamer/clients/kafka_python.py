@@ -151,6 +151,9 @@ class GroupConsumer:
                 max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
                 max_poll_records=max_poll_records,
                 fetch_max_wait_ms=int(settings.fetch_max_wait_s * 1000),
+                # Its own sensors, per request and per partition fetched, under the GIL
+                # the actors share; streamer exports its own metrics.
+                metrics_enabled=False,
                 **fetch,
             )
         except KafkaError as exc:
@@ -292,6 +295,7 @@ class Producer:
                 linger_ms=int(settings.linger_s * 1000),
                 batch_size=settings.producer_batch_bytes,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
+                metrics_enabled=False,  # as the consumer's
             )
         except KafkaError as exc:
             raise broker_error("start the producer", settings, exc) from None

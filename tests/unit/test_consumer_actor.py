@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from streamer.messages import (
 )
 from streamer.settings import BatchSettings, KafkaSettings, MetricsSettings
 from tests.unit.fakes import (
+    WAIT_S,
     FakeConsumer,
     FakeRecord,
     Mailbox,
@@ -58,8 +60,9 @@ class Harness:
         batch: BatchSettings,
         kafka: KafkaSettings = KAFKA,
         metrics: pykka.ActorRef | None = None,
+        fake: FakeConsumer | None = None,
     ) -> None:
-        self.fake = FakeConsumer(records)
+        self.fake = FakeConsumer(records) if fake is None else fake
         self.failures = Mailbox()
         self.preprocessor, self.batches = start_recorder()
         self.ref = ConsumerActor.start(
@@ -84,6 +87,38 @@ class Harness:
 
     def commit_now(self) -> dict[tuple[str, int], int]:
         return self.ref.ask(CommitNow(), timeout=ASK_S)
+
+
+class GatedPolls(FakeConsumer):
+    """A FakeConsumer whose polls, once ``gated``, wait at the gate until let through.
+
+    As kafka-python's poll, which costs round trips to its I/O thread even with a
+    timeout of 0: the actor is inside the client call for a while.
+    """
+
+    def __init__(self, records: dict[tuple[str, int], list[FakeRecord]]) -> None:
+        super().__init__(records)
+        self.gated = False
+        self.waiting = 0  # polls at the gate now
+        self._passes = threading.Semaphore(0)
+        self._gate = threading.Condition()
+
+    def let_one_through(self) -> None:
+        self._passes.release()
+
+    def open_gate(self) -> None:
+        self.gated = False
+        for _ in range(4):
+            self._passes.release()
+
+    def poll(self, timeout_s: float, max_records: int) -> dict[Any, Any]:
+        if self.gated:
+            with self._gate:
+                self.waiting += 1
+            self._passes.acquire(timeout=WAIT_S)
+            with self._gate:
+                self.waiting -= 1
+        return super().poll(timeout_s, max_records)
 
 
 class TestDispatch:
@@ -144,6 +179,29 @@ class TestDispatch:
         h.ack(full)
         partial = h.wait_for_batches(2)[1]
         assert partial.offsets == [10, 11, 12]
+
+    def test_a_batch_freed_by_news_leaves_before_the_next_poll_not_after_it(self) -> None:
+        # The ack of the full batch frees the partial one (the eager rule). It must leave
+        # before the client's next poll: on kafka-python that poll takes 1-4 ms even when
+        # it may not wait (docs/performance.md); here it waits at the gate until the end.
+        fake = GatedPolls({TP0: make_records(values(13))})
+        h = Harness(
+            {}, batch=BatchSettings(max_records=10, max_wait_s=30.0, max_in_flight=4), fake=fake
+        )
+        [full] = h.wait_for_batches(1)
+        fake.wait_for_polls(fake.polls + 2)
+        assert h.status().records_buffered == 3  # held: one batch is in flight
+        fake.gated = True
+        wait_until(lambda: fake.waiting == 1)
+        h.ack(full)  # read once this poll returns
+        fake.let_one_through()
+        try:
+            partial = h.wait_for_batches(2)[1]
+            assert partial.offsets == [10, 11, 12]
+            wait_until(lambda: fake.waiting == 1)  # the next poll, still at the gate
+        finally:
+            fake.open_gate()
+        assert h.status().records_buffered == 0
 
     def test_batches_go_to_the_preprocessors_in_turn(self) -> None:
         fake = FakeConsumer({TP0: make_records(values(40))})
