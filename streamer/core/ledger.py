@@ -255,7 +255,8 @@ class Ledger:
         timeout = self._max_wait_s if deadline is None else deadline
         if ready or (self.batcher.buffered and self._sends_partial(0, budget)):
             # Batches that may leave now do not wait for the poll: the news that freed
-            # them came while the last poll waited (docs/performance.md).
+            # them came while the last poll waited (docs/performance.md). The consumer
+            # sends them before its poll, then plans again (_dispatch_before_poll).
             timeout = 0.0
         elif self._eager_below and self.batcher.buffered:
             # Held back by the eager rule until a batch leaves the stages or is
