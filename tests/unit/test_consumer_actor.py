@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from streamer.actors import consumer as consumer_module
 from streamer.actors.consumer import ConsumerActor
 from streamer.actors.metrics import MetricsActor
+from streamer.core.records import TP, RecordColumns
 from streamer.errors import DeliveryError
 from streamer.messages import (
     Attach,
@@ -101,7 +102,7 @@ class GatedPolls(FakeConsumer):
         self.gated = False
         self.waiting = 0  # polls at the gate now
         self._passes = threading.Semaphore(0)
-        self._gate = threading.Condition()
+        self._lock = threading.Lock()
 
     def let_one_through(self) -> None:
         self._passes.release()
@@ -111,12 +112,12 @@ class GatedPolls(FakeConsumer):
         for _ in range(4):
             self._passes.release()
 
-    def poll(self, timeout_s: float, max_records: int) -> dict[Any, Any]:
+    def poll(self, timeout_s: float, max_records: int) -> dict[TP, RecordColumns]:
         if self.gated:
-            with self._gate:
+            with self._lock:
                 self.waiting += 1
             self._passes.acquire(timeout=WAIT_S)
-            with self._gate:
+            with self._lock:
                 self.waiting -= 1
         return super().poll(timeout_s, max_records)
 
