@@ -419,6 +419,7 @@ def measure(
                 "generate", "--bootstrap", bootstrap, "--topic", topic,
                 "--rate", str(rate), "--seconds", str(seconds),
             )  # fmt: skip
+            stack.callback(generator.kill)  # a no-op once it has exited
             pids = [run.pid, broker_pid]
             before = [cpu_seconds(pid) for pid in pids]
             sent = int(generator.communicate(timeout=seconds + 120)[0].strip())
@@ -574,6 +575,12 @@ def _cpus(listed: str) -> set[int] | None:
     return {int(c) for c in listed.split(",")} if listed else None
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # Unwind, so that the system, the generator, the reader and the broker are stopped:
+    # killed outright, the broker (a session of its own) kept running, with its topics.
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -610,6 +617,7 @@ def main() -> int:
     elif args.command == "scoring":
         scoring(args.bootstrap, args.topic, args.output, args.session_ms)
     else:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         label, _, system = args.system.rpartition("=")
         if system not in SYSTEMS:
             parser.error(f"--system {args.system!r}: the system is one of {', '.join(SYSTEMS)}")
