@@ -2195,14 +2195,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     return args
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # Unwind, so that every streamer process and the broker are stopped.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from latency import exit_on_sigterm  # benchmarks/ is on the path (a script)
+
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))

@@ -575,9 +575,12 @@ def _cpus(listed: str) -> set[int] | None:
     return {int(c) for c in listed.split(",")} if listed else None
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # Unwind, so that the system, the generator, the reader and the broker are stopped:
-    # killed outright, the broker (a session of its own) kept running, with its topics.
+def exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM's handler of a driver (this one's and bench.py's): unwind, exit 128 + signum.
+
+    So every process it started, and the broker, are stopped: killed outright, the
+    broker (a session of its own) kept running, with its topics.
+    """
     raise SystemExit(128 + signum)
 
 
@@ -617,7 +620,7 @@ def main() -> int:
     elif args.command == "scoring":
         scoring(args.bootstrap, args.topic, args.output, args.session_ms)
     else:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
         label, _, system = args.system.rpartition("=")
         if system not in SYSTEMS:
             parser.error(f"--system {args.system!r}: the system is one of {', '.join(SYSTEMS)}")
