@@ -97,9 +97,11 @@ class KafkaSettings:
         default=1.0,
     )
     commit_early: bool = _doc(
-        "Also commit before commit_interval_s is over: once batch.max_in_flight batches were "
-        "acknowledged since the last commit, and at once when nothing is in flight or buffered, "
-        "so that a crash scores again at most twice the work in flight. false commits on the "
+        "Also commit before commit_interval_s is over: once the watermark passed a full "
+        "in-flight window since the last commit (batch.max_in_flight x batch.max_records "
+        "records, or batch.max_in_flight_bytes), and at once when the pipeline is quiet "
+        "(nothing in flight or buffered, no record for batch.max_wait_s), so that a crash "
+        "scores again at most twice what the in-flight window holds. false commits on the "
         "interval only (docs/delivery.md).",
         default=True,
     )

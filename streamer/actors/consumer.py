@@ -164,10 +164,17 @@ class ConsumerActor(PipelineActor):
         self._last_commit = time.monotonic()
         # The offsets of the commits sent (accepted or not): a quiet pipeline's commit goes once.
         self._commit_requested: dict[TP, int] = {}
-        # Batches acknowledged since the last commit: at max_in_flight a commit is due whatever
-        # the interval, so that a crash scores again at most twice the work in flight.
-        self._acked_since_commit = 0
-        self._commit_after_acks = batch.max_in_flight
+        # What went below the watermark by the last commit (WatermarkTracker.released). A full
+        # in-flight window more makes a commit due whatever the interval, so that a crash
+        # scores again at most twice what the window holds. Counted in records and bytes, not
+        # batches: at 2,000 records/s a batch holds 4-5 records, and 16 of them made 20
+        # commits a second, each a request the broker serves beside every record's fetch.
+        self._released_at_commit = (0, 0)
+        self._commit_after = (batch.max_in_flight * batch.max_records, batch.max_in_flight_bytes)
+        # A pipeline with nothing in flight nor buffered is quiet once no record came for this
+        # long (the wait of a partial batch): then its watermark is committed at once.
+        self._quiet_after_s = batch.max_wait_s
+        self._records_polled_at = time.monotonic()
         self._last_progress = 0.0
         self._end_offsets_at = 0.0
         self._ticker: _Ticker | None = None
@@ -257,6 +264,8 @@ class ConsumerActor(PipelineActor):
         if self._ledgers_restoring:
             self._await_ledgers()
         now = time.monotonic()
+        if polled:
+            self._records_polled_at = now
         offsets: dict[TP, int] = {}
         with self._lock:
             self._send(self._ledger.take(polled, now, plan))
@@ -299,16 +308,28 @@ class ConsumerActor(PipelineActor):
         """The offsets to commit after this poll, {} when no commit is due (under the lock).
 
         A commit is due every ``kafka.commit_interval_s``; with ``kafka.commit_early`` also
-        once ``batch.max_in_flight`` batches were acknowledged since the last, and at once
-        when nothing is in flight or buffered (docs/delivery.md, "Watermark commits").
+        once the watermark passed a full in-flight window since the last (``batch.max_in_flight``
+        x ``batch.max_records`` records, or ``batch.max_in_flight_bytes``), and at once when
+        the pipeline is quiet: nothing in flight or buffered, and no record for
+        ``batch.max_wait_s`` (docs/delivery.md, "Watermark commits").
         """
         tracker = self._ledger.tracker
         early = self._settings.commit_early
-        if now - self._last_commit >= self._settings.commit_interval_s or (
-            early and self._acked_since_commit >= self._commit_after_acks
-        ):
+        released = tracker.released
+        window = early and any(
+            total - at_commit >= most
+            for total, at_commit, most in zip(
+                released, self._released_at_commit, self._commit_after, strict=True
+            )
+        )
+        if now - self._last_commit >= self._settings.commit_interval_s or window:
             offsets = tracker.committable()
-        elif early and not tracker.batches_in_flight and not self._ledger.batcher.buffered:
+        elif (
+            early
+            and not tracker.batches_in_flight
+            and not self._ledger.batcher.buffered
+            and now - self._records_polled_at >= self._quiet_after_s
+        ):
             # The stream went quiet: what advanced is committed now, not an interval later,
             # and once (the result comes back as a message, polls later).
             offsets = {
@@ -320,7 +341,7 @@ class ConsumerActor(PipelineActor):
             return {}
         if offsets:
             self._last_commit = now
-            self._acked_since_commit = 0
+            self._released_at_commit = released
             self._commit_requested.update(offsets)
         return offsets
 
@@ -493,7 +514,6 @@ class ConsumerActor(PipelineActor):
 
     def _on_producer_news(self, news: BatchAcked | BatchProduced | BatchPartlyDelivered) -> None:
         if isinstance(news, BatchAcked):
-            self._acked_since_commit += 1
             self._on_ack(news)
         elif isinstance(news, BatchProduced):
             self._ledger.produced(news.batch_id)

@@ -49,6 +49,9 @@ class WatermarkTracker:
         self._durable: dict[TP, dict[str, int]] = {}
         self._records_in_flight = 0
         self._bytes_in_flight = 0
+        # Totals of the records (and their bytes) that went below a watermark, ever.
+        self._records_released = 0
+        self._bytes_released = 0
 
     def track(
         self,
@@ -97,6 +100,8 @@ class WatermarkTracker:
             self._watermark[tp] = first.next_offset
             self._records_in_flight -= first.size
             self._bytes_in_flight -= first.nbytes
+            self._records_released += first.size
+            self._bytes_released += first.nbytes
         return True
 
     def is_pending(self, tp: TP, batch_id: int) -> bool:
@@ -198,6 +203,11 @@ class WatermarkTracker:
     def bytes_in_flight(self) -> int:
         """Bytes of the keys and values of records dispatched and not yet below the watermark."""
         return self._bytes_in_flight
+
+    @property
+    def released(self) -> tuple[int, int]:
+        """The records, and bytes of keys and values, that went below a watermark so far."""
+        return self._records_released, self._bytes_released
 
     def in_flight_for(self, tp: TP) -> int:
         """Batches in flight on one partition."""

@@ -413,8 +413,9 @@ def test_after_a_kill_9_of_one_of_two_daemons_the_survivor_loses_nothing_and_rep
     result = check_no_loss(cluster, topics, "two daemons, one killed -9")
     # Only records at or past the commit at the kill can repeat, and at most
     # the in-flight work: (max_in_flight + one partial batch per partition) x max_records.
-    # The default commits keep it there: kafka.commit_early commits once max_in_flight
-    # batches were acknowledged, whatever is left of kafka.commit_interval_s.
+    # The default commits keep it there: kafka.commit_early commits once a full in-flight
+    # window (max_in_flight x max_records records) was acknowledged, whatever is left of
+    # kafka.commit_interval_s.
     bound = (1 + 4) * 50
     assert result.duplicates <= bound
     copies = Counter(

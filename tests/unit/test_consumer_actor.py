@@ -440,6 +440,42 @@ class TestCommits:
         wait_until(lambda: {TP0: 30} in h.fake.async_commits)
         assert h.fake.async_commits == [{TP0: 20}, {TP0: 30}]
 
+    def test_a_full_window_of_records_not_of_small_batches_makes_a_commit_due(self) -> None:
+        # max_in_flight 4 x max_records 10: the window holds 40 records. With the first batch
+        # held in flight, seven acknowledged batches of 5 records (35) commit nothing; the
+        # eighth (40) commits the partitions acknowledged.
+        tps = [("events", p) for p in range(9)]
+        h = Harness(
+            {tp: make_records(values(5)) for tp in tps},
+            batch=BatchSettings(max_records=10, max_in_flight=4, max_wait_s=0.01),
+        )
+        acked = []
+        for count in range(2, 10):
+            batch = h.wait_for_batches(count)[count - 1]
+            if count == 9:
+                h.fake.wait_for_polls(h.fake.polls + 5)
+                assert h.fake.async_commits == []
+            h.ack(batch)
+            acked.append((batch.topic, batch.partition))
+        wait_until(lambda: h.fake.async_commits != [])
+        assert h.fake.async_commits == [dict.fromkeys(acked, 5)]
+        assert h.status().batches_in_flight == 1
+
+    def test_a_pipeline_is_quiet_only_once_no_record_came_for_max_wait_s(self) -> None:
+        # Nothing in flight nor buffered, but the last records came less than max_wait_s
+        # (an hour) ago: the stream may be flowing between two fetches, no commit yet.
+        h = Harness(
+            {TP0: make_records(values(20))},
+            batch=BatchSettings(max_records=10, max_wait_s=3600.0),
+        )
+        b0, b1 = h.wait_for_batches(2)
+        h.ack(b0)
+        h.ack(b1)
+        wait_until(lambda: h.status().batches_in_flight == 0)
+        h.fake.wait_for_polls(h.fake.polls + 5)
+        assert h.fake.async_commits == []
+        assert h.commit_now() == {TP0: 20}
+
     def test_by_default_records_flowing_are_committed_a_second_after_the_start_not_per_poll(
         self,
     ) -> None:

@@ -107,6 +107,19 @@ class TestWatermark:
         assert tracker.in_flight_for(TP1) == 1
         assert tracker.in_flight_for(("other", 0)) == 0
 
+    def test_released_totals_grow_only_when_the_watermark_passes_a_batch(self) -> None:
+        tracker = WatermarkTracker()
+        tracker.track(TP0, 0, 0, 9, 10, nbytes=100)
+        tracker.track(TP0, 1, 10, 14, 5, nbytes=50)
+        tracker.track(TP1, 2, 0, 2, 3, nbytes=30)
+        tracker.ack(TP0, 1)
+        assert tracker.released == (0, 0)
+        tracker.ack(TP0, 0)
+        assert tracker.released == (15, 150)
+        tracker.forget([TP1])  # revoked in flight: never released
+        assert tracker.ack(TP1, 2) is False
+        assert tracker.released == (15, 150)
+
     def test_an_ack_of_an_unknown_batch_returns_false_and_changes_nothing(self) -> None:
         tracker = tracked((TP0, 0, 0, 9))
         assert tracker.ack(TP0, 99) is False
