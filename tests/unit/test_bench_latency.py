@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 LATENCY = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 
 
@@ -102,6 +104,26 @@ def test_a_kafka_python_row_gives_its_distance_to_the_floor_and_to_its_own_clien
         "pass-through + -10.0 ms at p99, + 2.5 at p50; 10/10 answered; CPU 0.50 core, "
         "broker 0.25; exit 0"
     )
+
+
+def test_the_rounds_of_a_system_sum_up_as_medians_of_its_distances_to_each_rounds_floor() -> None:
+    row = _bench()._latency_summary(
+        "streamer confluent", 10000, [(2.0, 30.0), (-1.0, -12.5), (4.5, 8.0)]
+    )
+
+    assert row.name == "streamer confluent, 10,000/s, p99 - floor, median of 3 rounds"
+    assert row.value == 8.0
+    assert row.note == (
+        "p50 - floor median +2.0 ms; per round, p99 (p50): +30.0 (+2.0), -12.5 (-1.0), +8.0 (+4.5)"
+    )
+    assert row.extra["p99_minus_floor"] == [30.0, -12.5, 8.0]
+
+
+def test_latency_rounds_below_one_are_refused() -> None:
+    bench = _bench()
+    assert bench.parse_args(["--latency-rounds", "3"]).latency_rounds == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--latency-rounds", "0"])
 
 
 def test_the_kafka_python_pass_through_is_a_system_of_its_own() -> None:
