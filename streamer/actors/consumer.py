@@ -167,8 +167,9 @@ class ConsumerActor(PipelineActor):
         # What went below the watermark by the last commit (WatermarkTracker.released). A full
         # in-flight window more makes a commit due whatever the interval, so that a crash
         # scores again at most twice what the window holds. Counted in records and bytes, not
-        # batches: at 2,000 records/s a batch holds 4-5 records, and 16 of them made 20
-        # commits a second, each a request the broker serves beside every record's fetch.
+        # batches: under light load a batch holds a few records, and a commit every
+        # max_in_flight batches was a request to the broker every few dozen records
+        # (docs/performance.md, "The early commits, counted in records").
         self._released_at_commit = (0, 0)
         self._commit_after = (batch.max_in_flight * batch.max_records, batch.max_in_flight_bytes)
         # A pipeline with nothing in flight nor buffered is quiet once no record came for this
