@@ -803,7 +803,9 @@ class Bench:
             # Each system's (p50, p99) minus the floor's of the same round, round by round.
             distances: dict[str, list[tuple[float, float]]] = {}
             for run in range(rounds):
-                self._latency_round(latency, systems, names, rate, seconds, distances)
+                measured = self._latency_round(latency, systems, names, rate, seconds)
+                for system, distance in measured.items():
+                    distances.setdefault(system, []).append(distance)
                 if rounds > 1:
                     self.log(f"(c) {rate:,.0f} records/s, round {run + 1} of {rounds} done")
             if rounds > 1:
@@ -817,12 +819,15 @@ class Bench:
         names: dict[str, str],
         rate: float,
         seconds: float,
-        distances: dict[str, list[tuple[float, float]]],
-    ) -> None:
-        """One row of each system at ``rate``, the floor first; the distances noted."""
+    ) -> dict[str, tuple[float, float]]:
+        """One row of each system at ``rate``, the floor first.
+
+        Returns each system's (p50, p99) minus the floor's of this round.
+        """
         nan = float("nan")
         floor: dict[str, Any] = {}
         client_floor: dict[str, Any] = {}
+        distances: dict[str, tuple[float, float]] = {}
         for system in systems:
             self.log(f"(c) {names[system]}, {rate:,.0f} records/s for {seconds:g}s")
             result = latency.measure(
@@ -841,14 +846,13 @@ class Bench:
             own = client_floor if system == "streamer-kafka-python" else {}
             self.rows.append(_latency_row(names[system], rate, result, floor, own))
             if floor and system != "passthrough":
-                distances.setdefault(system, []).append(
-                    (
-                        result.get("p50", nan) - floor.get("p50", nan),
-                        result.get("p99", nan) - floor.get("p99", nan),
-                    )
+                distances[system] = (
+                    result.get("p50", nan) - floor.get("p50", nan),
+                    result.get("p99", nan) - floor.get("p99", nan),
                 )
             if system.startswith("streamer") and result["exposition"]:
                 self._stage_rows(result["exposition"], f"{names[system]}, {rate:,.0f}/s")
+        return distances
 
     def _stage_rows(self, exposition: str, label: str) -> None:
         """Where a record's time goes, from streamer's own histograms (ms: mean / p95).

@@ -171,7 +171,8 @@ class ConsumerActor(PipelineActor):
         # max_in_flight batches was a request to the broker every few dozen records
         # (docs/performance.md, "The early commits, counted in records").
         self._released_at_commit = (0, 0)
-        self._commit_after = (batch.max_in_flight * batch.max_records, batch.max_in_flight_bytes)
+        self._window_records = batch.max_in_flight * batch.max_records
+        self._window_bytes = batch.max_in_flight_bytes
         # A pipeline with nothing in flight nor buffered is quiet once no record came for this
         # long (the wait of a partial batch): then its watermark is committed at once.
         self._quiet_after_s = batch.max_wait_s
@@ -317,11 +318,10 @@ class ConsumerActor(PipelineActor):
         tracker = self._ledger.tracker
         early = self._settings.commit_early
         released = tracker.released
-        window = early and any(
-            total - at_commit >= most
-            for total, at_commit, most in zip(
-                released, self._released_at_commit, self._commit_after, strict=True
-            )
+        (records, nbytes), (records_then, nbytes_then) = released, self._released_at_commit
+        window = early and (
+            records - records_then >= self._window_records
+            or nbytes - nbytes_then >= self._window_bytes
         )
         if now - self._last_commit >= self._settings.commit_interval_s or window:
             offsets = tracker.committable()

@@ -449,14 +449,19 @@ class TestCommits:
             {tp: make_records(values(5)) for tp in tps},
             batch=BatchSettings(max_records=10, max_in_flight=4, max_wait_s=0.01),
         )
-        acked = []
-        for count in range(2, 10):
+
+        def ack_the(count: int) -> None:  # the count-th batch dispatched
             batch = h.wait_for_batches(count)[count - 1]
-            if count == 9:
-                h.fake.wait_for_polls(h.fake.polls + 5)
-                assert h.fake.async_commits == []
             h.ack(batch)
             acked.append((batch.topic, batch.partition))
+
+        acked: list[tuple[str, int]] = []
+        for count in range(2, 9):
+            ack_the(count)
+        h.wait_for_batches(9)
+        h.fake.wait_for_polls(h.fake.polls + 5)
+        assert h.fake.async_commits == []
+        ack_the(9)
         wait_until(lambda: h.fake.async_commits != [])
         assert h.fake.async_commits == [dict.fromkeys(acked, 5)]
         assert h.status().batches_in_flight == 1
