@@ -13,7 +13,8 @@ measured program runs in a fresh interpreter, one at a time:
                 tells: what streamer's actor shape costs), the bare scoring loop
                 and streamer (defaults),
                 each row on a fresh broker, every program in its own process
-                (latency.py)
+                (latency.py); the broker has the machine's last CPU to itself
+                (`--latency-broker-cpus`), the other programs share the rest
 (d) memory      peak RSS and RSS growth while a model 5x slower than the
                 input holds the pipeline in backpressure (--memory-seconds)
 (e) scaling     throughput against preprocessor/model actors and batch size
@@ -825,6 +826,8 @@ class Bench:
         Returns each system's (p50, p99) minus the floor's of this round.
         """
         nan = float("nan")
+        # --broker-cpus pins the whole bench with its broker: (c) then keeps that layout.
+        alone = None if self.args.broker_cpus else self.args.latency_broker_cpus
         floor: dict[str, Any] = {}
         client_floor: dict[str, Any] = {}
         distances: dict[str, tuple[float, float]] = {}
@@ -837,7 +840,12 @@ class Bench:
                 bootstrap=self.args.bootstrap,
                 settings=LATENCY_SETTINGS if system.startswith("streamer") else None,
                 session_ms=int(self.args.session_timeout * 1000),
-                broker_cpus=self.args.broker_cpus,
+                # The broker on a CPU of its own, as on its own hardware in production: where
+                # it shared the cores, the floor's own p99 moved by 185 ms within one run
+                # (docs/performance.md). The systems share theirs with the generator and
+                # the reader.
+                broker_cpus=alone or self.args.broker_cpus,
+                broker_alone=alone is not None,
             )
             if system == "passthrough":
                 floor = result
@@ -1927,6 +1935,8 @@ def _latency_row(
         )
     if "hop1_p50" in result:
         note += f"; p50 hop 1 + system {result['hop1_p50']:.1f}, hop 2 {result['hop2_p50']:.1f}"
+    if "layout" in result:
+        note += f"; {result['layout']}"
     note += (
         f"; {result['answered']:,}/{result['sent']:,} answered; CPU {result['cpu_system']:.2f} "
         f"core, broker {result['cpu_broker']:.2f}; exit {result['exit']}"
@@ -2167,6 +2177,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
         default=1,
         help="rounds of (c), each system after the floor; above 1, medians of the distances",
     )
+    parser.add_argument(
+        "--latency-broker-cpus",
+        default="last",
+        help="(c): CPUs each row's fresh broker has to itself, e.g. '1' ('last': the last CPU "
+        "of a machine with 2 or more); the generator, the reader and the system under test "
+        "share the other CPUs; '': every program of a row on every CPU (with --broker-cpus, "
+        "(c) takes that layout instead)",
+    )
     parser.add_argument("--memory-seconds", type=float, default=120.0)
     parser.add_argument("--memory-backends", default="kafka-python,confluent")
     parser.add_argument("--scaling-backend", default="confluent")
@@ -2256,7 +2274,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     args.actors = [int(a) for a in args.actors.split(",") if a]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.broker_cpus = {int(c) for c in args.broker_cpus.split(",") if c} or None
+    args.latency_broker_cpus = _latency_broker_cpus(parser, args.latency_broker_cpus)
     return args
+
+
+def _latency_broker_cpus(parser: argparse.ArgumentParser, text: str) -> set[int] | None:
+    """The CPUs of (c)'s brokers, alone (None: shared with every program of a row)."""
+    available = sorted(os.sched_getaffinity(0))
+    if text == "last":
+        return {available[-1]} if len(available) >= 2 else None
+    try:
+        cpus = {int(c) for c in text.split(",") if c}
+    except ValueError:
+        parser.error(f"--latency-broker-cpus {text!r}: CPU numbers separated by commas, or 'last'")
+    if cpus and not cpus < set(available):
+        parser.error(
+            f"--latency-broker-cpus {text!r}: the broker needs CPUs among {available} and must "
+            "leave one to the others"
+        )
+    return cpus or None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
 import pytest
 
@@ -128,3 +129,102 @@ def test_latency_rounds_below_one_are_refused() -> None:
 
 def test_the_kafka_python_pass_through_is_a_system_of_its_own() -> None:
     assert "passthrough-kafka-python" in latency_module().SYSTEMS
+
+
+class _Producer:
+    """A confluent Producer's surface as the generator uses it, noting each call."""
+
+    made: ClassVar[list[_Producer]] = []
+    unacknowledged = 0
+
+    def __init__(self, config: dict[str, object]) -> None:
+        self.calls: list[str] = []
+        _Producer.made.append(self)
+
+    def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+        self.calls.append("produce")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.calls.append("flush")
+        return _Producer.unacknowledged
+
+
+def test_the_generator_has_its_first_record_acknowledged_before_its_clock_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An idempotent producer's first record waits for its producer id (0.5 s on Tansu):
+    # produced on the clock, a second of records would queue behind it.
+    import confluent_kafka
+
+    module = latency_module()
+    monkeypatch.setattr(confluent_kafka, "Producer", _Producer)
+    _Producer.made.clear()
+
+    sent = module.generate("127.0.0.1:1", "in", rate=2000, seconds=0.02)
+
+    (producer,) = _Producer.made
+    assert producer.calls[:2] == ["produce", "flush"]
+    assert producer.calls[-1] == "flush"
+    assert sent == producer.calls.count("produce") > 1
+
+
+def test_a_generator_whose_first_record_is_not_acknowledged_stops_before_its_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import confluent_kafka
+
+    module = latency_module()
+    monkeypatch.setattr(confluent_kafka, "Producer", _Producer)
+    monkeypatch.setattr(_Producer, "unacknowledged", 1)
+    _Producer.made.clear()
+
+    with pytest.raises(RuntimeError, match="first record was not acknowledged"):
+        module.generate("127.0.0.1:1", "in", rate=2000, seconds=0.02)
+    assert _Producer.made[0].calls == ["produce", "flush"]
+
+
+@pytest.mark.parametrize(
+    ("cpus", "given", "expected"),
+    [
+        ({0, 1}, [], {1}),
+        ({0, 1, 2, 3}, [], {3}),
+        ({0}, [], None),
+        ({0, 1}, ["--latency-broker-cpus", ""], None),
+        ({0, 1, 2}, ["--latency-broker-cpus", "0"], {0}),
+    ],
+)
+def test_the_latency_rows_broker_has_a_cpu_to_itself_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: set[int],
+    given: list[str],
+    expected: set[int] | None,
+) -> None:
+    bench = _bench()
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: cpus)
+    assert bench.parse_args(given).latency_broker_cpus == expected
+
+
+@pytest.mark.parametrize("given", ["0,1", "7", "one"])
+def test_latency_broker_cpus_that_leave_no_cpu_or_do_not_exist_are_refused(
+    monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    bench = _bench()
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--latency-broker-cpus", given])
+
+
+def test_a_latency_row_says_where_its_programs_ran() -> None:
+    module = latency_module()
+    assert module._layout(None, alone=False) == "every program on every CPU"
+    assert module._layout({1}, alone=True) == "the broker alone on CPU 1"
+    beside = module._layout({1}, alone=False)
+    assert beside == "the broker, the generator and the reader on CPU 1"
+    result = {**_result(30.0, 90.0), "layout": "the broker alone on CPU 1"}
+    row = _bench()._latency_row("pass-through floor", 2000, result, result)
+    assert row.note.endswith(
+        "; the broker alone on CPU 1; 10/10 answered; CPU 0.50 core, broker 0.25; exit 0"
+    )
