@@ -841,9 +841,9 @@ class Bench:
                 settings=LATENCY_SETTINGS if system.startswith("streamer") else None,
                 session_ms=int(self.args.session_timeout * 1000),
                 # The broker on a CPU of its own, as on its own hardware in production: where
-                # it shared the cores, the floor's own p99 moved by 185 ms within one run
-                # (docs/performance.md). The systems share theirs with the generator and
-                # the reader.
+                # it shared the cores, the floor's own p99 moved by up to 162 ms between the
+                # rounds of one rate (docs/performance.md). The systems share theirs with the
+                # generator and the reader.
                 broker_cpus=alone or self.args.broker_cpus,
                 broker_alone=alone is not None,
             )
