@@ -826,8 +826,7 @@ class Bench:
         Returns each system's (p50, p99) minus the floor's of this round.
         """
         nan = float("nan")
-        # --broker-cpus pins the whole bench with its broker: (c) then keeps that layout.
-        alone = None if self.args.broker_cpus else self.args.latency_broker_cpus
+        alone = self.args.latency_broker_cpus
         floor: dict[str, Any] = {}
         client_floor: dict[str, Any] = {}
         distances: dict[str, tuple[float, float]] = {}
@@ -2274,7 +2273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     args.actors = [int(a) for a in args.actors.split(",") if a]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.broker_cpus = {int(c) for c in args.broker_cpus.split(",") if c} or None
-    args.latency_broker_cpus = _latency_broker_cpus(parser, args.latency_broker_cpus)
+    # --broker-cpus pins the whole bench with its broker: (c) then keeps that layout.
+    latency_broker_cpus = _latency_broker_cpus(parser, args.latency_broker_cpus)
+    args.latency_broker_cpus = None if args.broker_cpus else latency_broker_cpus
     return args
 
 

@@ -207,6 +207,15 @@ def test_the_latency_rows_broker_has_a_cpu_to_itself_unless_told_otherwise(
     assert bench.parse_args(given).latency_broker_cpus == expected
 
 
+def test_broker_cpus_keep_their_layout_for_the_latency_rows_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = _bench()
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
+    args = bench.parse_args(["--broker-cpus", "1"])
+    assert (args.broker_cpus, args.latency_broker_cpus) == ({1}, None)
+
+
 @pytest.mark.parametrize("given", ["0,1", "7", "one"])
 def test_latency_broker_cpus_that_leave_no_cpu_or_do_not_exist_are_refused(
     monkeypatch: pytest.MonkeyPatch, given: str
