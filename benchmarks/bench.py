@@ -786,14 +786,12 @@ class Bench:
         """
         import latency  # benchmarks/ is on the path when bench.py runs as a script
 
-        systems = ["passthrough", "handoffs", "scoring"]
-        if "kafka-python" in self.args.latency_backends:
-            systems.append("passthrough-kafka-python")  # that backend's own client floor
-        systems += [f"streamer-{b}" for b in self.args.latency_backends]
+        systems = _latency_systems(self.args.latency_backends)
         names = {
             "passthrough": "pass-through floor",
             "passthrough-kafka-python": "kafka-python pass-through",
             "handoffs": f"floor + {latency.HANDOFFS} thread hops",
+            "handoffs-kafka-python": f"kafka-python pass-through + {latency.HANDOFFS} thread hops",
             "scoring": "bare scoring loop",
             "streamer-kafka-python": "streamer kafka-python",
             "streamer-confluent": "streamer confluent",
@@ -2277,6 +2275,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:  # noqa: PL
     latency_broker_cpus = _latency_broker_cpus(parser, args.latency_broker_cpus)
     args.latency_broker_cpus = None if args.broker_cpus else latency_broker_cpus
     return args
+
+
+def _latency_systems(backends: list[str]) -> list[str]:
+    """(c)'s systems in the order of a round: the floor first, then the probes, then streamer."""
+    systems = ["passthrough", "handoffs", "scoring"]
+    if "kafka-python" in backends:
+        # That backend's own client floor, and the actor shape's hops on it.
+        systems += ["passthrough-kafka-python", "handoffs-kafka-python"]
+    return systems + [f"streamer-{b}" for b in backends]
 
 
 def _latency_broker_cpus(parser: argparse.ArgumentParser, text: str) -> set[int] | None:

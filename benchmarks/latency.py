@@ -16,6 +16,8 @@ The systems:
 - ``handoffs``: the floor with ``HANDOFFS`` thread hops per batch (each batch told
   through a chain of Pykka actors, the last one producing: streamer's consumer ->
   preprocessor -> model -> producer shape, and nothing else of streamer);
+- ``handoffs-kafka-python``: the same probe on kafka-python's pass-through, the floor
+  of that shape on streamer's kafka-python backend;
 - ``scoring``: the bare scoring loop, the same loop decoding with orjson,
   scoring with numpy and producing streamer's output document (:func:`scoring`);
 - ``streamer-confluent`` and ``streamer-kafka-python``: ``streamer run`` with
@@ -48,11 +50,13 @@ SYSTEMS = (
     "passthrough",
     "passthrough-kafka-python",
     "handoffs",
+    "handoffs-kafka-python",
     "scoring",
     "streamer-kafka-python",
     "streamer-confluent",
 )
-# The thread hops of the ``handoffs`` probe: streamer's three actor handoffs per batch.
+PASS_THROUGHS = ("passthrough", "passthrough-kafka-python", "handoffs", "handoffs-kafka-python")
+# The thread hops of the ``handoffs`` probes: streamer's three actor handoffs per batch.
 HANDOFFS = 3
 # The clients of the floor and the generator: the settings of a latency test on Tansu.
 FETCH_WAIT_MS = 5
@@ -341,13 +345,13 @@ def _start_system(
     session_ms: int,
 ) -> tuple[subprocess.Popen[Any], Any]:
     """Start the system under test; returns it and what tells it is ready."""
-    if system in ("passthrough", "passthrough-kafka-python", "handoffs"):
+    if system in PASS_THROUGHS:
         command = [sys.executable, str(HERE / "passthrough.py"), "--bootstrap", bootstrap]
         command += ["--topic", topic, "--output", output, "--session-ms", str(session_ms)]
         command += ["--fetch-wait-ms", str(FETCH_WAIT_MS), "--linger-ms", str(LINGER_MS)]
-        if system == "passthrough-kafka-python":
+        if system.endswith("-kafka-python"):
             command += ["--client", "kafka-python"]
-        if system == "handoffs":
+        if system.startswith("handoffs"):
             command += ["--handoffs", str(settings.get("probe", {}).get("handoffs", HANDOFFS))]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         return process, None

@@ -19,6 +19,8 @@ With ``--client kafka-python`` it is the kafka-python backend's floor: the same 
 with kafka-python's consumer and producer (``poll`` for what is fetched, ``send`` per
 record, streamer's producer settings: acks=all, the linger). The confluent loop is
 the floor of the issue's target; this one shows what the slower client costs alone.
+``--handoffs K`` goes with either client: with kafka-python it is the floor of
+streamer's actor shape on that client, whose I/O threads share the GIL with the hops.
 
     python benchmarks/passthrough.py --bootstrap 127.0.0.1:9092 --topic in --output out
 """
@@ -51,8 +53,8 @@ def main() -> int:
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     if args.client == "kafka-python":
-        if args.handoffs or args.hops:
-            parser.error("--handoffs and --hops go with the confluent client only")
+        if args.hops:
+            parser.error("--hops goes with the confluent client only")
         _kafka_python_loop(args, stopping)
         return 0
     return _confluent_loop(args, stopping)
@@ -83,12 +85,8 @@ def _kafka_python_loop(args: argparse.Namespace, stopping: list[bool]) -> None:
     )
     send, output = producer.send, args.output
     announced = False
-    while not stopping:
-        # poll returns what is fetched, waiting only while nothing is (as streamer's does).
-        polled = consumer.poll(timeout_ms=50, max_records=10_000)
-        if not announced and consumer.assignment():
-            print("ready", flush=True)
-            announced = True
+
+    def pass_on(polled: dict[Any, list[Any]]) -> None:
         for tp, records in polled.items():
             for record in records:
                 send(
@@ -96,8 +94,24 @@ def _kafka_python_loop(args: argparse.Namespace, stopping: list[bool]) -> None:
                     value=_wrapped(tp.partition, record.offset, record.value),
                     key=record.key,
                 )
+
+    waits: list[list[float]] = []
+    handle = _chain(args.handoffs, pass_on, waits)
+    while not stopping:
+        # poll returns what is fetched, waiting only while nothing is (as streamer's does).
+        polled = consumer.poll(timeout_ms=50, max_records=10_000)
+        if not announced and consumer.assignment():
+            print("ready", flush=True)
+            announced = True
+        if polled:
+            handle(polled)
+    if args.handoffs:
+        import pykka
+
+        pykka.ActorRegistry.stop_all()
     producer.flush(10)
     consumer.close(autocommit=False)
+    _print_waits(waits)
 
 
 def _confluent_loop(args: argparse.Namespace, stopping: list[bool]) -> int:

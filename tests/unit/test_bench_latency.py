@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import queue
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -129,6 +130,73 @@ def test_latency_rounds_below_one_are_refused() -> None:
 
 def test_the_kafka_python_pass_through_is_a_system_of_its_own() -> None:
     assert "passthrough-kafka-python" in latency_module().SYSTEMS
+
+
+def test_the_kafka_python_probes_run_in_c_only_beside_that_backend() -> None:
+    systems = _bench()._latency_systems
+    assert systems(["confluent"]) == ["passthrough", "handoffs", "scoring", "streamer-confluent"]
+    assert systems(["kafka-python", "confluent"]) == [
+        "passthrough",
+        "handoffs",
+        "scoring",
+        "passthrough-kafka-python",
+        "handoffs-kafka-python",
+        "streamer-kafka-python",
+        "streamer-confluent",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("system", "client", "handoffs"),
+    [
+        ("passthrough", None, None),
+        ("handoffs", None, "3"),
+        ("passthrough-kafka-python", "kafka-python", None),
+        ("handoffs-kafka-python", "kafka-python", "3"),
+    ],
+)
+def test_each_pass_through_system_starts_its_loop_with_its_client_and_hops(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    system: str,
+    client: str | None,
+    handoffs: str | None,
+) -> None:
+    latency = latency_module()
+    commands: list[list[str]] = []
+    monkeypatch.setattr(latency.subprocess, "Popen", lambda command, **_: commands.append(command))
+    latency._start_system(system, "127.0.0.1:1", "in", "out", tmp_path, {}, 6000)
+
+    (command,) = commands
+    options = dict(zip(command[2::2], command[3::2], strict=True))
+    assert command[1].endswith("passthrough.py")
+    assert (options.get("--client"), options.get("--handoffs")) == (client, handoffs)
+    assert (options["--topic"], options["--output"]) == ("in", "out")
+
+
+def test_a_polled_batch_of_either_client_goes_through_every_hop_to_the_producing_step() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_passthrough", LATENCY.parent / "passthrough.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    passthrough = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(passthrough)
+    import pykka
+
+    produced: queue.Queue[object] = queue.Queue()
+    waits: list[list[float]] = []
+    handle = passthrough._chain(3, produced.put, waits)
+    polled = {("in", 0): ["record"]}  # kafka-python's poll: records per partition
+    try:
+        handle(polled)
+        handle(["message"])  # confluent's: a list of messages
+        assert produced.get(timeout=5) is polled
+        assert produced.get(timeout=5) == ["message"]
+    finally:
+        pykka.ActorRegistry.stop_all()
+    assert [len(waited) for waited in waits] == [2, 2, 2]
+    assert all(wait >= 0 for waited in waits for wait in waited)
 
 
 class _Producer:
