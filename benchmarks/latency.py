@@ -55,6 +55,7 @@ SYSTEMS = (
     "streamer-kafka-python",
     "streamer-confluent",
 )
+# The systems that run passthrough.py (the others start streamer or the scoring loop).
 PASS_THROUGHS = ("passthrough", "passthrough-kafka-python", "handoffs", "handoffs-kafka-python")
 # The thread hops of the ``handoffs`` probes: streamer's three actor handoffs per batch.
 HANDOFFS = 3
