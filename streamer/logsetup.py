@@ -150,6 +150,25 @@ class CancelledRefreshFilter(logging.Filter):
         return not (args and "cancel" in f"{type(args[0]).__name__} {args[0]}".lower())
 
 
+class ClosedTransportReadFilter(logging.Filter):
+    """Drops kafka-python's traceback for a read that raced its own connection's close.
+
+    kafka-python 3.0 closes a connection (a bootstrap connection once the cluster is
+    known, a client's close) from one thread while its I/O thread may already be
+    past the check of its read loop: the read then finds no socket and is logged at
+    ERROR with a traceback ("Error receiving network data closing socket"), though
+    the connection was being closed anyway and nothing was in flight on it. A
+    receive error on a connection that is still open is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        if record.levelno < logging.ERROR or "Error receiving network data" not in str(record.msg):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        is_closing = getattr(args[0], "is_closing", None) if args else None
+        return not (callable(is_closing) and is_closing() is True)
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once, on stderr.
 
@@ -181,4 +200,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     cluster = logging.getLogger("kafka.cluster")
     if not any(isinstance(f, CancelledRefreshFilter) for f in cluster.filters):
         cluster.addFilter(CancelledRefreshFilter())
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, ClosedTransportReadFilter) for f in transport.filters):
+        transport.addFilter(ClosedTransportReadFilter())
     threading.current_thread().name = "main"

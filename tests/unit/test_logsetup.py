@@ -237,3 +237,51 @@ def test_a_metadata_refresh_cancelled_by_the_clients_close_is_not_an_error() -> 
     assert keep.filter(record(logging.ERROR, "Metadata refresh: failed %s", OSError("refused")))
     assert keep.filter(record(logging.ERROR, "something else %s", cancelled))
     assert keep.filter(record(logging.DEBUG, "Metadata refresh: failed %s", cancelled))
+
+
+def test_a_read_that_raced_its_own_connections_close_leaves_no_traceback() -> None:
+    """kafka-python 3.0's read loop can find its socket gone when its connection closes."""
+    import socket
+
+    from kafka.net.transport import KafkaTCPTransport
+
+    class Net:  # the transport's event loop, as far as a close uses it
+        def unregister_event(self, sock: object, events: int) -> None:
+            pass
+
+    class ResetSocket:
+        def recv(self, size: int) -> bytes:
+            raise ConnectionResetError("reset by peer")
+
+        def getpeername(self) -> tuple[str, int]:
+            raise OSError("not connected")  # what the transport's name reads
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    setup_logging("INFO")
+    logger = logging.getLogger("kafka.net.transport")
+    kept = Kept()
+    logger.addHandler(kept)
+    left, right = socket.socketpair()
+    try:
+        transport = KafkaTCPTransport(Net(), left)
+        transport.close()
+        _, error = transport._sock_recv()  # the read that was already past the loop's check
+        assert error is not None
+        assert [r for r in kept.records if r.levelno >= logging.ERROR] == []
+
+        still_open = KafkaTCPTransport(Net(), ResetSocket())
+        _, error = still_open._sock_recv()  # a connection reset while it is open: kept
+        assert error is not None
+        (record,) = [r for r in kept.records if r.levelno >= logging.ERROR]
+        assert "Error receiving network data" in record.getMessage()
+        assert record.exc_info is not None
+    finally:
+        logger.removeHandler(kept)
+        right.close()
