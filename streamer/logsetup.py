@@ -197,10 +197,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # harmless (heartbeats are seconds apart); it would flood the log of a busy daemon.
     if level.upper() != "DEBUG":
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-    cluster = logging.getLogger("kafka.cluster")
-    if not any(isinstance(f, CancelledRefreshFilter) for f in cluster.filters):
-        cluster.addFilter(CancelledRefreshFilter())
-    transport = logging.getLogger("kafka.net.transport")
-    if not any(isinstance(f, ClosedTransportReadFilter) for f in transport.filters):
-        transport.addFilter(ClosedTransportReadFilter())
+    for name, kind in (
+        ("kafka.cluster", CancelledRefreshFilter),
+        ("kafka.net.transport", ClosedTransportReadFilter),
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     threading.current_thread().name = "main"

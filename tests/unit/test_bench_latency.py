@@ -15,13 +15,19 @@ import pytest
 LATENCY = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 
 
-def latency_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_latency", LATENCY)
+def _load(name: str, path: Path) -> ModuleType:
+    """A script of benchmarks/ as a module, under ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # bench.py's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def latency_module() -> ModuleType:
+    return _load("bench_latency", LATENCY)
 
 
 def test_the_first_tenth_is_warm_up_and_a_duplicate_output_counts_once() -> None:
@@ -68,13 +74,7 @@ def test_the_hops_split_at_the_outputs_create_time() -> None:
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_for_latency", LATENCY.parent / "bench.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # bench.py's dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return _load("bench_for_latency", LATENCY.parent / "bench.py")
 
 
 def _result(p50: float, p99: float) -> dict[str, object]:
@@ -175,13 +175,7 @@ def test_each_pass_through_system_starts_its_loop_with_its_client_and_hops(
 
 
 def test_a_polled_batch_of_either_client_goes_through_every_hop_to_the_producing_step() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_passthrough", LATENCY.parent / "passthrough.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    passthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(passthrough)
+    passthrough = _load("bench_passthrough", LATENCY.parent / "passthrough.py")
     import pykka
 
     produced: queue.Queue[object] = queue.Queue()
